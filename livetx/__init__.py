@@ -1,0 +1,3 @@
+"""livetx: a real-time voice conversation server speaking the AstrBot Live API."""
+
+__version__ = "0.1.0"

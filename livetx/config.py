@@ -1,0 +1,191 @@
+"""The TOML configuration: one frozen dataclass per section, checked strictly.
+
+A typo in a config file should stop start-up with one line naming the key,
+rather than leave the server running on a default the operator did not mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded as one line for the operator."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """WebSocket limits; Autobahn's own defaults are unlimited, so we set every one."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Where dashboard-style JWTs get their HS256 secret."""
+
+    jwt_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The chat model that writes the replies."""
+
+    provider: Literal["openai", "echo"] = "echo"
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key: str | None = field(default=None, repr=False)
+    system_prompt: str = (
+        "You are a friendly voice assistant. Answer in a few short spoken sentences."
+    )
+    timeout: float = 60.0
+    history_turns: int = 20
+    echo_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class TTSConfig:
+    """Text-to-speech for the reply, one request per sentence."""
+
+    provider: Literal["openai", "none"] = "none"
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "tts-1"
+    voice: str = "alloy"
+    api_key: str | None = field(default=None, repr=False)
+    response_format: Literal["wav", "mp3", "opus", "aac", "flac"] = "wav"
+    timeout: float = 30.0
+    concurrency: int = 2
+
+
+@dataclass(frozen=True)
+class STTConfig:
+    """Speech-to-text for voice turns."""
+
+    provider: Literal["openai", "none"] = "none"
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "whisper-1"
+    api_key: str | None = field(default=None, repr=False)
+    language: str | None = None
+    timeout: float = 30.0
+    max_segment_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a running server needs to know, after defaults and environment."""
+
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    llm: LLMConfig = LLMConfig()
+    tts: TTSConfig = TTSConfig()
+    stt: STTConfig = STTConfig()
+
+
+_SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+# Environment variables that may carry a secret instead of the config file.
+_ENV_KEYS = {
+    "llm": "LIVETX_LLM_API_KEY",
+    "tts": "LIVETX_TTS_API_KEY",
+    "stt": "LIVETX_STT_API_KEY",
+}
+
+
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(tp: Any) -> str:
+    """Say what an annotation accepts, in the words of the error message."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return "a list of " + _describe(typing.get_args(tp)[0]).removeprefix("a ") + "s"
+    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check(value: Any, tp: Any) -> bool:
+    """Whether a TOML value fits a dataclass annotation (the few kinds we use)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_check(value, arg) for arg in typing.get_args(tp) if arg is not type(None))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_check(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _build_section(name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise ConfigError(f"[{name}] unknown key {key!r}")
+        tp = hints[key]
+        if not _check(value, tp):
+            raise ConfigError(f"[{name}] {key} must be {_describe(tp)}, got {value!r}")
+        values[key] = float(value) if tp is float else value
+    section = cls(**values)
+    for key in hints:
+        bound = getattr(section, key)
+        if isinstance(bound, (int, float)) and not isinstance(bound, bool) and bound < 0:
+            raise ConfigError(f"[{name}] {key} must not be negative")
+    return section
+
+
+def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document and fill secrets from the environment."""
+    environ = os.environ if environ is None else environ
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown section [{name}]")
+        sections[name] = _build_section(name, _SECTIONS[name], table)
+    config = Config(**sections)
+    for name, variable in _ENV_KEYS.items():
+        section = getattr(config, name)
+        key = section.api_key or environ.get(variable)
+        if key is None and name != "llm" and section.base_url == config.llm.base_url:
+            # The same service usually takes the same key; never send it elsewhere.
+            key = config.llm.api_key
+        if key != section.api_key:
+            config = dataclasses.replace(
+                config, **{name: dataclasses.replace(section, api_key=key)}
+            )
+    return config
+
+
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; ``None`` means all defaults."""
+    if path is None:
+        return from_mapping({}, environ)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    return from_mapping(data, environ)

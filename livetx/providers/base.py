@@ -1,0 +1,76 @@
+"""The small interfaces every model and speech engine sits behind.
+
+Each call returns a Deferred; cancelling it must stop the work for real
+(close the upstream HTTP connection, drop the queued job), because barge-in
+depends on it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence, TypedDict, runtime_checkable
+
+from twisted.internet.defer import Deferred
+
+
+class Message(TypedDict):
+    """One entry of the conversation, in the chat-completions shape."""
+
+    role: str
+    content: str
+
+
+class ProviderError(Exception):
+    """An outside service failed; ``code`` is the error-frame code to report."""
+
+    code = "PROVIDER_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class LLMError(ProviderError):
+    code = "LLM_ERROR"
+
+
+class TTSError(ProviderError):
+    code = "TTS_ERROR"
+
+
+class STTError(ProviderError):
+    code = "STT_ERROR"
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """Streams a reply to a conversation."""
+
+    #: Reported as the ``chat_model`` metric.
+    model: str
+
+    def stream(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None]
+    ) -> Deferred[None]:
+        """Call ``on_delta`` with each text piece as it arrives; fire when done."""
+
+
+@runtime_checkable
+class SpeechSynthesizer(Protocol):
+    """Turns one sentence into one complete, playable audio file."""
+
+    #: Reported as the ``tts`` metric.
+    name: str
+
+    def synthesize(self, text: str) -> Deferred[bytes]:
+        """Fire with the audio file's bytes (WAV unless configured otherwise)."""
+
+
+@runtime_checkable
+class SpeechRecognizer(Protocol):
+    """Turns one captured segment into text."""
+
+    #: Reported as the ``stt`` metric.
+    name: str
+
+    def transcribe(self, wav: bytes) -> Deferred[str]:
+        """Fire with the transcript of a 16 kHz mono PCM16 WAV file."""
