@@ -1,0 +1,237 @@
+"""One reply, as a pipeline of Deferreds: model → deltas → sentences → speech.
+
+Every model delta is sent the moment it arrives. Each finished sentence is
+handed to text-to-speech straight away, so synthesis overlaps with the model
+still writing, and the audio is sent strictly in sentence order. Interrupting
+cancels every outstanding Deferred (which closes upstream connections) and
+silences the turn first, so nothing of it can reach the client afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from livetx.live import frames
+from livetx.live.segmenter import SentenceSegmenter
+from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
+
+Emit = Callable[[frames.Frame], None]
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """What the conversation keeps of a turn."""
+
+    #: Exactly the reply text the client was sent as deltas.
+    reply: str
+    interrupted: bool = False
+    failed: bool = False
+
+
+def _settled(d: Deferred[bytes]) -> Deferred[tuple[bool, Any]]:
+    """Turn success or failure into a value, so no failure is left unhandled."""
+    return d.addCallbacks(lambda audio: (True, audio), lambda f: (False, f))
+
+
+class Turn:
+    """Runs one reply and reports it; :meth:`interrupt` stops it at once."""
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        llm: ChatModel,
+        tts: SpeechSynthesizer | None,
+        emit: Emit,
+        messages: Sequence[Message],
+        started_at: float,
+        tts_concurrency: int = 2,
+    ) -> None:
+        self._clock = clock
+        self._llm = llm
+        self._tts = tts
+        self._emit: Emit | None = emit
+        self._messages = messages
+        self._started_at = started_at
+        self._segmenter = SentenceSegmenter()
+        self._semaphore = DeferredSemaphore(max(1, tts_concurrency))
+        self._tail: Deferred[Any] = succeed(None)
+        self._pending: set[Deferred[Any]] = set()
+        self._reply: list[str] = []
+        self._llm_call: Deferred[None] | None = None
+        self._llm_started = 0.0
+        self._llm_ttft: float | None = None
+        self._tts_started: float | None = None
+        self._tts_first: float | None = None
+        self._tts_error_sent = False
+        self.done: Deferred[TurnResult] = Deferred()
+
+    @property
+    def reply(self) -> str:
+        return "".join(self._reply)
+
+    def start(self) -> Deferred[TurnResult]:
+        """Begin streaming; ``done`` fires when the turn is over for any reason."""
+        self._llm_started = self._clock.seconds()
+        try:
+            self._llm_call = self._llm.stream(self._messages, self._on_delta)
+        except Exception:
+            self._fail(Failure())
+            return self.done
+        self._llm_call.addCallbacks(self._llm_finished, self._llm_failed)
+        return self.done
+
+    def interrupt(self) -> TurnResult:
+        """Silence the turn, cancel all its work, and say what was sent."""
+        result = TurnResult(self.reply, interrupted=True)
+        if self._emit is None:
+            return result
+        self._emit = None
+        self._cancel_work()
+        self.done.callback(result)
+        return result
+
+    # -- the pipeline ----------------------------------------------------
+
+    def _send(self, frame: frames.Frame) -> None:
+        if self._emit is not None:
+            self._emit(frame)
+
+    def _on_delta(self, text: str) -> None:
+        if self._emit is None or not text:
+            return
+        try:
+            self._take_delta(text)
+        except Exception:
+            self._fail(Failure())
+
+    def _take_delta(self, text: str) -> None:
+        if self._llm_ttft is None:
+            self._llm_ttft = self._clock.seconds() - self._llm_started
+        self._reply.append(text)
+        self._send({"t": "bot_delta_chunk", "data": {"text": text}})
+        for sentence in self._segmenter.feed(text):
+            self._speak(sentence)
+
+    def _speak(self, sentence: str) -> None:
+        if self._tts is None:
+            return
+        if self._tts_started is None:
+            self._tts_started = self._clock.seconds()
+        audio = _settled(self._semaphore.run(self._tts.synthesize, sentence))
+        self._pending.add(audio)
+        audio.addBoth(self._forget, audio)
+        self._tail.addCallback(lambda _: audio)
+        self._tail.addCallback(self._play, sentence)
+
+    def _forget(self, result: Any, d: Deferred[Any]) -> Any:
+        self._pending.discard(d)
+        return result
+
+    def _play(self, outcome: tuple[bool, Any], sentence: str) -> None:
+        ok, value = outcome
+        if self._emit is None:
+            return
+        if not ok:
+            self._tts_failed(value)
+            return
+        now = self._clock.seconds()
+        if self._tts_first is None:
+            self._tts_first = now - (self._tts_started or now)
+            self._send({"t": "metrics", "data": {"speak_to_first_frame": now - self._started_at}})
+        self._send({"t": "bot_text_chunk", "data": {"text": sentence}})
+        self._send({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+
+    def _tts_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
+        if not self._tts_error_sent:
+            self._tts_error_sent = True
+            self._send(frames.error(*_describe(failure, "TTS_ERROR")))
+
+    def _llm_finished(self, _: None) -> None:
+        if self._emit is None:
+            return
+        for sentence in self._segmenter.flush():
+            self._speak(sentence)
+        self._send({
+            "t": "metrics",
+            "data": {
+                "llm_ttft": self._llm_ttft or 0.0,
+                "llm_total_time": self._clock.seconds() - self._llm_started,
+                "chat_model": self._llm.model,
+            },
+        })
+        self._tail.addCallback(self._finish)
+        self._tail.addErrback(self._fail)
+
+    def _llm_failed(self, failure: Failure) -> None:
+        if self._emit is None:
+            return
+        self._fail(failure)
+
+    def _finish(self, _: object) -> None:
+        if self._emit is None:
+            return
+        now = self._clock.seconds()
+        if self._tts_first is not None:
+            self._send({
+                "t": "metrics",
+                "data": {
+                    "tts_first_frame_time": self._tts_first,
+                    "tts_total_time": now - (self._tts_started or now),
+                    "tts": self._tts.name if self._tts else "none",
+                },
+            })
+        elif self._reply:
+            self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": _ms(now)}})
+        self._close(TurnResult(self.reply))
+
+    def _fail(self, failure: Failure) -> None:
+        """A provider or a bug ended the turn: say so, then end it cleanly."""
+        if self._emit is None:
+            return
+        _log.failure("Turn failed", failure, level=_warn_level(failure))
+        self._cancel_work()
+        self._send(frames.error(*_describe(failure, frames.INTERNAL_ERROR)))
+        self._close(TurnResult(self.reply, failed=True))
+
+    def _close(self, result: TurnResult) -> None:
+        self._send({"t": "end"})
+        self._send({
+            "t": "metrics",
+            "data": {"wav_to_tts_total_time": self._clock.seconds() - self._started_at},
+        })
+        self._emit = None
+        self.done.callback(result)
+
+    def _cancel_work(self) -> None:
+        if self._llm_call is not None and not self._llm_call.called:
+            self._llm_call.cancel()
+        for d in list(self._pending):
+            d.cancel()
+        self._pending.clear()
+
+
+def _describe(failure: Failure, default_code: str) -> tuple[str, str]:
+    """An error frame's code and text: provider errors say what failed, bugs do not."""
+    if isinstance(failure.value, ProviderError):
+        return failure.value.code, failure.value.message
+    return default_code, "internal error while producing the reply"
+
+
+def _warn_level(failure: Failure) -> LogLevel:
+    return LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)

@@ -1,0 +1,40 @@
+"""Build the configured providers; each section's ``provider`` key picks one."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from treq.client import HTTPClient
+
+from livetx.config import Config
+from livetx.live.session import Pipeline
+from livetx.providers.echo import EchoChat
+from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
+
+Maker = Callable[[Any, HTTPClient, Any], Any]
+
+#: provider name → constructor(section, http, reactor); ``none`` means no engine.
+LLMS: dict[str, Maker] = {
+    "echo": lambda section, http, reactor: EchoChat(reactor, section.echo_delay),
+    "openai": OpenAIChat,
+}
+SYNTHESIZERS: dict[str, Maker] = {"openai": OpenAISpeech}
+RECOGNIZERS: dict[str, Maker] = {"openai": OpenAITranscriber}
+
+
+def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:
+    maker = table.get(section.provider)
+    return None if maker is None else maker(section, http, reactor)
+
+
+def build_pipeline(config: Config, http: HTTPClient, reactor: Any) -> Pipeline:
+    """Everything the live sessions of one server share."""
+    return Pipeline(
+        llm=_make(LLMS, config.llm, http, reactor),
+        tts=_make(SYNTHESIZERS, config.tts, http, reactor),
+        stt=_make(RECOGNIZERS, config.stt, http, reactor),
+        system_prompt=config.llm.system_prompt,
+        history_turns=config.llm.history_turns,
+        tts_concurrency=config.tts.concurrency,
+        max_segment_seconds=config.stt.max_segment_seconds,
+    )

@@ -1,0 +1,86 @@
+"""Who may open a socket, decided from the handshake alone.
+
+Each endpoint has a gate: a callable from Autobahn's ``ConnectionRequest`` to
+an :class:`Admission`. Refusals are not handshake failures: like the
+reference, we accept the upgrade and then close with 1008 and a reason (the
+Open API endpoint first sends an error frame), because that is what existing
+clients know how to show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from autobahn.websocket.types import ConnectionRequest
+
+from livetx.auth.keys import KeyStore, key_from_request, resolve_username
+from livetx.auth.tokens import AuthFailure, verify_token
+from livetx.live.frames import Frame
+
+CHAT_SCOPE = "chat"
+MODES = ("live", "chat")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of a handshake: a user and a mode, or a refusal."""
+
+    username: str | None = None
+    #: ``live`` or ``chat`` for the whole connection; None lets each frame's ``ct`` choose.
+    mode: str | None = "live"
+    #: Close reason when refused.
+    refusal: str | None = None
+    #: Error frame sent before the close, when the endpoint's clients expect one.
+    notice: Frame | None = None
+
+
+Gate = Callable[[ConnectionRequest], Admission]
+
+
+def chat_error(code: str, message: str) -> Frame:
+    """An error in the unified chat envelope, as the Open API sends it."""
+    return {"ct": "chat", "t": "error", "code": code, "data": message}
+
+
+def _first(request: ConnectionRequest, name: str) -> str | None:
+    values = request.params.get(name) or []
+    return values[0] if values else None
+
+
+def jwt_gate(secret: str, mode: str | None) -> Gate:
+    """Dashboard endpoints: a JWT in ``?token=``; refusals close with no frame."""
+
+    def admit(request: ConnectionRequest) -> Admission:
+        try:
+            username = verify_token(secret, _first(request, "token"))
+        except AuthFailure as e:
+            return Admission(refusal=e.reason)
+        return Admission(username=username, mode=mode)
+
+    return admit
+
+
+def _refuse(code: str, message: str, reason: str) -> Admission:
+    return Admission(refusal=reason, notice=chat_error(code, message))
+
+
+def api_key_gate(keys: KeyStore) -> Gate:
+    """The Open API endpoint: an API key with the ``chat`` scope, and a username."""
+
+    def admit(request: ConnectionRequest) -> Admission:
+        key = key_from_request(request.params, request.headers)
+        if key is None:
+            return _refuse("UNAUTHORIZED", "Missing API key", "Missing API key")
+        if keys.verify(key, CHAT_SCOPE) is None:
+            return _refuse("UNAUTHORIZED", "Invalid API key", "Invalid API key")
+        username, problem = resolve_username(_first(request, "username"))
+        if username is None:
+            problem = problem or "Invalid username"
+            return _refuse("BAD_USER", problem, problem)
+        mode = (_first(request, "ct") or "").strip() or "live"
+        if mode not in MODES:
+            return _refuse("INVALID_MESSAGE", "ct must be 'live' or 'chat'", "Invalid ct")
+        return Admission(username=username, mode=mode)
+
+    return admit

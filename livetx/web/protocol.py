@@ -1,0 +1,148 @@
+"""The thin Autobahn layer: decode a message, hand it to the session, encode replies.
+
+No protocol rule lives here; that is :mod:`livetx.live.session`. This module
+only owns what needs the socket: the handshake outcome, the 1008 refusals,
+and routing frames by mode on the unified endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from livetx import __version__
+from livetx.config import ServerConfig
+from livetx.live import frames
+from livetx.live.frames import Frame, FrameError
+from livetx.live.session import LiveSession, Pipeline
+from livetx.web.admission import MODES, Admission, Gate, chat_error
+
+_log = Logger()
+
+POLICY_VIOLATION = 1008
+GOING_AWAY = 1001
+
+
+class LiveServerProtocol(WebSocketServerProtocol):
+    """One client socket of any of the three Live API endpoints."""
+
+    factory: LiveServerFactory
+    admission: Admission = Admission(refusal="Handshake not completed")
+    session: LiveSession | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        self.admission = self.factory.gate(request)
+
+    def onOpen(self) -> None:
+        admission = self.admission
+        if admission.refusal is not None or admission.username is None:
+            if admission.notice is not None:
+                self.send(admission.notice)
+            self.sendClose(POLICY_VIOLATION, admission.refusal)
+            _log.info("Refused a {path} socket: {reason}",
+                      path=self.http_request_path, reason=admission.refusal)
+            return
+        self.session = LiveSession(
+            username=admission.username,
+            pipeline=self.factory.pipeline,
+            clock=self.factory.clock,
+            emit=self.send,
+        )
+        self.factory.connections.add(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.session is None:
+            return  # refused and closing: the close frame already explains
+        try:
+            frame = frames.decode(payload, isBinary)
+        except FrameError as e:
+            self.send(e.frame())
+            return
+        mode = self.admission.mode or frame.get("ct", "live")
+        if mode == "live":
+            self.session.receive(frame)
+        elif mode in MODES:
+            self.send(chat_error(frames.UNSUPPORTED_MODE, "chat mode is not available on this server yet"))
+        else:
+            self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.factory.connections.discard(self)
+
+    def send(self, frame: Frame) -> None:
+        """Encode and send one frame, unless the socket is already closing."""
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(frames.encode(frame))
+
+
+class LiveServerFactory(WebSocketServerFactory):
+    """Per-endpoint factory; every endpoint shares the same limits and pipeline."""
+
+    protocol = LiveServerProtocol
+
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        pipeline: Pipeline,
+        limits: ServerConfig,
+        connections: ConnectionTracker,
+        clock: IReactorTime,
+    ) -> None:
+        # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
+        super().__init__(server=f"livetx/{__version__}")
+        self.gate = gate
+        self.pipeline = pipeline
+        self.connections = connections
+        self.clock = clock
+        apply_limits(self, limits)
+
+
+def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
+    """Autobahn's defaults are unlimited; every socket livetx serves gets these."""
+    factory.setProtocolOptions(
+        maxFramePayloadSize=limits.max_frame_bytes,
+        maxMessagePayloadSize=limits.max_message_bytes,
+        openHandshakeTimeout=limits.handshake_timeout,
+        closeHandshakeTimeout=limits.close_timeout,
+        autoPingInterval=limits.ping_interval,
+        autoPingTimeout=limits.ping_timeout,
+        autoFragmentSize=0,
+        failByDrop=False,
+        perMessageCompressionAccept=lambda offers: None,
+    )
+
+
+class ConnectionTracker(Service):
+    """Knows the open sockets so that stopping the server closes them with 1001."""
+
+    def __init__(self) -> None:
+        self._open: set[LiveServerProtocol] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, protocol: LiveServerProtocol) -> None:
+        self._open.add(protocol)
+
+    def discard(self, protocol: LiveServerProtocol) -> None:
+        self._open.discard(protocol)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        closing = []
+        for protocol in list(self._open):
+            done: Deferred[None] = Deferred()
+            protocol.is_closed.addBoth(lambda _, d=done: d.callback(None))
+            protocol.sendClose(GOING_AWAY, "Server shutting down")
+            closing.append(done)
+        return DeferredList(closing)

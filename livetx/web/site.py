@@ -1,0 +1,74 @@
+"""One ``twisted.web`` Site for every endpoint, so HTTP routes can join later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.http import combinedLogFormatter
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from livetx.config import ServerConfig
+from livetx.live.session import Pipeline
+from livetx.web.admission import Gate
+from livetx.web.protocol import ConnectionTracker, LiveServerFactory
+
+#: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
+WEBSOCKET_ROUTES: dict[str, str] = {
+    "/api/live_chat/ws": "jwt_live",
+    "/api/unified_chat/ws": "jwt_unified",
+    "/api/v1/live/ws": "api_key",
+}
+
+
+class _WithoutQuery:
+    """A request as the access log sees it: no query string, where tokens and keys ride."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.uri = request.uri.split(b"?", 1)[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def redacted_log_formatter(timestamp: str, request: Request) -> str:
+    """Twisted's combined log format, minus the secrets in the query string."""
+    return combinedLogFormatter(timestamp, _WithoutQuery(request))
+
+
+def _mount(root: Resource, path: str, leaf: Resource) -> None:
+    parts = path.strip("/").encode("ascii").split(b"/")
+    node = root
+    for part in parts[:-1]:
+        child = node.children.get(part)
+        if child is None:
+            child = Resource()
+            node.putChild(part, child)
+        node = child
+    node.putChild(parts[-1], leaf)
+
+
+def build_site(
+    *,
+    gates: dict[str, Gate],
+    pipeline: Pipeline,
+    limits: ServerConfig,
+    connections: ConnectionTracker,
+    clock: Any,
+) -> Site:
+    """The resource tree: each WebSocket path gets a factory with its own gate."""
+    root = Resource()
+    for path, gate_name in WEBSOCKET_ROUTES.items():
+        factory = LiveServerFactory(
+            gate=gates[gate_name],
+            pipeline=pipeline,
+            limits=limits,
+            connections=connections,
+            clock=clock,
+        )
+        _mount(root, path, WebSocketResource(factory))
+    site = Site(root, logFormatter=redacted_log_formatter)
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,67 @@
+"""The sentence cutter decides what TTS speaks and what captions show."""
+
+from __future__ import annotations
+
+import pytest
+
+from livetx.live.segmenter import SentenceSegmenter
+
+
+def run(deltas: list[str], min_chars: int = 10) -> list[str]:
+    segmenter = SentenceSegmenter(min_chars)
+    out: list[str] = []
+    for delta in deltas:
+        out += segmenter.feed(delta)
+    return out + segmenter.flush()
+
+
+def test_cuts_at_each_terminator_kind() -> None:
+    text = "First sentence here. Second one, longer! Third question here?\nFourth line\n"
+    assert run(list(text)) == [
+        "First sentence here.",
+        "Second one, longer!",
+        "Third question here?",
+        "Fourth line",
+    ]
+
+
+def test_cjk_punctuation() -> None:
+    assert run(["今天天气很好，适合出去散步。", "你想去哪里玩呢？我们可以一起去！"]) == [
+        "今天天气很好，适合出去散步。",
+        "你想去哪里玩呢？我们可以一起去！",  # 8 characters: joined to the next
+    ]
+
+
+def test_short_pieces_join_the_next_one() -> None:
+    assert run(["Ok. ", "Sure thing. ", "That is a longer sentence."]) == [
+        "Ok. Sure thing.",
+        "That is a longer sentence.",
+    ]
+
+
+def test_rest_is_flushed_at_the_end() -> None:
+    assert run(["No terminator at all"]) == ["No terminator at all"]
+    assert run(["Tiny."]) == ["Tiny."]
+    assert run([]) == []
+    assert run(["   "]) == []
+
+
+@pytest.mark.parametrize("split", range(1, 30))
+def test_same_sentences_however_the_stream_is_split(split: int) -> None:
+    text = "Pi is about 3.14159 today. Then e is 2.71828 tomorrow!"
+    pieces = [text[i : i + split] for i in range(0, len(text), split)]
+    assert run(pieces) == ["Pi is about 3.14159 today.", "Then e is 2.71828 tomorrow!"]
+
+
+def test_sentence_is_released_as_soon_as_its_terminator_arrives() -> None:
+    segmenter = SentenceSegmenter()
+    assert segmenter.feed("Hello there, friend") == []
+    assert segmenter.feed("!") == ["Hello there, friend!"]
+    assert segmenter.feed(" And") == []
+
+
+def test_trailing_number_waits_for_the_next_delta() -> None:
+    segmenter = SentenceSegmenter()
+    assert segmenter.feed("The answer is 3.") == []
+    assert segmenter.feed(" Really.") == ["The answer is 3."]
+    assert segmenter.flush() == ["Really."]
