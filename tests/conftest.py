@@ -1,0 +1,38 @@
+"""Fixtures that start real servers on loopback ports and stop them cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from livetx.testing.openai_server import start as start_openai
+
+from .support import RunningServer
+
+
+@pytest_twisted.async_yield_fixture
+async def openai(tmp_path: Path) -> AsyncIterator[Any]:
+    """An in-process OpenAI-compatible service speaking the real wire format."""
+    fake, port = start_openai(reactor)
+    fake.base_url = f"http://127.0.0.1:{port.getHost().port}/v1"
+    yield fake
+    await port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def livetx(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    """``await livetx(config_text)`` starts a server; all are stopped afterwards."""
+    servers: list[RunningServer] = []
+
+    async def start(config_text: str | None = None, **kwargs: Any) -> RunningServer:
+        data_dir = tmp_path / f"data{len(servers)}"
+        server = RunningServer(data_dir, config_text, **kwargs)
+        servers.append(server)
+        return await server.start()
+
+    yield start
+    for server in servers:
+        await server.stop()
