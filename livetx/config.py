@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 
+#: Where the server and the ``livetx`` command keep keys and secrets by default.
+DEFAULT_DATA_DIR = "livetx-data"
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded as one line for the operator."""
 

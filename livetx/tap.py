@@ -30,7 +30,6 @@ from livetx.web.site import build_site
 _log = Logger()
 
 DEFAULT_LISTEN = "tcp:6185"
-DEFAULT_DATA_DIR = "livetx-data"
 
 
 class Options(usage.Options):
@@ -42,7 +41,7 @@ class Options(usage.Options):
         "With no config file, replies come from the offline echo model."
     )
     optParameters = [
-        ["data-dir", "d", DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
+        ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
     ]
 

@@ -1,0 +1,1 @@
+"""Who a connection belongs to: dashboard JWTs and hashed Open API keys."""
