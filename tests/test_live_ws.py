@@ -202,7 +202,7 @@ async def test_garbage_gets_coded_errors_and_the_session_lives(livetx: Any) -> N
         (b'{"t": 12}', False, "INVALID_MESSAGE_FORMAT"),
         (b'{"t": "fly_away"}', False, "UNKNOWN_MESSAGE_TYPE"),
         (b'{"t": "text_input", "text": ""}', False, "INVALID_MESSAGE_FORMAT"),
-        (b'{"t": "speaking_part", "data": "AAAA"}', False, "INVALID_STATE"),
+        (b'{"t": "speaking_part", "data": "AAAAAA=="}', False, "INVALID_STATE"),
         (b'{"t": "end_speaking", "stamp": "x"}', False, "INVALID_STATE"),
         (b"\x00\x01binary", True, "UNSUPPORTED_FRAME"),
         (b"[" * 50_000, False, "INVALID_JSON"),
@@ -244,7 +244,7 @@ async def test_jwt_endpoints_close_with_1008(livetx: Any, token: str | None, rea
     if token == "expired":
         token = server.token(ttl=-10)
     elif token == "wrong-secret":
-        token = issue_token("some-other-secret", "alice", 3600)
+        token = issue_token("another-secret-of-a-proper-length-32b", "alice", 3600)
     for path in (LIVE, UNIFIED):
         query = {} if token is None else {"token": token}
         client = await open_socket(server.url(path, **query))

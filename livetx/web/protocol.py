@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -44,7 +45,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
-            self.sendClose(POLICY_VIOLATION, admission.refusal)
+            self.close_with(POLICY_VIOLATION, admission.refusal or "Unauthorized")
             _log.info("Refused a {path} socket: {reason}",
                       path=self.http_request_path, reason=admission.refusal)
             return
@@ -77,6 +78,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self.session.close()
             self.session = None
         self.factory.connections.discard(self)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with a protocol code such as 1008 or 1001.
+
+        Autobahn's ``sendClose`` accepts only 1000 and 3000–4999 from
+        applications; the reference's clients expect the standard codes.
+        """
+        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
     def send(self, frame: Frame) -> None:
         """Encode and send one frame, unless the socket is already closing."""
@@ -143,6 +152,6 @@ class ConnectionTracker(Service):
         for protocol in list(self._open):
             done: Deferred[None] = Deferred()
             protocol.is_closed.addBoth(lambda _, d=done: d.callback(None))
-            protocol.sendClose(GOING_AWAY, "Server shutting down")
+            protocol.close_with(GOING_AWAY, "Server shutting down")
             closing.append(done)
         return DeferredList(closing)

@@ -1,0 +1,244 @@
+"""OpenAI-compatible services through ``treq``: chat (SSE), speech, transcription.
+
+They work with hosted APIs and with self-hosted servers that speak the same
+protocol. All requests share one persistent connection pool. Every call is
+cancellable at any moment and cancelling really closes the upstream
+connection: that is what makes barge-in free the model at once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Callable, Sequence
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+
+from livetx.config import LLMConfig, STTConfig, TTSConfig
+from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
+from livetx.providers.sse import SSEDecoder
+
+_EXCERPT = 300
+
+
+def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """One keep-alive pool for every provider: no TLS handshake per sentence."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 8
+    pool.cachedConnectionTimeout = 60
+    return HTTPClient(Agent(reactor, pool=pool, connectTimeout=10)), pool
+
+
+class _BodyReader(Protocol):
+    """Hands each body chunk on as it arrives, and can hang up mid-body."""
+
+    def __init__(self, on_data: Callable[[bytes], None], finished: Deferred[None]) -> None:
+        self._on_data = on_data
+        self._finished = finished
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._on_data(data)
+        except Exception:
+            failure = Failure()
+            self.abort()
+            self._settle(failure)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._settle(None)
+        else:
+            self._settle(reason)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _settle(self, outcome: Failure | None) -> None:
+        if self._finished.called:
+            return
+        if outcome is None:
+            self._finished.callback(None)
+        else:
+            self._finished.errback(outcome)
+
+
+class _Upstream:
+    """POSTs to one OpenAI-compatible service with a deadline and real cancellation."""
+
+    def __init__(
+        self,
+        http: HTTPClient,
+        clock: IReactorTime,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        error: type[ProviderError],
+        what: str,
+    ) -> None:
+        self._http = http
+        self._clock = clock
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = timeout
+        self._error = error
+        self._what = what
+
+    def post(self, path: str, on_data: Callable[[bytes], None], **body: Any) -> Deferred[None]:
+        """Send the request; feed a 2xx body to ``on_data``; fire when it ends."""
+        reader: list[_BodyReader] = []
+        request = self._http.post(self._base_url + path, headers=self._headers, **body)
+
+        def cancel(_: Deferred[None]) -> None:
+            if reader:
+                reader[0].abort()
+            else:
+                request.cancel()
+
+        result: Deferred[None] = Deferred(cancel)
+
+        def respond(response: IResponse) -> Deferred[Any]:
+            if not 200 <= response.code < 300:
+                return treq.content(response).addCallback(self._status_error, response.code)
+            finished: Deferred[None] = Deferred()
+            reader.append(_BodyReader(on_data, finished))
+            response.deliverBody(reader[0])
+            return finished
+
+        def settle(outcome: Any) -> None:
+            if not result.called:  # a cancel has already errbacked it
+                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
+
+        request.addCallback(respond).addBoth(settle)
+        return self._with_deadline(result)
+
+    def _with_deadline(self, d: Deferred[None]) -> Deferred[None]:
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        timer = self._clock.callLater(self._timeout, expire)
+
+        def explain(failure: Failure) -> Failure:
+            if timer.active():
+                timer.cancel()
+            if failure.check(CancelledError):
+                if expired:
+                    raise self._error(f"{self._what} timed out after {self._timeout:g} s")
+                return failure
+            if failure.check(ProviderError):
+                return failure
+            raise self._error(f"cannot reach the {self._what}: {failure.getErrorMessage()}")
+
+        def stop_timer(value: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return value
+
+        return d.addCallbacks(stop_timer, explain)
+
+    def _status_error(self, body: bytes, code: int) -> None:
+        excerpt = body[:_EXCERPT].decode("utf-8", "replace").strip()
+        raise self._error(f"{self._what} answered HTTP {code}: {excerpt}")
+
+
+def _collect(upstream: _Upstream, path: str, **body: Any) -> Deferred[bytes]:
+    chunks: list[bytes] = []
+    return upstream.post(path, chunks.append, **body).addCallback(lambda _: b"".join(chunks))
+
+
+class OpenAIChat:
+    """``POST /chat/completions`` with ``stream: true``; each delta as it arrives."""
+
+    def __init__(self, config: LLMConfig, http: HTTPClient, reactor: IReactorTime) -> None:
+        self.model = config.model
+        self._upstream = _Upstream(
+            http, reactor, config.base_url, config.api_key, config.timeout, LLMError, "chat model"
+        )
+
+    def stream(self, messages: Sequence[Message], on_delta: Callable[[str], None]) -> Deferred[None]:
+        decoder = SSEDecoder()
+
+        def on_data(chunk: bytes) -> None:
+            for event in decoder.feed(chunk):
+                if event.data.strip() == "[DONE]":
+                    continue
+                try:
+                    payload = json.loads(event.data)
+                except ValueError:
+                    raise LLMError("chat model sent an event that is not JSON") from None
+                if not isinstance(payload, dict):
+                    raise LLMError("chat model sent an event that is not a JSON object")
+                if "error" in payload:
+                    raise LLMError(f"chat model error: {str(payload['error'])[:_EXCERPT]}")
+                for choice in payload.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if isinstance(content, str) and content:
+                        on_delta(content)
+
+        request = {"model": self.model, "messages": list(messages), "stream": True}
+        return self._upstream.post("/chat/completions", on_data, json=request)
+
+
+class OpenAISpeech:
+    """``POST /audio/speech``: one sentence in, one audio file out."""
+
+    name = "openai_tts_api"
+
+    def __init__(self, config: TTSConfig, http: HTTPClient, reactor: IReactorTime) -> None:
+        self._config = config
+        self._upstream = _Upstream(
+            http, reactor, config.base_url, config.api_key, config.timeout, TTSError, "speech service"
+        )
+
+    def synthesize(self, text: str) -> Deferred[bytes]:
+        c = self._config
+        request = {"model": c.model, "input": text, "voice": c.voice, "response_format": c.response_format}
+        return _collect(self._upstream, "/audio/speech", json=request).addCallback(self._check)
+
+    @staticmethod
+    def _check(audio: bytes) -> bytes:
+        if not audio:
+            raise TTSError("speech service returned no audio")
+        return audio
+
+
+class OpenAITranscriber:
+    """``POST /audio/transcriptions`` with the segment as a multipart WAV upload."""
+
+    name = "openai_stt_api"
+
+    def __init__(self, config: STTConfig, http: HTTPClient, reactor: IReactorTime) -> None:
+        self._config = config
+        self._upstream = _Upstream(
+            http, reactor, config.base_url, config.api_key, config.timeout, STTError,
+            "transcription service",
+        )
+
+    def transcribe(self, wav: bytes) -> Deferred[str]:
+        fields = {"model": self._config.model}
+        if self._config.language:
+            fields["language"] = self._config.language
+        files = {"file": ("audio.wav", "audio/wav", io.BytesIO(wav))}
+        body = _collect(self._upstream, "/audio/transcriptions", data=fields, files=files)
+        return body.addCallback(self._text)
+
+    @staticmethod
+    def _text(body: bytes) -> str:
+        try:
+            text = json.loads(body)["text"]
+        except (ValueError, KeyError, TypeError):
+            raise STTError("transcription service sent no text") from None
+        if not isinstance(text, str):
+            raise STTError("transcription service sent no text")
+        return text

@@ -1,0 +1,248 @@
+"""An OpenAI-compatible service in-process, for tests and benchmarks.
+
+It speaks the real wire formats (SSE chat-completion chunks, WAV speech,
+multipart transcriptions) so livetx's real HTTP providers are what gets
+tested. Its behaviour is set by plain attributes between requests.
+
+Run alone: ``python -m livetx.testing.openai_server --port 8900 --tokens 40``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import re
+import struct
+import time
+import wave
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+DEFAULT_REPLY = (
+    "Sure, here is a short answer. It comes in a few sentences. "
+    "Each one is spoken as soon as it is complete. That keeps the first audio early. "
+    "And this is the last one."
+)
+_TOKENS = re.compile(r"\S+\s*|\s+")
+
+
+@dataclass
+class Recorded:
+    """One request as the fake saw it."""
+
+    path: str
+    headers: dict[str, str]
+    json: Any = None
+    fields: dict[str, bytes] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=64)
+def tone(seconds: float, rate: int = 16_000) -> bytes:
+    """A quiet 440 Hz WAV: real audio a browser or the wave module can decode."""
+    frames = int(seconds * rate)
+    samples = struct.pack(
+        f"<{frames}h", *(int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples)
+    return out.getvalue()
+
+
+class FakeOpenAI:
+    """The service's knobs and what it has seen."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        #: The reply text, or a function of the request's messages.
+        self.reply: str | Callable[[list[dict[str, Any]]], str] = DEFAULT_REPLY
+        #: Seconds between SSE chunks (0 still yields to the reactor between them).
+        self.token_delay = 0.0
+        #: Answer every request with this status (and ``fail_body``) instead.
+        self.fail_status: int | None = None
+        self.fail_body = '{"error": {"message": "the fake was told to fail"}}'
+        #: Send headers and one chunk, then nothing: for timeouts.
+        self.hang = False
+        self.speech_delay = 0.0
+        self.transcript = "hello there"
+        self.requests: list[Recorded] = []
+        #: Paths of streamed responses whose client hung up before the end.
+        self.lost: list[str] = []
+        self.base_url = ""
+
+    def resource(self) -> Resource:
+        root, v1, chat, audio = Resource(), Resource(), Resource(), Resource()
+        root.putChild(b"v1", v1)
+        v1.putChild(b"chat", chat)
+        v1.putChild(b"audio", audio)
+        chat.putChild(b"completions", _Endpoint(self, self._chat))
+        audio.putChild(b"speech", _Endpoint(self, self._speech))
+        audio.putChild(b"transcriptions", _Endpoint(self, self._transcription))
+        return root
+
+    # -- handlers: each gets the request and its record -----------------------
+
+    def _fail(self, request: Request) -> bytes | None:
+        if self.fail_status is None:
+            return None
+        request.setResponseCode(self.fail_status)
+        request.setHeader(b"content-type", b"application/json")
+        return self.fail_body.encode()
+
+    def _chat(self, request: Request, record: Recorded) -> Any:
+        failed = self._fail(request)
+        if failed is not None:
+            return failed
+        messages = (record.json or {}).get("messages", [])
+        text = self.reply(messages) if callable(self.reply) else self.reply
+        model = (record.json or {}).get("model", "fake")
+        if not (record.json or {}).get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+            }).encode()
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        _Streamer(self, request, model, _TOKENS.findall(text)).start()
+        return NOT_DONE_YET
+
+    def _speech(self, request: Request, record: Recorded) -> Any:
+        failed = self._fail(request)
+        if failed is not None:
+            return failed
+        words = len(str((record.json or {}).get("input", "")).split())
+        audio = tone(round(min(2.0, 0.1 + 0.05 * words), 2))
+
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def send() -> None:
+            if not gone:
+                request.write(audio)
+                request.finish()
+
+        request.setHeader(b"content-type", b"audio/wav")
+        self.reactor.callLater(self.speech_delay, send)
+        return NOT_DONE_YET
+
+    def _transcription(self, request: Request, record: Recorded) -> Any:
+        failed = self._fail(request)
+        if failed is not None:
+            return failed
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"text": self.transcript}).encode()
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    body = {
+        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class _Streamer:
+    """Writes one SSE chunk per token, pausing ``token_delay`` between them."""
+
+    def __init__(self, fake: FakeOpenAI, request: Request, model: str, tokens: list[str]) -> None:
+        self.fake, self.request, self.model, self.tokens = fake, request, model, tokens
+        self.call: IDelayedCall | None = None
+        self.index = 0
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(self._lost)
+        self.request.write(_chunk(self.model, {"role": "assistant", "content": ""}, None))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self.call = self.fake.reactor.callLater(self.fake.token_delay, self._next)
+
+    def _next(self) -> None:
+        self.call = None
+        if self.index < len(self.tokens):
+            self.request.write(_chunk(self.model, {"content": self.tokens[self.index]}, None))
+            self.index += 1
+            if not (self.fake.hang and self.index == 1):
+                self._schedule()
+            return
+        self.request.write(_chunk(self.model, {}, "stop") + b"data: [DONE]\n\n")
+        self.request.finish()
+
+    def _lost(self, reason: Any) -> None:
+        self.fake.lost.append(self.request.path.decode())
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+
+
+class _Endpoint(Resource):
+    """A POST-only leaf that records the request before its handler runs."""
+
+    isLeaf = True
+
+    def __init__(self, fake: FakeOpenAI, handler: Callable[[Request, Recorded], Any]) -> None:
+        super().__init__()
+        self.fake = fake
+        self.handler = handler
+
+    def render_POST(self, request: Request) -> Any:
+        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        record = Recorded(request.path.decode(), headers)
+        if headers.get("content-type", "").startswith("application/json"):
+            record.json = json.loads(request.content.read() or b"null")
+        else:
+            record.fields = {k.decode(): v[0] for k, v in (request.args or {}).items()}
+        self.fake.requests.append(record)
+        return self.handler(request, record)
+
+
+def start(reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> tuple[FakeOpenAI, IListeningPort]:
+    """Listen on ``interface:port``; the fake's ``base_url`` is filled in."""
+    fake = FakeOpenAI(reactor)
+    site = Site(fake.resource())
+    site.noisy = False
+    listening = reactor.listenTCP(port, site, interface=interface)
+    fake.base_url = f"http://{interface}:{listening.getHost().port}/v1"
+    return fake, listening
+
+
+def main() -> None:
+    from twisted.internet import reactor
+
+    parser = argparse.ArgumentParser(description="An OpenAI-compatible service simulator.")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--interface", default="127.0.0.1")
+    parser.add_argument("--tokens", type=int, default=0, help="reply length in tokens (0: a fixed reply)")
+    parser.add_argument("--sentences", type=int, default=5)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    args = parser.parse_args()
+    fake, _ = start(reactor, args.port, args.interface)
+    fake.token_delay = args.delay
+    if args.tokens:
+        fake.reply = synthetic_reply(args.tokens, args.sentences)
+    print(f"fake OpenAI service on {fake.base_url}", flush=True)
+    reactor.run()
+
+
+def synthetic_reply(tokens: int, sentences: int) -> str:
+    """``tokens`` words in ``sentences`` sentences, each ending in a full stop."""
+    per = max(1, tokens // max(1, sentences))
+    words = [f"word{i}" for i in range(tokens)]
+    parts = [" ".join(words[i : i + per]) + "." for i in range(0, tokens, per)]
+    return " ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
