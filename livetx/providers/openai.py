@@ -95,9 +95,11 @@ class _Upstream:
     def post(self, path: str, on_data: Callable[[bytes], None], **body: Any) -> Deferred[None]:
         """Send the request; feed a 2xx body to ``on_data``; fire when it ends."""
         reader: list[_BodyReader] = []
+        cancelled: list[bool] = []
         request = self._http.post(self._base_url + path, headers=self._headers, **body)
 
         def cancel(_: Deferred[None]) -> None:
+            cancelled.append(True)
             if reader:
                 reader[0].abort()
             else:
@@ -114,8 +116,14 @@ class _Upstream:
             return finished
 
         def settle(outcome: Any) -> None:
-            if not result.called:  # a cancel has already errbacked it
-                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
+            if result.called:  # a cancel has already errbacked it
+                return
+            if cancelled:  # however the request noticed it, it was a cancel
+                result.errback(Failure(CancelledError()))
+            elif isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
 
         request.addCallback(respond).addBoth(settle)
         return self._with_deadline(result)

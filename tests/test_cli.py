@@ -1,0 +1,62 @@
+"""The livetx command: scripts read the last line, and exit codes mean something."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from livetx.auth.keys import KeyStore
+from livetx.auth.tokens import load_or_create_secret, verify_token
+from livetx.cli import main
+
+
+def last_line(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_keys_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "--data-dir", str(tmp_path), "--scope", "chat", "--name", "pi"]) == 0
+    key = last_line(capsys)
+    record = KeyStore(tmp_path).verify(key, "chat")
+    assert record is not None and record.name == "pi"
+
+    assert main(["keys", "list", "-d", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert record.id in listing and key not in listing and record.sha256 not in listing
+
+    assert main(["keys", "revoke", "-d", str(tmp_path), record.id]) == 0
+    assert KeyStore(tmp_path).verify(key, "chat") is None
+    assert main(["keys", "revoke", "-d", str(tmp_path), record.id]) == 1
+
+
+def test_token_uses_the_servers_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "-d", str(tmp_path), "--username", "zoe", "--ttl", "60"]) == 0
+    assert verify_token(load_or_create_secret(tmp_path, None), last_line(capsys)) == "zoe"
+    config = tmp_path / "c.toml"
+    config.write_text('[auth]\njwt_secret = "from-the-config-file-and-long-enough"\n')
+    assert main(["token", "-d", str(tmp_path), "-u", "zoe", "--config", str(config)]) == 0
+    assert verify_token("from-the-config-file-and-long-enough", last_line(capsys)) == "zoe"
+
+
+def test_usage_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "-d", str(tmp_path)]) == 2
+    assert main(["token", "-d", str(tmp_path)]) == 2
+    assert main(["keys", "create", "-d", str(tmp_path), "--scope", "root"]) == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[auth]\nsecret = 1\n")
+    assert main(["token", "-u", "x", "-d", str(tmp_path), "-c", str(bad)]) == 1
+    assert "livetx: [auth] unknown key 'secret'" in capsys.readouterr().err
+
+
+def test_as_a_real_process(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "livetx", "keys", "create", "-d", str(tmp_path), "--scope", "chat"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines()[-1].startswith("abk_")
+    result = subprocess.run([sys.executable, "-m", "livetx", "nonsense"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "livetx:" in result.stderr

@@ -1,0 +1,149 @@
+"""The OpenAI-compatible providers against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import io
+import wave
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import deferLater
+
+from livetx.config import LLMConfig, STTConfig, TTSConfig
+from livetx.providers.base import LLMError, STTError, TTSError
+from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber, make_http_client
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest_twisted.async_yield_fixture
+async def http() -> AsyncIterator[Any]:
+    client, pool = make_http_client(reactor)
+    yield client
+    await pool.closeCachedConnections()
+
+
+async def settle() -> None:
+    await deferLater(reactor, 0.05, lambda: None)
+
+
+async def until(check: Any) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    assert check()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_streams_deltas_in_order(openai: Any, http: Any) -> None:
+    openai.reply = "One two three. Four!"
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, model="m1", api_key="sk-x"), http, reactor)
+    deltas: list[str] = []
+    await chat.stream(MESSAGES, deltas.append)
+    assert deltas == ["One ", "two ", "three. ", "Four!"]
+    request = openai.requests[-1]
+    assert request.json == {"model": "m1", "messages": MESSAGES, "stream": True}
+    assert request.headers["authorization"] == "Bearer sk-x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_key_no_authorization_header(openai: Any, http: Any) -> None:
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+    await chat.stream(MESSAGES, lambda _: None)
+    assert "authorization" not in openai.requests[-1].headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_mid_stream_closes_the_upstream_connection(openai: Any, http: Any) -> None:
+    openai.token_delay = 0.05
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+    deltas: list[str] = []
+    d = chat.stream(MESSAGES, deltas.append)
+    await until(lambda: len(deltas) >= 2)
+    d.cancel()
+    with pytest.raises(CancelledError):
+        await d
+    await until(lambda: openai.lost == ["/v1/chat/completions"])
+    count = len(deltas)
+    await settle()
+    assert len(deltas) == count
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_before_headers(openai: Any, http: Any) -> None:
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+    d = chat.stream(MESSAGES, lambda _: None)
+    d.cancel()
+    with pytest.raises(CancelledError):
+        await d
+
+
+@pytest.mark.parametrize("status", [401, 500])
+@pytest_twisted.ensureDeferred
+async def test_http_errors_become_llm_errors(openai: Any, http: Any, status: int) -> None:
+    openai.fail_status = status
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, api_key="sk-secret"), http, reactor)
+    with pytest.raises(LLMError) as caught:
+        await chat.stream(MESSAGES, lambda _: None)
+    assert str(status) in caught.value.message and "fail" in caught.value.message
+    assert "sk-secret" not in caught.value.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_service(http: Any) -> None:
+    chat = OpenAIChat(LLMConfig(base_url="http://127.0.0.1:9/v1"), http, reactor)
+    with pytest.raises(LLMError, match="cannot reach"):
+        await chat.stream(MESSAGES, lambda _: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_stream_times_out_and_hangs_up(openai: Any, http: Any) -> None:
+    openai.hang = True
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, timeout=0.3), http, reactor)
+    with pytest.raises(LLMError, match="timed out"):
+        await chat.stream(MESSAGES, lambda _: None)
+    await until(lambda: openai.lost == ["/v1/chat/completions"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_error_event_in_stream(openai: Any, http: Any) -> None:
+    openai.reply = lambda messages: "ok"
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+
+    def explode(_: str) -> None:
+        raise LLMError("consumer refused")
+
+    with pytest.raises(LLMError, match="consumer refused"):
+        await chat.stream(MESSAGES, explode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_speech_returns_a_wav(openai: Any, http: Any) -> None:
+    tts = OpenAISpeech(TTSConfig(base_url=openai.base_url, voice="nova"), http, reactor)
+    audio = await tts.synthesize("Hello there, friend.")
+    with wave.open(io.BytesIO(audio)) as w:
+        assert w.getnframes() > 0
+    assert openai.requests[-1].json == {
+        "model": "tts-1", "input": "Hello there, friend.", "voice": "nova", "response_format": "wav",
+    }
+    openai.fail_status = 503
+    with pytest.raises(TTSError, match="503"):
+        await tts.synthesize("again")
+
+
+@pytest_twisted.ensureDeferred
+async def test_transcription_uploads_multipart(openai: Any, http: Any) -> None:
+    openai.transcript = "turn on the lights"
+    stt = OpenAITranscriber(STTConfig(base_url=openai.base_url, language="en"), http, reactor)
+    wav = b"RIFF-not-really-a-wav"
+    assert await stt.transcribe(wav) == "turn on the lights"
+    fields = openai.requests[-1].fields
+    assert fields["file"] == wav
+    assert fields["model"] == b"whisper-1" and fields["language"] == b"en"
+    openai.fail_status = 400
+    with pytest.raises(STTError, match="400"):
+        await stt.transcribe(wav)

@@ -1,0 +1,51 @@
+"""The SSE decoder must not care where the network splits the stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from livetx.providers.sse import SSEDecoder, SSEEvent
+
+STREAM = (
+    ": keep-alive comment\r\n"
+    "event: note\r\n"
+    "id: 7\r\n"
+    "data: first line\r\n"
+    "data:second line\r\n"
+    "\r\n"
+    'data: {"text": "héllo 你好"}\n\n'
+    "data: lone cr\r\r"
+    "data: [DONE]\n\n"
+).encode("utf-8")
+
+EXPECTED = [
+    SSEEvent("first line\nsecond line", "note", "7"),
+    SSEEvent('{"text": "héllo 你好"}', "message", "7"),
+    SSEEvent("lone cr", "message", "7"),
+    SSEEvent("[DONE]", "message", "7"),
+]
+
+
+def decode(chunks: list[bytes]) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    return [event for chunk in chunks for event in decoder.feed(chunk)]
+
+
+def test_whole_stream() -> None:
+    assert decode([STREAM]) == EXPECTED
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_split_at_every_byte(cut: int) -> None:
+    assert decode([STREAM[:cut], STREAM[cut:]]) == EXPECTED
+
+
+def test_one_byte_at_a_time() -> None:
+    assert decode([STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
+
+
+def test_incomplete_event_is_held_back() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: partial\n") == []
+    assert decoder.feed(b"\n") == [SSEEvent("partial")]
+    assert decoder.feed(b"\n\n") == []  # blank lines alone dispatch nothing
