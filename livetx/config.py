@@ -43,46 +43,50 @@ class AuthConfig:
     jwt_secret: str | None = field(default=None, repr=False)
 
 
+OPENAI_URL = "https://api.openai.com/v1"
+
+
 @dataclass(frozen=True)
-class LLMConfig:
+class ServiceConfig:
+    """What every OpenAI-compatible service needs: where, with which key, how patiently."""
+
+    base_url: str = OPENAI_URL
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LLMConfig(ServiceConfig):
     """The chat model that writes the replies."""
 
     provider: Literal["openai", "echo"] = "echo"
-    base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4o-mini"
-    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
     system_prompt: str = (
         "You are a friendly voice assistant. Answer in a few short spoken sentences."
     )
-    timeout: float = 60.0
     history_turns: int = 20
     echo_delay: float = 0.0
 
 
 @dataclass(frozen=True)
-class TTSConfig:
+class TTSConfig(ServiceConfig):
     """Text-to-speech for the reply, one request per sentence."""
 
     provider: Literal["openai", "none"] = "none"
-    base_url: str = "https://api.openai.com/v1"
     model: str = "tts-1"
     voice: str = "alloy"
-    api_key: str | None = field(default=None, repr=False)
     response_format: Literal["wav", "mp3", "opus", "aac", "flac"] = "wav"
-    timeout: float = 30.0
     concurrency: int = 2
 
 
 @dataclass(frozen=True)
-class STTConfig:
+class STTConfig(ServiceConfig):
     """Speech-to-text for voice turns."""
 
     provider: Literal["openai", "none"] = "none"
-    base_url: str = "https://api.openai.com/v1"
     model: str = "whisper-1"
-    api_key: str | None = field(default=None, repr=False)
     language: str | None = None
-    timeout: float = 30.0
     max_segment_seconds: float = 60.0
 
 
