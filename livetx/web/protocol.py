@@ -128,6 +128,7 @@ def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
         autoFragmentSize=0,
         failByDrop=False,
         perMessageCompressionAccept=lambda offers: None,
+        webStatus=False,  # no HTML status page (it names the Autobahn version)
     )
 
 

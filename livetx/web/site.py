@@ -6,6 +6,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import combinedLogFormatter
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -38,13 +39,20 @@ def redacted_log_formatter(timestamp: str, request: Request) -> str:
     return combinedLogFormatter(timestamp, _WithoutQuery(request))
 
 
+class _Node(Resource):
+    """A path segment; unknown children get an escaped 404 page."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return notFound()
+
+
 def _mount(root: Resource, path: str, leaf: Resource) -> None:
     parts = path.strip("/").encode("ascii").split(b"/")
     node = root
     for part in parts[:-1]:
         child = node.children.get(part)
         if child is None:
-            child = Resource()
+            child = _Node()
             node.putChild(part, child)
         node = child
     node.putChild(parts[-1], leaf)
@@ -59,7 +67,7 @@ def build_site(
     clock: Any,
 ) -> Site:
     """The resource tree: each WebSocket path gets a factory with its own gate."""
-    root = Resource()
+    root = _Node()
     for path, gate_name in WEBSOCKET_ROUTES.items():
         factory = LiveServerFactory(
             gate=gates[gate_name],
