@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+from openapi_spec_validator import validate
+
+from livetx.live import frames
 from livetx.live.diagram import render
+from livetx.providers.base import LLMError, STTError, TTSError
+from livetx.web.site import WEBSOCKET_ROUTES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -12,3 +18,21 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_state_diagram_matches_the_table() -> None:
     committed = (DOCS / "state-machine.md").read_text()
     assert committed == render(), "run: python -m livetx.live.diagram > docs/state-machine.md"
+
+
+def test_openapi_is_valid_and_lists_every_endpoint_and_code() -> None:
+    spec = yaml.safe_load((DOCS / "openapi.yaml").read_text())
+    validate(spec)
+    assert set(spec["paths"]) == set(WEBSOCKET_ROUTES)
+    live_codes = {
+        value for name, value in vars(frames).items()
+        if name.isupper() and isinstance(value, str) and value != frames.UNSUPPORTED_MODE
+    } | {LLMError.code, TTSError.code, STTError.code}
+    assert set(spec["components"]["schemas"]["ErrorCode"]["enum"]) == live_codes
+
+
+def test_protocol_doc_explains_every_code() -> None:
+    text = (DOCS / "protocol.md").read_text()
+    codes = [v for n, v in vars(frames).items() if n.isupper() and isinstance(v, str)]
+    missing = [code for code in codes if f"`{code}`" not in text]
+    assert missing == []
