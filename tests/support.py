@@ -119,6 +119,11 @@ class LiveClient(WebSocketClientProtocol):
         self._cursor += index + 1
         return rest[: index + 1]
 
+    async def turn(self, text: str, **extra: Any) -> list[dict[str, Any]]:
+        """Send a text turn; return its frames up to ``end``."""
+        self.send({"t": "text_input", "text": text, **extra})
+        return await self.until("end")
+
     async def next(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         count = self._cursor + 1
         await self.wait(lambda: len(self.frames) >= count, timeout)

@@ -61,8 +61,7 @@ async def eventually(check: Any, timeout: float = 5.0) -> None:
 async def test_offline_defaults_echo_a_text_turn(livetx: Any) -> None:
     server = await livetx()
     client = await connect(server.url(LIVE, token=server.token()))
-    client.send({"t": "text_input", "text": "hello out there"})
-    frames = await client.until("end")
+    frames = await client.turn("hello out there")
     assert kinds(frames)[:2] == ["metrics", "user_msg"]
     assert frames[1]["data"]["text"] == "hello out there"
     deltas = "".join(f["data"]["text"] for f in frames if f["t"] == "bot_delta_chunk")
@@ -80,8 +79,7 @@ async def test_audio_starts_while_the_model_is_still_writing(livetx: Any, openai
     openai.token_delay = 0.03
     server = await livetx(openai_config(openai.base_url))
     client = await connect(server.url(LIVE, token=server.token()))
-    client.send({"t": "text_input", "text": "Talk to me"})
-    frames = await client.until("end")
+    frames = await client.turn("Talk to me")
     order = kinds(frames)
     first_audio = order.index("response")
     last_delta = len(order) - 1 - order[::-1].index("bot_delta_chunk")
@@ -137,8 +135,7 @@ async def test_busy_session_refuses_a_second_text(livetx: Any, openai: Any) -> N
     client = await connect(server.url(LIVE, token=server.token()))
     client.send({"t": "text_input", "text": "first"})
     await client.until("bot_delta_chunk")
-    client.send({"t": "text_input", "text": "second"})
-    frames = await client.until("end")
+    frames = await client.turn("second")
     assert {"t": "error", "data": "Session is busy", "code": "PROCESSING_ERROR"} in frames
     deltas = "".join(f["data"]["text"] for f in client.frames if f["t"] == "bot_delta_chunk")
     assert deltas == openai.reply  # the running turn was not disturbed
@@ -162,8 +159,7 @@ async def test_interrupt_closes_upstream_and_no_audio_follows(livetx: Any, opena
     assert "response" not in kinds(late) and "end" not in kinds(late), kinds(late)
 
     openai.reply = "Fine."
-    client.send({"t": "text_input", "text": "Never mind"})
-    frames = await client.until("end")
+    frames = await client.turn("Never mind")
     assert "error" not in kinds(frames)
     last_chat = [r for r in openai.requests if r.path.endswith("/chat/completions")][-1]
     partial = last_chat.json["messages"][-2]
@@ -178,14 +174,12 @@ async def test_upstream_failure_is_an_error_frame_and_the_session_survives(
     server = await livetx(openai_config(openai.base_url, tts=False))
     client = await connect(server.url(LIVE, token=server.token()))
     openai.fail_status = 500
-    client.send({"t": "text_input", "text": "hi"})
-    frames = await client.until("end")
+    frames = await client.turn("hi")
     error = next(f for f in frames if f["t"] == "error")
     assert error["code"] == "LLM_ERROR" and "500" in error["data"]
     assert "sk-test-secret" not in json.dumps(client.frames)
     openai.fail_status = None
-    client.send({"t": "text_input", "text": "hi again"})
-    assert "bot_msg" in kinds(await client.until("end"))
+    assert "bot_msg" in kinds(await client.turn("hi again"))
     await client.close_and_wait()
 
 
@@ -211,8 +205,7 @@ async def test_garbage_gets_coded_errors_and_the_session_lives(livetx: Any) -> N
         client.sendMessage(payload, isBinary=binary)
         frame = await client.next()
         assert frame["t"] == "error" and frame["code"] == code, (payload[:20], frame)
-    client.send({"t": "text_input", "text": "still alive"})
-    assert "bot_msg" in kinds(await client.until("end"))
+    assert "bot_msg" in kinds(await client.turn("still alive"))
     await client.close_and_wait()
 
 
@@ -264,8 +257,7 @@ async def test_open_api_accepts_a_key_three_ways(livetx: Any) -> None:
     ]
     for query, headers in ways:
         client = await connect(server.url(OPEN_API, username="bob", **query), headers)
-        client.send({"t": "text_input", "text": "hi"})
-        assert "bot_msg" in kinds(await client.until("end"))
+        assert "bot_msg" in kinds(await client.turn("hi"))
         await client.close_and_wait()
 
 
@@ -303,10 +295,8 @@ async def test_unified_endpoint_routes_by_ct(livetx: Any) -> None:
     assert frame["ct"] == "chat" and frame["t"] == "error" and frame["code"]
     client.send({"ct": 7, "t": "text_input", "text": "hi"})
     assert (await client.next())["code"] == "INVALID_MESSAGE_FORMAT"
-    client.send({"ct": "live", "t": "text_input", "text": "hi"})
-    assert "bot_msg" in kinds(await client.until("end"))
-    client.send({"t": "text_input", "text": "no ct means live"})
-    assert "bot_msg" in kinds(await client.until("end"))
+    assert "bot_msg" in kinds(await client.turn("hi", ct="live"))
+    assert "bot_msg" in kinds(await client.turn("no ct means live"))
     await client.close_and_wait()
 
 

@@ -112,8 +112,7 @@ async def test_real_twistd_process_serves_a_turn_and_stops_on_sigterm(tmp_path: 
             f"ws://127.0.0.1:{port}/api/v1/live/ws?api_key={key}&username=carol",
         ):
             client = await connect(url)
-            client.send({"t": "text_input", "text": "over the wire"})
-            frames = await client.until("end")
+            frames = await client.turn("over the wire")
             assert any(f["t"] == "bot_msg" for f in frames)
             await client.close_and_wait()
     finally:
@@ -162,7 +161,6 @@ async def test_ssl_endpoint_serves_wss(tmp_path: Path, livetx: Any) -> None:
     trust = ssl.Certificate.loadPEM(cert_path.read_bytes())
     tls = ssl.optionsForClientTLS("127.0.0.1", trustRoot=trust)
     client = await connect(server.url("/api/live_chat/ws", scheme="wss", token=server.token()), tls=tls)
-    client.send({"t": "text_input", "text": "secure hello"})
-    frames = await client.until("end")
+    frames = await client.turn("secure hello")
     assert any(f["t"] == "bot_msg" for f in frames)
     await client.close_and_wait()
