@@ -73,21 +73,30 @@ class LLMConfig(ServiceConfig):
 class TTSConfig(ServiceConfig):
     """Text-to-speech for the reply, one request per sentence."""
 
-    provider: Literal["openai", "none"] = "none"
+    provider: Literal["espeak", "openai", "none"] = "espeak"
     model: str = "tts-1"
-    voice: str = "alloy"
+    #: None: the engine's own default ("en-us" for eSpeak, "alloy" for OpenAI).
+    voice: str | None = None
     response_format: Literal["wav", "mp3", "opus", "aac", "flac"] = "wav"
     concurrency: int = 2
+    #: eSpeak only: words per minute and pitch (0–100).
+    rate: int = 175
+    pitch: int = 50
 
 
 @dataclass(frozen=True)
 class STTConfig(ServiceConfig):
     """Speech-to-text for voice turns."""
 
-    provider: Literal["openai", "none"] = "none"
+    provider: Literal["pocketsphinx", "openai", "none"] = "pocketsphinx"
     model: str = "whisper-1"
     language: str | None = None
     max_segment_seconds: float = 60.0
+    #: PocketSphinx only: a JSGF grammar file, or phrases to spot, for exact commands.
+    grammar: str | None = None
+    keywords: list[str] | None = None
+    #: Threads for engines that block (PocketSphinx): at most this many segments at once.
+    threads: int = 2
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,11 @@ class LiveClient(WebSocketClientProtocol):
         await self.closed
 
 
+def replied(frames: list[dict[str, Any]]) -> bool:
+    """A turn that streamed a reply and ended."""
+    return frames[-1]["t"] == "end" and any(f["t"] == "bot_delta_chunk" for f in frames)
+
+
 async def open_socket(
     url: str, headers: dict[str, str] | None = None, tls: Any = None
 ) -> LiveClient:

@@ -11,7 +11,7 @@ from livetx.config import ConfigError, from_mapping, load
 
 def test_defaults_run_offline() -> None:
     config = load(None, environ={})
-    assert (config.llm.provider, config.tts.provider, config.stt.provider) == ("echo", "none", "none")
+    assert (config.llm.provider, config.tts.provider, config.stt.provider) == ("echo", "espeak", "pocketsphinx")
     assert config.server.max_message_bytes > 0
 
 
@@ -23,7 +23,8 @@ def test_defaults_run_offline() -> None:
         ({"llm": {"timeout": "5"}}, "[llm] timeout must be a number, got '5'"),
         ({"llm": {"history_turns": 2.5}}, "[llm] history_turns must be an integer"),
         ({"llm": {"history_turns": True}}, "[llm] history_turns must be an integer"),
-        ({"tts": {"provider": "espeak"}}, "[tts] provider must be one of 'openai', 'none'"),
+        ({"tts": {"provider": "festival"}}, "[tts] provider must be one of 'espeak', 'openai', 'none'"),
+        ({"stt": {"keywords": ["on", 3]}}, "[stt] keywords must be a list of strings"),
         ({"stt": {"language": ["en"]}}, "[stt] language must be a string"),
         ({"server": {"ping_interval": -1}}, "[server] ping_interval must not be negative"),
         ({"llm": "openai"}, "[llm] must be a table"),

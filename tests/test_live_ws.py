@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import issue_token
 
-from .support import connect, open_socket
+from .support import connect, open_socket, replied
 
 LIVE = "/api/live_chat/ws"
 UNIFIED = "/api/unified_chat/ws"
@@ -58,14 +58,33 @@ async def eventually(check: Any, timeout: float = 5.0) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_offline_defaults_echo_a_text_turn(livetx: Any) -> None:
+async def test_offline_defaults_echo_and_speak_a_text_turn(livetx: Any) -> None:
     server = await livetx()
+    client = await connect(server.url(LIVE, token=server.token()))
+    frames = await client.turn("hello out there. how are you today")
+    assert kinds(frames)[:2] == ["metrics", "user_msg"]
+    deltas = "".join(f["data"]["text"] for f in frames if f["t"] == "bot_delta_chunk")
+    assert deltas == "hello out there. how are you today"
+    captions = [f["data"]["text"] for f in frames if f["t"] == "bot_text_chunk"]
+    assert captions == ["hello out there.", "how are you today"]
+    audio = [base64.b64decode(f["data"]) for f in frames if f["t"] == "response"]
+    assert len(audio) == 2
+    for wav in audio:  # eSpeak NG, offline: real, playable speech
+        with wave.open(io.BytesIO(wav)) as w:
+            assert w.getnframes() > w.getframerate() * 0.3
+    assert "bot_msg" not in kinds(frames)
+    metrics = {k: v for f in frames if f["t"] == "metrics" for k, v in f["data"].items()}
+    assert (metrics["tts"], metrics["chat_model"]) == ("espeak", "echo")
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_speech_the_reply_comes_as_bot_msg(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n')
     client = await connect(server.url(LIVE, token=server.token()))
     frames = await client.turn("hello out there")
     assert kinds(frames)[:2] == ["metrics", "user_msg"]
     assert frames[1]["data"]["text"] == "hello out there"
-    deltas = "".join(f["data"]["text"] for f in frames if f["t"] == "bot_delta_chunk")
-    assert deltas == "hello out there"
     bot_msg = next(f for f in frames if f["t"] == "bot_msg")
     assert bot_msg["data"]["text"] == "hello out there"
     assert isinstance(bot_msg["data"]["ts"], int)
@@ -179,7 +198,7 @@ async def test_upstream_failure_is_an_error_frame_and_the_session_survives(
     assert error["code"] == "LLM_ERROR" and "500" in error["data"]
     assert "sk-test-secret" not in json.dumps(client.frames)
     openai.fail_status = None
-    assert "bot_msg" in kinds(await client.turn("hi again"))
+    assert replied(await client.turn("hi again"))
     await client.close_and_wait()
 
 
@@ -205,7 +224,7 @@ async def test_garbage_gets_coded_errors_and_the_session_lives(livetx: Any) -> N
         client.sendMessage(payload, isBinary=binary)
         frame = await client.next()
         assert frame["t"] == "error" and frame["code"] == code, (payload[:20], frame)
-    assert "bot_msg" in kinds(await client.turn("still alive"))
+    assert replied(await client.turn("still alive"))
     await client.close_and_wait()
 
 
@@ -257,7 +276,7 @@ async def test_open_api_accepts_a_key_three_ways(livetx: Any) -> None:
     ]
     for query, headers in ways:
         client = await connect(server.url(OPEN_API, username="bob", **query), headers)
-        assert "bot_msg" in kinds(await client.turn("hi"))
+        assert replied(await client.turn("hi"))
         await client.close_and_wait()
 
 
@@ -295,8 +314,8 @@ async def test_unified_endpoint_routes_by_ct(livetx: Any) -> None:
     assert frame["ct"] == "chat" and frame["t"] == "error" and frame["code"]
     client.send({"ct": 7, "t": "text_input", "text": "hi"})
     assert (await client.next())["code"] == "INVALID_MESSAGE_FORMAT"
-    assert "bot_msg" in kinds(await client.turn("hi", ct="live"))
-    assert "bot_msg" in kinds(await client.turn("no ct means live"))
+    assert replied(await client.turn("hi", ct="live"))
+    assert replied(await client.turn("no ct means live"))
     await client.close_and_wait()
 
 

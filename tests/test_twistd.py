@@ -20,7 +20,7 @@ from twisted.application.service import IServiceMaker
 
 from livetx.tap import Options
 
-from .support import connect
+from .support import connect, replied
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -113,7 +113,7 @@ async def test_real_twistd_process_serves_a_turn_and_stops_on_sigterm(tmp_path: 
         ):
             client = await connect(url)
             frames = await client.turn("over the wire")
-            assert any(f["t"] == "bot_msg" for f in frames)
+            assert replied(frames)
             await client.close_and_wait()
     finally:
         process.send_signal(signal.SIGTERM)
@@ -162,5 +162,5 @@ async def test_ssl_endpoint_serves_wss(tmp_path: Path, livetx: Any) -> None:
     tls = ssl.optionsForClientTLS("127.0.0.1", trustRoot=trust)
     client = await connect(server.url("/api/live_chat/ws", scheme="wss", token=server.token()), tls=tls)
     frames = await client.turn("secure hello")
-    assert any(f["t"] == "bot_msg" for f in frames)
+    assert replied(frames)
     await client.close_and_wait()

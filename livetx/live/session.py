@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import wave
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,16 +25,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.turn import Emit, Turn, TurnResult, _describe, _ms
 from livetx.providers.base import ChatModel, Message, SpeechRecognizer, SpeechSynthesizer
 
 _log = Logger()
-
-SAMPLE_RATE = 16_000
-SAMPLE_WIDTH = 2
-BYTES_PER_SECOND = SAMPLE_RATE * SAMPLE_WIDTH
 
 STATES = ["idle", "capturing", "processing", "interrupted"]
 
@@ -115,13 +110,7 @@ class Segment:
         self.pcm = bytearray()
 
     def wav(self) -> bytes:
-        out = io.BytesIO()
-        with wave.open(out, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(SAMPLE_WIDTH)
-            w.setframerate(SAMPLE_RATE)
-            w.writeframes(self.pcm)
-        return out.getvalue()
+        return to_wav(self.pcm)
 
 
 def _stamp(frame: Frame, required: bool) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from treq.client import HTTPClient
 from livetx.config import Config
 from livetx.live.session import Pipeline
 from livetx.providers.echo import EchoChat
+from livetx.providers.espeak import EspeakSpeech
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
+from livetx.providers.sphinx import SphinxRecognizer
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
 
@@ -18,8 +20,8 @@ LLMS: dict[str, Maker] = {
     "echo": lambda section, http, reactor: EchoChat(reactor, section.echo_delay),
     "openai": OpenAIChat,
 }
-SYNTHESIZERS: dict[str, Maker] = {"openai": OpenAISpeech}
-RECOGNIZERS: dict[str, Maker] = {"openai": OpenAITranscriber}
+SYNTHESIZERS: dict[str, Maker] = {"espeak": EspeakSpeech, "openai": OpenAISpeech}
+RECOGNIZERS: dict[str, Maker] = {"pocketsphinx": SphinxRecognizer, "openai": OpenAITranscriber}
 
 
 def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:

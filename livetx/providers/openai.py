@@ -211,7 +211,8 @@ class OpenAISpeech:
 
     def synthesize(self, text: str) -> Deferred[bytes]:
         c = self._config
-        request = {"model": c.model, "input": text, "voice": c.voice, "response_format": c.response_format}
+        request = {"model": c.model, "input": text, "voice": c.voice or "alloy",
+                   "response_format": c.response_format}
         return _collect(self._upstream, "/audio/speech", json=request).addCallback(self._check)
 
     @staticmethod

@@ -10,13 +10,11 @@ Run alone: ``python -m livetx.testing.openai_server --port 8900 --tokens 40``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import re
 import struct
 import time
-import wave
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
@@ -24,6 +22,8 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from livetx.audio import to_wav
 
 DEFAULT_REPLY = (
     "Sure, here is a short answer. It comes in a few sentences. "
@@ -50,13 +50,7 @@ def tone(seconds: float, rate: int = 16_000) -> bytes:
     samples = struct.pack(
         f"<{frames}h", *(int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames))
     )
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples)
-    return out.getvalue()
+    return to_wav(samples, rate)
 
 
 class FakeOpenAI:
@@ -75,6 +69,7 @@ class FakeOpenAI:
         self.hang = False
         self.speech_delay = 0.0
         self.transcript = "hello there"
+        self.transcription_delay = 0.0
         self.requests: list[Recorded] = []
         #: Paths of streamed responses whose client hung up before the end.
         self.lost: list[str] = []
@@ -126,16 +121,20 @@ class FakeOpenAI:
         words = len(str((record.json or {}).get("input", "")).split())
         audio = tone(round(min(2.0, 0.1 + 0.05 * words), 2))
 
+        request.setHeader(b"content-type", b"audio/wav")
+        return self._later(request, self.speech_delay, audio)
+
+    def _later(self, request: Request, delay: float, body: bytes) -> Any:
+        """Answer after ``delay`` seconds, unless the client has gone by then."""
         gone: list[object] = []
         request.notifyFinish().addErrback(gone.append)
 
         def send() -> None:
             if not gone:
-                request.write(audio)
+                request.write(body)
                 request.finish()
 
-        request.setHeader(b"content-type", b"audio/wav")
-        self.reactor.callLater(self.speech_delay, send)
+        self.reactor.callLater(delay, send)
         return NOT_DONE_YET
 
     def _transcription(self, request: Request, record: Recorded) -> Any:
@@ -143,7 +142,7 @@ class FakeOpenAI:
         if failed is not None:
             return failed
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"text": self.transcript}).encode()
+        return self._later(request, self.transcription_delay, json.dumps({"text": self.transcript}).encode())
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:

@@ -1,0 +1,74 @@
+"""PCM16 and WAV helpers shared by capture, the speech engines and the tests.
+
+Everything here is pure and synchronous; the Live API's input format is
+16 kHz mono signed 16-bit little-endian PCM.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import sys
+import wave
+
+SAMPLE_RATE = 16_000
+SAMPLE_WIDTH = 2
+BYTES_PER_SECOND = SAMPLE_RATE * SAMPLE_WIDTH
+
+
+def to_wav(pcm: bytes | bytearray, rate: int = SAMPLE_RATE) -> bytes:
+    """Wrap mono PCM16 in a WAV header: a file any player or decoder accepts."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(SAMPLE_WIDTH)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def read_wav(data: bytes) -> tuple[bytes, int]:
+    """A WAV file's audio as mono PCM16 and its rate (channels are averaged)."""
+    with wave.open(io.BytesIO(data)) as w:
+        if w.getsampwidth() != SAMPLE_WIDTH:
+            raise ValueError(f"only 16-bit WAV is supported, not {8 * w.getsampwidth()}-bit")
+        channels, rate = w.getnchannels(), w.getframerate()
+        frames = w.readframes(w.getnframes())
+    if channels == 1:
+        return frames, rate
+    samples = _samples(frames)
+    mono = array.array("h", (
+        sum(samples[i : i + channels]) // channels for i in range(0, len(samples), channels)
+    ))
+    return _bytes(mono), rate
+
+
+def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
+    """Linear-interpolation resampling: plenty for speech recognition input."""
+    if rate == target or not pcm:
+        return pcm
+    samples = _samples(pcm)
+    count = len(samples) * target // rate
+    last = len(samples) - 1
+    step = rate / target
+    out = array.array("h", bytes(2 * count))
+    for i in range(count):
+        x = i * step
+        j = int(x)
+        a = samples[j]
+        b = samples[j + 1] if j < last else a
+        out[i] = int(a + (b - a) * (x - j))
+    return _bytes(out)
+
+
+def _samples(pcm: bytes) -> array.array[int]:
+    samples = array.array("h", pcm)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples
+
+
+def _bytes(samples: array.array[int]) -> bytes:
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes()

@@ -1,0 +1,76 @@
+"""PocketSphinx speech-to-text, offline, with the English model its wheel ships.
+
+Open vocabulary is rough; with a JSGF grammar or a keyword list it is exact,
+which is what command-style devices need. Decoding blocks for a fraction of
+a second, so it runs on a bounded pool of threads, one decoder per thread
+(decoders are not thread-safe), loaded on first use to keep idle memory low.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from livetx.audio import SAMPLE_RATE, read_wav, resample
+from livetx.config import STTConfig
+from livetx.providers.base import STTError
+from livetx.providers.threads import Worker
+
+#: Silence around the segment: the decoder needs some to find word edges.
+_PAD = b"\0\0" * (SAMPLE_RATE // 4)
+_KEYWORD_THRESHOLD = "1e-20"
+
+
+class SphinxRecognizer:
+    """Transcribes one WAV segment per call."""
+
+    name = "pocketsphinx"
+
+    def __init__(self, config: STTConfig, http: Any, reactor: Any) -> None:
+        self._options: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
+        if config.grammar:
+            grammar = Path(config.grammar)
+            if not grammar.is_file():
+                raise STTError(f"[stt] grammar file {str(grammar)!r} does not exist")
+            self._options["jsgf"] = str(grammar)
+        elif config.keywords:
+            self._options["kws"] = _keyword_file(config.keywords)
+        self._worker = Worker(reactor, "pocketsphinx", config.threads)
+        self._local = threading.local()
+
+    def _decoder(self) -> Any:
+        decoder = getattr(self._local, "decoder", None)
+        if decoder is None:
+            from pocketsphinx import Decoder
+
+            decoder = self._local.decoder = Decoder(**self._options)
+        return decoder
+
+    def _decode(self, wav: bytes) -> str:
+        """Runs on a recognizer thread."""
+        try:
+            pcm, rate = read_wav(wav)
+        except (ValueError, EOFError) as e:
+            raise STTError(f"cannot read the audio: {e}") from None
+        decoder = self._decoder()
+        decoder.start_utt()
+        decoder.process_raw(_PAD + resample(pcm, rate) + _PAD, full_utt=True)
+        decoder.end_utt()
+        hypothesis = decoder.hyp()
+        return hypothesis.hypstr if hypothesis is not None else ""
+
+    def transcribe(self, wav: bytes) -> Deferred[str]:
+        return self._worker.run(self._decode, wav)
+
+
+def _keyword_file(keywords: list[str]) -> str:
+    """PocketSphinx reads keyword spotting lists from a file."""
+    handle = tempfile.NamedTemporaryFile("w", prefix="livetx-kws-", suffix=".txt", delete=False)
+    with handle:
+        for phrase in keywords:
+            handle.write(f"{phrase.strip().lower()} /{_KEYWORD_THRESHOLD}/\n")
+    return handle.name
