@@ -1,0 +1,111 @@
+"""Voice turns over a real socket: real speech in, real speech out."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from livetx.audio import read_wav, resample
+from livetx.config import TTSConfig
+from livetx.providers.espeak import EspeakSpeech
+
+from .support import LiveClient, connect
+from .test_live_ws import LIVE, kinds, openai_config
+
+FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16
+
+GRAMMAR = """#JSGF V1.0;
+grammar home;
+public <command> = (turn on | turn off) the (kitchen | bedroom | hallway) lights;
+"""
+
+
+async def spoken(text: str) -> bytes:
+    """16 kHz PCM of ``text`` spoken by the offline engine."""
+    wav = await EspeakSpeech(TTSConfig(), None, reactor).synthesize(text)
+    pcm, rate = read_wav(wav)
+    return resample(pcm, rate)
+
+
+def stream(client: LiveClient, pcm: bytes, stamp: str) -> None:
+    client.send({"t": "start_speaking", "stamp": stamp})
+    for i in range(0, len(pcm), FRAME_BYTES):
+        client.send({"t": "speaking_part", "data": base64.b64encode(pcm[i : i + FRAME_BYTES]).decode()})
+    client.send({"t": "end_speaking", "stamp": stamp})
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_voice_turn_with_a_grammar_is_exact(livetx: Any, tmp_path: Path) -> None:
+    grammar = tmp_path / "home.jsgf"
+    grammar.write_text(GRAMMAR)
+    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    stream(client, await spoken("turn off the bedroom lights"), "seg-1")
+    frames = await client.until("end", timeout=30)
+    assert frames[0]["data"]["input_type"] == "audio" and "wav_assemble_time" in frames[0]["data"]
+    assert frames[1]["data"] == {"stt": "pocketsphinx"}
+    assert frames[2]["t"] == "user_msg"
+    assert frames[2]["data"]["text"] == "turn off the bedroom lights"
+    reply = "".join(f["data"]["text"] for f in frames if f["t"] == "bot_delta_chunk")
+    assert reply == "turn off the bedroom lights"  # the echo model
+    audio = [f for f in frames if f["t"] == "response"]
+    with wave.open(io.BytesIO(base64.b64decode(audio[0]["data"]))) as w:
+        assert w.getnframes() > 0
+    metrics = {k: v for f in frames + [await client.next()] if f["t"] == "metrics" for k, v in f["data"].items()}
+    assert metrics["speak_to_first_frame"] > 0 and metrics["wav_to_tts_total_time"] >= metrics["speak_to_first_frame"]
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_transcription_does_not_hold_up_other_connections(livetx: Any, openai: Any) -> None:
+    openai.transcription_delay = 1.0
+    openai.transcript = "a slow transcript"
+    server = await livetx(
+        f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\nlanguage = "en"\n'
+    )
+    voice = await connect(server.url(LIVE, token=server.token()))
+    text = await connect(server.url(LIVE, token=server.token("bob")))
+    stream(voice, b"\x10\x00" * 8000, "s")
+    await voice.until("metrics")  # the voice turn has started
+    await text.turn("quick one")
+    assert "user_msg" not in kinds(voice.frames)  # still waiting for its transcript
+    frames = await voice.until("end")
+    user = next(f for f in frames if f["t"] == "user_msg")
+    assert user["data"]["text"] == "a slow transcript"
+    upload = [r for r in openai.requests if r.path.endswith("/audio/transcriptions")][-1]
+    assert upload.fields["model"] == b"whisper-1" and upload.fields["language"] == b"en"
+    sent_pcm, rate = read_wav(upload.fields["file"])
+    assert (sent_pcm, rate) == (b"\x10\x00" * 8000, 16000)
+    for client in (voice, text):
+        await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_barge_in_over_the_wire_keeps_the_new_segment(livetx: Any, openai: Any) -> None:
+    openai.reply = " ".join(f"This is sentence {i} of a long story." for i in range(30))
+    openai.token_delay = 0.01
+    openai.transcript = "stop please"
+    config = openai_config(openai.base_url) + f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n'
+    server = await livetx(config)
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "text_input", "text": "tell me a story"})
+    await client.until("response")
+    client.send({"t": "start_speaking", "stamp": "barge"})
+    client.send({"t": "speaking_part", "data": base64.b64encode(b"\x01\x00" * 1600).decode()})
+    client.send({"t": "interrupt"})
+    client.send({"t": "speaking_part", "data": base64.b64encode(b"\x02\x00" * 1600).decode()})
+    client.send({"t": "end_speaking", "stamp": "barge"})
+    await client.until("stop_play")
+    frames = await client.until("user_msg")
+    assert "response" not in kinds(frames)  # nothing of the old turn after stop_play
+    assert frames[-1]["data"]["text"] == "stop please"
+    upload = [r for r in openai.requests if r.path.endswith("/audio/transcriptions")][-1]
+    assert read_wav(upload.fields["file"])[0] == b"\x01\x00" * 1600 + b"\x02\x00" * 1600
+    await client.until("end")
+    await client.close_and_wait()
