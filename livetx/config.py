@@ -97,6 +97,8 @@ class STTConfig(ServiceConfig):
     keywords: list[str] | None = None
     #: Threads for engines that block (PocketSphinx): at most this many segments at once.
     threads: int = 2
+    #: Keep every segment as a WAV in the data dir (for debugging recognition).
+    keep_audio: bool = False
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
     http, pool = make_http_client(reactor)
-    pipeline = build_pipeline(settings, http, reactor)
+    pipeline = build_pipeline(settings, http, reactor, data_dir)
 
     root = MultiService()
     connections = ConnectionTracker()

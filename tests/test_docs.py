@@ -36,3 +36,17 @@ def test_protocol_doc_explains_every_code() -> None:
     codes = [v for n, v in vars(frames).items() if n.isupper() and isinstance(v, str)]
     missing = [code for code in codes if f"`{code}`" not in text]
     assert missing == []
+
+
+def test_configuration_doc_covers_every_key() -> None:
+    import dataclasses
+    import typing
+
+    from livetx.config import Config
+
+    text = (DOCS / "configuration.md").read_text()
+    missing = []
+    for section, cls in typing.get_type_hints(Config).items():
+        assert f"### `[{section}]`" in text, section
+        missing += [f"[{section}] {f.name}" for f in dataclasses.fields(cls) if f"| `{f.name}` |" not in text]
+    assert missing == []

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from livetx.audio import read_wav, resample
 from livetx.config import TTSConfig
@@ -109,3 +110,25 @@ async def test_barge_in_over_the_wire_keeps_the_new_segment(livetx: Any, openai:
     assert read_wav(upload.fields["file"])[0] == b"\x01\x00" * 1600 + b"\x02\x00" * 1600
     await client.until("end")
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_audio_is_kept_only_when_configured(livetx: Any, openai: Any) -> None:
+    stt = f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n'
+    for keep in (False, True):
+        server = await livetx(stt + f"keep_audio = {'true' if keep else 'false'}\n")
+        client = await connect(server.url(LIVE, token=server.token("dev/ice 7")))
+        stream(client, b"\x05\x00" * 3200, "k")
+        await client.until("end")
+        await client.close_and_wait()
+        audio_dir = server.data_dir / "audio"
+        if not keep:
+            assert not audio_dir.exists()
+            continue
+        for _ in range(100):
+            if audio_dir.exists() and list(audio_dir.iterdir()):
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        (kept,) = audio_dir.iterdir()
+        assert kept.name.endswith("-dev_ice_7-1.wav")
+        assert read_wav(kept.read_bytes()) == (b"\x05\x00" * 3200, 16000)

@@ -89,6 +89,8 @@ class Pipeline:
     history_turns: int = 20
     tts_concurrency: int = 2
     max_segment_seconds: float = 60.0
+    #: Called with (username, wav) for every segment, when audio is to be kept.
+    keep_audio: Callable[[str, bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,8 @@ class LiveSession:
         began = self._clock.seconds()
         wav = segment.wav()
         assembled = self._clock.seconds()
+        if self._pipeline.keep_audio is not None:
+            self._pipeline.keep_audio(self.username, wav)
         self._emit({"t": "metrics",
                     "data": {"wav_assemble_time": assembled - began, "input_type": "audio"}})
         stt = self._pipeline.stt

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from treq.client import HTTPClient
 
+from livetx.archive import AudioArchive
 from livetx.config import Config
 from livetx.live.session import Pipeline
 from livetx.providers.echo import EchoChat
@@ -29,8 +31,13 @@ def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any)
     return None if maker is None else maker(section, http, reactor)
 
 
-def build_pipeline(config: Config, http: HTTPClient, reactor: Any) -> Pipeline:
+def build_pipeline(
+    config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
+) -> Pipeline:
     """Everything the live sessions of one server share."""
+    archive = None
+    if config.stt.keep_audio and data_dir is not None:
+        archive = AudioArchive(data_dir / "audio", reactor)
     return Pipeline(
         llm=_make(LLMS, config.llm, http, reactor),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
@@ -39,4 +46,5 @@ def build_pipeline(config: Config, http: HTTPClient, reactor: Any) -> Pipeline:
         history_turns=config.llm.history_turns,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
+        keep_audio=archive.keep if archive is not None else None,
     )
