@@ -73,8 +73,9 @@ class LLMConfig(ServiceConfig):
 class TTSConfig(ServiceConfig):
     """Text-to-speech for the reply, one request per sentence."""
 
-    provider: Literal["espeak", "openai", "none"] = "espeak"
-    model: str = "tts-1"
+    provider: Literal["espeak", "piper", "openai", "none"] = "espeak"
+    #: OpenAI: the model name (default "tts-1"); Piper: the voice's .onnx file.
+    model: str | None = None
     #: None: the engine's own default ("en-us" for eSpeak, "alloy" for OpenAI).
     voice: str | None = None
     response_format: Literal["wav", "mp3", "opus", "aac", "flac"] = "wav"

@@ -21,7 +21,7 @@ from twisted.python import usage
 from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
-from livetx.providers.factory import build_pipeline
+from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.web.admission import api_key_gate, jwt_gate
 from livetx.web.protocol import ConnectionTracker
@@ -80,6 +80,7 @@ class Options(usage.Options):
             self["settings"] = configuration.load(
                 Path(self["config"]) if self["config"] else None
             )
+            check_engines(self["settings"])
         except configuration.ConfigError as e:
             # One line naming the problem, not a page of usage text.
             sys.stderr.write(f"livetx: {e}\n")

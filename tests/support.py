@@ -119,10 +119,10 @@ class LiveClient(WebSocketClientProtocol):
         self._cursor += index + 1
         return rest[: index + 1]
 
-    async def turn(self, text: str, **extra: Any) -> list[dict[str, Any]]:
+    async def turn(self, text: str, timeout: float = TIMEOUT, **extra: Any) -> list[dict[str, Any]]:
         """Send a text turn; return its frames up to ``end``."""
         self.send({"t": "text_input", "text": text, **extra})
-        return await self.until("end")
+        return await self.until("end", timeout)
 
     async def next(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         count = self._cursor + 1

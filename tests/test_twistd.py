@@ -54,6 +54,8 @@ def test_bad_endpoints_are_usage_errors(tmp_path: Path, bad: str) -> None:
         ('[llm]\ntimeout = "soon"\n', "[llm] timeout must be a number, got 'soon'"),
         ('[tts]\nprovider = "robot"\n', "[tts] provider must be one of"),
         ("[llm\n", "is not valid TOML"),
+        ('[tts]\nprovider = "piper"\n', "[tts] model must name a Piper voice"),
+        ('[stt]\ngrammar = "/no/such/grammar.jsgf"\n', "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
     ],
 )
 def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, message: str) -> None:

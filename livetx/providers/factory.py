@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
 from treq.client import HTTPClient
 
 from livetx.archive import AudioArchive
-from livetx.config import Config
+from livetx.config import Config, ConfigError
 from livetx.live.session import Pipeline
 from livetx.providers.echo import EchoChat
 from livetx.providers.espeak import EspeakSpeech
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
+from livetx.providers.piper import PiperSpeech
 from livetx.providers.sphinx import SphinxRecognizer
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
@@ -22,8 +24,36 @@ LLMS: dict[str, Maker] = {
     "echo": lambda section, http, reactor: EchoChat(reactor, section.echo_delay),
     "openai": OpenAIChat,
 }
-SYNTHESIZERS: dict[str, Maker] = {"espeak": EspeakSpeech, "openai": OpenAISpeech}
+SYNTHESIZERS: dict[str, Maker] = {"espeak": EspeakSpeech, "piper": PiperSpeech, "openai": OpenAISpeech}
 RECOGNIZERS: dict[str, Maker] = {"pocketsphinx": SphinxRecognizer, "openai": OpenAITranscriber}
+
+
+#: Engines that need a module of their own: provider → (module, what to install).
+NEEDS: dict[str, tuple[str, str]] = {
+    "espeak": ("espeakng_loader", "espeakng-loader"),
+    "piper": ("piper", "livetx[piper]"),
+    "pocketsphinx": ("pocketsphinx", "pocketsphinx"),
+}
+
+
+def _need_file(section: str, key: str, value: str | None, what: str) -> None:
+    if not value:
+        raise ConfigError(f"[{section}] {key} must name {what}")
+    if not Path(value).expanduser().is_file():
+        raise ConfigError(f"[{section}] {key} {value!r} does not exist")
+
+
+def check(config: Config) -> None:
+    """Stop start-up with one line when a configured engine cannot work at all."""
+    for name in ("tts", "stt"):
+        provider = getattr(config, name).provider
+        module, package = NEEDS.get(provider, (None, ""))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"[{name}] provider {provider!r} needs: pip install '{package}'")
+    if config.tts.provider == "piper":
+        _need_file("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
+    if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
+        _need_file("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
 
 
 def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:

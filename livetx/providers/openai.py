@@ -211,7 +211,7 @@ class OpenAISpeech:
 
     def synthesize(self, text: str) -> Deferred[bytes]:
         c = self._config
-        request = {"model": c.model, "input": text, "voice": c.voice or "alloy",
+        request = {"model": c.model or "tts-1", "input": text, "voice": c.voice or "alloy",
                    "response_format": c.response_format}
         return _collect(self._upstream, "/audio/speech", json=request).addCallback(self._check)
 

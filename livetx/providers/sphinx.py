@@ -33,10 +33,7 @@ class SphinxRecognizer:
     def __init__(self, config: STTConfig, http: Any, reactor: Any) -> None:
         self._options: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
         if config.grammar:
-            grammar = Path(config.grammar)
-            if not grammar.is_file():
-                raise STTError(f"[stt] grammar file {str(grammar)!r} does not exist")
-            self._options["jsgf"] = str(grammar)
+            self._options["jsgf"] = str(Path(config.grammar).expanduser())
         elif config.keywords:
             self._options["kws"] = _keyword_file(config.keywords)
         self._worker = Worker(reactor, "pocketsphinx", config.threads)
