@@ -89,14 +89,15 @@ class TTSConfig(ServiceConfig):
 class STTConfig(ServiceConfig):
     """Speech-to-text for voice turns."""
 
-    provider: Literal["pocketsphinx", "openai", "none"] = "pocketsphinx"
-    model: str = "whisper-1"
+    provider: Literal["pocketsphinx", "whisper", "openai", "none"] = "pocketsphinx"
+    #: OpenAI: the model name (default "whisper-1"); Whisper: the model directory.
+    model: str | None = None
     language: str | None = None
     max_segment_seconds: float = 60.0
     #: PocketSphinx only: a JSGF grammar file, or phrases to spot, for exact commands.
     grammar: str | None = None
     keywords: list[str] | None = None
-    #: Threads for engines that block (PocketSphinx): at most this many segments at once.
+    #: PocketSphinx: segments decoded at once; Whisper: cores one decode may use.
     threads: int = 2
     #: Keep every segment as a WAV in the data dir (for debugging recognition).
     keep_audio: bool = False

@@ -23,7 +23,7 @@ def test_defaults_run_offline() -> None:
         ({"llm": {"timeout": "5"}}, "[llm] timeout must be a number, got '5'"),
         ({"llm": {"history_turns": 2.5}}, "[llm] history_turns must be an integer"),
         ({"llm": {"history_turns": True}}, "[llm] history_turns must be an integer"),
-        ({"tts": {"provider": "festival"}}, "[tts] provider must be one of 'espeak', 'openai', 'none'"),
+        ({"tts": {"provider": "festival"}}, "[tts] provider must be one of 'espeak', 'piper', 'openai', 'none'"),
         ({"stt": {"keywords": ["on", 3]}}, "[stt] keywords must be a list of strings"),
         ({"stt": {"language": ["en"]}}, "[stt] language must be a string"),
         ({"server": {"ping_interval": -1}}, "[server] ping_interval must not be negative"),

@@ -55,6 +55,7 @@ def test_bad_endpoints_are_usage_errors(tmp_path: Path, bad: str) -> None:
         ('[tts]\nprovider = "robot"\n', "[tts] provider must be one of"),
         ("[llm\n", "is not valid TOML"),
         ('[tts]\nprovider = "piper"\n', "[tts] model must name a Piper voice"),
+        ('[stt]\nprovider = "whisper"\nmodel = "/no/model"\n', "[stt] model '/no/model' does not exist"),
         ('[stt]\ngrammar = "/no/such/grammar.jsgf"\n', "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
     ],
 )

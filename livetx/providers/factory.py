@@ -16,6 +16,7 @@ from livetx.providers.espeak import EspeakSpeech
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 from livetx.providers.piper import PiperSpeech
 from livetx.providers.sphinx import SphinxRecognizer
+from livetx.providers.whisper import WhisperRecognizer
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
 
@@ -25,7 +26,11 @@ LLMS: dict[str, Maker] = {
     "openai": OpenAIChat,
 }
 SYNTHESIZERS: dict[str, Maker] = {"espeak": EspeakSpeech, "piper": PiperSpeech, "openai": OpenAISpeech}
-RECOGNIZERS: dict[str, Maker] = {"pocketsphinx": SphinxRecognizer, "openai": OpenAITranscriber}
+RECOGNIZERS: dict[str, Maker] = {
+    "pocketsphinx": SphinxRecognizer,
+    "whisper": WhisperRecognizer,
+    "openai": OpenAITranscriber,
+}
 
 
 #: Engines that need a module of their own: provider → (module, what to install).
@@ -33,13 +38,15 @@ NEEDS: dict[str, tuple[str, str]] = {
     "espeak": ("espeakng_loader", "espeakng-loader"),
     "piper": ("piper", "livetx[piper]"),
     "pocketsphinx": ("pocketsphinx", "pocketsphinx"),
+    "whisper": ("faster_whisper", "livetx[whisper]"),
 }
 
 
-def _need_file(section: str, key: str, value: str | None, what: str) -> None:
+def _need_path(section: str, key: str, value: str | None, what: str, directory: bool = False) -> None:
     if not value:
         raise ConfigError(f"[{section}] {key} must name {what}")
-    if not Path(value).expanduser().is_file():
+    path = Path(value).expanduser()
+    if not (path.is_dir() if directory else path.is_file()):
         raise ConfigError(f"[{section}] {key} {value!r} does not exist")
 
 
@@ -51,9 +58,11 @@ def check(config: Config) -> None:
         if module is not None and importlib.util.find_spec(module) is None:
             raise ConfigError(f"[{name}] provider {provider!r} needs: pip install '{package}'")
     if config.tts.provider == "piper":
-        _need_file("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
+        _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
+    if config.stt.provider == "whisper":
+        _need_path("stt", "model", config.stt.model, "a faster-whisper model directory", directory=True)
     if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
-        _need_file("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
+        _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
 
 
 def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:

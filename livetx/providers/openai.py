@@ -235,7 +235,7 @@ class OpenAITranscriber:
         )
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
-        fields = {"model": self._config.model}
+        fields = {"model": self._config.model or "whisper-1"}
         if self._config.language:
             fields["language"] = self._config.language
         files = {"file": ("audio.wav", "audio/wav", io.BytesIO(wav))}
