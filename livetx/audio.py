@@ -28,12 +28,18 @@ def to_wav(pcm: bytes | bytearray, rate: int = SAMPLE_RATE) -> bytes:
 
 
 def read_wav(data: bytes) -> tuple[bytes, int]:
-    """A WAV file's audio as mono PCM16 and its rate (channels are averaged)."""
-    with wave.open(io.BytesIO(data)) as w:
-        if w.getsampwidth() != SAMPLE_WIDTH:
-            raise ValueError(f"only 16-bit WAV is supported, not {8 * w.getsampwidth()}-bit")
-        channels, rate = w.getnchannels(), w.getframerate()
-        frames = w.readframes(w.getnframes())
+    """A WAV file's audio as mono PCM16 and its rate (channels are averaged).
+
+    Anything that is not a readable 16-bit WAV raises ``ValueError``.
+    """
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            if w.getsampwidth() != SAMPLE_WIDTH:
+                raise ValueError(f"only 16-bit WAV is supported, not {8 * w.getsampwidth()}-bit")
+            channels, rate = w.getnchannels(), w.getframerate()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"not a WAV file: {e}") from None
     if channels == 1:
         return frames, rate
     samples = _samples(frames)

@@ -130,9 +130,17 @@ async def test_speech_returns_a_wav(openai: Any, http: Any) -> None:
     assert openai.requests[-1].json == {
         "model": "tts-1", "input": "Hello there, friend.", "voice": "nova", "response_format": "wav",
     }
+    for text in ("two", "three"):
+        await tts.synthesize(text)
+    assert len({r.port for r in openai.requests}) == 1  # one kept-alive connection
     openai.fail_status = 503
     with pytest.raises(TTSError, match="503"):
         await tts.synthesize("again")
+    openai.fail_status = None
+    openai.speech_delay = 1.0
+    slow = OpenAISpeech(TTSConfig(base_url=openai.base_url, timeout=0.2), http, reactor)
+    with pytest.raises(TTSError, match="timed out"):
+        await slow.synthesize("too slow")
 
 
 @pytest_twisted.ensureDeferred

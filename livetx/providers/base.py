@@ -11,6 +11,8 @@ from typing import Callable, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
+from livetx.audio import read_wav, resample
+
 
 class Message(TypedDict):
     """One entry of the conversation, in the chat-completions shape."""
@@ -74,3 +76,12 @@ class SpeechRecognizer(Protocol):
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
         """Fire with the transcript of a 16 kHz mono PCM16 WAV file."""
+
+
+def recognizer_input(wav: bytes) -> bytes:
+    """A segment as 16 kHz mono PCM for an offline recognizer, or ``STTError``."""
+    try:
+        pcm, rate = read_wav(wav)
+    except ValueError as e:
+        raise STTError(f"cannot read the audio: {e}") from None
+    return resample(pcm, rate)

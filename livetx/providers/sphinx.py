@@ -15,14 +15,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from livetx.audio import SAMPLE_RATE, read_wav, resample
+from livetx.audio import SAMPLE_RATE
 from livetx.config import STTConfig
-from livetx.providers.base import STTError
+from livetx.providers.base import recognizer_input
 from livetx.providers.threads import Worker
 
 #: Silence around the segment: the decoder needs some to find word edges.
 _PAD = b"\0\0" * (SAMPLE_RATE // 4)
-_KEYWORD_THRESHOLD = "1e-20"
+#: Detection threshold for a keyword phrase without one of its own ("lights on /1e-30/").
+_KEYWORD_THRESHOLD = "1e-45"
 
 
 class SphinxRecognizer:
@@ -49,16 +50,13 @@ class SphinxRecognizer:
 
     def _decode(self, wav: bytes) -> str:
         """Runs on a recognizer thread."""
-        try:
-            pcm, rate = read_wav(wav)
-        except (ValueError, EOFError) as e:
-            raise STTError(f"cannot read the audio: {e}") from None
+        pcm = recognizer_input(wav)
         decoder = self._decoder()
         decoder.start_utt()
-        decoder.process_raw(_PAD + resample(pcm, rate) + _PAD, full_utt=True)
+        decoder.process_raw(_PAD + pcm + _PAD, full_utt=True)
         decoder.end_utt()
         hypothesis = decoder.hyp()
-        return hypothesis.hypstr if hypothesis is not None else ""
+        return hypothesis.hypstr.strip() if hypothesis is not None else ""
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
         return self._worker.run(self._decode, wav)
@@ -69,5 +67,8 @@ def _keyword_file(keywords: list[str]) -> str:
     handle = tempfile.NamedTemporaryFile("w", prefix="livetx-kws-", suffix=".txt", delete=False)
     with handle:
         for phrase in keywords:
-            handle.write(f"{phrase.strip().lower()} /{_KEYWORD_THRESHOLD}/\n")
+            phrase = phrase.strip().lower()
+            if not phrase.endswith("/"):
+                phrase += f" /{_KEYWORD_THRESHOLD}/"
+            handle.write(phrase + "\n")
     return handle.name

@@ -14,9 +14,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from livetx.audio import read_wav, resample
 from livetx.config import STTConfig
-from livetx.providers.base import STTError
+from livetx.providers.base import recognizer_input
 from livetx.providers.threads import Worker
 
 
@@ -48,11 +47,7 @@ class WhisperRecognizer:
         """Runs on the Whisper thread; the model loads on the first segment."""
         import numpy
 
-        try:
-            pcm, rate = read_wav(wav)
-        except (ValueError, EOFError) as e:
-            raise STTError(f"cannot read the audio: {e}") from None
-        samples = numpy.frombuffer(resample(pcm, rate), dtype="<i2").astype(numpy.float32) / 32768
+        samples = numpy.frombuffer(recognizer_input(wav), dtype="<i2").astype(numpy.float32) / 32768
         segments, _ = self._load().transcribe(samples, language=self._language, beam_size=1)
         return " ".join(segment.text.strip() for segment in segments)
 

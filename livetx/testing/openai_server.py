@@ -39,6 +39,8 @@ class Recorded:
 
     path: str
     headers: dict[str, str]
+    #: The client's source port: the same port twice means a reused connection.
+    port: int = 0
     json: Any = None
     fields: dict[str, bytes] = field(default_factory=dict)
 
@@ -198,7 +200,7 @@ class _Endpoint(Resource):
 
     def render_POST(self, request: Request) -> Any:
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
-        record = Recorded(request.path.decode(), headers)
+        record = Recorded(request.path.decode(), headers, getattr(request.getClientAddress(), "port", 0))
         if headers.get("content-type", "").startswith("application/json"):
             record.json = json.loads(request.content.read() or b"null")
         else:
