@@ -88,16 +88,22 @@ async def test_slow_transcription_does_not_hold_up_other_connections(livetx: Any
         await client.close_and_wait()
 
 
-@pytest_twisted.ensureDeferred
-async def test_barge_in_over_the_wire_keeps_the_new_segment(livetx: Any, openai: Any) -> None:
+async def long_reply_underway(livetx: Any, openai: Any, transcript: str, wait_for: str) -> LiveClient:
+    """A client whose text turn is streaming a long reply; STT answers ``transcript``."""
     openai.reply = " ".join(f"This is sentence {i} of a long story." for i in range(30))
     openai.token_delay = 0.01
-    openai.transcript = "stop please"
+    openai.transcript = transcript
     config = openai_config(openai.base_url) + f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n'
     server = await livetx(config)
     client = await connect(server.url(LIVE, token=server.token()))
     client.send({"t": "text_input", "text": "tell me a story"})
-    await client.until("response")
+    await client.until(wait_for)
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_barge_in_over_the_wire_keeps_the_new_segment(livetx: Any, openai: Any) -> None:
+    client = await long_reply_underway(livetx, openai, "stop please", "response")
     client.send({"t": "start_speaking", "stamp": "barge"})
     client.send({"t": "speaking_part", "data": base64.b64encode(b"\x01\x00" * 1600).decode()})
     client.send({"t": "interrupt"})
@@ -154,14 +160,7 @@ async def test_piper_voice_speaks_each_sentence(livetx: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_interrupt_then_speak_at_once(livetx: Any, openai: Any) -> None:
-    openai.reply = " ".join(f"Line {i} of a poem goes here." for i in range(30))
-    openai.token_delay = 0.01
-    openai.transcript = "something else"
-    config = openai_config(openai.base_url) + f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n'
-    server = await livetx(config)
-    client = await connect(server.url(LIVE, token=server.token()))
-    client.send({"t": "text_input", "text": "recite"})
-    await client.until("bot_delta_chunk")
+    client = await long_reply_underway(livetx, openai, "something else", "bot_delta_chunk")
     client.send({"t": "interrupt"})
     stream(client, b"\x03\x00" * 3200, "after")  # sent before stop_play arrives
     await client.until("stop_play")
