@@ -64,20 +64,26 @@ def rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def local_server(tokens: int, sentences: int, delay: float) -> Iterator[tuple[str, int, float]]:
-    """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds)."""
+def local_server(
+    tokens: int, sentences: int, delay: float, offline: bool = False
+) -> Iterator[tuple[str, int, float]]:
+    """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
+
+    ``offline`` runs livetx on its defaults instead: echo model, eSpeak NG.
+    """
     sim_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp, "livetx.toml")
+        base = f"http://127.0.0.1:{sim_port}/v1"
+        config.write_text(
+            "" if offline else
+            f'[llm]\nprovider = "openai"\nbase_url = "{base}"\nmodel = "sim"\n'
+            f'[tts]\nprovider = "openai"\nbase_url = "{base}"\n'
+        )
         sim = subprocess.Popen(
             [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(sim_port),
              "--tokens", str(tokens), "--sentences", str(sentences), "--delay", str(delay)],
             stdout=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{sim_port}/v1"
-        config = Path(tmp, "livetx.toml")
-        config.write_text(
-            f'[llm]\nprovider = "openai"\nbase_url = "{base}"\nmodel = "sim"\n'
-            f'[tts]\nprovider = "openai"\nbase_url = "{base}"\n'
         )
         data = Path(tmp, "data")
         started = time.monotonic()
@@ -160,12 +166,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--sentences", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="simulator seconds between tokens")
+    parser.add_argument("--offline", action="store_true", help="livetx on its defaults: echo model, eSpeak NG")
     parser.add_argument("--json", help="also write the summary to this file")
     args = parser.parse_args()
     if args.url:
         summary = asyncio.run(measure(args.url, args.connections, args.turns, None))
     else:
-        with local_server(args.tokens, args.sentences, args.delay) as (url, pid, startup):
+        with local_server(args.tokens, args.sentences, args.delay, args.offline) as (url, pid, startup):
             summary = asyncio.run(measure(url, args.connections, args.turns, pid))
             summary["startup_s"] = startup
     print_table(summary)
