@@ -111,6 +111,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     root = MultiService()
     connections = ConnectionTracker()
+    connections.setName("connections")
     site = build_site(
         gates={
             "jwt_live": jwt_gate(secret, "live"),

@@ -187,6 +187,20 @@ async def test_interrupt_closes_upstream_and_no_audio_follows(livetx: Any, opena
 
 
 @pytest_twisted.ensureDeferred
+async def test_client_vanishing_mid_turn_frees_the_upstream(livetx: Any, openai: Any) -> None:
+    openai.reply = " ".join(f"Word{i}." for i in range(200))
+    openai.token_delay = 0.01
+    server = await livetx(openai_config(openai.base_url))
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "text_input", "text": "go on"})
+    await client.until("bot_delta_chunk")
+    client.transport.abortConnection()  # no close handshake: the device just vanished
+    await client.closed
+    await eventually(lambda: openai.lost == ["/v1/chat/completions"])
+    await eventually(lambda: len(server.service.getServiceNamed("connections")) == 0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_upstream_failure_is_an_error_frame_and_the_session_survives(
     livetx: Any, openai: Any
 ) -> None:
