@@ -235,8 +235,10 @@ class LiveSession:
     def _append_audio(self, event: EventData) -> None:
         segment = self._segment
         assert segment is not None
-        segment.pcm += event.kwargs["pcm"]
-        if len(segment.pcm) > self._max_segment_bytes:
+        pcm = event.kwargs["pcm"]
+        if len(segment.pcm) + len(pcm) <= self._max_segment_bytes:
+            segment.pcm += pcm
+        else:  # refuse before copying: the cap bounds memory, not just turns
             self._segment = None
             self.fire("segment_dropped")
             raise FrameError(
