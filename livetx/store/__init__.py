@@ -1,0 +1,90 @@
+"""Where conversations are kept, behind one small interface.
+
+The live and chat cores only see :class:`ConversationStore`; SQLite is the
+embedded default, and a second backend implements the same methods.
+Every method returns a Deferred that fires after the data is durable, so a
+caller can promise the client that what it acknowledged is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from twisted.internet.defer import Deferred
+
+Part = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    id: str
+    username: str
+    kind: str
+    title: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    session_id: str
+    role: str
+    parts: list[Part]
+    created_at: str
+    interrupted: bool = False
+    input_type: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The plain-text parts joined: what a language model is shown."""
+        return "".join(p.get("text", "") for p in self.parts if p.get("type") == "plain")
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    id: str
+    username: str
+    filename: str
+    mime: str
+    size: int
+    created_at: str
+
+
+class ConversationStore(Protocol):
+    """Sessions of a user, messages of a session, and uploaded attachments."""
+
+    def open_session(self, username: str, session_id: str | None, kind: str) -> Deferred[StoredSession]:
+        """The session, created when new; ``PermissionError`` if another user owns it."""
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        parts: Sequence[Part],
+        *,
+        interrupted: bool = False,
+        input_type: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Deferred[StoredMessage]:
+        """Append a message; fires once it is committed."""
+
+    def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
+        """The session's messages, oldest first (the last ``limit`` when given)."""
+
+    def sessions(self, username: str, offset: int, limit: int) -> Deferred[tuple[list[StoredSession], int]]:
+        """A page of the user's sessions, newest first, and how many there are."""
+
+    def owner(self, session_id: str) -> Deferred[str | None]:
+        """Who owns a session, or None when it does not exist."""
+
+    def add_attachment(self, username: str, filename: str, mime: str, data: bytes) -> Deferred[StoredAttachment]:
+        """Keep an uploaded file; its id can be referred to from message parts."""
+
+    def attachment(self, attachment_id: str) -> Deferred[StoredAttachment | None]:
+        """An attachment's record, or None."""
+
+    def close(self) -> Deferred[None]:
+        """Finish pending writes and release the database."""

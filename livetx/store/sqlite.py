@@ -1,0 +1,204 @@
+"""The embedded store: SQLite in the data dir, through ``twisted.enterprise.adbapi``.
+
+One database connection on one thread: writes are applied in the order they
+were asked for, and no query ever runs on the reactor thread. WAL with
+``synchronous=FULL`` means a write whose Deferred has fired survives the
+process being killed, and the machine losing power.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+
+from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (username, updated_at);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES sessions (id),
+    role TEXT NOT NULL,
+    parts TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    input_type TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, id);
+CREATE TABLE IF NOT EXISTS attachments (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    mime TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+_MESSAGE_COLUMNS = "id, session_id, role, parts, created_at, interrupted, input_type, metrics"
+_SESSION_COLUMNS = "id, username, kind, title, created_at, updated_at"
+
+
+def now() -> str:
+    """UTC time as ISO 8601 with milliseconds and a ``Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _prepare(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.executescript(SCHEMA)
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        id=row[0], session_id=row[1], role=row[2], parts=json.loads(row[3]), created_at=row[4],
+        interrupted=bool(row[5]), input_type=row[6], metrics=json.loads(row[7]),
+    )
+
+
+def _title(parts: Sequence[Part]) -> str:
+    text = " ".join(p.get("text", "") for p in parts if p.get("type") == "plain").strip()
+    return text[:80]
+
+
+class SQLiteStore:
+    """:class:`livetx.store.ConversationStore` on one SQLite file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "livetx.sqlite3"
+        self.attachments_dir = data_dir / "attachments"
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3", str(self.path), check_same_thread=False, cp_min=1, cp_max=1,
+            cp_openfun=_prepare, cp_noisy=False,
+        )
+
+    def close(self) -> Deferred[None]:
+        """Stop after the queued writes: the pool's thread drains its queue first."""
+        self._pool.close()
+        return succeed(None)
+
+    # -- sessions ----------------------------------------------------------
+
+    def open_session(self, username: str, session_id: str | None, kind: str) -> Deferred[StoredSession]:
+        return self._pool.runInteraction(self._open_session, username, session_id, kind)
+
+    def _open_session(self, cursor: Any, username: str, session_id: str | None, kind: str) -> StoredSession:
+        session_id = session_id or str(uuid.uuid4())
+        cursor.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,))
+        row = cursor.fetchone()
+        if row is None:
+            stamp = now()
+            row = (session_id, username, kind, "", stamp, stamp)
+            cursor.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", row)
+        if row[1] != username:
+            raise PermissionError("this session belongs to another user")
+        return StoredSession(*row)
+
+    def owner(self, session_id: str) -> Deferred[str | None]:
+        d = self._pool.runQuery("SELECT username FROM sessions WHERE id = ?", (session_id,))
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
+
+    def sessions(self, username: str, offset: int, limit: int) -> Deferred[tuple[list[StoredSession], int]]:
+        return self._pool.runInteraction(self._sessions, username, offset, limit)
+
+    def _sessions(self, cursor: Any, username: str, offset: int, limit: int) -> tuple[list[StoredSession], int]:
+        cursor.execute("SELECT COUNT(*) FROM sessions WHERE username = ?", (username,))
+        (total,) = cursor.fetchone()
+        cursor.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE username = ? "
+            "ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (username, limit, offset),
+        )
+        return [StoredSession(*row) for row in cursor.fetchall()], total
+
+    # -- messages ------------------------------------------------------------
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        parts: Sequence[Part],
+        *,
+        interrupted: bool = False,
+        input_type: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Deferred[StoredMessage]:
+        return self._pool.runInteraction(
+            self._add_message, session_id, role, list(parts), interrupted, input_type, metrics or {}
+        )
+
+    def _add_message(
+        self, cursor: Any, session_id: str, role: str, parts: list[Part],
+        interrupted: bool, input_type: str | None, metrics: dict[str, Any],
+    ) -> StoredMessage:
+        stamp = now()
+        cursor.execute(
+            "INSERT INTO messages (session_id, role, parts, created_at, interrupted, input_type, metrics) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session_id, role, json.dumps(parts, ensure_ascii=False), stamp, int(interrupted),
+             input_type, json.dumps(metrics)),
+        )
+        message_id = cursor.lastrowid
+        if role == "user":
+            cursor.execute(
+                "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END "
+                "WHERE id = ?",
+                (stamp, _title(parts), session_id),
+            )
+        else:
+            cursor.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+        return StoredMessage(message_id, session_id, role, parts, stamp, interrupted, input_type, metrics)
+
+    def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
+        if limit is None:
+            d = self._pool.runQuery(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            )
+        else:
+            d = self._pool.runQuery(
+                f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? "
+                "ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (session_id, limit),
+            )
+        return d.addCallback(lambda rows: [_message(row) for row in rows])
+
+    # -- attachments -----------------------------------------------------------
+
+    def add_attachment(self, username: str, filename: str, mime: str, data: bytes) -> Deferred[StoredAttachment]:
+        return self._pool.runInteraction(self._add_attachment, username, filename, mime, data)
+
+    def _add_attachment(self, cursor: Any, username: str, filename: str, mime: str, data: bytes) -> StoredAttachment:
+        record = StoredAttachment(secrets.token_hex(12), username, filename, mime, len(data), now())
+        self.attachments_dir.mkdir(parents=True, exist_ok=True)
+        (self.attachments_dir / record.id).write_bytes(data)
+        cursor.execute(
+            "INSERT INTO attachments (id, username, filename, mime, size, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.id, record.username, record.filename, record.mime, record.size, record.created_at),
+        )
+        return record
+
+    def attachment(self, attachment_id: str) -> Deferred[StoredAttachment | None]:
+        d = self._pool.runQuery(
+            "SELECT id, username, filename, mime, size, created_at FROM attachments WHERE id = ?",
+            (attachment_id,),
+        )
+        return d.addCallback(lambda rows: StoredAttachment(*rows[0]) if rows else None)

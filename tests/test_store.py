@@ -1,0 +1,77 @@
+"""The SQLite store: ordering, ownership, pagination, and reopening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from livetx.store.sqlite import SQLiteStore
+
+
+def plain(text: str) -> list[dict[str, str]]:
+    return [{"type": "plain", "text": text}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_round_trip_and_survive_reopening(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    session = await store.open_session("ann", None, "chat")
+    assert len(session.id) == 36 and session.username == "ann"
+    first = await store.add_message(session.id, "user", plain("hello 你好"), input_type="text")
+    second = await store.add_message(
+        session.id, "assistant", plain("hi"), interrupted=True, metrics={"llm_ttft": 0.1}
+    )
+    assert second.id > first.id and first.created_at.endswith("Z")
+    await store.close()
+
+    again = SQLiteStore(tmp_path)
+    stored = await again.messages(session.id)
+    assert [(m.role, m.text, m.interrupted) for m in stored] == [("user", "hello 你好", False), ("assistant", "hi", True)]
+    assert stored[1].metrics == {"llm_ttft": 0.1} and stored[0].input_type == "text"
+    assert [m.text for m in await again.messages(session.id, limit=1)] == ["hi"]
+    reopened = await again.open_session("ann", session.id, "chat")
+    assert reopened.title == "hello 你好"
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_belongs_to_one_user(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    session = await store.open_session("ann", "shared-id", "chat")
+    with pytest.raises(PermissionError):
+        await store.open_session("bob", session.id, "chat")
+    assert await store.owner(session.id) == "ann"
+    assert await store.owner("nope") is None
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_are_paged_newest_first(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    ids = []
+    for i in range(5):
+        session = await store.open_session("ann", f"s{i}", "chat")
+        await store.add_message(session.id, "user", plain(f"q{i}"))
+        ids.append(session.id)
+    await store.open_session("bob", "other", "chat")
+    page, total = await store.sessions("ann", 0, 2)
+    assert total == 5 and [s.id for s in page] == ["s4", "s3"]
+    page, _ = await store.sessions("ann", 4, 2)
+    assert [s.id for s in page] == ["s0"]
+    assert (await store.sessions("ann", 10, 2)) == ([], 5)
+    await store.add_message("s1", "user", plain("bump"))
+    page, _ = await store.sessions("ann", 0, 1)
+    assert page[0].id == "s1"
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_attachments(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    record = await store.add_attachment("ann", "cat.png", "image/png", b"\x89PNG...")
+    assert (tmp_path / "attachments" / record.id).read_bytes() == b"\x89PNG..."
+    assert await store.attachment(record.id) == record
+    assert await store.attachment("missing") is None
+    await store.close()
