@@ -23,6 +23,7 @@ from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
+from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import api_key_gate, jwt_gate
 from livetx.web.protocol import ConnectionTracker
 from livetx.web.site import build_site
@@ -87,15 +88,15 @@ class Options(usage.Options):
             raise SystemExit(1)
 
 
-class _HTTPPoolService(Service):
-    """Closes the providers' kept-alive upstream connections on shutdown."""
+class _Closing(Service):
+    """Closes something that holds resources (a store, a pool) when the server stops."""
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+    def __init__(self, resource: Any, close: str = "close") -> None:
+        self._close = getattr(resource, close)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self._pool.closeCachedConnections()
+        return self._close()
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -110,6 +111,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     pipeline = build_pipeline(settings, http, reactor, data_dir)
 
     root = MultiService()
+    store = SQLiteStore(data_dir)
     connections = ConnectionTracker()
     connections.setName("connections")
     site = build_site(
@@ -122,9 +124,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         limits=settings.server,
         connections=connections,
         clock=reactor,
+        store=store,
     )
-    # Stopped in reverse order: ports first, then open sockets, then the pool.
-    _HTTPPoolService(pool).setServiceParent(root)
+    # Stopped in reverse order: ports, open sockets, the store (after its
+    # queued writes), then the upstream connection pool.
+    _Closing(pool, "closeCachedConnections").setServiceParent(root)
+    _Closing(store).setServiceParent(root)
     connections.setServiceParent(root)
     for description in options["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(root)

@@ -17,7 +17,7 @@ import base64
 import binascii
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from transitions import EventData, Machine, MachineError
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
+from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.turn import Emit, Turn, TurnResult, _describe, _ms
@@ -102,6 +103,16 @@ class Exchange:
     interrupted: bool = False
 
 
+class Memory(Protocol):
+    """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        """The last ``turns`` exchanges, oldest first."""
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+        """Keep a finished turn; writes are applied in the order they are asked for."""
+
+
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
@@ -171,7 +182,13 @@ class LiveSession:
     """A connection's conversation; ``receive`` frames in, ``emit`` frames out."""
 
     def __init__(
-        self, *, username: str, pipeline: Pipeline, clock: IReactorTime, emit: Emit
+        self,
+        *,
+        username: str,
+        pipeline: Pipeline,
+        clock: IReactorTime,
+        emit: Emit,
+        memory: Memory | None = None,
     ) -> None:
         self.username = username
         self._pipeline = pipeline
@@ -180,8 +197,17 @@ class LiveSession:
         self._history: deque[Exchange] = deque(maxlen=max(0, pipeline.history_turns))
         self._segment: Segment | None = None
         self._turn: Turn | None = None
-        self._stt_call: Deferred[str] | None = None
+        #: What a turn waits for before the model starts: a transcript, or the
+        #: stored history of the conversation. Interrupting cancels it.
+        self._preparing: Deferred[Any] | None = None
         self._max_segment_bytes = int(pipeline.max_segment_seconds * BYTES_PER_SECOND)
+        self._metrics: dict[str, Any] = {}
+        self._memory = memory
+        self._recalled: Deferred[None] | None = None
+        if memory is not None and self._history.maxlen:
+            self._recalled = memory.recall(self._history.maxlen).addCallbacks(
+                self._restore, self._recall_failed
+            )
         self.state: str = MACHINE.initial
 
     @property
@@ -218,8 +244,8 @@ class LiveSession:
         self._segment = None
         if self._turn is not None:
             self._turn.interrupt()
-        if self._stt_call is not None:
-            self._stt_call.cancel()
+        if self._preparing is not None:
+            self._preparing.cancel()
 
     def _reject(self, kind: str) -> None:
         self._emit(frames.error(*REJECTIONS.get((self.state, kind), _NO_SEGMENT)))
@@ -254,9 +280,14 @@ class LiveSession:
 
     # -- turns ---------------------------------------------------------------
 
+    def _metric(self, **values: Any) -> None:
+        self._metrics.update(values)
+        self._emit({"t": "metrics", "data": values})
+
     def _begin_text_turn(self, event: EventData) -> None:
         started = self._clock.seconds()
-        self._emit({"t": "metrics", "data": {"input_type": "text"}})
+        self._metrics = {}
+        self._metric(input_type="text")
         self._reply_to(event.kwargs["text"], started)
 
     def _begin_voice_turn(self, event: EventData) -> None:
@@ -267,19 +298,19 @@ class LiveSession:
         assembled = self._clock.seconds()
         if self._pipeline.keep_audio is not None:
             self._pipeline.keep_audio(self.username, wav)
-        self._emit({"t": "metrics",
-                    "data": {"wav_assemble_time": assembled - began, "input_type": "audio"}})
+        self._metrics = {}
+        self._metric(wav_assemble_time=assembled - began, input_type="audio")
         stt = self._pipeline.stt
         if stt is None:
             self._emit(frames.error(frames.STT_UNAVAILABLE, "speech-to-text is not configured"))
             self._end_without_reply()
             return
-        self._emit({"t": "metrics", "data": {"stt": stt.name}})
-        self._stt_call = stt.transcribe(wav)
-        self._stt_call.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled,))
+        self._metric(stt=stt.name)
+        self._preparing = stt.transcribe(wav)
+        self._preparing.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled,))
 
     def _transcribed(self, text: str, assembled: float) -> None:
-        self._stt_call = None
+        self._preparing = None
         text = text.strip()
         if not text:
             self._end_without_reply()
@@ -287,7 +318,7 @@ class LiveSession:
             self._reply_to(text, assembled)
 
     def _stt_failed(self, failure: Failure) -> None:
-        self._stt_call = None
+        self._preparing = None
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
@@ -300,6 +331,16 @@ class LiveSession:
 
     def _reply_to(self, text: str, started: float) -> None:
         self._emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
+        if self._recalled is None or self._recalled.called:
+            self._start_turn(text, started)
+            return
+        # The stored history is still loading (first turn after connecting).
+        waiter = waiter_for(self._recalled)
+        waiter.addCallbacks(lambda _: self._start_turn(text, started), _cancelled)
+        self._preparing = waiter
+
+    def _start_turn(self, text: str, started: float) -> None:
+        self._preparing = None
         pipeline = self._pipeline
         turn = Turn(
             clock=self._clock,
@@ -314,9 +355,13 @@ class LiveSession:
         turn.start().addCallback(self._turn_over, text)
 
     def _turn_over(self, result: TurnResult, text: str) -> None:
-        self._turn = None
+        turn, self._turn = self._turn, None
         if result.reply or not result.failed:
-            self._history.append(Exchange(text, result.reply, result.interrupted))
+            exchange = Exchange(text, result.reply, result.interrupted)
+            self._history.append(exchange)
+            if self._memory is not None and turn is not None:
+                metrics = {**self._metrics, **turn.metrics}
+                self._memory.remember(exchange, metrics.get("input_type", "text"), metrics)
         if not result.interrupted:
             self.fire("turn_done")
 
@@ -324,10 +369,19 @@ class LiveSession:
         """Barge-in: silence the turn first, then tell the client to stop playing."""
         if self._turn is not None:
             self._turn.interrupt()
-        elif self._stt_call is not None:
-            self._stt_call.cancel()
+        elif self._preparing is not None:
+            self._preparing.cancel()
         self._emit({"t": "stop_play"})
         self.fire("unwound")
+
+    def _restore(self, exchanges: list[Exchange]) -> None:
+        # Turns finished while loading are newer than anything stored.
+        newer = list(self._history)
+        self._history.clear()
+        self._history.extend([*exchanges, *newer])
+
+    def _recall_failed(self, failure: Failure) -> None:
+        _log.failure("Could not load the stored conversation of {user}", failure, user=self.username)
 
     def _context(self, text: str) -> list[Message]:
         messages: list[Message] = []
@@ -343,3 +397,7 @@ class LiveSession:
 
 def _discard(frame: Frame) -> None:
     """Where frames go once the connection has closed."""
+
+
+def _cancelled(failure: Failure) -> None:
+    failure.trap(CancelledError)

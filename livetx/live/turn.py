@@ -72,6 +72,8 @@ class Turn:
         self._tts_started: float | None = None
         self._tts_first: float | None = None
         self._tts_error_sent = False
+        #: Every metric this turn reported, for the stored message.
+        self.metrics: dict[str, Any] = {}
         self.done: Deferred[TurnResult] = Deferred()
 
     @property
@@ -103,6 +105,8 @@ class Turn:
 
     def _send(self, frame: frames.Frame) -> None:
         if self._emit is not None:
+            if frame["t"] == "metrics":
+                self.metrics.update(frame["data"])
             self._emit(frame)
 
     def _on_delta(self, text: str) -> None:

@@ -33,6 +33,8 @@ class Admission:
     refusal: str | None = None
     #: Error frame sent before the close, when the endpoint's clients expect one.
     notice: Frame | None = None
+    #: The conversation the client asked to continue (``?session_id=``), if any.
+    session_id: str | None = None
 
 
 Gate = Callable[[ConnectionRequest], Admission]
@@ -56,7 +58,7 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
             username = verify_token(secret, _first(request, "token"))
         except AuthFailure as e:
             return Admission(refusal=e.reason)
-        return Admission(username=username, mode=mode)
+        return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
 
     return admit
 
@@ -81,6 +83,6 @@ def api_key_gate(keys: KeyStore) -> Gate:
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
             return _refuse("INVALID_MESSAGE", "ct must be 'live' or 'chat'", "Invalid ct")
-        return Admission(username=username, mode=mode)
+        return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
 
     return admit

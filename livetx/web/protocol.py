@@ -16,12 +16,15 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from livetx import __version__
 from livetx.config import ServerConfig
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession, Pipeline
+from livetx.store import ConversationStore
+from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.web.admission import MODES, Admission, Gate, chat_error
 
 _log = Logger()
@@ -49,13 +52,29 @@ class LiveServerProtocol(WebSocketServerProtocol):
             _log.info("Refused a {path} socket: {reason}",
                       path=self.http_request_path, reason=admission.refusal)
             return
+        memory = None
+        if self.factory.store is not None:
+            memory = StoredConversation(
+                self.factory.store,
+                admission.username,
+                admission.session_id or default_live_session(admission.username),
+            )
+            memory.opened.addErrback(self._memory_refused)
         self.session = LiveSession(
             username=admission.username,
             pipeline=self.factory.pipeline,
             clock=self.factory.clock,
             emit=self.send,
+            memory=memory,
         )
         self.factory.connections.add(self)
+
+    def _memory_refused(self, failure: Failure) -> None:
+        if failure.check(PermissionError):
+            self.send(frames.error(frames.FORBIDDEN, "this session belongs to another user"))
+            self.close_with(POLICY_VIOLATION, "Forbidden session")
+        else:
+            _log.failure("Could not open the stored conversation", failure)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.session is None:
@@ -106,9 +125,11 @@ class LiveServerFactory(WebSocketServerFactory):
         limits: ServerConfig,
         connections: ConnectionTracker,
         clock: IReactorTime,
+        store: ConversationStore | None = None,
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
+        self.store = store
         self.gate = gate
         self.pipeline = pipeline
         self.connections = connections

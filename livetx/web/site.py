@@ -12,6 +12,7 @@ from twisted.web.server import Request, Site
 
 from livetx.config import ServerConfig
 from livetx.live.session import Pipeline
+from livetx.store import ConversationStore
 from livetx.web.admission import Gate
 from livetx.web.protocol import ConnectionTracker, LiveServerFactory
 
@@ -65,6 +66,7 @@ def build_site(
     limits: ServerConfig,
     connections: ConnectionTracker,
     clock: Any,
+    store: ConversationStore | None = None,
 ) -> Site:
     """The resource tree: each WebSocket path gets a factory with its own gate."""
     root = _Node()
@@ -75,6 +77,7 @@ def build_site(
             limits=limits,
             connections=connections,
             clock=clock,
+            store=store,
         )
         _mount(root, path, WebSocketResource(factory))
     site = Site(root, logFormatter=redacted_log_formatter)

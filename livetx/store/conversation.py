@@ -1,0 +1,82 @@
+"""A live connection's memory, kept in a :class:`ConversationStore`.
+
+A live conversation belongs to a user and a session id; reconnecting with
+the same id brings the history back as the model's context.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from livetx.deferreds import waiter_for
+from livetx.live.session import Exchange
+from livetx.store import ConversationStore, StoredMessage
+
+_log = Logger()
+
+
+def default_live_session(username: str) -> str:
+    """Each user's standing live conversation, when the client names none."""
+    return f"live:{username}"
+
+
+def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
+    """Pair stored messages into turns: a user message and the reply after it."""
+    turns: list[Exchange] = []
+    for message in messages:
+        if message.role == "user":
+            turns.append(Exchange(message.text, ""))
+        elif message.role == "assistant" and turns and not turns[-1].reply:
+            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted)
+    return turns
+
+
+class StoredConversation:
+    """:class:`livetx.live.session.Memory` on a store; refuses other users' sessions."""
+
+    def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
+        self._store = store
+        self.session_id = session_id
+        #: Fires with the session, or fails with PermissionError for someone else's.
+        self.opened = store.open_session(username, session_id, "live")
+        self._allowed: bool | None = None
+        self.opened.addCallbacks(self._granted, self._refused)
+
+    def _granted(self, session: Any) -> None:
+        self._allowed = True
+
+    def _refused(self, failure: Failure) -> Failure:
+        self._allowed = False
+        return failure
+
+    def _then(self, work: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        """Run ``work`` once the session is known to be this user's."""
+
+        def go(_: None) -> Deferred[Any]:
+            if not self._allowed:
+                raise PermissionError("this session belongs to another user")
+            return work()
+
+        return waiter_for(self.opened).addCallback(go)
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        d = self._then(lambda: self._store.messages(self.session_id, limit=2 * turns))
+        return d.addCallback(lambda messages: exchanges(messages)[-turns:])
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+        def write() -> Deferred[Any]:
+            self._store.add_message(
+                self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
+            )
+            return self._store.add_message(
+                self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
+                interrupted=exchange.interrupted, metrics=metrics,
+            )
+
+        self._then(write).addErrback(
+            lambda f: _log.failure("Could not store a live turn of {session}", f, session=self.session_id)
+        )

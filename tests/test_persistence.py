@@ -1,0 +1,131 @@
+"""Conversations outlive connections and server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.store.sqlite import SQLiteStore
+
+from .support import connect, open_socket
+from .test_live_ws import LIVE, openai_config
+from .test_twistd import TWISTD, free_port, wait_for_port
+
+
+def chat_requests(openai: Any) -> list[Any]:
+    return [r for r in openai.requests if r.path.endswith("/chat/completions")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_comes_back_after_reconnecting(livetx: Any, openai: Any) -> None:
+    openai.reply = "Nice to meet you, Ada."
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    first = await connect(server.url(LIVE, token=server.token("ada")))
+    await first.turn("My name is Ada.")
+    await first.close_and_wait()
+
+    second = await connect(server.url(LIVE, token=server.token("ada")))
+    await second.turn("What is my name?")
+    context = chat_requests(openai)[-1].json["messages"]
+    assert context[1:] == [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    # Another user starts from nothing, and a named session starts apart.
+    other = await connect(server.url(LIVE, token=server.token("bob")))
+    await other.turn("Hello")
+    assert chat_requests(openai)[-1].json["messages"][1:] == [{"role": "user", "content": "Hello"}]
+    for client in (second, other):
+        await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_interrupted_reply_is_stored_as_sent(livetx: Any, openai: Any) -> None:
+    openai.reply = " ".join(f"Part {i}." for i in range(300))
+    openai.token_delay = 0.01
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    client = await connect(server.url(LIVE, token=server.token("cy"), session_id="story"))
+    client.send({"t": "text_input", "text": "Tell me everything"})
+    await client.until("bot_delta_chunk")
+    await client.until("bot_delta_chunk")
+    client.send({"t": "interrupt"})
+    await client.until("stop_play")
+    sent = "".join(f["data"]["text"] for f in client.frames if f["t"] == "bot_delta_chunk")
+    await client.close_and_wait()
+    await server.stop()
+
+    store = SQLiteStore(server.data_dir)
+    messages = await store.messages("story")
+    assert [(m.role, m.text, m.interrupted) for m in messages] == [
+        ("user", "Tell me everything", False),
+        ("assistant", sent, True),
+    ]
+    assert messages[0].input_type == "text" and messages[1].metrics["input_type"] == "text"
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_someone_elses_session_is_refused(livetx: Any) -> None:
+    server = await livetx()
+    owner = await connect(server.url(LIVE, token=server.token("ann"), session_id="private"))
+    await owner.turn("secret plans")
+    await owner.close_and_wait()
+    intruder = await open_socket(server.url(LIVE, token=server.token("eve"), session_id="private"))
+    await intruder.closed
+    assert intruder.close_code == 1008
+    assert [f.get("code") for f in intruder.frames if f["t"] == "error"] == ["FORBIDDEN"]
+    assert not any(f["t"] == "user_msg" for f in intruder.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: Any) -> None:
+    openai.reply = "Stored reply."
+    config = tmp_path / "livetx.toml"
+    config.write_text(openai_config(openai.base_url, tts=False))
+    data = tmp_path / "data"
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        process = subprocess.Popen(
+            TWISTD + ["-n", "--pidfile=", "--logfile=-", "live", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                      "--data-dir", str(data), "--config", str(config)],
+            cwd=tmp_path, stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(port, process)
+        return process, port
+
+    process, port = start()
+    token = issue_token(load_or_create_secret(data, None), "kim", 3600)
+    client = await connect(f"ws://127.0.0.1:{port}{LIVE}?token={token}")
+    for i in range(3):
+        await client.turn(f"question {i}")
+    openai.reply = " ".join(f"Long {i}." for i in range(500))
+    openai.token_delay = 0.01
+    client.send({"t": "text_input", "text": "the turn in flight"})
+    await client.until("bot_delta_chunk")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    await client.closed
+
+    openai.reply, openai.token_delay = "After restart.", 0.0
+    process, port = start()
+    try:
+        client = await connect(f"ws://127.0.0.1:{port}{LIVE}?token={token}")
+        await client.turn("are you back")
+        context = chat_requests(openai)[-1].json["messages"]
+        users = [m["content"] for m in context if m["role"] == "user"]
+        assert users[:3] == ["question 0", "question 1", "question 2"]
+        assert users[-1] == "are you back"
+        assert [m["content"] for m in context if m["role"] == "assistant"][:3] == ["Stored reply."] * 3
+        await client.close_and_wait()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
