@@ -21,6 +21,7 @@ from twisted.python import usage
 from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
+from livetx.chat.service import ChatService
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
@@ -124,6 +125,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         limits=settings.server,
         connections=connections,
         clock=reactor,
+        chat=ChatService(
+            store=store, llm=pipeline.llm, clock=reactor,
+            system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
+        ),
         store=store,
     )
     # Stopped in reverse order: ports, open sockets, the store (after its

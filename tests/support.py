@@ -109,13 +109,13 @@ class LiveClient(WebSocketClientProtocol):
         """Frames from the cursor up to and including the next one of ``kind``."""
 
         def seen() -> bool:
-            return any(f["t"] == kind for f in self.frames[self._cursor :])
+            return any(frame_kind(f) == kind for f in self.frames[self._cursor :])
 
         await self.wait(seen, timeout)
         rest = self.frames[self._cursor :]
         if not seen():
-            raise AssertionError(f"no {kind!r} frame; got {[f.get('t') for f in rest]} close={self.close_code}")
-        index = next(i for i, f in enumerate(rest) if f["t"] == kind)
+            raise AssertionError(f"no {kind!r} frame; got {[frame_kind(f) for f in rest]} close={self.close_code}")
+        index = next(i for i, f in enumerate(rest) if frame_kind(f) == kind)
         self._cursor += index + 1
         return rest[: index + 1]
 
@@ -135,6 +135,11 @@ class LiveClient(WebSocketClientProtocol):
         if not self.closed.called:
             self.sendClose(1000)
         await self.closed
+
+
+def frame_kind(frame: dict[str, Any]) -> str:
+    """Live frames say ``t``; chat events say ``type`` (chat errors say ``t``)."""
+    return frame.get("t") or frame.get("type") or ""
 
 
 def replied(frames: list[dict[str, Any]]) -> bool:

@@ -323,9 +323,12 @@ async def test_open_api_refusals_send_a_code_then_close(livetx: Any) -> None:
 async def test_unified_endpoint_routes_by_ct(livetx: Any) -> None:
     server = await livetx()
     client = await connect(server.url(UNIFIED, token=server.token()))
-    client.send({"ct": "chat", "t": "send", "message": [{"type": "plain", "text": "hi"}]})
+    client.send({"ct": "chat", "t": "send", "message": "not a list of parts", "enable_streaming": "yes"})
     frame = await client.next()
-    assert frame["ct"] == "chat" and frame["t"] == "error" and frame["code"]
+    assert frame == {"ct": "chat", "t": "error", "code": "INVALID_MESSAGE_FORMAT",
+                     "data": "enable_streaming must be true or false"}
+    client.send({"ct": "chat", "t": "send", "message": [{"type": "plain", "text": "hi"}]})
+    assert (await client.until("end"))[-1]["ct"] == "chat"
     client.send({"ct": 7, "t": "text_input", "text": "hi"})
     assert (await client.next())["code"] == "INVALID_MESSAGE_FORMAT"
     assert replied(await client.turn("hi", ct="live"))

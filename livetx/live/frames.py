@@ -22,7 +22,6 @@ INVALID_STATE = "INVALID_STATE"
 STAMP_MISMATCH = "STAMP_MISMATCH"
 INVALID_AUDIO = "INVALID_AUDIO"
 AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
-UNSUPPORTED_MODE = "UNSUPPORTED_MODE"
 FORBIDDEN = "FORBIDDEN"
 STT_UNAVAILABLE = "STT_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
@@ -43,6 +42,11 @@ class FrameError(Exception):
 def error(code: str, message: str) -> Frame:
     """The live-mode error frame: the reference's shape plus a ``code``."""
     return {"t": "error", "data": message, "code": code}
+
+
+def chat_error(code: str, message: str) -> Frame:
+    """An error in the unified chat envelope (chat mode, Open API refusals)."""
+    return {"ct": "chat", "t": "error", "code": code, "data": message}
 
 
 def decode(payload: bytes, is_binary: bool) -> Frame:

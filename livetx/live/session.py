@@ -29,7 +29,7 @@ from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
 from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
-from livetx.live.turn import Emit, Turn, TurnResult, _describe, _ms
+from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
 from livetx.providers.base import ChatModel, Message, SpeechRecognizer, SpeechSynthesizer
 
 _log = Logger()
@@ -322,7 +322,7 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._emit(frames.error(*_describe(failure, frames.INTERNAL_ERROR)))
+        self._emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
         self._end_without_reply()
 
     def _end_without_reply(self) -> None:

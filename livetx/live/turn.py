@@ -160,7 +160,7 @@ class Turn:
         _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
         if not self._tts_error_sent:
             self._tts_error_sent = True
-            self._send(frames.error(*_describe(failure, "TTS_ERROR")))
+            self._send(frames.error(*describe_failure(failure, "TTS_ERROR")))
 
     def _llm_finished(self, _: None) -> None:
         if self._emit is None:
@@ -206,7 +206,7 @@ class Turn:
             return
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
-        self._send(frames.error(*_describe(failure, frames.INTERNAL_ERROR)))
+        self._send(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
         self._close(TurnResult(self.reply, failed=True))
 
     def _close(self, result: TurnResult) -> None:
@@ -226,7 +226,7 @@ class Turn:
         self._pending.clear()
 
 
-def _describe(failure: Failure, default_code: str) -> tuple[str, str]:
+def describe_failure(failure: Failure, default_code: str) -> tuple[str, str]:
     """An error frame's code and text: provider errors say what failed, bugs do not."""
     if isinstance(failure.value, ProviderError):
         return failure.value.code, failure.value.message

@@ -16,7 +16,7 @@ from autobahn.websocket.types import ConnectionRequest
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, verify_token
-from livetx.live.frames import Frame
+from livetx.live.frames import Frame, chat_error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
@@ -38,11 +38,6 @@ class Admission:
 
 
 Gate = Callable[[ConnectionRequest], Admission]
-
-
-def chat_error(code: str, message: str) -> Frame:
-    """An error in the unified chat envelope, as the Open API sends it."""
-    return {"ct": "chat", "t": "error", "code": code, "data": message}
 
 
 def _first(request: ConnectionRequest, name: str) -> str | None:

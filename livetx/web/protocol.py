@@ -25,7 +25,9 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession, Pipeline
 from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
-from livetx.web.admission import MODES, Admission, Gate, chat_error
+from livetx.chat.channel import ChatChannel
+from livetx.chat.service import ChatService
+from livetx.web.admission import Admission, Gate
 
 _log = Logger()
 
@@ -39,6 +41,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
     factory: LiveServerFactory
     admission: Admission = Admission(refusal="Handshake not completed")
     session: LiveSession | None = None
+    chat: ChatChannel | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
@@ -87,8 +90,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
         mode = self.admission.mode or frame.get("ct", "live")
         if mode == "live":
             self.session.receive(frame)
-        elif mode in MODES:
-            self.send(chat_error(frames.UNSUPPORTED_MODE, "chat mode is not available on this server yet"))
+        elif mode == "chat":
+            if self.chat is None:
+                self.chat = ChatChannel(self.factory.chat, self.session.username, self.send)
+            self.chat.receive(frame)
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
 
@@ -96,6 +101,8 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if self.session is not None:
             self.session.close()
             self.session = None
+        if self.chat is not None:
+            self.chat.close()
         self.factory.connections.discard(self)
 
     def close_with(self, code: int, reason: str) -> None:
@@ -125,10 +132,12 @@ class LiveServerFactory(WebSocketServerFactory):
         limits: ServerConfig,
         connections: ConnectionTracker,
         clock: IReactorTime,
+        chat: ChatService,
         store: ConversationStore | None = None,
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
+        self.chat = chat
         self.store = store
         self.gate = gate
         self.pipeline = pipeline

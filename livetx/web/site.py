@@ -11,6 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from livetx.config import ServerConfig
+from livetx.chat.service import ChatService
 from livetx.live.session import Pipeline
 from livetx.store import ConversationStore
 from livetx.web.admission import Gate
@@ -66,6 +67,7 @@ def build_site(
     limits: ServerConfig,
     connections: ConnectionTracker,
     clock: Any,
+    chat: ChatService,
     store: ConversationStore | None = None,
 ) -> Site:
     """The resource tree: each WebSocket path gets a factory with its own gate."""
@@ -77,6 +79,7 @@ def build_site(
             limits=limits,
             connections=connections,
             clock=clock,
+            chat=chat,
             store=store,
         )
         _mount(root, path, WebSocketResource(factory))

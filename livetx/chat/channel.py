@@ -1,0 +1,87 @@
+"""Chat mode on one socket: ``send``, ``bind`` and ``interrupt`` frames.
+
+One turn at a time per socket, like live mode; bound sessions deliver every
+event of their turns, whoever started them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable
+
+from twisted.python.failure import Failure
+
+from livetx.chat.service import ChatRequest, ChatService, ChatTurn, Event
+from livetx.live import frames
+from livetx.live.frames import Frame, FrameError
+
+Emit = Callable[[Frame], None]
+
+
+def envelope(event: Event) -> Frame:
+    """A chat event as a socket frame; errors keep the reference's ``t`` key."""
+    if event.get("type") == "error":
+        return frames.chat_error(event["code"], event["data"])
+    return {"ct": "chat", **event}
+
+
+class ChatChannel:
+    """The chat side of one connection."""
+
+    def __init__(self, service: ChatService, username: str, emit: Emit) -> None:
+        self._service = service
+        self._username = username
+        self._emit = emit
+        self._turn: ChatTurn | None = None
+
+    def _deliver(self, event: Event) -> None:
+        self._emit(envelope(event))
+
+    def _error(self, code: str, message: str) -> None:
+        self._deliver({"type": "error", "code": code, "data": message})
+
+    def receive(self, frame: Frame) -> None:
+        kind = frame.get("t")
+        handler = {"send": self._send, "bind": self._bind, "interrupt": self._interrupt}.get(kind)
+        if handler is None:
+            self._error(frames.UNKNOWN_MESSAGE_TYPE, f"unknown chat message type {kind!r}")
+            return
+        try:
+            handler(frame)
+        except FrameError as e:
+            self._error(e.code, e.message)
+
+    def _send(self, frame: Frame) -> None:
+        if self._turn is not None:
+            raise FrameError(frames.PROCESSING_ERROR, "Session is busy")
+        turn = self._service.start(ChatRequest.parse(self._username, frame), self._deliver)
+        self._turn = turn
+        turn.done.addCallback(lambda _: setattr(self, "_turn", None) if self._turn is turn else None)
+
+    def _bind(self, frame: Frame) -> None:
+        session_id = frame.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            raise FrameError(frames.INVALID_MESSAGE_FORMAT, "session_id must be a non-empty string")
+
+        def bound(_: Any) -> None:
+            self._deliver({"type": "session_bound", "session_id": session_id,
+                           "message_id": f"ws_sub_{uuid.uuid4().hex[:12]}"})
+
+        def refused(failure: Failure) -> None:
+            failure.trap(PermissionError, LookupError)
+            self._error(frames.FORBIDDEN, "no such session for this user")
+
+        self._service.bind(self._username, session_id, self._deliver).addCallbacks(bound, refused)
+
+    def _interrupt(self, frame: Frame) -> None:
+        if self._turn is not None:
+            self._turn.cancel()
+
+    def close(self) -> None:
+        """The socket is gone: stop listening; a running turn finishes and is stored."""
+        self._emit = _discard
+        self._service.unbind(self._deliver)
+
+
+def _discard(frame: Frame) -> None:
+    """Where events go once the socket has closed."""
