@@ -110,7 +110,7 @@ async def test_stalled_stream_times_out_and_hangs_up(openai: Any, http: Any) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_error_event_in_stream(openai: Any, http: Any) -> None:
+async def test_consumer_error_ends_the_stream(openai: Any, http: Any) -> None:
     openai.reply = lambda messages: "ok"
     chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
 
@@ -119,6 +119,60 @@ async def test_error_event_in_stream(openai: Any, http: Any) -> None:
 
     with pytest.raises(LLMError, match="consumer refused"):
         await chat.stream(MESSAGES, explode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_event_is_an_llm_error_and_hangs_up(openai: Any, http: Any) -> None:
+    openai.token_delay = 0.01
+    openai.inject = b"data: {not json\n\n"
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+    with pytest.raises(LLMError, match="not JSON"):
+        await chat.stream(MESSAGES, lambda _: None)
+    await until(lambda: openai.lost == ["/v1/chat/completions"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_error_event_in_stream(openai: Any, http: Any) -> None:
+    openai.inject = b'data: {"error": {"message": "overloaded"}}\n\n'
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+    with pytest.raises(LLMError, match="overloaded"):
+        await chat.stream(MESSAGES, lambda _: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reasoning_is_not_spoken_and_tokens_are_tunable(openai: Any, http: Any) -> None:
+    openai.reply = "abcdef"
+    openai.tokenize = lambda text: [text[i : i + 2] for i in range(0, len(text), 2)]
+    openai.inject = b'data: {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]}\n\n'
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url), http, reactor)
+    deltas: list[str] = []
+    await chat.stream(MESSAGES, deltas.append)
+    assert deltas == ["ab", "cd", "ef"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_done_finishes_even_if_the_body_stays_open(
+    openai: Any, http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("livetx.providers.openai._DRAIN_SECONDS", 0.1)
+    openai.keep_open = True
+    openai.reply = "Done here."
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, timeout=5), http, reactor)
+    deltas: list[str] = []
+    started = reactor.seconds()
+    await chat.stream(MESSAGES, deltas.append)
+    assert deltas == ["Done ", "here."] and reactor.seconds() - started < 1
+    await until(lambda: openai.lost == ["/v1/chat/completions"])  # then hung up on
+
+
+@pytest_twisted.ensureDeferred
+async def test_echoed_key_is_redacted(openai: Any, http: Any) -> None:
+    openai.fail_status = 401
+    openai.fail_body = '{"error": "bad key sk-secret-123"}'
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, api_key="sk-secret-123"), http, reactor)
+    with pytest.raises(LLMError, match="401") as caught:
+        await chat.stream(MESSAGES, lambda _: None)
+    assert "sk-secret-123" not in caught.value.message and "***" in caught.value.message
 
 
 @pytest_twisted.ensureDeferred

@@ -8,10 +8,11 @@ import wave
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, LiveSession, Pipeline
+from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, Exchange, LiveSession, Pipeline
 from livetx.providers.base import LLMError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
@@ -358,3 +359,57 @@ def test_close_stops_the_turn_and_sends_nothing_more() -> None:
     h.session.close()
     assert h.llm.last.cancelled and h.tts.cancelled == ["Some words here."]
     assert len(h.out) == mark
+
+
+# -- stored memory -----------------------------------------------------------
+
+
+class SlowMemory:
+    """A store whose history arrives when the test says so."""
+
+    def __init__(self) -> None:
+        self.loaded: Deferred[list[Exchange]] = Deferred()
+        self.kept: list[tuple[Exchange, str, dict[str, Any]]] = []
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        # Paused on an inner Deferred, as a real query chain is.
+        return succeed(None).addCallback(lambda _: self.loaded)
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+        self.kept.append((exchange, input_type, metrics))
+
+
+def with_memory() -> tuple[Harness, SlowMemory]:
+    h = Harness(tts=False)
+    memory = SlowMemory()
+    h.session = LiveSession(
+        username="alice", pipeline=h.session._pipeline, clock=h.clock, emit=h.out.append, memory=memory
+    )
+    return h, memory
+
+
+def test_first_turn_waits_for_the_stored_history() -> None:
+    h, memory = with_memory()
+    h.send("text_input", text="and now?")
+    assert h.kinds() == ["metrics", "user_msg"] and h.llm.calls == []
+    memory.loaded.callback([Exchange("earlier", "stored reply")])
+    assert h.llm.last.messages[1:] == [
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "stored reply"},
+        {"role": "user", "content": "and now?"},
+    ]
+    h.llm.last.say("Fine.")
+    h.llm.last.finish()
+    (exchange, input_type, metrics), = memory.kept
+    assert exchange == Exchange("and now?", "Fine.") and input_type == "text"
+    assert metrics["chat_model"] == "scripted-model"
+
+
+def test_interrupt_while_history_loads_starts_nothing() -> None:
+    h, memory = with_memory()
+    h.send("text_input", text="hello")
+    assert h.send("interrupt") == [{"t": "stop_play"}]
+    memory.loaded.callback([])
+    assert h.llm.calls == [] and h.state == "idle"
+    h.send("text_input", text="again")
+    assert h.llm.last.messages[-1] == {"role": "user", "content": "again"}

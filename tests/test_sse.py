@@ -49,3 +49,13 @@ def test_incomplete_event_is_held_back() -> None:
     assert decoder.feed(b"data: partial\n") == []
     assert decoder.feed(b"\n") == [SSEEvent("partial")]
     assert decoder.feed(b"\n\n") == []  # blank lines alone dispatch nothing
+
+
+def test_leading_bom_is_ignored_even_when_split() -> None:
+    bom = "\ufeff".encode()
+    assert decode([bom[:1], bom[1:] + b"data: x\n\n"]) == [SSEEvent("x")]
+    assert decode([b"data: \xef\xbb\xbfx\n\n"]) == [SSEEvent("\ufeffx")]  # only at the start
+
+
+def test_field_without_colon_and_unknown_fields() -> None:
+    assert decode([b"data\nretry: 5\nfoo: bar\ndata: y\n\n"]) == [SSEEvent("\ny")]

@@ -205,9 +205,11 @@ class LiveSession:
         self._memory = memory
         self._recalled: Deferred[None] | None = None
         if memory is not None and self._history.maxlen:
+            # Not ``.called``: a Deferred is "called" while still paused on the query.
             self._recalled = memory.recall(self._history.maxlen).addCallbacks(
                 self._restore, self._recall_failed
             )
+            self._recalled.addBoth(self._recall_finished)
         self.state: str = MACHINE.initial
 
     @property
@@ -331,7 +333,7 @@ class LiveSession:
 
     def _reply_to(self, text: str, started: float) -> None:
         self._emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
-        if self._recalled is None or self._recalled.called:
+        if self._recalled is None:
             self._start_turn(text, started)
             return
         # The stored history is still loading (first turn after connecting).
@@ -379,6 +381,9 @@ class LiveSession:
         newer = list(self._history)
         self._history.clear()
         self._history.extend([*exchanges, *newer])
+
+    def _recall_finished(self, _: None) -> None:
+        self._recalled = None
 
     def _recall_failed(self, failure: Failure) -> None:
         _log.failure("Could not load the stored conversation of {user}", failure, user=self.username)

@@ -12,11 +12,11 @@ import io
 import json
 from typing import Any, Callable, Sequence
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -26,7 +26,12 @@ from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
 from livetx.providers.sse import SSEDecoder
 
+_log = Logger()
+
 _EXCERPT = 300
+#: After ``[DONE]`` the body should end at once; a server that keeps it open
+#: this long is hung up on rather than left holding a connection.
+_DRAIN_SECONDS = 2.0
 
 
 def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
@@ -38,21 +43,38 @@ def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
 
 
 class _BodyReader(Protocol):
-    """Hands each body chunk on as it arrives, and can hang up mid-body."""
+    """Hands each body chunk on as it arrives, and can hang up mid-body.
 
-    def __init__(self, on_data: Callable[[bytes], None], finished: Deferred[None]) -> None:
+    ``on_data`` returns true once the payload is complete (``[DONE]``): the
+    result fires then, and the rest of the body drains so the connection can
+    go back to the pool.
+    """
+
+    def __init__(
+        self, on_data: Callable[[bytes], bool | None], finished: Deferred[None], clock: IReactorTime
+    ) -> None:
         self._on_data = on_data
         self._finished = finished
+        self._clock = clock
+        self._drain: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:  # complete or failed: the rest is ignored
+            return
         try:
-            self._on_data(data)
+            done = self._on_data(data)
         except Exception:
             failure = Failure()
             self.abort()
             self._settle(failure)
+            return
+        if done:
+            self._drain = self._clock.callLater(_DRAIN_SECONDS, self.abort)
+            self._settle(None)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._drain is not None and self._drain.active():
+            self._drain.cancel()
         if reason.check(ResponseDone, PotentialDataLoss):
             self._settle(None)
         else:
@@ -87,13 +109,20 @@ class _Upstream:
         self._http = http
         self._clock = clock
         self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = timeout
         self._error = error
         self._what = what
 
-    def post(self, path: str, on_data: Callable[[bytes], None], **body: Any) -> Deferred[None]:
-        """Send the request; feed a 2xx body to ``on_data``; fire when it ends."""
+    def post(
+        self, path: str, on_data: Callable[[bytes], bool | None], **body: Any
+    ) -> Deferred[None]:
+        """Send the request; feed a 2xx body to ``on_data``; fire when it ends.
+
+        Error bodies go through the same reader, so a cancel or the deadline
+        closes the connection whatever stage the response is at.
+        """
         reader: list[_BodyReader] = []
         cancelled: list[bool] = []
         request = self._http.post(self._base_url + path, headers=self._headers, **body)
@@ -108,11 +137,14 @@ class _Upstream:
         result: Deferred[None] = Deferred(cancel)
 
         def respond(response: IResponse) -> Deferred[Any]:
-            if not 200 <= response.code < 300:
-                return treq.content(response).addCallback(self._status_error, response.code)
-            finished: Deferred[None] = Deferred()
-            reader.append(_BodyReader(on_data, finished))
+            failed = not 200 <= response.code < 300
+            excerpt = bytearray()
+            sink = (lambda b: excerpt.extend(b[: _EXCERPT - len(excerpt)])) if failed else on_data
+            finished: Deferred[Any] = Deferred()
+            reader.append(_BodyReader(sink, finished, self._clock))
             response.deliverBody(reader[0])
+            if failed:  # even if the error body is cut short, the status is the news
+                finished.addBoth(lambda _: self._status_error(bytes(excerpt), response.code))
             return finished
 
         def settle(outcome: Any) -> None:
@@ -126,10 +158,11 @@ class _Upstream:
                 result.callback(outcome)
 
         request.addCallback(respond).addBoth(settle)
-        return self._with_deadline(result)
+        return self._with_deadline(result, path)
 
-    def _with_deadline(self, d: Deferred[None]) -> Deferred[None]:
+    def _with_deadline(self, d: Deferred[None], path: str) -> Deferred[None]:
         expired: list[bool] = []
+        started = self._clock.seconds()
 
         def expire() -> None:
             expired.append(True)
@@ -138,8 +171,6 @@ class _Upstream:
         timer = self._clock.callLater(self._timeout, expire)
 
         def explain(failure: Failure) -> Failure:
-            if timer.active():
-                timer.cancel()
             if failure.check(CancelledError):
                 if expired:
                     raise self._error(f"{self._what} timed out after {self._timeout:g} s")
@@ -148,15 +179,22 @@ class _Upstream:
                 return failure
             raise self._error(f"cannot reach the {self._what}: {failure.getErrorMessage()}")
 
-        def stop_timer(value: Any) -> Any:
+        def done(outcome: Any) -> Any:
             if timer.active():
                 timer.cancel()
-            return value
+            _log.debug(
+                "{what} POST {path}: {outcome} after {elapsed:.3f} s",
+                what=self._what, path=path, elapsed=self._clock.seconds() - started,
+                outcome="ok" if not isinstance(outcome, Failure) else outcome.getErrorMessage(),
+            )
+            return outcome
 
-        return d.addCallbacks(stop_timer, explain)
+        return d.addErrback(explain).addBoth(done)
 
     def _status_error(self, body: bytes, code: int) -> None:
-        excerpt = body[:_EXCERPT].decode("utf-8", "replace").strip()
+        excerpt = body.decode("utf-8", "replace").strip()
+        if self._api_key:  # some servers echo the credentials they rejected
+            excerpt = excerpt.replace(self._api_key, "***")
         raise self._error(f"{self._what} answered HTTP {code}: {excerpt}")
 
 
@@ -177,25 +215,34 @@ class OpenAIChat:
     def stream(self, messages: Sequence[Message], on_delta: Callable[[str], None]) -> Deferred[None]:
         decoder = SSEDecoder()
 
-        def on_data(chunk: bytes) -> None:
+        def on_data(chunk: bytes) -> bool:
             for event in decoder.feed(chunk):
                 if event.data.strip() == "[DONE]":
-                    continue
-                try:
-                    payload = json.loads(event.data)
-                except ValueError:
-                    raise LLMError("chat model sent an event that is not JSON") from None
-                if not isinstance(payload, dict):
-                    raise LLMError("chat model sent an event that is not a JSON object")
-                if "error" in payload:
-                    raise LLMError(f"chat model error: {str(payload['error'])[:_EXCERPT]}")
-                for choice in payload.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content")
-                    if isinstance(content, str) and content:
-                        on_delta(content)
+                    return True
+                for text in _delta_texts(event.data):
+                    on_delta(text)
+            return False
 
         request = {"model": self.model, "messages": list(messages), "stream": True}
         return self._upstream.post("/chat/completions", on_data, json=request)
+
+
+def _delta_texts(data: str) -> list[str]:
+    """The reply text in one chat-completion chunk (``reasoning_content`` is not spoken)."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise LLMError("chat model sent an event that is not JSON") from None
+    if not isinstance(payload, dict):
+        raise LLMError("chat model sent an event that is not a JSON object")
+    if "error" in payload:
+        raise LLMError(f"chat model error: {str(payload['error'])[:_EXCERPT]}")
+    texts = []
+    for choice in payload.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+        if isinstance(content, str) and content:
+            texts.append(content)
+    return texts
 
 
 class OpenAISpeech:

@@ -27,9 +27,13 @@ class SSEDecoder:
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
+        self._started = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         self._pending += self._text.decode(chunk)
+        if not self._started and self._pending:
+            self._started = True
+            self._pending = self._pending.removeprefix("\ufeff")  # one leading BOM is ignored
         events: list[SSEEvent] = []
         while True:
             cut = _line_end(self._pending)

@@ -33,6 +33,11 @@ DEFAULT_REPLY = (
 _TOKENS = re.compile(r"\S+\s*|\s+")
 
 
+def words(text: str) -> list[str]:
+    """The default tokens: each word with the spaces that follow it."""
+    return _TOKENS.findall(text)
+
+
 @dataclass
 class Recorded:
     """One request as the fake saw it."""
@@ -62,6 +67,8 @@ class FakeOpenAI:
         self.reactor = reactor
         #: The reply text, or a function of the request's messages.
         self.reply: str | Callable[[list[dict[str, Any]]], str] = DEFAULT_REPLY
+        #: How the reply is cut into one SSE chunk per token.
+        self.tokenize: Callable[[str], list[str]] = words
         #: Seconds between SSE chunks (0 still yields to the reactor between them).
         self.token_delay = 0.0
         #: Answer every request with this status (and ``fail_body``) instead.
@@ -69,6 +76,10 @@ class FakeOpenAI:
         self.fail_body = '{"error": {"message": "the fake was told to fail"}}'
         #: Send headers and one chunk, then nothing: for timeouts.
         self.hang = False
+        #: Raw bytes written into the stream after the first token (say, a malformed event).
+        self.inject = b""
+        #: After ``data: [DONE]`` leave the response open, as some servers do.
+        self.keep_open = False
         self.speech_delay = 0.0
         self.transcript = "hello there"
         self.transcription_delay = 0.0
@@ -113,7 +124,7 @@ class FakeOpenAI:
             }).encode()
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
-        _Streamer(self, request, model, _TOKENS.findall(text)).start()
+        _Streamer(self, request, model, self.tokenize(text)).start()
         return NOT_DONE_YET
 
     def _speech(self, request: Request, record: Recorded) -> Any:
@@ -176,11 +187,14 @@ class _Streamer:
         if self.index < len(self.tokens):
             self.request.write(_chunk(self.model, {"content": self.tokens[self.index]}, None))
             self.index += 1
+            if self.index == 1 and self.fake.inject:
+                self.request.write(self.fake.inject)
             if not (self.fake.hang and self.index == 1):
                 self._schedule()
             return
         self.request.write(_chunk(self.model, {}, "stop") + b"data: [DONE]\n\n")
-        self.request.finish()
+        if not self.fake.keep_open:
+            self.request.finish()
 
     def _lost(self, reason: Any) -> None:
         self.fake.lost.append(self.request.path.decode())
