@@ -34,6 +34,7 @@ class ServerConfig:
     close_timeout: float = 5.0
     ping_interval: float = 20.0
     ping_timeout: float = 10.0
+    max_upload_bytes: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)

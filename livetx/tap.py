@@ -26,6 +26,7 @@ from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import api_key_gate, jwt_gate
+from livetx.web.http_api import api_routes
 from livetx.web.protocol import ConnectionTracker
 from livetx.web.site import build_site
 
@@ -115,21 +116,24 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store = SQLiteStore(data_dir)
     connections = ConnectionTracker()
     connections.setName("connections")
+    keys = KeyStore(data_dir)
+    chat = ChatService(
+        store=store, llm=pipeline.llm, clock=reactor,
+        system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
+    )
     site = build_site(
         gates={
             "jwt_live": jwt_gate(secret, "live"),
             "jwt_unified": jwt_gate(secret, None),
-            "api_key": api_key_gate(KeyStore(data_dir)),
+            "api_key": api_key_gate(keys),
         },
         pipeline=pipeline,
         limits=settings.server,
         connections=connections,
         clock=reactor,
-        chat=ChatService(
-            store=store, llm=pipeline.llm, clock=reactor,
-            system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
-        ),
+        chat=chat,
         store=store,
+        routes=api_routes(keys, store, chat, settings.server.max_upload_bytes),
     )
     # Stopped in reverse order: ports, open sockets, the store (after its
     # queued writes), then the upstream connection pool.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from openapi_spec_validator import validate
 
 from livetx.live import frames
 from livetx.live.diagram import render
 from livetx.providers.base import LLMError, STTError, TTSError
+from livetx.web.http_api import load_openapi
 from livetx.web.site import WEBSOCKET_ROUTES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -21,9 +21,9 @@ def test_state_diagram_matches_the_table() -> None:
 
 
 def test_openapi_is_valid_and_lists_every_endpoint_and_code() -> None:
-    spec = yaml.safe_load((DOCS / "openapi.yaml").read_text())
+    spec = load_openapi()
     validate(spec)
-    assert set(spec["paths"]) == set(WEBSOCKET_ROUTES)
+    assert set(WEBSOCKET_ROUTES) <= set(spec["paths"])
     live_codes = {
         value for name, value in vars(frames).items()
         if name.isupper() and isinstance(value, str)

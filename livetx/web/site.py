@@ -69,9 +69,12 @@ def build_site(
     clock: Any,
     chat: ChatService,
     store: ConversationStore | None = None,
+    routes: dict[str, Resource] | None = None,
 ) -> Site:
-    """The resource tree: each WebSocket path gets a factory with its own gate."""
+    """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
+    for path, resource in (routes or {}).items():
+        _mount(root, path, resource)
     for path, gate_name in WEBSOCKET_ROUTES.items():
         factory = LiveServerFactory(
             gate=gates[gate_name],
