@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+import treq
+from twisted.internet import reactor
 
+from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import issue_token, load_or_create_secret
 from livetx.store.sqlite import SQLiteStore
 
@@ -104,9 +107,13 @@ async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: 
 
     process, port = start()
     token = issue_token(load_or_create_secret(data, None), "kim", 3600)
+    key = KeyStore(data).create(["chat"])[1]
     client = await connect(f"ws://127.0.0.1:{port}{LIVE}?token={token}")
     for i in range(3):
         await client.turn(f"question {i}")
+    chat = await connect(f"ws://127.0.0.1:{port}/api/v1/live/ws?api_key={key}&username=kim&ct=chat")
+    chat.send({"ct": "chat", "t": "send", "message": "keep this"})
+    acknowledged = (await chat.until("message_saved"))[-1]["data"]["id"]
     openai.reply = " ".join(f"Long {i}." for i in range(500))
     openai.token_delay = 0.01
     client.send({"t": "text_input", "text": "the turn in flight"})
@@ -126,6 +133,15 @@ async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: 
         assert users[-1] == "are you back"
         assert [m["content"] for m in context if m["role"] == "assistant"][:3] == ["Stored reply."] * 3
         await client.close_and_wait()
+        response = await treq.get(f"http://127.0.0.1:{port}/api/v1/chat/sessions?username=kim",
+                                  headers={"X-API-Key": key}, reactor=reactor)
+        sessions = (await response.json())["sessions"]
+        chat_session = next(s for s in sessions if s["kind"] == "chat")
+        response = await treq.get(
+            f"http://127.0.0.1:{port}/api/v1/chat/sessions/{chat_session['session_id']}/messages?username=kim",
+            headers={"X-API-Key": key}, reactor=reactor)
+        ids = [m["id"] for m in (await response.json())["messages"]]
+        assert acknowledged in ids
     finally:
         process.terminate()
         process.wait(timeout=30)
