@@ -68,6 +68,8 @@ class LLMConfig(ServiceConfig):
     )
     history_turns: int = 20
     echo_delay: float = 0.0
+    #: The model accepts images: chat attachments of type image/* are sent to it.
+    vision: bool = False
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     chat = ChatService(
         store=store, llm=pipeline.llm, clock=reactor,
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
+        vision=settings.llm.vision,
     )
     site = build_site(
         gates={

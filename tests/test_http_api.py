@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -101,7 +102,8 @@ async def test_keys_scopes_and_bad_requests(livetx: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_attachments_upload_and_use(livetx: Any, openai: Any) -> None:
     openai.reply = "A fine picture."
-    server = await livetx(openai_config(openai.base_url, tts=False) + "[server]\nmax_upload_bytes = 1000\n")
+    config = openai_config(openai.base_url, tts=False).replace("[llm]\n", "[llm]\nvision = true\n")
+    server = await livetx(config + "[server]\nmax_upload_bytes = 1000\n")
     api = API(server, "chat", "file")
     code, record = await api.call("POST", "/api/v1/file?username=ann",
                                   files={"file": ("cat.png", "image/png", b"\x89PNG" + b"\0" * 100)})
@@ -116,6 +118,11 @@ async def test_attachments_upload_and_use(livetx: Any, openai: Any) -> None:
         {"type": "plain", "text": "What is this?"}, {"type": "image", "attachment_id": record["attachment_id"]},
     ])
     assert events[-1]["type"] == "end" and not any(e["type"] == "error" for e in events)
+    sent = [r for r in openai.requests if r.path.endswith("/chat/completions")][-1].json["messages"][-1]
+    assert sent["content"][0] == {"type": "text", "text": "What is this?"}
+    image = base64.b64decode(sent["content"][1]["image_url"]["url"].split(",", 1)[1])
+    assert sent["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert image == b"\x89PNG" + b"\0" * 100
     events = await api.chat(username="eve", message=[
         {"type": "plain", "text": "Mine now?"}, {"type": "image", "attachment_id": record["attachment_id"]},
     ])

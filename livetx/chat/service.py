@@ -7,6 +7,7 @@ layer adds ``"ct": "chat"``, the HTTP layer writes them as SSE.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -112,8 +113,9 @@ class ChatService:
 
     def __init__(
         self, *, store: ConversationStore, llm: ChatModel, clock: IReactorTime,
-        system_prompt: str = "", history_turns: int = 20,
+        system_prompt: str = "", history_turns: int = 20, vision: bool = False,
     ) -> None:
+        self._vision = vision
         self._store = store
         self._llm = llm
         self._clock = clock
@@ -161,27 +163,34 @@ class ChatService:
         d.addBoth(lambda _: turn.done.callback(None))
         return turn
 
-    async def _check_attachments(self, request: ChatRequest) -> None:
+    async def _content(self, request: ChatRequest) -> str | list[dict[str, Any]]:
+        """The user message for the model; images go along when the model takes them."""
+        text = "".join(p["text"] for p in request.parts if p["type"] == "plain")
+        images: list[dict[str, Any]] = []
         for part in request.parts:
-            if "attachment_id" in part:
-                record = await self._store.attachment(part["attachment_id"])
-                if record is None or record.username != request.username:
-                    raise _invalid(f"unknown attachment {part['attachment_id']!r}")
+            if "attachment_id" not in part:
+                continue
+            record = await self._store.attachment(part["attachment_id"])
+            if record is None or record.username != request.username:
+                raise _invalid(f"unknown attachment {part['attachment_id']!r}")
+            if self._vision and record.mime.startswith("image/"):
+                data = base64.b64encode(await self._store.attachment_data(record.id)).decode("ascii")
+                images.append({"type": "image_url", "image_url": {"url": f"data:{record.mime};base64,{data}"}})
+        return [{"type": "text", "text": text}, *images] if images else text
 
     def _run(self, turn: ChatTurn, session_id: str, listener: Listener) -> Deferred[None]:
         return Deferred.fromCoroutine(self._turn(turn, session_id, listener))
 
     async def _turn(self, turn: ChatTurn, session_id: str, listener: Listener) -> None:
         request = turn.request
-        await self._check_attachments(request)
+        content = await self._content(request)
         history = await self._store.messages(session_id, limit=2 * self._history_turns)
         await self._store.add_message(session_id, "user", request.parts, input_type="chat")
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
         context += [{"role": m.role, "content": m.text} for m in history if m.text]
-        context.append({"role": "user", "content": "".join(
-            p["text"] for p in request.parts if p["type"] == "plain")})
+        context.append({"role": "user", "content": content})
 
         def publish(kind: str, data: Any, streaming: bool = False) -> None:
             self._publish(session_id, listener, {

@@ -7,7 +7,7 @@ depends on it.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, TypedDict, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
@@ -15,10 +15,21 @@ from livetx.audio import read_wav, resample
 
 
 class Message(TypedDict):
-    """One entry of the conversation, in the chat-completions shape."""
+    """One entry of the conversation, in the chat-completions shape.
+
+    ``content`` is text, or for a model that takes images a list of
+    ``{"type": "text", ...}`` and ``{"type": "image_url", ...}`` items.
+    """
 
     role: str
-    content: str
+    content: str | list[dict[str, Any]]
+
+
+def message_text(content: str | list[dict[str, Any]]) -> str:
+    """The text of a message, whichever shape its content has."""
+    if isinstance(content, str):
+        return content
+    return "".join(item.get("text", "") for item in content if item.get("type") == "text")
 
 
 class ProviderError(Exception):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from livetx.providers.base import Message
+from livetx.providers.base import Message, message_text
 
 _WORDS = re.compile(r"\S+\s*")
 
@@ -30,7 +30,7 @@ class EchoChat:
     def stream(
         self, messages: Sequence[Message], on_delta: Callable[[str], None]
     ) -> Deferred[None]:
-        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        last = next((message_text(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
         words = _WORDS.findall(last) or ["…"]
         call: list[IDelayedCall] = []
 

@@ -86,5 +86,8 @@ class ConversationStore(Protocol):
     def attachment(self, attachment_id: str) -> Deferred[StoredAttachment | None]:
         """An attachment's record, or None."""
 
+    def attachment_data(self, attachment_id: str) -> Deferred[bytes]:
+        """An attachment's bytes (read off the reactor thread)."""
+
     def close(self) -> Deferred[None]:
         """Finish pending writes and release the database."""

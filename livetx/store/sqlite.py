@@ -196,6 +196,9 @@ class SQLiteStore:
         )
         return record
 
+    def attachment_data(self, attachment_id: str) -> Deferred[bytes]:
+        return self._pool.runInteraction(lambda _: (self.attachments_dir / attachment_id).read_bytes())
+
     def attachment(self, attachment_id: str) -> Deferred[StoredAttachment | None]:
         d = self._pool.runQuery(
             "SELECT id, username, filename, mime, size, created_at FROM attachments WHERE id = ?",
