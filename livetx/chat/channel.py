@@ -56,7 +56,11 @@ class ChatChannel:
             raise FrameError(frames.PROCESSING_ERROR, "Session is busy")
         turn = self._service.start(ChatRequest.parse(self._username, frame), self._deliver)
         self._turn = turn
-        turn.done.addCallback(lambda _: setattr(self, "_turn", None) if self._turn is turn else None)
+        turn.done.addCallback(self._finished, turn)
+
+    def _finished(self, _: None, turn: ChatTurn) -> None:
+        if self._turn is turn:
+            self._turn = None
 
     def _bind(self, frame: Frame) -> None:
         session_id = frame.get("session_id")

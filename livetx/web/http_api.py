@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import multipart
 from twisted.internet.defer import Deferred
@@ -99,9 +99,6 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
     return {"id": message.id, "role": message.role, "message": message.parts,
             "created_at": message.created_at, "interrupted": message.interrupted,
             "input_type": message.input_type, "metrics": message.metrics}
-
-
-Handler = Callable[..., Any]
 
 
 class APIResource(Resource):
