@@ -47,7 +47,7 @@ async def test_streamed_chat_turn_is_stored_and_acknowledged(livetx: Any, openai
     frames = await client.until("end")
     plain = [f for f in frames if f["type"] == "plain"]
     assert [(f["data"], f["streaming"]) for f in plain] == [("It is Paris.", False)]
-    context = [r for r in openai.requests if r.path.endswith("/chat/completions")][-1].json["messages"]
+    context = openai.requests_to("/chat/completions")[-1].json["messages"]
     assert [m["content"] for m in context[1:]] == [
         "Capital of France?", "Paris is the capital.", "Say it again",
     ]

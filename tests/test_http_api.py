@@ -118,7 +118,7 @@ async def test_attachments_upload_and_use(livetx: Any, openai: Any) -> None:
         {"type": "plain", "text": "What is this?"}, {"type": "image", "attachment_id": record["attachment_id"]},
     ])
     assert events[-1]["type"] == "end" and not any(e["type"] == "error" for e in events)
-    sent = [r for r in openai.requests if r.path.endswith("/chat/completions")][-1].json["messages"][-1]
+    sent = openai.requests_to("/chat/completions")[-1].json["messages"][-1]
     assert sent["content"][0] == {"type": "text", "text": "What is this?"}
     image = base64.b64decode(sent["content"][1]["image_url"]["url"].split(",", 1)[1])
     assert sent["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")

@@ -136,7 +136,7 @@ async def test_conversation_so_far_is_sent_as_context(livetx: Any, openai: Any) 
     for text in ("My name is Ada.", "What is my name?"):
         client.send({"t": "text_input", "text": text})
         await client.until("end")
-    chats = [r for r in openai.requests if r.path.endswith("/chat/completions")]
+    chats = openai.requests_to("/chat/completions")
     assert chats[-1].json["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "My name is Ada."},
@@ -180,7 +180,7 @@ async def test_interrupt_closes_upstream_and_no_audio_follows(livetx: Any, opena
     openai.reply = "Fine."
     frames = await client.turn("Never mind")
     assert "error" not in kinds(frames)
-    last_chat = [r for r in openai.requests if r.path.endswith("/chat/completions")][-1]
+    last_chat = openai.requests_to("/chat/completions")[-1]
     partial = last_chat.json["messages"][-2]
     assert partial["role"] == "assistant" and partial["content"].startswith("Sentence number 0")
     await client.close_and_wait()

@@ -21,10 +21,6 @@ from .test_live_ws import LIVE, openai_config
 from .test_twistd import TWISTD, free_port, wait_for_port
 
 
-def chat_requests(openai: Any) -> list[Any]:
-    return [r for r in openai.requests if r.path.endswith("/chat/completions")]
-
-
 @pytest_twisted.ensureDeferred
 async def test_history_comes_back_after_reconnecting(livetx: Any, openai: Any) -> None:
     openai.reply = "Nice to meet you, Ada."
@@ -35,7 +31,7 @@ async def test_history_comes_back_after_reconnecting(livetx: Any, openai: Any) -
 
     second = await connect(server.url(LIVE, token=server.token("ada")))
     await second.turn("What is my name?")
-    context = chat_requests(openai)[-1].json["messages"]
+    context = openai.requests_to("/chat/completions")[-1].json["messages"]
     assert context[1:] == [
         {"role": "user", "content": "My name is Ada."},
         {"role": "assistant", "content": "Nice to meet you, Ada."},
@@ -44,7 +40,7 @@ async def test_history_comes_back_after_reconnecting(livetx: Any, openai: Any) -
     # Another user starts from nothing, and a named session starts apart.
     other = await connect(server.url(LIVE, token=server.token("bob")))
     await other.turn("Hello")
-    assert chat_requests(openai)[-1].json["messages"][1:] == [{"role": "user", "content": "Hello"}]
+    assert openai.requests_to("/chat/completions")[-1].json["messages"][1:] == [{"role": "user", "content": "Hello"}]
     for client in (second, other):
         await client.close_and_wait()
 
@@ -126,7 +122,7 @@ async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: 
     try:
         client = await connect(f"ws://127.0.0.1:{port}{LIVE}?token={token}")
         await client.turn("are you back")
-        context = chat_requests(openai)[-1].json["messages"]
+        context = openai.requests_to("/chat/completions")[-1].json["messages"]
         users = [m["content"] for m in context if m["role"] == "user"]
         assert users[:3] == ["question 0", "question 1", "question 2"]
         assert users[-1] == "are you back"

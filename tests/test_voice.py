@@ -80,7 +80,7 @@ async def test_slow_transcription_does_not_hold_up_other_connections(livetx: Any
     frames = await voice.until("end")
     user = next(f for f in frames if f["t"] == "user_msg")
     assert user["data"]["text"] == "a slow transcript"
-    upload = [r for r in openai.requests if r.path.endswith("/audio/transcriptions")][-1]
+    upload = openai.requests_to("/audio/transcriptions")[-1]
     assert upload.fields["model"] == b"whisper-1" and upload.fields["language"] == b"en"
     sent_pcm, rate = read_wav(upload.fields["file"])
     assert (sent_pcm, rate) == (b"\x10\x00" * 8000, 16000)
@@ -113,7 +113,7 @@ async def test_barge_in_over_the_wire_keeps_the_new_segment(livetx: Any, openai:
     frames = await client.until("user_msg")
     assert "response" not in kinds(frames)  # nothing of the old turn after stop_play
     assert frames[-1]["data"]["text"] == "stop please"
-    upload = [r for r in openai.requests if r.path.endswith("/audio/transcriptions")][-1]
+    upload = openai.requests_to("/audio/transcriptions")[-1]
     assert read_wav(upload.fields["file"])[0] == b"\x01\x00" * 1600 + b"\x02\x00" * 1600
     await client.until("end")
     await client.close_and_wait()
@@ -166,7 +166,7 @@ async def test_interrupt_then_speak_at_once(livetx: Any, openai: Any) -> None:
     await client.until("stop_play")
     frames = await client.until("end")
     assert next(f for f in frames if f["t"] == "user_msg")["data"]["text"] == "something else"
-    upload = [r for r in openai.requests if r.path.endswith("/audio/transcriptions")][-1]
+    upload = openai.requests_to("/audio/transcriptions")[-1]
     assert read_wav(upload.fields["file"])[0] == b"\x03\x00" * 3200
     await client.close_and_wait()
 

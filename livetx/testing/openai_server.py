@@ -88,6 +88,10 @@ class FakeOpenAI:
         self.lost: list[str] = []
         self.base_url = ""
 
+    def requests_to(self, endpoint: str) -> list[Recorded]:
+        """The recorded requests whose path ends with ``endpoint``, oldest first."""
+        return [r for r in self.requests if r.path.endswith(endpoint)]
+
     def resource(self) -> Resource:
         root, v1, chat, audio = Resource(), Resource(), Resource(), Resource()
         root.putChild(b"v1", v1)
