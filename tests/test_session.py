@@ -24,13 +24,20 @@ class Harness:
         self.llm = ScriptedLLM()
         self.tts = ManualTTS() if tts else None
         self.stt = ManualSTT() if stt else None
+        #: Frames as sent; ``out`` is the same frames without the ``turn`` tag, as
+        #: a reference client reads them, so exact comparisons check that too.
+        self.raw: list[dict[str, Any]] = []
         self.out: list[dict[str, Any]] = []
         self.session = LiveSession(
             username="alice",
             pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **pipeline),
             clock=self.clock,
-            emit=self.out.append,
+            emit=self.record,
         )
+
+    def record(self, frame: dict[str, Any]) -> None:
+        self.raw.append(frame)
+        self.out.append({k: v for k, v in frame.items() if k != "turn"})
 
     def send(self, t: str, **fields: Any) -> list[dict[str, Any]]:
         """Send one frame; return the frames it produced."""
@@ -194,6 +201,7 @@ VALID_FRAMES: dict[str, dict[str, Any]] = {
     "speaking_part": {"data": b64(b"\x00\x01" * 160)},
     "end_speaking": {"stamp": "s1"},
     "interrupt": {},
+    "session_update": {"silence_ms": 700},
 }
 
 
@@ -234,6 +242,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("interrupted", "speaking_part"): frames.INVALID_STATE,
     ("interrupted", "end_speaking"): frames.INVALID_STATE,
     ("interrupted", "interrupt"): None,
+    **{(state, "session_update"): None for state in STATES},
 }
 
 
@@ -383,7 +392,7 @@ def with_memory() -> tuple[Harness, SlowMemory]:
     h = Harness(tts=False)
     memory = SlowMemory()
     h.session = LiveSession(
-        username="alice", pipeline=h.session._pipeline, clock=h.clock, emit=h.out.append, memory=memory
+        username="alice", pipeline=h.session._pipeline, clock=h.clock, emit=h.record, memory=memory
     )
     return h, memory
 

@@ -25,6 +25,10 @@ AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
 FORBIDDEN = "FORBIDDEN"
 STT_UNAVAILABLE = "STT_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+# Extension codes (docs/protocol-extensions.md): only opted-in clients can meet them.
+UNKNOWN_SETTING = "UNKNOWN_SETTING"
+INVALID_SETTING = "INVALID_SETTING"
+UNKNOWN_TURN = "UNKNOWN_TURN"
 
 
 class FrameError(Exception):

@@ -29,6 +29,7 @@ from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
 from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
+from livetx.live.settings import Settings, updated
 from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
 from livetx.providers.base import ChatModel, Message, SpeechRecognizer, SpeechSynthesizer
 
@@ -64,10 +65,14 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "unwound", "source": "interrupted", "dest": "capturing",
      "conditions": "segment_open"},
     {"trigger": "unwound", "source": "interrupted", "dest": "idle"},
+    # Extensions (docs/protocol-extensions.md): accepted in every state.
+    {"trigger": "session_update", "source": STATES, "dest": None, "after": "_update_settings"},
 ]
 
 #: Client frame types; the other triggers are the session's own.
-CLIENT_EVENTS = ("text_input", "start_speaking", "speaking_part", "end_speaking", "interrupt")
+CLIENT_EVENTS = (
+    "text_input", "start_speaking", "speaking_part", "end_speaking", "interrupt", "session_update",
+)
 
 _BUSY = (frames.PROCESSING_ERROR, "Session is busy")
 _NO_SEGMENT = (frames.INVALID_STATE, "no voice segment is open; send start_speaking first")
@@ -155,6 +160,7 @@ PARSERS: dict[str, Callable[[Frame], dict[str, Any]]] = {
     "speaking_part": _audio,
     "end_speaking": lambda f: _stamp(f, required=True),
     "interrupt": lambda f: {},
+    "session_update": lambda f: {"frame": f},
 }
 
 
@@ -202,6 +208,10 @@ class LiveSession:
         self._preparing: Deferred[Any] | None = None
         self._max_segment_bytes = int(pipeline.max_segment_seconds * BYTES_PER_SECOND)
         self._metrics: dict[str, Any] = {}
+        #: The last turn's id; every frame of a turn carries it as ``turn``.
+        self._turn_id = 0
+        self._turn_emit: Emit = emit
+        self.settings = Settings()
         self._memory = memory
         self._recalled: Deferred[None] | None = None
         if memory is not None and self._history.maxlen:
@@ -249,6 +259,20 @@ class LiveSession:
         if self._preparing is not None:
             self._preparing.cancel()
 
+    def _new_turn(self) -> None:
+        """Number the turn that starts now and tag its frames with the number."""
+        self._turn_id += 1
+        turn_id = self._turn_id
+
+        def emit(frame: Frame) -> None:
+            self._emit({**frame, "turn": turn_id})
+
+        self._turn_emit = emit
+
+    def _update_settings(self, event: EventData) -> None:
+        self.settings = updated(self.settings, event.kwargs["frame"])
+        self._emit(self.settings.frame())
+
     def _reject(self, kind: str) -> None:
         self._emit(frames.error(*REJECTIONS.get((self.state, kind), _NO_SEGMENT)))
 
@@ -284,10 +308,11 @@ class LiveSession:
 
     def _metric(self, **values: Any) -> None:
         self._metrics.update(values)
-        self._emit({"t": "metrics", "data": values})
+        self._turn_emit({"t": "metrics", "data": values})
 
     def _begin_text_turn(self, event: EventData) -> None:
         started = self._clock.seconds()
+        self._new_turn()
         self._metrics = {}
         self._metric(input_type="text")
         self._reply_to(event.kwargs["text"], started)
@@ -296,6 +321,7 @@ class LiveSession:
         segment, self._segment = self._segment, None
         assert segment is not None
         began = self._clock.seconds()
+        self._new_turn()
         wav = segment.wav()
         assembled = self._clock.seconds()
         if self._pipeline.keep_audio is not None:
@@ -304,7 +330,7 @@ class LiveSession:
         self._metric(wav_assemble_time=assembled - began, input_type="audio")
         stt = self._pipeline.stt
         if stt is None:
-            self._emit(frames.error(frames.STT_UNAVAILABLE, "speech-to-text is not configured"))
+            self._turn_emit(frames.error(frames.STT_UNAVAILABLE, "speech-to-text is not configured"))
             self._end_without_reply()
             return
         self._metric(stt=stt.name)
@@ -324,15 +350,15 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
+        self._turn_emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
         self._end_without_reply()
 
     def _end_without_reply(self) -> None:
-        self._emit({"t": "end"})
+        self._turn_emit({"t": "end"})
         self.fire("turn_done")
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
+        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
         if self._recalled is None:
             self._start_turn(text, started)
             return
@@ -348,7 +374,7 @@ class LiveSession:
             clock=self._clock,
             llm=pipeline.llm,
             tts=pipeline.tts,
-            emit=self._emit,
+            emit=self._turn_emit,
             messages=self._context(text),
             started_at=started,
             tts_concurrency=pipeline.tts_concurrency,
@@ -373,7 +399,7 @@ class LiveSession:
             self._turn.interrupt()
         elif self._preparing is not None:
             self._preparing.cancel()
-        self._emit({"t": "stop_play"})
+        self._turn_emit({"t": "stop_play"})
         self.fire("unwound")
 
     def _restore(self, exchanges: list[Exchange]) -> None:

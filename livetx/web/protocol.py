@@ -71,6 +71,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
             memory=memory,
         )
         self.factory.connections.add(self)
+        detection = self.http_request_params.get("turn_detection")
+        if detection:  # talk mode asked for in the URL: the same as a session_update frame
+            self.session.receive({"t": "session_update", "turn_detection": detection[0]})
 
     def _memory_refused(self, failure: Failure) -> None:
         if failure.check(PermissionError):

@@ -1,0 +1,81 @@
+"""A connection's opt-in extensions, as ``session_update`` sets them.
+
+Every setting starts at the reference behaviour, so a client that never sends
+``session_update`` (nor ``?turn_detection=server``) gets exactly the reference
+protocol. Checking is strict for the same reason the config file is: a typo
+must come back as an error the client can see, not as a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from livetx.live import frames
+from livetx.live.frames import Frame, FrameError
+
+#: Frame fields that are not settings: the type, and the unified endpoint's mode.
+_ENVELOPE = frozenset({"t", "ct"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one connection asked for; the defaults are the reference protocol."""
+
+    #: ``client``: start/end_speaking frame the turns; ``server``: the voice detector does.
+    turn_detection: str = "client"
+    #: ``json``: Base64 audio inside JSON frames; ``binary``: raw audio as binary messages.
+    audio_transport: str = "json"
+    #: Voice detector aggressiveness, 0 (keeps most audio as speech) to 3 (strictest).
+    vad_aggressiveness: int = 2
+    #: Speech must last this long before it counts (shorter noise is dropped).
+    min_speech_ms: int = 200
+    #: Silence that ends an utterance.
+    silence_ms: int = 600
+    #: Audio kept from before the detected start of speech.
+    preroll_ms: int = 300
+
+    @property
+    def server_detection(self) -> bool:
+        return self.turn_detection == "server"
+
+    @property
+    def binary_audio(self) -> bool:
+        return self.audio_transport == "binary"
+
+    def frame(self) -> Frame:
+        """The ``session_updated`` frame: every setting, as now in force."""
+        return {"t": "session_updated", "data": dataclasses.asdict(self)}
+
+
+#: Allowed values: a tuple of choices, or an inclusive integer range.
+_RULES: dict[str, tuple[str, ...] | range] = {
+    "turn_detection": ("client", "server"),
+    "audio_transport": ("json", "binary"),
+    "vad_aggressiveness": range(0, 4),
+    "min_speech_ms": range(30, 5_001),
+    "silence_ms": range(100, 10_001),
+    "preroll_ms": range(0, 2_001),
+}
+
+
+def updated(current: Settings, frame: Frame) -> Settings:
+    """``current`` with the frame's settings applied, or ``FrameError`` naming the first bad one."""
+    changes: dict[str, Any] = {}
+    for key, value in frame.items():
+        if key in _ENVELOPE:
+            continue
+        rule = _RULES.get(key)
+        if rule is None:
+            raise FrameError(frames.UNKNOWN_SETTING, f"unknown setting {key!r}")
+        if isinstance(rule, range):
+            if isinstance(value, bool) or not isinstance(value, int) or value not in rule:
+                raise FrameError(
+                    frames.INVALID_SETTING,
+                    f"{key} must be an integer from {rule.start} to {rule.stop - 1}",
+                )
+        elif value not in rule:
+            raise FrameError(frames.INVALID_SETTING, f"{key} must be one of {', '.join(rule)}")
+        changes[key] = value
+    return dataclasses.replace(current, **changes)
