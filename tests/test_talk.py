@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import array
+import math
+from dataclasses import replace
 from typing import Any
 
-import pytest
+from twisted.internet.task import Clock
 
+from livetx.audio import read_wav
 from livetx.live import frames
 from livetx.live.settings import Settings
+from livetx.live.vad import VoiceDetector
 
 from .doubles import b64
 from .test_session import Harness
@@ -65,3 +70,182 @@ def test_session_update_validates_and_reports_every_setting() -> None:
 
     (reply,) = h.send("session_update", turn_detection="client")
     assert reply["data"]["turn_detection"] == "client" and reply["data"]["silence_ms"] == 800
+
+
+# -- the voice detector ------------------------------------------------------
+
+FRAME = 640  # 20 ms of 16 kHz PCM16, the size clients usually send
+
+
+def voiced(ms: int) -> bytes:
+    """A buzzing vowel-like tone (150 Hz and harmonics): speech to the detector."""
+    samples = ms * 16
+    return array.array("h", (
+        int(4000 * sum(math.sin(2 * math.pi * 150 * k * i / 16000) / k for k in range(1, 8)))
+        for i in range(samples)
+    )).tobytes()
+
+
+def quiet(ms: int) -> bytes:
+    return bytes(ms * 32)
+
+
+class Heard:
+    """Records what a detector reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.audio = bytearray()
+
+    def speech_started(self, pcm: bytes, start_ms: int) -> None:
+        self.events.append(("started", start_ms))
+        self.audio = bytearray(pcm)
+
+    def speech_audio(self, pcm: bytes) -> None:
+        self.audio += pcm
+
+    def speech_stopped(self, end_ms: int) -> None:
+        self.events.append(("stopped", end_ms))
+
+
+def exact(frame: bytes) -> bool:
+    """A classifier without the real detector's hangover: any sound is speech."""
+    return any(frame)
+
+
+def detector(real: bool = False, **tunables: Any) -> tuple[VoiceDetector, Heard, Clock]:
+    """A detector on a fake clock, with the exact classifier unless ``real``."""
+    clock, heard = Clock(), Heard()
+    classifier = None if real else (exact, 960)
+    return VoiceDetector(replace(Settings(), **tunables), clock, heard, classifier), heard, clock
+
+
+def stream_in(d: VoiceDetector, pcm: bytes) -> None:
+    for i in range(0, len(pcm), FRAME):
+        d.feed(pcm[i : i + FRAME])
+
+
+def test_detector_finds_an_utterance_with_its_preroll() -> None:
+    d, heard, _ = detector(min_speech_ms=90, silence_ms=300, preroll_ms=120)
+    stream_in(d, quiet(990) + voiced(600))
+    assert heard.events == [("started", 990)]
+    stream_in(d, quiet(270))
+    assert d.state == "speech"  # 270 ms of silence is a pause, not the end
+    stream_in(d, voiced(300) + quiet(330))
+    assert heard.events == [("started", 990), ("stopped", 990 + 600 + 270 + 300 + 300)]
+    # The utterance: 120 ms of pre-roll, then everything up to the end of the silence.
+    assert bytes(heard.audio) == quiet(120) + voiced(600) + quiet(270) + voiced(300) + quiet(300)
+
+
+def test_detector_drops_noise_shorter_than_the_minimum() -> None:
+    d, heard, _ = detector(min_speech_ms=240, silence_ms=300)
+    for _ in range(5):
+        stream_in(d, quiet(300) + voiced(90))  # clicks well apart
+    stream_in(d, quiet(600))
+    assert heard.events == [] and d.state == "quiet"
+    stream_in(d, voiced(90) + quiet(60) + voiced(180))  # short gaps do not reset an onset
+    assert heard.events == [("started", 5 * 390 + 600)]
+
+
+def test_detector_ends_an_utterance_when_the_stream_stalls() -> None:
+    d, heard, clock = detector(min_speech_ms=60, silence_ms=500)
+    stream_in(d, voiced(300))
+    clock.advance(0.4)
+    stream_in(d, voiced(60))  # still coming: the stall timer starts again
+    clock.advance(0.4)
+    assert heard.events == [("started", 0)]
+    clock.advance(0.1)
+    assert heard.events == [("started", 0), ("stopped", 360)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_detector_memory_stays_bounded_on_an_endless_stream() -> None:
+    d, heard, _ = detector(min_speech_ms=300, silence_ms=600, preroll_ms=300)
+    for _ in range(200):  # 60 s of clicks every 200 ms: never enough speech, never quiet long
+        stream_in(d, voiced(30) + quiet(150) + b"\x00" * 10)
+        assert len(d._preroll) <= 10 and len(d._onset) <= 10 * 21 and len(d._pending) < 960
+    stream_in(d, quiet(2000))
+    assert len(d._preroll) == 10 and d._onset == []
+
+
+def test_pocketsphinx_vad_hears_the_tone_and_not_the_silence() -> None:
+    d, heard, _ = detector(real=True, min_speech_ms=200, silence_ms=300, preroll_ms=0)
+    stream_in(d, quiet(600) + voiced(60) + quiet(600))  # a short buzz: noise
+    assert heard.events == []
+    stream_in(d, voiced(900) + quiet(600))
+    (started, at), (stopped, end) = heard.events
+    assert at == 1260 and 1260 + 900 + 300 <= end <= 1260 + 900 + 300 + 150  # the detector's hangover
+
+
+# -- talk mode in the session --------------------------------------------------
+
+
+def talking(**pipeline: Any) -> Harness:
+    h = Harness(**pipeline)
+    h.send("session_update", turn_detection="server", min_speech_ms=210, silence_ms=300, preroll_ms=90)
+    return h
+
+
+def speak(h: Harness, pcm: bytes) -> list[dict[str, Any]]:
+    before = len(h.out)
+    for i in range(0, len(pcm), FRAME):
+        h.send("speaking_part", data=b64(pcm[i : i + FRAME]))
+    return h.raw[before:]
+
+
+def test_talk_mode_turns_detected_speech_into_a_voice_turn() -> None:
+    h = talking()
+    assert speak(h, quiet(600)) == []
+    started = speak(h, voiced(600))
+    assert started == [{"t": "speech_started", "data": {"audio_start_ms": 600}}]
+    assert h.state == "capturing"
+    produced = speak(h, quiet(600))
+    assert [f["t"] for f in produced] == ["speech_stopped", "metrics", "metrics"]
+    assert 600 + 600 + 300 <= produced[0]["data"]["audio_end_ms"] <= 600 + 600 + 300 + 150
+    wav, pending = h.stt.requests[0]
+    pcm, _ = read_wav(wav)
+    assert pcm.startswith(quiet(90) + voiced(600)[:9600]) and len(pcm) < 32 * (90 + 600 + 450)
+    pending.callback("lights on")
+    assert h.raw[-1] == {"t": "user_msg", "data": {"text": "lights on", "ts": 0}, "turn": 1}
+    assert h.state == "processing"
+
+
+def test_talk_mode_drops_noise_and_refuses_client_framing() -> None:
+    h = talking()
+    assert speak(h, voiced(60) + quiet(600)) == []
+    assert h.stt.requests == [] and h.state == "idle"
+    for kind, fields in (("start_speaking", {"stamp": "s"}), ("end_speaking", {"stamp": "s"})):
+        (error,) = h.send(kind, **fields)
+        assert error["code"] == frames.INVALID_STATE and "turn_detection is server" in error["data"]
+    speak(h, voiced(300))
+    assert h.state == "capturing"
+    h.send("session_update", turn_detection="client")  # mid-utterance: it is dropped
+    assert h.state == "idle" and speak(h, voiced(600) + quiet(600))[0]["code"] == frames.INVALID_STATE
+    h.send("start_speaking", stamp="s")
+    assert h.state == "capturing"
+
+
+def test_speech_during_a_reply_interrupts_it_like_interrupt() -> None:
+    h = talking()
+    h.send("text_input", text="tell me a story")
+    h.llm.last.say("Once upon a time. ", "There was")
+    h.tts.finish(0)
+    produced = speak(h, voiced(300))
+    assert [f["t"] for f in produced] == ["speech_started", "stop_play"]
+    assert produced[1]["turn"] == 1
+    assert h.llm.last.cancelled and h.state == "capturing"
+    assert h.session.history[-1].reply == "Once upon a time. There was" and h.session.history[-1].interrupted
+    produced = speak(h, quiet(600))
+    assert [f["t"] for f in produced] == ["speech_stopped", "metrics", "metrics"]
+    assert {f.get("turn") for f in produced[1:]} == {2}
+
+
+def test_talk_mode_caps_an_endless_utterance() -> None:
+    h = talking(max_segment_seconds=1.0)
+    produced = speak(h, voiced(1500))
+    assert [f["t"] for f in produced] == ["speech_started", "error"]
+    assert produced[1]["code"] == frames.AUDIO_TOO_LONG and h.state == "idle"
+    produced = speak(h, voiced(1000) + quiet(600))
+    assert [f["t"] for f in produced] == ["speech_stopped"] and h.stt.requests == []
+    speak(h, voiced(300) + quiet(600))
+    assert len(h.stt.requests) == 1  # the next utterance is a turn again

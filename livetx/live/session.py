@@ -31,6 +31,7 @@ from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.settings import Settings, updated
 from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
+from livetx.live.vad import VoiceDetector
 from livetx.providers.base import ChatModel, Message, SpeechRecognizer, SpeechSynthesizer
 
 _log = Logger()
@@ -46,15 +47,20 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "text_input", "source": _NO_TURN + ["interrupted"], "dest": "processing",
      "after": "_begin_text_turn"},
     {"trigger": "start_speaking", "source": _NO_TURN, "dest": "capturing",
-     "after": "_open_segment"},
-    {"trigger": "start_speaking", "source": _TURN, "dest": None, "after": "_open_segment"},
+     "unless": "server_detection", "after": "_open_segment"},
+    {"trigger": "start_speaking", "source": _TURN, "dest": None,
+     "unless": "server_detection", "after": "_open_segment"},
+    # Talk mode: the stream goes to the voice detector, whatever the state.
+    {"trigger": "speaking_part", "source": STATES, "dest": None,
+     "conditions": "server_detection", "after": "_detect"},
     {"trigger": "speaking_part", "source": "capturing", "dest": None, "after": "_append_audio"},
     {"trigger": "speaking_part", "source": _TURN, "dest": None,
      "conditions": "segment_open", "after": "_append_audio"},
     {"trigger": "end_speaking", "source": "capturing", "dest": "processing",
-     "before": "_check_stamp", "after": "_begin_voice_turn"},
+     "unless": "server_detection", "before": "_check_stamp", "after": "_begin_voice_turn"},
     {"trigger": "end_speaking", "source": "interrupted", "dest": "processing",
-     "conditions": "segment_open", "before": "_check_stamp", "after": "_begin_voice_turn"},
+     "conditions": "segment_open", "unless": "server_detection",
+     "before": "_check_stamp", "after": "_begin_voice_turn"},
     {"trigger": "interrupt", "source": "processing", "dest": "interrupted", "after": "_stop_turn"},
     {"trigger": "interrupt", "source": _NO_TURN + ["interrupted"], "dest": None},
     {"trigger": "segment_dropped", "source": "capturing", "dest": "idle"},
@@ -67,6 +73,17 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "unwound", "source": "interrupted", "dest": "idle"},
     # Extensions (docs/protocol-extensions.md): accepted in every state.
     {"trigger": "session_update", "source": STATES, "dest": None, "after": "_update_settings"},
+    # The voice detector's events. Speech during a turn interrupts it as
+    # ``interrupt`` does, with the new utterance's segment already open.
+    {"trigger": "speech_started", "source": _NO_TURN, "dest": "capturing",
+     "after": "_open_detected_segment"},
+    {"trigger": "speech_started", "source": "processing", "dest": "interrupted",
+     "before": "_open_detected_segment", "after": "_stop_turn"},
+    {"trigger": "speech_started", "source": "interrupted", "dest": None,
+     "after": "_open_detected_segment"},
+    {"trigger": "speech_stopped", "source": "capturing", "dest": "processing",
+     "conditions": "segment_open", "before": "_announce_stop", "after": "_begin_voice_turn"},
+    {"trigger": "speech_stopped", "source": STATES, "dest": None, "after": "_discard_utterance"},
 ]
 
 #: Client frame types; the other triggers are the session's own.
@@ -76,6 +93,10 @@ CLIENT_EVENTS = (
 
 _BUSY = (frames.PROCESSING_ERROR, "Session is busy")
 _NO_SEGMENT = (frames.INVALID_STATE, "no voice segment is open; send start_speaking first")
+_SERVER_FRAMES = (
+    frames.INVALID_STATE,
+    "turn_detection is server: send only speaking_part, or switch back with session_update",
+)
 
 #: Why a client event is refused in a state (anything else refused is _NO_SEGMENT).
 REJECTIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -212,6 +233,7 @@ class LiveSession:
         self._turn_id = 0
         self._turn_emit: Emit = emit
         self.settings = Settings()
+        self._detector: VoiceDetector | None = None
         self._memory = memory
         self._recalled: Deferred[None] | None = None
         if memory is not None and self._history.maxlen:
@@ -235,15 +257,19 @@ class LiveSession:
         if parse is None:
             self._emit(frames.error(frames.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
             return
+        self._safely(kind, lambda: self.fire(kind, **parse(frame)))
+
+    def _safely(self, kind: str, fire: Callable[[], bool | None]) -> None:
+        """Run an event; a refusal or a bug becomes an error frame, never an exception."""
         try:
-            if not self.fire(kind, **parse(frame)):
+            if fire() is False:
                 self._reject(kind)
         except MachineError:
             self._reject(kind)
         except FrameError as e:
             self._emit(e.frame())
         except Exception:
-            _log.failure("Bug while handling a {kind!r} frame", kind=kind)
+            _log.failure("Bug while handling a {kind!r} event", kind=kind)
             self._emit(frames.error(frames.INTERNAL_ERROR, "internal error"))
 
     def fire(self, event: str, **kwargs: Any) -> bool:
@@ -254,6 +280,8 @@ class LiveSession:
         """The connection is gone: stop all work and send nothing more."""
         self._emit = _discard
         self._segment = None
+        if self._detector is not None:
+            self._detector.close()
         if self._turn is not None:
             self._turn.interrupt()
         if self._preparing is not None:
@@ -270,10 +298,26 @@ class LiveSession:
         self._turn_emit = emit
 
     def _update_settings(self, event: EventData) -> None:
-        self.settings = updated(self.settings, event.kwargs["frame"])
+        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"])
+        if _detection(before) != _detection(self.settings):
+            self._restart_detection()
         self._emit(self.settings.frame())
 
+    def _restart_detection(self) -> None:
+        """Turn detection changed hands: an utterance half-heard is dropped."""
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+        if self._segment is not None:
+            self._segment = None
+            self.fire("segment_dropped")
+        if self.settings.server_detection:
+            self._detector = VoiceDetector(self.settings, self._clock, self)
+
     def _reject(self, kind: str) -> None:
+        if self.settings.server_detection and kind in ("start_speaking", "end_speaking"):
+            self._emit(frames.error(*_SERVER_FRAMES))
+            return
         self._emit(frames.error(*REJECTIONS.get((self.state, kind), _NO_SEGMENT)))
 
     # -- conditions and capture ---------------------------------------------
@@ -281,13 +325,18 @@ class LiveSession:
     def segment_open(self, event: EventData) -> bool:
         return self._segment is not None
 
+    def server_detection(self, event: EventData) -> bool:
+        return self.settings.server_detection
+
     def _open_segment(self, event: EventData) -> None:
         self._segment = Segment(event.kwargs["stamp"])
 
     def _append_audio(self, event: EventData) -> None:
+        self._append(event.kwargs["pcm"])
+
+    def _append(self, pcm: bytes) -> None:
         segment = self._segment
         assert segment is not None
-        pcm = event.kwargs["pcm"]
         if len(segment.pcm) + len(pcm) <= self._max_segment_bytes:
             segment.pcm += pcm
         else:  # refuse before copying: the cap bounds memory, not just turns
@@ -297,6 +346,37 @@ class LiveSession:
                 frames.AUDIO_TOO_LONG,
                 f"voice segment longer than {self._pipeline.max_segment_seconds:g} s; dropped",
             )
+
+    # -- server-side turn detection (talk mode) -------------------------------
+
+    def _detect(self, event: EventData) -> None:
+        assert self._detector is not None
+        self._detector.feed(event.kwargs["pcm"])
+
+    def speech_started(self, pcm: bytes, start_ms: int) -> None:
+        """The detector heard speech begin (it calls this mid-``feed``)."""
+        self._safely("speech_started", lambda: self.fire("speech_started", pcm=pcm, start_ms=start_ms))
+
+    def speech_audio(self, pcm: bytes) -> None:
+        if self._segment is not None:  # none after a segment too long was dropped
+            self._safely("speaking_part", lambda: self._append(pcm))
+
+    def speech_stopped(self, end_ms: int) -> None:
+        """The detector heard enough silence, or the stream stalled (then from the clock)."""
+        self._safely("speech_stopped", lambda: self.fire("speech_stopped", end_ms=end_ms))
+
+    def _open_detected_segment(self, event: EventData) -> None:
+        self._emit({"t": "speech_started", "data": {"audio_start_ms": event.kwargs["start_ms"]}})
+        self._segment = Segment(None)
+        self._append(event.kwargs["pcm"])
+
+    def _announce_stop(self, event: EventData) -> None:
+        self._emit({"t": "speech_stopped", "data": {"audio_end_ms": event.kwargs["end_ms"]}})
+
+    def _discard_utterance(self, event: EventData) -> None:
+        """Speech ended where it cannot become a turn (a typed turn runs, or it was too long)."""
+        self._announce_stop(event)
+        self._segment = None
 
     def _check_stamp(self, event: EventData) -> None:
         assert self._segment is not None
@@ -424,6 +504,12 @@ class LiveSession:
                 messages.append({"role": "assistant", "content": exchange.reply})
         messages.append({"role": "user", "content": text})
         return messages
+
+
+def _detection(settings: Settings) -> tuple[Any, ...]:
+    """The settings that shape the voice detector; changing one restarts it."""
+    return (settings.turn_detection, settings.vad_aggressiveness, settings.min_speech_ms,
+            settings.silence_ms, settings.preroll_ms)
 
 
 def _discard(frame: Frame) -> None:

@@ -1,0 +1,172 @@
+"""Server-side turn detection: where an utterance starts and ends in a microphone stream.
+
+PocketSphinx's voice activity detector (WebRTC's, shipped in the wheel we
+already use for speech-to-text) classifies each 30 ms frame as speech or not;
+this module turns those verdicts into utterances:
+
+- ``quiet``: frames go into a ring buffer holding the last ``preroll_ms``, so
+  the first syllable, which the detector hears late, is not lost.
+- ``onset``: speech was heard, but it only counts once ``min_speech_ms`` of it
+  has accumulated; ``silence_ms`` of silence before that drops it as noise.
+- ``speech``: every frame is passed on; ``silence_ms`` of silence ends it.
+
+Decisions use the stream's own time (its sample count), so network jitter
+cannot split an utterance. Wall time matters once: a client that stops
+sending mid-utterance (muted, asleep) ends it after ``silence_ms`` on the
+clock. Memory is bounded whatever the stream's length: the ring buffer, an
+onset shorter than ``min_speech_ms`` of speech plus its gaps, and less than
+one frame of leftover bytes. The utterance itself is the listener's, which
+caps it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from livetx.audio import SAMPLE_RATE
+
+
+class Tunables(Protocol):
+    """The detector's settings (see :class:`livetx.live.settings.Settings`)."""
+
+    vad_aggressiveness: int
+    min_speech_ms: int
+    silence_ms: int
+    preroll_ms: int
+
+
+class Listener(Protocol):
+    """Who hears about utterances: the live session."""
+
+    def speech_started(self, pcm: bytes, start_ms: int) -> None:
+        """Speech confirmed; ``pcm`` is the pre-roll and onset, ``start_ms`` stream time."""
+
+    def speech_audio(self, pcm: bytes) -> None:
+        """More audio of the current utterance."""
+
+    def speech_stopped(self, end_ms: int) -> None:
+        """The utterance is over (silence, or the stream stalled)."""
+
+
+def pocketsphinx_vad(aggressiveness: int) -> tuple[Callable[[bytes], bool], int]:
+    """A speech/non-speech classifier for 16 kHz PCM16 and the frame size it takes."""
+    from pocketsphinx import Vad
+
+    vad = Vad(mode=aggressiveness, sample_rate=SAMPLE_RATE)
+    return vad.is_speech, vad.frame_bytes
+
+
+class VoiceDetector:
+    """Feed PCM of any size; the listener hears of each utterance as it happens."""
+
+    def __init__(
+        self,
+        tunables: Tunables,
+        clock: IReactorTime,
+        listener: Listener,
+        classifier: tuple[Callable[[bytes], bool], int] | None = None,
+    ) -> None:
+        self._is_speech, self._frame_bytes = classifier or pocketsphinx_vad(tunables.vad_aggressiveness)
+        self._frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
+        self._min_speech_ms = tunables.min_speech_ms
+        self._silence_ms = tunables.silence_ms
+        self._clock = clock
+        self._listener = listener
+        self._preroll: deque[bytes] = deque(maxlen=tunables.preroll_ms // self._frame_ms)
+        self._onset: list[bytes] = []
+        self._pending = bytearray()
+        self._stall: IDelayedCall | None = None
+        self.state = "quiet"
+        #: Stream time: milliseconds of audio classified so far.
+        self.elapsed_ms = 0
+        self._start_ms = 0
+        self._voiced_ms = 0
+        self._silent_ms = 0
+
+    def feed(self, pcm: bytes) -> None:
+        self._pending += pcm
+        frame_bytes = self._frame_bytes
+        while len(self._pending) >= frame_bytes:
+            frame = bytes(self._pending[:frame_bytes])
+            del self._pending[:frame_bytes]
+            self._classify(frame)
+        self._watch_stall()
+
+    def close(self) -> None:
+        """Stop for good (the connection closed or the client switched detection off)."""
+        self._cancel_stall()
+        self._preroll.clear()
+        self._onset = []
+        self._pending.clear()
+        self.state = "closed"
+
+    # -- the state machine -------------------------------------------------
+
+    def _classify(self, frame: bytes) -> None:
+        speech = self._is_speech(frame)
+        self.elapsed_ms += self._frame_ms
+        if self.state == "quiet":
+            if speech:
+                self.state = "onset"
+                self._onset = [frame]
+                self._start_ms = self.elapsed_ms - self._frame_ms
+                self._voiced_ms, self._silent_ms = self._frame_ms, 0
+            else:
+                self._preroll.append(frame)
+            return
+        self._silent_ms = 0 if speech else self._silent_ms + self._frame_ms
+        if self.state == "onset":
+            self._onset.append(frame)
+            if speech:
+                self._voiced_ms += self._frame_ms
+            if self._voiced_ms >= self._min_speech_ms:
+                self._confirm()
+            elif self._silent_ms >= self._silence_ms:
+                self._drop_onset()
+        elif self.state == "speech":
+            self._listener.speech_audio(frame)
+            if self._silent_ms >= self._silence_ms:
+                self._stop()
+
+    def _confirm(self) -> None:
+        audio = b"".join([*self._preroll, *self._onset])
+        self._preroll.clear()
+        self._onset = []
+        self.state = "speech"
+        self._listener.speech_started(audio, self._start_ms)
+
+    def _drop_onset(self) -> None:
+        """Too little speech: noise. Its audio becomes pre-roll, as any quiet audio."""
+        self._preroll.extend(self._onset)
+        self._onset = []
+        self.state = "quiet"
+
+    def _stop(self) -> None:
+        self.state = "quiet"
+        self._cancel_stall()
+        self._listener.speech_stopped(self.elapsed_ms)
+
+    # -- a stream that stops mid-utterance --------------------------------
+
+    def _watch_stall(self) -> None:
+        if self.state not in ("onset", "speech"):
+            return
+        if self._stall is not None and self._stall.active():
+            self._stall.reset(self._silence_ms / 1000)
+        else:
+            self._stall = self._clock.callLater(self._silence_ms / 1000, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self.state == "speech":
+            self._stop()
+        elif self.state == "onset":
+            self._drop_onset()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
