@@ -35,10 +35,15 @@ async def spoken(text: str) -> bytes:
     return resample(pcm, rate)
 
 
-def stream(client: LiveClient, pcm: bytes, stamp: str) -> None:
-    client.send({"t": "start_speaking", "stamp": stamp})
+def speaking_parts(client: LiveClient, pcm: bytes) -> None:
+    """Send audio as a microphone does: 20 ms frames."""
     for i in range(0, len(pcm), FRAME_BYTES):
         client.send({"t": "speaking_part", "data": base64.b64encode(pcm[i : i + FRAME_BYTES]).decode()})
+
+
+def stream(client: LiveClient, pcm: bytes, stamp: str) -> None:
+    client.send({"t": "start_speaking", "stamp": stamp})
+    speaking_parts(client, pcm)
     client.send({"t": "end_speaking", "stamp": stamp})
 
 
