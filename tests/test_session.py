@@ -19,11 +19,11 @@ from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 
 
 class Harness:
-    def __init__(self, tts: bool = True, stt: bool = True, **pipeline: Any) -> None:
+    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **pipeline: Any) -> None:
         self.clock = Clock()
         self.llm = ScriptedLLM()
         self.tts = ManualTTS() if tts else None
-        self.stt = ManualSTT() if stt else None
+        self.stt = ManualSTT() if stt is True else stt or None
         #: Frames as sent; ``out`` is the same frames without the ``turn`` tag, as
         #: a reference client reads them, so exact comparisons check that too.
         self.raw: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from livetx.audio import read_wav
@@ -14,7 +15,7 @@ from livetx.live import frames
 from livetx.live.settings import Settings
 from livetx.live.vad import VoiceDetector
 
-from .doubles import b64
+from .doubles import ManualSTT, b64
 from .test_session import Harness
 
 #: The fields of each frame type in the reference protocol.
@@ -180,8 +181,8 @@ def test_pocketsphinx_vad_hears_the_tone_and_not_the_silence() -> None:
 # -- talk mode in the session --------------------------------------------------
 
 
-def talking(**pipeline: Any) -> Harness:
-    h = Harness(**pipeline)
+def talking(**options: Any) -> Harness:
+    h = Harness(**options)
     h.send("session_update", turn_detection="server", min_speech_ms=210, silence_ms=300, preroll_ms=90)
     return h
 
@@ -249,3 +250,43 @@ def test_talk_mode_caps_an_endless_utterance() -> None:
     assert [f["t"] for f in produced] == ["speech_stopped"] and h.stt.requests == []
     speak(h, voiced(300) + quiet(600))
     assert len(h.stt.requests) == 1  # the next utterance is a turn again
+
+
+class PartialSTT(ManualSTT):
+    """A recognizer that can also transcribe an unfinished utterance, when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partials: list[tuple[bytes, Deferred[str]]] = []
+
+    def partial(self, pcm: bytes) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        self.partials.append((pcm, d))
+        return d
+
+
+def test_partial_transcripts_while_the_user_speaks() -> None:
+    h = talking(stt=PartialSTT())
+    speak(h, voiced(400))
+    assert h.stt.partials == []  # less than half a second of utterance so far
+    speak(h, voiced(300))
+    assert isinstance(h.stt, PartialSTT)
+    (pcm, pending), = h.stt.partials
+    assert len(pcm) >= 16_000 and pcm == (voiced(400) + voiced(300))[: len(pcm)]
+    speak(h, voiced(900))
+    assert len(h.stt.partials) == 1  # one at a time, however much audio arrives
+    pending.callback(" turn on ")
+    assert h.raw[-1] == {"t": "user_partial", "data": {"text": "turn on"}}
+    assert len(h.stt.partials) == 2  # the audio that piled up meanwhile
+    h.stt.partials[1][1].callback("turn on")  # unchanged: not sent again
+    assert [f["t"] for f in h.raw].count("user_partial") == 1
+    speak(h, voiced(600))
+    late = h.stt.partials[2][1]
+    produced = speak(h, quiet(600))
+    assert late.called and [f["t"] for f in produced] == ["speech_stopped", "metrics", "metrics"]
+
+
+def test_recognizers_without_partials_send_none() -> None:
+    h = talking()
+    frames_sent = speak(h, voiced(2000) + quiet(600))
+    assert "user_partial" not in [f["t"] for f in frames_sent] and len(h.stt.requests) == 1

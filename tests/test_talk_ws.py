@@ -82,3 +82,22 @@ async def test_recorded_speech_makes_two_turns_without_client_framing(
         assert "stop_play" not in order
         assert [f["turn"] for f in frames if f["t"] == "end"] == [1, 2]
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pocketsphinx_sends_partial_transcripts_while_the_user_speaks(livetx: Any, tmp_path: Path) -> None:
+    grammar = tmp_path / "home.jsgf"
+    grammar.write_text(GRAMMAR)
+    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "session_update", "turn_detection": "server", "silence_ms": 1500})
+    await client.until("session_updated")
+    said = "turn on the hallway lights"
+    speaking_parts(client, silence(300) + await spoken(said))
+    partial = await client.until("user_partial", timeout=30)  # the user has not stopped yet
+    assert kinds(partial) == ["speech_started", "user_partial"]
+    assert partial[-1]["data"]["text"] and set(partial[-1]["data"]["text"].split()) <= set(said.split())
+    speaking_parts(client, silence(1600))
+    frames = await client.until("user_msg", timeout=30)
+    assert "speech_stopped" in kinds(frames) and frames[-1]["data"]["text"] == said
+    await client.close_and_wait()

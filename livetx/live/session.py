@@ -32,7 +32,13 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.settings import Settings, updated
 from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
 from livetx.live.vad import VoiceDetector
-from livetx.providers.base import ChatModel, Message, SpeechRecognizer, SpeechSynthesizer
+from livetx.providers.base import (
+    ChatModel,
+    Message,
+    PartialRecognizer,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+)
 
 _log = Logger()
 
@@ -139,14 +145,21 @@ class Memory(Protocol):
         """Keep a finished turn; writes are applied in the order they are asked for."""
 
 
+#: Talk mode: audio between two partial transcripts of an utterance.
+PARTIAL_EVERY_BYTES = BYTES_PER_SECOND // 2
+
+
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
-    __slots__ = ("stamp", "pcm")
+    __slots__ = ("stamp", "pcm", "heard", "partial")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
         self.pcm = bytearray()
+        #: Talk mode: how much audio the last partial transcript covered, and its text.
+        self.heard = 0
+        self.partial = ""
 
     def wav(self) -> bytes:
         return to_wav(self.pcm)
@@ -234,6 +247,7 @@ class LiveSession:
         self._turn_emit: Emit = emit
         self.settings = Settings()
         self._detector: VoiceDetector | None = None
+        self._partial: Deferred[str] | None = None
         self._memory = memory
         self._recalled: Deferred[None] | None = None
         if memory is not None and self._history.maxlen:
@@ -282,6 +296,7 @@ class LiveSession:
         self._segment = None
         if self._detector is not None:
             self._detector.close()
+        self._cancel_partial()
         if self._turn is not None:
             self._turn.interrupt()
         if self._preparing is not None:
@@ -308,6 +323,7 @@ class LiveSession:
         if self._detector is not None:
             self._detector.close()
             self._detector = None
+        self._cancel_partial()
         if self._segment is not None:
             self._segment = None
             self.fire("segment_dropped")
@@ -360,6 +376,7 @@ class LiveSession:
     def speech_audio(self, pcm: bytes) -> None:
         if self._segment is not None:  # none after a segment too long was dropped
             self._safely("speaking_part", lambda: self._append(pcm))
+            self._request_partial()
 
     def speech_stopped(self, end_ms: int) -> None:
         """The detector heard enough silence, or the stream stalled (then from the clock)."""
@@ -371,7 +388,35 @@ class LiveSession:
         self._append(event.kwargs["pcm"])
 
     def _announce_stop(self, event: EventData) -> None:
+        self._cancel_partial()  # the final transcript must not queue behind it
         self._emit({"t": "speech_stopped", "data": {"audio_end_ms": event.kwargs["end_ms"]}})
+
+    def _request_partial(self) -> None:
+        """Transcribe the utterance so far, if the engine can, one request at a time."""
+        stt, segment = self._pipeline.stt, self._segment
+        if (segment is None or self._partial is not None or not isinstance(stt, PartialRecognizer)
+                or len(segment.pcm) - segment.heard < PARTIAL_EVERY_BYTES):
+            return
+        segment.heard = len(segment.pcm)
+        self._partial = stt.partial(bytes(segment.pcm))
+        self._partial.addCallbacks(self._partial_heard, self._partial_failed, callbackArgs=(segment,))
+
+    def _partial_heard(self, text: str, segment: Segment) -> None:
+        self._partial = None
+        text = text.strip()
+        if segment is self._segment and text and text != segment.partial:
+            segment.partial = text
+            self._emit({"t": "user_partial", "data": {"text": text}})
+        self._request_partial()  # audio may have piled up meanwhile
+
+    def _partial_failed(self, failure: Failure) -> None:
+        self._partial = None
+        if not failure.check(CancelledError):
+            _log.failure("Partial transcription failed", failure)
+
+    def _cancel_partial(self) -> None:
+        if self._partial is not None:
+            self._partial.cancel()
 
     def _discard_utterance(self, event: EventData) -> None:
         """Speech ended where it cannot become a turn (a typed turn runs, or it was too long)."""

@@ -89,6 +89,18 @@ class SpeechRecognizer(Protocol):
         """Fire with the transcript of a 16 kHz mono PCM16 WAV file."""
 
 
+@runtime_checkable
+class PartialRecognizer(Protocol):
+    """A recognizer cheap and local enough to run again and again while the user speaks.
+
+    Optional: talk mode sends ``user_partial`` frames only for engines that
+    have it (PocketSphinx); a hosted service would be paid per call.
+    """
+
+    def partial(self, pcm: bytes) -> Deferred[str]:
+        """Fire with a transcript of an unfinished utterance (16 kHz mono PCM16)."""
+
+
 def recognizer_input(wav: bytes) -> bytes:
     """A segment as 16 kHz mono PCM for an offline recognizer, or ``STTError``."""
     try:

@@ -1,7 +1,8 @@
 """PocketSphinx speech-to-text, offline, with the English model its wheel ships.
 
 Open vocabulary is rough; with a JSGF grammar or a keyword list it is exact,
-which is what command-style devices need. Decoding blocks for a fraction of
+which is what command-style devices need. Decoding is cheap enough to give
+talk mode partial transcripts while the user is still speaking. Decoding blocks for a fraction of
 a second, so it runs on a bounded pool of threads, one decoder per thread
 (decoders are not thread-safe), loaded on first use to keep idle memory low.
 """
@@ -50,7 +51,9 @@ class SphinxRecognizer:
 
     def _decode(self, wav: bytes) -> str:
         """Runs on a recognizer thread."""
-        pcm = recognizer_input(wav)
+        return self._decode_pcm(recognizer_input(wav))
+
+    def _decode_pcm(self, pcm: bytes) -> str:
         decoder = self._decoder()
         decoder.start_utt()
         decoder.process_raw(_PAD + pcm + _PAD, full_utt=True)
@@ -60,6 +63,10 @@ class SphinxRecognizer:
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
         return self._worker.run(self._decode, wav)
+
+    def partial(self, pcm: bytes) -> Deferred[str]:
+        """The utterance so far: decoded whole again, on the same bounded threads."""
+        return self._worker.run(self._decode_pcm, pcm)
 
 
 def _keyword_file(keywords: list[str]) -> str:
