@@ -11,7 +11,7 @@ import pytest_twisted
 from .support import connect
 from .test_live_ws import LIVE, kinds
 from .test_talk import REFERENCE_FIELDS
-from .test_voice import GRAMMAR, speaking_parts, spoken
+from .test_voice import grammar_server, speaking_parts, spoken
 
 
 @pytest_twisted.ensureDeferred
@@ -52,10 +52,8 @@ def silence(ms: int) -> bytes:
 async def test_recorded_speech_makes_two_turns_without_client_framing(
     livetx: Any, tmp_path: Path, barge_in: bool
 ) -> None:
-    grammar = tmp_path / "home.jsgf"
-    grammar.write_text(GRAMMAR)
     # The echo model speaks word by word, so the first reply is still going when the second utterance starts.
-    server = await livetx(f'[llm]\necho_delay = {0.2 if barge_in else 0}\n[stt]\ngrammar = "{grammar}"\n')
+    server = await grammar_server(livetx, tmp_path, f"[llm]\necho_delay = {0.2 if barge_in else 0}\n")
     client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
     await client.until("session_updated")
     first, second = "turn off the bedroom lights", "turn on the kitchen lights"
@@ -86,9 +84,7 @@ async def test_recorded_speech_makes_two_turns_without_client_framing(
 
 @pytest_twisted.ensureDeferred
 async def test_pocketsphinx_sends_partial_transcripts_while_the_user_speaks(livetx: Any, tmp_path: Path) -> None:
-    grammar = tmp_path / "home.jsgf"
-    grammar.write_text(GRAMMAR)
-    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    server = await grammar_server(livetx, tmp_path)
     client = await connect(server.url(LIVE, token=server.token()))
     client.send({"t": "session_update", "turn_detection": "server", "silence_ms": 1500})
     await client.until("session_updated")

@@ -35,6 +35,13 @@ async def spoken(text: str) -> bytes:
     return resample(pcm, rate)
 
 
+async def grammar_server(livetx: Any, tmp_path: Path, config: str = "") -> Any:
+    """A server on the offline engines whose PocketSphinx knows only :data:`GRAMMAR`."""
+    grammar = tmp_path / "home.jsgf"
+    grammar.write_text(GRAMMAR)
+    return await livetx(f'{config}[stt]\ngrammar = "{grammar}"\n')
+
+
 def speaking_parts(client: LiveClient, pcm: bytes) -> None:
     """Send audio as a microphone does: 20 ms frames."""
     for i in range(0, len(pcm), FRAME_BYTES):
@@ -49,9 +56,7 @@ def stream(client: LiveClient, pcm: bytes, stamp: str) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_offline_voice_turn_with_a_grammar_is_exact(livetx: Any, tmp_path: Path) -> None:
-    grammar = tmp_path / "home.jsgf"
-    grammar.write_text(GRAMMAR)
-    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    server = await grammar_server(livetx, tmp_path)
     client = await connect(server.url(LIVE, token=server.token()))
     stream(client, await spoken("turn off the bedroom lights"), "seg-1")
     frames = await client.until("end", timeout=30)
