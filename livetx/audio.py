@@ -49,6 +49,15 @@ def read_wav(data: bytes) -> tuple[bytes, int]:
     return _bytes(mono), rate
 
 
+def duration_ms(audio: bytes) -> float | None:
+    """How long a WAV file plays, from its header; None for any other format."""
+    try:
+        with wave.open(io.BytesIO(audio)) as w:
+            return 1000 * w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError, ZeroDivisionError):
+        return None
+
+
 def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     """Linear-interpolation resampling: plenty for speech recognition input."""
     if rate == target or not pcm:

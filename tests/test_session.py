@@ -202,6 +202,7 @@ VALID_FRAMES: dict[str, dict[str, Any]] = {
     "end_speaking": {"stamp": "s1"},
     "interrupt": {},
     "session_update": {"silence_ms": 700},
+    "truncate": {"turn": 1, "audio_end_ms": 500},
 }
 
 
@@ -243,6 +244,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("interrupted", "end_speaking"): frames.INVALID_STATE,
     ("interrupted", "interrupt"): None,
     **{(state, "session_update"): None for state in STATES},
+    **{(state, "truncate"): frames.UNKNOWN_TURN for state in STATES},  # no turn has finished yet
 }
 
 

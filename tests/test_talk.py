@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from livetx.audio import read_wav
+from livetx.audio import read_wav, to_wav
 from livetx.live import frames
 from livetx.live.settings import Settings
 from livetx.live.vad import VoiceDetector
@@ -290,3 +290,54 @@ def test_recognizers_without_partials_send_none() -> None:
     h = talking()
     frames_sent = speak(h, voiced(2000) + quiet(600))
     assert "user_partial" not in [f["t"] for f in frames_sent] and len(h.stt.requests) == 1
+
+
+# -- truncation --------------------------------------------------------------
+
+
+def spoken_turn(h: Harness, durations_ms: list[int], interrupt_after: int | None = None) -> None:
+    """A text turn whose sentences come back from TTS as WAVs of the given lengths."""
+    h.send("text_input", text="tell me three things")
+    h.llm.last.say("The first thing is this. ", "The second thing is that. ", "The third is the last.")
+    h.llm.last.finish()
+    for i, ms in enumerate(durations_ms):
+        if i == interrupt_after:
+            h.send("interrupt")
+            return
+        h.tts.requests[i][1].callback(to_wav(quiet(ms)))
+
+
+def test_truncate_keeps_the_sentences_the_user_heard() -> None:
+    h = Harness()
+    spoken_turn(h, [1000, 800, 600])
+    assert h.session.history[-1].reply == "The first thing is this. The second thing is that. The third is the last."
+    (reply,) = h.send("truncate", turn=1, audio_end_ms=1900)
+    heard = "The first thing is this. The second thing is that."
+    assert reply == {"t": "truncated", "data": {"audio_end_ms": 1900, "text": heard}}
+    assert h.raw[-1]["turn"] == 1
+    assert h.session.history[-1].reply == heard and h.session.history[-1].interrupted
+    h.send("text_input", text="and then?")
+    assert h.llm.last.messages[-2:] == [
+        {"role": "assistant", "content": heard},
+        {"role": "user", "content": "and then?"},
+    ]
+
+
+def test_truncate_after_barge_in_and_its_refusals() -> None:
+    h = Harness()
+    spoken_turn(h, [1000, 800, 600], interrupt_after=1)
+    assert h.send("truncate", turn=1, audio_end_ms=999)[0]["data"]["text"] == ""
+    assert h.session.history[-1].reply == ""
+    assert h.send("truncate", turn=1, audio_end_ms=1000)[0]["data"]["text"] == "The first thing is this."
+    for fields, code in [
+        ({"turn": 2, "audio_end_ms": 10}, frames.UNKNOWN_TURN),
+        ({"turn": "1", "audio_end_ms": 10}, frames.INVALID_MESSAGE_FORMAT),
+        ({"turn": 1, "audio_end_ms": -1}, frames.INVALID_MESSAGE_FORMAT),
+        ({"turn": 1}, frames.INVALID_MESSAGE_FORMAT),
+    ]:
+        assert h.send("truncate", **fields)[0]["code"] == code, fields
+    silent = Harness(tts=False)
+    silent.send("text_input", text="hi")
+    silent.llm.last.say("Hello there.")
+    silent.llm.last.finish()
+    assert silent.send("truncate", turn=1, audio_end_ms=0)[0]["code"] == frames.UNKNOWN_TURN

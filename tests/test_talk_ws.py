@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 
+from livetx.audio import duration_ms
+from livetx.store.sqlite import SQLiteStore
+
 from .support import connect
-from .test_live_ws import LIVE, kinds
+from .test_live_ws import LIVE, kinds, openai_config
 from .test_talk import REFERENCE_FIELDS
 from .test_voice import grammar_server, speaking_parts, spoken
 
@@ -97,3 +101,31 @@ async def test_pocketsphinx_sends_partial_transcripts_while_the_user_speaks(live
     frames = await client.until("user_msg", timeout=30)
     assert "speech_stopped" in kinds(frames) and frames[-1]["data"]["text"] == said
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_truncate_cuts_the_stored_reply_and_the_next_context(livetx: Any, openai: Any) -> None:
+    openai.reply = "The first sentence is here. The second one follows it."
+    server = await livetx(openai_config(openai.base_url, tts=False))  # speech: offline eSpeak
+    client = await connect(server.url(LIVE, token=server.token("dee"), session_id="cut"))
+    frames = await client.turn("Say two things")
+    lengths = [duration_ms(base64.b64decode(f["data"])) for f in frames if f["t"] == "response"]
+    assert len(lengths) == 2 and all(lengths)
+    client.send({"t": "truncate", "turn": 1, "audio_end_ms": lengths[0] + 10})
+    truncated = (await client.until("truncated"))[-1]
+    assert truncated["data"]["text"] == "The first sentence is here." and truncated["turn"] == 1
+    await client.turn("Go on")
+    context = openai.requests_to("/chat/completions")[-1].json["messages"]
+    assert context[-2:] == [
+        {"role": "assistant", "content": "The first sentence is here."},
+        {"role": "user", "content": "Go on"},
+    ]
+    await client.close_and_wait()
+    await server.stop()
+    store = SQLiteStore(server.data_dir)
+    messages = await store.messages("cut")
+    assert [(m.text, m.interrupted) for m in messages if m.role == "assistant"] == [
+        ("The first sentence is here.", True),
+        (openai.reply, False),
+    ]
+    await store.close()

@@ -79,6 +79,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "unwound", "source": "interrupted", "dest": "idle"},
     # Extensions (docs/protocol-extensions.md): accepted in every state.
     {"trigger": "session_update", "source": STATES, "dest": None, "after": "_update_settings"},
+    {"trigger": "truncate", "source": STATES, "dest": None, "after": "_truncate"},
     # The voice detector's events. Speech during a turn interrupts it as
     # ``interrupt`` does, with the new utterance's segment already open.
     {"trigger": "speech_started", "source": _NO_TURN, "dest": "capturing",
@@ -95,6 +96,7 @@ TRANSITIONS: list[dict[str, Any]] = [
 #: Client frame types; the other triggers are the session's own.
 CLIENT_EVENTS = (
     "text_input", "start_speaking", "speaking_part", "end_speaking", "interrupt", "session_update",
+    "truncate",
 )
 
 _BUSY = (frames.PROCESSING_ERROR, "Session is busy")
@@ -144,6 +146,9 @@ class Memory(Protocol):
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
         """Keep a finished turn; writes are applied in the order they are asked for."""
 
+    def revise(self, exchange: Exchange) -> None:
+        """Replace the reply of the turn remembered last (after ``truncate``)."""
+
 
 #: Talk mode: audio between two partial transcripts of an utterance.
 PARTIAL_EVERY_BYTES = BYTES_PER_SECOND // 2
@@ -187,6 +192,15 @@ def _audio(frame: Frame) -> dict[str, Any]:
     return {"pcm": pcm}
 
 
+def _truncation(frame: Frame) -> dict[str, Any]:
+    turn, end = frame.get("turn"), frame.get("audio_end_ms")
+    if isinstance(turn, bool) or not isinstance(turn, int):
+        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
+    if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < float("inf"):
+        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
+    return {"turn": turn, "audio_end_ms": end}
+
+
 #: Field checks per client frame; they run before the state machine sees it.
 PARSERS: dict[str, Callable[[Frame], dict[str, Any]]] = {
     "text_input": lambda f: {"text": frames.text_field(f, "text", "message")},
@@ -195,6 +209,7 @@ PARSERS: dict[str, Callable[[Frame], dict[str, Any]]] = {
     "end_speaking": lambda f: _stamp(f, required=True),
     "interrupt": lambda f: {},
     "session_update": lambda f: {"frame": f},
+    "truncate": _truncation,
 }
 
 
@@ -248,6 +263,8 @@ class LiveSession:
         self.settings = Settings()
         self._detector: VoiceDetector | None = None
         self._partial: Deferred[str] | None = None
+        #: The last finished turn that was kept: its id, what it sent, what is remembered.
+        self._finished: tuple[int, TurnResult, Exchange] | None = None
         self._memory = memory
         self._recalled: Deferred[None] | None = None
         if memory is not None and self._history.maxlen:
@@ -512,6 +529,7 @@ class LiveSession:
         if result.reply or not result.failed:
             exchange = Exchange(text, result.reply, result.interrupted)
             self._history.append(exchange)
+            self._finished = (self._turn_id, result, exchange)
             if self._memory is not None and turn is not None:
                 metrics = {**self._metrics, **turn.metrics}
                 self._memory.remember(exchange, metrics.get("input_type", "text"), metrics)
@@ -526,6 +544,23 @@ class LiveSession:
             self._preparing.cancel()
         self._turn_emit({"t": "stop_play"})
         self.fire("unwound")
+
+    def _truncate(self, event: EventData) -> None:
+        """Keep only what the user heard of the last reply, for the store and the model."""
+        turn_id, end_ms = event.kwargs["turn"], event.kwargs["audio_end_ms"]
+        if self._finished is None or self._finished[0] != turn_id:
+            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
+        _, result, kept = self._finished
+        if not result.spoken:
+            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
+        revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
+        if revised != kept:
+            if self._history and self._history[-1] is kept:
+                self._history[-1] = revised
+            if self._memory is not None:
+                self._memory.revise(revised)
+            self._finished = (turn_id, result, revised)
+        self._emit({"t": "truncated", "turn": turn_id, "data": {"audio_end_ms": end_ms, "text": revised.reply}})
 
     def _restore(self, exchanges: list[Exchange]) -> None:
         # Turns finished while loading are newer than anything stored.

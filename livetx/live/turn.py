@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from livetx.audio import duration_ms
 from livetx.live import frames
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
@@ -34,6 +35,21 @@ class TurnResult:
     reply: str
     interrupted: bool = False
     failed: bool = False
+    #: Per sentence whose audio was sent, in order: where it ends in ``reply``
+    #: and how long its audio plays in ms (None when the format does not say).
+    spoken: tuple[tuple[int, float | None], ...] = ()
+
+    def heard(self, audio_end_ms: float) -> str:
+        """The reply cut to the sentences whose audio ended by ``audio_end_ms`` of playback."""
+        played, end = 0.0, 0
+        for text_end, duration in self.spoken:
+            if duration is None:
+                break
+            played += duration
+            if played > audio_end_ms:
+                break
+            end = text_end
+        return self.reply[:end]
 
 
 def _settled(d: Deferred[bytes]) -> Deferred[tuple[bool, Any]]:
@@ -66,6 +82,7 @@ class Turn:
         self._tail: Deferred[Any] = succeed(None)
         self._pending: set[Deferred[Any]] = set()
         self._reply: list[str] = []
+        self._spoken: list[tuple[int, float | None]] = []
         self._llm_call: Deferred[None] | None = None
         self._llm_started = 0.0
         self._llm_ttft: float | None = None
@@ -93,7 +110,7 @@ class Turn:
 
     def interrupt(self) -> TurnResult:
         """Silence the turn, cancel all its work, and say what was sent."""
-        result = TurnResult(self.reply, interrupted=True)
+        result = self._result(interrupted=True)
         if self._emit is None:
             return result
         self._emit = None
@@ -153,6 +170,13 @@ class Turn:
             self._send({"t": "metrics", "data": {"speak_to_first_frame": now - self._started_at}})
         self._send({"t": "bot_text_chunk", "data": {"text": sentence}})
         self._send({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+        self._spoken.append((self._sentence_end(sentence), duration_ms(value)))
+
+    def _sentence_end(self, sentence: str) -> int:
+        """Where a spoken sentence ends in the reply (sentences come in reply order)."""
+        reply, start = self.reply, self._spoken[-1][0] if self._spoken else 0
+        found = reply.find(sentence, start)
+        return len(reply) if found < 0 else found + len(sentence)
 
     def _tts_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
@@ -198,7 +222,7 @@ class Turn:
             })
         elif self._reply:
             self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": _ms(now)}})
-        self._close(TurnResult(self.reply))
+        self._close(self._result())
 
     def _fail(self, failure: Failure) -> None:
         """A provider or a bug ended the turn: say so, then end it cleanly."""
@@ -207,7 +231,10 @@ class Turn:
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
         self._send(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
-        self._close(TurnResult(self.reply, failed=True))
+        self._close(self._result(failed=True))
+
+    def _result(self, **outcome: bool) -> TurnResult:
+        return TurnResult(self.reply, spoken=tuple(self._spoken), **outcome)
 
     def _close(self, result: TurnResult) -> None:
         self._send({"t": "end"})
