@@ -58,6 +58,19 @@ def duration_ms(audio: bytes) -> float | None:
         return None
 
 
+def audio_format(audio: bytes) -> str:
+    """Name a speech file's format from its first bytes (wav, mp3, opus, flac or aac)."""
+    if audio[:4] == b"RIFF":
+        return "wav"
+    if audio[:4] == b"OggS":
+        return "opus"
+    if audio[:4] == b"fLaC":
+        return "flac"
+    if audio[:1] == b"\xff" and len(audio) > 1 and audio[1] & 0xF6 == 0xF0:
+        return "aac"  # an ADTS header: sync bits, then layer 00
+    return "mp3"
+
+
 def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     """Linear-interpolation resampling: plenty for speech recognition input."""
     if rate == target or not pcm:

@@ -75,7 +75,7 @@ class LiveClient(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.raw.append((payload, isBinary))
-        self.frames.append(json.loads(payload))
+        self.frames.append({"t": "binary", "data": payload} if isBinary else json.loads(payload))
         self._wake()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from livetx.audio import read_wav, to_wav
+from livetx.audio import audio_format, read_wav, to_wav
 from livetx.live import frames
 from livetx.live.settings import Settings
 from livetx.live.vad import VoiceDetector
@@ -341,3 +341,11 @@ def test_truncate_after_barge_in_and_its_refusals() -> None:
     silent.llm.last.say("Hello there.")
     silent.llm.last.finish()
     assert silent.send("truncate", turn=1, audio_end_ms=0)[0]["code"] == frames.UNKNOWN_TURN
+
+
+def test_binary_response_headers_name_the_audio_format() -> None:
+    samples = [
+        (to_wav(quiet(20)), "wav"), (b"ID3\x04rest", "mp3"), (b"\xff\xfb\x90", "mp3"),
+        (b"OggS\x00", "opus"), (b"fLaC\x00", "flac"), (b"\xff\xf1\x50", "aac"),
+    ]
+    assert [audio_format(audio) for audio, _ in samples] == [name for _, name in samples]

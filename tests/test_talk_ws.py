@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from livetx.audio import duration_ms
+from livetx.audio import duration_ms, read_wav
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect
@@ -129,3 +129,38 @@ async def test_truncate_cuts_the_stored_reply_and_the_next_context(livetx: Any, 
         (openai.reply, False),
     ]
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_audio_round_trips_and_json_clients_are_unaffected(livetx: Any, openai: Any) -> None:
+    openai.reply = "Here is the first part. And here is the second."
+    openai.transcript = "binary please"
+    server = await livetx(openai_config(openai.base_url) + f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n')
+    plain = await connect(server.url(LIVE, token=server.token("json")))
+    binary = await connect(server.url(LIVE, token=server.token("bin")))
+    binary.send({"t": "session_update", "audio_transport": "binary"})
+    assert (await binary.until("session_updated"))[-1]["data"]["audio_transport"] == "binary"
+
+    pcm = bytes(range(256)) * 25
+    binary.send({"t": "start_speaking", "stamp": "b"})
+    for i in range(0, len(pcm), 640):
+        binary.sendMessage(pcm[i : i + 640], isBinary=True)
+    binary.sendMessage(b"odd", isBinary=True)  # refused, the segment lives on
+    binary.send({"t": "end_speaking", "stamp": "b"})
+    frames = await binary.until("end")
+    assert read_wav(openai.requests_to("/audio/transcriptions")[-1].fields["file"])[0] == pcm
+    assert [f["code"] for f in frames if f["t"] == "error"] == ["INVALID_AUDIO"]
+
+    reference = await plain.turn("tell me")
+    expected = [base64.b64decode(f["data"]) for f in reference if f["t"] == "response"]
+    assert len(expected) == 2 and not any(is_binary for _, is_binary in plain.raw)
+    headers = [i for i, f in enumerate(frames) if f["t"] == "response"]
+    assert [frames[i] for i in headers] == [
+        {"t": "response", "turn": 1, "format": "wav", "bytes": len(audio)} for audio in expected
+    ]
+    assert [frames[i + 1] for i in headers] == [{"t": "binary", "data": audio} for audio in expected]
+
+    plain.sendMessage(pcm, isBinary=True)  # a JSON client's binary message is still refused
+    assert (await plain.until("error"))[-1]["code"] == "UNSUPPORTED_FRAME"
+    for client in (plain, binary):
+        await client.close_and_wait()

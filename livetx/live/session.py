@@ -187,6 +187,10 @@ def _audio(frame: Frame) -> dict[str, Any]:
         pcm = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise FrameError(frames.INVALID_AUDIO, "field 'data' is not valid Base64") from None
+    return _pcm(pcm)
+
+
+def _pcm(pcm: bytes) -> dict[str, Any]:
     if len(pcm) % SAMPLE_WIDTH:
         raise FrameError(frames.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
     return {"pcm": pcm}
@@ -303,6 +307,10 @@ class LiveSession:
             _log.failure("Bug while handling a {kind!r} event", kind=kind)
             self._emit(frames.error(frames.INTERNAL_ERROR, "internal error"))
 
+    def receive_audio(self, pcm: bytes) -> None:
+        """A binary message: raw PCM, taken as a ``speaking_part`` (binary audio transport)."""
+        self._safely("speaking_part", lambda: self.fire("speaking_part", **_pcm(pcm)))
+
     def fire(self, event: str, **kwargs: Any) -> bool:
         """Run ``event`` through the machine; False when a condition refused it."""
         return bool(MACHINE.events[event].trigger(self, **kwargs))
@@ -324,8 +332,8 @@ class LiveSession:
         self._turn_id += 1
         turn_id = self._turn_id
 
-        def emit(frame: Frame) -> None:
-            self._emit({**frame, "turn": turn_id})
+        def emit(frame: Frame | bytes) -> None:
+            self._emit(frame if isinstance(frame, bytes) else {**frame, "turn": turn_id})
 
         self._turn_emit = emit
 
@@ -520,6 +528,7 @@ class LiveSession:
             messages=self._context(text),
             started_at=started,
             tts_concurrency=pipeline.tts_concurrency,
+            binary_audio=self.settings.binary_audio,
         )
         self._turn = turn
         turn.start().addCallback(self._turn_over, text)

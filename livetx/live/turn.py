@@ -18,12 +18,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from livetx.audio import duration_ms
+from livetx.audio import audio_format, duration_ms
 from livetx.live import frames
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
 
-Emit = Callable[[frames.Frame], None]
+#: Sends a frame, or (binary audio transport only) one binary message of audio.
+Emit = Callable[[frames.Frame | bytes], None]
 _log = Logger()
 
 
@@ -70,6 +71,7 @@ class Turn:
         messages: Sequence[Message],
         started_at: float,
         tts_concurrency: int = 2,
+        binary_audio: bool = False,
     ) -> None:
         self._clock = clock
         self._llm = llm
@@ -77,6 +79,7 @@ class Turn:
         self._emit: Emit | None = emit
         self._messages = messages
         self._started_at = started_at
+        self._binary_audio = binary_audio
         self._segmenter = SentenceSegmenter()
         self._semaphore = DeferredSemaphore(max(1, tts_concurrency))
         self._tail: Deferred[Any] = succeed(None)
@@ -120,9 +123,9 @@ class Turn:
 
     # -- the pipeline ----------------------------------------------------
 
-    def _send(self, frame: frames.Frame) -> None:
+    def _send(self, frame: frames.Frame | bytes) -> None:
         if self._emit is not None:
-            if frame["t"] == "metrics":
+            if isinstance(frame, dict) and frame["t"] == "metrics":
                 self.metrics.update(frame["data"])
             self._emit(frame)
 
@@ -169,7 +172,11 @@ class Turn:
             self._tts_first = now - (self._tts_started or now)
             self._send({"t": "metrics", "data": {"speak_to_first_frame": now - self._started_at}})
         self._send({"t": "bot_text_chunk", "data": {"text": sentence}})
-        self._send({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+        if self._binary_audio:  # a header frame, then the audio as it is
+            self._send({"t": "response", "format": audio_format(value), "bytes": len(value)})
+            self._send(value)
+        else:
+            self._send({"t": "response", "data": base64.b64encode(value).decode("ascii")})
         self._spoken.append((self._sentence_end(sentence), duration_ms(value)))
 
     def _sentence_end(self, sentence: str) -> int:

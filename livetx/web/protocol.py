@@ -85,6 +85,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.session is None:
             return  # refused and closing: the close frame already explains
+        if isBinary and self.session.settings.binary_audio and self.admission.mode != "chat":
+            self.session.receive_audio(payload)
+            return
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
@@ -116,10 +119,13 @@ class LiveServerProtocol(WebSocketServerProtocol):
         """
         self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
-    def send(self, frame: Frame) -> None:
-        """Encode and send one frame, unless the socket is already closing."""
+    def send(self, frame: Frame | bytes) -> None:
+        """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
-            self.sendMessage(frames.encode(frame))
+            if isinstance(frame, bytes):
+                self.sendMessage(frame, isBinary=True)
+            else:
+                self.sendMessage(frames.encode(frame))
 
 
 class LiveServerFactory(WebSocketServerFactory):
