@@ -17,7 +17,9 @@ Generated from `livetx/live/session.py` by `python -m livetx.live.diagram`;
 do not edit by hand. Every client frame is an event. A label in brackets is
 a condition; `[internal]` means the frame is handled without leaving the state.
 The session's own events are `turn_done`, `unwound` (an interrupted turn has
-finished cancelling) and `segment_dropped` (a voice segment grew too long).
+finished cancelling) and `segment_dropped` (a voice segment grew too long);
+in talk mode (`server_detection`) the voice detector adds `speech_started` and
+`speech_stopped` (see [protocol-extensions.md](protocol-extensions.md)).
 
 """
 
