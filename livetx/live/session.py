@@ -150,7 +150,10 @@ class Memory(Protocol):
         """Replace the reply of the turn remembered last (after ``truncate``)."""
 
 
-#: Talk mode: audio between two partial transcripts of an utterance.
+#: Talk mode: audio between two partial transcripts of an utterance, at least.
+#: Each partial decodes the whole utterance so far, so the gap also grows with
+#: it (a quarter of what was heard): all the partials of an utterance then
+#: cost a few times its final decode, not its length squared.
 PARTIAL_EVERY_BYTES = BYTES_PER_SECOND // 2
 
 
@@ -420,7 +423,7 @@ class LiveSession:
         """Transcribe the utterance so far, if the engine can, one request at a time."""
         stt, segment = self._pipeline.stt, self._segment
         if (segment is None or self._partial is not None or not isinstance(stt, PartialRecognizer)
-                or len(segment.pcm) - segment.heard < PARTIAL_EVERY_BYTES):
+                or len(segment.pcm) - segment.heard < max(PARTIAL_EVERY_BYTES, segment.heard // 4)):
             return
         segment.heard = len(segment.pcm)
         self._partial = stt.partial(bytes(segment.pcm))
