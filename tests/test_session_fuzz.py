@@ -32,6 +32,15 @@ frame = st.one_of(
     st.builds(lambda data: {"t": "speaking_part", "data": data}, audio | json_values),
     st.builds(lambda stamp: {"t": "end_speaking", "stamp": stamp}, stamps),
     st.just({"t": "interrupt"}),
+    st.builds(
+        lambda fields: {"t": "session_update", **fields},
+        st.dictionaries(
+            st.sampled_from(["turn_detection", "audio_transport", "silence_ms", "min_speech_ms", "x"]),
+            st.sampled_from(["server", "client", "binary", 100, 30]) | json_values,
+            max_size=3,
+        ),
+    ),
+    st.builds(lambda turn, end: {"t": "truncate", "turn": turn, "audio_end_ms": end}, json_values, json_values),
     st.builds(lambda t, extra: {"t": t, "x": extra}, st.text(max_size=12), json_values),
 )
 steps = st.lists(st.tuples(frame, st.sampled_from([0.0, 0.001, 0.05, 1.0])), max_size=25)

@@ -162,9 +162,10 @@ def test_detector_ends_an_utterance_when_the_stream_stalls() -> None:
 
 def test_detector_memory_stays_bounded_on_an_endless_stream() -> None:
     d, heard, _ = detector(min_speech_ms=300, silence_ms=600, preroll_ms=300)
-    for _ in range(200):  # 60 s of clicks every 200 ms: never enough speech, never quiet long
-        stream_in(d, voiced(30) + quiet(150) + b"\x00" * 10)
-        assert len(d._preroll) <= 10 and len(d._onset) <= 10 * 21 and len(d._pending) < 960
+    for _ in range(200):  # 60 s of clicks every 300 ms: never enough speech, never quiet long
+        stream_in(d, voiced(30) + quiet(270) + b"\x00" * 10)
+        assert len(d._preroll) <= 10 and len(d._onset) <= (300 + 600) // 30 and len(d._pending) < 960
+    assert heard.events == []  # scattered clicks never add up to speech
     stream_in(d, quiet(2000))
     assert len(d._preroll) == 10 and d._onset == []
 

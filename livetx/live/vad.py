@@ -7,15 +7,17 @@ this module turns those verdicts into utterances:
 - ``quiet``: frames go into a ring buffer holding the last ``preroll_ms``, so
   the first syllable, which the detector hears late, is not lost.
 - ``onset``: speech was heard, but it only counts once ``min_speech_ms`` of it
-  has accumulated; ``silence_ms`` of silence before that drops it as noise.
+  has accumulated; ``silence_ms`` of silence before that drops it as noise,
+  and so does an onset that has lasted ``min_speech_ms + silence_ms`` without
+  enough speech in it (scattered clicks).
 - ``speech``: every frame is passed on; ``silence_ms`` of silence ends it.
 
 Decisions use the stream's own time (its sample count), so network jitter
 cannot split an utterance. Wall time matters once: a client that stops
 sending mid-utterance (muted, asleep) ends it after ``silence_ms`` on the
 clock. Memory is bounded whatever the stream's length: the ring buffer, an
-onset shorter than ``min_speech_ms`` of speech plus its gaps, and less than
-one frame of leftover bytes. The utterance itself is the listener's, which
+onset of at most ``min_speech_ms + silence_ms``, and less than one frame of
+leftover bytes. The utterance itself is the listener's, which
 caps it.
 """
 
@@ -73,6 +75,7 @@ class VoiceDetector:
         self._frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
         self._min_speech_ms = tunables.min_speech_ms
         self._silence_ms = tunables.silence_ms
+        self._max_onset = (tunables.min_speech_ms + tunables.silence_ms) // self._frame_ms
         self._clock = clock
         self._listener = listener
         self._preroll: deque[bytes] = deque(maxlen=tunables.preroll_ms // self._frame_ms)
@@ -124,7 +127,7 @@ class VoiceDetector:
                 self._voiced_ms += self._frame_ms
             if self._voiced_ms >= self._min_speech_ms:
                 self._confirm()
-            elif self._silent_ms >= self._silence_ms:
+            elif self._silent_ms >= self._silence_ms or len(self._onset) >= self._max_onset:
                 self._drop_onset()
         elif self.state == "speech":
             self._listener.speech_audio(frame)

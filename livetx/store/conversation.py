@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,9 +44,6 @@ class StoredConversation:
         #: Fires with the session, or fails with PermissionError for someone else's.
         self.opened = store.open_session(username, session_id, "live")
         self._allowed: bool | None = None
-        #: The last reply written, for ``revise``.
-        self._last_write: Deferred[None] = succeed(None)
-        self._reply_id: int | None = None
         self.opened.addCallbacks(self._granted, self._refused)
 
     def _granted(self, session: Any) -> None:
@@ -80,19 +77,14 @@ class StoredConversation:
                 interrupted=exchange.interrupted, metrics=metrics,
             )
 
-        self._last_write = self._then(write).addCallbacks(self._note_reply, self._write_failed)
+        self._then(write).addErrback(self._write_failed)
 
-    def _note_reply(self, message: StoredMessage) -> None:
-        self._reply_id = message.id
+    def revise(self, exchange: Exchange) -> None:
+        # Queued now, so it lands after the turn's own writes and before the next turn's.
+        parts = [{"type": "plain", "text": exchange.reply}]
+        self._then(
+            lambda: self._store.replace_last_reply(self.session_id, parts, interrupted=exchange.interrupted)
+        ).addErrback(self._write_failed)
 
     def _write_failed(self, failure: Failure) -> None:
         _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)
-
-    def revise(self, exchange: Exchange) -> None:
-        def update(_: None) -> Deferred[None] | None:
-            if self._reply_id is None:
-                return None  # its write failed, and was logged
-            parts = [{"type": "plain", "text": exchange.reply}]
-            return self._store.update_message(self._reply_id, parts, interrupted=exchange.interrupted)
-
-        waiter_for(self._last_write).addCallback(update).addErrback(self._write_failed)
