@@ -350,3 +350,15 @@ def test_binary_response_headers_name_the_audio_format() -> None:
         (b"OggS\x00", "opus"), (b"fLaC\x00", "flac"), (b"\xff\xf1\x50", "aac"),
     ]
     assert [audio_format(audio) for audio, _ in samples] == [name for _, name in samples]
+
+
+def test_a_microphone_that_goes_quiet_mid_utterance_still_ends_the_turn() -> None:
+    h = talking()
+    speak(h, voiced(600))
+    h.clock.advance(0.29)
+    assert h.state == "capturing"
+    h.clock.advance(0.02)  # silence_ms of nothing at all
+    assert [f["t"] for f in h.raw[-3:]] == ["speech_stopped", "metrics", "metrics"]
+    assert h.state == "processing" and len(h.stt.requests) == 1
+    h.session.close()
+    assert h.clock.getDelayedCalls() == []
