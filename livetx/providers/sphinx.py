@@ -1,10 +1,11 @@
 """PocketSphinx speech-to-text, offline, with the English model its wheel ships.
 
 Open vocabulary is rough; with a JSGF grammar or a keyword list it is exact,
-which is what command-style devices need. Decoding is cheap enough to give
-talk mode partial transcripts while the user is still speaking. Decoding blocks for a fraction of
+which is what command-style devices need. Decoding blocks for a fraction of
 a second, so it runs on a bounded pool of threads, one decoder per thread
 (decoders are not thread-safe), loaded on first use to keep idle memory low.
+It is cheap enough to give talk mode partial transcripts while the user is
+still speaking.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class SphinxRecognizer:
         return self._worker.run(self._decode, wav)
 
     def partial(self, pcm: bytes) -> Deferred[str]:
-        """The utterance so far: decoded whole again, on the same bounded threads."""
+        """The utterance so far, decoded again from its start on the same bounded threads."""
         return self._worker.run(self._decode_pcm, pcm)
 
 
