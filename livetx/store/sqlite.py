@@ -125,7 +125,10 @@ class SQLiteStore:
         (total,) = cursor.fetchone()
         cursor.execute(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE username = ? "
-            "ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            # Two updates can share a millisecond: the newest message breaks the tie.
+            "ORDER BY updated_at DESC, "
+            "(SELECT MAX(id) FROM messages WHERE session_id = sessions.id) DESC, rowid DESC "
+            "LIMIT ? OFFSET ?",
             (username, limit, offset),
         )
         return [StoredSession(*row) for row in cursor.fetchall()], total
