@@ -29,6 +29,7 @@ from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import api_key_gate, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
+from livetx.web.pages import page_routes
 from livetx.web.protocol import ConnectionTracker
 from livetx.web.site import build_site
 
@@ -140,6 +141,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         routes={
             **api_routes(keys, store, chat, settings.server.max_upload_bytes),
             **ops_routes(metrics, settings, reactor),
+            **page_routes(),
         },
         metrics=metrics,
     )
