@@ -4,7 +4,10 @@
 const $ = (id) => document.getElementById(id);
 
 // Counters the browser tests read (and a curious user can, in the console).
-const stats = { framesIn: 0, partsSent: 0, chunksScheduled: 0, secondsScheduled: 0, turnsEnded: 0 };
+const stats = {
+  framesIn: 0, partsSent: 0, chunksScheduled: 0, secondsScheduled: 0, turnsEnded: 0,
+  loudFrames: 0, quietFrames: 0,  // microphone frames above the speech level; quiet ones since
+};
 window.livetx = { stats };
 
 let socket = null;
@@ -194,9 +197,13 @@ class Microphone {
     this.ctx = null;
   }
 
-  async open() {
+  async open(handsFree) {
+    // Hands-free listens while the reply plays, so it needs the browser's echo
+    // cancellation. Push-to-talk gets the plain microphone: the recognizer does
+    // best with it (the processing blurs words), and automatic gain never helps.
+    const processing = Boolean(handsFree);
     this.stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+      audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: false },
     });
     this.ctx = new AudioContext({ sampleRate: 16000 });
     await this.ctx.audioWorklet.addModule("/static/capture.js");
@@ -241,6 +248,12 @@ function endSegment() {
 }
 
 function onFrame(pcm, rms) {
+  if (rms >= SPEECH_LEVEL) {
+    stats.loudFrames++;
+    stats.quietFrames = 0;
+  } else {
+    stats.quietFrames++;
+  }
   if (!$("hands-free").checked) {
     if (segment !== null) sendPart(pcm);
     return;
@@ -272,7 +285,7 @@ async function micDown() {
   setMic(true);
   player.unlock();
   try {
-    await microphone.open();
+    await microphone.open($("hands-free").checked);
   } catch (error) {
     setMic(false);
     addMessage("error", `microphone: ${error.message || error}`);
