@@ -36,6 +36,7 @@ FLAGS = [
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 ]
 SPOKEN = "turn off the bedroom lights"
+LONG_REPLY = " ".join(f"Here is sentence {n}." for n in ("one", "two", "three", "four", "five", "six", "seven"))
 TIMEOUT_MS = 30_000
 
 
@@ -60,9 +61,33 @@ async def microphone_file(directory: Path) -> tuple[Path, float]:
     return path, len(pause + pcm) / 2 / rate
 
 
+def interrupt_a_reply(browser: Any, url: str, token: str) -> dict[str, Any]:
+    """Click Interrupt once the first sentence is playing; see what stops."""
+    page = browser.new_page()
+    page.goto(url)
+    page.fill("#token", token)
+    page.click("#connect-button")
+    page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    page.fill("#text", LONG_REPLY)
+    page.press("#text", "Enter")
+    page.wait_for_function("window.livetx.stats.chunksScheduled >= 1", timeout=TIMEOUT_MS)
+    playing = page.evaluate("window.livetx.player.playing")
+    page.click("#interrupt")
+    page.wait_for_selector(".msg.bot.interrupted", timeout=TIMEOUT_MS)
+    stopped = page.evaluate("({sources: window.livetx.player.sources.size, playing: window.livetx.player.playing,"
+                            " chunks: window.livetx.stats.chunksScheduled})")
+    page.wait_for_timeout(1000)  # the rest of the reply would have arrived by now
+    return {
+        "playing_before": playing,
+        "stopped": stopped,
+        "chunks_later": page.evaluate("window.livetx.stats.chunksScheduled"),
+        "bot": page.inner_text(".msg.bot"),
+    }
+
+
 def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_seconds: float,
-               profile: Path, screenshot: Path) -> dict[str, Any]:
-    """Runs in a thread: a text turn, then a voice turn, as a user would."""
+               profile: Path, screenshot: Path, slow: tuple[str, str]) -> dict[str, Any]:
+    """Runs in a thread: a text turn, then a voice turn, as a user would; then an interrupt."""
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True,
@@ -100,7 +125,9 @@ def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_sec
             page.wait_for_function("window.livetx.stats.turnsEnded >= 2", timeout=TIMEOUT_MS)
             page.wait_for_function("window.livetx.stats.chunksScheduled >= 3", timeout=TIMEOUT_MS)
             page.screenshot(path=str(screenshot))
+            interrupted = interrupt_a_reply(browser, *slow)
             return {
+                "interrupted": interrupted,
                 "text_turn": text_turn,
                 "user": page.locator(".msg.user").all_inner_texts(),
                 "bot": page.locator(".msg.bot").all_inner_texts(),
@@ -120,9 +147,10 @@ async def test_text_and_voice_turns_in_a_real_browser(livetx: Any, tmp_path: Pat
     server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
     wav, seconds = await microphone_file(tmp_path)
     screenshot = tmp_path / "live-page.png"
+    slow = await livetx("[llm]\necho_delay = 0.15\n")  # the echo model, a word every 150 ms
     seen = await deferToThread(
         drive_page, sync_playwright, server.url("/", scheme="http"), server.token("browser"),
-        wav, seconds, tmp_path / "profile", screenshot,
+        wav, seconds, tmp_path / "profile", screenshot, (slow.url("/live", scheme="http"), slow.token()),
     )
     text_turn = seen["text_turn"]
     assert text_turn["bot"] == ["Good morning. The sun is out."]  # the echo model, streamed as deltas
@@ -135,5 +163,11 @@ async def test_text_and_voice_turns_in_a_real_browser(livetx: Any, tmp_path: Pat
     assert seen["user"] == ["Good morning. The sun is out.", SPOKEN]
     assert seen["bot"][-1] == SPOKEN
     assert screenshot.stat().st_size > 10_000
+
+    interrupted = seen["interrupted"]
+    assert interrupted["playing_before"] is True
+    assert interrupted["stopped"]["sources"] == 0 and interrupted["stopped"]["playing"] is False
+    assert interrupted["chunks_later"] == interrupted["stopped"]["chunks"]  # nothing played after stop_play
+    assert LONG_REPLY.startswith(interrupted["bot"]) and len(interrupted["bot"]) < len(LONG_REPLY)
     if os.environ.get("LIVETX_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["LIVETX_SCREENSHOT"])

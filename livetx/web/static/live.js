@@ -183,6 +183,7 @@ class Player {
 }
 
 const player = new Player();
+window.livetx.player = player;
 
 // -- the microphone: 16 kHz PCM16 from an AudioWorklet, 20 ms per speaking_part --
 
