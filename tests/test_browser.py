@@ -24,6 +24,7 @@ from livetx.audio import read_wav, to_wav
 from livetx.config import TTSConfig
 from livetx.providers.espeak import EspeakSpeech
 
+from .test_ops import get
 from .test_voice import GRAMMAR
 
 CHROMIUM = "/usr/bin/chromium"
@@ -171,3 +172,15 @@ async def test_text_and_voice_turns_in_a_real_browser(livetx: Any, tmp_path: Pat
     assert LONG_REPLY.startswith(interrupted["bot"]) and len(interrupted["bot"]) < len(LONG_REPLY)
     if os.environ.get("LIVETX_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["LIVETX_SCREENSHOT"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_and_its_files_are_served(livetx: Any) -> None:
+    server = await livetx()
+    code, kind, page = await get(server, "/")
+    assert code == 200 and kind.startswith("text/html") and '<script type="module" src="/static/live.js">' in page
+    assert (await get(server, "/live"))[2] == page
+    code, kind, worklet = await get(server, "/static/capture.js")
+    assert code == 200 and kind.startswith("text/javascript") and 'registerProcessor("pcm16-capture"' in worklet
+    for missing in ("/static/nothing.js", "/static/../pages.py", "/live/more"):
+        assert (await get(server, missing))[0] == 404, missing
