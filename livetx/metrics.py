@@ -92,7 +92,13 @@ class TurnObserver:
         self._turn: _TurnRecord | None = None
 
     def sent(self, frame: dict[str, Any]) -> None:
-        """Called with every frame the server sends on this connection."""
+        """Called with every frame the server sends on this connection; never raises."""
+        try:
+            self._observe(frame)
+        except Exception:
+            _log.failure("Bug while counting a {kind!r} frame", kind=frame.get("t"))
+
+    def _observe(self, frame: dict[str, Any]) -> None:
         kind = frame.get("t")
         if kind == "error":
             self._error(str(frame.get("code", "UNKNOWN")))
@@ -109,13 +115,13 @@ class TurnObserver:
             turn.first_delta = now - turn.started
         elif kind == "response" and turn.first_audio is None:
             turn.first_audio = now - turn.started
-        elif kind == "user_msg" and turn.stt_started is not None:
-            self._provider("stt", turn.metrics.get("stt", "?"), "total", now - turn.stt_started)
-            turn.stt_started = None
+        elif kind == "user_msg":
+            self._transcribed(turn, now)
         elif kind == "stop_play":
             self._m.interrupts.inc()
             self._finish("interrupted")
         elif kind == "end":
+            self._transcribed(turn, now)  # an empty transcript ends the turn at once
             turn.ended = now - turn.started
             # The session sends the turn's last metrics frame right after
             # ``end``, in the same call: record the turn once it is in.
@@ -143,6 +149,11 @@ class TurnObserver:
             value = data.get(key)
             if isinstance(value, (int, float)):
                 self._provider(kind, turn.metrics.get(PROVIDER_NAMES[kind], "?"), stage, value)
+
+    def _transcribed(self, turn: _TurnRecord, now: float) -> None:
+        if turn.stt_started is not None:
+            self._provider("stt", turn.metrics.get("stt", "?"), "total", now - turn.stt_started)
+            turn.stt_started = None
 
     def _provider(self, kind: str, name: Any, stage: str, seconds: float) -> None:
         self._m.provider_seconds.labels(kind, str(name), stage).observe(seconds)

@@ -15,7 +15,7 @@ from livetx.live.session import LiveSession, Pipeline
 from livetx.metrics import ServerMetrics
 from livetx.providers.base import LLMError
 
-from .doubles import ManualTTS, ScriptedLLM, b64
+from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 from .support import connect, open_socket
 from .test_live_ws import LIVE, OPEN_API, openai_config
 from .test_twistd import free_port
@@ -34,9 +34,10 @@ class Observed:
         self.metrics = ServerMetrics()
         self.llm = ScriptedLLM()
         self.tts = ManualTTS()
+        self.stt = ManualSTT()
         self.observer = self.metrics.opened(LIVE, "live", "alice", self.clock)
         self.session = LiveSession(
-            username="alice", pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=None),
+            username="alice", pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt),
             clock=self.clock, emit=self.observer.sent,
         )
 
@@ -90,6 +91,23 @@ def test_interrupts_failures_and_error_codes() -> None:
     assert sample(m, "livetx_turn_seconds_count", input_type="text") == 1  # only the one that ended
     o.observer.closed()
     assert sample(m, "livetx_open_connections", endpoint=LIVE) == 0
+
+
+def test_transcription_latency_and_an_empty_transcript() -> None:
+    o = Observed()
+    for transcript, seconds in (("hello", 0.4), ("", 0.1)):
+        o.session.receive({"t": "start_speaking"})
+        o.session.receive({"t": "speaking_part", "data": b64(b"\1\0" * 160)})
+        o.session.receive({"t": "end_speaking", "stamp": "s"})
+        o.clock.advance(seconds)
+        o.stt.requests[-1][1].callback(transcript)
+        if transcript:
+            o.llm.last.finish()
+        o.clock.advance(0)
+    m = o.metrics
+    assert sample(m, "livetx_provider_seconds_count", kind="stt", provider="manual_stt", stage="total") == 2
+    assert sample(m, "livetx_provider_seconds_sum", kind="stt", provider="manual_stt", stage="total") == 0.5
+    assert sample(m, "livetx_turns_total", input_type="audio", outcome="ok") == 2
 
 
 async def get(server: Any, path: str) -> tuple[int, str, str]:
