@@ -164,3 +164,17 @@ def test_audio_in_and_out(tmp_path: Path) -> None:
     assert join_chunks([b"ID3mp3", b"more"]) == b"ID3mp3more"
     with pytest.raises(ValueError, match="cannot read"):
         load_speech(tmp_path / "missing.wav")
+
+
+@pytest_twisted.ensureDeferred
+async def test_talk_at_speaking_pace_sends_every_frame(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await livetx(f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n')
+    pcm = bytes(range(256)) * 40  # 0.32 s at 16 kHz: 16 frames of 20 ms
+    (tmp_path / "q.wav").write_bytes(to_wav(pcm))
+    started = reactor.seconds()
+    run = await livetx_client("talk", base(server), "-w", str(tmp_path / "q.wav"), "--realtime",
+                              "-t", server.token(), "--json")
+    assert run.code == 0, run.err
+    assert reactor.seconds() - started >= 0.3  # paced, not sent at once
+    assert read_wav(openai.requests_to("/audio/transcriptions")[-1].fields["file"])[0] == pcm
+    assert next(f for f in run.frames if f["t"] == "user_msg")["data"]["text"] == openai.transcript
