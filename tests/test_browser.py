@@ -86,6 +86,25 @@ def interrupt_a_reply(browser: Any, url: str, token: str) -> dict[str, Any]:
     }
 
 
+def hands_free(browser: Any, url: str, token: str) -> dict[str, Any]:
+    """Listen hands-free: the page opens and closes the segment by the sound level."""
+    page = browser.new_page()
+    page.goto(url)
+    page.fill("#token", token)
+    page.click("#connect-button")
+    page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    page.check("#hands-free")
+    page.click("#mic")  # "Listen": the fake microphone starts its file again
+    page.wait_for_function("window.livetx.stats.turnsEnded >= 1", timeout=TIMEOUT_MS)
+    page.click("#mic")
+    return {
+        "segments": page.evaluate("window.livetx.stats.segments"),
+        "user": page.locator(".msg.user").all_inner_texts(),
+        "metrics": page.inner_text("#metrics"),
+        "listening": page.get_attribute("#mic", "aria-pressed"),
+    }
+
+
 def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_seconds: float,
                profile: Path, screenshot: Path, slow: tuple[str, str]) -> dict[str, Any]:
     """Runs in a thread: a text turn, then a voice turn, as a user would; then an interrupt."""
@@ -129,6 +148,7 @@ def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_sec
             interrupted = interrupt_a_reply(browser, *slow)
             return {
                 "interrupted": interrupted,
+                "hands_free": hands_free(browser, url, token),
                 "text_turn": text_turn,
                 "user": page.locator(".msg.user").all_inner_texts(),
                 "bot": page.locator(".msg.bot").all_inner_texts(),
@@ -164,6 +184,10 @@ async def test_text_and_voice_turns_in_a_real_browser(livetx: Any, tmp_path: Pat
     assert seen["user"] == ["Good morning. The sun is out.", SPOKEN]
     assert seen["bot"][-1] == SPOKEN
     assert screenshot.stat().st_size > 10_000
+
+    heard = seen["hands_free"]  # one utterance, one segment, opened and closed by the level alone
+    assert heard["segments"] == 1 and heard["listening"] == "false"
+    assert len(heard["user"]) == 1 and "input_type\taudio" in heard["metrics"]
 
     interrupted = seen["interrupted"]
     assert interrupted["playing_before"] is True

@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 
 // Counters the browser tests read (and a curious user can, in the console).
 const stats = {
-  framesIn: 0, partsSent: 0, chunksScheduled: 0, secondsScheduled: 0, turnsEnded: 0,
+  framesIn: 0, partsSent: 0, segments: 0, chunksScheduled: 0, secondsScheduled: 0, turnsEnded: 0,
   loudFrames: 0, quietFrames: 0,  // microphone frames above the speech level; quiet ones since
 };
 window.livetx = { stats };
@@ -235,7 +235,7 @@ function startSegment() {
     player.stop();
   }
   segment = `seg-${Date.now()}`;
-  send({ t: "start_speaking", stamp: segment });
+  if (send({ t: "start_speaking", stamp: segment })) stats.segments++;
 }
 
 function sendPart(pcm) {
