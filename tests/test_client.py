@@ -60,6 +60,7 @@ async def test_say_streams_the_reply_saves_the_audio_and_prints_metrics(livetx: 
                               "--token", server.token(), "--out", str(out))
     assert run.code == 0, run.err
     assert run.out == "Good morning. How are you?\n"  # the echo model
+    assert "heard:" not in run.err  # only voice turns say what was heard
     for row in ("client first delta", "client first audio", "llm_ttft", "chat_model"):
         assert row in run.err
     assert re.search(r"^audio chunks +2$", run.err, re.M)

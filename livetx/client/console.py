@@ -22,8 +22,8 @@ from livetx.client.session import (
 class Printer:
     """Shows the reply as it arrives: deltas on stdout, or every frame as JSON."""
 
-    def __init__(self, out: TextIO, err: TextIO, as_json: bool) -> None:
-        self.out, self.err, self.as_json = out, err, as_json
+    def __init__(self, out: TextIO, err: TextIO, as_json: bool, voice: bool = False) -> None:
+        self.out, self.err, self.as_json, self.voice = out, err, as_json, voice
 
     def frame(self, frame: dict[str, Any]) -> None:
         if self.as_json:
@@ -31,7 +31,7 @@ class Printer:
             self.out.flush()
             return
         kind, data = frame.get("t"), frame.get("data")
-        if kind == "user_msg" and isinstance(data, dict):
+        if kind == "user_msg" and self.voice and isinstance(data, dict):
             self.err.write(f"heard: {data.get('text', '')}\n")
         elif kind == "bot_delta_chunk" and isinstance(data, dict):
             self.out.write(str(data.get("text", "")))
@@ -76,7 +76,8 @@ async def run(reactor: Any, options: Any, out: TextIO, err: TextIO) -> int:
             options["url"], options["token"], options["api-key"], options["username"]
         )
         request = turn_request(options)
-        report = await run_turn(reactor, url, headers, request, Printer(out, err, options["json"]))
+        printer = Printer(out, err, options["json"], voice=request.pcm is not None)
+        report = await run_turn(reactor, url, headers, request, printer)
     except ClientError as e:
         err.write(f"livetx: {e.message}\n")
         return e.exit_code
