@@ -179,3 +179,21 @@ async def test_talk_at_speaking_pace_sends_every_frame(livetx: Any, openai: Any,
     assert reactor.seconds() - started >= 0.3  # paced, not sent at once
     assert read_wav(openai.requests_to("/audio/transcriptions")[-1].fields["file"])[0] == pcm
     assert next(f for f in run.frames if f["t"] == "user_msg")["data"]["text"] == openai.transcript
+
+
+@pytest_twisted.ensureDeferred
+async def test_play_uses_the_players_found_on_path(
+    livetx: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await livetx()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no player at all
+    run = await livetx_client("say", base(server), "hi", "--token", server.token(), "--play")
+    assert run.code == 0 and "no audio player found" in run.err
+    played = tmp_path / "played.wav"
+    aplay = tmp_path / "aplay"  # stands in for the real player: keeps what it was given
+    aplay.write_text(f'#!/bin/sh\nfor last; do :; done\n/bin/cp "$last" {played}\n')
+    aplay.chmod(0o755)
+    run = await livetx_client("say", base(server), "hello", "--token", server.token(), "--play")
+    assert run.code == 0, run.err
+    pcm, rate = read_wav(played.read_bytes())
+    assert rate == 22050 and len(pcm) > 0
