@@ -75,6 +75,7 @@ def build_site(
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
+    metrics = metrics or ServerMetrics()  # one registry for every socket path
     for path, resource in (routes or {}).items():
         _mount(root, path, resource)
     for path, gate_name in WEBSOCKET_ROUTES.items():

@@ -17,9 +17,13 @@ function setStatus(text, open = false) {
   $("status").classList.toggle("open", open);
 }
 
-function send(frame) {
-  if (!socket || socket.readyState !== WebSocket.OPEN) {
-    addMessage("error", "not connected");
+function connected() {
+  return socket !== null && socket.readyState === WebSocket.OPEN;
+}
+
+function send(frame, quiet = false) {
+  if (!connected()) {
+    if (!quiet) addMessage("error", "not connected");
     return false;
   }
   socket.send(JSON.stringify(frame));
@@ -46,7 +50,9 @@ function connect() {
   socket = ws;
   ws.onopen = () => setStatus("connected", true);
   ws.onclose = (event) => {
-    if (socket === ws) socket = null;
+    if (socket !== ws) return;  // an older socket, replaced by connecting again
+    socket = null;
+    micUp();
     setStatus(`closed (${event.code}${event.reason ? ": " + event.reason : ""})`);
   };
   ws.onmessage = (event) => {
@@ -239,12 +245,12 @@ function startSegment() {
 }
 
 function sendPart(pcm) {
-  if (send({ t: "speaking_part", data: base64(pcm) })) stats.partsSent++;
+  if (send({ t: "speaking_part", data: base64(pcm) }, true)) stats.partsSent++;
 }
 
 function endSegment() {
   if (segment === null) return;
-  send({ t: "end_speaking", stamp: segment });
+  send({ t: "end_speaking", stamp: segment }, true);
   segment = null;
 }
 
@@ -283,6 +289,10 @@ function setMic(on) {
 
 async function micDown() {
   if (micOpen) return;
+  if (!connected()) {
+    addMessage("error", "not connected");
+    return;
+  }
   setMic(true);
   player.unlock();
   try {
@@ -309,6 +319,18 @@ $("mic").addEventListener("pointerup", () => { if (!$("hands-free").checked) mic
 $("mic").addEventListener("pointerleave", () => { if (!$("hands-free").checked) micUp(); });
 $("mic").addEventListener("click", () => {
   if ($("hands-free").checked) (micOpen ? micUp : micDown)();
+});
+$("mic").addEventListener("keydown", (event) => {  // Space held: push-to-talk from the keyboard
+  if (event.code === "Space" && !event.repeat && !$("hands-free").checked) {
+    event.preventDefault();
+    micDown();
+  }
+});
+$("mic").addEventListener("keyup", (event) => {
+  if (event.code === "Space" && !$("hands-free").checked) {
+    event.preventDefault();
+    micUp();
+  }
 });
 $("hands-free").addEventListener("change", () => {
   micUp();
