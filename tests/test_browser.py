@@ -62,13 +62,21 @@ async def microphone_file(directory: Path) -> tuple[Path, float]:
     return path, len(pause + pcm) / 2 / rate
 
 
-def interrupt_a_reply(browser: Any, url: str, token: str) -> dict[str, Any]:
-    """Click Interrupt once the first sentence is playing; see what stops."""
+def connected_page(browser: Any, url: str, token: str, errors: list[str] | None = None) -> Any:
+    """A new tab with the page open and connected with ``token``; script errors go to ``errors``."""
     page = browser.new_page()
+    if errors is not None:
+        page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
     page.fill("#token", token)
     page.click("#connect-button")
     page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    return page
+
+
+def interrupt_a_reply(browser: Any, url: str, token: str) -> dict[str, Any]:
+    """Click Interrupt once the first sentence is playing; see what stops."""
+    page = connected_page(browser, url, token)
     page.fill("#text", LONG_REPLY)
     page.press("#text", "Enter")
     page.wait_for_function("window.livetx.stats.chunksScheduled >= 1", timeout=TIMEOUT_MS)
@@ -88,11 +96,7 @@ def interrupt_a_reply(browser: Any, url: str, token: str) -> dict[str, Any]:
 
 def hands_free(browser: Any, url: str, token: str) -> dict[str, Any]:
     """Listen hands-free: the page opens and closes the segment by the sound level."""
-    page = browser.new_page()
-    page.goto(url)
-    page.fill("#token", token)
-    page.click("#connect-button")
-    page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    page = connected_page(browser, url, token)
     page.check("#hands-free")
     page.click("#mic")  # "Listen": the fake microphone starts its file again
     page.wait_for_function("window.livetx.stats.turnsEnded >= 1", timeout=TIMEOUT_MS)
@@ -114,13 +118,8 @@ def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_sec
             args=FLAGS + [f"--use-file-for-fake-audio-capture={wav}%noloop"],
         )
         try:
-            page = browser.new_page()
             errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.fill("#token", token)
-            page.click("#connect-button")
-            page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+            page = connected_page(browser, url, token, errors)
 
             page.fill("#text", "Good morning. The sun is out.")
             page.press("#text", "Enter")
