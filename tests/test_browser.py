@@ -109,9 +109,10 @@ def hands_free(browser: Any, url: str, token: str) -> dict[str, Any]:
     }
 
 
-def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_seconds: float,
+def drive_page(sync_playwright: Any, url: str, token: str, wav: Path,
                profile: Path, screenshot: Path, slow: tuple[str, str]) -> dict[str, Any]:
-    """Runs in a thread: a text turn, then a voice turn, as a user would; then an interrupt."""
+    """Runs in a thread: a text turn and a push-to-talk voice turn, as a user would;
+    then, in new tabs, a hands-free turn and an interrupted reply (on the ``slow`` server)."""
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True,
@@ -144,10 +145,7 @@ def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_sec
             page.wait_for_function("window.livetx.stats.turnsEnded >= 2", timeout=TIMEOUT_MS)
             page.wait_for_function("window.livetx.stats.chunksScheduled >= 3", timeout=TIMEOUT_MS)
             page.screenshot(path=str(screenshot))
-            interrupted = interrupt_a_reply(browser, *slow)
-            return {
-                "interrupted": interrupted,
-                "hands_free": hands_free(browser, url, token),
+            seen = {
                 "text_turn": text_turn,
                 "user": page.locator(".msg.user").all_inner_texts(),
                 "bot": page.locator(".msg.bot").all_inner_texts(),
@@ -155,6 +153,9 @@ def drive_page(sync_playwright: Any, url: str, token: str, wav: Path, speech_sec
                 "stats": page.evaluate("({...window.livetx.stats})"),
                 "page_errors": errors,
             }
+            seen["hands_free"] = hands_free(browser, url, token)
+            seen["interrupted"] = interrupt_a_reply(browser, *slow)
+            return seen
         finally:
             browser.close()
 
@@ -170,7 +171,7 @@ async def test_text_and_voice_turns_in_a_real_browser(livetx: Any, tmp_path: Pat
     slow = await livetx("[llm]\necho_delay = 0.15\n")  # the echo model, a word every 150 ms
     seen = await deferToThread(
         drive_page, sync_playwright, server.url("/", scheme="http"), server.token("browser"),
-        wav, seconds, tmp_path / "profile", screenshot, (slow.url("/live", scheme="http"), slow.token()),
+        wav, tmp_path / "profile", screenshot, (slow.url("/live", scheme="http"), slow.token()),
     )
     text_turn = seen["text_turn"]
     assert text_turn["bot"] == ["Good morning. The sun is out."]  # the echo model, streamed as deltas
