@@ -231,6 +231,7 @@ async def run_turn(
     """Connect, run one turn, close; raises :class:`ClientError` when it cannot."""
     factory = WebSocketClientFactory(url, headers=headers)
     factory.protocol = _Socket
+    factory.setProtocolOptions(openHandshakeTimeout=10, closeHandshakeTimeout=2)
     driver = _TurnDriver(reactor, request, listener)
     factory.driver = driver  # type: ignore[attr-defined]
     endpoint: Any = HostnameEndpoint(reactor, factory.host, factory.port, timeout=10)
