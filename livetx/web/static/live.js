@@ -236,8 +236,8 @@ let quietFrames = 0;
 const preroll = [];
 
 function startSegment() {
-  if (player.playing) {   // barge-in: the user talks over the reply
-    send({ t: "interrupt" });
+  if (turnRunning || player.playing) {  // barge-in: the user talks over the reply
+    if (turnRunning) send({ t: "interrupt" });
     player.stop();
   }
   segment = `seg-${Date.now()}`;
