@@ -46,6 +46,9 @@ class ServerMetrics:
         r = self.registry
         self.connections = Counter(
             "livetx_connections", "Accepted WebSocket connections.", ["endpoint", "mode"], registry=r)
+        self.closed = Counter(
+            "livetx_connections_closed", "Accepted WebSocket connections since closed.", ["endpoint", "mode"],
+            registry=r)
         self.refused = Counter(
             "livetx_connections_refused", "WebSocket connections refused at admission.", ["endpoint"],
             registry=r)
@@ -73,9 +76,10 @@ class ServerMetrics:
 
     def opened(self, endpoint: str, mode: str | None, username: str, clock: IReactorTime) -> TurnObserver:
         """An accepted socket; ``mode`` None is the unified endpoint (mode per frame)."""
-        self.connections.labels(endpoint, mode or "per-frame").inc()
+        mode = mode or "per-frame"
+        self.connections.labels(endpoint, mode).inc()
         self.open.labels(endpoint).inc()
-        return TurnObserver(self, endpoint, username, clock)
+        return TurnObserver(self, endpoint, mode, username, clock)
 
     def refused_at(self, endpoint: str) -> None:
         self.refused.labels(endpoint).inc()
@@ -84,9 +88,12 @@ class ServerMetrics:
 class TurnObserver:
     """One connection's view: follows each turn through the frames sent."""
 
-    def __init__(self, metrics: ServerMetrics, endpoint: str, username: str, clock: IReactorTime) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, endpoint: str, mode: str, username: str, clock: IReactorTime
+    ) -> None:
         self._m = metrics
         self._endpoint = endpoint
+        self._mode = mode
         self._username = username
         self._clock = clock
         self._turn: _TurnRecord | None = None
@@ -132,6 +139,7 @@ class TurnObserver:
         if self._turn is not None and self._turn.ended is None:
             self._finish("interrupted")
         self._m.open.labels(self._endpoint).dec()
+        self._m.closed.labels(self._endpoint, self._mode).inc()
 
     def _metrics(self, data: dict[str, Any]) -> None:
         now = self._clock.seconds()

@@ -138,6 +138,7 @@ async def test_metrics_endpoint_counts_each_server_on_its_own(livetx: Any) -> No
     seen = families(text)
     assert seen[("livetx_connections_total", (("endpoint", LIVE), ("mode", "live")))] == 1
     assert seen[("livetx_open_connections", (("endpoint", LIVE),))] == 0
+    assert seen[("livetx_connections_closed_total", (("endpoint", LIVE), ("mode", "live")))] == 1
     assert seen[("livetx_turns_total", (("input_type", "text"), ("outcome", "ok")))] == 1
     assert seen[("livetx_turn_first_delta_seconds_count", (("input_type", "text"),))] == 1
     assert seen[("livetx_turn_first_audio_seconds_count", (("input_type", "text"),))] == 1
