@@ -138,7 +138,7 @@ class TalkOptions(_TurnOptions):
 
 class Options(usage.Options):
     synopsis = "livetx COMMAND [options]"
-    longdesc = "Credentials for livetx clients. The server itself runs as: twistd -n live"
+    longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
