@@ -101,7 +101,7 @@ class Listener(Protocol):
 
 
 class _Socket(WebSocketClientProtocol):
-    driver: _TurnDriver
+    """Hands what happens on the socket to its factory's driver."""
 
     def onOpen(self) -> None:
         self.factory.driver.opened(self)
