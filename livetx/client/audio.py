@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -53,8 +54,6 @@ def join_chunks(chunks: list[bytes]) -> bytes:
 
 def player() -> list[str] | None:
     """A command that plays a WAV file here, if the machine has one."""
-    import shutil
-
     candidates = [["afplay"]] if sys.platform == "darwin" else []
     candidates += [["paplay"], ["aplay", "-q"], ["ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet"]]
     for command in candidates:
