@@ -1,10 +1,14 @@
-"""The ``livetx`` command: credentials for clients (more subcommands can join).
+"""The ``livetx`` command: credentials for clients, and a client (``say``, ``talk``).
 
 Scripts rely on one contract: a created key or token is the last line printed.
+``say`` and ``talk`` print the reply on stdout and exit with a code from
+:mod:`livetx.client.session` (0 ok, 1 server error, 2 usage, 3 connection, 4 timeout).
 """
 
 from __future__ import annotations
 
+import getopt
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -74,12 +78,72 @@ class TokenOptions(_DataDirOptions):
             raise usage.UsageError("--username is required")
 
 
+class _TurnOptions(usage.Options):
+    """What ``say`` and ``talk`` share: where, who, and what to do with the reply."""
+
+    optFlags = [
+        ["json", "j", "Print every frame received as one JSON line (and nothing else on stdout)."],
+        ["play", None, "Play the reply audio when a player (paplay, aplay, ffplay) exists."],
+    ]
+    optParameters = [
+        ["token", "t", None, "A dashboard JWT (see: livetx token); or set LIVETX_TOKEN."],
+        ["api-key", "k", None, "An API key with the chat scope; or set LIVETX_API_KEY."],
+        ["username", "u", None, "Who is talking, with --api-key."],
+        ["out", "o", None, "Write the reply audio, in order, to this file (WAV)."],
+        ["interrupt-after", None, None, "Send interrupt this many seconds after the reply starts.", float],
+        ["timeout", None, 60.0, "Give up (exit 4) when the reply has not ended after this many seconds.", float],
+    ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Options may follow the URL and text too (``say URL "hi" --token T``)."""
+        try:
+            pairs, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        flat: list[str] = []
+        for name, value in pairs:
+            takes = name[2:] + "=" in self.longOpt if name.startswith("--") else name[1] + ":" in self.shortOpt
+            flat += ([f"{name}={value}"] if name.startswith("--") else [name, value]) if takes else [name]
+        super().parseOptions([*flat, "--", *args])
+
+    def postOptions(self) -> None:
+        self["token"] = self["token"] or os.environ.get("LIVETX_TOKEN")
+        self["api-key"] = self["api-key"] or os.environ.get("LIVETX_API_KEY")
+        if not self["token"] and not (self["api-key"] and self["username"]):
+            raise usage.UsageError("give --token, or --api-key with --username")
+
+
+class SayOptions(_TurnOptions):
+    synopsis = "URL TEXT... [--token JWT | --api-key KEY --username NAME]"
+
+    def parseArgs(self, url: str, *words: str) -> None:
+        if not words:
+            raise usage.UsageError("say what? give the text after the URL")
+        self["url"], self["text"] = url, " ".join(words)
+
+
+class TalkOptions(_TurnOptions):
+    synopsis = "URL --wav FILE [--token JWT | --api-key KEY --username NAME]"
+    optFlags = [["realtime", None, "Send the audio at speaking pace (one 20 ms frame per 20 ms)."]]
+    optParameters = [["wav", "w", None, "A WAV file to say (any rate and channels; sent as 16 kHz mono)."]]
+
+    def parseArgs(self, url: str) -> None:
+        self["url"] = url
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self["wav"]:
+            raise usage.UsageError("--wav is required")
+
+
 class Options(usage.Options):
     synopsis = "livetx COMMAND [options]"
-    longdesc = "Credentials for livetx clients. The server itself runs as: twistd -n live"
+    longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
+        ["say", None, SayOptions, "Send a text turn to a server; print and save the reply."],
+        ["talk", None, TalkOptions, "Send a WAV file as a voice turn; print and save the reply."],
     ]
 
     def opt_version(self) -> None:
@@ -123,12 +187,34 @@ def token(options: TokenOptions) -> int:
     return 0
 
 
+def converse(options: _TurnOptions) -> int:
+    """Run one turn on a reactor of its own, then return its exit code."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    from livetx.client.console import run
+
+    codes: list[int] = []
+
+    def start() -> None:
+        d = ensureDeferred(run(reactor, options, sys.stdout, sys.stderr))
+        d.addCallback(codes.append)
+        d.addErrback(lambda failure: print(f"livetx: {failure.getErrorMessage()}", file=sys.stderr))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return codes[0] if codes else 1
+
+
 #: (command, subcommand) → handler; add a row to add a command.
 HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "create"): keys_create,
     ("keys", "list"): keys_list,
     ("keys", "revoke"): keys_revoke,
     ("token", None): token,
+    ("say", None): converse,
+    ("talk", None): converse,
 }
 
 

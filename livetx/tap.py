@@ -22,11 +22,14 @@ from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
+from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import api_key_gate, jwt_gate
 from livetx.web.http_api import api_routes
+from livetx.web.ops import ops_routes
+from livetx.web.pages import page_routes
 from livetx.web.protocol import ConnectionTracker
 from livetx.web.site import build_site
 
@@ -122,6 +125,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
         vision=settings.llm.vision,
     )
+    metrics = ServerMetrics()
     site = build_site(
         gates={
             "jwt_live": jwt_gate(secret, "live"),
@@ -134,7 +138,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         clock=reactor,
         chat=chat,
         store=store,
-        routes=api_routes(keys, store, chat, settings.server.max_upload_bytes),
+        routes={
+            **api_routes(keys, store, chat, settings.server.max_upload_bytes),
+            **ops_routes(metrics, settings, reactor),
+            **page_routes(),
+        },
+        metrics=metrics,
     )
     # Stopped in reverse order: ports, open sockets, the store (after its
     # queued writes), then the upstream connection pool.

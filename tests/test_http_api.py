@@ -135,9 +135,15 @@ async def test_openapi_json_describes_every_route(livetx: Any) -> None:
     api = API(server)
     code, spec = await api.call("GET", "/openapi.json", key=None)
     assert code == 200 and spec["openapi"].startswith("3.1")
+    from livetx.config import Config
+    from livetx.metrics import ServerMetrics
     from livetx.web.http_api import api_routes
+    from livetx.web.ops import ops_routes
+    from livetx.web.pages import page_routes
 
     served = set(api_routes(None, None, None, 0)) | set(WEBSOCKET_ROUTES)  # type: ignore[arg-type]
+    served |= set(ops_routes(ServerMetrics(), Config(), reactor))
+    served |= set(page_routes()) - {"/static"} | {"/static/{file}"}
     served.add("/api/v1/chat/sessions/{session_id}/messages")
     assert served == set(spec["paths"])
     assert all(spec["paths"][p]["get"].get("x-websocket") for p in WEBSOCKET_ROUTES)

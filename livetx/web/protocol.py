@@ -23,6 +23,7 @@ from livetx.config import ServerConfig
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession, Pipeline
+from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
@@ -42,6 +43,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
     admission: Admission = Admission(refusal="Handshake not completed")
     session: LiveSession | None = None
     chat: ChatChannel | None = None
+    observer: TurnObserver | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
@@ -52,6 +54,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
             if admission.notice is not None:
                 self.send(admission.notice)
             self.close_with(POLICY_VIOLATION, admission.refusal or "Unauthorized")
+            self.factory.metrics.refused_at(self.http_request_path)
             _log.info("Refused a {path} socket: {reason}",
                       path=self.http_request_path, reason=admission.refusal)
             return
@@ -71,6 +74,8 @@ class LiveServerProtocol(WebSocketServerProtocol):
             memory=memory,
         )
         self.factory.connections.add(self)
+        self.observer = self.factory.metrics.opened(
+            self.http_request_path, admission.mode, admission.username, self.factory.clock)
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
@@ -110,6 +115,8 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if self.chat is not None:
             self.chat.close()
         self.factory.connections.discard(self)
+        if self.observer is not None:
+            self.observer.closed()
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with a protocol code such as 1008 or 1001.
@@ -124,8 +131,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             if isinstance(frame, bytes):
                 self.sendMessage(frame, isBinary=True)
-            else:
-                self.sendMessage(frames.encode(frame))
+                return
+            self.sendMessage(frames.encode(frame))
+            if self.observer is not None:
+                self.observer.sent(frame)
 
 
 class LiveServerFactory(WebSocketServerFactory):
@@ -143,6 +152,7 @@ class LiveServerFactory(WebSocketServerFactory):
         clock: IReactorTime,
         chat: ChatService,
         store: ConversationStore | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
@@ -152,6 +162,7 @@ class LiveServerFactory(WebSocketServerFactory):
         self.pipeline = pipeline
         self.connections = connections
         self.clock = clock
+        self.metrics = metrics or ServerMetrics()
         apply_limits(self, limits)
 
 

@@ -13,6 +13,7 @@ from twisted.web.server import Request, Site
 from livetx.config import ServerConfig
 from livetx.chat.service import ChatService
 from livetx.live.session import Pipeline
+from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore
 from livetx.web.admission import Gate
 from livetx.web.protocol import ConnectionTracker, LiveServerFactory
@@ -70,9 +71,11 @@ def build_site(
     chat: ChatService,
     store: ConversationStore | None = None,
     routes: dict[str, Resource] | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
+    metrics = metrics or ServerMetrics()  # one registry for every socket path
     for path, resource in (routes or {}).items():
         _mount(root, path, resource)
     for path, gate_name in WEBSOCKET_ROUTES.items():
@@ -84,6 +87,7 @@ def build_site(
             clock=clock,
             chat=chat,
             store=store,
+            metrics=metrics,
         )
         _mount(root, path, WebSocketResource(factory))
     site = Site(root, logFormatter=redacted_log_formatter)

@@ -1,0 +1,226 @@
+"""What a running server counts, read off the frames it sends.
+
+The session core stays pure: nothing here is called by it. The protocol
+layer shows every frame it sends to a :class:`TurnObserver`, which already
+says all there is to know about a turn: it starts with a ``metrics`` frame
+naming the ``input_type``, streams ``bot_delta_chunk`` and ``response``
+frames, and ends with ``end`` (or ``stop_play`` when interrupted). Each
+server owns a :class:`ServerMetrics` with its own ``CollectorRegistry``, so
+several servers in one process (as in the tests) count independently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: Seconds: from 10 ms (a local echo) to a minute (a stuck upstream).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: Error codes that mean an outside service failed, by the provider kind.
+PROVIDER_CODES = {"LLM_ERROR": "llm", "TTS_ERROR": "tts", "STT_ERROR": "stt", "PROVIDER_ERROR": "provider"}
+#: Error codes after which the turn produced no (complete) reply.
+FAILED_CODES = {"LLM_ERROR", "STT_ERROR", "PROVIDER_ERROR", "INTERNAL_ERROR", "STT_UNAVAILABLE"}
+
+#: Provider timings the session reports in ``metrics`` frames: key → (kind, stage).
+PROVIDER_TIMINGS = {
+    "llm_ttft": ("llm", "first"),
+    "llm_total_time": ("llm", "total"),
+    "tts_first_frame_time": ("tts", "first"),
+    "tts_total_time": ("tts", "total"),
+}
+#: Which metric names the engine of each kind.
+PROVIDER_NAMES = {"llm": "chat_model", "tts": "tts", "stt": "stt"}
+
+
+class ServerMetrics:
+    """The Prometheus metrics of one server, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Counter(
+            "livetx_connections", "Accepted WebSocket connections.", ["endpoint", "mode"], registry=r)
+        self.closed = Counter(
+            "livetx_connections_closed", "Accepted WebSocket connections since closed.", ["endpoint", "mode"],
+            registry=r)
+        self.refused = Counter(
+            "livetx_connections_refused", "WebSocket connections refused at admission.", ["endpoint"],
+            registry=r)
+        self.open = Gauge("livetx_open_connections", "WebSocket connections open now.", ["endpoint"], registry=r)
+        self.turns = Counter(
+            "livetx_turns", "Finished live turns by input and outcome (ok, interrupted, failed).",
+            ["input_type", "outcome"], registry=r)
+        self.first_delta = Histogram(
+            "livetx_turn_first_delta_seconds", "Turn start to the first text delta.",
+            ["input_type"], buckets=LATENCY_BUCKETS, registry=r)
+        self.first_audio = Histogram(
+            "livetx_turn_first_audio_seconds", "Turn start to the first audio chunk.",
+            ["input_type"], buckets=LATENCY_BUCKETS, registry=r)
+        self.turn_seconds = Histogram(
+            "livetx_turn_seconds", "Turn start to its end frame.",
+            ["input_type"], buckets=LATENCY_BUCKETS, registry=r)
+        self.interrupts = Counter("livetx_interrupts", "Turns stopped by the client (barge-in).", registry=r)
+        self.errors = Counter("livetx_errors", "Error frames sent, by code.", ["code"], registry=r)
+        self.provider_seconds = Histogram(
+            "livetx_provider_seconds",
+            "Provider latency: stage first (first token or audio) or total; stt is the transcription.",
+            ["kind", "provider", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.provider_failures = Counter(
+            "livetx_provider_failures", "Provider failures reported to clients.", ["kind"], registry=r)
+
+    def opened(self, endpoint: str, mode: str | None, username: str, clock: IReactorTime) -> TurnObserver:
+        """An accepted socket; ``mode`` None is the unified endpoint (mode per frame)."""
+        mode = mode or "per-frame"
+        self.connections.labels(endpoint, mode).inc()
+        self.open.labels(endpoint).inc()
+        return TurnObserver(self, endpoint, mode, username, clock)
+
+    def refused_at(self, endpoint: str) -> None:
+        self.refused.labels(endpoint).inc()
+
+
+class TurnObserver:
+    """One connection's view: follows each turn through the frames sent."""
+
+    def __init__(
+        self, metrics: ServerMetrics, endpoint: str, mode: str, username: str, clock: IReactorTime
+    ) -> None:
+        self._m = metrics
+        self._endpoint = endpoint
+        self._mode = mode
+        self._username = username
+        self._clock = clock
+        self._turn: _TurnRecord | None = None
+
+    def sent(self, frame: dict[str, Any]) -> None:
+        """Called with every frame the server sends on this connection; never raises."""
+        try:
+            self._observe(frame)
+        except Exception:
+            _log.failure("Bug while counting a {kind!r} frame", kind=frame.get("t"))
+
+    def _observe(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("t")
+        if kind == "error":
+            self._error(str(frame.get("code", "UNKNOWN")))
+        if frame.get("ct") == "chat":
+            return  # chat mode: errors count, turns are the live ones
+        if kind == "metrics":
+            self._metrics(frame.get("data") or {})
+            return
+        turn = self._turn
+        if turn is None:
+            return
+        now = self._clock.seconds()
+        if kind == "bot_delta_chunk" and turn.first_delta is None:
+            turn.first_delta = now - turn.started
+        elif kind == "response" and turn.first_audio is None:
+            turn.first_audio = now - turn.started
+        elif kind == "user_msg":
+            self._transcribed(turn, now)
+        elif kind == "stop_play":
+            self._m.interrupts.inc()
+            self._finish("interrupted")
+        elif kind == "end":
+            self._transcribed(turn, now)  # an empty transcript ends the turn at once
+            turn.ended = now - turn.started
+            # The session sends the turn's last metrics frame right after
+            # ``end``, in the same call: record the turn once it is in.
+            self._clock.callLater(0, self._finish_ended, turn)
+
+    def closed(self) -> None:
+        """The socket closed; a turn still running counts as interrupted."""
+        if self._turn is not None and self._turn.ended is None:
+            self._finish("interrupted")
+        self._m.open.labels(self._endpoint).dec()
+        self._m.closed.labels(self._endpoint, self._mode).inc()
+
+    def _metrics(self, data: dict[str, Any]) -> None:
+        now = self._clock.seconds()
+        if "input_type" in data:
+            if self._turn is not None and self._turn.ended is not None:
+                self._finish_ended(self._turn)
+            self._turn = _TurnRecord(str(data["input_type"]), now)
+        turn = self._turn
+        if turn is None:
+            return
+        turn.metrics.update(data)
+        if "stt" in data:
+            turn.stt_started = now
+        for key, (kind, stage) in PROVIDER_TIMINGS.items():
+            value = data.get(key)
+            if isinstance(value, (int, float)):
+                self._provider(kind, turn.metrics.get(PROVIDER_NAMES[kind], "?"), stage, value)
+
+    def _transcribed(self, turn: _TurnRecord, now: float) -> None:
+        if turn.stt_started is not None:
+            self._provider("stt", turn.metrics.get("stt", "?"), "total", now - turn.stt_started)
+            turn.stt_started = None
+
+    def _provider(self, kind: str, name: Any, stage: str, seconds: float) -> None:
+        self._m.provider_seconds.labels(kind, str(name), stage).observe(seconds)
+
+    def _error(self, code: str) -> None:
+        self._m.errors.labels(code).inc()
+        if code in PROVIDER_CODES:
+            self._m.provider_failures.labels(PROVIDER_CODES[code]).inc()
+        if self._turn is not None and self._turn.ended is None:
+            self._turn.errors.append(code)
+
+    def _finish_ended(self, turn: _TurnRecord) -> None:
+        if self._turn is turn:
+            failed = any(code in FAILED_CODES for code in turn.errors)
+            self._finish("failed" if failed else "ok")
+
+    def _finish(self, outcome: str) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return
+        m, kind = self._m, turn.input_type
+        m.turns.labels(kind, outcome).inc()
+        if turn.first_delta is not None:
+            m.first_delta.labels(kind).observe(turn.first_delta)
+        if turn.first_audio is not None:
+            m.first_audio.labels(kind).observe(turn.first_audio)
+        if turn.ended is not None:
+            m.turn_seconds.labels(kind).observe(turn.ended)
+        # One structured event per turn: timings and engine names, never text or credentials.
+        _log.info(
+            "Turn {outcome} for {username} on {endpoint} ({input_type}): first delta {first_delta}, "
+            "first audio {first_audio}, end {end}",
+            livetx_event="turn",
+            outcome=outcome,
+            username=self._username,
+            endpoint=self._endpoint,
+            input_type=kind,
+            first_delta=_rounded(turn.first_delta),
+            first_audio=_rounded(turn.first_audio),
+            end=_rounded(turn.ended),
+            errors=list(turn.errors),
+            metrics=dict(turn.metrics),
+        )
+
+
+class _TurnRecord:
+    __slots__ = ("input_type", "started", "first_delta", "first_audio", "ended", "stt_started",
+                 "errors", "metrics")
+
+    def __init__(self, input_type: str, started: float) -> None:
+        self.input_type = input_type
+        self.started = started
+        self.first_delta: float | None = None
+        self.first_audio: float | None = None
+        self.ended: float | None = None
+        self.stt_started: float | None = None
+        self.errors: list[str] = []
+        self.metrics: dict[str, Any] = {}
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)

@@ -1,0 +1,97 @@
+"""Routes for whoever runs the server: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Liveness only says the reactor answers. Readiness says the configured
+engines can work: offline engines were checked at start-up (their modules
+and model files), and an HTTP service counts as reachable when a TCP
+connection to its host opens; no request is sent, so a probe costs no
+tokens and needs no key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client.twisted import MetricsResource
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from livetx.config import Config
+from livetx.metrics import ServerMetrics
+from livetx.web.http_api import _finish_async, _json
+
+#: Seconds a readiness probe waits for each upstream service.
+PROBE_TIMEOUT = 2.0
+
+
+class Health(Resource):
+    """``GET /healthz``: answered by the reactor thread, so a hung reactor fails it."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, 200, {"status": "ok"})
+
+
+def _address(base_url: str) -> tuple[str, int]:
+    parts = urlsplit(base_url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def probe(reactor: Any, host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Deferred[None]:
+    """Open and at once close a TCP connection; fails when the host is unreachable."""
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    d = endpoint.connect(Factory.forProtocol(Protocol))
+    d.addCallback(lambda protocol: protocol.transport.loseConnection())
+    return d
+
+
+class Ready(Resource):
+    """``GET /readyz``: 200 when every configured engine can be used, else 503."""
+
+    isLeaf = True
+
+    def __init__(self, settings: Config, reactor: Any) -> None:
+        super().__init__()
+        self._settings = settings
+        self._reactor = reactor
+
+    def check(self) -> Deferred[dict[str, Any]]:
+        """Each engine's provider and whether it is usable; never names a key."""
+        checks: dict[str, dict[str, Any]] = {}
+        probes: list[Deferred[Any]] = []
+        for kind in ("llm", "tts", "stt"):
+            section = getattr(self._settings, kind)
+            result: dict[str, Any] = {"provider": section.provider, "ok": True}
+            checks[kind] = result
+            if section.provider != "openai":
+                continue  # offline engines were checked when the server started
+            host, port = _address(section.base_url)
+            result["upstream"] = f"{host}:{port}"
+
+            def failed(_: Any, result: dict[str, Any] = result) -> None:
+                result["ok"] = False
+                result["error"] = f"cannot connect to {result['upstream']}"
+
+            probes.append(probe(self._reactor, host, port).addErrback(failed))
+        return DeferredList(probes).addCallback(lambda _: checks)
+
+    def render_GET(self, request: Request) -> Any:
+        def answer(checks: dict[str, Any]) -> bytes:
+            ready = all(c["ok"] for c in checks.values())
+            body = {"status": "ready" if ready else "unready", "checks": checks}
+            return _json(request, 200 if ready else 503, body)
+
+        return _finish_async(request, self.check().addCallback(answer))
+
+
+def ops_routes(metrics: ServerMetrics, settings: Config, reactor: Any) -> dict[str, Resource]:
+    """The operations routes, for ``build_site``'s ``routes``."""
+    return {
+        "/metrics": MetricsResource(registry=metrics.registry),
+        "/healthz": Health(),
+        "/readyz": Ready(settings, reactor),
+    }

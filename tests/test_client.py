@@ -1,0 +1,199 @@
+"""``livetx say`` and ``livetx talk`` against a real server on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from livetx.audio import read_wav, to_wav
+from livetx.auth.keys import KeyStore
+from livetx.cli import Options
+from livetx.client import console
+from livetx.client.audio import join_chunks, load_speech
+from livetx.client.session import socket_address
+from livetx.config import TTSConfig
+from livetx.providers.espeak import EspeakSpeech
+
+from .test_live_ws import LIVE, OPEN_API, openai_config
+from .test_voice import GRAMMAR
+
+
+class Run:
+    """One ``livetx`` client command, run in-process on the test's reactor."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines()]
+
+
+async def livetx_client(*argv: str) -> Run:
+    options = Options()
+    options.parseOptions(list(argv))
+    out, err = io.StringIO(), io.StringIO()
+    code = await console.run(reactor, options.subOptions, out, err)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def base(server: Any) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_say_streams_the_reply_saves_the_audio_and_prints_metrics(livetx: Any, tmp_path: Path) -> None:
+    server = await livetx()
+    out = tmp_path / "reply.wav"
+    run = await livetx_client("say", base(server), "Good morning.", "How are you?",
+                              "--token", server.token(), "--out", str(out))
+    assert run.code == 0, run.err
+    assert run.out == "Good morning. How are you?\n"  # the echo model
+    assert "heard:" not in run.err  # only voice turns say what was heard
+    for row in ("client first delta", "client first audio", "llm_ttft", "chat_model"):
+        assert row in run.err
+    assert re.search(r"^audio chunks +2$", run.err, re.M)
+    pcm, rate = read_wav(out.read_bytes())
+    assert rate == 22050 and len(pcm) > 0.5 * 2 * rate  # two spoken sentences, joined in order
+
+
+@pytest_twisted.ensureDeferred
+async def test_say_with_an_api_key_prints_json_frames(livetx: Any) -> None:
+    server = await livetx()
+    key = KeyStore(server.data_dir).create(["chat"])[1]
+    run = await livetx_client("say", "--json", "--api-key", key, "--username", "kiosk", base(server), "hi")
+    assert run.code == 0, run.err
+    kinds = [f["t"] for f in run.frames]
+    assert kinds[:2] == ["metrics", "user_msg"] and "end" in kinds and "response" in kinds
+    assert "metric" not in run.err  # with --json, stdout and stderr hold no table
+
+
+@pytest_twisted.ensureDeferred
+async def test_talk_resamples_any_wav_and_is_understood(livetx: Any, tmp_path: Path) -> None:
+    grammar = tmp_path / "home.jsgf"
+    grammar.write_text(GRAMMAR)
+    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    speech = await EspeakSpeech(TTSConfig(), None, reactor).synthesize("turn on the kitchen lights")
+    pcm, rate = read_wav(speech)
+    stereo = tmp_path / "stereo.wav"  # 22.05 kHz stereo in; the server gets 16 kHz mono
+    with wave.open(str(stereo), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(pcm[i : i + 2] * 2 for i in range(0, len(pcm), 2)))
+    run = await livetx_client("talk", base(server), "--wav", str(stereo), "--token", server.token())
+    assert run.code == 0, run.err
+    assert "heard: turn on the kitchen lights" in run.err
+    assert run.out == "turn on the kitchen lights\n"
+    assert "stt" in run.err and "wav_assemble_time" in run.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_interrupt_after_stops_the_reply(livetx: Any, openai: Any) -> None:
+    openai.reply = " ".join(f"This is sentence {i} of a long story." for i in range(40))
+    openai.token_delay = 0.02
+    server = await livetx(openai_config(openai.base_url))
+    run = await livetx_client("say", base(server), "story please", "--token", server.token(),
+                              "--interrupt-after", "0.1", "--json")
+    assert run.code == 0, run.err
+    kinds = [f["t"] for f in run.frames]
+    assert kinds[-1] == "stop_play" and "end" not in kinds
+    reply = "".join(f["data"]["text"] for f in run.frames if f["t"] == "bot_delta_chunk")
+    assert 0 < len(reply) < len(openai.reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await livetx()
+    refused = await livetx_client("say", base(server), "hi", "--token", "not-a-jwt")
+    assert refused.code == 3 and "the server closed the connection" in refused.err
+    assert "not-a-jwt" not in refused.err
+
+    openai.fail_status = 500
+    failing = await livetx(openai_config(openai.base_url))
+    failed = await livetx_client("say", base(failing), "hi", "--token", failing.token())
+    assert failed.code == 1 and "livetx: server error LLM_ERROR" in failed.err
+
+    slow = await livetx('[llm]\necho_delay = 5.0\n')
+    late = await livetx_client("say", base(slow), "one two", "--token", slow.token(), "--timeout", "0.3")
+    assert late.code == 4 and "no reply within 0.3 s" in late.err
+
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    bad = await livetx_client("talk", base(server), "--wav", str(tmp_path / "bad.wav"), "--token", "t")
+    assert bad.code == 2 and "--wav: not a WAV file" in bad.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_as_a_real_process(livetx: Any, tmp_path: Path) -> None:
+    server = await livetx()
+    env = {**os.environ, "LIVETX_TOKEN": server.token()}
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, ["-m", "livetx", "say", base(server), "hello", "world"], env=env, path=str(tmp_path),
+    )
+    assert code == 0, err
+    assert out.decode() == "hello world\n" and b"client first delta" in err
+    out, err, code = await getProcessOutputAndValue(sys.executable, ["-m", "livetx", "say", base(server)], env=env)
+    assert code == 2 and b"livetx: say what?" in err
+
+
+def test_socket_address_picks_the_endpoint_by_credential() -> None:
+    assert socket_address("http://h:1", "T", None, None) == (f"ws://h:1{LIVE}?token=T", {})
+    url, headers = socket_address("https://h", None, "abk_k", "bo b")
+    assert (url, headers) == (f"wss://h{OPEN_API}?username=bo+b", {"X-API-Key": "abk_k"})
+    assert socket_address("ws://h:1/api/unified_chat/ws?x=1", "T", None, None)[0] == \
+        "ws://h:1/api/unified_chat/ws?x=1&token=T"
+
+
+def test_audio_in_and_out(tmp_path: Path) -> None:
+    tone = bytes(range(256)) * 50
+    (tmp_path / "8k.wav").write_bytes(to_wav(tone, 8000))
+    assert len(load_speech(tmp_path / "8k.wav")) == 2 * len(tone)  # 8 kHz → 16 kHz
+    joined = join_chunks([to_wav(b"\1\0" * 100, 16000), to_wav(b"\2\0" * 50, 8000)])
+    pcm, rate = read_wav(joined)
+    assert rate == 16000 and len(pcm) == 400 and pcm[:200] == b"\1\0" * 100
+    assert join_chunks([b"ID3mp3", b"more"]) == b"ID3mp3more"
+    with pytest.raises(ValueError, match="cannot read"):
+        load_speech(tmp_path / "missing.wav")
+
+
+@pytest_twisted.ensureDeferred
+async def test_talk_at_speaking_pace_sends_every_frame(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await livetx(f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n')
+    pcm = bytes(range(256)) * 40  # 0.32 s at 16 kHz: 16 frames of 20 ms
+    (tmp_path / "q.wav").write_bytes(to_wav(pcm))
+    started = reactor.seconds()
+    run = await livetx_client("talk", base(server), "-w", str(tmp_path / "q.wav"), "--realtime",
+                              "-t", server.token(), "--json")
+    assert run.code == 0, run.err
+    assert reactor.seconds() - started >= 0.3  # paced, not sent at once
+    assert read_wav(openai.requests_to("/audio/transcriptions")[-1].fields["file"])[0] == pcm
+    assert next(f for f in run.frames if f["t"] == "user_msg")["data"]["text"] == openai.transcript
+
+
+@pytest_twisted.ensureDeferred
+async def test_play_uses_the_players_found_on_path(
+    livetx: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await livetx()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no player at all
+    run = await livetx_client("say", base(server), "hi", "--token", server.token(), "--play")
+    assert run.code == 0 and "no audio player found" in run.err
+    played = tmp_path / "played.wav"
+    aplay = tmp_path / "aplay"  # stands in for the real player: keeps what it was given
+    aplay.write_text(f'#!/bin/sh\nfor last; do :; done\n/bin/cp "$last" {played}\n')
+    aplay.chmod(0o755)
+    run = await livetx_client("say", base(server), "hello", "--token", server.token(), "--play")
+    assert run.code == 0, run.err
+    pcm, rate = read_wav(played.read_bytes())
+    assert rate == 22050 and len(pcm) > 0

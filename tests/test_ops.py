@@ -1,0 +1,168 @@
+"""Operations: Prometheus metrics read off the frames, liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from livetx.live.session import LiveSession, Pipeline
+from livetx.metrics import ServerMetrics
+from livetx.providers.base import LLMError
+
+from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
+from .support import connect, open_socket
+from .test_live_ws import LIVE, OPEN_API, openai_config
+from .test_twistd import free_port
+
+
+def sample(metrics: ServerMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+class Observed:
+    """A real session on a fake clock whose frames go through a TurnObserver."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.metrics = ServerMetrics()
+        self.llm = ScriptedLLM()
+        self.tts = ManualTTS()
+        self.stt = ManualSTT()
+        self.observer = self.metrics.opened(LIVE, "live", "alice", self.clock)
+        self.session = LiveSession(
+            username="alice", pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt),
+            clock=self.clock, emit=self.observer.sent,
+        )
+
+
+def test_a_turns_latencies_come_from_its_frames() -> None:
+    o = Observed()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        o.session.receive({"t": "text_input", "text": "a private question"})
+        o.clock.advance(0.2)
+        o.llm.last.say("Hello there. ")
+        o.clock.advance(0.3)
+        o.tts.finish(0)
+        o.llm.last.finish()
+        o.clock.advance(0)  # the turn is recorded once its last metrics frame is in
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    m = o.metrics
+    assert sample(m, "livetx_turns_total", input_type="text", outcome="ok") == 1
+    assert sample(m, "livetx_turn_first_delta_seconds_sum", input_type="text") == 0.2
+    assert sample(m, "livetx_turn_first_audio_seconds_sum", input_type="text") == 0.5
+    assert sample(m, "livetx_turn_seconds_sum", input_type="text") == 0.5
+    assert sample(m, "livetx_turn_first_audio_seconds_bucket", input_type="text", le="0.25") == 0
+    assert sample(m, "livetx_turn_first_audio_seconds_bucket", input_type="text", le="0.5") == 1
+    assert sample(m, "livetx_provider_seconds_sum", kind="llm", provider="scripted-model", stage="first") == 0.2
+    assert sample(m, "livetx_provider_seconds_count", kind="tts", provider="manual_tts", stage="total") == 1
+    (turn,) = [e for e in events if e.get("livetx_event") == "turn"]
+    assert turn["outcome"] == "ok" and turn["username"] == "alice"
+    assert turn["first_delta"] == 0.2 and turn["end"] == 0.5
+    assert turn["metrics"]["wav_to_tts_total_time"] == 0.5 and turn["metrics"]["chat_model"] == "scripted-model"
+    assert "private" not in repr(turn)
+
+
+def test_interrupts_failures_and_error_codes() -> None:
+    o = Observed()
+    o.session.receive({"t": "text_input", "text": "one"})
+    o.llm.last.say("Partial")
+    o.session.receive({"t": "interrupt"})
+    o.session.receive({"t": "text_input", "text": "two"})
+    o.llm.last.done.errback(LLMError("upstream said 500"))
+    o.session.receive({"t": "speaking_part", "data": b64(b"\0\0")})  # no segment open
+    o.clock.advance(0)
+    m = o.metrics
+    assert sample(m, "livetx_interrupts_total") == 1
+    assert sample(m, "livetx_turns_total", input_type="text", outcome="interrupted") == 1
+    assert sample(m, "livetx_turns_total", input_type="text", outcome="failed") == 1
+    assert sample(m, "livetx_errors_total", code="LLM_ERROR") == 1
+    assert sample(m, "livetx_errors_total", code="INVALID_STATE") == 1
+    assert sample(m, "livetx_provider_failures_total", kind="llm") == 1
+    assert sample(m, "livetx_turn_seconds_count", input_type="text") == 1  # only the one that ended
+    o.observer.closed()
+    assert sample(m, "livetx_open_connections", endpoint=LIVE) == 0
+
+
+def test_transcription_latency_and_an_empty_transcript() -> None:
+    o = Observed()
+    for transcript, seconds in (("hello", 0.4), ("", 0.1)):
+        o.session.receive({"t": "start_speaking"})
+        o.session.receive({"t": "speaking_part", "data": b64(b"\1\0" * 160)})
+        o.session.receive({"t": "end_speaking", "stamp": "s"})
+        o.clock.advance(seconds)
+        o.stt.requests[-1][1].callback(transcript)
+        if transcript:
+            o.llm.last.finish()
+        o.clock.advance(0)
+    m = o.metrics
+    assert sample(m, "livetx_provider_seconds_count", kind="stt", provider="manual_stt", stage="total") == 2
+    assert sample(m, "livetx_provider_seconds_sum", kind="stt", provider="manual_stt", stage="total") == 0.5
+    assert sample(m, "livetx_turns_total", input_type="audio", outcome="ok") == 2
+
+
+async def get(server: Any, path: str) -> tuple[int, str, str]:
+    response = await treq.get(f"http://127.0.0.1:{server.port}{path}", reactor=reactor)
+    body = (await treq.content(response)).decode()
+    return response.code, response.headers.getRawHeaders(b"content-type", [b""])[0].decode(), body
+
+
+def families(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_endpoint_counts_each_server_on_its_own(livetx: Any) -> None:
+    server, other = await livetx(), await livetx()
+    client = await connect(server.url(LIVE, token=server.token()))
+    await client.turn("hello")
+    client.send({"t": "no_such_frame"})
+    await client.until("error")
+    refused = await open_socket(server.url(OPEN_API, username="x", api_key="abk_wrong"))
+    await refused.closed
+    await client.close_and_wait()
+    code, kind, text = await get(server, "/metrics")
+    assert code == 200 and kind.startswith("text/plain")
+    seen = families(text)
+    assert seen[("livetx_connections_total", (("endpoint", LIVE), ("mode", "live")))] == 1
+    assert seen[("livetx_open_connections", (("endpoint", LIVE),))] == 0
+    assert seen[("livetx_connections_closed_total", (("endpoint", LIVE), ("mode", "live")))] == 1
+    assert seen[("livetx_turns_total", (("input_type", "text"), ("outcome", "ok")))] == 1
+    assert seen[("livetx_turn_first_delta_seconds_count", (("input_type", "text"),))] == 1
+    assert seen[("livetx_turn_first_audio_seconds_count", (("input_type", "text"),))] == 1
+    assert seen[("livetx_errors_total", (("code", "UNKNOWN_MESSAGE_TYPE"),))] == 1
+    assert seen[("livetx_connections_refused_total", (("endpoint", OPEN_API),))] == 1
+    _, _, untouched = await get(other, "/metrics")
+    assert "livetx_turns_total{" not in untouched and "livetx_connections_total{" not in untouched
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_and_readyz(livetx: Any, openai: Any) -> None:
+    offline = await livetx()
+    assert (await get(offline, "/healthz"))[0] == 200
+    code, _, body = await get(offline, "/readyz")
+    assert code == 200 and '"status": "ready"' in body and '"provider": "espeak"' in body
+
+    reachable = await livetx(openai_config(openai.base_url))
+    code, _, body = await get(reachable, "/readyz")
+    assert code == 200, body
+    assert f'"upstream": "127.0.0.1:{openai.base_url.split(":")[2].split("/")[0]}"' in body
+    assert "sk-test-secret" not in body
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    unreachable = await livetx(openai_config(closed, tts=False))
+    code, _, body = await get(unreachable, "/readyz")
+    assert code == 503 and '"status": "unready"' in body and "cannot connect to 127.0.0.1" in body
+    assert openai.requests_to("/chat/completions") == []  # a probe sends no request
