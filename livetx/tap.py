@@ -47,6 +47,9 @@ class Options(usage.Options):
         ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
     ]
+    optFlags = [
+        ["conformance-echo", None, "Test only: also serve an echo socket at /conformance/echo."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,6 +138,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         chat=chat,
         store=store,
         routes=api_routes(keys, store, chat, settings.server.max_upload_bytes),
+        echo=bool(options["conformance-echo"]),
     )
     # Stopped in reverse order: ports, open sockets, the store (after its
     # queued writes), then the upstream connection pool.

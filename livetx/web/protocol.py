@@ -146,6 +146,21 @@ class LiveServerFactory(WebSocketServerFactory):
         apply_limits(self, limits)
 
 
+class EchoProtocol(WebSocketServerProtocol):
+    """Test only: echoes every message, so a conformance suite exercises our stack."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+
+def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
+    """The echo endpoint, with exactly the limits every real endpoint gets."""
+    factory = WebSocketServerFactory(server=f"livetx/{__version__}")
+    factory.protocol = EchoProtocol
+    apply_limits(factory, limits)
+    return factory
+
+
 def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
     """Autobahn's defaults are unlimited; every socket livetx serves gets these."""
     factory.setProtocolOptions(

@@ -15,7 +15,7 @@ from livetx.chat.service import ChatService
 from livetx.live.session import Pipeline
 from livetx.store import ConversationStore
 from livetx.web.admission import Gate
-from livetx.web.protocol import ConnectionTracker, LiveServerFactory
+from livetx.web.protocol import ConnectionTracker, LiveServerFactory, echo_factory
 
 #: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
 WEBSOCKET_ROUTES: dict[str, str] = {
@@ -23,6 +23,9 @@ WEBSOCKET_ROUTES: dict[str, str] = {
     "/api/unified_chat/ws": "jwt_unified",
     "/api/v1/live/ws": "api_key",
 }
+
+#: Where ``--conformance-echo`` (a test option) serves its echo socket.
+ECHO_PATH = "/conformance/echo"
 
 
 class _WithoutQuery:
@@ -70,6 +73,7 @@ def build_site(
     chat: ChatService,
     store: ConversationStore | None = None,
     routes: dict[str, Resource] | None = None,
+    echo: bool = False,
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
@@ -86,6 +90,8 @@ def build_site(
             store=store,
         )
         _mount(root, path, WebSocketResource(factory))
+    if echo:
+        _mount(root, ECHO_PATH, WebSocketResource(echo_factory(limits)))
     site = Site(root, logFormatter=redacted_log_formatter)
     site.displayTracebacks = False
     return site
