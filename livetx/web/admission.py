@@ -10,9 +10,11 @@ clients know how to show.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable
 
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, verify_token
@@ -35,6 +37,8 @@ class Admission:
     notice: Frame | None = None
     #: The conversation the client asked to continue (``?session_id=``), if any.
     session_id: str | None = None
+    #: The id of the API key that opened an Open API socket (for per-key limits).
+    key_id: str | None = None
 
 
 Gate = Callable[[ConnectionRequest], Admission]
@@ -69,7 +73,8 @@ def api_key_gate(keys: KeyStore) -> Gate:
         key = key_from_request(request.params, request.headers)
         if key is None:
             return _refuse("UNAUTHORIZED", "Missing API key", "Missing API key")
-        if keys.verify(key, CHAT_SCOPE) is None:
+        record = keys.verify(key, CHAT_SCOPE)
+        if record is None:
             return _refuse("UNAUTHORIZED", "Invalid API key", "Invalid API key")
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
@@ -78,6 +83,50 @@ def api_key_gate(keys: KeyStore) -> Gate:
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
             return _refuse("INVALID_MESSAGE", "ct must be 'live' or 'chat'", "Invalid ct")
-        return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
+        return Admission(
+            username=username, mode=mode, session_id=_first(request, "session_id"), key_id=record.id
+        )
 
     return admit
+
+
+class Verdict(Enum):
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+    CLOSE = "close"
+
+
+#: Seconds of messages a client may send at once: a recorded utterance is
+#: often uploaded faster than real time (a 20 s clip in 20 ms frames is 1000).
+BURST_SECONDS = 5.0
+
+
+class FrameRate:
+    """A token bucket per connection: ``rate`` messages a second on average.
+
+    A message past the rate is refused (the client gets an error frame and
+    can slow down); a client that keeps on regardless, a whole second's worth
+    of refusals, is closed: answering a flood message by message would let it
+    make the server write as fast as it reads.
+    """
+
+    def __init__(self, rate: float, clock: IReactorTime, burst: float = BURST_SECONDS) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._capacity = rate * burst
+        self._tokens = self._capacity
+        self._refused = 0.0
+        self._at = clock.seconds()
+
+    def admit(self) -> Verdict:
+        if self._rate <= 0:
+            return Verdict.ACCEPT
+        now = self._clock.seconds()
+        elapsed, self._at = now - self._at, now
+        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+        self._refused = max(0.0, self._refused - elapsed * self._rate)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return Verdict.ACCEPT
+        self._refused += 1
+        return Verdict.CLOSE if self._refused > self._rate else Verdict.REFUSE

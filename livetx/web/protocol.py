@@ -7,6 +7,7 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -14,9 +15,11 @@ from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from livetx import __version__
 from livetx.config import ServerConfig
@@ -27,27 +30,66 @@ from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
-from livetx.web.admission import Admission, Gate
+from livetx.web.admission import Admission, FrameRate, Gate, Verdict
 
 _log = Logger()
 
+NORMAL = 1000
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
 
 
-class LiveServerProtocol(WebSocketServerProtocol):
+@implementer(IPushProducer)
+class SendBuffer:
+    """Registered with the socket's transport, which says when its buffer is full.
+
+    While the transport is paused (the client reads slower than we write),
+    every byte we still send waits in memory; past ``limit`` of them the
+    client is too slow to serve and :meth:`sent` says so.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused = False
+        self.waiting = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.waiting = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def sent(self, size: int) -> bool:
+        """Account for ``size`` bytes written; true when the client is hopelessly behind."""
+        if self.paused:
+            self.waiting += size
+        return 0 < self.limit < self.waiting
+
+
+class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     """One client socket of any of the three Live API endpoints."""
 
     factory: LiveServerFactory
     admission: Admission = Admission(refusal="Handshake not completed")
     session: LiveSession | None = None
     chat: ChatChannel | None = None
+    rate: FrameRate | None = None
+    buffer: SendBuffer | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
 
     def onOpen(self) -> None:
         admission = self.admission
+        if admission.refusal is None and admission.username is not None:
+            crowded = self.factory.connections.crowded(admission, self.factory.limits)
+            if crowded is not None:
+                notice = frames.chat_error(frames.RATE_LIMITED, crowded) if admission.key_id else None
+                admission = Admission(refusal=crowded, notice=notice)
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
@@ -55,6 +97,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
             _log.info("Refused a {path} socket: {reason}",
                       path=self.http_request_path, reason=admission.refusal)
             return
+        limits = self.factory.limits
+        self.rate = FrameRate(limits.max_frames_per_second, self.factory.clock)
+        self.buffer = SendBuffer(limits.max_send_buffer_bytes)
+        # Twisted Web's channel registered itself on this transport; the socket is ours now.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self.buffer, True)
+        self.callLater = self.factory.clock.callLater
+        self.setTimeout(limits.idle_timeout or None)
         memory = None
         if self.factory.store is not None:
             memory = StoredConversation(
@@ -82,6 +132,15 @@ class LiveServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.session is None:
             return  # refused and closing: the close frame already explains
+        self.resetTimeout()
+        assert self.rate is not None
+        verdict = self.rate.admit()
+        if verdict is not Verdict.ACCEPT:
+            if verdict is Verdict.CLOSE:
+                self.close_with(POLICY_VIOLATION, "Too many messages")
+            else:
+                self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
+            return
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
@@ -97,7 +156,16 @@ class LiveServerProtocol(WebSocketServerProtocol):
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
 
+    def _error(self, code: str, message: str) -> Frame:
+        """An error frame in the shape this socket's clients read."""
+        return (frames.chat_error if self.admission.mode == "chat" else frames.error)(code, message)
+
+    def timeoutConnection(self) -> None:
+        """Nothing went either way for ``idle_timeout`` seconds."""
+        self.close_with(NORMAL, "Idle timeout")
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.setTimeout(None)
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -116,7 +184,12 @@ class LiveServerProtocol(WebSocketServerProtocol):
     def send(self, frame: Frame) -> None:
         """Encode and send one frame, unless the socket is already closing."""
         if self.state == self.STATE_OPEN:
-            self.sendMessage(frames.encode(frame))
+            payload = frames.encode(frame)
+            self.sendMessage(payload)
+            self.resetTimeout()
+            if self.buffer is not None and self.buffer.sent(len(payload)):
+                _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
+                self.close_with(POLICY_VIOLATION, "Client reads too slowly")
 
 
 class LiveServerFactory(WebSocketServerFactory):
@@ -143,6 +216,7 @@ class LiveServerFactory(WebSocketServerFactory):
         self.pipeline = pipeline
         self.connections = connections
         self.clock = clock
+        self.limits = limits
         apply_limits(self, limits)
 
 
@@ -177,20 +251,44 @@ def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
     )
 
 
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 class ConnectionTracker(Service):
     """Knows the open sockets so that stopping the server closes them with 1001."""
 
     def __init__(self) -> None:
         self._open: set[LiveServerProtocol] = set()
+        self._users: Counter[str] = Counter()
+        self._keys: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
+        """Why one more socket for this user or key would be too many, if it would."""
+        if 0 < limits.max_connections_per_user <= self._users[admission.username or ""]:
+            return "Too many connections for this user"
+        if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
+            return "Too many connections for this API key"
+        return None
+
     def add(self, protocol: LiveServerProtocol) -> None:
-        self._open.add(protocol)
+        if protocol not in self._open:
+            self._open.add(protocol)
+            self._users[protocol.admission.username or ""] += 1
+            if protocol.admission.key_id:
+                self._keys[protocol.admission.key_id] += 1
 
     def discard(self, protocol: LiveServerProtocol) -> None:
-        self._open.discard(protocol)
+        if protocol in self._open:
+            self._open.remove(protocol)
+            _decrement(self._users, protocol.admission.username or "")
+            if protocol.admission.key_id:
+                _decrement(self._keys, protocol.admission.key_id)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

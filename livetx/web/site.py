@@ -92,6 +92,8 @@ def build_site(
         _mount(root, path, WebSocketResource(factory))
     if echo:
         _mount(root, ECHO_PATH, WebSocketResource(echo_factory(limits)))
-    site = Site(root, logFormatter=redacted_log_formatter)
+    # Until a request arrives the channel is Twisted Web's; Autobahn's own
+    # handshake timeout starts only after the upgrade request is read.
+    site = Site(root, logFormatter=redacted_log_formatter, timeout=limits.handshake_timeout or None)
     site.displayTracebacks = False
     return site
