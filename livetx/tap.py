@@ -22,6 +22,7 @@ from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
+from livetx.deferreds import waiter_for
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
@@ -96,12 +97,15 @@ class Options(usage.Options):
 class _Closing(Service):
     """Closes something that holds resources (a store, a pool) when the server stops."""
 
-    def __init__(self, resource: Any, close: str = "close") -> None:
+    def __init__(self, resource: Any, close: str = "close", after: Deferred[None] | None = None) -> None:
         self._close = getattr(resource, close)
+        self._after = after
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self._close()
+        if self._after is None:
+            return self._close()
+        return waiter_for(self._after).addCallback(lambda _: self._close())
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -117,7 +121,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     root = MultiService()
     store = SQLiteStore(data_dir)
-    connections = ConnectionTracker()
+    connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
     connections.setName("connections")
     keys = KeyStore(data_dir)
     chat = ChatService(
@@ -140,10 +144,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         routes=api_routes(keys, store, chat, settings.server.max_upload_bytes),
         echo=bool(options["conformance-echo"]),
     )
-    # Stopped in reverse order: ports, open sockets, the store (after its
-    # queued writes), then the upstream connection pool.
-    _Closing(pool, "closeCachedConnections").setServiceParent(root)
-    _Closing(store).setServiceParent(root)
+    # Stopped in reverse order: ports, open sockets (running turns get
+    # [server] shutdown_grace to finish), then, once they are drained, the
+    # store (after its queued writes) and the upstream connection pool.
+    _Closing(pool, "closeCachedConnections", after=connections.drained).setServiceParent(root)
+    _Closing(store, after=connections.drained).setServiceParent(root)
     connections.setServiceParent(root)
     for description in options["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(root)

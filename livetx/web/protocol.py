@@ -14,7 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from livetx import __version__
 from livetx.config import ServerConfig
+from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession, Pipeline
@@ -79,6 +80,8 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     chat: ChatChannel | None = None
     rate: FrameRate | None = None
     buffer: SendBuffer | None = None
+    #: Fires once ``onClose`` has let go of the session (and stored what it had).
+    finished: Deferred[None] | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
@@ -97,6 +100,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             _log.info("Refused a {path} socket: {reason}",
                       path=self.http_request_path, reason=admission.refusal)
             return
+        self.finished = Deferred()
         limits = self.factory.limits
         self.rate = FrameRate(limits.max_frames_per_second, self.factory.clock)
         self.buffer = SendBuffer(limits.max_send_buffer_bytes)
@@ -141,6 +145,9 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             else:
                 self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
             return
+        if self.factory.connections.draining:  # running turns finish; nothing new starts
+            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
+            return
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
@@ -155,6 +162,12 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             self.chat.receive(frame)
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    @property
+    def busy(self) -> bool:
+        """A live or chat turn is running on this socket."""
+        live = self.session is not None and self.session.state == "processing"
+        return live or (self.chat is not None and self.chat.busy)
 
     def _error(self, code: str, message: str) -> Frame:
         """An error frame in the shape this socket's clients read."""
@@ -172,6 +185,8 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if self.chat is not None:
             self.chat.close()
         self.factory.connections.discard(self)
+        if self.finished is not None and not self.finished.called:
+            self.finished.callback(None)
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with a protocol code such as 1008 or 1001.
@@ -258,12 +273,26 @@ def _decrement(counter: Counter[str], key: str) -> None:
 
 
 class ConnectionTracker(Service):
-    """Knows the open sockets so that stopping the server closes them with 1001."""
+    """Knows the open sockets, so that stopping the server can drain and close them.
 
-    def __init__(self) -> None:
+    Stopping is graceful: the listening ports stop first (they are stopped
+    before this service), sockets refuse new work, running turns get up to
+    ``grace`` seconds to finish, then every socket is closed with 1001 (a turn
+    still running is interrupted, and its partial reply stored). ``drained``
+    fires when all of that is over, so the store can close after it.
+    """
+
+    #: How often draining looks whether the running turns are done.
+    POLL = 0.05
+
+    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
         self._open: set[LiveServerProtocol] = set()
         self._users: Counter[str] = Counter()
         self._keys: Counter[str] = Counter()
+        self._clock = clock
+        self._grace = grace
+        self.draining = False
+        self.drained: Deferred[None] = Deferred()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -292,10 +321,36 @@ class ConnectionTracker(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self.draining = True
+        done = self._drain().addCallback(lambda _: self._close_all())
+        done.addBoth(self._drained)
+        return done
+
+    def _drain(self) -> Deferred[None]:
+        """Fire when no socket runs a turn, or when the grace period is over."""
+        if self._clock is None or self._grace <= 0:
+            return succeed(None)
+        deadline = self._clock.seconds() + self._grace
+        idle: Deferred[None] = Deferred()
+
+        def look() -> None:
+            if not any(p.busy for p in self._open) or self._clock.seconds() >= deadline:
+                idle.callback(None)
+            else:
+                self._clock.callLater(self.POLL, look)
+
+        look()
+        return idle
+
+    def _close_all(self) -> Deferred[Any]:
         closing = []
         for protocol in list(self._open):
-            done: Deferred[None] = Deferred()
-            protocol.is_closed.addBoth(lambda _, d=done: d.callback(None))
+            if protocol.finished is not None:
+                closing.append(waiter_for(protocol.finished))
             protocol.close_with(GOING_AWAY, "Server shutting down")
-            closing.append(done)
         return DeferredList(closing)
+
+    def _drained(self, result: Any) -> Any:
+        if not self.drained.called:
+            self.drained.callback(None)
+        return result
