@@ -32,18 +32,23 @@ class Twistd:
         self.data = tmp_path / "data"
         path = tmp_path / "livetx.toml"
         path.write_text(config)
+        self.log = tmp_path / "twistd.log"
         self.port = free_port()
         self.process = subprocess.Popen(
             TWISTD + ["-n", "--pidfile=", "--logfile=-", "live", "--listen",
                       f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data), "--config", str(path)],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # A file, not a pipe: a long run logs more than a pipe holds unread.
+            cwd=tmp_path, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, self.process)
         self.terminated = False
 
-    async def client(self, username: str) -> LiveClient:
+    def url(self, path: str, username: str) -> str:
         token = issue_token(load_or_create_secret(self.data, None), username, 3600)
-        return await connect(f"ws://127.0.0.1:{self.port}{LIVE}?token={token}")
+        return f"ws://127.0.0.1:{self.port}{path}?token={token}"
+
+    async def client(self, username: str) -> LiveClient:
+        return await connect(self.url(LIVE, username))
 
     def terminate(self) -> None:
         if not self.terminated:
@@ -63,7 +68,8 @@ class Twistd:
     async def finish(self) -> str:
         """Wait for the process to exit, without blocking the reactor its clients need."""
         self.terminate()
-        output, _ = await deferToThread(self.process.communicate, None, 60)
+        await deferToThread(self.process.wait, 60)
+        output = self.log.read_text()
         assert self.process.returncode in (0, -signal.SIGTERM), output
         assert "Traceback" not in output, output
         return output
