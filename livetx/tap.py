@@ -26,7 +26,7 @@ from livetx.deferreds import waiter_for
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
-from livetx.web.admission import api_key_gate, jwt_gate
+from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.protocol import ConnectionTracker
 from livetx.web.site import build_site
@@ -129,11 +129,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
         vision=settings.llm.vision,
     )
+    # One failed-auth count per address across endpoints; the origin check is
+    # for the browser (JWT) endpoints.
+    failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
+    origins = settings.server.allowed_origins
     site = build_site(
         gates={
-            "jwt_live": jwt_gate(secret, "live"),
-            "jwt_unified": jwt_gate(secret, None),
-            "api_key": api_key_gate(keys),
+            "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
+            "jwt_unified": guarded(jwt_gate(secret, None), failures=failures, origins=origins),
+            "api_key": guarded(api_key_gate(keys), failures=failures, notice=True),
         },
         pipeline=pipeline,
         limits=settings.server,

@@ -9,16 +9,18 @@ clients know how to show.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Callable, Sequence
+from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, verify_token
-from livetx.live.frames import Frame, chat_error
+from livetx.live.frames import RATE_LIMITED, Frame, chat_error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
@@ -39,6 +41,8 @@ class Admission:
     session_id: str | None = None
     #: The id of the API key that opened an Open API socket (for per-key limits).
     key_id: str | None = None
+    #: The refusal is a failed credential (counted by :class:`FailedAuth`).
+    auth_failed: bool = False
 
 
 Gate = Callable[[ConnectionRequest], Admission]
@@ -56,14 +60,14 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
         try:
             username = verify_token(secret, _first(request, "token"))
         except AuthFailure as e:
-            return Admission(refusal=e.reason)
+            return Admission(refusal=e.reason, auth_failed=True)
         return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
 
     return admit
 
 
 def _refuse(code: str, message: str, reason: str) -> Admission:
-    return Admission(refusal=reason, notice=chat_error(code, message))
+    return Admission(refusal=reason, notice=chat_error(code, message), auth_failed=code == "UNAUTHORIZED")
 
 
 def api_key_gate(keys: KeyStore) -> Gate:
@@ -130,3 +134,95 @@ class FrameRate:
             return Verdict.ACCEPT
         self._refused += 1
         return Verdict.CLOSE if self._refused > self._rate else Verdict.REFUSE
+
+
+def origin_allowed(request: ConnectionRequest, allowed: Sequence[str]) -> bool:
+    """Whether a browser page from this ``Origin`` may open the socket.
+
+    Devices and apps send no ``Origin``; browsers always do, so checking it
+    stops another site's page from opening a socket with the user's token
+    (cross-site WebSocket hijacking). The page's own host is always allowed.
+    Autobahn's ``allowedOrigins`` compares with one configured port and
+    scheme; livetx may listen on several endpoints, so the ``Host`` header
+    the browser sent is what "same origin" is checked against.
+    """
+    origin = (request.origin or "").strip()
+    if not origin or "*" in allowed:
+        return True
+    normalized = origin.rstrip("/").lower()
+    if normalized in (a.rstrip("/").lower() for a in allowed):
+        return True
+    try:
+        netloc = urlsplit(normalized).netloc
+    except ValueError:
+        return False
+    return bool(netloc) and netloc == request.headers.get("host", "").strip().lower()
+
+
+def _address(request: ConnectionRequest) -> str:
+    """The peer's IP address from Autobahn's ``tcp4:1.2.3.4:5678`` descriptor."""
+    return request.peer.rsplit(":", 1)[0]
+
+
+class FailedAuth:
+    """Failed authentications per client address in the last minute, to slow guessing.
+
+    Past ``limit`` failures an address is refused without its credentials
+    being checked, until its oldest failure is a minute old. Memory stays
+    bounded: old entries go as new ones come, and at most ``max_addresses``
+    addresses are remembered.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, limit: int, clock: IReactorTime, max_addresses: int = 10_000) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._max = max_addresses
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        times = self._failures.get(address, deque())
+        cutoff = self._clock.seconds() - self.WINDOW
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            self._failures.pop(address, None)
+        return times
+
+    def blocked(self, address: str) -> bool:
+        return 0 < self._limit <= len(self._recent(address))
+
+    def failed(self, address: str) -> None:
+        if self._limit <= 0:
+            return
+        times = self._recent(address)
+        times.append(self._clock.seconds())
+        self._failures[address] = times
+        if len(self._failures) > self._max:  # forget the address seen longest ago
+            del self._failures[next(iter(self._failures))]
+
+
+def guarded(
+    gate: Gate, *, failures: FailedAuth, origins: Sequence[str] | None = None, notice: bool = False
+) -> Gate:
+    """``gate`` behind the origin check (browser endpoints) and the failed-auth limit.
+
+    ``notice``: the endpoint's clients expect an error frame before the close.
+    """
+
+    def refuse(reason: str, code: str) -> Admission:
+        return Admission(refusal=reason, notice=chat_error(code, reason) if notice else None)
+
+    def admit(request: ConnectionRequest) -> Admission:
+        if origins is not None and not origin_allowed(request, origins):
+            return refuse("Origin not allowed", "FORBIDDEN")
+        address = _address(request)
+        if failures.blocked(address):
+            return refuse("Too many failed attempts", RATE_LIMITED)
+        admission = gate(request)
+        if admission.auth_failed:
+            failures.failed(address)
+        return admission
+
+    return admit
