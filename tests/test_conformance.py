@@ -49,7 +49,7 @@ CONFIG = "[server]\nmax_message_bytes = 16778240\nmax_frame_bytes = 16778240\n"
 #: files, which cannot share a process with the real Autobahn: it runs apart
 #: and prints one JSON line per case.
 _RUNNER = f"""
-import asyncio, json, sys
+import asyncio, json, os, sys
 PARALLEL = {PARALLEL}
 import kosoku
 url, cases = sys.argv[1], sys.argv[2:]
@@ -60,6 +60,8 @@ except kosoku.FailureError as failure:
 for r in results:
     print(json.dumps({{"case": r.case_id, "behavior": r.behavior.value, "close": r.behavior_close.value,
                       "code": r.remote_close_code, "result": r.result, "agent": r.agent}}))
+sys.stdout.flush()
+os._exit(0)  # kosoku's runtime sometimes aborts (SIGABRT) while the interpreter shuts down
 """
 
 
@@ -78,9 +80,11 @@ class Case:
 
 
 async def run_cases(url: str, cases: list[str]) -> list[Case]:
-    out, err, status = await getProcessOutputAndValue(
+    run = getProcessOutputAndValue(
         sys.executable, ["-c", _RUNNER, url, *cases], env=dict(os.environ), reactor=reactor
     )
+    # Killed by a signal, it fails with (out, err, signal) as the value.
+    out, err, status = await run.addErrback(lambda failure: failure.value)
     assert status == 0, err.decode(errors="replace")[-2000:]
     return [Case(**json.loads(line)) for line in out.decode().splitlines() if line.startswith("{")]
 
