@@ -39,7 +39,7 @@ class ServerConfig:
     max_frames_per_second: float = 200.0
     max_connections_per_user: int = 8
     max_connections_per_key: int = 64
-    idle_timeout: float = 900.0
+    idle_timeout: float = 3600.0
     max_send_buffer_bytes: int = 8 * 1024 * 1024
     shutdown_grace: float = 10.0
     #: Origins the browser (JWT) endpoints accept besides their own host; "*" accepts any.

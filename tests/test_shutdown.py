@@ -10,12 +10,15 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 
 from livetx.auth.tokens import issue_token, load_or_create_secret
 from livetx.store.conversation import default_live_session
 from livetx.store.sqlite import SQLiteStore
+from livetx.web.admission import Admission
+from livetx.web.protocol import ConnectionTracker
 
 from .support import LiveClient, connect, open_socket
 from .test_live_ws import LIVE, kinds
@@ -125,3 +128,38 @@ async def test_past_the_grace_period_the_partial_reply_is_stored(tmp_path: Path)
     partial = said(client)
     assert 0 < len(partial) < len(words) and words.startswith(partial)
     assert await stored_turn(server.data, "bo") == [("user", words, False), ("assistant", partial, True)]
+
+
+class _Socket:
+    """What the tracker needs of a socket: who it is, whether it is busy, how to close it."""
+
+    def __init__(self, busy: bool) -> None:
+        self.admission = Admission(username="u")
+        self.busy = busy
+        self.finished: Deferred[None] = Deferred()
+        self.closed_with: int | None = None
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.closed_with = code
+
+
+def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
+    clock = Clock()
+    tracker = ConnectionTracker(clock, grace=5.0)
+    idle, busy, stuck = _Socket(False), _Socket(True), _Socket(True)
+    for socket in (idle, busy, stuck):
+        tracker.add(socket)  # type: ignore[arg-type]
+    done: list[object] = []
+    tracker.stopService().addBoth(done.append)
+    tracker.drained.addBoth(done.append)
+    assert tracker.draining and idle.closed_with is None  # nobody is closed while turns run
+    clock.advance(1)
+    busy.busy = False
+    clock.advance(ConnectionTracker.POLL)
+    assert idle.closed_with is None  # the stuck turn still has time
+    clock.advance(5)
+    assert [s.closed_with for s in (idle, busy, stuck)] == [1001, 1001, 1001]
+    assert done == []  # until every socket has let go of its session
+    for socket in (idle, busy, stuck):
+        socket.finished.callback(None)
+    assert len(done) == 2
