@@ -145,7 +145,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         clock=reactor,
         chat=chat,
         store=store,
-        routes=api_routes(keys, store, chat, settings.server.max_upload_bytes),
+        routes=api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
         echo=bool(options["conformance-echo"]),
     )
     # Stopped in reverse order: ports, open sockets (running turns get

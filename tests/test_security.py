@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import treq
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from livetx.auth.keys import KeyStore
@@ -92,3 +94,19 @@ async def test_browser_endpoints_check_the_origin(livetx: Any) -> None:
     _, key = KeyStore(server.data_dir).create(["chat"])
     device = await connect(server.url(OPEN_API, username="d", api_key=key), {"Origin": "https://evil.example"})
     await device.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_http_api_counts_failed_keys_with_the_sockets(livetx: Any) -> None:
+    server = await livetx("[server]\nfailed_auth_per_minute = 2\n")
+    _, key = KeyStore(server.data_dir).create(["chat"])
+    sessions = f"http://127.0.0.1:{server.port}/api/v1/chat/sessions?username=u"
+    wrong = await treq.get(sessions, headers={"X-API-Key": "abk_guess"}, reactor=reactor)
+    assert wrong.code == 401
+    await treq.content(wrong)
+    guess = await open_socket(server.url(OPEN_API, username="u", api_key="abk_guess2"))
+    await guess.closed
+    for url in (sessions, sessions.replace("?", "/some-id/messages?")):
+        refused = await treq.get(url, headers={"X-API-Key": key}, reactor=reactor)
+        assert refused.code == 429
+        assert (await refused.json())["code"] == "RATE_LIMITED"

@@ -160,8 +160,9 @@ def origin_allowed(request: ConnectionRequest, allowed: Sequence[str]) -> bool:
 
 
 def _address(request: ConnectionRequest) -> str:
-    """The peer's IP address from Autobahn's ``tcp4:1.2.3.4:5678`` descriptor."""
-    return request.peer.rsplit(":", 1)[0]
+    """The peer's IP address from Autobahn's ``tcp4:1.2.3.4:5678`` (or ``tcp6:::1:5678``)."""
+    kind, _, rest = request.peer.partition(":")
+    return rest.rsplit(":", 1)[0] if kind.startswith("tcp") else request.peer
 
 
 class FailedAuth:
