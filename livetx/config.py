@@ -35,6 +35,16 @@ class ServerConfig:
     ping_interval: float = 20.0
     ping_timeout: float = 10.0
     max_upload_bytes: int = 10 * 1024 * 1024
+    #: Hardening (see docs/security.md); 0 turns a limit off.
+    max_frames_per_second: float = 200.0
+    max_connections_per_user: int = 8
+    max_connections_per_key: int = 64
+    idle_timeout: float = 3600.0
+    max_send_buffer_bytes: int = 8 * 1024 * 1024
+    shutdown_grace: float = 10.0
+    #: Origins the browser (JWT) endpoints accept besides their own host; "*" accepts any.
+    allowed_origins: list[str] = field(default_factory=list)
+    failed_auth_per_minute: int = 10
 
 
 @dataclass(frozen=True)

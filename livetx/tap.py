@@ -22,11 +22,12 @@ from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
+from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
-from livetx.web.admission import api_key_gate, jwt_gate
+from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
@@ -49,6 +50,9 @@ class Options(usage.Options):
     optParameters = [
         ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
+    ]
+    optFlags = [
+        ["conformance-echo", None, "Test only: also serve an echo socket at /conformance/echo."],
     ]
 
     def __init__(self) -> None:
@@ -96,12 +100,15 @@ class Options(usage.Options):
 class _Closing(Service):
     """Closes something that holds resources (a store, a pool) when the server stops."""
 
-    def __init__(self, resource: Any, close: str = "close") -> None:
+    def __init__(self, resource: Any, close: str = "close", after: Deferred[None] | None = None) -> None:
         self._close = getattr(resource, close)
+        self._after = after
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self._close()
+        if self._after is None:
+            return self._close()
+        return waiter_for(self._after).addCallback(lambda _: self._close())
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -117,7 +124,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     root = MultiService()
     store = SQLiteStore(data_dir)
-    connections = ConnectionTracker()
+    connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
     connections.setName("connections")
     keys = KeyStore(data_dir)
     chat = ChatService(
@@ -126,11 +133,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         vision=settings.llm.vision,
     )
     metrics = ServerMetrics()
+    # One failed-auth count per address across endpoints; the origin check is
+    # for the browser (JWT) endpoints.
+    failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
+    origins = settings.server.allowed_origins
     site = build_site(
         gates={
-            "jwt_live": jwt_gate(secret, "live"),
-            "jwt_unified": jwt_gate(secret, None),
-            "api_key": api_key_gate(keys),
+            "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
+            "jwt_unified": guarded(jwt_gate(secret, None), failures=failures, origins=origins),
+            "api_key": guarded(api_key_gate(keys), failures=failures, notice=True),
         },
         pipeline=pipeline,
         limits=settings.server,
@@ -139,16 +150,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         chat=chat,
         store=store,
         routes={
-            **api_routes(keys, store, chat, settings.server.max_upload_bytes),
+            **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
             **ops_routes(metrics, settings, reactor),
             **page_routes(),
         },
         metrics=metrics,
+        echo=bool(options["conformance-echo"]),
     )
-    # Stopped in reverse order: ports, open sockets, the store (after its
-    # queued writes), then the upstream connection pool.
-    _Closing(pool, "closeCachedConnections").setServiceParent(root)
-    _Closing(store).setServiceParent(root)
+    # Stopped in reverse order: ports, open sockets (running turns get
+    # [server] shutdown_grace to finish), then, once they are drained, the
+    # store (after its queued writes) and the upstream connection pool.
+    _Closing(pool, "closeCachedConnections", after=connections.drained).setServiceParent(root)
+    _Closing(store, after=connections.drained).setServiceParent(root)
     connections.setServiceParent(root)
     for description in options["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(root)

@@ -23,9 +23,12 @@ TIMEOUT = 10.0
 class RunningServer:
     """``twistd live`` in-process: the same Options and makeService, port 0."""
 
-    def __init__(self, data_dir: Path, config_text: str | None = None, listen: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, config_text: str | None = None, listen: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        args = ["--listen", listen or "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir)]
+        args = ["--listen", listen or "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir), *(extra or [])]
         if config_text is not None:
             path = data_dir.parent / "livetx.toml"
             path.write_text(config_text)

@@ -34,6 +34,11 @@ class ChatChannel:
         self._emit = emit
         self._turn: ChatTurn | None = None
 
+    @property
+    def busy(self) -> bool:
+        """A chat turn is running (the server lets it finish before stopping)."""
+        return self._turn is not None
+
     def _deliver(self, event: Event) -> None:
         self._emit(envelope(event))
 

@@ -214,17 +214,23 @@ class OpenAIChat:
 
     def stream(self, messages: Sequence[Message], on_delta: Callable[[str], None]) -> Deferred[None]:
         decoder = SSEDecoder()
+        events: list[bool] = []
 
         def on_data(chunk: bytes) -> bool:
             for event in decoder.feed(chunk):
+                events.append(True)
                 if event.data.strip() == "[DONE]":
                     return True
                 for text in _delta_texts(event.data):
                     on_delta(text)
             return False
 
+        def check(_: None) -> None:
+            if not events:  # a 200 that is not an event stream (an HTML page, say)
+                raise LLMError("chat model sent no event stream")
+
         request = {"model": self.model, "messages": list(messages), "stream": True}
-        return self._upstream.post("/chat/completions", on_data, json=request)
+        return self._upstream.post("/chat/completions", on_data, json=request).addCallback(check)
 
 
 def _delta_texts(data: str) -> list[str]:

@@ -76,6 +76,8 @@ class FakeOpenAI:
         self.fail_body = '{"error": {"message": "the fake was told to fail"}}'
         #: Send headers and one chunk, then nothing: for timeouts.
         self.hang = False
+        #: Send headers and part of the body, then drop the TCP connection.
+        self.drop = False
         #: Raw bytes written into the stream after the first token (say, a malformed event).
         self.inject = b""
         #: After ``data: [DONE]`` leave the response open, as some servers do.
@@ -147,9 +149,14 @@ class FakeOpenAI:
         request.notifyFinish().addErrback(gone.append)
 
         def send() -> None:
-            if not gone:
-                request.write(body)
-                request.finish()
+            if gone:
+                return
+            if self.drop:
+                request.write(body[: len(body) // 2])
+                request.channel.transport.abortConnection()
+                return
+            request.write(body)
+            request.finish()
 
         self.reactor.callLater(delay, send)
         return NOT_DONE_YET
@@ -193,6 +200,9 @@ class _Streamer:
             self.index += 1
             if self.index == 1 and self.fake.inject:
                 self.request.write(self.fake.inject)
+            if self.index == 1 and self.fake.drop:
+                self.request.channel.transport.abortConnection()
+                return
             if not (self.fake.hang and self.index == 1):
                 self._schedule()
             return

@@ -9,14 +9,18 @@ clients know how to show.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from enum import Enum
+from typing import Callable, Sequence
+from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, verify_token
-from livetx.live.frames import Frame, chat_error
+from livetx.live.frames import RATE_LIMITED, Frame, chat_error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
@@ -35,6 +39,10 @@ class Admission:
     notice: Frame | None = None
     #: The conversation the client asked to continue (``?session_id=``), if any.
     session_id: str | None = None
+    #: The id of the API key that opened an Open API socket (for per-key limits).
+    key_id: str | None = None
+    #: The refusal is a failed credential (counted by :class:`FailedAuth`).
+    auth_failed: bool = False
 
 
 Gate = Callable[[ConnectionRequest], Admission]
@@ -52,14 +60,14 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
         try:
             username = verify_token(secret, _first(request, "token"))
         except AuthFailure as e:
-            return Admission(refusal=e.reason)
+            return Admission(refusal=e.reason, auth_failed=True)
         return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
 
     return admit
 
 
 def _refuse(code: str, message: str, reason: str) -> Admission:
-    return Admission(refusal=reason, notice=chat_error(code, message))
+    return Admission(refusal=reason, notice=chat_error(code, message), auth_failed=code == "UNAUTHORIZED")
 
 
 def api_key_gate(keys: KeyStore) -> Gate:
@@ -69,7 +77,8 @@ def api_key_gate(keys: KeyStore) -> Gate:
         key = key_from_request(request.params, request.headers)
         if key is None:
             return _refuse("UNAUTHORIZED", "Missing API key", "Missing API key")
-        if keys.verify(key, CHAT_SCOPE) is None:
+        record = keys.verify(key, CHAT_SCOPE)
+        if record is None:
             return _refuse("UNAUTHORIZED", "Invalid API key", "Invalid API key")
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
@@ -78,6 +87,143 @@ def api_key_gate(keys: KeyStore) -> Gate:
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
             return _refuse("INVALID_MESSAGE", "ct must be 'live' or 'chat'", "Invalid ct")
-        return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
+        return Admission(
+            username=username, mode=mode, session_id=_first(request, "session_id"), key_id=record.id
+        )
+
+    return admit
+
+
+class Verdict(Enum):
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+    CLOSE = "close"
+
+
+#: Seconds of messages a client may send at once: a recorded utterance is
+#: often uploaded faster than real time (a 20 s clip in 20 ms frames is 1000).
+BURST_SECONDS = 5.0
+
+
+class FrameRate:
+    """A token bucket per connection: ``rate`` messages a second on average.
+
+    A message past the rate is refused (the client gets an error frame and
+    can slow down); a client that keeps on regardless, a whole second's worth
+    of refusals, is closed: answering a flood message by message would let it
+    make the server write as fast as it reads.
+    """
+
+    def __init__(self, rate: float, clock: IReactorTime, burst: float = BURST_SECONDS) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._capacity = rate * burst
+        self._tokens = self._capacity
+        self._refused = 0.0
+        self._at = clock.seconds()
+
+    def admit(self) -> Verdict:
+        if self._rate <= 0:
+            return Verdict.ACCEPT
+        now = self._clock.seconds()
+        elapsed, self._at = now - self._at, now
+        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+        self._refused = max(0.0, self._refused - elapsed * self._rate)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return Verdict.ACCEPT
+        self._refused += 1
+        return Verdict.CLOSE if self._refused > self._rate else Verdict.REFUSE
+
+
+def origin_allowed(request: ConnectionRequest, allowed: Sequence[str]) -> bool:
+    """Whether a browser page from this ``Origin`` may open the socket.
+
+    Devices and apps send no ``Origin``; browsers always do, so checking it
+    stops another site's page from opening a socket with the user's token
+    (cross-site WebSocket hijacking). The page's own host is always allowed.
+    Autobahn's ``allowedOrigins`` compares with one configured port and
+    scheme; livetx may listen on several endpoints, so the ``Host`` header
+    the browser sent is what "same origin" is checked against.
+    """
+    origin = (request.origin or "").strip()
+    if not origin or "*" in allowed:
+        return True
+    normalized = origin.rstrip("/").lower()
+    if normalized in (a.rstrip("/").lower() for a in allowed):
+        return True
+    try:
+        netloc = urlsplit(normalized).netloc
+    except ValueError:
+        return False
+    return bool(netloc) and netloc == request.headers.get("host", "").strip().lower()
+
+
+def _address(request: ConnectionRequest) -> str:
+    """The peer's IP address from Autobahn's ``tcp4:1.2.3.4:5678`` (or ``tcp6:::1:5678``)."""
+    kind, _, rest = request.peer.partition(":")
+    return rest.rsplit(":", 1)[0] if kind.startswith("tcp") else request.peer
+
+
+class FailedAuth:
+    """Failed authentications per client address in the last minute, to slow guessing.
+
+    Past ``limit`` failures an address is refused without its credentials
+    being checked, until its oldest failure is a minute old. Memory stays
+    bounded: old entries go as new ones come, and at most ``max_addresses``
+    addresses are remembered.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, limit: int, clock: IReactorTime, max_addresses: int = 10_000) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._max = max_addresses
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        times = self._failures.get(address, deque())
+        cutoff = self._clock.seconds() - self.WINDOW
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            self._failures.pop(address, None)
+        return times
+
+    def blocked(self, address: str) -> bool:
+        return 0 < self._limit <= len(self._recent(address))
+
+    def failed(self, address: str) -> None:
+        if self._limit <= 0:
+            return
+        times = self._recent(address)
+        times.append(self._clock.seconds())
+        self._failures[address] = times
+        if len(self._failures) > self._max:  # forget the address seen longest ago
+            del self._failures[next(iter(self._failures))]
+
+
+def guarded(
+    gate: Gate, *, failures: FailedAuth, origins: Sequence[str] | None = None, notice: bool = False
+) -> Gate:
+    """``gate`` behind the origin check (browser endpoints) and the failed-auth limit.
+
+    ``notice``: the endpoint's clients expect an error frame before the close.
+    """
+
+    def refuse(reason: str, code: str) -> Admission:
+        return Admission(refusal=reason, notice=chat_error(code, reason) if notice else None)
+
+    def admit(request: ConnectionRequest) -> Admission:
+        if origins is not None and not origin_allowed(request, origins):
+            return refuse("Origin not allowed", "FORBIDDEN")
+        address = _address(request)
+        if failures.blocked(address):
+            return refuse("Too many failed attempts", RATE_LIMITED)
+        admission = gate(request)
+        if admission.auth_failed:
+            failures.failed(address)
+        return admission
 
     return admit

@@ -25,6 +25,7 @@ from livetx.chat.service import ChatRequest, ChatService, Event
 from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
+from livetx.web.admission import FailedAuth
 
 _log = Logger()
 
@@ -107,6 +108,8 @@ class APIResource(Resource):
     isLeaf = True
     scope = "chat"
     method = b"GET"
+    #: Failed authentications per address, shared with the WebSocket endpoints.
+    failures: FailedAuth | None = None
 
     def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
         super().__init__()
@@ -126,10 +129,15 @@ class APIResource(Resource):
 
     def authenticate(self, request: Request) -> None:
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
+        address = getattr(request.getClientAddress(), "host", "")
+        if self.failures is not None and self.failures.blocked(address):
+            raise HTTPError(429, frames.RATE_LIMITED, "Too many failed attempts")
         key = key_from_request({}, headers)
+        record = self.keys.verify(key, self.scope) if key is not None else None
+        if record is None and self.failures is not None:
+            self.failures.failed(address)
         if key is None:
             raise HTTPError(401, "UNAUTHORIZED", "Missing API key")
-        record = self.keys.verify(key, self.scope)
         if record is None:
             raise HTTPError(401, "UNAUTHORIZED", f"Invalid API key, or it lacks the {self.scope!r} scope")
 
@@ -261,14 +269,19 @@ class ChatResource(APIResource):
 
 
 def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               max_upload_bytes: int) -> dict[str, Resource]:
+               max_upload_bytes: int, failures: FailedAuth | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
-    return {
+    sessions = _Sessions(keys, store)
+    routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
         "/api/v1/chat": ChatResource(keys, store, chat),
-        "/api/v1/chat/sessions": _Sessions(keys, store),
+        "/api/v1/chat/sessions": sessions,
         "/api/v1/file": FileResource(keys, store, max_upload_bytes),
     }
+    for resource in (*routes.values(), sessions._messages):
+        if isinstance(resource, APIResource):
+            resource.failures = failures
+    return routes
 
 
 class _Sessions(SessionsResource):

@@ -7,19 +7,23 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from livetx import __version__
 from livetx.config import ServerConfig
+from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession, Pipeline
@@ -28,15 +32,47 @@ from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
-from livetx.web.admission import Admission, Gate
+from livetx.web.admission import Admission, FrameRate, Gate, Verdict
 
 _log = Logger()
 
+NORMAL = 1000
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
 
 
-class LiveServerProtocol(WebSocketServerProtocol):
+@implementer(IPushProducer)
+class SendBuffer:
+    """Registered with the socket's transport, which says when its buffer is full.
+
+    While the transport is paused (the client reads slower than we write),
+    every byte we still send waits in memory; past ``limit`` of them the
+    client is too slow to serve and :meth:`sent` says so.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused = False
+        self.waiting = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.waiting = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def sent(self, size: int) -> bool:
+        """Account for ``size`` bytes written; true when the client is hopelessly behind."""
+        if self.paused:
+            self.waiting += size
+        return 0 < self.limit < self.waiting
+
+
+class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     """One client socket of any of the three Live API endpoints."""
 
     factory: LiveServerFactory
@@ -44,12 +80,21 @@ class LiveServerProtocol(WebSocketServerProtocol):
     session: LiveSession | None = None
     chat: ChatChannel | None = None
     observer: TurnObserver | None = None
+    rate: FrameRate | None = None
+    buffer: SendBuffer | None = None
+    #: Fires once ``onClose`` has let go of the session (and stored what it had).
+    finished: Deferred[None] | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
 
     def onOpen(self) -> None:
         admission = self.admission
+        if admission.refusal is None and admission.username is not None:
+            crowded = self.factory.connections.crowded(admission, self.factory.limits)
+            if crowded is not None:
+                notice = frames.chat_error(frames.RATE_LIMITED, crowded) if admission.key_id else None
+                admission = Admission(refusal=crowded, notice=notice)
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
@@ -58,6 +103,15 @@ class LiveServerProtocol(WebSocketServerProtocol):
             _log.info("Refused a {path} socket: {reason}",
                       path=self.http_request_path, reason=admission.refusal)
             return
+        self.finished = Deferred()
+        limits = self.factory.limits
+        self.rate = FrameRate(limits.max_frames_per_second, self.factory.clock)
+        self.buffer = SendBuffer(limits.max_send_buffer_bytes)
+        # Twisted Web's channel registered itself on this transport; the socket is ours now.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self.buffer, True)
+        self.callLater = self.factory.clock.callLater
+        self.setTimeout(limits.idle_timeout or None)
         memory = None
         if self.factory.store is not None:
             memory = StoredConversation(
@@ -90,6 +144,18 @@ class LiveServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.session is None:
             return  # refused and closing: the close frame already explains
+        self.resetTimeout()
+        assert self.rate is not None
+        verdict = self.rate.admit()
+        if verdict is not Verdict.ACCEPT:
+            if verdict is Verdict.CLOSE:
+                self.close_with(POLICY_VIOLATION, "Too many messages")
+            else:
+                self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
+            return
+        if self.factory.connections.draining:  # running turns finish; nothing new starts
+            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
+            return
         if isBinary and self.session.settings.binary_audio and self.admission.mode != "chat":
             self.session.receive_audio(payload)
             return
@@ -108,7 +174,22 @@ class LiveServerProtocol(WebSocketServerProtocol):
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
 
+    @property
+    def busy(self) -> bool:
+        """A live or chat turn is running on this socket."""
+        live = self.session is not None and self.session.state == "processing"
+        return live or (self.chat is not None and self.chat.busy)
+
+    def _error(self, code: str, message: str) -> Frame:
+        """An error frame in the shape this socket's clients read."""
+        return (frames.chat_error if self.admission.mode == "chat" else frames.error)(code, message)
+
+    def timeoutConnection(self) -> None:
+        """Nothing went either way for ``idle_timeout`` seconds."""
+        self.close_with(NORMAL, "Idle timeout")
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.setTimeout(None)
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -117,6 +198,8 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self.factory.connections.discard(self)
         if self.observer is not None:
             self.observer.closed()
+        if self.finished is not None and not self.finished.called:
+            self.finished.callback(None)
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with a protocol code such as 1008 or 1001.
@@ -129,12 +212,15 @@ class LiveServerProtocol(WebSocketServerProtocol):
     def send(self, frame: Frame | bytes) -> None:
         """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
-            if isinstance(frame, bytes):
-                self.sendMessage(frame, isBinary=True)
-                return
-            self.sendMessage(frames.encode(frame))
-            if self.observer is not None:
+            binary = isinstance(frame, bytes)
+            payload = frame if binary else frames.encode(frame)
+            self.sendMessage(payload, isBinary=binary)
+            self.resetTimeout()
+            if not binary and self.observer is not None:
                 self.observer.sent(frame)
+            if self.buffer is not None and self.buffer.sent(len(payload)):
+                _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
+                self.close_with(POLICY_VIOLATION, "Client reads too slowly")
 
 
 class LiveServerFactory(WebSocketServerFactory):
@@ -163,7 +249,23 @@ class LiveServerFactory(WebSocketServerFactory):
         self.connections = connections
         self.clock = clock
         self.metrics = metrics or ServerMetrics()
+        self.limits = limits
         apply_limits(self, limits)
+
+
+class EchoProtocol(WebSocketServerProtocol):
+    """Test only: echoes every message, so a conformance suite exercises our stack."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+
+def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
+    """The echo endpoint, with exactly the limits every real endpoint gets."""
+    factory = WebSocketServerFactory(server=f"livetx/{__version__}")
+    factory.protocol = EchoProtocol
+    apply_limits(factory, limits)
+    return factory
 
 
 def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
@@ -182,27 +284,91 @@ def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
     )
 
 
-class ConnectionTracker(Service):
-    """Knows the open sockets so that stopping the server closes them with 1001."""
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
-    def __init__(self) -> None:
+
+class ConnectionTracker(Service):
+    """Knows the open sockets, so that stopping the server can drain and close them.
+
+    Stopping is graceful: the listening ports stop first (they are stopped
+    before this service), sockets refuse new work, running turns get up to
+    ``grace`` seconds to finish, then every socket is closed with 1001 (a turn
+    still running is interrupted, and its partial reply stored). ``drained``
+    fires when all of that is over, so the store can close after it.
+    """
+
+    #: How often draining looks whether the running turns are done.
+    POLL = 0.05
+
+    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
         self._open: set[LiveServerProtocol] = set()
+        self._users: Counter[str] = Counter()
+        self._keys: Counter[str] = Counter()
+        self._clock = clock
+        self._grace = grace
+        self.draining = False
+        self.drained: Deferred[None] = Deferred()
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
+        """Why one more socket for this user or key would be too many, if it would."""
+        if 0 < limits.max_connections_per_user <= self._users[admission.username or ""]:
+            return "Too many connections for this user"
+        if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
+            return "Too many connections for this API key"
+        return None
+
     def add(self, protocol: LiveServerProtocol) -> None:
-        self._open.add(protocol)
+        if protocol not in self._open:
+            self._open.add(protocol)
+            self._users[protocol.admission.username or ""] += 1
+            if protocol.admission.key_id:
+                self._keys[protocol.admission.key_id] += 1
 
     def discard(self, protocol: LiveServerProtocol) -> None:
-        self._open.discard(protocol)
+        if protocol in self._open:
+            self._open.remove(protocol)
+            _decrement(self._users, protocol.admission.username or "")
+            if protocol.admission.key_id:
+                _decrement(self._keys, protocol.admission.key_id)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self.draining = True
+        done = self._drain().addCallback(lambda _: self._close_all())
+        done.addBoth(self._drained)
+        return done
+
+    def _drain(self) -> Deferred[None]:
+        """Fire when no socket runs a turn, or when the grace period is over."""
+        if self._clock is None or self._grace <= 0:
+            return succeed(None)
+        deadline = self._clock.seconds() + self._grace
+        idle: Deferred[None] = Deferred()
+
+        def look() -> None:
+            if not any(p.busy for p in self._open) or self._clock.seconds() >= deadline:
+                idle.callback(None)
+            else:
+                self._clock.callLater(self.POLL, look)
+
+        look()
+        return idle
+
+    def _close_all(self) -> Deferred[Any]:
         closing = []
         for protocol in list(self._open):
-            done: Deferred[None] = Deferred()
-            protocol.is_closed.addBoth(lambda _, d=done: d.callback(None))
+            if protocol.finished is not None:
+                closing.append(waiter_for(protocol.finished))
             protocol.close_with(GOING_AWAY, "Server shutting down")
-            closing.append(done)
         return DeferredList(closing)
+
+    def _drained(self, result: Any) -> Any:
+        if not self.drained.called:
+            self.drained.callback(None)
+        return result

@@ -16,7 +16,7 @@ from livetx.live.session import Pipeline
 from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore
 from livetx.web.admission import Gate
-from livetx.web.protocol import ConnectionTracker, LiveServerFactory
+from livetx.web.protocol import ConnectionTracker, LiveServerFactory, echo_factory
 
 #: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
 WEBSOCKET_ROUTES: dict[str, str] = {
@@ -24,6 +24,9 @@ WEBSOCKET_ROUTES: dict[str, str] = {
     "/api/unified_chat/ws": "jwt_unified",
     "/api/v1/live/ws": "api_key",
 }
+
+#: Where ``--conformance-echo`` (a test option) serves its echo socket.
+ECHO_PATH = "/conformance/echo"
 
 
 class _WithoutQuery:
@@ -72,6 +75,7 @@ def build_site(
     store: ConversationStore | None = None,
     routes: dict[str, Resource] | None = None,
     metrics: ServerMetrics | None = None,
+    echo: bool = False,
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
@@ -90,6 +94,10 @@ def build_site(
             metrics=metrics,
         )
         _mount(root, path, WebSocketResource(factory))
-    site = Site(root, logFormatter=redacted_log_formatter)
+    if echo:
+        _mount(root, ECHO_PATH, WebSocketResource(echo_factory(limits)))
+    # Until a request arrives the channel is Twisted Web's; Autobahn's own
+    # handshake timeout starts only after the upgrade request is read.
+    site = Site(root, logFormatter=redacted_log_formatter, timeout=limits.handshake_timeout or None)
     site.displayTracebacks = False
     return site

@@ -1,0 +1,165 @@
+"""SIGTERM to a real ``twistd live``: stop accepting, let turns finish, close with 1001."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+
+from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.store.conversation import default_live_session
+from livetx.store.sqlite import SQLiteStore
+from livetx.web.admission import Admission
+from livetx.web.protocol import ConnectionTracker
+
+from .support import LiveClient, connect, open_socket
+from .test_live_ws import LIVE, kinds
+from .test_twistd import TWISTD, free_port, wait_for_port
+
+#: The offline echo model, slowed down: a turn of N words takes N × 0.05 s.
+SLOW_ECHO = '[llm]\necho_delay = 0.05\n[tts]\nprovider = "none"\n[stt]\nprovider = "none"\n'
+
+
+class Twistd:
+    """A ``twistd -n live`` process on a free loopback port."""
+
+    def __init__(self, tmp_path: Path, config: str) -> None:
+        self.data = tmp_path / "data"
+        path = tmp_path / "livetx.toml"
+        path.write_text(config)
+        self.log = tmp_path / "twistd.log"
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            TWISTD + ["-n", "--pidfile=", "--logfile=-", "live", "--listen",
+                      f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data), "--config", str(path)],
+            # A file, not a pipe: a long run logs more than a pipe holds unread.
+            cwd=tmp_path, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.process)
+        self.terminated = False
+
+    def url(self, path: str, username: str) -> str:
+        token = issue_token(load_or_create_secret(self.data, None), username, 3600)
+        return f"ws://127.0.0.1:{self.port}{path}?token={token}"
+
+    async def client(self, username: str) -> LiveClient:
+        return await connect(self.url(LIVE, username))
+
+    def terminate(self) -> None:
+        if not self.terminated:
+            self.terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
+    async def refuses_connections(self) -> bool:
+        for _ in range(100):
+            try:
+                late = await open_socket(f"ws://127.0.0.1:{self.port}{LIVE}")
+            except ConnectionRefusedError:
+                return True
+            late.transport.abortConnection()  # in before the port closed
+            await deferLater(reactor, 0.02, lambda: None)
+        return False
+
+    async def finish(self) -> str:
+        """Wait for the process to exit, without blocking the reactor its clients need."""
+        self.terminate()
+        await deferToThread(self.process.wait, 60)
+        output = self.log.read_text()
+        assert self.process.returncode in (0, -signal.SIGTERM), output
+        assert "Traceback" not in output, output
+        return output
+
+
+async def stored_turn(data: Path, username: str) -> list[tuple[str, str, bool]]:
+    store = SQLiteStore(data)
+    try:
+        messages = await store.messages(default_live_session(username))
+    finally:
+        await store.close()
+    return [(m.role, m.text, m.interrupted) for m in messages]
+
+
+def said(client: LiveClient) -> str:
+    return "".join(f["data"]["text"] for f in client.frames if f["t"] == "bot_delta_chunk")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_lets_a_running_turn_finish_then_closes_with_1001(tmp_path: Path) -> None:
+    server = Twistd(tmp_path, SLOW_ECHO + "[server]\nshutdown_grace = 20\n")
+    words = " ".join(f"w{i}" for i in range(30))
+    try:
+        client = await server.client("ann")
+        client.send({"t": "text_input", "text": words})
+        await client.until("bot_delta_chunk")
+        server.terminate()
+        assert await server.refuses_connections()  # the port closed at once
+        client.send({"t": "interrupt"})  # nothing new starts while draining
+        await client.closed
+    finally:
+        await server.finish()
+    assert said(client) == words
+    assert "end" in kinds(client.frames)  # the turn finished before the close
+    assert {"t": "error", "code": "PROCESSING_ERROR", "data": "server is shutting down"} in client.frames
+    assert (client.close_code, client.close_reason) == (1001, "Server shutting down")
+    assert await stored_turn(server.data, "ann") == [("user", words, False), ("assistant", words, False)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_grace_period_the_partial_reply_is_stored(tmp_path: Path) -> None:
+    server = Twistd(tmp_path, SLOW_ECHO + "[server]\nshutdown_grace = 0.5\n")
+    words = " ".join(f"w{i}" for i in range(400))  # 20 s: far longer than the grace
+    try:
+        client = await server.client("bo")
+        client.send({"t": "text_input", "text": words})
+        await client.until("bot_delta_chunk")
+        server.terminate()
+        await client.closed
+    finally:
+        await server.finish()
+    assert client.close_code == 1001 and "end" not in kinds(client.frames)
+    partial = said(client)
+    assert 0 < len(partial) < len(words) and words.startswith(partial)
+    assert await stored_turn(server.data, "bo") == [("user", words, False), ("assistant", partial, True)]
+
+
+class _Socket:
+    """What the tracker needs of a socket: who it is, whether it is busy, how to close it."""
+
+    def __init__(self, busy: bool) -> None:
+        self.admission = Admission(username="u")
+        self.busy = busy
+        self.finished: Deferred[None] = Deferred()
+        self.closed_with: int | None = None
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.closed_with = code
+
+
+def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
+    clock = Clock()
+    tracker = ConnectionTracker(clock, grace=5.0)
+    idle, busy, stuck = _Socket(False), _Socket(True), _Socket(True)
+    for socket in (idle, busy, stuck):
+        tracker.add(socket)  # type: ignore[arg-type]
+    done: list[object] = []
+    tracker.stopService().addBoth(done.append)
+    tracker.drained.addBoth(done.append)
+    assert tracker.draining and idle.closed_with is None  # nobody is closed while turns run
+    clock.advance(1)
+    busy.busy = False
+    clock.advance(ConnectionTracker.POLL)
+    assert idle.closed_with is None  # the stuck turn still has time
+    clock.advance(5)
+    assert [s.closed_with for s in (idle, busy, stuck)] == [1001, 1001, 1001]
+    assert done == []  # until every socket has let go of its session
+    for socket in (idle, busy, stuck):
+        socket.finished.callback(None)
+    assert len(done) == 2
