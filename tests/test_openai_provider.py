@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.task import deferLater
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
@@ -209,3 +209,22 @@ async def test_transcription_uploads_multipart(openai: Any, http: Any) -> None:
     openai.fail_status = 400
     with pytest.raises(STTError, match="400"):
         await stt.transcribe(wav)
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_sessions_reuse_their_upstream_connections(openai: Any, http: Any) -> None:
+    # 20 sessions speaking at once: the second wave rides the first wave's sockets.
+    tts = OpenAISpeech(TTSConfig(base_url=openai.base_url), http, reactor)
+    openai.speech_delay = 0.05  # all 20 are in flight together
+    await gatherResults([tts.synthesize(f"first {i}") for i in range(20)])
+    first = {r.port for r in openai.requests}
+    await gatherResults([tts.synthesize(f"second {i}") for i in range(20)])
+    second = {r.port for r in openai.requests[20:]}
+    assert len(first) == 20 and second <= first
+
+
+def test_request_uri_is_encoded_once_per_path(http: Any) -> None:
+    chat = OpenAIChat(LLMConfig(base_url="http://bücher.example:8000/v1/"), http, reactor)
+    url = chat._upstream.url("/chat/completions")
+    assert url == b"http://xn--bcher-kva.example:8000/v1/chat/completions"
+    assert chat._upstream.url("/chat/completions") is url
