@@ -20,14 +20,16 @@ from typing import Any, Callable, Sequence
 from hyperlink import URL
 from treq.multipart import MultiPartProducer
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
@@ -51,7 +53,35 @@ def make_http_client(reactor: Any) -> tuple[IAgent, HTTPConnectionPool]:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = 60
-    return Agent(reactor, pool=pool, connectTimeout=10), pool
+    return Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout=10), pool=pool), pool
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """One endpoint per upstream origin, made once.
+
+    The Agent asks for an endpoint on every request, even one the pool
+    answers with a kept-alive connection, and its default factory makes a
+    new ``HostnameEndpoint`` (with IDNA checks of the host) each time.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
 
 
 @implementer(IBodyProducer)
@@ -238,11 +268,12 @@ class _Upstream:
         def done(outcome: Any) -> Any:
             if timer.active():
                 timer.cancel()
-            _log.debug(
-                "{what} POST {path}: {outcome} after {elapsed:.3f} s",
-                what=self._what, path=path, elapsed=self._clock.seconds() - started,
-                outcome="ok" if not isinstance(outcome, Failure) else outcome.getErrorMessage(),
-            )
+            if isinstance(outcome, Failure):  # not every success: that is a log line per sentence
+                _log.debug(
+                    "{what} POST {path} failed after {elapsed:.3f} s: {reason}",
+                    what=self._what, path=path, elapsed=self._clock.seconds() - started,
+                    reason=outcome.getErrorMessage(),
+                )
             return outcome
 
         return d.addErrback(explain).addBoth(done)
