@@ -184,7 +184,10 @@ def main() -> None:
             kind = "audio" if args.scenario == "audio" else "text"
             summaries.append(sc.run(sc.turns(server, args.connections, args.turns, kind, args.rounds,
                                              args.audio_seconds, pace)))
-        if "idle" in wanted:
+    if "idle" in wanted:
+        # A fresh server: every socket of a user loads that user's stored
+        # history, so idle sockets after many turns cost more than on a new one.
+        with _target(args, args.delay) as server:
             summaries.append(sc.run(sc.idle(server, levels, args.hold, args.concurrency)))
     if "interrupt" in wanted:
         with _target(args, args.interrupt_delay) as server:
