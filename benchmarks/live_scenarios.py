@@ -47,6 +47,19 @@ class Server:
         return rss_mb(self.pid) if self.pid else None
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How busy the whole machine was between two readings, 0..1 (all cores)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 def _frame(name: str, server: Server) -> Summary:
     return {"scenario": name, "url": server.url.split("?")[0], "loadavg_before": os.getloadavg()[0]}
 
@@ -78,12 +91,13 @@ async def turns(server: Server, connections: int, turns: int, kind: str = "text"
     await one_socket(-1, record=False)  # warm-up: pools, caches, first imports
     summary = _frame(f"{kind} turns", server)
     summary.update(connections=connections, turns_per_connection=turns, rounds=rounds)
-    cpu_before, wall = server.cpu(), time.perf_counter()
+    cpu_before, wall, ticks = server.cpu(), time.perf_counter(), machine_ticks()
     for _ in range(rounds):
         await asyncio.gather(*(one_socket(n, True) for n in range(connections)))
     cpu_after, wall = server.cpu(), time.perf_counter() - wall
     summary["turns"] = len(results)
     summary["wall_s"] = wall
+    summary["machine_busy"] = busy_share(ticks, machine_ticks())
     for mark in client.MARKS:
         values = [r.marks[mark] for r in results if mark in r.marks]
         if values:
@@ -98,7 +112,8 @@ async def turns(server: Server, connections: int, turns: int, kind: str = "text"
 def print_turns(s: Summary) -> None:
     print(f"\n{s['scenario']}: {s['connections']} connection(s) x {s['turns_per_connection']} turns"
           f" x {s['rounds']} round(s) = {s['turns']} turns in {s['wall_s']:.1f} s"
-          f" (ms from the last input frame; load {s['loadavg_before']:.2f})")
+          f" (ms from the last input frame; load {s['loadavg_before']:.2f},"
+          f" machine {100 * s['machine_busy']:.0f}% busy)")
     print(f"{'frame':18} {'median':>8} {'p95':>8} {'p99':>8} {'max':>8}")
     for mark in client.MARKS:
         if mark in s:
