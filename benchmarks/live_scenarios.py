@@ -12,6 +12,7 @@ import asyncio
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from websockets.protocol import State
@@ -47,17 +48,32 @@ class Server:
         return rss_mb(self.pid) if self.pid else None
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all cores since boot, from /proc/stat."""
-    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, total) clock ticks of all cores since boot, and the busy ticks of visible processes.
+
+    On a shared machine the difference between the first and the last is
+    work this benchmark cannot see (other containers, the kernel): the
+    "foreign" share that makes a latency figure noisy.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    visible = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            after_name = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        visible += int(after_name[11]) + int(after_name[12])
+    return sum(fields) - idle, sum(fields), visible
 
 
-def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """How busy the whole machine was between two readings, 0..1 (all cores)."""
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total else 0.0
+def machine_load(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
+    """How busy the machine was between two readings, and how much of it was not ours (0..1)."""
+    total = after[1] - before[1] or 1
+    busy = (after[0] - before[0]) / total
+    ours = (after[2] - before[2]) / total
+    return {"busy": busy, "foreign": max(0.0, busy - ours)}
 
 
 def _frame(name: str, server: Server) -> Summary:
@@ -97,7 +113,7 @@ async def turns(server: Server, connections: int, turns: int, kind: str = "text"
     cpu_after, wall = server.cpu(), time.perf_counter() - wall
     summary["turns"] = len(results)
     summary["wall_s"] = wall
-    summary["machine_busy"] = busy_share(ticks, machine_ticks())
+    summary["machine"] = machine_load(ticks, machine_ticks())
     for mark in client.MARKS:
         values = [r.marks[mark] for r in results if mark in r.marks]
         if values:
@@ -113,7 +129,7 @@ def print_turns(s: Summary) -> None:
     print(f"\n{s['scenario']}: {s['connections']} connection(s) x {s['turns_per_connection']} turns"
           f" x {s['rounds']} round(s) = {s['turns']} turns in {s['wall_s']:.1f} s"
           f" (ms from the last input frame; load {s['loadavg_before']:.2f},"
-          f" machine {100 * s['machine_busy']:.0f}% busy)")
+          f" machine {100 * s['machine']['busy']:.0f}% busy, {100 * s['machine']['foreign']:.0f}% not ours)")
     print(f"{'frame':18} {'median':>8} {'p95':>8} {'p99':>8} {'max':>8}")
     for mark in client.MARKS:
         if mark in s:
