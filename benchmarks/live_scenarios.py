@@ -48,32 +48,42 @@ class Server:
         return rss_mb(self.pid) if self.pid else None
 
 
-def machine_ticks() -> tuple[int, int, int]:
-    """(busy, total) clock ticks of all cores since boot, and the busy ticks of visible processes.
+Ticks = tuple[int, int, dict[int, int]]
 
-    On a shared machine the difference between the first and the last is
-    work this benchmark cannot see (other containers, the kernel): the
-    "foreign" share that makes a latency figure noisy.
+
+def machine_ticks() -> Ticks:
+    """(busy, total) clock ticks of all cores since boot, and the busy ticks of this benchmark's processes.
+
+    The benchmark's processes are this client and its descendants (the
+    server and the simulator it started). Busy time beyond theirs is work
+    of others sharing the machine: the "foreign" share that makes a latency
+    figure noisy.
     """
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
-    visible = 0
+    parents, ticks = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             after_name = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the process ended meanwhile
-        visible += int(after_name[11]) + int(after_name[12])
-    return sum(fields) - idle, sum(fields), visible
+        pid = int(stat.parent.name)
+        parents[pid] = int(after_name[1])
+        ticks[pid] = int(after_name[11]) + int(after_name[12])
+    ours = {os.getpid()}
+    for pid in sorted(parents):  # children have larger pids, unless pids wrapped
+        if parents[pid] in ours:
+            ours.add(pid)
+    return sum(fields) - idle, sum(fields), {pid: ticks[pid] for pid in ours if pid in ticks}
 
 
-def machine_load(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
-    """How busy the machine was between two readings, and how much of it was not ours (0..1)."""
+def machine_load(before: Ticks, after: Ticks) -> dict[str, float]:
+    """How busy the machine was between two readings, and how much of that was not this benchmark (0..1)."""
     total = after[1] - before[1] or 1
     busy = (after[0] - before[0]) / total
-    ours = (after[2] - before[2]) / total
-    return {"busy": busy, "foreign": max(0.0, busy - ours)}
+    ours = sum(ticks - before[2].get(pid, 0) for pid, ticks in after[2].items()) / total
+    return {"busy": busy, "foreign": min(busy, max(0.0, busy - ours))}
 
 
 def _frame(name: str, server: Server) -> Summary:
