@@ -67,17 +67,43 @@ def _lift_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: The cores this harness may use, read before it pins itself anywhere.
+_CORES = sorted(os.sched_getaffinity(0))
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """(the server's cores, the load generator's cores): the first core apart from the rest."""
+    cores = _CORES
+    if len(cores) < 2:
+        raise RuntimeError("--pin needs at least two cores")
+    return {cores[0]}, set(cores[1:])
+
+
+def _pinned(cores: set[int] | None, then: Any = None) -> Any:
+    """A preexec_fn that pins the child to ``cores`` (None: anywhere), then runs ``then``."""
+    def setup() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        if then is not None:
+            then()
+    return setup
+
+
 @contextmanager
 def local_server(
     tokens: int = 40, sentences: int = 5, delay: float = 0.0, offline: bool = False,
-    *, backlog: int = 1024,
+    *, backlog: int = 1024, pin: bool = False,
 ) -> Iterator[tuple[str, int, float]]:
     """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
 
     The simulator serves chat, speech and transcription. ``offline`` runs
     livetx on its defaults instead: echo model, eSpeak NG, PocketSphinx.
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
+    ``pin`` gives livetx the first core and the simulator the others, so the
+    load generator does not take the server's CPU (pin the client with
+    :func:`split_cores` too).
     """
+    server_cores, load_cores = split_cores() if pin else (None, None)
     sim_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp, "livetx.toml")
@@ -92,6 +118,7 @@ def local_server(
             [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(sim_port),
              "--tokens", str(tokens), "--sentences", str(sentences), "--delay", str(delay)],
             stdout=subprocess.DEVNULL,
+            preexec_fn=_pinned(load_cores),
         )
         data = Path(tmp, "data")
         server = None
@@ -103,7 +130,7 @@ def local_server(
                  "--logfile", str(Path(tmp, "twistd.log")), "live",
                  "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
                  "--data-dir", str(data), "--config", str(config)],
-                preexec_fn=_lift_nofile,
+                preexec_fn=_pinned(server_cores, _lift_nofile),
             )
             wait_for_port(port)
             startup = time.monotonic() - started
@@ -145,6 +172,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sentences", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="simulator seconds between tokens")
     parser.add_argument("--offline", action="store_true", help="livetx on its defaults: echo model, eSpeak NG")
+    parser.add_argument("--pin", action="store_true",
+                        help="livetx on the first core; simulator and client on the others")
     parser.add_argument("--json", help="write the summaries to this file")
     parser.add_argument("--out", help="write one JSON file per scenario into this directory")
     return parser.parse_args()
@@ -157,7 +186,7 @@ def _target(args: argparse.Namespace, delay: float) -> Iterator[Any]:
     if args.url:
         yield Server(args.url, args.server_pid)
     else:
-        with local_server(args.tokens, args.sentences, delay, args.offline) as (url, pid, _):
+        with local_server(args.tokens, args.sentences, delay, args.offline, pin=args.pin) as (url, pid, _):
             yield Server(url, pid)
 
 
@@ -167,13 +196,15 @@ def main() -> None:
     import live_scenarios as sc
 
     live_client.raise_nofile_limit()
+    if args.pin:
+        os.sched_setaffinity(0, split_cores()[1])
     pace = not args.no_pace
     levels = [int(n) for n in args.levels.split(",")]
     wanted = {args.scenario} if args.scenario != "all" else set(SCENARIOS)
     summaries: list[dict[str, Any]] = []
     if "startup" in wanted and not args.url:
         summaries.append(sc.show(sc.startup(args.startup_runs, tokens=args.tokens, sentences=args.sentences,
-                                            offline=args.offline)))
+                                            offline=args.offline, pin=args.pin)))
     with _target(args, args.delay) as server:
         if args.scenario == "all":  # the fixed suite of benchmarks/RESULTS.md
             for kind, connections, turns, rounds in (("text", 1, 50, 1), ("text", 20, 5, 3),
