@@ -285,8 +285,10 @@ class _Upstream:
         raise self._error(f"{self._what} answered HTTP {code}: {excerpt}")
 
 
-def _collected(chunks: list[bytes]) -> Callable[[Any], bytes]:
-    return lambda _: b"".join(chunks)
+def _collect(post: Callable[[Callable[[bytes], None]], Deferred[None]]) -> Deferred[bytes]:
+    """Run ``post`` with a sink for the body; fire with the whole body."""
+    chunks: list[bytes] = []
+    return post(chunks.append).addCallback(lambda _: b"".join(chunks))
 
 
 class OpenAIChat:
@@ -346,9 +348,8 @@ class OpenAISpeech:
         c = self._config
         request = {"model": c.model or "tts-1", "input": text, "voice": c.voice or "alloy",
                    "response_format": c.response_format}
-        chunks: list[bytes] = []
-        speech = self._upstream.post_json("/audio/speech", chunks.append, request)
-        return speech.addCallback(_collected(chunks)).addCallback(self._check)
+        speech = _collect(lambda sink: self._upstream.post_json("/audio/speech", sink, request))
+        return speech.addCallback(self._check)
 
     @staticmethod
     def _check(audio: bytes) -> bytes:
@@ -374,9 +375,8 @@ class OpenAITranscriber:
         if self._config.language:
             fields["language"] = self._config.language
         files = {"file": ("audio.wav", "audio/wav", _Body(wav))}
-        chunks: list[bytes] = []
-        body = self._upstream.post_form("/audio/transcriptions", chunks.append, fields, files)
-        return body.addCallback(_collected(chunks)).addCallback(self._text)
+        body = _collect(lambda sink: self._upstream.post_form("/audio/transcriptions", sink, fields, files))
+        return body.addCallback(self._text)
 
     @staticmethod
     def _text(body: bytes) -> str:
