@@ -119,8 +119,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self.sendMessage(frames.encode(frame))
 
     # Autobahn builds a coloured debug line (``hltype``/``hlval``) for every
-    # read and every write, even with debug logging off: about a third of a
-    # text turn's CPU. These two overrides skip only that line.
+    # read and every write, even with debug logging off: 2.5 µs each, half
+    # the cost of sending a frame (a text turn sends about 60). These two
+    # overrides skip only that line.
 
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)
