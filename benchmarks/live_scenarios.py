@@ -103,6 +103,7 @@ async def turns(server: Server, connections: int, turns: int, kind: str = "text"
     """``connections`` sockets at once, each running ``turns`` turns back to back."""
     parts = client.speech_frames(audio_seconds) if kind == "audio" else []
     results: list[client.TurnTimes] = []
+    first: list[client.TurnTimes] = []  # each socket's first turn, which also waits for its history
 
     async def one_socket(n: int, record: bool) -> None:
         async with await client.open_socket(server.url) as ws:
@@ -113,6 +114,8 @@ async def turns(server: Server, connections: int, turns: int, kind: str = "text"
                     times = await client.text_turn(ws, f"benchmark turn {i} of socket {n}")
                 if record:
                     results.append(times)
+                    if i == 0:
+                        first.append(times)
 
     await one_socket(-1, record=False)  # warm-up: pools, caches, first imports
     summary = _frame(f"{kind} turns", server)
@@ -128,6 +131,13 @@ async def turns(server: Server, connections: int, turns: int, kind: str = "text"
         values = [r.marks[mark] for r in results if mark in r.marks]
         if values:
             summary[mark] = spread(values)
+    if turns > 1:
+        later = [r for r in results if not any(r is f for f in first)]
+        summary["by_turn"] = {
+            name: {mark: spread([r.marks[mark] for r in group]) for mark in ("response", "end")
+                   if all(mark in r.marks for r in group)}
+            for name, group in (("first", first), ("later", later))
+        }
     summary["audio_frames_per_turn"] = statistics.mean(r.audio_frames for r in results)
     if cpu_before is not None and cpu_after is not None:
         summary["server_cpu_ms_per_turn"] = (cpu_after - cpu_before) * 1000 / len(results)
@@ -145,6 +155,9 @@ def print_turns(s: Summary) -> None:
         if mark in s:
             r = s[mark]
             print(f"{mark:18} {r['median_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}")
+    for name, row in s.get("by_turn", {}).items():
+        cells = ", ".join(f"{mark} p95 {r['p95_ms']:.1f}" for mark, r in row.items())
+        print(f"  {name} turn on a socket: {cells}")
     print(f"audio frames per turn: {s['audio_frames_per_turn']:.1f}")
     if "server_cpu_ms_per_turn" in s:
         print(f"server CPU per turn: {s['server_cpu_ms_per_turn']:.2f} ms; RSS {s['server_rss_mb']:.1f} MB")
