@@ -1,14 +1,17 @@
-"""Turn latency and server CPU, measured from outside the server.
+"""Latency, concurrency, memory and start-up of a Live API server, from outside.
 
 Starts the OpenAI-compatible simulator and ``twistd live`` as separate
-processes, then drives text turns with a client built on the ``websockets``
-library (not the server's Autobahn), timing each frame from the moment the
-``text_input`` frame is sent. Server CPU comes from /proc, so the figure
-holds on a busy machine.
+processes (or takes any server's URL), then runs the scenarios of
+:mod:`live_scenarios` with the ``websockets`` client of :mod:`live_client`.
+Server CPU and RSS come from /proc, so the figures hold on a busy machine.
 
-    python benchmarks/live_bench.py --turns 50 --connections 1
-    python benchmarks/live_bench.py --turns 5 --connections 20
-    python benchmarks/live_bench.py --url ws://host:6185/api/live_chat/ws?token=...   # any server
+    python benchmarks/live_bench.py all --out bench-results      # the whole set
+    python benchmarks/live_bench.py turns --connections 20 --turns 5
+    python benchmarks/live_bench.py audio --turns 20
+    python benchmarks/live_bench.py interrupt --trials 50
+    python benchmarks/live_bench.py idle --levels 0,1,100,1000,10000
+    python benchmarks/live_bench.py startup
+    python benchmarks/live_bench.py turns --url 'ws://host:6185/api/live_chat/ws?token=JWT'
 
 Needs ``pip install websockets`` (the ``bench`` extra).
 """
@@ -16,11 +19,10 @@ Needs ``pip install websockets`` (the ``bench`` extra).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import resource
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,10 +30,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
-
-import websockets
-
-MARKS = ("bot_delta_chunk", "bot_text_chunk", "response", "end")
 
 
 def free_port() -> int:
@@ -63,14 +61,49 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _lift_nofile() -> None:
+    """In the server's child process: allow as many sockets as the hard limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+#: The cores this harness may use, read before it pins itself anywhere.
+_CORES = sorted(os.sched_getaffinity(0))
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """(the server's cores, the load generator's cores): the first core apart from the rest."""
+    cores = _CORES
+    if len(cores) < 2:
+        raise RuntimeError("--pin needs at least two cores")
+    return {cores[0]}, set(cores[1:])
+
+
+def _pinned(cores: set[int] | None, then: Any = None) -> Any:
+    """A preexec_fn that pins the child to ``cores`` (None: anywhere), then runs ``then``."""
+    def setup() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        if then is not None:
+            then()
+    return setup
+
+
 @contextmanager
 def local_server(
-    tokens: int, sentences: int, delay: float, offline: bool = False
+    tokens: int = 40, sentences: int = 5, delay: float = 0.0, offline: bool = False,
+    *, backlog: int = 1024, pin: bool = False,
 ) -> Iterator[tuple[str, int, float]]:
     """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
 
-    ``offline`` runs livetx on its defaults instead: echo model, eSpeak NG.
+    The simulator serves chat, speech and transcription. ``offline`` runs
+    livetx on its defaults instead: echo model, eSpeak NG, PocketSphinx.
+    ``backlog`` lets thousands of sockets connect without dropped SYNs.
+    ``pin`` gives livetx the first core and the simulator the others, so the
+    load generator does not take the server's CPU (pin the client with
+    :func:`split_cores` too).
     """
+    server_cores, load_cores = split_cores() if pin else (None, None)
     sim_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp, "livetx.toml")
@@ -79,21 +112,26 @@ def local_server(
             "" if offline else
             f'[llm]\nprovider = "openai"\nbase_url = "{base}"\nmodel = "sim"\n'
             f'[tts]\nprovider = "openai"\nbase_url = "{base}"\n'
+            f'[stt]\nprovider = "openai"\nbase_url = "{base}"\n'
         )
         sim = subprocess.Popen(
             [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(sim_port),
              "--tokens", str(tokens), "--sentences", str(sentences), "--delay", str(delay)],
             stdout=subprocess.DEVNULL,
+            preexec_fn=_pinned(load_cores),
         )
         data = Path(tmp, "data")
-        started = time.monotonic()
-        server = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "--logfile", str(Path(tmp, "twistd.log")), "live",
-             "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data), "--config", str(config)],
-        )
+        server = None
         try:
-            wait_for_port(sim_port)
+            wait_for_port(sim_port)  # first, so it does not compete with livetx's start-up
+            started = time.monotonic()
+            server = subprocess.Popen(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                 "--logfile", str(Path(tmp, "twistd.log")), "live",
+                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
+                 "--data-dir", str(data), "--config", str(config)],
+                preexec_fn=_pinned(server_cores, _lift_nofile),
+            )
             wait_for_port(port)
             startup = time.monotonic() - started
             from livetx.auth.tokens import issue_token, load_or_create_secret
@@ -102,82 +140,96 @@ def local_server(
             yield f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}", server.pid, startup
         finally:
             for process in (server, sim):
+                if process is None:
+                    continue
                 process.terminate()
                 process.wait(timeout=30)
 
 
-async def run_turns(url: str, turns: int, results: list[dict[str, float]]) -> None:
-    async with websockets.connect(url, max_size=None) as ws:
-        for i in range(turns):
-            sent = time.perf_counter()
-            await ws.send(json.dumps({"t": "text_input", "text": f"benchmark turn {i}"}))
-            seen: dict[str, float] = {}
-            while "end" not in seen:
-                frame = json.loads(await ws.recv())
-                if frame["t"] in MARKS and frame["t"] not in seen:
-                    seen[frame["t"]] = (time.perf_counter() - sent) * 1000
-                if frame["t"] == "error":
-                    raise RuntimeError(f"server error: {frame}")
-            results.append(seen)
+
+SCENARIOS = ("turns", "audio", "interrupt", "idle", "startup", "all")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-async def measure(url: str, connections: int, turns: int, pid: int | None) -> dict[str, Any]:
-    results: list[dict[str, float]] = []
-    await run_turns(url, 1, [])  # warm-up: first connection, pools, imports
-    cpu_before = cpu_seconds(pid) if pid else 0.0
-    await asyncio.gather(*(run_turns(url, turns, results) for _ in range(connections)))
-    cpu = (cpu_seconds(pid) - cpu_before) if pid else None
-    summary: dict[str, Any] = {"connections": connections, "turns": len(results)}
-    for mark in MARKS:
-        values = [r[mark] for r in results if mark in r]
-        if values:
-            summary[mark] = {"median_ms": statistics.median(values), "p95_ms": percentile(values, 0.95),
-                             "p99_ms": percentile(values, 0.99)}
-    if cpu is not None:
-        summary["server_cpu_ms_per_turn"] = cpu * 1000 / len(results)
-        summary["server_rss_mb"] = rss_mb(pid)
-    return summary
-
-
-def print_table(summary: dict[str, Any]) -> None:
-    print(f"\n{summary['connections']} connection(s), {summary['turns']} turns (ms from text_input sent)")
-    print(f"{'frame':18} {'median':>9} {'p95':>9} {'p99':>9}")
-    for mark in MARKS:
-        if mark in summary:
-            row = summary[mark]
-            print(f"{mark:18} {row['median_ms']:9.2f} {row['p95_ms']:9.2f} {row['p99_ms']:9.2f}")
-    if "server_cpu_ms_per_turn" in summary:
-        print(f"server CPU per turn: {summary['server_cpu_ms_per_turn']:.2f} ms; "
-              f"RSS {summary['server_rss_mb']:.1f} MB")
-    if "startup_s" in summary:
-        print(f"start-up to accepting: {summary['startup_s']:.2f} s")
-
-
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", nargs="?", default="turns", choices=SCENARIOS)
     parser.add_argument("--url", help="an existing Live API socket URL (skip starting livetx)")
+    parser.add_argument("--server-pid", type=int, help="with --url: a local server's pid, for CPU and RSS")
     parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--turns", type=int, default=20, help="turns per connection")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the N x M run (more samples)")
+    parser.add_argument("--audio-seconds", type=float, default=1.0, help="speech per voice turn")
+    parser.add_argument("--no-pace", action="store_true", help="send 20 ms frames at once, not in real time")
+    parser.add_argument("--trials", type=int, default=50, help="interrupts")
+    parser.add_argument("--settle", type=float, default=0.3, help="seconds to watch for frames after stop_play")
+    parser.add_argument("--interrupt-delay", type=float, default=0.01,
+                        help="simulator seconds per token for the interrupt scenario (a turn must run)")
+    parser.add_argument("--levels", default="0,1,100,1000,10000", help="idle connection counts")
+    parser.add_argument("--hold", type=float, default=2.0, help="seconds each idle level is held")
+    parser.add_argument("--concurrency", type=int, default=64, help="idle sockets opening at once")
+    parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--sentences", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="simulator seconds between tokens")
     parser.add_argument("--offline", action="store_true", help="livetx on its defaults: echo model, eSpeak NG")
-    parser.add_argument("--json", help="also write the summary to this file")
-    args = parser.parse_args()
+    parser.add_argument("--pin", action="store_true",
+                        help="livetx on the first core; simulator and client on the others")
+    parser.add_argument("--json", help="write the summaries to this file")
+    parser.add_argument("--out", help="write one JSON file per scenario into this directory")
+    return parser.parse_args()
+
+
+@contextmanager
+def _target(args: argparse.Namespace, delay: float) -> Iterator[Any]:
+    from live_scenarios import Server
+
     if args.url:
-        summary = asyncio.run(measure(args.url, args.connections, args.turns, None))
+        yield Server(args.url, args.server_pid)
     else:
-        with local_server(args.tokens, args.sentences, args.delay, args.offline) as (url, pid, startup):
-            summary = asyncio.run(measure(url, args.connections, args.turns, pid))
-            summary["startup_s"] = startup
-    print_table(summary)
+        with local_server(args.tokens, args.sentences, delay, args.offline, pin=args.pin) as (url, pid, _):
+            yield Server(url, pid)
+
+
+def main() -> None:
+    args = _arguments()
+    import live_client
+    import live_scenarios as sc
+
+    live_client.raise_nofile_limit()
+    if args.pin:
+        os.sched_setaffinity(0, split_cores()[1])
+    pace = not args.no_pace
+    levels = [int(n) for n in args.levels.split(",")]
+    wanted = {args.scenario} if args.scenario != "all" else set(SCENARIOS)
+    summaries: list[dict[str, Any]] = []
+    if "startup" in wanted and not args.url:
+        summaries.append(sc.show(sc.startup(args.startup_runs, tokens=args.tokens, sentences=args.sentences,
+                                            offline=args.offline, pin=args.pin)))
+    with _target(args, args.delay) as server:
+        if args.scenario == "all":  # the fixed suite of benchmarks/RESULTS.md
+            for kind, connections, turns, rounds in (("text", 1, 50, 1), ("text", 20, 5, 3),
+                                                     ("audio", 1, 20, 1), ("audio", 20, 5, 1)):
+                summaries.append(sc.run(sc.turns(server, connections, turns, kind, rounds,
+                                                 args.audio_seconds, pace)))
+        elif args.scenario in ("turns", "audio"):
+            kind = "audio" if args.scenario == "audio" else "text"
+            summaries.append(sc.run(sc.turns(server, args.connections, args.turns, kind, args.rounds,
+                                             args.audio_seconds, pace)))
+    if "idle" in wanted:
+        # A fresh server: every socket of a user loads that user's stored
+        # history, so idle sockets after many turns cost more than on a new one.
+        with _target(args, args.delay) as server:
+            summaries.append(sc.run(sc.idle(server, levels, args.hold, args.concurrency)))
+    if "interrupt" in wanted:
+        with _target(args, args.interrupt_delay) as server:
+            summaries.append(sc.run(sc.interrupts(server, args.trials, args.settle)))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        Path(args.json).write_text(json.dumps(summaries, indent=2))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        for n, summary in enumerate(summaries):
+            name = f"{n:02d}-{summary['scenario'].replace(' ', '-')}.json"
+            Path(args.out, name).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

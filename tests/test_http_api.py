@@ -147,3 +147,12 @@ async def test_openapi_json_describes_every_route(livetx: Any) -> None:
     served.add("/api/v1/chat/sessions/{session_id}/messages")
     assert served == set(spec["paths"])
     assert all(spec["paths"][p]["get"].get("x-websocket") for p in WEBSOCKET_ROUTES)
+
+
+def test_openapi_document_is_read_on_first_request_only() -> None:
+    from livetx.web.http_api import OpenAPIResource, load_openapi
+
+    resource = OpenAPIResource()
+    assert "body" not in vars(resource)  # nothing parsed at start-up
+    assert json.loads(resource.body) == load_openapi()
+    assert resource.body is resource.body

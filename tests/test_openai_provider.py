@@ -9,12 +9,16 @@ from typing import Any, AsyncIterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, gatherResults
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.providers.base import LLMError, STTError, TTSError
-from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber, make_http_client
+from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber, _Endpoints, make_http_client
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -209,3 +213,48 @@ async def test_transcription_uploads_multipart(openai: Any, http: Any) -> None:
     openai.fail_status = 400
     with pytest.raises(STTError, match="400"):
         await stt.transcribe(wav)
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_sessions_reuse_their_upstream_connections(openai: Any, http: Any) -> None:
+    # 20 sessions speaking at once: the second wave rides the first wave's sockets.
+    tts = OpenAISpeech(TTSConfig(base_url=openai.base_url), http, reactor)
+    openai.speech_delay = 0.05  # all 20 are in flight together
+    await gatherResults([tts.synthesize(f"first {i}") for i in range(20)])
+    first = {r.port for r in openai.requests}
+    await gatherResults([tts.synthesize(f"second {i}") for i in range(20)])
+    second = {r.port for r in openai.requests[20:]}
+    assert len(first) == 20 and second <= first
+
+
+def test_request_uri_is_encoded_once_per_path(http: Any) -> None:
+    chat = OpenAIChat(LLMConfig(base_url="http://bücher.example:8000/v1/"), http, reactor)
+    url = chat._upstream.url("/chat/completions")
+    assert url == b"http://xn--bcher-kva.example:8000/v1/chat/completions"
+    assert chat._upstream.url("/chat/completions") is url
+
+
+def test_one_endpoint_per_upstream_origin() -> None:
+    endpoints = _Endpoints(reactor, connect_timeout=5)
+    plain = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8000/v1/audio/speech"))
+    assert endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8000/v1/chat/completions")) is plain
+    assert isinstance(plain, HostnameEndpoint)
+    secure = endpoints.endpointForURI(URI.fromBytes(b"https://api.example/v1/chat/completions"))
+    assert secure is not plain and not isinstance(secure, HostnameEndpoint)  # wrapped in TLS
+    with pytest.raises(SchemeNotSupported):
+        endpoints.endpointForURI(URI.fromBytes(b"ftp://127.0.0.1/v1"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_successful_request_writes_no_log_line(openai: Any, http: Any) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await OpenAISpeech(TTSConfig(base_url=openai.base_url), http, reactor).synthesize("Quiet, please.")
+        openai.fail_status = 500
+        with pytest.raises(TTSError):
+            await OpenAISpeech(TTSConfig(base_url=openai.base_url), http, reactor).synthesize("Loud.")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    ours = [e for e in events if e.get("log_namespace") == "livetx.providers.openai"]
+    assert [e["log_format"].split()[2] for e in ours] == ["{path}"] and "500" in ours[0]["reason"]

@@ -1,26 +1,36 @@
-"""OpenAI-compatible services through ``treq``: chat (SSE), speech, transcription.
+"""OpenAI-compatible services over Twisted's ``Agent``: chat (SSE), speech, transcription.
 
 They work with hosted APIs and with self-hosted servers that speak the same
 protocol. All requests share one persistent connection pool. Every call is
 cancellable at any moment and cancelling really closes the upstream
 connection: that is what makes barge-in free the model at once.
+
+The plain ``Agent`` rather than treq's ``HTTPClient``: a turn makes one
+request per sentence, and treq re-parses the URL (with IDNA checks), wraps
+the agent in cookie, redirect and decoder agents and writes the body from a
+cooperator task on every request. Here each URL is parsed once, and a body
+already in memory is written at once.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any, Callable, Sequence
 
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from hyperlink import URL
+from treq.multipart import MultiPartProducer
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
@@ -32,14 +42,68 @@ _EXCERPT = 300
 #: After ``[DONE]`` the body should end at once; a server that keeps it open
 #: this long is hung up on rather than left holding a connection.
 _DRAIN_SECONDS = 2.0
+#: Idle upstream connections kept per host. A turn holds one chat stream and
+#: ``[tts] concurrency`` speech requests at once, so 20 busy sessions need
+#: about 60; fewer would open (and log) a new connection per sentence.
+MAX_PERSISTENT_PER_HOST = 64
 
 
-def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
-    """One keep-alive pool for every provider: no TLS handshake per sentence."""
+def make_http_client(reactor: Any) -> tuple[IAgent, HTTPConnectionPool]:
+    """One keep-alive pool for every provider: no TCP or TLS handshake per sentence."""
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 8
+    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = 60
-    return HTTPClient(Agent(reactor, pool=pool, connectTimeout=10)), pool
+    return Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout=10), pool=pool), pool
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """One endpoint per upstream origin, made once.
+
+    The Agent asks for an endpoint on every request, even one the pool
+    answers with a kept-alive connection, and its default factory makes a
+    new ``HostnameEndpoint`` (with IDNA checks of the host) each time.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """A request body already in memory, written as soon as the connection is ready."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Everything was written at once: nothing to pause."""
+
+    def resumeProducing(self) -> None:
+        """Everything was written at once: nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Everything was written at once: nothing to stop."""
 
 
 class _BodyReader(Protocol):
@@ -98,7 +162,7 @@ class _Upstream:
 
     def __init__(
         self,
-        http: HTTPClient,
+        http: IAgent,
         clock: IReactorTime,
         base_url: str,
         api_key: str | None,
@@ -106,17 +170,36 @@ class _Upstream:
         error: type[ProviderError],
         what: str,
     ) -> None:
-        self._http = http
+        self._agent = http
         self._clock = clock
         self._base_url = base_url.rstrip("/")
+        self._urls: dict[str, bytes] = {}
         self._api_key = api_key
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._auth = [f"Bearer {api_key}".encode("utf-8")] if api_key else []
         self._timeout = timeout
         self._error = error
         self._what = what
 
+    def url(self, path: str) -> bytes:
+        """The request URI of ``path``, parsed and IDNA-encoded once per path."""
+        url = self._urls.get(path)
+        if url is None:
+            url = URL.from_text(self._base_url + path).to_uri().to_text().encode("ascii")
+            self._urls[path] = url
+        return url
+
+    def post_json(self, path: str, on_data: Callable[[bytes], bool | None], payload: Any) -> Deferred[None]:
+        body = json.dumps(payload).encode("utf-8")
+        return self.post(path, on_data, _Body(body), b"application/json")
+
+    def post_form(
+        self, path: str, on_data: Callable[[bytes], bool | None], fields: dict[str, str], files: dict[str, Any]
+    ) -> Deferred[None]:
+        form = MultiPartProducer([*fields.items(), *files.items()])
+        return self.post(path, on_data, form, b"multipart/form-data; boundary=" + form.boundary)
+
     def post(
-        self, path: str, on_data: Callable[[bytes], bool | None], **body: Any
+        self, path: str, on_data: Callable[[bytes], bool | None], body: IBodyProducer, content_type: bytes
     ) -> Deferred[None]:
         """Send the request; feed a 2xx body to ``on_data``; fire when it ends.
 
@@ -125,7 +208,10 @@ class _Upstream:
         """
         reader: list[_BodyReader] = []
         cancelled: list[bool] = []
-        request = self._http.post(self._base_url + path, headers=self._headers, **body)
+        headers = Headers({b"content-type": [content_type]})
+        if self._auth:
+            headers.setRawHeaders(b"authorization", self._auth)
+        request = self._agent.request(b"POST", self.url(path), headers, body)
 
         def cancel(_: Deferred[None]) -> None:
             cancelled.append(True)
@@ -182,11 +268,12 @@ class _Upstream:
         def done(outcome: Any) -> Any:
             if timer.active():
                 timer.cancel()
-            _log.debug(
-                "{what} POST {path}: {outcome} after {elapsed:.3f} s",
-                what=self._what, path=path, elapsed=self._clock.seconds() - started,
-                outcome="ok" if not isinstance(outcome, Failure) else outcome.getErrorMessage(),
-            )
+            if isinstance(outcome, Failure):  # not every success: that is a log line per sentence
+                _log.debug(
+                    "{what} POST {path} failed after {elapsed:.3f} s: {reason}",
+                    what=self._what, path=path, elapsed=self._clock.seconds() - started,
+                    reason=outcome.getErrorMessage(),
+                )
             return outcome
 
         return d.addErrback(explain).addBoth(done)
@@ -198,15 +285,16 @@ class _Upstream:
         raise self._error(f"{self._what} answered HTTP {code}: {excerpt}")
 
 
-def _collect(upstream: _Upstream, path: str, **body: Any) -> Deferred[bytes]:
+def _collect(post: Callable[[Callable[[bytes], None]], Deferred[None]]) -> Deferred[bytes]:
+    """Run ``post`` with a sink for the body; fire with the whole body."""
     chunks: list[bytes] = []
-    return upstream.post(path, chunks.append, **body).addCallback(lambda _: b"".join(chunks))
+    return post(chunks.append).addCallback(lambda _: b"".join(chunks))
 
 
 class OpenAIChat:
     """``POST /chat/completions`` with ``stream: true``; each delta as it arrives."""
 
-    def __init__(self, config: LLMConfig, http: HTTPClient, reactor: IReactorTime) -> None:
+    def __init__(self, config: LLMConfig, http: IAgent, reactor: IReactorTime) -> None:
         self.model = config.model
         self._upstream = _Upstream(
             http, reactor, config.base_url, config.api_key, config.timeout, LLMError, "chat model"
@@ -230,7 +318,7 @@ class OpenAIChat:
                 raise LLMError("chat model sent no event stream")
 
         request = {"model": self.model, "messages": list(messages), "stream": True}
-        return self._upstream.post("/chat/completions", on_data, json=request).addCallback(check)
+        return self._upstream.post_json("/chat/completions", on_data, request).addCallback(check)
 
 
 def _delta_texts(data: str) -> list[str]:
@@ -256,7 +344,7 @@ class OpenAISpeech:
 
     name = "openai_tts_api"
 
-    def __init__(self, config: TTSConfig, http: HTTPClient, reactor: IReactorTime) -> None:
+    def __init__(self, config: TTSConfig, http: IAgent, reactor: IReactorTime) -> None:
         self._config = config
         self._upstream = _Upstream(
             http, reactor, config.base_url, config.api_key, config.timeout, TTSError, "speech service"
@@ -266,7 +354,8 @@ class OpenAISpeech:
         c = self._config
         request = {"model": c.model or "tts-1", "input": text, "voice": c.voice or "alloy",
                    "response_format": c.response_format}
-        return _collect(self._upstream, "/audio/speech", json=request).addCallback(self._check)
+        speech = _collect(lambda sink: self._upstream.post_json("/audio/speech", sink, request))
+        return speech.addCallback(self._check)
 
     @staticmethod
     def _check(audio: bytes) -> bytes:
@@ -280,7 +369,7 @@ class OpenAITranscriber:
 
     name = "openai_stt_api"
 
-    def __init__(self, config: STTConfig, http: HTTPClient, reactor: IReactorTime) -> None:
+    def __init__(self, config: STTConfig, http: IAgent, reactor: IReactorTime) -> None:
         self._config = config
         self._upstream = _Upstream(
             http, reactor, config.base_url, config.api_key, config.timeout, STTError,
@@ -291,8 +380,8 @@ class OpenAITranscriber:
         fields = {"model": self._config.model or "whisper-1"}
         if self._config.language:
             fields["language"] = self._config.language
-        files = {"file": ("audio.wav", "audio/wav", io.BytesIO(wav))}
-        body = _collect(self._upstream, "/audio/transcriptions", data=fields, files=files)
+        files = {"file": ("audio.wav", "audio/wav", _Body(wav))}
+        body = _collect(lambda sink: self._upstream.post_form("/audio/transcriptions", sink, fields, files))
         return body.addCallback(self._text)
 
     @staticmethod

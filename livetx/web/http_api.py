@@ -8,6 +8,7 @@ sockets, so a socket bound to the session sees them as well.
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from typing import Any
@@ -300,13 +301,17 @@ class _Sessions(SessionsResource):
 
 
 class OpenAPIResource(Resource):
-    """``GET /openapi.json``: the description shipped with the package."""
+    """``GET /openapi.json``: the description shipped with the package.
+
+    Read on first request, not at start-up: the YAML parser and the parsed
+    document would otherwise sit in every server's idle memory.
+    """
 
     isLeaf = True
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = json.dumps(load_openapi()).encode("utf-8")
+    @functools.cached_property
+    def body(self) -> bytes:
+        return json.dumps(load_openapi()).encode("utf-8")
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")

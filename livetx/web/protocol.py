@@ -222,6 +222,21 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
                 self.close_with(POLICY_VIOLATION, "Client reads too slowly")
 
+    # Autobahn builds a coloured debug line (``hltype``/``hlval``) for every
+    # read and every write, even with debug logging off: 2.5 µs each, half
+    # the cost of sending a frame (a text turn sends about 60). These two
+    # overrides skip only that line.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue or self.logOctets or self.state != self.STATE_OPEN:
+            super().sendData(data, sync, chopsize)  # queued, chopped or logged: Autobahn's way
+            return
+        self.transport.write(data)
+        self.trafficStats.outgoingOctetsWireLevel += len(data)
+
 
 class LiveServerFactory(WebSocketServerFactory):
     """Per-endpoint factory; every endpoint shares the same limits and pipeline."""
