@@ -57,7 +57,7 @@ async def test_recorded_speech_makes_two_turns_without_client_framing(
     livetx: Any, tmp_path: Path, barge_in: bool
 ) -> None:
     # The echo model speaks word by word, so the first reply is still going when the second utterance starts.
-    server = await grammar_server(livetx, tmp_path, f"[llm]\necho_delay = {0.2 if barge_in else 0}\n")
+    server = await grammar_server(livetx, tmp_path, f"[llm]\necho_delay = {0.5 if barge_in else 0}\n")
     client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
     await client.until("session_updated")
     first, second = "turn off the bedroom lights", "turn on the kitchen lights"
