@@ -1,12 +1,15 @@
-"""Bounded thread pools for engines whose calls block (eSpeak, PocketSphinx).
+"""Bounded pools of threads or processes for engines whose calls block.
 
 Each engine gets its own small pool, so a slow recognizer never queues
-behind speech synthesis, and no engine can take more threads than it was
-given. A job cancelled before it starts never runs.
+behind speech synthesis, and no engine can take more threads (or processes)
+than it was given. A job cancelled before it starts never runs.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import weakref
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -45,4 +48,50 @@ class Worker:
                 (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
 
         deferToThreadPool(self._reactor, self._pool, job).addBoth(settle)
+        return result
+
+
+class ProcessWorker:
+    """Runs picklable calls in at most ``size`` child processes, started on first use.
+
+    For engines that keep Python's GIL while they compute (PocketSphinx): on a
+    thread every call would stop the reactor, and with it every connection, for
+    as long as it runs; a child process has a GIL of its own. Children come from
+    a fork server, never a fork of the reactor's own (threaded) process. A
+    cancelled job still waiting in the pool never runs; one already handed to a
+    process (running, or next in line) finishes and its result is dropped.
+    """
+
+    def __init__(self, reactor: Any, size: int) -> None:
+        self._reactor = reactor
+        self._size = max(1, size)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self._size, mp_context=multiprocessing.get_context("forkserver"))
+            pool = weakref.ref(self._pool)  # an unused worker's children end with it
+
+            def stop() -> None:
+                alive = pool()
+                if alive is not None:
+                    alive.shutdown(wait=False, cancel_futures=True)
+
+            self._reactor.addSystemEventTrigger("during", "shutdown", stop)
+        return self._pool
+
+    def run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        future = self._started().submit(f, *args)
+        result: Deferred[T] = Deferred(lambda _: future.cancel())
+
+        def settle(done: Future[T]) -> None:
+            if result.called or done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                result.callback(done.result())
+            else:
+                result.errback(Failure(error))
+
+        future.add_done_callback(lambda done: self._reactor.callFromThread(settle, done))
         return result
