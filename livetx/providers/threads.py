@@ -8,6 +8,9 @@ than it was given. A job cancelled before it starts never runs.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -69,7 +72,12 @@ class ProcessWorker:
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self._size, mp_context=multiprocessing.get_context("forkserver"))
+            self._pool = ProcessPoolExecutor(
+                self._size,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_end_with,
+                initargs=(os.getpid(),),
+            )
             pool = weakref.ref(self._pool)  # an unused worker's children end with it
 
             def stop() -> None:
@@ -95,3 +103,18 @@ class ProcessWorker:
 
         future.add_done_callback(lambda done: self._reactor.callFromThread(settle, done))
         return result
+
+
+def _end_with(parent: int) -> None:
+    """In a pool process: exit once ``parent`` is gone. A server killed outright
+    never stops its pool, and an idle pool process would wait for work forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
