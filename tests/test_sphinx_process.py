@@ -4,7 +4,9 @@ so on a thread of the server's own process it stopped the reactor."""
 from __future__ import annotations
 
 import os
+from concurrent.futures.process import BrokenProcessPool
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
@@ -21,6 +23,9 @@ async def test_process_worker_runs_calls_in_another_process() -> None:
     worker = ProcessWorker(reactor, 1)
     assert await worker.run(os.getpid) != os.getpid()
     assert await worker.run(divmod, 7, 2) == (3, 1)
+    with pytest.raises(BrokenProcessPool):
+        await worker.run(os._exit, 1)  # a decoder that crashes takes its process with it
+    assert await worker.run(divmod, 9, 4) == (2, 1)  # and the next call gets a new one
 
 
 @pytest_twisted.ensureDeferred

@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -89,7 +90,11 @@ class ProcessWorker:
         return self._pool
 
     def run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
-        future = self._started().submit(f, *args)
+        try:
+            future = self._started().submit(f, *args)
+        except BrokenProcessPool:  # a process died (a crash in C, say): start a new pool
+            self._pool = None
+            future = self._started().submit(f, *args)
         result: Deferred[T] = Deferred(lambda _: future.cancel())
 
         def settle(done: Future[T]) -> None:
