@@ -1,17 +1,17 @@
 """PocketSphinx speech-to-text, offline, with the English model its wheel ships.
 
 Open vocabulary is rough; with a JSGF grammar or a keyword list it is exact,
-which is what command-style devices need. Decoding blocks for a fraction of
-a second, so it runs on a bounded pool of threads, one decoder per thread
-(decoders are not thread-safe), loaded on first use to keep idle memory low.
-It is cheap enough to give talk mode partial transcripts while the user is
-still speaking.
+which is what command-style devices need. PocketSphinx keeps Python's GIL for
+the whole of a decode (measured: a 3 s utterance stopped the reactor for
+0.4 s, and even fed in 0.1 s slices its closing second pass took 0.1–0.2 s in
+one call), so decoding runs in a bounded pool of child processes, one decoder
+per process, loaded on first use to keep idle memory low. It is cheap enough
+to give talk mode partial transcripts while the user is still speaking.
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,14 @@ from twisted.internet.defer import Deferred
 from livetx.audio import SAMPLE_RATE
 from livetx.config import STTConfig
 from livetx.providers.base import recognizer_input
-from livetx.providers.threads import Worker
+from livetx.providers.threads import ProcessWorker
 
 #: Silence around the segment: the decoder needs some to find word edges.
 _PAD = b"\0\0" * (SAMPLE_RATE // 4)
-#: Audio per decoder call. A call holds the GIL throughout (measured: a 3 s
-#: utterance in one call stalled the reactor for 0.3 s), so feed it in slices
-#: of 0.1 s, about 15 ms of work each, and the reactor runs in between.
-_CHUNK = SAMPLE_RATE // 10 * 2
 #: Detection threshold for a keyword phrase without one of its own ("lights on /1e-30/").
 _KEYWORD_THRESHOLD = "1e-45"
+#: In a decoding process: its decoder for each set of options.
+_decoders: dict[tuple[tuple[str, Any], ...], Any] = {}
 
 
 class SphinxRecognizer:
@@ -38,45 +36,42 @@ class SphinxRecognizer:
     name = "pocketsphinx"
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any) -> None:
-        self._options: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
+        options: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
         if config.grammar:
-            self._options["jsgf"] = str(Path(config.grammar).expanduser())
+            options["jsgf"] = str(Path(config.grammar).expanduser())
         elif config.keywords:
-            self._options["kws"] = _keyword_file(config.keywords)
-        self._worker = Worker(reactor, "pocketsphinx", config.threads)
-        self._local = threading.local()
-
-    def _decoder(self) -> Any:
-        decoder = getattr(self._local, "decoder", None)
-        if decoder is None:
-            from pocketsphinx import Decoder
-
-            decoder = self._local.decoder = Decoder(**self._options)
-        return decoder
-
-    def _decode(self, wav: bytes) -> str:
-        """Runs on a recognizer thread."""
-        return self._decode_pcm(recognizer_input(wav), whole=True)
-
-    def _decode_pcm(self, pcm: bytes, whole: bool = False) -> str:
-        decoder = self._decoder()
-        decoder.start_utt()
-        audio = _PAD + pcm + _PAD
-        if whole:  # one call: the decoder normalizes over the whole utterance
-            decoder.process_raw(audio, full_utt=True)
-        else:
-            for start in range(0, len(audio), _CHUNK):
-                decoder.process_raw(audio[start : start + _CHUNK])
-        decoder.end_utt()
-        hypothesis = decoder.hyp()
-        return hypothesis.hypstr.strip() if hypothesis is not None else ""
+            options["kws"] = _keyword_file(config.keywords)
+        self._options = tuple(sorted(options.items()))
+        self._worker = ProcessWorker(reactor, config.threads)
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
-        return self._worker.run(self._decode, wav)
+        return self._worker.run(_transcribe, self._options, wav)
 
     def partial(self, pcm: bytes) -> Deferred[str]:
-        """The utterance so far, decoded again from its start on the same bounded threads."""
-        return self._worker.run(self._decode_pcm, pcm)
+        """The utterance so far, decoded again from its start by the same processes."""
+        return self._worker.run(_decode, self._options, pcm)
+
+
+def _transcribe(options: tuple[tuple[str, Any], ...], wav: bytes) -> str:
+    """Runs in a decoding process; a bad file raises STTError there, which comes back."""
+    return _decode(options, recognizer_input(wav))
+
+
+def _decode(options: tuple[tuple[str, Any], ...], pcm: bytes) -> str:
+    """Runs in a decoding process: the whole utterance in one call, so the
+    decoder normalizes its cepstra over all of it (batch CMN, the decoder's
+    default; feeding it in pieces would switch the decoder to a running mean
+    for good, and later transcripts would depend on earlier ones)."""
+    decoder = _decoders.get(options)
+    if decoder is None:
+        from pocketsphinx import Decoder
+
+        decoder = _decoders[options] = Decoder(**dict(options))
+    decoder.start_utt()
+    decoder.process_raw(_PAD + pcm + _PAD, full_utt=True)
+    decoder.end_utt()
+    hypothesis = decoder.hyp()
+    return hypothesis.hypstr.strip() if hypothesis is not None else ""
 
 
 def _keyword_file(keywords: list[str]) -> str:

@@ -1,12 +1,19 @@
-"""Bounded thread pools for engines whose calls block (eSpeak, PocketSphinx).
+"""Bounded pools of threads or processes for engines whose calls block.
 
 Each engine gets its own small pool, so a slow recognizer never queues
-behind speech synthesis, and no engine can take more threads than it was
-given. A job cancelled before it starts never runs.
+behind speech synthesis, and no engine can take more threads (or processes)
+than it was given. A job cancelled before it starts never runs.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -46,3 +53,73 @@ class Worker:
 
         deferToThreadPool(self._reactor, self._pool, job).addBoth(settle)
         return result
+
+
+class ProcessWorker:
+    """Runs picklable calls in at most ``size`` child processes, started on first use.
+
+    For engines that keep Python's GIL while they compute (PocketSphinx): on a
+    thread every call would stop the reactor, and with it every connection, for
+    as long as it runs; a child process has a GIL of its own. Children come from
+    a fork server, never a fork of the reactor's own (threaded) process. A
+    cancelled job still waiting in the pool never runs; one already handed to a
+    process (running, or next in line) finishes and its result is dropped.
+    """
+
+    def __init__(self, reactor: Any, size: int) -> None:
+        self._reactor = reactor
+        self._size = max(1, size)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self._size,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_end_with,
+                initargs=(os.getpid(),),
+            )
+            pool = weakref.ref(self._pool)  # an unused worker's children end with it
+
+            def stop() -> None:
+                alive = pool()
+                if alive is not None:
+                    alive.shutdown(wait=False, cancel_futures=True)
+
+            self._reactor.addSystemEventTrigger("during", "shutdown", stop)
+        return self._pool
+
+    def run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        try:
+            future = self._started().submit(f, *args)
+        except BrokenProcessPool:  # a process died (a crash in C, say): start a new pool
+            self._pool = None
+            future = self._started().submit(f, *args)
+        result: Deferred[T] = Deferred(lambda _: future.cancel())
+
+        def settle(done: Future[T]) -> None:
+            if result.called or done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                result.callback(done.result())
+            else:
+                result.errback(Failure(error))
+
+        future.add_done_callback(lambda done: self._reactor.callFromThread(settle, done))
+        return result
+
+
+def _end_with(parent: int) -> None:
+    """In a pool process: exit once ``parent`` is gone. A server killed outright
+    never stops its pool, and an idle pool process would wait for work forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
