@@ -230,7 +230,7 @@ async def test_busy_sessions_reuse_their_upstream_connections(openai: Any, http:
 def test_request_uri_is_encoded_once_per_path(http: Any) -> None:
     chat = OpenAIChat(LLMConfig(base_url="http://bücher.example:8000/v1/"), http, reactor)
     url = chat._upstream.url("/chat/completions")
-    assert url == b"http://xn--bcher-kva.example:8000/v1/chat/completions"
+    assert url.to_text() == "http://xn--bcher-kva.example:8000/v1/chat/completions"
     assert chat._upstream.url("/chat/completions") is url
 
 
