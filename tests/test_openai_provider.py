@@ -232,6 +232,7 @@ def test_request_uri_is_encoded_once_per_path(http: Any) -> None:
     url = chat._upstream.url("/chat/completions")
     assert url.to_text() == "http://xn--bcher-kva.example:8000/v1/chat/completions"
     assert chat._upstream.url("/chat/completions") is url
+    assert url.to_uri() is url  # so treq does not encode it again on every request
 
 
 def test_one_endpoint_per_upstream_origin() -> None:
