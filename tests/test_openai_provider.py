@@ -201,6 +201,20 @@ async def test_speech_returns_a_wav(openai: Any, http: Any) -> None:
         await slow.synthesize("too slow")
 
 
+@pytest.mark.parametrize(
+    ("kind", "error"), [(b"text/html; charset=utf-8", "sent text/html, not audio"), (b"audio/wav", "no WAV audio")]
+)
+@pytest_twisted.ensureDeferred
+async def test_speech_that_is_not_audio_is_a_tts_error(openai: Any, http: Any, kind: bytes, error: str) -> None:
+    # A proxy's or captive portal's page answered with 200 must not be played as sound.
+    openai.fail_status, openai.fail_body, openai.fail_type = 200, "<html>Sign in to continue</html>", kind
+    tts = OpenAISpeech(TTSConfig(base_url=openai.base_url), http, reactor)
+    with pytest.raises(TTSError, match=error):
+        await tts.synthesize("Hello.")
+    openai.fail_status = None
+    assert (await tts.synthesize("Hello.")).startswith(b"RIFF")
+
+
 @pytest_twisted.ensureDeferred
 async def test_transcription_uploads_multipart(openai: Any, http: Any) -> None:
     openai.transcript = "turn on the lights"

@@ -328,12 +328,20 @@ class OpenAISpeech:
         c = self._config
         request = {"model": c.model or "tts-1", "input": text, "voice": c.voice or "alloy",
                    "response_format": c.response_format}
-        return self._upstream.post("/audio/speech", treq.content, json=request).addCallback(self._check)
+        return self._upstream.post("/audio/speech", self._audio, json=request)
 
-    @staticmethod
-    def _check(audio: bytes) -> bytes:
+    def _audio(self, response: IResponse) -> Deferred[bytes]:
+        kind = (response.headers.getRawHeaders(b"content-type") or [b""])[-1].decode("latin-1")
+        return treq.content(response).addCallback(self._check, kind.split(";")[0].strip().lower())
+
+    def _check(self, audio: bytes, kind: str) -> bytes:
+        """Only audio goes on to the client, never (say) a proxy's HTML page."""
         if not audio:
             raise TTSError("speech service returned no audio")
+        if kind.startswith("text/") or kind.endswith(("json", "xml")):
+            raise TTSError(f"speech service sent {kind}, not audio")
+        if self._config.response_format == "wav" and not (audio[:4] == b"RIFF" and audio[8:12] == b"WAVE"):
+            raise TTSError("speech service sent no WAV audio")
         return audio
 
 
