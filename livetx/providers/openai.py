@@ -137,7 +137,9 @@ class _Upstream:
         self._base_url = base_url.rstrip("/")
         self._urls: dict[str, _URI] = {}
         self._api_key = api_key
-        self._headers = {b"authorization": [f"Bearer {api_key}".encode("utf-8")]} if api_key else {}
+        self._headers: dict[bytes | str, list[bytes | str]] = (
+            {b"authorization": [f"Bearer {api_key}".encode("utf-8")]} if api_key else {}
+        )
         self._timeout = timeout
         self._error = error
         self._what = what
@@ -150,7 +152,7 @@ class _Upstream:
             url = self._urls[path] = _URI.from_text(uri)
         return url
 
-    def post(self, path: str, read: Callable[[IResponse], Deferred[_T]], **body: Any) -> Deferred[_T]:
+    def post(self, path: str, read: Callable[[_Hangup], Deferred[_T]], **body: Any) -> Deferred[_T]:
         """POST ``body`` (treq's ``json``, ``data``, ``files``); ``read`` a 2xx response.
 
         An error status fails with an excerpt of its body. A cancel or the
@@ -226,7 +228,7 @@ class _Upstream:
 
         return self.post(path, read, **body)
 
-    def _with_deadline(self, d: Deferred[None], path: str) -> Deferred[None]:
+    def _with_deadline(self, d: Deferred[_T], path: str) -> Deferred[_T]:
         expired: list[bool] = []
         started = self._clock.seconds()
 
