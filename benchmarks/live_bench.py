@@ -108,11 +108,11 @@ def local_server(
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp, "livetx.toml")
         base = f"http://127.0.0.1:{sim_port}/v1"
-        config.write_text(
-            "" if offline else
+        config.write_text(  # one benchmark user opens many sockets
+            "[server]\nmax_connections_per_user = 0\n" + ("" if offline else
             f'[llm]\nprovider = "openai"\nbase_url = "{base}"\nmodel = "sim"\n'
             f'[tts]\nprovider = "openai"\nbase_url = "{base}"\n'
-            f'[stt]\nprovider = "openai"\nbase_url = "{base}"\n'
+            f'[stt]\nprovider = "openai"\nbase_url = "{base}"\n')
         )
         sim = subprocess.Popen(
             [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(sim_port),

@@ -45,8 +45,7 @@ def inflict(fake: FakeOpenAI, fault: str, provider: str) -> None:
     elif fault == "drops":
         fake.drop = True
     elif fault == "not a stream":  # a 200 with a body of the wrong kind altogether
-        # (Speech is passed on as the bytes the service sent; only an empty body is caught.)
-        fake.fail_status, fake.fail_body = 200, "" if provider == "tts" else "<html>a proxy page</html>"
+        fake.fail_status, fake.fail_body, fake.fail_type = 200, "<html>a proxy page</html>", b"text/html"
     elif fault == "garbage":
         fake.inject = b"data: {this is not json\n\n"  # mid-stream, for the model
         if provider == "stt":
@@ -58,7 +57,7 @@ def inflict(fake: FakeOpenAI, fault: str, provider: str) -> None:
 def heal(fake: FakeOpenAI) -> None:
     fake.hang, fake.drop, fake.inject = False, False, b""
     fake.speech_delay = fake.transcription_delay = 0.0
-    fake.fail_status = None
+    fake.fail_status, fake.fail_type = None, b"application/json"
 
 
 def config(provider: str, base_url: str) -> str:

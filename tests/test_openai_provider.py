@@ -201,6 +201,20 @@ async def test_speech_returns_a_wav(openai: Any, http: Any) -> None:
         await slow.synthesize("too slow")
 
 
+@pytest.mark.parametrize(
+    ("kind", "error"), [(b"text/html; charset=utf-8", "sent text/html, not audio"), (b"audio/wav", "no WAV audio")]
+)
+@pytest_twisted.ensureDeferred
+async def test_speech_that_is_not_audio_is_a_tts_error(openai: Any, http: Any, kind: bytes, error: str) -> None:
+    # A proxy's or captive portal's page answered with 200 must not be played as sound.
+    openai.fail_status, openai.fail_body, openai.fail_type = 200, "<html>Sign in to continue</html>", kind
+    tts = OpenAISpeech(TTSConfig(base_url=openai.base_url), http, reactor)
+    with pytest.raises(TTSError, match=error):
+        await tts.synthesize("Hello.")
+    openai.fail_status = None
+    assert (await tts.synthesize("Hello.")).startswith(b"RIFF")
+
+
 @pytest_twisted.ensureDeferred
 async def test_transcription_uploads_multipart(openai: Any, http: Any) -> None:
     openai.transcript = "turn on the lights"
@@ -230,8 +244,9 @@ async def test_busy_sessions_reuse_their_upstream_connections(openai: Any, http:
 def test_request_uri_is_encoded_once_per_path(http: Any) -> None:
     chat = OpenAIChat(LLMConfig(base_url="http://bücher.example:8000/v1/"), http, reactor)
     url = chat._upstream.url("/chat/completions")
-    assert url == b"http://xn--bcher-kva.example:8000/v1/chat/completions"
+    assert url.to_text() == "http://xn--bcher-kva.example:8000/v1/chat/completions"
     assert chat._upstream.url("/chat/completions") is url
+    assert url.to_uri() is url  # so treq does not encode it again on every request
 
 
 def test_one_endpoint_per_upstream_origin() -> None:

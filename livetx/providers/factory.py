@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.web.iweb import IAgent
+from treq.client import HTTPClient
 
 from livetx.archive import AudioArchive
 from livetx.config import Config, ConfigError
@@ -18,7 +18,7 @@ from livetx.providers.piper import PiperSpeech
 from livetx.providers.sphinx import SphinxRecognizer
 from livetx.providers.whisper import WhisperRecognizer
 
-Maker = Callable[[Any, IAgent, Any], Any]
+Maker = Callable[[Any, HTTPClient, Any], Any]
 
 #: provider name → constructor(section, http, reactor); ``none`` means no engine.
 LLMS: dict[str, Maker] = {
@@ -65,13 +65,13 @@ def check(config: Config) -> None:
         _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
 
 
-def _make(table: dict[str, Maker], section: Any, http: IAgent, reactor: Any) -> Any:
+def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:
     maker = table.get(section.provider)
     return None if maker is None else maker(section, http, reactor)
 
 
 def build_pipeline(
-    config: Config, http: IAgent, reactor: Any, data_dir: Path | None = None
+    config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
 ) -> Pipeline:
     """Everything the live sessions of one server share."""
     archive = None

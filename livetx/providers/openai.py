@@ -1,40 +1,44 @@
-"""OpenAI-compatible services over Twisted's ``Agent``: chat (SSE), speech, transcription.
+"""OpenAI-compatible services through ``treq``: chat (SSE), speech, transcription.
 
 They work with hosted APIs and with self-hosted servers that speak the same
 protocol. All requests share one persistent connection pool. Every call is
 cancellable at any moment and cancelling really closes the upstream
 connection: that is what makes barge-in free the model at once.
 
-The plain ``Agent`` rather than treq's ``HTTPClient``: a turn makes one
-request per sentence, and treq re-parses the URL (with IDNA checks), wraps
-the agent in cookie, redirect and decoder agents and writes the body from a
-cooperator task on every request. Here each URL is parsed once, and a body
-already in memory is written at once.
+treq builds the requests (JSON and multipart bodies) and reads the bodies.
+A turn makes one request per sentence, so what is cheap to keep cheap stays
+under treq: its ``HTTPClient`` runs on an ``Agent`` with one endpoint per
+upstream origin and a pool of kept-alive connections, each URL reaches treq
+parsed and IDNA-encoded once, bodies are read unbuffered (each is read
+once), redirects are off (an API does not redirect a POST), and a request
+that succeeds writes no log line.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
-from hyperlink import URL
-from treq.multipart import MultiPartProducer
-from twisted.internet.defer import CancelledError, Deferred, succeed
+import treq
+from hyperlink import EncodedURL
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
 from livetx.providers.sse import SSEDecoder
+
+_T = TypeVar("_T")
 
 _log = Logger()
 
@@ -48,12 +52,13 @@ _DRAIN_SECONDS = 2.0
 MAX_PERSISTENT_PER_HOST = 64
 
 
-def make_http_client(reactor: Any) -> tuple[IAgent, HTTPConnectionPool]:
+def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     """One keep-alive pool for every provider: no TCP or TLS handshake per sentence."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = 60
-    return Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout=10), pool=pool), pool
+    agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout=10), pool=pool)
+    return HTTPClient(agent), pool
 
 
 @implementer(IAgentEndpointFactory)
@@ -84,77 +89,34 @@ class _Endpoints:
         return endpoint
 
 
-@implementer(IBodyProducer)
-class _Body:
-    """A request body already in memory, written as soon as the connection is ready."""
+class _Hangup(proxyForInterface(IResponse)):  # type: ignore[misc]
+    """A response whose connection can be closed mid-body.
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Everything was written at once: nothing to pause."""
-
-    def resumeProducing(self) -> None:
-        """Everything was written at once: nothing to resume."""
-
-    def stopProducing(self) -> None:
-        """Everything was written at once: nothing to stop."""
-
-
-class _BodyReader(Protocol):
-    """Hands each body chunk on as it arrives, and can hang up mid-body.
-
-    ``on_data`` returns true once the payload is complete (``[DONE]``): the
-    result fires then, and the rest of the body drains so the connection can
-    go back to the pool.
+    A ``treq.collect`` cannot be cancelled; this keeps the protocol it hands
+    the body to, whose transport is the upstream connection.
     """
 
-    def __init__(
-        self, on_data: Callable[[bytes], bool | None], finished: Deferred[None], clock: IReactorTime
-    ) -> None:
-        self._on_data = on_data
-        self._finished = finished
-        self._clock = clock
-        self._drain: IDelayedCall | None = None
+    _reader: IProtocol | None = None
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._finished.called:  # complete or failed: the rest is ignored
-            return
-        try:
-            done = self._on_data(data)
-        except Exception:
-            failure = Failure()
-            self.abort()
-            self._settle(failure)
-            return
-        if done:
-            self._drain = self._clock.callLater(_DRAIN_SECONDS, self.abort)
-            self._settle(None)
+    def deliverBody(self, protocol: IProtocol) -> None:
+        self._reader = protocol
+        self.original.deliverBody(protocol)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self._drain is not None and self._drain.active():
-            self._drain.cancel()
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._settle(None)
-        else:
-            self._settle(reason)
+    def hang_up(self) -> None:
+        transport = getattr(self._reader, "transport", None)
+        if transport is not None:
+            transport.loseConnection()
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
 
-    def _settle(self, outcome: Failure | None) -> None:
-        if self._finished.called:
-            return
-        if outcome is None:
-            self._finished.callback(None)
-        else:
-            self._finished.errback(outcome)
+class _URI(EncodedURL):
+    """A URL already in URI form.
+
+    treq converts every URL it is given to a URI, with IDNA checks of the
+    host: a third of its cost per request. Here that was done once.
+    """
+
+    def to_uri(self) -> _URI:
+        return self
 
 
 class _Upstream:
@@ -162,7 +124,7 @@ class _Upstream:
 
     def __init__(
         self,
-        http: IAgent,
+        http: HTTPClient,
         clock: IReactorTime,
         base_url: str,
         api_key: str | None,
@@ -170,68 +132,56 @@ class _Upstream:
         error: type[ProviderError],
         what: str,
     ) -> None:
-        self._agent = http
+        self._http = http
         self._clock = clock
         self._base_url = base_url.rstrip("/")
-        self._urls: dict[str, bytes] = {}
+        self._urls: dict[str, _URI] = {}
         self._api_key = api_key
-        self._auth = [f"Bearer {api_key}".encode("utf-8")] if api_key else []
+        self._headers: dict[bytes | str, list[bytes | str]] = (
+            {b"authorization": [f"Bearer {api_key}".encode("utf-8")]} if api_key else {}
+        )
         self._timeout = timeout
         self._error = error
         self._what = what
 
-    def url(self, path: str) -> bytes:
-        """The request URI of ``path``, parsed and IDNA-encoded once per path."""
+    def url(self, path: str) -> _URI:
+        """``path`` under the base URL, parsed and IDNA-encoded once per path."""
         url = self._urls.get(path)
         if url is None:
-            url = URL.from_text(self._base_url + path).to_uri().to_text().encode("ascii")
-            self._urls[path] = url
+            uri = EncodedURL.from_text(self._base_url + path).to_uri().to_text()
+            url = self._urls[path] = _URI.from_text(uri)
         return url
 
-    def post_json(self, path: str, on_data: Callable[[bytes], bool | None], payload: Any) -> Deferred[None]:
-        body = json.dumps(payload).encode("utf-8")
-        return self.post(path, on_data, _Body(body), b"application/json")
+    def post(self, path: str, read: Callable[[_Hangup], Deferred[_T]], **body: Any) -> Deferred[_T]:
+        """POST ``body`` (treq's ``json``, ``data``, ``files``); ``read`` a 2xx response.
 
-    def post_form(
-        self, path: str, on_data: Callable[[bytes], bool | None], fields: dict[str, str], files: dict[str, Any]
-    ) -> Deferred[None]:
-        form = MultiPartProducer([*fields.items(), *files.items()])
-        return self.post(path, on_data, form, b"multipart/form-data; boundary=" + form.boundary)
-
-    def post(
-        self, path: str, on_data: Callable[[bytes], bool | None], body: IBodyProducer, content_type: bytes
-    ) -> Deferred[None]:
-        """Send the request; feed a 2xx body to ``on_data``; fire when it ends.
-
-        Error bodies go through the same reader, so a cancel or the deadline
-        closes the connection whatever stage the response is at.
+        An error status fails with an excerpt of its body. A cancel or the
+        deadline closes the connection at any stage: before the headers
+        through the Agent, after them by hanging up on the body.
         """
-        reader: list[_BodyReader] = []
+        response: list[_Hangup] = []
         cancelled: list[bool] = []
-        headers = Headers({b"content-type": [content_type]})
-        if self._auth:
-            headers.setRawHeaders(b"authorization", self._auth)
-        request = self._agent.request(b"POST", self.url(path), headers, body)
+        request = self._http.post(
+            self.url(path), headers=self._headers, allow_redirects=False, unbuffered=True, **body
+        )
 
-        def cancel(_: Deferred[None]) -> None:
+        def cancel(_: Deferred[_T]) -> None:
             cancelled.append(True)
-            if reader:
-                reader[0].abort()
+            if response:
+                response[0].hang_up()
             else:
                 request.cancel()
 
-        result: Deferred[None] = Deferred(cancel)
+        result: Deferred[_T] = Deferred(cancel)
 
-        def respond(response: IResponse) -> Deferred[Any]:
-            failed = not 200 <= response.code < 300
+        def respond(answer: IResponse) -> Deferred[Any]:
+            response.append(_Hangup(answer))
+            if 200 <= answer.code < 300:
+                return read(response[0])
             excerpt = bytearray()
-            sink = (lambda b: excerpt.extend(b[: _EXCERPT - len(excerpt)])) if failed else on_data
-            finished: Deferred[Any] = Deferred()
-            reader.append(_BodyReader(sink, finished, self._clock))
-            response.deliverBody(reader[0])
-            if failed:  # even if the error body is cut short, the status is the news
-                finished.addBoth(lambda _: self._status_error(bytes(excerpt), response.code))
-            return finished
+            reading = treq.collect(response[0], lambda b: excerpt.extend(b[: _EXCERPT - len(excerpt)]))
+            # even if the error body is cut short, the status is the news
+            return reading.addBoth(lambda _: self._status_error(bytes(excerpt), answer.code))
 
         def settle(outcome: Any) -> None:
             if result.called:  # a cancel has already errbacked it
@@ -246,7 +196,39 @@ class _Upstream:
         request.addCallback(respond).addBoth(settle)
         return self._with_deadline(result, path)
 
-    def _with_deadline(self, d: Deferred[None], path: str) -> Deferred[None]:
+    def stream(self, path: str, on_data: Callable[[bytes], bool], **body: Any) -> Deferred[None]:
+        """POST and feed each body chunk to ``on_data`` as it arrives.
+
+        ``on_data`` returns true once the payload is complete (``[DONE]``):
+        the result fires then, and the rest of the body drains so the
+        connection can go back to the pool.
+        """
+
+        def read(response: _Hangup) -> Deferred[None]:
+            complete: Deferred[None] = Deferred()
+            drain: list[IDelayedCall] = []
+
+            def feed(chunk: bytes) -> None:
+                if not drain and on_data(chunk):
+                    drain.append(self._clock.callLater(_DRAIN_SECONDS, response.hang_up))
+                    complete.callback(None)
+
+            def ended(outcome: Failure | None) -> None:
+                if drain and drain[0].active():
+                    drain[0].cancel()
+                if complete.called:  # a drain cut short is no news
+                    return
+                if isinstance(outcome, Failure):
+                    complete.errback(outcome)
+                else:
+                    complete.callback(None)
+
+            treq.collect(response, feed).addBoth(ended)
+            return complete
+
+        return self.post(path, read, **body)
+
+    def _with_deadline(self, d: Deferred[_T], path: str) -> Deferred[_T]:
         expired: list[bool] = []
         started = self._clock.seconds()
 
@@ -285,16 +267,10 @@ class _Upstream:
         raise self._error(f"{self._what} answered HTTP {code}: {excerpt}")
 
 
-def _collect(post: Callable[[Callable[[bytes], None]], Deferred[None]]) -> Deferred[bytes]:
-    """Run ``post`` with a sink for the body; fire with the whole body."""
-    chunks: list[bytes] = []
-    return post(chunks.append).addCallback(lambda _: b"".join(chunks))
-
-
 class OpenAIChat:
     """``POST /chat/completions`` with ``stream: true``; each delta as it arrives."""
 
-    def __init__(self, config: LLMConfig, http: IAgent, reactor: IReactorTime) -> None:
+    def __init__(self, config: LLMConfig, http: HTTPClient, reactor: IReactorTime) -> None:
         self.model = config.model
         self._upstream = _Upstream(
             http, reactor, config.base_url, config.api_key, config.timeout, LLMError, "chat model"
@@ -318,7 +294,7 @@ class OpenAIChat:
                 raise LLMError("chat model sent no event stream")
 
         request = {"model": self.model, "messages": list(messages), "stream": True}
-        return self._upstream.post_json("/chat/completions", on_data, request).addCallback(check)
+        return self._upstream.stream("/chat/completions", on_data, json=request).addCallback(check)
 
 
 def _delta_texts(data: str) -> list[str]:
@@ -344,7 +320,7 @@ class OpenAISpeech:
 
     name = "openai_tts_api"
 
-    def __init__(self, config: TTSConfig, http: IAgent, reactor: IReactorTime) -> None:
+    def __init__(self, config: TTSConfig, http: HTTPClient, reactor: IReactorTime) -> None:
         self._config = config
         self._upstream = _Upstream(
             http, reactor, config.base_url, config.api_key, config.timeout, TTSError, "speech service"
@@ -354,13 +330,20 @@ class OpenAISpeech:
         c = self._config
         request = {"model": c.model or "tts-1", "input": text, "voice": c.voice or "alloy",
                    "response_format": c.response_format}
-        speech = _collect(lambda sink: self._upstream.post_json("/audio/speech", sink, request))
-        return speech.addCallback(self._check)
+        return self._upstream.post("/audio/speech", self._audio, json=request)
 
-    @staticmethod
-    def _check(audio: bytes) -> bytes:
+    def _audio(self, response: IResponse) -> Deferred[bytes]:
+        kind = (response.headers.getRawHeaders(b"content-type") or [b""])[-1].decode("latin-1")
+        return treq.content(response).addCallback(self._check, kind.split(";")[0].strip().lower())
+
+    def _check(self, audio: bytes, kind: str) -> bytes:
+        """Only audio goes on to the client, never (say) a proxy's HTML page."""
         if not audio:
             raise TTSError("speech service returned no audio")
+        if kind.startswith("text/") or kind.endswith(("json", "xml")):
+            raise TTSError(f"speech service sent {kind}, not audio")
+        if self._config.response_format == "wav" and not (audio[:4] == b"RIFF" and audio[8:12] == b"WAVE"):
+            raise TTSError("speech service sent no WAV audio")
         return audio
 
 
@@ -369,7 +352,7 @@ class OpenAITranscriber:
 
     name = "openai_stt_api"
 
-    def __init__(self, config: STTConfig, http: IAgent, reactor: IReactorTime) -> None:
+    def __init__(self, config: STTConfig, http: HTTPClient, reactor: IReactorTime) -> None:
         self._config = config
         self._upstream = _Upstream(
             http, reactor, config.base_url, config.api_key, config.timeout, STTError,
@@ -380,8 +363,8 @@ class OpenAITranscriber:
         fields = {"model": self._config.model or "whisper-1"}
         if self._config.language:
             fields["language"] = self._config.language
-        files = {"file": ("audio.wav", "audio/wav", _Body(wav))}
-        body = _collect(lambda sink: self._upstream.post_form("/audio/transcriptions", sink, fields, files))
+        files = {"file": ("audio.wav", "audio/wav", io.BytesIO(wav))}
+        body = self._upstream.post("/audio/transcriptions", treq.content, data=fields, files=files)
         return body.addCallback(self._text)
 
     @staticmethod

@@ -71,9 +71,10 @@ class FakeOpenAI:
         self.tokenize: Callable[[str], list[str]] = words
         #: Seconds between SSE chunks (0 still yields to the reactor between them).
         self.token_delay = 0.0
-        #: Answer every request with this status (and ``fail_body``) instead.
+        #: Answer every request with this status (and ``fail_body`` as ``fail_type``) instead.
         self.fail_status: int | None = None
         self.fail_body = '{"error": {"message": "the fake was told to fail"}}'
+        self.fail_type = b"application/json"
         #: Send headers and one chunk, then nothing: for timeouts.
         self.hang = False
         #: Send headers and part of the body, then drop the TCP connection.
@@ -110,7 +111,7 @@ class FakeOpenAI:
         if self.fail_status is None:
             return None
         request.setResponseCode(self.fail_status)
-        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-type", self.fail_type)
         return self.fail_body.encode()
 
     def _chat(self, request: Request, record: Recorded) -> Any:
