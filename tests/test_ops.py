@@ -166,3 +166,19 @@ async def test_healthz_and_readyz(livetx: Any, openai: Any) -> None:
     code, _, body = await get(unreachable, "/readyz")
     assert code == 503 and '"status": "unready"' in body and "cannot connect to 127.0.0.1" in body
     assert openai.requests_to("/chat/completions") == []  # a probe sends no request
+
+
+@pytest_twisted.ensureDeferred
+async def test_sockets_at_sub_paths_add_no_metric_series(livetx: Any) -> None:
+    """The socket resource is a leaf, so any sub-path reaches it: labels must not follow the path."""
+    server = await livetx()
+    accepted = await connect(server.url(f"{LIVE}/junk-one", token=server.token()))
+    await accepted.close_and_wait()
+    for junk in ("junk-two", "junk-three/deeper"):
+        refused = await open_socket(server.url(f"{LIVE}/{junk}", token="not-a-token"))
+        await refused.closed
+    _, _, text = await get(server, "/metrics")
+    assert "junk" not in text
+    seen = families(text)
+    assert seen[("livetx_connections_total", (("endpoint", LIVE), ("mode", "live")))] == 1
+    assert seen[("livetx_connections_refused_total", (("endpoint", LIVE),))] == 2

@@ -99,9 +99,9 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             if admission.notice is not None:
                 self.send(admission.notice)
             self.close_with(POLICY_VIOLATION, admission.refusal or "Unauthorized")
-            self.factory.metrics.refused_at(self.http_request_path)
+            self.factory.metrics.refused_at(self.factory.endpoint)
             _log.info("Refused a {path} socket: {reason}",
-                      path=self.http_request_path, reason=admission.refusal)
+                      path=self.factory.endpoint, reason=admission.refusal)
             return
         self.finished = Deferred()
         limits = self.factory.limits
@@ -129,7 +129,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         )
         self.factory.connections.add(self)
         self.observer = self.factory.metrics.opened(
-            self.http_request_path, admission.mode, admission.username, self.factory.clock)
+            self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
@@ -254,6 +254,7 @@ class LiveServerFactory(WebSocketServerFactory):
         chat: ChatService,
         store: ConversationStore | None = None,
         metrics: ServerMetrics | None = None,
+        endpoint: str = "",
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
@@ -265,6 +266,10 @@ class LiveServerFactory(WebSocketServerFactory):
         self.clock = clock
         self.metrics = metrics or ServerMetrics()
         self.limits = limits
+        #: The mounted path, for metric labels and logs. Not the request's path:
+        #: the resource is a leaf, so any sub-path reaches it, and labels from
+        #: client-chosen text would grow the metrics without bound.
+        self.endpoint = endpoint
         apply_limits(self, limits)
 
 
