@@ -40,6 +40,9 @@ NORMAL = 1000
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
 
+#: Frames still taken while the server drains: they stop work, never start it.
+STOPPING = frozenset({"interrupt", "truncate"})
+
 
 @implementer(IPushProducer)
 class SendBuffer:
@@ -84,11 +87,16 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     buffer: SendBuffer | None = None
     #: Fires once ``onClose`` has let go of the session (and stored what it had).
     finished: Deferred[None] | None = None
+    #: The client was told the server is shutting down (it is told once).
+    told_draining = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
 
     def onOpen(self) -> None:
+        if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
+            self.close_with(GOING_AWAY, "Server shutting down")
+            return
         admission = self.admission
         if admission.refusal is None and admission.username is not None:
             crowded = self.factory.connections.crowded(admission, self.factory.limits)
@@ -153,16 +161,20 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             else:
                 self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
             return
-        if self.factory.connections.draining:  # running turns finish; nothing new starts
-            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
-            return
+        draining = self.factory.connections.draining
         if isBinary and self.session.settings.binary_audio and self.admission.mode != "chat":
-            self.session.receive_audio(payload)
+            if draining:
+                self._refuse_while_draining()
+            else:
+                self.session.receive_audio(payload)
             return
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
             self.send(e.frame())
+            return
+        if draining and frame.get("t") not in STOPPING:
+            self._refuse_while_draining()
             return
         mode = self.admission.mode or frame.get("ct", "live")
         if mode == "live":
@@ -173,6 +185,16 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             self.chat.receive(frame)
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def _refuse_while_draining(self) -> None:
+        """Running turns finish, nothing new starts: say so once, then drop input.
+
+        Once, because a device streams audio at 50 frames a second and each
+        would otherwise earn its own error frame.
+        """
+        if not self.told_draining:
+            self.told_draining = True
+            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
 
     @property
     def busy(self) -> bool:
