@@ -326,10 +326,20 @@ def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
     )
 
 
-def _decrement(counter: Counter[str], key: str) -> None:
+def _decrement(counter: Counter[Any], key: Any) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
+
+
+def _user(admission: Admission) -> tuple[str, str]:
+    """Whose sockets count together against ``max_connections_per_user``.
+
+    An API key holder names any username it likes, so its sockets count
+    apart from the dashboard's (JWT) ones and from other keys': a key cannot
+    use up a user's own allowance and lock the user out.
+    """
+    return admission.key_id or "", admission.username or ""
 
 
 class ConnectionTracker(Service):
@@ -347,7 +357,7 @@ class ConnectionTracker(Service):
 
     def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
         self._open: set[LiveServerProtocol] = set()
-        self._users: Counter[str] = Counter()
+        self._users: Counter[tuple[str, str]] = Counter()
         self._keys: Counter[str] = Counter()
         self._clock = clock
         self._grace = grace
@@ -359,7 +369,7 @@ class ConnectionTracker(Service):
 
     def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
         """Why one more socket for this user or key would be too many, if it would."""
-        if 0 < limits.max_connections_per_user <= self._users[admission.username or ""]:
+        if 0 < limits.max_connections_per_user <= self._users[_user(admission)]:
             return "Too many connections for this user"
         if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
             return "Too many connections for this API key"
@@ -368,14 +378,14 @@ class ConnectionTracker(Service):
     def add(self, protocol: LiveServerProtocol) -> None:
         if protocol not in self._open:
             self._open.add(protocol)
-            self._users[protocol.admission.username or ""] += 1
+            self._users[_user(protocol.admission)] += 1
             if protocol.admission.key_id:
                 self._keys[protocol.admission.key_id] += 1
 
     def discard(self, protocol: LiveServerProtocol) -> None:
         if protocol in self._open:
             self._open.remove(protocol)
-            _decrement(self._users, protocol.admission.username or "")
+            _decrement(self._users, _user(protocol.admission))
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
 
