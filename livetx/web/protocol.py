@@ -32,7 +32,7 @@ from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
-from livetx.web.admission import Admission, FrameRate, Gate, Verdict
+from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
 
 _log = Logger()
 
@@ -101,8 +101,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if admission.refusal is None and admission.username is not None:
             crowded = self.factory.connections.crowded(admission, self.factory.limits)
             if crowded is not None:
-                notice = frames.chat_error(frames.RATE_LIMITED, crowded) if admission.key_id else None
-                admission = Admission(refusal=crowded, notice=notice)
+                admission = refusal(crowded, frames.RATE_LIMITED, notice=bool(admission.key_id))
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
