@@ -151,7 +151,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store,
         routes={
             **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
-            **ops_routes(metrics, settings, reactor),
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining),
             **page_routes(),
         },
         metrics=metrics,

@@ -7,6 +7,7 @@ OpenAI-compatible fake, so livetx's real HTTP providers meet each fault.
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any
 
@@ -21,13 +22,24 @@ from .test_voice import stream
 
 TIMEOUT = 0.5
 PROVIDERS = {"llm": "LLM_ERROR", "tts": "TTS_ERROR", "stt": "STT_ERROR"}
-#: What the error message says for each fault (the code says which service).
+#: How each provider's messages name its service.
+SERVICES = {"llm": "chat model", "tts": "speech service", "stt": "transcription service"}
+#: A pattern each fault's error message starts with, per provider (the code says which service).
 FAULTS = {
-    "hangs": "timed out after 0.5 s",
-    "refuses": "cannot reach",
-    "garbage": "",
-    "not a stream": "",
-    "drops": "",
+    "hangs": dict.fromkeys(PROVIDERS, r"{service} timed out after 0\.5 s$"),
+    "refuses": dict.fromkeys(PROVIDERS, "cannot reach the {service}: Connection was refused"),
+    "garbage": {
+        "llm": "{service} sent an event that is not JSON$",
+        "tts": "{service} returned no audio$",
+        "stt": "{service} sent no text$",
+    },
+    "not a stream": {
+        "llm": "{service} sent no event stream$",
+        "tts": "{service} returned no audio$",
+        "stt": "{service} sent no text$",
+    },
+    # (The providers word this one as a list of Failure reprs, wrapped by twisted.web's ResponseFailed.)
+    "drops": dict.fromkeys(PROVIDERS, "cannot reach the {service}: .*Connection to the other side was lost"),
 }
 
 
@@ -87,7 +99,9 @@ async def test_a_provider_fault_is_a_coded_error_and_the_session_goes_on(
     frames = await one_turn(client, provider)
     errors = [f for f in frames if f["t"] == "error"]
     assert [e["code"] for e in errors] == [PROVIDERS[provider]], frames
-    assert FAULTS[fault] in errors[0]["data"] and "Traceback" not in errors[0]["data"]
+    expected = FAULTS[fault][provider].format(service=SERVICES[provider])
+    assert re.match(expected, errors[0]["data"]), errors[0]["data"]
+    assert "Traceback" not in errors[0]["data"]
     assert kinds(frames)[-1] == "end"
     if provider == "tts":  # the words still reach the screen
         assert "bot_delta_chunk" in kinds(frames)

@@ -159,3 +159,20 @@ async def test_a_client_that_stops_reading_is_closed_not_buffered_for(livetx: An
     client.transport.resumeProducing()
     await client.closed
     assert (client.close_code, client.close_reason) == (1008, "Client reads too slowly")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_api_key_cannot_use_up_a_users_own_sockets(livetx: Any) -> None:
+    """A key holder chooses the username freely: its sockets count apart from the user's own."""
+    server = await livetx("[server]\nmax_connections_per_user = 1\n")
+    _, key = KeyStore(server.data_dir).create(["chat"])
+    _, other_key = KeyStore(server.data_dir).create(["chat"])
+    squatter = await connect(server.url(OPEN_API, username="alice", api_key=key))
+    crowded = await open_socket(server.url(OPEN_API, username="alice", api_key=key))
+    await crowded.closed
+    assert (crowded.close_code, crowded.close_reason) == (1008, "Too many connections for this user")
+    browser = await connect(server.url(LIVE, token=server.token("alice")))
+    device = await connect(server.url(OPEN_API, username="alice", api_key=other_key))
+    assert replied(await browser.turn("still mine"))
+    for client in (squatter, browser, device):
+        await client.close_and_wait()

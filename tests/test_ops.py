@@ -8,6 +8,8 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
@@ -166,3 +168,50 @@ async def test_healthz_and_readyz(livetx: Any, openai: Any) -> None:
     code, _, body = await get(unreachable, "/readyz")
     assert code == 503 and '"status": "unready"' in body and "cannot connect to 127.0.0.1" in body
     assert openai.requests_to("/chat/completions") == []  # a probe sends no request
+
+
+@pytest_twisted.ensureDeferred
+async def test_sockets_at_sub_paths_add_no_metric_series(livetx: Any) -> None:
+    """The socket resource is a leaf, so any sub-path reaches it: labels must not follow the path."""
+    server = await livetx()
+    accepted = await connect(server.url(f"{LIVE}/junk-one", token=server.token()))
+    await accepted.close_and_wait()
+    for junk in ("junk-two", "junk-three/deeper"):
+        refused = await open_socket(server.url(f"{LIVE}/{junk}", token="not-a-token"))
+        await refused.closed
+    _, _, text = await get(server, "/metrics")
+    assert "junk" not in text
+    seen = families(text)
+    assert seen[("livetx_connections_total", (("endpoint", LIVE), ("mode", "live")))] == 1
+    assert seen[("livetx_connections_refused_total", (("endpoint", LIVE),))] == 2
+
+
+class _Counting(Factory):
+    """A TCP listener that only counts the connections made to it."""
+
+    protocol = Protocol
+    made = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.made += 1
+        return super().buildProtocol(addr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_reuses_its_probe_and_is_unready_while_draining(livetx: Any) -> None:
+    upstream = _Counting()
+    port = reactor.listenTCP(0, upstream, interface="127.0.0.1")
+    try:
+        server = await livetx(openai_config(f"http://127.0.0.1:{port.getHost().port}/v1"))
+        answers = await DeferredList([Deferred.fromCoroutine(get(server, "/readyz")) for _ in range(5)])
+        assert [a[1][0] for a in answers] == [200] * 5
+        probes = upstream.made
+        assert 0 < probes <= 3  # one probe in flight: one connection per engine at most
+        for _ in range(5):
+            assert (await get(server, "/readyz"))[0] == 200
+        assert upstream.made == probes  # answered from the cache
+        server.service.getServiceNamed("connections").draining = True
+        code, _, body = await get(server, "/readyz")
+        assert code == 503 and '"status": "draining"' in body
+    finally:
+        await port.stopListening()

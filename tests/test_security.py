@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from livetx.auth.keys import KeyStore
-from livetx.web.admission import FailedAuth, origin_allowed
+from livetx.web.admission import FailedAuth, TooManyFailures, client_address, origin_allowed
 
 from .support import connect, open_socket, replied
 from .test_live_ws import LIVE, OPEN_API, UNIFIED
@@ -51,6 +51,17 @@ def test_failed_auth_blocks_an_address_for_a_minute() -> None:
     clock.advance(58)  # the first failure is now a minute old
     assert not failures.blocked("10.0.0.1")
     assert not FailedAuth(0, clock).blocked("10.0.0.1")  # 0: no limit
+
+
+def test_one_address_per_host_whatever_the_port_and_one_check_for_every_endpoint() -> None:
+    assert client_address("tcp4:10.0.0.1:5678") == client_address("tcp4:10.0.0.1:1") == "10.0.0.1"
+    assert client_address("tcp6:::1:5678") == "::1"
+    assert client_address("unix:/run/livetx.sock") == "unix:/run/livetx.sock"
+    failures = FailedAuth(1, Clock())
+    assert failures.attempt("tcp4:10.0.0.1:1", lambda: None, lambda r: r is None) is None  # counted
+    with pytest.raises(TooManyFailures):  # another port, the same host: not even verified
+        failures.attempt("tcp4:10.0.0.1:2", lambda: 1 / 0, lambda r: False)
+    assert failures.attempt("tcp4:10.0.0.2:1", lambda: "ok", lambda r: r is None) == "ok"
 
 
 def test_failed_auth_remembers_a_bounded_number_of_addresses() -> None:

@@ -20,6 +20,7 @@ from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import Admission
 from livetx.web.protocol import ConnectionTracker
 
+from .doubles import b64
 from .support import LiveClient, connect, open_socket
 from .test_live_ws import LIVE, kinds
 from .test_twistd import TWISTD, free_port, wait_for_port
@@ -101,7 +102,7 @@ async def test_sigterm_lets_a_running_turn_finish_then_closes_with_1001(tmp_path
         await client.until("bot_delta_chunk")
         server.terminate()
         assert await server.refuses_connections()  # the port closed at once
-        client.send({"t": "interrupt"})  # nothing new starts while draining
+        client.send({"t": "text_input", "text": "and more"})  # nothing new starts while draining
         await client.closed
     finally:
         await server.finish()
@@ -163,3 +164,25 @@ def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
     for socket in (idle, busy, stuck):
         socket.finished.callback(None)
     assert len(done) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_draining_interrupt_works_audio_is_dropped_and_late_sockets_go(livetx: Any) -> None:
+    server = await livetx(SLOW_ECHO + "[server]\nshutdown_grace = 20\n")
+    client = await connect(server.url(LIVE, token=server.token()))
+    late_url = server.url(LIVE, token=server.token("late"))
+    client.send({"t": "text_input", "text": " ".join(f"w{i}" for i in range(200))})
+    await client.until("bot_delta_chunk")
+    tracker = server.service.getServiceNamed("connections")
+    tracker.draining = True  # what stopping the server sets first, before the grace period
+    client.send({"t": "start_speaking"})
+    for _ in range(20):  # a device streaming its microphone
+        client.send({"t": "speaking_part", "data": b64(b"\0\0" * 320)})
+    client.send({"t": "interrupt"})  # the user may still stop the bot
+    await client.until("stop_play")
+    errors = [f for f in client.frames if f["t"] == "error"]
+    assert errors == [{"t": "error", "code": "PROCESSING_ERROR", "data": "server is shutting down"}]
+    late = await open_socket(late_url)  # its handshake finished after the sockets were closed
+    await late.closed
+    assert (late.close_code, late.close_reason) == (1001, "Server shutting down")
+    assert len(tracker) == 1

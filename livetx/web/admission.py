@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionRequest
@@ -66,8 +66,10 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
     return admit
 
 
-def _refuse(code: str, message: str, reason: str) -> Admission:
-    return Admission(refusal=reason, notice=chat_error(code, message), auth_failed=code == "UNAUTHORIZED")
+def refusal(reason: str, code: str, *, notice: bool = True, message: str | None = None) -> Admission:
+    """Close with ``reason``; with ``notice``, first an error frame of ``code`` saying ``message`` (or the reason)."""
+    frame = chat_error(code, message or reason) if notice else None
+    return Admission(refusal=reason, notice=frame, auth_failed=code == "UNAUTHORIZED")
 
 
 def api_key_gate(keys: KeyStore) -> Gate:
@@ -76,17 +78,17 @@ def api_key_gate(keys: KeyStore) -> Gate:
     def admit(request: ConnectionRequest) -> Admission:
         key = key_from_request(request.params, request.headers)
         if key is None:
-            return _refuse("UNAUTHORIZED", "Missing API key", "Missing API key")
+            return refusal("Missing API key", "UNAUTHORIZED")
         record = keys.verify(key, CHAT_SCOPE)
         if record is None:
-            return _refuse("UNAUTHORIZED", "Invalid API key", "Invalid API key")
+            return refusal("Invalid API key", "UNAUTHORIZED")
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
             problem = problem or "Invalid username"
-            return _refuse("BAD_USER", problem, problem)
+            return refusal(problem, "BAD_USER")
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
-            return _refuse("INVALID_MESSAGE", "ct must be 'live' or 'chat'", "Invalid ct")
+            return refusal("Invalid ct", "INVALID_MESSAGE", message="ct must be 'live' or 'chat'")
         return Admission(
             username=username, mode=mode, session_id=_first(request, "session_id"), key_id=record.id
         )
@@ -159,10 +161,21 @@ def origin_allowed(request: ConnectionRequest, allowed: Sequence[str]) -> bool:
     return bool(netloc) and netloc == request.headers.get("host", "").strip().lower()
 
 
-def _address(request: ConnectionRequest) -> str:
-    """The peer's IP address from Autobahn's ``tcp4:1.2.3.4:5678`` (or ``tcp6:::1:5678``)."""
-    kind, _, rest = request.peer.partition(":")
-    return rest.rsplit(":", 1)[0] if kind.startswith("tcp") else request.peer
+def client_address(peer: str) -> str:
+    """The IP address in a peer descriptor such as ``tcp4:1.2.3.4:5678`` (or ``tcp6:::1:5678``).
+
+    Autobahn gives sockets that descriptor; HTTP requests get the same from
+    ``autobahn.twisted.util.peer2str``, so both count failures alike.
+    """
+    kind, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0] if kind.startswith("tcp") else peer
+
+
+T = TypeVar("T")
+
+
+class TooManyFailures(Exception):
+    """The address failed to authenticate too often; its credentials go unchecked."""
 
 
 class FailedAuth:
@@ -203,6 +216,19 @@ class FailedAuth:
         if len(self._failures) > self._max:  # forget the address seen longest ago
             del self._failures[next(iter(self._failures))]
 
+    def attempt(self, peer: str, verify: Callable[[], T], failed: Callable[[T], bool]) -> T:
+        """``verify()`` for a client at ``peer``, counting it when ``failed(result)``.
+
+        Raises :class:`TooManyFailures`, without verifying, when the address is blocked.
+        """
+        address = client_address(peer)
+        if self.blocked(address):
+            raise TooManyFailures("Too many failed attempts")
+        result = verify()
+        if failed(result):
+            self.failed(address)
+        return result
+
 
 def guarded(
     gate: Gate, *, failures: FailedAuth, origins: Sequence[str] | None = None, notice: bool = False
@@ -212,18 +238,12 @@ def guarded(
     ``notice``: the endpoint's clients expect an error frame before the close.
     """
 
-    def refuse(reason: str, code: str) -> Admission:
-        return Admission(refusal=reason, notice=chat_error(code, reason) if notice else None)
-
     def admit(request: ConnectionRequest) -> Admission:
         if origins is not None and not origin_allowed(request, origins):
-            return refuse("Origin not allowed", "FORBIDDEN")
-        address = _address(request)
-        if failures.blocked(address):
-            return refuse("Too many failed attempts", RATE_LIMITED)
-        admission = gate(request)
-        if admission.auth_failed:
-            failures.failed(address)
-        return admission
+            return refusal("Origin not allowed", "FORBIDDEN", notice=notice)
+        try:
+            return failures.attempt(request.peer, lambda: gate(request), lambda a: a.auth_failed)
+        except TooManyFailures as e:
+            return refusal(str(e), RATE_LIMITED, notice=notice)
 
     return admit

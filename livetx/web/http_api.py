@@ -14,6 +14,8 @@ from importlib import resources
 from typing import Any
 
 import multipart
+from autobahn.twisted.util import peer2str
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +28,7 @@ from livetx.chat.service import ChatRequest, ChatService, Event
 from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
-from livetx.web.admission import FailedAuth
+from livetx.web.admission import FailedAuth, TooManyFailures
 
 _log = Logger()
 
@@ -109,8 +111,8 @@ class APIResource(Resource):
     isLeaf = True
     scope = "chat"
     method = b"GET"
-    #: Failed authentications per address, shared with the WebSocket endpoints.
-    failures: FailedAuth | None = None
+    #: Failed authentications per address, shared with the WebSocket endpoints (0: no limit).
+    failures: FailedAuth = FailedAuth(0, reactor)
 
     def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
         super().__init__()
@@ -130,13 +132,12 @@ class APIResource(Resource):
 
     def authenticate(self, request: Request) -> None:
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
-        address = getattr(request.getClientAddress(), "host", "")
-        if self.failures is not None and self.failures.blocked(address):
-            raise HTTPError(429, frames.RATE_LIMITED, "Too many failed attempts")
         key = key_from_request({}, headers)
-        record = self.keys.verify(key, self.scope) if key is not None else None
-        if record is None and self.failures is not None:
-            self.failures.failed(address)
+        verify = functools.partial(self.keys.verify, key, self.scope)
+        try:
+            record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
+        except TooManyFailures as e:
+            raise HTTPError(429, frames.RATE_LIMITED, str(e)) from None
         if key is None:
             raise HTTPError(401, "UNAUTHORIZED", "Missing API key")
         if record is None:
@@ -280,7 +281,7 @@ def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
         "/api/v1/file": FileResource(keys, store, max_upload_bytes),
     }
     for resource in (*routes.values(), sessions._messages):
-        if isinstance(resource, APIResource):
+        if isinstance(resource, APIResource) and failures is not None:
             resource.failures = failures
     return routes
 

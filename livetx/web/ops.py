@@ -4,27 +4,32 @@ Liveness only says the reactor answers. Readiness says the configured
 engines can work: offline engines were checked at start-up (their modules
 and model files), and an HTTP service counts as reachable when a TCP
 connection to its host opens; no request is sent, so a probe costs no
-tokens and needs no key.
+tokens and needs no key. Anyone may ask, so the answer is reused for
+``READY_CACHE_SECONDS`` and one probe at a time runs: a flood of requests
+opens no flood of upstream connections. A draining server is not ready.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from livetx.config import Config
+from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.web.http_api import _finish_async, _json
 
 #: Seconds a readiness probe waits for each upstream service.
 PROBE_TIMEOUT = 2.0
+#: Seconds a readiness answer is reused before the upstream hosts are probed again.
+READY_CACHE_SECONDS = 5.0
 
 
 class Health(Resource):
@@ -54,10 +59,28 @@ class Ready(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings: Config, reactor: Any) -> None:
+    def __init__(self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self._settings = settings
         self._reactor = reactor
+        self._draining = draining
+        self._checks: dict[str, Any] | None = None
+        self._checked_at = 0.0
+        self._probing: Deferred[dict[str, Any]] | None = None
+
+    def current(self) -> Deferred[dict[str, Any]]:
+        """The last :meth:`check` if recent, else the one running, else a new one."""
+        fresh = self._checks is not None and self._reactor.seconds() - self._checked_at < READY_CACHE_SECONDS
+        if not fresh and self._probing is None:
+            self._probing = self.check()
+            self._probing.addCallback(self._remember)
+        if self._probing is not None:
+            return waiter_for(self._probing).addCallback(lambda _: self._checks)
+        return succeed(self._checks)
+
+    def _remember(self, checks: dict[str, Any]) -> dict[str, Any]:
+        self._checks, self._checked_at, self._probing = checks, self._reactor.seconds(), None
+        return checks
 
     def check(self) -> Deferred[dict[str, Any]]:
         """Each engine's provider and whether it is usable; never names a key."""
@@ -80,18 +103,23 @@ class Ready(Resource):
         return DeferredList(probes).addCallback(lambda _: checks)
 
     def render_GET(self, request: Request) -> Any:
+        if self._draining():  # stopping: the load balancer should send no one new
+            return _json(request, 503, {"status": "draining"})
+
         def answer(checks: dict[str, Any]) -> bytes:
             ready = all(c["ok"] for c in checks.values())
             body = {"status": "ready" if ready else "unready", "checks": checks}
             return _json(request, 200 if ready else 503, body)
 
-        return _finish_async(request, self.check().addCallback(answer))
+        return _finish_async(request, self.current().addCallback(answer))
 
 
-def ops_routes(metrics: ServerMetrics, settings: Config, reactor: Any) -> dict[str, Resource]:
-    """The operations routes, for ``build_site``'s ``routes``."""
+def ops_routes(
+    metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False
+) -> dict[str, Resource]:
+    """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping."""
     return {
         "/metrics": MetricsResource(registry=metrics.registry),
         "/healthz": Health(),
-        "/readyz": Ready(settings, reactor),
+        "/readyz": Ready(settings, reactor, draining),
     }

@@ -32,13 +32,16 @@ from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
-from livetx.web.admission import Admission, FrameRate, Gate, Verdict
+from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
 
 _log = Logger()
 
 NORMAL = 1000
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
+
+#: Frames still taken while the server drains: they stop work, never start it.
+STOPPING = frozenset({"interrupt", "truncate"})
 
 
 @implementer(IPushProducer)
@@ -84,24 +87,28 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     buffer: SendBuffer | None = None
     #: Fires once ``onClose`` has let go of the session (and stored what it had).
     finished: Deferred[None] | None = None
+    #: The client was told the server is shutting down (it is told once).
+    told_draining = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
 
     def onOpen(self) -> None:
+        if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
+            self.close_with(GOING_AWAY, "Server shutting down")
+            return
         admission = self.admission
         if admission.refusal is None and admission.username is not None:
             crowded = self.factory.connections.crowded(admission, self.factory.limits)
             if crowded is not None:
-                notice = frames.chat_error(frames.RATE_LIMITED, crowded) if admission.key_id else None
-                admission = Admission(refusal=crowded, notice=notice)
+                admission = refusal(crowded, frames.RATE_LIMITED, notice=bool(admission.key_id))
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
             self.close_with(POLICY_VIOLATION, admission.refusal or "Unauthorized")
-            self.factory.metrics.refused_at(self.http_request_path)
+            self.factory.metrics.refused_at(self.factory.endpoint)
             _log.info("Refused a {path} socket: {reason}",
-                      path=self.http_request_path, reason=admission.refusal)
+                      path=self.factory.endpoint, reason=admission.refusal)
             return
         self.finished = Deferred()
         limits = self.factory.limits
@@ -129,7 +136,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         )
         self.factory.connections.add(self)
         self.observer = self.factory.metrics.opened(
-            self.http_request_path, admission.mode, admission.username, self.factory.clock)
+            self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
@@ -153,16 +160,20 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             else:
                 self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
             return
-        if self.factory.connections.draining:  # running turns finish; nothing new starts
-            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
-            return
+        draining = self.factory.connections.draining
         if isBinary and self.session.settings.binary_audio and self.admission.mode != "chat":
-            self.session.receive_audio(payload)
+            if draining:
+                self._refuse_while_draining()
+            else:
+                self.session.receive_audio(payload)
             return
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
             self.send(e.frame())
+            return
+        if draining and frame.get("t") not in STOPPING:
+            self._refuse_while_draining()
             return
         mode = self.admission.mode or frame.get("ct", "live")
         if mode == "live":
@@ -173,6 +184,16 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             self.chat.receive(frame)
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def _refuse_while_draining(self) -> None:
+        """Running turns finish, nothing new starts: say so once, then drop input.
+
+        Once, because a device streams audio at 50 frames a second and each
+        would otherwise earn its own error frame.
+        """
+        if not self.told_draining:
+            self.told_draining = True
+            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
 
     @property
     def busy(self) -> bool:
@@ -254,6 +275,7 @@ class LiveServerFactory(WebSocketServerFactory):
         chat: ChatService,
         store: ConversationStore | None = None,
         metrics: ServerMetrics | None = None,
+        endpoint: str = "",
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
@@ -265,6 +287,10 @@ class LiveServerFactory(WebSocketServerFactory):
         self.clock = clock
         self.metrics = metrics or ServerMetrics()
         self.limits = limits
+        #: The mounted path, for metric labels and logs. Not the request's path:
+        #: the resource is a leaf, so any sub-path reaches it, and labels from
+        #: client-chosen text would grow the metrics without bound.
+        self.endpoint = endpoint
         apply_limits(self, limits)
 
 
@@ -299,10 +325,20 @@ def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
     )
 
 
-def _decrement(counter: Counter[str], key: str) -> None:
+def _decrement(counter: Counter[Any], key: Any) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
+
+
+def _user(admission: Admission) -> tuple[str, str]:
+    """Whose sockets count together against ``max_connections_per_user``.
+
+    An API key holder names any username it likes, so its sockets count
+    apart from the dashboard's (JWT) ones and from other keys': a key cannot
+    use up a user's own allowance and lock the user out.
+    """
+    return admission.key_id or "", admission.username or ""
 
 
 class ConnectionTracker(Service):
@@ -320,7 +356,7 @@ class ConnectionTracker(Service):
 
     def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
         self._open: set[LiveServerProtocol] = set()
-        self._users: Counter[str] = Counter()
+        self._users: Counter[tuple[str, str]] = Counter()
         self._keys: Counter[str] = Counter()
         self._clock = clock
         self._grace = grace
@@ -332,7 +368,7 @@ class ConnectionTracker(Service):
 
     def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
         """Why one more socket for this user or key would be too many, if it would."""
-        if 0 < limits.max_connections_per_user <= self._users[admission.username or ""]:
+        if 0 < limits.max_connections_per_user <= self._users[_user(admission)]:
             return "Too many connections for this user"
         if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
             return "Too many connections for this API key"
@@ -341,14 +377,14 @@ class ConnectionTracker(Service):
     def add(self, protocol: LiveServerProtocol) -> None:
         if protocol not in self._open:
             self._open.add(protocol)
-            self._users[protocol.admission.username or ""] += 1
+            self._users[_user(protocol.admission)] += 1
             if protocol.admission.key_id:
                 self._keys[protocol.admission.key_id] += 1
 
     def discard(self, protocol: LiveServerProtocol) -> None:
         if protocol in self._open:
             self._open.remove(protocol)
-            _decrement(self._users, protocol.admission.username or "")
+            _decrement(self._users, _user(protocol.admission))
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
 

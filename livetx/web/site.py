@@ -92,6 +92,7 @@ def build_site(
             chat=chat,
             store=store,
             metrics=metrics,
+            endpoint=path,
         )
         _mount(root, path, WebSocketResource(factory))
     if echo:
