@@ -35,11 +35,11 @@ FAULTS = {
     },
     "not a stream": {
         "llm": "{service} sent no event stream$",
-        "tts": "{service} returned no audio$",
+        "tts": "{service} sent text/html, not audio$",
         "stt": "{service} sent no text$",
     },
     # (The providers word this one as a list of Failure reprs, wrapped by twisted.web's ResponseFailed.)
-    "drops": dict.fromkeys(PROVIDERS, "cannot reach the {service}: .*Connection to the other side was lost"),
+    "drops": dict.fromkeys(PROVIDERS, "cannot reach the {service}: Connection to the other side was lost"),
 }
 
 

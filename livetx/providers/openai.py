@@ -245,7 +245,7 @@ class _Upstream:
                 return failure
             if failure.check(ProviderError):
                 return failure
-            raise self._error(f"cannot reach the {self._what}: {failure.getErrorMessage()}")
+            raise self._error(f"cannot reach the {self._what}: {_reason(failure)}")
 
         def done(outcome: Any) -> Any:
             if timer.active():
@@ -295,6 +295,14 @@ class OpenAIChat:
 
         request = {"model": self.model, "messages": list(messages), "stream": True}
         return self._upstream.stream("/chat/completions", on_data, json=request).addCallback(check)
+
+
+def _reason(failure: Failure) -> str:
+    """A failure's text for a client; twisted.web wraps its causes (``ResponseFailed``)."""
+    reasons = getattr(failure.value, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(r.getErrorMessage() if isinstance(r, Failure) else str(r) for r in reasons)
+    return failure.getErrorMessage()
 
 
 def _delta_texts(data: str) -> list[str]:
