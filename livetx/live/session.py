@@ -147,7 +147,7 @@ class Memory(Protocol):
         """Keep a finished turn; writes are applied in the order they are asked for."""
 
     def revise(self, exchange: Exchange) -> None:
-        """Replace the reply of the turn remembered last (after ``truncate``)."""
+        """Replace the reply of the turn this memory remembered last (after ``truncate``)."""
 
 
 #: Talk mode: audio between two partial transcripts of an utterance, at least.
