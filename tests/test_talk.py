@@ -344,6 +344,19 @@ def test_truncate_after_barge_in_and_its_refusals() -> None:
     assert silent.send("truncate", turn=1, audio_end_ms=0)[0]["code"] == frames.UNKNOWN_TURN
 
 
+def test_truncate_refuses_audio_of_unknown_length_and_keeps_the_reply() -> None:
+    h = Harness()
+    h.send("text_input", text="tell me two things")
+    h.llm.last.say("The first thing is this. ", "The second is mp3.")
+    h.llm.last.finish()
+    h.tts.requests[0][1].callback(to_wav(quiet(1000)))
+    h.tts.requests[1][1].callback(b"ID3\x04 an mp3 file")  # [tts] response_format = "mp3"
+    whole = h.session.history[-1]
+    (error,) = h.send("truncate", turn=1, audio_end_ms=5000)
+    assert (error["t"], error["code"]) == ("error", frames.UNKNOWN_TURN) and "unknown length" in error["data"]
+    assert h.session.history[-1] == whole and not whole.interrupted
+
+
 def test_binary_response_headers_name_the_audio_format() -> None:
     samples = [
         (to_wav(quiet(20)), "wav"), (b"ID3\x04rest", "mp3"), (b"\xff\xfb\x90", "mp3"),

@@ -565,6 +565,9 @@ class LiveSession:
         _, result, kept = self._finished
         if not result.spoken:
             raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
+        if any(duration is None for _, duration in result.spoken):
+            # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
+            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
         revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
         if revised != kept:
             if self._history and self._history[-1] is kept:
