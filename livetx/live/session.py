@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from transitions import EventData, Machine, MachineError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -426,7 +426,7 @@ class LiveSession:
                 or len(segment.pcm) - segment.heard < max(PARTIAL_EVERY_BYTES, segment.heard // 4)):
             return
         segment.heard = len(segment.pcm)
-        self._partial = stt.partial(bytes(segment.pcm))
+        self._partial = maybeDeferred(stt.partial, bytes(segment.pcm))
         self._partial.addCallbacks(self._partial_heard, self._partial_failed, callbackArgs=(segment,))
 
     def _partial_heard(self, text: str, segment: Segment) -> None:
@@ -487,7 +487,8 @@ class LiveSession:
             self._end_without_reply()
             return
         self._metric(stt=stt.name)
-        self._preparing = stt.transcribe(wav)
+        # A call that raises takes the failure path too: error, ``end``, idle again.
+        self._preparing = maybeDeferred(stt.transcribe, wav)
         self._preparing.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled,))
 
     def _transcribed(self, text: str, assembled: float) -> None:
