@@ -94,3 +94,14 @@ def test_a_call_cancelled_by_the_pools_shutdown_still_fires() -> None:
     assert running == [True]
     (failure,) = waiting
     assert failure.check(CancelledError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_partials_are_skipped_while_every_decoder_is_busy() -> None:
+    pcm = sphinx.recognizer_input(await speech("turn on the lights"))
+    recognizer = sphinx.SphinxRecognizer(STTConfig(threads=1), None, reactor)
+    final = recognizer.transcribe(to_wav(pcm))
+    skipped = outcome(recognizer.partial(pcm))
+    assert skipped == [""]  # at once, with no text: nothing was queued behind the final
+    text = await final
+    assert text and await recognizer.partial(pcm) == text  # a process is free again
