@@ -287,6 +287,18 @@ def test_partial_transcripts_while_the_user_speaks() -> None:
     assert late.called and [f["t"] for f in produced] == ["speech_stopped", "metrics", "metrics"]
 
 
+class RaisingPartialSTT(PartialSTT):
+    def partial(self, pcm: bytes) -> Deferred[str]:
+        raise RuntimeError("no decoder for partials")
+
+
+def test_a_partial_that_raises_is_only_logged_and_the_utterance_goes_on() -> None:
+    h = talking(stt=RaisingPartialSTT())
+    produced = speak(h, voiced(2000) + quiet(600))
+    assert [f["t"] for f in produced] == ["speech_started", "speech_stopped", "metrics", "metrics"]
+    assert h.state == "processing" and len(h.stt.requests) == 1
+
+
 def test_recognizers_without_partials_send_none() -> None:
     h = talking()
     frames_sent = speak(h, voiced(2000) + quiet(600))
