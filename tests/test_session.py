@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 
 from livetx.live import frames
 from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, Exchange, LiveSession, Pipeline
-from livetx.providers.base import LLMError, TTSError
+from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 
@@ -335,6 +335,23 @@ def test_no_stt_configured_is_an_error_but_the_turn_ends() -> None:
     h.send("end_speaking", stamp="s")
     assert h.out[1]["code"] == frames.STT_UNAVAILABLE
     assert h.kinds()[-1] == "end" and h.state == "idle"
+
+
+class RaisingSTT(ManualSTT):
+    """A recognizer whose call fails before it returns a Deferred (a full pool, say)."""
+
+    def transcribe(self, wav: bytes) -> Deferred[str]:
+        raise STTError("the recognizer is gone")
+
+
+def test_a_recognizer_that_raises_ends_the_turn_and_the_session_goes_on() -> None:
+    h = Harness(stt=RaisingSTT())
+    h.send("start_speaking", stamp="s")
+    produced = h.send("end_speaking", stamp="s")
+    assert produced[-2:] == [{"t": "error", "data": "the recognizer is gone", "code": STTError.code}, {"t": "end"}]
+    assert h.state == "idle"
+    h.send("text_input", text="hello?")
+    assert h.llm.last.messages[-1] == {"role": "user", "content": "hello?"}
 
 
 def test_barge_in_keeps_the_new_segment() -> None:

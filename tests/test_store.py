@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from livetx.live.session import Exchange
+from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.store.sqlite import SQLiteStore
 
 
@@ -74,4 +76,26 @@ async def test_attachments(tmp_path: Path) -> None:
     assert (tmp_path / "attachments" / record.id).read_bytes() == b"\x89PNG..."
     assert await store.attachment(record.id) == record
     assert await store.attachment("missing") is None
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_truncate_rewrites_its_own_reply_not_another_sockets(tmp_path: Path) -> None:
+    # Two sockets of one user without a session id share "live:ann"; B finishes after A.
+    store = SQLiteStore(tmp_path)
+    a, b = (StoredConversation(store, "ann", default_live_session("ann")) for _ in range(2))
+    await a.opened
+    await b.opened
+    assert await store.messages("live:ann") == []  # (and out of b.opened's callbacks)
+    a.remember(Exchange("from A", "reply to A, in full"), "text", {})
+    b.remember(Exchange("from B", "reply to B"), "text", {})
+    a.revise(Exchange("from A", "reply to A", interrupted=True))
+    a.revise(Exchange("from A", "reply", interrupted=True))  # cut again: the later one wins
+    # One thread, first come first served: once this query is answered, the
+    # replies' writes have been too, and the revisions chained on them are queued.
+    await store.messages("live:ann")
+    stored = await store.messages("live:ann")
+    assert [(m.text, m.interrupted) for m in stored if m.role == "assistant"] == [
+        ("reply", True), ("reply to B", False),
+    ]
     await store.close()

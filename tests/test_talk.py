@@ -287,6 +287,18 @@ def test_partial_transcripts_while_the_user_speaks() -> None:
     assert late.called and [f["t"] for f in produced] == ["speech_stopped", "metrics", "metrics"]
 
 
+class RaisingPartialSTT(PartialSTT):
+    def partial(self, pcm: bytes) -> Deferred[str]:
+        raise RuntimeError("no decoder for partials")
+
+
+def test_a_partial_that_raises_is_only_logged_and_the_utterance_goes_on() -> None:
+    h = talking(stt=RaisingPartialSTT())
+    produced = speak(h, voiced(2000) + quiet(600))
+    assert [f["t"] for f in produced] == ["speech_started", "speech_stopped", "metrics", "metrics"]
+    assert h.state == "processing" and len(h.stt.requests) == 1
+
+
 def test_recognizers_without_partials_send_none() -> None:
     h = talking()
     frames_sent = speak(h, voiced(2000) + quiet(600))
@@ -342,6 +354,19 @@ def test_truncate_after_barge_in_and_its_refusals() -> None:
     silent.llm.last.say("Hello there.")
     silent.llm.last.finish()
     assert silent.send("truncate", turn=1, audio_end_ms=0)[0]["code"] == frames.UNKNOWN_TURN
+
+
+def test_truncate_refuses_audio_of_unknown_length_and_keeps_the_reply() -> None:
+    h = Harness()
+    h.send("text_input", text="tell me two things")
+    h.llm.last.say("The first thing is this. ", "The second is mp3.")
+    h.llm.last.finish()
+    h.tts.requests[0][1].callback(to_wav(quiet(1000)))
+    h.tts.requests[1][1].callback(b"ID3\x04 an mp3 file")  # [tts] response_format = "mp3"
+    whole = h.session.history[-1]
+    (error,) = h.send("truncate", turn=1, audio_end_ms=5000)
+    assert (error["t"], error["code"]) == ("error", frames.UNKNOWN_TURN) and "unknown length" in error["data"]
+    assert h.session.history[-1] == whole and not whole.interrupted
 
 
 def test_binary_response_headers_name_the_audio_format() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from transitions import EventData, Machine, MachineError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -147,7 +147,7 @@ class Memory(Protocol):
         """Keep a finished turn; writes are applied in the order they are asked for."""
 
     def revise(self, exchange: Exchange) -> None:
-        """Replace the reply of the turn remembered last (after ``truncate``)."""
+        """Replace the reply of the turn this memory remembered last (after ``truncate``)."""
 
 
 #: Talk mode: audio between two partial transcripts of an utterance, at least.
@@ -426,7 +426,7 @@ class LiveSession:
                 or len(segment.pcm) - segment.heard < max(PARTIAL_EVERY_BYTES, segment.heard // 4)):
             return
         segment.heard = len(segment.pcm)
-        self._partial = stt.partial(bytes(segment.pcm))
+        self._partial = maybeDeferred(stt.partial, bytes(segment.pcm))
         self._partial.addCallbacks(self._partial_heard, self._partial_failed, callbackArgs=(segment,))
 
     def _partial_heard(self, text: str, segment: Segment) -> None:
@@ -487,7 +487,8 @@ class LiveSession:
             self._end_without_reply()
             return
         self._metric(stt=stt.name)
-        self._preparing = stt.transcribe(wav)
+        # A call that raises takes the failure path too: error, ``end``, idle again.
+        self._preparing = maybeDeferred(stt.transcribe, wav)
         self._preparing.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled,))
 
     def _transcribed(self, text: str, assembled: float) -> None:
@@ -565,6 +566,9 @@ class LiveSession:
         _, result, kept = self._finished
         if not result.spoken:
             raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
+        if any(duration is None for _, duration in result.spoken):
+            # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
+            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
         revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
         if revised != kept:
             if self._history and self._history[-1] is kept:

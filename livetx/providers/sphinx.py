@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from livetx.audio import SAMPLE_RATE
 from livetx.config import STTConfig
@@ -48,7 +48,12 @@ class SphinxRecognizer:
         return self._worker.run(_transcribe, self._options, wav)
 
     def partial(self, pcm: bytes) -> Deferred[str]:
-        """The utterance so far, decoded again from its start by the same processes."""
+        """The utterance so far, decoded again from its start by the same processes.
+
+        Skipped (no new text) while every process is busy: a final transcript,
+        which a reply waits for, must never queue behind partials."""
+        if not self._worker.idle:
+            return succeed("")
         return self._worker.run(_decode, self._options, pcm)
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -70,6 +70,8 @@ class ProcessWorker:
         self._reactor = reactor
         self._size = max(1, size)
         self._pool: ProcessPoolExecutor | None = None
+        #: Calls handed to the pool whose result has not come back yet.
+        self._running = 0
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -90,15 +92,20 @@ class ProcessWorker:
         return self._pool
 
     def run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        """The call's result; fails (never raises) when the pool cannot take it."""
         try:
-            future = self._started().submit(f, *args)
-        except BrokenProcessPool:  # a process died (a crash in C, say): start a new pool
-            self._pool = None
-            future = self._started().submit(f, *args)
+            future = self._submit(f, *args)
+        except (RuntimeError, BrokenProcessPool):  # shut down, or broken again at once
+            return fail()
+        self._running += 1
         result: Deferred[T] = Deferred(lambda _: future.cancel())
 
         def settle(done: Future[T]) -> None:
-            if result.called or done.cancelled():
+            self._running -= 1
+            if result.called:
+                return
+            if done.cancelled():  # by shutdown(cancel_futures=True): no result will come
+                result.errback(CancelledError())
                 return
             error = done.exception()
             if error is None:
@@ -108,6 +115,18 @@ class ProcessWorker:
 
         future.add_done_callback(lambda done: self._reactor.callFromThread(settle, done))
         return result
+
+    def _submit(self, f: Callable[..., T], *args: Any) -> Future[T]:
+        try:
+            return self._started().submit(f, *args)
+        except BrokenProcessPool:  # a process died (a crash in C, say): start a new pool
+            self._pool = None
+            return self._started().submit(f, *args)
+
+    @property
+    def idle(self) -> bool:
+        """Whether a call now would start at once instead of waiting for a process."""
+        return self._running < self._size
 
 
 def _end_with(parent: int) -> None:

@@ -74,8 +74,8 @@ class ConversationStore(Protocol):
     def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
         """The session's messages, oldest first (the last ``limit`` when given)."""
 
-    def replace_last_reply(self, session_id: str, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
-        """Replace the session's latest assistant message: a live reply cut to what was heard."""
+    def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
+        """Replace one assistant message (by its id): a live reply cut to what was heard."""
 
     def sessions(self, username: str, offset: int, limit: int) -> Deferred[tuple[list[StoredSession], int]]:
         """A page of the user's sessions, newest first, and how many there are."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,6 +45,8 @@ class StoredConversation:
         self.opened = store.open_session(username, session_id, "live")
         self._allowed: bool | None = None
         self.opened.addCallbacks(self._granted, self._refused)
+        #: The stored reply of the turn remembered last; ``revise`` rewrites that row.
+        self._reply: Deferred[StoredMessage | None] = succeed(None)
 
     def _granted(self, session: Any) -> None:
         self._allowed = True
@@ -77,14 +79,22 @@ class StoredConversation:
                 interrupted=exchange.interrupted, metrics=metrics,
             )
 
-        self._then(write).addErrback(self._write_failed)
+        # The reply's own row: another socket of the user may add later ones
+        # to the same conversation, so a revision must not pick "the latest".
+        self._reply = self._then(write).addErrback(self._write_failed)
 
     def revise(self, exchange: Exchange) -> None:
-        # Queued now, so it lands after the turn's own writes and before the next turn's.
         parts = [{"type": "plain", "text": exchange.reply}]
-        self._then(
-            lambda: self._store.replace_last_reply(self.session_id, parts, interrupted=exchange.interrupted)
-        ).addErrback(self._write_failed)
+
+        def replace(reply: StoredMessage | None) -> StoredMessage | None:
+            if reply is not None:  # None: its write failed, and was logged
+                self._store.replace_reply(reply.id, parts, interrupted=exchange.interrupted).addErrback(
+                    self._write_failed
+                )
+            return reply  # kept for a later revision of the same turn
+
+        # Revisions are queued in the order they are asked for, after the reply's own write.
+        self._reply.addCallback(replace)
 
     def _write_failed(self, failure: Failure) -> None:
         _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)

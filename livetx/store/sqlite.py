@@ -171,11 +171,10 @@ class SQLiteStore:
             cursor.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
         return StoredMessage(message_id, session_id, role, parts, stamp, interrupted, input_type, metrics)
 
-    def replace_last_reply(self, session_id: str, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
+    def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
         return self._pool.runOperation(
-            "UPDATE messages SET parts = ?, interrupted = ? WHERE id = (SELECT MAX(id) FROM messages "
-            "WHERE session_id = ? AND role = 'assistant')",
-            (json.dumps(list(parts), ensure_ascii=False), int(interrupted), session_id),
+            "UPDATE messages SET parts = ?, interrupted = ? WHERE id = ? AND role = 'assistant'",
+            (json.dumps(list(parts), ensure_ascii=False), int(interrupted), message_id),
         )
 
     def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
