@@ -14,6 +14,8 @@ from livetx.audio import BYTES_PER_SECOND, SAMPLE_RATE, read_wav, to_wav
 
 #: 20 ms of 16 kHz PCM16: the frame size a microphone client sends.
 FRAME_BYTES = BYTES_PER_SECOND // 50
+#: 100 ms: the frame size a recording is uploaded in (fewer messages, same audio).
+UPLOAD_FRAME_BYTES = BYTES_PER_SECOND // 10
 
 
 def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
