@@ -11,9 +11,6 @@ import io
 import sys
 import wave
 
-import numpy as np
-import soxr
-
 SAMPLE_RATE = 16_000
 SAMPLE_WIDTH = 2
 BYTES_PER_SECOND = SAMPLE_RATE * SAMPLE_WIDTH
@@ -78,6 +75,11 @@ def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     """Band-limited resampling (libsoxr): speech keeps its clarity for recognizers and players."""
     if rate == target or not pcm:
         return pcm
+    # Imported here: numpy adds some 12 MB to the server's RSS, and a server
+    # fed 16 kHz audio (the Live API's own format) never needs it.
+    import numpy as np
+    import soxr
+
     samples = np.frombuffer(pcm, dtype="<i2")
     return soxr.resample(samples, rate, target).astype("<i2").tobytes()
 
