@@ -12,6 +12,7 @@ import asyncio
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -265,6 +266,85 @@ def print_startup(s: Summary) -> None:
           f"({', '.join(f'{x:.2f}' for x in s['startup_s'])}); idle RSS {s['idle_rss_mb']:.1f} MB")
 
 
+# -- targets ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure of issue 8's table: where it is read, and the most it may be."""
+
+    figure: str
+    scenario: str
+    limit: float
+    unit: str
+    #: The figure in a summary, or None when this run's shape does not measure it.
+    measure: Callable[[Summary], float | None]
+
+
+def _shape(connections: int, turns: int | None, mark: str, stat: str) -> Callable[[Summary], float | None]:
+    def measure(s: Summary) -> float | None:
+        if s["connections"] != connections or (turns is not None and s["turns_per_connection"] != turns):
+            return None
+        return s[mark][stat] if mark in s else None
+    return measure
+
+
+def _idle_level(level: int, figure: Callable[[Summary], float | None]) -> Callable[[Summary], float | None]:
+    def measure(s: Summary) -> float | None:
+        row = next((r for r in s["levels"] if r["connections"] == level), None)
+        return None if row is None else figure(row)
+    return measure
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("text -> first response, 1 connection, median", "text turns", 5, "ms",
+           _shape(1, None, "response", "median_ms")),
+    Target("text -> first response, 20 x 5, p95", "text turns", 50, "ms", _shape(20, 5, "response", "p95_ms")),
+    Target("text -> end, 20 x 5, p95", "text turns", 80, "ms", _shape(20, 5, "end", "p95_ms")),
+    Target("server CPU per text turn", "text turns", 5, "ms", lambda s: s.get("server_cpu_ms_per_turn")),
+    Target("interrupt -> stop_play, p99", "interrupt", 10, "ms", lambda s: s["stop_play"]["p99_ms"]),
+    Target("audio frames after stop_play", "interrupt", 0, "frames", lambda s: s["audio_frames_after_stop_play"]),
+    Target("idle RSS after start-up", "startup", 60, "MB", lambda s: s["idle_rss_mb"]),
+    Target("10,000 idle connections: not held", "idle", 0, "sockets",
+           _idle_level(10_000, lambda r: r["connections"] - r["held"])),
+    Target("10,000 idle connections: memory each", "idle", 20, "KiB",
+           _idle_level(10_000, lambda r: r.get("kib_per_connection"))),
+    Target("start-up to accepting, median", "startup", 1.5, "s", lambda s: s["median_s"]),
+)
+
+
+def judge(summary: Summary) -> Summary:
+    """Add the scenario's targets to its summary: limit, measured (None: not in this run) and met."""
+    rows = []
+    for target in TARGETS:
+        if target.scenario != summary["scenario"]:
+            continue
+        value = target.measure(summary)
+        rows.append({"figure": target.figure, "limit": target.limit, "unit": target.unit, "measured": value,
+                     "met": None if value is None else value <= target.limit})
+    summary["targets"] = rows
+    return summary
+
+
+def missed(summaries: list[Summary]) -> list[Summary]:
+    """The targets measured and not met, over all the summaries."""
+    return [row for s in summaries for row in s.get("targets", []) if row["met"] is False]
+
+
+_DIGITS = {"ms": 2, "s": 2, "MB": 1, "KiB": 1, "frames": 0, "sockets": 0}
+
+
+def print_targets(s: Summary) -> None:
+    if not s["targets"]:
+        return
+    print(f"{'target':42} {'limit':>12} {'measured':>14} {'met':>4}")
+    for row in s["targets"]:
+        limit = f"<= {row['limit']:g} {row['unit']}"
+        measured = "-" if row["measured"] is None else f"{row['measured']:.{_DIGITS[row['unit']]}f} {row['unit']}"
+        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
+        print(f"{row['figure']:42} {limit:>12} {measured:>14} {met:>4}")
+
+
 PRINTERS: dict[str, Callable[[Summary], None]] = {
     "text turns": print_turns, "audio turns": print_turns, "interrupt": print_interrupts,
     "idle": print_idle, "startup": print_startup,
@@ -272,7 +352,9 @@ PRINTERS: dict[str, Callable[[Summary], None]] = {
 
 
 def show(summary: Summary) -> Summary:
+    judge(summary)
     PRINTERS[summary["scenario"]](summary)
+    print_targets(summary)
     return summary
 
 

@@ -72,21 +72,16 @@ def audio_format(audio: bytes) -> str:
 
 
 def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
-    """Linear-interpolation resampling: plenty for speech recognition input."""
+    """Band-limited resampling (libsoxr): speech keeps its clarity for recognizers and players."""
     if rate == target or not pcm:
         return pcm
-    samples = _samples(pcm)
-    count = len(samples) * target // rate
-    last = len(samples) - 1
-    step = rate / target
-    out = array.array("h", bytes(2 * count))
-    for i in range(count):
-        x = i * step
-        j = int(x)
-        a = samples[j]
-        b = samples[j + 1] if j < last else a
-        out[i] = int(a + (b - a) * (x - j))
-    return _bytes(out)
+    # Imported here: numpy adds some 12 MB to the server's RSS, and a server
+    # fed 16 kHz audio (the Live API's own format) never needs it.
+    import numpy as np
+    import soxr
+
+    samples = np.frombuffer(pcm, dtype="<i2")
+    return soxr.resample(samples, rate, target).astype("<i2").tobytes()
 
 
 def _samples(pcm: bytes) -> array.array[int]:

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from livetx.audio import read_wav, to_wav
+from livetx.audio import SAMPLE_RATE, read_wav, to_wav
 from livetx.auth.keys import KeyStore
 from livetx.cli import Options
 from livetx.client import console
@@ -197,3 +197,28 @@ async def test_play_uses_the_players_found_on_path(
     assert run.code == 0, run.err
     pcm, rate = read_wav(played.read_bytes())
     assert rate == 22050 and len(pcm) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_talk_uploads_a_long_recording_within_the_servers_rate(
+    livetx: Any, openai: Any, tmp_path: Path
+) -> None:
+    server = await livetx(f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\n')
+    silence, speech = b"\0\0" * SAMPLE_RATE, bytes(range(256)) * 125  # 1 s each
+    pcm = (silence + speech) * 15  # 30 s: 1500 frames of 20 ms, past the 5 s burst at 200/s
+    (tmp_path / "long.wav").write_bytes(to_wav(pcm))
+    run = await livetx_client("talk", base(server), "-w", str(tmp_path / "long.wav"),
+                              "-t", server.token(), "--json")
+    assert run.code == 0, run.err
+    assert "RATE_LIMITED" not in run.out
+    assert read_wav(openai.requests_to("/audio/transcriptions")[-1].fields["file"])[0] == pcm
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_error_outside_a_turn_ends_the_client_at_once(livetx: Any, tmp_path: Path) -> None:
+    server = await livetx("[stt]\nmax_segment_seconds = 1.0\n")
+    (tmp_path / "2s.wav").write_bytes(to_wav(b"\1\0" * 2 * SAMPLE_RATE))
+    run = await livetx_client("talk", base(server), "-w", str(tmp_path / "2s.wav"),
+                              "-t", server.token(), "--timeout", "20")
+    assert run.code == 1, run.err  # not 4 after waiting out the timeout
+    assert "livetx: server error AUDIO_TOO_LONG: voice segment longer than 1 s" in run.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import wave
 from pathlib import Path
 
@@ -63,3 +64,15 @@ def test_resample_keeps_duration_and_shape() -> None:
     out = resample(ramp, 22050, 16000)
     assert len(out) // 2 == 1600
     assert resample(ramp, 16000, 16000) == ramp
+
+
+def test_resample_is_band_limited() -> None:
+    """A 6 kHz tone is above 8 kHz audio's Nyquist limit: filtered out, not folded back as 2 kHz."""
+    tone = b"".join(
+        int(8000 * math.sin(2 * math.pi * 6000 * i / 16000)).to_bytes(2, "little", signed=True)
+        for i in range(16000)
+    )
+    down = resample(tone, 16000, 8000)
+    assert len(down) == 16000
+    samples = [int.from_bytes(down[i : i + 2], "little", signed=True) for i in range(2000, 14000, 2)]
+    assert max(abs(s) for s in samples) < 200  # linear interpolation leaves it at full scale

@@ -7,21 +7,12 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import soxr
-
-from livetx.audio import BYTES_PER_SECOND, SAMPLE_RATE, read_wav, to_wav
+from livetx.audio import BYTES_PER_SECOND, read_wav, resample, to_wav
 
 #: 20 ms of 16 kHz PCM16: the frame size a microphone client sends.
 FRAME_BYTES = BYTES_PER_SECOND // 50
-
-
-def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
-    """Band-limited resampling (libsoxr), so speech keeps its clarity at 16 kHz."""
-    if rate == target or not pcm:
-        return pcm
-    samples = np.frombuffer(pcm, dtype="<i2")
-    return soxr.resample(samples, rate, target).astype("<i2").tobytes()
+#: 100 ms: the frame size a recording is uploaded in (fewer messages, same audio).
+UPLOAD_FRAME_BYTES = BYTES_PER_SECOND // 10
 
 
 def load_speech(path: Path) -> bytes:

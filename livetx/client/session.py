@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 
-from livetx.client.audio import frames
+from livetx.client.audio import UPLOAD_FRAME_BYTES, frames
 
 #: Exit codes a script can rely on.
 OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT = 0, 1, 2, 3, 4
@@ -147,12 +147,16 @@ class _TurnDriver:
             return
         stamp = uuid.uuid4().hex
         socket.send({"t": "start_speaking", "stamp": stamp})
-        chunks = list(frames(request.pcm or b""))
         if not request.realtime:
-            for chunk in chunks:
-                socket.send({"t": "speaking_part", "data": base64.b64encode(chunk).decode("ascii")})
+            # A recording goes up at once in 100 ms frames: the server counts
+            # messages, not bytes, so a 60 s segment (its longest) is 600
+            # messages, inside its default burst allowance; 20 ms frames
+            # would be 3000 and be refused with RATE_LIMITED.
+            for chunk in frames(request.pcm or b"", UPLOAD_FRAME_BYTES):
+                self._send_part(chunk)
             socket.send({"t": "end_speaking", "stamp": stamp})
             return
+        chunks = list(frames(request.pcm or b""))
         for i, chunk in enumerate(chunks):  # as a microphone would: one frame per 20 ms
             self._later(i * 0.02, self._send_part, chunk)
         self._later(len(chunks) * 0.02, self._send, {"t": "end_speaking", "stamp": stamp})
@@ -190,6 +194,10 @@ class _TurnDriver:
                 self.finish(OK)
         elif kind == "error":
             report.error = (str(frame.get("code", "ERROR")), str(data))
+            if "turn" not in frame:
+                # Refused before any turn began (busy, AUDIO_TOO_LONG,
+                # RATE_LIMITED, shutting down): no ``end`` will follow.
+                self.finish(OK)
         elif kind == "end":
             self._since_sent("end")
             self._later(METRICS_GRACE, self.finish, OK)
