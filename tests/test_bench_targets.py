@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import live_scenarios as sc  # noqa: E402
 

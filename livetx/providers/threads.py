@@ -7,19 +7,20 @@ than it was given. A job cancelled before it starts never runs.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
 import weakref
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, TypeVar
+from concurrent.futures import BrokenExecutor, Future
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 T = TypeVar("T")
 
@@ -75,6 +76,10 @@ class ProcessWorker:
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            # Imported here: a server that never decodes never loads multiprocessing.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             self._pool = ProcessPoolExecutor(
                 self._size,
                 mp_context=multiprocessing.get_context("forkserver"),
@@ -95,7 +100,7 @@ class ProcessWorker:
         """The call's result; fails (never raises) when the pool cannot take it."""
         try:
             future = self._submit(f, *args)
-        except (RuntimeError, BrokenProcessPool):  # shut down, or broken again at once
+        except (RuntimeError, BrokenExecutor):  # shut down, or broken again at once
             return fail()
         self._running += 1
         result: Deferred[T] = Deferred(lambda _: future.cancel())
@@ -119,7 +124,7 @@ class ProcessWorker:
     def _submit(self, f: Callable[..., T], *args: Any) -> Future[T]:
         try:
             return self._started().submit(f, *args)
-        except BrokenProcessPool:  # a process died (a crash in C, say): start a new pool
+        except BrokenExecutor:  # a process died (a crash in C, say): start a new pool
             self._pool = None
             return self._started().submit(f, *args)
 
