@@ -33,12 +33,15 @@ def test_frame_rate_allows_a_burst_then_refuses_then_closes() -> None:
 
 
 def test_send_buffer_counts_only_while_the_transport_is_full() -> None:
-    buffer = SendBuffer(limit=100)
+    flow: list[str] = []
+    buffer = SendBuffer(limit=100, pause=lambda: flow.append("pause"), resume=lambda: flow.append("resume"))
     assert not buffer.sent(1000)  # the transport takes it: not waiting
     buffer.pauseProducing()
+    assert flow == ["pause"]  # the session holds back its speech
     assert not buffer.sent(60)
     assert buffer.sent(60)
     buffer.resumeProducing()
+    assert flow == ["pause", "resume"]
     assert buffer.waiting == 0 and not buffer.sent(60)
 
 

@@ -153,6 +153,24 @@ def test_interrupt_cancels_everything_and_nothing_follows_stop_play() -> None:
     ]
 
 
+def test_a_slow_reader_holds_back_speech_until_the_socket_drains() -> None:
+    h = Harness()
+    h.session.pause_output()  # already full when the turn starts
+    h.send("text_input", text="Tell me two things")
+    h.llm.last.say("The first thing is this. ", "The second ")
+    assert h.kinds(2) == ["bot_delta_chunk", "bot_delta_chunk"]  # words still reach the screen
+    assert h.tts.requests == []
+    h.session.resume_output()
+    assert [text for text, _ in h.tts.requests] == ["The first thing is this."]
+    h.session.pause_output()
+    h.llm.last.say("thing is that.")
+    h.llm.last.finish()
+    assert len(h.tts.requests) == 1
+    h.send("interrupt")  # a held-back sentence is cancelled like any other
+    assert h.tts.cancelled == ["The first thing is this."]
+    assert h.kinds()[-1] == "stop_play" and h.state == "idle"
+
+
 def test_interrupt_when_nothing_runs_is_accepted_silently() -> None:
     h = Harness()
     assert h.send("interrupt") == []

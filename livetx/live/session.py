@@ -259,6 +259,8 @@ class LiveSession:
         self._history: deque[Exchange] = deque(maxlen=max(0, pipeline.history_turns))
         self._segment: Segment | None = None
         self._turn: Turn | None = None
+        #: The client reads slower than we write (see :meth:`pause_output`).
+        self._output_paused = False
         #: What a turn waits for before the model starts: a transcript, or the
         #: stored history of the conversation. Interrupting cancels it.
         self._preparing: Deferred[Any] | None = None
@@ -317,6 +319,17 @@ class LiveSession:
     def fire(self, event: str, **kwargs: Any) -> bool:
         """Run ``event`` through the machine; False when a condition refused it."""
         return bool(MACHINE.events[event].trigger(self, **kwargs))
+
+    def pause_output(self) -> None:
+        """The socket cannot take more for now: the running turn starts no more speech."""
+        self._output_paused = True
+        if self._turn is not None:
+            self._turn.pause()
+
+    def resume_output(self) -> None:
+        self._output_paused = False
+        if self._turn is not None:
+            self._turn.resume()
 
     def close(self) -> None:
         """The connection is gone: stop all work and send nothing more."""
@@ -535,6 +548,8 @@ class LiveSession:
             binary_audio=self.settings.binary_audio,
         )
         self._turn = turn
+        if self._output_paused:
+            turn.pause()
         turn.start().addCallback(self._turn_over, text)
 
     def _turn_over(self, result: TurnResult, text: str) -> None:

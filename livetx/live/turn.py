@@ -19,6 +19,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from livetx.audio import audio_format, duration_ms
+from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
@@ -92,6 +93,8 @@ class Turn:
         self._tts_started: float | None = None
         self._tts_first: float | None = None
         self._tts_error_sent = False
+        #: Set while the client reads too slowly: no new speech is started.
+        self._gate: Deferred[None] | None = None
         #: Every metric this turn reported, for the stored message.
         self.metrics: dict[str, Any] = {}
         self.done: Deferred[TurnResult] = Deferred()
@@ -145,12 +148,29 @@ class Turn:
         for sentence in self._segmenter.feed(text):
             self._speak(sentence)
 
+    def pause(self) -> None:
+        """Backpressure: the socket's buffer is full, so start no more speech.
+
+        Audio is what fills a slow client's buffer; requests already running
+        finish, later sentences wait for :meth:`resume`. Deltas keep flowing:
+        they are small, and the model's stream is not ours to hold open.
+        """
+        if self._gate is None:
+            self._gate = Deferred()
+
+    def resume(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.callback(None)
+
     def _speak(self, sentence: str) -> None:
-        if self._tts is None:
+        tts = self._tts
+        if tts is None:
             return
         if self._tts_started is None:
             self._tts_started = self._clock.seconds()
-        audio = _settled(self._semaphore.run(self._tts.synthesize, sentence))
+        flowing = succeed(None) if self._gate is None else waiter_for(self._gate)
+        audio = _settled(flowing.addCallback(lambda _: self._semaphore.run(tts.synthesize, sentence)))
         self._pending.add(audio)
         audio.addBoth(self._forget, audio)
         self._tail.addCallback(lambda _: audio)

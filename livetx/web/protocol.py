@@ -8,7 +8,8 @@ and routing frames by mode on the unified endpoint.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
@@ -49,21 +50,27 @@ class SendBuffer:
     """Registered with the socket's transport, which says when its buffer is full.
 
     While the transport is paused (the client reads slower than we write),
-    every byte we still send waits in memory; past ``limit`` of them the
+    ``pause`` holds back the session's speech, the bulk of what it sends;
+    every byte still sent waits in memory, and past ``limit`` of them the
     client is too slow to serve and :meth:`sent` says so.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, pause: Callable[[], None] = lambda: None,
+                 resume: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.paused = False
         self.waiting = 0
+        self._pause = pause
+        self._resume = resume
 
     def pauseProducing(self) -> None:
         self.paused = True
+        self._pause()
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.waiting = 0
+        self._resume()
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -113,7 +120,9 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         self.finished = Deferred()
         limits = self.factory.limits
         self.rate = FrameRate(limits.max_frames_per_second, self.factory.clock)
-        self.buffer = SendBuffer(limits.max_send_buffer_bytes)
+        self.buffer = SendBuffer(
+            limits.max_send_buffer_bytes, pause=partial(self._flow, False), resume=partial(self._flow, True)
+        )
         # Twisted Web's channel registered itself on this transport; the socket is ours now.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self.buffer, True)
@@ -140,6 +149,11 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
+
+    def _flow(self, flowing: bool) -> None:
+        """The transport's buffer filled up or drained: hold back or release speech."""
+        if self.session is not None:
+            (self.session.resume_output if flowing else self.session.pause_output)()
 
     def _memory_refused(self, failure: Failure) -> None:
         if failure.check(PermissionError):
