@@ -38,6 +38,10 @@ async def test_process_worker_runs_calls_in_another_process() -> None:
 async def test_no_decoder_in_the_server_process_and_no_history_in_transcripts() -> None:
     pcm = sphinx.recognizer_input(await speech("please turn on the kitchen lights and close the door"))
     recognizer = sphinx.SphinxRecognizer(STTConfig(threads=1), None, reactor)  # one process serves all
+    # A fresh decoder's very first utterance starts from the model's initial
+    # cepstral mean and can come out slightly different (seen once in CI);
+    # the claim here is that partials leave no trace, so compare after one.
+    await recognizer.transcribe(to_wav(pcm))
     first = await recognizer.transcribe(to_wav(pcm))
     partials = [await recognizer.partial(pcm[: len(pcm) * n // 3]) for n in (1, 2, 3)]
     assert first and await recognizer.transcribe(to_wav(pcm)) == first  # the partials changed nothing
