@@ -387,3 +387,13 @@ def test_a_microphone_that_goes_quiet_mid_utterance_still_ends_the_turn() -> Non
     assert h.state == "processing" and len(h.stt.requests) == 1
     h.session.close()
     assert h.clock.getDelayedCalls() == []
+
+
+def test_a_stopping_server_drops_the_utterance_half_heard_and_hears_no_more() -> None:
+    h = talking()
+    speak(h, voiced(300))
+    assert h.state == "capturing"
+    h.session.stop_listening()
+    assert h.state == "idle" and h.clock.getDelayedCalls() == []  # no stall timer left to end it
+    assert speak(h, voiced(600) + quiet(600)) == [] and h.state == "idle"
+    assert h.stt.requests == []  # no turn started from speech already heard

@@ -361,6 +361,16 @@ class LiveSession:
 
     def _restart_detection(self) -> None:
         """Turn detection changed hands: an utterance half-heard is dropped."""
+        self.stop_listening()
+        if self.settings.server_detection:
+            self._detector = VoiceDetector(self.settings, self._clock, self)
+
+    def stop_listening(self) -> None:
+        """Drop an utterance half-heard and detect no more (the server is stopping).
+
+        Without this a talk-mode detector would end the utterance on its own
+        timer and start a turn while the server waits for turns to finish.
+        """
         if self._detector is not None:
             self._detector.close()
             self._detector = None
@@ -368,8 +378,6 @@ class LiveSession:
         if self._segment is not None:
             self._segment = None
             self.fire("segment_dropped")
-        if self.settings.server_detection:
-            self._detector = VoiceDetector(self.settings, self._clock, self)
 
     def _reject(self, kind: str) -> None:
         if self.settings.server_detection and kind in ("start_speaking", "end_speaking"):
@@ -407,8 +415,8 @@ class LiveSession:
     # -- server-side turn detection (talk mode) -------------------------------
 
     def _detect(self, event: EventData) -> None:
-        assert self._detector is not None
-        self._detector.feed(event.kwargs["pcm"])
+        if self._detector is not None:  # None once the server stops listening
+            self._detector.feed(event.kwargs["pcm"])
 
     def speech_started(self, pcm: bytes, start_ms: int) -> None:
         """The detector heard speech begin (it calls this mid-``feed``)."""

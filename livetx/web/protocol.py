@@ -405,6 +405,9 @@ class ConnectionTracker(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.draining = True
+        for protocol in self._open:  # no new turn may start from speech already heard
+            if protocol.session is not None:
+                protocol.session.stop_listening()
         done = self._drain().addCallback(lambda _: self._close_all())
         done.addBoth(self._drained)
         return done
