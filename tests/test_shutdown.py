@@ -132,16 +132,20 @@ async def test_past_the_grace_period_the_partial_reply_is_stored(tmp_path: Path)
 
 
 class _Socket:
-    """What the tracker needs of a socket: who it is, whether it is busy, how to close it."""
+    """What the tracker needs of a socket: who it is, whether it is busy, how to stop and close it."""
 
     def __init__(self, busy: bool) -> None:
         self.admission = Admission(username="u")
         self.busy = busy
         self.finished: Deferred[None] = Deferred()
         self.closed_with: int | None = None
+        self.listening = True
 
     def close_with(self, code: int, reason: str) -> None:
         self.closed_with = code
+
+    def stop_listening(self) -> None:
+        self.listening = False
 
 
 def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
@@ -154,6 +158,7 @@ def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
     tracker.stopService().addBoth(done.append)
     tracker.drained.addBoth(done.append)
     assert tracker.draining and idle.closed_with is None  # nobody is closed while turns run
+    assert not any(s.listening for s in (idle, busy, stuck))  # nor starts a turn from speech
     clock.advance(1)
     busy.busy = False
     clock.advance(ConnectionTracker.POLL)

@@ -150,6 +150,11 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
 
+    def stop_listening(self) -> None:
+        """The server is stopping: drop what the session has half heard."""
+        if self.session is not None:
+            self.session.stop_listening()
+
     def _flow(self, flowing: bool) -> None:
         """The transport's buffer filled up or drained: hold back or release speech."""
         if self.session is not None:
@@ -406,8 +411,7 @@ class ConnectionTracker(Service):
         super().stopService()
         self.draining = True
         for protocol in self._open:  # no new turn may start from speech already heard
-            if protocol.session is not None:
-                protocol.session.stop_listening()
+            protocol.stop_listening()
         done = self._drain().addCallback(lambda _: self._close_all())
         done.addBoth(self._drained)
         return done
