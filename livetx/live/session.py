@@ -334,10 +334,7 @@ class LiveSession:
     def close(self) -> None:
         """The connection is gone: stop all work and send nothing more."""
         self._emit = _discard
-        self._segment = None
-        if self._detector is not None:
-            self._detector.close()
-        self._cancel_partial()
+        self.stop_listening()
         if self._turn is not None:
             self._turn.interrupt()
         if self._preparing is not None:
