@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import io
+import struct
 import sys
 import wave
 
@@ -50,7 +51,20 @@ def read_wav(data: bytes) -> tuple[bytes, int]:
 
 
 def duration_ms(audio: bytes) -> float | None:
-    """How long a WAV file plays, from its header; None for any other format."""
+    """How long a WAV file plays, from its header; None for any other format.
+
+    Read once per spoken sentence: a plain header (``fmt `` then ``data``,
+    as speech services write) is read directly; anything else through
+    :mod:`wave`, which costs ten times more.
+    """
+    if audio[:4] == b"RIFF" and audio[8:16] == b"WAVEfmt " and len(audio) >= 44:
+        fmt_size, = struct.unpack_from("<I", audio, 16)
+        rate, = struct.unpack_from("<I", audio, 24)
+        block, = struct.unpack_from("<H", audio, 32)
+        data = 20 + fmt_size
+        if audio[data : data + 4] == b"data" and rate and block:
+            size, = struct.unpack_from("<I", audio, data + 4)
+            return 1000 * (min(size, len(audio) - data - 8) // block) / rate
     try:
         with wave.open(io.BytesIO(audio)) as w:
             return 1000 * w.getnframes() / w.getframerate()

@@ -25,15 +25,15 @@ import orjson
 import treq
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
@@ -60,7 +60,38 @@ def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = 60
     agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout=10), pool=pool)
-    return HTTPClient(agent, cookiejar=_NO_COOKIES), pool
+    return HTTPClient(agent, cookiejar=_NO_COOKIES, data_to_body_producer=_body), pool
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    """A request body already in memory, written as the request goes out.
+
+    treq's default wraps bytes in a ``FileBodyProducer``, which writes from
+    a cooperative task on a later reactor turn: an extra timer, a few
+    Deferreds and a delay on every request of a turn.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _body(data: Any) -> IBodyProducer:
+    return _Bytes(data) if isinstance(data, bytes) else IBodyProducer(data)
 
 
 class _NoCookies(CookieJar):

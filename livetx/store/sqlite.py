@@ -8,7 +8,6 @@ process being killed, and the machine losing power.
 
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 import uuid
@@ -16,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import orjson
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 
@@ -68,10 +68,15 @@ def _prepare(connection: sqlite3.Connection) -> None:
     connection.executescript(SCHEMA)
 
 
+def _json(value: Any) -> str:
+    """Compact JSON text (orjson: a socket's history is parsed on the reactor)."""
+    return orjson.dumps(value).decode("utf-8")
+
+
 def _message(row: Sequence[Any]) -> StoredMessage:
     return StoredMessage(
-        id=row[0], session_id=row[1], role=row[2], parts=json.loads(row[3]), created_at=row[4],
-        interrupted=bool(row[5]), input_type=row[6], metrics=json.loads(row[7]),
+        id=row[0], session_id=row[1], role=row[2], parts=orjson.loads(row[3]), created_at=row[4],
+        interrupted=bool(row[5]), input_type=row[6], metrics=orjson.loads(row[7]),
     )
 
 
@@ -157,8 +162,7 @@ class SQLiteStore:
         cursor.execute(
             "INSERT INTO messages (session_id, role, parts, created_at, interrupted, input_type, metrics) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, role, json.dumps(parts, ensure_ascii=False), stamp, int(interrupted),
-             input_type, json.dumps(metrics)),
+            (session_id, role, _json(parts), stamp, int(interrupted), input_type, _json(metrics)),
         )
         message_id = cursor.lastrowid
         if role == "user":
@@ -174,7 +178,7 @@ class SQLiteStore:
     def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
         return self._pool.runOperation(
             "UPDATE messages SET parts = ?, interrupted = ? WHERE id = ? AND role = 'assistant'",
-            (json.dumps(list(parts), ensure_ascii=False), int(interrupted), message_id),
+            (_json(list(parts)), int(interrupted), message_id),
         )
 
     def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
