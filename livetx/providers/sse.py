@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import codecs
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
+    """One dispatched event (a tuple: a model stream makes one per token)."""
+
     data: str
     event: str = "message"
     id: str | None = None
@@ -30,20 +31,23 @@ class SSEDecoder:
         self._started = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        self._pending += self._text.decode(chunk)
-        if not self._started and self._pending:
+        text = self._pending + self._text.decode(chunk)
+        if not self._started and text:
             self._started = True
-            self._pending = self._pending.removeprefix("\ufeff")  # one leading BOM is ignored
+            text = text.removeprefix("\ufeff")  # one leading BOM is ignored
         events: list[SSEEvent] = []
-        while True:
-            cut = _line_end(self._pending)
-            if cut is None:
-                return events
-            end, after = cut
-            line, self._pending = self._pending[:end], self._pending[after:]
-            event = self._line(line)
+        start = 0
+        for end in _EOL.finditer(text):
+            # A lone \r at the very end may be the first half of \r\n: wait.
+            if end.end() == len(text) and end.group() == "\r":
+                break
+            event = self._line(text[start : end.start()])
+            start = end.end()
             if event is not None:
                 events.append(event)
+        # One slice per chunk, not one per line: a chunk often holds many events.
+        self._pending = text[start:]
+        return events
 
     def _line(self, line: str) -> SSEEvent | None:
         if not line:
@@ -70,14 +74,3 @@ class SSEDecoder:
 
 _EOL = re.compile(r"\r\n|\r|\n")
 
-
-def _line_end(text: str) -> tuple[int, int] | None:
-    """Where the first complete line ends, and where the next begins.
-
-    A lone ``\\r`` at the very end may be the first half of ``\\r\\n``, so it
-    waits for more input.
-    """
-    match = _EOL.search(text)
-    if match is None or (match.group() == "\r" and match.end() == len(text)):
-        return None
-    return match.start(), match.end()
