@@ -99,3 +99,46 @@ async def test_truncate_rewrites_its_own_reply_not_another_sockets(tmp_path: Pat
         ("reply", True), ("reply to B", False),
     ]
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_work_asked_for_together_commits_together_in_order(tmp_path: Path) -> None:
+    """Group commit: one transaction for what queued meanwhile; a failing unit fails alone."""
+    store = SQLiteStore(tmp_path)
+    await store.open_session("ann", "mine", "chat")
+    await store.open_session("bob", "his", "chat")
+    transactions = []
+    run = store._pool.runInteraction
+
+    def counted(work: object, batch: list[object]) -> object:
+        transactions.append(len(batch))
+        return run(work, batch)
+
+    store._pool.runInteraction = counted  # type: ignore[method-assign]
+    writes = [store.add_message("mine", "user", plain(f"q{i}")) for i in range(30)]
+    stolen = store.open_session("ann", "his", "chat")  # bob's: refused inside the batch
+    seen = store.messages("mine")  # queued after the writes, so it sees them all
+    later = store.add_message("mine", "assistant", plain("a"))
+    stored = [await w for w in writes]
+    with pytest.raises(PermissionError):
+        await stolen
+    assert [m.text for m in await seen] == [f"q{i}" for i in range(30)]
+    assert (await later).id > stored[-1].id > stored[0].id
+    assert transactions == [1, 32]  # the first unit alone, then all that queued behind it
+    await store.close()
+
+    again = SQLiteStore(tmp_path)
+    assert len(await again.messages("mine")) == 31 and await again.owner("his") == "bob"
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_waits_for_the_queued_work(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    await store.open_session("ann", "mine", "chat")
+    writes = [store.add_message("mine", "user", plain(f"q{i}")) for i in range(5)]
+    await store.close()
+    assert all(w.called for w in writes)
+    again = SQLiteStore(tmp_path)
+    assert len(await again.messages("mine")) == 5
+    await again.close()

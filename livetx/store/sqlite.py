@@ -1,9 +1,15 @@
 """The embedded store: SQLite in the data dir, through ``twisted.enterprise.adbapi``.
 
-One database connection on one thread: writes are applied in the order they
-were asked for, and no query ever runs on the reactor thread. WAL with
+One database connection on one thread: work is applied in the order it was
+asked for, and no query ever runs on the reactor thread. WAL with
 ``synchronous=FULL`` means a write whose Deferred has fired survives the
 process being killed, and the machine losing power.
+
+Group commit: whatever was asked for while the previous transaction ran
+goes into the next one, each unit in its own savepoint (one failing unit
+rolls back alone), and every Deferred of the batch fires after its single
+commit. Twenty turns ending at once then cost one flush to disk instead of
+forty, and a socket's history query no longer queues behind them.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import orjson
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
 
@@ -68,6 +75,39 @@ def _prepare(connection: sqlite3.Connection) -> None:
     connection.executescript(SCHEMA)
 
 
+_T = TypeVar("_T")
+_Unit = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]
+
+#: Units in one transaction at most: a unit's Deferred waits for its batch's commit.
+MAX_BATCH = 100
+
+
+def _query(cursor: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    cursor.execute(sql, params)
+    return cursor.fetchall()
+
+
+def _operation(cursor: Any, sql: str, params: tuple[Any, ...]) -> None:
+    cursor.execute(sql, params)
+
+
+def _apply(cursor: Any, batch: list[_Unit]) -> list[tuple[bool, Any]]:
+    """Run a batch as one transaction, each unit in its own savepoint."""
+    cursor.execute("BEGIN")
+    outcomes: list[tuple[bool, Any]] = []
+    for work, args, _ in batch:
+        cursor.execute("SAVEPOINT unit")
+        try:
+            outcomes.append((True, work(cursor, *args)))
+        except Exception:
+            cursor.execute("ROLLBACK TO unit")
+            failure = Failure()
+            failure.cleanFailure()
+            outcomes.append((False, failure))
+        cursor.execute("RELEASE unit")
+    return outcomes
+
+
 def _json(value: Any) -> str:
     """Compact JSON text (orjson: a socket's history is parsed on the reactor)."""
     return orjson.dumps(value).decode("utf-8")
@@ -95,16 +135,53 @@ class SQLiteStore:
             "sqlite3", str(self.path), check_same_thread=False, cp_min=1, cp_max=1,
             cp_openfun=_prepare, cp_noisy=False,
         )
+        self._queue: list[_Unit] = []
+        self._running = False
+        self._idle: list[Deferred[None]] = []
 
     def close(self) -> Deferred[None]:
-        """Stop after the queued writes: the pool's thread drains its queue first."""
-        self._pool.close()
-        return succeed(None)
+        """Stop after the queued work: the last batch commits, then the pool's thread ends."""
+        if not self._running:
+            self._pool.close()
+            return succeed(None)
+        idle: Deferred[None] = Deferred()
+        self._idle.append(idle)
+        return idle.addCallback(lambda _: self._pool.close())
+
+    def _unit(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """Queue ``work(cursor, *args)``; it runs in the next transaction."""
+        done: Deferred[_T] = Deferred()
+        self._queue.append((work, args, done))
+        if not self._running:
+            self._next_batch()
+        return done
+
+    def _next_batch(self) -> None:
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        self._running = True
+        self._pool.runInteraction(_apply, batch).addBoth(self._settle, batch)
+
+    def _settle(self, outcomes: list[tuple[bool, Any]] | Failure, batch: list[_Unit]) -> None:
+        if isinstance(outcomes, Failure):  # the commit itself failed: so did every unit
+            outcomes = [(False, outcomes)] * len(batch)
+        if self._queue:
+            self._next_batch()  # before the callbacks, which may queue more
+        else:
+            self._running = False
+        for (ok, value), (_, _, done) in zip(outcomes, batch):
+            if ok:
+                done.callback(value)
+            else:
+                done.errback(value)
+        if not self._running:
+            idle, self._idle = self._idle, []
+            for waiting in idle:
+                waiting.callback(None)
 
     # -- sessions ----------------------------------------------------------
 
     def open_session(self, username: str, session_id: str | None, kind: str) -> Deferred[StoredSession]:
-        return self._pool.runInteraction(self._open_session, username, session_id, kind)
+        return self._unit(self._open_session, username, session_id, kind)
 
     def _open_session(self, cursor: Any, username: str, session_id: str | None, kind: str) -> StoredSession:
         session_id = session_id or str(uuid.uuid4())
@@ -119,11 +196,11 @@ class SQLiteStore:
         return StoredSession(*row)
 
     def owner(self, session_id: str) -> Deferred[str | None]:
-        d = self._pool.runQuery("SELECT username FROM sessions WHERE id = ?", (session_id,))
+        d = self._unit(_query, "SELECT username FROM sessions WHERE id = ?", (session_id,))
         return d.addCallback(lambda rows: rows[0][0] if rows else None)
 
     def sessions(self, username: str, offset: int, limit: int) -> Deferred[tuple[list[StoredSession], int]]:
-        return self._pool.runInteraction(self._sessions, username, offset, limit)
+        return self._unit(self._sessions, username, offset, limit)
 
     def _sessions(self, cursor: Any, username: str, offset: int, limit: int) -> tuple[list[StoredSession], int]:
         cursor.execute("SELECT COUNT(*) FROM sessions WHERE username = ?", (username,))
@@ -150,7 +227,7 @@ class SQLiteStore:
         input_type: str | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> Deferred[StoredMessage]:
-        return self._pool.runInteraction(
+        return self._unit(
             self._add_message, session_id, role, list(parts), interrupted, input_type, metrics or {}
         )
 
@@ -176,18 +253,20 @@ class SQLiteStore:
         return StoredMessage(message_id, session_id, role, parts, stamp, interrupted, input_type, metrics)
 
     def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
-        return self._pool.runOperation(
+        return self._unit(
+            _operation,
             "UPDATE messages SET parts = ?, interrupted = ? WHERE id = ? AND role = 'assistant'",
             (_json(list(parts)), int(interrupted), message_id),
         )
 
     def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
         if limit is None:
-            d = self._pool.runQuery(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            d = self._unit(
+                _query, f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
             )
         else:
-            d = self._pool.runQuery(
+            d = self._unit(
+                _query,
                 f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? "
                 "ORDER BY id DESC LIMIT ?) ORDER BY id",
                 (session_id, limit),
@@ -197,7 +276,7 @@ class SQLiteStore:
     # -- attachments -----------------------------------------------------------
 
     def add_attachment(self, username: str, filename: str, mime: str, data: bytes) -> Deferred[StoredAttachment]:
-        return self._pool.runInteraction(self._add_attachment, username, filename, mime, data)
+        return self._unit(self._add_attachment, username, filename, mime, data)
 
     def _add_attachment(self, cursor: Any, username: str, filename: str, mime: str, data: bytes) -> StoredAttachment:
         record = StoredAttachment(secrets.token_hex(12), username, filename, mime, len(data), now())
@@ -210,10 +289,11 @@ class SQLiteStore:
         return record
 
     def attachment_data(self, attachment_id: str) -> Deferred[bytes]:
-        return self._pool.runInteraction(lambda _: (self.attachments_dir / attachment_id).read_bytes())
+        return self._unit(lambda _: (self.attachments_dir / attachment_id).read_bytes())
 
     def attachment(self, attachment_id: str) -> Deferred[StoredAttachment | None]:
-        d = self._pool.runQuery(
+        d = self._unit(
+            _query,
             "SELECT id, username, filename, mime, size, created_at FROM attachments WHERE id = ?",
             (attachment_id,),
         )
