@@ -3,23 +3,29 @@
 One database connection on one thread: writes are applied in the order they
 were asked for, and no query ever runs on the reactor thread. WAL with
 ``synchronous=FULL`` means a write whose Deferred has fired survives the
-process being killed, and the machine losing power.
+process being killed, and the machine losing power. The pool (its thread,
+and SQLite itself) starts on the first query, so an idle server holds none
+of it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
-import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from twisted.enterprise import adbapi
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -86,14 +92,22 @@ class SQLiteStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "livetx.sqlite3"
         self.attachments_dir = data_dir / "attachments"
-        self._pool = adbapi.ConnectionPool(
+
+    @functools.cached_property
+    def _pool(self) -> adbapi.ConnectionPool:
+        """Made on first use: importing SQLite and starting a thread cost an idle server 1 MB."""
+        from twisted.enterprise import adbapi
+
+        return adbapi.ConnectionPool(
             "sqlite3", str(self.path), check_same_thread=False, cp_min=1, cp_max=1,
             cp_openfun=_prepare, cp_noisy=False,
         )
 
     def close(self) -> Deferred[None]:
         """Stop after the queued writes: the pool's thread drains its queue first."""
-        self._pool.close()
+        pool = self.__dict__.get("_pool")  # never used: nothing to close
+        if pool is not None:
+            pool.close()
         return succeed(None)
 
     # -- sessions ----------------------------------------------------------
