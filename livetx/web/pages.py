@@ -13,11 +13,12 @@ import functools
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+
+from livetx.web.lazy import OnFirstRequest
 
 STATIC = Path(str(resources.files("livetx.web") / "static"))
 
@@ -39,24 +40,6 @@ def _files() -> Any:
     return Files
 
 
-class _OnFirstRequest(Resource):
-    """Stands for the resource ``make`` returns, which is made when first asked for."""
-
-    def __init__(self, make: Callable[[], Resource]) -> None:
-        super().__init__()
-        self._make = make
-
-    @functools.cached_property
-    def _resource(self) -> Resource:
-        return self._make()
-
-    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
-        return self._resource.getChildWithDefault(path, request)
-
-    def render(self, request: Request) -> Any:
-        return self._resource.render(request)
-
-
 def _index() -> Resource:
     return _files()(str(STATIC / "index.html"), defaultType="text/html; charset=utf-8")
 
@@ -69,5 +52,5 @@ def _static() -> Resource:
 
 def page_routes() -> dict[str, Resource]:
     """The page's routes, for ``build_site``'s ``routes``."""
-    index = _OnFirstRequest(_index)
-    return {"/": index, "/live": index, "/static": _OnFirstRequest(_static)}
+    index = OnFirstRequest(_index)
+    return {"/": index, "/live": index, "/static": OnFirstRequest(_static)}
