@@ -7,15 +7,26 @@ naming the ``input_type``, streams ``bot_delta_chunk`` and ``response``
 frames, and ends with ``end`` (or ``stop_play`` when interrupted). Each
 server owns a :class:`ServerMetrics` with its own ``CollectorRegistry``, so
 several servers in one process (as in the tests) count independently.
+
+The counting is done here, in plain numbers, from the start; the
+``prometheus_client`` registry that shows them is made, and the library
+(with its HTTP, WSGI and gzip modules: 1 MB) imported, at the first scrape.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+import functools
+import itertools
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 _log = Logger()
 
@@ -38,41 +49,157 @@ PROVIDER_TIMINGS = {
 PROVIDER_NAMES = {"llm": "chat_model", "tts": "tts", "stt": "stt"}
 
 
+class _Value:
+    """One series of a counter or gauge; ``created`` is when it first appeared."""
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _Histogram:
+    """One series of a histogram: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum", "created")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value
+        self.sum += value
+
+
+class _Family:
+    """A metric as ``prometheus_client`` has it (``labels(...)``, ``inc``, ``observe``), minus the library.
+
+    A labelled series exists once its labels are first used; an unlabelled
+    metric has its one series from the start, as in ``prometheus_client``.
+    Only the reactor thread counts; a scrape (in a thread) reads a copy.
+    """
+
+    def __init__(
+        self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = (),
+    ) -> None:
+        self.kind, self.name, self.documentation = kind, name, documentation
+        self.labelnames = tuple(labelnames)
+        self._bounds = (*buckets, float("inf"))
+        self._series: dict[tuple[str, ...], Any] = {}
+        if not self.labelnames:
+            self._series[()] = self._new()
+
+    def _new(self) -> Any:
+        return _Histogram(self._bounds) if self.kind == "histogram" else _Value()
+
+    def labels(self, *values: Any) -> Any:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes the labels {self.labelnames}, not {values!r}")
+        key = tuple(str(v) for v in values)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._new()
+        return series
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._series[()].inc(amount)
+
+    def metric(self) -> Metric:
+        """The family as ``prometheus_client`` shows it, with ``_created`` samples as its own metrics have."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        family: Any
+        series = list(self._series.items())  # one step, so a scrape never sees the dict change under it
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, value in series:
+                family.add_metric(key, value.value, created=value.created)
+        elif self.kind == "gauge":
+            family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, value in series:
+                family.add_metric(key, value.value)
+        else:
+            family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, histogram in series:
+                counts, total = list(histogram.counts), histogram.sum
+                cumulative = [(floatToGoString(b), float(c)) for b, c in zip(self._bounds, itertools.accumulate(counts))]
+                family.add_metric(key, cumulative, total)
+                family.add_sample(self.name + "_created", dict(zip(self.labelnames, key)), histogram.created)
+        return family
+
+
+class _Collector:
+    """Hands a registry the families, read afresh at each scrape."""
+
+    def __init__(self, families: Sequence[_Family]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.metric()
+
+
 class ServerMetrics:
     """The Prometheus metrics of one server, in a registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.connections = Counter(
-            "livetx_connections", "Accepted WebSocket connections.", ["endpoint", "mode"], registry=r)
-        self.closed = Counter(
-            "livetx_connections_closed", "Accepted WebSocket connections since closed.", ["endpoint", "mode"],
-            registry=r)
-        self.refused = Counter(
-            "livetx_connections_refused", "WebSocket connections refused at admission.", ["endpoint"],
-            registry=r)
-        self.open = Gauge("livetx_open_connections", "WebSocket connections open now.", ["endpoint"], registry=r)
-        self.turns = Counter(
-            "livetx_turns", "Finished live turns by input and outcome (ok, interrupted, failed).",
-            ["input_type", "outcome"], registry=r)
-        self.first_delta = Histogram(
-            "livetx_turn_first_delta_seconds", "Turn start to the first text delta.",
-            ["input_type"], buckets=LATENCY_BUCKETS, registry=r)
-        self.first_audio = Histogram(
-            "livetx_turn_first_audio_seconds", "Turn start to the first audio chunk.",
-            ["input_type"], buckets=LATENCY_BUCKETS, registry=r)
-        self.turn_seconds = Histogram(
-            "livetx_turn_seconds", "Turn start to its end frame.",
-            ["input_type"], buckets=LATENCY_BUCKETS, registry=r)
-        self.interrupts = Counter("livetx_interrupts", "Turns stopped by the client (barge-in).", registry=r)
-        self.errors = Counter("livetx_errors", "Error frames sent, by code.", ["code"], registry=r)
-        self.provider_seconds = Histogram(
-            "livetx_provider_seconds",
+        self._families: list[_Family] = []
+        self.connections = self._add(
+            "counter", "livetx_connections", "Accepted WebSocket connections.", ["endpoint", "mode"])
+        self.closed = self._add(
+            "counter", "livetx_connections_closed", "Accepted WebSocket connections since closed.",
+            ["endpoint", "mode"])
+        self.refused = self._add(
+            "counter", "livetx_connections_refused", "WebSocket connections refused at admission.", ["endpoint"])
+        self.open = self._add("gauge", "livetx_open_connections", "WebSocket connections open now.", ["endpoint"])
+        self.turns = self._add(
+            "counter", "livetx_turns", "Finished live turns by input and outcome (ok, interrupted, failed).",
+            ["input_type", "outcome"])
+        self.first_delta = self._add(
+            "histogram", "livetx_turn_first_delta_seconds", "Turn start to the first text delta.",
+            ["input_type"], LATENCY_BUCKETS)
+        self.first_audio = self._add(
+            "histogram", "livetx_turn_first_audio_seconds", "Turn start to the first audio chunk.",
+            ["input_type"], LATENCY_BUCKETS)
+        self.turn_seconds = self._add(
+            "histogram", "livetx_turn_seconds", "Turn start to its end frame.", ["input_type"], LATENCY_BUCKETS)
+        self.interrupts = self._add("counter", "livetx_interrupts", "Turns stopped by the client (barge-in).")
+        self.errors = self._add("counter", "livetx_errors", "Error frames sent, by code.", ["code"])
+        self.provider_seconds = self._add(
+            "histogram", "livetx_provider_seconds",
             "Provider latency: stage first (first token or audio) or total; stt is the transcription.",
-            ["kind", "provider", "stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.provider_failures = Counter(
-            "livetx_provider_failures", "Provider failures reported to clients.", ["kind"], registry=r)
+            ["kind", "provider", "stage"], LATENCY_BUCKETS)
+        self.provider_failures = self._add(
+            "counter", "livetx_provider_failures", "Provider failures reported to clients.", ["kind"])
+
+    def _add(
+        self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = (),
+    ) -> _Family:
+        family = _Family(kind, name, documentation, labelnames, buckets)
+        self._families.append(family)
+        return family
+
+    @functools.cached_property
+    def registry(self) -> CollectorRegistry:
+        """The ``prometheus_client`` registry showing these metrics; made at the first scrape."""
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        registry.register(_Collector(self._families))
+        return registry
 
     def opened(self, endpoint: str, mode: str | None, username: str, clock: IReactorTime) -> TurnObserver:
         """An accepted socket; ``mode`` None is the unified endpoint (mode per frame)."""

@@ -1,7 +1,8 @@
 """Dashboard-style JWTs: HS256 only, with ``username`` and an enforced ``exp``.
 
 The close reasons are the reference's, word for word, because its clients
-show them to users.
+show them to users. PyJWT (and the cryptography modules it loads) is imported
+by the first token checked or issued, not by every idle server.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-
-import jwt
 
 from livetx.auth._files import write_private
 
@@ -45,6 +44,8 @@ def load_or_create_secret(data_dir: Path, configured: str | None) -> str:
 
 
 def issue_token(secret: str, username: str, ttl: float, now: float | None = None) -> str:
+    import jwt
+
     issued = int(time.time() if now is None else now)
     claims = {"username": username, "iat": issued, "exp": issued + int(ttl)}
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -54,6 +55,8 @@ def verify_token(secret: str, token: str | None) -> str:
     """The token's username, or :class:`AuthFailure` with the reason to close with."""
     if not token:
         raise AuthFailure(MISSING)
+    import jwt
+
     try:
         claims = jwt.decode(
             token,

@@ -1,34 +1,50 @@
-"""Build the configured providers; each section's ``provider`` key picks one."""
+"""Build the configured providers; each section's ``provider`` key picks one.
+
+Only the configured engines' modules are imported: a server never carries
+the code of the engines it does not use.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
 from treq.client import HTTPClient
 
-from livetx.archive import AudioArchive
 from livetx.config import Config, ConfigError
 from livetx.live.session import Pipeline
-from livetx.providers.echo import EchoChat
-from livetx.providers.espeak import EspeakSpeech
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
-from livetx.providers.piper import PiperSpeech
-from livetx.providers.sphinx import SphinxRecognizer
-from livetx.providers.whisper import WhisperRecognizer
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
 
+
+def _engine(module: str, name: str) -> Maker:
+    """The constructor ``name`` of ``module``, imported when it is first called."""
+
+    def make(section: Any, http: HTTPClient, reactor: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(section, http, reactor)
+
+    return make
+
+
+def _echo(section: Any, http: HTTPClient, reactor: Any) -> Any:
+    from livetx.providers.echo import EchoChat
+
+    return EchoChat(reactor, section.echo_delay)
+
+
 #: provider name → constructor(section, http, reactor); ``none`` means no engine.
-LLMS: dict[str, Maker] = {
-    "echo": lambda section, http, reactor: EchoChat(reactor, section.echo_delay),
-    "openai": OpenAIChat,
+LLMS: dict[str, Maker] = {"echo": _echo, "openai": OpenAIChat}
+SYNTHESIZERS: dict[str, Maker] = {
+    "espeak": _engine("livetx.providers.espeak", "EspeakSpeech"),
+    "piper": _engine("livetx.providers.piper", "PiperSpeech"),
+    "openai": OpenAISpeech,
 }
-SYNTHESIZERS: dict[str, Maker] = {"espeak": EspeakSpeech, "piper": PiperSpeech, "openai": OpenAISpeech}
 RECOGNIZERS: dict[str, Maker] = {
-    "pocketsphinx": SphinxRecognizer,
-    "whisper": WhisperRecognizer,
+    "pocketsphinx": _engine("livetx.providers.sphinx", "SphinxRecognizer"),
+    "whisper": _engine("livetx.providers.whisper", "WhisperRecognizer"),
     "openai": OpenAITranscriber,
 }
 
@@ -76,6 +92,8 @@ def build_pipeline(
     """Everything the live sessions of one server share."""
     archive = None
     if config.stt.keep_audio and data_dir is not None:
+        from livetx.archive import AudioArchive
+
         archive = AudioArchive(data_dir / "audio", reactor)
     return Pipeline(
         llm=_make(LLMS, config.llm, http, reactor),

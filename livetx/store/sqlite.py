@@ -3,7 +3,9 @@
 One database connection on one thread: work is applied in the order it was
 asked for, and no query ever runs on the reactor thread. WAL with
 ``synchronous=FULL`` means a write whose Deferred has fired survives the
-process being killed, and the machine losing power.
+process being killed, and the machine losing power. The pool (its thread,
+and SQLite itself) starts on the first query, so an idle server holds none
+of it.
 
 Group commit: whatever was asked for while the previous transaction ran
 goes into the next one, each unit in its own savepoint (one failing unit
@@ -14,19 +16,23 @@ forty, and a socket's history query no longer queues behind them.
 
 from __future__ import annotations
 
+import functools
 import secrets
-import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import orjson
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from twisted.enterprise import adbapi
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -131,22 +137,34 @@ class SQLiteStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "livetx.sqlite3"
         self.attachments_dir = data_dir / "attachments"
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3", str(self.path), check_same_thread=False, cp_min=1, cp_max=1,
-            cp_openfun=_prepare, cp_noisy=False,
-        )
+
         self._queue: list[_Unit] = []
         self._running = False
         self._idle: list[Deferred[None]] = []
 
+    @functools.cached_property
+    def _pool(self) -> adbapi.ConnectionPool:
+        """Made on first use: importing SQLite and starting a thread cost an idle server 1 MB."""
+        from twisted.enterprise import adbapi
+
+        return adbapi.ConnectionPool(
+            "sqlite3", str(self.path), check_same_thread=False, cp_min=1, cp_max=1,
+            cp_openfun=_prepare, cp_noisy=False,
+        )
+
     def close(self) -> Deferred[None]:
         """Stop after the queued work: the last batch commits, then the pool's thread ends."""
         if not self._running:
-            self._pool.close()
+            self._close_pool()
             return succeed(None)
         idle: Deferred[None] = Deferred()
         self._idle.append(idle)
-        return idle.addCallback(lambda _: self._pool.close())
+        return idle.addCallback(lambda _: self._close_pool())
+
+    def _close_pool(self) -> None:
+        pool = self.__dict__.get("_pool")  # never used: nothing to close
+        if pool is not None:
+            pool.close()
 
     def _unit(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
         """Queue ``work(cursor, *args)``; it runs in the next transaction."""

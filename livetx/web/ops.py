@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -25,6 +24,7 @@ from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.web.http_api import _finish_async, _json
+from livetx.web.lazy import OnFirstRequest
 
 #: Seconds a readiness probe waits for each upstream service.
 PROBE_TIMEOUT = 2.0
@@ -118,8 +118,13 @@ def ops_routes(
     metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False
 ) -> dict[str, Resource]:
     """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping."""
+    def scraped() -> Resource:
+        from prometheus_client.twisted import MetricsResource
+
+        return MetricsResource(registry=metrics.registry)
+
     return {
-        "/metrics": MetricsResource(registry=metrics.registry),
+        "/metrics": OnFirstRequest(scraped, leaf=True),  # prometheus_client is imported by the first scrape
         "/healthz": Health(),
         "/readyz": Ready(settings, reactor, draining),
     }

@@ -1,38 +1,56 @@
 """The browser page: ``GET /`` (also ``/live``) and its files under ``/static/``.
 
 Plain files from the package, no build step; ``twisted.web.static.File``
-handles caching headers and ranges. Directory listings are off.
+handles caching headers and ranges. Directory listings are off. The file
+resources are made on the first page request: ``twisted.web.static`` reads
+the system's MIME table when imported, half a megabyte an idle server (or
+one that only serves sockets) would otherwise hold.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 
-with warnings.catch_warnings():
-    # Its module-level 404 pages use a deprecated class; ours are replaced below.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from twisted.web.static import File
+from livetx.web.lazy import OnFirstRequest
 
 STATIC = Path(str(resources.files("livetx.web") / "static"))
 
 
-class _Files(File):
-    """Package files only: a directory answers 404, not a listing."""
+@functools.cache
+def _files() -> Any:
+    """``File`` for package files only: a directory answers 404, not a listing."""
+    with warnings.catch_warnings():
+        # Its module-level 404 pages use a deprecated class; ours are replaced below.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from twisted.web.static import File
 
-    childNotFound = notFound()
+    class Files(File):
+        childNotFound = notFound()
 
-    def directoryListing(self) -> Resource:
-        return notFound()
+        def directoryListing(self) -> Resource:
+            return notFound()
+
+    return Files
+
+
+def _index() -> Resource:
+    return _files()(str(STATIC / "index.html"), defaultType="text/html; charset=utf-8")
+
+
+def _static() -> Resource:
+    files = _files()(str(STATIC))
+    files.contentTypes = {**files.contentTypes, ".js": "text/javascript; charset=utf-8"}
+    return files
 
 
 def page_routes() -> dict[str, Resource]:
     """The page's routes, for ``build_site``'s ``routes``."""
-    index = _Files(str(STATIC / "index.html"), defaultType="text/html; charset=utf-8")
-    files = _Files(str(STATIC))
-    files.contentTypes = {**files.contentTypes, ".js": "text/javascript; charset=utf-8"}
-    return {"/": index, "/live": index, "/static": files}
+    index = OnFirstRequest(_index)
+    return {"/": index, "/live": index, "/static": OnFirstRequest(_static)}
