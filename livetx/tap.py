@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
@@ -97,58 +96,6 @@ class Options(usage.Options):
             # One line naming the problem, not a page of usage text.
             sys.stderr.write(f"livetx: {e}\n")
             raise SystemExit(1)
-
-
-class Listening(Service):
-    """Listens on an endpoint while the server runs: ``strports.service``, without its module.
-
-    That module, ``twisted.application.internet``, also holds the client
-    services and imports ``automat`` for them: half a megabyte an idle
-    server would carry for nothing. As with ``strports.service``, a port
-    that cannot be opened at start-up stops twistd with the error.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        #: Once started: fires with the port, or None if listening failed.
-        self.listening: Deferred[IListeningPort | None] | None = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        caught: list[Failure] = []
-        starting = True
-
-        def failed(failure: Failure) -> None:
-            if starting:
-                caught.append(failure)
-            elif not failure.check(CancelledError):
-                _log.failure("Cannot listen on {endpoint!r}", failure, endpoint=self.endpoint)
-
-        self.listening = self.endpoint.listen(self.factory)
-        self.listening.addErrback(failed)
-        starting = False
-        if caught:
-            caught[0].raiseException()
-
-    def startService(self) -> None:
-        super().startService()
-        if self.listening is None:
-            self.privilegedStartService()
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening, or stop trying to; fires once the port is closed."""
-        assert self.listening is not None
-        self.listening.cancel()
-
-        def stop(port: IListeningPort | None) -> Deferred[None] | None:
-            return None if port is None else port.stopListening()
-
-        def stopped(result: Any) -> Any:
-            self.running = False
-            return result
-
-        return self.listening.addCallback(stop).addBoth(stopped)
 
 
 class _Closing(Service):
@@ -244,7 +191,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     connections.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
     for description in options["listen"]:
-        Listening(endpoints.serverFromString(reactor, description), site).setServiceParent(root)
+        strports.service(description, site, reactor=reactor).setServiceParent(root)
     _log.info(
         "livetx {version}: model {llm}, speech {tts}, transcription {stt}, data in {data_dir}",
         version=__version__,

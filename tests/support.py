@@ -8,13 +8,14 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 from livetx.auth.tokens import issue_token, load_or_create_secret
-from livetx.tap import Listening, Options, makeService
+from livetx.tap import Options, makeService
 
 TIMEOUT = 10.0
 
@@ -40,8 +41,8 @@ class RunningServer:
     async def start(self) -> RunningServer:
         self.service.startService()
         for child in self.service:
-            if isinstance(child, Listening):
-                listening = await child.listening
+            if isinstance(child, StreamServerEndpointService):
+                listening = await child._waitingForPort
                 self.port = listening.getHost().port
         return self
 

@@ -12,15 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, ssl
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import ssl
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.application.service import IServiceMaker
 
-from livetx.tap import Listening, Options
+from livetx.tap import Options
 
 from .support import connect, replied
 
@@ -40,25 +37,6 @@ def test_listen_is_repeatable_and_defaults(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions(["--listen", "tcp:1", "--listen", "tcp:2:interface=127.0.0.1", "-d", str(tmp_path)])
     assert options["listen"] == ["tcp:1", "tcp:2:interface=127.0.0.1"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_port_in_use_fails_start_up_and_a_stopped_service_closes_its_port() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = Listening(serverFromString(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"),
-                         Factory.forProtocol(Protocol))
-        with pytest.raises(CannotListenError):
-            busy.privilegedStartService()
-    service = Listening(serverFromString(reactor, "tcp:0:interface=127.0.0.1"), Factory.forProtocol(Protocol))
-    service.startService()
-    assert service.listening is not None
-    port = service.listening.result.getHost().port
-    await service.stopService()
-    assert not service.running
-    with socket.socket() as again:
-        again.bind(("127.0.0.1", port))  # closed: free to take
 
 
 @pytest.mark.parametrize("bad", ["nonsense:1", "tcp:notaport", "ssl:8443:privateKey=/no/such.pem"])
