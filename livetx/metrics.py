@@ -212,6 +212,10 @@ class ServerMetrics:
         self.refused.labels(endpoint).inc()
 
 
+#: Frames that only matter the first time in a turn (after the first delta).
+_ROUTINE = frozenset({"bot_delta_chunk", "bot_text_chunk"})
+
+
 class TurnObserver:
     """One connection's view: follows each turn through the frames sent."""
 
@@ -234,6 +238,8 @@ class TurnObserver:
 
     def _observe(self, frame: dict[str, Any]) -> None:
         kind = frame.get("t")
+        if kind in _ROUTINE and self._turn is not None and self._turn.first_delta is not None:
+            return  # the bulk of a reply: nothing left to time or count
         if kind == "error":
             self._error(str(frame.get("code", "UNKNOWN")))
         if frame.get("ct") == "chat":
