@@ -175,8 +175,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sentences", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="simulator seconds between tokens")
     parser.add_argument("--offline", action="store_true", help="livetx on its defaults: echo model, eSpeak NG")
-    parser.add_argument("--pin", action="store_true",
-                        help="livetx on the first core; simulator and client on the others")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(_CORES) > 1,
+                        help="livetx on the first core, simulator and client on the others, as when the "
+                             "model and the clients are other machines (the default with two cores or more); "
+                             "--no-pin lets all three share every core")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a target measured in this run is missed")
     parser.add_argument("--json", help="write the summaries to this file")
@@ -202,7 +204,9 @@ def main() -> None:
 
     live_client.raise_nofile_limit()
     if args.pin:
-        os.sched_setaffinity(0, split_cores()[1])
+        server_cores, load_cores = split_cores()
+        os.sched_setaffinity(0, load_cores)
+        print(f"livetx on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} (--no-pin: shared)")
     pace = not args.no_pace
     levels = [int(n) for n in args.levels.split(",")]
     wanted = {args.scenario} if args.scenario != "all" else set(SCENARIOS)
@@ -228,6 +232,8 @@ def main() -> None:
     if "interrupt" in wanted:
         with _target(args, args.interrupt_delay) as server:
             summaries.append(sc.run(sc.interrupts(server, args.trials, args.settle)))
+    for summary in summaries:
+        summary["pinned"] = bool(args.pin)
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=2))
     if args.out:
