@@ -142,3 +142,21 @@ async def test_close_waits_for_the_queued_work(tmp_path: Path) -> None:
     again = SQLiteStore(tmp_path)
     assert len(await again.messages("mine")) == 5
     await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_that_cannot_start_fails_alone(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    await store.open_session("ann", "mine", "chat")
+    run = store._pool.runInteraction
+
+    def broken(work: object, batch: object) -> object:
+        store._pool.runInteraction = run  # type: ignore[method-assign]
+        raise OSError("disk gone")
+
+    store._pool.runInteraction = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await store.add_message("mine", "user", plain("lost"))
+    kept = await store.add_message("mine", "user", plain("kept"))  # the queue still runs
+    assert [m.text for m in await store.messages("mine")] == ["kept"] and kept.text == "kept"
+    await store.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import orjson
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
@@ -177,7 +177,8 @@ class SQLiteStore:
     def _next_batch(self) -> None:
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._running = True
-        self._pool.runInteraction(_apply, batch).addBoth(self._settle, batch)
+        # maybeDeferred: a pool that cannot even start fails this batch, not the queue for good
+        maybeDeferred(self._pool.runInteraction, _apply, batch).addBoth(self._settle, batch)
 
     def _settle(self, outcomes: list[tuple[bool, Any]] | Failure, batch: list[_Unit]) -> None:
         if isinstance(outcomes, Failure):  # the commit itself failed: so did every unit
