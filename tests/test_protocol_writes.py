@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from autobahn.twisted import websocket as twisted_websocket
-from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as websocket_protocol
 from twisted.internet.testing import StringTransport
 
@@ -58,3 +58,17 @@ def test_reads_reach_the_websocket_parser_without_debug_lines(formatted: list[An
     assert protocol.trafficStats.incomingOctetsWireLevel == 2 + 4 + len(payload)
     assert protocol.trafficStats.incomingWebSocketMessages == 1
     assert formatted == []
+
+
+def test_settings_are_read_from_the_factory_not_copied_and_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    printed: list[Any] = []
+    monkeypatch.setattr(websocket_protocol, "pformat", lambda obj: printed.append(obj) or "")
+    protocol = LiveServerProtocol()
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(maxMessagePayloadSize=1234, autoPingInterval=0)
+    protocol.factory = factory  # type: ignore[assignment]
+    protocol.makeConnection(StringTransport())
+    assert printed == [[]]  # Autobahn's per-socket settings list is empty
+    assert protocol.maxMessagePayloadSize == 1234 and "maxMessagePayloadSize" in vars(protocol)
+    assert protocol.openHandshakeTimeout == factory.openHandshakeTimeout
+    assert {name for name in WebSocketServerProtocol.CONFIG_ATTRS if not hasattr(protocol, name)} == set()
