@@ -206,7 +206,11 @@ def main() -> None:
     if args.pin:
         server_cores, load_cores = split_cores()
         os.sched_setaffinity(0, load_cores)
-        print(f"livetx on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} (--no-pin: shared)")
+        if args.url:  # someone else's server: only this client keeps off the first core
+            print(f"client on cores {sorted(load_cores)} (--no-pin: any)")
+        else:
+            print(f"livetx on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} "
+                  "(--no-pin: shared)")
     pace = not args.no_pace
     levels = [int(n) for n in args.levels.split(",")]
     wanted = {args.scenario} if args.scenario != "all" else set(SCENARIOS)

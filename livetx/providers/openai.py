@@ -228,6 +228,7 @@ class _Upstream:
         headers = self._headers
         if json is not None:  # orjson: the chat request carries the whole history
             body["data"], headers = orjson.dumps(json), self._json_headers
+        # cookies: a jar, so treq does not build an empty one from None per request
         request = self._http.post(
             self.url(path), headers=headers, cookies=_NO_COOKIES, allow_redirects=False,
             unbuffered=True, **body,

@@ -73,4 +73,3 @@ class SSEDecoder:
 
 
 _EOL = re.compile(r"\r\n|\r|\n")
-

@@ -137,7 +137,6 @@ class SQLiteStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "livetx.sqlite3"
         self.attachments_dir = data_dir / "attachments"
-
         self._queue: list[_Unit] = []
         self._running = False
         self._idle: list[Deferred[None]] = []
