@@ -21,14 +21,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
-from livetx.auth.keys import KeyStore
-from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
-from livetx.store.sqlite import SQLiteStore
+from livetx.storage import check as check_store, open_storage
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
@@ -93,6 +91,7 @@ class Options(usage.Options):
                 Path(self["config"]) if self["config"] else None
             )
             check_engines(self["settings"])
+            check_store(self["settings"])
         except configuration.ConfigError as e:
             # One line naming the problem, not a page of usage text.
             sys.stderr.write(f"livetx: {e}\n")
@@ -158,15 +157,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     settings: configuration.Config = options["settings"]
     data_dir: Path = options["data-dir"]
 
-    secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
+    storage = open_storage(settings, data_dir, reactor)
+    store, keys, secret = storage.store, storage.keys, storage.secret
     http, pool = make_http_client(reactor)
     pipeline = build_pipeline(settings, http, reactor, data_dir)
 
     root = MultiService()
-    store = SQLiteStore(data_dir)
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
     connections.setName("connections")
-    keys = KeyStore(data_dir)
     chat = ChatService(
         store=store, llm=pipeline.llm, clock=reactor,
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
@@ -191,7 +189,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store,
         routes={
             **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining),
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining, storage.probes),
             **page_routes(),
         },
         metrics=metrics,
@@ -203,6 +201,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _Closing(pool, "closeCachedConnections", after=connections.drained).setServiceParent(root)
     _Closing(store, after=connections.drained).setServiceParent(root)
     connections.setServiceParent(root)
+    for service in storage.services:
+        service.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
     for description in options["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(root)
