@@ -38,7 +38,8 @@ class Storage:
 def check(settings: Config) -> None:
     """At start-up: reach and migrate the configured database, or say why not in one line."""
     if settings.store.url:
-        from livetx.store.postgres import StoreUnavailable, prepare
+        from livetx.store import StoreUnavailable
+        from livetx.store.postgres import prepare
 
         try:
             prepare(settings.store.url)
@@ -61,8 +62,8 @@ def open_storage(settings: Config, data_dir: Path, reactor: Any) -> Storage:
     database = Database(url, reactor)
     keys = PostgresKeyStore(url, database)
     keys.load()
-    refresh = TimerService(REFRESH_SECONDS, keys.refresh)
-    refresh.clock = reactor
+    refresh: IService = TimerService(REFRESH_SECONDS, keys.refresh)  # type: ignore[no-untyped-call]
+    refresh.clock = reactor  # type: ignore[attr-defined]
     return Storage(
         PostgresStore(database), keys, settings.auth.jwt_secret or shared_secret(url),
         services=[refresh], probes={"store": database.ping},

@@ -79,17 +79,21 @@ class PostgreSQL:
         )
 
     def start(self) -> PostgreSQL:
+        """Create the cluster the first time; start (or restart) it on the same port."""
         data = str(self.dir / "data")
-        self._command("initdb", "-D", data, "-A", "trust", "-U", "livetx", "-E", "UTF8", "--no-sync")
+        if not (self.dir / "data").exists():
+            self._command("initdb", "-D", data, "-A", "trust", "-U", "livetx", "-E", "UTF8", "--no-sync")
         options = f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._command("pg_ctl", "start", "-w", "-D", data, "-l", str(self.dir / "log"), "-o", options)
         return self
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
+        """Stop at once (as a crash would); ``remove=False`` keeps the data for :meth:`start`."""
         try:
             self._command("pg_ctl", "stop", "-m", "immediate", "-D", str(self.dir / "data"))
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if remove:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://livetx@127.0.0.1:{self.port}/{database}"

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 
 from .services import PostgreSQL
 from .support import connect, open_socket
-from .test_live_ws import LIVE, OPEN_API, openai_config
+from .test_live_ws import LIVE, OPEN_API, UNIFIED, openai_config
 from .test_twistd import run_cli
 
 
@@ -100,3 +100,33 @@ def test_an_unreachable_database_stops_start_up_with_one_line(tmp_path: Path) ->
     assert out.returncode == 1
     assert out.stderr.startswith("livetx: [store] cannot connect to postgresql://127.0.0.1:")
     assert len(out.stderr.strip().splitlines()) == 1 and "secret" not in out.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_the_database_is_away(livetx: Any, openai: Any) -> None:
+    """Readiness fails, turns are still answered, nothing claims to be stored; then it all comes back."""
+    database = PostgreSQL().start()
+    try:
+        server = await livetx(store_config(openai.base_url, database.url()))
+        kim = server.token("kim")
+        live = await connect(server.url(LIVE, token=kim))
+        chat = await connect(server.url(UNIFIED, token=kim))
+        await live.turn("before")
+        database.stop(remove=False)
+
+        code, body = await ready(server)
+        assert code == 503 and body["checks"]["store"]["ok"] is False
+        assert [f["t"] for f in await live.turn("during", timeout=20)][-1] == "end"  # answered, not kept
+        chat.send({"ct": "chat", "t": "send", "message": "keep this?"})
+        events = await chat.until("end", timeout=20)
+        assert "message_saved" not in [f.get("type") for f in events]
+        assert [f["code"] for f in events if f.get("t") == "error"] == ["INTERNAL_ERROR"]
+
+        database.start()
+        chat.send({"ct": "chat", "t": "send", "message": "and now?"})
+        events = await chat.until("end", timeout=20)
+        assert "message_saved" in [f.get("type") for f in events]
+        for client in (live, chat):
+            await client.close_and_wait()
+    finally:
+        database.stop()

@@ -111,5 +111,5 @@ def shared_secret(url: str) -> str:
             "INSERT INTO livetx_secrets (name, value) VALUES ('jwt', %s) ON CONFLICT (name) DO NOTHING",
             (secrets.token_hex(32),),
         )
-        row = conn.execute("SELECT value FROM livetx_secrets WHERE name = 'jwt'").fetchone()
-    return str(row[0])
+        (value,) = conn.execute("SELECT value FROM livetx_secrets WHERE name = 'jwt'").fetchone() or ("",)
+    return str(value)

@@ -32,14 +32,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from livetx.store import StoredAttachment
+from livetx.store import StoreUnavailable, StoredAttachment
 from livetx.store.batches import Outcome, Unit, apply_units
 from livetx.store.sql import TABLES, SQLStore
 
 _T = TypeVar("_T")
 
-#: Seconds to open a connection, and to wait for one from the pool.
+#: Seconds to open a connection.
 CONNECT_TIMEOUT = 5.0
+#: Seconds a unit of work waits for a connection before it fails (the database is away).
+POOL_TIMEOUT = 3.0
+#: Seconds the pool keeps retrying a lost connection in the background, backing off;
+#: after that it connects again when work asks, so a database that comes back is used
+#: again within seconds rather than after the pool's long backoff.
+RECONNECT_SECONDS = 5.0
 #: Connections per process: one runs the batches, one answers key refreshes and probes.
 POOL_SIZE = 2
 #: The advisory lock migrations hold ("livetx" in ASCII).
@@ -70,10 +76,6 @@ MIGRATIONS = [
     CREATE TABLE livetx_changes (topic TEXT PRIMARY KEY, counter BIGINT NOT NULL);
     """,
 ]
-
-
-class StoreUnavailable(Exception):
-    """The configured database cannot be reached or prepared; the message is one line."""
 
 
 def describe(url: str) -> str:
@@ -166,7 +168,8 @@ class Database:
             self._threads = ThreadPool(minthreads=0, maxthreads=POOL_SIZE, name="livetx-postgres")
             self._threads.start()
             self._pool = psycopg_pool.ConnectionPool(
-                self.url, min_size=1, max_size=POOL_SIZE, open=False, timeout=CONNECT_TIMEOUT,
+                self.url, min_size=1, max_size=POOL_SIZE, open=False, timeout=POOL_TIMEOUT,
+                reconnect_timeout=RECONNECT_SECONDS,
                 kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
                 check=psycopg_pool.ConnectionPool.check_connection, name="livetx",
             )
@@ -179,8 +182,11 @@ class Database:
 
     def _lend(self, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         assert self._pool is not None
-        with self._pool.connection() as conn:
-            return work(conn)
+        try:
+            with self._pool.connection() as conn:
+                return work(conn)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            raise StoreUnavailable(f"{describe(self.url)} is unavailable: {_first_line(e)}") from None
 
     def ping(self) -> Deferred[None]:
         """Fires when the database answers a query; fails otherwise (for ``/readyz``)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
@@ -113,7 +113,10 @@ class Ready(Resource):
     def _shared(self, check: Callable[[], Deferred[None]], result: dict[str, Any]) -> Deferred[None]:
         def failed(failure: Failure) -> None:
             result["ok"] = False
-            result["error"] = failure.getErrorMessage().strip().split("\n")[0] or "unreachable"
+            if failure.check(TimeoutError):
+                result["error"] = f"no answer within {PROBE_TIMEOUT:g} s"
+            else:
+                result["error"] = failure.getErrorMessage().strip().split("\n")[0] or "unreachable"
 
         d = check()
         d.addTimeout(PROBE_TIMEOUT, self._reactor)
