@@ -183,7 +183,7 @@ async def test_a_batch_that_cannot_start_fails_alone(engine: Opener) -> None:
     await store.open_session("ann", "mine", "chat")
     run = store._batches.run
 
-    def broken(batch: object) -> object:
+    def broken(batch: Any) -> Any:
         store._batches.run = run
         raise OSError("disk gone")
 
