@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.live.turn import describe_failure
@@ -32,7 +33,7 @@ PART_TYPES = ("plain", "image", "file")
 
 
 def _invalid(message: str) -> FrameError:
-    return FrameError(frames.INVALID_MESSAGE_FORMAT, message)
+    return FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, message)
 
 
 def parse_parts(message: Any) -> list[Part]:
@@ -126,14 +127,14 @@ class ChatService:
     # -- subscriptions -----------------------------------------------------
 
     def bind(self, username: str, session_id: str, listener: Listener) -> Deferred[None]:
-        """Subscribe ``listener`` to a session of ``username`` (PermissionError otherwise)."""
+        """Subscribe ``listener`` to a session of ``username`` (else NoSuchSession, SessionForbidden)."""
         d = self._store.owner(session_id)
 
         def check(owner: str | None) -> None:
             if owner is None:
-                raise LookupError("no such session")
+                raise NoSuchSession()
             if owner != username:
-                raise PermissionError("this session belongs to another user")
+                raise SessionForbidden()
             self._subscribers.setdefault(session_id, set()).add(listener)
 
         return d.addCallback(check)
@@ -232,13 +233,13 @@ class ChatService:
         publish("end", "")
 
     def _failed(self, failure: Failure, turn: ChatTurn, listener: Listener) -> None:
-        if failure.check(PermissionError):
-            code, message = frames.FORBIDDEN, "this session belongs to another user"
+        if failure.check(SessionForbidden):
+            code, message = failure.value.code, failure.value.message
         elif failure.check(FrameError):
             code, message = failure.value.code, failure.value.message
         else:
             if not failure.check(ProviderError):
                 _log.failure("Chat turn failed", failure)
-            code, message = describe_failure(failure, frames.INTERNAL_ERROR)
+            code, message = describe_failure(failure, ErrorCode.INTERNAL_ERROR)
         listener({"type": "error", "code": code, "data": message, "message_id": turn.request.message_id})
         listener({"type": "end", "data": "", "streaming": False, "message_id": turn.request.message_id})

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.errors import ErrorCode
 from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
 from livetx.deferreds import waiter_for
 from livetx.live import frames
@@ -99,10 +100,10 @@ CLIENT_EVENTS = (
     "truncate",
 )
 
-_BUSY = (frames.PROCESSING_ERROR, "Session is busy")
-_NO_SEGMENT = (frames.INVALID_STATE, "no voice segment is open; send start_speaking first")
+_BUSY = (ErrorCode.PROCESSING_ERROR, "Session is busy")
+_NO_SEGMENT = (ErrorCode.INVALID_STATE, "no voice segment is open; send start_speaking first")
 _SERVER_FRAMES = (
-    frames.INVALID_STATE,
+    ErrorCode.INVALID_STATE,
     "turn_detection is server: send only speaking_part, or switch back with session_update",
 )
 
@@ -178,33 +179,33 @@ def _stamp(frame: Frame, required: bool) -> dict[str, Any]:
     if stamp is None and not required:
         return {"stamp": None}
     if not isinstance(stamp, str) or not stamp:
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'stamp' must be a non-empty string")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'stamp' must be a non-empty string")
     return {"stamp": stamp}
 
 
 def _audio(frame: Frame) -> dict[str, Any]:
     data = frame.get("data")
     if not isinstance(data, str):
-        raise FrameError(frames.INVALID_AUDIO, "field 'data' must be Base64 text")
+        raise FrameError(ErrorCode.INVALID_AUDIO, "field 'data' must be Base64 text")
     try:
         pcm = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise FrameError(frames.INVALID_AUDIO, "field 'data' is not valid Base64") from None
+        raise FrameError(ErrorCode.INVALID_AUDIO, "field 'data' is not valid Base64") from None
     return _pcm(pcm)
 
 
 def _pcm(pcm: bytes) -> dict[str, Any]:
     if len(pcm) % SAMPLE_WIDTH:
-        raise FrameError(frames.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
+        raise FrameError(ErrorCode.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
     return {"pcm": pcm}
 
 
 def _truncation(frame: Frame) -> dict[str, Any]:
     turn, end = frame.get("turn"), frame.get("audio_end_ms")
     if isinstance(turn, bool) or not isinstance(turn, int):
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
     if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < float("inf"):
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
     return {"turn": turn, "audio_end_ms": end}
 
 
@@ -295,7 +296,7 @@ class LiveSession:
         kind = frame["t"]
         parse = PARSERS.get(kind)
         if parse is None:
-            self._emit(frames.error(frames.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
+            self._emit(frames.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
             return
         self._safely(kind, lambda: self.fire(kind, **parse(frame)))
 
@@ -310,7 +311,7 @@ class LiveSession:
             self._emit(e.frame())
         except Exception:
             _log.failure("Bug while handling a {kind!r} event", kind=kind)
-            self._emit(frames.error(frames.INTERNAL_ERROR, "internal error"))
+            self._emit(frames.error(ErrorCode.INTERNAL_ERROR, "internal error"))
 
     def receive_audio(self, pcm: bytes) -> None:
         """A binary message: raw PCM, taken as a ``speaking_part`` (binary audio transport)."""
@@ -405,7 +406,7 @@ class LiveSession:
             self._segment = None
             self.fire("segment_dropped")
             raise FrameError(
-                frames.AUDIO_TOO_LONG,
+                ErrorCode.AUDIO_TOO_LONG,
                 f"voice segment longer than {self._pipeline.max_segment_seconds:g} s; dropped",
             )
 
@@ -473,7 +474,7 @@ class LiveSession:
         assert self._segment is not None
         expected = self._segment.stamp
         if expected is not None and event.kwargs["stamp"] != expected:
-            raise FrameError(frames.STAMP_MISMATCH, f"end_speaking stamp does not match {expected!r}")
+            raise FrameError(ErrorCode.STAMP_MISMATCH, f"end_speaking stamp does not match {expected!r}")
 
     # -- turns ---------------------------------------------------------------
 
@@ -501,7 +502,7 @@ class LiveSession:
         self._metric(wav_assemble_time=assembled - began, input_type="audio")
         stt = self._pipeline.stt
         if stt is None:
-            self._turn_emit(frames.error(frames.STT_UNAVAILABLE, "speech-to-text is not configured"))
+            self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
             self._end_without_reply()
             return
         self._metric(stt=stt.name)
@@ -522,7 +523,7 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._turn_emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
+        self._turn_emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
         self._end_without_reply()
 
     def _end_without_reply(self) -> None:
@@ -582,13 +583,13 @@ class LiveSession:
         """Keep only what the user heard of the last reply, for the store and the model."""
         turn_id, end_ms = event.kwargs["turn"], event.kwargs["audio_end_ms"]
         if self._finished is None or self._finished[0] != turn_id:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
         _, result, kept = self._finished
         if not result.spoken:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
         if any(duration is None for _, duration in result.spoken):
             # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
         revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
         if revised != kept:
             if self._history and self._history[-1] is kept:

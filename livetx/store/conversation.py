@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
+from livetx.errors import SessionForbidden
 from livetx.live.session import Exchange
 from livetx.store import ConversationStore, StoredMessage
 
@@ -41,7 +42,7 @@ class StoredConversation:
     def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
         self._store = store
         self.session_id = session_id
-        #: Fires with the session, or fails with PermissionError for someone else's.
+        #: Fires with the session, or fails with SessionForbidden for someone else's.
         self.opened = store.open_session(username, session_id, "live")
         self._allowed: bool | None = None
         self.opened.addCallbacks(self._granted, self._refused)
@@ -60,7 +61,7 @@ class StoredConversation:
 
         def go(_: None) -> Deferred[Any]:
             if not self._allowed:
-                raise PermissionError("this session belongs to another user")
+                raise SessionForbidden()
             return work()
 
         return waiter_for(self.opened).addCallback(go)

@@ -27,6 +27,7 @@ import orjson
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
+from livetx.errors import SessionForbidden
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class SQLiteStore:
             row = (session_id, username, kind, "", stamp, stamp)
             cursor.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", row)
         if row[1] != username:
-            raise PermissionError("this session belongs to another user")
+            raise SessionForbidden()
         return StoredSession(*row)
 
     def owner(self, session_id: str) -> Deferred[str | None]:

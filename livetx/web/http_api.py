@@ -23,6 +23,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from livetx.errors import ErrorCode
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.chat.service import ChatRequest, ChatService, Event
 from livetx.live import frames
@@ -40,7 +41,7 @@ ATTACHMENT_TYPES = ("image/", "audio/", "text/plain", "application/pdf")
 class HTTPError(Exception):
     """A refusal with its status and ``code``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
 
@@ -67,9 +68,9 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     try:
         value = int(raw)
     except ValueError:
-        raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, f"{name} must be an integer") from None
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be an integer") from None
     if not low <= value <= high:
-        raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
     return value
 
 
@@ -88,7 +89,7 @@ def _finish_async(request: Request, d: Deferred[bytes]) -> Any:
             write(_error_body(request, failure.value))
         else:
             _log.failure("HTTP API request failed", failure)
-            write(_error_body(request, HTTPError(500, frames.INTERNAL_ERROR, "internal error")))
+            write(_error_body(request, HTTPError(500, ErrorCode.INTERNAL_ERROR, "internal error")))
 
     d.addCallbacks(write, fail)
     return NOT_DONE_YET
@@ -122,7 +123,7 @@ class APIResource(Resource):
     def render(self, request: Request) -> Any:
         try:
             if request.method != self.method:
-                raise HTTPError(405, "METHOD_NOT_ALLOWED", f"use {self.method.decode()}")
+                raise HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {self.method.decode()}")
             self.authenticate(request)
             return self.handle(request)
         except HTTPError as error:
@@ -137,18 +138,18 @@ class APIResource(Resource):
         try:
             record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
         except TooManyFailures as e:
-            raise HTTPError(429, frames.RATE_LIMITED, str(e)) from None
+            raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
         if key is None:
-            raise HTTPError(401, "UNAUTHORIZED", "Missing API key")
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, "UNAUTHORIZED", f"Invalid API key, or it lacks the {self.scope!r} scope")
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
         raw = (body or {}).get("username")
         username, problem = resolve_username(raw if isinstance(raw, str) else _arg(request, "username"))
         if username is None:
-            raise HTTPError(400, "BAD_USER", problem or "Invalid username")
+            raise HTTPError(400, ErrorCode.BAD_USER, problem or "Invalid username")
         return username
 
     def handle(self, request: Request) -> Any:
@@ -179,12 +180,12 @@ class MessagesResource(APIResource):
         username = self.username(request)
         path = request.path.decode("utf-8", "replace").rstrip("/").split("/")
         if len(path) != 7 or path[-1] != "messages" or not path[-2]:
-            raise HTTPError(404, "NOT_FOUND", "no such route")
+            raise HTTPError(404, ErrorCode.NOT_FOUND, "no such route")
         session_id = path[-2]
 
         def check(owner: str | None) -> Deferred[list[StoredMessage]]:
             if owner != username:  # someone else's looks the same as none at all
-                raise HTTPError(404, "NOT_FOUND", "no such session")
+                raise HTTPError(404, ErrorCode.NOT_FOUND, "no such session")
             return self.store.messages(session_id)
 
         d = self.store.owner(session_id).addCallback(check)
@@ -208,7 +209,7 @@ class FileResource(APIResource):
         content_type, options = multipart.parse_options_header(
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
         request.content.seek(0)
         upload = None
         try:
@@ -218,14 +219,14 @@ class FileResource(APIResource):
                     upload = (part.filename, part.content_type or "application/octet-stream", part.raw)
         except multipart.MultipartError as e:
             status = 413 if "limit" in str(e).lower() else 400
-            raise HTTPError(status, "TOO_LARGE" if status == 413 else frames.INVALID_MESSAGE_FORMAT, str(e)) from None
+            raise HTTPError(status, ErrorCode.TOO_LARGE if status == 413 else ErrorCode.INVALID_MESSAGE_FORMAT, str(e)) from None
         if upload is None:
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "no file field")
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "no file field")
         filename, mime, data = upload
         if len(data) > self.max_bytes:
-            raise HTTPError(413, "TOO_LARGE", f"files are limited to {self.max_bytes} bytes")
+            raise HTTPError(413, ErrorCode.TOO_LARGE, f"files are limited to {self.max_bytes} bytes")
         if not mime.startswith(ATTACHMENT_TYPES):
-            raise HTTPError(415, "UNSUPPORTED_MEDIA_TYPE", f"{mime} is not an accepted attachment type")
+            raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{mime} is not an accepted attachment type")
         d = self.store.add_attachment(username, filename, mime, data)
         d.addCallback(lambda record: _json(request, 200, {
             "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
@@ -250,9 +251,9 @@ class ChatResource(APIResource):
         try:
             body = json.loads(request.content.read() or b"null")
         except ValueError:
-            raise HTTPError(400, frames.INVALID_JSON, "body is not valid JSON") from None
+            raise HTTPError(400, ErrorCode.INVALID_JSON, "body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
         chat_request = ChatRequest.parse(self.username(request, body), body)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")

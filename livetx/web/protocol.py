@@ -22,6 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from livetx.errors import ErrorCode, SessionForbidden
 from livetx import __version__
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
@@ -130,7 +131,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if admission.refusal is None and admission.username is not None:
             crowded = self.factory.connections.crowded(admission, self.factory.limits)
             if crowded is not None:
-                admission = refusal(crowded, frames.RATE_LIMITED, notice=bool(admission.key_id))
+                admission = refusal(crowded, ErrorCode.RATE_LIMITED, notice=bool(admission.key_id))
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
@@ -183,8 +184,8 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             (self.session.resume_output if flowing else self.session.pause_output)()
 
     def _memory_refused(self, failure: Failure) -> None:
-        if failure.check(PermissionError):
-            self.send(frames.error(frames.FORBIDDEN, "this session belongs to another user"))
+        if failure.check(SessionForbidden):
+            self.send(frames.error(failure.value.code, failure.value.message))
             self.close_with(POLICY_VIOLATION, "Forbidden session")
         else:
             _log.failure("Could not open the stored conversation", failure)
@@ -199,7 +200,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             if verdict is Verdict.CLOSE:
                 self.close_with(POLICY_VIOLATION, "Too many messages")
             else:
-                self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
+                self.send(self._error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
             return
         draining = self.factory.connections.draining
         if isBinary and self.session.settings.binary_audio and self.admission.mode != "chat":
@@ -224,7 +225,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
                 self.chat = ChatChannel(self.factory.chat, self.session.username, self.send)
             self.chat.receive(frame)
         else:
-            self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+            self.send(frames.error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
 
     def _refuse_while_draining(self) -> None:
         """Running turns finish, nothing new starts: say so once, then drop input.
@@ -234,7 +235,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         """
         if not self.told_draining:
             self.told_draining = True
-            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
+            self.send(self._error(ErrorCode.PROCESSING_ERROR, "server is shutting down"))
 
     @property
     def busy(self) -> bool:
@@ -242,7 +243,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         live = self.session is not None and self.session.state == "processing"
         return live or (self.chat is not None and self.chat.busy)
 
-    def _error(self, code: str, message: str) -> Frame:
+    def _error(self, code: ErrorCode, message: str) -> Frame:
         """An error frame in the shape this socket's clients read."""
         return (frames.chat_error if self.admission.mode == "chat" else frames.error)(code, message)
 
