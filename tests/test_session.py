@@ -13,14 +13,15 @@ from twisted.internet.task import Clock
 
 from livetx.errors import ErrorCode
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, Exchange, LiveSession, Pipeline
+from livetx.domain import Engines, Exchange
+from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, LiveSession
 from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 
 
 class Harness:
-    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **pipeline: Any) -> None:
+    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **engines: Any) -> None:
         self.clock = Clock()
         self.llm = ScriptedLLM()
         self.tts = ManualTTS() if tts else None
@@ -31,7 +32,7 @@ class Harness:
         self.out: list[dict[str, Any]] = []
         self.session = LiveSession(
             username="alice",
-            pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **pipeline),
+            engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **engines),
             clock=self.clock,
             emit=self.record,
         )
@@ -430,7 +431,7 @@ def with_memory() -> tuple[Harness, SlowMemory]:
     h = Harness(tts=False)
     memory = SlowMemory()
     h.session = LiveSession(
-        username="alice", pipeline=h.session._pipeline, clock=h.clock, emit=h.record, memory=memory
+        username="alice", engines=h.session._engines, clock=h.clock, emit=h.record, memory=memory
     )
     return h, memory
 

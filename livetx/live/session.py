@@ -16,8 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from transitions import EventData, Machine, MachineError
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -28,18 +27,13 @@ from twisted.python.failure import Failure
 from livetx.errors import ErrorCode
 from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
 from livetx.deferreds import waiter_for
+from livetx.domain import Engines, Exchange, Memory
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.settings import Settings, updated
 from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
 from livetx.live.vad import VoiceDetector
-from livetx.providers.base import (
-    ChatModel,
-    Message,
-    PartialRecognizer,
-    SpeechRecognizer,
-    SpeechSynthesizer,
-)
+from livetx.providers.base import Message, PartialRecognizer
 
 _log = Logger()
 
@@ -112,43 +106,6 @@ REJECTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("processing", "text_input"): _BUSY,
     ("processing", "end_speaking"): _BUSY,
 }
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """The providers and limits every session of a server shares."""
-
-    llm: ChatModel
-    tts: SpeechSynthesizer | None
-    stt: SpeechRecognizer | None
-    system_prompt: str = ""
-    history_turns: int = 20
-    tts_concurrency: int = 2
-    max_segment_seconds: float = 60.0
-    #: Called with (username, wav) for every segment, when audio is to be kept.
-    keep_audio: Callable[[str, bytes], None] | None = None
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One finished turn as the conversation remembers it."""
-
-    user: str
-    reply: str
-    interrupted: bool = False
-
-
-class Memory(Protocol):
-    """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
-
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        """The last ``turns`` exchanges, oldest first."""
-
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        """Keep a finished turn; writes are applied in the order they are asked for."""
-
-    def revise(self, exchange: Exchange) -> None:
-        """Replace the reply of the turn this memory remembered last (after ``truncate``)."""
 
 
 #: Talk mode: audio between two partial transcripts of an utterance, at least.
@@ -248,16 +205,16 @@ class LiveSession:
         self,
         *,
         username: str,
-        pipeline: Pipeline,
+        engines: Engines,
         clock: IReactorTime,
         emit: Emit,
         memory: Memory | None = None,
     ) -> None:
         self.username = username
-        self._pipeline = pipeline
+        self._engines = engines
         self._clock = clock
         self._emit = emit
-        self._history: deque[Exchange] = deque(maxlen=max(0, pipeline.history_turns))
+        self._history: deque[Exchange] = deque(maxlen=max(0, engines.history_turns))
         self._segment: Segment | None = None
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
@@ -265,7 +222,7 @@ class LiveSession:
         #: What a turn waits for before the model starts: a transcript, or the
         #: stored history of the conversation. Interrupting cancels it.
         self._preparing: Deferred[Any] | None = None
-        self._max_segment_bytes = int(pipeline.max_segment_seconds * BYTES_PER_SECOND)
+        self._max_segment_bytes = int(engines.max_segment_seconds * BYTES_PER_SECOND)
         self._metrics: dict[str, Any] = {}
         #: The last turn's id; every frame of a turn carries it as ``turn``.
         self._turn_id = 0
@@ -407,7 +364,7 @@ class LiveSession:
             self.fire("segment_dropped")
             raise FrameError(
                 ErrorCode.AUDIO_TOO_LONG,
-                f"voice segment longer than {self._pipeline.max_segment_seconds:g} s; dropped",
+                f"voice segment longer than {self._engines.max_segment_seconds:g} s; dropped",
             )
 
     # -- server-side turn detection (talk mode) -------------------------------
@@ -440,7 +397,7 @@ class LiveSession:
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""
-        stt, segment = self._pipeline.stt, self._segment
+        stt, segment = self._engines.stt, self._segment
         if (segment is None or self._partial is not None or not isinstance(stt, PartialRecognizer)
                 or len(segment.pcm) - segment.heard < max(PARTIAL_EVERY_BYTES, segment.heard // 4)):
             return
@@ -496,11 +453,11 @@ class LiveSession:
         self._new_turn()
         wav = segment.wav()
         assembled = self._clock.seconds()
-        if self._pipeline.keep_audio is not None:
-            self._pipeline.keep_audio(self.username, wav)
+        if self._engines.keep_audio is not None:
+            self._engines.keep_audio(self.username, wav)
         self._metrics = {}
         self._metric(wav_assemble_time=assembled - began, input_type="audio")
-        stt = self._pipeline.stt
+        stt = self._engines.stt
         if stt is None:
             self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
             self._end_without_reply()
@@ -542,15 +499,15 @@ class LiveSession:
 
     def _start_turn(self, text: str, started: float) -> None:
         self._preparing = None
-        pipeline = self._pipeline
+        engines = self._engines
         turn = Turn(
             clock=self._clock,
-            llm=pipeline.llm,
-            tts=pipeline.tts,
+            llm=engines.llm,
+            tts=engines.tts,
             emit=self._turn_emit,
             messages=self._context(text),
             started_at=started,
-            tts_concurrency=pipeline.tts_concurrency,
+            tts_concurrency=engines.tts_concurrency,
             binary_audio=self.settings.binary_audio,
         )
         self._turn = turn
@@ -613,8 +570,8 @@ class LiveSession:
 
     def _context(self, text: str) -> list[Message]:
         messages: list[Message] = []
-        if self._pipeline.system_prompt:
-            messages.append({"role": "system", "content": self._pipeline.system_prompt})
+        if self._engines.system_prompt:
+            messages.append({"role": "system", "content": self._engines.system_prompt})
         for exchange in self._history:
             messages.append({"role": "user", "content": exchange.user})
             if exchange.reply:

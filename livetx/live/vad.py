@@ -40,7 +40,7 @@ class Tunables(Protocol):
     preroll_ms: int
 
 
-class Listener(Protocol):
+class SpeechListener(Protocol):
     """Who hears about utterances: the live session."""
 
     def speech_started(self, pcm: bytes, start_ms: int) -> None:
@@ -68,7 +68,7 @@ class VoiceDetector:
         self,
         tunables: Tunables,
         clock: IReactorTime,
-        listener: Listener,
+        listener: SpeechListener,
         classifier: tuple[Callable[[bytes], bool], int] | None = None,
     ) -> None:
         self._is_speech, self._frame_bytes = classifier or pocketsphinx_vad(tunables.vad_aggressiveness)

@@ -15,9 +15,7 @@ from typing import Any
 
 import multipart
 from autobahn.twisted.util import peer2str
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
@@ -26,34 +24,15 @@ from twisted.web.server import NOT_DONE_YET, Request
 from livetx.errors import ErrorCode
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.chat.service import ChatRequest, ChatService, Event
-from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth, TooManyFailures
+from livetx.web.replies import HTTPError, error_body, finish_async, json_body
 
-_log = Logger()
 
 MAX_PAGE_SIZE = 100
 #: Attachment types a model may be shown; everything else is refused.
 ATTACHMENT_TYPES = ("image/", "audio/", "text/plain", "application/pdf")
-
-
-class HTTPError(Exception):
-    """A refusal with its status and ``code``."""
-
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _json(request: Request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
-
-
-def _error_body(request: Request, error: HTTPError) -> bytes:
-    return _json(request, error.status, {"status": "error", "code": error.code, "message": error.message})
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -74,27 +53,6 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
-def _finish_async(request: Request, d: Deferred[bytes]) -> Any:
-    """Write a Deferred's body, or its refusal, unless the client has gone."""
-    gone: list[Failure] = []
-    request.notifyFinish().addErrback(gone.append)
-
-    def write(body: bytes) -> None:
-        if not gone:
-            request.write(body)
-            request.finish()
-
-    def fail(failure: Failure) -> None:
-        if failure.check(HTTPError):
-            write(_error_body(request, failure.value))
-        else:
-            _log.failure("HTTP API request failed", failure)
-            write(_error_body(request, HTTPError(500, ErrorCode.INTERNAL_ERROR, "internal error")))
-
-    d.addCallbacks(write, fail)
-    return NOT_DONE_YET
-
-
 def _session_json(session: StoredSession) -> dict[str, Any]:
     return {"session_id": session.id, "title": session.title, "kind": session.kind,
             "created_at": session.created_at, "updated_at": session.updated_at}
@@ -112,8 +70,8 @@ class APIResource(Resource):
     isLeaf = True
     scope = "chat"
     method = b"GET"
-    #: Failed authentications per address, shared with the WebSocket endpoints (0: no limit).
-    failures: FailedAuth = FailedAuth(0, reactor)
+    #: Failed authentications per address, shared with the WebSocket endpoints (None: no limit).
+    failures: FailedAuth | None = None
 
     def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
         super().__init__()
@@ -127,16 +85,19 @@ class APIResource(Resource):
             self.authenticate(request)
             return self.handle(request)
         except HTTPError as error:
-            return _error_body(request, error)
+            return error_body(request, error)
         except FrameError as error:
-            return _error_body(request, HTTPError(400, error.code, error.message))
+            return error_body(request, HTTPError(400, error.code, error.message))
 
     def authenticate(self, request: Request) -> None:
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
         key = key_from_request({}, headers)
         verify = functools.partial(self.keys.verify, key, self.scope)
         try:
-            record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
+            if self.failures is None:
+                record = verify()
+            else:
+                record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
         except TooManyFailures as e:
             raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
         if key is None:
@@ -167,10 +128,10 @@ class SessionsResource(APIResource):
 
         def body(result: tuple[list[StoredSession], int]) -> bytes:
             sessions, total = result
-            return _json(request, 200, {"sessions": [_session_json(s) for s in sessions],
+            return json_body(request, 200, {"sessions": [_session_json(s) for s in sessions],
                                         "page": page, "page_size": size, "total": total})
 
-        return _finish_async(request, d.addCallback(body))
+        return finish_async(request, d.addCallback(body))
 
 
 class MessagesResource(APIResource):
@@ -189,9 +150,9 @@ class MessagesResource(APIResource):
             return self.store.messages(session_id)
 
         d = self.store.owner(session_id).addCallback(check)
-        d.addCallback(lambda messages: _json(request, 200, {
+        d.addCallback(lambda messages: json_body(request, 200, {
             "session_id": session_id, "messages": [_message_json(m) for m in messages]}))
-        return _finish_async(request, d)
+        return finish_async(request, d)
 
 
 class FileResource(APIResource):
@@ -228,10 +189,10 @@ class FileResource(APIResource):
         if not mime.startswith(ATTACHMENT_TYPES):
             raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{mime} is not an accepted attachment type")
         d = self.store.add_attachment(username, filename, mime, data)
-        d.addCallback(lambda record: _json(request, 200, {
+        d.addCallback(lambda record: json_body(request, 200, {
             "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
             "size": record.size, "created_at": record.created_at}))
-        return _finish_async(request, d)
+        return finish_async(request, d)
 
 
 class ChatResource(APIResource):
@@ -257,8 +218,13 @@ class ChatResource(APIResource):
         chat_request = ChatRequest.parse(self.username(request, body), body)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        gone: list[Failure] = []
-        request.notifyFinish().addErrback(gone.append)
+        gone = False
+
+        def went(_: Failure) -> None:
+            nonlocal gone
+            gone = True
+
+        request.notifyFinish().addErrback(went)
 
         def deliver(event: Event) -> None:
             if gone:

@@ -23,7 +23,7 @@ from twisted.web.server import Request
 from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
-from livetx.web.http_api import _finish_async, _json
+from livetx.web.replies import finish_async, json_body
 from livetx.web.lazy import OnFirstRequest
 
 #: Seconds a readiness probe waits for each upstream service.
@@ -38,7 +38,7 @@ class Health(Resource):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:
-        return _json(request, 200, {"status": "ok"})
+        return json_body(request, 200, {"status": "ok"})
 
 
 def _address(base_url: str) -> tuple[str, int]:
@@ -104,14 +104,14 @@ class Ready(Resource):
 
     def render_GET(self, request: Request) -> Any:
         if self._draining():  # stopping: the load balancer should send no one new
-            return _json(request, 503, {"status": "draining"})
+            return json_body(request, 503, {"status": "draining"})
 
         def answer(checks: dict[str, Any]) -> bytes:
             ready = all(c["ok"] for c in checks.values())
             body = {"status": "ready" if ready else "unready", "checks": checks}
-            return _json(request, 200 if ready else 503, body)
+            return json_body(request, 200 if ready else 503, body)
 
-        return _finish_async(request, self.current().addCallback(answer))
+        return finish_async(request, self.current().addCallback(answer))
 
 
 def ops_routes(

@@ -28,10 +28,9 @@ from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
-from livetx.live.session import LiveSession, Pipeline
+from livetx.domain import Engines, MemoryOpener
+from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.store import ConversationStore
-from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
@@ -152,16 +151,12 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         self.callLater = self.factory.clock.callLater
         self.setTimeout(limits.idle_timeout or None)
         memory = None
-        if self.factory.store is not None:
-            memory = StoredConversation(
-                self.factory.store,
-                admission.username,
-                admission.session_id or default_live_session(admission.username),
-            )
+        if self.factory.memories is not None:
+            memory = self.factory.memories(admission.username, admission.session_id)
             memory.opened.addErrback(self._memory_refused)
         self.session = LiveSession(
             username=admission.username,
-            pipeline=self.factory.pipeline,
+            engines=self.factory.engines,
             clock=self.factory.clock,
             emit=self.send,
             memory=memory,
@@ -306,7 +301,7 @@ for _name in WebSocketServerProtocol.CONFIG_ATTRS:
 
 
 class LiveServerFactory(WebSocketServerFactory):
-    """Per-endpoint factory; every endpoint shares the same limits and pipeline."""
+    """Per-endpoint factory; every endpoint shares the same limits and engines."""
 
     protocol = LiveServerProtocol
 
@@ -314,21 +309,22 @@ class LiveServerFactory(WebSocketServerFactory):
         self,
         *,
         gate: Gate,
-        pipeline: Pipeline,
+        engines: Engines,
         limits: ServerConfig,
         connections: ConnectionTracker,
         clock: IReactorTime,
         chat: ChatService,
-        store: ConversationStore | None = None,
+        memories: MemoryOpener | None = None,
         metrics: ServerMetrics | None = None,
         endpoint: str = "",
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
         self.chat = chat
-        self.store = store
+        #: Opens each live connection's memory; None: conversations are not kept.
+        self.memories = memories
         self.gate = gate
-        self.pipeline = pipeline
+        self.engines = engines
         self.connections = connections
         self.clock = clock
         self.metrics = metrics or ServerMetrics()

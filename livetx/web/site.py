@@ -12,9 +12,8 @@ from twisted.web.server import Request, Site
 
 from livetx.config import ServerConfig
 from livetx.chat.service import ChatService
-from livetx.live.session import Pipeline
+from livetx.domain import Engines, MemoryOpener
 from livetx.metrics import ServerMetrics
-from livetx.store import ConversationStore
 from livetx.web.admission import Gate
 from livetx.web.protocol import ConnectionTracker, LiveServerFactory, echo_factory
 
@@ -67,12 +66,12 @@ def _mount(root: Resource, path: str, leaf: Resource) -> None:
 def build_site(
     *,
     gates: dict[str, Gate],
-    pipeline: Pipeline,
+    engines: Engines,
     limits: ServerConfig,
     connections: ConnectionTracker,
     clock: Any,
     chat: ChatService,
-    store: ConversationStore | None = None,
+    memories: MemoryOpener | None = None,
     routes: dict[str, Resource] | None = None,
     metrics: ServerMetrics | None = None,
     echo: bool = False,
@@ -85,12 +84,12 @@ def build_site(
     for path, gate_name in WEBSOCKET_ROUTES.items():
         factory = LiveServerFactory(
             gate=gates[gate_name],
-            pipeline=pipeline,
+            engines=engines,
             limits=limits,
             connections=connections,
             clock=clock,
             chat=chat,
-            store=store,
+            memories=memories,
             metrics=metrics,
             endpoint=path,
         )
