@@ -16,7 +16,6 @@ from typing import Any
 import multipart
 from autobahn.twisted.util import peer2str
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -27,8 +26,7 @@ from livetx.chat.service import ChatRequest, ChatService, Event
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth, TooManyFailures
-from livetx.web.replies import HTTPError, error_body, finish_async, json_body
-
+from livetx.web.replies import Departure, HTTPError, error_body, finish_async, json_body
 
 MAX_PAGE_SIZE = 100
 #: Attachment types a model may be shown; everything else is refused.
@@ -218,16 +216,10 @@ class ChatResource(APIResource):
         chat_request = ChatRequest.parse(self.username(request, body), body)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        gone = False
-
-        def went(_: Failure) -> None:
-            nonlocal gone
-            gone = True
-
-        request.notifyFinish().addErrback(went)
+        client = Departure(request)
 
         def deliver(event: Event) -> None:
-            if gone:
+            if client.gone:
                 return  # the turn goes on and is stored; nobody is reading
             request.write(b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n")
             if event.get("type") == "end":

@@ -39,18 +39,24 @@ def error_body(request: Request, error: HTTPError) -> bytes:
     return json_body(request, error.status, {"status": "error", "code": error.code, "message": error.message})
 
 
-def finish_async(request: Request, d: Deferred[bytes]) -> Any:
-    """Write a Deferred's body, or its refusal, unless the client has gone."""
+class Departure:
+    """Whether the client of a request has hung up (writing to it then would fail)."""
+
     gone = False
 
-    def went(_: Failure) -> None:
-        nonlocal gone
-        gone = True
+    def __init__(self, request: Request) -> None:
+        request.notifyFinish().addErrback(self._went)
 
-    request.notifyFinish().addErrback(went)
+    def _went(self, _: Failure) -> None:
+        self.gone = True
+
+
+def finish_async(request: Request, d: Deferred[bytes]) -> Any:
+    """Write a Deferred's body, or its refusal, unless the client has gone."""
+    client = Departure(request)
 
     def write(body: bytes) -> None:
-        if not gone:
+        if not client.gone:
             request.write(body)
             request.finish()
 
