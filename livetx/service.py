@@ -34,7 +34,7 @@ from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
-from livetx.web.protocol import ConnectionTracker
+from livetx.web.connections import ConnectionTracker
 from livetx.web.site import build_site
 
 

@@ -15,7 +15,8 @@ from livetx.chat.service import ChatService
 from livetx.domain import Engines, MemoryOpener
 from livetx.metrics import ServerMetrics
 from livetx.web.admission import Gate
-from livetx.web.protocol import ConnectionTracker, LiveServerFactory, echo_factory
+from livetx.web.connections import ConnectionTracker
+from livetx.web.protocol import LiveServerFactory, echo_factory
 
 #: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
 WEBSOCKET_ROUTES: dict[str, str] = {
