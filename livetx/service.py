@@ -27,7 +27,7 @@ from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
-from livetx.providers.openai import make_http_client
+from livetx.fences.treq import make_http_client
 from livetx.store.conversation import live_memories
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
