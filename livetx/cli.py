@@ -11,7 +11,7 @@ import getopt
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from twisted.python import usage
 
@@ -187,24 +187,22 @@ def token(options: TokenOptions) -> int:
     return 0
 
 
-def converse(options: _TurnOptions) -> int:
-    """Run one turn on a reactor of its own, then return its exit code."""
-    from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
+def converse(options: _TurnOptions) -> NoReturn:
+    """Run one turn on a reactor of its own; exits with the turn's code (``task.react``)."""
+    from twisted.internet.task import react
 
     from livetx.client.console import run
 
-    codes: list[int] = []
+    async def turn(reactor: Any) -> None:
+        try:
+            code = await run(reactor, options, sys.stdout, sys.stderr)
+        except Exception as e:
+            print(f"livetx: {e}", file=sys.stderr)
+            code = 1
+        if code:
+            raise SystemExit(code)
 
-    def start() -> None:
-        d = ensureDeferred(run(reactor, options, sys.stdout, sys.stderr))
-        d.addCallback(codes.append)
-        d.addErrback(lambda failure: print(f"livetx: {failure.getErrorMessage()}", file=sys.stderr))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return codes[0] if codes else 1
+    react(turn)
 
 
 #: (command, subcommand) → handler; add a row to add a command.
