@@ -89,7 +89,7 @@ def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     """Band-limited resampling (libsoxr): speech keeps its clarity for recognizers and players."""
     if rate == target or not pcm:
         return pcm
-    # Imported here: numpy adds some 12 MB to the server's RSS, and a server
+    # Imported here: numpy is large (benchmarks/RESULTS.md), and a server
     # fed 16 kHz audio (the Live API's own format) never needs it.
     import numpy as np
     import soxr

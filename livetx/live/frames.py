@@ -57,8 +57,8 @@ def encode(frame: Frame) -> bytes:
     """Compact UTF-8 JSON: captions in any script stay readable and small.
 
     orjson, because a turn sends about 60 frames and an audio frame is one
-    long Base64 string: the standard encoder scans it for escapes at ~16 µs
-    a frame where orjson takes under 1 µs.
+    long Base64 string, which the standard encoder scans for escapes
+    (benchmarks/RESULTS.md, "Why the code is shaped this way").
     """
     return orjson.dumps(frame)
 

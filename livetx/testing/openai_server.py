@@ -262,7 +262,7 @@ def start(reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> tuple[Fa
     fake = FakeOpenAI(reactor)
     # Forms are parsed by the one endpoint that takes them (transcriptions):
     # Twisted's own parsing reads every POST's content type with the email
-    # package, a fifth of this server's CPU in a benchmark.
+    # package, a cost the load benchmark felt (benchmarks/RESULTS.md).
     site = Site(fake.resource(), parsePOSTFormSubmission=False)
     site.noisy = False
     listening = reactor.listenTCP(port, site, interface=interface)
