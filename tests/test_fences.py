@@ -68,7 +68,7 @@ def test_fenced_socket_reads_settings_from_its_factory_and_writes_plainly() -> N
     factory.setProtocolOptions(autoFragmentSize=0, maxMessagePayloadSize=1234)
     factory.protocol = _Fenced
     protocol = factory.buildProtocol(None)
-    assert _Fenced.CONFIG_ATTRS == ()
+    assert not _Fenced.CONFIG_ATTRS
     transport = StringTransport()
     protocol.makeConnection(transport)
     assert protocol.maxMessagePayloadSize == 1234  # read from the factory on first use

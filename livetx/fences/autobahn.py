@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from autobahn.util import encode_truncate
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import ITransport
 
 _P = TypeVar("_P", bound=type[WebSocketServerProtocol])
 
@@ -49,12 +50,16 @@ def settings_from_factory(cls: _P) -> _P:
     """Class decorator: ``cls`` reads Autobahn's settings from its factory, lazily."""
     for name in WebSocketServerProtocol.CONFIG_ATTRS:
         setattr(cls, name, _FromFactory(name))
-    cls.CONFIG_ATTRS = ()
+    cls.CONFIG_ATTRS = []
     return cls
 
 
 class QuietIO(WebSocketServerProtocol):
     """Reads and plain writes without Autobahn's per-call debug line."""
+
+    # Set by Autobahn from the factory's settings; declared for the type checker.
+    logOctets: bool
+    transport: ITransport
 
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)

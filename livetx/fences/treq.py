@@ -21,7 +21,7 @@ stays under treq. Why each piece exists, in short (benchmarks/RESULTS.md,
 from __future__ import annotations
 
 from http.cookiejar import CookieJar
-from typing import Any
+from typing import Any, cast
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
@@ -46,7 +46,9 @@ def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = 60
     agent = Agent.usingEndpointFactory(reactor, Endpoints(reactor, connect_timeout=10), pool=pool)
-    return HTTPClient(agent, cookiejar=NO_COOKIES, data_to_body_producer=body_producer), pool
+    # treq annotates the jar as its own CookieJar subclass; it only merges into and reads it.
+    client = HTTPClient(agent, cookiejar=NO_COOKIES, data_to_body_producer=body_producer)  # type: ignore[arg-type]
+    return client, pool
 
 
 @implementer(IBodyProducer)
@@ -126,6 +128,12 @@ class Hangup(proxyForInterface(IResponse)):  # type: ignore[misc]
         transport = getattr(self._reader, "transport", None)
         if transport is not None:
             transport.loseConnection()
+
+
+def prepared_url(text: str) -> PreparedURL:
+    """``text`` parsed, IDNA-encoded and in URI form, for every request to it."""
+    uri = EncodedURL.from_text(text).to_uri().to_text()
+    return cast(PreparedURL, PreparedURL.from_text(uri))
 
 
 class PreparedURL(EncodedURL):

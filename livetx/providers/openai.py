@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import orjson
 import treq
-from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -29,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
-from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL
+from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL, prepared_url
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
 from livetx.providers.sse import SSEDecoder
 
@@ -64,7 +63,9 @@ class _Upstream:
         self._headers: dict[bytes | str, list[bytes | str]] = (
             {b"authorization": [f"Bearer {api_key}".encode("utf-8")]} if api_key else {}
         )
-        self._json_headers = {**self._headers, b"content-type": [b"application/json"]}
+        self._json_headers: dict[bytes | str, list[bytes | str]] = {
+            **self._headers, b"content-type": [b"application/json"],
+        }
         self._timeout = timeout
         self._error = error
         self._what = what
@@ -73,8 +74,7 @@ class _Upstream:
         """``path`` under the base URL, parsed and IDNA-encoded once per path."""
         url = self._urls.get(path)
         if url is None:
-            uri = EncodedURL.from_text(self._base_url + path).to_uri().to_text()
-            url = self._urls[path] = PreparedURL.from_text(uri)
+            url = self._urls[path] = prepared_url(self._base_url + path)
         return url
 
     def post(

@@ -138,16 +138,17 @@ class ConnectionTracker(Service):
 
     def _drain(self) -> Deferred[None]:
         """Fire when no socket runs a turn, or when the grace period is over."""
-        if self._clock is None or self._grace <= 0:
+        clock = self._clock
+        if clock is None or self._grace <= 0:
             return succeed(None)
-        deadline = self._clock.seconds() + self._grace
+        deadline = clock.seconds() + self._grace
         idle: Deferred[None] = Deferred()
 
         def look() -> None:
-            if not any(p.busy for p in self._open) or self._clock.seconds() >= deadline:
+            if not any(p.busy for p in self._open) or clock.seconds() >= deadline:
                 idle.callback(None)
             else:
-                self._clock.callLater(self.POLL, look)
+                clock.callLater(self.POLL, look)
 
         look()
         return idle

@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import multipart
 from autobahn.twisted.util import peer2str
 from twisted.internet.defer import Deferred
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.internet.interfaces import ITransport
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.errors import ErrorCode
@@ -49,6 +50,12 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
     return value
+
+
+def _content(request: Request) -> BinaryIO:
+    """The request body; twisted.web has read it into ``content`` before rendering."""
+    assert request.content is not None
+    return request.content
 
 
 def _session_json(session: StoredSession) -> dict[str, Any]:
@@ -95,7 +102,8 @@ class APIResource(Resource):
             if self.failures is None:
                 record = verify()
             else:
-                record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
+                peer = peer2str(cast(ITransport, request.transport))
+                record = self.failures.attempt(peer, verify, lambda r: r is None)
         except TooManyFailures as e:
             raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
         if key is None:
@@ -148,9 +156,8 @@ class MessagesResource(APIResource):
             return self.store.messages(session_id)
 
         d = self.store.owner(session_id).addCallback(check)
-        d.addCallback(lambda messages: json_body(request, 200, {
-            "session_id": session_id, "messages": [_message_json(m) for m in messages]}))
-        return finish_async(request, d)
+        return finish_async(request, d.addCallback(lambda messages: json_body(request, 200, {
+            "session_id": session_id, "messages": [_message_json(m) for m in messages]})))
 
 
 class FileResource(APIResource):
@@ -169,10 +176,11 @@ class FileResource(APIResource):
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
             raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
-        request.content.seek(0)
+        content = _content(request)
+        content.seek(0)
         upload = None
         try:
-            for part in multipart.MultipartParser(request.content, options["boundary"],
+            for part in multipart.MultipartParser(content, options["boundary"],
                                                   disk_limit=self.max_bytes, mem_limit=self.max_bytes):
                 if part.name == "file" and part.filename:
                     upload = (part.filename, part.content_type or "application/octet-stream", part.raw)
@@ -187,10 +195,9 @@ class FileResource(APIResource):
         if not mime.startswith(ATTACHMENT_TYPES):
             raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{mime} is not an accepted attachment type")
         d = self.store.add_attachment(username, filename, mime, data)
-        d.addCallback(lambda record: json_body(request, 200, {
+        return finish_async(request, d.addCallback(lambda record: json_body(request, 200, {
             "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
-            "size": record.size, "created_at": record.created_at}))
-        return finish_async(request, d)
+            "size": record.size, "created_at": record.created_at})))
 
 
 class ChatResource(APIResource):
@@ -199,7 +206,7 @@ class ChatResource(APIResource):
     method = b"POST"
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
     def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService) -> None:
@@ -208,7 +215,7 @@ class ChatResource(APIResource):
 
     def handle(self, request: Request) -> Any:
         try:
-            body = json.loads(request.content.read() or b"null")
+            body = json.loads(_content(request).read() or b"null")
         except ValueError:
             raise HTTPError(400, ErrorCode.INVALID_JSON, "body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -281,4 +288,6 @@ class OpenAPIResource(Resource):
 def load_openapi() -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(resources.files("livetx.web").joinpath("openapi.yaml").read_text("utf-8"))
+    text = resources.files("livetx.web").joinpath("openapi.yaml").read_text("utf-8")
+    spec: dict[str, Any] = yaml.safe_load(text)
+    return spec

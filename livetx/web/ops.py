@@ -11,13 +11,14 @@ opens no flood of upstream connections. A draining server is not ready.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from livetx.config import Config
@@ -49,9 +50,10 @@ def _address(base_url: str) -> tuple[str, int]:
 def probe(reactor: Any, host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Deferred[None]:
     """Open and at once close a TCP connection; fails when the host is unreachable."""
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    d = endpoint.connect(Factory.forProtocol(Protocol))
-    d.addCallback(lambda protocol: protocol.transport.loseConnection())
-    return d
+    def close(protocol: IProtocol) -> None:
+        cast(Protocol, protocol).transport.loseConnection()
+
+    return endpoint.connect(Factory.forProtocol(Protocol)).addCallback(close)
 
 
 class Ready(Resource):
@@ -75,8 +77,12 @@ class Ready(Resource):
             self._probing = self.check()
             self._probing.addCallback(self._remember)
         if self._probing is not None:
-            return waiter_for(self._probing).addCallback(lambda _: self._checks)
-        return succeed(self._checks)
+            return waiter_for(self._probing).addCallback(lambda _: self._known())
+        return succeed(self._known())
+
+    def _known(self) -> dict[str, Any]:
+        assert self._checks is not None  # a check has finished before anyone reads it
+        return self._checks
 
     def _remember(self, checks: dict[str, Any]) -> dict[str, Any]:
         self._checks, self._checked_at, self._probing = checks, self._reactor.seconds(), None
@@ -118,7 +124,7 @@ def ops_routes(
     metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False
 ) -> dict[str, Resource]:
     """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping."""
-    def scraped() -> Resource:
+    def scraped() -> IResource:
         from prometheus_client.twisted import MetricsResource
 
         return MetricsResource(registry=metrics.registry)

@@ -8,11 +8,12 @@ and routing frames by mode on the unified endpoint.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -38,7 +39,7 @@ STOPPING = frozenset({"interrupt", "truncate"})
 
 
 @settings_from_factory
-class LiveServerProtocol(TimeoutMixin, QuietIO):
+class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autobahn's two bases disagree on `peer`
     """One client socket of any of the three Live API endpoints."""
 
     factory: LiveServerFactory
@@ -80,9 +81,11 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):
             limits.max_send_buffer_bytes, pause=partial(self._flow, False), resume=partial(self._flow, True)
         )
         # Twisted Web's channel registered itself on this transport; the socket is ours now.
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self.buffer, True)
-        self.callLater = self.factory.clock.callLater
+        transport = cast(IConsumer, self.transport)
+        transport.unregisterProducer()
+        transport.registerProducer(self.buffer, True)
+        # TimeoutMixin's documented hook for its clock.
+        self.callLater = self.factory.clock.callLater  # type: ignore[method-assign, assignment]
         self.setTimeout(limits.idle_timeout or None)
         memory = None
         if self.factory.memories is not None:
@@ -113,7 +116,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):
             (self.session.resume_output if flowing else self.session.pause_output)()
 
     def _memory_refused(self, failure: Failure) -> None:
-        if failure.check(SessionForbidden):
+        if isinstance(failure.value, SessionForbidden):
             self.send(frames.error(failure.value.code, failure.value.message))
             self.close_with(POLICY_VIOLATION, "Forbidden session")
         else:
@@ -201,10 +204,10 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):
         """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
             binary = isinstance(frame, bytes)
-            payload = frame if binary else frames.encode(frame)
+            payload = frame if isinstance(frame, bytes) else frames.encode(frame)
             self.sendMessage(payload, isBinary=binary)
             self.resetTimeout()
-            if not binary and self.observer is not None:
+            if not isinstance(frame, bytes) and self.observer is not None:
                 self.observer.sent(frame)
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
@@ -214,7 +217,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):
 class LiveServerFactory(WebSocketServerFactory):
     """Per-endpoint factory; every endpoint shares the same limits and engines."""
 
-    protocol = LiveServerProtocol
+    protocol = LiveServerProtocol  # type: ignore[assignment]  # Twisted's annotation wants a generic callable
 
     def __init__(
         self,

@@ -61,7 +61,7 @@ def finish_async(request: Request, d: Deferred[bytes]) -> Any:
             request.finish()
 
     def fail(failure: Failure) -> None:
-        if failure.check(HTTPError):
+        if isinstance(failure.value, HTTPError):
             write(error_body(request, failure.value))
         else:
             _log.failure("HTTP API request failed", failure)

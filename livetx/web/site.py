@@ -7,7 +7,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import combinedLogFormatter
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from livetx.config import ServerConfig
@@ -42,17 +42,18 @@ class _WithoutQuery:
 
 def redacted_log_formatter(timestamp: str, request: Request) -> str:
     """Twisted's combined log format, minus the secrets in the query string."""
-    return combinedLogFormatter(timestamp, _WithoutQuery(request))
+    line: str = combinedLogFormatter(timestamp, _WithoutQuery(request))
+    return line
 
 
 class _Node(Resource):
     """A path segment; unknown children get an escaped 404 page."""
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
 
-def _mount(root: Resource, path: str, leaf: Resource) -> None:
+def _mount(root: Resource, path: str, leaf: IResource) -> None:
     parts = path.strip("/").encode("ascii").split(b"/")
     node = root
     for part in parts[:-1]:
