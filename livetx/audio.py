@@ -64,10 +64,10 @@ def duration_ms(audio: bytes) -> float | None:
         data = 20 + fmt_size
         if audio[data : data + 4] == b"data" and rate and block:
             size, = struct.unpack_from("<I", audio, data + 4)
-            return 1000 * (min(size, len(audio) - data - 8) // block) / rate
+            return float(1000 * (min(size, len(audio) - data - 8) // block) / rate)
     try:
         with wave.open(io.BytesIO(audio)) as w:
-            return 1000 * w.getnframes() / w.getframerate()
+            return float(1000 * w.getnframes() / w.getframerate())
     except (wave.Error, EOFError, ZeroDivisionError):
         return None
 
@@ -95,7 +95,8 @@ def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     import soxr
 
     samples = np.frombuffer(pcm, dtype="<i2")
-    return soxr.resample(samples, rate, target).astype("<i2").tobytes()
+    resampled: bytes = soxr.resample(samples, rate, target).astype("<i2").tobytes()
+    return resampled
 
 
 def _samples(pcm: bytes) -> array.array[int]:

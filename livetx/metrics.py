@@ -37,7 +37,7 @@ _log = Logger()
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 #: Error codes that mean an outside service failed, by the provider kind.
-PROVIDER_CODES = {cls.code: cls.kind for cls in (ProviderError, LLMError, TTSError, STTError)}
+PROVIDER_CODES: dict[str, str] = {cls.code: cls.kind for cls in (ProviderError, LLMError, TTSError, STTError)}
 #: Error codes after which the turn produced no (complete) reply.
 FAILED_CODES = {LLMError.code, STTError.code, ProviderError.code, ErrorCode.INTERNAL_ERROR, ErrorCode.STT_UNAVAILABLE}
 
@@ -123,7 +123,7 @@ class _Family:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
-        family: Any
+        family: Metric
         series = list(self._series.items())  # one step, so a scrape never sees the dict change under it
         if self.kind == "counter":
             family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)

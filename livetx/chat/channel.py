@@ -48,7 +48,8 @@ class ChatChannel:
 
     def receive(self, frame: Frame) -> None:
         kind = frame.get("t")
-        handler = {"send": self._send, "bind": self._bind, "interrupt": self._interrupt}.get(kind)
+        handlers = {"send": self._send, "bind": self._bind, "interrupt": self._interrupt}
+        handler = handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             self._error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown chat message type {kind!r}")
             return

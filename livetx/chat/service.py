@@ -18,10 +18,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.domain import Engines
-from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
+from livetx.errors import ErrorCode, LivetxError, NoSuchSession, SessionForbidden
 from livetx.live.frames import FrameError
 from livetx.live.turn import describe_failure
-from livetx.providers.base import Message, ProviderError
+from livetx.providers.base import Message
 from livetx.store import ConversationStore, Part
 
 _log = Logger()
@@ -233,13 +233,10 @@ class ChatService:
         publish("end", "")
 
     def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
-        if failure.check(SessionForbidden):
-            code, message = failure.value.code, failure.value.message
-        elif failure.check(FrameError):
+        if isinstance(failure.value, LivetxError):  # a refusal, or an engine that failed
             code, message = failure.value.code, failure.value.message
         else:
-            if not failure.check(ProviderError):
-                _log.failure("Chat turn failed", failure)
+            _log.failure("Chat turn failed", failure)
             code, message = describe_failure(failure, ErrorCode.INTERNAL_ERROR)
         listener({"type": "error", "code": code, "data": message, "message_id": turn.request.message_id})
         listener({"type": "end", "data": "", "streaming": False, "message_id": turn.request.message_id})

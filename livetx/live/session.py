@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from transitions import EventData, Machine, MachineError
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -102,7 +102,7 @@ _SERVER_FRAMES = (
 )
 
 #: Why a client event is refused in a state (anything else refused is _NO_SEGMENT).
-REJECTIONS: dict[tuple[str, str], tuple[str, str]] = {
+REJECTIONS: dict[tuple[str, str], tuple[ErrorCode, str]] = {
     ("processing", "text_input"): _BUSY,
     ("processing", "end_speaking"): _BUSY,
 }
@@ -240,7 +240,7 @@ class LiveSession:
                 self._restore, self._recall_failed
             )
             self._recalled.addBoth(self._recall_finished)
-        self.state: str = MACHINE.initial
+        self.state: str = cast(str, MACHINE.initial)
 
     @property
     def history(self) -> tuple[Exchange, ...]:
@@ -586,7 +586,7 @@ def _detection(settings: Settings) -> tuple[Any, ...]:
             settings.silence_ms, settings.preroll_ms)
 
 
-def _discard(frame: Frame) -> None:
+def _discard(frame: Frame | bytes) -> None:
     """Where frames go once the connection has closed."""
 
 

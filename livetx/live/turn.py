@@ -289,7 +289,8 @@ def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCo
 
 
 def _warn_level(failure: Failure) -> LogLevel:
-    return LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
+    level: LogLevel = LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
+    return level
 
 
 def _ms(seconds: float) -> int:

@@ -34,10 +34,14 @@ from livetx.audio import SAMPLE_RATE
 class Tunables(Protocol):
     """The detector's settings (see :class:`livetx.live.settings.Settings`)."""
 
-    vad_aggressiveness: int
-    min_speech_ms: int
-    silence_ms: int
-    preroll_ms: int
+    @property
+    def vad_aggressiveness(self) -> int: ...
+    @property
+    def min_speech_ms(self) -> int: ...
+    @property
+    def silence_ms(self) -> int: ...
+    @property
+    def preroll_ms(self) -> int: ...
 
 
 class SpeechListener(Protocol):

@@ -103,7 +103,10 @@ class ProcessWorker:
         except (RuntimeError, BrokenExecutor):  # shut down, or broken again at once
             return fail()
         self._running += 1
-        result: Deferred[T] = Deferred(lambda _: future.cancel())
+        def cancel(_: Deferred[T]) -> None:
+            future.cancel()
+
+        result: Deferred[T] = Deferred(cancel)
 
         def settle(done: Future[T]) -> None:
             self._running -= 1

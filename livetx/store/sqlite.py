@@ -91,7 +91,8 @@ MAX_BATCH = 100
 
 def _query(cursor: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     cursor.execute(sql, params)
-    return cursor.fetchall()
+    rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows
 
 
 def _operation(cursor: Any, sql: str, params: tuple[Any, ...]) -> None:

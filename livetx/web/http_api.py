@@ -54,8 +54,9 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
 
 def _content(request: Request) -> BinaryIO:
     """The request body; twisted.web has read it into ``content`` before rendering."""
-    assert request.content is not None
-    return request.content
+    content: BinaryIO | None = request.content
+    assert content is not None
+    return content
 
 
 def _session_json(session: StoredSession) -> dict[str, Any]:
@@ -186,7 +187,8 @@ class FileResource(APIResource):
                     upload = (part.filename, part.content_type or "application/octet-stream", part.raw)
         except multipart.MultipartError as e:
             status = 413 if "limit" in str(e).lower() else 400
-            raise HTTPError(status, ErrorCode.TOO_LARGE if status == 413 else ErrorCode.INVALID_MESSAGE_FORMAT, str(e)) from None
+            code = ErrorCode.TOO_LARGE if status == 413 else ErrorCode.INVALID_MESSAGE_FORMAT
+            raise HTTPError(status, code, str(e)) from None
         if upload is None:
             raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "no file field")
         filename, mime, data = upload

@@ -51,7 +51,9 @@ def probe(reactor: Any, host: str, port: int, timeout: float = PROBE_TIMEOUT) ->
     """Open and at once close a TCP connection; fails when the host is unreachable."""
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     def close(protocol: IProtocol) -> None:
-        cast(Protocol, protocol).transport.loseConnection()
+        transport = cast(Protocol, protocol).transport
+        assert transport is not None  # connect() fires once connected
+        transport.loseConnection()
 
     return endpoint.connect(Factory.forProtocol(Protocol)).addCallback(close)
 
