@@ -63,6 +63,11 @@ def encode(frame: Frame) -> bytes:
     return orjson.dumps(frame)
 
 
+def timestamp(seconds: float) -> int:
+    """A frame's ``ts``: clock seconds as whole milliseconds."""
+    return int(seconds * 1000)
+
+
 def text_field(frame: Frame, *names: str) -> str:
     """The first of ``names`` that holds a non-blank string, stripped."""
     for name in names:

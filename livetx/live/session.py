@@ -31,7 +31,7 @@ from livetx.domain import Engines, Exchange, Memory
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.settings import Settings, updated
-from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
+from livetx.live.turn import Emit, Turn, TurnResult, describe_failure
 from livetx.live.vad import VoiceDetector
 from livetx.providers.base import Message, PartialRecognizer
 
@@ -488,7 +488,7 @@ class LiveSession:
         self.fire("turn_done")
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
+        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(self._clock.seconds())}})
         if self._recalled is None:
             self._start_turn(text, started)
             return

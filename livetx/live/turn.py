@@ -249,7 +249,7 @@ class Turn:
                 },
             })
         elif self._reply:
-            self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": _ms(now)}})
+            self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": frames.timestamp(now)}})
         self._close(self._result())
 
     def _fail(self, failure: Failure) -> None:
@@ -291,7 +291,3 @@ def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCo
 def _warn_level(failure: Failure) -> LogLevel:
     level: LogLevel = LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
     return level
-
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)

@@ -16,7 +16,7 @@ parsed with orjson, and a request that succeeds writes no log line.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import orjson
 import treq
@@ -33,6 +33,7 @@ from livetx.providers.base import LLMError, Message, ProviderError, STTError, TT
 from livetx.providers.sse import SSEDecoder
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="Service")
 
 _log = Logger()
 
@@ -42,6 +43,17 @@ _EXCERPT = 300
 _DRAIN_SECONDS = 2.0
 
 
+class Service(Protocol):
+    """Where an OpenAI-compatible service is (a config section: ``[llm]``, ``[tts]``, ``[stt]``)."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def api_key(self) -> str | None: ...
+    @property
+    def timeout(self) -> float: ...
+
+
 class _Upstream:
     """POSTs to one OpenAI-compatible service with a deadline and real cancellation."""
 
@@ -49,12 +61,11 @@ class _Upstream:
         self,
         http: HTTPClient,
         clock: IReactorTime,
-        base_url: str,
-        api_key: str | None,
-        timeout: float,
+        service: Service,
         error: type[ProviderError],
         what: str,
     ) -> None:
+        base_url, api_key, timeout = service.base_url, service.api_key, service.timeout
         self._http = http
         self._clock = clock
         self._base_url = base_url.rstrip("/")
@@ -198,9 +209,7 @@ class OpenAIChat:
 
     def __init__(self, config: LLMConfig, http: HTTPClient, reactor: IReactorTime) -> None:
         self.model = config.model
-        self._upstream = _Upstream(
-            http, reactor, config.base_url, config.api_key, config.timeout, LLMError, "chat model"
-        )
+        self._upstream = _Upstream(http, reactor, config, LLMError, "chat model")
 
     def stream(self, messages: Sequence[Message], on_delta: Callable[[str], None]) -> Deferred[None]:
         decoder = SSEDecoder()
@@ -250,16 +259,23 @@ def _delta_texts(data: str) -> list[str]:
     return texts
 
 
-class OpenAISpeech:
+class _Engine(Generic[_C]):
+    """An engine on one OpenAI-compatible endpoint, configured by its section."""
+
+    error: type[ProviderError]
+    what: str
+
+    def __init__(self, config: _C, http: HTTPClient, reactor: IReactorTime) -> None:
+        self._config = config
+        self._upstream = _Upstream(http, reactor, config, self.error, self.what)
+
+
+class OpenAISpeech(_Engine[TTSConfig]):
     """``POST /audio/speech``: one sentence in, one audio file out."""
 
     name = "openai_tts_api"
-
-    def __init__(self, config: TTSConfig, http: HTTPClient, reactor: IReactorTime) -> None:
-        self._config = config
-        self._upstream = _Upstream(
-            http, reactor, config.base_url, config.api_key, config.timeout, TTSError, "speech service"
-        )
+    error = TTSError
+    what = "speech service"
 
     def synthesize(self, text: str) -> Deferred[bytes]:
         c = self._config
@@ -282,17 +298,12 @@ class OpenAISpeech:
         return audio
 
 
-class OpenAITranscriber:
+class OpenAITranscriber(_Engine[STTConfig]):
     """``POST /audio/transcriptions`` with the segment as a multipart WAV upload."""
 
     name = "openai_stt_api"
-
-    def __init__(self, config: STTConfig, http: HTTPClient, reactor: IReactorTime) -> None:
-        self._config = config
-        self._upstream = _Upstream(
-            http, reactor, config.base_url, config.api_key, config.timeout, STTError,
-            "transcription service",
-        )
+    error = STTError
+    what = "transcription service"
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
         fields = {"model": self._config.model or "whisper-1"}
