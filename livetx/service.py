@@ -25,16 +25,16 @@ from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.config import Config
 from livetx.deferreds import waiter_for
+from livetx.fences.treq import make_http_client
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
-from livetx.fences.treq import make_http_client
 from livetx.store.conversation import live_memories
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
+from livetx.web.connections import ConnectionTracker
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
-from livetx.web.connections import ConnectionTracker
 from livetx.web.site import build_site
 
 

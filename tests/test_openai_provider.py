@@ -17,8 +17,8 @@ from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
-from livetx.providers.base import LLMError, STTError, TTSError
 from livetx.fences.treq import Endpoints, make_http_client
+from livetx.providers.base import LLMError, STTError, TTSError
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 MESSAGES = [{"role": "user", "content": "hi"}]

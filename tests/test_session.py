@@ -11,9 +11,9 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from livetx.domain import Engines, Exchange
 from livetx.errors import ErrorCode
 from livetx.live import frames
-from livetx.domain import Engines, Exchange
 from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, LiveSession
 from livetx.providers.base import LLMError, STTError, TTSError
 

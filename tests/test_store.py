@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from livetx.errors import SessionForbidden
 from livetx.domain import Exchange
+from livetx.errors import SessionForbidden
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.store.sqlite import SQLiteStore
 

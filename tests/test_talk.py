@@ -10,8 +10,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from livetx.errors import ErrorCode
 from livetx.audio import audio_format, read_wav, to_wav
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.settings import Settings
 from livetx.live.vad import VoiceDetector

@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from twisted.python.failure import Failure
 
-from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.chat.service import ChatRequest, ChatService, ChatTurn, Event
+from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 

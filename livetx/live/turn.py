@@ -18,9 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from livetx.errors import ErrorCode
 from livetx.audio import audio_format, duration_ms
 from livetx.deferreds import waiter_for
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer

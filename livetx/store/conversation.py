@@ -13,8 +13,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
-from livetx.errors import SessionForbidden
 from livetx.domain import Exchange
+from livetx.errors import SessionForbidden
 from livetx.store import ConversationStore, StoredMessage
 
 _log = Logger()

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 
-from livetx.errors import ErrorCode
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, verify_token
+from livetx.errors import ErrorCode
 from livetx.live.frames import Frame, chat_error
 
 CHAT_SCOPE = "chat"

@@ -21,9 +21,9 @@ from twisted.internet.interfaces import ITransport
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.errors import ErrorCode
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.chat.service import ChatRequest, ChatService, Event
+from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth, TooManyFailures

@@ -24,8 +24,8 @@ from twisted.web.server import Request
 from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
-from livetx.web.replies import finish_async, json_body
 from livetx.web.lazy import OnFirstRequest
+from livetx.web.replies import finish_async, json_body
 
 #: Seconds a readiness probe waits for each upstream service.
 PROBE_TIMEOUT = 2.0

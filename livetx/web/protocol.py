@@ -18,17 +18,17 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from livetx.errors import ErrorCode, SessionForbidden
 from livetx import __version__
+from livetx.chat.channel import ChatChannel
+from livetx.chat.service import ChatService
 from livetx.config import ServerConfig
+from livetx.domain import Engines, MemoryOpener
+from livetx.errors import ErrorCode, SessionForbidden
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
-from livetx.domain import Engines, MemoryOpener
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.chat.channel import ChatChannel
-from livetx.chat.service import ChatService
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
 from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer
 

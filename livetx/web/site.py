@@ -10,8 +10,8 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from livetx.config import ServerConfig
 from livetx.chat.service import ChatService
+from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
 from livetx.metrics import ServerMetrics
 from livetx.web.admission import Gate
