@@ -10,7 +10,7 @@ several servers in one process (as in the tests) count independently.
 
 The counting is done here, in plain numbers, from the start; the
 ``prometheus_client`` registry that shows them is made, and the library
-(with its HTTP, WSGI and gzip modules: 1 MB) imported, at the first scrape.
+(with its HTTP, WSGI and gzip modules) imported, at the first scrape.
 """
 
 from __future__ import annotations

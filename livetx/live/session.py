@@ -194,7 +194,7 @@ def build_machine(cls: type[Machine] = Machine, **options: Any) -> Machine:
 #: The table, compiled once. Each session is a model of it with its own
 #: ``state``; events are fired with ``Event.trigger(session)``, so the machine
 #: binds nothing onto a session and keeps no reference to it: a connection
-#: costs one attribute, not a machine (25 KB and 0.8 ms each, measured).
+#: costs one attribute, not a machine (benchmarks/RESULTS.md says how much).
 MACHINE = build_machine()
 
 

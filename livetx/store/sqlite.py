@@ -145,7 +145,7 @@ class SQLiteStore:
 
     @functools.cached_property
     def _pool(self) -> adbapi.ConnectionPool:
-        """Made on first use: importing SQLite and starting a thread cost an idle server 1 MB."""
+        """Made on first use: importing SQLite and starting a thread cost an idle server memory."""
         from twisted.enterprise import adbapi
 
         return adbapi.ConnectionPool(

@@ -3,8 +3,8 @@
 Plain files from the package, no build step; ``twisted.web.static.File``
 handles caching headers and ranges. Directory listings are off. The file
 resources are made on the first page request: ``twisted.web.static`` reads
-the system's MIME table when imported, half a megabyte an idle server (or
-one that only serves sockets) would otherwise hold.
+the system's MIME table when imported, memory an idle server (or one that
+only serves sockets) would otherwise hold.
 """
 
 from __future__ import annotations
