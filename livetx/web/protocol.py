@@ -203,12 +203,16 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     def send(self, frame: Frame | bytes) -> None:
         """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
-            binary = isinstance(frame, bytes)
-            payload = frame if isinstance(frame, bytes) else frames.encode(frame)
-            self.sendMessage(payload, isBinary=binary)
-            self.resetTimeout()
-            if not isinstance(frame, bytes) and self.observer is not None:
-                self.observer.sent(frame)
+            if isinstance(frame, bytes):
+                payload = frame
+                self.sendMessage(payload, isBinary=True)
+                self.resetTimeout()
+            else:
+                payload = frames.encode(frame)
+                self.sendMessage(payload, isBinary=False)
+                self.resetTimeout()
+                if self.observer is not None:
+                    self.observer.sent(frame)
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
                 self.close_with(POLICY_VIOLATION, "Client reads too slowly")
