@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
-from livetx.live.session import Exchange
+from livetx.domain import Exchange
 from livetx.store import ConversationStore, StoredMessage
 
 _log = Logger()
@@ -22,6 +22,15 @@ _log = Logger()
 def default_live_session(username: str) -> str:
     """Each user's standing live conversation, when the client names none."""
     return f"live:{username}"
+
+
+def live_memories(store: ConversationStore) -> Callable[[str, str | None], StoredConversation]:
+    """A :data:`livetx.domain.MemoryOpener`: each live connection's memory in ``store``."""
+
+    def open_memory(username: str, session_id: str | None) -> StoredConversation:
+        return StoredConversation(store, username, session_id or default_live_session(username))
+
+    return open_memory
 
 
 def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
@@ -36,7 +45,7 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
 
 
 class StoredConversation:
-    """:class:`livetx.live.session.Memory` on a store, in one of the user's own sessions."""
+    """:class:`livetx.domain.Memory` on a store, in one of the user's own sessions."""
 
     def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
         self._store = store
