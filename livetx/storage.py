@@ -38,7 +38,7 @@ class Storage:
 def check(settings: Config) -> None:
     """At start-up: reach and migrate the configured database, or say why not in one line."""
     if settings.store.url:
-        from livetx.store import StoreUnavailable
+        from livetx.errors import StoreUnavailable
         from livetx.store.postgres import prepare
 
         try:
