@@ -17,11 +17,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.chat.tools import ChatToolEvents, history_messages
 from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.live.turn import describe_failure
 from livetx.providers.base import ChatModel, Message, ProviderError
 from livetx.store import ConversationStore, Part
+from livetx.tools.record import reply_parts
 
 _log = Logger()
 
@@ -189,14 +191,19 @@ class ChatService:
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
-        context += [{"role": m.role, "content": m.text} for m in history if m.text]
+        for stored in history:
+            context += history_messages(stored)
         context.append({"role": "user", "content": content})
 
-        def publish(kind: str, data: Any, streaming: bool = False) -> None:
+        def publish(kind: str, data: Any, streaming: bool = False, chain_type: str | None = None) -> None:
             self._publish(session_id, listener, {
-                "type": kind, "data": data, "streaming": streaming, "chain_type": None,
+                "type": kind, "data": data, "streaming": streaming, "chain_type": chain_type,
                 "message_id": request.message_id,
             })
+
+        tools = None
+        if getattr(self._llm, "offers_tools", False):
+            tools = ChatToolEvents(self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c))
 
         started = self._clock.seconds()
         first: list[float] = []
@@ -211,7 +218,10 @@ class ChatService:
                 publish("plain", text, streaming=True)
 
         if not turn.interrupted:  # interrupted while the history loaded: no model call
-            turn.upstream = self._llm.stream(context, on_delta)
+            if tools is not None:
+                turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
+            else:
+                turn.upstream = self._llm.stream(context, on_delta)
             try:
                 await turn.upstream
             except CancelledError:
@@ -224,9 +234,11 @@ class ChatService:
             "total_time": self._clock.seconds() - started,
             "model": self._llm.model,
             "interrupted": turn.interrupted,
+            **(tools.trail.metrics() if tools and tools.trail else {}),
         })
+        steps = tools.trail.steps if tools is not None else ()
         saved = await self._store.add_message(
-            session_id, "assistant", [{"type": "plain", "text": reply}], interrupted=turn.interrupted,
+            session_id, "assistant", reply_parts(reply, steps), interrupted=turn.interrupted,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})
         publish("end", "")

@@ -39,6 +39,7 @@ from livetx.providers.base import (
     SpeechRecognizer,
     SpeechSynthesizer,
 )
+from livetx.tools.record import ToolStep, replay
 
 _log = Logger()
 
@@ -135,6 +136,8 @@ class Exchange:
     user: str
     reply: str
     interrupted: bool = False
+    #: The tool calls made while replying, each with where in ``reply`` it was made.
+    tools: tuple[ToolStep, ...] = ()
 
 
 class Memory(Protocol):
@@ -560,7 +563,7 @@ class LiveSession:
     def _turn_over(self, result: TurnResult, text: str) -> None:
         turn, self._turn = self._turn, None
         if result.reply or not result.failed:
-            exchange = Exchange(text, result.reply, result.interrupted)
+            exchange = Exchange(text, result.reply, result.interrupted, result.tools)
             self._history.append(exchange)
             self._finished = (self._turn_id, result, exchange)
             if self._memory is not None and turn is not None:
@@ -589,7 +592,7 @@ class LiveSession:
         if any(duration is None for _, duration in result.spoken):
             # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
             raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
-        revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
+        revised = Exchange(kept.user, result.heard(end_ms), interrupted=True, tools=kept.tools)
         if revised != kept:
             if self._history and self._history[-1] is kept:
                 self._history[-1] = revised
@@ -616,7 +619,9 @@ class LiveSession:
             messages.append({"role": "system", "content": self._pipeline.system_prompt})
         for exchange in self._history:
             messages.append({"role": "user", "content": exchange.user})
-            if exchange.reply:
+            if exchange.tools:
+                messages += replay(exchange.reply, exchange.tools)
+            elif exchange.reply:
                 messages.append({"role": "assistant", "content": exchange.reply})
         messages.append({"role": "user", "content": text})
         return messages

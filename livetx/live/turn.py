@@ -23,6 +23,8 @@ from livetx.deferreds import waiter_for
 from livetx.live import frames
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
+from livetx.tools import ToolCall, ToolOutcome
+from livetx.tools.record import ToolStep, ToolTrail
 
 #: Sends a frame, or (binary audio transport only) one binary message of audio.
 Emit = Callable[[frames.Frame | bytes], None]
@@ -40,6 +42,8 @@ class TurnResult:
     #: Per sentence whose audio was sent, in order: where it ends in ``reply``
     #: and how long its audio plays in ms (None when the format does not say).
     spoken: tuple[tuple[int, float | None], ...] = ()
+    #: The tool calls the model made, each with where in ``reply`` it was made.
+    tools: tuple[ToolStep, ...] = ()
 
     def heard(self, audio_end_ms: float) -> str:
         """The reply cut to the sentences whose audio ended by ``audio_end_ms`` of playback."""
@@ -95,6 +99,10 @@ class Turn:
         self._tts_error_sent = False
         #: Set while the client reads too slowly: no new speech is started.
         self._gate: Deferred[None] | None = None
+        #: The model's tool calls, when it is offered tools (livetx.tools).
+        self._trail: ToolTrail | None = ToolTrail(clock) if getattr(llm, "offers_tools", False) else None
+        #: While an interrupt cancels the work: where cancelled calls' results still go.
+        self._cancelling: Emit | None = None
         #: Every metric this turn reported, for the stored message.
         self.metrics: dict[str, Any] = {}
         self.done: Deferred[TurnResult] = Deferred()
@@ -107,7 +115,10 @@ class Turn:
         """Begin streaming; ``done`` fires when the turn is over for any reason."""
         self._llm_started = self._clock.seconds()
         try:
-            self._llm_call = self._llm.stream(self._messages, self._on_delta)
+            if self._trail is not None:
+                self._llm_call = self._llm.stream(self._messages, self._on_delta, self)  # type: ignore[call-arg]
+            else:
+                self._llm_call = self._llm.stream(self._messages, self._on_delta)
         except Exception:
             self._fail(Failure())
             return self.done
@@ -116,13 +127,31 @@ class Turn:
 
     def interrupt(self) -> TurnResult:
         """Silence the turn, cancel all its work, and say what was sent."""
-        result = self._result(interrupted=True)
         if self._emit is None:
-            return result
-        self._emit = None
+            return self._result(interrupted=True)
+        self._cancelling, self._emit = self._emit, None
         self._cancel_work()
+        self._cancelling = None
+        result = self._result(interrupted=True)  # with the cancelled calls' results
         self.done.callback(result)
         return result
+
+    # -- tools (livetx.tools.ToolListener) ------------------------------------
+
+    def tool_started(self, call: ToolCall, arguments: Any) -> None:
+        if self._trail is not None and self._emit is not None:
+            self._send({"t": "tool_call", "data": self._trail.started(len(self.reply), call, arguments)})
+
+    def tool_finished(self, call: ToolCall, outcome: ToolOutcome) -> None:
+        """Sent even while an interrupt cancels the call: the client learns it ended."""
+        emit = self._emit or self._cancelling
+        if self._trail is not None and emit is not None:
+            emit({"t": "tool_result", "data": self._trail.finished(call, outcome)})
+
+    def filler_due(self, text: str) -> None:
+        """A tool runs long: say ``text`` so a voice user is not left in silence."""
+        if self._emit is not None:
+            self._speak(text, filler=True)
 
     # -- the pipeline ----------------------------------------------------
 
@@ -163,7 +192,7 @@ class Turn:
         if gate is not None:
             gate.callback(None)
 
-    def _speak(self, sentence: str) -> None:
+    def _speak(self, sentence: str, filler: bool = False) -> None:
         tts = self._tts
         if tts is None:
             return
@@ -174,13 +203,13 @@ class Turn:
         self._pending.add(audio)
         audio.addBoth(self._forget, audio)
         self._tail.addCallback(lambda _: audio)
-        self._tail.addCallback(self._play, sentence)
+        self._tail.addCallback(self._play, sentence, filler)
 
     def _forget(self, result: Any, d: Deferred[Any]) -> Any:
         self._pending.discard(d)
         return result
 
-    def _play(self, outcome: tuple[bool, Any], sentence: str) -> None:
+    def _play(self, outcome: tuple[bool, Any], sentence: str, filler: bool = False) -> None:
         ok, value = outcome
         if self._emit is None:
             return
@@ -197,7 +226,9 @@ class Turn:
             self._send(value)
         else:
             self._send({"t": "response", "data": base64.b64encode(value).decode("ascii")})
-        self._spoken.append((self._sentence_end(sentence), duration_ms(value)))
+        # A filler is heard but is no part of the reply: it moves playback, not text.
+        end = (self._spoken[-1][0] if self._spoken else 0) if filler else self._sentence_end(sentence)
+        self._spoken.append((end, duration_ms(value)))
 
     def _sentence_end(self, sentence: str) -> int:
         """Where a spoken sentence ends in the reply (sentences come in reply order)."""
@@ -218,6 +249,8 @@ class Turn:
             return
         for sentence in self._segmenter.flush():
             self._speak(sentence)
+        if self._trail:
+            self._send({"t": "metrics", "data": self._trail.metrics()})
         self._send({
             "t": "metrics",
             "data": {
@@ -261,7 +294,8 @@ class Turn:
         self._close(self._result(failed=True))
 
     def _result(self, **outcome: bool) -> TurnResult:
-        return TurnResult(self.reply, spoken=tuple(self._spoken), **outcome)
+        tools = tuple(self._trail.steps) if self._trail is not None else ()
+        return TurnResult(self.reply, spoken=tuple(self._spoken), tools=tools, **outcome)
 
     def _close(self, result: TurnResult) -> None:
         self._send({"t": "end"})

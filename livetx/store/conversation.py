@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from livetx.deferreds import waiter_for
 from livetx.live.session import Exchange
 from livetx.store import ConversationStore, StoredMessage
+from livetx.tools.record import reply_parts, steps_of
 
 _log = Logger()
 
@@ -31,7 +32,7 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
         if message.role == "user":
             turns.append(Exchange(message.text, ""))
         elif message.role == "assistant" and turns and not turns[-1].reply:
-            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted)
+            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted, steps_of(message.parts))
     return turns
 
 
@@ -87,7 +88,7 @@ class StoredConversation:
                 self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
             )
             return self._store.add_message(
-                self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
+                self.session_id, "assistant", reply_parts(exchange.reply, exchange.tools),
                 interrupted=exchange.interrupted, metrics=metrics,
             )
 
@@ -96,7 +97,7 @@ class StoredConversation:
         self._reply = self._then(write).addErrback(self._write_failed)
 
     def revise(self, exchange: Exchange) -> None:
-        parts = [{"type": "plain", "text": exchange.reply}]
+        parts = reply_parts(exchange.reply, exchange.tools)
 
         def replace(reply: StoredMessage | None) -> StoredMessage | None:
             if reply is not None:  # None: its write failed, and was logged

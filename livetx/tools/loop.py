@@ -15,7 +15,7 @@ of a cancelled round ever starts, nor does any later round.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import orjson
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred, succeed
@@ -27,7 +27,9 @@ from livetx.config import ToolsConfig
 from livetx.providers.base import Message
 from livetx.tools import ToolCall, ToolCallingModel, ToolListener, ToolOutcome
 from livetx.tools.record import model_text
-from livetx.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from livetx.tools.registry import ToolRegistry
 
 _log = Logger()
 
@@ -52,6 +54,9 @@ class _Quiet:
 
 class ToolingModel:
     """A :class:`~livetx.providers.base.ChatModel` whose model may call tools."""
+
+    #: Turns pass a :class:`~livetx.tools.ToolListener` to models that have this.
+    offers_tools = True
 
     def __init__(
         self, llm: ToolCallingModel, registry: ToolRegistry, config: ToolsConfig, clock: IReactorTime
