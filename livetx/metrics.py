@@ -183,6 +183,12 @@ class ServerMetrics:
             ["kind", "provider", "stage"], LATENCY_BUCKETS)
         self.provider_failures = self._add(
             "counter", "livetx_provider_failures", "Provider failures reported to clients.", ["kind"])
+        self.tool_calls = self._add(
+            "counter", "livetx_tool_calls",
+            "Tool calls in live turns by tool and status (ok, failed, refused, timeout, cancelled).",
+            ["tool", "status"])
+        self.tool_seconds = self._add(
+            "histogram", "livetx_tool_seconds", "Tool call latency.", ["tool"], LATENCY_BUCKETS)
 
     def _add(
         self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (),
@@ -284,6 +290,9 @@ class TurnObserver:
         if turn is None:
             return
         turn.metrics.update(data)
+        for call in data.get("tools") or ():  # livetx.tools: one entry per call
+            self._m.tool_calls.labels(str(call["name"]), str(call["status"])).inc()
+            self._m.tool_seconds.labels(str(call["name"])).observe(call["seconds"])
         if "stt" in data:
             turn.stt_started = now
         for key, (kind, stage) in PROVIDER_TIMINGS.items():

@@ -14,6 +14,7 @@ from livetx.providers.base import Message
 from livetx.tools import Tool, ToolCall, ToolOutcome
 from livetx.tools.builtins import CalculationError, calculate
 from livetx.tools.loop import ANSWER_NOW, ToolingModel
+from livetx.tools.openai_calls import ToolCallAccumulator
 from livetx.tools.record import ToolTrail, replay, reply_parts, steps_of
 from livetx.tools.registry import ToolRegistry, load_tools
 
@@ -205,3 +206,16 @@ def test_stored_parts_replay_as_tool_messages() -> None:
         {"role": "assistant", "content": "It is ten."},
     ]
     assert trail.metrics()["tool_calls"] == 1
+
+
+def test_streamed_tool_call_pieces_are_joined_by_index() -> None:
+    calls = ToolCallAccumulator()
+    pieces = [
+        {"index": 0, "id": "a", "type": "function", "function": {"name": "clock", "arguments": ""}},
+        {"index": 1, "id": "b", "type": "function", "function": {"name": "calculator", "arguments": '{"ex'}},
+        {"index": 0, "function": {"arguments": "{}"}},
+        {"index": 1, "function": {"arguments": 'pression": "1+1"}'}},
+    ]
+    for piece in pieces:
+        calls.feed({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]})
+    assert calls.calls() == [ToolCall("a", "clock", "{}"), ToolCall("b", "calculator", '{"expression": "1+1"}')]

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -69,6 +70,10 @@ async def test_live_round_trip(livetx: Any, openai: Any) -> None:
     metrics = {k: v for f in of(frames, "metrics") for k, v in f["data"].items()}
     assert (metrics["tool_calls"], metrics["tool_failures"], metrics["tool_timeouts"]) == (1, 0, 0)
     assert set(metrics["tool_latency"]) == {"calculator"}
+    response = await treq.get(f"http://127.0.0.1:{server.port}/metrics", reactor=reactor)
+    scraped = (await treq.content(response)).decode()
+    assert 'livetx_tool_calls_total{status="ok",tool="calculator"} 1.0' in scraped
+    assert 'livetx_tool_seconds_count{tool="calculator"} 1.0' in scraped
 
     # Reconnected, the model sees the call and its result again, as tool messages.
     await client.close_and_wait()
@@ -195,4 +200,13 @@ async def test_a_long_call_says_the_filler_once(livetx: Any, openai: Any) -> Non
     assert "".join(f["data"]["text"] for f in of(frames, "bot_delta_chunk")) == "Here it is."
     speech = [r.json["input"] for r in openai.requests_to("/audio/speech")]
     assert speech == ["Hold on.", "Here it is."]
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_echo_model_never_calls_tools(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["clock"]\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    frames = await client.turn("what time is it")
+    assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "what time is it"
     await client.close_and_wait()
