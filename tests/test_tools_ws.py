@@ -115,12 +115,18 @@ async def test_chat_round_trip_and_history(livetx: Any, openai: Any) -> None:
     stored = parts[0]["tool_calls"][0]
     assert (stored["id"], stored["name"], stored["ok"]) == ("call_c", "clock", True)
 
+    # The same events over HTTP as Server-Sent Events.
+    openai.tool_calls = once({"id": "call_h", "name": "calculator", "arguments": {"expression": "2+2"}})
+    events = await api.chat(username="ann", message="2+2?", session_id=session_id)
+    tools = [(e["chain_type"], json.loads(e["data"])["id"]) for e in events if e.get("chain_type")]
+    assert tools == [("tool_call", "call_h"), ("tool_call_result", "call_h")]
+
     openai.tool_calls = None
     send(client, "Thanks", session_id=session_id)
     await client.until("end")
     context = openai.requests_to("/chat/completions")[-1].json["messages"]
-    assert [m["role"] for m in context[1:]] == ["user", "assistant", "tool", "assistant", "user"]
-    assert json.loads(context[3]["content"])["timezone"] == "UTC"
+    assert [m["role"] for m in context[1:]] == ["user", "assistant", "tool", "assistant"] * 2 + ["user"]
+    assert json.loads(context[3]["content"])["timezone"] == "UTC" and context[7]["content"] == "4"
     await client.close_and_wait()
 
 

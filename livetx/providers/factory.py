@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
 
 from livetx.config import Config, ConfigError
 from livetx.live.session import Pipeline
@@ -84,7 +85,7 @@ def check(config: Config) -> None:
 
         from livetx.tools.registry import load_tools
 
-        load_tools(config.tools, Clock())
+        load_tools(config.tools, cast(IReactorTime, Clock()))  # nothing is called at start-up
 
 
 def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:
