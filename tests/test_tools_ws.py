@@ -216,3 +216,22 @@ async def test_the_echo_model_never_calls_tools(livetx: Any) -> None:
     frames = await client.turn("what time is it")
     assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "what time is it"
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_interrupt_cancels_a_slow_tool(livetx: Any, openai: Any) -> None:
+    openai.tool_calls = lambda messages, tools: [{"id": "call_w", "name": "slow", "arguments": {"seconds": 3}}]
+    server = await livetx(config(openai.base_url))
+    client = await chat_client(server)
+    send(client, "wait for it")
+    await client.until("plain")  # the tool_call event
+    client.send({"ct": "chat", "t": "interrupt"})
+    frames = await client.until("end")
+    result = json.loads(next(f["data"] for f in frames if f.get("chain_type") == "tool_call_result"))
+    assert (result["id"], result["ok"], result["result"]) == ("call_w", False, "cancelled")
+    stats = next(f for f in frames if f["type"] == "agent_stats")["data"]
+    assert stats["interrupted"] is True and stats["tools"][0]["status"] == "cancelled"
+    await deferLater(reactor, 0.3, lambda: None)
+    assert tool_fixtures.journal == [("started", 3), ("cancelled",)]
+    assert len(openai.requests_to("/chat/completions")) == 1
+    await client.close_and_wait()
