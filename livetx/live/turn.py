@@ -139,7 +139,10 @@ class Turn:
     # -- tools (livetx.tools.ToolListener) ------------------------------------
 
     def tool_started(self, call: ToolCall, arguments: Any) -> None:
+        """The text said before the call is spoken now, while the call runs, not held back."""
         if self._trail is not None and self._emit is not None:
+            for sentence in self._segmenter.flush():
+                self._speak(sentence)
             self._send({"t": "tool_call", "data": self._trail.started(len(self.reply), call, arguments)})
 
     def tool_finished(self, call: ToolCall, outcome: ToolOutcome) -> None:

@@ -1,0 +1,65 @@
+"""A live turn whose model calls tools, with a fake clock: frames, filler, interrupt, what is kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from livetx.config import ToolsConfig
+from livetx.live.turn import Turn
+from livetx.testing.openai_server import tone
+from livetx.tools.loop import ToolingModel
+from livetx.tools.registry import ToolRegistry
+
+from .test_tools_loop import Model, slow_tool
+
+
+class ToneTTS:
+    name = "tone"
+
+    def synthesize(self, text: str) -> Deferred[bytes]:
+        return succeed(tone(0.5))
+
+
+def start(**config: Any) -> tuple[Clock, Model, list[Deferred[Any]], list[dict[str, Any]], Turn]:
+    clock, model, pending, sent = Clock(), Model(), [], []
+    settings = ToolsConfig(**{"enabled": ["slow"], "filler_after_ms": 1000, **config})
+    llm = ToolingModel(model, ToolRegistry([slow_tool(pending)]), settings, clock)
+    turn = Turn(clock=clock, llm=llm, tts=ToneTTS(), emit=sent.append,
+                messages=[{"role": "user", "content": "go"}], started_at=0.0)
+    turn.start()
+    return clock, model, pending, sent, turn
+
+
+def test_filler_is_spoken_but_not_part_of_the_reply() -> None:
+    clock, model, pending, sent, turn = start()
+    model.rounds[0].call(("slow", {}), text="Let me check that for you")  # spoken before the call runs
+    clock.advance(1.0)
+    pending[0].callback({"answer": 1})
+    model.rounds[1].answer("It is done, all of it.")
+    result = turn.done.result
+    kinds = [f["t"] for f in sent if f["t"] not in ("metrics", "response")]
+    assert kinds == ["bot_delta_chunk", "bot_text_chunk", "tool_call", "bot_text_chunk", "tool_result",
+                     "bot_delta_chunk", "bot_text_chunk", "end"]
+    captions = [f["data"]["text"] for f in sent if f["t"] == "bot_text_chunk"]
+    assert captions == ["Let me check that for you", "One moment.", "It is done, all of it."]
+    assert result.reply == "Let me check that for youIt is done, all of it."
+    # Playback: sentence (0.5 s), filler (0.5 s), answer (0.5 s); the filler moves time, not text.
+    assert result.heard(1000) == "Let me check that for you"
+    assert result.heard(1500) == result.reply
+    assert [(at, r["name"], r["ok"]) for at, r in result.tools] == [(25, "slow", True)]
+    metrics = {k: v for f in sent if f["t"] == "metrics" for k, v in f["data"].items()}
+    assert metrics["tool_calls"] == 1 and metrics["tools"][0]["seconds"] == 1.0
+
+
+def test_interrupt_reports_the_cancelled_call_and_keeps_it() -> None:
+    clock, model, pending, sent, turn = start(filler_after_ms=0)
+    model.rounds[0].call(("slow", {}))
+    result = turn.interrupt()
+    assert sent[-1] == {"t": "tool_result", "data": {"id": "c0", "name": "slow", "ok": False, "result": "cancelled"}}
+    assert result.interrupted and result.tools[0][1]["result"] == "cancelled"
+    count = len(sent)
+    clock.advance(60)
+    assert len(sent) == count and len(model.rounds) == 1
