@@ -15,7 +15,7 @@ from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.config import Config, ConfigError
-from livetx.live.session import Pipeline
+from livetx.domain import Engines
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
@@ -110,21 +110,22 @@ def _with_tools(llm: Any, config: Config, reactor: Any) -> Any:
     return ToolingModel(llm, load_tools(config.tools, reactor), config.tools, reactor)
 
 
-def build_pipeline(
+def build_engines(
     config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
-) -> Pipeline:
+) -> Engines:
     """Everything the live sessions of one server share."""
     archive = None
     if config.stt.keep_audio and data_dir is not None:
         from livetx.archive import AudioArchive
 
         archive = AudioArchive(data_dir / "audio", reactor)
-    return Pipeline(
+    return Engines(
         llm=_with_tools(_make(LLMS, config.llm, http, reactor), config, reactor),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
         stt=_make(RECOGNIZERS, config.stt, http, reactor),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
+        vision=config.llm.vision,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
