@@ -164,14 +164,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     root = MultiService()
     store = SQLiteStore(data_dir)
-    connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
-    connections.setName("connections")
     keys = KeyStore(data_dir)
     chat = ChatService(
         store=store, llm=pipeline.llm, clock=reactor,
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
         vision=settings.llm.vision,
     )
+    connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
+    connections.setName("connections")
     metrics = ServerMetrics()
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.

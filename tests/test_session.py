@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, Exchange, LiveSession, Pipeline
+from livetx.live.session import CLIENT_EVENTS, SESSION, STATES, Exchange, LiveSession, Pipeline
 from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
@@ -79,9 +79,9 @@ def test_text_turn_streams_deltas_and_interleaves_audio() -> None:
     assert h.kinds(8) == ["bot_delta_chunk", "metrics"]
     assert h.out[9]["data"]["chat_model"] == "scripted-model"
     h.tts.finish(1)
-    assert h.kinds(10) == ["bot_text_chunk", "response", "metrics", "end", "metrics"]
+    assert h.kinds(10) == ["bot_text_chunk", "response", "metrics", "metrics", "end"]
     assert h.out[12]["data"]["tts"] == "manual_tts"
-    assert "wav_to_tts_total_time" in h.out[14]["data"]
+    assert "wav_to_tts_total_time" in h.out[13]["data"]  # the last metrics go before end, on purpose
     assert h.state == "idle"
     assert h.session.history[-1].reply == "The first thing is this. The second thing is that."
 
@@ -98,7 +98,7 @@ def test_audio_keeps_sentence_order_when_synthesis_finishes_out_of_order() -> No
     h.tts.finish(2)
     captions = [f["data"]["text"] for f in h.out if f["t"] == "bot_text_chunk"]
     assert captions == ["Sentence number one.", "Sentence number two.", "Sentence three here."]
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
 
 
 def test_without_tts_the_whole_reply_comes_as_bot_msg() -> None:
@@ -109,7 +109,7 @@ def test_without_tts_the_whole_reply_comes_as_bot_msg() -> None:
     assert "bot_text_chunk" not in h.kinds() and "response" not in h.kinds()
     bot_msg = next(f for f in h.out if f["t"] == "bot_msg")
     assert bot_msg["data"]["text"] == "Hello. Nice to meet you."
-    assert h.kinds()[-3:] == ["bot_msg", "end", "metrics"]
+    assert h.kinds()[-3:] == ["bot_msg", "metrics", "end"]
 
 
 def test_busy_session_refuses_text_and_keeps_the_running_turn() -> None:
@@ -120,7 +120,7 @@ def test_busy_session_refuses_text_and_keeps_the_running_turn() -> None:
     assert len(h.llm.calls) == 1
     h.llm.last.say("still here")
     h.llm.last.finish()
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
 
 
 def test_interrupt_cancels_everything_and_nothing_follows_stop_play() -> None:
@@ -193,7 +193,7 @@ def test_model_failure_reports_and_ends_the_turn() -> None:
     h.llm.last.done.errback(LLMError("upstream said 500"))
     assert h.tts.cancelled == ["Partial answer."]
     assert {"t": "error", "data": "upstream said 500", "code": "LLM_ERROR"} in h.out
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
     assert h.state == "idle"
     h.send("text_input", text="again")
     assert h.state == "processing"
@@ -208,7 +208,7 @@ def test_speech_failure_is_reported_once_and_text_survives() -> None:
         d.errback(TTSError("speech service down"))
     errors = [f for f in h.out if f["t"] == "error"]
     assert errors == [{"t": "error", "data": "speech service down", "code": "TTS_ERROR"}]
-    assert h.kinds()[-3:] == ["bot_msg", "end", "metrics"]
+    assert h.kinds()[-3:] == ["bot_msg", "metrics", "end"]
 
 
 # -- the state table -------------------------------------------------------
@@ -267,7 +267,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
 
 
 def test_table_covers_every_state_and_client_event() -> None:
-    assert set(MACHINE.states) == set(STATES)
+    assert set(SESSION.machine.states) == set(STATES)
     assert set(EXPECTED) == {(s, e) for s in STATES for e in CLIENT_EVENTS}
 
 

@@ -78,4 +78,4 @@ def test_any_sequence_keeps_the_session_usable(sequence: list[tuple[dict[str, An
     session.receive({"t": "text_input", "text": "are you still there"})
     clock.pump([0.01] * 10)
     kinds = [f["t"] for f in out[mark:]]
-    assert kinds[-2:] == ["end", "metrics"] and "error" not in kinds, kinds
+    assert kinds[-2:] == ["metrics", "end"] and "error" not in kinds, kinds

@@ -126,6 +126,7 @@ async def test_past_the_grace_period_the_partial_reply_is_stored(tmp_path: Path)
     finally:
         await server.finish()
     assert client.close_code == 1001 and "end" not in kinds(client.frames)
+    assert kinds(client.frames)[-1] == "stop_play"  # its last event: stopped as by ``interrupt``
     partial = said(client)
     assert 0 < len(partial) < len(words) and words.startswith(partial)
     assert await stored_turn(server.data, "bo") == [("user", words, False), ("assistant", partial, True)]
@@ -137,6 +138,8 @@ class _Socket:
     def __init__(self, busy: bool) -> None:
         self.admission = Admission(username="u")
         self.busy = busy
+        self.over: Deferred[None] = Deferred()
+        self.stopped = False
         self.finished: Deferred[None] = Deferred()
         self.closed_with: int | None = None
         self.listening = True
@@ -146,6 +149,23 @@ class _Socket:
 
     def stop_listening(self) -> None:
         self.listening = False
+
+    def turns_over(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.busy:
+            self.over.addBoth(lambda _: d.callback(None))
+        else:
+            d.callback(None)
+        return d
+
+    def finish_turn(self) -> None:
+        self.busy = False
+        self.over.callback(None)
+
+    def stop_turn(self) -> None:
+        self.stopped = True
+        if self.busy:
+            self.finish_turn()  # stopped: stored, its client told
 
 
 def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
@@ -160,10 +180,10 @@ def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
     assert tracker.draining and idle.closed_with is None  # nobody is closed while turns run
     assert not any(s.listening for s in (idle, busy, stuck))  # nor starts a turn from speech
     clock.advance(1)
-    busy.busy = False
-    clock.advance(ConnectionTracker.POLL)
-    assert idle.closed_with is None  # the stuck turn still has time
+    busy.finish_turn()  # the tracker waits on the turn itself, no polling
+    assert idle.closed_with is None and not stuck.stopped  # the stuck turn still has time
     clock.advance(5)
+    assert stuck.stopped and not stuck.busy  # past the grace: what still runs is stopped
     assert [s.closed_with for s in (idle, busy, stuck)] == [1001, 1001, 1001]
     assert done == []  # until every socket has let go of its session
     for socket in (idle, busy, stuck):

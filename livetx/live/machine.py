@@ -1,0 +1,50 @@
+"""One way to write a state machine here: a ``transitions`` table compiled once.
+
+Each kind of object with states (a connection's session, a turn, a talk-mode
+capture, the voice detector) declares its table as data and gets one
+:class:`Table`. The table's machine has no model of its own: an object is a
+model by having a ``state`` attribute, and events are fired with
+:meth:`Table.fire`. Binding a machine to each object (``transitions``'
+usual ``Machine(model=self)``, or its ``add_model``) would put a bound
+trigger and an ``is_<state>`` method on every object; at thousands of idle
+connections that is most of a connection's memory, for nothing a table
+lookup does not do. The same table draws the diagrams in
+``docs/state-machine.md`` (:mod:`livetx.live.diagram`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from transitions import Machine
+
+
+class Table:
+    """States, transitions and refusals of one kind of object."""
+
+    def __init__(
+        self, name: str, states: Sequence[str], transitions: Sequence[dict[str, Any]], initial: str,
+        refusals: dict[tuple[str, str], tuple[str, str]] | None = None,
+    ) -> None:
+        self.name = name
+        self.states = list(states)
+        self.transitions = list(transitions)
+        self.initial = initial
+        #: (state, event) → (code, message) for a client event refused there.
+        self.refusals = refusals or {}
+        self.machine = self.build()
+
+    def build(self, cls: type[Machine] = Machine, **options: Any) -> Machine:
+        """Compile the table (``cls`` may be a diagram-drawing machine)."""
+        return cls(
+            model=None, states=self.states, transitions=self.transitions, initial=self.initial,
+            auto_transitions=False, send_event=True, **options,
+        )
+
+    def fire(self, model: Any, event: str, **kwargs: Any) -> bool:
+        """Run ``event`` on ``model``; False when a condition refused it.
+
+        Raises ``transitions.MachineError`` when the event has no transition
+        from the model's state.
+        """
+        return bool(self.machine.events[event].trigger(model, **kwargs))
