@@ -9,7 +9,7 @@ usual ``Machine(model=self)``, or its ``add_model``) would put a bound
 trigger and an ``is_<state>`` method on every object; at thousands of idle
 connections that is most of a connection's memory, for nothing a table
 lookup does not do. The same table draws the diagrams in
-``docs/state-machine.md`` (:mod:`livetx.live.diagram`).
+``docs/state-machine.md`` (:mod:`livetx.diagram`).
 """
 
 from __future__ import annotations
