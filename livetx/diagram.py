@@ -55,7 +55,7 @@ def diagram(table: Table) -> str:
     machine = table.build(GraphMachine, graph_engine="mermaid", show_conditions=True)
     model = type("Model", (), {})()
     machine.add_model(model)
-    return str(model.get_graph().draw(None)).strip()  # type: ignore[attr-defined]
+    return str(model.get_graph().draw(None)).strip()
 
 
 def refusals(table: Table) -> str:

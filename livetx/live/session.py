@@ -35,6 +35,7 @@ from livetx.live.capture import Capture, Segment
 from livetx.live.client_frames import PARSERS, pcm_fields
 from livetx.live.events import Listeners, MetricsFrames, Outcome, TurnListener
 from livetx.live.frames import Frame, FrameError
+from livetx.live.history import Conversation
 from livetx.live.machine import Table
 from livetx.live.settings import Settings, updated
 from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
@@ -176,7 +177,6 @@ class LiveSession:
         self._closed = False
         #: The server stops this turn (``stop``): it ends as dropped, not as a barge-in.
         self._closing = False
-        self._history: deque[Exchange] = deque(maxlen=max(0, pipeline.history_turns))
         self.capture = Capture(self, clock, pipeline.stt, pipeline.max_segment_seconds)
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
@@ -197,20 +197,11 @@ class LiveSession:
         self._metrics = MetricsFrames(self._send_metrics)
         self._report: TurnListener = self._metrics if listener is None else Listeners(self._metrics, listener)
         self.settings = Settings()
-        #: The last finished turn that was kept: its id, what it sent, what is remembered.
-        self._finished: tuple[int, TurnResult, Exchange] | None = None
-        self._memory = memory
-        self._recalled: Deferred[None] | None = None
-        if memory is not None and self._history.maxlen:
-            # Not ``.called``: a Deferred is "called" while still paused on the query.
-            self._recalled = memory.recall(self._history.maxlen).addCallbacks(
-                self._restore, self._recall_failed
-            )
-            self._recalled.addBoth(self._recall_finished)
+        self._conversation = Conversation(username, pipeline.history_turns, memory)
 
     @property
     def history(self) -> tuple[Exchange, ...]:
-        return tuple(self._history)
+        return self._conversation.exchanges
 
     def turn_over(self) -> Deferred[None]:
         """Fires once no turn runs: at once when idle, else after the running one is stored and ended."""
@@ -441,11 +432,12 @@ class LiveSession:
 
     def _reply_to(self, text: str, started: float) -> None:
         self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
-        if self._recalled is None:
+        loading = self._conversation.loading
+        if loading is None:
             self._start_turn(text, started)
             return
         # The stored history is still loading (first turn after connecting).
-        waiter = waiter_for(self._recalled)
+        waiter = waiter_for(loading)
         waiter.addCallbacks(lambda _: self._start_turn(text, started), _cancelled)
         self._preparing = waiter
 
@@ -457,7 +449,7 @@ class LiveSession:
             llm=pipeline.llm,
             tts=pipeline.tts,
             emit=self._turn_emit,
-            messages=self._context(text),
+            messages=self._conversation.context(pipeline.system_prompt, text),
             started_at=started,
             tts_concurrency=pipeline.tts_concurrency,
             binary_audio=self.settings.binary_audio,
@@ -484,13 +476,9 @@ class LiveSession:
     def _keep(self, text: str, result: TurnResult, outcome: Outcome) -> Deferred[None]:
         if not result.reply and result.failed:
             return succeed(None)
-        exchange = Exchange(text, result.reply, result.interrupted)
-        self._history.append(exchange)
-        self._finished = (self._turn_id, result, exchange)
-        if self._memory is None:
-            return succeed(None)
         metrics = {**self._metrics.values, "outcome": outcome.value}
-        return self._memory.remember(exchange, self._input_type, metrics)
+        exchange = Exchange(text, result.reply, result.interrupted)
+        return self._conversation.keep(self._turn_id, result, exchange, self._input_type, metrics)
 
     def _unwound(self) -> None:
         self._release()
@@ -512,47 +500,7 @@ class LiveSession:
         self._unwound()
 
     def _truncate(self, event: EventData) -> None:
-        """Keep only what the user heard of the last reply, for the store and the model."""
-        turn_id, end_ms = event.kwargs["turn"], event.kwargs["audio_end_ms"]
-        if self._finished is None or self._finished[0] != turn_id:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
-        _, result, kept = self._finished
-        if not result.spoken:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
-        if any(duration is None for _, duration in result.spoken):
-            # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
-        revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
-        if revised != kept:
-            if self._history and self._history[-1] is kept:
-                self._history[-1] = revised
-            if self._memory is not None:
-                self._memory.revise(revised)
-            self._finished = (turn_id, result, revised)
-        self._emit({"t": "truncated", "turn": turn_id, "data": {"audio_end_ms": end_ms, "text": revised.reply}})
-
-    def _restore(self, exchanges: list[Exchange]) -> None:
-        # Turns finished while loading are newer than anything stored.
-        newer = list(self._history)
-        self._history.clear()
-        self._history.extend([*exchanges, *newer])
-
-    def _recall_finished(self, _: None) -> None:
-        self._recalled = None
-
-    def _recall_failed(self, failure: Failure) -> None:
-        _log.failure("Could not load the stored conversation of {user}", failure, user=self.username)
-
-    def _context(self, text: str) -> list[Message]:
-        messages: list[Message] = []
-        if self._pipeline.system_prompt:
-            messages.append({"role": "system", "content": self._pipeline.system_prompt})
-        for exchange in self._history:
-            messages.append({"role": "user", "content": exchange.user})
-            if exchange.reply:
-                messages.append({"role": "assistant", "content": exchange.reply})
-        messages.append({"role": "user", "content": text})
-        return messages
+        self._emit(self._conversation.truncate(event.kwargs["turn"], event.kwargs["audio_end_ms"]))
 
 
 def _detection(settings: Settings) -> tuple[Any, ...]:
@@ -561,7 +509,7 @@ def _detection(settings: Settings) -> tuple[Any, ...]:
             settings.silence_ms, settings.preroll_ms)
 
 
-def _discard(frame: Frame) -> None:
+def _discard(frame: Frame | bytes) -> None:
     """Where frames go once the connection has closed."""
 
 
