@@ -13,7 +13,7 @@ from transitions.extensions.diagrams import GraphMachine
 from livetx.chat.service import CHAT_TURN
 from livetx.live.capture import CAPTURE
 from livetx.live.machine import Table
-from livetx.live.session import SESSION
+from livetx.live.rules import SESSION
 from livetx.live.turn import TURN
 from livetx.live.vad import VOICE
 
@@ -28,7 +28,7 @@ Generated from the tables in the code by `python -m livetx.diagram` (or
 
 #: Each machine, with what its events are.
 MACHINES: list[tuple[Table, str, str]] = [
-    (SESSION, "The live session (`livetx/live/session.py`)", """\
+    (SESSION, "The live session (`livetx/live/rules.py`)", """\
 One per connection. Every client frame is an event. The session's own
 events are `turn_done` (a turn is stored and `end` sent), `unwound` (an
 interrupted turn has finished cancelling and its text so far is stored) and

@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, SESSION, STATES, Exchange, LiveSession, Pipeline
+from livetx.live.rules import CLIENT_EVENTS, SESSION, STATES
+from livetx.live.session import Exchange, LiveSession, Pipeline
 from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64

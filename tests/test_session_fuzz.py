@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from livetx.live.session import STATES, LiveSession, Pipeline
+from livetx.live.rules import STATES
+from livetx.live.session import LiveSession, Pipeline
 from livetx.providers.echo import EchoChat
 
 from .doubles import ManualSTT, b64

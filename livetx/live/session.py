@@ -18,7 +18,6 @@ starts once the interrupted turn is unwound, and a second such frame gets
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Protocol
@@ -36,85 +35,12 @@ from livetx.live.client_frames import PARSERS, pcm_fields
 from livetx.live.events import Listeners, MetricsFrames, Outcome, TurnListener
 from livetx.live.frames import Frame, FrameError
 from livetx.live.history import Conversation
-from livetx.live.machine import Table
+from livetx.live.rules import BUSY, NO_SEGMENT, SERVER_FRAMES, SESSION
 from livetx.live.settings import Settings, updated
 from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
-from livetx.providers.base import ChatModel, Message, SpeechRecognizer, SpeechSynthesizer
+from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
 
 _log = Logger()
-
-STATES = ["idle", "capturing", "processing", "interrupted"]
-
-_NO_TURN = ["idle", "capturing"]
-_TURN = ["processing", "interrupted"]
-
-# The whole protocol in one table. ``dest: None`` is an internal transition:
-# the event is accepted and its callback runs, but the state stays.
-TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "text_input", "source": _NO_TURN, "dest": "processing", "after": "_begin_text_turn"},
-    {"trigger": "text_input", "source": "interrupted", "dest": None, "after": "_queue_text_turn"},
-    {"trigger": "start_speaking", "source": _NO_TURN, "dest": "capturing",
-     "unless": "server_detection", "after": "_open_segment"},
-    {"trigger": "start_speaking", "source": _TURN, "dest": None,
-     "unless": "server_detection", "after": "_open_segment"},
-    # Talk mode: the stream goes to the voice detector, whatever the state.
-    {"trigger": "speaking_part", "source": STATES, "dest": None,
-     "conditions": "server_detection", "after": "_detect"},
-    {"trigger": "speaking_part", "source": STATES, "dest": None,
-     "conditions": "segment_open", "after": "_append_audio"},
-    {"trigger": "end_speaking", "source": "capturing", "dest": "processing",
-     "unless": "server_detection", "before": "_check_stamp", "after": "_begin_voice_turn"},
-    {"trigger": "end_speaking", "source": "interrupted", "dest": None,
-     "conditions": "segment_open", "unless": "server_detection",
-     "before": "_check_stamp", "after": "_queue_voice_turn"},
-    {"trigger": "interrupt", "source": "processing", "dest": "interrupted", "after": "_stop_turn"},
-    {"trigger": "interrupt", "source": _NO_TURN + ["interrupted"], "dest": None},
-    {"trigger": "segment_dropped", "source": "capturing", "dest": "idle"},
-    {"trigger": "segment_dropped", "source": _TURN, "dest": None},
-    {"trigger": "turn_done", "source": "processing", "dest": "capturing",
-     "conditions": "segment_open"},
-    {"trigger": "turn_done", "source": "processing", "dest": "idle"},
-    {"trigger": "unwound", "source": "interrupted", "dest": "processing",
-     "conditions": "turn_queued", "after": "_begin_queued_turn"},
-    {"trigger": "unwound", "source": "interrupted", "dest": "capturing",
-     "conditions": "segment_open"},
-    {"trigger": "unwound", "source": "interrupted", "dest": "idle"},
-    # Extensions (docs/protocol-extensions.md): accepted in every state.
-    {"trigger": "session_update", "source": STATES, "dest": None, "after": "_update_settings"},
-    {"trigger": "truncate", "source": STATES, "dest": None, "after": "_truncate"},
-    # The voice detector's events. Speech during a turn interrupts it as
-    # ``interrupt`` does, with the new utterance's segment already open.
-    {"trigger": "speech_started", "source": _NO_TURN, "dest": "capturing", "after": "_hear"},
-    {"trigger": "speech_started", "source": "processing", "dest": "interrupted",
-     "before": "_hear", "after": "_stop_turn"},
-    {"trigger": "speech_started", "source": "interrupted", "dest": None, "after": "_hear"},
-    {"trigger": "speech_stopped", "source": "capturing", "dest": "processing",
-     "conditions": "segment_open", "before": "_announce_stop", "after": "_begin_voice_turn"},
-    {"trigger": "speech_stopped", "source": "interrupted", "dest": None,
-     "conditions": "segment_open", "unless": "turn_queued",
-     "before": "_announce_stop", "after": "_queue_voice_turn"},
-    {"trigger": "speech_stopped", "source": STATES, "dest": None, "after": "_discard_utterance"},
-]
-
-#: Client frame types; the other triggers are the session's own.
-CLIENT_EVENTS = (
-    "text_input", "start_speaking", "speaking_part", "end_speaking", "interrupt", "session_update",
-    "truncate",
-)
-
-_BUSY = (frames.PROCESSING_ERROR, "Session is busy")
-_NO_SEGMENT = (frames.INVALID_STATE, "no voice segment is open; send start_speaking first")
-_SERVER_FRAMES = (
-    frames.INVALID_STATE,
-    "turn_detection is server: send only speaking_part, or switch back with session_update",
-)
-
-#: The table, compiled once; each session is a model of it with its own ``state``.
-SESSION = Table("session", STATES, TRANSITIONS, "idle", refusals={
-    ("processing", "text_input"): _BUSY,
-    ("processing", "end_speaking"): _BUSY,
-})
-
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -305,9 +231,9 @@ class LiveSession:
 
     def _reject(self, kind: str) -> None:
         if self.settings.server_detection and kind in ("start_speaking", "end_speaking"):
-            self._emit(frames.error(*_SERVER_FRAMES))
+            self._emit(frames.error(*SERVER_FRAMES))
             return
-        self._emit(frames.error(*SESSION.refusals.get((self.state, kind), _NO_SEGMENT)))
+        self._emit(frames.error(*SESSION.refusals.get((self.state, kind), NO_SEGMENT)))
 
     # -- conditions and capture ---------------------------------------------
 
@@ -359,12 +285,12 @@ class LiveSession:
 
     def _queue_voice_turn(self, event: EventData) -> None:
         if self._queued is not None:
-            raise FrameError(*_BUSY)
+            raise FrameError(*BUSY)
         self._queue(partial(self._voice_turn, self.capture.take(), self._clock.seconds()))
 
     def _queue(self, turn: Callable[[], None]) -> None:
         if self._queued is not None:
-            raise FrameError(*_BUSY)
+            raise FrameError(*BUSY)
         self._queued = turn
 
     def _begin_queued_turn(self, event: EventData) -> None:
