@@ -422,8 +422,9 @@ class SlowMemory:
         # Paused on an inner Deferred, as a real query chain is.
         return succeed(None).addCallback(lambda _: self.loaded)
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
         self.kept.append((exchange, input_type, metrics))
+        return succeed(None)
 
 
 def with_memory() -> tuple[Harness, SlowMemory]:
@@ -460,3 +461,68 @@ def test_interrupt_while_history_loads_starts_nothing() -> None:
     assert h.llm.calls == [] and h.state == "idle"
     h.send("text_input", text="again")
     assert h.llm.last.messages[-1] == {"role": "user", "content": "again"}
+
+
+# -- interrupted lasts until the turn is unwound ------------------------------
+
+
+class SlowWrites:
+    """A store whose writes finish when the test says so."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[Exchange, Deferred[None]]] = []
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        return succeed([])
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.writes.append((exchange, d))
+        return d
+
+    def revise(self, exchange: Exchange) -> None:
+        pass
+
+
+def harness_with(memory: SlowWrites) -> Harness:
+    h = Harness(tts=False)
+    h.session = LiveSession(
+        username="alice", pipeline=Pipeline(llm=h.llm, tts=None, stt=h.stt), clock=h.clock, emit=h.record,
+        memory=memory,
+    )
+    return h
+
+
+def test_end_goes_out_once_the_turn_is_stored() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="keep me")
+    h.llm.last.say("Kept.")
+    h.llm.last.finish()
+    assert h.kinds()[-2:] == ["bot_msg", "metrics"] and h.state == "processing"
+    (exchange, stored), = memory.writes
+    assert exchange == Exchange("keep me", "Kept.")
+    stored.callback(None)
+    assert h.kinds()[-1] == "end" and h.state == "idle"
+
+
+def test_interrupted_lasts_until_the_partial_reply_is_stored_and_queues_one_turn() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="talk")
+    h.llm.last.say("Half of it")
+    assert h.send("interrupt") == [{"t": "stop_play"}]  # at once
+    assert h.state == "interrupted" and h.llm.last.cancelled
+    assert h.send("start_speaking", stamp="s") == []  # capture goes on
+    assert h.send("text_input", text="next") == []  # taken, and waits
+    assert h.send("text_input", text="and another")[0]["code"] == frames.PROCESSING_ERROR
+    assert len(h.llm.calls) == 1 and h.state == "interrupted"
+    (exchange, stored), = memory.writes
+    assert exchange == Exchange("talk", "Half of it", interrupted=True)
+    stored.callback(None)  # unwound: the queued turn starts, with the interrupted one in its context
+    assert h.state == "processing" and len(h.llm.calls) == 2
+    assert h.llm.last.messages[-3:] == [
+        {"role": "user", "content": "talk"},
+        {"role": "assistant", "content": "Half of it"},
+        {"role": "user", "content": "next"},
+    ]
