@@ -10,6 +10,12 @@ trigger and an ``is_<state>`` method on every object; at thousands of idle
 connections that is most of a connection's memory, for nothing a table
 lookup does not do. The same table draws the diagrams in
 ``docs/state-machine.md`` (:mod:`livetx.diagram`).
+
+A transition with no conditions and no callbacks (all of a turn's, a
+capture's, the voice detector's) is applied straight from the table: it
+means only "the state becomes ``dest``", and going through ``transitions``'
+event machinery for that would cost a turn more than all its other
+bookkeeping together.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Table:
         #: (state, event) → (code, message) for a client event refused there.
         self.refusals = refusals or {}
         self.machine = self.build()
+        self._plain = _plain_moves(self.transitions)
 
     def build(self, cls: type[Machine] = Machine, **options: Any) -> Machine:
         """Compile the table (``cls`` may be a diagram-drawing machine)."""
@@ -47,4 +54,26 @@ class Table:
         Raises ``transitions.MachineError`` when the event has no transition
         from the model's state.
         """
-        return bool(self.machine.events[event].trigger(model, **kwargs))
+        dest = self._plain.get((model.state, event), _NOT_PLAIN)
+        if dest is _NOT_PLAIN:
+            return bool(self.machine.events[event].trigger(model, **kwargs))
+        if dest is not None:
+            model.state = dest
+        return True
+
+
+_NOT_PLAIN = object()
+_CALLBACKS = ("conditions", "unless", "before", "after", "prepare")
+
+
+def _plain_moves(transitions: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """(state, event) → dest, where that pair has exactly one transition and it runs no code."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in transitions:
+        sources = [row["source"]] if isinstance(row["source"], str) else row["source"]
+        for source in sources:
+            rows.setdefault((source, row["trigger"]), []).append(row)
+    return {
+        pair: found[0]["dest"] for pair, found in rows.items()
+        if len(found) == 1 and not any(found[0].get(key) for key in _CALLBACKS)
+    }
