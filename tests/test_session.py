@@ -526,3 +526,19 @@ def test_interrupted_lasts_until_the_partial_reply_is_stored_and_queues_one_turn
         {"role": "assistant", "content": "Half of it"},
         {"role": "user", "content": "next"},
     ]
+
+
+def test_turn_over_fires_when_the_turn_ends_however_it_ends() -> None:
+    h = Harness(tts=False)
+    assert h.session.turn_over().called  # nothing runs
+    h.send("text_input", text="hi")
+    over = h.session.turn_over()
+    h.llm.last.say("Hello.")
+    assert not over.called
+    h.llm.last.finish()
+    assert over.called and h.kinds()[-1] == "end"
+    h.send("start_speaking", stamp="s")
+    h.send("end_speaking", stamp="s")  # transcribing
+    over = h.session.turn_over()
+    h.session.close()
+    assert over.called and h.stt.requests[-1][1].called  # cancelled, and let go of

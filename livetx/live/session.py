@@ -192,14 +192,17 @@ class LiveSession:
         self._queued = None
         self.stop_listening()
         if self._turn is not None:
-            self._turn.interrupt()
+            self._turn.interrupt()  # stored through _turn_over, which then lets go
+            return
         if self._preparing is not None:
             self._preparing.cancel()
         self._ended(Outcome.DROPPED)
+        self._release()
 
     def stop(self) -> None:
         """The server stops: end a running turn as ``interrupt`` does; it is stored, marked interrupted."""
         self._closing = True
+        self._queued = None  # a turn asked for during an interrupt does not start now
         if self.state == "processing":
             self._safely("interrupt", lambda: self.fire("interrupt"))
 
