@@ -301,7 +301,7 @@ class ChatService:
         """An error event's code and text (bugs are logged, and say nothing more)."""
         if failure.check(PermissionError):
             return frames.FORBIDDEN, "this session belongs to another user"
-        if failure.check(FrameError):
+        if isinstance(failure.value, FrameError):
             return failure.value.code, failure.value.message
         if not failure.check(ProviderError):
             _log.failure("Chat turn failed", failure)
