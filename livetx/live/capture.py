@@ -78,6 +78,9 @@ class Owner(Protocol):
 class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
 
+    __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
+                 "_partial")
+
     def __init__(
         self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
     ) -> None:

@@ -107,6 +107,8 @@ class Listeners:
 class Ignore:
     """A listener that hears nothing: the default, and a base for partial listeners."""
 
+    __slots__ = ()
+
     def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
         pass
 
@@ -149,6 +151,8 @@ class MetricsFrames(Ignore):
     store keeps with the reply. ``wav_to_tts_total_time`` is sent for turns
     that reached the model, as the reference does.
     """
+
+    __slots__ = ("_emit", "values", "_replied")
 
     def __init__(self, emit: Callable[[Frame], None]) -> None:
         self._emit = emit

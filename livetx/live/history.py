@@ -29,6 +29,8 @@ _log = Logger()
 class Conversation:
     """A connection's history, the last finished turn (for ``truncate``), and its memory."""
 
+    __slots__ = ("_username", "_history", "_memory", "_finished", "loading")
+
     def __init__(self, username: str, turns: int, memory: Memory | None) -> None:
         self._username = username
         self._history: deque[Exchange] = deque(maxlen=max(0, turns))
