@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.audio import BYTES_PER_SECOND, to_wav
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.machine import Table
@@ -119,7 +120,7 @@ class Capture:
         # Refuse before copying: the cap bounds memory, not just turns.
         self.drop()
         self._owner.fire_safely("segment_dropped")
-        raise FrameError(frames.AUDIO_TOO_LONG, f"voice segment longer than {self._max_seconds:g} s; dropped")
+        raise FrameError(ErrorCode.AUDIO_TOO_LONG, f"voice segment longer than {self._max_seconds:g} s; dropped")
 
     def take(self) -> Segment:
         """Hand the segment to a turn."""

@@ -7,6 +7,7 @@ import binascii
 from typing import Any, Callable
 
 from livetx.audio import SAMPLE_WIDTH
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 
@@ -16,33 +17,33 @@ def _stamp(frame: Frame, required: bool) -> dict[str, Any]:
     if stamp is None and not required:
         return {"stamp": None}
     if not isinstance(stamp, str) or not stamp:
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'stamp' must be a non-empty string")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'stamp' must be a non-empty string")
     return {"stamp": stamp}
 
 
 def _audio(frame: Frame) -> dict[str, Any]:
     data = frame.get("data")
     if not isinstance(data, str):
-        raise FrameError(frames.INVALID_AUDIO, "field 'data' must be Base64 text")
+        raise FrameError(ErrorCode.INVALID_AUDIO, "field 'data' must be Base64 text")
     try:
         pcm = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise FrameError(frames.INVALID_AUDIO, "field 'data' is not valid Base64") from None
+        raise FrameError(ErrorCode.INVALID_AUDIO, "field 'data' is not valid Base64") from None
     return pcm_fields(pcm)
 
 
 def pcm_fields(pcm: bytes) -> dict[str, Any]:
     if len(pcm) % SAMPLE_WIDTH:
-        raise FrameError(frames.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
+        raise FrameError(ErrorCode.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
     return {"pcm": pcm}
 
 
 def _truncation(frame: Frame) -> dict[str, Any]:
     turn, end = frame.get("turn"), frame.get("audio_end_ms")
     if isinstance(turn, bool) or not isinstance(turn, int):
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
     if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < float("inf"):
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
     return {"turn": turn, "audio_end_ms": end}
 
 

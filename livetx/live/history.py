@@ -1,7 +1,7 @@
 """What a connection remembers: the exchanges the model sees, and the memory behind them.
 
 The last ``history_turns`` exchanges are kept here as the model's context;
-a :class:`livetx.live.session.Memory` (the store) keeps every turn beyond
+a :class:`livetx.domain.Memory` (the store) keeps every turn beyond
 the connection and gives the last ones back when a conversation resumes.
 """
 
@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.errors import ErrorCode
+from livetx.domain import Exchange, Memory
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.turn import TurnResult
 from livetx.providers.base import Message
-
-if TYPE_CHECKING:
-    from livetx.live.session import Exchange, Memory
 
 _log = Logger()
 
@@ -60,13 +59,13 @@ class Conversation:
     def truncate(self, turn_id: int, end_ms: float) -> Frame:
         """Keep only what the user heard of the last reply, for the store and the model."""
         if self._finished is None or self._finished[0] != turn_id:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
         _, result, kept = self._finished
         if not result.spoken:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
         if any(duration is None for _, duration in result.spoken):
             # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
         revised = replace(kept, reply=result.heard(end_ms), interrupted=True)
         if revised != kept:
             if self._history and self._history[-1] is kept:

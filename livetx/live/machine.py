@@ -24,13 +24,15 @@ from typing import Any, Sequence
 
 from transitions import Machine
 
+from livetx.errors import ErrorCode
+
 
 class Table:
     """States, transitions and refusals of one kind of object."""
 
     def __init__(
         self, name: str, states: Sequence[str], transitions: Sequence[dict[str, Any]], initial: str,
-        refusals: dict[tuple[str, str], tuple[str, str]] | None = None,
+        refusals: dict[tuple[str, str], tuple[ErrorCode, str]] | None = None,
     ) -> None:
         self.name = name
         self.states = list(states)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.machine import Table
 
@@ -71,10 +72,10 @@ CLIENT_EVENTS = (
     "truncate",
 )
 
-BUSY = (frames.PROCESSING_ERROR, "Session is busy")
-NO_SEGMENT = (frames.INVALID_STATE, "no voice segment is open; send start_speaking first")
+BUSY = (ErrorCode.PROCESSING_ERROR, "Session is busy")
+NO_SEGMENT = (ErrorCode.INVALID_STATE, "no voice segment is open; send start_speaking first")
 SERVER_FRAMES = (
-    frames.INVALID_STATE,
+    ErrorCode.INVALID_STATE,
     "turn_detection is server: send only speaking_part, or switch back with session_update",
 )
 

@@ -18,9 +18,8 @@ starts once the interrupted turn is unwound, and a second such frame gets
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from transitions import EventData, MachineError
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
@@ -29,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
+from livetx.domain import Engines, Exchange, Memory
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.capture import Capture, Segment
 from livetx.live.client_frames import PARSERS, pcm_fields
@@ -37,50 +38,9 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.history import Conversation
 from livetx.live.rules import BUSY, NO_SEGMENT, SERVER_FRAMES, SESSION
 from livetx.live.settings import Settings, updated
-from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
-from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
+from livetx.live.turn import Emit, Turn, TurnResult, describe_failure
 
 _log = Logger()
-
-@dataclass(frozen=True)
-class Pipeline:
-    """The providers and limits every session of a server shares."""
-
-    llm: ChatModel
-    tts: SpeechSynthesizer | None
-    stt: SpeechRecognizer | None
-    system_prompt: str = ""
-    history_turns: int = 20
-    tts_concurrency: int = 2
-    max_segment_seconds: float = 60.0
-    #: Called with (username, wav) for every segment, when audio is to be kept.
-    keep_audio: Callable[[str, bytes], None] | None = None
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One finished turn as the conversation remembers it."""
-
-    user: str
-    reply: str
-    interrupted: bool = False
-
-
-class Memory(Protocol):
-    """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
-
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        """The last ``turns`` exchanges, oldest first."""
-
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
-        """Keep a finished turn, both sides in one transaction; fires once committed (or failed, logged).
-
-        Writes are applied in the order they are asked for.
-        """
-
-    def revise(self, exchange: Exchange) -> None:
-        """Replace the reply of the turn this memory remembered last (after ``truncate``)."""
-
 
 class LiveSession:
     """A connection's conversation; ``receive`` frames in, ``emit`` frames out."""
@@ -89,7 +49,7 @@ class LiveSession:
         self,
         *,
         username: str,
-        pipeline: Pipeline,
+        engines: Engines,
         clock: IReactorTime,
         emit: Emit,
         memory: Memory | None = None,
@@ -97,13 +57,13 @@ class LiveSession:
     ) -> None:
         self.state = SESSION.initial
         self.username = username
-        self._pipeline = pipeline
+        self._engines = engines
         self._clock = clock
         self._emit = emit
         self._closed = False
         #: The server stops this turn (``stop``): it ends as dropped, not as a barge-in.
         self._closing = False
-        self.capture = Capture(self, clock, pipeline.stt, pipeline.max_segment_seconds)
+        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds)
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
         self._output_paused = False
@@ -123,7 +83,7 @@ class LiveSession:
         self._metrics = MetricsFrames(self._send_metrics)
         self._report: TurnListener = self._metrics if listener is None else Listeners(self._metrics, listener)
         self.settings = Settings()
-        self._conversation = Conversation(username, pipeline.history_turns, memory)
+        self._conversation = Conversation(username, engines.history_turns, memory)
 
     @property
     def history(self) -> tuple[Exchange, ...]:
@@ -142,7 +102,7 @@ class LiveSession:
         kind = frame["t"]
         parse = PARSERS.get(kind)
         if parse is None:
-            self._emit(frames.error(frames.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
+            self._emit(frames.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
             return
         self._safely(kind, lambda: self.fire(kind, **parse(frame)))
 
@@ -157,7 +117,7 @@ class LiveSession:
             self._emit(e.frame())
         except Exception:
             _log.failure("Bug while handling a {kind!r} event", kind=kind)
-            self._emit(frames.error(frames.INTERNAL_ERROR, "internal error"))
+            self._emit(frames.error(ErrorCode.INTERNAL_ERROR, "internal error"))
 
     def receive_audio(self, pcm: bytes) -> None:
         """A binary message: raw PCM, taken as a ``speaking_part`` (binary audio transport)."""
@@ -273,7 +233,7 @@ class LiveSession:
     def _check_stamp(self, event: EventData) -> None:
         expected = self.capture.stamp
         if expected is not None and event.kwargs["stamp"] != expected:
-            raise FrameError(frames.STAMP_MISMATCH, f"end_speaking stamp does not match {expected!r}")
+            raise FrameError(ErrorCode.STAMP_MISMATCH, f"end_speaking stamp does not match {expected!r}")
 
     # -- turns ---------------------------------------------------------------
 
@@ -308,12 +268,12 @@ class LiveSession:
     def _voice_turn(self, segment: Segment, began: float) -> None:
         wav = segment.wav()
         assembled = self._clock.seconds()
-        if self._pipeline.keep_audio is not None:
-            self._pipeline.keep_audio(self.username, wav)
+        if self._engines.keep_audio is not None:
+            self._engines.keep_audio(self.username, wav)
         self._new_turn("audio", assembled, assembled - began)
-        stt = self._pipeline.stt
+        stt = self._engines.stt
         if stt is None:
-            self._turn_emit(frames.error(frames.STT_UNAVAILABLE, "speech-to-text is not configured"))
+            self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
             self._end_without_reply(Outcome.FAILED)
             return
         self._report.provider_called("stt", stt.name)
@@ -335,7 +295,7 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._turn_emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
+        self._turn_emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
         self._end_without_reply(Outcome.FAILED)
 
     def _end_without_reply(self, outcome: Outcome) -> None:
@@ -360,7 +320,7 @@ class LiveSession:
             over.callback(None)
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
+        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(self._clock.seconds())}})
         loading = self._conversation.loading
         if loading is None:
             self._start_turn(text, started)
@@ -372,15 +332,15 @@ class LiveSession:
 
     def _start_turn(self, text: str, started: float) -> None:
         self._preparing = None
-        pipeline = self._pipeline
+        engines = self._engines
         turn = Turn(
             clock=self._clock,
-            llm=pipeline.llm,
-            tts=pipeline.tts,
+            llm=engines.llm,
+            tts=engines.tts,
             emit=self._turn_emit,
-            messages=self._conversation.context(pipeline.system_prompt, text),
+            messages=self._conversation.context(engines.system_prompt, text),
             started_at=started,
-            tts_concurrency=pipeline.tts_concurrency,
+            tts_concurrency=engines.tts_concurrency,
             binary_audio=self.settings.binary_audio,
             listener=self._report,
         )

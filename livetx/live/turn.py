@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from livetx.audio import audio_format, duration_ms
 from livetx.deferreds import waiter_for
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.events import Ignore, TurnListener
 from livetx.live.machine import Table
@@ -233,7 +234,7 @@ class Turn:
         _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
         if not self._tts_error_sent:
             self._tts_error_sent = True
-            self._emit(frames.error(*describe_failure(failure, "TTS_ERROR")))
+            self._emit(frames.error(*describe_failure(failure, ErrorCode.TTS_ERROR)))
 
     def _llm_finished(self, _: None) -> None:
         if self.state != "streaming":
@@ -259,7 +260,7 @@ class Turn:
                 "tts", self._tts.name if self._tts else "none", self._tts_first, now - (self._tts_started or now)
             )
         elif self._reply:
-            self._emit({"t": "bot_msg", "data": {"text": self.reply, "ts": _ms(now)}})
+            self._emit({"t": "bot_msg", "data": {"text": self.reply, "ts": frames.timestamp(now)}})
         TURN.fire(self, "finish")
         self.done.callback(self._result())
 
@@ -269,7 +270,7 @@ class Turn:
             return
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
-        self._emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
+        self._emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
         TURN.fire(self, "fail")
         self.done.callback(self._result(failed=True))
 
@@ -284,7 +285,7 @@ class Turn:
         self._pending.clear()
 
 
-def describe_failure(failure: Failure, default_code: str) -> tuple[str, str]:
+def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCode, str]:
     """An error frame's code and text: provider errors say what failed, bugs do not."""
     if isinstance(failure.value, ProviderError):
         return failure.value.code, failure.value.message
@@ -292,8 +293,5 @@ def describe_failure(failure: Failure, default_code: str) -> tuple[str, str]:
 
 
 def _warn_level(failure: Failure) -> LogLevel:
-    return LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
-
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
+    level: LogLevel = LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
+    return level
