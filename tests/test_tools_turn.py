@@ -8,12 +8,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from livetx.config import ToolsConfig
+from livetx.live.events import MetricsFrames, Outcome
 from livetx.live.turn import Turn
 from livetx.testing.openai_server import tone
 from livetx.tools.loop import ToolingModel
 from livetx.tools.registry import ToolRegistry
 
 from .test_tools_loop import Model, slow_tool
+
+
+metrics: MetricsFrames
 
 
 class ToneTTS:
@@ -24,11 +28,13 @@ class ToneTTS:
 
 
 def start(**config: Any) -> tuple[Clock, Model, list[Deferred[Any]], list[dict[str, Any]], Turn]:
+    global metrics
     clock, model, pending, sent = Clock(), Model(), [], []
+    metrics = MetricsFrames(sent.append)
     settings = ToolsConfig(**{"enabled": ["slow"], "filler_after_ms": 1000, **config})
     llm = ToolingModel(model, ToolRegistry([slow_tool(pending)]), settings, clock)
     turn = Turn(clock=clock, llm=llm, tts=ToneTTS(), emit=sent.append,
-                messages=[{"role": "user", "content": "go"}], started_at=0.0)
+                messages=[{"role": "user", "content": "go"}], started_at=0.0, listener=metrics)
     turn.start()
     return clock, model, pending, sent, turn
 
@@ -42,7 +48,7 @@ def test_filler_is_spoken_but_not_part_of_the_reply() -> None:
     result = turn.done.result
     kinds = [f["t"] for f in sent if f["t"] not in ("metrics", "response")]
     assert kinds == ["bot_delta_chunk", "bot_text_chunk", "tool_call", "bot_text_chunk", "tool_result",
-                     "bot_delta_chunk", "bot_text_chunk", "end"]
+                     "bot_delta_chunk", "bot_text_chunk"]
     captions = [f["data"]["text"] for f in sent if f["t"] == "bot_text_chunk"]
     assert captions == ["Let me check that for you", "One moment.", "It is done, all of it."]
     assert result.reply == "Let me check that for youIt is done, all of it."
@@ -50,8 +56,10 @@ def test_filler_is_spoken_but_not_part_of_the_reply() -> None:
     assert result.heard(1000) == "Let me check that for you"
     assert result.heard(1500) == result.reply
     assert [(at, r["name"], r["ok"]) for at, r in result.tools] == [(25, "slow", True)]
-    metrics = {k: v for f in sent if f["t"] == "metrics" for k, v in f["data"].items()}
-    assert metrics["tool_calls"] == 1 and metrics["tools"][0]["seconds"] == 1.0
+    # The turn tells its listener; the metrics frame with the tool figures comes from that.
+    metrics.turn_ended(Outcome.OK, 2.0)
+    figures = sent[-2]["data"]
+    assert figures["tool_calls"] == 1 and figures["tools"] == [{"name": "slow", "status": "ok", "seconds": 1.0}]
 
 
 def test_interrupt_reports_the_cancelled_call_and_keeps_it() -> None:

@@ -186,7 +186,8 @@ async def test_interrupt_cancels_a_slow_tool_and_nothing_runs_after(livetx: Any,
     assert len(openai.requests_to("/chat/completions")) == 1  # no round after the interrupt
     # The next turn starts clean and sees the cancelled call in its context.
     openai.tool_calls = None
-    await client.turn("never mind")
+    frames = await client.turn("never mind")
+    assert frames[0]["data"] == {"input_type": "text"}  # nothing of the stopped turn after stop_play
     assert tool_messages(openai) == [{"role": "tool", "tool_call_id": "call_s", "content": "Error: cancelled"}]
     await client.close_and_wait()
 

@@ -57,17 +57,23 @@ class ToolTrail:
         return {"id": call.id, "name": call.name, "ok": outcome.ok, "result": outcome.result}
 
     def metrics(self) -> dict[str, Any]:
-        """The turn's tool figures for its ``metrics`` frame (and so Prometheus)."""
-        latency: dict[str, float] = {}
-        for name, outcome in self.outcomes:
-            latency[name] = round(max(latency.get(name, 0.0), outcome.seconds), 6)
-        return {
-            "tool_calls": len(self.outcomes),
-            "tool_failures": sum(not o.ok for _, o in self.outcomes),
-            "tool_timeouts": sum(o.status == "timeout" for _, o in self.outcomes),
-            "tool_latency": latency,
-            "tools": [{"name": n, "status": o.status, "seconds": round(o.seconds, 6)} for n, o in self.outcomes],
-        }
+        """The turn's tool figures (chat mode's ``agent_stats``)."""
+        return tool_figures((name, o.ok, o.status, o.seconds) for name, o in self.outcomes)
+
+
+def tool_figures(calls: Iterable[tuple[str, bool, str, float]]) -> dict[str, Any]:
+    """A turn's tool figures from its calls' (name, ok, status, seconds), for ``metrics``."""
+    calls = list(calls)
+    latency: dict[str, float] = {}
+    for name, _, _, seconds in calls:
+        latency[name] = round(max(latency.get(name, 0.0), seconds), 6)
+    return {
+        "tool_calls": len(calls),
+        "tool_failures": sum(not ok for _, ok, _, _ in calls),
+        "tool_timeouts": sum(status == "timeout" for _, _, status, _ in calls),
+        "tool_latency": latency,
+        "tools": [{"name": n, "status": st, "seconds": round(sec, 6)} for n, _, st, sec in calls],
+    }
 
 
 def reply_parts(reply: str, steps: Sequence[ToolStep]) -> list[dict[str, Any]]:
