@@ -175,7 +175,7 @@ class ServerMetrics:
             "counter", "livetx_provider_failures", "Provider failures reported to clients.", ["kind"])
         self.tool_calls = self._add(
             "counter", "livetx_tool_calls",
-            "Tool calls in live turns by tool and status (ok, failed, refused, timeout, cancelled).",
+            "Tool calls (live and chat turns) by tool and status (ok, failed, refused, timeout, cancelled).",
             ["tool", "status"])
         self.tool_seconds = self._add(
             "histogram", "livetx_tool_seconds", "Tool call latency.", ["tool"], LATENCY_BUCKETS)
@@ -206,6 +206,11 @@ class ServerMetrics:
 
     def refused_at(self, endpoint: str) -> None:
         self.refused.labels(endpoint).inc()
+
+    def tool_ended(self, name: str, status: str, seconds: float) -> None:
+        """A tool call of a live or chat turn ended (livetx.tools)."""
+        self.tool_calls.labels(name, status).inc()
+        self.tool_seconds.labels(name).observe(seconds)
 
 
 class TurnObserver(Ignore):
@@ -261,8 +266,7 @@ class TurnObserver(Ignore):
         self._values.first_audio(seconds)
 
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
-        self._m.tool_calls.labels(name, status).inc()
-        self._m.tool_seconds.labels(name).observe(seconds)
+        self._m.tool_ended(name, status, seconds)
         self._values.tool_finished(call_id, name, ok, status, seconds)
 
     def turn_ended(self, outcome: Outcome, seconds: float) -> None:

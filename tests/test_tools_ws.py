@@ -104,6 +104,8 @@ async def test_chat_round_trip_and_history(livetx: Any, openai: Any) -> None:
     assert reply == "It is late."
     stats = next(f for f in frames if f["type"] == "agent_stats")["data"]
     assert stats["tool_calls"] == 1
+    response = await treq.get(f"http://127.0.0.1:{server.port}/metrics", reactor=reactor)
+    assert 'livetx_tool_calls_total{status="ok",tool="clock"} 1.0' in (await treq.content(response)).decode()
 
     session_id = frames[0]["session_id"]
     api = API(server)

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.chat.tools import ChatToolEvents, history_messages
+from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.errors import ErrorCode, LivetxError, NoSuchSession, SessionForbidden
@@ -142,7 +142,10 @@ class ChatService:
 
     def __init__(
         self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
+        tool_ended: ToolEnded | None = None,
     ) -> None:
+        #: Told of each tool call that ends (the Prometheus metrics).
+        self._tool_ended = tool_ended
         # The model and its settings come the one way live sessions get them too.
         self._vision = engines.vision
         self._store = store
@@ -254,7 +257,9 @@ class ChatService:
 
         tools = None
         if getattr(self._llm, "offers_tools", False):
-            tools = ChatToolEvents(self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c))
+            tools = ChatToolEvents(
+                self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c), self._tool_ended
+            )
 
         started = self._clock.seconds()
         first: list[float] = []

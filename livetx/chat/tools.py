@@ -21,16 +21,21 @@ from livetx.tools.record import ToolTrail, replay, steps_of
 
 #: publish(kind, data, chain_type): sends one event of the turn.
 Publish = Callable[[str, Any, str], None]
+#: (tool name, status, seconds) of each call that ended, for the server's metrics.
+ToolEnded = Callable[[str, str, float], None]
 
 
 class ChatToolEvents:
     """A :class:`livetx.tools.ToolListener` for one chat turn."""
 
-    def __init__(self, clock: IReactorTime, reply: list[str], publish: Publish) -> None:
+    def __init__(
+        self, clock: IReactorTime, reply: list[str], publish: Publish, ended: ToolEnded | None = None
+    ) -> None:
         self.trail = ToolTrail(clock)
         self._clock = clock
         self._reply = reply
         self._publish = publish
+        self._ended = ended
 
     def tool_started(self, call: ToolCall, arguments: Any) -> None:
         self.trail.started(sum(map(len, self._reply)), call, arguments)
@@ -40,6 +45,8 @@ class ChatToolEvents:
     def tool_finished(self, call: ToolCall, outcome: ToolOutcome) -> None:
         data = {**self.trail.finished(call, outcome), "ts": self._clock.seconds()}
         self._publish("plain", orjson.dumps(data).decode(), "tool_call_result")
+        if self._ended is not None:
+            self._ended(call.name, outcome.status, outcome.seconds)
 
     def filler_due(self, text: str) -> None:
         """Nothing to say aloud in a chat; the tool_call event already shows the wait."""
