@@ -219,3 +219,16 @@ def test_streamed_tool_call_pieces_are_joined_by_index() -> None:
     for piece in pieces:
         calls.feed({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]})
     assert calls.calls() == [ToolCall("a", "clock", "{}"), ToolCall("b", "calculator", '{"expression": "1+1"}')]
+
+
+def test_a_bug_in_the_listener_fails_the_turn_instead_of_hanging_it() -> None:
+    _, model, _, events, _, done = setup()
+
+    def broken(call: ToolCall, arguments: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    events.tool_started = broken  # type: ignore[method-assign]
+    model.rounds[0].call(("clock", {}))
+    failures: list[Any] = []
+    done.addErrback(failures.append)
+    assert failures[0].check(RuntimeError)

@@ -112,7 +112,8 @@ class _Run:
         except Exception:
             self.done.errback(Failure())
             return
-        self._asking.addCallbacks(self._answered, self._failed, callbackArgs=(offering,))
+        # A bug in a listener while the round is handled fails the turn, never hangs it.
+        self._asking.addCallback(self._answered, offering).addErrback(self._failed)
 
     def _delta(self, text: str) -> None:
         if not self._cancelled:
@@ -121,7 +122,10 @@ class _Run:
 
     def _failed(self, failure: Failure) -> None:
         self._asking = None
-        if not self._cancelled:
+        if not self._cancelled and not self.done.called:
+            self._cancelled = True  # no later round, and nothing of this one keeps running
+            for running in list(self._running):
+                running.cancel()
             self.done.errback(failure)
 
     def _answered(self, calls: list[ToolCall], offering: bool) -> None:
@@ -143,7 +147,7 @@ class _Run:
                            for c in calls],
         })
         results = [self._call(c) for c in calls]
-        DeferredList(results, consumeErrors=True).addCallback(self._round_over, calls)
+        DeferredList(results, consumeErrors=True).addCallback(self._round_over, calls).addErrback(self._failed)
 
     def _round_over(self, outcomes: list[tuple[bool, Any]], calls: list[ToolCall]) -> None:
         if self._cancelled:
