@@ -190,7 +190,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         chat=chat,
         store=store,
         routes={
-            **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
+            **api_routes(keys, store, chat, settings.server, failures),
             **ops_routes(metrics, settings, reactor, lambda: connections.draining),
             **page_routes(),
         },

@@ -141,7 +141,7 @@ async def test_openapi_json_describes_every_route(livetx: Any) -> None:
     from livetx.web.ops import ops_routes
     from livetx.web.pages import page_routes
 
-    served = set(api_routes(None, None, None, 0)) | set(WEBSOCKET_ROUTES)  # type: ignore[arg-type]
+    served = set(api_routes(None, None, None, Config().server)) | set(WEBSOCKET_ROUTES)  # type: ignore[arg-type]
     served |= set(ops_routes(ServerMetrics(), Config(), reactor))
     served |= set(page_routes()) - {"/static"} | {"/static/{file}"}
     served.add("/api/v1/chat/sessions/{session_id}/messages")

@@ -9,9 +9,11 @@ clients know how to show.
 
 from __future__ import annotations
 
-from collections import deque
+import ipaddress
+from collections import Counter, deque
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
@@ -247,3 +249,50 @@ def guarded(
             return refusal(str(e), RATE_LIMITED, notice=notice)
 
     return admit
+
+
+def _loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+class AddressLimit:
+    """Open connections per remote address, of every kind (HTTP, WebSocket, half-open).
+
+    Per-user and per-key caps count only what has authenticated; this one
+    bounds what a single address may hold open before it authenticates, or
+    without ever doing so. Loopback is exempt unless ``limit_loopback``: a
+    reverse proxy on the same host, the tests and the benchmarks all come
+    from there.
+    """
+
+    def __init__(self, limit: int, limit_loopback: bool = False) -> None:
+        self._limit = limit
+        self._limit_loopback = limit_loopback
+        self._open: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return sum(self._open.values())
+
+    def admit(self, addr: object) -> Callable[[], None] | None:
+        """A release to call when the connection closes, or None: one too many for its address."""
+        host = getattr(addr, "host", None)
+        if not host or self._limit <= 0 or (not self._limit_loopback and _loopback(host)):
+            return _nothing
+        if self._open[host] >= self._limit:
+            return None
+        self._open[host] += 1
+        return partial(self._release, host)
+
+    def _release(self, host: str) -> None:
+        self._open[host] -= 1
+        if self._open[host] <= 0:
+            del self._open[host]
+
+
+def _nothing() -> None:
+    pass

@@ -17,6 +17,7 @@ import multipart
 from autobahn.twisted.util import peer2str
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
@@ -24,35 +25,25 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.chat.service import ChatRequest, ChatService, Event
+from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, Event
 from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
+from livetx.config import ServerConfig
 from livetx.web.admission import FailedAuth, TooManyFailures
+from livetx.web.protocol import SendBuffer
+from livetx.web.twisted_web import Refusal, json_body, refusal_body
+from livetx.web.uploads import MULTIPART_OVERHEAD, read_upload
 
 _log = Logger()
 
 MAX_PAGE_SIZE = 100
-#: Attachment types a model may be shown; everything else is refused.
-ATTACHMENT_TYPES = ("image/", "audio/", "text/plain", "application/pdf")
 
 
-class HTTPError(Exception):
-    """A refusal with its status and ``code``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _json(request: Request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
-
-
-def _error_body(request: Request, error: HTTPError) -> bytes:
-    return _json(request, error.status, {"status": "error", "code": error.code, "message": error.message})
+#: An HTTP refusal (status, ``code``, message); the name the routes use.
+HTTPError = Refusal
+_json = json_body
+_error_body = refusal_body
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -106,11 +97,15 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
 
 
 class APIResource(Resource):
-    """Checks the API key, then calls ``handle(request)``; refusals become JSON."""
+    """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
+
+    A request with a body is checked once its headers are in, before the
+    body is read (:class:`~livetx.web.twisted_web.GuardedRequest`); one
+    without is checked here.
+    """
 
     isLeaf = True
     scope = "chat"
-    method = b"GET"
     #: Failed authentications per address, shared with the WebSocket endpoints (0: no limit).
     failures: FailedAuth = FailedAuth(0, reactor)
 
@@ -121,14 +116,22 @@ class APIResource(Resource):
 
     def render(self, request: Request) -> Any:
         try:
-            if request.method != self.method:
-                raise HTTPError(405, "METHOD_NOT_ALLOWED", f"use {self.method.decode()}")
-            self.authenticate(request)
-            return self.handle(request)
+            if not getattr(request, "checked", False):
+                self.check_headers(request)
+            return super().render(request)
         except HTTPError as error:
             return _error_body(request, error)
         except FrameError as error:
             return _error_body(request, HTTPError(400, error.code, error.message))
+
+    def check_headers(self, request: Request) -> None:
+        """The method is one this route has, and the key is valid for its scope."""
+        method = (request.method or b"").decode("ascii", "replace")
+        if not hasattr(self, f"render_{method}"):
+            allowed = sorted(name[7:] for name in dir(self) if name.startswith("render_"))
+            raise HTTPError(405, "METHOD_NOT_ALLOWED", f"use {' or '.join(allowed)}")
+        self.authenticate(request)
+        request.checked = True  # type: ignore[attr-defined]
 
     def authenticate(self, request: Request) -> None:
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
@@ -151,14 +154,29 @@ class APIResource(Resource):
             raise HTTPError(400, "BAD_USER", problem or "Invalid username")
         return username
 
-    def handle(self, request: Request) -> Any:
-        raise NotImplementedError
-
 
 class SessionsResource(APIResource):
-    """``GET /api/v1/chat/sessions?username=&page=&page_size=``, newest first."""
+    """``GET /api/v1/chat/sessions?username=&page=&page_size=``, newest first.
 
-    def handle(self, request: Request) -> Any:
+    Below it, ``{session_id}/messages``: the id is one path segment, which
+    Twisted has already percent-decoded (``live%3Aalice``, or a non-ASCII
+    username's default session).
+    """
+
+    isLeaf = False
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if not path:
+            return self  # a trailing slash
+        try:
+            session_id = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return notFound()
+        if len(session_id) > MAX_ID_LENGTH:
+            return notFound()  # no such session can exist
+        return _Session(MessagesResource(self.keys, self.store, session_id, self.failures))
+
+    def render_GET(self, request: Request) -> Any:
         username = self.username(request)
         page = _int_arg(request, "page", 1, 1, 1_000_000)
         size = _int_arg(request, "page_size", 20, 1, MAX_PAGE_SIZE)
@@ -172,15 +190,33 @@ class SessionsResource(APIResource):
         return _finish_async(request, d.addCallback(body))
 
 
+class _Session(Resource):
+    """``sessions/{id}``: only ``messages`` lies below it."""
+
+    def __init__(self, messages: MessagesResource) -> None:
+        super().__init__()
+        self.putChild(b"messages", messages)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return notFound()
+
+    def render(self, request: Request) -> bytes:
+        return notFound().render(request)
+
+
 class MessagesResource(APIResource):
     """``GET /api/v1/chat/sessions/{id}/messages?username=``: only the owner's."""
 
-    def handle(self, request: Request) -> Any:
+    def __init__(self, keys: KeyStore, store: ConversationStore, session_id: str, failures: FailedAuth) -> None:
+        super().__init__(keys, store)
+        self.session_id = session_id
+        self.failures = failures
+
+    def render_GET(self, request: Request) -> Any:
         username = self.username(request)
-        path = request.path.decode("utf-8", "replace").rstrip("/").split("/")
-        if len(path) != 7 or path[-1] != "messages" or not path[-2]:
+        if any(request.postpath):
             raise HTTPError(404, "NOT_FOUND", "no such route")
-        session_id = path[-2]
+        session_id = self.session_id
 
         def check(owner: str | None) -> Deferred[list[StoredMessage]]:
             if owner != username:  # someone else's looks the same as none at all
@@ -194,39 +230,30 @@ class MessagesResource(APIResource):
 
 
 class FileResource(APIResource):
-    """``POST /api/v1/file``: one multipart ``file`` field, checked and stored."""
+    """``POST /api/v1/file``: one multipart ``file`` field, checked and stored.
+
+    The body reaches this route only from a key with the ``file`` scope and
+    within ``max_upload_bytes`` (and some room for the multipart framing);
+    it is parsed in a thread (:func:`~livetx.web.uploads.read_upload`).
+    """
 
     scope = "file"
-    method = b"POST"
 
     def __init__(self, keys: KeyStore, store: ConversationStore, max_bytes: int) -> None:
         super().__init__(keys, store)
         self.max_bytes = max_bytes
 
-    def handle(self, request: Request) -> Any:
+    def body_limit(self, request: Request) -> int:
+        return self.max_bytes + MULTIPART_OVERHEAD
+
+    def render_POST(self, request: Request) -> Any:
         username = self.username(request)
         content_type, options = multipart.parse_options_header(
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
             raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
-        request.content.seek(0)
-        upload = None
-        try:
-            for part in multipart.MultipartParser(request.content, options["boundary"],
-                                                  disk_limit=self.max_bytes, mem_limit=self.max_bytes):
-                if part.name == "file" and part.filename:
-                    upload = (part.filename, part.content_type or "application/octet-stream", part.raw)
-        except multipart.MultipartError as e:
-            status = 413 if "limit" in str(e).lower() else 400
-            raise HTTPError(status, "TOO_LARGE" if status == 413 else frames.INVALID_MESSAGE_FORMAT, str(e)) from None
-        if upload is None:
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "no file field")
-        filename, mime, data = upload
-        if len(data) > self.max_bytes:
-            raise HTTPError(413, "TOO_LARGE", f"files are limited to {self.max_bytes} bytes")
-        if not mime.startswith(ATTACHMENT_TYPES):
-            raise HTTPError(415, "UNSUPPORTED_MEDIA_TYPE", f"{mime} is not an accepted attachment type")
-        d = self.store.add_attachment(username, filename, mime, data)
+        d = deferToThread(read_upload, request.content, options["boundary"], self.max_bytes)
+        d.addCallback(lambda upload: self.store.add_attachment(username, upload.filename, upload.mime, upload.data))
         d.addCallback(lambda record: _json(request, 200, {
             "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
             "size": record.size, "created_at": record.created_at}))
@@ -234,19 +261,28 @@ class FileResource(APIResource):
 
 
 class ChatResource(APIResource):
-    """``POST /api/v1/chat``: a chat turn streamed as Server-Sent Events."""
+    """``POST /api/v1/chat``: a chat turn streamed as Server-Sent Events.
 
-    method = b"POST"
+    The stream is a push producer's consumer like a socket: while the
+    client reads slower than the turn writes, up to ``max_send_buffer_bytes``
+    wait, and past that the stream is cut (the turn still completes and is
+    stored). A body is a chat ``send`` and gets the socket's message limit.
+    """
+
     isLeaf = False  # /api/v1/chat/sessions lives below it
+
+    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig) -> None:
+        super().__init__(keys, store)
+        self.chat = chat
+        self.limits = limits
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return notFound()
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService) -> None:
-        super().__init__(keys, store)
-        self.chat = chat
+    def body_limit(self, request: Request) -> int:
+        return self.limits.max_message_bytes
 
-    def handle(self, request: Request) -> Any:
+    def render_POST(self, request: Request) -> Any:
         try:
             body = json.loads(request.content.read() or b"null")
         except ValueError:
@@ -256,49 +292,54 @@ class ChatResource(APIResource):
         chat_request = ChatRequest.parse(self.username(request, body), body)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        gone: list[Failure] = []
-        request.notifyFinish().addErrback(gone.append)
-
-        def deliver(event: Event) -> None:
-            if gone:
-                return  # the turn goes on and is stored; nobody is reading
-            request.write(b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n")
-            if event.get("type") == "end":
-                request.finish()
-
-        self.chat.start(chat_request, deliver)
+        self.chat.start(chat_request, EventStream(request, self.limits.max_send_buffer_bytes).deliver)
         return NOT_DONE_YET
 
 
+class EventStream:
+    """Server-Sent Events to one HTTP client, which may read slowly or leave."""
+
+    def __init__(self, request: Request, limit: int) -> None:
+        self._request = request
+        self._buffer = SendBuffer(limit)
+        self.open = True
+        request.registerProducer(self._buffer, True)
+        request.notifyFinish().addErrback(self._gone)
+
+    def deliver(self, event: Event) -> None:
+        if not self.open:
+            return  # the turn goes on and is stored; nobody is reading
+        data = b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
+        self._request.write(data)
+        if self._buffer.sent(len(data)):
+            _log.warn("Cutting an event stream: its client reads too slowly")
+            self._close()
+            self._request.transport.abortConnection()
+        elif event.get("type") == "end":
+            self._close()
+            self._request.finish()
+
+    def _close(self) -> None:
+        self.open = False
+        self._request.unregisterProducer()
+
+    def _gone(self, _: Failure) -> None:
+        self.open = False  # the channel, and its producer, went with the connection
+
+
 def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               max_upload_bytes: int, failures: FailedAuth | None = None) -> dict[str, Resource]:
+               limits: ServerConfig, failures: FailedAuth | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
-    sessions = _Sessions(keys, store)
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        "/api/v1/chat": ChatResource(keys, store, chat),
-        "/api/v1/chat/sessions": sessions,
-        "/api/v1/file": FileResource(keys, store, max_upload_bytes),
+        "/api/v1/chat": ChatResource(keys, store, chat, limits),
+        "/api/v1/chat/sessions": SessionsResource(keys, store),
+        "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }
-    for resource in (*routes.values(), sessions._messages):
+    for resource in routes.values():
         if isinstance(resource, APIResource) and failures is not None:
             resource.failures = failures
     return routes
-
-
-class _Sessions(SessionsResource):
-    """The sessions list, which also routes ``{id}/messages`` below it."""
-
-    isLeaf = True
-
-    def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
-        super().__init__(keys, store)
-        self._messages = MessagesResource(keys, store)
-
-    def render(self, request: Request) -> Any:
-        if request.postpath and any(request.postpath):
-            return self._messages.render(request)
-        return super().render(request)
 
 
 class OpenAPIResource(Resource):

@@ -1,0 +1,240 @@
+"""Every use of ``twisted.web`` internals, fenced in one module.
+
+``twisted.web`` reads a whole request body before any resource sees the
+request, into memory or a temporary file, with no size limit, and (unless
+the Site is told otherwise) parses form bodies on the reactor thread. A
+server facing the Internet must refuse a body it does not want as soon as
+the headers say so. Twisted offers no public hook between "headers read"
+and "body read" except :meth:`Request.gotLength`, and the request line is
+then known only to the channel (``_command``, ``_path``, ``_version``);
+``tests/test_twisted_web_fence.py`` fails loudly if those change shape.
+
+Routes declare what they accept through :class:`BodyRoute`; everything else
+takes no body at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Protocol, runtime_checkable
+from urllib.parse import parse_qs, unquote_to_bytes
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+_log = Logger()
+
+#: The refusal of a body to a route that takes none, or past its limit.
+TOO_LARGE = "TOO_LARGE"
+
+
+class Refusal(Exception):
+    """An HTTP refusal with its status and ``code``, answered as JSON."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json_body(request: Request, status: int, body: Any) -> bytes:
+    """Set the status and JSON content type; the encoded ``body``."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def refusal_body(request: Request, refusal: Refusal) -> bytes:
+    return json_body(request, refusal.status, {"status": "error", "code": refusal.code, "message": refusal.message})
+
+
+@runtime_checkable
+class BodyRoute(Protocol):
+    """A resource that takes a request body, and checks a request before reading it."""
+
+    def body_limit(self, request: Request) -> int:
+        """Bytes of body this request may send (0: none)."""
+
+    def check_headers(self, request: Request) -> None:
+        """Raise :class:`Refusal` to answer before the body is read (method, credentials)."""
+
+
+class GuardedRequest(Request):
+    """A request that decides at the end of its headers whether its body is wanted.
+
+    An unwanted body (a route that takes none, more than the route's limit,
+    a request its route refuses from the headers alone, such as a missing
+    API key) is answered at once, and the connection closed without
+    reading it. A wanted one is counted as it streams in, and refused the
+    moment it passes the limit (a chunked body has no length to check first).
+    """
+
+    _limit = 0
+    _received = 0
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel: GuardedChannel = self.channel
+        channel.headers_done()
+        if length == 0:  # no body: every GET, every socket upgrade
+            super().gotLength(length)
+            return
+        self._from_request_line()
+        resource = self.site.getResourceFor(self)
+        try:
+            if not isinstance(resource, BodyRoute):
+                raise Refusal(413, TOO_LARGE, "this route takes no request body")
+            resource.check_headers(self)
+            self._limit = resource.body_limit(self)
+            if self._limit <= 0:
+                raise Refusal(413, TOO_LARGE, "this request takes no body")
+            if length is not None and length > self._limit:  # None: chunked, counted as it comes
+                raise Refusal(413, TOO_LARGE, f"the body is limited to {self._limit} bytes here")
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._refuse(Refusal(413, TOO_LARGE, f"the body is limited to {self._limit} bytes here"))
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _from_request_line(self) -> None:
+        """What ``requestReceived`` will set, known already: the route depends on it."""
+        self.method, self.uri, self.clientproto = (
+            self.channel._command, self.channel._path, self.channel._version)
+        self.site = self.channel.site
+        self.path, _, query = self.uri.partition(b"?")
+        self.args = parse_qs(query, keep_blank_values=True) if query else {}  # type: ignore[arg-type]
+        self.prepath = []
+        self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer now and close: the client may still be sending a body nobody will read."""
+        self.refused = True
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
+        self.channel.persistent = False
+        body = refusal_body(self, refusal)
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.setHeader(b"connection", b"close")
+        self.write(body)
+        self.site.log(self)
+        self.channel.loseConnection()
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTP connection whose request headers must arrive within an absolute deadline.
+
+    Twisted's own timeout restarts on every byte, so a client sending one
+    byte every few seconds (slowloris) holds a connection forever. Here the
+    clock starts when the connection opens (or the previous response ends)
+    and stops only when a request's headers are complete. The connection
+    also holds its address's place in :class:`~livetx.web.admission.AddressLimit`
+    until it closes, even after becoming a WebSocket (see :class:`Upgrade`).
+    """
+
+    deadline: float | None = None
+    release: Callable[[], None] | None = None
+    _timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.deadline and self._timer is None:
+            self._timer = self.callLater(self.deadline, self._too_slow)
+
+    def headers_done(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        _log.info("Dropping {peer}: no complete request within {seconds:g} s",
+                  peer=str(self.transport.getPeer()), seconds=self.deadline)
+        self.transport.abortConnection()
+
+    def requestDone(self, request: Request) -> None:
+        super().requestDone(request)
+        if self.persistent and self.transport is not None:
+            self._arm()  # the next request's headers get the same deadline
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.headers_done()
+        super().connectionLost(reason)
+        self.let_go()
+
+    def let_go(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+
+class Upgrade(WebSocketResource):
+    """Autobahn's resource, passing the connection's address slot on to the socket.
+
+    Autobahn takes the transport away from the HTTP channel, whose
+    ``connectionLost`` then never runs: the socket's does, and releases it.
+    """
+
+    def render(self, request: Request) -> Any:
+        channel = request.channel
+        transport = request.transport
+        result = super().render(request)
+        release = getattr(channel, "release", None)
+        if channel.transport is None and release is not None:  # upgraded
+            channel.release = None
+            protocol = transport.wrappedProtocol if isinstance(transport, ProtocolWrapper) else transport.protocol
+            lost = protocol.connectionLost
+
+            def connection_lost(reason: Failure) -> None:
+                try:
+                    lost(reason)
+                finally:
+                    release()
+
+            protocol.connectionLost = connection_lost
+        return result
+
+
+def make_site(root: Resource, *, header_deadline: float | None, admit: Callable[[Any], Callable[[], None] | None],
+              **kwargs: Any) -> Site:
+    """A Site with guarded requests and channels; ``admit(addr)`` gives a release, or None to refuse."""
+    return _Site(root, header_deadline, admit, **kwargs)
+
+
+class _Site(Site):
+    protocol = GuardedChannel  # type: ignore[assignment]
+    requestFactory = GuardedRequest
+
+    def __init__(self, root: Resource, deadline: float | None,
+                 admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> None:
+        super().__init__(root, parsePOSTFormSubmission=False, **kwargs)
+        self._deadline = deadline
+        self._admit = admit
+
+    def buildProtocol(self, addr: Any) -> Any:
+        release = self._admit(addr)
+        if release is None:
+            return None  # over the address's limit: Twisted closes the connection
+        channel = super().buildProtocol(addr)
+        channel.deadline = self._deadline
+        channel.release = release
+        return channel
