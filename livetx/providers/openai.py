@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
-from livetx.providers.sse import SSEDecoder
+from livetx.providers.sse import SSEDecoder, SSEError
 
 _T = TypeVar("_T")
 
@@ -350,7 +350,11 @@ class OpenAIChat:
         events: list[bool] = []
 
         def on_data(chunk: bytes) -> bool:
-            for event in decoder.feed(chunk):
+            try:
+                events_now = decoder.feed(chunk)
+            except SSEError as e:
+                raise LLMError(f"chat model sent {e}") from None
+            for event in events_now:
                 events.append(True)
                 if event.data.strip() == "[DONE]":
                     return True
