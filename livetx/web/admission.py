@@ -9,6 +9,7 @@ clients know how to show.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.auth.tokens import AuthFailure, verify_token
-from livetx.live.frames import RATE_LIMITED, Frame, chat_error
+from livetx.auth.tokens import AuthFailure, BadUsername, token_username, verify_token
+from livetx.chat.service import MAX_ID_LENGTH
+from livetx.live.frames import INVALID_MESSAGE_FORMAT, RATE_LIMITED, Frame, chat_error, error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
+#: The close reason for a token whose username breaks the rules (an error frame with ``BAD_USER`` first).
+BAD_USERNAME = "Invalid username"
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,12 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
 
     def admit(request: ConnectionRequest) -> Admission:
         try:
-            username = verify_token(secret, _first(request, "token"))
+            username = token_username(verify_token(secret, _first(request, "token")))
         except AuthFailure as e:
             return Admission(refusal=e.reason, auth_failed=True)
-        return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
+        except BadUsername as e:
+            return Admission(refusal=BAD_USERNAME, notice=error("BAD_USER", str(e)))
+        return _with_session(Admission(username=username, mode=mode), _first(request, "session_id"))
 
     return admit
 
@@ -91,11 +97,23 @@ def api_key_gate(keys: KeyStore) -> Gate:
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
             return refusal("Invalid ct", "INVALID_MESSAGE", message="ct must be 'live' or 'chat'")
-        return Admission(
-            username=username, mode=mode, session_id=_first(request, "session_id"), key_id=record.id
-        )
+        admission = Admission(username=username, mode=mode, key_id=record.id)
+        return _with_session(admission, _first(request, "session_id"), notice=True)
 
     return admit
+
+
+def _with_session(admission: Admission, session_id: str | None, notice: bool = False) -> Admission:
+    """The admission continuing ``?session_id=``, unless the id is too long to be one.
+
+    Every frame of a chat turn echoes the id; a client must not make the
+    server repeat a megabyte in each of them.
+    """
+    if session_id is not None and len(session_id) > MAX_ID_LENGTH:
+        message = f"session_id must be at most {MAX_ID_LENGTH} characters"
+        frame = (chat_error if notice else error)(INVALID_MESSAGE_FORMAT, message)
+        return Admission(refusal="Invalid session_id", notice=frame)
+    return dataclasses.replace(admission, session_id=session_id)
 
 
 class Verdict(Enum):
