@@ -22,6 +22,7 @@ from twisted.python import usage
 
 from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
+from livetx.auth.revocation import KeyRevocations
 from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.deferreds import waiter_for
@@ -167,6 +168,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
     connections.setName("connections")
     keys = KeyStore(data_dir)
+    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations.subscribe(connections.close_keys)
     chat = ChatService(
         store=store, llm=pipeline.llm, clock=reactor,
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
@@ -203,6 +206,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _Closing(pool, "closeCachedConnections", after=connections.drained).setServiceParent(root)
     _Closing(store, after=connections.drained).setServiceParent(root)
     connections.setServiceParent(root)
+    revocations.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
     for description in options["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(root)

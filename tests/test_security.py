@@ -138,7 +138,7 @@ async def test_a_signed_token_with_a_bad_username_is_refused_with_bad_user(livet
         forged = jwt.encode({"username": name, "exp": time.time() + 60}, secret, algorithm="HS256")
         for path in (LIVE, UNIFIED):
             client = await open_socket(server.url(path, token=forged))
-            await client.closed
+            await client.closed.addTimeout(5, reactor)
             assert (client.close_code, client.close_reason) == (1008, "Invalid username")
             assert [(f["t"], f["code"]) for f in client.frames] == [("error", "BAD_USER")]
 
@@ -149,7 +149,7 @@ async def test_a_session_id_echoed_in_every_event_is_capped(livetx: Any) -> None
     server = await livetx()
     long_id = "s" * 129
     client = await open_socket(server.url(LIVE, token=server.token(), session_id=long_id))
-    await client.closed
+    await client.closed.addTimeout(5, reactor)
     assert client.close_code == 1008
     assert [(f["t"], f["code"]) for f in client.frames] == [("error", "INVALID_MESSAGE_FORMAT")]
     _, key = KeyStore(server.data_dir).create(["chat"])

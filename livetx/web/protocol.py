@@ -433,6 +433,12 @@ class ConnectionTracker(Service):
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
 
+    def close_keys(self, revoked: frozenset[str]) -> None:
+        """Close every socket opened with one of these API keys: they are no longer valid."""
+        for protocol in [p for p in self._open if p.admission.key_id in revoked]:
+            protocol.send(protocol._error("UNAUTHORIZED", "API key revoked"))
+            protocol.close_with(POLICY_VIOLATION, "API key revoked")
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.draining = True
