@@ -48,7 +48,7 @@ class Form(Resource):
 
 
 def serve(data: bytes) -> StringTransport:
-    site = make_site(Form(), header_deadline=1.0, admit=lambda addr: lambda: None)
+    site = make_site(Form(), admit=lambda addr: lambda: None)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     assert isinstance(channel, GuardedChannel) and channel.requestFactory is GuardedRequest
     channel.callLater = Clock().callLater
@@ -72,5 +72,28 @@ def test_a_body_past_the_limit_is_answered_from_the_headers() -> None:
 
 
 def test_an_address_over_its_limit_gets_no_channel() -> None:
-    site = make_site(Form(), header_deadline=1.0, admit=lambda addr: None)
+    site = make_site(Form(), admit=lambda addr: None)
     assert site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None  # Twisted then drops the connection
+
+
+def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
+    """Twisted restarts its timeout in ``dataReceived`` through ``resetTimeout``, which the channel overrides."""
+    clock = Clock()
+    site = make_site(Form(), admit=lambda addr: lambda: None, timeout=1.0, reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    for byte in b"POST / HT":
+        channel.dataReceived(bytes([byte]))
+        clock.advance(0.1)
+    assert not transport.disconnecting
+    clock.advance(0.15)
+    assert transport.disconnecting  # 1 s after the connection opened, though a byte came every 0.1 s
+    slow_body = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 2))
+    transport = StringTransport()
+    slow_body.makeConnection(transport)
+    slow_body.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+    for _ in range(20):
+        clock.advance(0.5)
+        slow_body.dataReceived(b"a")
+    assert not transport.disconnecting  # the body: an idle timeout, as before

@@ -10,6 +10,7 @@ clients know how to show.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -269,6 +270,7 @@ def guarded(
     return admit
 
 
+@functools.lru_cache(maxsize=1024)
 def _loopback(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host.partition("%")[0])

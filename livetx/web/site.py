@@ -101,7 +101,7 @@ def build_site(
     # handshake_timeout in all (Autobahn's own timeout starts only once the
     # upgrade request is read, and then completes at once).
     addresses = AddressLimit(limits.max_connections_per_address, limits.limit_loopback)
-    site = make_site(root, header_deadline=limits.handshake_timeout or None, admit=addresses.admit,
-                     logFormatter=redacted_log_formatter, timeout=limits.handshake_timeout or None)
+    site = make_site(root, admit=addresses.admit, logFormatter=redacted_log_formatter,
+                     timeout=limits.handshake_timeout or None)
     site.displayTracebacks = False
     return site

@@ -20,7 +20,6 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -137,47 +136,34 @@ class GuardedRequest(Request):
 
 
 class GuardedChannel(HTTPChannel):
-    """An HTTP connection whose request headers must arrive within an absolute deadline.
+    """An HTTP connection whose request headers must arrive within the Site's timeout in all.
 
-    Twisted's own timeout restarts on every byte, so a client sending one
-    byte every few seconds (slowloris) holds a connection forever. Here the
-    clock starts when the connection opens (or the previous response ends)
-    and stops only when a request's headers are complete. The connection
-    also holds its address's place in :class:`~livetx.web.admission.AddressLimit`
-    until it closes, even after becoming a WebSocket (see :class:`Upgrade`).
+    Twisted's timeout restarts on every byte, so a client sending one byte
+    every few seconds (slowloris) would hold a connection forever. Here no
+    byte of a request's head restarts it: the clock set when the connection
+    opened (or the previous response ended) runs out regardless. Once the
+    headers are in, it is the usual idle timeout again (for the body).
+
+    The connection also holds its address's place in
+    :class:`~livetx.web.admission.AddressLimit` until it closes, even after
+    becoming a WebSocket (see :class:`Upgrade`).
     """
 
-    deadline: float | None = None
     release: Callable[[], None] | None = None
-    _timer: IDelayedCall | None = None
+    _in_headers = True
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._arm()
-
-    def _arm(self) -> None:
-        if self.deadline and self._timer is None:
-            self._timer = self.callLater(self.deadline, self._too_slow)
+    def resetTimeout(self) -> None:
+        if not self._in_headers:
+            super().resetTimeout()
 
     def headers_done(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _too_slow(self) -> None:
-        self._timer = None
-        _log.info("Dropping {peer}: no complete request within {seconds:g} s",
-                  peer=str(self.transport.getPeer()), seconds=self.deadline)
-        self.transport.abortConnection()
+        self._in_headers = False
 
     def requestDone(self, request: Request) -> None:
+        self._in_headers = True  # the next request's head gets a fresh, unrestartable clock
         super().requestDone(request)
-        if self.persistent and self.transport is not None:
-            self._arm()  # the next request's headers get the same deadline
 
     def connectionLost(self, reason: Failure) -> None:
-        self.headers_done()
         super().connectionLost(reason)
         self.let_go()
 
@@ -214,20 +200,20 @@ class Upgrade(WebSocketResource):
         return result
 
 
-def make_site(root: Resource, *, header_deadline: float | None, admit: Callable[[Any], Callable[[], None] | None],
-              **kwargs: Any) -> Site:
-    """A Site with guarded requests and channels; ``admit(addr)`` gives a release, or None to refuse."""
-    return _Site(root, header_deadline, admit, **kwargs)
+def make_site(root: Resource, *, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> Site:
+    """A Site of guarded requests and channels; ``admit(addr)`` gives a release, or None to refuse.
+
+    ``timeout`` (a Site argument) is also the deadline for each request's headers.
+    """
+    return _Site(root, admit, **kwargs)
 
 
 class _Site(Site):
     protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = GuardedRequest
 
-    def __init__(self, root: Resource, deadline: float | None,
-                 admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> None:
+    def __init__(self, root: Resource, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> None:
         super().__init__(root, parsePOSTFormSubmission=False, **kwargs)
-        self._deadline = deadline
         self._admit = admit
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -235,6 +221,5 @@ class _Site(Site):
         if release is None:
             return None  # over the address's limit: Twisted closes the connection
         channel = super().buildProtocol(addr)
-        channel.deadline = self._deadline
         channel.release = release
         return channel
