@@ -13,7 +13,7 @@ import json
 from importlib import resources
 from typing import Any
 
-import multipart
+import multipart  # type: ignore[import-untyped]
 from autobahn.twisted.util import peer2str
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
@@ -33,7 +33,7 @@ from livetx.config import ServerConfig
 from livetx.web.admission import FailedAuth, TooManyFailures
 from livetx.web.protocol import SendBuffer
 from livetx.web.twisted_web import Refusal, json_body, refusal_body
-from livetx.web.uploads import MULTIPART_OVERHEAD, read_upload
+from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
 
 _log = Logger()
 
@@ -165,7 +165,7 @@ class SessionsResource(APIResource):
 
     isLeaf = False
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         if not path:
             return self  # a trailing slash
         try:
@@ -197,11 +197,12 @@ class _Session(Resource):
         super().__init__()
         self.putChild(b"messages", messages)
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
-    def render(self, request: Request) -> bytes:
-        return notFound().render(request)
+    def render(self, request: Request) -> Any:
+        page: Any = notFound()
+        return page.render(request)
 
 
 class MessagesResource(APIResource):
@@ -214,7 +215,7 @@ class MessagesResource(APIResource):
 
     def render_GET(self, request: Request) -> Any:
         username = self.username(request)
-        if any(request.postpath):
+        if any(request.postpath or ()):
             raise HTTPError(404, "NOT_FOUND", "no such route")
         session_id = self.session_id
 
@@ -223,10 +224,10 @@ class MessagesResource(APIResource):
                 raise HTTPError(404, "NOT_FOUND", "no such session")
             return self.store.messages(session_id)
 
-        d = self.store.owner(session_id).addCallback(check)
-        d.addCallback(lambda messages: _json(request, 200, {
-            "session_id": session_id, "messages": [_message_json(m) for m in messages]}))
-        return _finish_async(request, d)
+        def body(messages: list[StoredMessage]) -> bytes:
+            return _json(request, 200, {"session_id": session_id, "messages": [_message_json(m) for m in messages]})
+
+        return _finish_async(request, self.store.owner(session_id).addCallback(check).addCallback(body))
 
 
 class FileResource(APIResource):
@@ -252,12 +253,17 @@ class FileResource(APIResource):
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
             raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
-        d = deferToThread(read_upload, request.content, options["boundary"], self.max_bytes)
-        d.addCallback(lambda upload: self.store.add_attachment(username, upload.filename, upload.mime, upload.data))
-        d.addCallback(lambda record: _json(request, 200, {
-            "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
-            "size": record.size, "created_at": record.created_at}))
-        return _finish_async(request, d)
+        content: Any = request.content
+
+        def store(upload: Upload) -> Deferred[Any]:
+            return self.store.add_attachment(username, upload.filename, upload.mime, upload.data)
+
+        def body(record: Any) -> bytes:
+            return _json(request, 200, {"attachment_id": record.id, "filename": record.filename, "mime": record.mime,
+                                        "size": record.size, "created_at": record.created_at})
+
+        d = deferToThread(read_upload, content, options["boundary"], self.max_bytes)
+        return _finish_async(request, d.addCallback(store).addCallback(body))
 
 
 class ChatResource(APIResource):
@@ -276,7 +282,7 @@ class ChatResource(APIResource):
         self.chat = chat
         self.limits = limits
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
     def body_limit(self, request: Request) -> int:
@@ -284,7 +290,8 @@ class ChatResource(APIResource):
 
     def render_POST(self, request: Request) -> Any:
         try:
-            body = json.loads(request.content.read() or b"null")
+            content: Any = request.content
+            body = json.loads(content.read() or b"null")
         except ValueError:
             raise HTTPError(400, frames.INVALID_JSON, "body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -314,7 +321,8 @@ class EventStream:
         if self._buffer.sent(len(data)):
             _log.warn("Cutting an event stream: its client reads too slowly")
             self._close()
-            self._request.transport.abortConnection()
+            transport: Any = self._request.transport
+            transport.abortConnection()
         elif event.get("type") == "end":
             self._close()
             self._request.finish()

@@ -20,14 +20,13 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.logger import Logger
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-_log = Logger()
 
 #: The refusal of a body to a route that takes none, or past its limit.
 TOO_LARGE = "TOO_LARGE"
@@ -78,13 +77,13 @@ class GuardedRequest(Request):
     refused = False
 
     def gotLength(self, length: int | None) -> None:
-        channel: GuardedChannel = self.channel
+        channel: Any = self.channel
         channel.headers_done()
         if length == 0:  # no body: every GET, every socket upgrade
             super().gotLength(length)
             return
-        self._from_request_line()
-        resource = self.site.getResourceFor(self)
+        site = self._from_request_line()
+        resource = site.getResourceFor(self)
         try:
             if not isinstance(resource, BodyRoute):
                 raise Refusal(413, TOO_LARGE, "this route takes no request body")
@@ -112,15 +111,16 @@ class GuardedRequest(Request):
         if not self.refused:
             super().requestReceived(command, path, version)
 
-    def _from_request_line(self) -> None:
-        """What ``requestReceived`` will set, known already: the route depends on it."""
-        self.method, self.uri, self.clientproto = (
-            self.channel._command, self.channel._path, self.channel._version)
-        self.site = self.channel.site
+    def _from_request_line(self) -> Any:
+        """What ``requestReceived`` will set, known already: the route depends on it. The Site."""
+        channel: Any = self.channel
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.site = channel.site
         self.path, _, query = self.uri.partition(b"?")
-        self.args = parse_qs(query, keep_blank_values=True) if query else {}  # type: ignore[arg-type]
+        self.args = parse_qs(query, keep_blank_values=True) if query else {}
         self.prepath = []
         self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
+        return channel.site
 
     def _refuse(self, refusal: Refusal) -> None:
         """Answer now and close: the client may still be sending a body nobody will read."""
@@ -131,8 +131,9 @@ class GuardedRequest(Request):
         self.setHeader(b"content-length", b"%d" % len(body))
         self.setHeader(b"connection", b"close")
         self.write(body)
-        self.site.log(self)
-        self.channel.loseConnection()
+        channel: Any = self.channel
+        channel.site.log(self)
+        channel.loseConnection()
 
 
 class GuardedChannel(HTTPChannel):
@@ -163,7 +164,7 @@ class GuardedChannel(HTTPChannel):
         self._in_headers = True  # the next request's head gets a fresh, unrestartable clock
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.let_go()
 
@@ -181,13 +182,13 @@ class Upgrade(WebSocketResource):
     """
 
     def render(self, request: Request) -> Any:
-        channel = request.channel
-        transport = request.transport
+        channel: Any = request.channel
+        transport: Any = request.transport
         result = super().render(request)
         release = getattr(channel, "release", None)
         if channel.transport is None and release is not None:  # upgraded
             channel.release = None
-            protocol = transport.wrappedProtocol if isinstance(transport, ProtocolWrapper) else transport.protocol
+            protocol: Any = transport.wrappedProtocol if isinstance(transport, ProtocolWrapper) else transport.protocol
             lost = protocol.connectionLost
 
             def connection_lost(reason: Failure) -> None:

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import IO
 
-import filetype
-import multipart
+import filetype  # type: ignore[import-untyped]
+import multipart  # type: ignore[import-untyped]
 
 from livetx.web.twisted_web import TOO_LARGE, Refusal
 
