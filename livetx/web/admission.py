@@ -25,7 +25,8 @@ from twisted.internet.interfaces import IReactorTime
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, BadUsername, token_username, verify_token
 from livetx.chat.service import MAX_ID_LENGTH
-from livetx.live.frames import INVALID_MESSAGE_FORMAT, RATE_LIMITED, Frame, chat_error, error
+from livetx.errors import ErrorCode
+from livetx.live.frames import Frame, chat_error, error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
@@ -69,16 +70,16 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
         except AuthFailure as e:
             return Admission(refusal=e.reason, auth_failed=True)
         except BadUsername as e:
-            return Admission(refusal=BAD_USERNAME, notice=error("BAD_USER", str(e)))
+            return Admission(refusal=BAD_USERNAME, notice=error(ErrorCode.BAD_USER, str(e)))
         return _with_session(Admission(username=username, mode=mode), _first(request, "session_id"))
 
     return admit
 
 
-def refusal(reason: str, code: str, *, notice: bool = True, message: str | None = None) -> Admission:
+def refusal(reason: str, code: ErrorCode, *, notice: bool = True, message: str | None = None) -> Admission:
     """Close with ``reason``; with ``notice``, first an error frame of ``code`` saying ``message`` (or the reason)."""
     frame = chat_error(code, message or reason) if notice else None
-    return Admission(refusal=reason, notice=frame, auth_failed=code == "UNAUTHORIZED")
+    return Admission(refusal=reason, notice=frame, auth_failed=code == ErrorCode.UNAUTHORIZED)
 
 
 def api_key_gate(keys: KeyStore) -> Gate:
@@ -87,17 +88,17 @@ def api_key_gate(keys: KeyStore) -> Gate:
     def admit(request: ConnectionRequest) -> Admission:
         key = key_from_request(request.params, request.headers)
         if key is None:
-            return refusal("Missing API key", "UNAUTHORIZED")
+            return refusal("Missing API key", ErrorCode.UNAUTHORIZED)
         record = keys.verify(key, CHAT_SCOPE)
         if record is None:
-            return refusal("Invalid API key", "UNAUTHORIZED")
+            return refusal("Invalid API key", ErrorCode.UNAUTHORIZED)
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
             problem = problem or "Invalid username"
-            return refusal(problem, "BAD_USER")
+            return refusal(problem, ErrorCode.BAD_USER)
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
-            return refusal("Invalid ct", "INVALID_MESSAGE", message="ct must be 'live' or 'chat'")
+            return refusal("Invalid ct", ErrorCode.INVALID_MESSAGE, message="ct must be 'live' or 'chat'")
         admission = Admission(username=username, mode=mode, key_id=record.id)
         return _with_session(admission, _first(request, "session_id"), notice=True)
 
@@ -112,7 +113,7 @@ def _with_session(admission: Admission, session_id: str | None, notice: bool = F
     """
     if session_id is not None and len(session_id) > MAX_ID_LENGTH:
         message = f"session_id must be at most {MAX_ID_LENGTH} characters"
-        frame = (chat_error if notice else error)(INVALID_MESSAGE_FORMAT, message)
+        frame = (chat_error if notice else error)(ErrorCode.INVALID_MESSAGE_FORMAT, message)
         return Admission(refusal="Invalid session_id", notice=frame)
     return dataclasses.replace(admission, session_id=session_id)
 
@@ -261,11 +262,11 @@ def guarded(
 
     def admit(request: ConnectionRequest) -> Admission:
         if origins is not None and not origin_allowed(request, origins):
-            return refusal("Origin not allowed", "FORBIDDEN", notice=notice)
+            return refusal("Origin not allowed", ErrorCode.FORBIDDEN, notice=notice)
         try:
             return failures.attempt(request.peer, lambda: gate(request), lambda a: a.auth_failed)
         except TooManyFailures as e:
-            return refusal(str(e), RATE_LIMITED, notice=notice)
+            return refusal(str(e), ErrorCode.RATE_LIMITED, notice=notice)
 
     return admit
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO, cast
 
-import multipart  # type: ignore[import-untyped]
+import multipart
 from autobahn.twisted.util import peer2str
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,24 +26,18 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, Event
-from livetx.live import frames
+from livetx.config import ServerConfig
+from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
-from livetx.config import ServerConfig
 from livetx.web.admission import FailedAuth, TooManyFailures
-from livetx.web.protocol import SendBuffer
-from livetx.web.twisted_web import Refusal, json_body, refusal_body
+from livetx.web.connections import SendBuffer
+from livetx.web.replies import HTTPError, error_body, finish_async, json_body
 from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
 
 _log = Logger()
 
 MAX_PAGE_SIZE = 100
-
-
-#: An HTTP refusal (status, ``code``, message); the name the routes use.
-HTTPError = Refusal
-_json = json_body
-_error_body = refusal_body
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -58,31 +52,17 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     try:
         value = int(raw)
     except ValueError:
-        raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, f"{name} must be an integer") from None
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be an integer") from None
     if not low <= value <= high:
-        raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
     return value
 
 
-def _finish_async(request: Request, d: Deferred[bytes]) -> Any:
-    """Write a Deferred's body, or its refusal, unless the client has gone."""
-    gone: list[Failure] = []
-    request.notifyFinish().addErrback(gone.append)
-
-    def write(body: bytes) -> None:
-        if not gone:
-            request.write(body)
-            request.finish()
-
-    def fail(failure: Failure) -> None:
-        if failure.check(HTTPError):
-            write(_error_body(request, failure.value))
-        else:
-            _log.failure("HTTP API request failed", failure)
-            write(_error_body(request, HTTPError(500, frames.INTERNAL_ERROR, "internal error")))
-
-    d.addCallbacks(write, fail)
-    return NOT_DONE_YET
+def _content(request: Request) -> BinaryIO:
+    """The request body; twisted.web has read it into ``content`` (a temporary file past 100 kB)."""
+    content: BinaryIO | None = request.content
+    assert content is not None
+    return content
 
 
 def _session_json(session: StoredSession) -> dict[str, Any]:
@@ -100,14 +80,14 @@ class APIResource(Resource):
     """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
 
     A request with a body is checked once its headers are in, before the
-    body is read (:class:`~livetx.web.twisted_web.GuardedRequest`); one
+    body is read (:class:`~livetx.fences.twisted_web.GuardedRequest`); one
     without is checked here.
     """
 
     isLeaf = True
     scope = "chat"
-    #: Failed authentications per address, shared with the WebSocket endpoints (0: no limit).
-    failures: FailedAuth = FailedAuth(0, reactor)
+    #: Failed authentications per address, shared with the WebSocket endpoints (None: no limit).
+    failures: FailedAuth | None = None
 
     def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
         super().__init__()
@@ -120,16 +100,16 @@ class APIResource(Resource):
                 self.check_headers(request)
             return super().render(request)
         except HTTPError as error:
-            return _error_body(request, error)
+            return error_body(request, error)
         except FrameError as error:
-            return _error_body(request, HTTPError(400, error.code, error.message))
+            return error_body(request, HTTPError(400, error.code, error.message))
 
     def check_headers(self, request: Request) -> None:
         """The method is one this route has, and the key is valid for its scope."""
         method = (request.method or b"").decode("ascii", "replace")
         if not hasattr(self, f"render_{method}"):
             allowed = sorted(name[7:] for name in dir(self) if name.startswith("render_"))
-            raise HTTPError(405, "METHOD_NOT_ALLOWED", f"use {' or '.join(allowed)}")
+            raise HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {' or '.join(allowed)}")
         self.authenticate(request)
         request.checked = True  # type: ignore[attr-defined]
 
@@ -138,20 +118,24 @@ class APIResource(Resource):
         key = key_from_request({}, headers)
         verify = functools.partial(self.keys.verify, key, self.scope)
         try:
-            record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
+            if self.failures is None:
+                record = verify()
+            else:
+                peer = peer2str(cast(ITransport, request.transport))
+                record = self.failures.attempt(peer, verify, lambda r: r is None)
         except TooManyFailures as e:
-            raise HTTPError(429, frames.RATE_LIMITED, str(e)) from None
+            raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
         if key is None:
-            raise HTTPError(401, "UNAUTHORIZED", "Missing API key")
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, "UNAUTHORIZED", f"Invalid API key, or it lacks the {self.scope!r} scope")
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
         raw = (body or {}).get("username")
         username, problem = resolve_username(raw if isinstance(raw, str) else _arg(request, "username"))
         if username is None:
-            raise HTTPError(400, "BAD_USER", problem or "Invalid username")
+            raise HTTPError(400, ErrorCode.BAD_USER, problem or "Invalid username")
         return username
 
 
@@ -184,10 +168,10 @@ class SessionsResource(APIResource):
 
         def body(result: tuple[list[StoredSession], int]) -> bytes:
             sessions, total = result
-            return _json(request, 200, {"sessions": [_session_json(s) for s in sessions],
+            return json_body(request, 200, {"sessions": [_session_json(s) for s in sessions],
                                         "page": page, "page_size": size, "total": total})
 
-        return _finish_async(request, d.addCallback(body))
+        return finish_async(request, d.addCallback(body))
 
 
 class _Session(Resource):
@@ -208,7 +192,8 @@ class _Session(Resource):
 class MessagesResource(APIResource):
     """``GET /api/v1/chat/sessions/{id}/messages?username=``: only the owner's."""
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, session_id: str, failures: FailedAuth) -> None:
+    def __init__(self, keys: KeyStore, store: ConversationStore, session_id: str,
+                 failures: FailedAuth | None) -> None:
         super().__init__(keys, store)
         self.session_id = session_id
         self.failures = failures
@@ -216,18 +201,18 @@ class MessagesResource(APIResource):
     def render_GET(self, request: Request) -> Any:
         username = self.username(request)
         if any(request.postpath or ()):
-            raise HTTPError(404, "NOT_FOUND", "no such route")
+            raise HTTPError(404, ErrorCode.NOT_FOUND, "no such route")
         session_id = self.session_id
 
         def check(owner: str | None) -> Deferred[list[StoredMessage]]:
             if owner != username:  # someone else's looks the same as none at all
-                raise HTTPError(404, "NOT_FOUND", "no such session")
+                raise HTTPError(404, ErrorCode.NOT_FOUND, "no such session")
             return self.store.messages(session_id)
 
         def body(messages: list[StoredMessage]) -> bytes:
-            return _json(request, 200, {"session_id": session_id, "messages": [_message_json(m) for m in messages]})
+            return json_body(request, 200, {"session_id": session_id, "messages": [_message_json(m) for m in messages]})
 
-        return _finish_async(request, self.store.owner(session_id).addCallback(check).addCallback(body))
+        return finish_async(request, self.store.owner(session_id).addCallback(check).addCallback(body))
 
 
 class FileResource(APIResource):
@@ -252,18 +237,18 @@ class FileResource(APIResource):
         content_type, options = multipart.parse_options_header(
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
-        content: Any = request.content
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
+        content = _content(request)
 
         def store(upload: Upload) -> Deferred[Any]:
             return self.store.add_attachment(username, upload.filename, upload.mime, upload.data)
 
         def body(record: Any) -> bytes:
-            return _json(request, 200, {"attachment_id": record.id, "filename": record.filename, "mime": record.mime,
+            return json_body(request, 200, {"attachment_id": record.id, "filename": record.filename, "mime": record.mime,
                                         "size": record.size, "created_at": record.created_at})
 
         d = deferToThread(read_upload, content, options["boundary"], self.max_bytes)
-        return _finish_async(request, d.addCallback(store).addCallback(body))
+        return finish_async(request, d.addCallback(store).addCallback(body))
 
 
 class ChatResource(APIResource):
@@ -290,12 +275,11 @@ class ChatResource(APIResource):
 
     def render_POST(self, request: Request) -> Any:
         try:
-            content: Any = request.content
-            body = json.loads(content.read() or b"null")
+            body = json.loads(_content(request).read() or b"null")
         except ValueError:
-            raise HTTPError(400, frames.INVALID_JSON, "body is not valid JSON") from None
+            raise HTTPError(400, ErrorCode.INVALID_JSON, "body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
         chat_request = ChatRequest.parse(self.username(request, body), body)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
@@ -371,4 +355,6 @@ class OpenAPIResource(Resource):
 def load_openapi() -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(resources.files("livetx.web").joinpath("openapi.yaml").read_text("utf-8"))
+    text = resources.files("livetx.web").joinpath("openapi.yaml").read_text("utf-8")
+    spec: dict[str, Any] = yaml.safe_load(text)
+    return spec

@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass
 from typing import IO
 
-import filetype  # type: ignore[import-untyped]
-import multipart  # type: ignore[import-untyped]
+import filetype
+import multipart
 
-from livetx.web.twisted_web import TOO_LARGE, Refusal
+from livetx.errors import ErrorCode
+from livetx.web.replies import HTTPError
 
 #: What a model may be shown, as the 415 answer says it.
 ACCEPTED = "images, audio, plain text (.txt, .md) and PDF, recognised by their content"
@@ -42,7 +43,7 @@ class Upload:
 
 
 def read_upload(content: IO[bytes], boundary: str, max_bytes: int) -> Upload:
-    """The ``file`` field of a multipart body, typed from its content, or a :class:`Refusal`."""
+    """The ``file`` field of a multipart body, typed from its content, or a :class:`~livetx.web.replies.HTTPError`."""
     found: tuple[str, bytes] | None = None
     try:
         content.seek(0)
@@ -53,17 +54,17 @@ def read_upload(content: IO[bytes], boundary: str, max_bytes: int) -> Upload:
             if part.name == "file" and part.filename and found is None:
                 found = (part.filename, part.raw)
     except multipart.ParserLimitReached:
-        raise Refusal(413, TOO_LARGE, f"files are limited to {max_bytes} bytes") from None
+        raise HTTPError(413, ErrorCode.TOO_LARGE, f"files are limited to {max_bytes} bytes") from None
     except multipart.MultipartError as e:
-        raise Refusal(400, "INVALID_MESSAGE_FORMAT", f"not a multipart body: {e}") from None
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"not a multipart body: {e}") from None
     except (OSError, ValueError):  # the client left and its body was closed under us
-        raise Refusal(400, "INVALID_MESSAGE_FORMAT", "the upload was cut off") from None
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "the upload was cut off") from None
     if found is None:
-        raise Refusal(400, "INVALID_MESSAGE_FORMAT", "no file field")
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "no file field")
     filename, data = found
     mime = attachment_type(data, filename)
     if mime is None:
-        raise Refusal(415, "UNSUPPORTED_MEDIA_TYPE", f"{filename!r} is not an accepted file; accepted: {ACCEPTED}")
+        raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{filename!r} is not an accepted file; accepted: {ACCEPTED}")
     return Upload(filename, mime, data)
 
 

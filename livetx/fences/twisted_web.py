@@ -15,7 +15,6 @@ takes no body at all.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -27,28 +26,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-
-#: The refusal of a body to a route that takes none, or past its limit.
-TOO_LARGE = "TOO_LARGE"
-
-
-class Refusal(Exception):
-    """An HTTP refusal with its status and ``code``, answered as JSON."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def json_body(request: Request, status: int, body: Any) -> bytes:
-    """Set the status and JSON content type; the encoded ``body``."""
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
-
-
-def refusal_body(request: Request, refusal: Refusal) -> bytes:
-    return json_body(request, refusal.status, {"status": "error", "code": refusal.code, "message": refusal.message})
+from livetx.errors import ErrorCode
+from livetx.web.replies import HTTPError, error_body
 
 
 @runtime_checkable
@@ -59,7 +38,7 @@ class BodyRoute(Protocol):
         """Bytes of body this request may send (0: none)."""
 
     def check_headers(self, request: Request) -> None:
-        """Raise :class:`Refusal` to answer before the body is read (method, credentials)."""
+        """Raise :class:`~livetx.web.replies.HTTPError` to answer before the body is read (method, credentials)."""
 
 
 class GuardedRequest(Request):
@@ -86,14 +65,14 @@ class GuardedRequest(Request):
         resource = site.getResourceFor(self)
         try:
             if not isinstance(resource, BodyRoute):
-                raise Refusal(413, TOO_LARGE, "this route takes no request body")
+                raise HTTPError(413, ErrorCode.TOO_LARGE, "this route takes no request body")
             resource.check_headers(self)
             self._limit = resource.body_limit(self)
             if self._limit <= 0:
-                raise Refusal(413, TOO_LARGE, "this request takes no body")
+                raise HTTPError(413, ErrorCode.TOO_LARGE, "this request takes no body")
             if length is not None and length > self._limit:  # None: chunked, counted as it comes
-                raise Refusal(413, TOO_LARGE, f"the body is limited to {self._limit} bytes here")
-        except Refusal as refusal:
+                raise HTTPError(413, ErrorCode.TOO_LARGE, f"the body is limited to {self._limit} bytes here")
+        except HTTPError as refusal:
             self._refuse(refusal)
             return
         super().gotLength(length)
@@ -103,7 +82,7 @@ class GuardedRequest(Request):
             return
         self._received += len(data)
         if self._received > self._limit:
-            self._refuse(Refusal(413, TOO_LARGE, f"the body is limited to {self._limit} bytes here"))
+            self._refuse(HTTPError(413, ErrorCode.TOO_LARGE, f"the body is limited to {self._limit} bytes here"))
             return
         super().handleContentChunk(data)
 
@@ -122,12 +101,12 @@ class GuardedRequest(Request):
         self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
         return channel.site
 
-    def _refuse(self, refusal: Refusal) -> None:
+    def _refuse(self, refusal: HTTPError) -> None:
         """Answer now and close: the client may still be sending a body nobody will read."""
         self.refused = True
         self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
         self.channel.persistent = False
-        body = refusal_body(self, refusal)
+        body = error_body(self, refusal)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.setHeader(b"connection", b"close")
         self.write(body)
