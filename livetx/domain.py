@@ -51,8 +51,11 @@ class Memory(Protocol):
     def recall(self, turns: int) -> Deferred[list[Exchange]]:
         """The last ``turns`` exchanges, oldest first."""
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        """Keep a finished turn; writes are applied in the order they are asked for."""
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        """Keep a finished turn, both sides in one transaction; fires once committed (or failed, logged).
+
+        Writes are applied in the order they are asked for.
+        """
 
     def revise(self, exchange: Exchange) -> None:
         """Replace the reply of the turn this memory remembered last (after ``truncate``)."""

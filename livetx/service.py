@@ -53,12 +53,13 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     http, pool = make_http_client(reactor)
     engines = build_engines(settings, http, reactor, data_dir)
     store = SQLiteStore(data_dir)
-    connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
-    connections.setName("connections")
     keys = KeyStore(data_dir)
     revocations = KeyRevocations(keys.active_ids, reactor)
     revocations.subscribe(connections.close_keys)
     chat = ChatService(store=store, engines=engines, clock=reactor)
+    # Drains live, chat-socket and SSE turns alike when the server stops.
+    connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
+    connections.setName("connections")
     metrics = ServerMetrics()
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.

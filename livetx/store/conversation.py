@@ -91,19 +91,19 @@ class StoredConversation:
         d = self._then(rows).addErrback(dropped)
         return d.addCallback(lambda messages: exchanges(messages)[-turns:])
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        def write() -> Deferred[Any]:
-            self._store.add_message(
-                self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        def write() -> Deferred[StoredMessage]:
+            stored = self._store.add_turn(
+                self.session_id, [{"type": "plain", "text": exchange.user}],
+                [{"type": "plain", "text": exchange.reply}],
+                interrupted=exchange.interrupted, input_type=input_type, metrics=metrics,
             )
-            return self._store.add_message(
-                self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
-                interrupted=exchange.interrupted, metrics=metrics,
-            )
+            return stored.addCallback(lambda pair: pair[1])
 
         # The reply's own row: another socket of the user may add later ones
         # to the same conversation, so a revision must not pick "the latest".
         self._reply = self._then(write).addErrback(self._write_failed)
+        return waiter_for(self._reply)
 
     def revise(self, exchange: Exchange) -> None:
         parts = [{"type": "plain", "text": exchange.reply}]
@@ -119,4 +119,5 @@ class StoredConversation:
         self._reply.addCallback(replace)
 
     def _write_failed(self, failure: Failure) -> None:
+        """Logged; the turn goes on (the client is told ``end`` all the same)."""
         _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)
