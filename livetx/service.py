@@ -54,12 +54,12 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     engines = build_engines(settings, http, reactor, data_dir)
     store = SQLiteStore(data_dir)
     keys = KeyStore(data_dir)
-    revocations = KeyRevocations(keys.active_ids, reactor)
-    revocations.subscribe(connections.close_keys)
     chat = ChatService(store=store, engines=engines, clock=reactor)
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
+    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations.subscribe(connections.close_keys)
     metrics = ServerMetrics()
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
