@@ -1,7 +1,7 @@
 """A hostile HTTP client, run as its own process: big bodies, sent as fast as the server takes them.
 
-``python tests/hostile_http.py PORT API_KEY SECONDS`` runs four attacks on
-four threads for SECONDS, each again and again (once refused or done, the
+``python tests/hostile_http.py PORT API_KEY SECONDS`` runs five attacks on
+five threads for SECONDS, each again and again (once refused or done, the
 next after a short pause), and prints how many bytes it sent. It is its own process so that its sending costs the
 server's process nothing: only the server's handling of it is measured.
 """
@@ -20,17 +20,19 @@ FORM = b"a=b&" * 16384
 FILE_HEAD = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
 FILE_TAIL = b"\r\n--xx--\r\n"
 FILE = b"a" * 65536
+#: An upload the server reads in full: under its default 10 MiB limit.
+UPLOAD = 8 * 1024 * 1024
 #: Seconds between one attack's end and the next.
 PAUSE = 0.2
 
 
-def body(multipart: bool) -> Iterator[bytes]:
-    """Exactly BODY bytes, in chunks."""
+def body(multipart: bool, size: int = BODY) -> Iterator[bytes]:
+    """Exactly ``size`` bytes, in chunks."""
     if not multipart:
-        yield from (FORM for _ in range(BODY // len(FORM)))
+        yield from (FORM for _ in range(size // len(FORM)))
         return
     yield FILE_HEAD
-    left = BODY - len(FILE_HEAD) - len(FILE_TAIL)
+    left = size - len(FILE_HEAD) - len(FILE_TAIL)
     while left > 0:
         yield FILE[:left]
         left -= len(FILE)
@@ -38,11 +40,12 @@ def body(multipart: bool) -> Iterator[bytes]:
 
 
 def attack(port: int, head: bytes, chunked: bool, until: float, sent: list[int]) -> None:
+    size = int(head.split(b"Content-Length: ")[1].split(b"\r")[0]) if b"Content-Length: " in head else BODY
     while time.monotonic() < until:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(head)
-                for chunk in body(b"multipart" in head):
+                for chunk in body(b"multipart" in head, size):
                     if time.monotonic() > until:
                         break
                     s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -71,6 +74,9 @@ def main() -> None:
         # A valid key, a length past the limit.
         (f"POST /api/v1/chat HTTP/1.1\r\n{host}X-API-Key: {key}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
          f"Content-Length: {BODY}\r\n\r\n", False),
+        # A valid key and an upload within the limit: read, and parsed (then refused: not a PNG).
+        (f"POST /api/v1/file?username=a HTTP/1.1\r\n{host}X-API-Key: {key}\r\n{multipart}"
+         f"Content-Length: {UPLOAD}\r\n\r\n", False),
     ]
     until = time.monotonic() + seconds
     sent = [0]

@@ -137,7 +137,7 @@ async def first_response(client: Any, planned: float | None = None) -> float:
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_bodies_do_not_slow_a_live_turn_or_grow_memory(livetx: Any) -> None:
-    """Issue 13.1: 100 MB bodies in flight, four kinds at once, again and again."""
+    """Issue 13.1: 100 MB bodies in flight, and an upload within the limit (read and parsed), again and again."""
     server = await livetx()
     _, key = KeyStore(server.data_dir).create(["chat", "file"])
     client = await connect(server.url(LIVE, token=server.token()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import filetype
 import multipart
@@ -29,6 +29,8 @@ ACCEPTED = "images, audio, plain text (.txt, .md) and PDF, recognised by their c
 _CANONICAL = {"audio/x-wav": "audio/wav", "audio/x-flac": "audio/flac", "audio/x-aiff": "audio/aiff"}
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".log", ".csv")
+#: The bytes ``filetype`` looks at.
+_SNIFF = 8192
 #: Bytes of headers and boundaries a multipart body may add to its file.
 MULTIPART_OVERHEAD = 64 * 1024
 #: Parts up to this size are parsed in memory, bigger ones on disk.
@@ -52,6 +54,7 @@ def read_upload(content: IO[bytes], boundary: str, max_bytes: int) -> Upload:
             disk_limit=max_bytes + MULTIPART_OVERHEAD)
         for part in parser:
             if part.name == "file" and part.filename and found is None:
+                _refuse_early(part)
                 found = (part.filename, part.raw)
     except multipart.ParserLimitReached:
         raise HTTPError(413, ErrorCode.TOO_LARGE, f"files are limited to {max_bytes} bytes") from None
@@ -64,13 +67,30 @@ def read_upload(content: IO[bytes], boundary: str, max_bytes: int) -> Upload:
     filename, data = found
     mime = attachment_type(data, filename)
     if mime is None:
-        raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{filename!r} is not an accepted file; accepted: {ACCEPTED}")
+        raise _unsupported(filename)
     return Upload(filename, mime, data)
+
+
+def _refuse_early(part: Any) -> None:
+    """Refuse a file its first bytes already rule out, before reading it all into memory.
+
+    Only plain text needs the whole file to be judged.
+    """
+    if part.filename.lower().endswith(_TEXT_SUFFIXES):
+        return
+    part.file.seek(0)
+    head = part.file.read(_SNIFF)
+    if attachment_type(head, part.filename) is None:
+        raise _unsupported(part.filename)
+
+
+def _unsupported(filename: str) -> HTTPError:
+    return HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{filename!r} is not an accepted file; accepted: {ACCEPTED}")
 
 
 def attachment_type(data: bytes, filename: str) -> str | None:
     """The accepted type of a file, from its magic bytes (or, for text, its name and bytes)."""
-    kind = filetype.guess(data[:8192])
+    kind = filetype.guess(data[:_SNIFF])
     if kind is not None:
         mime = _CANONICAL.get(kind.mime, kind.mime)
         return mime if mime.startswith(("image/", "audio/")) or mime == "application/pdf" else None
