@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -16,6 +17,7 @@ from livetx.web.admission import AddressLimit
 from .support import RunningServer, connect, open_socket, replied
 from .test_limits import upgrade_request
 from .test_live_ws import LIVE, eventually
+from .test_twistd import make_certificate
 
 
 class Drip(Protocol):
@@ -133,3 +135,19 @@ def test_address_limit_counts_and_releases() -> None:
     releases[0]()  # type: ignore[misc]
     assert limit.admit(Addr("10.0.0.1")) is not None
     assert AddressLimit(0).admit(Addr("10.0.0.1")) is not None  # 0: no limit
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wss_socket_gives_its_place_back_when_it_closes(tmp_path: Path, livetx: Any) -> None:
+    """Over TLS the socket sits inside a protocol wrapper; its address's place is released all the same."""
+    key_path, cert_path = make_certificate(tmp_path)
+    server = await livetx("[server]\nmax_connections_per_address = 1\nlimit_loopback = true\n",
+                          listen=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}")
+    tls = ssl.optionsForClientTLS("127.0.0.1", trustRoot=ssl.Certificate.loadPEM(cert_path.read_bytes()))
+    url = server.url(LIVE, scheme="wss", token=server.token())
+    for _ in range(3):  # one at a time, each in the one place
+        client = await connect(url, tls=tls)
+        assert replied(await client.turn("secure"))
+        await client.close_and_wait()
+        await eventually(lambda: len(server.service.getServiceNamed("connections")) == 0)
+        await deferLater(reactor, 0.05, lambda: None)
