@@ -43,6 +43,9 @@ class Exchange:
     user: str
     reply: str
     interrupted: bool = False
+    #: The tool calls made while replying, each with where in ``reply`` it was made
+    #: and its record (livetx.tools.record).
+    tools: tuple[tuple[int, dict[str, Any]], ...] = ()
 
 
 class Memory(Protocol):

@@ -173,6 +173,12 @@ class ServerMetrics:
             ["kind", "provider", "stage"], LATENCY_BUCKETS)
         self.provider_failures = self._add(
             "counter", "livetx_provider_failures", "Provider failures reported to clients.", ["kind"])
+        self.tool_calls = self._add(
+            "counter", "livetx_tool_calls",
+            "Tool calls (live and chat turns) by tool and status (ok, failed, refused, timeout, cancelled).",
+            ["tool", "status"])
+        self.tool_seconds = self._add(
+            "histogram", "livetx_tool_seconds", "Tool call latency.", ["tool"], LATENCY_BUCKETS)
 
     def _add(
         self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (),
@@ -200,6 +206,11 @@ class ServerMetrics:
 
     def refused_at(self, endpoint: str) -> None:
         self.refused.labels(endpoint).inc()
+
+    def tool_ended(self, name: str, status: str, seconds: float) -> None:
+        """A tool call of a live or chat turn ended (livetx.tools)."""
+        self.tool_calls.labels(name, status).inc()
+        self.tool_seconds.labels(name).observe(seconds)
 
 
 class TurnObserver(Ignore):
@@ -253,6 +264,10 @@ class TurnObserver(Ignore):
         if self._turn is not None:
             self._turn.first_audio = seconds
         self._values.first_audio(seconds)
+
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        self._m.tool_ended(name, status, seconds)
+        self._values.tool_finished(call_id, name, ok, status, seconds)
 
     def turn_ended(self, outcome: Outcome, seconds: float) -> None:
         turn, self._turn = self._turn, None

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.errors import ErrorCode, LivetxError, NoSuchSession, SessionForbidden
@@ -25,6 +26,7 @@ from livetx.live.machine import Table
 from livetx.live.turn import describe_failure
 from livetx.providers.base import Message
 from livetx.store import ConversationStore, Part
+from livetx.tools.record import reply_parts
 
 _log = Logger()
 
@@ -142,7 +144,10 @@ class ChatService:
 
     def __init__(
         self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
+        tool_ended: ToolEnded | None = None,
     ) -> None:
+        #: Told of each tool call that ends (the Prometheus metrics).
+        self._tool_ended = tool_ended
         # The model and its settings come the one way live sessions get them too.
         self._vision = engines.vision
         self._store = store
@@ -242,7 +247,8 @@ class ChatService:
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
-        context += [{"role": m.role, "content": m.text} for m in history if m.text]
+        for stored in history:
+            context += history_messages(stored)
         context.append({"role": "user", "content": content})
 
         def publish(kind: str, data: Any, streaming: bool = False, **extra: Any) -> None:
@@ -250,6 +256,12 @@ class ChatService:
                 "type": kind, "data": data, "streaming": streaming, "chain_type": None,
                 "message_id": request.message_id, **extra,
             })
+
+        tools = None
+        if getattr(self._llm, "offers_tools", False):
+            tools = ChatToolEvents(
+                self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c), self._tool_ended
+            )
 
         started = self._clock.seconds()
         first: list[float] = []
@@ -265,7 +277,10 @@ class ChatService:
 
         failure: Failure | None = None
         if turn.state == "running":  # interrupted while the history loaded: no model call
-            turn.upstream = self._llm.stream(context, on_delta)
+            if tools is not None:
+                turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
+            else:
+                turn.upstream = self._llm.stream(context, on_delta)
             try:
                 await turn.upstream
             except CancelledError:
@@ -278,6 +293,8 @@ class ChatService:
             publish("plain", reply)
         outcome = {"running": "ok", "stopped": "interrupted"}.get(turn.state, turn.state)
         metrics: dict[str, Any] = {"outcome": outcome}
+        if tools is not None and tools.trail:
+            metrics.update(tools.trail.metrics())
         error: tuple[ErrorCode, str] | None = None
         if failure is not None:
             error = self._describe(failure)
@@ -288,9 +305,11 @@ class ChatService:
                 "total_time": self._clock.seconds() - started,
                 "model": self._llm.model,
                 "interrupted": turn.interrupted,
+                **{k: v for k, v in metrics.items() if k.startswith("tool")},
             })
+        steps = tools.trail.steps if tools is not None else ()
         _, saved = await self._store.add_turn(
-            session_id, request.parts, [{"type": "plain", "text": reply}],
+            session_id, request.parts, reply_parts(reply, steps),
             interrupted=turn.interrupted, input_type="chat", metrics=metrics,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})

@@ -4,8 +4,8 @@ A turn calls a :class:`TurnListener` at each step of its life instead of
 anyone rebuilding that life from the frames it sent. The per-turn
 ``metrics`` frames (:class:`MetricsFrames`), the Prometheus counters and the
 one log line per turn (:class:`livetx.metrics.TurnObserver`) are listeners;
-a later tools feature calls :meth:`TurnListener.tool_called` and
-:meth:`TurnListener.tool_finished`.
+a turn whose model calls tools (:mod:`livetx.tools`) reports each call with
+:meth:`TurnListener.tool_called` and :meth:`TurnListener.tool_finished`.
 
 Times are seconds from the turn's start, as the session defines it (the
 text frame's arrival, or the voice segment assembled into a WAV).
@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 from twisted.logger import Logger
 
 from livetx.live.frames import Frame
+from livetx.tools.record import tool_figures
 
 _log = Logger()
 
@@ -55,10 +56,11 @@ class TurnListener(Protocol):
         """The first audio of the reply went out."""
 
     def tool_called(self, call_id: str, name: str) -> None:
-        """The model asked for a tool (called by the tools feature)."""
+        """The model asked for a tool, and the call starts."""
 
-    def tool_finished(self, call_id: str, name: str, ok: bool) -> None:
-        """A tool call returned (``ok``) or failed."""
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        """A tool call returned (``ok``) or not: ``status`` is ``ok``, ``failed``, ``refused``,
+        ``timeout`` or ``cancelled``; ``seconds`` is how long it ran."""
 
     def turn_ended(self, outcome: Outcome, seconds: float) -> None:
         """The turn is over; called once, before its ``end`` or ``stop_play`` frame."""
@@ -97,8 +99,8 @@ class Listeners:
     def tool_called(self, call_id: str, name: str) -> None:
         self._each("tool_called", call_id, name)
 
-    def tool_finished(self, call_id: str, name: str, ok: bool) -> None:
-        self._each("tool_finished", call_id, name, ok)
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        self._each("tool_finished", call_id, name, ok, status, seconds)
 
     def turn_ended(self, outcome: Outcome, seconds: float) -> None:
         self._each("turn_ended", outcome, seconds)
@@ -127,7 +129,7 @@ class Ignore:
     def tool_called(self, call_id: str, name: str) -> None:
         pass
 
-    def tool_finished(self, call_id: str, name: str, ok: bool) -> None:
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         pass
 
     def turn_ended(self, outcome: Outcome, seconds: float) -> None:
@@ -149,15 +151,17 @@ class MetricsFrames(Ignore):
     merge ``metrics`` whenever they come, so they take either order).
     ``values`` is everything reported for the current turn, which the
     store keeps with the reply. ``wav_to_tts_total_time`` is sent for turns
-    that reached the model, as the reference does.
+    that reached the model, as the reference does; the tool figures
+    (:func:`livetx.tools.record.tool_figures`) for turns that called tools.
     """
 
-    __slots__ = ("_emit", "values", "_replied")
+    __slots__ = ("_emit", "values", "_replied", "_tools")
 
     def __init__(self, emit: Callable[[Frame], None]) -> None:
         self._emit = emit
         self.values: dict[str, Any] = {}
         self._replied = False
+        self._tools: list[tuple[str, bool, str, float]] = []
 
     def _send(self, data: dict[str, Any]) -> None:
         self.values.update(data)
@@ -166,6 +170,7 @@ class MetricsFrames(Ignore):
     def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
         self.values = {}
         self._replied = False
+        self._tools = []
         if assemble_seconds is None:
             self._send({"input_type": input_type})
         else:
@@ -185,7 +190,14 @@ class MetricsFrames(Ignore):
     def first_audio(self, seconds: float) -> None:
         self._send({"speak_to_first_frame": seconds})
 
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        self._tools.append((name, ok, status, seconds))
+
     def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+        if self._tools and outcome in (Outcome.OK, Outcome.FAILED):
+            self._send(tool_figures(self._tools))
+        elif self._tools:  # stop_play has gone out: kept for the store, not sent
+            self.values.update(tool_figures(self._tools))
         if self._replied and outcome in (Outcome.OK, Outcome.FAILED):
             self._send({"wav_to_tts_total_time": seconds})
 

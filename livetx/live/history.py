@@ -21,6 +21,7 @@ from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.turn import TurnResult
 from livetx.providers.base import Message
+from livetx.tools.record import replay
 
 _log = Logger()
 
@@ -82,7 +83,9 @@ class Conversation:
             messages.append({"role": "system", "content": system_prompt})
         for exchange in self._history:
             messages.append({"role": "user", "content": exchange.user})
-            if exchange.reply:
+            if exchange.tools:  # a reply that called tools comes back as its calls and results
+                messages += replay(exchange.reply, exchange.tools)
+            elif exchange.reply:
                 messages.append({"role": "assistant", "content": exchange.reply})
         messages.append({"role": "user", "content": text})
         return messages

@@ -366,7 +366,7 @@ class LiveSession:
         if not result.reply and result.failed:
             return succeed(None)
         metrics = {**self._metrics.values, "outcome": outcome.value}
-        exchange = Exchange(text, result.reply, result.interrupted)
+        exchange = Exchange(text, result.reply, result.interrupted, result.tools)
         return self._conversation.keep(self._turn_id, result, exchange, self._input_type, metrics)
 
     def _unwound(self) -> None:
@@ -379,6 +379,8 @@ class LiveSession:
         ``stop_play`` goes out at once; the state stays ``interrupted`` until
         what was said of the reply is stored.
         """
+        if self._turn is not None:
+            self._turn.silence()  # a cancelled tool call's tool_result goes before stop_play
         self._turn_emit({"t": "stop_play"})
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over

@@ -33,6 +33,8 @@ from livetx.live.events import Ignore, TurnListener
 from livetx.live.machine import Table
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
+from livetx.tools import ToolCall, ToolOutcome
+from livetx.tools.record import ToolStep, ToolTrail
 
 #: Sends a frame, or (binary audio transport only) one binary message of audio.
 Emit = Callable[[frames.Frame | bytes], None]
@@ -63,6 +65,8 @@ class TurnResult:
     #: Per sentence whose audio was sent, in order: where it ends in ``reply``
     #: and how long its audio plays in ms (None when the format does not say).
     spoken: tuple[tuple[int, float | None], ...] = ()
+    #: The tool calls the model made, each with where in ``reply`` it was made.
+    tools: tuple[ToolStep, ...] = ()
 
     def heard(self, audio_end_ms: float) -> str:
         """The reply cut to the sentences whose audio ended by ``audio_end_ms`` of playback."""
@@ -121,6 +125,10 @@ class Turn:
         self._tts_error_sent = False
         #: Set while the client reads too slowly: no new speech is started.
         self._gate: Deferred[None] | None = None
+        #: The model's tool calls, when it is offered tools (livetx.tools).
+        self._trail: ToolTrail | None = ToolTrail(clock) if getattr(llm, "offers_tools", False) else None
+        #: True while an interrupt cancels the work: cancelled calls' results still go out.
+        self._cancelling = False
         self.done: Deferred[TurnResult] = Deferred()
 
     @property
@@ -132,22 +140,56 @@ class Turn:
         self._llm_started = self._clock.seconds()
         self._listener.provider_called("llm", self._llm.model)
         try:
-            self._llm_call = self._llm.stream(self._messages, self._on_delta)
+            if self._trail is not None:
+                self._llm_call = self._llm.stream(self._messages, self._on_delta, self)  # type: ignore[call-arg]
+            else:
+                self._llm_call = self._llm.stream(self._messages, self._on_delta)
         except Exception:
             self._fail(Failure())
             return self.done
         self._llm_call.addCallbacks(self._llm_finished, self._llm_failed)
         return self.done
 
+    def silence(self) -> None:
+        """Stop the turn's work now; running tool calls report their cancellation as they stop.
+
+        The session calls this before it sends ``stop_play``, so those
+        ``tool_result`` frames come before it, then :meth:`interrupt`.
+        """
+        if self.state in _RUNNING:
+            TURN.fire(self, "interrupt")
+            self._cancelling = True
+            self._cancel_work()
+            self._cancelling = False
+
     def interrupt(self) -> TurnResult:
         """Silence the turn, cancel all its work, and say what was sent."""
-        result = self._result(interrupted=True)
-        if self.state not in _RUNNING:
-            return result
-        TURN.fire(self, "interrupt")
-        self._cancel_work()
-        self.done.callback(result)
+        self.silence()
+        result = self._result(interrupted=True)  # with the cancelled calls' results
+        if not self.done.called:
+            self.done.callback(result)
         return result
+
+    # -- tools (livetx.tools.ToolListener) ------------------------------------
+
+    def tool_started(self, call: ToolCall, arguments: Any) -> None:
+        """The text said before the call is spoken now, while the call runs, not held back."""
+        if self._trail is not None and self.state == "streaming":
+            for sentence in self._segmenter.flush():
+                self._speak(sentence)
+            self._listener.tool_called(call.id, call.name)
+            self._emit({"t": "tool_call", "data": self._trail.started(len(self.reply), call, arguments)})
+
+    def tool_finished(self, call: ToolCall, outcome: ToolOutcome) -> None:
+        """Sent even while an interrupt cancels the call: the client learns it ended."""
+        if self._trail is not None and (self.state == "streaming" or self._cancelling):
+            self._listener.tool_finished(call.id, call.name, outcome.ok, outcome.status, outcome.seconds)
+            self._emit({"t": "tool_result", "data": self._trail.finished(call, outcome)})
+
+    def filler_due(self, text: str) -> None:
+        """A tool runs long: say ``text`` so a voice user is not left in silence."""
+        if self.state == "streaming":
+            self._speak(text, filler=True)
 
     # -- the pipeline ----------------------------------------------------
 
@@ -184,7 +226,7 @@ class Turn:
         if gate is not None:
             gate.callback(None)
 
-    def _speak(self, sentence: str) -> None:
+    def _speak(self, sentence: str, filler: bool = False) -> None:
         tts = self._tts
         if tts is None:
             return
@@ -196,13 +238,13 @@ class Turn:
         self._pending.add(audio)
         audio.addBoth(self._forget, audio)
         self._tail.addCallback(lambda _: audio)
-        self._tail.addCallback(self._play, sentence)
+        self._tail.addCallback(self._play, sentence, filler)
 
     def _forget(self, result: Any, d: Deferred[Any]) -> Any:
         self._pending.discard(d)
         return result
 
-    def _play(self, outcome: tuple[bool, Any], sentence: str) -> None:
+    def _play(self, outcome: tuple[bool, Any], sentence: str, filler: bool = False) -> None:
         ok, value = outcome
         if self.state not in _RUNNING:
             return
@@ -220,7 +262,9 @@ class Turn:
             emit(value)
         else:
             emit({"t": "response", "data": base64.b64encode(value).decode("ascii")})
-        self._spoken.append((self._sentence_end(sentence), duration_ms(value)))
+        # A filler is heard but is no part of the reply: it moves playback, not text.
+        end = (self._spoken[-1][0] if self._spoken else 0) if filler else self._sentence_end(sentence)
+        self._spoken.append((end, duration_ms(value)))
 
     def _sentence_end(self, sentence: str) -> int:
         """Where a spoken sentence ends in the reply (sentences come in reply order)."""
@@ -275,7 +319,8 @@ class Turn:
         self.done.callback(self._result(failed=True))
 
     def _result(self, **outcome: bool) -> TurnResult:
-        return TurnResult(self.reply, spoken=tuple(self._spoken), **outcome)
+        tools = tuple(self._trail.steps) if self._trail is not None else ()
+        return TurnResult(self.reply, spoken=tuple(self._spoken), tools=tools, **outcome)
 
     def _cancel_work(self) -> None:
         if self._llm_call is not None and not self._llm_call.called:

@@ -16,6 +16,7 @@ from livetx.deferreds import waiter_for
 from livetx.domain import Exchange
 from livetx.errors import SessionForbidden
 from livetx.store import ConversationStore, StoredMessage
+from livetx.tools.record import reply_parts, steps_of
 
 _log = Logger()
 
@@ -41,7 +42,7 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
         if message.role == "user":
             turns.append(Exchange(message.text, ""))
         elif message.role == "assistant" and turns and not turns[-1].reply:
-            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted)
+            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted, steps_of(message.parts))
     return turns
 
 
@@ -95,7 +96,7 @@ class StoredConversation:
         def write() -> Deferred[StoredMessage]:
             stored = self._store.add_turn(
                 self.session_id, [{"type": "plain", "text": exchange.user}],
-                [{"type": "plain", "text": exchange.reply}],
+                reply_parts(exchange.reply, exchange.tools),
                 interrupted=exchange.interrupted, input_type=input_type, metrics=metrics,
             )
             return stored.addCallback(lambda pair: pair[1])
@@ -106,7 +107,7 @@ class StoredConversation:
         return waiter_for(self._reply)
 
     def revise(self, exchange: Exchange) -> None:
-        parts = [{"type": "plain", "text": exchange.reply}]
+        parts = reply_parts(exchange.reply, exchange.tools)
 
         def replace(reply: StoredMessage | None) -> StoredMessage | None:
             if reply is not None:  # None: its write failed, and was logged
