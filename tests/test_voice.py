@@ -39,7 +39,7 @@ async def grammar_server(livetx: Any, tmp_path: Path, config: str = "") -> Any:
     """A server on the offline engines whose PocketSphinx knows only :data:`GRAMMAR`."""
     grammar = tmp_path / "home.jsgf"
     grammar.write_text(GRAMMAR)
-    return await livetx(f'{config}[stt]\ngrammar = "{grammar}"\n')
+    return await livetx(f'{config}[stt]\nprovider = "pocketsphinx"\ngrammar = "{grammar}"\n')
 
 
 def speaking_parts(client: LiveClient, pcm: bytes) -> None:

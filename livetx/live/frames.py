@@ -25,6 +25,8 @@ INVALID_AUDIO = "INVALID_AUDIO"
 AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
 FORBIDDEN = "FORBIDDEN"
 STT_UNAVAILABLE = "STT_UNAVAILABLE"
+#: Not an error: a voice turn's transcript was empty (``user_msg`` carries it).
+NO_SPEECH = "NO_SPEECH"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 # Extension codes (docs/protocol-extensions.md): only opted-in clients can meet them.
 UNKNOWN_SETTING = "UNKNOWN_SETTING"

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from livetx.audio import SAMPLE_RATE
 from livetx.config import STTConfig
-from livetx.providers.base import recognizer_input
+from livetx.providers.base import recognizer_input, reported
 from livetx.providers.threads import ProcessWorker
 
 #: Silence around the segment: the decoder needs some to find word edges.
@@ -34,6 +34,8 @@ class SphinxRecognizer:
     """Transcribes one WAV segment per call."""
 
     name = "pocketsphinx"
+    #: Segments queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    fair_share = True
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any) -> None:
         options: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
@@ -44,17 +46,17 @@ class SphinxRecognizer:
         self._options = tuple(sorted(options.items()))
         self._worker = ProcessWorker(reactor, config.threads)
 
-    def transcribe(self, wav: bytes) -> Deferred[str]:
-        return self._worker.run(_transcribe, self._options, wav)
+    def transcribe(self, wav: bytes, owner: str = "") -> Deferred[str]:
+        return reported(self.name, wav, self._worker.run(_transcribe, self._options, wav, owner=owner))
 
-    def partial(self, pcm: bytes) -> Deferred[str]:
+    def partial(self, pcm: bytes, owner: str = "") -> Deferred[str]:
         """The utterance so far, decoded again from its start by the same processes.
 
         Skipped (no new text) while every process is busy: a final transcript,
         which a reply waits for, must never queue behind partials."""
         if not self._worker.idle:
             return succeed("")
-        return self._worker.run(_decode, self._options, pcm)
+        return self._worker.run(_decode, self._options, pcm, owner=owner)
 
 
 def _transcribe(options: tuple[tuple[str, Any], ...], wav: bytes) -> str:

