@@ -25,8 +25,6 @@ INVALID_AUDIO = "INVALID_AUDIO"
 AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
 FORBIDDEN = "FORBIDDEN"
 STT_UNAVAILABLE = "STT_UNAVAILABLE"
-#: Not an error: a voice turn's transcript was empty (``user_msg`` carries it).
-NO_SPEECH = "NO_SPEECH"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 # Extension codes (docs/protocol-extensions.md): only opted-in clients can meet them.
 UNKNOWN_SETTING = "UNKNOWN_SETTING"
@@ -91,3 +89,8 @@ def text_field(frame: Frame, *names: str) -> str:
         if isinstance(value, str) and value.strip():
             return value.strip()
     raise FrameError(INVALID_MESSAGE_FORMAT, f"field '{names[0]}' must be non-empty text")
+
+
+def no_speech(ts: int) -> Frame:
+    """``user_msg`` for a voice turn that heard no words: said, not swallowed (docs/protocol.md)."""
+    return {"t": "user_msg", "data": {"text": "", "ts": ts, "code": "NO_SPEECH"}}

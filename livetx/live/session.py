@@ -512,9 +512,8 @@ class LiveSession:
     def _transcribed(self, text: str, assembled: float) -> None:
         self._preparing = None
         text = text.strip()
-        if not text:  # said so, not silently: an empty user_msg with a code (docs/protocol.md)
-            data = {"text": "", "ts": _ms(self._clock.seconds()), "code": frames.NO_SPEECH}
-            self._turn_emit({"t": "user_msg", "data": data})
+        if not text:
+            self._turn_emit(frames.no_speech(_ms(self._clock.seconds())))
             self._end_without_reply()
         else:
             self._reply_to(text, assembled)
