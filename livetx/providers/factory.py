@@ -14,7 +14,7 @@ from typing import Any, Callable
 from treq.client import HTTPClient
 
 from livetx.config import Config, ConfigError
-from livetx.live.session import Pipeline
+from livetx.domain import Engines
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
@@ -100,21 +100,22 @@ def _recognizer(config: Config, http: HTTPClient, reactor: Any, data_dir: Path |
     return _make(RECOGNIZERS, config.stt, http, reactor)
 
 
-def build_pipeline(
+def build_engines(
     config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
-) -> Pipeline:
+) -> Engines:
     """Everything the live sessions of one server share."""
     archive = None
     if config.stt.keep_audio and data_dir is not None:
         from livetx.archive import AudioArchive
 
         archive = AudioArchive(data_dir / "audio", reactor)
-    return Pipeline(
+    return Engines(
         llm=_make(LLMS, config.llm, http, reactor),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
         stt=_recognizer(config, http, reactor, data_dir),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
+        vision=config.llm.vision,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
