@@ -471,7 +471,7 @@ class LiveSession:
         self._preparing = None
         text = text.strip()
         if not text:
-            self._turn_emit(frames.no_speech(_ms(self._clock.seconds())))
+            self._turn_emit(frames.no_speech(frames.timestamp(self._clock.seconds())))
             self._end_without_reply()
         else:
             self._reply_to(text, assembled)

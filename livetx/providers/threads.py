@@ -71,6 +71,7 @@ class _FairPool:
         self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()
         #: Jobs handed to the pool whose result has not come back yet.
         self._running = 0
+        self._served: str | None = None
 
     def run(self, f: Callable[..., T], *args: Any, owner: str = "") -> Deferred[T]:
         """The call's result, once the pool gets to it; fails (never raises)."""
@@ -86,12 +87,15 @@ class _FairPool:
 
     def _next(self) -> _Job | None:
         while self._queues:
+            # The owner served last goes behind everyone waiting now, including
+            # owners that arrived since: they must not wait for its next job too.
+            if self._served in self._queues:
+                self._queues.move_to_end(self._served)
             owner, queue = next(iter(self._queues.items()))
             job = queue.popleft()
-            if queue:
-                self._queues.move_to_end(owner)  # the next owner goes first next time
-            else:
+            if not queue:
                 del self._queues[owner]
+            self._served = owner
             if not job.cancelled:
                 return job
         return None

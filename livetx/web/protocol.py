@@ -93,7 +93,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             memory.opened.addErrback(self._memory_refused)
         self.session = LiveSession(
             username=admission.username,
-            engines=self.factory.engines,
+            engines=self.factory.engines.for_owner(admission.key_id or admission.username),
             clock=self.factory.clock,
             emit=self.send,
             memory=memory,
