@@ -89,7 +89,7 @@ class _FairPool:
         while self._queues:
             # The owner served last goes behind everyone waiting now, including
             # owners that arrived since: they must not wait for its next job too.
-            if self._served in self._queues:
+            if self._served is not None and self._served in self._queues:
                 self._queues.move_to_end(self._served)
             owner, queue = next(iter(self._queues.items()))
             job = queue.popleft()
