@@ -99,7 +99,7 @@ def _framed(pcm: bytes) -> bytes:
     client sent around it."""
     import numpy
 
-    samples = numpy.frombuffer(pcm, dtype="<i2")
+    samples = numpy.frombuffer(pcm, dtype="<i2", count=len(pcm) // 2)  # a partial may end mid-sample
     frame = SAMPLE_RATE // 100
     count = len(samples) // frame
     if count:
