@@ -106,3 +106,12 @@ async def test_ten_voice_turns_at_once_all_heard(livetx: Any, whisper_dir: Path)
         assert words(heard) == words(text), heard
     for client in clients:
         await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_preload_loads_the_model_before_any_voice_turn(whisper_dir: Path) -> None:
+    from twisted.internet import reactor
+
+    recognizer = whisper.WhisperRecognizer(STTConfig(model=str(whisper_dir), threads=1, preload=True), None, reactor)
+    await recognizer.preload()  # what start-up runs, once the reactor is running
+    assert (str(whisper_dir), 1) in whisper._models
