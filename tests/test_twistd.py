@@ -58,6 +58,7 @@ def test_bad_endpoints_are_usage_errors(tmp_path: Path, bad: str) -> None:
         ('[stt]\nprovider = "pocketsphinx"\ngrammar = "/no/such/grammar.jsgf"\n',
          "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
         ('[stt]\nkeywords = ["lights on"]\n', '[stt] keywords is for PocketSphinx: add provider = "pocketsphinx"'),
+        ('[tools]\nenabled = ["clock", "lights"]\n', "[tools] unknown tool 'lights'; available: calculator, clock"),
     ],
 )
 def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, message: str) -> None:

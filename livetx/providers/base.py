@@ -8,7 +8,7 @@ depends on it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol, Sequence, TypedDict, runtime_checkable
+from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -28,6 +28,9 @@ class Message(TypedDict):
 
     role: str
     content: str | list[dict[str, Any]]
+    #: An assistant message that called tools, and a ``tool`` message's answer to one.
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
 
 
 def message_text(content: str | list[dict[str, Any]]) -> str:
