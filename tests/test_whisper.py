@@ -115,3 +115,20 @@ async def test_preload_loads_the_model_before_any_voice_turn(whisper_dir: Path) 
     recognizer = whisper.WhisperRecognizer(STTConfig(model=str(whisper_dir), threads=1, preload=True), None, reactor)
     await recognizer.preload()  # what start-up runs, once the reactor is running
     assert (str(whisper_dir), 1) in whisper._models
+
+
+def test_each_transcription_is_logged_with_engine_and_duration_never_the_words() -> None:
+    from twisted.internet.defer import succeed
+    from twisted.logger import globalLogPublisher
+
+    from livetx.providers.base import reported
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reported("faster_whisper", to_wav(b"\0\0" * 24000), succeed("turn on the lights"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (event,) = [e for e in events if e.get("engine") == "faster_whisper"]
+    assert event["audio_seconds"] == 1.5 and event["words"] == 4 and event["stt_seconds"] >= 0
+    assert "lights" not in repr(event)
