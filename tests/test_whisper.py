@@ -132,3 +132,15 @@ def test_each_transcription_is_logged_with_engine_and_duration_never_the_words()
     (event,) = [e for e in events if e.get("engine") == "faster_whisper"]
     assert event["audio_seconds"] == 1.5 and event["words"] == 4 and event["stt_seconds"] >= 0
     assert "lights" not in repr(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_configured_model_directory_understands_open_vocabulary(livetx: Any, whisper_dir: Path) -> None:
+    server = await livetx(f'[stt]\nprovider = "whisper"\nmodel = "{whisper_dir}"\nlanguage = "en"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    stream(client, await spoken("please water the garden tomorrow morning"), "w1")
+    frames = await client.until("end", timeout=60)
+    assert frames[1]["data"] == {"stt": "faster_whisper"}
+    heard = next(f for f in frames if f["t"] == "user_msg")["data"]["text"]
+    assert words(heard) == words("please water the garden tomorrow morning"), heard
+    await client.close_and_wait()
