@@ -1,6 +1,7 @@
 """PocketSphinx speech-to-text, offline, with the English model its wheel ships.
 
-Open vocabulary is rough; with a JSGF grammar or a keyword list it is exact,
+Open vocabulary is rough (Whisper, the default, is the engine for
+conversation); with a JSGF grammar or a keyword list it is exact and fast,
 which is what command-style devices need. PocketSphinx keeps Python's GIL for
 the whole of a decode, long enough to stall the reactor (benchmarks/RESULTS.md),
 so decoding runs in a bounded pool of child processes, one decoder
