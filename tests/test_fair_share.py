@@ -96,7 +96,7 @@ async def test_one_keys_flood_does_not_hold_up_another_users_first_audio(livetx:
         client.send({"t": "text_input", "text": story})
     for client in flood:
         await client.until("response", timeout=60)  # every flooding turn is speaking
-    loaded = statistics.median([await first_audio(victim, "Hello there.") for _ in range(5)])
+    loaded = statistics.median([await first_audio(victim, "Hello there.") for _ in range(7)])
     assert any("end" not in [f["t"] for f in c.frames] for c in flood)  # still flooding when measured
     assert loaded <= 3 * (quiet + one_job), (quiet, one_job, loaded)
     for client in [victim, *flood]:
