@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
-from livetx.auth.keys import CorruptKeyFile, KeyStore
+from livetx.auth.keys import CorruptKeyFile, KeyStore, resolve_username
 from livetx.auth.tokens import issue_token, load_or_create_secret
 
 
@@ -77,6 +77,9 @@ class TokenOptions(_DataDirOptions):
     def postOptions(self) -> None:
         if not self["username"]:
             raise usage.UsageError("--username is required")
+        username, problem = resolve_username(self["username"])
+        if username != self["username"]:  # the server would refuse it (BAD_USER)
+            raise usage.UsageError(f"{problem or 'Invalid username'}: {self['username']!r}")
 
 
 class _TurnOptions(usage.Options):
