@@ -30,7 +30,7 @@ _PAD_SAMPLES = SAMPLE_RATE // 4
 #: end are silence, trimmed so that how much of it the client sent changes nothing.
 _SILENCE_DB = 40
 #: Detection threshold for a keyword phrase without one of its own ("lights on /1e-30/").
-_KEYWORD_THRESHOLD = "1e-45"
+_KEYWORD_THRESHOLD = "1e-55"
 #: In a decoding process: its decoder for each set of options.
 _decoders: dict[tuple[tuple[str, Any], ...], Any] = {}
 
