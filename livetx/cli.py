@@ -47,7 +47,10 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID"
+    synopsis = "KEY_ID [--config FILE]"
+    optParameters = [
+        ["config", "c", None, "The server's TOML config: with [cluster] redis, every node closes the key's sockets."],
+    ]
 
     def parseArgs(self, key_id: str) -> None:
         self["id"] = key_id
@@ -173,8 +176,18 @@ def keys_list(options: _DataDirOptions) -> int:
 
 
 def keys_revoke(options: KeysRevoke) -> int:
+    settings = configuration.load(Path(options["config"]) if options["config"] else None)
     if KeyStore(options.data_dir).revoke(options["id"]):
         print(f"revoked key {options['id']}")
+        if settings.cluster.redis:
+            from livetx.cluster.revocation import announce
+
+            try:
+                nodes = announce(settings.cluster.redis, options["id"])
+            except Exception as e:  # redis-py's errors: the key is revoked, the sockets stay
+                print(f"livetx: revoked, but could not tell the servers over Redis: {e}", file=sys.stderr)
+                return 1
+            print(f"told {nodes} server process(es), which close its sockets")
         return 0
     print(f"livetx: no active key with id {options['id']!r}", file=sys.stderr)
     return 1

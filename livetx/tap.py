@@ -167,15 +167,27 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
     connections.setName("connections")
     keys = KeyStore(data_dir)
-    chat = ChatService(
-        store=store, llm=pipeline.llm, clock=reactor,
-        system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
-        vision=settings.llm.vision,
-    )
-    metrics = ServerMetrics()
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
+    relay = None
+    probes = {}
+    if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
+        from livetx.cluster.node import ClusterNode
+
+        node = ClusterNode(settings.cluster.redis, reactor, after=connections.drained)
+        node.setName("cluster")
+        relay = node.relay
+        connections.shared = node.slots
+        failures = node.failed_auth(settings.server.failed_auth_per_minute)
+        node.on_revoked(connections.revoked)
+        probes["redis"] = node.check
+    chat = ChatService(
+        store=store, llm=pipeline.llm, clock=reactor,
+        system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
+        vision=settings.llm.vision, relay=relay,
+    )
+    metrics = ServerMetrics()
     origins = settings.server.allowed_origins
     site = build_site(
         gates={
@@ -191,7 +203,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store,
         routes={
             **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining),
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes),
             **page_routes(),
         },
         metrics=metrics,
@@ -202,6 +214,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # store (after its queued writes) and the upstream connection pool.
     _Closing(pool, "closeCachedConnections", after=connections.drained).setServiceParent(root)
     _Closing(store, after=connections.drained).setServiceParent(root)
+    if settings.cluster.redis:
+        node.setServiceParent(root)  # stopped after the sockets, which give their slots back
     connections.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
     for description in options["listen"]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +28,17 @@ _log = Logger()
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
+
+
+class Relay(Protocol):
+    """Carries a session's events to and from other processes (``livetx.cluster.relay``)."""
+
+    def publish(self, session_id: str, event: Event) -> None: ...
+
+    def subscribe(self, session_id: str, deliver: Listener) -> None: ...
+
+    def unsubscribe(self, session_id: str) -> None: ...
+
 
 PART_TYPES = ("plain", "image", "file")
 
@@ -114,7 +126,9 @@ class ChatService:
     def __init__(
         self, *, store: ConversationStore, llm: ChatModel, clock: IReactorTime,
         system_prompt: str = "", history_turns: int = 20, vision: bool = False,
+        relay: Relay | None = None,
     ) -> None:
+        self._relay = relay
         self._vision = vision
         self._store = store
         self._llm = llm
@@ -134,7 +148,10 @@ class ChatService:
                 raise LookupError("no such session")
             if owner != username:
                 raise PermissionError("this session belongs to another user")
-            self._subscribers.setdefault(session_id, set()).add(listener)
+            listeners = self._subscribers.setdefault(session_id, set())
+            if not listeners and self._relay is not None:
+                self._relay.subscribe(session_id, partial(self._deliver, session_id, None))
+            listeners.add(listener)
 
         return d.addCallback(check)
 
@@ -144,10 +161,18 @@ class ChatService:
             listeners.discard(listener)
             if not listeners:
                 del self._subscribers[session_id]
+                if self._relay is not None:
+                    self._relay.unsubscribe(session_id)
 
     def _publish(self, session_id: str, sender: Listener, event: Event) -> None:
         event["session_id"] = session_id
         sender(event)
+        self._deliver(session_id, sender, event)
+        if self._relay is not None:
+            self._relay.publish(session_id, event)
+
+    def _deliver(self, session_id: str, sender: Listener | None, event: Event) -> None:
+        """Hand an event to the sockets bound to the session here, but its sender."""
         for listener in list(self._subscribers.get(session_id, ())):
             if listener is not sender:
                 listener(event)

@@ -11,7 +11,8 @@ opens no flood of upstream connections. A draining server is not ready.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -25,6 +26,9 @@ from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.web.http_api import _finish_async, _json
 from livetx.web.lazy import OnFirstRequest
+
+#: A shared service's check: fires with ``{"ok": bool, ...}`` (never fails).
+Probe = Callable[[], Deferred[dict[str, Any]]]
 
 #: Seconds a readiness probe waits for each upstream service.
 PROBE_TIMEOUT = 2.0
@@ -59,8 +63,12 @@ class Ready(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
+        probes: Mapping[str, Probe] | None = None,
+    ) -> None:
         super().__init__()
+        self._probes = dict(probes or {})
         self._settings = settings
         self._reactor = reactor
         self._draining = draining
@@ -100,6 +108,8 @@ class Ready(Resource):
                 result["error"] = f"cannot connect to {result['upstream']}"
 
             probes.append(probe(self._reactor, host, port).addErrback(failed))
+        for name, check in self._probes.items():  # shared services: Redis, a database
+            probes.append(check().addCallback(partial(checks.__setitem__, name)))
         return DeferredList(probes).addCallback(lambda _: checks)
 
     def render_GET(self, request: Request) -> Any:
@@ -115,9 +125,13 @@ class Ready(Resource):
 
 
 def ops_routes(
-    metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False
+    metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
+    probes: Mapping[str, Probe] | None = None,
 ) -> dict[str, Resource]:
-    """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping."""
+    """The operations routes, for ``build_site``'s ``routes``.
+
+    ``draining``: the server is stopping; ``probes``: shared services ``/readyz`` checks too.
+    """
     def scraped() -> Resource:
         from prometheus_client.twisted import MetricsResource
 
@@ -126,5 +140,5 @@ def ops_routes(
     return {
         "/metrics": OnFirstRequest(scraped, leaf=True),  # prometheus_client is imported by the first scrape
         "/healthz": Health(),
-        "/readyz": Ready(settings, reactor, draining),
+        "/readyz": Ready(settings, reactor, draining, probes),
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
@@ -116,11 +116,39 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     finished: Deferred[None] | None = None
     #: The client was told the server is shutting down (it is told once).
     told_draining = False
+    #: A cluster-wide connection slot is held for this socket (given back on close).
+    holds_slot = False
     #: Autobahn's settings come through :class:`_FromFactory` (set below the class).
     CONFIG_ATTRS: tuple[str, ...] = ()
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:
         self.admission = self.factory.gate(request)
+        shared = self.factory.connections.shared
+        admission = self.admission
+        if shared is None or admission.refusal is not None or admission.username is None:
+            return None
+        limits = self.factory.limits
+        d = shared.acquire(_user(admission), admission.key_id,
+                           limits.max_connections_per_user, limits.max_connections_per_key)
+        return d.addCallbacks(self._slot, self._no_slot)
+
+    def _slot(self, crowded: str | None) -> None:
+        """The cluster's answer: a slot is ours, or the reason there is none."""
+        if crowded is not None:
+            self.admission = refusal(crowded, frames.RATE_LIMITED, notice=bool(self.admission.key_id))
+        elif self.state == self.STATE_CLOSED:  # the client left while Redis answered
+            self._give_back(self.admission)
+        else:
+            self.holds_slot = True
+
+    def _no_slot(self, failure: Failure) -> None:
+        _log.warn("Cluster-wide connection limits unavailable, counting in this process: {e}",
+                  e=failure.getErrorMessage())
+
+    def _give_back(self, admission: Admission) -> None:
+        shared = self.factory.connections.shared
+        if shared is not None:
+            shared.release(_user(admission), admission.key_id)
 
     def onOpen(self) -> None:
         if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
@@ -258,6 +286,9 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if self.chat is not None:
             self.chat.close()
         self.factory.connections.discard(self)
+        if self.holds_slot:
+            self.holds_slot = False
+            self._give_back(self.admission)
         if self.observer is not None:
             self.observer.closed()
         if self.finished is not None and not self.finished.called:
@@ -386,6 +417,15 @@ def _user(admission: Admission) -> tuple[str, str]:
     return admission.key_id or "", admission.username or ""
 
 
+class SharedSlots(Protocol):
+    """Connection counts kept across processes (``livetx.cluster.limits.ConnectionSlots``)."""
+
+    def acquire(self, user: tuple[str, str], key_id: str | None, user_limit: int,
+                key_limit: int) -> Deferred[str | None]: ...
+
+    def release(self, user: tuple[str, str], key_id: str | None) -> object: ...
+
+
 class ConnectionTracker(Service):
     """Knows the open sockets, so that stopping the server can drain and close them.
 
@@ -407,6 +447,8 @@ class ConnectionTracker(Service):
         self._grace = grace
         self.draining = False
         self.drained: Deferred[None] = Deferred()
+        #: Cluster-wide slots, checked at the handshake as well as the counts here.
+        self.shared: SharedSlots | None = None
 
     def __len__(self) -> int:
         return len(self._open)
@@ -432,6 +474,11 @@ class ConnectionTracker(Service):
             _decrement(self._users, _user(protocol.admission))
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
+
+    def revoked(self, key_id: str) -> None:
+        """An API key was revoked (here or on another node): close its sockets."""
+        for protocol in [p for p in self._open if p.admission.key_id == key_id]:
+            protocol.close_with(POLICY_VIOLATION, "API key revoked")
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

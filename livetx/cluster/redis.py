@@ -1,0 +1,147 @@
+"""The one module that knows txredisapi: commands, scripts, publish and subscribe.
+
+txredisapi speaks RESP on Twisted's own reactor, so the server keeps its
+epoll reactor and every Redis reply is a Deferred like the store's
+(docs/deployment.md says why it was chosen over redis-py's asyncio client).
+Everything else in :mod:`livetx.cluster` talks to :class:`Redis` only.
+
+A command never waits longer than ``timeout``: txredisapi queues commands
+while it reconnects, and a server whose Redis went away must fail the
+command and fall back, not hang a handshake.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: Seconds a command may take before it fails (Redis answers in well under a millisecond).
+TIMEOUT = 2.0
+
+Handler = Callable[[str], None]
+
+
+def _address(url: str) -> tuple[str, int, int, str | None]:
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname or "localhost", parts.port or 6379, int(database or 0), password
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """A subscribing connection; messages go to the factory's :class:`Redis`."""
+
+    owner: Redis
+
+    def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
+        self.owner._dispatch(channel, message)
+
+
+class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
+    """Keeps one subscribing connection, subscribing again to every channel after a reconnect."""
+
+    protocol = _Subscriber
+
+    def __init__(self, owner: Redis, password: str | None) -> None:
+        super().__init__(isLazy=True)
+        self.owner = owner
+        self.password = password
+        self.connection: _Subscriber | None = None
+
+    def buildProtocol(self, addr: Any) -> _Subscriber:
+        protocol: _Subscriber = super().buildProtocol(addr)
+        protocol.owner = self.owner
+        return protocol
+
+    def addConnection(self, conn: _Subscriber) -> None:
+        super().addConnection(conn)
+        if conn.connected:
+            self.connection = conn
+            channels = list(self.owner._handlers)
+            if channels:
+                conn.subscribe(channels).addErrback(lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
+
+    def delConnection(self, conn: _Subscriber) -> None:
+        super().delConnection(conn)
+        if self.connection is conn:
+            self.connection = None
+
+
+class Redis:
+    """A connection pool for commands, and one connection for subscriptions, both reconnecting."""
+
+    def __init__(self, url: str, reactor: Any, timeout: float = TIMEOUT, poolsize: int = 2) -> None:
+        host, port, database, password = _address(url)
+        self._reactor: IReactorTime = reactor
+        self._timeout = timeout
+        self.where = f"{host}:{port}/{database}"
+        self._pool = txredisapi.lazyConnectionPool(
+            host, port, dbid=database, poolsize=poolsize, password=password,
+            connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False,
+        )
+        self._handlers: dict[str, list[Handler]] = {}
+        self._subscriptions = _Subscriptions(self, password)
+        self._subscriptions.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        """Run one command; fails after ``timeout`` when Redis does not answer."""
+        try:
+            d: Deferred[Any] = self._pool.execute_command(*args)
+        except txredisapi.ConnectionError as e:
+            return _failed(e)
+        return d.addTimeout(self._timeout, self._reactor)
+
+    def script(self, source: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        """Run a Lua script (``EVAL``: the scripts are short, so sending them each time is cheap)."""
+        return self.command("EVAL", source, len(keys), *keys, *args)
+
+    def publish(self, channel: str, message: str) -> Deferred[Any]:
+        return self.command("PUBLISH", channel, message)
+
+    def ping(self) -> Deferred[Any]:
+        return self.command("PING")
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Call ``handler(message)`` for every message on ``channel`` (again after reconnects)."""
+        handlers = self._handlers.setdefault(channel, [])
+        handlers.append(handler)
+        connection = self._subscriptions.connection
+        if len(handlers) == 1 and connection is not None and connection.connected:
+            connection.subscribe(channel).addErrback(lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
+
+    def unsubscribe(self, channel: str, handler: Handler) -> None:
+        handlers = self._handlers.get(channel, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers and channel in self._handlers:
+            del self._handlers[channel]
+            connection = self._subscriptions.connection
+            if connection is not None and connection.connected:
+                connection.unsubscribe(channel).addErrback(lambda f: None)
+
+    def _dispatch(self, channel: str, message: str) -> None:
+        for handler in list(self._handlers.get(channel, ())):
+            try:
+                handler(message)
+            except Exception:
+                _log.failure("Bug in a handler of Redis channel {channel}", channel=channel)
+
+    def close(self) -> Deferred[Any]:
+        """Stop reconnecting and close every connection."""
+        self._subscriptions.disconnect()
+        d: Deferred[Any] = self._pool.disconnect()
+        return d
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d
