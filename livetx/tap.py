@@ -52,6 +52,8 @@ class Options(usage.Options):
     optParameters = [
         ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
+        ["workers", "w", 1, "Worker processes sharing the --listen sockets (more than 1 needs [cluster] redis).", int],
+        ["metrics-dir", None, None, "Internal: where --workers' processes share their metrics."],
     ]
     optFlags = [
         ["conformance-echo", None, "Test only: also serve an echo socket at /conformance/echo."],
@@ -60,6 +62,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["adopt"] = []
+
+    def opt_adopt(self, spec: str) -> None:
+        """Internal (--workers): serve an inherited listening socket, FD:FAMILY."""
+        self["adopt"].append(spec)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint, e.g. tcp:6185 or ssl:8443:privateKey=key.pem (repeatable)."""
@@ -93,10 +100,28 @@ class Options(usage.Options):
                 Path(self["config"]) if self["config"] else None
             )
             check_engines(self["settings"])
+            self._check_workers()
         except configuration.ConfigError as e:
             # One line naming the problem, not a page of usage text.
             sys.stderr.write(f"livetx: {e}\n")
             raise SystemExit(1)
+
+    def _check_workers(self) -> None:
+        workers = self["workers"]
+        if workers < 1:
+            raise configuration.ConfigError("--workers must be 1 or more")
+        if workers > 1 and not self["settings"].cluster.redis:
+            raise configuration.ConfigError(
+                f"--workers {workers} needs [cluster] redis in the config file: the workers share limits, "
+                "bound sessions and resume through it")
+        if workers > 1:
+            from livetx.cluster.workers import unshareable
+
+            for description in self["listen"]:
+                if unshareable(description):
+                    raise configuration.ConfigError(
+                        f"--workers cannot share --listen {description!r}: use tcp: or unix: "
+                        "(terminate TLS at the proxy in front)")
 
 
 class _Closing(Service):
@@ -151,12 +176,36 @@ def _trim_heap() -> None:
     trim(0)
 
 
+class _Adopted(Service):
+    """A listening socket inherited from the ``--workers`` supervisor."""
+
+    def __init__(self, reactor: Any, spec: str, factory: Any) -> None:
+        self._reactor, self._spec, self._factory = reactor, spec, factory
+        self._port: Any = None
+
+    def startService(self) -> None:
+        from livetx.cluster.workers import adopt
+
+        super().startService()
+        self._port = adopt(self._reactor, self._spec, self._factory)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self._port.stopListening() if self._port is not None else None
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the server: listening ports, the site behind them, and shutdown hooks."""
     if reactor is None:
         from twisted.internet import reactor
     settings: configuration.Config = options["settings"]
     data_dir: Path = options["data-dir"]
+    if options["workers"] > 1:  # this process only supervises; the workers serve
+        from livetx.cluster.workers import Supervisor
+
+        args = ["--data-dir", str(data_dir), *(["--config", options["config"]] if options["config"] else [])]
+        args += ["--conformance-echo"] if options["conformance-echo"] else []
+        return Supervisor(reactor, options["listen"], options["workers"], args)
 
     secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
     http, pool = make_http_client(reactor)
@@ -218,8 +267,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         node.setServiceParent(root)  # stopped after the sockets, which give their slots back
     connections.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
-    for description in options["listen"]:
-        strports.service(description, site, reactor=reactor).setServiceParent(root)
+    if options["adopt"]:  # a worker of --workers: the supervisor holds the sockets
+        from livetx.cluster.worker_metrics import SharedMetrics
+        from livetx.cluster.workers import as_worker
+
+        as_worker(reactor)
+        for spec in options["adopt"]:
+            _Adopted(reactor, spec, site).setServiceParent(root)
+        SharedMetrics(metrics, Path(options["metrics-dir"]), reactor).setServiceParent(root)
+    else:
+        for description in options["listen"]:
+            strports.service(description, site, reactor=reactor).setServiceParent(root)
     _log.info(
         "livetx {version}: model {llm}, speech {tts}, transcription {stt}, data in {data_dir}",
         version=__version__,

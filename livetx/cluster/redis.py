@@ -76,15 +76,20 @@ class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
 
 
 class Redis:
-    """A connection pool for commands, and one connection for subscriptions, both reconnecting."""
+    """One connection for commands, one for subscriptions, both reconnecting.
 
-    def __init__(self, url: str, reactor: Any, timeout: float = TIMEOUT, poolsize: int = 2) -> None:
+    One command connection, not a pool: commands reach Redis in the order
+    they were sent, so a chat turn's events are published in order (Redis
+    pipelines them; a second connection would let them overtake each other).
+    """
+
+    def __init__(self, url: str, reactor: Any, timeout: float = TIMEOUT) -> None:
         host, port, database, password = _address(url)
         self._reactor: IReactorTime = reactor
         self._timeout = timeout
         self.where = f"{host}:{port}/{database}"
         self._pool = txredisapi.lazyConnectionPool(
-            host, port, dbid=database, poolsize=poolsize, password=password,
+            host, port, dbid=database, poolsize=1, password=password,
             connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False,
         )
         self._handlers: dict[str, list[Handler]] = {}
