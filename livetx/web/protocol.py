@@ -33,7 +33,9 @@ from livetx.store import ConversationStore
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
+from livetx.live.journal import Journals, MemoryJournals
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
+from livetx.web.resume import Resumable, opted_in
 
 _log = Logger()
 
@@ -118,6 +120,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     told_draining = False
     #: A cluster-wide connection slot is held for this socket (given back on close).
     holds_slot = False
+    resumable: Resumable | None = None
     #: Autobahn's settings come through :class:`_FromFactory` (set below the class).
     CONFIG_ATTRS: tuple[str, ...] = ()
 
@@ -186,11 +189,13 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
                 admission.session_id or default_live_session(admission.username),
             )
             memory.opened.addErrback(self._memory_refused)
+        self.resumable = Resumable(self.factory.journals, admission.username, self.factory.clock, self.send,
+                                   self._error)
         self.session = LiveSession(
             username=admission.username,
             pipeline=self.factory.pipeline,
             clock=self.factory.clock,
-            emit=self.send,
+            emit=self.resumable.out,
             memory=memory,
         )
         self.factory.connections.add(self)
@@ -199,6 +204,8 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
+        if opted_in(self.http_request_params):
+            self.session.receive({"t": "session_update", "resume": True})
 
     def stop_listening(self) -> None:
         """The server is stopping: drop what the session has half heard."""
@@ -244,12 +251,16 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if draining and frame.get("t") not in STOPPING:
             self._refuse_while_draining()
             return
+        assert self.resumable is not None
+        if self.resumable.receive(frame):
+            return
         mode = self.admission.mode or frame.get("ct", "live")
         if mode == "live":
             self.session.receive(frame)
         elif mode == "chat":
             if self.chat is None:
-                self.chat = ChatChannel(self.factory.chat, self.session.username, self.send)
+                assert self.resumable is not None
+                self.chat = ChatChannel(self.factory.chat, self.session.username, self.resumable.out)
             self.chat.receive(frame)
         else:
             self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
@@ -280,11 +291,24 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.setTimeout(None)
-        if self.session is not None:
-            self.session.close()
-            self.session = None
-        if self.chat is not None:
-            self.chat.close()
+        busy = self.busy
+        session, chat, self.session = self.session, self.chat, None
+
+        def finish() -> None:
+            if session is not None:
+                session.close()
+            if chat is not None:
+                chat.close()
+
+        def interrupt() -> None:
+            for side in (session, chat):
+                if side is not None:
+                    side.receive({"t": "interrupt"})
+
+        if session is not None:
+            session.stop_listening()
+        if self.resumable is None or not self.resumable.closed(busy, interrupt, finish):
+            finish()  # else the turn goes on into the resume journal, and finishes then
         self.factory.connections.discard(self)
         if self.holds_slot:
             self.holds_slot = False
@@ -352,11 +376,13 @@ class LiveServerFactory(WebSocketServerFactory):
         store: ConversationStore | None = None,
         metrics: ServerMetrics | None = None,
         endpoint: str = "",
+        journals: Journals | None = None,
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
         self.chat = chat
         self.store = store
+        self.journals = journals or MemoryJournals(clock)
         self.gate = gate
         self.pipeline = pipeline
         self.connections = connections

@@ -12,6 +12,7 @@ from twisted.web.server import Request, Site
 
 from livetx.config import ServerConfig
 from livetx.chat.service import ChatService
+from livetx.live.journal import Journals, MemoryJournals
 from livetx.live.session import Pipeline
 from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore
@@ -76,10 +77,12 @@ def build_site(
     routes: dict[str, Resource] | None = None,
     metrics: ServerMetrics | None = None,
     echo: bool = False,
+    journals: Journals | None = None,
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
     metrics = metrics or ServerMetrics()  # one registry for every socket path
+    journals = journals or MemoryJournals(clock)  # one resume journal for every socket path
     for path, resource in (routes or {}).items():
         _mount(root, path, resource)
     for path, gate_name in WEBSOCKET_ROUTES.items():
@@ -93,6 +96,7 @@ def build_site(
             store=store,
             metrics=metrics,
             endpoint=path,
+            journals=journals,
         )
         _mount(root, path, WebSocketResource(factory))
     if echo:
