@@ -25,6 +25,7 @@ from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.deferreds import waiter_for
+from livetx.live.journal import Journals, MemoryJournals
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
@@ -221,6 +222,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     relay = None
     probes = {}
+    resume = settings.cluster
+    journals: Journals = MemoryJournals(reactor, resume.resume_seconds, resume.resume_frames)
     if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
         from livetx.cluster.node import ClusterNode
 
@@ -231,6 +234,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         failures = node.failed_auth(settings.server.failed_auth_per_minute)
         node.on_revoked(connections.revoked)
         probes["redis"] = node.check
+        journals = node.journals(resume.resume_seconds, resume.resume_frames)
     chat = ChatService(
         store=store, llm=pipeline.llm, clock=reactor,
         system_prompt=settings.llm.system_prompt, history_turns=settings.llm.history_turns,
@@ -257,6 +261,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         },
         metrics=metrics,
         echo=bool(options["conformance-echo"]),
+        journals=journals,
     )
     # Stopped in reverse order: ports, open sockets (running turns get
     # [server] shutdown_grace to finish), then, once they are drained, the

@@ -15,7 +15,6 @@ from typing import Any
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from livetx.auth.keys import KeyStore
 from livetx.cli import main as cli
@@ -25,11 +24,8 @@ from livetx.cluster.redis import Redis
 from .engines import RedisServer
 from .support import RunningServer, connect, open_socket
 from .test_chat import send
-from .test_live_ws import OPEN_API, eventually, openai_config
-
-
-async def settle(seconds: float = 0.05) -> None:
-    await deferLater(reactor, seconds, lambda: None)
+from .test_live_ws import LIVE, OPEN_API, eventually, openai_config
+from .test_resume import REPLY, SLOW_ECHO, seqs, settle, start_turn
 
 
 @pytest_twisted.ensureDeferred
@@ -168,3 +164,36 @@ async def test_readyz_reports_redis(tmp_path: Path, openai: Any) -> None:
     finally:
         await server.stop()
         redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_dropped_on_one_node_is_resumed_and_interrupted_from_the_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = SLOW_ECHO + f'\n[cluster]\nredis = "{redis_server.url}"\n'
+    one, two = await two_nodes(tmp_path, config)
+    try:
+        token = one.token("ann")
+        _, session_id, before = await start_turn(one, token)
+        stranger = await connect(two.url(LIVE, token=one.token("eve")))
+        stranger.send({"t": "resume", "session_id": session_id, "seq": 0})
+        assert (await stranger.next())["code"] == "FORBIDDEN"
+
+        after = await connect(two.url(LIVE, token=token))
+        after.send({"t": "resume", "session_id": session_id, "seq": before[-1]["seq"]})
+        await after.wait(lambda: any(f["t"] == "bot_delta_chunk" for f in after.frames))
+        after.send({"t": "interrupt"})  # runs on node one
+        rest = await after.until("stop_play")
+        numbers = seqs(before) + seqs(rest)
+        assert numbers == list(range(1, len(numbers) + 1))
+        delivered = "".join(f["data"]["text"] for f in before + rest if f["t"] == "bot_delta_chunk")
+        assert 0 < len(delivered.split()) < len(REPLY.split())
+
+        await settle(0.2)  # node two takes the journal over once node one lets go
+        more = await after.turn("again")
+        assert seqs(more)[0] > numbers[-1]
+        for client in (after, stranger):
+            await client.close_and_wait()
+    finally:
+        await one.stop()
+        await two.stop()

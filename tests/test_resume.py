@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 
 from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.live.journal import MemoryJournals
 
 from .support import LiveClient, connect, frame_kind
-from .test_cluster import settle
 
 SLOW_ECHO = '[llm]\nprovider = "echo"\necho_delay = 0.05\n\n[tts]\nprovider = "none"\n'
 REPLY = "one two three four five six seven eight nine ten"
@@ -73,6 +73,10 @@ def test_journal_forgets_after_its_window() -> None:
     _, failure = resumed(journals, writer.session_id, "ann", 1)
     assert failure.value.code == frames.RESUME_EXPIRED
     assert resumed(journals, "unknown", "ann", 0)[1].value.code == frames.RESUME_EXPIRED
+
+
+async def settle(seconds: float = 0.05) -> None:
+    await deferLater(reactor, seconds, lambda: None)
 
 
 def seqs(received: list[dict[str, Any]]) -> list[int]:

@@ -19,7 +19,7 @@ from livetx.metrics import ServerMetrics
 
 from .engines import RedisServer
 from .support import connect, replied
-from .test_cluster import settle
+from .test_resume import settle
 from .test_live_ws import eventually
 from .test_ops import families
 from .test_twistd import TWISTD, free_port, run_cli, wait_for_port

@@ -24,13 +24,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from livetx.cluster.redis import Redis
+from livetx.cluster.redis import Redis, warn_unreachable
 from livetx.web.admission import FailedAuth
-
-_log = Logger()
 
 #: Seconds a node's heartbeat key lives; it is refreshed every third of that.
 HEARTBEAT_TTL = 15
@@ -109,7 +105,7 @@ class ConnectionSlots:
 
     def release(self, user: tuple[str, str], key_id: str | None) -> Deferred[None]:
         d = self._redis.script(_RELEASE, self._keys(user, key_id), [self._node])
-        return d.addCallbacks(lambda _: None, _unreachable, errbackArgs=("give back a connection slot",))
+        return d.addCallbacks(lambda _: None, warn_unreachable, errbackArgs=("give back a connection slot",))
 
     def forget(self) -> Deferred[Any]:
         """This node stops: its slots go at once rather than when its heartbeat expires."""
@@ -125,7 +121,7 @@ class SharedFailedAuth(FailedAuth):
         self._prefix = prefix
         self._channel = f"{prefix}blocked"
         self._until: dict[str, float] = {}
-        redis.subscribe(self._channel, self._heard)
+        redis.listen(self._channel, self._heard)
 
     def blocked(self, address: str) -> bool:
         until = self._until.get(address)
@@ -141,13 +137,13 @@ class SharedFailedAuth(FailedAuth):
             return
         d = self._redis.script(_FAIL, [f"{self._prefix}failed:{address}"], [int(self.WINDOW)])
         d.addCallback(self._counted, address)
-        d.addErrback(_unreachable, "count a failed login")
+        d.addErrback(warn_unreachable, "count a failed login")
 
     def _counted(self, reply: list[Any], address: str) -> None:
         count, ttl = int(reply[0]), int(reply[1])
         if count >= self._limit:
             self._redis.publish(self._channel, f"{max(ttl, 1)} {address}").addErrback(
-                _unreachable, "announce a blocked address")
+                warn_unreachable, "announce a blocked address")
 
     def _heard(self, message: str) -> None:
         ttl, _, address = message.partition(" ")
@@ -155,6 +151,3 @@ class SharedFailedAuth(FailedAuth):
         if len(self._until) > self._max:
             del self._until[next(iter(self._until))]
 
-
-def _unreachable(failure: Failure, what: str) -> None:
-    _log.warn("Redis did not answer, could not {what}: {error}", what=what, error=failure.getErrorMessage())

@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from livetx.deferreds import waiter_for
+from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import HEARTBEAT_TTL, ConnectionSlots, SharedFailedAuth
 from livetx.cluster.redis import Redis
 from livetx.cluster.relay import ChatRelay
@@ -41,12 +42,16 @@ class ClusterNode(Service):
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = reactor
 
+    def journals(self, seconds: float, limit: int) -> RedisJournals:
+        """The resume journal, shared by every process."""
+        return RedisJournals(self.redis, self.reactor, seconds, limit, self.prefix)
+
     def failed_auth(self, limit: int) -> SharedFailedAuth:
         return SharedFailedAuth(limit, self.reactor, self.redis, self.prefix)
 
     def on_revoked(self, close: Callable[[str], None]) -> None:
         """Call ``close(key_id)`` when ``livetx keys revoke`` revokes a key anywhere."""
-        self.redis.subscribe(self.prefix + REVOKED, close)
+        self.redis.listen(self.prefix + REVOKED, close)
 
     def _heartbeat(self) -> None:
         self.slots.heartbeat().addErrback(

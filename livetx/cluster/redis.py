@@ -16,10 +16,11 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 _log = Logger()
 
@@ -114,13 +115,25 @@ class Redis:
     def ping(self) -> Deferred[Any]:
         return self.command("PING")
 
-    def subscribe(self, channel: str, handler: Handler) -> None:
-        """Call ``handler(message)`` for every message on ``channel`` (again after reconnects)."""
+    def subscribe(self, channel: str, handler: Handler) -> Deferred[Any]:
+        """Call ``handler(message)`` for every message on ``channel`` (again after reconnects).
+
+        The Deferred fires once Redis has confirmed the subscription (fails
+        when it cannot be reached); messages published after that reach ``handler``.
+        """
         handlers = self._handlers.setdefault(channel, [])
         handlers.append(handler)
         connection = self._subscriptions.connection
-        if len(handlers) == 1 and connection is not None and connection.connected:
-            connection.subscribe(channel).addErrback(lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
+        if connection is None or not connection.connected:
+            return _failed(txredisapi.ConnectionError("not connected to Redis"))
+        if len(handlers) > 1:
+            return succeed(None)
+        d: Deferred[Any] = connection.subscribe(channel)
+        return d.addTimeout(self._timeout, self._reactor)
+
+    def listen(self, channel: str, handler: Handler) -> None:
+        """:meth:`subscribe` for good: if Redis is away now, the subscription is made when it is back."""
+        self.subscribe(channel, handler).addErrback(lambda _: None)
 
     def unsubscribe(self, channel: str, handler: Handler) -> None:
         handlers = self._handlers.get(channel, [])
@@ -144,6 +157,11 @@ class Redis:
         self._subscriptions.disconnect()
         d: Deferred[Any] = self._pool.disconnect()
         return d
+
+
+def warn_unreachable(failure: Failure, what: str) -> None:
+    """An errback for writes nobody waits for: say what could not be done, and go on."""
+    _log.warn("Redis did not answer, could not {what}: {error}", what=what, error=failure.getErrorMessage())
 
 
 def _failed(error: Exception) -> Deferred[Any]:

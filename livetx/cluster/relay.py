@@ -47,7 +47,7 @@ class ChatRelay:
                 deliver(decoded["event"])
 
         self._handlers[session_id] = heard
-        self._redis.subscribe(self._channel(session_id), heard)
+        self._redis.listen(self._channel(session_id), heard)
 
     def unsubscribe(self, session_id: str) -> None:
         heard = self._handlers.pop(session_id, None)

@@ -29,7 +29,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -90,7 +91,7 @@ class _Worker(ProcessProtocol):
         self.pid: int | None = None
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        self.pid = getattr(self.transport, "pid", None)
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -128,7 +129,7 @@ class Supervisor(Service):
             self._spawn(index)
 
     def _cannot_listen(self, failure: Failure) -> None:
-        error = failure.value.subFailure if hasattr(failure.value, "subFailure") else failure
+        error = getattr(failure.value, "subFailure", failure)
         sys.stderr.write(f"livetx: cannot listen: {error.getErrorMessage()}\n")
         self.reactor.stop()
 
@@ -169,8 +170,8 @@ class Supervisor(Service):
         for worker in list(self._workers.values()):
             waiting.append(worker.ended)
             try:
-                worker.transport.signalProcess("TERM")
-            except Exception:  # already gone
+                worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            except ProcessExitedAlready:
                 pass
         for port in self._ports:
             port.stopListening()
@@ -179,7 +180,7 @@ class Supervisor(Service):
             if self._own_metrics_dir:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
-        return DeferredList(waiting).addCallback(cleaned) if waiting else succeed(cleaned(None))
+        return DeferredList(waiting).addCallback(cleaned)
 
 
 def mark_dead(directory: str, pid: int | None) -> None:

@@ -112,8 +112,8 @@ class Resumable:
 
     def _refused(self, failure: Failure) -> None:
         failure.trap(FrameError)
-        error: FrameError = failure.value
-        self._send(self._error(error.code, error.message))
+        assert isinstance(failure.value, FrameError)
+        self._send(self._error(failure.value.code, failure.value.message))
 
     def closed(self, busy: bool, interrupt: Callable[[], None], finish: Callable[[], None]) -> bool:
         """The socket closed. True when its running turn goes on into the journal.
