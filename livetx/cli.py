@@ -15,18 +15,29 @@ from typing import Callable
 
 from twisted.python import usage
 
-from livetx import __version__, config as configuration
+from livetx import __version__, config as configuration, storage
 from livetx.auth.keys import CorruptKeyFile, KeyStore
-from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.auth.tokens import issue_token
 
 
 class _DataDirOptions(usage.Options):
     longdesc = ""
-    optParameters = [["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."]]
+    optParameters = [
+        ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."],
+        ["config", "c", None, "The server's TOML config: its [store] url and [auth] jwt_secret apply."],
+    ]
 
     @property
     def data_dir(self) -> Path:
         return Path(self["data-dir"]).expanduser()
+
+    @property
+    def settings(self) -> configuration.Config:
+        return configuration.load(Path(self["config"]) if self["config"] else None)
+
+    def keys(self) -> KeyStore:
+        """The keys of the store the server uses: the data dir's, or PostgreSQL's."""
+        return storage.key_store(self.settings, self.data_dir)
 
 
 class KeysCreate(_DataDirOptions):
@@ -47,17 +58,17 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID [--config FILE]"
-    optParameters = [
-        ["config", "c", None, "The server's TOML config: with [cluster] redis, every node closes the key's sockets."],
-    ]
+    synopsis = "KEY_ID"
 
     def parseArgs(self, key_id: str) -> None:
         self["id"] = key_id
 
 
 class KeysOptions(usage.Options):
-    longdesc = "Open API keys are stored hashed in the data dir; the server sees changes at once."
+    longdesc = (
+        "Open API keys are stored hashed in the data dir, or in PostgreSQL when --config sets "
+        "[store] url; running servers see changes at once (within a second from PostgreSQL)."
+    )
     subCommands = [
         ["create", None, KeysCreate, "Create an API key and print it (last line)."],
         ["list", None, _DataDirOptions, "List keys (never the keys themselves)."],
@@ -73,7 +84,6 @@ class TokenOptions(_DataDirOptions):
     optParameters = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires.", float],
-        ["config", "c", None, "The server's TOML config, if it sets [auth] jwt_secret."],
     ]
 
     def postOptions(self) -> None:
@@ -160,7 +170,7 @@ class Options(usage.Options):
 
 
 def keys_create(options: KeysCreate) -> int:
-    record, key = KeyStore(options.data_dir).create(options["scopes"], options["name"])
+    record, key = options.keys().create(options["scopes"], options["name"])
     print(f"created key {record.id} ({record.name or 'unnamed'}) with scopes {', '.join(record.scopes)}")
     print("store it now; it cannot be shown again:")
     print(key)
@@ -169,21 +179,21 @@ def keys_create(options: KeysCreate) -> int:
 
 def keys_list(options: _DataDirOptions) -> int:
     print(f"{'id':8}  {'prefix':8}  {'name':16}  {'scopes':14}  {'created':25}  revoked")
-    for r in KeyStore(options.data_dir).list():
+    for r in options.keys().list():
         print(f"{r.id:8}  {r.prefix:8}  {(r.name or '-'):16}  {','.join(r.scopes):14}  "
               f"{r.created_at:25}  {r.revoked_at or '-'}")
     return 0
 
 
 def keys_revoke(options: KeysRevoke) -> int:
-    settings = configuration.load(Path(options["config"]) if options["config"] else None)
-    if KeyStore(options.data_dir).revoke(options["id"]):
+    if options.keys().revoke(options["id"]):
         print(f"revoked key {options['id']}")
-        if settings.cluster.redis:
+        redis = options.settings.cluster.redis
+        if redis:  # every node closes the key's sockets now, not at its next key refresh
             from livetx.cluster.revocation import announce
 
             try:
-                nodes = announce(settings.cluster.redis, options["id"])
+                nodes = announce(redis, options["id"])
             except Exception as e:  # redis-py's errors: the key is revoked, the sockets stay
                 print(f"livetx: revoked, but could not tell the servers over Redis: {e}", file=sys.stderr)
                 return 1
@@ -194,8 +204,7 @@ def keys_revoke(options: KeysRevoke) -> int:
 
 
 def token(options: TokenOptions) -> int:
-    settings = configuration.load(Path(options["config"]) if options["config"] else None)
-    secret = load_or_create_secret(options.data_dir, settings.auth.jwt_secret)
+    secret = storage.jwt_secret(options.settings, options.data_dir)
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 

@@ -128,6 +128,15 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where conversations, sessions, attachments' records and API keys are kept."""
+
+    #: None: SQLite in the data dir. "postgresql://USER:PASSWORD@HOST:PORT/DB": PostgreSQL,
+    #: shared by every process and node. ``LIVETX_STORE_URL`` overrides it.
+    url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -136,6 +145,7 @@ class Config:
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
     stt: STTConfig = STTConfig()
+    store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
 
 
@@ -236,6 +246,11 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             config = dataclasses.replace(
                 config, **{name: dataclasses.replace(section, api_key=key)}
             )
+    url = environ.get("LIVETX_STORE_URL") or config.store.url
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("[store] url must start with postgresql:// (or be left out for SQLite)")
+    if url != config.store.url:
+        config = dataclasses.replace(config, store=StoreConfig(url=url))
     return config
 
 

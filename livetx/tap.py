@@ -21,15 +21,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
-from livetx.auth.keys import KeyStore
-from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.deferreds import waiter_for
 from livetx.live.journal import Journals, MemoryJournals
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
-from livetx.store.sqlite import SQLiteStore
+from livetx.storage import check as check_store, open_storage
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
@@ -102,6 +100,7 @@ class Options(usage.Options):
             )
             check_engines(self["settings"])
             self._check_workers()
+            check_store(self["settings"])
         except configuration.ConfigError as e:
             # One line naming the problem, not a page of usage text.
             sys.stderr.write(f"livetx: {e}\n")
@@ -208,20 +207,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         args += ["--conformance-echo"] if options["conformance-echo"] else []
         return Supervisor(reactor, options["listen"], options["workers"], args)
 
-    secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
+    storage = open_storage(settings, data_dir, reactor)
+    store, keys, secret = storage.store, storage.keys, storage.secret
     http, pool = make_http_client(reactor)
     pipeline = build_pipeline(settings, http, reactor, data_dir)
 
     root = MultiService()
-    store = SQLiteStore(data_dir)
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
     connections.setName("connections")
-    keys = KeyStore(data_dir)
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     relay = None
-    probes = {}
+    probes = dict(storage.probes)
     resume = settings.cluster
     journals: Journals = MemoryJournals(reactor, resume.resume_seconds, resume.resume_frames)
     if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
@@ -233,7 +231,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         connections.shared = node.slots
         failures = node.failed_auth(settings.server.failed_auth_per_minute)
         node.on_revoked(connections.revoked)
-        probes["redis"] = node.check
+        refresh = getattr(keys, "refresh", None)  # PostgreSQL's key cache: refuse the key at once too
+        if refresh is not None:
+            node.on_revoked(lambda _: refresh())
+        probes["redis"] = node.ping
         journals = node.journals(resume.resume_seconds, resume.resume_frames)
     chat = ChatService(
         store=store, llm=pipeline.llm, clock=reactor,
@@ -271,6 +272,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if settings.cluster.redis:
         node.setServiceParent(root)  # stopped after the sockets, which give their slots back
     connections.setServiceParent(root)
+    for service in storage.services:
+        service.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
     if options["adopt"]:  # a worker of --workers: the supervisor holds the sockets
         from livetx.cluster.worker_metrics import SharedMetrics

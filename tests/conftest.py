@@ -12,6 +12,7 @@ from twisted.internet import reactor
 from livetx.testing.openai_server import start as start_openai
 
 from .engines import RedisServer
+from .services import haproxy, postgres_url, postgresql, redis_url  # noqa: F401 (fixtures)
 from .support import RunningServer
 
 

@@ -157,10 +157,11 @@ async def test_readyz_reports_redis(tmp_path: Path, openai: Any) -> None:
     try:
         response = await treq.get(server.url("/readyz", scheme="http"), reactor=reactor)
         body = json.loads(await treq.content(response))
-        assert response.code == 200 and body["checks"]["redis"] == {"ok": True, "upstream": f"127.0.0.1:{redis.port}/0"}
+        assert response.code == 200 and body["checks"]["redis"] == {"ok": True}
         redis.stop()  # the route reuses its answer for a few seconds: ask the check itself
-        check = await server.service.getServiceNamed("cluster").check()
-        assert check["ok"] is False and "does not answer" in check["error"]
+        failed: list[Any] = []
+        await server.service.getServiceNamed("cluster").ping().addErrback(failed.append)
+        assert failed
     finally:
         await server.stop()
         redis.stop()

@@ -17,7 +17,7 @@ from livetx.auth.tokens import issue_token, load_or_create_secret
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect, open_socket
-from .test_live_ws import LIVE, openai_config
+from .test_live_ws import LIVE, OPEN_API, openai_config
 from .test_twistd import TWISTD, free_port, wait_for_port
 
 
@@ -61,7 +61,7 @@ async def test_interrupted_reply_is_stored_as_sent(livetx: Any, openai: Any) -> 
     await server.stop()
 
     store = SQLiteStore(server.data_dir)
-    messages = await store.messages("story")
+    messages = await store.messages("cy", "story")
     assert [(m.role, m.text, m.interrupted) for m in messages] == [
         ("user", "Tell me everything", False),
         ("assistant", sent, True),
@@ -71,16 +71,33 @@ async def test_interrupted_reply_is_stored_as_sent(livetx: Any, openai: Any) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_someone_elses_session_is_refused(livetx: Any) -> None:
-    server = await livetx()
-    owner = await connect(server.url(LIVE, token=server.token("ann"), session_id="private"))
-    await owner.turn("secret plans")
-    await owner.close_and_wait()
-    intruder = await open_socket(server.url(LIVE, token=server.token("eve"), session_id="private"))
-    await intruder.closed
-    assert intruder.close_code == 1008
-    assert [f.get("code") for f in intruder.frames if f["t"] == "error"] == ["FORBIDDEN"]
-    assert not any(f["t"] == "user_msg" for f in intruder.frames)
+async def test_no_one_can_squat_another_users_session_id(livetx: Any, openai: Any) -> None:
+    """Issue 13.3: ids are per owner, so taking carol's ids first takes nothing from carol."""
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    key = KeyStore(server.data_dir).create(["chat"])[1]
+    # Alice by JWT on a live socket, Mallory by API key with a chat send, both naming carol's ids.
+    alice = await connect(server.url(LIVE, token=server.token("alice"), session_id="live:carol"))
+    assert not any(f["t"] == "error" for f in await alice.turn("alice was here"))
+    mallory = await connect(server.url(OPEN_API, api_key=key, username="mallory", ct="chat"))
+    mallory.send({"ct": "chat", "t": "send", "message": "mallory too", "session_id": "live:carol"})
+    assert not any(f.get("t") == "error" for f in await mallory.until("end"))
+    mallory_live = await connect(server.url(OPEN_API, api_key=key, username="mallory", session_id="notes"))
+    await mallory_live.turn("mallory's notes")
+
+    # Carol, by JWT and by API key, connects and talks in her own sessions, seeing none of theirs.
+    carol = await connect(server.url(LIVE, token=server.token("carol")))
+    assert not any(f["t"] == "error" for f in await carol.turn("hello"))
+    context = openai.requests_to("/chat/completions")[-1].json["messages"]
+    assert [m["content"] for m in context[1:]] == ["hello"]
+    carol_key = await connect(server.url(OPEN_API, api_key=key, username="carol", session_id="notes"))
+    await carol_key.turn("my notes")
+    assert [m["content"] for m in openai.requests_to("/chat/completions")[-1].json["messages"][1:]] == ["my notes"]
+    again = await connect(server.url(OPEN_API, api_key=key, username="carol"))  # live:carol, by key
+    await again.turn("again")
+    assert [m["content"] for m in openai.requests_to("/chat/completions")[-1].json["messages"][1:]] == [
+        "hello", openai.reply, "again"]
+    for client in (alice, mallory, mallory_live, carol, carol_key, again):
+        await client.close_and_wait()
 
 
 @pytest_twisted.ensureDeferred

@@ -82,7 +82,7 @@ class Twistd:
 async def stored_turn(data: Path, username: str) -> list[tuple[str, str, bool]]:
     store = SQLiteStore(data)
     try:
-        messages = await store.messages(default_live_session(username))
+        messages = await store.messages(username, default_live_session(username))
     finally:
         await store.close()
     return [(m.role, m.text, m.interrupted) for m in messages]

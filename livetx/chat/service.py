@@ -22,7 +22,7 @@ from livetx.live import frames
 from livetx.live.frames import FrameError
 from livetx.live.turn import describe_failure
 from livetx.providers.base import ChatModel, Message, ProviderError
-from livetx.store import ConversationStore, Part
+from livetx.store import ConversationStore, Part, StoredSession
 
 _log = Logger()
 
@@ -30,14 +30,18 @@ Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
 
+#: A chat session: (owner, session id); ids are only unique among one user's sessions.
+SessionKey = tuple[str, str]
+
+
 class Relay(Protocol):
     """Carries a session's events to and from other processes (``livetx.cluster.relay``)."""
 
-    def publish(self, session_id: str, event: Event) -> None: ...
+    def publish(self, key: SessionKey, event: Event) -> None: ...
 
-    def subscribe(self, session_id: str, deliver: Listener) -> None: ...
+    def subscribe(self, key: SessionKey, deliver: Listener) -> None: ...
 
-    def unsubscribe(self, session_id: str) -> None: ...
+    def unsubscribe(self, key: SessionKey) -> None: ...
 
 
 PART_TYPES = ("plain", "image", "file")
@@ -135,45 +139,46 @@ class ChatService:
         self._clock = clock
         self._system_prompt = system_prompt
         self._history_turns = history_turns
-        self._subscribers: dict[str, set[Listener]] = {}
+        #: Listeners by (owner, session id): ids are only unique among one user's sessions.
+        self._subscribers: dict[tuple[str, str], set[Listener]] = {}
 
     # -- subscriptions -----------------------------------------------------
 
     def bind(self, username: str, session_id: str, listener: Listener) -> Deferred[None]:
-        """Subscribe ``listener`` to a session of ``username`` (PermissionError otherwise)."""
-        d = self._store.owner(session_id)
+        """Subscribe ``listener`` to a session of ``username`` (LookupError when the user has none of that id)."""
+        d = self._store.session(username, session_id)
 
-        def check(owner: str | None) -> None:
-            if owner is None:
+        def check(session: StoredSession | None) -> None:
+            if session is None:  # another user's id names none of this user's sessions
                 raise LookupError("no such session")
-            if owner != username:
-                raise PermissionError("this session belongs to another user")
-            listeners = self._subscribers.setdefault(session_id, set())
+            key = (username, session_id)
+            listeners = self._subscribers.setdefault(key, set())
             if not listeners and self._relay is not None:
-                self._relay.subscribe(session_id, partial(self._deliver, session_id, None))
+                self._relay.subscribe(key, partial(self._deliver, key, None))
             listeners.add(listener)
 
         return d.addCallback(check)
 
     def unbind(self, listener: Listener) -> None:
-        for session_id in [s for s, ls in self._subscribers.items() if listener in ls]:
-            listeners = self._subscribers[session_id]
+        for key in [k for k, ls in self._subscribers.items() if listener in ls]:
+            listeners = self._subscribers[key]
             listeners.discard(listener)
             if not listeners:
-                del self._subscribers[session_id]
+                del self._subscribers[key]
                 if self._relay is not None:
-                    self._relay.unsubscribe(session_id)
+                    self._relay.unsubscribe(key)
 
-    def _publish(self, session_id: str, sender: Listener, event: Event) -> None:
+    def _publish(self, username: str, session_id: str, sender: Listener, event: Event) -> None:
         event["session_id"] = session_id
         sender(event)
-        self._deliver(session_id, sender, event)
+        key = (username, session_id)
+        self._deliver(key, sender, event)
         if self._relay is not None:
-            self._relay.publish(session_id, event)
+            self._relay.publish(key, event)
 
-    def _deliver(self, session_id: str, sender: Listener | None, event: Event) -> None:
+    def _deliver(self, key: SessionKey, sender: Listener | None, event: Event) -> None:
         """Hand an event to the sockets bound to the session here, but its sender."""
-        for listener in list(self._subscribers.get(session_id, ())):
+        for listener in list(self._subscribers.get(key, ())):
             if listener is not sender:
                 listener(event)
 
@@ -209,8 +214,8 @@ class ChatService:
     async def _turn(self, turn: ChatTurn, session_id: str, listener: Listener) -> None:
         request = turn.request
         content = await self._content(request)
-        history = await self._store.messages(session_id, limit=2 * self._history_turns)
-        await self._store.add_message(session_id, "user", request.parts, input_type="chat")
+        history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns)
+        await self._store.add_message(request.username, session_id, "user", request.parts, input_type="chat")
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
@@ -218,7 +223,7 @@ class ChatService:
         context.append({"role": "user", "content": content})
 
         def publish(kind: str, data: Any, streaming: bool = False) -> None:
-            self._publish(session_id, listener, {
+            self._publish(request.username, session_id, listener, {
                 "type": kind, "data": data, "streaming": streaming, "chain_type": None,
                 "message_id": request.message_id,
             })
@@ -251,7 +256,8 @@ class ChatService:
             "interrupted": turn.interrupted,
         })
         saved = await self._store.add_message(
-            session_id, "assistant", [{"type": "plain", "text": reply}], interrupted=turn.interrupted,
+            request.username, session_id, "assistant", [{"type": "plain", "text": reply}],
+            interrupted=turn.interrupted,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})
         publish("end", "")

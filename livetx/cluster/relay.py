@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from twisted.logger import Logger
 
-from livetx.cluster.redis import Redis
-
-_log = Logger()
+from livetx.cluster.redis import Redis, warn_unreachable
 
 Deliver = Callable[[dict[str, Any]], None]
 
@@ -28,17 +25,17 @@ class ChatRelay:
         self._redis = redis
         self._node = node
         self._prefix = prefix
-        self._handlers: dict[str, Callable[[str], None]] = {}
+        self._handlers: dict[tuple[str, str], Callable[[str], None]] = {}
 
-    def _channel(self, session_id: str) -> str:
-        return f"{self._prefix}chat:{session_id}"
+    def _channel(self, key: tuple[str, str]) -> str:
+        owner, session_id = key  # the owner's length first: a username may contain ':'
+        return f"{self._prefix}chat:{len(owner)}:{owner}:{session_id}"
 
-    def publish(self, session_id: str, event: dict[str, Any]) -> None:
+    def publish(self, key: tuple[str, str], event: dict[str, Any]) -> None:
         message = json.dumps({"node": self._node, "event": event}, separators=(",", ":"))
-        self._redis.publish(self._channel(session_id), message).addErrback(
-            lambda f: _log.warn("Could not relay a chat event: {e}", e=f.getErrorMessage()))
+        self._redis.publish(self._channel(key), message).addErrback(warn_unreachable, "relay a chat event")
 
-    def subscribe(self, session_id: str, deliver: Deliver) -> None:
+    def subscribe(self, key: tuple[str, str], deliver: Deliver) -> None:
         """Hand ``deliver`` the session's events from other nodes, until :meth:`unsubscribe`."""
 
         def heard(message: str) -> None:
@@ -46,10 +43,10 @@ class ChatRelay:
             if decoded.get("node") != self._node:
                 deliver(decoded["event"])
 
-        self._handlers[session_id] = heard
-        self._redis.listen(self._channel(session_id), heard)
+        self._handlers[key] = heard
+        self._redis.listen(self._channel(key), heard)
 
-    def unsubscribe(self, session_id: str) -> None:
-        heard = self._handlers.pop(session_id, None)
+    def unsubscribe(self, key: tuple[str, str]) -> None:
+        heard = self._handlers.pop(key, None)
         if heard is not None:
-            self._redis.unsubscribe(self._channel(session_id), heard)
+            self._redis.unsubscribe(self._channel(key), heard)

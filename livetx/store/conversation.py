@@ -36,10 +36,11 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
 
 
 class StoredConversation:
-    """:class:`livetx.live.session.Memory` on a store; refuses other users' sessions."""
+    """:class:`livetx.live.session.Memory` on a store, in one of the user's own sessions."""
 
     def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
         self._store = store
+        self.username = username
         self.session_id = session_id
         #: Fires with the session, or fails with PermissionError for someone else's.
         self.opened = store.open_session(username, session_id, "live")
@@ -69,7 +70,7 @@ class StoredConversation:
         # Asked for now, not once the session check is back: the store runs
         # work in order, so the query still comes after the check, usually in
         # the same transaction, and its rows reach no one unless it passed.
-        query = self._store.messages(self.session_id, limit=2 * turns)
+        query = self._store.messages(self.username, self.session_id, limit=2 * turns)
 
         def rows() -> Deferred[list[StoredMessage]]:
             return query
@@ -84,10 +85,10 @@ class StoredConversation:
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
         def write() -> Deferred[Any]:
             self._store.add_message(
-                self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
+                self.username, self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
             )
             return self._store.add_message(
-                self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
+                self.username, self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
                 interrupted=exchange.interrupted, metrics=metrics,
             )
 

@@ -182,12 +182,12 @@ class MessagesResource(APIResource):
             raise HTTPError(404, "NOT_FOUND", "no such route")
         session_id = path[-2]
 
-        def check(owner: str | None) -> Deferred[list[StoredMessage]]:
-            if owner != username:  # someone else's looks the same as none at all
+        def check(session: StoredSession | None) -> Deferred[list[StoredMessage]]:
+            if session is None:  # ids are per user: another's is none of this user's
                 raise HTTPError(404, "NOT_FOUND", "no such session")
-            return self.store.messages(session_id)
+            return self.store.messages(username, session_id)
 
-        d = self.store.owner(session_id).addCallback(check)
+        d = self.store.session(username, session_id).addCallback(check)
         d.addCallback(lambda messages: _json(request, 200, {
             "session_id": session_id, "messages": [_message_json(m) for m in messages]}))
         return _finish_async(request, d)

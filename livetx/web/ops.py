@@ -1,7 +1,7 @@
 """Routes for whoever runs the server: ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Liveness only says the reactor answers. Readiness says the configured
-engines can work: offline engines were checked at start-up (their modules
+engines and shared services (a PostgreSQL store) can work: offline engines were checked at start-up (their modules
 and model files), and an HTTP service counts as reachable when a TCP
 connection to its host opens; no request is sent, so a probe costs no
 tokens and needs no key. Anyone may ask, so the answer is reused for
@@ -11,14 +11,14 @@ opens no flood of upstream connections. A draining server is not ready.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from livetx.config import Config
@@ -26,9 +26,6 @@ from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
 from livetx.web.http_api import _finish_async, _json
 from livetx.web.lazy import OnFirstRequest
-
-#: A shared service's check: fires with ``{"ok": bool, ...}`` (never fails).
-Probe = Callable[[], Deferred[dict[str, Any]]]
 
 #: Seconds a readiness probe waits for each upstream service.
 PROBE_TIMEOUT = 2.0
@@ -65,11 +62,11 @@ class Ready(Resource):
 
     def __init__(
         self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
-        probes: Mapping[str, Probe] | None = None,
+        probes: Mapping[str, Callable[[], Deferred[None]]] | None = None,
     ) -> None:
         super().__init__()
-        self._probes = dict(probes or {})
         self._settings = settings
+        self._probes = dict(probes or {})
         self._reactor = reactor
         self._draining = draining
         self._checks: dict[str, Any] | None = None
@@ -108,9 +105,22 @@ class Ready(Resource):
                 result["error"] = f"cannot connect to {result['upstream']}"
 
             probes.append(probe(self._reactor, host, port).addErrback(failed))
-        for name, check in self._probes.items():  # shared services: Redis, a database
-            probes.append(check().addCallback(partial(checks.__setitem__, name)))
+        for name, check in self._probes.items():  # shared services: the database, Redis
+            checks[name] = {"ok": True}
+            probes.append(self._shared(check, checks[name]))
         return DeferredList(probes).addCallback(lambda _: checks)
+
+    def _shared(self, check: Callable[[], Deferred[None]], result: dict[str, Any]) -> Deferred[None]:
+        def failed(failure: Failure) -> None:
+            result["ok"] = False
+            if failure.check(TimeoutError):
+                result["error"] = f"no answer within {PROBE_TIMEOUT:g} s"
+            else:
+                result["error"] = failure.getErrorMessage().strip().split("\n")[0] or "unreachable"
+
+        d = check()
+        d.addTimeout(PROBE_TIMEOUT, self._reactor)
+        return d.addErrback(failed)
 
     def render_GET(self, request: Request) -> Any:
         if self._draining():  # stopping: the load balancer should send no one new
@@ -126,11 +136,11 @@ class Ready(Resource):
 
 def ops_routes(
     metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
-    probes: Mapping[str, Probe] | None = None,
+    probes: Mapping[str, Callable[[], Deferred[None]]] | None = None,
 ) -> dict[str, Resource]:
-    """The operations routes, for ``build_site``'s ``routes``.
+    """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping.
 
-    ``draining``: the server is stopping; ``probes``: shared services ``/readyz`` checks too.
+    ``probes``: readiness checks of shared services by name (``store`` for PostgreSQL).
     """
     def scraped() -> Resource:
         from prometheus_client.twisted import MetricsResource
