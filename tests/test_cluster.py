@@ -18,6 +18,7 @@ from twisted.internet import reactor
 
 from livetx.auth.keys import KeyStore
 from livetx.cli import main as cli
+from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import ConnectionSlots, SharedFailedAuth
 from livetx.cluster.redis import Redis
 
@@ -198,3 +199,19 @@ async def test_a_turn_dropped_on_one_node_is_resumed_and_interrupted_from_the_ot
     finally:
         await one.stop()
         await two.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resumed_turn_whose_process_died_ends_as_lost(redis_server: RedisServer) -> None:
+    one, two = Redis(redis_server.url, reactor), Redis(redis_server.url, reactor)
+    try:
+        writer = RedisJournals(one, reactor, "killed-node").open("ann")  # its node has no heartbeat
+        for n in range(3):
+            writer.append({"t": "bot_delta_chunk", "n": n})
+        got: list[dict[str, Any]] = []
+        tail = await RedisJournals(two, reactor, "survivor").resume(writer.session_id, "ann", 1, got.append)
+        assert [f["seq"] for f in got] == [2, 3]
+        assert await tail.done.addTimeout(5, reactor) == 3 and tail.lost
+    finally:
+        await one.close()
+        await two.close()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from livetx.cluster.redis import Redis, warn_unreachable
@@ -27,7 +28,7 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.journal import Deliver, Tail, Writer, expired, missed, not_yours
 
 _OPEN = """
-redis.call('HSET', KEYS[1], 'released', '0')
+redis.call('HSET', KEYS[1], 'released', '0', 'node', ARGV[3])
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 0
@@ -54,6 +55,16 @@ local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 return {meta, last, redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', '+')}
 """
 
+#: A writer's process is alive while its heartbeat key is (``livetx.cluster.limits``).
+_WRITER_ALIVE = """
+local node = redis.call('HGET', KEYS[1], 'node')
+if not node or redis.call('HGET', KEYS[1], 'released') == '1' then return 1 end
+return redis.call('EXISTS', ARGV[1] .. node)
+"""
+
+#: Seconds between looks at whether a followed turn's process still runs.
+WATCH_EVERY = 1.0
+
 
 class _Keys:
     def __init__(self, prefix: str, session_id: str) -> None:
@@ -78,7 +89,7 @@ class RedisWriter:
         self._keys = _Keys(journals.prefix, session_id)
         self._seq = after
         self._interrupt: Callable[[str], None] | None = None
-        self._j.run(_OPEN, [self._keys.meta], [owner if after == 0 else "", journals.ttl])
+        self._j.run(_OPEN, [self._keys.meta], [owner if after == 0 else "", journals.ttl, journals.node])
 
     def append(self, frame: Frame) -> Frame:
         self._seq += 1
@@ -108,6 +119,21 @@ class RedisTail:
         self._last = after
         self._held: list[str] | None = []  # published while the missed frames are read
         self.done: Deferred[int] = Deferred()
+        #: The process running the turn died: the turn will never end.
+        self.lost = False
+        self._watch = LoopingCall(self._look)
+        self._watch.clock = journals.clock
+
+    def _look(self) -> None:
+        """Whether the writer's process still runs; a killed one never lets go, so end the tail."""
+        d = self._j.redis.script(_WRITER_ALIVE, [self._keys.meta], [self._j.prefix + "node:"])
+
+        def answered(alive: Any) -> None:
+            if not int(alive) and not self.done.called:
+                self.lost = True
+                self._finish(self._last)
+
+        d.addCallbacks(answered, warn_unreachable, errbackArgs=("look after a resumed turn",))
 
     def heard(self, message: str) -> None:
         if self._held is not None:
@@ -129,6 +155,8 @@ class RedisTail:
             self.heard(message)
         if released is not None:
             self._finish(released)
+        elif not self.done.called:
+            self._watch.start(WATCH_EVERY, now=True)
 
     def delivered(self, frame: Frame) -> None:
         self._last = frame["seq"]
@@ -143,14 +171,17 @@ class RedisTail:
         self._j.redis.publish(self._keys.interrupts, "interrupt").addErrback(warn_unreachable, "route an interrupt")
 
     def cancel(self) -> None:
+        if self._watch.running:
+            self._watch.stop()
         self._j.redis.unsubscribe(self._keys.frames, self.heard)
 
 
 class RedisJournals:
     """Journals shared by every process through Redis."""
 
-    def __init__(self, redis: Redis, clock: IReactorTime, seconds: float = 120.0, limit: int = 2000,
+    def __init__(self, redis: Redis, clock: IReactorTime, node: str, seconds: float = 120.0, limit: int = 2000,
                  prefix: str = "livetx:") -> None:
+        self.node = node
         self.redis = redis
         self.clock = clock
         self.seconds = seconds

@@ -28,8 +28,9 @@ from twisted.internet.interfaces import IReactorTime
 from livetx.cluster.redis import Redis, warn_unreachable
 from livetx.web.admission import FailedAuth
 
-#: Seconds a node's heartbeat key lives; it is refreshed every third of that.
-HEARTBEAT_TTL = 15
+#: Seconds a node's heartbeat key lives; it is refreshed every third of that. A killed
+#: node's slots are freed, and a turn it ran is given up on by a resumed socket, after this.
+HEARTBEAT_TTL = 6
 
 _ACQUIRE = """
 local node, alive = ARGV[1], ARGV[2]

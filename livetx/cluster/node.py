@@ -44,7 +44,7 @@ class ClusterNode(Service):
 
     def journals(self, seconds: float, limit: int) -> RedisJournals:
         """The resume journal, shared by every process."""
-        return RedisJournals(self.redis, self.reactor, seconds, limit, self.prefix)
+        return RedisJournals(self.redis, self.reactor, self.node, seconds, limit, self.prefix)
 
     def failed_auth(self, limit: int) -> SharedFailedAuth:
         return SharedFailedAuth(limit, self.reactor, self.redis, self.prefix)

@@ -57,8 +57,10 @@ class Writer(Protocol):
 class Tail(Protocol):
     """The resuming side: missed frames were delivered; the rest arrive until ``done``."""
 
-    #: Fires with the last ``seq`` once the writer has let go.
+    #: Fires with the last ``seq`` once the writer has let go (or died: then ``lost``).
     done: Deferred[int]
+    #: The process running the turn died before the turn ended.
+    lost: bool
 
     def interrupt(self) -> None:
         """Stop the turn, wherever it runs."""
@@ -120,6 +122,7 @@ class _MemoryTail:
         self._log = log
         self.deliver = deliver
         self.done: Deferred[int] = Deferred()
+        self.lost = False  # in one process, the writer dies only with the reader
 
     def interrupt(self) -> None:
         if self._log.interrupt is not None:

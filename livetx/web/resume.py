@@ -109,6 +109,10 @@ class Resumable:
         if self.tail is tail:
             self.tail = None
             self.writer = self._journals.open(self._username, session_id, last)
+            if tail.lost:  # the process running it was killed: say so, and end the turn
+                self.out(self._error(frames.INTERNAL_ERROR, "the server running this turn stopped; "
+                                     "the stored history has what was saved"))
+                self.out({"t": "end"})
 
     def _refused(self, failure: Failure) -> None:
         failure.trap(FrameError)
