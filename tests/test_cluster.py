@@ -208,6 +208,7 @@ async def test_a_resumed_turn_whose_process_died_ends_as_lost(redis_server: Redi
         writer = RedisJournals(one, reactor, "killed-node").open("ann")  # its node has no heartbeat
         for n in range(3):
             writer.append({"t": "bot_delta_chunk", "n": n})
+        await one.ping()  # after the writes, on the same connection
         got: list[dict[str, Any]] = []
         tail = await RedisJournals(two, reactor, "survivor").resume(writer.session_id, "ann", 1, got.append)
         assert [f["seq"] for f in got] == [2, 3]
