@@ -21,6 +21,7 @@ from livetx.cli import main as cli
 from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import ConnectionSlots, SharedFailedAuth
 from livetx.cluster.redis import Redis
+from livetx.cluster.relay import ChatRelay
 
 from .engines import RedisServer
 from .support import RunningServer, connect, open_socket
@@ -216,3 +217,30 @@ async def test_a_resumed_turn_whose_process_died_ends_as_lost(redis_server: Redi
     finally:
         await one.close()
         await two.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_events_are_published_only_while_another_node_follows(redis_server: RedisServer) -> None:
+    one, two, spy = (Redis(redis_server.url, reactor) for _ in range(3))
+    try:
+        a, b = ChatRelay(one, "node-a"), ChatRelay(two, "node-b")
+        key = ("ann", "s1")
+        published: list[str] = []
+        spy.listen("livetx:chat:3:ann:s1", published.append)
+        await settle(0.3)  # every connection is up, the relays have joined
+        a.publish(key, {"type": "plain", "data": "nobody follows"})
+        got: list[dict[str, Any]] = []
+        await b.subscribe(key, got.append)
+        await eventually(lambda: bool(a._followed))
+        a.publish(key, {"type": "plain", "data": "to b"})
+        b.publish(key, {"type": "plain", "data": "b's own"})  # nobody else follows: not sent
+        await eventually(lambda: got == [{"type": "plain", "data": "to b"}])
+        b.unsubscribe(key)
+        await eventually(lambda: not a._followed)
+        a.publish(key, {"type": "plain", "data": "nobody again"})
+        await one.ping()
+        await spy.ping()
+        assert [json.loads(m)["event"]["data"] for m in published] == ["to b"]
+    finally:
+        for redis in (one, two, spy):
+            await redis.close()

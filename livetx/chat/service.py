@@ -39,7 +39,7 @@ class Relay(Protocol):
 
     def publish(self, key: SessionKey, event: Event) -> None: ...
 
-    def subscribe(self, key: SessionKey, deliver: Listener) -> None: ...
+    def subscribe(self, key: SessionKey, deliver: Listener) -> Deferred[Any]: ...
 
     def unsubscribe(self, key: SessionKey) -> None: ...
 
@@ -148,14 +148,16 @@ class ChatService:
         """Subscribe ``listener`` to a session of ``username`` (LookupError when the user has none of that id)."""
         d = self._store.session(username, session_id)
 
-        def check(session: StoredSession | None) -> None:
+        def check(session: StoredSession | None) -> Deferred[Any] | None:
             if session is None:  # another user's id names none of this user's sessions
                 raise LookupError("no such session")
             key = (username, session_id)
             listeners = self._subscribers.setdefault(key, set())
-            if not listeners and self._relay is not None:
-                self._relay.subscribe(key, partial(self._deliver, key, None))
             listeners.add(listener)
+            if len(listeners) == 1 and self._relay is not None:  # bound once other processes know
+                relayed = self._relay.subscribe(key, partial(self._deliver, key, None))
+                return relayed.addErrback(lambda _: None)  # Redis away: bound in this process only
+            return None
 
         return d.addCallback(check)
 

@@ -67,8 +67,8 @@ class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
         if conn.connected:
             self.connection = conn
             channels = list(self.owner._handlers)
-            if channels:
-                conn.subscribe(channels).addErrback(lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
+            d: Deferred[Any] = conn.subscribe(channels) if channels else succeed(None)
+            d.addCallbacks(lambda _: self.owner._subscribed(), lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
 
     def delConnection(self, conn: _Subscriber) -> None:
         super().delConnection(conn)
@@ -94,6 +94,7 @@ class Redis:
             connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False,
         )
         self._handlers: dict[str, list[Handler]] = {}
+        self._on_subscribed: list[Callable[[], None]] = []
         self._subscriptions = _Subscriptions(self, password)
         self._subscriptions.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
 
@@ -130,6 +131,14 @@ class Redis:
             return succeed(None)
         d: Deferred[Any] = connection.subscribe(channel)
         return d.addTimeout(self._timeout, self._reactor)
+
+    def when_subscribed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the subscriptions are made: at first, and after every reconnect."""
+        self._on_subscribed.append(callback)
+
+    def _subscribed(self) -> None:
+        for callback in self._on_subscribed:
+            callback()
 
     def listen(self, channel: str, handler: Handler) -> None:
         """:meth:`subscribe` for good: if Redis is away now, the subscription is made when it is back."""
