@@ -27,7 +27,7 @@ from livetx.live.journal import Journals, MemoryJournals
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
-from livetx.storage import check as check_store, open_storage
+from livetx.storage import check as check_store, jwt_secret, open_storage
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
@@ -203,6 +203,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["workers"] > 1:  # this process only supervises; the workers serve
         from livetx.cluster.workers import Supervisor
 
+        jwt_secret(settings, data_dir)  # made once here, or each worker would race to make its own
         args = ["--data-dir", str(data_dir), *(["--config", options["config"]] if options["config"] else [])]
         args += ["--conformance-echo"] if options["conformance-echo"] else []
         return Supervisor(reactor, options["listen"], options["workers"], args)
