@@ -258,7 +258,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store,
         routes={
             **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes),
+            # Without Redis a node still serves turns (see docs/deployment.md): degraded, not unready.
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
             **page_routes(),
         },
         metrics=metrics,

@@ -99,7 +99,10 @@ class Redis:
         self._subscriptions.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
 
     def command(self, *args: Any) -> Deferred[Any]:
-        """Run one command; fails after ``timeout`` when Redis does not answer."""
+        """Run one command; fails at once while disconnected, or after ``timeout`` without an answer."""
+        factory = self._pool._factory
+        if not factory.size and factory.deferred is None:  # lost after connecting once: fail now, not
+            return _failed(txredisapi.ConnectionError("not connected to Redis"))  # after a handshake's wait
         try:
             d: Deferred[Any] = self._pool.execute_command(*args)
         except txredisapi.ConnectionError as e:
