@@ -62,7 +62,9 @@ def _postgres_bin(name: str) -> str:
 class PostgreSQL:
     """A throw-away cluster; :meth:`database` gives each test an empty database."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        #: Tests skip flushing to disk; a benchmark keeps PostgreSQL's defaults.
+        self.durable = durable
         self.dir = Path(tempfile.mkdtemp(prefix="livetx-pg-"))
         self.port = free_port()
         self._numbers = itertools.count()
@@ -83,7 +85,9 @@ class PostgreSQL:
         data = str(self.dir / "data")
         if not (self.dir / "data").exists():
             self._command("initdb", "-D", data, "-A", "trust", "-U", "livetx", "-E", "UTF8", "--no-sync")
-        options = f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off"
         self._command("pg_ctl", "start", "-w", "-D", data, "-l", str(self.dir / "log"), "-o", options)
         return self
 

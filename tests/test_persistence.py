@@ -8,12 +8,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 
 from livetx.auth.keys import KeyStore
-from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.auth.tokens import issue_token
+from livetx.config import load as load_config
+from livetx.storage import jwt_secret, key_store
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect, open_socket
@@ -100,12 +103,19 @@ async def test_no_one_can_squat_another_users_session_id(livetx: Any, openai: An
         await client.close_and_wait()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 @pytest_twisted.ensureDeferred
-async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: Any) -> None:
+async def test_sigkill_loses_at_most_the_turn_in_flight(
+    tmp_path: Path, openai: Any, engine: str, request: pytest.FixtureRequest
+) -> None:
     openai.reply = "Stored reply."
     config = tmp_path / "livetx.toml"
-    config.write_text(openai_config(openai.base_url, tts=False))
+    store = f'\n[store]\nurl = "{request.getfixturevalue("postgres_url")}"\n' if engine == "postgresql" else ""
+    config.write_text(openai_config(openai.base_url, tts=False) + store)
     data = tmp_path / "data"
+    settings = load_config(config)
+    token = issue_token(jwt_secret(settings, data), "kim", 3600)
+    key = key_store(settings, data).create(["chat"])[1]
 
     def start() -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
@@ -118,8 +128,6 @@ async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: 
         return process, port
 
     process, port = start()
-    token = issue_token(load_or_create_secret(data, None), "kim", 3600)
-    key = KeyStore(data).create(["chat"])[1]
     client = await connect(f"ws://127.0.0.1:{port}{LIVE}?token={token}")
     for i in range(3):
         await client.turn(f"question {i}")

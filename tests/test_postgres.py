@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -130,3 +131,16 @@ async def test_while_the_database_is_away(livetx: Any, openai: Any) -> None:
             await client.close_and_wait()
     finally:
         database.stop()
+
+
+def test_the_environment_overrides_the_store_url() -> None:
+    from livetx.config import ConfigError, from_mapping
+
+    table = {"store": {"url": "postgresql://file@db/livetx"}}
+    assert from_mapping(table, environ={}).store.url == "postgresql://file@db/livetx"
+    assert from_mapping(table, environ={"LIVETX_STORE_URL": "postgresql://env@db/livetx"}).store.url == (
+        "postgresql://env@db/livetx")
+    assert from_mapping({}, environ={}).store.url is None
+    assert "file@db" not in repr(from_mapping(table, environ={}))  # it may hold a password
+    with pytest.raises(ConfigError, match=r"^\[store\] url must start with postgresql://"):
+        from_mapping({"store": {"url": "mysql://db/livetx"}}, environ={})

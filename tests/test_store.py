@@ -64,6 +64,24 @@ async def test_messages_round_trip_and_survive_reopening(engine: Opener) -> None
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_turn_is_stored_whole_or_not_at_all(engine: Opener) -> None:
+    store = engine()
+    await store.open_session("ann", "mine", "live")
+    question, answer = await store.add_turn(
+        "ann", "mine", plain("why?"), plain("because"), interrupted=True, input_type="audio", metrics={"x": 1})
+    assert (question.role, answer.role, answer.id) == ("user", "assistant", question.id + 1)
+    with pytest.raises(LookupError):
+        await store.add_turn("bob", "mine", plain("not his"), plain("session"))
+    with pytest.raises(TypeError):  # the reply cannot be written: the question goes too
+        await store.add_turn("ann", "mine", plain("lost"), [{"type": "plain", "text": object()}])
+    stored = await store.messages("ann", "mine")
+    assert [(m.text, m.interrupted, m.input_type, m.metrics) for m in stored] == [
+        ("why?", False, "audio", {}), ("because", True, None, {"x": 1})]
+    assert await store.messages("bob", "mine") == []
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_session_ids_are_per_owner(engine: Opener) -> None:
     """Bob naming Ann's id gets a session of his own; Ann's is untouched (issue 13.3)."""
     store = engine()
@@ -183,7 +201,7 @@ async def test_a_batch_that_cannot_start_fails_alone(engine: Opener) -> None:
     await store.open_session("ann", "mine", "chat")
     run = store._batches.run
 
-    def broken(batch: object) -> object:
+    def broken(batch: Any) -> Any:
         store._batches.run = run
         raise OSError("disk gone")
 

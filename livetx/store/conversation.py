@@ -42,41 +42,38 @@ class StoredConversation:
         self._store = store
         self.username = username
         self.session_id = session_id
-        #: Fires with the session, or fails with PermissionError for someone else's.
+        #: Fires with the session (the user's own: ids are per user), or fails when the store cannot.
         self.opened = store.open_session(username, session_id, "live")
-        self._allowed: bool | None = None
-        self.opened.addCallbacks(self._granted, self._refused)
+        self._failed: Failure | None = None
+        self.opened.addErrback(self._refused)
         #: The stored reply of the turn remembered last; ``revise`` rewrites that row.
         self._reply: Deferred[StoredMessage | None] = succeed(None)
 
-    def _granted(self, session: Any) -> None:
-        self._allowed = True
-
     def _refused(self, failure: Failure) -> Failure:
-        self._allowed = False
+        self._failed = failure
         return failure
 
     def _then(self, work: Callable[[], Deferred[Any]]) -> Deferred[Any]:
-        """Run ``work`` once the session is known to be this user's."""
+        """Run ``work`` once the session is open; fail as its opening did otherwise."""
 
         def go(_: None) -> Deferred[Any]:
-            if not self._allowed:
-                raise PermissionError("this session belongs to another user")
+            if self._failed is not None:
+                self._failed.raiseException()
             return work()
 
         return waiter_for(self.opened).addCallback(go)
 
     def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        # Asked for now, not once the session check is back: the store runs
-        # work in order, so the query still comes after the check, usually in
-        # the same transaction, and its rows reach no one unless it passed.
+        # Asked for now, not once the session is open: the store runs work
+        # in order, so the query still comes after the opening, usually in
+        # the same transaction, and its rows reach no one unless it worked.
         query = self._store.messages(self.username, self.session_id, limit=2 * turns)
 
         def rows() -> Deferred[list[StoredMessage]]:
             return query
 
         def dropped(failure: Failure) -> Failure:
-            query.addErrback(lambda _: None)  # refused: the check's failure is the news
+            query.addErrback(lambda _: None)  # not opened: the opening's failure is the news
             return failure
 
         d = self._then(rows).addErrback(dropped)

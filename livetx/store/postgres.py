@@ -23,7 +23,7 @@ migrates, the others wait for it and then find nothing to do.
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
@@ -162,6 +162,7 @@ class Database:
         self._reactor = reactor
         self._threads: ThreadPool | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._trigger: Any = None
 
     def _start(self) -> ThreadPool:
         if self._threads is None:
@@ -174,6 +175,8 @@ class Database:
                 check=psycopg_pool.ConnectionPool.check_connection, name="livetx",
             )
             self._pool.open(wait=False)  # connects in the pool's own threads
+            # Threads that outlive the reactor would keep the process from exiting.
+            self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
         return self._threads
 
     def run(self, work: Callable[[psycopg.Connection[Any]], _T]) -> Deferred[_T]:
@@ -194,6 +197,10 @@ class Database:
 
     def close(self) -> None:
         threads, pool, self._threads, self._pool = self._threads, self._pool, None, None
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None:
+            with suppress(ValueError):  # already taken off: the shutdown is calling us
+                self._reactor.removeSystemEventTrigger(trigger)
         if threads is not None:
             threads.stop()
         if pool is not None:

@@ -148,6 +148,17 @@ def _add_message(
     return StoredMessage(row[0], session_id, role, parts, stamp, interrupted, input_type, metrics)
 
 
+def _add_turn(
+    cursor: Any, username: str, session_id: str, user: list[Part], reply: list[Part],
+    interrupted: bool, input_type: str | None, metrics: dict[str, Any],
+) -> tuple[StoredMessage, StoredMessage]:
+    """Both messages in one unit: a turn is stored whole or not at all."""
+    return (
+        _add_message(cursor, username, session_id, "user", user, False, input_type, {}),
+        _add_message(cursor, username, session_id, "assistant", reply, interrupted, None, metrics),
+    )
+
+
 class SQLStore:
     """:class:`livetx.store.ConversationStore` on any backend that runs batches of units.
 
@@ -201,6 +212,21 @@ class SQLStore:
     ) -> Deferred[StoredMessage]:
         return self._batches.unit(
             _add_message, username, session_id, role, list(parts), interrupted, input_type, metrics or {}
+        )
+
+    def add_turn(
+        self,
+        username: str,
+        session_id: str,
+        user: Sequence[Part],
+        reply: Sequence[Part],
+        *,
+        interrupted: bool = False,
+        input_type: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Deferred[tuple[StoredMessage, StoredMessage]]:
+        return self._batches.unit(
+            _add_turn, username, session_id, list(user), list(reply), interrupted, input_type, metrics or {}
         )
 
     def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
