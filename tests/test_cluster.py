@@ -134,7 +134,7 @@ async def test_per_user_limit_counts_sockets_on_both_nodes_and_revocation_closes
         a = await connect(one.url(OPEN_API, api_key=key, username="ann"))
         b = await connect(two.url(OPEN_API, api_key=key, username="ann"))
         third = await open_socket(one.url(OPEN_API, api_key=key, username="ann"))
-        await third.closed
+        await third.wait(lambda: third.close_code is not None)
         assert third.close_code == 1008 and third.close_reason == "Too many connections for this user"
         await b.close_and_wait()
         await eventually(lambda: len(two.service.getServiceNamed("connections")) == 0)
@@ -145,7 +145,7 @@ async def test_per_user_limit_counts_sockets_on_both_nodes_and_revocation_closes
         assert cli(["keys", "revoke", "--data-dir", str(one.data_dir), "--config", str(config_path),
                     record.id]) == 0
         for client in (a, c, d):  # on both nodes
-            await client.closed
+            await client.wait(lambda: client.close_code is not None)
             assert (client.close_code, client.close_reason) == (1008, "API key revoked")
     finally:
         await one.stop()

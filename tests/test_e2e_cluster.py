@@ -161,7 +161,7 @@ async def test_two_nodes_behind_haproxy(tmp_path: Path, postgres_url: str, redis
             await opened(live_url)
         await holding(nodes, [3, 2])
         fourth = await open_socket(live_url)
-        await fourth.closed
+        await fourth.wait(lambda: fourth.close_code is not None)
         assert (fourth.close_code, fourth.close_reason) == (1008, "Too many connections for this user")
 
         # Revocation closes the key's sockets on both nodes.
@@ -191,7 +191,7 @@ async def test_two_nodes_behind_haproxy(tmp_path: Path, postgres_url: str, redis
         finished = await talker.until("end")  # the draining node finished its turn
         words = "".join(f["data"]["text"] for f in talker.frames if f["t"] == "bot_delta_chunk")
         assert words.split() == REPLY.split() and frame_kind(finished[-1]) == "end"
-        await talker.closed
+        await talker.wait(lambda: talker.close_code is not None)
         assert talker.close_code == 1001
         assert busy.wait() in (0, -signal.SIGTERM) and "Traceback" not in busy.output()
         for client in clients[1:]:
@@ -209,7 +209,7 @@ async def test_two_nodes_behind_haproxy(tmp_path: Path, postgres_url: str, redis
         await dropped.wait(lambda: sum(frame_kind(f) == "bot_delta_chunk" for f in dropped.frames) >= 2)
         runner.signal(signal.SIGKILL)
         runner.wait()
-        await dropped.closed
+        await dropped.wait(lambda: dropped.close_code is not None)
         before = list(dropped.frames)
         clients.clear()
         resumed = await opened(live_url)

@@ -91,7 +91,7 @@ async def start_turn(server: Any, token: str) -> tuple[LiveClient, str, list[dic
     client.send({"t": "text_input", "text": REPLY})
     await client.wait(lambda: sum(frame_kind(f) == "bot_delta_chunk" for f in client.frames) >= 3)
     client.dropConnection(abort=True)
-    await client.closed
+    await client.wait(lambda: client.close_code is not None)
     return client, updated["session_id"], list(client.frames)
 
 

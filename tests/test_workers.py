@@ -22,7 +22,7 @@ from .support import connect, replied
 from .test_resume import settle
 from .test_live_ws import eventually
 from .test_ops import families
-from .test_twistd import TWISTD, free_port, run_cli, wait_for_port
+from .test_twistd import TWISTD, free_port, make_certificate, run_cli, wait_for_port
 
 
 def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
@@ -34,6 +34,20 @@ def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "livetx: --workers 2 needs [cluster] redis in the config file: "
         "the workers share limits, bound sessions and resume through it")
+
+
+def test_workers_cannot_share_a_tls_endpoint(tmp_path: Path) -> None:
+    config = tmp_path / "livetx.toml"
+    config.write_text('[cluster]\nredis = "redis://127.0.0.1:1/0"\n')
+    key, cert = make_certificate(tmp_path)
+    result = subprocess.run(
+        TWISTD + ["-n", "--pidfile=", "live", "--workers", "2", "--config", str(config),
+                  "--listen", f"ssl:0:privateKey={key}:certKey={cert}", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("livetx: --workers cannot share --listen 'ssl:0:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_scrape_adds_up_every_worker_once(tmp_path: Path) -> None:
