@@ -134,6 +134,7 @@ async def test_two_nodes_behind_haproxy(tmp_path: Path, postgres_url: str, redis
                                  capture_output=True, text=True, check=True, cwd=tmp_path).stdout.splitlines()
         key_id, key = created[0].split()[2], created[-1]
         token = run_cli("token", *cli, "--username", "tess", cwd=tmp_path)
+        await settle(1.2)  # nodes see keys made in PostgreSQL within a second
         ws = f"ws://127.0.0.1:{proxy_port}"
 
         async def opened(url: str) -> LiveClient:
