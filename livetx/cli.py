@@ -11,7 +11,7 @@ import getopt
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from twisted.python import usage
 
@@ -22,7 +22,7 @@ from livetx.auth.tokens import issue_token
 
 class _DataDirOptions(usage.Options):
     longdesc = ""
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."],
         ["config", "c", None, "The server's TOML config: its [store] url and [auth] jwt_secret apply."],
     ]
@@ -35,14 +35,14 @@ class _DataDirOptions(usage.Options):
     def settings(self) -> configuration.Config:
         return configuration.load(Path(self["config"]) if self["config"] else None)
 
-    def keys(self) -> KeyStore:
+    def key_store(self) -> KeyStore:
         """The keys of the store the server uses: the data dir's, or PostgreSQL's."""
         return storage.key_store(self.settings, self.data_dir)
 
 
 class KeysCreate(_DataDirOptions):
     synopsis = "--scope chat [--name NAME]"
-    optParameters = [["name", "n", None, "A label to recognise the key by."]]
+    optParameters: list[list[Any]] = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,7 +60,7 @@ class KeysCreate(_DataDirOptions):
 class KeysRevoke(_DataDirOptions):
     synopsis = "KEY_ID"
 
-    def parseArgs(self, key_id: str) -> None:
+    def parseArgs(self, key_id: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["id"] = key_id
 
 
@@ -81,7 +81,7 @@ class KeysOptions(usage.Options):
 
 
 class TokenOptions(_DataDirOptions):
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires.", float],
     ]
@@ -98,7 +98,7 @@ class _TurnOptions(usage.Options):
         ["json", "j", "Print every frame received as one JSON line (and nothing else on stdout)."],
         ["play", None, "Play the reply audio when a player (paplay, aplay, ffplay) exists."],
     ]
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["token", "t", None, "A dashboard JWT (see: livetx token); or set LIVETX_TOKEN."],
         ["api-key", "k", None, "An API key with the chat scope; or set LIVETX_API_KEY."],
         ["username", "u", None, "Who is talking, with --api-key."],
@@ -129,7 +129,7 @@ class _TurnOptions(usage.Options):
 class SayOptions(_TurnOptions):
     synopsis = "URL TEXT... [--token JWT | --api-key KEY --username NAME]"
 
-    def parseArgs(self, url: str, *words: str) -> None:
+    def parseArgs(self, url: str, *words: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         if not words:
             raise usage.UsageError("say what? give the text after the URL")
         self["url"], self["text"] = url, " ".join(words)
@@ -138,9 +138,11 @@ class SayOptions(_TurnOptions):
 class TalkOptions(_TurnOptions):
     synopsis = "URL --wav FILE [--token JWT | --api-key KEY --username NAME]"
     optFlags = [["realtime", None, "Send the audio at speaking pace (one 20 ms frame per 20 ms)."]]
-    optParameters = [["wav", "w", None, "A WAV file to say (any rate and channels; sent as 16 kHz mono)."]]
+    optParameters: list[list[Any]] = [
+        ["wav", "w", None, "A WAV file to say (any rate and channels; sent as 16 kHz mono)."],
+    ]
 
-    def parseArgs(self, url: str) -> None:
+    def parseArgs(self, url: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["url"] = url
 
     def postOptions(self) -> None:
@@ -170,7 +172,7 @@ class Options(usage.Options):
 
 
 def keys_create(options: KeysCreate) -> int:
-    record, key = options.keys().create(options["scopes"], options["name"])
+    record, key = options.key_store().create(options["scopes"], options["name"])
     print(f"created key {record.id} ({record.name or 'unnamed'}) with scopes {', '.join(record.scopes)}")
     print("store it now; it cannot be shown again:")
     print(key)
@@ -179,14 +181,14 @@ def keys_create(options: KeysCreate) -> int:
 
 def keys_list(options: _DataDirOptions) -> int:
     print(f"{'id':8}  {'prefix':8}  {'name':16}  {'scopes':14}  {'created':25}  revoked")
-    for r in options.keys().list():
+    for r in options.key_store().list():
         print(f"{r.id:8}  {r.prefix:8}  {(r.name or '-'):16}  {','.join(r.scopes):14}  "
               f"{r.created_at:25}  {r.revoked_at or '-'}")
     return 0
 
 
 def keys_revoke(options: KeysRevoke) -> int:
-    if options.keys().revoke(options["id"]):
+    if options.key_store().revoke(options["id"]):
         print(f"revoked key {options['id']}")
         redis = options.settings.cluster.redis
         if redis:  # every node closes the key's sockets now, not at its next key refresh
@@ -209,24 +211,22 @@ def token(options: TokenOptions) -> int:
     return 0
 
 
-def converse(options: _TurnOptions) -> int:
-    """Run one turn on a reactor of its own, then return its exit code."""
-    from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
+def converse(options: _TurnOptions) -> NoReturn:
+    """Run one turn on a reactor of its own; exits with the turn's code (``task.react``)."""
+    from twisted.internet.task import react
 
     from livetx.client.console import run
 
-    codes: list[int] = []
+    async def turn(reactor: Any) -> None:
+        try:
+            code = await run(reactor, options, sys.stdout, sys.stderr)
+        except Exception as e:
+            print(f"livetx: {e}", file=sys.stderr)
+            code = 1
+        if code:
+            raise SystemExit(code)
 
-    def start() -> None:
-        d = ensureDeferred(run(reactor, options, sys.stdout, sys.stderr))
-        d.addCallback(codes.append)
-        d.addErrback(lambda failure: print(f"livetx: {failure.getErrorMessage()}", file=sys.stderr))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return codes[0] if codes else 1
+    react(turn)
 
 
 #: (command, subcommand) → handler; add a row to add a command.
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sub = options.subOptions
     leaf = getattr(sub, "subCommand", None)
+    assert options.subCommand is not None  # postOptions insists on one
     handler = HANDLERS[(options.subCommand, leaf)]
     try:
         return handler(sub.subOptions if leaf else sub)

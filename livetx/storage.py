@@ -38,7 +38,7 @@ class Storage:
 def check(settings: Config) -> None:
     """At start-up: reach and migrate the configured database, or say why not in one line."""
     if settings.store.url:
-        from livetx.store import StoreUnavailable
+        from livetx.errors import StoreUnavailable
         from livetx.store.postgres import prepare
 
         try:
@@ -62,7 +62,7 @@ def open_storage(settings: Config, data_dir: Path, reactor: Any) -> Storage:
     database = Database(url, reactor)
     keys = PostgresKeyStore(url, database)
     keys.load()
-    refresh: IService = TimerService(REFRESH_SECONDS, keys.refresh)  # type: ignore[no-untyped-call,assignment]
+    refresh: IService = TimerService(REFRESH_SECONDS, keys.refresh)
     refresh.clock = reactor  # type: ignore[attr-defined]
     return Storage(
         PostgresStore(database), keys, settings.auth.jwt_secret or shared_secret(url),

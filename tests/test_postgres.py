@@ -13,6 +13,8 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from livetx.storage import key_store
+
 from .services import PostgreSQL
 from .support import connect, open_socket
 from .test_live_ws import LIVE, OPEN_API, UNIFIED, openai_config
@@ -110,6 +112,8 @@ async def test_while_the_database_is_away(livetx: Any, openai: Any) -> None:
     try:
         server = await livetx(store_config(openai.base_url, database.url()))
         kim = server.token("kim")
+        key = key_store(server.options["settings"], server.data_dir).create(["chat"])[1]
+        await within_a_second(server.url(OPEN_API, api_key=key, username="kim"), accepted=True)
         live = await connect(server.url(LIVE, token=kim))
         chat = await connect(server.url(UNIFIED, token=kim))
         await live.turn("before")
@@ -121,7 +125,10 @@ async def test_while_the_database_is_away(livetx: Any, openai: Any) -> None:
         chat.send({"ct": "chat", "t": "send", "message": "keep this?"})
         events = await chat.until("end", timeout=20)
         assert "message_saved" not in [f.get("type") for f in events]
-        assert [f["code"] for f in events if f.get("t") == "error"] == ["INTERNAL_ERROR"]
+        assert [f["code"] for f in events if f.get("t") == "error"] == ["STORE_UNAVAILABLE"]
+        response = await treq.get(server.url("/api/v1/chat/sessions", scheme="http", username="kim"),
+                                  headers={"X-API-Key": key}, reactor=reactor)
+        assert (response.code, (await response.json())["code"]) == (503, "STORE_UNAVAILABLE")
 
         database.start()
         chat.send({"ct": "chat", "t": "send", "message": "and now?"})

@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
-from livetx.live import frames
+from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
 from livetx.live.journal import MemoryJournals
 
@@ -49,9 +49,9 @@ def test_journal_replays_what_was_missed_then_the_rest_until_released() -> None:
 
 
 @pytest.mark.parametrize("owner, after, code", [
-    ("eve", 0, frames.FORBIDDEN),
-    ("ann", 0, frames.RESUME_EXPIRED),  # frame 1 fell out of the last 5
-    ("ann", 9, frames.RESUME_EXPIRED),  # a seq never sent
+    ("eve", 0, ErrorCode.FORBIDDEN),
+    ("ann", 0, ErrorCode.RESUME_EXPIRED),  # frame 1 fell out of the last 5
+    ("ann", 9, ErrorCode.RESUME_EXPIRED),  # a seq never sent
 ])
 def test_journal_refusals(owner: str, after: int, code: str) -> None:
     journals = MemoryJournals(Clock(), seconds=120, limit=5)
@@ -71,8 +71,8 @@ def test_journal_forgets_after_its_window() -> None:
     writer.release()
     clock.advance(121)
     _, failure = resumed(journals, writer.session_id, "ann", 1)
-    assert failure.value.code == frames.RESUME_EXPIRED
-    assert resumed(journals, "unknown", "ann", 0)[1].value.code == frames.RESUME_EXPIRED
+    assert failure.value.code == ErrorCode.RESUME_EXPIRED
+    assert resumed(journals, "unknown", "ann", 0)[1].value.code == ErrorCode.RESUME_EXPIRED
 
 
 async def settle(seconds: float = 0.05) -> None:
@@ -103,7 +103,7 @@ async def test_a_new_socket_resumes_a_dropped_turn_without_gaps_or_repeats(livet
 
     stranger = await connect(server.url("/api/live_chat/ws", token=server.token("eve")))
     stranger.send({"t": "resume", "session_id": session_id, "seq": 0})
-    assert (await stranger.next())["code"] == frames.FORBIDDEN
+    assert (await stranger.next())["code"] == ErrorCode.FORBIDDEN
 
     after = await connect(server.url("/api/live_chat/ws", token=token))
     after.send({"t": "resume", "session_id": session_id, "seq": before[-1]["seq"]})
@@ -131,7 +131,7 @@ async def test_an_interrupt_after_resuming_stops_the_turn(livetx: Any) -> None:
     after.send({"t": "text_input", "text": "not now"})
     after.send({"t": "interrupt"})
     rest = await after.until("stop_play")
-    assert any(f.get("code") == frames.PROCESSING_ERROR for f in rest)  # the resumed turn still ran
+    assert any(f.get("code") == ErrorCode.PROCESSING_ERROR for f in rest)  # the resumed turn still ran
     delivered = "".join(f["data"]["text"] for f in before + rest if f["t"] == "bot_delta_chunk")
     assert len(delivered.split()) < len(REPLY.split())
     await after.close_and_wait()
@@ -142,9 +142,9 @@ async def test_resume_must_come_first_and_name_a_kept_session(livetx: Any) -> No
     server = await livetx(SLOW_ECHO)
     client = await connect(server.url("/api/live_chat/ws", token=server.token("ann")))
     client.send({"t": "resume", "session_id": "nope", "seq": 3})
-    assert (await client.next())["code"] == frames.RESUME_EXPIRED
+    assert (await client.next())["code"] == ErrorCode.RESUME_EXPIRED
     client.send({"t": "resume", "session_id": "nope", "seq": 3})
-    assert (await client.next())["code"] == frames.INVALID_STATE
+    assert (await client.next())["code"] == ErrorCode.INVALID_STATE
     client.send({"t": "session_update", "resume": 1})
-    assert (await client.next())["code"] == frames.INVALID_SETTING
+    assert (await client.next())["code"] == ErrorCode.INVALID_SETTING
     await client.close_and_wait()

@@ -11,15 +11,18 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from livetx.domain import Engines, Exchange
+from livetx.errors import ErrorCode
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, Exchange, LiveSession, Pipeline
+from livetx.live.rules import CLIENT_EVENTS, SESSION, STATES
+from livetx.live.session import LiveSession
 from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 
 
 class Harness:
-    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **pipeline: Any) -> None:
+    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **engines: Any) -> None:
         self.clock = Clock()
         self.llm = ScriptedLLM()
         self.tts = ManualTTS() if tts else None
@@ -30,7 +33,7 @@ class Harness:
         self.out: list[dict[str, Any]] = []
         self.session = LiveSession(
             username="alice",
-            pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **pipeline),
+            engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **engines),
             clock=self.clock,
             emit=self.record,
         )
@@ -79,9 +82,9 @@ def test_text_turn_streams_deltas_and_interleaves_audio() -> None:
     assert h.kinds(8) == ["bot_delta_chunk", "metrics"]
     assert h.out[9]["data"]["chat_model"] == "scripted-model"
     h.tts.finish(1)
-    assert h.kinds(10) == ["bot_text_chunk", "response", "metrics", "end", "metrics"]
+    assert h.kinds(10) == ["bot_text_chunk", "response", "metrics", "metrics", "end"]
     assert h.out[12]["data"]["tts"] == "manual_tts"
-    assert "wav_to_tts_total_time" in h.out[14]["data"]
+    assert "wav_to_tts_total_time" in h.out[13]["data"]  # the last metrics go before end, on purpose
     assert h.state == "idle"
     assert h.session.history[-1].reply == "The first thing is this. The second thing is that."
 
@@ -98,7 +101,7 @@ def test_audio_keeps_sentence_order_when_synthesis_finishes_out_of_order() -> No
     h.tts.finish(2)
     captions = [f["data"]["text"] for f in h.out if f["t"] == "bot_text_chunk"]
     assert captions == ["Sentence number one.", "Sentence number two.", "Sentence three here."]
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
 
 
 def test_without_tts_the_whole_reply_comes_as_bot_msg() -> None:
@@ -109,7 +112,7 @@ def test_without_tts_the_whole_reply_comes_as_bot_msg() -> None:
     assert "bot_text_chunk" not in h.kinds() and "response" not in h.kinds()
     bot_msg = next(f for f in h.out if f["t"] == "bot_msg")
     assert bot_msg["data"]["text"] == "Hello. Nice to meet you."
-    assert h.kinds()[-3:] == ["bot_msg", "end", "metrics"]
+    assert h.kinds()[-3:] == ["bot_msg", "metrics", "end"]
 
 
 def test_busy_session_refuses_text_and_keeps_the_running_turn() -> None:
@@ -120,7 +123,7 @@ def test_busy_session_refuses_text_and_keeps_the_running_turn() -> None:
     assert len(h.llm.calls) == 1
     h.llm.last.say("still here")
     h.llm.last.finish()
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
 
 
 def test_interrupt_cancels_everything_and_nothing_follows_stop_play() -> None:
@@ -193,7 +196,7 @@ def test_model_failure_reports_and_ends_the_turn() -> None:
     h.llm.last.done.errback(LLMError("upstream said 500"))
     assert h.tts.cancelled == ["Partial answer."]
     assert {"t": "error", "data": "upstream said 500", "code": "LLM_ERROR"} in h.out
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
     assert h.state == "idle"
     h.send("text_input", text="again")
     assert h.state == "processing"
@@ -208,7 +211,7 @@ def test_speech_failure_is_reported_once_and_text_survives() -> None:
         d.errback(TTSError("speech service down"))
     errors = [f for f in h.out if f["t"] == "error"]
     assert errors == [{"t": "error", "data": "speech service down", "code": "TTS_ERROR"}]
-    assert h.kinds()[-3:] == ["bot_msg", "end", "metrics"]
+    assert h.kinds()[-3:] == ["bot_msg", "metrics", "end"]
 
 
 # -- the state table -------------------------------------------------------
@@ -243,31 +246,31 @@ def put_in_state(state: str) -> Harness:
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("idle", "text_input"): None,
     ("idle", "start_speaking"): None,
-    ("idle", "speaking_part"): frames.INVALID_STATE,
-    ("idle", "end_speaking"): frames.INVALID_STATE,
+    ("idle", "speaking_part"): ErrorCode.INVALID_STATE,
+    ("idle", "end_speaking"): ErrorCode.INVALID_STATE,
     ("idle", "interrupt"): None,
     ("capturing", "text_input"): None,
     ("capturing", "start_speaking"): None,
     ("capturing", "speaking_part"): None,
     ("capturing", "end_speaking"): None,
     ("capturing", "interrupt"): None,
-    ("processing", "text_input"): frames.PROCESSING_ERROR,
+    ("processing", "text_input"): ErrorCode.PROCESSING_ERROR,
     ("processing", "start_speaking"): None,
-    ("processing", "speaking_part"): frames.INVALID_STATE,
-    ("processing", "end_speaking"): frames.PROCESSING_ERROR,
+    ("processing", "speaking_part"): ErrorCode.INVALID_STATE,
+    ("processing", "end_speaking"): ErrorCode.PROCESSING_ERROR,
     ("processing", "interrupt"): None,
     ("interrupted", "text_input"): None,
     ("interrupted", "start_speaking"): None,
-    ("interrupted", "speaking_part"): frames.INVALID_STATE,
-    ("interrupted", "end_speaking"): frames.INVALID_STATE,
+    ("interrupted", "speaking_part"): ErrorCode.INVALID_STATE,
+    ("interrupted", "end_speaking"): ErrorCode.INVALID_STATE,
     ("interrupted", "interrupt"): None,
     **{(state, "session_update"): None for state in STATES},
-    **{(state, "truncate"): frames.UNKNOWN_TURN for state in STATES},  # no turn has finished yet
+    **{(state, "truncate"): ErrorCode.UNKNOWN_TURN for state in STATES},  # no turn has finished yet
 }
 
 
 def test_table_covers_every_state_and_client_event() -> None:
-    assert set(MACHINE.states) == set(STATES)
+    assert set(SESSION.machine.states) == set(STATES)
     assert set(EXPECTED) == {(s, e) for s in STATES for e in CLIENT_EVENTS}
 
 
@@ -286,9 +289,9 @@ def test_every_client_event_in_every_state(state: str, event: str) -> None:
 
 def test_unknown_type_and_bad_fields_get_codes() -> None:
     h = Harness()
-    assert h.send("dance")[0]["code"] == frames.UNKNOWN_MESSAGE_TYPE
-    assert h.send("text_input", text="   ")[0]["code"] == frames.INVALID_MESSAGE_FORMAT
-    assert h.send("text_input", text=42)[0]["code"] == frames.INVALID_MESSAGE_FORMAT
+    assert h.send("dance")[0]["code"] == ErrorCode.UNKNOWN_MESSAGE_TYPE
+    assert h.send("text_input", text="   ")[0]["code"] == ErrorCode.INVALID_MESSAGE_FORMAT
+    assert h.send("text_input", text=42)[0]["code"] == ErrorCode.INVALID_MESSAGE_FORMAT
     assert h.send("text_input", message="alias works")[1]["t"] == "user_msg"
 
 
@@ -327,11 +330,11 @@ def test_empty_transcript_ends_the_turn_without_a_reply() -> None:
 def test_bad_audio_and_stamps_are_refused_and_the_segment_survives() -> None:
     h = Harness()
     h.send("start_speaking", stamp="s")
-    assert h.send("speaking_part", data="@@not base64@@")[0]["code"] == frames.INVALID_AUDIO
-    assert h.send("speaking_part", data=b64(b"odd"))[0]["code"] == frames.INVALID_AUDIO
-    assert h.send("speaking_part", data=7)[0]["code"] == frames.INVALID_AUDIO
-    assert h.send("end_speaking", stamp="other")[0]["code"] == frames.STAMP_MISMATCH
-    assert h.send("end_speaking")[0]["code"] == frames.INVALID_MESSAGE_FORMAT
+    assert h.send("speaking_part", data="@@not base64@@")[0]["code"] == ErrorCode.INVALID_AUDIO
+    assert h.send("speaking_part", data=b64(b"odd"))[0]["code"] == ErrorCode.INVALID_AUDIO
+    assert h.send("speaking_part", data=7)[0]["code"] == ErrorCode.INVALID_AUDIO
+    assert h.send("end_speaking", stamp="other")[0]["code"] == ErrorCode.STAMP_MISMATCH
+    assert h.send("end_speaking")[0]["code"] == ErrorCode.INVALID_MESSAGE_FORMAT
     assert h.state == "capturing"
     h.send("end_speaking", stamp="s")
     assert h.state == "processing"
@@ -342,16 +345,16 @@ def test_overlong_segment_is_dropped_with_an_error() -> None:
     h.send("start_speaking", stamp="s")
     h.send("speaking_part", data=b64(b"\x00" * 32_000))
     produced = h.send("speaking_part", data=b64(b"\x00\x00"))
-    assert produced[0]["code"] == frames.AUDIO_TOO_LONG
+    assert produced[0]["code"] == ErrorCode.AUDIO_TOO_LONG
     assert h.state == "idle"
-    assert h.send("end_speaking", stamp="s")[0]["code"] == frames.INVALID_STATE
+    assert h.send("end_speaking", stamp="s")[0]["code"] == ErrorCode.INVALID_STATE
 
 
 def test_no_stt_configured_is_an_error_but_the_turn_ends() -> None:
     h = Harness(stt=False)
     h.send("start_speaking", stamp="s")
     h.send("end_speaking", stamp="s")
-    assert h.out[1]["code"] == frames.STT_UNAVAILABLE
+    assert h.out[1]["code"] == ErrorCode.STT_UNAVAILABLE
     assert h.kinds()[-1] == "end" and h.state == "idle"
 
 
@@ -421,15 +424,16 @@ class SlowMemory:
         # Paused on an inner Deferred, as a real query chain is.
         return succeed(None).addCallback(lambda _: self.loaded)
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
         self.kept.append((exchange, input_type, metrics))
+        return succeed(None)
 
 
 def with_memory() -> tuple[Harness, SlowMemory]:
     h = Harness(tts=False)
     memory = SlowMemory()
     h.session = LiveSession(
-        username="alice", pipeline=h.session._pipeline, clock=h.clock, emit=h.record, memory=memory
+        username="alice", engines=h.session._engines, clock=h.clock, emit=h.record, memory=memory
     )
     return h, memory
 
@@ -459,3 +463,84 @@ def test_interrupt_while_history_loads_starts_nothing() -> None:
     assert h.llm.calls == [] and h.state == "idle"
     h.send("text_input", text="again")
     assert h.llm.last.messages[-1] == {"role": "user", "content": "again"}
+
+
+# -- interrupted lasts until the turn is unwound ------------------------------
+
+
+class SlowWrites:
+    """A store whose writes finish when the test says so."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[Exchange, Deferred[None]]] = []
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        return succeed([])
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.writes.append((exchange, d))
+        return d
+
+    def revise(self, exchange: Exchange) -> None:
+        pass
+
+
+def harness_with(memory: SlowWrites) -> Harness:
+    h = Harness(tts=False)
+    h.session = LiveSession(
+        username="alice", engines=Engines(llm=h.llm, tts=None, stt=h.stt), clock=h.clock, emit=h.record,
+        memory=memory,
+    )
+    return h
+
+
+def test_end_goes_out_once_the_turn_is_stored() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="keep me")
+    h.llm.last.say("Kept.")
+    h.llm.last.finish()
+    assert h.kinds()[-2:] == ["bot_msg", "metrics"] and h.state == "processing"
+    (exchange, stored), = memory.writes
+    assert exchange == Exchange("keep me", "Kept.")
+    stored.callback(None)
+    assert h.kinds()[-1] == "end" and h.state == "idle"
+
+
+def test_interrupted_lasts_until_the_partial_reply_is_stored_and_queues_one_turn() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="talk")
+    h.llm.last.say("Half of it")
+    assert h.send("interrupt") == [{"t": "stop_play"}]  # at once
+    assert h.state == "interrupted" and h.llm.last.cancelled
+    assert h.send("start_speaking", stamp="s") == []  # capture goes on
+    assert h.send("text_input", text="next") == []  # taken, and waits
+    assert h.send("text_input", text="and another")[0]["code"] == ErrorCode.PROCESSING_ERROR
+    assert len(h.llm.calls) == 1 and h.state == "interrupted"
+    (exchange, stored), = memory.writes
+    assert exchange == Exchange("talk", "Half of it", interrupted=True)
+    stored.callback(None)  # unwound: the queued turn starts, with the interrupted one in its context
+    assert h.state == "processing" and len(h.llm.calls) == 2
+    assert h.llm.last.messages[-3:] == [
+        {"role": "user", "content": "talk"},
+        {"role": "assistant", "content": "Half of it"},
+        {"role": "user", "content": "next"},
+    ]
+
+
+def test_turn_over_fires_when_the_turn_ends_however_it_ends() -> None:
+    h = Harness(tts=False)
+    assert h.session.turn_over().called  # nothing runs
+    h.send("text_input", text="hi")
+    over = h.session.turn_over()
+    h.llm.last.say("Hello.")
+    assert not over.called
+    h.llm.last.finish()
+    assert over.called and h.kinds()[-1] == "end"
+    h.send("start_speaking", stamp="s")
+    h.send("end_speaking", stamp="s")  # transcribing
+    over = h.session.turn_over()
+    h.session.close()
+    assert over.called and h.stt.requests[-1][1].called  # cancelled, and let go of

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from livetx.live.session import STATES, LiveSession, Pipeline
+from livetx.domain import Engines
+from livetx.live.rules import STATES
+from livetx.live.session import LiveSession
 from livetx.providers.echo import EchoChat
 
 from .doubles import ManualSTT, b64
@@ -54,7 +56,7 @@ def test_any_sequence_keeps_the_session_usable(sequence: list[tuple[dict[str, An
     stt = ManualSTT()
     session = LiveSession(
         username="fuzz",
-        pipeline=Pipeline(llm=EchoChat(clock, 0.01), tts=None, stt=stt, max_segment_seconds=0.001),
+        engines=Engines(llm=EchoChat(clock, 0.01), tts=None, stt=stt, max_segment_seconds=0.001),
         clock=clock,
         emit=out.append,
     )
@@ -78,4 +80,4 @@ def test_any_sequence_keeps_the_session_usable(sequence: list[tuple[dict[str, An
     session.receive({"t": "text_input", "text": "are you still there"})
     clock.pump([0.01] * 10)
     kinds = [f["t"] for f in out[mark:]]
-    assert kinds[-2:] == ["end", "metrics"] and "error" not in kinds, kinds
+    assert kinds[-2:] == ["metrics", "end"] and "error" not in kinds, kinds

@@ -16,7 +16,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from livetx.live.session import Exchange
+from livetx.domain import Exchange
+from livetx.errors import NoSuchSession
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.store.sql import SQLStore
 from livetx.store.sqlite import SQLiteStore
@@ -70,7 +71,7 @@ async def test_a_turn_is_stored_whole_or_not_at_all(engine: Opener) -> None:
     question, answer = await store.add_turn(
         "ann", "mine", plain("why?"), plain("because"), interrupted=True, input_type="audio", metrics={"x": 1})
     assert (question.role, answer.role, answer.id) == ("user", "assistant", question.id + 1)
-    with pytest.raises(LookupError):
+    with pytest.raises(NoSuchSession):
         await store.add_turn("bob", "mine", plain("not his"), plain("session"))
     with pytest.raises(TypeError):  # the reply cannot be written: the question goes too
         await store.add_turn("ann", "mine", plain("lost"), [{"type": "plain", "text": object()}])
@@ -94,7 +95,7 @@ async def test_session_ids_are_per_owner(engine: Opener) -> None:
     assert [m.text for m in await store.messages("bob", "live:ann")] == ["squatting"]
     assert (await store.session("ann", "live:ann")).title == "mine"  # type: ignore[union-attr]
     assert await store.session("carol", "live:ann") is None
-    with pytest.raises(LookupError):
+    with pytest.raises(NoSuchSession):
         await store.add_message("carol", "live:ann", "user", plain("no session of hers"))
     await store.close()
 
@@ -171,7 +172,7 @@ async def test_work_asked_for_together_commits_together_in_order(engine: Opener)
     seen = store.messages("ann", "mine")  # queued after the writes, so it sees them all
     later = store.add_message("ann", "mine", "assistant", plain("a"))
     stored = [await w for w in writes]
-    with pytest.raises(LookupError):
+    with pytest.raises(NoSuchSession):
         await stray
     assert [m.text for m in await seen] == [f"q{i}" for i in range(30)]
     assert (await later).id > stored[-1].id > stored[0].id

@@ -13,21 +13,26 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.live import frames
+from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
+from livetx.deferreds import waiter_for
+from livetx.domain import Engines
+from livetx.errors import ErrorCode, LivetxError, NoSuchSession
 from livetx.live.frames import FrameError
+from livetx.live.machine import Table
 from livetx.live.turn import describe_failure
-from livetx.providers.base import ChatModel, Message, ProviderError
+from livetx.providers.base import Message
 from livetx.store import ConversationStore, Part, StoredSession
+from livetx.tools.record import reply_parts
 
 _log = Logger()
 
 Event = dict[str, Any]
-Listener = Callable[[Event], None]
+Subscriber = Callable[[Event], None]
 
 
 #: A chat session: (owner, session id); ids are only unique among one user's sessions.
@@ -39,7 +44,7 @@ class Relay(Protocol):
 
     def publish(self, key: SessionKey, event: Event) -> None: ...
 
-    def subscribe(self, key: SessionKey, deliver: Listener) -> Deferred[Any]: ...
+    def subscribe(self, key: SessionKey, deliver: Subscriber) -> Deferred[Any]: ...
 
     def unsubscribe(self, key: SessionKey) -> None: ...
 
@@ -48,7 +53,7 @@ PART_TYPES = ("plain", "image", "file")
 
 
 def _invalid(message: str) -> FrameError:
-    return FrameError(frames.INVALID_MESSAGE_FORMAT, message)
+    return FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, message)
 
 
 def parse_parts(message: Any) -> list[Part]:
@@ -108,18 +113,42 @@ class ChatRequest:
         )
 
 
+#: A chat turn's life: it runs, then ends one of four ways once its text is stored.
+CHAT_TURN = Table("chat turn", ["running", "interrupted", "stopped", "failed", "ended"], [
+    {"trigger": "cancel", "source": "running", "dest": "interrupted"},
+    {"trigger": "stop", "source": "running", "dest": "stopped"},
+    {"trigger": "fail", "source": "running", "dest": "failed"},
+    {"trigger": "end", "source": ["running", "interrupted", "stopped", "failed"], "dest": "ended"},
+    {"trigger": "cancel", "source": ["interrupted", "stopped", "failed", "ended"], "dest": None},
+    {"trigger": "stop", "source": ["interrupted", "stopped", "failed", "ended"], "dest": None},
+], initial="running")
+
+
 class ChatTurn:
-    """One running reply; ``cancel`` stops it and keeps what was produced."""
+    """One running reply; ``cancel`` (the client) or ``stop`` (the server) ends it and keeps what was produced."""
 
     def __init__(self, request: ChatRequest) -> None:
+        self.state = CHAT_TURN.initial
         self.request = request
         self.reply: list[str] = []
         self.done: Deferred[None] = Deferred()
         self.upstream: Deferred[Any] | None = None
-        self.interrupted = False
+        #: Known once the session is open; every event of the turn names it.
+        self.session_id = request.session_id
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state in ("interrupted", "stopped")
 
     def cancel(self) -> None:
-        self.interrupted = True
+        CHAT_TURN.fire(self, "cancel")
+        self._cancel_upstream()
+
+    def stop(self) -> None:
+        CHAT_TURN.fire(self, "stop")
+        self._cancel_upstream()
+
+    def _cancel_upstream(self) -> None:
         if self.upstream is not None and not self.upstream.called:
             self.upstream.cancel()
 
@@ -128,29 +157,35 @@ class ChatService:
     """Runs chat turns and delivers their events to the session's subscribers."""
 
     def __init__(
-        self, *, store: ConversationStore, llm: ChatModel, clock: IReactorTime,
-        system_prompt: str = "", history_turns: int = 20, vision: bool = False,
-        relay: Relay | None = None,
+        self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
+        tool_ended: ToolEnded | None = None, relay: Relay | None = None,
     ) -> None:
+        #: Other processes' sockets bound to this process's sessions, and the other way round.
         self._relay = relay
-        self._vision = vision
+        #: Told of each tool call that ends (the Prometheus metrics).
+        self._tool_ended = tool_ended
+        # The model and its settings come the one way live sessions get them too.
+        self._vision = engines.vision
         self._store = store
-        self._llm = llm
+        self._llm = engines.llm
         self._clock = clock
-        self._system_prompt = system_prompt
-        self._history_turns = history_turns
-        #: Listeners by (owner, session id): ids are only unique among one user's sessions.
-        self._subscribers: dict[tuple[str, str], set[Listener]] = {}
+        self._system_prompt = engines.system_prompt
+        self._history_turns = engines.history_turns
+        #: Subscribers by (owner, session id): ids are only unique among one user's sessions.
+        self._subscribers: dict[tuple[str, str], set[Subscriber]] = {}
+        self._running: set[ChatTurn] = set()
+        #: The server is stopping (set by the connection tracker).
+        self.draining = False
 
     # -- subscriptions -----------------------------------------------------
 
-    def bind(self, username: str, session_id: str, listener: Listener) -> Deferred[None]:
-        """Subscribe ``listener`` to a session of ``username`` (LookupError when the user has none of that id)."""
+    def bind(self, username: str, session_id: str, listener: Subscriber) -> Deferred[None]:
+        """Subscribe ``listener`` to a session of ``username`` (else NoSuchSession)."""
         d = self._store.session(username, session_id)
 
         def check(session: StoredSession | None) -> Deferred[Any] | None:
-            if session is None:  # another user's id names none of this user's sessions
-                raise LookupError("no such session")
+            if session is None:  # ids are per user: another user's id names none of this one's
+                raise NoSuchSession()
             key = (username, session_id)
             listeners = self._subscribers.setdefault(key, set())
             listeners.add(listener)
@@ -161,7 +196,7 @@ class ChatService:
 
         return d.addCallback(check)
 
-    def unbind(self, listener: Listener) -> None:
+    def unbind(self, listener: Subscriber) -> None:
         for key in [k for k, ls in self._subscribers.items() if listener in ls]:
             listeners = self._subscribers[key]
             listeners.discard(listener)
@@ -170,7 +205,7 @@ class ChatService:
                 if self._relay is not None:
                     self._relay.unsubscribe(key)
 
-    def _publish(self, username: str, session_id: str, sender: Listener, event: Event) -> None:
+    def _publish(self, username: str, session_id: str, sender: Subscriber, event: Event) -> None:
         event["session_id"] = session_id
         sender(event)
         key = (username, session_id)
@@ -178,7 +213,7 @@ class ChatService:
         if self._relay is not None:
             self._relay.publish(key, event)
 
-    def _deliver(self, key: SessionKey, sender: Listener | None, event: Event) -> None:
+    def _deliver(self, key: SessionKey, sender: Subscriber | None, event: Event) -> None:
         """Hand an event to the sockets bound to the session here, but its sender."""
         for listener in list(self._subscribers.get(key, ())):
             if listener is not sender:
@@ -186,14 +221,34 @@ class ChatService:
 
     # -- turns ---------------------------------------------------------------
 
-    def start(self, request: ChatRequest, listener: Listener) -> ChatTurn:
+    @property
+    def busy(self) -> bool:
+        """A chat turn runs (on a socket or over SSE)."""
+        return bool(self._running)
+
+    def turns_over(self) -> Deferred[None]:
+        """Fires once the turns running now are over and stored."""
+        return DeferredList([waiter_for(t.done) for t in self._running]).addCallback(lambda _: None)
+
+    def stop_all(self) -> None:
+        """The server stops: every running turn ends now, storing its text so far (marked interrupted)."""
+        for turn in list(self._running):
+            turn.stop()
+
+    def start(self, request: ChatRequest, listener: Subscriber) -> ChatTurn:
         """Run a turn; its events go to ``listener`` and the session's subscribers."""
         turn = ChatTurn(request)
+        self._running.add(turn)
         d = self._store.open_session(request.username, request.session_id, "chat")
         d.addCallback(lambda session: self._run(turn, session.id, listener))
         d.addErrback(self._failed, turn, listener)
-        d.addBoth(lambda _: turn.done.callback(None))
+        d.addBoth(lambda _: self._over(turn))
         return turn
+
+    def _over(self, turn: ChatTurn) -> None:
+        self._running.discard(turn)
+        CHAT_TURN.fire(turn, "end")
+        turn.done.callback(None)
 
     async def _content(self, request: ChatRequest) -> str | list[dict[str, Any]]:
         """The user message for the model; images go along when the model takes them."""
@@ -210,31 +265,39 @@ class ChatService:
                 images.append({"type": "image_url", "image_url": {"url": f"data:{record.mime};base64,{data}"}})
         return [{"type": "text", "text": text}, *images] if images else text
 
-    def _run(self, turn: ChatTurn, session_id: str, listener: Listener) -> Deferred[None]:
+    def _run(self, turn: ChatTurn, session_id: str, listener: Subscriber) -> Deferred[None]:
+        turn.session_id = session_id
         return Deferred.fromCoroutine(self._turn(turn, session_id, listener))
 
-    async def _turn(self, turn: ChatTurn, session_id: str, listener: Listener) -> None:
+    async def _turn(self, turn: ChatTurn, session_id: str, listener: Subscriber) -> None:
+        """Stream the reply, then store the question and the reply in one transaction, then ``end``."""
         request = turn.request
         content = await self._content(request)
         history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns)
-        await self._store.add_message(request.username, session_id, "user", request.parts, input_type="chat")
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
-        context += [{"role": m.role, "content": m.text} for m in history if m.text]
+        for stored in history:
+            context += history_messages(stored)
         context.append({"role": "user", "content": content})
 
-        def publish(kind: str, data: Any, streaming: bool = False) -> None:
+        def publish(kind: str, data: Any, streaming: bool = False, **extra: Any) -> None:
             self._publish(request.username, session_id, listener, {
                 "type": kind, "data": data, "streaming": streaming, "chain_type": None,
-                "message_id": request.message_id,
+                "message_id": request.message_id, **extra,
             })
+
+        tools = None
+        if getattr(self._llm, "offers_tools", False):
+            tools = ChatToolEvents(
+                self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c), self._tool_ended
+            )
 
         started = self._clock.seconds()
         first: list[float] = []
 
         def on_delta(text: str) -> None:
-            if turn.interrupted:
+            if turn.state != "running":
                 return
             if not first:
                 first.append(self._clock.seconds() - started)
@@ -242,36 +305,60 @@ class ChatService:
             if request.streaming:
                 publish("plain", text, streaming=True)
 
-        if not turn.interrupted:  # interrupted while the history loaded: no model call
-            turn.upstream = self._llm.stream(context, on_delta)
+        failure: Failure | None = None
+        if turn.state == "running":  # interrupted while the history loaded: no model call
+            if tools is not None:
+                turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
+            else:
+                turn.upstream = self._llm.stream(context, on_delta)
             try:
                 await turn.upstream
             except CancelledError:
                 pass
+            except Exception:
+                failure = Failure()
+                CHAT_TURN.fire(turn, "fail")
         reply = "".join(turn.reply)
-        if not request.streaming and not turn.interrupted:
+        if not request.streaming and turn.state == "running":
             publish("plain", reply)
-        publish("agent_stats", {
-            "time_to_first_token": first[0] if first else None,
-            "total_time": self._clock.seconds() - started,
-            "model": self._llm.model,
-            "interrupted": turn.interrupted,
-        })
-        saved = await self._store.add_message(
-            request.username, session_id, "assistant", [{"type": "plain", "text": reply}],
-            interrupted=turn.interrupted,
+        outcome = {"running": "ok", "stopped": "interrupted"}.get(turn.state, turn.state)
+        metrics: dict[str, Any] = {"outcome": outcome}
+        if tools is not None and tools.trail:
+            metrics.update(tools.trail.metrics())
+        error: tuple[ErrorCode, str] | None = None
+        if failure is not None:
+            error = self._describe(failure)
+            metrics["error"] = error[0]
+        else:
+            publish("agent_stats", {
+                "time_to_first_token": first[0] if first else None,
+                "total_time": self._clock.seconds() - started,
+                "model": self._llm.model,
+                "interrupted": turn.interrupted,
+                **{k: v for k, v in metrics.items() if k.startswith("tool")},
+            })
+        steps = tools.trail.steps if tools is not None else ()
+        _, saved = await self._store.add_turn(
+            request.username, session_id, request.parts, reply_parts(reply, steps),
+            interrupted=turn.interrupted, input_type="chat", metrics=metrics,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})
+        if turn.state == "stopped":
+            error = (ErrorCode.PROCESSING_ERROR, "server is shutting down; the reply was cut")
+        if error is not None:
+            publish("error", error[1], code=error[0])
         publish("end", "")
 
-    def _failed(self, failure: Failure, turn: ChatTurn, listener: Listener) -> None:
-        if failure.check(PermissionError):
-            code, message = frames.FORBIDDEN, "this session belongs to another user"
-        elif failure.check(FrameError):
-            code, message = failure.value.code, failure.value.message
-        else:
-            if not failure.check(ProviderError):
-                _log.failure("Chat turn failed", failure)
-            code, message = describe_failure(failure, frames.INTERNAL_ERROR)
-        listener({"type": "error", "code": code, "data": message, "message_id": turn.request.message_id})
-        listener({"type": "end", "data": "", "streaming": False, "message_id": turn.request.message_id})
+    def _describe(self, failure: Failure) -> tuple[ErrorCode, str]:
+        """An error event's code and text (bugs are logged, and say nothing more)."""
+        if isinstance(failure.value, LivetxError):  # a refusal, or an engine that failed
+            return failure.value.code, failure.value.message
+        _log.failure("Chat turn failed", failure)
+        return describe_failure(failure, ErrorCode.INTERNAL_ERROR)
+
+    def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
+        """The turn failed before its model was called (no session, a bad attachment): nothing is stored."""
+        code, message = self._describe(failure)
+        base = {"message_id": turn.request.message_id, "session_id": turn.session_id}
+        listener({"type": "error", "code": code, "data": message, **base})
+        listener({"type": "end", "data": "", "streaming": False, **base})

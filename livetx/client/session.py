@@ -2,7 +2,7 @@
 
 :func:`run_turn` connects, sends a text or voice turn, follows the reply
 until ``end`` (or ``stop_play`` after an interrupt), and fires with a
-:class:`TurnReport`. What the user sees is left to a :class:`Listener`.
+:class:`TurnReport`. What the user sees is left to a :class:`FrameListener`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT = 0, 1, 2, 3, 4
 
 LIVE_PATH = "/api/live_chat/ws"
 OPEN_API_PATH = "/api/v1/live/ws"
-#: How long to wait after ``end`` for the turn's last metrics frame.
-METRICS_GRACE = 0.5
 
 
 class ClientError(Exception):
@@ -95,7 +93,7 @@ class TurnReport:
     interrupted: bool = False
 
 
-class Listener(Protocol):
+class FrameListener(Protocol):
     def frame(self, frame: dict[str, Any]) -> None:
         """Every frame received, in order."""
 
@@ -124,7 +122,7 @@ class _Socket(WebSocketClientProtocol):
 class _TurnDriver:
     """Sends one turn and follows its frames to the end."""
 
-    def __init__(self, reactor: Any, request: TurnRequest, listener: Listener) -> None:
+    def __init__(self, reactor: Any, request: TurnRequest, listener: FrameListener) -> None:
         self.reactor = reactor
         self.request = request
         self.listener = listener
@@ -189,9 +187,7 @@ class _TurnDriver:
             self._since_sent("first_audio")
             report.audio.append(base64.b64decode(data))
         elif kind == "metrics" and isinstance(data, dict):
-            report.metrics.update(data)
-            if "wav_to_tts_total_time" in data and "end" in report.timings:
-                self.finish(OK)
+            report.metrics.update(data)  # all of a turn's metrics come before its ``end``
         elif kind == "error":
             report.error = (str(frame.get("code", "ERROR")), str(data))
             if "turn" not in frame:
@@ -200,7 +196,7 @@ class _TurnDriver:
                 self.finish(OK)
         elif kind == "end":
             self._since_sent("end")
-            self._later(METRICS_GRACE, self.finish, OK)
+            self.finish(OK)
         elif kind == "stop_play" and report.interrupted:
             self._since_sent("end")
             self.finish(OK)
@@ -234,7 +230,7 @@ class _TurnDriver:
 
 
 async def run_turn(
-    reactor: Any, url: str, headers: dict[str, str], request: TurnRequest, listener: Listener
+    reactor: Any, url: str, headers: dict[str, str], request: TurnRequest, listener: FrameListener
 ) -> TurnReport:
     """Connect, run one turn, close; raises :class:`ClientError` when it cannot."""
     factory = WebSocketClientFactory(url, headers=headers)

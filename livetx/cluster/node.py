@@ -16,12 +16,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from livetx.deferreds import waiter_for
 from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import HEARTBEAT_TTL, ConnectionSlots, SharedFailedAuth
 from livetx.cluster.redis import Redis
 from livetx.cluster.relay import ChatRelay
 from livetx.cluster.revocation import CHANNEL as REVOKED
+from livetx.deferreds import waiter_for
+from livetx.web.connections import ConnectionTracker
 
 _log = Logger()
 
@@ -29,10 +30,8 @@ _log = Logger()
 class ClusterNode(Service):
     """One process's membership; started before the listening ports, stopped after the sockets."""
 
-    def __init__(
-        self, url: str, reactor: Any, prefix: str = "livetx:", after: Deferred[None] | None = None
-    ) -> None:
-        self._after = after
+    def __init__(self, url: str, reactor: Any, prefix: str = "livetx:") -> None:
+        self._after: Deferred[None] | None = None
         self.node = uuid.uuid4().hex[:12]
         self.prefix = prefix
         self.reactor = reactor
@@ -41,6 +40,15 @@ class ClusterNode(Service):
         self.relay = ChatRelay(self.redis, self.node, prefix)
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = reactor
+
+    def join(self, connections: ConnectionTracker, keys: Any) -> None:
+        """Take part in the server: its connection counts, key revocations, and its drain."""
+        connections.shared = self.slots
+        self.on_revoked(connections.revoked)
+        refresh = getattr(keys, "refresh", None)  # PostgreSQL's key cache: refuse the key at once too
+        if refresh is not None:
+            self.on_revoked(lambda _: refresh())
+        self._after = connections.drained
 
     def journals(self, seconds: float, limit: int) -> RedisJournals:
         """The resume journal, shared by every process."""

@@ -59,6 +59,22 @@ def adopt(reactor: Any, spec: str, factory: Any) -> Any:
     return reactor.adoptStreamPort(int(fd), _FAMILIES[family], factory)
 
 
+class AdoptedPort(Service):
+    """In a worker: a listening socket inherited from the supervisor, served with ``factory``."""
+
+    def __init__(self, reactor: Any, spec: str, factory: Any) -> None:
+        self._reactor, self._spec, self._factory = reactor, spec, factory
+        self._port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._port = adopt(self._reactor, self._spec, self._factory)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self._port.stopListening() if self._port is not None else None
+
+
 def as_worker(reactor: Any) -> None:
     """Set up a worker process: it dies with the supervisor, and drains once however often told."""
     reactor.addSystemEventTrigger("before", "shutdown", signal.signal, signal.SIGTERM, signal.SIG_IGN)

@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from livetx.live import frames
+from livetx.errors import ErrorCode
 from livetx.live.frames import Frame, FrameError
 
 Deliver = Callable[[Frame], None]
@@ -32,11 +32,11 @@ SWEEP_EVERY = 10.0
 
 
 def expired() -> FrameError:
-    return FrameError(frames.RESUME_EXPIRED, "the frames to resume from are no longer kept; the stored history has the turn")
+    return FrameError(ErrorCode.RESUME_EXPIRED, "the frames to resume from are no longer kept; the stored history has the turn")
 
 
 def not_yours() -> FrameError:
-    return FrameError(frames.FORBIDDEN, "this session belongs to another user")
+    return FrameError(ErrorCode.FORBIDDEN, "this session belongs to another user")
 
 
 class Writer(Protocol):

@@ -23,7 +23,8 @@ class PiperSpeech:
     name = "piper"
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:
-        self._model_path = config.model
+        # The factory's start-up check refuses piper without a model.
+        self._model_path = config.model or ""
         # onnxruntime parallelises inside one call; one call at a time is enough.
         self._worker = Worker(reactor, "piper", 1)
         self._voice: Any = None

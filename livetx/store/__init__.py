@@ -18,10 +18,6 @@ from twisted.internet.defer import Deferred
 Part = dict[str, Any]
 
 
-class StoreUnavailable(Exception):
-    """The database cannot be reached (or prepared): the work was not committed. One line."""
-
-
 @dataclass(frozen=True)
 class StoredSession:
     id: str

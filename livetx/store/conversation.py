@@ -13,8 +13,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
-from livetx.live.session import Exchange
+from livetx.domain import Exchange
 from livetx.store import ConversationStore, StoredMessage
+from livetx.tools.record import reply_parts, steps_of
 
 _log = Logger()
 
@@ -24,6 +25,15 @@ def default_live_session(username: str) -> str:
     return f"live:{username}"
 
 
+def live_memories(store: ConversationStore) -> Callable[[str, str | None], StoredConversation]:
+    """A :data:`livetx.domain.MemoryOpener`: each live connection's memory in ``store``."""
+
+    def open_memory(username: str, session_id: str | None) -> StoredConversation:
+        return StoredConversation(store, username, session_id or default_live_session(username))
+
+    return open_memory
+
+
 def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
     """Pair stored messages into turns: a user message and the reply after it."""
     turns: list[Exchange] = []
@@ -31,12 +41,12 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
         if message.role == "user":
             turns.append(Exchange(message.text, ""))
         elif message.role == "assistant" and turns and not turns[-1].reply:
-            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted)
+            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted, steps_of(message.parts))
     return turns
 
 
 class StoredConversation:
-    """:class:`livetx.live.session.Memory` on a store, in one of the user's own sessions."""
+    """:class:`livetx.domain.Memory` on a store, in one of the user's own sessions."""
 
     def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
         self._store = store
@@ -79,22 +89,22 @@ class StoredConversation:
         d = self._then(rows).addErrback(dropped)
         return d.addCallback(lambda messages: exchanges(messages)[-turns:])
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        def write() -> Deferred[Any]:
-            self._store.add_message(
-                self.username, self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        def write() -> Deferred[StoredMessage]:
+            stored = self._store.add_turn(
+                self.username, self.session_id, [{"type": "plain", "text": exchange.user}],
+                reply_parts(exchange.reply, exchange.tools),
+                interrupted=exchange.interrupted, input_type=input_type, metrics=metrics,
             )
-            return self._store.add_message(
-                self.username, self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
-                interrupted=exchange.interrupted, metrics=metrics,
-            )
+            return stored.addCallback(lambda pair: pair[1])
 
         # The reply's own row: another socket of the user may add later ones
         # to the same conversation, so a revision must not pick "the latest".
         self._reply = self._then(write).addErrback(self._write_failed)
+        return waiter_for(self._reply)
 
     def revise(self, exchange: Exchange) -> None:
-        parts = [{"type": "plain", "text": exchange.reply}]
+        parts = reply_parts(exchange.reply, exchange.tools)
 
         def replace(reply: StoredMessage | None) -> StoredMessage | None:
             if reply is not None:  # None: its write failed, and was logged
@@ -107,4 +117,5 @@ class StoredConversation:
         self._reply.addCallback(replace)
 
     def _write_failed(self, failure: Failure) -> None:
+        """Logged; the turn goes on (the client is told ``end`` all the same)."""
         _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)

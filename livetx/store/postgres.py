@@ -32,7 +32,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from livetx.store import StoreUnavailable, StoredAttachment
+from livetx.errors import StoreUnavailable
+from livetx.store import StoredAttachment
 from livetx.store.batches import Outcome, Unit, apply_units
 from livetx.store.sql import TABLES, SQLStore
 

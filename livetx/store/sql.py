@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import orjson
 from twisted.internet.defer import Deferred
 
+from livetx.errors import NoSuchSession
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
 from livetx.store.batches import GroupCommit, Outcome, Unit
 
@@ -138,7 +139,7 @@ def _add_message(
     )
     row = cursor.fetchone()
     if row is None:
-        raise LookupError(f"no session {session_id!r} of {username!r}")
+        raise NoSuchSession()
     title = _title(parts) if role == "user" else ""
     cursor.execute(
         "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END "

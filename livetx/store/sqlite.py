@@ -91,7 +91,7 @@ class SQLiteStore(SQLStore):
 
     @functools.cached_property
     def _pool(self) -> adbapi.ConnectionPool:
-        """Made on first use: importing SQLite and starting a thread cost an idle server 1 MB."""
+        """Made on first use: importing SQLite and starting a thread cost an idle server memory."""
         from twisted.enterprise import adbapi
 
         return adbapi.ConnectionPool(
@@ -100,7 +100,7 @@ class SQLiteStore(SQLStore):
         )
 
     def _run_batch(self, batch: list[Unit]) -> Deferred[list[Outcome]]:
-        running: Deferred[list[Outcome]] = self._pool.runInteraction(_apply, batch)  # type: ignore[no-untyped-call]
+        running: Deferred[list[Outcome]] = self._pool.runInteraction(_apply, batch)
         return running
 
     def _release(self) -> None:

@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import orjson
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, ITCPTransport
 from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from livetx.audio import to_wav
+
+#: (messages, tools offered) → calls to make, or None to answer in text.
+ToolScript = Callable[[list[dict[str, Any]], list[dict[str, Any]]], "list[dict[str, Any]] | None"]
 
 DEFAULT_REPLY = (
     "Sure, here is a short answer. It comes in a few sentences. "
@@ -71,6 +74,14 @@ class FakeOpenAI:
         self.reactor = reactor
         #: The reply text, or a function of the request's messages.
         self.reply: str | Callable[[list[dict[str, Any]]], str] = DEFAULT_REPLY
+        #: Tool calls the model makes, when the request offers tools: a function of
+        #: the request's messages and ``tools`` giving a list of calls, each
+        #: ``{"name", "arguments"}`` (a dict, or raw text) with an optional
+        #: ``"id"`` and ``"text"`` said before it, or None to answer with ``reply``.
+        #: Streamed as real services do: id and name first, arguments in pieces.
+        self.tool_calls: ToolScript | None = None
+        #: How many characters of arguments go in each tool-call delta.
+        self.argument_piece = 7
         #: How the reply is cut into one SSE chunk per token.
         self.tokenize: Callable[[str], list[str]] = words
         #: Seconds between SSE chunks (0 still yields to the reactor between them).
@@ -123,8 +134,16 @@ class FakeOpenAI:
         if failed is not None:
             return failed
         messages = (record.json or {}).get("messages", [])
-        text = self.reply(messages) if callable(self.reply) else self.reply
         model = (record.json or {}).get("model", "fake")
+        offered = (record.json or {}).get("tools")
+        calls = self.tool_calls(messages, offered) if self.tool_calls and offered else None
+        if calls and (record.json or {}).get("stream"):
+            request.setHeader(b"content-type", b"text/event-stream")
+            preamble = "".join(str(c.get("text", "")) for c in calls)
+            _Streamer(self, request, model, self.tokenize(preamble) if preamble else [],
+                      self._tool_deltas(calls)).start()
+            return NOT_DONE_YET
+        text = self.reply(messages) if callable(self.reply) else self.reply
         if not (record.json or {}).get("stream"):
             request.setHeader(b"content-type", b"application/json")
             return json.dumps({
@@ -137,6 +156,21 @@ class FakeOpenAI:
         request.setHeader(b"cache-control", b"no-cache")
         _Streamer(self, request, model, self.tokenize(text)).start()
         return NOT_DONE_YET
+
+    def _tool_deltas(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``delta`` objects of a streamed reply that calls tools."""
+        deltas: list[dict[str, Any]] = []
+        for index, call in enumerate(calls):
+            arguments = call.get("arguments", {})
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            deltas.append({"tool_calls": [{
+                "index": index, "id": call.get("id", f"call_{len(self.requests)}_{index}"), "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }]})
+            step = max(1, self.argument_piece)
+            for i in range(0, len(text), step):
+                deltas.append({"tool_calls": [{"index": index, "function": {"arguments": text[i : i + step]}}]})
+        return deltas
 
     def _speech(self, request: Request, record: Recorded) -> Any:
         failed = self._fail(request)
@@ -158,7 +192,7 @@ class FakeOpenAI:
                 return
             if self.drop:
                 request.write(body[: len(body) // 2])
-                request.channel.transport.abortConnection()
+                _abort(request)
                 return
             request.write(body)
             request.finish()
@@ -174,17 +208,30 @@ class FakeOpenAI:
         return self._later(request, self.transcription_delay, json.dumps({"text": self.transcript}).encode())
 
 
+def _abort(request: Request) -> None:
+    """Cut the connection mid-response, as a failing upstream does."""
+    cast(ITCPTransport, request.channel.transport).abortConnection()
+
+
+def _body(request: Request) -> bytes:
+    content = request.content
+    assert content is not None  # twisted.web reads the body before rendering
+    body: bytes = content.read()
+    return body
+
+
 def _form_fields(request: Request) -> dict[str, bytes]:
     """The fields of a ``multipart/form-data`` or urlencoded body (the first value of each)."""
     ctype = request.getHeader(b"content-type") or b""
-    body = request.content.read()
+    body = _body(request)
     if ctype.startswith(b"multipart/"):
         form = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype + b"\r\n\r\n" + body)
         fields: dict[str, bytes] = {}
         for part in form.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if isinstance(name, str) and name not in fields:
-                fields[name] = part.get_payload(decode=True) or b""
+                payload = part.get_payload(decode=True)
+                fields[name] = payload if isinstance(payload, bytes) else b""
         return fields
     return {k.decode(): v[0] for k, v in parse_qs(body).items()}
 
@@ -198,10 +245,15 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:
 
 
 class _Streamer:
-    """Writes one SSE chunk per token, pausing ``token_delay`` between them."""
+    """Writes one SSE chunk per token (then per tool-call delta), pausing ``token_delay`` between them."""
 
-    def __init__(self, fake: FakeOpenAI, request: Request, model: str, tokens: list[str]) -> None:
+    def __init__(
+        self, fake: FakeOpenAI, request: Request, model: str, tokens: list[str],
+        tool_deltas: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.fake, self.request, self.model, self.tokens = fake, request, model, tokens
+        self.tool_deltas = tool_deltas or []
+        self.finish = "tool_calls" if self.tool_deltas else "stop"
         self.call: IDelayedCall | None = None
         self.index = 0
 
@@ -221,12 +273,16 @@ class _Streamer:
             if self.index == 1 and self.fake.inject:
                 self.request.write(self.fake.inject)
             if self.index == 1 and self.fake.drop:
-                self.request.channel.transport.abortConnection()
+                _abort(self.request)
                 return
             if not (self.fake.hang and self.index == 1):
                 self._schedule()
             return
-        self.request.write(_chunk(self.model, {}, "stop") + b"data: [DONE]\n\n")
+        if self.tool_deltas:
+            self.request.write(_chunk(self.model, self.tool_deltas.pop(0), None))
+            self._schedule()
+            return
+        self.request.write(_chunk(self.model, {}, self.finish) + b"data: [DONE]\n\n")
         if not self.fake.keep_open:
             self.request.finish()
 
@@ -250,7 +306,7 @@ class _Endpoint(Resource):
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
         record = Recorded(request.path.decode(), headers, getattr(request.getClientAddress(), "port", 0))
         if headers.get("content-type", "").startswith("application/json"):
-            record.json = orjson.loads(request.content.read() or b"null")
+            record.json = orjson.loads(_body(request) or b"null")
         else:
             record.fields = _form_fields(request)
         self.fake.requests.append(record)
@@ -262,7 +318,7 @@ def start(reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> tuple[Fa
     fake = FakeOpenAI(reactor)
     # Forms are parsed by the one endpoint that takes them (transcriptions):
     # Twisted's own parsing reads every POST's content type with the email
-    # package, a fifth of this server's CPU in a benchmark.
+    # package, a cost the load benchmark felt (benchmarks/RESULTS.md).
     site = Site(fake.resource(), parsePOSTFormSubmission=False)
     site.noisy = False
     listening = reactor.listenTCP(port, site, interface=interface)

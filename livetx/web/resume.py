@@ -17,7 +17,7 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from livetx.live import frames
+from livetx.errors import ErrorCode
 from livetx.live.frames import Frame, FrameError
 from livetx.live.journal import Journals, Tail, Writer
 
@@ -36,7 +36,7 @@ class Resumable:
     """Numbering, resuming and outliving a drop, for one socket."""
 
     def __init__(self, journals: Journals, username: str, clock: IReactorTime, send: Send,
-                 error: Callable[[str, str], Frame]) -> None:
+                 error: Callable[[ErrorCode, str], Frame]) -> None:
         self._journals = journals
         self._username = username
         self._clock = clock
@@ -82,20 +82,20 @@ class Resumable:
             self.tail.interrupt()
             return True
         if kind in _STARTS:
-            self._send(self._error(frames.PROCESSING_ERROR, "Session is busy: the resumed turn is still running"))
+            self._send(self._error(ErrorCode.PROCESSING_ERROR, "Session is busy: the resumed turn is still running"))
             return True
         return False
 
     def _resume(self, frame: Frame, first: bool) -> None:
         session_id, seq = frame.get("session_id"), frame.get("seq")
         if not first or self.writer is not None:
-            self._send(self._error(frames.INVALID_STATE, "resume must be the first frame on a socket"))
+            self._send(self._error(ErrorCode.INVALID_STATE, "resume must be the first frame on a socket"))
             return
         if not isinstance(session_id, str) or not session_id:
-            self._send(self._error(frames.INVALID_MESSAGE_FORMAT, "field 'session_id' must be a non-empty string"))
+            self._send(self._error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'session_id' must be a non-empty string"))
             return
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            self._send(self._error(frames.INVALID_MESSAGE_FORMAT, "field 'seq' must be an integer, 0 or more"))
+            self._send(self._error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'seq' must be an integer, 0 or more"))
             return
         d = self._journals.resume(session_id, self._username, seq, self._send)
         d.addCallbacks(self._resumed, self._refused, callbackArgs=(session_id,))
@@ -110,7 +110,7 @@ class Resumable:
             self.tail = None
             self.writer = self._journals.open(self._username, session_id, last)
             if tail.lost:  # the process running it was killed: say so, and end the turn
-                self.out(self._error(frames.INTERNAL_ERROR, "the server running this turn stopped; "
+                self.out(self._error(ErrorCode.INTERNAL_ERROR, "the server running this turn stopped; "
                                      "the stored history has what was saved"))
                 self.out({"t": "end"})
 

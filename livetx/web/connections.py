@@ -1,0 +1,216 @@
+"""Flow control and the register of open sockets: what the server needs to pace and drain them.
+
+:class:`SendBuffer` paces one socket's output by its transport's buffer;
+:class:`ConnectionTracker` counts sockets per user and key, and drains and
+closes them all when the server stops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from livetx.config import ServerConfig
+from livetx.deferreds import waiter_for
+from livetx.web.admission import Admission
+
+if TYPE_CHECKING:
+    from livetx.chat.service import ChatService
+    from livetx.web.protocol import LiveServerProtocol
+
+NORMAL = 1000
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+
+
+@implementer(IPushProducer)
+class SendBuffer:
+    """Registered with the socket's transport, which says when its buffer is full.
+
+    While the transport is paused (the client reads slower than we write),
+    ``pause`` holds back the session's speech, the bulk of what it sends;
+    every byte still sent waits in memory, and past ``limit`` of them the
+    client is too slow to serve and :meth:`sent` says so.
+    """
+
+    def __init__(self, limit: int, pause: Callable[[], None] = lambda: None,
+                 resume: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.paused = False
+        self.waiting = 0
+        self._pause = pause
+        self._resume = resume
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._pause()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.waiting = 0
+        self._resume()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def sent(self, size: int) -> bool:
+        """Account for ``size`` bytes written; true when the client is hopelessly behind."""
+        if self.paused:
+            self.waiting += size
+        return 0 < self.limit < self.waiting
+
+
+def _decrement(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+def user_key(admission: Admission) -> tuple[str, str]:
+    """Whose sockets count together against ``max_connections_per_user``.
+
+    An API key holder names any username it likes, so its sockets count
+    apart from the dashboard's (JWT) ones and from other keys': a key cannot
+    use up a user's own allowance and lock the user out.
+    """
+    return admission.key_id or "", admission.username or ""
+
+
+class SharedSlots(Protocol):
+    """Connection counts kept across processes (``livetx.cluster.limits.ConnectionSlots``)."""
+
+    def acquire(self, user: tuple[str, str], key_id: str | None, user_limit: int,
+                key_limit: int) -> Deferred[str | None]: ...
+
+    def release(self, user: tuple[str, str], key_id: str | None) -> object: ...
+
+
+class ConnectionTracker(Service):
+    """Knows the open sockets and the running turns, so that stopping the server can drain them.
+
+    Stopping is graceful, and the same for every kind of turn (live, chat on
+    a socket, chat over SSE): the listening ports stop first (they are
+    stopped before this service), sockets refuse new work, running turns get
+    up to ``grace`` seconds to finish; a turn still running then is stopped,
+    stored marked interrupted with the text so far, and its client gets a
+    last event (live: ``stop_play``; chat: ``error``, then ``end``).
+    Then every socket is closed with 1001. ``drained`` fires when all of
+    that is over, so the store can close after it.
+    """
+
+    #: How long stopped turns may take to store their text and say ``end``.
+    STOPPING_WAIT = 5.0
+
+    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0,
+                 chat: ChatService | None = None) -> None:
+        self._open: set[LiveServerProtocol] = set()
+        self._users: Counter[tuple[str, str]] = Counter()
+        self._keys: Counter[str] = Counter()
+        self._clock = clock
+        self._grace = grace
+        self._chat = chat
+        self.draining = False
+        self.drained: Deferred[None] = Deferred()
+        #: Cluster-wide slots, checked at the handshake as well as the counts here.
+        self.shared: SharedSlots | None = None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
+        """Why one more socket for this user or key would be too many, if it would."""
+        if 0 < limits.max_connections_per_user <= self._users[user_key(admission)]:
+            return "Too many connections for this user"
+        if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
+            return "Too many connections for this API key"
+        return None
+
+    def add(self, protocol: LiveServerProtocol) -> None:
+        if protocol not in self._open:
+            self._open.add(protocol)
+            self._users[user_key(protocol.admission)] += 1
+            if protocol.admission.key_id:
+                self._keys[protocol.admission.key_id] += 1
+
+    def discard(self, protocol: LiveServerProtocol) -> None:
+        if protocol in self._open:
+            self._open.remove(protocol)
+            _decrement(self._users, user_key(protocol.admission))
+            if protocol.admission.key_id:
+                _decrement(self._keys, protocol.admission.key_id)
+
+    def revoked(self, key_id: str) -> None:
+        """An API key was revoked (here or on another node): close its sockets."""
+        for protocol in [p for p in self._open if p.admission.key_id == key_id]:
+            protocol.close_with(POLICY_VIOLATION, "API key revoked")
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.draining = True
+        if self._chat is not None:
+            self._chat.draining = True
+        for protocol in self._open:  # no new turn may start from speech already heard
+            protocol.stop_listening()
+        done = self._drain().addCallback(lambda _: self._stop_turns()).addCallback(lambda _: self._close_all())
+        done.addBoth(self._drained)
+        return done
+
+    def _busy(self) -> bool:
+        return any(p.busy for p in self._open) or (self._chat is not None and self._chat.busy)
+
+    def _turns_over(self) -> Deferred[None]:
+        """Fires once no turn runs anywhere, waiting on the turns themselves."""
+        waits = [p.turns_over() for p in self._open]
+        if self._chat is not None:
+            waits.append(self._chat.turns_over())
+        # A turn queued behind an interrupted one starts as that one ends: look again.
+        return DeferredList(waits, consumeErrors=True).addCallback(
+            lambda _: self._turns_over() if self._busy() else None)
+
+    def _drain(self) -> Deferred[None]:
+        """Fire when no turn runs, or when the grace period is over."""
+        if self._clock is None or self._grace <= 0 or not self._busy():
+            return succeed(None)
+        return self._within(self._turns_over(), self._grace)
+
+    def _stop_turns(self) -> Deferred[None]:
+        """Stop what still runs; each turn stores its text so far and tells its client."""
+        for protocol in self._open:
+            protocol.stop_turn()
+        if self._chat is not None:
+            self._chat.stop_all()
+        if self._clock is None or not self._busy():
+            return succeed(None)
+        # Storing a stopped turn takes a transaction; a store that hangs must not hang the exit.
+        return self._within(self._turns_over(), self.STOPPING_WAIT)
+
+    def _within(self, d: Deferred[None], seconds: float) -> Deferred[None]:
+        """Fires when ``d`` does or after ``seconds``, whichever is first; ``d`` is left alone."""
+        assert self._clock is not None
+        first: Deferred[None] = Deferred()
+
+        def fire(_: object = None) -> None:
+            if not first.called:
+                first.callback(None)
+
+        timer = self._clock.callLater(seconds, fire)
+        d.addBoth(lambda _: timer.cancel() if timer.active() else None).addBoth(fire)
+        return first
+
+    def _close_all(self) -> Deferred[Any]:
+        closing = []
+        for protocol in list(self._open):
+            if protocol.finished is not None:
+                closing.append(waiter_for(protocol.finished))
+            protocol.close_with(GOING_AWAY, "Server shutting down")
+        return DeferredList(closing)
+
+    def _drained(self, result: Any) -> Any:
+        if not self.drained.called:
+            self.drained.callback(None)
+        return result
