@@ -75,8 +75,8 @@ class PostgreSQL:
             self._run_as = ["runuser", "-u", user, "--"]
 
     def _command(self, name: str, *args: str, check: bool = True) -> None:
-        subprocess.run(
-            [*self._run_as, _postgres_bin(name), *args], check=check,
+        subprocess.run(  # from its own directory: the user it runs as may not enter ours
+            [*self._run_as, _postgres_bin(name), *args], check=check, cwd=self.dir,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
 

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
 from livetx.domain import Exchange
+from livetx.errors import StoreUnavailable
 from livetx.store import ConversationStore, StoredMessage
 from livetx.tools.record import reply_parts, steps_of
 
@@ -118,4 +119,8 @@ class StoredConversation:
 
     def _write_failed(self, failure: Failure) -> None:
         """Logged; the turn goes on (the client is told ``end`` all the same)."""
-        _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)
+        if isinstance(failure.value, StoreUnavailable):  # an outage, not a bug: one line, no traceback
+            _log.warn("Could not store a live turn of {session}: {error}", session=self.session_id,
+                      error=str(failure.value))
+        else:
+            _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)
