@@ -24,13 +24,13 @@ from livetx.chat.service import ChatService
 from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.fences.treq import make_http_client
-from livetx.live.journal import Journals, MemoryJournals
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
 from livetx.storage import open_storage
 from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.connections import ConnectionTracker
+from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
@@ -70,11 +70,12 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     probes = dict(storage.probes)
     resume = settings.cluster
-    journals: Journals = MemoryJournals(reactor, resume.resume_seconds, resume.resume_frames)
+    journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
     if node is not None:  # limits, revocation, readiness and resume through Redis
         node.join(connections, keys)
         failures = node.failed_auth(settings.server.failed_auth_per_minute)
-        journals = node.journals(resume.resume_seconds, resume.resume_frames)
+        shared = node.journals(resume.resume_seconds, resume.resume_frames)
+        journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
     site = build_site(

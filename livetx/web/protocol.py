@@ -7,8 +7,9 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
+import functools
 from functools import partial
-from typing import cast
+from typing import TYPE_CHECKING, Callable, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
@@ -30,9 +31,11 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
-from livetx.live.journal import Journals, MemoryJournals
 from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer, user_key
-from livetx.web.resume import Resumable, opted_in
+
+if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
+    from livetx.live.journal import Journals
+    from livetx.web.resume import Resumable
 
 _log = Logger()
 
@@ -57,7 +60,10 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     told_draining = False
     #: A cluster-wide connection slot is held for this socket (given back on close).
     holds_slot = False
+    #: The socket's part in resume, once its client opted in or sent ``resume``.
     resumable: Resumable | None = None
+    #: Client frames decoded so far (``resume`` must be the first).
+    frames_in = 0
 
     # Autobahn waits for a Deferred from onConnect (txaio.as_future); its annotation omits that.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
@@ -125,13 +131,11 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             memory.opened.addErrback(self._memory_refused)
         self.observer = self.factory.metrics.opened(
             self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
-        self.resumable = Resumable(self.factory.journals, admission.username, self.factory.clock, self.send,
-                                   self._error)
         self.session = LiveSession(
             username=admission.username,
             engines=self.factory.engines,
             clock=self.factory.clock,
-            emit=self.resumable.out,
+            emit=self.emit,
             memory=memory,
             listener=self.observer,
         )
@@ -139,7 +143,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
-        if opted_in(self.http_request_params):
+        if (self.http_request_params.get("resume") or [""])[0].lower() in ("1", "true"):
             self.session.receive({"t": "session_update", "resume": True})
 
     def stop_listening(self) -> None:
@@ -186,18 +190,36 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if draining and frame.get("t") not in STOPPING:
             self._refuse_while_draining()
             return
-        assert self.resumable is not None
-        if self.resumable.receive(frame):
+        self.frames_in += 1
+        if (self.resumable is not None or frame.get("t") == "resume") and self._resume_side().receive(frame):
             return
         mode = self.admission.mode or frame.get("ct", "live")
         if mode == "live":
             self.session.receive(frame)
         elif mode == "chat":
             if self.chat is None:
-                self.chat = ChatChannel(self.factory.chat, self.session.username, self.resumable.out)
+                self.chat = ChatChannel(self.factory.chat, self.session.username, self.emit)
             self.chat.receive(frame)
         else:
             self.send(frames.error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def emit(self, frame: Frame | bytes) -> None:
+        """The session's and the chat channel's way out: through resume once the client opted in."""
+        if self.resumable is not None:
+            self.resumable.out(frame)
+        elif isinstance(frame, dict) and frame.get("t") == "session_updated" and frame["data"].get("resume"):
+            self._resume_side().out(frame)
+        else:
+            self.send(frame)
+
+    def _resume_side(self) -> Resumable:
+        """The socket's part in resume (:mod:`livetx.web.resume`), made when first needed."""
+        if self.resumable is None:
+            from livetx.web.resume import Resumable
+
+            self.resumable = Resumable(self.factory.journals(), self.admission.username or "", self.factory.clock,
+                                       self.send, self._error, heard=self.frames_in > 1)
+        return self.resumable
 
     def _refuse_while_draining(self) -> None:
         """Running turns finish, nothing new starts: say so once, then drop input.
@@ -305,14 +327,15 @@ class LiveServerFactory(WebSocketServerFactory):
         memories: MemoryOpener | None = None,
         metrics: ServerMetrics | None = None,
         endpoint: str = "",
-        journals: Journals | None = None,
+        journals: Callable[[], Journals] | None = None,
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
         self.chat = chat
         #: Opens each live connection's memory; None: conversations are not kept.
         self.memories = memories
-        self.journals = journals or MemoryJournals(clock)
+        #: The resume journal, shared by every socket path (made when first asked for).
+        self.journals = journals or memory_journals(clock)
         self.gate = gate
         self.engines = engines
         self.connections = connections
@@ -339,6 +362,18 @@ def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
     factory.protocol = EchoProtocol
     apply_limits(factory, limits)
     return factory
+
+
+def memory_journals(clock: IReactorTime, seconds: float = 120.0, limit: int = 2000) -> Callable[[], Journals]:
+    """One process's resume journal, made (and its module imported) for the first socket that opts in."""
+
+    @functools.cache
+    def made() -> Journals:
+        from livetx.live.journal import MemoryJournals
+
+        return MemoryJournals(clock, seconds, limit)
+
+    return made
 
 
 def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:

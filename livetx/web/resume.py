@@ -36,7 +36,7 @@ class Resumable:
     """Numbering, resuming and outliving a drop, for one socket."""
 
     def __init__(self, journals: Journals, username: str, clock: IReactorTime, send: Send,
-                 error: Callable[[ErrorCode, str], Frame]) -> None:
+                 error: Callable[[ErrorCode, str], Frame], heard: bool = False) -> None:
         self._journals = journals
         self._username = username
         self._clock = clock
@@ -44,7 +44,8 @@ class Resumable:
         self._error = error
         self.writer: Writer | None = None
         self.tail: Tail | None = None
-        self._heard = False
+        #: The socket received a frame before this one (so ``resume`` is no longer allowed).
+        self._heard = heard
         self._finish: Callable[[], None] | None = None
 
     def out(self, frame: Frame | bytes) -> None:
@@ -146,8 +147,3 @@ class Resumable:
         self._finish = over
         return True
 
-
-def opted_in(params: dict[str, Any]) -> bool:
-    """``?resume=1`` (or ``true``) in the socket's URL."""
-    values = params.get("resume") or []
-    return bool(values) and values[0].lower() in ("1", "true")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import combinedLogFormatter
@@ -13,11 +13,13 @@ from twisted.web.server import Request, Site
 from livetx.chat.service import ChatService
 from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
-from livetx.live.journal import Journals, MemoryJournals
 from livetx.metrics import ServerMetrics
 from livetx.web.admission import Gate
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import LiveServerFactory, echo_factory
+from livetx.web.protocol import LiveServerFactory, echo_factory, memory_journals
+
+if TYPE_CHECKING:
+    from livetx.live.journal import Journals
 
 #: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
 WEBSOCKET_ROUTES: dict[str, str] = {
@@ -78,12 +80,12 @@ def build_site(
     routes: dict[str, Resource] | None = None,
     metrics: ServerMetrics | None = None,
     echo: bool = False,
-    journals: Journals | None = None,
+    journals: Callable[[], Journals] | None = None,
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
     metrics = metrics or ServerMetrics()  # one registry for every socket path
-    journals = journals or MemoryJournals(clock)  # one resume journal for every socket path
+    journals = journals or memory_journals(clock)  # one resume journal for every socket path
     for path, resource in (routes or {}).items():
         _mount(root, path, resource)
     for path, gate_name in WEBSOCKET_ROUTES.items():
