@@ -98,10 +98,10 @@ def main() -> None:
     single, clustered, two = runs
     scale = two["throughput_turns_per_s"] / clustered["throughput_turns_per_s"]
     cost = clustered["server_cpu_ms_per_turn"] / single["server_cpu_ms_per_turn"]
-    print(f"\n{'run':14} {'turns/s':>8} {'p95 end ms':>11} {'CPU ms/turn':>12}")
+    print(f"\n{'run':14} {'turns/s':>8} {'p95 end ms':>11} {'CPU ms/turn':>12} {'machine busy':>13} {'not ours':>9}")
     for run in runs:
         print(f"{run['scenario']:14} {run['throughput_turns_per_s']:8.1f} {run['end']['p95_ms']:11.1f} "
-              f"{run['server_cpu_ms_per_turn']:12.2f}")
+              f"{run['server_cpu_ms_per_turn']:12.2f} {run['machine']['busy']:13.0%} {run['machine']['foreign']:9.0%}")
     print(f"\n2 workers / 1: {scale:.2f}x throughput (target >= {SCALE_TARGET}); "
           f"cluster on / off: {cost:.2f}x CPU per turn (target <= {CPU_TARGET})")
     if args.json:
