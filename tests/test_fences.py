@@ -114,3 +114,16 @@ def test_agent_takes_an_endpoint_factory_with_a_pool() -> None:
     assert "maxPersistentPerHost" in vars(HTTPConnectionPool)
     client, pool = make_http_client(MemoryReactorClock())
     assert isinstance(client, treq.client.HTTPClient) and isinstance(pool, HTTPConnectionPool)
+
+
+def test_twisted_tcp_port_accepts_number_accepts_per_read() -> None:
+    from twisted.internet import tcp
+
+    from livetx.fences.twisted_tcp import accept_one_at_a_time
+
+    assert "numAccepts = self.numberAccepts" in inspect.getsource(tcp.Port.doRead)
+    port = tcp.Port(0, None)
+    assert port.numberAccepts == 100
+    accept_one_at_a_time(port)
+    assert port.numberAccepts == 1
+

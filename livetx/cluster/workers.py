@@ -35,6 +35,8 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.fences.twisted_tcp import accept_one_at_a_time
+
 _log = Logger()
 
 #: Seconds before a dead worker is started again; doubled while it keeps dying within a minute.
@@ -69,6 +71,7 @@ class AdoptedPort(Service):
     def startService(self) -> None:
         super().startService()
         self._port = adopt(self._reactor, self._spec, self._factory)
+        accept_one_at_a_time(self._port)  # the idlest worker takes each new socket
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
