@@ -14,6 +14,7 @@ from livetx.live.frames import FrameError
 from livetx.live.journal import MemoryJournals
 
 from .support import LiveClient, connect, frame_kind
+from .test_durability import stored_now
 
 SLOW_ECHO = '[llm]\nprovider = "echo"\necho_delay = 0.05\n\n[tts]\nprovider = "none"\n'
 REPLY = "one two three four five six seven eight nine ten"
@@ -83,12 +84,12 @@ def seqs(received: list[dict[str, Any]]) -> list[int]:
     return [f["seq"] for f in received if "seq" in f]
 
 
-async def start_turn(server: Any, token: str) -> tuple[LiveClient, str, list[dict[str, Any]]]:
+async def start_turn(server: Any, token: str, text: str = REPLY) -> tuple[LiveClient, str, list[dict[str, Any]]]:
     """A socket that opted in, in the middle of a slow reply; it is dropped there."""
     client = await connect(server.url("/api/live_chat/ws", token=token, resume="1"))
     updated = await client.next()
     assert updated["t"] == "session_updated" and updated["data"]["resume"] is True and updated["seq"] == 1
-    client.send({"t": "text_input", "text": REPLY})
+    client.send({"t": "text_input", "text": text})
     await client.wait(lambda: sum(frame_kind(f) == "bot_delta_chunk" for f in client.frames) >= 3)
     client.dropConnection(abort=True)
     await client.wait(lambda: client.close_code is not None)
@@ -148,3 +149,14 @@ async def test_resume_must_come_first_and_name_a_kept_session(livetx: Any) -> No
     client.send({"t": "session_update", "resume": 1})
     assert (await client.next())["code"] == ErrorCode.INVALID_SETTING
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_server_drains_a_turn_whose_socket_dropped(livetx: Any) -> None:
+    server = await livetx(SLOW_ECHO)
+    long = " ".join(f"word{n}" for n in range(40))  # two seconds of reply
+    _, _, before = await start_turn(server, server.token("ann"), long)
+    assert before[-1]["t"] == "bot_delta_chunk"
+    await server.stop()  # the turn going on into the journal is finished and stored first
+    replies = [row for row in stored_now(server.data_dir) if row[1] == "assistant"]
+    assert [(text, interrupted) for _, _, text, interrupted, _ in replies] == [(long, False)]
