@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from livetx.cluster.redis import Redis, warn_unreachable
 from livetx.web.admission import FailedAuth
@@ -102,7 +103,12 @@ class ConnectionSlots:
         keys = self._keys(user, key_id)
         args = [self._node, f"{self._prefix}node:", user_limit, key_limit][: 2 + len(keys)]
         d = self._redis.script(_ACQUIRE, keys, args)
-        return d.addCallback(lambda n: {0: None, 1: USER_CROWDED, 2: KEY_CROWDED}[int(n)])
+
+        def unavailable(failure: Failure) -> Failure:
+            warn_unreachable(failure, "count a connection cluster-wide (this process's limits apply)")
+            return failure
+
+        return d.addCallbacks(lambda n: {0: None, 1: USER_CROWDED, 2: KEY_CROWDED}[int(n)], unavailable)
 
     def release(self, user: tuple[str, str], key_id: str | None) -> Deferred[None]:
         d = self._redis.script(_RELEASE, self._keys(user, key_id), [self._node])

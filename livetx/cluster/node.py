@@ -14,17 +14,14 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import HEARTBEAT_TTL, ConnectionSlots, SharedFailedAuth
-from livetx.cluster.redis import Redis
+from livetx.cluster.redis import Redis, warn_unreachable
 from livetx.cluster.relay import ChatRelay
 from livetx.cluster.revocation import CHANNEL as REVOKED
 from livetx.deferreds import waiter_for
 from livetx.web.connections import ConnectionTracker
-
-_log = Logger()
 
 
 class ClusterNode(Service):
@@ -62,8 +59,7 @@ class ClusterNode(Service):
         self.redis.listen(self.prefix + REVOKED, close)
 
     def _heartbeat(self) -> None:
-        self.slots.heartbeat().addErrback(
-            lambda f: _log.warn("Redis at {where} did not answer: {e}", where=self.redis.where, e=f.getErrorMessage()))
+        self.slots.heartbeat().addErrback(warn_unreachable, f"keep this node's heartbeat at {self.redis.where}")
 
     def startService(self) -> None:
         super().startService()

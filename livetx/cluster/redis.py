@@ -12,6 +12,7 @@ command and fall back, not hang a handshake.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
@@ -171,9 +172,21 @@ class Redis:
         return d
 
 
+#: Seconds between two warnings about the same thing (a Redis outage would log every socket's).
+WARN_EVERY = 10.0
+_warned: dict[str, tuple[float, int]] = {}
+
+
 def warn_unreachable(failure: Failure, what: str) -> None:
-    """An errback for writes nobody waits for: say what could not be done, and go on."""
-    _log.warn("Redis did not answer, could not {what}: {error}", what=what, error=failure.getErrorMessage())
+    """An errback for work Redis could not do: say what (at most every ``WARN_EVERY`` s), and go on."""
+    now = time.monotonic()
+    last, skipped = _warned.get(what, (-WARN_EVERY, 0))
+    if now - last < WARN_EVERY:
+        _warned[what] = (last, skipped + 1)
+        return
+    _warned[what] = (now, 0)
+    _log.warn("Redis did not answer, could not {what} ({skipped} more times since the last warning): {error}",
+              what=what, skipped=skipped, error=failure.getErrorMessage())
 
 
 def _failed(error: Exception) -> Deferred[Any]:

@@ -87,8 +87,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             self.holds_slot = True
 
     def _no_slot(self, failure: Failure) -> None:
-        _log.warn("Cluster-wide connection limits unavailable, counting in this process: {e}",
-                  e=failure.getErrorMessage())
+        """Redis did not answer (the cluster logged it): this process's own limits apply."""
 
     def _give_back(self, admission: Admission) -> None:
         shared = self.factory.connections.shared
