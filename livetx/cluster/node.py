@@ -41,7 +41,7 @@ class ClusterNode(Service):
     def join(self, connections: ConnectionTracker, keys: Any) -> None:
         """Take part in the server: its connection counts, key revocations, and its drain."""
         connections.shared = self.slots
-        self.on_revoked(connections.revoked)
+        self.on_revoked(lambda key_id: connections.close_keys(frozenset({key_id})))
         refresh = getattr(keys, "refresh", None)  # PostgreSQL's key cache: refuse the key at once too
         if refresh is not None:
             self.on_revoked(lambda _: refresh())

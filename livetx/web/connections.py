@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
+from livetx.errors import ErrorCode
 from livetx.web.admission import Admission
 
 if TYPE_CHECKING:
@@ -144,9 +145,10 @@ class ConnectionTracker(Service):
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
 
-    def revoked(self, key_id: str) -> None:
-        """An API key was revoked (here or on another node): close its sockets."""
-        for protocol in [p for p in self._open if p.admission.key_id == key_id]:
+    def close_keys(self, revoked: frozenset[str]) -> None:
+        """Close every socket opened with one of these API keys: they are no longer valid."""
+        for protocol in [p for p in self._open if p.admission.key_id in revoked]:
+            protocol.send(protocol._error(ErrorCode.UNAUTHORIZED, "API key revoked"))
             protocol.close_with(POLICY_VIOLATION, "API key revoked")
 
     def stopService(self) -> Deferred[Any]:
