@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn
 from twisted.python import usage
 
 from livetx import __version__, config as configuration, storage
-from livetx.auth.keys import CorruptKeyFile, KeyStore
+from livetx.auth.keys import CorruptKeyFile, KeyStore, resolve_username
 from livetx.auth.tokens import issue_token
 
 
@@ -89,6 +89,9 @@ class TokenOptions(_DataDirOptions):
     def postOptions(self) -> None:
         if not self["username"]:
             raise usage.UsageError("--username is required")
+        username, problem = resolve_username(self["username"])
+        if username != self["username"]:  # the server would refuse it (BAD_USER)
+            raise usage.UsageError(f"{problem or 'Invalid username'}: {self['username']!r}")
 
 
 class _TurnOptions(usage.Options):

@@ -45,6 +45,10 @@ class ServerConfig:
     #: Origins the browser (JWT) endpoints accept besides their own host; "*" accepts any.
     allowed_origins: list[str] = field(default_factory=list)
     failed_auth_per_minute: int = 10
+    #: Open connections from one remote address, of every kind (0: no limit).
+    max_connections_per_address: int = 128
+    #: Apply ``max_connections_per_address`` to loopback too (a local proxy, tests and benchmarks come from there).
+    limit_loopback: bool = False
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.server import Site
 
+from livetx.auth.revocation import KeyRevocations
 from livetx.chat.service import ChatService
 from livetx.config import Config
 from livetx.deferreds import waiter_for
@@ -65,6 +66,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
+    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations.subscribe(connections.close_keys)
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
@@ -91,7 +94,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         chat=chat,
         memories=live_memories(store),
         routes={
-            **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
+            **api_routes(keys, store, chat, settings.server, failures),
             # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
             **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
             **page_routes(),
@@ -111,6 +114,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     connections.setServiceParent(root)
     for service in storage.services:  # PostgreSQL: refreshing each node's copy of the keys
         service.setServiceParent(root)
+    revocations.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
     return Services(root=root, site=site, metrics=metrics)
 

@@ -60,3 +60,12 @@ def test_as_a_real_process(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("abk_")
     result = subprocess.run([sys.executable, "-m", "livetx", "nonsense"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "livetx:" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "x" * 65, "bang!", " padded"])
+def test_token_refuses_a_username_the_server_would(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    name: str) -> None:
+    """Issue 13.10: the same rules as API-key usernames."""
+    assert main(["token", "-d", str(tmp_path), "-u", name]) == 2
+    assert "Invalid username" in capsys.readouterr().err
+    assert not list(tmp_path.glob("jwt_secret"))  # refused before a secret is made

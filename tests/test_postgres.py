@@ -70,8 +70,12 @@ async def test_two_nodes_share_conversations_keys_and_tokens(
     code, body = await ready(a)
     assert code == 200 and body["checks"]["store"] == {"ok": True}
 
+    holders = [await connect(node.url(OPEN_API, api_key=key, username="kim")) for node in (a, b)]
     key_id = run_cli("keys", "list", *cli, cwd=tmp_path).split()[0]
     assert run_cli("keys", "revoke", *cli, key_id, cwd=tmp_path) == f"revoked key {key_id}"
+    for holder in holders:  # sockets it opened on either node are closed, without Redis too
+        await holder.closed.addTimeout(5, reactor)  # (a refresh and a revocation poll: about a second)
+        assert (holder.close_code, holder.close_reason) == (1008, "API key revoked")
     for node in (a, b):
         await within_a_second(node.url(OPEN_API, api_key=key, username="kim"), accepted=False)
 

@@ -132,6 +132,10 @@ class KeyStore:
         """Revoke a live key; False when there is no live key of that id."""
         return self._revoke(key_id)
 
+    def active_ids(self) -> frozenset[str]:
+        """The ids of the keys not revoked; cheap to ask often (the file is re-read only when it changed)."""
+        return frozenset(r.id for r in self._current() if r.revoked_at is None)
+
     def verify(self, key: str | None, scope: str) -> KeyRecord | None:
         """The live key with ``scope`` matching ``key``, compared in constant time."""
         if not key:

@@ -22,7 +22,7 @@ from livetx.store.postgres import Database, connection
 _log = Logger()
 
 #: How stale a node's copy of the keys may be, in seconds.
-REFRESH_SECONDS = 1.0
+REFRESH_SECONDS = 0.5
 
 _COLUMNS = "id, name, scopes, sha256, prefix, created_at, revoked_at"
 _CHANGED = (
