@@ -2,7 +2,8 @@
 
 Scripts rely on one contract: a created key or token is the last line printed.
 ``say`` and ``talk`` print the reply on stdout and exit with a code from
-:mod:`livetx.client.session` (0 ok, 1 server error, 2 usage, 3 connection, 4 timeout).
+:mod:`livetx.client.session` (0 ok, 1 server error, 2 usage, 3 connection, 4 timeout,
+5 ``talk`` heard nothing).
 """
 
 from __future__ import annotations

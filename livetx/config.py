@@ -106,8 +106,9 @@ class TTSConfig(ServiceConfig):
 class STTConfig(ServiceConfig):
     """Speech-to-text for voice turns."""
 
-    provider: Literal["pocketsphinx", "whisper", "openai", "none"] = "pocketsphinx"
-    #: OpenAI: the model name (default "whisper-1"); Whisper: the model directory.
+    provider: Literal["whisper", "pocketsphinx", "openai", "none"] = "whisper"
+    #: OpenAI: the model name (default "whisper-1"); Whisper: a model directory
+    #: (default: the bundled base model).
     model: str | None = None
     language: str | None = None
     max_segment_seconds: float = 60.0
@@ -118,6 +119,8 @@ class STTConfig(ServiceConfig):
     threads: int = 2
     #: Keep every segment as a WAV in the data dir (for debugging recognition).
     keep_audio: bool = False
+    #: Whisper: load the model at start-up instead of on the first voice turn.
+    preload: bool = False
 
 
 @dataclass(frozen=True)

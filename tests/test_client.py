@@ -83,7 +83,7 @@ async def test_say_with_an_api_key_prints_json_frames(livetx: Any) -> None:
 async def test_talk_resamples_any_wav_and_is_understood(livetx: Any, tmp_path: Path) -> None:
     grammar = tmp_path / "home.jsgf"
     grammar.write_text(GRAMMAR)
-    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    server = await livetx(f'[stt]\nprovider = "pocketsphinx"\ngrammar = "{grammar}"\n')
     speech = await EspeakSpeech(TTSConfig(), None, reactor).synthesize("turn on the kitchen lights")
     pcm, rate = read_wav(speech)
     stereo = tmp_path / "stereo.wav"  # 22.05 kHz stereo in; the server gets 16 kHz mono

@@ -56,7 +56,9 @@ def test_bad_endpoints_are_usage_errors(tmp_path: Path, bad: str) -> None:
         ("[llm\n", "is not valid TOML"),
         ('[tts]\nprovider = "piper"\n', "[tts] model must name a Piper voice"),
         ('[stt]\nprovider = "whisper"\nmodel = "/no/model"\n', "[stt] model '/no/model' does not exist"),
-        ('[stt]\ngrammar = "/no/such/grammar.jsgf"\n', "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
+        ('[stt]\nprovider = "pocketsphinx"\ngrammar = "/no/such/grammar.jsgf"\n',
+         "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
+        ('[stt]\nkeywords = ["lights on"]\n', '[stt] keywords is for PocketSphinx: add provider = "pocketsphinx"'),
         ('[tools]\nenabled = ["clock", "lights"]\n', "[tools] unknown tool 'lights'; available: calculator, clock"),
     ],
 )

@@ -22,7 +22,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from livetx.client.audio import UPLOAD_FRAME_BYTES, frames
 
 #: Exit codes a script can rely on.
-OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT = 0, 1, 2, 3, 4
+OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, NOTHING_HEARD = 0, 1, 2, 3, 4, 5
 
 LIVE_PATH = "/api/live_chat/ws"
 OPEN_API_PATH = "/api/v1/live/ws"
@@ -220,6 +220,8 @@ class _TurnDriver:
         report = self.report
         if exit_code == OK and report.error is not None:
             exit_code = TURN_FAILED  # the server reported an error frame
+        elif exit_code == OK and self.request.pcm is not None and not report.heard:
+            exit_code = NOTHING_HEARD  # the server found no words in the recording
         report.exit_code = exit_code
         if self.socket is not None and self.socket.state == self.socket.STATE_OPEN:
             self.socket.sendClose(1000)

@@ -21,6 +21,8 @@ class PiperSpeech:
     """One WAV per sentence from a Piper voice model."""
 
     name = "piper"
+    #: Sentences queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    fair_share = True
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:
         # The factory's start-up check refuses piper without a model.
@@ -40,5 +42,5 @@ class PiperSpeech:
             self._voice.synthesize_wav(text, w)
         return out.getvalue()
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
-        return self._worker.run(self._speak, text)
+    def synthesize(self, text: str, owner: str = "") -> Deferred[bytes]:
+        return self._worker.run(self._speak, text, owner=owner)
