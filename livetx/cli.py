@@ -194,6 +194,16 @@ def keys_list(options: _DataDirOptions) -> int:
 def keys_revoke(options: KeysRevoke) -> int:
     if options.key_store().revoke(options["id"]):
         print(f"revoked key {options['id']}")
+        redis = options.settings.cluster.redis
+        if redis:  # every node closes the key's sockets now, not at its next key refresh
+            from livetx.cluster.revocation import announce
+
+            try:
+                nodes = announce(redis, options["id"])
+            except Exception as e:  # redis-py's errors: the key is revoked, the sockets stay
+                print(f"livetx: revoked, but could not tell the servers over Redis: {e}", file=sys.stderr)
+                return 1
+            print(f"told {nodes} server process(es), which close its sockets")
         return 0
     print(f"livetx: no active key with id {options['id']!r}", file=sys.stderr)
     return 1

@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_SETTING = "UNKNOWN_SETTING"
     INVALID_SETTING = "INVALID_SETTING"
     UNKNOWN_TURN = "UNKNOWN_TURN"
+    RESUME_EXPIRED = "RESUME_EXPIRED"
     # Handshake refusals of the unified endpoint and the HTTP API (docs/protocol.md, docs/http-api.md).
     UNAUTHORIZED = "UNAUTHORIZED"
     BAD_USER = "BAD_USER"

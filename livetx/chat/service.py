@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -32,6 +33,21 @@ _log = Logger()
 
 Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
+
+
+#: A chat session: (owner, session id); ids are only unique among one user's sessions.
+SessionKey = tuple[str, str]
+
+
+class Relay(Protocol):
+    """Carries a session's events to and from other processes (``livetx.cluster.relay``)."""
+
+    def publish(self, key: SessionKey, event: Event) -> None: ...
+
+    def subscribe(self, key: SessionKey, deliver: Subscriber) -> Deferred[Any]: ...
+
+    def unsubscribe(self, key: SessionKey) -> None: ...
+
 
 PART_TYPES = ("plain", "image", "file")
 #: Longest id a client may choose (session, message, attachment): each is echoed in every event.
@@ -144,8 +160,10 @@ class ChatService:
 
     def __init__(
         self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
-        tool_ended: ToolEnded | None = None,
+        tool_ended: ToolEnded | None = None, relay: Relay | None = None,
     ) -> None:
+        #: Other processes' sockets bound to this process's sessions, and the other way round.
+        self._relay = relay
         #: Told of each tool call that ends (the Prometheus metrics).
         self._tool_ended = tool_ended
         # The model and its settings come the one way live sessions get them too.
@@ -167,10 +185,16 @@ class ChatService:
         """Subscribe ``listener`` to a session of ``username`` (else NoSuchSession)."""
         d = self._store.session(username, session_id)
 
-        def check(session: StoredSession | None) -> None:
+        def check(session: StoredSession | None) -> Deferred[Any] | None:
             if session is None:  # ids are per user: another user's id names none of this one's
                 raise NoSuchSession()
-            self._subscribers.setdefault((username, session_id), set()).add(listener)
+            key = (username, session_id)
+            listeners = self._subscribers.setdefault(key, set())
+            listeners.add(listener)
+            if len(listeners) == 1 and self._relay is not None:  # bound once other processes know
+                relayed = self._relay.subscribe(key, partial(self._deliver, key, None))
+                return relayed.addErrback(lambda _: None)  # Redis away: bound in this process only
+            return None
 
         return d.addCallback(check)
 
@@ -180,11 +204,20 @@ class ChatService:
             listeners.discard(listener)
             if not listeners:
                 del self._subscribers[key]
+                if self._relay is not None:
+                    self._relay.unsubscribe(key)
 
     def _publish(self, username: str, session_id: str, sender: Subscriber, event: Event) -> None:
         event["session_id"] = session_id
         sender(event)
-        for listener in list(self._subscribers.get((username, session_id), ())):
+        key = (username, session_id)
+        self._deliver(key, sender, event)
+        if self._relay is not None:
+            self._relay.publish(key, event)
+
+    def _deliver(self, key: SessionKey, sender: Subscriber | None, event: Event) -> None:
+        """Hand an event to the sockets bound to the session here, but its sender."""
+        for listener in list(self._subscribers.get(key, ())):
             if listener is not sender:
                 listener(event)
 

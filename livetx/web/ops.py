@@ -12,7 +12,7 @@ opens no flood of upstream connections. A draining server is not ready.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, cast
+from typing import Any, Callable, Collection, Mapping, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
@@ -67,11 +67,12 @@ class Ready(Resource):
 
     def __init__(
         self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
-        probes: Mapping[str, Callable[[], Deferred[None]]] | None = None,
+        probes: Mapping[str, Callable[[], Deferred[None]]] | None = None, optional: Collection[str] = (),
     ) -> None:
         super().__init__()
         self._settings = settings
         self._probes = dict(probes or {})
+        self._optional = frozenset(optional)
         self._reactor = reactor
         self._draining = draining
         self._checks: dict[str, Any] | None = None
@@ -136,8 +137,9 @@ class Ready(Resource):
             return json_body(request, 503, {"status": "draining"})
 
         def answer(checks: dict[str, Any]) -> bytes:
-            ready = all(c["ok"] for c in checks.values())
-            body = {"status": "ready" if ready else "unready", "checks": checks}
+            ready = all(c["ok"] for name, c in checks.items() if name not in self._optional)
+            whole = all(c["ok"] for c in checks.values())
+            body = {"status": "unready" if not ready else "ready" if whole else "degraded", "checks": checks}
             return json_body(request, 200 if ready else 503, body)
 
         return finish_async(request, self.current().addCallback(answer))
@@ -145,11 +147,12 @@ class Ready(Resource):
 
 def ops_routes(
     metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
-    probes: Mapping[str, Callable[[], Deferred[None]]] | None = None,
+    probes: Mapping[str, Callable[[], Deferred[None]]] | None = None, optional: Collection[str] = (),
 ) -> dict[str, Resource]:
     """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping.
 
-    ``probes``: readiness checks of shared services by name (``store`` for PostgreSQL).
+    ``probes``: readiness checks of shared services by name (``store`` for PostgreSQL);
+    those named in ``optional`` (``redis``: the server degrades without it) only make it ``degraded``.
     """
     def scraped() -> IResource:
         from prometheus_client.twisted import MetricsResource
@@ -159,5 +162,5 @@ def ops_routes(
     return {
         "/metrics": OnFirstRequest(scraped, leaf=True),  # prometheus_client is imported by the first scrape
         "/healthz": Health(),
-        "/readyz": Ready(settings, reactor, draining, probes),
+        "/readyz": Ready(settings, reactor, draining, probes, optional),
     }
