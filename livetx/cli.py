@@ -17,20 +17,39 @@ from twisted.python import usage
 
 from livetx import __version__, config as configuration
 from livetx.auth.keys import CorruptKeyFile, KeyStore
-from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.auth.tokens import SECRET_FILE, issue_token, load_or_create_secret
 
 
-class _DataDirOptions(usage.Options):
-    longdesc = ""
-    optParameters = [["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."]]
+class _Command(usage.Options):
+    """Every ``livetx`` command: its own usage line, and ``--version`` says livetx's version."""
+
+    synopsis = "[options]"
+
+    def getSynopsis(self) -> str:
+        words: list[str] = [self.synopsis]
+        node: usage.Options = self
+        while node.parent is not None:
+            words.insert(0, node.parent.subCommand or "")
+            node = node.parent
+        return " ".join(["Usage: livetx", *words]).rstrip()
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"livetx {__version__}")
+        sys.exit(0)
+
+
+class _DataDirOptions(_Command):
+    synopsis = "[--data-dir DIR]"
+    optParameters = [["data-dir", "d", None, f"The server's data directory ({configuration.DATA_DIR_HELP})."]]
 
     @property
     def data_dir(self) -> Path:
-        return Path(self["data-dir"]).expanduser()
+        return configuration.data_dir(self["data-dir"])
 
 
 class KeysCreate(_DataDirOptions):
-    synopsis = "--scope chat [--name NAME]"
+    synopsis = "--scope chat [--name NAME] [--data-dir DIR]"
     optParameters = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
@@ -47,13 +66,14 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID"
+    synopsis = "KEY_ID [--data-dir DIR]"
 
     def parseArgs(self, key_id: str) -> None:
         self["id"] = key_id
 
 
-class KeysOptions(usage.Options):
+class KeysOptions(_Command):
+    synopsis = "create|list|revoke [options]"
     longdesc = "Open API keys are stored hashed in the data dir; the server sees changes at once."
     subCommands = [
         ["create", None, KeysCreate, "Create an API key and print it (last line)."],
@@ -67,6 +87,7 @@ class KeysOptions(usage.Options):
 
 
 class TokenOptions(_DataDirOptions):
+    synopsis = "--username NAME [--ttl SECONDS] [--config FILE] [--data-dir DIR]"
     optParameters = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires.", float],
@@ -78,12 +99,14 @@ class TokenOptions(_DataDirOptions):
             raise usage.UsageError("--username is required")
 
 
-class _TurnOptions(usage.Options):
+class _TurnOptions(_Command):
     """What ``say`` and ``talk`` share: where, who, and what to do with the reply."""
 
     optFlags = [
         ["json", "j", "Print every frame received as one JSON line (and nothing else on stdout)."],
         ["play", None, "Play the reply audio when a player (paplay, aplay, ffplay) exists."],
+        ["insecure", None, "INSECURE, for testing only: accept any wss:// certificate, so anyone on the "
+                           "path can read and change the conversation. Prefer --cafile."],
     ]
     optParameters = [
         ["token", "t", None, "A dashboard JWT (see: livetx token); or set LIVETX_TOKEN."],
@@ -92,6 +115,8 @@ class _TurnOptions(usage.Options):
         ["out", "o", None, "Write the reply audio, in order, to this file (WAV)."],
         ["interrupt-after", None, None, "Send interrupt this many seconds after the reply starts.", float],
         ["timeout", None, 60.0, "Give up (exit 4) when the reply has not ended after this many seconds.", float],
+        ["cafile", None, None, "Trust the certificates in this PEM file for wss:// (a private CA, or a "
+                               "self-signed server's own certificate) instead of the system's."],
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -111,6 +136,8 @@ class _TurnOptions(usage.Options):
         self["api-key"] = self["api-key"] or os.environ.get("LIVETX_API_KEY")
         if not self["token"] and not (self["api-key"] and self["username"]):
             raise usage.UsageError("give --token, or --api-key with --username")
+        if self["insecure"] and self["cafile"]:
+            raise usage.UsageError("give --cafile or --insecure, not both")
 
 
 class SayOptions(_TurnOptions):
@@ -136,28 +163,33 @@ class TalkOptions(_TurnOptions):
             raise usage.UsageError("--wav is required")
 
 
-class Options(usage.Options):
-    synopsis = "livetx COMMAND [options]"
+class Options(_Command):
+    synopsis = "COMMAND [options]"
     longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
-        ["say", None, SayOptions, "Send a text turn to a server; print and save the reply."],
-        ["talk", None, TalkOptions, "Send a WAV file as a voice turn; print and save the reply."],
+        ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
+        ["talk", None, TalkOptions, "Send a WAV file as a voice turn and print the reply (--out saves its audio)."],
     ]
-
-    def opt_version(self) -> None:
-        """Print the version and exit."""
-        print(f"livetx {__version__}")
-        sys.exit(0)
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("choose a command")
 
 
+def _say_if_created(what: str, path: Path, existed: bool) -> None:
+    """A fresh secret or key store usually means another data dir than the server's: say so, with the path."""
+    if not existed:
+        print(f"livetx: created a new {what} at {path}; a server started with another data dir "
+              f"(--data-dir, ${configuration.DATA_DIR_VARIABLE}) will not accept what it makes", file=sys.stderr)
+
+
 def keys_create(options: KeysCreate) -> int:
-    record, key = KeyStore(options.data_dir).create(options["scopes"], options["name"])
+    store = KeyStore(options.data_dir)
+    existed = store.path.exists()
+    record, key = store.create(options["scopes"], options["name"])
+    _say_if_created("key store", store.path, existed)
     print(f"created key {record.id} ({record.name or 'unnamed'}) with scopes {', '.join(record.scopes)}")
     print("store it now; it cannot be shown again:")
     print(key)
@@ -165,24 +197,31 @@ def keys_create(options: KeysCreate) -> int:
 
 
 def keys_list(options: _DataDirOptions) -> int:
+    store = KeyStore(options.data_dir)
+    if not store.path.exists():
+        print(f"livetx: no key store at {store.path} (is that the server's data dir?)", file=sys.stderr)
     print(f"{'id':8}  {'prefix':8}  {'name':16}  {'scopes':14}  {'created':25}  revoked")
-    for r in KeyStore(options.data_dir).list():
+    for r in store.list():
         print(f"{r.id:8}  {r.prefix:8}  {(r.name or '-'):16}  {','.join(r.scopes):14}  "
               f"{r.created_at:25}  {r.revoked_at or '-'}")
     return 0
 
 
 def keys_revoke(options: KeysRevoke) -> int:
-    if KeyStore(options.data_dir).revoke(options["id"]):
+    store = KeyStore(options.data_dir)
+    if store.revoke(options["id"]):
         print(f"revoked key {options['id']}")
         return 0
-    print(f"livetx: no active key with id {options['id']!r}", file=sys.stderr)
+    print(f"livetx: no active key with id {options['id']!r} in {store.path}", file=sys.stderr)
     return 1
 
 
 def token(options: TokenOptions) -> int:
     settings = configuration.load(Path(options["config"]) if options["config"] else None)
+    path = options.data_dir / SECRET_FILE
+    existed = bool(settings.auth.jwt_secret) or path.exists()
     secret = load_or_create_secret(options.data_dir, settings.auth.jwt_secret)
+    _say_if_created("JWT secret", path, existed)
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 
