@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from livetx.client.audio import join_chunks, load_speech, player
 from livetx.client.session import (
-    USAGE, ClientError, TurnReport, TurnRequest, run_turn, socket_address,
+    USAGE, ClientError, Trust, TurnReport, TurnRequest, run_turn, socket_address,
 )
 
 
@@ -77,7 +77,11 @@ async def run(reactor: Any, options: Any, out: TextIO, err: TextIO) -> int:
         )
         request = turn_request(options)
         printer = Printer(out, err, options["json"], voice=request.pcm is not None)
-        report = await run_turn(reactor, url, headers, request, printer)
+        trust = Trust(cafile=options.get("cafile"), insecure=bool(options.get("insecure")))
+        if trust.insecure and url.startswith("wss:"):
+            err.write("livetx: WARNING: --insecure: the server's certificate is not checked; "
+                      "anyone on the path can read and change this conversation\n")
+        report = await run_turn(reactor, url, headers, request, printer, trust)
     except ClientError as e:
         err.write(f"livetx: {e.message}\n")
         return e.exit_code
