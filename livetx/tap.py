@@ -11,18 +11,19 @@ import ctypes
 import gc
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
 from livetx.auth.keys import KeyStore
-from livetx.auth.tokens import load_or_create_secret
+from livetx.auth.tokens import SECRET_FILE, load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
@@ -50,11 +51,14 @@ class Options(usage.Options):
         "With no config file, replies come from the offline echo model."
     )
     optParameters = [
-        ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
+        ["data-dir", "d", None,
+         f"Directory for keys, secrets and data, created if missing ({configuration.DATA_DIR_HELP})."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
     ]
     optFlags = [
-        ["conformance-echo", None, "Test only: also serve an echo socket at /conformance/echo."],
+        ["conformance-echo", None,
+         "FOR TESTS ONLY, never in production: also serve an unauthenticated echo socket at "
+         "/conformance/echo for the Autobahn conformance suite."],
     ]
 
     def __init__(self) -> None:
@@ -62,14 +66,14 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Listen on a Twisted endpoint, e.g. tcp:6185 or ssl:8443:privateKey=key.pem (repeatable)."""
+        """Listen on a Twisted endpoint, e.g. ssl:8443:privateKey=key.pem (repeatable; default: tcp:6185)."""
         from twisted.internet import reactor  # twistd has installed its reactor by now
 
         try:
             # Parsing builds the endpoint, so a missing ssl: key file fails here.
             endpoints.serverFromString(reactor, description)
         except Exception as e:
-            raise usage.UsageError(f"bad --listen endpoint {description!r}: {e}") from None
+            stop_startup(f"bad --listen endpoint {description!r}: {e}")
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -82,7 +86,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        data_dir = Path(self["data-dir"]).expanduser().resolve()
+        data_dir = configuration.data_dir(self["data-dir"])
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -94,9 +98,40 @@ class Options(usage.Options):
             )
             check_engines(self["settings"])
         except configuration.ConfigError as e:
-            # One line naming the problem, not a page of usage text.
-            sys.stderr.write(f"livetx: {e}\n")
-            raise SystemExit(1)
+            stop_startup(str(e))
+
+
+def stop_startup(message: str) -> NoReturn:
+    """End start-up with one line on stderr and exit status 1, not a traceback or the usage text.
+
+    By the time ports are opened twistd has sent ``sys.stderr`` into its log,
+    so the line goes to the process's own stderr and to the log (which is all a
+    daemon has).
+    """
+    stream = sys.stderr
+    if isinstance(stream, LoggingFile):
+        _log.error("livetx: {message}", message=message)
+        stream = sys.__stderr__
+    if stream is not None:
+        stream.write(f"livetx: {message}\n")
+        stream.flush()
+    raise SystemExit(1)
+
+
+class _Listening(StreamServerEndpointService):
+    """One ``--listen`` endpoint; failing to open it (port taken, out of range, no permission) is one line."""
+
+    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self._raiseSynchronously = True  # as strports.service does: errors reach twistd at start-up
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            reason = e.socketError if isinstance(e, CannotListenError) else e
+            stop_startup(f"cannot listen on {self.description}: {reason}")
 
 
 class _Closing(Service):
@@ -158,7 +193,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     settings: configuration.Config = options["settings"]
     data_dir: Path = options["data-dir"]
 
+    fresh = not settings.auth.jwt_secret and not (data_dir / SECRET_FILE).exists()
     secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
+    if fresh:
+        _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
+                  path=str(data_dir / SECRET_FILE))
     http, pool = make_http_client(reactor)
     pipeline = build_pipeline(settings, http, reactor, data_dir)
 
@@ -205,7 +244,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     connections.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
     for description in options["listen"]:
-        strports.service(description, site, reactor=reactor).setServiceParent(root)
+        _Listening(description, site, reactor).setServiceParent(root)
     _log.info(
         "livetx {version}: model {llm}, speech {tts}, transcription {stt}, data in {data_dir}",
         version=__version__,
