@@ -156,3 +156,11 @@ def test_openapi_document_is_read_on_first_request_only() -> None:
     assert "body" not in vars(resource)  # nothing parsed at start-up
     assert json.loads(resource.body) == load_openapi()
     assert resource.body is resource.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_that_fails_is_an_error_event_on_a_200_stream(livetx: Any, openai: Any) -> None:
+    openai.fail_status = 500  # as docs/http-api.md says: the status is sent before the model answers
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    events = await API(server).chat(username="ann", message=[{"type": "plain", "text": "hi"}])  # asserts 200
+    assert [e["type"] for e in events][-2:] == ["error", "end"] and events[-2]["code"] == "LLM_ERROR"
