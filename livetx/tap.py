@@ -27,7 +27,7 @@ from livetx.auth.tokens import SECRET_FILE, load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
-from livetx.providers.factory import build_pipeline, check as check_engines
+from livetx.providers.factory import WarmUp, build_pipeline, check as check_engines
 from livetx.providers.openai import make_http_client
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
@@ -243,6 +243,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _Closing(store, after=connections.drained).setServiceParent(root)
     connections.setServiceParent(root)
     _FreezeStartup(reactor).setServiceParent(root)
+    WarmUp(pipeline, reactor).setServiceParent(root)
     for description in options["listen"]:
         _Listening(description, site, reactor).setServiceParent(root)
     _log.info(

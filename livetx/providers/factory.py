@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from livetx.config import Config, ConfigError
 from livetx.live.session import Pipeline
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
+
+_log = Logger()
 
 
 def _engine(module: str, name: str) -> Maker:
@@ -75,10 +80,27 @@ def check(config: Config) -> None:
             raise ConfigError(f"[{name}] provider {provider!r} needs: pip install '{package}'")
     if config.tts.provider == "piper":
         _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
+    _check_voice(config)
     if config.stt.provider == "whisper":
         _need_path("stt", "model", config.stt.model, "a faster-whisper model directory", directory=True)
     if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
         _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
+
+
+def _check_voice(config: Config) -> None:
+    """An unknown ``[tts] voice`` stops start-up, rather than speak in some other voice."""
+    voice, provider = config.tts.voice, config.tts.provider
+    problem = None
+    if voice is not None and provider == "espeak":
+        from livetx.providers import espeak
+
+        problem = espeak.check_voice(voice)
+    elif voice is not None and provider == "piper" and config.tts.model:
+        from livetx.providers import piper
+
+        problem = piper.check_voice(config.tts.model, voice)
+    if problem is not None:
+        raise ConfigError(f"[tts] voice {voice!r} {problem}")
 
 
 def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:
@@ -105,3 +127,29 @@ def build_pipeline(
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
     )
+
+
+class WarmUp(Service):
+    """Loads the engines that are slow to load (those with a ``warm()``) as the server starts.
+
+    Otherwise the first reply would wait for a model to load, with nothing in
+    the log to say why; now the log says what is loading and how long it took.
+    """
+
+    def __init__(self, pipeline: Pipeline, clock: Any) -> None:
+        self._engines: list[Any] = [e for e in (pipeline.tts, pipeline.stt, pipeline.llm) if hasattr(e, "warm")]
+        self._clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        for engine in self._engines:
+            name, started = getattr(engine, "name", type(engine).__name__), self._clock.seconds()
+            _log.info("loading {engine}; replies wait for it", engine=name)
+
+            def loaded(_: object, name: str = name, started: float = started) -> None:
+                _log.info("{engine} loaded in {seconds:.1f} s", engine=name, seconds=self._clock.seconds() - started)
+
+            def failed(failure: Failure, name: str = name) -> None:
+                _log.error("{engine} failed to load: {why}", engine=name, why=failure.getErrorMessage())
+
+            engine.warm().addCallbacks(loaded, failed)
