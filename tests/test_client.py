@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.usage import UsageError
 
@@ -22,6 +23,7 @@ from livetx.auth.keys import KeyStore
 from livetx.cli import Options
 from livetx.client import console
 from livetx.client.audio import join_chunks, load_speech
+from livetx.client.progress import CLEAR, Progress
 from livetx.client.session import socket_address
 from livetx.config import TTSConfig
 from livetx.providers.espeak import EspeakSpeech
@@ -97,6 +99,7 @@ async def test_talk_resamples_any_wav_and_is_understood(livetx: Any, tmp_path: P
     run = await livetx_client("talk", base(server), "--wav", str(stereo), "--token", server.token())
     assert run.code == 0, run.err
     assert "heard: turn on the kitchen lights" in run.err
+    assert re.search(r"^livetx: sent \d\.\d s of speech, transcribing; waiting for the reply$", run.err, re.M)
     assert run.out == "turn on the kitchen lights\n"
     assert "stt" in run.err and "wav_assemble_time" in run.err
 
@@ -262,3 +265,40 @@ async def test_wss_with_a_self_signed_certificate(livetx: Any, tmp_path: Path) -
     assert missing.code == 2 and "--cafile" in missing.err
     with pytest.raises(UsageError, match="not both"):
         Options().parseOptions(["say", url, "hi", "-t", "t", "--insecure", "--cafile", str(cert)])
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_spinner_on_a_terminal_until_the_reply_streams() -> None:
+    clock, err = Clock(), Terminal()
+    progress = Progress(clock, err, "sent 2.0 s of speech, transcribing")
+    clock.advance(0.1)
+    clock.advance(0.1)
+    assert err.getvalue().split(CLEAR)[1:] == [
+        "| sent 2.0 s of speech, transcribing 0.0 s",
+        "/ sent 2.0 s of speech, transcribing 0.1 s",
+        "- sent 2.0 s of speech, transcribing 0.2 s",
+    ]
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    assert err.getvalue().endswith(CLEAR)  # wiped before "heard: ..." is printed
+    clock.advance(0.1)
+    assert err.getvalue().endswith("waiting for the reply 0.3 s")
+    progress.frame({"t": "bot_delta_chunk", "data": {"text": "Hi"}})
+    written = err.getvalue()
+    clock.advance(1)
+    assert written.endswith(CLEAR) and err.getvalue() == written  # stopped for good
+    progress.stop()
+    assert err.getvalue() == written
+
+
+def test_one_plain_line_when_stderr_is_not_a_terminal() -> None:
+    clock, err = Clock(), io.StringIO()
+    progress = Progress(clock, err, "sent 2.0 s of speech, transcribing")
+    clock.advance(5)
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    clock.advance(5)
+    progress.stop()
+    assert err.getvalue() == "livetx: sent 2.0 s of speech, transcribing; waiting for the reply\n"
