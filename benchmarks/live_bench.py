@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -90,17 +90,22 @@ def _pinned(cores: set[int] | None, then: Any = None) -> Any:
     return setup
 
 
+FLOOR_SERVER = Path(__file__).with_name("floor_server.py")
+
+
 @contextmanager
 def local_server(
     tokens: int = 40, sentences: int = 5, delay: float = 0.0, offline: bool = False,
-    *, backlog: int = 1024, pin: bool = False,
+    *, backlog: int = 1024, pin: bool = False, floor: bool = False,
 ) -> Iterator[tuple[str, int, float]]:
     """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
 
     The simulator serves chat, speech and transcription. ``offline`` runs
     livetx on its defaults instead: echo model, eSpeak NG, PocketSphinx.
+    ``floor`` runs :mod:`floor_server` in livetx's place: the same wire work
+    on bare Twisted and Autobahn, the baseline every livetx figure is divided by.
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
-    ``pin`` gives livetx the first core and the simulator the others, so the
+    ``pin`` gives the server the first core and the simulator the others, so the
     load generator does not take the server's CPU (pin the client with
     :func:`split_cores` too).
     """
@@ -124,19 +129,24 @@ def local_server(
             preexec_fn=_pinned(load_cores),
         )
         data = Path(tmp, "data")
+        if floor:
+            command = [sys.executable, str(FLOOR_SERVER), "--port", str(port), "--upstream", base,
+                       "--backlog", str(backlog)]
+        else:
+            command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                       "--logfile", str(Path(tmp, "twistd.log")), "live",
+                       "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
+                       "--data-dir", str(data), "--config", str(config)]
         server = None
         try:
-            wait_for_port(sim_port)  # first, so it does not compete with livetx's start-up
+            wait_for_port(sim_port)  # first, so it does not compete with the server's start-up
             started = time.monotonic()
-            server = subprocess.Popen(
-                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                 "--logfile", str(Path(tmp, "twistd.log")), "live",
-                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
-                 "--data-dir", str(data), "--config", str(config)],
-                preexec_fn=_pinned(server_cores, _lift_nofile),
-            )
+            server = subprocess.Popen(command, preexec_fn=_pinned(server_cores, _lift_nofile))
             wait_for_port(port)
             startup = time.monotonic() - started
+            if floor:
+                yield f"ws://127.0.0.1:{port}/", server.pid, startup
+                return
             from livetx.auth.tokens import issue_token, load_or_create_secret
 
             token = issue_token(load_or_create_secret(data, None), "bench", 3600)
@@ -147,7 +157,6 @@ def local_server(
                     continue
                 process.terminate()
                 process.wait(timeout=30)
-
 
 
 SCENARIOS = ("turns", "audio", "interrupt", "idle", "startup", "all")
@@ -179,6 +188,10 @@ def _arguments() -> argparse.Namespace:
                         help="livetx on the first core, simulator and client on the others, as when the "
                              "model and the clients are other machines (the default with two cores or more); "
                              "--no-pin lets all three share every core")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the floor (bare Twisted + Autobahn doing the same wire work) before each "
+                             "turn run and give every figure as a ratio to it; --no-floor skips it, and with it "
+                             "the ratio targets")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a target measured in this run is missed")
     parser.add_argument("--json", help="write the summaries to this file")
@@ -187,14 +200,53 @@ def _arguments() -> argparse.Namespace:
 
 
 @contextmanager
-def _target(args: argparse.Namespace, delay: float) -> Iterator[Any]:
+def _target(args: argparse.Namespace, delay: float, floor: bool = False) -> Iterator[Any]:
     from live_scenarios import Server
 
-    if args.url:
+    if args.url and not floor:
         yield Server(args.url, args.server_pid)
     else:
-        with local_server(args.tokens, args.sentences, delay, args.offline, pin=args.pin) as (url, pid, _):
+        with local_server(args.tokens, args.sentences, delay, args.offline, pin=args.pin, floor=floor) as (
+                url, pid, _):
             yield Server(url, pid)
+
+
+#: A turn run: (kind, connections, turns per connection, rounds).
+Shape = tuple[str, int, int, int]
+#: The fixed suite of benchmarks/RESULTS.md.
+SUITE: tuple[Shape, ...] = (("text", 1, 50, 1), ("text", 20, 5, 3), ("audio", 1, 20, 1), ("audio", 20, 5, 1))
+
+
+def turn_runs(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> list[dict[str, Any]]:
+    """Each shape on the floor server, then at once on the server under test, compared.
+
+    Both servers run side by side (on the same core when pinned; only one is
+    busy at a time), with the same client, simulator program and shapes, and
+    each shape runs on the floor just before livetx: a machine whose speed
+    drifts over a run (others' work comes and goes) moves both figures of a
+    ratio alike.
+    """
+    import asyncio
+
+    import live_scenarios as sc
+
+    pace = not args.no_pace
+
+    def one(server: Any, shape: Shape) -> dict[str, Any]:
+        kind, connections, turns, rounds = shape
+        return asyncio.run(sc.turns(server, connections, turns, kind, rounds, args.audio_seconds, pace))
+
+    summaries = []
+    with ExitStack() as servers:
+        floor = servers.enter_context(_target(args, args.delay, floor=True)) if args.floor else None
+        server = servers.enter_context(_target(args, args.delay))
+        for shape in shapes:
+            base = one(floor, shape) if floor is not None else None
+            summary = one(server, shape)
+            if base is not None:
+                sc.compare(summary, base)
+            summaries.append(sc.show(summary))
+    return summaries
 
 
 def main() -> None:
@@ -203,31 +255,28 @@ def main() -> None:
     import live_scenarios as sc
 
     live_client.raise_nofile_limit()
+    calibration = sc.calibrate()  # before any server starts: this process alone
+    print(f"calibration: fixed Python loop {calibration['loop_ms']:.1f} ms (fastest of {calibration['runs']}; "
+          f"median {calibration['loop_median_ms']:.1f} ms)")
     if args.pin:
         server_cores, load_cores = split_cores()
         os.sched_setaffinity(0, load_cores)
         if args.url:  # someone else's server: only this client keeps off the first core
             print(f"client on cores {sorted(load_cores)} (--no-pin: any)")
         else:
-            print(f"livetx on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} "
+            print(f"the server on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} "
                   "(--no-pin: shared)")
-    pace = not args.no_pace
     levels = [int(n) for n in args.levels.split(",")]
     wanted = {args.scenario} if args.scenario != "all" else set(SCENARIOS)
     summaries: list[dict[str, Any]] = []
     if "startup" in wanted and not args.url:
         summaries.append(sc.show(sc.startup(args.startup_runs, tokens=args.tokens, sentences=args.sentences,
                                             offline=args.offline, pin=args.pin)))
-    with _target(args, args.delay) as server:
-        if args.scenario == "all":  # the fixed suite of benchmarks/RESULTS.md
-            for kind, connections, turns, rounds in (("text", 1, 50, 1), ("text", 20, 5, 3),
-                                                     ("audio", 1, 20, 1), ("audio", 20, 5, 1)):
-                summaries.append(sc.run(sc.turns(server, connections, turns, kind, rounds,
-                                                 args.audio_seconds, pace)))
-        elif args.scenario in ("turns", "audio"):
-            kind = "audio" if args.scenario == "audio" else "text"
-            summaries.append(sc.run(sc.turns(server, args.connections, args.turns, kind, args.rounds,
-                                             args.audio_seconds, pace)))
+    if args.scenario == "all":
+        summaries += turn_runs(args, SUITE)
+    elif args.scenario in ("turns", "audio"):
+        kind = "audio" if args.scenario == "audio" else "text"
+        summaries += turn_runs(args, ((kind, args.connections, args.turns, args.rounds),))
     if "idle" in wanted:
         # A fresh server: every socket of a user loads that user's stored
         # history, so idle sockets after many turns cost more than on a new one.
@@ -238,6 +287,7 @@ def main() -> None:
             summaries.append(sc.run(sc.interrupts(server, args.trials, args.settle)))
     for summary in summaries:
         summary["pinned"] = bool(args.pin)
+        summary["calibration"] = calibration
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=2))
     if args.out:
