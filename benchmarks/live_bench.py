@@ -4,6 +4,9 @@ Starts the OpenAI-compatible simulator and ``twistd live`` as separate
 processes (or takes any server's URL), then runs the scenarios of
 :mod:`live_scenarios` with the ``websockets`` client of :mod:`live_client`.
 Server CPU and RSS come from /proc, so the figures hold on a busy machine.
+Every turn run first measures the floor (:mod:`floor_server`) and gives each
+figure as a ratio to it, so targets hold on any machine; every summary
+records the machine's speed as the time of a fixed Python loop.
 
     python benchmarks/live_bench.py all --out bench-results      # the whole set
     python benchmarks/live_bench.py turns --connections 20 --turns 5
@@ -12,6 +15,7 @@ Server CPU and RSS come from /proc, so the figures hold on a busy machine.
     python benchmarks/live_bench.py idle --levels 0,1,100,1000,10000
     python benchmarks/live_bench.py startup
     python benchmarks/live_bench.py all --check                  # exit 1 when a target is missed
+    python benchmarks/live_bench.py turns --no-floor             # livetx alone, no ratios
     python benchmarks/live_bench.py turns --url 'ws://host:6185/api/live_chat/ws?token=JWT'
 
 Needs ``pip install websockets`` (the ``bench`` extra).
