@@ -121,9 +121,12 @@ def stop_startup(message: str) -> NoReturn:
 class _Listening(StreamServerEndpointService):
     """One ``--listen`` endpoint; failing to open it (port taken, out of range, no permission) is one line."""
 
+    #: Set as ``strports.service`` sets it: a port that cannot be opened raises
+    #: from ``privilegedStartService`` rather than being logged as a traceback.
+    _raiseSynchronously = True
+
     def __init__(self, description: str, factory: Any, reactor: Any) -> None:
         super().__init__(endpoints.serverFromString(reactor, description), factory)
-        self._raiseSynchronously = True  # as strports.service does: errors reach twistd at start-up
         self.description = description
 
     def privilegedStartService(self) -> None:
