@@ -65,7 +65,7 @@ class FloorProtocol(WebSocketServerProtocol):
         # factory, so the call fails quietly and small frames (end) wait for a
         # delayed ACK. livetx's sockets start as Twisted HTTP connections,
         # which set it; so does the floor.
-        self.transport.setTcpNoDelay(True)
+        self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
 
     def onOpen(self) -> None:
         self.turn = 0
@@ -94,10 +94,11 @@ class FloorProtocol(WebSocketServerProtocol):
             w.setsampwidth(2)
             w.setframerate(SAMPLE_RATE)
             w.writeframes(pcm)
+        wav.seek(0)
         upstream: Upstream = self.factory.upstream
         response = await upstream.http.post(
             upstream.url("/audio/transcriptions"), headers=upstream.headers,
-            data={"model": "whisper-1"}, files={"file": ("speech.wav", "audio/wav", wav.getvalue())},
+            data={"model": "whisper-1"}, files={"file": ("audio.wav", "audio/wav", wav)},
         )
         text = orjson.loads(await response.content())["text"]
         await self.run_turn(text, "audio")
@@ -159,13 +160,14 @@ class FloorProtocol(WebSocketServerProtocol):
         self.send({"t": "metrics", "data": {"llm_ttft": streamed - started, "llm_total_time": streamed - started,
                                             "chat_model": "sim"}, "turn": turn})
         await spoken
-        done = clock()
-        self.send({"t": "metrics", "data": {"speak_to_first_frame": (first_audio or [done])[0] - started},
+        spoken_at = clock()
+        self.send({"t": "metrics", "data": {"speak_to_first_frame": (first_audio or [spoken_at])[0] - started},
                    "turn": turn})
-        self.send({"t": "metrics", "data": {"tts_first_frame_time": done - streamed, "tts_total_time": done - streamed,
-                                            "tts": "openai_tts_api"}, "turn": turn})
+        self.send({"t": "metrics", "data": {"tts_first_frame_time": spoken_at - streamed,
+                                            "tts_total_time": spoken_at - streamed, "tts": "openai_tts_api"},
+                   "turn": turn})
         self.send({"t": "end", "turn": turn})
-        self.send({"t": "metrics", "data": {"wav_to_tts_total_time": done - started}, "turn": turn})
+        self.send({"t": "metrics", "data": {"wav_to_tts_total_time": spoken_at - started}, "turn": turn})
         self.history = [*self.history, {"role": "user", "content": text},
                         {"role": "assistant", "content": "".join(reply)}][-2 * HISTORY_TURNS:]
 
@@ -176,7 +178,7 @@ class Upstream:
     def __init__(self, reactor: Any, base_url: str) -> None:
         self.http, _ = make_http_client(reactor)
         self.base_url = base_url.rstrip("/")
-        self.headers = {"Authorization": "Bearer floor"}
+        self.headers: dict[bytes | str, bytes | str] = {"Authorization": "Bearer floor"}
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -193,15 +195,16 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="the simulator's base URL, e.g. http://127.0.0.1:8900/v1")
     parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
+    reactor: Any = installed
     factory = WebSocketServerFactory(f"ws://127.0.0.1:{args.port}")
     factory.protocol = FloorProtocol
     factory.upstream = Upstream(reactor, args.upstream)  # type: ignore[attr-defined]
-    reactor.listenTCP(args.port, factory, backlog=args.backlog, interface="127.0.0.1")  # type: ignore[attr-defined]
+    reactor.listenTCP(args.port, factory, backlog=args.backlog, interface="127.0.0.1")
     gc.collect()
     gc.freeze()
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":
