@@ -189,6 +189,14 @@ class Upstream:
                               headers={**self.headers, "Content-Type": "application/json"})
 
 
+def floor_factory(reactor: Any, upstream: str) -> WebSocketServerFactory:
+    """The floor's WebSocket factory, its turns served by the simulator at ``upstream``."""
+    factory = WebSocketServerFactory()
+    factory.protocol = FloorProtocol
+    factory.upstream = Upstream(reactor, upstream)  # type: ignore[attr-defined]
+    return factory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
@@ -198,10 +206,7 @@ def main() -> None:
     from twisted.internet import reactor as installed
 
     reactor: Any = installed
-    factory = WebSocketServerFactory(f"ws://127.0.0.1:{args.port}")
-    factory.protocol = FloorProtocol
-    factory.upstream = Upstream(reactor, args.upstream)  # type: ignore[attr-defined]
-    reactor.listenTCP(args.port, factory, backlog=args.backlog, interface="127.0.0.1")
+    reactor.listenTCP(args.port, floor_factory(reactor, args.upstream), backlog=args.backlog, interface="127.0.0.1")
     gc.collect()
     gc.freeze()
     reactor.run()
