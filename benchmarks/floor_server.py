@@ -13,7 +13,7 @@ read with the same SSE decoder, with the conversation's history in the
 request; one speech request per sentence, sent as the sentence completes
 (two at a time, as livetx's default), audio forwarded in order; for a
 voice turn the segment's WAV posted for transcription first. Upstream requests go through the same treq client as
-livetx's (``make_http_client``: kept-alive pool, bodies written with their
+livetx's (``livetx.fences.treq.make_http_client``: kept-alive pool, bodies written with their
 headers), so the floor has no artifact livetx avoids, such as a request
 body held back by Nagle's algorithm. Around that it is a bare Autobahn
 factory on a TCP port: no HTTP site, no authentication, no store, no state
@@ -43,7 +43,7 @@ import treq
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, succeed
 
-from livetx.providers.openai import make_http_client
+from livetx.fences.treq import make_http_client
 from livetx.providers.sse import SSEDecoder
 
 SAMPLE_RATE = 16_000

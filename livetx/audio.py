@@ -64,10 +64,10 @@ def duration_ms(audio: bytes) -> float | None:
         data = 20 + fmt_size
         if audio[data : data + 4] == b"data" and rate and block:
             size, = struct.unpack_from("<I", audio, data + 4)
-            return 1000 * (min(size, len(audio) - data - 8) // block) / rate
+            return float(1000 * (min(size, len(audio) - data - 8) // block) / rate)
     try:
         with wave.open(io.BytesIO(audio)) as w:
-            return 1000 * w.getnframes() / w.getframerate()
+            return float(1000 * w.getnframes() / w.getframerate())
     except (wave.Error, EOFError, ZeroDivisionError):
         return None
 
@@ -89,13 +89,14 @@ def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     """Band-limited resampling (libsoxr): speech keeps its clarity for recognizers and players."""
     if rate == target or not pcm:
         return pcm
-    # Imported here: numpy adds some 12 MB to the server's RSS, and a server
+    # Imported here: numpy is large (benchmarks/RESULTS.md), and a server
     # fed 16 kHz audio (the Live API's own format) never needs it.
     import numpy as np
     import soxr
 
     samples = np.frombuffer(pcm, dtype="<i2")
-    return soxr.resample(samples, rate, target).astype("<i2").tobytes()
+    resampled: bytes = soxr.resample(samples, rate, target).astype("<i2").tobytes()
+    return resampled
 
 
 def _samples(pcm: bytes) -> array.array[int]:

@@ -11,7 +11,7 @@ import getopt
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from twisted.python import usage
 
@@ -41,7 +41,9 @@ class _Command(usage.Options):
 
 class _DataDirOptions(_Command):
     synopsis = "[--data-dir DIR]"
-    optParameters = [["data-dir", "d", None, f"The server's data directory ({configuration.DATA_DIR_HELP})."]]
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, f"The server's data directory ({configuration.DATA_DIR_HELP})."],
+    ]
 
     @property
     def data_dir(self) -> Path:
@@ -50,7 +52,7 @@ class _DataDirOptions(_Command):
 
 class KeysCreate(_DataDirOptions):
     synopsis = "--scope chat [--name NAME] [--data-dir DIR]"
-    optParameters = [["name", "n", None, "A label to recognise the key by."]]
+    optParameters: list[list[Any]] = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,7 +70,7 @@ class KeysCreate(_DataDirOptions):
 class KeysRevoke(_DataDirOptions):
     synopsis = "KEY_ID [--data-dir DIR]"
 
-    def parseArgs(self, key_id: str) -> None:
+    def parseArgs(self, key_id: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["id"] = key_id
 
 
@@ -88,7 +90,7 @@ class KeysOptions(_Command):
 
 class TokenOptions(_DataDirOptions):
     synopsis = "--username NAME [--ttl SECONDS] [--config FILE] [--data-dir DIR]"
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires.", float],
         ["config", "c", None, "The server's TOML config, if it sets [auth] jwt_secret."],
@@ -108,7 +110,7 @@ class _TurnOptions(_Command):
         ["insecure", None, "INSECURE, for testing only: accept any wss:// certificate, so anyone on the "
                            "path can read and change the conversation. Prefer --cafile."],
     ]
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["token", "t", None, "A dashboard JWT (see: livetx token); or set LIVETX_TOKEN."],
         ["api-key", "k", None, "An API key with the chat scope; or set LIVETX_API_KEY."],
         ["username", "u", None, "Who is talking, with --api-key."],
@@ -143,7 +145,7 @@ class _TurnOptions(_Command):
 class SayOptions(_TurnOptions):
     synopsis = "URL TEXT... [--token JWT | --api-key KEY --username NAME]"
 
-    def parseArgs(self, url: str, *words: str) -> None:
+    def parseArgs(self, url: str, *words: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         if not words:
             raise usage.UsageError("say what? give the text after the URL")
         self["url"], self["text"] = url, " ".join(words)
@@ -152,9 +154,11 @@ class SayOptions(_TurnOptions):
 class TalkOptions(_TurnOptions):
     synopsis = "URL --wav FILE [--token JWT | --api-key KEY --username NAME]"
     optFlags = [["realtime", None, "Send the audio at speaking pace (one 20 ms frame per 20 ms)."]]
-    optParameters = [["wav", "w", None, "A WAV file to say (any rate and channels; sent as 16 kHz mono)."]]
+    optParameters: list[list[Any]] = [
+        ["wav", "w", None, "A WAV file to say (any rate and channels; sent as 16 kHz mono)."],
+    ]
 
-    def parseArgs(self, url: str) -> None:
+    def parseArgs(self, url: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["url"] = url
 
     def postOptions(self) -> None:
@@ -226,24 +230,22 @@ def token(options: TokenOptions) -> int:
     return 0
 
 
-def converse(options: _TurnOptions) -> int:
-    """Run one turn on a reactor of its own, then return its exit code."""
-    from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
+def converse(options: _TurnOptions) -> NoReturn:
+    """Run one turn on a reactor of its own; exits with the turn's code (``task.react``)."""
+    from twisted.internet.task import react
 
     from livetx.client.console import run
 
-    codes: list[int] = []
+    async def turn(reactor: Any) -> None:
+        try:
+            code = await run(reactor, options, sys.stdout, sys.stderr)
+        except Exception as e:
+            print(f"livetx: {e}", file=sys.stderr)
+            code = 1
+        if code:
+            raise SystemExit(code)
 
-    def start() -> None:
-        d = ensureDeferred(run(reactor, options, sys.stdout, sys.stderr))
-        d.addCallback(codes.append)
-        d.addErrback(lambda failure: print(f"livetx: {failure.getErrorMessage()}", file=sys.stderr))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return codes[0] if codes else 1
+    react(turn)
 
 
 #: (command, subcommand) → handler; add a row to add a command.
@@ -267,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sub = options.subOptions
     leaf = getattr(sub, "subCommand", None)
+    assert options.subCommand is not None  # postOptions insists on one
     handler = HANDLERS[(options.subCommand, leaf)]
     try:
         return handler(sub.subOptions if leaf else sub)

@@ -10,7 +10,7 @@ several servers in one process (as in the tests) count independently.
 
 The counting is done here, in plain numbers, from the start; the
 ``prometheus_client`` registry that shows them is made, and the library
-(with its HTTP, WSGI and gzip modules: 1 MB) imported, at the first scrape.
+(with its HTTP, WSGI and gzip modules) imported, at the first scrape.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from livetx.errors import ErrorCode
+from livetx.providers.base import LLMError, ProviderError, STTError, TTSError
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
@@ -34,9 +37,9 @@ _log = Logger()
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 #: Error codes that mean an outside service failed, by the provider kind.
-PROVIDER_CODES = {"LLM_ERROR": "llm", "TTS_ERROR": "tts", "STT_ERROR": "stt", "PROVIDER_ERROR": "provider"}
+PROVIDER_CODES: dict[str, str] = {cls.code: cls.kind for cls in (ProviderError, LLMError, TTSError, STTError)}
 #: Error codes after which the turn produced no (complete) reply.
-FAILED_CODES = {"LLM_ERROR", "STT_ERROR", "PROVIDER_ERROR", "INTERNAL_ERROR", "STT_UNAVAILABLE"}
+FAILED_CODES = {LLMError.code, STTError.code, ProviderError.code, ErrorCode.INTERNAL_ERROR, ErrorCode.STT_UNAVAILABLE}
 
 #: Provider timings the session reports in ``metrics`` frames: key → (kind, stage).
 PROVIDER_TIMINGS = {
@@ -120,7 +123,7 @@ class _Family:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
-        family: Any
+        family: Metric
         series = list(self._series.items())  # one step, so a scrape never sees the dict change under it
         if self.kind == "counter":
             family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import FrameError
 
@@ -13,16 +14,16 @@ from livetx.live.frames import FrameError
 @pytest.mark.parametrize(
     "payload, binary, code",
     [
-        (b"{not json", False, frames.INVALID_JSON),
-        (b"\xff\xfe", False, frames.INVALID_JSON),
-        (b"[" * 100_000 + b"]" * 100_000, False, frames.INVALID_JSON),
-        (b"1" * 10_000, False, frames.INVALID_JSON),
-        (b"[1, 2]", False, frames.INVALID_MESSAGE_FORMAT),
-        (b'"text_input"', False, frames.INVALID_MESSAGE_FORMAT),
-        (b"{}", False, frames.INVALID_MESSAGE_FORMAT),
-        (b'{"t": 5}', False, frames.INVALID_MESSAGE_FORMAT),
-        (b'{"t": null}', False, frames.INVALID_MESSAGE_FORMAT),
-        (b'{"t": "text_input"}', True, frames.UNSUPPORTED_FRAME),
+        (b"{not json", False, ErrorCode.INVALID_JSON),
+        (b"\xff\xfe", False, ErrorCode.INVALID_JSON),
+        (b"[" * 100_000 + b"]" * 100_000, False, ErrorCode.INVALID_JSON),
+        (b"1" * 10_000, False, ErrorCode.INVALID_JSON),
+        (b"[1, 2]", False, ErrorCode.INVALID_MESSAGE_FORMAT),
+        (b'"text_input"', False, ErrorCode.INVALID_MESSAGE_FORMAT),
+        (b"{}", False, ErrorCode.INVALID_MESSAGE_FORMAT),
+        (b'{"t": 5}', False, ErrorCode.INVALID_MESSAGE_FORMAT),
+        (b'{"t": null}', False, ErrorCode.INVALID_MESSAGE_FORMAT),
+        (b'{"t": "text_input"}', True, ErrorCode.UNSUPPORTED_FRAME),
     ],
 )
 def test_bad_messages_have_codes(payload: bytes, binary: bool, code: str) -> None:
@@ -47,4 +48,4 @@ def test_text_field_takes_first_usable_alias() -> None:
     for bad in ({}, {"text": ""}, {"text": "   "}, {"text": ["a"]}):
         with pytest.raises(FrameError) as caught:
             frames.text_field(bad, "text", "message")
-        assert caught.value.code == frames.INVALID_MESSAGE_FORMAT
+        assert caught.value.code == ErrorCode.INVALID_MESSAGE_FORMAT

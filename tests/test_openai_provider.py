@@ -17,8 +17,9 @@ from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
+from livetx.fences.treq import Endpoints, make_http_client
 from livetx.providers.base import LLMError, STTError, TTSError
-from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber, _Endpoints, make_http_client
+from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -250,7 +251,7 @@ def test_request_uri_is_encoded_once_per_path(http: Any) -> None:
 
 
 def test_one_endpoint_per_upstream_origin() -> None:
-    endpoints = _Endpoints(reactor, connect_timeout=5)
+    endpoints = Endpoints(reactor, connect_timeout=5)
     plain = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8000/v1/audio/speech"))
     assert endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8000/v1/chat/completions")) is plain
     assert isinstance(plain, HostnameEndpoint)

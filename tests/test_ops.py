@@ -13,7 +13,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from livetx.live.session import LiveSession, Pipeline
+from livetx.domain import Engines
+from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics
 from livetx.providers.base import LLMError
 
@@ -39,7 +40,7 @@ class Observed:
         self.stt = ManualSTT()
         self.observer = self.metrics.opened(LIVE, "live", "alice", self.clock)
         self.session = LiveSession(
-            username="alice", pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt),
+            username="alice", engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt),
             clock=self.clock, emit=self.observer.sent,
         )
 

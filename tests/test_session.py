@@ -11,15 +11,17 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from livetx.domain import Engines, Exchange
+from livetx.errors import ErrorCode
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, Exchange, LiveSession, Pipeline
+from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, LiveSession
 from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 
 
 class Harness:
-    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **pipeline: Any) -> None:
+    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **engines: Any) -> None:
         self.clock = Clock()
         self.llm = ScriptedLLM()
         self.tts = ManualTTS() if tts else None
@@ -30,7 +32,7 @@ class Harness:
         self.out: list[dict[str, Any]] = []
         self.session = LiveSession(
             username="alice",
-            pipeline=Pipeline(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **pipeline),
+            engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **engines),
             clock=self.clock,
             emit=self.record,
         )
@@ -243,26 +245,26 @@ def put_in_state(state: str) -> Harness:
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("idle", "text_input"): None,
     ("idle", "start_speaking"): None,
-    ("idle", "speaking_part"): frames.INVALID_STATE,
-    ("idle", "end_speaking"): frames.INVALID_STATE,
+    ("idle", "speaking_part"): ErrorCode.INVALID_STATE,
+    ("idle", "end_speaking"): ErrorCode.INVALID_STATE,
     ("idle", "interrupt"): None,
     ("capturing", "text_input"): None,
     ("capturing", "start_speaking"): None,
     ("capturing", "speaking_part"): None,
     ("capturing", "end_speaking"): None,
     ("capturing", "interrupt"): None,
-    ("processing", "text_input"): frames.PROCESSING_ERROR,
+    ("processing", "text_input"): ErrorCode.PROCESSING_ERROR,
     ("processing", "start_speaking"): None,
-    ("processing", "speaking_part"): frames.INVALID_STATE,
-    ("processing", "end_speaking"): frames.PROCESSING_ERROR,
+    ("processing", "speaking_part"): ErrorCode.INVALID_STATE,
+    ("processing", "end_speaking"): ErrorCode.PROCESSING_ERROR,
     ("processing", "interrupt"): None,
     ("interrupted", "text_input"): None,
     ("interrupted", "start_speaking"): None,
-    ("interrupted", "speaking_part"): frames.INVALID_STATE,
-    ("interrupted", "end_speaking"): frames.INVALID_STATE,
+    ("interrupted", "speaking_part"): ErrorCode.INVALID_STATE,
+    ("interrupted", "end_speaking"): ErrorCode.INVALID_STATE,
     ("interrupted", "interrupt"): None,
     **{(state, "session_update"): None for state in STATES},
-    **{(state, "truncate"): frames.UNKNOWN_TURN for state in STATES},  # no turn has finished yet
+    **{(state, "truncate"): ErrorCode.UNKNOWN_TURN for state in STATES},  # no turn has finished yet
 }
 
 
@@ -286,9 +288,9 @@ def test_every_client_event_in_every_state(state: str, event: str) -> None:
 
 def test_unknown_type_and_bad_fields_get_codes() -> None:
     h = Harness()
-    assert h.send("dance")[0]["code"] == frames.UNKNOWN_MESSAGE_TYPE
-    assert h.send("text_input", text="   ")[0]["code"] == frames.INVALID_MESSAGE_FORMAT
-    assert h.send("text_input", text=42)[0]["code"] == frames.INVALID_MESSAGE_FORMAT
+    assert h.send("dance")[0]["code"] == ErrorCode.UNKNOWN_MESSAGE_TYPE
+    assert h.send("text_input", text="   ")[0]["code"] == ErrorCode.INVALID_MESSAGE_FORMAT
+    assert h.send("text_input", text=42)[0]["code"] == ErrorCode.INVALID_MESSAGE_FORMAT
     assert h.send("text_input", message="alias works")[1]["t"] == "user_msg"
 
 
@@ -327,11 +329,11 @@ def test_empty_transcript_ends_the_turn_without_a_reply() -> None:
 def test_bad_audio_and_stamps_are_refused_and_the_segment_survives() -> None:
     h = Harness()
     h.send("start_speaking", stamp="s")
-    assert h.send("speaking_part", data="@@not base64@@")[0]["code"] == frames.INVALID_AUDIO
-    assert h.send("speaking_part", data=b64(b"odd"))[0]["code"] == frames.INVALID_AUDIO
-    assert h.send("speaking_part", data=7)[0]["code"] == frames.INVALID_AUDIO
-    assert h.send("end_speaking", stamp="other")[0]["code"] == frames.STAMP_MISMATCH
-    assert h.send("end_speaking")[0]["code"] == frames.INVALID_MESSAGE_FORMAT
+    assert h.send("speaking_part", data="@@not base64@@")[0]["code"] == ErrorCode.INVALID_AUDIO
+    assert h.send("speaking_part", data=b64(b"odd"))[0]["code"] == ErrorCode.INVALID_AUDIO
+    assert h.send("speaking_part", data=7)[0]["code"] == ErrorCode.INVALID_AUDIO
+    assert h.send("end_speaking", stamp="other")[0]["code"] == ErrorCode.STAMP_MISMATCH
+    assert h.send("end_speaking")[0]["code"] == ErrorCode.INVALID_MESSAGE_FORMAT
     assert h.state == "capturing"
     h.send("end_speaking", stamp="s")
     assert h.state == "processing"
@@ -342,16 +344,16 @@ def test_overlong_segment_is_dropped_with_an_error() -> None:
     h.send("start_speaking", stamp="s")
     h.send("speaking_part", data=b64(b"\x00" * 32_000))
     produced = h.send("speaking_part", data=b64(b"\x00\x00"))
-    assert produced[0]["code"] == frames.AUDIO_TOO_LONG
+    assert produced[0]["code"] == ErrorCode.AUDIO_TOO_LONG
     assert h.state == "idle"
-    assert h.send("end_speaking", stamp="s")[0]["code"] == frames.INVALID_STATE
+    assert h.send("end_speaking", stamp="s")[0]["code"] == ErrorCode.INVALID_STATE
 
 
 def test_no_stt_configured_is_an_error_but_the_turn_ends() -> None:
     h = Harness(stt=False)
     h.send("start_speaking", stamp="s")
     h.send("end_speaking", stamp="s")
-    assert h.out[1]["code"] == frames.STT_UNAVAILABLE
+    assert h.out[1]["code"] == ErrorCode.STT_UNAVAILABLE
     assert h.kinds()[-1] == "end" and h.state == "idle"
 
 
@@ -429,7 +431,7 @@ def with_memory() -> tuple[Harness, SlowMemory]:
     h = Harness(tts=False)
     memory = SlowMemory()
     h.session = LiveSession(
-        username="alice", pipeline=h.session._pipeline, clock=h.clock, emit=h.record, memory=memory
+        username="alice", engines=h.session._engines, clock=h.clock, emit=h.record, memory=memory
     )
     return h, memory
 

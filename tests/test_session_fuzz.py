@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from livetx.live.session import STATES, LiveSession, Pipeline
+from livetx.domain import Engines
+from livetx.live.session import STATES, LiveSession
 from livetx.providers.echo import EchoChat
 
 from .doubles import ManualSTT, b64
@@ -54,7 +55,7 @@ def test_any_sequence_keeps_the_session_usable(sequence: list[tuple[dict[str, An
     stt = ManualSTT()
     session = LiveSession(
         username="fuzz",
-        pipeline=Pipeline(llm=EchoChat(clock, 0.01), tts=None, stt=stt, max_segment_seconds=0.001),
+        engines=Engines(llm=EchoChat(clock, 0.01), tts=None, stt=stt, max_segment_seconds=0.001),
         clock=clock,
         emit=out.append,
     )

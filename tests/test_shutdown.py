@@ -18,7 +18,7 @@ from livetx.auth.tokens import issue_token, load_or_create_secret
 from livetx.store.conversation import default_live_session
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import Admission
-from livetx.web.protocol import ConnectionTracker
+from livetx.web.connections import ConnectionTracker
 
 from .doubles import b64
 from .support import LiveClient, connect, open_socket

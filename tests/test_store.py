@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from livetx.live.session import Exchange
+from livetx.domain import Exchange
+from livetx.errors import SessionForbidden
 from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.store.sqlite import SQLiteStore
 
@@ -42,7 +43,7 @@ async def test_messages_round_trip_and_survive_reopening(tmp_path: Path) -> None
 async def test_a_session_belongs_to_one_user(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path)
     session = await store.open_session("ann", "shared-id", "chat")
-    with pytest.raises(PermissionError):
+    with pytest.raises(SessionForbidden):
         await store.open_session("bob", session.id, "chat")
     assert await store.owner(session.id) == "ann"
     assert await store.owner("nope") is None
@@ -120,7 +121,7 @@ async def test_work_asked_for_together_commits_together_in_order(tmp_path: Path)
     seen = store.messages("mine")  # queued after the writes, so it sees them all
     later = store.add_message("mine", "assistant", plain("a"))
     stored = [await w for w in writes]
-    with pytest.raises(PermissionError):
+    with pytest.raises(SessionForbidden):
         await stolen
     assert [m.text for m in await seen] == [f"q{i}" for i in range(30)]
     assert (await later).id > stored[-1].id > stored[0].id

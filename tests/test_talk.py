@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from livetx.audio import audio_format, read_wav, to_wav
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.settings import Settings
 from livetx.live.vad import VoiceDetector
@@ -39,7 +40,7 @@ def test_every_frame_of_a_turn_carries_its_id_and_nothing_else_changes() -> None
     h.llm.last.say("Talking on and on. ")
     h.send("interrupt")
 
-    busy = [f for f in h.raw if f.get("code") == frames.PROCESSING_ERROR]
+    busy = [f for f in h.raw if f.get("code") == ErrorCode.PROCESSING_ERROR]
     assert busy == [{"t": "error", "data": "Session is busy", "code": "PROCESSING_ERROR"}]
     turn_frames = [f for f in h.raw if f not in busy]
     ids = [f["turn"] for f in turn_frames]
@@ -57,13 +58,13 @@ def test_session_update_validates_and_reports_every_setting() -> None:
     assert h.session.settings.server_detection
 
     for fields, code in [
-        ({"turn_detect": "server"}, frames.UNKNOWN_SETTING),
-        ({"turn_detection": "sometimes"}, frames.INVALID_SETTING),
-        ({"silence_ms": 50}, frames.INVALID_SETTING),
-        ({"silence_ms": True}, frames.INVALID_SETTING),
-        ({"vad_aggressiveness": 1.5}, frames.INVALID_SETTING),
-        ({"audio_transport": ["binary"]}, frames.INVALID_SETTING),
-        ({"preroll_ms": 100, "colour": "red"}, frames.UNKNOWN_SETTING),
+        ({"turn_detect": "server"}, ErrorCode.UNKNOWN_SETTING),
+        ({"turn_detection": "sometimes"}, ErrorCode.INVALID_SETTING),
+        ({"silence_ms": 50}, ErrorCode.INVALID_SETTING),
+        ({"silence_ms": True}, ErrorCode.INVALID_SETTING),
+        ({"vad_aggressiveness": 1.5}, ErrorCode.INVALID_SETTING),
+        ({"audio_transport": ["binary"]}, ErrorCode.INVALID_SETTING),
+        ({"preroll_ms": 100, "colour": "red"}, ErrorCode.UNKNOWN_SETTING),
     ]:
         (error,) = h.send("session_update", **fields)
         assert (error["t"], error["code"]) == ("error", code), fields
@@ -218,11 +219,11 @@ def test_talk_mode_drops_noise_and_refuses_client_framing() -> None:
     assert h.stt.requests == [] and h.state == "idle"
     for kind, fields in (("start_speaking", {"stamp": "s"}), ("end_speaking", {"stamp": "s"})):
         (error,) = h.send(kind, **fields)
-        assert error["code"] == frames.INVALID_STATE and "turn_detection is server" in error["data"]
+        assert error["code"] == ErrorCode.INVALID_STATE and "turn_detection is server" in error["data"]
     speak(h, voiced(300))
     assert h.state == "capturing"
     h.send("session_update", turn_detection="client")  # mid-utterance: it is dropped
-    assert h.state == "idle" and speak(h, voiced(600) + quiet(600))[0]["code"] == frames.INVALID_STATE
+    assert h.state == "idle" and speak(h, voiced(600) + quiet(600))[0]["code"] == ErrorCode.INVALID_STATE
     h.send("start_speaking", stamp="s")
     assert h.state == "capturing"
 
@@ -246,7 +247,7 @@ def test_talk_mode_caps_an_endless_utterance() -> None:
     h = talking(max_segment_seconds=1.0)
     produced = speak(h, voiced(1500))
     assert [f["t"] for f in produced] == ["speech_started", "error"]
-    assert produced[1]["code"] == frames.AUDIO_TOO_LONG and h.state == "idle"
+    assert produced[1]["code"] == ErrorCode.AUDIO_TOO_LONG and h.state == "idle"
     produced = speak(h, voiced(1000) + quiet(600))
     assert [f["t"] for f in produced] == ["speech_stopped"] and h.stt.requests == []
     speak(h, voiced(300) + quiet(600))
@@ -343,17 +344,17 @@ def test_truncate_after_barge_in_and_its_refusals() -> None:
     assert h.session.history[-1].reply == ""
     assert h.send("truncate", turn=1, audio_end_ms=1000)[0]["data"]["text"] == "The first thing is this."
     for fields, code in [
-        ({"turn": 2, "audio_end_ms": 10}, frames.UNKNOWN_TURN),
-        ({"turn": "1", "audio_end_ms": 10}, frames.INVALID_MESSAGE_FORMAT),
-        ({"turn": 1, "audio_end_ms": -1}, frames.INVALID_MESSAGE_FORMAT),
-        ({"turn": 1}, frames.INVALID_MESSAGE_FORMAT),
+        ({"turn": 2, "audio_end_ms": 10}, ErrorCode.UNKNOWN_TURN),
+        ({"turn": "1", "audio_end_ms": 10}, ErrorCode.INVALID_MESSAGE_FORMAT),
+        ({"turn": 1, "audio_end_ms": -1}, ErrorCode.INVALID_MESSAGE_FORMAT),
+        ({"turn": 1}, ErrorCode.INVALID_MESSAGE_FORMAT),
     ]:
         assert h.send("truncate", **fields)[0]["code"] == code, fields
     silent = Harness(tts=False)
     silent.send("text_input", text="hi")
     silent.llm.last.say("Hello there.")
     silent.llm.last.finish()
-    assert silent.send("truncate", turn=1, audio_end_ms=0)[0]["code"] == frames.UNKNOWN_TURN
+    assert silent.send("truncate", turn=1, audio_end_ms=0)[0]["code"] == ErrorCode.UNKNOWN_TURN
 
 
 def test_truncate_refuses_audio_of_unknown_length_and_keeps_the_reply() -> None:
@@ -365,7 +366,7 @@ def test_truncate_refuses_audio_of_unknown_length_and_keeps_the_reply() -> None:
     h.tts.requests[1][1].callback(b"ID3\x04 an mp3 file")  # [tts] response_format = "mp3"
     whole = h.session.history[-1]
     (error,) = h.send("truncate", turn=1, audio_end_ms=5000)
-    assert (error["t"], error["code"]) == ("error", frames.UNKNOWN_TURN) and "unknown length" in error["data"]
+    assert (error["t"], error["code"]) == ("error", ErrorCode.UNKNOWN_TURN) and "unknown length" in error["data"]
     assert h.session.history[-1] == whole and not whole.interrupted
 
 

@@ -6,12 +6,12 @@ import gc
 
 from twisted.internet.testing import MemoryReactor
 
-from livetx.tap import _FreezeStartup
+from livetx.service import FreezeStartup
 
 
 def test_startup_objects_leave_the_cycle_collector_once_the_reactor_runs() -> None:
     reactor = MemoryReactor()
-    _FreezeStartup(reactor).startService()
+    FreezeStartup(reactor).startService()
     frozen_before = gc.get_freeze_count()
     try:
         reactor.run()
@@ -23,5 +23,5 @@ def test_startup_objects_leave_the_cycle_collector_once_the_reactor_runs() -> No
 def test_a_process_whose_reactor_already_runs_keeps_its_collector() -> None:
     reactor = MemoryReactor()
     reactor.running = True
-    _FreezeStartup(reactor).startService()
+    FreezeStartup(reactor).startService()
     assert reactor.whenRunningHooks == []

@@ -12,9 +12,10 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from livetx.config import ConfigError, TTSConfig, from_mapping
-from livetx.live.session import Pipeline
+from livetx.domain import Engines
 from livetx.providers import espeak
-from livetx.providers.factory import WarmUp, check
+from livetx.providers.factory import check
+from livetx.service import WarmUp
 
 
 def tts(**section: Any) -> Any:
@@ -91,9 +92,9 @@ class SlowEngine:
 def test_slow_engines_load_at_start_up_and_say_so() -> None:
     clock, engine, broken = Clock(), SlowEngine(), SlowEngine()
     broken.name = "broken"
-    pipeline = Pipeline(llm=object(), tts=engine, stt=broken)  # type: ignore[arg-type]
+    engines = Engines(llm=object(), tts=engine, stt=broken)  # type: ignore[arg-type]
     with capturedLogs() as events:
-        WarmUp(pipeline, clock).startService()
+        WarmUp(engines, clock).startService()
         clock.advance(2.5)
         engine.loading.callback(None)
         broken.loading.errback(OSError("no model file"))

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from twisted.python.failure import Failure
 
 from livetx.chat.service import ChatRequest, ChatService, ChatTurn, Event
+from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 
@@ -42,14 +43,15 @@ class ChatChannel:
     def _deliver(self, event: Event) -> None:
         self._emit(envelope(event))
 
-    def _error(self, code: str, message: str) -> None:
+    def _error(self, code: ErrorCode, message: str) -> None:
         self._deliver({"type": "error", "code": code, "data": message})
 
     def receive(self, frame: Frame) -> None:
         kind = frame.get("t")
-        handler = {"send": self._send, "bind": self._bind, "interrupt": self._interrupt}.get(kind)
+        handlers = {"send": self._send, "bind": self._bind, "interrupt": self._interrupt}
+        handler = handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            self._error(frames.UNKNOWN_MESSAGE_TYPE, f"unknown chat message type {kind!r}")
+            self._error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown chat message type {kind!r}")
             return
         try:
             handler(frame)
@@ -58,7 +60,7 @@ class ChatChannel:
 
     def _send(self, frame: Frame) -> None:
         if self._turn is not None:
-            raise FrameError(frames.PROCESSING_ERROR, "Session is busy")
+            raise FrameError(ErrorCode.PROCESSING_ERROR, "Session is busy")
         turn = self._service.start(ChatRequest.parse(self._username, frame), self._deliver)
         self._turn = turn
         turn.done.addCallback(self._finished, turn)
@@ -70,15 +72,15 @@ class ChatChannel:
     def _bind(self, frame: Frame) -> None:
         session_id = frame.get("session_id")
         if not isinstance(session_id, str) or not session_id:
-            raise FrameError(frames.INVALID_MESSAGE_FORMAT, "session_id must be a non-empty string")
+            raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "session_id must be a non-empty string")
 
         def bound(_: Any) -> None:
             self._deliver({"type": "session_bound", "session_id": session_id,
                            "message_id": f"ws_sub_{uuid.uuid4().hex[:12]}"})
 
         def refused(failure: Failure) -> None:
-            failure.trap(PermissionError, LookupError)
-            self._error(frames.FORBIDDEN, "no such session for this user")
+            failure.trap(SessionForbidden, NoSuchSession)
+            self._error(ErrorCode.FORBIDDEN, "no such session for this user")
 
         self._service.bind(self._username, session_id, self._deliver).addCallbacks(bound, refused)
 

@@ -17,22 +17,23 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.live import frames
+from livetx.domain import Engines
+from livetx.errors import ErrorCode, LivetxError, NoSuchSession, SessionForbidden
 from livetx.live.frames import FrameError
 from livetx.live.turn import describe_failure
-from livetx.providers.base import ChatModel, Message, ProviderError
+from livetx.providers.base import Message
 from livetx.store import ConversationStore, Part
 
 _log = Logger()
 
 Event = dict[str, Any]
-Listener = Callable[[Event], None]
+Subscriber = Callable[[Event], None]
 
 PART_TYPES = ("plain", "image", "file")
 
 
 def _invalid(message: str) -> FrameError:
-    return FrameError(frames.INVALID_MESSAGE_FORMAT, message)
+    return FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, message)
 
 
 def parse_parts(message: Any) -> list[Part]:
@@ -112,40 +113,40 @@ class ChatService:
     """Runs chat turns and delivers their events to the session's subscribers."""
 
     def __init__(
-        self, *, store: ConversationStore, llm: ChatModel, clock: IReactorTime,
-        system_prompt: str = "", history_turns: int = 20, vision: bool = False,
+        self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
     ) -> None:
-        self._vision = vision
+        # The model and its settings come the one way live sessions get them too.
+        self._vision = engines.vision
         self._store = store
-        self._llm = llm
+        self._llm = engines.llm
         self._clock = clock
-        self._system_prompt = system_prompt
-        self._history_turns = history_turns
-        self._subscribers: dict[str, set[Listener]] = {}
+        self._system_prompt = engines.system_prompt
+        self._history_turns = engines.history_turns
+        self._subscribers: dict[str, set[Subscriber]] = {}
 
     # -- subscriptions -----------------------------------------------------
 
-    def bind(self, username: str, session_id: str, listener: Listener) -> Deferred[None]:
-        """Subscribe ``listener`` to a session of ``username`` (PermissionError otherwise)."""
+    def bind(self, username: str, session_id: str, listener: Subscriber) -> Deferred[None]:
+        """Subscribe ``listener`` to a session of ``username`` (else NoSuchSession, SessionForbidden)."""
         d = self._store.owner(session_id)
 
         def check(owner: str | None) -> None:
             if owner is None:
-                raise LookupError("no such session")
+                raise NoSuchSession()
             if owner != username:
-                raise PermissionError("this session belongs to another user")
+                raise SessionForbidden()
             self._subscribers.setdefault(session_id, set()).add(listener)
 
         return d.addCallback(check)
 
-    def unbind(self, listener: Listener) -> None:
+    def unbind(self, listener: Subscriber) -> None:
         for session_id in [s for s, ls in self._subscribers.items() if listener in ls]:
             listeners = self._subscribers[session_id]
             listeners.discard(listener)
             if not listeners:
                 del self._subscribers[session_id]
 
-    def _publish(self, session_id: str, sender: Listener, event: Event) -> None:
+    def _publish(self, session_id: str, sender: Subscriber, event: Event) -> None:
         event["session_id"] = session_id
         sender(event)
         for listener in list(self._subscribers.get(session_id, ())):
@@ -154,7 +155,7 @@ class ChatService:
 
     # -- turns ---------------------------------------------------------------
 
-    def start(self, request: ChatRequest, listener: Listener) -> ChatTurn:
+    def start(self, request: ChatRequest, listener: Subscriber) -> ChatTurn:
         """Run a turn; its events go to ``listener`` and the session's subscribers."""
         turn = ChatTurn(request)
         d = self._store.open_session(request.username, request.session_id, "chat")
@@ -178,10 +179,10 @@ class ChatService:
                 images.append({"type": "image_url", "image_url": {"url": f"data:{record.mime};base64,{data}"}})
         return [{"type": "text", "text": text}, *images] if images else text
 
-    def _run(self, turn: ChatTurn, session_id: str, listener: Listener) -> Deferred[None]:
+    def _run(self, turn: ChatTurn, session_id: str, listener: Subscriber) -> Deferred[None]:
         return Deferred.fromCoroutine(self._turn(turn, session_id, listener))
 
-    async def _turn(self, turn: ChatTurn, session_id: str, listener: Listener) -> None:
+    async def _turn(self, turn: ChatTurn, session_id: str, listener: Subscriber) -> None:
         request = turn.request
         content = await self._content(request)
         history = await self._store.messages(session_id, limit=2 * self._history_turns)
@@ -231,14 +232,11 @@ class ChatService:
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})
         publish("end", "")
 
-    def _failed(self, failure: Failure, turn: ChatTurn, listener: Listener) -> None:
-        if failure.check(PermissionError):
-            code, message = frames.FORBIDDEN, "this session belongs to another user"
-        elif failure.check(FrameError):
+    def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
+        if isinstance(failure.value, LivetxError):  # a refusal, or an engine that failed
             code, message = failure.value.code, failure.value.message
         else:
-            if not failure.check(ProviderError):
-                _log.failure("Chat turn failed", failure)
-            code, message = describe_failure(failure, frames.INTERNAL_ERROR)
+            _log.failure("Chat turn failed", failure)
+            code, message = describe_failure(failure, ErrorCode.INTERNAL_ERROR)
         listener({"type": "error", "code": code, "data": message, "message_id": turn.request.message_id})
         listener({"type": "end", "data": "", "streaming": False, "message_id": turn.request.message_id})

@@ -2,7 +2,7 @@
 
 :func:`run_turn` connects, sends a text or voice turn, follows the reply
 until ``end`` (or ``stop_play`` after an interrupt), and fires with a
-:class:`TurnReport`. What the user sees is left to a :class:`Listener`.
+:class:`TurnReport`. What the user sees is left to a :class:`FrameListener`.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class TurnReport:
     interrupted: bool = False
 
 
-class Listener(Protocol):
+class FrameListener(Protocol):
     def frame(self, frame: dict[str, Any]) -> None:
         """Every frame received, in order."""
 
@@ -151,7 +151,7 @@ class _Socket(WebSocketClientProtocol):
 class _TurnDriver:
     """Sends one turn and follows its frames to the end."""
 
-    def __init__(self, reactor: Any, request: TurnRequest, listener: Listener) -> None:
+    def __init__(self, reactor: Any, request: TurnRequest, listener: FrameListener) -> None:
         self.reactor = reactor
         self.request = request
         self.listener = listener
@@ -309,7 +309,7 @@ class Trust:
 
 
 async def run_turn(
-    reactor: Any, url: str, headers: dict[str, str], request: TurnRequest, listener: Listener,
+    reactor: Any, url: str, headers: dict[str, str], request: TurnRequest, listener: FrameListener,
     trust: Trust = Trust(),
 ) -> TurnReport:
     """Connect, run one turn, close; raises :class:`ClientError` when it cannot."""

@@ -29,7 +29,7 @@ def render() -> str:
     machine = build_machine(GraphMachine, graph_engine="mermaid", show_conditions=True)
     model = type("Session", (), {})()
     machine.add_model(model)
-    diagram = model.get_graph().draw(None)  # type: ignore[attr-defined]
+    diagram = model.get_graph().draw(None)
     rows = "\n".join(
         f"| `{state}` | `{event}` | `{code}` | {message} |"
         for (state, event), (code, message) in sorted(REJECTIONS.items())

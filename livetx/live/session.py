@@ -16,8 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, cast
 
 from transitions import EventData, Machine, MachineError
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -27,18 +26,14 @@ from twisted.python.failure import Failure
 
 from livetx.audio import BYTES_PER_SECOND, SAMPLE_WIDTH, to_wav
 from livetx.deferreds import waiter_for
+from livetx.domain import Engines, Exchange, Memory
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.settings import Settings, updated
-from livetx.live.turn import Emit, Turn, TurnResult, _ms, describe_failure
+from livetx.live.turn import Emit, Turn, TurnResult, describe_failure
 from livetx.live.vad import VoiceDetector
-from livetx.providers.base import (
-    ChatModel,
-    Message,
-    PartialRecognizer,
-    SpeechRecognizer,
-    SpeechSynthesizer,
-)
+from livetx.providers.base import Message, PartialRecognizer
 
 _log = Logger()
 
@@ -99,55 +94,18 @@ CLIENT_EVENTS = (
     "truncate",
 )
 
-_BUSY = (frames.PROCESSING_ERROR, "Session is busy")
-_NO_SEGMENT = (frames.INVALID_STATE, "no voice segment is open; send start_speaking first")
+_BUSY = (ErrorCode.PROCESSING_ERROR, "Session is busy")
+_NO_SEGMENT = (ErrorCode.INVALID_STATE, "no voice segment is open; send start_speaking first")
 _SERVER_FRAMES = (
-    frames.INVALID_STATE,
+    ErrorCode.INVALID_STATE,
     "turn_detection is server: send only speaking_part, or switch back with session_update",
 )
 
 #: Why a client event is refused in a state (anything else refused is _NO_SEGMENT).
-REJECTIONS: dict[tuple[str, str], tuple[str, str]] = {
+REJECTIONS: dict[tuple[str, str], tuple[ErrorCode, str]] = {
     ("processing", "text_input"): _BUSY,
     ("processing", "end_speaking"): _BUSY,
 }
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """The providers and limits every session of a server shares."""
-
-    llm: ChatModel
-    tts: SpeechSynthesizer | None
-    stt: SpeechRecognizer | None
-    system_prompt: str = ""
-    history_turns: int = 20
-    tts_concurrency: int = 2
-    max_segment_seconds: float = 60.0
-    #: Called with (username, wav) for every segment, when audio is to be kept.
-    keep_audio: Callable[[str, bytes], None] | None = None
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One finished turn as the conversation remembers it."""
-
-    user: str
-    reply: str
-    interrupted: bool = False
-
-
-class Memory(Protocol):
-    """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
-
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        """The last ``turns`` exchanges, oldest first."""
-
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        """Keep a finished turn; writes are applied in the order they are asked for."""
-
-    def revise(self, exchange: Exchange) -> None:
-        """Replace the reply of the turn this memory remembered last (after ``truncate``)."""
 
 
 #: Talk mode: audio between two partial transcripts of an utterance, at least.
@@ -178,33 +136,33 @@ def _stamp(frame: Frame, required: bool) -> dict[str, Any]:
     if stamp is None and not required:
         return {"stamp": None}
     if not isinstance(stamp, str) or not stamp:
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'stamp' must be a non-empty string")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'stamp' must be a non-empty string")
     return {"stamp": stamp}
 
 
 def _audio(frame: Frame) -> dict[str, Any]:
     data = frame.get("data")
     if not isinstance(data, str):
-        raise FrameError(frames.INVALID_AUDIO, "field 'data' must be Base64 text")
+        raise FrameError(ErrorCode.INVALID_AUDIO, "field 'data' must be Base64 text")
     try:
         pcm = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise FrameError(frames.INVALID_AUDIO, "field 'data' is not valid Base64") from None
+        raise FrameError(ErrorCode.INVALID_AUDIO, "field 'data' is not valid Base64") from None
     return _pcm(pcm)
 
 
 def _pcm(pcm: bytes) -> dict[str, Any]:
     if len(pcm) % SAMPLE_WIDTH:
-        raise FrameError(frames.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
+        raise FrameError(ErrorCode.INVALID_AUDIO, "audio must be 16-bit PCM: odd number of bytes")
     return {"pcm": pcm}
 
 
 def _truncation(frame: Frame) -> dict[str, Any]:
     turn, end = frame.get("turn"), frame.get("audio_end_ms")
     if isinstance(turn, bool) or not isinstance(turn, int):
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'turn' must be a turn id (an integer)")
     if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < float("inf"):
-        raise FrameError(frames.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
+        raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'audio_end_ms' must be a number of ms, 0 or more")
     return {"turn": turn, "audio_end_ms": end}
 
 
@@ -236,7 +194,7 @@ def build_machine(cls: type[Machine] = Machine, **options: Any) -> Machine:
 #: The table, compiled once. Each session is a model of it with its own
 #: ``state``; events are fired with ``Event.trigger(session)``, so the machine
 #: binds nothing onto a session and keeps no reference to it: a connection
-#: costs one attribute, not a machine (25 KB and 0.8 ms each, measured).
+#: costs one attribute, not a machine (benchmarks/RESULTS.md says how much).
 MACHINE = build_machine()
 
 
@@ -247,16 +205,16 @@ class LiveSession:
         self,
         *,
         username: str,
-        pipeline: Pipeline,
+        engines: Engines,
         clock: IReactorTime,
         emit: Emit,
         memory: Memory | None = None,
     ) -> None:
         self.username = username
-        self._pipeline = pipeline
+        self._engines = engines
         self._clock = clock
         self._emit = emit
-        self._history: deque[Exchange] = deque(maxlen=max(0, pipeline.history_turns))
+        self._history: deque[Exchange] = deque(maxlen=max(0, engines.history_turns))
         self._segment: Segment | None = None
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
@@ -264,7 +222,7 @@ class LiveSession:
         #: What a turn waits for before the model starts: a transcript, or the
         #: stored history of the conversation. Interrupting cancels it.
         self._preparing: Deferred[Any] | None = None
-        self._max_segment_bytes = int(pipeline.max_segment_seconds * BYTES_PER_SECOND)
+        self._max_segment_bytes = int(engines.max_segment_seconds * BYTES_PER_SECOND)
         self._metrics: dict[str, Any] = {}
         #: The last turn's id; every frame of a turn carries it as ``turn``.
         self._turn_id = 0
@@ -282,7 +240,7 @@ class LiveSession:
                 self._restore, self._recall_failed
             )
             self._recalled.addBoth(self._recall_finished)
-        self.state: str = MACHINE.initial
+        self.state: str = cast(str, MACHINE.initial)
 
     @property
     def history(self) -> tuple[Exchange, ...]:
@@ -295,7 +253,7 @@ class LiveSession:
         kind = frame["t"]
         parse = PARSERS.get(kind)
         if parse is None:
-            self._emit(frames.error(frames.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
+            self._emit(frames.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
             return
         self._safely(kind, lambda: self.fire(kind, **parse(frame)))
 
@@ -310,7 +268,7 @@ class LiveSession:
             self._emit(e.frame())
         except Exception:
             _log.failure("Bug while handling a {kind!r} event", kind=kind)
-            self._emit(frames.error(frames.INTERNAL_ERROR, "internal error"))
+            self._emit(frames.error(ErrorCode.INTERNAL_ERROR, "internal error"))
 
     def receive_audio(self, pcm: bytes) -> None:
         """A binary message: raw PCM, taken as a ``speaking_part`` (binary audio transport)."""
@@ -405,8 +363,8 @@ class LiveSession:
             self._segment = None
             self.fire("segment_dropped")
             raise FrameError(
-                frames.AUDIO_TOO_LONG,
-                f"voice segment longer than {self._pipeline.max_segment_seconds:g} s; dropped",
+                ErrorCode.AUDIO_TOO_LONG,
+                f"voice segment longer than {self._engines.max_segment_seconds:g} s; dropped",
             )
 
     # -- server-side turn detection (talk mode) -------------------------------
@@ -439,7 +397,7 @@ class LiveSession:
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""
-        stt, segment = self._pipeline.stt, self._segment
+        stt, segment = self._engines.stt, self._segment
         if (segment is None or self._partial is not None or not isinstance(stt, PartialRecognizer)
                 or len(segment.pcm) - segment.heard < max(PARTIAL_EVERY_BYTES, segment.heard // 4)):
             return
@@ -473,7 +431,7 @@ class LiveSession:
         assert self._segment is not None
         expected = self._segment.stamp
         if expected is not None and event.kwargs["stamp"] != expected:
-            raise FrameError(frames.STAMP_MISMATCH, f"end_speaking stamp does not match {expected!r}")
+            raise FrameError(ErrorCode.STAMP_MISMATCH, f"end_speaking stamp does not match {expected!r}")
 
     # -- turns ---------------------------------------------------------------
 
@@ -495,13 +453,13 @@ class LiveSession:
         self._new_turn()
         wav = segment.wav()
         assembled = self._clock.seconds()
-        if self._pipeline.keep_audio is not None:
-            self._pipeline.keep_audio(self.username, wav)
+        if self._engines.keep_audio is not None:
+            self._engines.keep_audio(self.username, wav)
         self._metrics = {}
         self._metric(wav_assemble_time=assembled - began, input_type="audio")
-        stt = self._pipeline.stt
+        stt = self._engines.stt
         if stt is None:
-            self._turn_emit(frames.error(frames.STT_UNAVAILABLE, "speech-to-text is not configured"))
+            self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
             self._end_without_reply()
             return
         self._metric(stt=stt.name)
@@ -522,7 +480,7 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._turn_emit(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
+        self._turn_emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
         self._end_without_reply()
 
     def _end_without_reply(self) -> None:
@@ -530,7 +488,7 @@ class LiveSession:
         self.fire("turn_done")
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": _ms(self._clock.seconds())}})
+        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(self._clock.seconds())}})
         if self._recalled is None:
             self._start_turn(text, started)
             return
@@ -541,15 +499,15 @@ class LiveSession:
 
     def _start_turn(self, text: str, started: float) -> None:
         self._preparing = None
-        pipeline = self._pipeline
+        engines = self._engines
         turn = Turn(
             clock=self._clock,
-            llm=pipeline.llm,
-            tts=pipeline.tts,
+            llm=engines.llm,
+            tts=engines.tts,
             emit=self._turn_emit,
             messages=self._context(text),
             started_at=started,
-            tts_concurrency=pipeline.tts_concurrency,
+            tts_concurrency=engines.tts_concurrency,
             binary_audio=self.settings.binary_audio,
         )
         self._turn = turn
@@ -582,13 +540,13 @@ class LiveSession:
         """Keep only what the user heard of the last reply, for the store and the model."""
         turn_id, end_ms = event.kwargs["turn"], event.kwargs["audio_end_ms"]
         if self._finished is None or self._finished[0] != turn_id:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} is not the last finished turn")
         _, result, kept = self._finished
         if not result.spoken:
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} sent no audio to cut")
         if any(duration is None for _, duration in result.spoken):
             # Not WAV ([tts] response_format mp3, opus…): where the audio ended is unknown.
-            raise FrameError(frames.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
+            raise FrameError(ErrorCode.UNKNOWN_TURN, f"turn {turn_id} sent audio of unknown length; cannot cut it")
         revised = Exchange(kept.user, result.heard(end_ms), interrupted=True)
         if revised != kept:
             if self._history and self._history[-1] is kept:
@@ -612,8 +570,8 @@ class LiveSession:
 
     def _context(self, text: str) -> list[Message]:
         messages: list[Message] = []
-        if self._pipeline.system_prompt:
-            messages.append({"role": "system", "content": self._pipeline.system_prompt})
+        if self._engines.system_prompt:
+            messages.append({"role": "system", "content": self._engines.system_prompt})
         for exchange in self._history:
             messages.append({"role": "user", "content": exchange.user})
             if exchange.reply:
@@ -628,7 +586,7 @@ def _detection(settings: Settings) -> tuple[Any, ...]:
             settings.silence_ms, settings.preroll_ms)
 
 
-def _discard(frame: Frame) -> None:
+def _discard(frame: Frame | bytes) -> None:
     """Where frames go once the connection has closed."""
 
 

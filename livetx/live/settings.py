@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 
@@ -68,14 +69,14 @@ def updated(current: Settings, frame: Frame) -> Settings:
             continue
         rule = _RULES.get(key)
         if rule is None:
-            raise FrameError(frames.UNKNOWN_SETTING, f"unknown setting {key!r}")
+            raise FrameError(ErrorCode.UNKNOWN_SETTING, f"unknown setting {key!r}")
         if isinstance(rule, range):
             if isinstance(value, bool) or not isinstance(value, int) or value not in rule:
                 raise FrameError(
-                    frames.INVALID_SETTING,
+                    ErrorCode.INVALID_SETTING,
                     f"{key} must be an integer from {rule.start} to {rule.stop - 1}",
                 )
         elif value not in rule:
-            raise FrameError(frames.INVALID_SETTING, f"{key} must be one of {', '.join(rule)}")
+            raise FrameError(ErrorCode.INVALID_SETTING, f"{key} must be one of {', '.join(rule)}")
         changes[key] = value
     return dataclasses.replace(current, **changes)

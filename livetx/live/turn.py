@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from livetx.audio import audio_format, duration_ms
 from livetx.deferreds import waiter_for
+from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
@@ -211,7 +212,7 @@ class Turn:
         _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
         if not self._tts_error_sent:
             self._tts_error_sent = True
-            self._send(frames.error(*describe_failure(failure, "TTS_ERROR")))
+            self._send(frames.error(*describe_failure(failure, ErrorCode.TTS_ERROR)))
 
     def _llm_finished(self, _: None) -> None:
         if self._emit is None:
@@ -248,7 +249,7 @@ class Turn:
                 },
             })
         elif self._reply:
-            self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": _ms(now)}})
+            self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": frames.timestamp(now)}})
         self._close(self._result())
 
     def _fail(self, failure: Failure) -> None:
@@ -257,7 +258,7 @@ class Turn:
             return
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
-        self._send(frames.error(*describe_failure(failure, frames.INTERNAL_ERROR)))
+        self._send(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
         self._close(self._result(failed=True))
 
     def _result(self, **outcome: bool) -> TurnResult:
@@ -280,7 +281,7 @@ class Turn:
         self._pending.clear()
 
 
-def describe_failure(failure: Failure, default_code: str) -> tuple[str, str]:
+def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCode, str]:
     """An error frame's code and text: provider errors say what failed, bugs do not."""
     if isinstance(failure.value, ProviderError):
         return failure.value.code, failure.value.message
@@ -288,8 +289,5 @@ def describe_failure(failure: Failure, default_code: str) -> tuple[str, str]:
 
 
 def _warn_level(failure: Failure) -> LogLevel:
-    return LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
-
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
+    level: LogLevel = LogLevel.warn if failure.check(ProviderError) else LogLevel.critical
+    return level

@@ -34,13 +34,17 @@ from livetx.audio import SAMPLE_RATE
 class Tunables(Protocol):
     """The detector's settings (see :class:`livetx.live.settings.Settings`)."""
 
-    vad_aggressiveness: int
-    min_speech_ms: int
-    silence_ms: int
-    preroll_ms: int
+    @property
+    def vad_aggressiveness(self) -> int: ...
+    @property
+    def min_speech_ms(self) -> int: ...
+    @property
+    def silence_ms(self) -> int: ...
+    @property
+    def preroll_ms(self) -> int: ...
 
 
-class Listener(Protocol):
+class SpeechListener(Protocol):
     """Who hears about utterances: the live session."""
 
     def speech_started(self, pcm: bytes, start_ms: int) -> None:
@@ -68,7 +72,7 @@ class VoiceDetector:
         self,
         tunables: Tunables,
         clock: IReactorTime,
-        listener: Listener,
+        listener: SpeechListener,
         classifier: tuple[Callable[[bytes], bool], int] | None = None,
     ) -> None:
         self._is_speech, self._frame_bytes = classifier or pocketsphinx_vad(tunables.vad_aggressiveness)

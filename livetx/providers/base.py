@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol, Sequence, TypedDict, runtime_checkab
 from twisted.internet.defer import Deferred
 
 from livetx.audio import read_wav, resample
+from livetx.errors import ErrorCode, LivetxError
 
 
 class Message(TypedDict):
@@ -32,26 +33,29 @@ def message_text(content: str | list[dict[str, Any]]) -> str:
     return "".join(item.get("text", "") for item in content if item.get("type") == "text")
 
 
-class ProviderError(Exception):
-    """An outside service failed; ``code`` is the error-frame code to report."""
+class ProviderError(LivetxError):
+    """An outside service failed; ``code`` is the error-frame code to report.
 
-    code = "PROVIDER_ERROR"
+    ``kind`` labels the ``livetx_provider_failures_total`` metric.
+    """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = ErrorCode.PROVIDER_ERROR
+    kind = "provider"
 
 
 class LLMError(ProviderError):
-    code = "LLM_ERROR"
+    code = ErrorCode.LLM_ERROR
+    kind = "llm"
 
 
 class TTSError(ProviderError):
-    code = "TTS_ERROR"
+    code = ErrorCode.TTS_ERROR
+    kind = "tts"
 
 
 class STTError(ProviderError):
-    code = "STT_ERROR"
+    code = ErrorCode.STT_ERROR
+    kind = "stt"
 
 
 @runtime_checkable

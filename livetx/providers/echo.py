@@ -32,21 +32,22 @@ class EchoChat:
     ) -> Deferred[None]:
         last = next((message_text(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
         words = _WORDS.findall(last) or ["…"]
-        call: list[IDelayedCall] = []
+        call: IDelayedCall | None = None
 
         def cancel(d: Deferred[None]) -> None:
-            if call and call[0].active():
-                call[0].cancel()
+            if call is not None and call.active():
+                call.cancel()
 
         done: Deferred[None] = Deferred(cancel)
 
         def step(i: int) -> None:
-            call.clear()
+            nonlocal call
+            call = None
             on_delta(words[i])
             if i + 1 < len(words):
-                call.append(self._clock.callLater(self._delay, step, i + 1))
+                call = self._clock.callLater(self._delay, step, i + 1)
             else:
                 done.callback(None)
 
-        call.append(self._clock.callLater(self._delay, step, 0))
+        call = self._clock.callLater(self._delay, step, 0)
         return done

@@ -12,17 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from treq.client import HTTPClient
-from twisted.application.service import Service
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from livetx.config import Config, ConfigError
-from livetx.live.session import Pipeline
+from livetx.domain import Engines
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 Maker = Callable[[Any, HTTPClient, Any], Any]
-
-_log = Logger()
 
 
 def _engine(module: str, name: str) -> Maker:
@@ -108,48 +103,24 @@ def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any)
     return None if maker is None else maker(section, http, reactor)
 
 
-def build_pipeline(
+def build_engines(
     config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
-) -> Pipeline:
+) -> Engines:
     """Everything the live sessions of one server share."""
     archive = None
     if config.stt.keep_audio and data_dir is not None:
         from livetx.archive import AudioArchive
 
         archive = AudioArchive(data_dir / "audio", reactor)
-    return Pipeline(
+    return Engines(
         llm=_make(LLMS, config.llm, http, reactor),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
         stt=_make(RECOGNIZERS, config.stt, http, reactor),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
+        vision=config.llm.vision,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
     )
 
-
-class WarmUp(Service):
-    """Loads the engines that are slow to load (those with a ``warm()``) as the server starts.
-
-    Otherwise the first reply would wait for a model to load, with nothing in
-    the log to say why; now the log says what is loading and how long it took.
-    """
-
-    def __init__(self, pipeline: Pipeline, clock: Any) -> None:
-        self._engines: list[Any] = [e for e in (pipeline.tts, pipeline.stt, pipeline.llm) if hasattr(e, "warm")]
-        self._clock = clock
-
-    def startService(self) -> None:
-        super().startService()
-        for engine in self._engines:
-            name, started = getattr(engine, "name", type(engine).__name__), self._clock.seconds()
-            _log.info("loading {engine}; replies wait for it", engine=name)
-
-            def loaded(_: object, name: str = name, started: float = started) -> None:
-                _log.info("{engine} loaded in {seconds:.1f} s", engine=name, seconds=self._clock.seconds() - started)
-
-            def failed(failure: Failure, name: str = name) -> None:
-                _log.error("{engine} failed to load: {why}", engine=name, why=failure.getErrorMessage())
-
-            engine.warm().addCallbacks(loaded, failed)

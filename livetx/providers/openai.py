@@ -5,42 +5,35 @@ protocol. All requests share one persistent connection pool. Every call is
 cancellable at any moment and cancelling really closes the upstream
 connection: that is what makes barge-in free the model at once.
 
-treq builds the requests (JSON and multipart bodies) and reads the bodies.
-A turn makes one request per sentence, so what is cheap to keep cheap stays
-under treq: its ``HTTPClient`` runs on an ``Agent`` with one endpoint per
-upstream origin and a pool of kept-alive connections, each URL reaches treq
-parsed and IDNA-encoded once, bodies are read unbuffered (each is read
-once), redirects are off (an API does not redirect a POST), no cookies are
-kept (an API client authenticates with its key), JSON is encoded and parsed
-with orjson, and a request that succeeds writes no log line.
+treq builds the requests (JSON and multipart bodies) and reads the bodies,
+on the client :func:`livetx.fences.treq.make_http_client` tunes: one
+endpoint per upstream origin, a pool of kept-alive connections, URLs parsed
+once, no cookies. Here bodies are read unbuffered (each is read once),
+redirects are off (an API does not redirect a POST), JSON is encoded and
+parsed with orjson, and a request that succeeds writes no log line.
 """
 
 from __future__ import annotations
 
 import io
-from http.cookiejar import CookieJar
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import orjson
 import treq
-from hyperlink import EncodedURL
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
+from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL, prepared_url
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
 from livetx.providers.sse import SSEDecoder
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="Service")
 
 _log = Logger()
 
@@ -48,136 +41,17 @@ _EXCERPT = 300
 #: After ``[DONE]`` the body should end at once; a server that keeps it open
 #: this long is hung up on rather than left holding a connection.
 _DRAIN_SECONDS = 2.0
-#: Idle upstream connections kept per host. A turn holds one chat stream and
-#: ``[tts] concurrency`` speech requests at once, so 20 busy sessions need
-#: about 60; fewer would open (and log) a new connection per sentence.
-MAX_PERSISTENT_PER_HOST = 64
 
 
-def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
-    """One keep-alive pool for every provider: no TCP or TLS handshake per sentence."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-    pool.cachedConnectionTimeout = 60
-    agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout=10), pool=pool)
-    return HTTPClient(agent, cookiejar=_NO_COOKIES, data_to_body_producer=_body), pool
+class Service(Protocol):
+    """Where an OpenAI-compatible service is (a config section: ``[llm]``, ``[tts]``, ``[stt]``)."""
 
-
-@implementer(IBodyProducer)
-class _Bytes:
-    """A request body already in memory, written as the request goes out.
-
-    treq's default wraps bytes in a ``FileBodyProducer``, which writes from
-    a cooperative task on a later reactor turn: an extra timer, a few
-    Deferreds and a delay on every request of a turn.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-def _body(data: Any) -> IBodyProducer:
-    return _Bytes(data) if isinstance(data, bytes) else IBodyProducer(data)
-
-
-class _NoCookies(CookieJar):
-    """A jar that keeps nothing: upstream APIs authenticate by key, not cookie.
-
-    treq sends every request through a cookie agent; the standard library's
-    cookie matching cost about a tenth of a text turn's CPU (six requests a
-    turn), for cookies no OpenAI-compatible API needs.
-    """
-
-    def add_cookie_header(self, request: Any) -> None:
-        pass
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        pass
-
-
-_NO_COOKIES = _NoCookies()
-
-
-@implementer(IAgentEndpointFactory)
-class _Endpoints:
-    """One endpoint per upstream origin, made once.
-
-    The Agent asks for an endpoint on every request, even one the pool
-    answers with a kept-alive connection, and its default factory makes a
-    new ``HostnameEndpoint`` (with IDNA checks of the host) each time.
-    """
-
-    def __init__(self, reactor: Any, connect_timeout: float) -> None:
-        self._reactor = reactor
-        self._timeout = connect_timeout
-        self._tls = BrowserLikePolicyForHTTPS()
-        self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._made.get(key)
-        if endpoint is None:
-            if uri.scheme not in (b"http", b"https"):
-                raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
-            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
-            if uri.scheme == b"https":
-                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
-            self._made[key] = endpoint
-        return endpoint
-
-
-class _Hangup(proxyForInterface(IResponse)):  # type: ignore[misc]
-    """A response whose connection can be closed mid-body.
-
-    A ``treq.collect`` cannot be cancelled; this keeps the protocol it hands
-    the body to, whose transport is the upstream connection.
-    """
-
-    _reader: IProtocol | None = None
-
-    def deliverBody(self, protocol: IProtocol) -> None:
-        self._reader = protocol
-        self.original.deliverBody(protocol)
-
-    def hang_up(self) -> None:
-        transport = getattr(self._reader, "transport", None)
-        if transport is not None:
-            transport.loseConnection()
-
-
-class _URI(EncodedURL):
-    """A URL already in URI form.
-
-    treq converts every URL it is given to a URI, with IDNA checks of the
-    host: a third of its cost per request. Here that was done once.
-    """
-
-    _text: str | None = None
-
-    def to_uri(self) -> _URI:
-        return self
-
-    def to_text(self, with_password: bool = False) -> str:
-        """Rendered once: treq renders the URL again for every request."""
-        if with_password:
-            return super().to_text(with_password)
-        if self._text is None:
-            self._text = super().to_text()
-        return self._text
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def api_key(self) -> str | None: ...
+    @property
+    def timeout(self) -> float: ...
 
 
 class _Upstream:
@@ -187,35 +61,35 @@ class _Upstream:
         self,
         http: HTTPClient,
         clock: IReactorTime,
-        base_url: str,
-        api_key: str | None,
-        timeout: float,
+        service: Service,
         error: type[ProviderError],
         what: str,
     ) -> None:
+        base_url, api_key, timeout = service.base_url, service.api_key, service.timeout
         self._http = http
         self._clock = clock
         self._base_url = base_url.rstrip("/")
-        self._urls: dict[str, _URI] = {}
+        self._urls: dict[str, PreparedURL] = {}
         self._api_key = api_key
         self._headers: dict[bytes | str, list[bytes | str]] = (
             {b"authorization": [f"Bearer {api_key}".encode("utf-8")]} if api_key else {}
         )
-        self._json_headers = {**self._headers, b"content-type": [b"application/json"]}
+        self._json_headers: dict[bytes | str, list[bytes | str]] = {
+            **self._headers, b"content-type": [b"application/json"],
+        }
         self._timeout = timeout
         self._error = error
         self._what = what
 
-    def url(self, path: str) -> _URI:
+    def url(self, path: str) -> PreparedURL:
         """``path`` under the base URL, parsed and IDNA-encoded once per path."""
         url = self._urls.get(path)
         if url is None:
-            uri = EncodedURL.from_text(self._base_url + path).to_uri().to_text()
-            url = self._urls[path] = _URI.from_text(uri)
+            url = self._urls[path] = prepared_url(self._base_url + path)
         return url
 
     def post(
-        self, path: str, read: Callable[[_Hangup], Deferred[_T]], *, json: Any = None, **body: Any
+        self, path: str, read: Callable[[Hangup], Deferred[_T]], *, json: Any = None, **body: Any
     ) -> Deferred[_T]:
         """POST ``json`` or ``body`` (treq's ``data``, ``files``); ``read`` a 2xx response.
 
@@ -223,32 +97,34 @@ class _Upstream:
         deadline closes the connection at any stage: before the headers
         through the Agent, after them by hanging up on the body.
         """
-        response: list[_Hangup] = []
-        cancelled: list[bool] = []
+        response: Hangup | None = None
+        cancelled = False
         headers = self._headers
         if json is not None:  # orjson: the chat request carries the whole history
             body["data"], headers = orjson.dumps(json), self._json_headers
         # cookies: a jar, so treq does not build an empty one from None per request
         request = self._http.post(
-            self.url(path), headers=headers, cookies=_NO_COOKIES, allow_redirects=False,
+            self.url(path), headers=headers, cookies=NO_COOKIES, allow_redirects=False,
             unbuffered=True, **body,
         )
 
         def cancel(_: Deferred[_T]) -> None:
-            cancelled.append(True)
-            if response:
-                response[0].hang_up()
+            nonlocal cancelled
+            cancelled = True
+            if response is not None:
+                response.hang_up()
             else:
                 request.cancel()
 
         result: Deferred[_T] = Deferred(cancel)
 
         def respond(answer: IResponse) -> Deferred[Any]:
-            response.append(_Hangup(answer))
+            nonlocal response
+            response = Hangup(answer)
             if 200 <= answer.code < 300:
-                return read(response[0])
+                return read(response)
             excerpt = bytearray()
-            reading = treq.collect(response[0], lambda b: excerpt.extend(b[: _EXCERPT - len(excerpt)]))
+            reading = treq.collect(response, lambda b: excerpt.extend(b[: _EXCERPT - len(excerpt)]))
             # even if the error body is cut short, the status is the news
             return reading.addBoth(lambda _: self._status_error(bytes(excerpt), answer.code))
 
@@ -263,7 +139,9 @@ class _Upstream:
                 result.callback(outcome)
 
         request.addCallback(respond).addBoth(settle)
-        return self._with_deadline(result, path)
+        started = self._clock.seconds()
+        result.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
+        return result.addErrback(self._explain).addErrback(self._failed, path, started)
 
     def stream(self, path: str, on_data: Callable[[bytes], bool], *, json: Any) -> Deferred[None]:
         """POST and feed each body chunk to ``on_data`` as it arrives.
@@ -273,18 +151,19 @@ class _Upstream:
         connection can go back to the pool.
         """
 
-        def read(response: _Hangup) -> Deferred[None]:
+        def read(response: Hangup) -> Deferred[None]:
             complete: Deferred[None] = Deferred()
-            drain: list[IDelayedCall] = []
+            drain: IDelayedCall | None = None
 
             def feed(chunk: bytes) -> None:
-                if not drain and on_data(chunk):
-                    drain.append(self._clock.callLater(_DRAIN_SECONDS, response.hang_up))
+                nonlocal drain
+                if drain is None and on_data(chunk):
+                    drain = self._clock.callLater(_DRAIN_SECONDS, response.hang_up)
                     complete.callback(None)
 
             def ended(outcome: Failure | None) -> None:
-                if drain and drain[0].active():
-                    drain[0].cancel()
+                if drain is not None and drain.active():
+                    drain.cancel()
                 if complete.called:  # a drain cut short is no news
                     return
                 if isinstance(outcome, Failure):
@@ -297,37 +176,26 @@ class _Upstream:
 
         return self.post(path, read, json=json)
 
-    def _with_deadline(self, d: Deferred[_T], path: str) -> Deferred[_T]:
-        expired: list[bool] = []
-        started = self._clock.seconds()
+    def _timed_out(self, outcome: Any, timeout: float) -> Any:
+        """``addTimeout`` cancelled the request: say so in the provider's terms."""
+        if isinstance(outcome, Failure) and outcome.check(CancelledError):
+            raise self._error(f"{self._what} timed out after {timeout:g} s")
+        return outcome
 
-        def expire() -> None:
-            expired.append(True)
-            d.cancel()
+    def _explain(self, failure: Failure) -> Failure:
+        """A cancel stays a cancel and a provider error stays; anything else could not reach it."""
+        if failure.check(CancelledError, ProviderError):
+            return failure
+        raise self._error(f"cannot reach the {self._what}: {_reason(failure)}")
 
-        timer = self._clock.callLater(self._timeout, expire)
-
-        def explain(failure: Failure) -> Failure:
-            if failure.check(CancelledError):
-                if expired:
-                    raise self._error(f"{self._what} timed out after {self._timeout:g} s")
-                return failure
-            if failure.check(ProviderError):
-                return failure
-            raise self._error(f"cannot reach the {self._what}: {_reason(failure)}")
-
-        def done(outcome: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            if isinstance(outcome, Failure):  # not every success: that is a log line per sentence
-                _log.debug(
-                    "{what} POST {path} failed after {elapsed:.3f} s: {reason}",
-                    what=self._what, path=path, elapsed=self._clock.seconds() - started,
-                    reason=outcome.getErrorMessage(),
-                )
-            return outcome
-
-        return d.addErrback(explain).addBoth(done)
+    def _failed(self, failure: Failure, path: str, started: float) -> Failure:
+        # Failures only: a line for every success would be a line per sentence.
+        _log.debug(
+            "{what} POST {path} failed after {elapsed:.3f} s: {reason}",
+            what=self._what, path=path, elapsed=self._clock.seconds() - started,
+            reason=failure.getErrorMessage(),
+        )
+        return failure
 
     def _status_error(self, body: bytes, code: int) -> None:
         excerpt = body.decode("utf-8", "replace").strip()
@@ -341,17 +209,16 @@ class OpenAIChat:
 
     def __init__(self, config: LLMConfig, http: HTTPClient, reactor: IReactorTime) -> None:
         self.model = config.model
-        self._upstream = _Upstream(
-            http, reactor, config.base_url, config.api_key, config.timeout, LLMError, "chat model"
-        )
+        self._upstream = _Upstream(http, reactor, config, LLMError, "chat model")
 
     def stream(self, messages: Sequence[Message], on_delta: Callable[[str], None]) -> Deferred[None]:
         decoder = SSEDecoder()
-        events: list[bool] = []
+        evented = False
 
         def on_data(chunk: bytes) -> bool:
+            nonlocal evented
             for event in decoder.feed(chunk):
-                events.append(True)
+                evented = True
                 if event.data.strip() == "[DONE]":
                     return True
                 for text in _delta_texts(event.data):
@@ -359,7 +226,7 @@ class OpenAIChat:
             return False
 
         def check(_: None) -> None:
-            if not events:  # a 200 that is not an event stream (an HTML page, say)
+            if not evented:  # a 200 that is not an event stream (an HTML page, say)
                 raise LLMError("chat model sent no event stream")
 
         request = {"model": self.model, "messages": list(messages), "stream": True}
@@ -392,16 +259,23 @@ def _delta_texts(data: str) -> list[str]:
     return texts
 
 
-class OpenAISpeech:
+class _Engine(Generic[_C]):
+    """An engine on one OpenAI-compatible endpoint, configured by its section."""
+
+    error: type[ProviderError]
+    what: str
+
+    def __init__(self, config: _C, http: HTTPClient, reactor: IReactorTime) -> None:
+        self._config = config
+        self._upstream = _Upstream(http, reactor, config, self.error, self.what)
+
+
+class OpenAISpeech(_Engine[TTSConfig]):
     """``POST /audio/speech``: one sentence in, one audio file out."""
 
     name = "openai_tts_api"
-
-    def __init__(self, config: TTSConfig, http: HTTPClient, reactor: IReactorTime) -> None:
-        self._config = config
-        self._upstream = _Upstream(
-            http, reactor, config.base_url, config.api_key, config.timeout, TTSError, "speech service"
-        )
+    error = TTSError
+    what = "speech service"
 
     def synthesize(self, text: str) -> Deferred[bytes]:
         c = self._config
@@ -424,17 +298,12 @@ class OpenAISpeech:
         return audio
 
 
-class OpenAITranscriber:
+class OpenAITranscriber(_Engine[STTConfig]):
     """``POST /audio/transcriptions`` with the segment as a multipart WAV upload."""
 
     name = "openai_stt_api"
-
-    def __init__(self, config: STTConfig, http: HTTPClient, reactor: IReactorTime) -> None:
-        self._config = config
-        self._upstream = _Upstream(
-            http, reactor, config.base_url, config.api_key, config.timeout, STTError,
-            "transcription service",
-        )
+    error = STTError
+    what = "transcription service"
 
     def transcribe(self, wav: bytes) -> Deferred[str]:
         fields = {"model": self._config.model or "whisper-1"}

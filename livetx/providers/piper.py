@@ -46,7 +46,8 @@ class PiperSpeech:
     name = "piper"
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:
-        self._model_path = config.model or ""  # required: checked at start-up
+        # The factory's start-up check refuses piper without a model, or with a voice it lacks.
+        self._model_path = config.model or ""
         self._speaker = speakers(config.model)[config.voice] if config.voice and config.model else None
         # onnxruntime parallelises inside one call; one call at a time is enough.
         self._worker = Worker(reactor, "piper", 1)

@@ -2,9 +2,8 @@
 
 Open vocabulary is rough; with a JSGF grammar or a keyword list it is exact,
 which is what command-style devices need. PocketSphinx keeps Python's GIL for
-the whole of a decode (measured: a 3 s utterance stopped the reactor for
-0.4 s, and even fed in 0.1 s slices its closing second pass took 0.1–0.2 s in
-one call), so decoding runs in a bounded pool of child processes, one decoder
+the whole of a decode, long enough to stall the reactor (benchmarks/RESULTS.md),
+so decoding runs in a bounded pool of child processes, one decoder
 per process, loaded on first use to keep idle memory low. It is cheap enough
 to give talk mode partial transcripts while the user is still speaking.
 """

@@ -39,14 +39,18 @@ class Worker:
 
     def run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
         self._ensure_started()
-        cancelled: list[bool] = []
+        cancelled = False
 
         def job() -> T:
             if cancelled:
                 raise CancelledError()
             return f(*args)
 
-        result: Deferred[T] = Deferred(lambda _: cancelled.append(True))
+        def cancel(_: Deferred[T]) -> None:
+            nonlocal cancelled
+            cancelled = True
+
+        result: Deferred[T] = Deferred(cancel)
 
         def settle(outcome: Any) -> None:
             if not result.called:
@@ -103,7 +107,10 @@ class ProcessWorker:
         except (RuntimeError, BrokenExecutor):  # shut down, or broken again at once
             return fail()
         self._running += 1
-        result: Deferred[T] = Deferred(lambda _: future.cancel())
+        def cancel(_: Deferred[T]) -> None:
+            future.cancel()
+
+        result: Deferred[T] = Deferred(cancel)
 
         def settle(done: Future[T]) -> None:
             self._running -= 1

@@ -57,7 +57,7 @@ class ConversationStore(Protocol):
     """Sessions of a user, messages of a session, and uploaded attachments."""
 
     def open_session(self, username: str, session_id: str | None, kind: str) -> Deferred[StoredSession]:
-        """The session, created when new; ``PermissionError`` if another user owns it."""
+        """The session, created when new; ``SessionForbidden`` if another user owns it."""
 
     def add_message(
         self,

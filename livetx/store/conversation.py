@@ -13,7 +13,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
-from livetx.live.session import Exchange
+from livetx.domain import Exchange
+from livetx.errors import SessionForbidden
 from livetx.store import ConversationStore, StoredMessage
 
 _log = Logger()
@@ -22,6 +23,15 @@ _log = Logger()
 def default_live_session(username: str) -> str:
     """Each user's standing live conversation, when the client names none."""
     return f"live:{username}"
+
+
+def live_memories(store: ConversationStore) -> Callable[[str, str | None], StoredConversation]:
+    """A :data:`livetx.domain.MemoryOpener`: each live connection's memory in ``store``."""
+
+    def open_memory(username: str, session_id: str | None) -> StoredConversation:
+        return StoredConversation(store, username, session_id or default_live_session(username))
+
+    return open_memory
 
 
 def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
@@ -36,12 +46,12 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
 
 
 class StoredConversation:
-    """:class:`livetx.live.session.Memory` on a store; refuses other users' sessions."""
+    """:class:`livetx.domain.Memory` on a store; refuses other users' sessions."""
 
     def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
         self._store = store
         self.session_id = session_id
-        #: Fires with the session, or fails with PermissionError for someone else's.
+        #: Fires with the session, or fails with SessionForbidden for someone else's.
         self.opened = store.open_session(username, session_id, "live")
         self._allowed: bool | None = None
         self.opened.addCallbacks(self._granted, self._refused)
@@ -60,7 +70,7 @@ class StoredConversation:
 
         def go(_: None) -> Deferred[Any]:
             if not self._allowed:
-                raise PermissionError("this session belongs to another user")
+                raise SessionForbidden()
             return work()
 
         return waiter_for(self.opened).addCallback(go)

@@ -27,6 +27,7 @@ import orjson
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
+from livetx.errors import SessionForbidden
 from livetx.store import Part, StoredAttachment, StoredMessage, StoredSession
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ MAX_BATCH = 100
 
 def _query(cursor: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     cursor.execute(sql, params)
-    return cursor.fetchall()
+    rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows
 
 
 def _operation(cursor: Any, sql: str, params: tuple[Any, ...]) -> None:
@@ -143,7 +145,7 @@ class SQLiteStore:
 
     @functools.cached_property
     def _pool(self) -> adbapi.ConnectionPool:
-        """Made on first use: importing SQLite and starting a thread cost an idle server 1 MB."""
+        """Made on first use: importing SQLite and starting a thread cost an idle server memory."""
         from twisted.enterprise import adbapi
 
         return adbapi.ConnectionPool(
@@ -210,7 +212,7 @@ class SQLiteStore:
             row = (session_id, username, kind, "", stamp, stamp)
             cursor.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", row)
         if row[1] != username:
-            raise PermissionError("this session belongs to another user")
+            raise SessionForbidden()
         return StoredSession(*row)
 
     def owner(self, session_id: str) -> Deferred[str | None]:

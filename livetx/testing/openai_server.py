@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import orjson
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, ITCPTransport
 from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -158,7 +158,7 @@ class FakeOpenAI:
                 return
             if self.drop:
                 request.write(body[: len(body) // 2])
-                request.channel.transport.abortConnection()
+                _abort(request)
                 return
             request.write(body)
             request.finish()
@@ -174,17 +174,30 @@ class FakeOpenAI:
         return self._later(request, self.transcription_delay, json.dumps({"text": self.transcript}).encode())
 
 
+def _abort(request: Request) -> None:
+    """Cut the connection mid-response, as a failing upstream does."""
+    cast(ITCPTransport, request.channel.transport).abortConnection()
+
+
+def _body(request: Request) -> bytes:
+    content = request.content
+    assert content is not None  # twisted.web reads the body before rendering
+    body: bytes = content.read()
+    return body
+
+
 def _form_fields(request: Request) -> dict[str, bytes]:
     """The fields of a ``multipart/form-data`` or urlencoded body (the first value of each)."""
     ctype = request.getHeader(b"content-type") or b""
-    body = request.content.read()
+    body = _body(request)
     if ctype.startswith(b"multipart/"):
         form = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype + b"\r\n\r\n" + body)
         fields: dict[str, bytes] = {}
         for part in form.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if isinstance(name, str) and name not in fields:
-                fields[name] = part.get_payload(decode=True) or b""
+                payload = part.get_payload(decode=True)
+                fields[name] = payload if isinstance(payload, bytes) else b""
         return fields
     return {k.decode(): v[0] for k, v in parse_qs(body).items()}
 
@@ -221,7 +234,7 @@ class _Streamer:
             if self.index == 1 and self.fake.inject:
                 self.request.write(self.fake.inject)
             if self.index == 1 and self.fake.drop:
-                self.request.channel.transport.abortConnection()
+                _abort(self.request)
                 return
             if not (self.fake.hang and self.index == 1):
                 self._schedule()
@@ -250,7 +263,7 @@ class _Endpoint(Resource):
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
         record = Recorded(request.path.decode(), headers, getattr(request.getClientAddress(), "port", 0))
         if headers.get("content-type", "").startswith("application/json"):
-            record.json = orjson.loads(request.content.read() or b"null")
+            record.json = orjson.loads(_body(request) or b"null")
         else:
             record.fields = _form_fields(request)
         self.fake.requests.append(record)
@@ -262,7 +275,7 @@ def start(reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> tuple[Fa
     fake = FakeOpenAI(reactor)
     # Forms are parsed by the one endpoint that takes them (transcriptions):
     # Twisted's own parsing reads every POST's content type with the email
-    # package, a fifth of this server's CPU in a benchmark.
+    # package, a cost the load benchmark felt (benchmarks/RESULTS.md).
     site = Site(fake.resource(), parsePOSTFormSubmission=False)
     site.noisy = False
     listening = reactor.listenTCP(port, site, interface=interface)

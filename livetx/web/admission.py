@@ -20,7 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, verify_token
-from livetx.live.frames import RATE_LIMITED, Frame, chat_error
+from livetx.errors import ErrorCode
+from livetx.live.frames import Frame, chat_error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
@@ -66,10 +67,10 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
     return admit
 
 
-def refusal(reason: str, code: str, *, notice: bool = True, message: str | None = None) -> Admission:
+def refusal(reason: str, code: ErrorCode, *, notice: bool = True, message: str | None = None) -> Admission:
     """Close with ``reason``; with ``notice``, first an error frame of ``code`` saying ``message`` (or the reason)."""
     frame = chat_error(code, message or reason) if notice else None
-    return Admission(refusal=reason, notice=frame, auth_failed=code == "UNAUTHORIZED")
+    return Admission(refusal=reason, notice=frame, auth_failed=code == ErrorCode.UNAUTHORIZED)
 
 
 def api_key_gate(keys: KeyStore) -> Gate:
@@ -78,17 +79,17 @@ def api_key_gate(keys: KeyStore) -> Gate:
     def admit(request: ConnectionRequest) -> Admission:
         key = key_from_request(request.params, request.headers)
         if key is None:
-            return refusal("Missing API key", "UNAUTHORIZED")
+            return refusal("Missing API key", ErrorCode.UNAUTHORIZED)
         record = keys.verify(key, CHAT_SCOPE)
         if record is None:
-            return refusal("Invalid API key", "UNAUTHORIZED")
+            return refusal("Invalid API key", ErrorCode.UNAUTHORIZED)
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
             problem = problem or "Invalid username"
-            return refusal(problem, "BAD_USER")
+            return refusal(problem, ErrorCode.BAD_USER)
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
-            return refusal("Invalid ct", "INVALID_MESSAGE", message="ct must be 'live' or 'chat'")
+            return refusal("Invalid ct", ErrorCode.INVALID_MESSAGE, message="ct must be 'live' or 'chat'")
         return Admission(
             username=username, mode=mode, session_id=_first(request, "session_id"), key_id=record.id
         )
@@ -240,10 +241,10 @@ def guarded(
 
     def admit(request: ConnectionRequest) -> Admission:
         if origins is not None and not origin_allowed(request, origins):
-            return refusal("Origin not allowed", "FORBIDDEN", notice=notice)
+            return refusal("Origin not allowed", ErrorCode.FORBIDDEN, notice=notice)
         try:
             return failures.attempt(request.peer, lambda: gate(request), lambda a: a.auth_failed)
         except TooManyFailures as e:
-            return refusal(str(e), RATE_LIMITED, notice=notice)
+            return refusal(str(e), ErrorCode.RATE_LIMITED, notice=notice)
 
     return admit

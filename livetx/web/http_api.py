@@ -11,48 +11,27 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import multipart
 from autobahn.twisted.util import peer2str
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.internet.interfaces import ITransport
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.chat.service import ChatRequest, ChatService, Event
-from livetx.live import frames
+from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth, TooManyFailures
-
-_log = Logger()
+from livetx.web.replies import Departure, HTTPError, error_body, finish_async, json_body
 
 MAX_PAGE_SIZE = 100
 #: Attachment types a model may be shown; everything else is refused.
 ATTACHMENT_TYPES = ("image/", "audio/", "text/plain", "application/pdf")
-
-
-class HTTPError(Exception):
-    """A refusal with its status and ``code``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _json(request: Request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
-
-
-def _error_body(request: Request, error: HTTPError) -> bytes:
-    return _json(request, error.status, {"status": "error", "code": error.code, "message": error.message})
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -67,31 +46,17 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     try:
         value = int(raw)
     except ValueError:
-        raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, f"{name} must be an integer") from None
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be an integer") from None
     if not low <= value <= high:
-        raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
+        raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, f"{name} must be between {low} and {high}")
     return value
 
 
-def _finish_async(request: Request, d: Deferred[bytes]) -> Any:
-    """Write a Deferred's body, or its refusal, unless the client has gone."""
-    gone: list[Failure] = []
-    request.notifyFinish().addErrback(gone.append)
-
-    def write(body: bytes) -> None:
-        if not gone:
-            request.write(body)
-            request.finish()
-
-    def fail(failure: Failure) -> None:
-        if failure.check(HTTPError):
-            write(_error_body(request, failure.value))
-        else:
-            _log.failure("HTTP API request failed", failure)
-            write(_error_body(request, HTTPError(500, frames.INTERNAL_ERROR, "internal error")))
-
-    d.addCallbacks(write, fail)
-    return NOT_DONE_YET
+def _content(request: Request) -> BinaryIO:
+    """The request body; twisted.web has read it into ``content`` before rendering."""
+    content: BinaryIO | None = request.content
+    assert content is not None
+    return content
 
 
 def _session_json(session: StoredSession) -> dict[str, Any]:
@@ -111,8 +76,8 @@ class APIResource(Resource):
     isLeaf = True
     scope = "chat"
     method = b"GET"
-    #: Failed authentications per address, shared with the WebSocket endpoints (0: no limit).
-    failures: FailedAuth = FailedAuth(0, reactor)
+    #: Failed authentications per address, shared with the WebSocket endpoints (None: no limit).
+    failures: FailedAuth | None = None
 
     def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
         super().__init__()
@@ -122,33 +87,37 @@ class APIResource(Resource):
     def render(self, request: Request) -> Any:
         try:
             if request.method != self.method:
-                raise HTTPError(405, "METHOD_NOT_ALLOWED", f"use {self.method.decode()}")
+                raise HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {self.method.decode()}")
             self.authenticate(request)
             return self.handle(request)
         except HTTPError as error:
-            return _error_body(request, error)
+            return error_body(request, error)
         except FrameError as error:
-            return _error_body(request, HTTPError(400, error.code, error.message))
+            return error_body(request, HTTPError(400, error.code, error.message))
 
     def authenticate(self, request: Request) -> None:
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
         key = key_from_request({}, headers)
         verify = functools.partial(self.keys.verify, key, self.scope)
         try:
-            record = self.failures.attempt(peer2str(request.transport), verify, lambda r: r is None)
+            if self.failures is None:
+                record = verify()
+            else:
+                peer = peer2str(cast(ITransport, request.transport))
+                record = self.failures.attempt(peer, verify, lambda r: r is None)
         except TooManyFailures as e:
-            raise HTTPError(429, frames.RATE_LIMITED, str(e)) from None
+            raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
         if key is None:
-            raise HTTPError(401, "UNAUTHORIZED", "Missing API key")
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, "UNAUTHORIZED", f"Invalid API key, or it lacks the {self.scope!r} scope")
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
         raw = (body or {}).get("username")
         username, problem = resolve_username(raw if isinstance(raw, str) else _arg(request, "username"))
         if username is None:
-            raise HTTPError(400, "BAD_USER", problem or "Invalid username")
+            raise HTTPError(400, ErrorCode.BAD_USER, problem or "Invalid username")
         return username
 
     def handle(self, request: Request) -> Any:
@@ -166,10 +135,10 @@ class SessionsResource(APIResource):
 
         def body(result: tuple[list[StoredSession], int]) -> bytes:
             sessions, total = result
-            return _json(request, 200, {"sessions": [_session_json(s) for s in sessions],
+            return json_body(request, 200, {"sessions": [_session_json(s) for s in sessions],
                                         "page": page, "page_size": size, "total": total})
 
-        return _finish_async(request, d.addCallback(body))
+        return finish_async(request, d.addCallback(body))
 
 
 class MessagesResource(APIResource):
@@ -179,18 +148,17 @@ class MessagesResource(APIResource):
         username = self.username(request)
         path = request.path.decode("utf-8", "replace").rstrip("/").split("/")
         if len(path) != 7 or path[-1] != "messages" or not path[-2]:
-            raise HTTPError(404, "NOT_FOUND", "no such route")
+            raise HTTPError(404, ErrorCode.NOT_FOUND, "no such route")
         session_id = path[-2]
 
         def check(owner: str | None) -> Deferred[list[StoredMessage]]:
             if owner != username:  # someone else's looks the same as none at all
-                raise HTTPError(404, "NOT_FOUND", "no such session")
+                raise HTTPError(404, ErrorCode.NOT_FOUND, "no such session")
             return self.store.messages(session_id)
 
         d = self.store.owner(session_id).addCallback(check)
-        d.addCallback(lambda messages: _json(request, 200, {
-            "session_id": session_id, "messages": [_message_json(m) for m in messages]}))
-        return _finish_async(request, d)
+        return finish_async(request, d.addCallback(lambda messages: json_body(request, 200, {
+            "session_id": session_id, "messages": [_message_json(m) for m in messages]})))
 
 
 class FileResource(APIResource):
@@ -208,29 +176,30 @@ class FileResource(APIResource):
         content_type, options = multipart.parse_options_header(
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
-        request.content.seek(0)
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
+        content = _content(request)
+        content.seek(0)
         upload = None
         try:
-            for part in multipart.MultipartParser(request.content, options["boundary"],
+            for part in multipart.MultipartParser(content, options["boundary"],
                                                   disk_limit=self.max_bytes, mem_limit=self.max_bytes):
                 if part.name == "file" and part.filename:
                     upload = (part.filename, part.content_type or "application/octet-stream", part.raw)
         except multipart.MultipartError as e:
             status = 413 if "limit" in str(e).lower() else 400
-            raise HTTPError(status, "TOO_LARGE" if status == 413 else frames.INVALID_MESSAGE_FORMAT, str(e)) from None
+            code = ErrorCode.TOO_LARGE if status == 413 else ErrorCode.INVALID_MESSAGE_FORMAT
+            raise HTTPError(status, code, str(e)) from None
         if upload is None:
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "no file field")
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "no file field")
         filename, mime, data = upload
         if len(data) > self.max_bytes:
-            raise HTTPError(413, "TOO_LARGE", f"files are limited to {self.max_bytes} bytes")
+            raise HTTPError(413, ErrorCode.TOO_LARGE, f"files are limited to {self.max_bytes} bytes")
         if not mime.startswith(ATTACHMENT_TYPES):
-            raise HTTPError(415, "UNSUPPORTED_MEDIA_TYPE", f"{mime} is not an accepted attachment type")
+            raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{mime} is not an accepted attachment type")
         d = self.store.add_attachment(username, filename, mime, data)
-        d.addCallback(lambda record: _json(request, 200, {
+        return finish_async(request, d.addCallback(lambda record: json_body(request, 200, {
             "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
-            "size": record.size, "created_at": record.created_at}))
-        return _finish_async(request, d)
+            "size": record.size, "created_at": record.created_at})))
 
 
 class ChatResource(APIResource):
@@ -239,7 +208,7 @@ class ChatResource(APIResource):
     method = b"POST"
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
     def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService) -> None:
@@ -248,19 +217,18 @@ class ChatResource(APIResource):
 
     def handle(self, request: Request) -> Any:
         try:
-            body = json.loads(request.content.read() or b"null")
+            body = json.loads(_content(request).read() or b"null")
         except ValueError:
-            raise HTTPError(400, frames.INVALID_JSON, "body is not valid JSON") from None
+            raise HTTPError(400, ErrorCode.INVALID_JSON, "body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise HTTPError(400, frames.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
+            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
         chat_request = ChatRequest.parse(self.username(request, body), body)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        gone: list[Failure] = []
-        request.notifyFinish().addErrback(gone.append)
+        client = Departure(request)
 
         def deliver(event: Event) -> None:
-            if gone:
+            if client.gone:
                 return  # the turn goes on and is stored; nobody is reading
             request.write(b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n")
             if event.get("type") == "end":
@@ -322,4 +290,6 @@ class OpenAPIResource(Resource):
 def load_openapi() -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(resources.files("livetx.web").joinpath("openapi.yaml").read_text("utf-8"))
+    text = resources.files("livetx.web").joinpath("openapi.yaml").read_text("utf-8")
+    spec: dict[str, Any] = yaml.safe_load(text)
+    return spec

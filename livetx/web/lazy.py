@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 
@@ -16,17 +16,18 @@ class OnFirstRequest(Resource):
     below its own), as the site walks the tree before anything is made.
     """
 
-    def __init__(self, make: Callable[[], Resource], leaf: bool = False) -> None:
+    def __init__(self, make: Callable[[], IResource], leaf: bool = False) -> None:
         super().__init__()
         self._make = make
         self.isLeaf = leaf
 
     @functools.cached_property
-    def resource(self) -> Resource:
+    def resource(self) -> IResource:
         return self._make()
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
-        return self.resource.getChildWithDefault(path, request)
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        child: IResource = self.resource.getChildWithDefault(path, request)
+        return child
 
     def render(self, request: Request) -> Any:
         return self.resource.render(request)

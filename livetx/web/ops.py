@@ -11,20 +11,21 @@ opens no flood of upstream connections. A draining server is not ready.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.metrics import ServerMetrics
-from livetx.web.http_api import _finish_async, _json
 from livetx.web.lazy import OnFirstRequest
+from livetx.web.replies import finish_async, json_body
 
 #: Seconds a readiness probe waits for each upstream service.
 PROBE_TIMEOUT = 2.0
@@ -38,7 +39,7 @@ class Health(Resource):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:
-        return _json(request, 200, {"status": "ok"})
+        return json_body(request, 200, {"status": "ok"})
 
 
 def _address(base_url: str) -> tuple[str, int]:
@@ -49,9 +50,12 @@ def _address(base_url: str) -> tuple[str, int]:
 def probe(reactor: Any, host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Deferred[None]:
     """Open and at once close a TCP connection; fails when the host is unreachable."""
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    d = endpoint.connect(Factory.forProtocol(Protocol))
-    d.addCallback(lambda protocol: protocol.transport.loseConnection())
-    return d
+    def close(protocol: IProtocol) -> None:
+        transport = cast(Protocol, protocol).transport
+        assert transport is not None  # connect() fires once connected
+        transport.loseConnection()
+
+    return endpoint.connect(Factory.forProtocol(Protocol)).addCallback(close)
 
 
 class Ready(Resource):
@@ -75,8 +79,12 @@ class Ready(Resource):
             self._probing = self.check()
             self._probing.addCallback(self._remember)
         if self._probing is not None:
-            return waiter_for(self._probing).addCallback(lambda _: self._checks)
-        return succeed(self._checks)
+            return waiter_for(self._probing).addCallback(lambda _: self._known())
+        return succeed(self._known())
+
+    def _known(self) -> dict[str, Any]:
+        assert self._checks is not None  # a check has finished before anyone reads it
+        return self._checks
 
     def _remember(self, checks: dict[str, Any]) -> dict[str, Any]:
         self._checks, self._checked_at, self._probing = checks, self._reactor.seconds(), None
@@ -104,21 +112,21 @@ class Ready(Resource):
 
     def render_GET(self, request: Request) -> Any:
         if self._draining():  # stopping: the load balancer should send no one new
-            return _json(request, 503, {"status": "draining"})
+            return json_body(request, 503, {"status": "draining"})
 
         def answer(checks: dict[str, Any]) -> bytes:
             ready = all(c["ok"] for c in checks.values())
             body = {"status": "ready" if ready else "unready", "checks": checks}
-            return _json(request, 200 if ready else 503, body)
+            return json_body(request, 200 if ready else 503, body)
 
-        return _finish_async(request, self.current().addCallback(answer))
+        return finish_async(request, self.current().addCallback(answer))
 
 
 def ops_routes(
     metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False
 ) -> dict[str, Resource]:
     """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping."""
-    def scraped() -> Resource:
+    def scraped() -> IResource:
         from prometheus_client.twisted import MetricsResource
 
         return MetricsResource(registry=metrics.registry)

@@ -3,8 +3,8 @@
 Plain files from the package, no build step; ``twisted.web.static.File``
 handles caching headers and ranges. Directory listings are off. The file
 resources are made on the first page request: ``twisted.web.static`` reads
-the system's MIME table when imported, half a megabyte an idle server (or
-one that only serves sockets) would otherwise hold.
+the system's MIME table when imported, memory an idle server (or one that
+only serves sockets) would otherwise hold.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ import functools
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from livetx.web.lazy import OnFirstRequest
+
+if TYPE_CHECKING:
+    from twisted.web.static import File
 
 STATIC = Path(str(resources.files("livetx.web") / "static"))
 
 
 @functools.cache
-def _files() -> Any:
+def _files() -> type[File]:
     """``File`` for package files only: a directory answers 404, not a listing."""
     with warnings.catch_warnings():
         # Its module-level 404 pages use a deprecated class; ours are replaced below.
@@ -32,19 +35,19 @@ def _files() -> Any:
         from twisted.web.static import File
 
     class Files(File):
-        childNotFound = notFound()
+        childNotFound = notFound()  # type: ignore[assignment]  # any resource serves; Twisted names one class
 
-        def directoryListing(self) -> Resource:
+        def directoryListing(self) -> IResource:
             return notFound()
 
     return Files
 
 
-def _index() -> Resource:
+def _index() -> IResource:
     return _files()(str(STATIC / "index.html"), defaultType="text/html; charset=utf-8")
 
 
-def _static() -> Resource:
+def _static() -> IResource:
     files = _files()(str(STATIC))
     files.contentTypes = {**files.contentTypes, ".js": "text/javascript; charset=utf-8"}
     return files

@@ -7,102 +7,39 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
-from collections import Counter
 from functools import partial
-from typing import Any, Callable
+from typing import cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from livetx import __version__
-from livetx.config import ServerConfig
-from livetx.deferreds import waiter_for
-from livetx.live import frames
-from livetx.live.frames import Frame, FrameError
-from livetx.live.session import LiveSession, Pipeline
-from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.store import ConversationStore
-from livetx.store.conversation import StoredConversation, default_live_session
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
+from livetx.config import ServerConfig
+from livetx.domain import Engines, MemoryOpener
+from livetx.errors import ErrorCode, SessionForbidden
+from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.live import frames
+from livetx.live.frames import Frame, FrameError
+from livetx.live.session import LiveSession
+from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
+from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer
 
 _log = Logger()
-
-NORMAL = 1000
-POLICY_VIOLATION = 1008
-GOING_AWAY = 1001
 
 #: Frames still taken while the server drains: they stop work, never start it.
 STOPPING = frozenset({"interrupt", "truncate"})
 
 
-@implementer(IPushProducer)
-class SendBuffer:
-    """Registered with the socket's transport, which says when its buffer is full.
-
-    While the transport is paused (the client reads slower than we write),
-    ``pause`` holds back the session's speech, the bulk of what it sends;
-    every byte still sent waits in memory, and past ``limit`` of them the
-    client is too slow to serve and :meth:`sent` says so.
-    """
-
-    def __init__(self, limit: int, pause: Callable[[], None] = lambda: None,
-                 resume: Callable[[], None] = lambda: None) -> None:
-        self.limit = limit
-        self.paused = False
-        self.waiting = 0
-        self._pause = pause
-        self._resume = resume
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self._pause()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.waiting = 0
-        self._resume()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-    def sent(self, size: int) -> bool:
-        """Account for ``size`` bytes written; true when the client is hopelessly behind."""
-        if self.paused:
-            self.waiting += size
-        return 0 < self.limit < self.waiting
-
-
-class _FromFactory:
-    """One Autobahn setting, read from the factory when the socket first uses it.
-
-    Autobahn copies each of its ~30 settings from the factory onto every new
-    socket and pretty-prints the list for a debug line, debug logging on or
-    not: a tenth of a millisecond a socket, a fifth of a connection's cost.
-    With the list it walks left empty (``CONFIG_ATTRS``), each setting comes
-    through here instead and is kept on the socket after its first read.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
-        if protocol is None:
-            return self
-        value = protocol.__dict__[self.name] = getattr(protocol.factory, self.name)
-        return value
-
-
-class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
+@settings_from_factory
+class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autobahn's two bases disagree on `peer`
     """One client socket of any of the three Live API endpoints."""
 
     factory: LiveServerFactory
@@ -116,8 +53,6 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
     finished: Deferred[None] | None = None
     #: The client was told the server is shutting down (it is told once).
     told_draining = False
-    #: Autobahn's settings come through :class:`_FromFactory` (set below the class).
-    CONFIG_ATTRS: tuple[str, ...] = ()
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.admission = self.factory.gate(request)
@@ -130,7 +65,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         if admission.refusal is None and admission.username is not None:
             crowded = self.factory.connections.crowded(admission, self.factory.limits)
             if crowded is not None:
-                admission = refusal(crowded, frames.RATE_LIMITED, notice=bool(admission.key_id))
+                admission = refusal(crowded, ErrorCode.RATE_LIMITED, notice=bool(admission.key_id))
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
@@ -146,21 +81,19 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             limits.max_send_buffer_bytes, pause=partial(self._flow, False), resume=partial(self._flow, True)
         )
         # Twisted Web's channel registered itself on this transport; the socket is ours now.
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self.buffer, True)
-        self.callLater = self.factory.clock.callLater
+        transport = cast(IConsumer, self.transport)
+        transport.unregisterProducer()
+        transport.registerProducer(self.buffer, True)
+        # TimeoutMixin's documented hook for its clock.
+        self.callLater = self.factory.clock.callLater  # type: ignore[method-assign, assignment]
         self.setTimeout(limits.idle_timeout or None)
         memory = None
-        if self.factory.store is not None:
-            memory = StoredConversation(
-                self.factory.store,
-                admission.username,
-                admission.session_id or default_live_session(admission.username),
-            )
+        if self.factory.memories is not None:
+            memory = self.factory.memories(admission.username, admission.session_id)
             memory.opened.addErrback(self._memory_refused)
         self.session = LiveSession(
             username=admission.username,
-            pipeline=self.factory.pipeline,
+            engines=self.factory.engines,
             clock=self.factory.clock,
             emit=self.send,
             memory=memory,
@@ -183,8 +116,8 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             (self.session.resume_output if flowing else self.session.pause_output)()
 
     def _memory_refused(self, failure: Failure) -> None:
-        if failure.check(PermissionError):
-            self.send(frames.error(frames.FORBIDDEN, "this session belongs to another user"))
+        if isinstance(failure.value, SessionForbidden):
+            self.send(frames.error(failure.value.code, failure.value.message))
             self.close_with(POLICY_VIOLATION, "Forbidden session")
         else:
             _log.failure("Could not open the stored conversation", failure)
@@ -199,7 +132,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             if verdict is Verdict.CLOSE:
                 self.close_with(POLICY_VIOLATION, "Too many messages")
             else:
-                self.send(self._error(frames.RATE_LIMITED, "too many messages; slow down"))
+                self.send(self._error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
             return
         draining = self.factory.connections.draining
         if isBinary and self.session.settings.binary_audio and self.admission.mode != "chat":
@@ -224,7 +157,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
                 self.chat = ChatChannel(self.factory.chat, self.session.username, self.send)
             self.chat.receive(frame)
         else:
-            self.send(frames.error(frames.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+            self.send(frames.error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
 
     def _refuse_while_draining(self) -> None:
         """Running turns finish, nothing new starts: say so once, then drop input.
@@ -234,7 +167,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         """
         if not self.told_draining:
             self.told_draining = True
-            self.send(self._error(frames.PROCESSING_ERROR, "server is shutting down"))
+            self.send(self._error(ErrorCode.PROCESSING_ERROR, "server is shutting down"))
 
     @property
     def busy(self) -> bool:
@@ -242,7 +175,7 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
         live = self.session is not None and self.session.state == "processing"
         return live or (self.chat is not None and self.chat.busy)
 
-    def _error(self, code: str, message: str) -> Frame:
+    def _error(self, code: ErrorCode, message: str) -> Frame:
         """An error frame in the shape this socket's clients read."""
         return (frames.chat_error if self.admission.mode == "chat" else frames.error)(code, message)
 
@@ -264,70 +197,52 @@ class LiveServerProtocol(TimeoutMixin, WebSocketServerProtocol):
             self.finished.callback(None)
 
     def close_with(self, code: int, reason: str) -> None:
-        """Close with a protocol code such as 1008 or 1001.
-
-        Autobahn's ``sendClose`` accepts only 1000 and 3000–4999 from
-        applications; the reference's clients expect the standard codes.
-        """
-        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+        """Close with a protocol code such as 1008 or 1001 (see :mod:`livetx.fences.autobahn`)."""
+        close_with_code(self, code, reason)
 
     def send(self, frame: Frame | bytes) -> None:
         """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
-            binary = isinstance(frame, bytes)
-            payload = frame if binary else frames.encode(frame)
-            self.sendMessage(payload, isBinary=binary)
-            self.resetTimeout()
-            if not binary and self.observer is not None:
-                self.observer.sent(frame)
+            if isinstance(frame, bytes):
+                payload = frame
+                self.sendMessage(payload, isBinary=True)
+                self.resetTimeout()
+            else:
+                payload = frames.encode(frame)
+                self.sendMessage(payload, isBinary=False)
+                self.resetTimeout()
+                if self.observer is not None:
+                    self.observer.sent(frame)
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
                 self.close_with(POLICY_VIOLATION, "Client reads too slowly")
 
-    # Autobahn builds a coloured debug line (``hltype``/``hlval``) for every
-    # read and every write, even with debug logging off: 2.5 µs each, half
-    # the cost of sending a frame (a text turn sends about 60). These two
-    # overrides skip only that line.
-
-    def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if sync or chopsize or self.send_queue or self.logOctets or self.state != self.STATE_OPEN:
-            super().sendData(data, sync, chopsize)  # queued, chopped or logged: Autobahn's way
-            return
-        self.transport.write(data)
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
-
-
-for _name in WebSocketServerProtocol.CONFIG_ATTRS:
-    setattr(LiveServerProtocol, _name, _FromFactory(_name))
-
 
 class LiveServerFactory(WebSocketServerFactory):
-    """Per-endpoint factory; every endpoint shares the same limits and pipeline."""
+    """Per-endpoint factory; every endpoint shares the same limits and engines."""
 
-    protocol = LiveServerProtocol
+    protocol = LiveServerProtocol  # type: ignore[assignment]  # Twisted's annotation wants a generic callable
 
     def __init__(
         self,
         *,
         gate: Gate,
-        pipeline: Pipeline,
+        engines: Engines,
         limits: ServerConfig,
         connections: ConnectionTracker,
         clock: IReactorTime,
         chat: ChatService,
-        store: ConversationStore | None = None,
+        memories: MemoryOpener | None = None,
         metrics: ServerMetrics | None = None,
         endpoint: str = "",
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
         self.chat = chat
-        self.store = store
+        #: Opens each live connection's memory; None: conversations are not kept.
+        self.memories = memories
         self.gate = gate
-        self.pipeline = pipeline
+        self.engines = engines
         self.connections = connections
         self.clock = clock
         self.metrics = metrics or ServerMetrics()
@@ -368,105 +283,3 @@ def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
         perMessageCompressionAccept=lambda offers: None,
         webStatus=False,  # no HTML status page (it names the Autobahn version)
     )
-
-
-def _decrement(counter: Counter[Any], key: Any) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
-
-
-def _user(admission: Admission) -> tuple[str, str]:
-    """Whose sockets count together against ``max_connections_per_user``.
-
-    An API key holder names any username it likes, so its sockets count
-    apart from the dashboard's (JWT) ones and from other keys': a key cannot
-    use up a user's own allowance and lock the user out.
-    """
-    return admission.key_id or "", admission.username or ""
-
-
-class ConnectionTracker(Service):
-    """Knows the open sockets, so that stopping the server can drain and close them.
-
-    Stopping is graceful: the listening ports stop first (they are stopped
-    before this service), sockets refuse new work, running turns get up to
-    ``grace`` seconds to finish, then every socket is closed with 1001 (a turn
-    still running is interrupted, and its partial reply stored). ``drained``
-    fires when all of that is over, so the store can close after it.
-    """
-
-    #: How often draining looks whether the running turns are done.
-    POLL = 0.05
-
-    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
-        self._open: set[LiveServerProtocol] = set()
-        self._users: Counter[tuple[str, str]] = Counter()
-        self._keys: Counter[str] = Counter()
-        self._clock = clock
-        self._grace = grace
-        self.draining = False
-        self.drained: Deferred[None] = Deferred()
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
-        """Why one more socket for this user or key would be too many, if it would."""
-        if 0 < limits.max_connections_per_user <= self._users[_user(admission)]:
-            return "Too many connections for this user"
-        if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
-            return "Too many connections for this API key"
-        return None
-
-    def add(self, protocol: LiveServerProtocol) -> None:
-        if protocol not in self._open:
-            self._open.add(protocol)
-            self._users[_user(protocol.admission)] += 1
-            if protocol.admission.key_id:
-                self._keys[protocol.admission.key_id] += 1
-
-    def discard(self, protocol: LiveServerProtocol) -> None:
-        if protocol in self._open:
-            self._open.remove(protocol)
-            _decrement(self._users, _user(protocol.admission))
-            if protocol.admission.key_id:
-                _decrement(self._keys, protocol.admission.key_id)
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        self.draining = True
-        for protocol in self._open:  # no new turn may start from speech already heard
-            protocol.stop_listening()
-        done = self._drain().addCallback(lambda _: self._close_all())
-        done.addBoth(self._drained)
-        return done
-
-    def _drain(self) -> Deferred[None]:
-        """Fire when no socket runs a turn, or when the grace period is over."""
-        if self._clock is None or self._grace <= 0:
-            return succeed(None)
-        deadline = self._clock.seconds() + self._grace
-        idle: Deferred[None] = Deferred()
-
-        def look() -> None:
-            if not any(p.busy for p in self._open) or self._clock.seconds() >= deadline:
-                idle.callback(None)
-            else:
-                self._clock.callLater(self.POLL, look)
-
-        look()
-        return idle
-
-    def _close_all(self) -> Deferred[Any]:
-        closing = []
-        for protocol in list(self._open):
-            if protocol.finished is not None:
-                closing.append(waiter_for(protocol.finished))
-            protocol.close_with(GOING_AWAY, "Server shutting down")
-        return DeferredList(closing)
-
-    def _drained(self, result: Any) -> Any:
-        if not self.drained.called:
-            self.drained.callback(None)
-        return result

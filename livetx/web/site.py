@@ -7,16 +7,16 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import combinedLogFormatter
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from livetx.config import ServerConfig
 from livetx.chat.service import ChatService
-from livetx.live.session import Pipeline
+from livetx.config import ServerConfig
+from livetx.domain import Engines, MemoryOpener
 from livetx.metrics import ServerMetrics
-from livetx.store import ConversationStore
 from livetx.web.admission import Gate
-from livetx.web.protocol import ConnectionTracker, LiveServerFactory, echo_factory
+from livetx.web.connections import ConnectionTracker
+from livetx.web.protocol import LiveServerFactory, echo_factory
 
 #: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
 WEBSOCKET_ROUTES: dict[str, str] = {
@@ -42,17 +42,18 @@ class _WithoutQuery:
 
 def redacted_log_formatter(timestamp: str, request: Request) -> str:
     """Twisted's combined log format, minus the secrets in the query string."""
-    return combinedLogFormatter(timestamp, _WithoutQuery(request))
+    line: str = combinedLogFormatter(timestamp, _WithoutQuery(request))
+    return line
 
 
 class _Node(Resource):
     """A path segment; unknown children get an escaped 404 page."""
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
 
-def _mount(root: Resource, path: str, leaf: Resource) -> None:
+def _mount(root: Resource, path: str, leaf: IResource) -> None:
     parts = path.strip("/").encode("ascii").split(b"/")
     node = root
     for part in parts[:-1]:
@@ -67,12 +68,12 @@ def _mount(root: Resource, path: str, leaf: Resource) -> None:
 def build_site(
     *,
     gates: dict[str, Gate],
-    pipeline: Pipeline,
+    engines: Engines,
     limits: ServerConfig,
     connections: ConnectionTracker,
     clock: Any,
     chat: ChatService,
-    store: ConversationStore | None = None,
+    memories: MemoryOpener | None = None,
     routes: dict[str, Resource] | None = None,
     metrics: ServerMetrics | None = None,
     echo: bool = False,
@@ -85,12 +86,12 @@ def build_site(
     for path, gate_name in WEBSOCKET_ROUTES.items():
         factory = LiveServerFactory(
             gate=gates[gate_name],
-            pipeline=pipeline,
+            engines=engines,
             limits=limits,
             connections=connections,
             clock=clock,
             chat=chat,
-            store=store,
+            memories=memories,
             metrics=metrics,
             endpoint=path,
         )

@@ -1,0 +1,69 @@
+"""The types the layers share: what a server's engines are, and what a conversation remembers.
+
+They sit below the live core, the providers and the store, so that engines
+and storage know nothing of sessions, and sessions nothing of how engines
+are built or where turns are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred
+
+from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The engines and limits every live session of a server shares.
+
+    Not the pipeline: a :class:`livetx.live.turn.Turn` is that; this is what
+    it draws on.
+    """
+
+    llm: ChatModel
+    tts: SpeechSynthesizer | None
+    stt: SpeechRecognizer | None
+    system_prompt: str = ""
+    history_turns: int = 20
+    tts_concurrency: int = 2
+    max_segment_seconds: float = 60.0
+    #: The model takes images: chat-mode image attachments are sent to it as such.
+    vision: bool = False
+    #: Called with (username, wav) for every segment, when audio is to be kept.
+    keep_audio: Callable[[str, bytes], None] | None = None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One finished turn as the conversation remembers it."""
+
+    user: str
+    reply: str
+    interrupted: bool = False
+
+
+class Memory(Protocol):
+    """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        """The last ``turns`` exchanges, oldest first."""
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+        """Keep a finished turn; writes are applied in the order they are asked for."""
+
+    def revise(self, exchange: Exchange) -> None:
+        """Replace the reply of the turn this memory remembered last (after ``truncate``)."""
+
+
+class OpenedMemory(Memory, Protocol):
+    """A memory that first checks the conversation is its user's."""
+
+    #: Fails with :class:`livetx.errors.SessionForbidden` for another user's session.
+    opened: Deferred[Any]
+
+
+#: Opens the memory of a live connection: (username, session id asked for, if any).
+MemoryOpener = Callable[[str, "str | None"], OpenedMemory]

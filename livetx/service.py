@@ -1,0 +1,179 @@
+"""The service graph: every long-lived part of a server, built and wired in one place.
+
+The tap parses options and listens; everything between the configuration
+and the site is made here, each part handed the collaborators it uses.
+Shutdown order is part of the wiring: the parent stops its children in
+reverse order, so the listening ports (added last, by the caller) stop
+first, then the open sockets drain, then the store and the upstream pool
+close.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from livetx.auth.keys import KeyStore
+from livetx.auth.tokens import SECRET_FILE, load_or_create_secret
+from livetx.chat.service import ChatService
+from livetx.config import Config
+from livetx.deferreds import waiter_for
+from livetx.domain import Engines
+from livetx.fences.treq import make_http_client
+from livetx.metrics import ServerMetrics
+from livetx.providers.factory import build_engines
+from livetx.store.conversation import live_memories
+from livetx.store.sqlite import SQLiteStore
+from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
+from livetx.web.connections import ConnectionTracker
+from livetx.web.http_api import api_routes
+from livetx.web.ops import ops_routes
+from livetx.web.pages import page_routes
+from livetx.web.site import build_site
+
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class Services:
+    """What :func:`build_services` made: the parent service and the site to listen with."""
+
+    root: MultiService
+    site: Site
+
+
+def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool = False) -> Services:
+    """Build the whole server but its listening ports, which the caller adds to ``root``."""
+    fresh = not settings.auth.jwt_secret and not (data_dir / SECRET_FILE).exists()
+    secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
+    if fresh:
+        _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
+                  path=str(data_dir / SECRET_FILE))
+    http, pool = make_http_client(reactor)
+    engines = build_engines(settings, http, reactor, data_dir)
+    store = SQLiteStore(data_dir)
+    connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
+    connections.setName("connections")
+    keys = KeyStore(data_dir)
+    chat = ChatService(store=store, engines=engines, clock=reactor)
+    metrics = ServerMetrics()
+    # One failed-auth count per address across endpoints; the origin check is
+    # for the browser (JWT) endpoints.
+    failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
+    origins = settings.server.allowed_origins
+    site = build_site(
+        gates={
+            "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
+            "jwt_unified": guarded(jwt_gate(secret, None), failures=failures, origins=origins),
+            "api_key": guarded(api_key_gate(keys), failures=failures, notice=True),
+        },
+        engines=engines,
+        limits=settings.server,
+        connections=connections,
+        clock=reactor,
+        chat=chat,
+        memories=live_memories(store),
+        routes={
+            **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining),
+            **page_routes(),
+        },
+        metrics=metrics,
+        echo=echo,
+    )
+    root = MultiService()
+    # Stopped in reverse order: (the caller's ports,) open sockets (running
+    # turns get [server] shutdown_grace to finish), then, once they are
+    # drained, the store (after its queued writes) and the upstream pool.
+    Closing(pool.closeCachedConnections, after=connections.drained).setServiceParent(root)
+    Closing(store.close, after=connections.drained).setServiceParent(root)
+    connections.setServiceParent(root)
+    FreezeStartup(reactor).setServiceParent(root)
+    WarmUp(engines, reactor).setServiceParent(root)
+    return Services(root=root, site=site)
+
+
+class Closing(Service):
+    """Releases something that holds resources (a store, a pool) when the server stops."""
+
+    def __init__(self, close: Callable[[], Any], after: Deferred[None] | None = None) -> None:
+        self._close = close
+        self._after = after
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self._after is None:
+            return maybeDeferred(self._close)
+        return waiter_for(self._after).addCallback(lambda _: self._close())
+
+
+class FreezeStartup(Service):
+    """Once the server runs, take what start-up made out of the cycle collector's sight.
+
+    Modules, configuration and the site live as long as the process, yet
+    every full collection walked them again, a stall that every turn in
+    flight waited through (benchmarks/RESULTS.md says how long).
+    Garbage is collected first, so nothing unreachable is kept for good;
+    then glibc hands back the heap pages that start-up freed, where it can.
+    A server started inside a process whose reactor already runs (tests,
+    an embedding program) leaves that process's collector alone.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        if not self._reactor.running:
+            self._reactor.callWhenRunning(self._freeze)
+
+    @staticmethod
+    def _freeze() -> None:
+        gc.collect()
+        gc.freeze()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Return free heap memory to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: musl, macOS
+        return
+    trim(0)
+
+
+class WarmUp(Service):
+    """Loads the engines that are slow to load (those with a ``warm()``) as the server starts.
+
+    Otherwise the first reply would wait for a model to load, with nothing in
+    the log to say why; now the log says what is loading and how long it took.
+    """
+
+    def __init__(self, engines: Engines, clock: Any) -> None:
+        self._engines: list[Any] = [e for e in (engines.tts, engines.stt, engines.llm) if hasattr(e, "warm")]
+        self._clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        for engine in self._engines:
+            name, started = getattr(engine, "name", type(engine).__name__), self._clock.seconds()
+            _log.info("loading {engine}; replies wait for it", engine=name)
+
+            def loaded(_: object, name: str = name, started: float = started) -> None:
+                _log.info("{engine} loaded in {seconds:.1f} s", engine=name, seconds=self._clock.seconds() - started)
+
+            def failed(failure: Failure, name: str = name) -> None:
+                _log.error("{engine} failed to load: {why}", engine=name, why=failure.getErrorMessage())
+
+            engine.warm().addCallbacks(loaded, failed)

@@ -1,0 +1,167 @@
+"""Flow control and the register of open sockets: what the server needs to pace and drain them.
+
+:class:`SendBuffer` paces one socket's output by its transport's buffer;
+:class:`ConnectionTracker` counts sockets per user and key, and drains and
+closes them all when the server stops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from livetx.config import ServerConfig
+from livetx.deferreds import waiter_for
+from livetx.web.admission import Admission
+
+if TYPE_CHECKING:
+    from livetx.web.protocol import LiveServerProtocol
+
+NORMAL = 1000
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+
+
+@implementer(IPushProducer)
+class SendBuffer:
+    """Registered with the socket's transport, which says when its buffer is full.
+
+    While the transport is paused (the client reads slower than we write),
+    ``pause`` holds back the session's speech, the bulk of what it sends;
+    every byte still sent waits in memory, and past ``limit`` of them the
+    client is too slow to serve and :meth:`sent` says so.
+    """
+
+    def __init__(self, limit: int, pause: Callable[[], None] = lambda: None,
+                 resume: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.paused = False
+        self.waiting = 0
+        self._pause = pause
+        self._resume = resume
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._pause()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.waiting = 0
+        self._resume()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def sent(self, size: int) -> bool:
+        """Account for ``size`` bytes written; true when the client is hopelessly behind."""
+        if self.paused:
+            self.waiting += size
+        return 0 < self.limit < self.waiting
+
+
+def _decrement(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+def _user(admission: Admission) -> tuple[str, str]:
+    """Whose sockets count together against ``max_connections_per_user``.
+
+    An API key holder names any username it likes, so its sockets count
+    apart from the dashboard's (JWT) ones and from other keys': a key cannot
+    use up a user's own allowance and lock the user out.
+    """
+    return admission.key_id or "", admission.username or ""
+
+
+class ConnectionTracker(Service):
+    """Knows the open sockets, so that stopping the server can drain and close them.
+
+    Stopping is graceful: the listening ports stop first (they are stopped
+    before this service), sockets refuse new work, running turns get up to
+    ``grace`` seconds to finish, then every socket is closed with 1001 (a turn
+    still running is interrupted, and its partial reply stored). ``drained``
+    fires when all of that is over, so the store can close after it.
+    """
+
+    #: How often draining looks whether the running turns are done.
+    POLL = 0.05
+
+    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
+        self._open: set[LiveServerProtocol] = set()
+        self._users: Counter[tuple[str, str]] = Counter()
+        self._keys: Counter[str] = Counter()
+        self._clock = clock
+        self._grace = grace
+        self.draining = False
+        self.drained: Deferred[None] = Deferred()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
+        """Why one more socket for this user or key would be too many, if it would."""
+        if 0 < limits.max_connections_per_user <= self._users[_user(admission)]:
+            return "Too many connections for this user"
+        if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
+            return "Too many connections for this API key"
+        return None
+
+    def add(self, protocol: LiveServerProtocol) -> None:
+        if protocol not in self._open:
+            self._open.add(protocol)
+            self._users[_user(protocol.admission)] += 1
+            if protocol.admission.key_id:
+                self._keys[protocol.admission.key_id] += 1
+
+    def discard(self, protocol: LiveServerProtocol) -> None:
+        if protocol in self._open:
+            self._open.remove(protocol)
+            _decrement(self._users, _user(protocol.admission))
+            if protocol.admission.key_id:
+                _decrement(self._keys, protocol.admission.key_id)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.draining = True
+        for protocol in self._open:  # no new turn may start from speech already heard
+            protocol.stop_listening()
+        done = self._drain().addCallback(lambda _: self._close_all())
+        done.addBoth(self._drained)
+        return done
+
+    def _drain(self) -> Deferred[None]:
+        """Fire when no socket runs a turn, or when the grace period is over."""
+        clock = self._clock
+        if clock is None or self._grace <= 0:
+            return succeed(None)
+        deadline = clock.seconds() + self._grace
+        idle: Deferred[None] = Deferred()
+
+        def look() -> None:
+            if not any(p.busy for p in self._open) or clock.seconds() >= deadline:
+                idle.callback(None)
+            else:
+                clock.callLater(self.POLL, look)
+
+        look()
+        return idle
+
+    def _close_all(self) -> Deferred[Any]:
+        closing = []
+        for protocol in list(self._open):
+            if protocol.finished is not None:
+                closing.append(waiter_for(protocol.finished))
+            protocol.close_with(GOING_AWAY, "Server shutting down")
+        return DeferredList(closing)
+
+    def _drained(self, result: Any) -> Any:
+        if not self.drained.called:
+            self.drained.callback(None)
+        return result

@@ -1,0 +1,116 @@
+"""The library internals livetx/fences/ leans on still have the shape it relies on.
+
+Each check names what an upgrade would have to keep; when one fails, read
+the matching module in livetx/fences/ before raising the cap in setup.cfg.
+"""
+
+from __future__ import annotations
+
+import inspect
+from http.cookiejar import CookieJar
+from typing import Any, Callable
+
+import treq.client
+from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from hyperlink import EncodedURL
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+
+from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
+
+
+def parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def body(function: Callable[..., Any]) -> str:
+    return inspect.getsource(function)
+
+
+# -- Autobahn ------------------------------------------------------------------
+
+
+def test_autobahn_copies_the_settings_it_lists_in_config_attrs() -> None:
+    names = WebSocketServerProtocol.CONFIG_ATTRS
+    assert names and all(isinstance(n, str) for n in names)
+    factory = WebSocketServerFactory()
+    missing = [n for n in names if not hasattr(factory, n)]
+    assert missing == [], "settings_from_factory reads these from the factory"
+    assert "self.CONFIG_ATTRS" in body(WebSocketProtocol._connectionMade)
+
+
+def test_autobahn_reads_through_data_received_into_the_private_reader() -> None:
+    assert parameters(WebSocketProtocol._dataReceived) == ["self", "data"]
+    assert "self._dataReceived(data)" in body(WebSocketAdapterProtocol.dataReceived)
+
+
+def test_autobahn_send_data_keeps_the_queue_and_traffic_counter_quiet_io_bypasses() -> None:
+    assert parameters(WebSocketProtocol.sendData) == ["self", "data", "sync", "chopsize"]
+    source = body(WebSocketProtocol.sendData)
+    for name in ("send_queue", "trafficStats.outgoingOctetsWireLevel", "logOctets", "self.transport.write"):
+        assert name in source, name
+
+
+def test_autobahn_send_close_frame_takes_any_code() -> None:
+    assert parameters(WebSocketProtocol.sendCloseFrame) == ["self", "code", "reasonUtf8", "isReply"]
+
+
+@settings_from_factory
+class _Fenced(QuietIO):
+    pass
+
+
+def test_fenced_socket_reads_settings_from_its_factory_and_writes_plainly() -> None:
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(autoFragmentSize=0, maxMessagePayloadSize=1234)
+    factory.protocol = _Fenced
+    protocol = factory.buildProtocol(None)
+    assert not _Fenced.CONFIG_ATTRS
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert protocol.maxMessagePayloadSize == 1234  # read from the factory on first use
+    assert protocol.send_queue is not None and protocol.trafficStats is not None
+    protocol.state = protocol.STATE_OPEN
+    before = protocol.trafficStats.outgoingOctetsWireLevel
+    protocol.sendData(b"abc")
+    assert transport.value() == b"abc"
+    assert protocol.trafficStats.outgoingOctetsWireLevel == before + 3
+    close_with_code(protocol, 1008, "x" * 200)
+    # A close frame (0x88) of 125 bytes: code 1008, and the reason cut to 123 bytes.
+    assert transport.value()[3:7] == b"\x88\x7d\x03\xf0"
+
+
+# -- treq, hyperlink, twisted.web client ---------------------------------------
+
+
+def test_treq_client_takes_the_jar_and_body_producer_the_fence_gives_it() -> None:
+    assert {"agent", "cookiejar", "data_to_body_producer"} <= set(parameters(treq.client.HTTPClient.__init__))
+    request = treq.client.HTTPClient.request
+    assert {"cookies", "allow_redirects", "unbuffered"} <= set(parameters(request))
+    source = body(request)
+    assert "EncodedURL" in source and ".to_uri().to_text()" in source, "PreparedURL relies on both"
+    assert "isinstance(cookies, CookieJar)" in source, "NO_COOKIES is passed as a ready jar"
+
+
+def test_cookie_jar_methods_no_cookies_overrides() -> None:
+    assert parameters(CookieJar.add_cookie_header) == ["self", "request"]
+    assert parameters(CookieJar.extract_cookies) == ["self", "response", "request"]
+    assert issubclass(NoCookies, CookieJar)
+
+
+def test_hyperlink_url_conversions_prepared_url_overrides() -> None:
+    assert parameters(EncodedURL.to_uri) == ["self"]
+    assert parameters(EncodedURL.to_text) == ["self", "with_password"]
+    url = PreparedURL.from_text("http://example.com/v1/chat")
+    assert url.to_uri() is url and url.to_text() == "http://example.com/v1/chat"
+
+
+def test_agent_takes_an_endpoint_factory_with_a_pool() -> None:
+    assert {"reactor", "endpointFactory", "pool"} <= set(parameters(Agent.usingEndpointFactory))
+    assert IAgentEndpointFactory.implementedBy(Endpoints)
+    assert "maxPersistentPerHost" in vars(HTTPConnectionPool)
+    client, pool = make_http_client(MemoryReactorClock())
+    assert isinstance(client, treq.client.HTTPClient) and isinstance(pool, HTTPConnectionPool)
