@@ -12,18 +12,18 @@ number); one chat stream from the OpenAI-compatible simulator, its events
 read with the same SSE decoder, with the conversation's history in the
 request; one speech request per sentence, sent as the sentence completes
 (two at a time, as livetx's default), audio forwarded in order; for a
-voice turn the segment's WAV posted for transcription first. Upstream requests go through the same treq client as
-livetx's (``livetx.fences.treq.make_http_client``: kept-alive pool, bodies written with their
-headers), so the floor has no artifact livetx avoids, such as a request
-body held back by Nagle's algorithm. Around that it is a bare Autobahn
-factory on a TCP port: no HTTP site, no authentication, no store, no state
-machine, no limits, no metrics, no logging. Like livetx it takes start-up's
-objects out of the cycle collector's sight once running (``gc.freeze``):
-otherwise every full collection walks all of Twisted and Autobahn again, a
-pause of tens of milliseconds that is no part of a turn's work. What livetx
-does beyond this is
-what the ratios price; what the client library costs is in the absolute
-figures, recorded with the machine's calibration.
+voice turn the segment's WAV posted for transcription first. Upstream
+requests go through the same treq client as livetx's
+(``livetx.fences.treq.make_http_client``: kept-alive pool, bodies written
+with their headers), so the floor has no artifact livetx avoids, such as a
+request body held back by Nagle's algorithm. Around that it is a bare
+Autobahn factory on a TCP port: no HTTP site, no authentication, no store,
+no state machine, no limits, no metrics, no logging. Like livetx it takes
+start-up's objects out of the cycle collector's sight once running
+(``gc.freeze``): otherwise every full collection walks all of Twisted and
+Autobahn again, a pause that is no part of a turn's work. What livetx does beyond this is what the ratios price; what
+the client library costs is in the absolute figures, recorded with the
+machine's calibration.
 
     python benchmarks/floor_server.py --port 6186 --upstream http://127.0.0.1:8900/v1
 """
