@@ -75,7 +75,7 @@ class Options(usage.Options):
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise usage.UsageError(f"cannot create --data-dir {str(data_dir)!r}: {e.strerror}") from None
+            stop_startup(f"cannot create the data dir {str(data_dir)!r}: {e.strerror}")
         self["data-dir"] = data_dir
         try:
             self["settings"] = configuration.load(
@@ -128,7 +128,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     settings: configuration.Config = options["settings"]
     data_dir: Path = options["data-dir"]
-    services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
+    try:
+        services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
+    except OSError as e:  # the data dir's secret or key files cannot be read or written
+        stop_startup(f"cannot use the data dir {str(data_dir)!r}: {e.filename or ''}: {e.strerror or e}")
     # Added last, so stopped first: no new connection while the others drain.
     for description in options["listen"]:
         _Listening(description, services.site, reactor).setServiceParent(services.root)

@@ -80,6 +80,15 @@ def start_up_error(tmp_path: Path, *args: str) -> str:
     return lines[0]
 
 
+def test_a_data_dir_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    assert start_up_error(tmp_path, "--data-dir", str(tmp_path / "a-file" / "data")).startswith(
+        f"livetx: cannot create the data dir '{tmp_path / 'a-file' / 'data'}': ")
+    (tmp_path / "d" / "jwt_secret").mkdir(parents=True)  # where the secret should be
+    assert start_up_error(tmp_path).startswith(
+        f"livetx: cannot use the data dir '{tmp_path / 'd'}': {tmp_path / 'd' / 'jwt_secret'}: ")
+
+
 def test_a_port_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
