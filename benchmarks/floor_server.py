@@ -12,7 +12,9 @@ number); one chat stream from the OpenAI-compatible simulator, its events
 read with the same SSE decoder, with the conversation's history in the
 request; one speech request per sentence, sent as the sentence completes
 (two at a time, as livetx's default), audio forwarded in order; for a
-voice turn the segment's WAV posted for transcription first. Upstream
+voice turn the segment's WAV posted for transcription first; for ``interrupt`` during a turn, ``stop_play`` at
+once and nothing more of that turn (its upstream requests run on unread,
+where livetx closes them). Upstream
 requests go through the same treq client as livetx's
 (``livetx.fences.treq.make_http_client``: kept-alive pool, bodies written
 with their headers), so the floor has no artifact livetx avoids, such as a
@@ -69,11 +71,15 @@ class FloorProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.turn = 0
+        self.running: set[int] = set()
+        #: Interrupted turns: they run on upstream, but none of their frames is sent.
+        self.silenced: set[int] = set()
         self.pcm: list[bytes] = []
         self.history: list[dict[str, str]] = []
 
     def send(self, frame: dict[str, Any]) -> None:
-        self.sendMessage(orjson.dumps(frame))
+        if frame.get("turn") not in self.silenced:
+            self.sendMessage(orjson.dumps(frame))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         frame = orjson.loads(payload)
@@ -86,6 +92,9 @@ class FloorProtocol(WebSocketServerProtocol):
             self.pcm.append(base64.b64decode(frame["data"]))
         elif kind == "end_speaking":
             ensureDeferred(self.voice_turn(b"".join(self.pcm)))
+        elif kind == "interrupt" and self.turn in self.running and self.turn not in self.silenced:
+            self.send({"t": "stop_play", "turn": self.turn})
+            self.silenced.add(self.turn)
 
     async def voice_turn(self, pcm: bytes) -> None:
         wav = io.BytesIO()
@@ -105,6 +114,7 @@ class FloorProtocol(WebSocketServerProtocol):
 
     async def run_turn(self, text: str, input_type: str) -> None:
         self.turn += 1
+        self.running.add(self.turn)
         turn, upstream, clock = self.turn, self.factory.upstream, time.monotonic
         started = clock()
         self.send({"t": "metrics", "data": {"input_type": input_type}, "turn": turn})
@@ -170,6 +180,7 @@ class FloorProtocol(WebSocketServerProtocol):
         self.send({"t": "metrics", "data": {"wav_to_tts_total_time": spoken_at - started}, "turn": turn})
         self.history = [*self.history, {"role": "user", "content": text},
                         {"role": "assistant", "content": "".join(reply)}][-2 * HISTORY_TURNS:]
+        self.running.discard(turn)
 
 
 class Upstream:

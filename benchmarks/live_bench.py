@@ -254,6 +254,8 @@ def turn_runs(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> list[dict[
 
 
 def main() -> None:
+    import asyncio
+
     args = _arguments()
     import live_client
     import live_scenarios as sc
@@ -287,8 +289,14 @@ def main() -> None:
         with _target(args, args.delay) as server:
             summaries.append(sc.run(sc.idle(server, levels, args.hold, args.concurrency)))
     if "interrupt" in wanted:
-        with _target(args, args.interrupt_delay) as server:
-            summaries.append(sc.run(sc.interrupts(server, args.trials, args.settle)))
+        with ExitStack() as servers:
+            floor = servers.enter_context(_target(args, args.interrupt_delay, floor=True)) if args.floor else None
+            server = servers.enter_context(_target(args, args.interrupt_delay))
+            base = asyncio.run(sc.interrupts(floor, args.trials, args.settle)) if floor is not None else None
+            summary = asyncio.run(sc.interrupts(server, args.trials, args.settle))
+            if base is not None:
+                sc.compare(summary, base, sc.COMPARED_INTERRUPTS)
+            summaries.append(sc.show(summary))
     for summary in summaries:
         summary["pinned"] = bool(args.pin)
         summary["calibration"] = calibration

@@ -47,3 +47,24 @@ async def test_the_floor_sends_what_livetx_sends_for_a_turn(livetx: Any, openai:
         await bare.close_and_wait()
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_floor_stops_a_turn_on_interrupt_as_livetx_does(openai: Any) -> None:
+    openai.reply = synthetic_reply(40, 5)
+    openai.token_delay = 0.01  # the interrupt scenario's pace: the turn still runs at its first audio
+    port = reactor.listenTCP(0, floor_factory(reactor, openai.base_url), interface="127.0.0.1")
+    try:
+        client = await connect(f"ws://127.0.0.1:{port.getHost().port}/")
+        client.send({"t": "interrupt"})  # no turn running: nothing happens
+        client.send({"t": "text_input", "text": "interrupt me"})
+        await client.until("response")
+        client.send({"t": "interrupt"})
+        await client.until("stop_play")
+        client.send({"t": "text_input", "text": "and now?"})
+        after = await client.until("end", timeout=20)
+        assert [f.get("turn") for f in after] == [2] * len(after)  # nothing more of turn 1
+        assert "stop_play" not in kinds(after)
+        await client.close_and_wait()
+    finally:
+        await port.stopListening()
