@@ -132,6 +132,23 @@ class STTConfig(ServiceConfig):
 
 
 @dataclass(frozen=True)
+class ToolsConfig:
+    """Server-side tools the model may call (docs/tools.md); none unless named here."""
+
+    #: Built-in (``clock``, ``calculator``) or installed (entry point group ``livetx.tools``) tools.
+    enabled: list[str] = field(default_factory=list)
+    #: Seconds one call may run before it is cancelled and reported as failed.
+    timeout: float = 10.0
+    #: Model rounds that may call tools; then the model must answer without them.
+    max_rounds: int = 3
+    #: A call still running this long makes the turn say ``filler`` (once a turn).
+    filler_after_ms: int = 1500
+    filler: str = "One moment."
+    #: The ``clock`` tool's time zone (an IANA name).
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -140,6 +157,7 @@ class Config:
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
     stt: STTConfig = STTConfig()
+    tools: ToolsConfig = ToolsConfig()
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(Config)

@@ -43,6 +43,9 @@ class Exchange:
     user: str
     reply: str
     interrupted: bool = False
+    #: The tool calls made while replying, each with where in ``reply`` it was made
+    #: and its record (livetx.tools.record).
+    tools: tuple[tuple[int, dict[str, Any]], ...] = ()
 
 
 class Memory(Protocol):
@@ -51,8 +54,11 @@ class Memory(Protocol):
     def recall(self, turns: int) -> Deferred[list[Exchange]]:
         """The last ``turns`` exchanges, oldest first."""
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        """Keep a finished turn; writes are applied in the order they are asked for."""
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        """Keep a finished turn, both sides in one transaction; fires once committed (or failed, logged).
+
+        Writes are applied in the order they are asked for.
+        """
 
     def revise(self, exchange: Exchange) -> None:
         """Replace the reply of the turn this memory remembered last (after ``truncate``)."""

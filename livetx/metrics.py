@@ -1,10 +1,9 @@
-"""What a running server counts, read off the frames it sends.
+"""What a running server counts, told by the turns themselves.
 
-The session core stays pure: nothing here is called by it. The protocol
-layer shows every frame it sends to a :class:`TurnObserver`, which already
-says all there is to know about a turn: it starts with a ``metrics`` frame
-naming the ``input_type``, streams ``bot_delta_chunk`` and ``response``
-frames, and ends with ``end`` (or ``stop_play`` when interrupted). Each
+A connection's :class:`TurnObserver` is a
+:class:`livetx.live.events.TurnListener` of its session: each turn reports
+its start, first delta, first audio, provider timings and its end with an
+outcome, and the protocol layer adds each error frame it sends. Each
 server owns a :class:`ServerMetrics` with its own ``CollectorRegistry``, so
 several servers in one process (as in the tests) count independently.
 
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from livetx.errors import ErrorCode
+from livetx.live.events import Ignore, MetricsFrames, Outcome
 from livetx.providers.base import LLMError, ProviderError, STTError, TTSError
 
 if TYPE_CHECKING:
@@ -38,18 +37,6 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 
 
 #: Error codes that mean an outside service failed, by the provider kind.
 PROVIDER_CODES: dict[str, str] = {cls.code: cls.kind for cls in (ProviderError, LLMError, TTSError, STTError)}
-#: Error codes after which the turn produced no (complete) reply.
-FAILED_CODES = {LLMError.code, STTError.code, ProviderError.code, ErrorCode.INTERNAL_ERROR, ErrorCode.STT_UNAVAILABLE}
-
-#: Provider timings the session reports in ``metrics`` frames: key → (kind, stage).
-PROVIDER_TIMINGS = {
-    "llm_ttft": ("llm", "first"),
-    "llm_total_time": ("llm", "total"),
-    "tts_first_frame_time": ("tts", "first"),
-    "tts_total_time": ("tts", "total"),
-}
-#: Which metric names the engine of each kind.
-PROVIDER_NAMES = {"llm": "chat_model", "tts": "tts", "stt": "stt"}
 
 
 class _Value:
@@ -186,6 +173,12 @@ class ServerMetrics:
             ["kind", "provider", "stage"], LATENCY_BUCKETS)
         self.provider_failures = self._add(
             "counter", "livetx_provider_failures", "Provider failures reported to clients.", ["kind"])
+        self.tool_calls = self._add(
+            "counter", "livetx_tool_calls",
+            "Tool calls (live and chat turns) by tool and status (ok, failed, refused, timeout, cancelled).",
+            ["tool", "status"])
+        self.tool_seconds = self._add(
+            "histogram", "livetx_tool_seconds", "Tool call latency.", ["tool"], LATENCY_BUCKETS)
 
     def _add(
         self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (),
@@ -214,13 +207,14 @@ class ServerMetrics:
     def refused_at(self, endpoint: str) -> None:
         self.refused.labels(endpoint).inc()
 
+    def tool_ended(self, name: str, status: str, seconds: float) -> None:
+        """A tool call of a live or chat turn ended (livetx.tools)."""
+        self.tool_calls.labels(name, status).inc()
+        self.tool_seconds.labels(name).observe(seconds)
 
-#: Frames that only matter the first time in a turn (after the first delta).
-_ROUTINE = frozenset({"bot_delta_chunk", "bot_text_chunk"})
 
-
-class TurnObserver:
-    """One connection's view: follows each turn through the frames sent."""
+class TurnObserver(Ignore):
+    """One connection's view: each turn's events (a :class:`TurnListener`), and the error frames sent."""
 
     def __init__(
         self, metrics: ServerMetrics, endpoint: str, mode: str, username: str, clock: IReactorTime
@@ -231,131 +225,100 @@ class TurnObserver:
         self._username = username
         self._clock = clock
         self._turn: _TurnRecord | None = None
+        #: What the turn's ``metrics`` frames say, for its log line.
+        self._values = MetricsFrames(_nowhere)
 
-    def sent(self, frame: dict[str, Any]) -> None:
-        """Called with every frame the server sends on this connection; never raises."""
-        try:
-            self._observe(frame)
-        except Exception:
-            _log.failure("Bug while counting a {kind!r} frame", kind=frame.get("t"))
-
-    def _observe(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("t")
-        if kind in _ROUTINE and self._turn is not None and self._turn.first_delta is not None:
-            return  # the bulk of a reply: nothing left to time or count
-        if kind == "error":
-            self._error(str(frame.get("code", "UNKNOWN")))
-        if frame.get("ct") == "chat":
-            return  # chat mode: errors count, turns are the live ones
-        if kind == "metrics":
-            self._metrics(frame.get("data") or {})
-            return
-        turn = self._turn
-        if turn is None:
-            return
-        now = self._clock.seconds()
-        if kind == "bot_delta_chunk" and turn.first_delta is None:
-            turn.first_delta = now - turn.started
-        elif kind == "response" and turn.first_audio is None:
-            turn.first_audio = now - turn.started
-        elif kind == "user_msg":
-            self._transcribed(turn, now)
-        elif kind == "stop_play":
-            self._m.interrupts.inc()
-            self._finish("interrupted")
-        elif kind == "end":
-            self._transcribed(turn, now)  # an empty transcript ends the turn at once
-            turn.ended = now - turn.started
-            # The session sends the turn's last metrics frame right after
-            # ``end``, in the same call: record the turn once it is in.
-            self._clock.callLater(0, self._finish_ended, turn)
-
-    def closed(self) -> None:
-        """The socket closed; a turn still running counts as interrupted."""
-        if self._turn is not None and self._turn.ended is None:
-            self._finish("interrupted")
-        self._m.open.labels(self._endpoint).dec()
-        self._m.closed.labels(self._endpoint, self._mode).inc()
-
-    def _metrics(self, data: dict[str, Any]) -> None:
-        now = self._clock.seconds()
-        if "input_type" in data:
-            if self._turn is not None and self._turn.ended is not None:
-                self._finish_ended(self._turn)
-            self._turn = _TurnRecord(str(data["input_type"]), now)
-        turn = self._turn
-        if turn is None:
-            return
-        turn.metrics.update(data)
-        if "stt" in data:
-            turn.stt_started = now
-        for key, (kind, stage) in PROVIDER_TIMINGS.items():
-            value = data.get(key)
-            if isinstance(value, (int, float)):
-                self._provider(kind, turn.metrics.get(PROVIDER_NAMES[kind], "?"), stage, value)
-
-    def _transcribed(self, turn: _TurnRecord, now: float) -> None:
-        if turn.stt_started is not None:
-            self._provider("stt", turn.metrics.get("stt", "?"), "total", now - turn.stt_started)
-            turn.stt_started = None
-
-    def _provider(self, kind: str, name: Any, stage: str, seconds: float) -> None:
-        self._m.provider_seconds.labels(kind, str(name), stage).observe(seconds)
-
-    def _error(self, code: str) -> None:
+    def error_sent(self, code: str) -> None:
+        """An error frame went out on this connection (in a turn or not, live or chat)."""
         self._m.errors.labels(code).inc()
         if code in PROVIDER_CODES:
             self._m.provider_failures.labels(PROVIDER_CODES[code]).inc()
-        if self._turn is not None and self._turn.ended is None:
+        if self._turn is not None:
             self._turn.errors.append(code)
 
-    def _finish_ended(self, turn: _TurnRecord) -> None:
-        if self._turn is turn:
-            failed = any(code in FAILED_CODES for code in turn.errors)
-            self._finish("failed" if failed else "ok")
+    def closed(self) -> None:
+        """The socket closed (a turn it ran was reported ended first)."""
+        self._m.open.labels(self._endpoint).dec()
+        self._m.closed.labels(self._endpoint, self._mode).inc()
 
-    def _finish(self, outcome: str) -> None:
+    # -- TurnListener --------------------------------------------------------
+
+    def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
+        self._turn = _TurnRecord(input_type)
+        self._values.turn_started(turn_id, input_type, assemble_seconds)
+
+    def provider_called(self, kind: str, provider: str) -> None:
+        self._values.provider_called(kind, provider)
+
+    def provider_timing(self, kind: str, provider: str, first: float | None, total: float) -> None:
+        if first is not None:
+            self._provider(kind, provider, "first", first)
+        self._provider(kind, provider, "total", total)
+        self._values.provider_timing(kind, provider, first, total)
+
+    def first_delta(self, seconds: float) -> None:
+        if self._turn is not None:
+            self._turn.first_delta = seconds
+
+    def first_audio(self, seconds: float) -> None:
+        if self._turn is not None:
+            self._turn.first_audio = seconds
+        self._values.first_audio(seconds)
+
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        self._m.tool_ended(name, status, seconds)
+        self._values.tool_finished(call_id, name, ok, status, seconds)
+
+    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
             return
+        self._values.turn_ended(outcome, seconds)
         m, kind = self._m, turn.input_type
-        m.turns.labels(kind, outcome).inc()
+        if outcome is Outcome.INTERRUPTED:
+            m.interrupts.inc()
+        label = "interrupted" if outcome is Outcome.DROPPED else outcome.value
+        m.turns.labels(kind, label).inc()
         if turn.first_delta is not None:
             m.first_delta.labels(kind).observe(turn.first_delta)
         if turn.first_audio is not None:
             m.first_audio.labels(kind).observe(turn.first_audio)
-        if turn.ended is not None:
-            m.turn_seconds.labels(kind).observe(turn.ended)
+        end = None
+        if label != "interrupted":
+            end = seconds
+            m.turn_seconds.labels(kind).observe(seconds)
         # One structured event per turn: timings and engine names, never text or credentials.
         _log.info(
             "Turn {outcome} for {username} on {endpoint} ({input_type}): first delta {first_delta}, "
             "first audio {first_audio}, end {end}",
             livetx_event="turn",
-            outcome=outcome,
+            outcome=label,
             username=self._username,
             endpoint=self._endpoint,
             input_type=kind,
             first_delta=_rounded(turn.first_delta),
             first_audio=_rounded(turn.first_audio),
-            end=_rounded(turn.ended),
+            end=_rounded(end),
             errors=list(turn.errors),
-            metrics=dict(turn.metrics),
+            metrics=dict(self._values.values),
         )
+
+    def _provider(self, kind: str, name: str, stage: str, seconds: float) -> None:
+        self._m.provider_seconds.labels(kind, name, stage).observe(seconds)
 
 
 class _TurnRecord:
-    __slots__ = ("input_type", "started", "first_delta", "first_audio", "ended", "stt_started",
-                 "errors", "metrics")
+    __slots__ = ("input_type", "first_delta", "first_audio", "errors")
 
-    def __init__(self, input_type: str, started: float) -> None:
+    def __init__(self, input_type: str) -> None:
         self.input_type = input_type
-        self.started = started
         self.first_delta: float | None = None
         self.first_audio: float | None = None
-        self.ended: float | None = None
-        self.stt_started: float | None = None
         self.errors: list[str] = []
-        self.metrics: dict[str, Any] = {}
+
+
+def _nowhere(frame: Any) -> None:
+    """The observer keeps the ``metrics`` values, and sends nothing."""
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -61,11 +61,12 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     http, pool = make_http_client(reactor)
     engines = build_engines(settings, http, reactor, data_dir)
     store = SQLiteStore(data_dir)
-    connections = ConnectionTracker(reactor, settings.server.shutdown_grace)
-    connections.setName("connections")
     keys = KeyStore(data_dir)
-    chat = ChatService(store=store, engines=engines, clock=reactor)
     metrics = ServerMetrics()
+    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended)
+    # Drains live, chat-socket and SSE turns alike when the server stops.
+    connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
+    connections.setName("connections")
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)

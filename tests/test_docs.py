@@ -6,8 +6,8 @@ from pathlib import Path
 
 from openapi_spec_validator import validate
 
+from livetx.diagram import render
 from livetx.errors import ErrorCode
-from livetx.live.diagram import render
 from livetx.providers.base import LLMError, STTError, TTSError
 from livetx.web.http_api import load_openapi
 from livetx.web.site import WEBSOCKET_ROUTES
@@ -17,7 +17,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def test_state_diagram_matches_the_table() -> None:
     committed = (DOCS / "state-machine.md").read_text()
-    assert committed == render(), "run: python -m livetx.live.diagram > docs/state-machine.md"
+    assert committed == render(), "run: python -m livetx.diagram > docs/state-machine.md"
 
 
 def test_openapi_is_valid_and_lists_every_endpoint_and_code() -> None:

@@ -18,6 +18,7 @@ FORBIDDEN = {
     "store": ("livetx.live", "livetx.web", "livetx.chat", "livetx.tap", "livetx.service"),
     "chat": ("livetx.web", "livetx.tap", "livetx.service"),
     "web": ("livetx.tap", "livetx.service"),
+    "tools": ("livetx.live", "livetx.web", "livetx.chat", "livetx.store", "livetx.tap", "livetx.service"),
 }
 #: Modules under every layer.
 BOTTOM = {"domain.py": FORBIDDEN["providers"] + ("livetx.store",), "errors.py": ("livetx.",)}

@@ -1,4 +1,4 @@
-"""Operations: Prometheus metrics read off the frames, liveness and readiness."""
+"""Operations: Prometheus metrics told by the turns, liveness and readiness."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def sample(metrics: ServerMetrics, name: str, **labels: str) -> float:
 
 
 class Observed:
-    """A real session on a fake clock whose frames go through a TurnObserver."""
+    """A real session on a fake clock reporting to a TurnObserver, which also sees its error frames."""
 
     def __init__(self) -> None:
         self.clock = Clock()
@@ -41,11 +41,15 @@ class Observed:
         self.observer = self.metrics.opened(LIVE, "live", "alice", self.clock)
         self.session = LiveSession(
             username="alice", engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt),
-            clock=self.clock, emit=self.observer.sent,
+            clock=self.clock, emit=self.sent, listener=self.observer,
         )
 
+    def sent(self, frame: dict[str, Any]) -> None:
+        if frame["t"] == "error":  # as the protocol layer does
+            self.observer.error_sent(frame["code"])
 
-def test_a_turns_latencies_come_from_its_frames() -> None:
+
+def test_a_turns_latencies_come_from_its_events() -> None:
     o = Observed()
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
@@ -55,8 +59,7 @@ def test_a_turns_latencies_come_from_its_frames() -> None:
         o.llm.last.say("Hello there. ")
         o.clock.advance(0.3)
         o.tts.finish(0)
-        o.llm.last.finish()
-        o.clock.advance(0)  # the turn is recorded once its last metrics frame is in
+        o.llm.last.finish()  # recorded at once: no waiting for a frame after ``end``
     finally:
         globalLogPublisher.removeObserver(events.append)
     m = o.metrics

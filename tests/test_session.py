@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from livetx.domain import Engines, Exchange
 from livetx.errors import ErrorCode
 from livetx.live import frames
-from livetx.live.session import CLIENT_EVENTS, MACHINE, STATES, LiveSession
+from livetx.live.rules import CLIENT_EVENTS, SESSION, STATES
+from livetx.live.session import LiveSession
 from livetx.providers.base import LLMError, STTError, TTSError
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
@@ -81,9 +82,9 @@ def test_text_turn_streams_deltas_and_interleaves_audio() -> None:
     assert h.kinds(8) == ["bot_delta_chunk", "metrics"]
     assert h.out[9]["data"]["chat_model"] == "scripted-model"
     h.tts.finish(1)
-    assert h.kinds(10) == ["bot_text_chunk", "response", "metrics", "end", "metrics"]
+    assert h.kinds(10) == ["bot_text_chunk", "response", "metrics", "metrics", "end"]
     assert h.out[12]["data"]["tts"] == "manual_tts"
-    assert "wav_to_tts_total_time" in h.out[14]["data"]
+    assert "wav_to_tts_total_time" in h.out[13]["data"]  # the last metrics go before end, on purpose
     assert h.state == "idle"
     assert h.session.history[-1].reply == "The first thing is this. The second thing is that."
 
@@ -100,7 +101,7 @@ def test_audio_keeps_sentence_order_when_synthesis_finishes_out_of_order() -> No
     h.tts.finish(2)
     captions = [f["data"]["text"] for f in h.out if f["t"] == "bot_text_chunk"]
     assert captions == ["Sentence number one.", "Sentence number two.", "Sentence three here."]
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
 
 
 def test_without_tts_the_whole_reply_comes_as_bot_msg() -> None:
@@ -111,7 +112,7 @@ def test_without_tts_the_whole_reply_comes_as_bot_msg() -> None:
     assert "bot_text_chunk" not in h.kinds() and "response" not in h.kinds()
     bot_msg = next(f for f in h.out if f["t"] == "bot_msg")
     assert bot_msg["data"]["text"] == "Hello. Nice to meet you."
-    assert h.kinds()[-3:] == ["bot_msg", "end", "metrics"]
+    assert h.kinds()[-3:] == ["bot_msg", "metrics", "end"]
 
 
 def test_busy_session_refuses_text_and_keeps_the_running_turn() -> None:
@@ -122,7 +123,7 @@ def test_busy_session_refuses_text_and_keeps_the_running_turn() -> None:
     assert len(h.llm.calls) == 1
     h.llm.last.say("still here")
     h.llm.last.finish()
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
 
 
 def test_interrupt_cancels_everything_and_nothing_follows_stop_play() -> None:
@@ -195,7 +196,7 @@ def test_model_failure_reports_and_ends_the_turn() -> None:
     h.llm.last.done.errback(LLMError("upstream said 500"))
     assert h.tts.cancelled == ["Partial answer."]
     assert {"t": "error", "data": "upstream said 500", "code": "LLM_ERROR"} in h.out
-    assert h.kinds()[-2:] == ["end", "metrics"]
+    assert h.kinds()[-2:] == ["metrics", "end"]
     assert h.state == "idle"
     h.send("text_input", text="again")
     assert h.state == "processing"
@@ -210,7 +211,7 @@ def test_speech_failure_is_reported_once_and_text_survives() -> None:
         d.errback(TTSError("speech service down"))
     errors = [f for f in h.out if f["t"] == "error"]
     assert errors == [{"t": "error", "data": "speech service down", "code": "TTS_ERROR"}]
-    assert h.kinds()[-3:] == ["bot_msg", "end", "metrics"]
+    assert h.kinds()[-3:] == ["bot_msg", "metrics", "end"]
 
 
 # -- the state table -------------------------------------------------------
@@ -269,7 +270,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
 
 
 def test_table_covers_every_state_and_client_event() -> None:
-    assert set(MACHINE.states) == set(STATES)
+    assert set(SESSION.machine.states) == set(STATES)
     assert set(EXPECTED) == {(s, e) for s in STATES for e in CLIENT_EVENTS}
 
 
@@ -423,8 +424,9 @@ class SlowMemory:
         # Paused on an inner Deferred, as a real query chain is.
         return succeed(None).addCallback(lambda _: self.loaded)
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
         self.kept.append((exchange, input_type, metrics))
+        return succeed(None)
 
 
 def with_memory() -> tuple[Harness, SlowMemory]:
@@ -461,3 +463,84 @@ def test_interrupt_while_history_loads_starts_nothing() -> None:
     assert h.llm.calls == [] and h.state == "idle"
     h.send("text_input", text="again")
     assert h.llm.last.messages[-1] == {"role": "user", "content": "again"}
+
+
+# -- interrupted lasts until the turn is unwound ------------------------------
+
+
+class SlowWrites:
+    """A store whose writes finish when the test says so."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[Exchange, Deferred[None]]] = []
+
+    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+        return succeed([])
+
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.writes.append((exchange, d))
+        return d
+
+    def revise(self, exchange: Exchange) -> None:
+        pass
+
+
+def harness_with(memory: SlowWrites) -> Harness:
+    h = Harness(tts=False)
+    h.session = LiveSession(
+        username="alice", engines=Engines(llm=h.llm, tts=None, stt=h.stt), clock=h.clock, emit=h.record,
+        memory=memory,
+    )
+    return h
+
+
+def test_end_goes_out_once_the_turn_is_stored() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="keep me")
+    h.llm.last.say("Kept.")
+    h.llm.last.finish()
+    assert h.kinds()[-2:] == ["bot_msg", "metrics"] and h.state == "processing"
+    (exchange, stored), = memory.writes
+    assert exchange == Exchange("keep me", "Kept.")
+    stored.callback(None)
+    assert h.kinds()[-1] == "end" and h.state == "idle"
+
+
+def test_interrupted_lasts_until_the_partial_reply_is_stored_and_queues_one_turn() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="talk")
+    h.llm.last.say("Half of it")
+    assert h.send("interrupt") == [{"t": "stop_play"}]  # at once
+    assert h.state == "interrupted" and h.llm.last.cancelled
+    assert h.send("start_speaking", stamp="s") == []  # capture goes on
+    assert h.send("text_input", text="next") == []  # taken, and waits
+    assert h.send("text_input", text="and another")[0]["code"] == ErrorCode.PROCESSING_ERROR
+    assert len(h.llm.calls) == 1 and h.state == "interrupted"
+    (exchange, stored), = memory.writes
+    assert exchange == Exchange("talk", "Half of it", interrupted=True)
+    stored.callback(None)  # unwound: the queued turn starts, with the interrupted one in its context
+    assert h.state == "processing" and len(h.llm.calls) == 2
+    assert h.llm.last.messages[-3:] == [
+        {"role": "user", "content": "talk"},
+        {"role": "assistant", "content": "Half of it"},
+        {"role": "user", "content": "next"},
+    ]
+
+
+def test_turn_over_fires_when_the_turn_ends_however_it_ends() -> None:
+    h = Harness(tts=False)
+    assert h.session.turn_over().called  # nothing runs
+    h.send("text_input", text="hi")
+    over = h.session.turn_over()
+    h.llm.last.say("Hello.")
+    assert not over.called
+    h.llm.last.finish()
+    assert over.called and h.kinds()[-1] == "end"
+    h.send("start_speaking", stamp="s")
+    h.send("end_speaking", stamp="s")  # transcribing
+    over = h.session.turn_over()
+    h.session.close()
+    assert over.called and h.stt.requests[-1][1].called  # cancelled, and let go of

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from livetx.domain import Engines
-from livetx.live.session import STATES, LiveSession
+from livetx.live.rules import STATES
+from livetx.live.session import LiveSession
 from livetx.providers.echo import EchoChat
 
 from .doubles import ManualSTT, b64
@@ -79,4 +80,4 @@ def test_any_sequence_keeps_the_session_usable(sequence: list[tuple[dict[str, An
     session.receive({"t": "text_input", "text": "are you still there"})
     clock.pump([0.01] * 10)
     kinds = [f["t"] for f in out[mark:]]
-    assert kinds[-2:] == ["end", "metrics"] and "error" not in kinds, kinds
+    assert kinds[-2:] == ["metrics", "end"] and "error" not in kinds, kinds

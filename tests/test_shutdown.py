@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 
+from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import issue_token, load_or_create_secret
 from livetx.store.conversation import default_live_session
 from livetx.store.sqlite import SQLiteStore
@@ -21,8 +24,8 @@ from livetx.web.admission import Admission
 from livetx.web.connections import ConnectionTracker
 
 from .doubles import b64
-from .support import LiveClient, connect, open_socket
-from .test_live_ws import LIVE, kinds
+from .support import LiveClient, connect, frame_kind, open_socket
+from .test_live_ws import LIVE, OPEN_API, kinds
 from .test_twistd import TWISTD, free_port, wait_for_port
 
 #: The offline echo model, slowed down: a turn of N words takes N × 0.05 s.
@@ -126,9 +129,53 @@ async def test_past_the_grace_period_the_partial_reply_is_stored(tmp_path: Path)
     finally:
         await server.finish()
     assert client.close_code == 1001 and "end" not in kinds(client.frames)
+    assert kinds(client.frames)[-1] == "stop_play"  # its last event: stopped as by ``interrupt``
     partial = said(client)
     assert 0 < len(partial) < len(words) and words.startswith(partial)
     assert await stored_turn(server.data, "bo") == [("user", words, False), ("assistant", partial, True)]
+
+
+async def stored_chat(data: Path) -> list[tuple[str, str, bool, str]]:
+    store = SQLiteStore(data)
+    try:
+        sessions, _ = await store.sessions("cy", 0, 10)
+        rows = [m for session in sessions for m in await store.messages(session.id)]
+    finally:
+        await store.close()
+    return [(m.role, m.text, m.interrupted, m.metrics.get("outcome", "")) for m in rows]
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_grace_period_chat_and_sse_turns_are_stopped_stored_and_told(tmp_path: Path) -> None:
+    server = Twistd(tmp_path, SLOW_ECHO + "[server]\nshutdown_grace = 0.5\n")
+    words = " ".join(f"w{i}" for i in range(400))  # 20 s: far longer than the grace
+    key = KeyStore(server.data).create(["chat"])[1]
+    chunks: list[bytes] = []
+    try:
+        chat = await connect(f"ws://127.0.0.1:{server.port}{OPEN_API}?api_key={key}&username=cy&ct=chat")
+        chat.send({"ct": "chat", "t": "send", "message": words})
+        response = await treq.post(f"http://127.0.0.1:{server.port}/api/v1/chat", headers={"X-API-Key": key},
+                                   json={"username": "cy", "message": words}, reactor=reactor)
+        streamed = treq.collect(response, chunks.append)
+        await chat.until("plain")
+        while b'"plain"' not in b"".join(chunks):
+            await deferLater(reactor, 0.02, lambda: None)
+        server.terminate()
+        await chat.closed
+        await streamed  # the stream ends: the server finished the response
+    finally:
+        await server.finish()
+    events = [json.loads(e[6:]) for e in b"".join(chunks).decode().split("\n\n") if e.startswith("data: ")]
+    for got in (events, chat.frames):
+        assert [frame_kind(e) for e in got][-3:] == ["message_saved", "error", "end"]
+        assert got[-2]["code"] == "PROCESSING_ERROR" and got[-1]["session_id"] == got[0]["session_id"]
+    assert chat.close_code == 1001
+    said = sorted("".join(e["data"] for e in got if e.get("type") == "plain") for got in (events, chat.frames))
+    stored = await stored_chat(server.data)
+    assert sorted(text for role, text, _, _ in stored if role == "assistant") == said
+    assert all(0 < len(text) < len(words) for text in said)
+    assert sorted(stored) == sorted([("user", words, False, "")] * 2 + [
+        ("assistant", text, True, "interrupted") for text in said])
 
 
 class _Socket:
@@ -137,6 +184,8 @@ class _Socket:
     def __init__(self, busy: bool) -> None:
         self.admission = Admission(username="u")
         self.busy = busy
+        self.over: Deferred[None] = Deferred()
+        self.stopped = False
         self.finished: Deferred[None] = Deferred()
         self.closed_with: int | None = None
         self.listening = True
@@ -146,6 +195,23 @@ class _Socket:
 
     def stop_listening(self) -> None:
         self.listening = False
+
+    def turns_over(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.busy:
+            self.over.addBoth(lambda _: d.callback(None))
+        else:
+            d.callback(None)
+        return d
+
+    def finish_turn(self) -> None:
+        self.busy = False
+        self.over.callback(None)
+
+    def stop_turn(self) -> None:
+        self.stopped = True
+        if self.busy:
+            self.finish_turn()  # stopped: stored, its client told
 
 
 def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
@@ -160,10 +226,10 @@ def test_draining_waits_for_busy_sockets_up_to_the_grace_period() -> None:
     assert tracker.draining and idle.closed_with is None  # nobody is closed while turns run
     assert not any(s.listening for s in (idle, busy, stuck))  # nor starts a turn from speech
     clock.advance(1)
-    busy.busy = False
-    clock.advance(ConnectionTracker.POLL)
-    assert idle.closed_with is None  # the stuck turn still has time
+    busy.finish_turn()  # the tracker waits on the turn itself, no polling
+    assert idle.closed_with is None and not stuck.stopped  # the stuck turn still has time
     clock.advance(5)
+    assert stuck.stopped and not stuck.busy  # past the grace: what still runs is stopped
     assert [s.closed_with for s in (idle, busy, stuck)] == [1001, 1001, 1001]
     assert done == []  # until every socket has let go of its session
     for socket in (idle, busy, stuck):

@@ -111,6 +111,7 @@ def test_a_port_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
         ('[tts]\nprovider = "piper"\n', "[tts] model must name a Piper voice"),
         ('[stt]\nprovider = "whisper"\nmodel = "/no/model"\n', "[stt] model '/no/model' does not exist"),
         ('[stt]\ngrammar = "/no/such/grammar.jsgf"\n', "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
+        ('[tools]\nenabled = ["clock", "lights"]\n', "[tools] unknown tool 'lights'; available: calculator, clock"),
     ],
 )
 def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, message: str) -> None:

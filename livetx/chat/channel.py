@@ -9,9 +9,11 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from livetx.chat.service import ChatRequest, ChatService, ChatTurn, Event
+from livetx.deferreds import waiter_for
 from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
@@ -22,7 +24,11 @@ Emit = Callable[[Frame], None]
 def envelope(event: Event) -> Frame:
     """A chat event as a socket frame; errors keep the reference's ``t`` key."""
     if event.get("type") == "error":
-        return frames.chat_error(event["code"], event["data"])
+        frame = frames.chat_error(event["code"], event["data"])
+        for key in ("session_id", "message_id"):  # a turn's error names its session, as its other events do
+            if event.get(key) is not None:
+                frame[key] = event[key]
+        return frame
     return {"ct": "chat", **event}
 
 
@@ -39,6 +45,10 @@ class ChatChannel:
     def busy(self) -> bool:
         """A chat turn is running (the server lets it finish before stopping)."""
         return self._turn is not None
+
+    def turn_over(self) -> Deferred[None]:
+        """Fires once no chat turn of this socket runs (at once if none does)."""
+        return succeed(None) if self._turn is None else waiter_for(self._turn.done)
 
     def _deliver(self, event: Event) -> None:
         self._emit(envelope(event))

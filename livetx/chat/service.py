@@ -12,17 +12,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
+from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.errors import ErrorCode, LivetxError, NoSuchSession, SessionForbidden
 from livetx.live.frames import FrameError
+from livetx.live.machine import Table
 from livetx.live.turn import describe_failure
 from livetx.providers.base import Message
 from livetx.store import ConversationStore, Part
+from livetx.tools.record import reply_parts
 
 _log = Logger()
 
@@ -93,18 +97,42 @@ class ChatRequest:
         )
 
 
+#: A chat turn's life: it runs, then ends one of four ways once its text is stored.
+CHAT_TURN = Table("chat turn", ["running", "interrupted", "stopped", "failed", "ended"], [
+    {"trigger": "cancel", "source": "running", "dest": "interrupted"},
+    {"trigger": "stop", "source": "running", "dest": "stopped"},
+    {"trigger": "fail", "source": "running", "dest": "failed"},
+    {"trigger": "end", "source": ["running", "interrupted", "stopped", "failed"], "dest": "ended"},
+    {"trigger": "cancel", "source": ["interrupted", "stopped", "failed", "ended"], "dest": None},
+    {"trigger": "stop", "source": ["interrupted", "stopped", "failed", "ended"], "dest": None},
+], initial="running")
+
+
 class ChatTurn:
-    """One running reply; ``cancel`` stops it and keeps what was produced."""
+    """One running reply; ``cancel`` (the client) or ``stop`` (the server) ends it and keeps what was produced."""
 
     def __init__(self, request: ChatRequest) -> None:
+        self.state = CHAT_TURN.initial
         self.request = request
         self.reply: list[str] = []
         self.done: Deferred[None] = Deferred()
         self.upstream: Deferred[Any] | None = None
-        self.interrupted = False
+        #: Known once the session is open; every event of the turn names it.
+        self.session_id = request.session_id
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state in ("interrupted", "stopped")
 
     def cancel(self) -> None:
-        self.interrupted = True
+        CHAT_TURN.fire(self, "cancel")
+        self._cancel_upstream()
+
+    def stop(self) -> None:
+        CHAT_TURN.fire(self, "stop")
+        self._cancel_upstream()
+
+    def _cancel_upstream(self) -> None:
         if self.upstream is not None and not self.upstream.called:
             self.upstream.cancel()
 
@@ -114,7 +142,10 @@ class ChatService:
 
     def __init__(
         self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
+        tool_ended: ToolEnded | None = None,
     ) -> None:
+        #: Told of each tool call that ends (the Prometheus metrics).
+        self._tool_ended = tool_ended
         # The model and its settings come the one way live sessions get them too.
         self._vision = engines.vision
         self._store = store
@@ -123,6 +154,9 @@ class ChatService:
         self._system_prompt = engines.system_prompt
         self._history_turns = engines.history_turns
         self._subscribers: dict[str, set[Subscriber]] = {}
+        self._running: set[ChatTurn] = set()
+        #: The server is stopping (set by the connection tracker).
+        self.draining = False
 
     # -- subscriptions -----------------------------------------------------
 
@@ -155,14 +189,34 @@ class ChatService:
 
     # -- turns ---------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """A chat turn runs (on a socket or over SSE)."""
+        return bool(self._running)
+
+    def turns_over(self) -> Deferred[None]:
+        """Fires once the turns running now are over and stored."""
+        return DeferredList([waiter_for(t.done) for t in self._running]).addCallback(lambda _: None)
+
+    def stop_all(self) -> None:
+        """The server stops: every running turn ends now, storing its text so far (marked interrupted)."""
+        for turn in list(self._running):
+            turn.stop()
+
     def start(self, request: ChatRequest, listener: Subscriber) -> ChatTurn:
         """Run a turn; its events go to ``listener`` and the session's subscribers."""
         turn = ChatTurn(request)
+        self._running.add(turn)
         d = self._store.open_session(request.username, request.session_id, "chat")
         d.addCallback(lambda session: self._run(turn, session.id, listener))
         d.addErrback(self._failed, turn, listener)
-        d.addBoth(lambda _: turn.done.callback(None))
+        d.addBoth(lambda _: self._over(turn))
         return turn
+
+    def _over(self, turn: ChatTurn) -> None:
+        self._running.discard(turn)
+        CHAT_TURN.fire(turn, "end")
+        turn.done.callback(None)
 
     async def _content(self, request: ChatRequest) -> str | list[dict[str, Any]]:
         """The user message for the model; images go along when the model takes them."""
@@ -180,30 +234,38 @@ class ChatService:
         return [{"type": "text", "text": text}, *images] if images else text
 
     def _run(self, turn: ChatTurn, session_id: str, listener: Subscriber) -> Deferred[None]:
+        turn.session_id = session_id
         return Deferred.fromCoroutine(self._turn(turn, session_id, listener))
 
     async def _turn(self, turn: ChatTurn, session_id: str, listener: Subscriber) -> None:
+        """Stream the reply, then store the question and the reply in one transaction, then ``end``."""
         request = turn.request
         content = await self._content(request)
         history = await self._store.messages(session_id, limit=2 * self._history_turns)
-        await self._store.add_message(session_id, "user", request.parts, input_type="chat")
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
-        context += [{"role": m.role, "content": m.text} for m in history if m.text]
+        for stored in history:
+            context += history_messages(stored)
         context.append({"role": "user", "content": content})
 
-        def publish(kind: str, data: Any, streaming: bool = False) -> None:
+        def publish(kind: str, data: Any, streaming: bool = False, **extra: Any) -> None:
             self._publish(session_id, listener, {
                 "type": kind, "data": data, "streaming": streaming, "chain_type": None,
-                "message_id": request.message_id,
+                "message_id": request.message_id, **extra,
             })
+
+        tools = None
+        if getattr(self._llm, "offers_tools", False):
+            tools = ChatToolEvents(
+                self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c), self._tool_ended
+            )
 
         started = self._clock.seconds()
         first: list[float] = []
 
         def on_delta(text: str) -> None:
-            if turn.interrupted:
+            if turn.state != "running":
                 return
             if not first:
                 first.append(self._clock.seconds() - started)
@@ -211,32 +273,60 @@ class ChatService:
             if request.streaming:
                 publish("plain", text, streaming=True)
 
-        if not turn.interrupted:  # interrupted while the history loaded: no model call
-            turn.upstream = self._llm.stream(context, on_delta)
+        failure: Failure | None = None
+        if turn.state == "running":  # interrupted while the history loaded: no model call
+            if tools is not None:
+                turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
+            else:
+                turn.upstream = self._llm.stream(context, on_delta)
             try:
                 await turn.upstream
             except CancelledError:
                 pass
+            except Exception:
+                failure = Failure()
+                CHAT_TURN.fire(turn, "fail")
         reply = "".join(turn.reply)
-        if not request.streaming and not turn.interrupted:
+        if not request.streaming and turn.state == "running":
             publish("plain", reply)
-        publish("agent_stats", {
-            "time_to_first_token": first[0] if first else None,
-            "total_time": self._clock.seconds() - started,
-            "model": self._llm.model,
-            "interrupted": turn.interrupted,
-        })
-        saved = await self._store.add_message(
-            session_id, "assistant", [{"type": "plain", "text": reply}], interrupted=turn.interrupted,
+        outcome = {"running": "ok", "stopped": "interrupted"}.get(turn.state, turn.state)
+        metrics: dict[str, Any] = {"outcome": outcome}
+        if tools is not None and tools.trail:
+            metrics.update(tools.trail.metrics())
+        error: tuple[ErrorCode, str] | None = None
+        if failure is not None:
+            error = self._describe(failure)
+            metrics["error"] = error[0]
+        else:
+            publish("agent_stats", {
+                "time_to_first_token": first[0] if first else None,
+                "total_time": self._clock.seconds() - started,
+                "model": self._llm.model,
+                "interrupted": turn.interrupted,
+                **{k: v for k, v in metrics.items() if k.startswith("tool")},
+            })
+        steps = tools.trail.steps if tools is not None else ()
+        _, saved = await self._store.add_turn(
+            session_id, request.parts, reply_parts(reply, steps),
+            interrupted=turn.interrupted, input_type="chat", metrics=metrics,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})
+        if turn.state == "stopped":
+            error = (ErrorCode.PROCESSING_ERROR, "server is shutting down; the reply was cut")
+        if error is not None:
+            publish("error", error[1], code=error[0])
         publish("end", "")
 
-    def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
+    def _describe(self, failure: Failure) -> tuple[ErrorCode, str]:
+        """An error event's code and text (bugs are logged, and say nothing more)."""
         if isinstance(failure.value, LivetxError):  # a refusal, or an engine that failed
-            code, message = failure.value.code, failure.value.message
-        else:
-            _log.failure("Chat turn failed", failure)
-            code, message = describe_failure(failure, ErrorCode.INTERNAL_ERROR)
-        listener({"type": "error", "code": code, "data": message, "message_id": turn.request.message_id})
-        listener({"type": "end", "data": "", "streaming": False, "message_id": turn.request.message_id})
+            return failure.value.code, failure.value.message
+        _log.failure("Chat turn failed", failure)
+        return describe_failure(failure, ErrorCode.INTERNAL_ERROR)
+
+    def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
+        """The turn failed before its model was called (no session, a bad attachment): nothing is stored."""
+        code, message = self._describe(failure)
+        base = {"message_id": turn.request.message_id, "session_id": turn.session_id}
+        listener({"type": "error", "code": code, "data": message, **base})
+        listener({"type": "end", "data": "", "streaming": False, **base})

@@ -48,8 +48,6 @@ ANOTHER_DATA_DIR = (
 
 LIVE_PATH = "/api/live_chat/ws"
 OPEN_API_PATH = "/api/v1/live/ws"
-#: How long to wait after ``end`` for the turn's last metrics frame.
-METRICS_GRACE = 0.5
 
 
 class ClientError(Exception):
@@ -216,9 +214,7 @@ class _TurnDriver:
             self._since_sent("first_audio")
             report.audio.append(base64.b64decode(data))
         elif kind == "metrics" and isinstance(data, dict):
-            report.metrics.update(data)
-            if "wav_to_tts_total_time" in data and "end" in report.timings:
-                self.finish(OK)
+            report.metrics.update(data)  # all of a turn's metrics come before its ``end``
         elif kind == "error":
             report.error = (str(frame.get("code", "ERROR")), str(data))
             if report.error[0] == UNAUTHORIZED and "turn" not in frame:
@@ -229,7 +225,7 @@ class _TurnDriver:
                 self.finish(OK)
         elif kind == "end":
             self._since_sent("end")
-            self._later(METRICS_GRACE, self.finish, OK)
+            self.finish(OK)
         elif kind == "stop_play" and report.interrupted:
             self._since_sent("end")
             self.finish(OK)

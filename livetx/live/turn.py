@@ -5,6 +5,13 @@ handed to text-to-speech straight away, so synthesis overlaps with the model
 still writing, and the audio is sent strictly in sentence order. Interrupting
 cancels every outstanding Deferred (which closes upstream connections) and
 silences the turn first, so nothing of it can reach the client afterwards.
+
+A turn's states (:data:`TURN`): ``streaming`` while the model writes,
+``speaking`` while the last sentences' audio is made, then one of
+``finished``, ``failed`` or ``interrupted``. Only a running turn sends
+anything. What happens to it is told to a
+:class:`livetx.live.events.TurnListener` as it happens; the session sends
+``end`` once the turn is stored.
 """
 
 from __future__ import annotations
@@ -22,12 +29,29 @@ from livetx.audio import audio_format, duration_ms
 from livetx.deferreds import waiter_for
 from livetx.errors import ErrorCode
 from livetx.live import frames
+from livetx.live.events import Ignore, TurnListener
+from livetx.live.machine import Table
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
+from livetx.tools import ToolCall, ToolOutcome
+from livetx.tools.record import ToolStep, ToolTrail
 
 #: Sends a frame, or (binary audio transport only) one binary message of audio.
 Emit = Callable[[frames.Frame | bytes], None]
 _log = Logger()
+
+_RUNNING = ("streaming", "speaking")
+_OVER = ["finished", "failed", "interrupted"]
+
+#: A turn's life. ``interrupt`` and ``fail`` after the end change nothing.
+TURN = Table("turn", ["streaming", "speaking", *_OVER], [
+    {"trigger": "model_done", "source": "streaming", "dest": "speaking"},
+    {"trigger": "finish", "source": "speaking", "dest": "finished"},
+    {"trigger": "fail", "source": list(_RUNNING), "dest": "failed"},
+    {"trigger": "interrupt", "source": list(_RUNNING), "dest": "interrupted"},
+    {"trigger": "fail", "source": _OVER, "dest": None},
+    {"trigger": "interrupt", "source": _OVER, "dest": None},
+], initial="streaming")
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,8 @@ class TurnResult:
     #: Per sentence whose audio was sent, in order: where it ends in ``reply``
     #: and how long its audio plays in ms (None when the format does not say).
     spoken: tuple[tuple[int, float | None], ...] = ()
+    #: The tool calls the model made, each with where in ``reply`` it was made.
+    tools: tuple[ToolStep, ...] = ()
 
     def heard(self, audio_end_ms: float) -> str:
         """The reply cut to the sentences whose audio ended by ``audio_end_ms`` of playback."""
@@ -74,11 +100,14 @@ class Turn:
         started_at: float,
         tts_concurrency: int = 2,
         binary_audio: bool = False,
+        listener: TurnListener | None = None,
     ) -> None:
+        self.state = TURN.initial
         self._clock = clock
         self._llm = llm
         self._tts = tts
-        self._emit: Emit | None = emit
+        self._emit = emit
+        self._listener: TurnListener = listener or Ignore()
         self._messages = messages
         self._started_at = started_at
         self._binary_audio = binary_audio
@@ -96,8 +125,10 @@ class Turn:
         self._tts_error_sent = False
         #: Set while the client reads too slowly: no new speech is started.
         self._gate: Deferred[None] | None = None
-        #: Every metric this turn reported, for the stored message.
-        self.metrics: dict[str, Any] = {}
+        #: The model's tool calls, when it is offered tools (livetx.tools).
+        self._trail: ToolTrail | None = ToolTrail(clock) if getattr(llm, "offers_tools", False) else None
+        #: True while an interrupt cancels the work: cancelled calls' results still go out.
+        self._cancelling = False
         self.done: Deferred[TurnResult] = Deferred()
 
     @property
@@ -107,34 +138,63 @@ class Turn:
     def start(self) -> Deferred[TurnResult]:
         """Begin streaming; ``done`` fires when the turn is over for any reason."""
         self._llm_started = self._clock.seconds()
+        self._listener.provider_called("llm", self._llm.model)
         try:
-            self._llm_call = self._llm.stream(self._messages, self._on_delta)
+            if self._trail is not None:
+                self._llm_call = self._llm.stream(self._messages, self._on_delta, self)  # type: ignore[call-arg]
+            else:
+                self._llm_call = self._llm.stream(self._messages, self._on_delta)
         except Exception:
             self._fail(Failure())
             return self.done
         self._llm_call.addCallbacks(self._llm_finished, self._llm_failed)
         return self.done
 
+    def silence(self) -> None:
+        """Stop the turn's work now; running tool calls report their cancellation as they stop.
+
+        The session calls this before it sends ``stop_play``, so those
+        ``tool_result`` frames come before it, then :meth:`interrupt`.
+        """
+        if self.state in _RUNNING:
+            TURN.fire(self, "interrupt")
+            self._cancelling = True
+            self._cancel_work()
+            self._cancelling = False
+
     def interrupt(self) -> TurnResult:
         """Silence the turn, cancel all its work, and say what was sent."""
-        result = self._result(interrupted=True)
-        if self._emit is None:
-            return result
-        self._emit = None
-        self._cancel_work()
-        self.done.callback(result)
+        self.silence()
+        result = self._result(interrupted=True)  # with the cancelled calls' results
+        if not self.done.called:
+            self.done.callback(result)
         return result
+
+    # -- tools (livetx.tools.ToolListener) ------------------------------------
+
+    def tool_started(self, call: ToolCall, arguments: Any) -> None:
+        """The text said before the call is spoken now, while the call runs, not held back."""
+        if self._trail is not None and self.state == "streaming":
+            for sentence in self._segmenter.flush():
+                self._speak(sentence)
+            self._listener.tool_called(call.id, call.name)
+            self._emit({"t": "tool_call", "data": self._trail.started(len(self.reply), call, arguments)})
+
+    def tool_finished(self, call: ToolCall, outcome: ToolOutcome) -> None:
+        """Sent even while an interrupt cancels the call: the client learns it ended."""
+        if self._trail is not None and (self.state == "streaming" or self._cancelling):
+            self._listener.tool_finished(call.id, call.name, outcome.ok, outcome.status, outcome.seconds)
+            self._emit({"t": "tool_result", "data": self._trail.finished(call, outcome)})
+
+    def filler_due(self, text: str) -> None:
+        """A tool runs long: say ``text`` so a voice user is not left in silence."""
+        if self.state == "streaming":
+            self._speak(text, filler=True)
 
     # -- the pipeline ----------------------------------------------------
 
-    def _send(self, frame: frames.Frame | bytes) -> None:
-        if self._emit is not None:
-            if isinstance(frame, dict) and frame["t"] == "metrics":
-                self.metrics.update(frame["data"])
-            self._emit(frame)
-
     def _on_delta(self, text: str) -> None:
-        if self._emit is None or not text:
+        if self.state != "streaming" or not text:
             return
         try:
             self._take_delta(text)
@@ -143,9 +203,11 @@ class Turn:
 
     def _take_delta(self, text: str) -> None:
         if self._llm_ttft is None:
-            self._llm_ttft = self._clock.seconds() - self._llm_started
+            now = self._clock.seconds()
+            self._llm_ttft = now - self._llm_started
+            self._listener.first_delta(now - self._started_at)
         self._reply.append(text)
-        self._send({"t": "bot_delta_chunk", "data": {"text": text}})
+        self._emit({"t": "bot_delta_chunk", "data": {"text": text}})
         for sentence in self._segmenter.feed(text):
             self._speak(sentence)
 
@@ -164,26 +226,27 @@ class Turn:
         if gate is not None:
             gate.callback(None)
 
-    def _speak(self, sentence: str) -> None:
+    def _speak(self, sentence: str, filler: bool = False) -> None:
         tts = self._tts
         if tts is None:
             return
         if self._tts_started is None:
             self._tts_started = self._clock.seconds()
+            self._listener.provider_called("tts", tts.name)
         flowing = succeed(None) if self._gate is None else waiter_for(self._gate)
         audio = _settled(flowing.addCallback(lambda _: self._semaphore.run(tts.synthesize, sentence)))
         self._pending.add(audio)
         audio.addBoth(self._forget, audio)
         self._tail.addCallback(lambda _: audio)
-        self._tail.addCallback(self._play, sentence)
+        self._tail.addCallback(self._play, sentence, filler)
 
     def _forget(self, result: Any, d: Deferred[Any]) -> Any:
         self._pending.discard(d)
         return result
 
-    def _play(self, outcome: tuple[bool, Any], sentence: str) -> None:
+    def _play(self, outcome: tuple[bool, Any], sentence: str, filler: bool = False) -> None:
         ok, value = outcome
-        if self._emit is None:
+        if self.state not in _RUNNING:
             return
         if not ok:
             self._tts_failed(value)
@@ -191,14 +254,17 @@ class Turn:
         now = self._clock.seconds()
         if self._tts_first is None:
             self._tts_first = now - (self._tts_started or now)
-            self._send({"t": "metrics", "data": {"speak_to_first_frame": now - self._started_at}})
-        self._send({"t": "bot_text_chunk", "data": {"text": sentence}})
+            self._listener.first_audio(now - self._started_at)
+        emit = self._emit
+        emit({"t": "bot_text_chunk", "data": {"text": sentence}})
         if self._binary_audio:  # a header frame, then the audio as it is
-            self._send({"t": "response", "format": audio_format(value), "bytes": len(value)})
-            self._send(value)
+            emit({"t": "response", "format": audio_format(value), "bytes": len(value)})
+            emit(value)
         else:
-            self._send({"t": "response", "data": base64.b64encode(value).decode("ascii")})
-        self._spoken.append((self._sentence_end(sentence), duration_ms(value)))
+            emit({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+        # A filler is heard but is no part of the reply: it moves playback, not text.
+        end = (self._spoken[-1][0] if self._spoken else 0) if filler else self._sentence_end(sentence)
+        self._spoken.append((end, duration_ms(value)))
 
     def _sentence_end(self, sentence: str) -> int:
         """Where a spoken sentence ends in the reply (sentences come in reply order)."""
@@ -212,66 +278,49 @@ class Turn:
         _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
         if not self._tts_error_sent:
             self._tts_error_sent = True
-            self._send(frames.error(*describe_failure(failure, ErrorCode.TTS_ERROR)))
+            self._emit(frames.error(*describe_failure(failure, ErrorCode.TTS_ERROR)))
 
     def _llm_finished(self, _: None) -> None:
-        if self._emit is None:
+        if self.state != "streaming":
             return
+        TURN.fire(self, "model_done")
         for sentence in self._segmenter.flush():
             self._speak(sentence)
-        self._send({
-            "t": "metrics",
-            "data": {
-                "llm_ttft": self._llm_ttft or 0.0,
-                "llm_total_time": self._clock.seconds() - self._llm_started,
-                "chat_model": self._llm.model,
-            },
-        })
+        self._listener.provider_timing(
+            "llm", self._llm.model, self._llm_ttft or 0.0, self._clock.seconds() - self._llm_started
+        )
         self._tail.addCallback(self._finish)
         self._tail.addErrback(self._fail)
 
     def _llm_failed(self, failure: Failure) -> None:
-        if self._emit is None:
-            return
         self._fail(failure)
 
     def _finish(self, _: object) -> None:
-        if self._emit is None:
+        if self.state != "speaking":
             return
         now = self._clock.seconds()
         if self._tts_first is not None:
-            self._send({
-                "t": "metrics",
-                "data": {
-                    "tts_first_frame_time": self._tts_first,
-                    "tts_total_time": now - (self._tts_started or now),
-                    "tts": self._tts.name if self._tts else "none",
-                },
-            })
+            self._listener.provider_timing(
+                "tts", self._tts.name if self._tts else "none", self._tts_first, now - (self._tts_started or now)
+            )
         elif self._reply:
-            self._send({"t": "bot_msg", "data": {"text": self.reply, "ts": frames.timestamp(now)}})
-        self._close(self._result())
+            self._emit({"t": "bot_msg", "data": {"text": self.reply, "ts": frames.timestamp(now)}})
+        TURN.fire(self, "finish")
+        self.done.callback(self._result())
 
     def _fail(self, failure: Failure) -> None:
         """A provider or a bug ended the turn: say so, then end it cleanly."""
-        if self._emit is None:
+        if self.state not in _RUNNING:
             return
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
-        self._send(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
-        self._close(self._result(failed=True))
+        self._emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
+        TURN.fire(self, "fail")
+        self.done.callback(self._result(failed=True))
 
     def _result(self, **outcome: bool) -> TurnResult:
-        return TurnResult(self.reply, spoken=tuple(self._spoken), **outcome)
-
-    def _close(self, result: TurnResult) -> None:
-        self._send({"t": "end"})
-        self._send({
-            "t": "metrics",
-            "data": {"wav_to_tts_total_time": self._clock.seconds() - self._started_at},
-        })
-        self._emit = None
-        self.done.callback(result)
+        tools = tuple(self._trail.steps) if self._trail is not None else ()
+        return TurnResult(self.reply, spoken=tuple(self._spoken), tools=tools, **outcome)
 
     def _cancel_work(self) -> None:
         if self._llm_call is not None and not self._llm_call.called:

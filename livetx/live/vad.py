@@ -29,6 +29,18 @@ from typing import Callable, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from livetx.audio import SAMPLE_RATE
+from livetx.live.machine import Table
+
+_OPEN = ["quiet", "onset", "speech"]
+
+#: The detector's states (the module docstring says what each means).
+VOICE = Table("voice detector", [*_OPEN, "closed"], [
+    {"trigger": "heard", "source": "quiet", "dest": "onset"},
+    {"trigger": "confirm", "source": "onset", "dest": "speech"},
+    {"trigger": "noise", "source": "onset", "dest": "quiet"},
+    {"trigger": "silence", "source": "speech", "dest": "quiet"},
+    {"trigger": "close", "source": _OPEN, "dest": "closed"},
+], initial="quiet")
 
 
 class Tunables(Protocol):
@@ -86,7 +98,7 @@ class VoiceDetector:
         self._onset: list[bytes] = []
         self._pending = bytearray()
         self._stall: IDelayedCall | None = None
-        self.state = "quiet"
+        self.state = VOICE.initial
         #: Stream time: milliseconds of audio classified so far.
         self.elapsed_ms = 0
         self._start_ms = 0
@@ -108,7 +120,8 @@ class VoiceDetector:
         self._preroll.clear()
         self._onset = []
         self._pending.clear()
-        self.state = "closed"
+        if self.state != "closed":
+            VOICE.fire(self, "close")
 
     # -- the state machine -------------------------------------------------
 
@@ -117,7 +130,7 @@ class VoiceDetector:
         self.elapsed_ms += self._frame_ms
         if self.state == "quiet":
             if speech:
-                self.state = "onset"
+                VOICE.fire(self, "heard")
                 self._onset = [frame]
                 self._start_ms = self.elapsed_ms - self._frame_ms
                 self._voiced_ms, self._silent_ms = self._frame_ms, 0
@@ -142,17 +155,17 @@ class VoiceDetector:
         audio = b"".join([*self._preroll, *self._onset])
         self._preroll.clear()
         self._onset = []
-        self.state = "speech"
+        VOICE.fire(self, "confirm")
         self._listener.speech_started(audio, self._start_ms)
 
     def _drop_onset(self) -> None:
         """Too little speech: noise. Its audio becomes pre-roll, as any quiet audio."""
         self._preroll.extend(self._onset)
         self._onset = []
-        self.state = "quiet"
+        VOICE.fire(self, "noise")
 
     def _stop(self) -> None:
-        self.state = "quiet"
+        VOICE.fire(self, "silence")
         self._cancel_stall()
         self._listener.speech_stopped(self.elapsed_ms)
 

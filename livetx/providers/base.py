@@ -7,7 +7,7 @@ depends on it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, TypedDict, runtime_checkable
+from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
@@ -24,6 +24,9 @@ class Message(TypedDict):
 
     role: str
     content: str | list[dict[str, Any]]
+    #: An assistant message that called tools, and a ``tool`` message's answer to one.
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
 
 
 def message_text(content: str | list[dict[str, Any]]) -> str:

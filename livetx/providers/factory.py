@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
 
 from livetx.config import Config, ConfigError
 from livetx.domain import Engines
@@ -80,6 +81,12 @@ def check(config: Config) -> None:
         _need_path("stt", "model", config.stt.model, "a faster-whisper model directory", directory=True)
     if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
         _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
+    if config.tools.enabled:  # loads the tools once, so a bad name stops start-up here
+        from twisted.internet.task import Clock
+
+        from livetx.tools.registry import load_tools
+
+        load_tools(config.tools, cast(IReactorTime, Clock()))  # nothing is called at start-up
 
 
 def _check_voice(config: Config) -> None:
@@ -103,6 +110,23 @@ def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any)
     return None if maker is None else maker(section, http, reactor)
 
 
+def _with_tools(llm: Any, config: Config, reactor: Any) -> Any:
+    """The model, offered the enabled tools when there are any and it can call them.
+
+    With ``[tools] enabled`` empty nothing of the tool code is imported and
+    turns go straight to the model, as before.
+    """
+    if not config.tools.enabled:
+        return llm
+    from livetx.tools import ToolCallingModel
+    from livetx.tools.loop import ToolingModel
+    from livetx.tools.registry import load_tools
+
+    if not isinstance(llm, ToolCallingModel):  # the echo model: it never calls tools
+        return llm
+    return ToolingModel(llm, load_tools(config.tools, reactor), config.tools, reactor)
+
+
 def build_engines(
     config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
 ) -> Engines:
@@ -113,7 +137,7 @@ def build_engines(
 
         archive = AudioArchive(data_dir / "audio", reactor)
     return Engines(
-        llm=_make(LLMS, config.llm, http, reactor),
+        llm=_with_tools(_make(LLMS, config.llm, http, reactor), config, reactor),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
         stt=_make(RECOGNIZERS, config.stt, http, reactor),
         system_prompt=config.llm.system_prompt,

@@ -31,6 +31,8 @@ from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL, prepared_url
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
 from livetx.providers.sse import SSEDecoder
+from livetx.tools import ToolCall
+from livetx.tools.openai_calls import ToolCallAccumulator
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound="Service")
@@ -211,7 +213,12 @@ class OpenAIChat:
         self.model = config.model
         self._upstream = _Upstream(http, reactor, config, LLMError, "chat model")
 
-    def stream(self, messages: Sequence[Message], on_delta: Callable[[str], None]) -> Deferred[None]:
+    def stream(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None],
+        tools: Sequence[dict[str, Any]] | None = None,
+        on_payload: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Deferred[None]:
+        """Stream a reply; with ``tools``, each chunk also goes to ``on_payload`` (tool calls)."""
         decoder = SSEDecoder()
         evented = False
 
@@ -221,16 +228,28 @@ class OpenAIChat:
                 evented = True
                 if event.data.strip() == "[DONE]":
                     return True
-                for text in _delta_texts(event.data):
+                payload = _payload(event.data)
+                for text in _delta_texts(payload):
                     on_delta(text)
+                if on_payload is not None:
+                    on_payload(payload)
             return False
 
         def check(_: None) -> None:
             if not evented:  # a 200 that is not an event stream (an HTML page, say)
                 raise LLMError("chat model sent no event stream")
 
-        request = {"model": self.model, "messages": list(messages), "stream": True}
+        request: dict[str, Any] = {"model": self.model, "messages": list(messages), "stream": True}
+        if tools:
+            request["tools"] = list(tools)
         return self._upstream.stream("/chat/completions", on_data, json=request).addCallback(check)
+
+    def stream_tools(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None], tools: Sequence[dict[str, Any]] | None,
+    ) -> Deferred[list[ToolCall]]:
+        """Offer ``tools`` to the model; fire with the calls it asked for (none: it answered)."""
+        calls = ToolCallAccumulator()
+        return self.stream(messages, on_delta, tools, calls.feed).addCallback(lambda _: calls.calls())
 
 
 def _reason(failure: Failure) -> str:
@@ -241,8 +260,8 @@ def _reason(failure: Failure) -> str:
     return failure.getErrorMessage()
 
 
-def _delta_texts(data: str) -> list[str]:
-    """The reply text in one chat-completion chunk (``reasoning_content`` is not spoken)."""
+def _payload(data: str) -> dict[str, Any]:
+    """One chat-completion chunk's JSON object, or ``LLMError``."""
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -251,6 +270,11 @@ def _delta_texts(data: str) -> list[str]:
         raise LLMError("chat model sent an event that is not a JSON object")
     if "error" in payload:
         raise LLMError(f"chat model error: {str(payload['error'])[:_EXCERPT]}")
+    return payload
+
+
+def _delta_texts(payload: dict[str, Any]) -> list[str]:
+    """The reply text in one chat-completion chunk (``reasoning_content`` is not spoken)."""
     texts = []
     for choice in payload.get("choices") or ():
         content = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None

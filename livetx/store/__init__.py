@@ -71,6 +71,22 @@ class ConversationStore(Protocol):
     ) -> Deferred[StoredMessage]:
         """Append a message; fires once it is committed."""
 
+    def add_turn(
+        self,
+        session_id: str,
+        user: Sequence[Part],
+        reply: Sequence[Part],
+        *,
+        interrupted: bool = False,
+        input_type: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Deferred[tuple[StoredMessage, StoredMessage]]:
+        """Append a user message and its reply in one transaction; fires once both are committed.
+
+        A turn is stored whole or not at all, so a crash never leaves a
+        question without its answer.
+        """
+
     def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
         """The session's messages, oldest first (the last ``limit`` when given)."""
 

@@ -16,6 +16,7 @@ from livetx.deferreds import waiter_for
 from livetx.domain import Exchange
 from livetx.errors import SessionForbidden
 from livetx.store import ConversationStore, StoredMessage
+from livetx.tools.record import reply_parts, steps_of
 
 _log = Logger()
 
@@ -41,7 +42,7 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
         if message.role == "user":
             turns.append(Exchange(message.text, ""))
         elif message.role == "assistant" and turns and not turns[-1].reply:
-            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted)
+            turns[-1] = Exchange(turns[-1].user, message.text, message.interrupted, steps_of(message.parts))
     return turns
 
 
@@ -91,22 +92,22 @@ class StoredConversation:
         d = self._then(rows).addErrback(dropped)
         return d.addCallback(lambda messages: exchanges(messages)[-turns:])
 
-    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> None:
-        def write() -> Deferred[Any]:
-            self._store.add_message(
-                self.session_id, "user", [{"type": "plain", "text": exchange.user}], input_type=input_type
+    def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
+        def write() -> Deferred[StoredMessage]:
+            stored = self._store.add_turn(
+                self.session_id, [{"type": "plain", "text": exchange.user}],
+                reply_parts(exchange.reply, exchange.tools),
+                interrupted=exchange.interrupted, input_type=input_type, metrics=metrics,
             )
-            return self._store.add_message(
-                self.session_id, "assistant", [{"type": "plain", "text": exchange.reply}],
-                interrupted=exchange.interrupted, metrics=metrics,
-            )
+            return stored.addCallback(lambda pair: pair[1])
 
         # The reply's own row: another socket of the user may add later ones
         # to the same conversation, so a revision must not pick "the latest".
         self._reply = self._then(write).addErrback(self._write_failed)
+        return waiter_for(self._reply)
 
     def revise(self, exchange: Exchange) -> None:
-        parts = [{"type": "plain", "text": exchange.reply}]
+        parts = reply_parts(exchange.reply, exchange.tools)
 
         def replace(reply: StoredMessage | None) -> StoredMessage | None:
             if reply is not None:  # None: its write failed, and was logged
@@ -119,4 +120,5 @@ class StoredConversation:
         self._reply.addCallback(replace)
 
     def _write_failed(self, failure: Failure) -> None:
+        """Logged; the turn goes on (the client is told ``end`` all the same)."""
         _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)

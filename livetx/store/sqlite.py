@@ -272,6 +272,29 @@ class SQLiteStore:
             cursor.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
         return StoredMessage(message_id, session_id, role, parts, stamp, interrupted, input_type, metrics)
 
+    def add_turn(
+        self,
+        session_id: str,
+        user: Sequence[Part],
+        reply: Sequence[Part],
+        *,
+        interrupted: bool = False,
+        input_type: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Deferred[tuple[StoredMessage, StoredMessage]]:
+        return self._unit(
+            self._add_turn, session_id, list(user), list(reply), interrupted, input_type, metrics or {}
+        )
+
+    def _add_turn(
+        self, cursor: Any, session_id: str, user: list[Part], reply: list[Part],
+        interrupted: bool, input_type: str | None, metrics: dict[str, Any],
+    ) -> tuple[StoredMessage, StoredMessage]:
+        return (
+            self._add_message(cursor, session_id, "user", user, False, input_type, {}),
+            self._add_message(cursor, session_id, "assistant", reply, interrupted, None, metrics),
+        )
+
     def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
         return self._unit(
             _operation,

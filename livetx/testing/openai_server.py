@@ -29,6 +29,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from livetx.audio import to_wav
 
+#: (messages, tools offered) → calls to make, or None to answer in text.
+ToolScript = Callable[[list[dict[str, Any]], list[dict[str, Any]]], "list[dict[str, Any]] | None"]
+
 DEFAULT_REPLY = (
     "Sure, here is a short answer. It comes in a few sentences. "
     "Each one is spoken as soon as it is complete. That keeps the first audio early. "
@@ -71,6 +74,14 @@ class FakeOpenAI:
         self.reactor = reactor
         #: The reply text, or a function of the request's messages.
         self.reply: str | Callable[[list[dict[str, Any]]], str] = DEFAULT_REPLY
+        #: Tool calls the model makes, when the request offers tools: a function of
+        #: the request's messages and ``tools`` giving a list of calls, each
+        #: ``{"name", "arguments"}`` (a dict, or raw text) with an optional
+        #: ``"id"`` and ``"text"`` said before it, or None to answer with ``reply``.
+        #: Streamed as real services do: id and name first, arguments in pieces.
+        self.tool_calls: ToolScript | None = None
+        #: How many characters of arguments go in each tool-call delta.
+        self.argument_piece = 7
         #: How the reply is cut into one SSE chunk per token.
         self.tokenize: Callable[[str], list[str]] = words
         #: Seconds between SSE chunks (0 still yields to the reactor between them).
@@ -123,8 +134,16 @@ class FakeOpenAI:
         if failed is not None:
             return failed
         messages = (record.json or {}).get("messages", [])
-        text = self.reply(messages) if callable(self.reply) else self.reply
         model = (record.json or {}).get("model", "fake")
+        offered = (record.json or {}).get("tools")
+        calls = self.tool_calls(messages, offered) if self.tool_calls and offered else None
+        if calls and (record.json or {}).get("stream"):
+            request.setHeader(b"content-type", b"text/event-stream")
+            preamble = "".join(str(c.get("text", "")) for c in calls)
+            _Streamer(self, request, model, self.tokenize(preamble) if preamble else [],
+                      self._tool_deltas(calls)).start()
+            return NOT_DONE_YET
+        text = self.reply(messages) if callable(self.reply) else self.reply
         if not (record.json or {}).get("stream"):
             request.setHeader(b"content-type", b"application/json")
             return json.dumps({
@@ -137,6 +156,21 @@ class FakeOpenAI:
         request.setHeader(b"cache-control", b"no-cache")
         _Streamer(self, request, model, self.tokenize(text)).start()
         return NOT_DONE_YET
+
+    def _tool_deltas(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``delta`` objects of a streamed reply that calls tools."""
+        deltas: list[dict[str, Any]] = []
+        for index, call in enumerate(calls):
+            arguments = call.get("arguments", {})
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            deltas.append({"tool_calls": [{
+                "index": index, "id": call.get("id", f"call_{len(self.requests)}_{index}"), "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }]})
+            step = max(1, self.argument_piece)
+            for i in range(0, len(text), step):
+                deltas.append({"tool_calls": [{"index": index, "function": {"arguments": text[i : i + step]}}]})
+        return deltas
 
     def _speech(self, request: Request, record: Recorded) -> Any:
         failed = self._fail(request)
@@ -211,10 +245,15 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:
 
 
 class _Streamer:
-    """Writes one SSE chunk per token, pausing ``token_delay`` between them."""
+    """Writes one SSE chunk per token (then per tool-call delta), pausing ``token_delay`` between them."""
 
-    def __init__(self, fake: FakeOpenAI, request: Request, model: str, tokens: list[str]) -> None:
+    def __init__(
+        self, fake: FakeOpenAI, request: Request, model: str, tokens: list[str],
+        tool_deltas: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.fake, self.request, self.model, self.tokens = fake, request, model, tokens
+        self.tool_deltas = tool_deltas or []
+        self.finish = "tool_calls" if self.tool_deltas else "stop"
         self.call: IDelayedCall | None = None
         self.index = 0
 
@@ -239,7 +278,11 @@ class _Streamer:
             if not (self.fake.hang and self.index == 1):
                 self._schedule()
             return
-        self.request.write(_chunk(self.model, {}, "stop") + b"data: [DONE]\n\n")
+        if self.tool_deltas:
+            self.request.write(_chunk(self.model, self.tool_deltas.pop(0), None))
+            self._schedule()
+            return
+        self.request.write(_chunk(self.model, {}, self.finish) + b"data: [DONE]\n\n")
         if not self.fake.keep_open:
             self.request.finish()
 

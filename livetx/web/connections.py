@@ -20,6 +20,7 @@ from livetx.deferreds import waiter_for
 from livetx.web.admission import Admission
 
 if TYPE_CHECKING:
+    from livetx.chat.service import ChatService
     from livetx.web.protocol import LiveServerProtocol
 
 NORMAL = 1000
@@ -81,24 +82,29 @@ def _user(admission: Admission) -> tuple[str, str]:
 
 
 class ConnectionTracker(Service):
-    """Knows the open sockets, so that stopping the server can drain and close them.
+    """Knows the open sockets and the running turns, so that stopping the server can drain them.
 
-    Stopping is graceful: the listening ports stop first (they are stopped
-    before this service), sockets refuse new work, running turns get up to
-    ``grace`` seconds to finish, then every socket is closed with 1001 (a turn
-    still running is interrupted, and its partial reply stored). ``drained``
-    fires when all of that is over, so the store can close after it.
+    Stopping is graceful, and the same for every kind of turn (live, chat on
+    a socket, chat over SSE): the listening ports stop first (they are
+    stopped before this service), sockets refuse new work, running turns get
+    up to ``grace`` seconds to finish; a turn still running then is stopped,
+    stored marked interrupted with the text so far, and its client gets a
+    last event (live: ``stop_play``; chat: ``error``, then ``end``).
+    Then every socket is closed with 1001. ``drained`` fires when all of
+    that is over, so the store can close after it.
     """
 
-    #: How often draining looks whether the running turns are done.
-    POLL = 0.05
+    #: How long stopped turns may take to store their text and say ``end``.
+    STOPPING_WAIT = 5.0
 
-    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0) -> None:
+    def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0,
+                 chat: ChatService | None = None) -> None:
         self._open: set[LiveServerProtocol] = set()
         self._users: Counter[tuple[str, str]] = Counter()
         self._keys: Counter[str] = Counter()
         self._clock = clock
         self._grace = grace
+        self._chat = chat
         self.draining = False
         self.drained: Deferred[None] = Deferred()
 
@@ -130,28 +136,55 @@ class ConnectionTracker(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.draining = True
+        if self._chat is not None:
+            self._chat.draining = True
         for protocol in self._open:  # no new turn may start from speech already heard
             protocol.stop_listening()
-        done = self._drain().addCallback(lambda _: self._close_all())
+        done = self._drain().addCallback(lambda _: self._stop_turns()).addCallback(lambda _: self._close_all())
         done.addBoth(self._drained)
         return done
 
+    def _busy(self) -> bool:
+        return any(p.busy for p in self._open) or (self._chat is not None and self._chat.busy)
+
+    def _turns_over(self) -> Deferred[None]:
+        """Fires once no turn runs anywhere, waiting on the turns themselves."""
+        waits = [p.turns_over() for p in self._open]
+        if self._chat is not None:
+            waits.append(self._chat.turns_over())
+        # A turn queued behind an interrupted one starts as that one ends: look again.
+        return DeferredList(waits, consumeErrors=True).addCallback(
+            lambda _: self._turns_over() if self._busy() else None)
+
     def _drain(self) -> Deferred[None]:
-        """Fire when no socket runs a turn, or when the grace period is over."""
-        clock = self._clock
-        if clock is None or self._grace <= 0:
+        """Fire when no turn runs, or when the grace period is over."""
+        if self._clock is None or self._grace <= 0 or not self._busy():
             return succeed(None)
-        deadline = clock.seconds() + self._grace
-        idle: Deferred[None] = Deferred()
+        return self._within(self._turns_over(), self._grace)
 
-        def look() -> None:
-            if not any(p.busy for p in self._open) or clock.seconds() >= deadline:
-                idle.callback(None)
-            else:
-                clock.callLater(self.POLL, look)
+    def _stop_turns(self) -> Deferred[None]:
+        """Stop what still runs; each turn stores its text so far and tells its client."""
+        for protocol in self._open:
+            protocol.stop_turn()
+        if self._chat is not None:
+            self._chat.stop_all()
+        if self._clock is None or not self._busy():
+            return succeed(None)
+        # Storing a stopped turn takes a transaction; a store that hangs must not hang the exit.
+        return self._within(self._turns_over(), self.STOPPING_WAIT)
 
-        look()
-        return idle
+    def _within(self, d: Deferred[None], seconds: float) -> Deferred[None]:
+        """Fires when ``d`` does or after ``seconds``, whichever is first; ``d`` is left alone."""
+        assert self._clock is not None
+        first: Deferred[None] = Deferred()
+
+        def fire(_: object = None) -> None:
+            if not first.called:
+                first.callback(None)
+
+        timer = self._clock.callLater(seconds, fire)
+        d.addBoth(lambda _: timer.cancel() if timer.active() else None).addBoth(fire)
+        return first
 
     def _close_all(self) -> Deferred[Any]:
         closing = []

@@ -223,6 +223,8 @@ class ChatResource(APIResource):
         if not isinstance(body, dict):
             raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "body must be a JSON object")
         chat_request = ChatRequest.parse(self.username(request, body), body)
+        if self.chat.draining:  # running turns drain; none starts
+            raise HTTPError(503, ErrorCode.PROCESSING_ERROR, "server is shutting down")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         client = Departure(request)

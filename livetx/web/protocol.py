@@ -12,7 +12,7 @@ from typing import cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -91,16 +91,17 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.factory.memories is not None:
             memory = self.factory.memories(admission.username, admission.session_id)
             memory.opened.addErrback(self._memory_refused)
+        self.observer = self.factory.metrics.opened(
+            self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
         self.session = LiveSession(
             username=admission.username,
             engines=self.factory.engines,
             clock=self.factory.clock,
             emit=self.send,
             memory=memory,
+            listener=self.observer,
         )
         self.factory.connections.add(self)
-        self.observer = self.factory.metrics.opened(
-            self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
@@ -172,8 +173,22 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     @property
     def busy(self) -> bool:
         """A live or chat turn is running on this socket."""
-        live = self.session is not None and self.session.state == "processing"
+        live = self.session is not None and self.session.state in ("processing", "interrupted")
         return live or (self.chat is not None and self.chat.busy)
+
+    def turns_over(self) -> Deferred[None]:
+        """Fires when the socket's running turns (live or chat) are over and stored."""
+        waits = []
+        if self.session is not None:
+            waits.append(self.session.turn_over())
+        if self.chat is not None:
+            waits.append(self.chat.turn_over())
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    def stop_turn(self) -> None:
+        """The grace period is over: stop the live turn as ``interrupt`` would (its text so far is kept)."""
+        if self.session is not None:
+            self.session.stop()
 
     def _error(self, code: ErrorCode, message: str) -> Frame:
         """An error frame in the shape this socket's clients read."""
@@ -211,8 +226,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
                 payload = frames.encode(frame)
                 self.sendMessage(payload, isBinary=False)
                 self.resetTimeout()
-                if self.observer is not None:
-                    self.observer.sent(frame)
+                if self.observer is not None and frame.get("t") == "error":
+                    self.observer.error_sent(str(frame.get("code", "UNKNOWN")))
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
                 self.close_with(POLICY_VIOLATION, "Client reads too slowly")

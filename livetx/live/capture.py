@@ -1,0 +1,217 @@
+"""Capturing the user's voice: the open segment, and talk mode's detector and partials.
+
+The capture is orthogonal to the turn: a client may start speaking while
+the bot is still answering (that is how barge-in begins), so a segment can
+be open whatever the session's state. Its own states (:data:`CAPTURE`):
+
+- ``empty``: no segment is open;
+- ``segment``: the client opened one with ``start_speaking`` (push to talk);
+- ``utterance``: talk mode's voice detector heard speech begin, and the
+  audio since goes into the segment; transcripts of it so far
+  (``user_partial``) are asked for as it grows.
+
+``take`` hands the segment to a turn and empties the capture; a segment
+grown past its cap is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from livetx.audio import BYTES_PER_SECOND, to_wav
+from livetx.errors import ErrorCode
+from livetx.live import frames
+from livetx.live.frames import Frame, FrameError
+from livetx.live.machine import Table
+from livetx.live.settings import Settings
+from livetx.live.vad import VoiceDetector
+from livetx.providers.base import PartialRecognizer, SpeechRecognizer
+
+_log = Logger()
+
+#: Talk mode: audio between two partial transcripts of an utterance, at least.
+#: Each partial decodes the whole utterance so far, so the gap also grows with
+#: it (a quarter of what was heard): all the partials of an utterance then
+#: cost a few times its final decode, not its length squared.
+PARTIAL_EVERY_BYTES = BYTES_PER_SECOND // 2
+
+_ANY = ["empty", "segment", "utterance"]
+
+CAPTURE = Table("capture", _ANY, [
+    {"trigger": "open", "source": _ANY, "dest": "segment"},
+    {"trigger": "hear", "source": _ANY, "dest": "utterance"},
+    {"trigger": "take", "source": ["segment", "utterance"], "dest": "empty"},
+    {"trigger": "drop", "source": _ANY, "dest": "empty"},
+], initial="empty")
+
+
+class Segment:
+    """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
+
+    __slots__ = ("stamp", "pcm", "heard", "partial")
+
+    def __init__(self, stamp: str | None) -> None:
+        self.stamp = stamp
+        self.pcm = bytearray()
+        #: Talk mode: how much audio the last partial transcript covered, and its text.
+        self.heard = 0
+        self.partial = ""
+
+    def wav(self) -> bytes:
+        return to_wav(self.pcm)
+
+
+class Owner(Protocol):
+    """The session a capture belongs to."""
+
+    def fire_safely(self, event: str, **kwargs: Any) -> None:
+        """Run a session event; a refusal becomes an error frame."""
+
+    def emit(self, frame: Frame) -> None:
+        """Send a frame to the client."""
+
+
+class Capture:
+    """One connection's voice input; the session asks, the capture keeps the audio."""
+
+    __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
+                 "_partial")
+
+    def __init__(
+        self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
+    ) -> None:
+        self.state = CAPTURE.initial
+        self._owner = owner
+        self._clock = clock
+        self._stt = stt
+        self._max_seconds = max_segment_seconds
+        self._max_bytes = int(max_segment_seconds * BYTES_PER_SECOND)
+        self._segment: Segment | None = None
+        self._detector: VoiceDetector | None = None
+        self._partial: Deferred[str] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != "empty"
+
+    @property
+    def stamp(self) -> str | None:
+        return None if self._segment is None else self._segment.stamp
+
+    # -- the segment ---------------------------------------------------------
+
+    def open(self, stamp: str | None) -> None:
+        """``start_speaking``: a new segment (one still open is replaced)."""
+        CAPTURE.fire(self, "open")
+        self._segment = Segment(stamp)
+
+    def append(self, pcm: bytes) -> None:
+        """Add audio; past the cap the segment is dropped and the client told (FrameError)."""
+        segment = self._segment
+        assert segment is not None
+        if len(segment.pcm) + len(pcm) <= self._max_bytes:
+            segment.pcm += pcm
+            return
+        # Refuse before copying: the cap bounds memory, not just turns.
+        self.drop()
+        self._owner.fire_safely("segment_dropped")
+        raise FrameError(ErrorCode.AUDIO_TOO_LONG, f"voice segment longer than {self._max_seconds:g} s; dropped")
+
+    def take(self) -> Segment:
+        """Hand the segment to a turn."""
+        segment, self._segment = self._segment, None
+        assert segment is not None
+        CAPTURE.fire(self, "take")
+        self._cancel_partial()
+        return segment
+
+    def drop(self) -> None:
+        self._segment = None
+        CAPTURE.fire(self, "drop")
+
+    # -- talk mode -------------------------------------------------------------
+
+    def restart_detection(self, settings: Settings) -> None:
+        """Turn detection changed hands: an utterance half-heard is dropped."""
+        self.stop_listening()
+        if settings.server_detection:
+            self._detector = VoiceDetector(settings, self._clock, self)
+
+    def stop_listening(self) -> None:
+        """Drop an utterance half-heard and detect no more (closing, or the server is stopping).
+
+        Without this a talk-mode detector would end the utterance on its own
+        timer and start a turn while the server waits for turns to finish.
+        """
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+        self._cancel_partial()
+        if self.is_open:
+            self.drop()
+            self._owner.fire_safely("segment_dropped")
+
+    def feed(self, pcm: bytes) -> None:
+        if self._detector is not None:  # None once the server stops listening
+            self._detector.feed(pcm)
+
+    def speech_started(self, pcm: bytes, start_ms: int) -> None:
+        """The detector heard speech begin (it calls this mid-``feed``)."""
+        self._owner.fire_safely("speech_started", pcm=pcm, start_ms=start_ms)
+
+    def speech_audio(self, pcm: bytes) -> None:
+        if self.state == "utterance":  # not after a segment too long was dropped
+            try:
+                self.append(pcm)
+            except FrameError as e:
+                self._owner.emit(e.frame())
+                return
+            self._request_partial()
+
+    def speech_stopped(self, end_ms: int) -> None:
+        """The detector heard enough silence, or the stream stalled (then from the clock)."""
+        self._owner.fire_safely("speech_stopped", end_ms=end_ms)
+
+    def hear(self, pcm: bytes, start_ms: int) -> None:
+        """The session accepted the detector's new utterance: open it with its first audio."""
+        self._owner.emit({"t": "speech_started", "data": {"audio_start_ms": start_ms}})
+        CAPTURE.fire(self, "hear")
+        self._segment = Segment(None)
+        self.append(pcm)
+
+    def announce_stop(self, end_ms: int) -> None:
+        self._cancel_partial()  # the final transcript must not queue behind it
+        self._owner.emit({"t": "speech_stopped", "data": {"audio_end_ms": end_ms}})
+
+    def _request_partial(self) -> None:
+        """Transcribe the utterance so far, if the engine can, one request at a time."""
+        stt, segment = self._stt, self._segment
+        if (segment is None or self._partial is not None or not isinstance(stt, PartialRecognizer)
+                or len(segment.pcm) - segment.heard < max(PARTIAL_EVERY_BYTES, segment.heard // 4)):
+            return
+        segment.heard = len(segment.pcm)
+        self._partial = maybeDeferred(stt.partial, bytes(segment.pcm))
+        self._partial.addCallbacks(self._partial_heard, self._partial_failed, callbackArgs=(segment,))
+
+    def _partial_heard(self, text: str, segment: Segment) -> None:
+        self._partial = None
+        text = text.strip()
+        if segment is self._segment and text and text != segment.partial:
+            segment.partial = text
+            self._owner.emit({"t": "user_partial", "data": {"text": text}})
+        self._request_partial()  # audio may have piled up meanwhile
+
+    def _partial_failed(self, failure: Failure) -> None:
+        self._partial = None
+        if not failure.check(CancelledError):
+            _log.failure("Partial transcription failed", failure)
+
+    def _cancel_partial(self) -> None:
+        if self._partial is not None:
+            self._partial.cancel()
+

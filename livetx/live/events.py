@@ -1,0 +1,203 @@
+"""What happens to a turn, told directly to whoever cares.
+
+A turn calls a :class:`TurnListener` at each step of its life instead of
+anyone rebuilding that life from the frames it sent. The per-turn
+``metrics`` frames (:class:`MetricsFrames`), the Prometheus counters and the
+one log line per turn (:class:`livetx.metrics.TurnObserver`) are listeners;
+a turn whose model calls tools (:mod:`livetx.tools`) reports each call with
+:meth:`TurnListener.tool_called` and :meth:`TurnListener.tool_finished`.
+
+Times are seconds from the turn's start, as the session defines it (the
+text frame's arrival, or the voice segment assembled into a WAV).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Callable, Protocol
+
+from twisted.logger import Logger
+
+from livetx.live.frames import Frame
+from livetx.tools.record import tool_figures
+
+_log = Logger()
+
+
+class Outcome(enum.Enum):
+    """How a turn ended."""
+
+    #: It ran to its end (an empty transcript and a failed speech engine included).
+    OK = "ok"
+    #: The client stopped it (``interrupt``, or talk-mode speech over the reply).
+    INTERRUPTED = "interrupted"
+    #: A provider or a bug ended it early (an error frame said why).
+    FAILED = "failed"
+    #: The connection closed or the server stopped under it.
+    DROPPED = "dropped"
+
+
+class TurnListener(Protocol):
+    """One method per event of a turn; none may raise into the turn."""
+
+    def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
+        """A turn began; ``assemble_seconds`` is the WAV assembly of a voice turn."""
+
+    def provider_called(self, kind: str, provider: str) -> None:
+        """A provider (``stt``, ``llm``, ``tts``) was asked for work for this turn."""
+
+    def provider_timing(self, kind: str, provider: str, first: float | None, total: float) -> None:
+        """A provider's part is over: to its first token or audio (if any), and in all."""
+
+    def first_delta(self, seconds: float) -> None:
+        """The first text of the reply went out."""
+
+    def first_audio(self, seconds: float) -> None:
+        """The first audio of the reply went out."""
+
+    def tool_called(self, call_id: str, name: str) -> None:
+        """The model asked for a tool, and the call starts."""
+
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        """A tool call returned (``ok``) or not: ``status`` is ``ok``, ``failed``, ``refused``,
+        ``timeout`` or ``cancelled``; ``seconds`` is how long it ran."""
+
+    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+        """The turn is over; called once, before its ``end`` or ``stop_play`` frame."""
+
+
+class Listeners:
+    """Several listeners as one, in order; a listener that raises is logged and skipped."""
+
+    __slots__ = ("_all",)
+
+    def __init__(self, *listeners: TurnListener) -> None:
+        self._all = listeners
+
+    def _each(self, method: str, *args: Any) -> None:
+        for listener in self._all:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                _log.failure("Bug in a turn listener's {method}", method=method)
+
+    def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
+        self._each("turn_started", turn_id, input_type, assemble_seconds)
+
+    def provider_called(self, kind: str, provider: str) -> None:
+        self._each("provider_called", kind, provider)
+
+    def provider_timing(self, kind: str, provider: str, first: float | None, total: float) -> None:
+        self._each("provider_timing", kind, provider, first, total)
+
+    def first_delta(self, seconds: float) -> None:
+        self._each("first_delta", seconds)
+
+    def first_audio(self, seconds: float) -> None:
+        self._each("first_audio", seconds)
+
+    def tool_called(self, call_id: str, name: str) -> None:
+        self._each("tool_called", call_id, name)
+
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        self._each("tool_finished", call_id, name, ok, status, seconds)
+
+    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+        self._each("turn_ended", outcome, seconds)
+
+
+class Ignore:
+    """A listener that hears nothing: the default, and a base for partial listeners."""
+
+    __slots__ = ()
+
+    def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
+        pass
+
+    def provider_called(self, kind: str, provider: str) -> None:
+        pass
+
+    def provider_timing(self, kind: str, provider: str, first: float | None, total: float) -> None:
+        pass
+
+    def first_delta(self, seconds: float) -> None:
+        pass
+
+    def first_audio(self, seconds: float) -> None:
+        pass
+
+    def tool_called(self, call_id: str, name: str) -> None:
+        pass
+
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        pass
+
+    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+        pass
+
+
+#: The reference's ``metrics`` keys for a provider's timings: kind → (first, total, name).
+TIMING_KEYS = {
+    "llm": ("llm_ttft", "llm_total_time", "chat_model"),
+    "tts": ("tts_first_frame_time", "tts_total_time", "tts"),
+}
+
+
+class MetricsFrames(Ignore):
+    """The reference's ``metrics`` frames, written from a turn's events.
+
+    Wire order, chosen on purpose: every ``metrics`` frame of a turn goes
+    before its ``end`` (the reference sent the last one after; its clients
+    merge ``metrics`` whenever they come, so they take either order).
+    ``values`` is everything reported for the current turn, which the
+    store keeps with the reply. ``wav_to_tts_total_time`` is sent for turns
+    that reached the model, as the reference does; the tool figures
+    (:func:`livetx.tools.record.tool_figures`) for turns that called tools.
+    """
+
+    __slots__ = ("_emit", "values", "_replied", "_tools")
+
+    def __init__(self, emit: Callable[[Frame], None]) -> None:
+        self._emit = emit
+        self.values: dict[str, Any] = {}
+        self._replied = False
+        self._tools: list[tuple[str, bool, str, float]] = []
+
+    def _send(self, data: dict[str, Any]) -> None:
+        self.values.update(data)
+        self._emit({"t": "metrics", "data": data})
+
+    def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
+        self.values = {}
+        self._replied = False
+        self._tools = []
+        if assemble_seconds is None:
+            self._send({"input_type": input_type})
+        else:
+            self._send({"wav_assemble_time": assemble_seconds, "input_type": input_type})
+
+    def provider_called(self, kind: str, provider: str) -> None:
+        if kind == "stt":
+            self._send({"stt": provider})
+        elif kind == "llm":
+            self._replied = True
+
+    def provider_timing(self, kind: str, provider: str, first: float | None, total: float) -> None:
+        keys = TIMING_KEYS.get(kind)
+        if keys is not None:
+            self._send({keys[0]: first or 0.0, keys[1]: total, keys[2]: provider})
+
+    def first_audio(self, seconds: float) -> None:
+        self._send({"speak_to_first_frame": seconds})
+
+    def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
+        self._tools.append((name, ok, status, seconds))
+
+    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+        if self._tools and outcome in (Outcome.OK, Outcome.FAILED):
+            self._send(tool_figures(self._tools))
+        elif self._tools:  # stop_play has gone out: kept for the store, not sent
+            self.values.update(tool_figures(self._tools))
+        if self._replied and outcome in (Outcome.OK, Outcome.FAILED):
+            self._send({"wav_to_tts_total_time": seconds})
+
