@@ -176,8 +176,8 @@ class FloorProtocol(WebSocketServerProtocol):
         self.send({"t": "metrics", "data": {"tts_first_frame_time": spoken_at - streamed,
                                             "tts_total_time": spoken_at - streamed, "tts": "openai_tts_api"},
                    "turn": turn})
-        self.send({"t": "end", "turn": turn})
         self.send({"t": "metrics", "data": {"wav_to_tts_total_time": spoken_at - started}, "turn": turn})
+        self.send({"t": "end", "turn": turn})
         self.history = [*self.history, {"role": "user", "content": text},
                         {"role": "assistant", "content": "".join(reply)}][-2 * HISTORY_TURNS:]
         self.running.discard(turn)
