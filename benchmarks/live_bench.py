@@ -217,38 +217,32 @@ def _target(args: argparse.Namespace, delay: float, floor: bool = False) -> Iter
 
 #: A turn run: (kind, connections, turns per connection, rounds).
 Shape = tuple[str, int, int, int]
-#: The fixed suite of benchmarks/RESULTS.md.
-SUITE: tuple[Shape, ...] = (("text", 1, 50, 1), ("text", 20, 5, 3), ("audio", 1, 20, 1), ("audio", 20, 5, 1))
+#: The fixed suite of benchmarks/RESULTS.md. Rounds alternate between the floor and
+#: livetx, so the one-connection runs are split into rounds as well.
+SUITE: tuple[Shape, ...] = (("text", 1, 10, 5), ("text", 20, 5, 3), ("audio", 1, 5, 4), ("audio", 20, 5, 2))
 
 
 def turn_runs(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> list[dict[str, Any]]:
-    """Each shape on the floor server, then at once on the server under test, compared.
+    """Each shape on the floor server and on the server under test, round by round in turn, compared.
 
     Both servers run side by side (on the same core when pinned; only one is
-    busy at a time), with the same client, simulator program and shapes, and
-    each shape runs on the floor just before livetx: a machine whose speed
-    drifts over a run (others' work comes and goes) moves both figures of a
-    ratio alike.
+    busy at a time), with the same client, simulator program and shapes.
     """
     import asyncio
 
     import live_scenarios as sc
 
     pace = not args.no_pace
-
-    def one(server: Any, shape: Shape) -> dict[str, Any]:
-        kind, connections, turns, rounds = shape
-        return asyncio.run(sc.turns(server, connections, turns, kind, rounds, args.audio_seconds, pace))
-
     summaries = []
     with ExitStack() as servers:
         floor = servers.enter_context(_target(args, args.delay, floor=True)) if args.floor else None
         server = servers.enter_context(_target(args, args.delay))
-        for shape in shapes:
-            base = one(floor, shape) if floor is not None else None
-            summary = one(server, shape)
-            if base is not None:
-                sc.compare(summary, base)
+        for kind, connections, turns, rounds in shapes:
+            if floor is None:
+                summary = asyncio.run(sc.turns(server, connections, turns, kind, rounds, args.audio_seconds, pace))
+            else:
+                _, summary = asyncio.run(sc.paired_turns(floor, server, connections, turns, kind, rounds,
+                                                         args.audio_seconds, pace))
             summaries.append(sc.show(summary))
     return summaries
 
@@ -259,9 +253,10 @@ def main() -> None:
     args = _arguments()
     import live_client
     import live_scenarios as sc
+    import live_targets as targets
 
     live_client.raise_nofile_limit()
-    calibration = sc.calibrate()  # before any server starts: this process alone
+    calibration = targets.calibrate()  # before any server starts: this process alone
     print(f"calibration: fixed Python loop {calibration['loop_ms']:.1f} ms (fastest of {calibration['runs']}; "
           f"median {calibration['loop_median_ms']:.1f} ms)")
     if args.pin:
@@ -295,7 +290,7 @@ def main() -> None:
             base = asyncio.run(sc.interrupts(floor, args.trials, args.settle)) if floor is not None else None
             summary = asyncio.run(sc.interrupts(server, args.trials, args.settle))
             if base is not None:
-                sc.compare(summary, base, sc.COMPARED_INTERRUPTS)
+                targets.compare(summary, base, targets.COMPARED_INTERRUPTS)
             summaries.append(sc.show(summary))
     for summary in summaries:
         summary["pinned"] = bool(args.pin)
@@ -307,7 +302,7 @@ def main() -> None:
         for n, summary in enumerate(summaries):
             name = f"{n:02d}-{summary['scenario'].replace(' ', '-')}.json"
             Path(args.out, name).write_text(json.dumps(summary, indent=2))
-    missed = sc.missed(summaries)
+    missed = targets.missed(summaries)
     if missed:
         print(f"\n{len(missed)} target(s) missed: " + "; ".join(row["figure"] for row in missed))
     if args.check and missed:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -21,6 +19,7 @@ from websockets.protocol import State
 
 import live_client as client
 from live_bench import cpu_seconds, local_server, rss_mb
+from live_targets import compare, judge, print_targets
 
 Summary = dict[str, Any]
 
@@ -34,62 +33,6 @@ def percentile(values: list[float], q: float) -> float:
 def spread(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "median_ms": statistics.median(values), "p95_ms": percentile(values, 0.95),
             "p99_ms": percentile(values, 0.99), "max_ms": max(values)}
-
-
-def _calibration_loop() -> int:
-    """Fixed pure-Python work: integer arithmetic, a dict store and a str() per step."""
-    total, table = 0, {}
-    for i in range(300_000):
-        total += i * i % 7
-        table[i & 1023] = str(i)
-    return total + len(table)
-
-
-def calibrate(runs: int = 7) -> Summary:
-    """How fast this machine runs plain Python now: the fastest of ``runs`` timings of a fixed loop.
-
-    Recorded in every summary, so figures from two machines (or one machine
-    on two days) can be told apart by speed before anything is compared. The
-    fastest run is the machine's speed; the median shows how much others were
-    taking from it at the time.
-    """
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        _calibration_loop()
-        times.append((time.perf_counter() - started) * 1000)
-    return {"loop_ms": min(times), "loop_median_ms": statistics.median(times), "runs": runs,
-            "python": sys.version.split()[0], "cores": len(os.sched_getaffinity(0))}
-
-
-#: What a turn summary is compared on against the floor's: (summary key, statistic or None for a number).
-COMPARED = (("response", "median_ms"), ("response", "p95_ms"), ("end", "median_ms"), ("end", "p95_ms"),
-            ("server_cpu_ms_per_turn", None))
-#: The same for an interrupt summary.
-COMPARED_INTERRUPTS = (("stop_play", "median_ms"), ("stop_play", "p99_ms"))
-
-
-def _figure(summary: Summary, key: str, stat: str | None) -> float | None:
-    value = summary.get(key)
-    if stat is not None:
-        value = value.get(stat) if isinstance(value, dict) else None
-    return value if isinstance(value, (int, float)) else None
-
-
-def compare(summary: Summary, floor: Summary,
-            figures: tuple[tuple[str, str | None], ...] = COMPARED) -> Summary:
-    """Put the floor's figures beside the server's, and their ratios (server ÷ floor), into ``summary``."""
-    rows: dict[str, Summary] = {}
-    for key, stat in figures:
-        ours, base = _figure(summary, key, stat), _figure(floor, key, stat)
-        if ours is None or base is None:
-            continue
-        rows[f"{key}.{stat}" if stat else key] = {"server": ours, "floor": base,
-                                                  "ratio": ours / base if base else None}
-    summary["vs_floor"] = rows
-    summary["floor"] = {k: floor[k] for k in (*(key for key, _ in figures), "turns", "wall_s", "machine")
-                        if k in floor}
-    return summary
 
 
 class Server:
@@ -156,51 +99,107 @@ def _finish(summary: Summary) -> Summary:
 # -- turns ------------------------------------------------------------------------
 
 
-async def turns(server: Server, connections: int, turns: int, kind: str = "text",
-                rounds: int = 1, audio_seconds: float = 1.0, pace: bool = True) -> Summary:
-    """``connections`` sockets at once, each running ``turns`` turns back to back."""
-    parts = client.speech_frames(audio_seconds) if kind == "audio" else []
-    results: list[client.TurnTimes] = []
-    first: list[client.TurnTimes] = []  # each socket's first turn, which also waits for its history
+class TurnRun:
+    """``connections`` sockets at once, each running ``turns`` turns back to back, round after round.
 
-    async def one_socket(n: int, record: bool) -> None:
-        async with await client.open_socket(server.url) as ws:
-            for i in range(turns if record else 1):
-                if kind == "audio":
-                    times = await client.audio_turn(ws, parts, f"c{n}-t{i}", pace)
+    Rounds are run one at a time (:meth:`round`), so two servers' runs can
+    take turns round by round (:func:`paired_turns`); the summary counts the
+    server's CPU and the machine's load over its own rounds only.
+    """
+
+    def __init__(self, server: Server, connections: int, turns: int, kind: str = "text",
+                 audio_seconds: float = 1.0, pace: bool = True) -> None:
+        self.server, self.connections, self.turns, self.kind, self.pace = server, connections, turns, kind, pace
+        self.parts = client.speech_frames(audio_seconds) if kind == "audio" else []
+        self.results: list[client.TurnTimes] = []
+        self.first: list[client.TurnTimes] = []  # each socket's first turn, which also waits for its history
+        self.rounds = 0
+        self.cpu: float | None = 0.0
+        self.wall = 0.0
+        self.busy, self.total, self.ours = 0, 0, 0
+        self.started = _frame(f"{kind} turns", server)
+
+    async def _socket(self, n: int, record: bool) -> None:
+        async with await client.open_socket(self.server.url) as ws:
+            for i in range(self.turns if record else 1):
+                if self.kind == "audio":
+                    times = await client.audio_turn(ws, self.parts, f"c{n}-t{i}", self.pace)
                 else:
                     times = await client.text_turn(ws, f"benchmark turn {i} of socket {n}")
                 if record:
-                    results.append(times)
+                    self.results.append(times)
                     if i == 0:
-                        first.append(times)
+                        self.first.append(times)
 
-    await one_socket(-1, record=False)  # warm-up: pools, caches, first imports
-    summary = _frame(f"{kind} turns", server)
-    summary.update(connections=connections, turns_per_connection=turns, rounds=rounds)
-    cpu_before, wall, ticks = server.cpu(), time.perf_counter(), machine_ticks()
+    async def warm(self) -> None:
+        """One turn on a socket of its own first: pools, caches, first imports."""
+        await self._socket(-1, record=False)
+
+    async def round(self) -> None:
+        cpu_before, wall, ticks = self.server.cpu(), time.perf_counter(), machine_ticks()
+        await asyncio.gather(*(self._socket(n, True) for n in range(self.connections)))
+        cpu_after, after = self.server.cpu(), machine_ticks()
+        self.wall += time.perf_counter() - wall
+        load = machine_load(ticks, after)
+        total = after[1] - ticks[1]
+        self.total += total
+        self.busy += round(load["busy"] * total)
+        self.ours += round((load["busy"] - load["foreign"]) * total)
+        self.cpu = None if cpu_before is None or cpu_after is None or self.cpu is None else (
+            self.cpu + cpu_after - cpu_before)
+        self.rounds += 1
+
+    def summary(self) -> Summary:
+        summary = self.started
+        summary.update(connections=self.connections, turns_per_connection=self.turns, rounds=self.rounds)
+        results, first = self.results, self.first
+        summary["turns"] = len(results)
+        summary["wall_s"] = self.wall
+        total = self.total or 1
+        summary["machine"] = {"busy": self.busy / total, "foreign": max(0.0, (self.busy - self.ours) / total)}
+        for mark in client.MARKS:
+            values = [r.marks[mark] for r in results if mark in r.marks]
+            if values:
+                summary[mark] = spread(values)
+        if self.turns > 1:
+            later = [r for r in results if not any(r is f for f in first)]
+            summary["by_turn"] = {
+                name: {mark: spread([r.marks[mark] for r in group]) for mark in ("response", "end")
+                       if all(mark in r.marks for r in group)}
+                for name, group in (("first", first), ("later", later))
+            }
+        summary["audio_frames_per_turn"] = statistics.mean(r.audio_frames for r in results)
+        if self.cpu is not None:
+            summary["server_cpu_ms_per_turn"] = self.cpu * 1000 / len(results)
+            summary["server_rss_mb"] = self.server.rss()
+        return _finish(summary)
+
+
+async def turns(server: Server, connections: int, turns: int, kind: str = "text",
+                rounds: int = 1, audio_seconds: float = 1.0, pace: bool = True) -> Summary:
+    """``connections`` sockets at once, each running ``turns`` turns back to back, ``rounds`` times."""
+    run = TurnRun(server, connections, turns, kind, audio_seconds, pace)
+    await run.warm()
     for _ in range(rounds):
-        await asyncio.gather(*(one_socket(n, True) for n in range(connections)))
-    cpu_after, wall = server.cpu(), time.perf_counter() - wall
-    summary["turns"] = len(results)
-    summary["wall_s"] = wall
-    summary["machine"] = machine_load(ticks, machine_ticks())
-    for mark in client.MARKS:
-        values = [r.marks[mark] for r in results if mark in r.marks]
-        if values:
-            summary[mark] = spread(values)
-    if turns > 1:
-        later = [r for r in results if not any(r is f for f in first)]
-        summary["by_turn"] = {
-            name: {mark: spread([r.marks[mark] for r in group]) for mark in ("response", "end")
-                   if all(mark in r.marks for r in group)}
-            for name, group in (("first", first), ("later", later))
-        }
-    summary["audio_frames_per_turn"] = statistics.mean(r.audio_frames for r in results)
-    if cpu_before is not None and cpu_after is not None:
-        summary["server_cpu_ms_per_turn"] = (cpu_after - cpu_before) * 1000 / len(results)
-        summary["server_rss_mb"] = server.rss()
-    return _finish(summary)
+        await run.round()
+    return run.summary()
+
+
+async def paired_turns(floor: Server, server: Server, connections: int, turns: int, kind: str = "text",
+                       rounds: int = 1, audio_seconds: float = 1.0, pace: bool = True) -> tuple[Summary, Summary]:
+    """The same shape on the floor and on the server, taking turns round by round, then compared.
+
+    A machine whose speed drifts (others' work comes and goes) moves both
+    sides of each ratio alike, round by round rather than run by run.
+    """
+    runs = [TurnRun(s, connections, turns, kind, audio_seconds, pace) for s in (floor, server)]
+    for run in runs:
+        await run.warm()
+    for _ in range(rounds):
+        for run in runs:
+            await run.round()
+    base, summary = (run.summary() for run in runs)
+    return base, compare(summary, base)
 
 
 def print_turns(s: Summary) -> None:
@@ -340,98 +339,6 @@ def print_startup(s: Summary) -> None:
     row = s["vs_floor"]["median_s"]
     print(f"the floor: median {row['floor']:.2f} s ({', '.join(f'{x:.2f}' for x in s['floor_startup_s'])}); "
           f"ratio {row['ratio']:.2f}x")
-
-
-# -- targets ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """One target: where its figure is read, and the most it may be."""
-
-    figure: str
-    scenario: str
-    limit: float
-    unit: str
-    #: The figure in a summary, or None when this run's shape does not measure it.
-    measure: Callable[[Summary], float | None]
-
-
-def _idle_level(level: int, figure: Callable[[Summary], float | None]) -> Callable[[Summary], float | None]:
-    def measure(s: Summary) -> float | None:
-        row = next((r for r in s["levels"] if r["connections"] == level), None)
-        return None if row is None else figure(row)
-    return measure
-
-
-def _vs_floor(connections: int, turns: int | None, name: str) -> Callable[[Summary], float | None]:
-    """A turn figure as a ratio to the floor's, for runs of one shape."""
-    def measure(s: Summary) -> float | None:
-        if s["connections"] != connections or (turns is not None and s["turns_per_connection"] != turns):
-            return None
-        row = s.get("vs_floor", {}).get(name)
-        return None if row is None else row["ratio"]
-    return measure
-
-
-FLOOR = "x floor"
-
-#: Turn figures are held as ratios to the floor measured in the same run, so
-#: they hold on any machine (benchmarks/RESULTS.md says how each limit was
-#: chosen). The rest stay absolute: they are set by memory, by protocol
-#: guarantees, or hold with room to spare on a machine several times slower.
-TARGETS: tuple[Target, ...] = (
-    Target("text -> first response, 1 connection, median", "text turns", 1.5, FLOOR,
-           _vs_floor(1, None, "response.median_ms")),
-    Target("text -> first response, 20 x 5, p95", "text turns", 1.5, FLOOR, _vs_floor(20, 5, "response.p95_ms")),
-    Target("text -> end, 20 x 5, p95", "text turns", 1.5, FLOOR, _vs_floor(20, 5, "end.p95_ms")),
-    Target("server CPU per text turn, 1 connection", "text turns", 1.5, FLOOR,
-           _vs_floor(1, None, "server_cpu_ms_per_turn")),
-    Target("server CPU per text turn, 20 x 5", "text turns", 1.5, FLOOR,
-           _vs_floor(20, 5, "server_cpu_ms_per_turn")),
-    Target("interrupt -> stop_play, median", "interrupt", 4, FLOOR,
-           lambda s: s.get("vs_floor", {}).get("stop_play.median_ms", {}).get("ratio")),
-    Target("audio frames after stop_play", "interrupt", 0, "frames", lambda s: s["audio_frames_after_stop_play"]),
-    Target("idle RSS after start-up", "startup", 60, "MB", lambda s: s["idle_rss_mb"]),
-    Target("10,000 idle connections: not held", "idle", 0, "sockets",
-           _idle_level(10_000, lambda r: r["connections"] - r["held"])),
-    Target("10,000 idle connections: memory each", "idle", 20, "KiB",
-           _idle_level(10_000, lambda r: r.get("kib_per_connection"))),
-    Target("start-up to accepting, median", "startup", 2, FLOOR,
-           lambda s: s.get("vs_floor", {}).get("median_s", {}).get("ratio")),
-)
-
-
-def judge(summary: Summary) -> Summary:
-    """Add the scenario's targets to its summary: limit, measured (None: not in this run) and met."""
-    rows = []
-    for target in TARGETS:
-        if target.scenario != summary["scenario"]:
-            continue
-        value = target.measure(summary)
-        rows.append({"figure": target.figure, "limit": target.limit, "unit": target.unit, "measured": value,
-                     "met": None if value is None else value <= target.limit})
-    summary["targets"] = rows
-    return summary
-
-
-def missed(summaries: list[Summary]) -> list[Summary]:
-    """The targets measured and not met, over all the summaries."""
-    return [row for s in summaries for row in s.get("targets", []) if row["met"] is False]
-
-
-_DIGITS = {"ms": 2, "s": 2, "MB": 1, "KiB": 1, "frames": 0, "sockets": 0, FLOOR: 2}
-
-
-def print_targets(s: Summary) -> None:
-    if not s["targets"]:
-        return
-    print(f"{'target':42} {'limit':>12} {'measured':>14} {'met':>4}")
-    for row in s["targets"]:
-        limit = f"<= {row['limit']:g} {row['unit']}"
-        measured = "-" if row["measured"] is None else f"{row['measured']:.{_DIGITS[row['unit']]}f} {row['unit']}"
-        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        print(f"{row['figure']:42} {limit:>12} {measured:>14} {met:>4}")
 
 
 PRINTERS: dict[str, Callable[[Summary], None]] = {

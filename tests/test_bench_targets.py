@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-import live_scenarios as sc  # noqa: E402
+import live_targets as sc  # noqa: E402
 
 RESULTS = Path(__file__).parent.parent / "benchmarks" / "RESULTS.md"
 
