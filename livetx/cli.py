@@ -2,7 +2,8 @@
 
 Scripts rely on one contract: a created key or token is the last line printed.
 ``say`` and ``talk`` print the reply on stdout and exit with a code from
-:mod:`livetx.client.session` (0 ok, 1 server error, 2 usage, 3 connection, 4 timeout).
+:mod:`livetx.client.session` (0 ok, 1 server error, 2 usage, 3 connection, 4 timeout,
+5 ``talk`` heard nothing, 6 credential refused).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable, NoReturn
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
-from livetx.auth.keys import CorruptKeyFile, KeyStore
+from livetx.auth.keys import CorruptKeyFile, KeyStore, resolve_username
 from livetx.auth.tokens import SECRET_FILE, issue_token, load_or_create_secret
 
 
@@ -99,6 +100,9 @@ class TokenOptions(_DataDirOptions):
     def postOptions(self) -> None:
         if not self["username"]:
             raise usage.UsageError("--username is required")
+        username, problem = resolve_username(self["username"])
+        if username != self["username"]:  # the server would refuse it (BAD_USER)
+            raise usage.UsageError(f"{problem or 'Invalid username'}: {self['username']!r}")
 
 
 class _TurnOptions(_Command):

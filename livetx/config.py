@@ -60,6 +60,10 @@ class ServerConfig:
     #: Origins the browser (JWT) endpoints accept besides their own host; "*" accepts any.
     allowed_origins: list[str] = field(default_factory=list)
     failed_auth_per_minute: int = 10
+    #: Open connections from one remote address, of every kind (0: no limit).
+    max_connections_per_address: int = 128
+    #: Apply ``max_connections_per_address`` to loopback too (a local proxy, tests and benchmarks come from there).
+    limit_loopback: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,9 @@ class TTSConfig(ServiceConfig):
 class STTConfig(ServiceConfig):
     """Speech-to-text for voice turns."""
 
-    provider: Literal["pocketsphinx", "whisper", "openai", "none"] = "pocketsphinx"
-    #: OpenAI: the model name (default "whisper-1"); Whisper: the model directory.
+    provider: Literal["whisper", "pocketsphinx", "openai", "none"] = "whisper"
+    #: OpenAI: the model name (default "whisper-1"); Whisper: a model directory
+    #: (default: the bundled base model).
     model: str | None = None
     language: str | None = None
     max_segment_seconds: float = 60.0
@@ -129,6 +134,8 @@ class STTConfig(ServiceConfig):
     threads: int = 2
     #: Keep every segment as a WAV in the data dir (for debugging recognition).
     keep_audio: bool = False
+    #: Whisper: load the model at start-up instead of on the first voice turn.
+    preload: bool = False
 
 
 @dataclass(frozen=True)

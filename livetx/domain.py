@@ -7,12 +7,13 @@ are built or where turns are kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
 from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
+from livetx.providers.threads import owned
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class Engines:
     vision: bool = False
     #: Called with (username, wav) for every segment, when audio is to be kept.
     keep_audio: Callable[[str, bytes], None] | None = None
+
+    def for_owner(self, owner: str) -> Engines:
+        """The same engines, with the local ones' work queued under ``owner``
+        (an API key, or a user), so that one owner's flood cannot starve the
+        others (see :mod:`livetx.providers.threads`)."""
+        return replace(self, tts=owned(self.tts, owner), stt=owned(self.stt, owner))
 
 
 @dataclass(frozen=True)

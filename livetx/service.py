@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from livetx.auth.keys import KeyStore
+from livetx.auth.revocation import KeyRevocations
 from livetx.auth.tokens import SECRET_FILE, load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.config import Config
@@ -67,6 +68,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
+    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations.subscribe(connections.close_keys)
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
@@ -84,7 +87,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         chat=chat,
         memories=live_memories(store),
         routes={
-            **api_routes(keys, store, chat, settings.server.max_upload_bytes, failures),
+            **api_routes(keys, store, chat, settings.server, failures),
             **ops_routes(metrics, settings, reactor, lambda: connections.draining),
             **page_routes(),
         },
@@ -98,6 +101,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     Closing(pool.closeCachedConnections, after=connections.drained).setServiceParent(root)
     Closing(store.close, after=connections.drained).setServiceParent(root)
     connections.setServiceParent(root)
+    revocations.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
     WarmUp(engines, reactor).setServiceParent(root)
     return Services(root=root, site=site)

@@ -113,3 +113,16 @@ def test_key_sources_in_order() -> None:
 )
 def test_usernames(raw: str | None, result: tuple[str | None, str | None]) -> None:
     assert resolve_username(raw) == result
+
+
+def test_token_usernames_follow_the_username_rules() -> None:
+    """Issue 13.10: issuing refuses a bad name; a signed token with one is refused by name."""
+    from livetx.auth.tokens import BadUsername, token_username
+
+    for bad in ("evil\nINFO forged log line", "x" * 65, "a!b", "nul\0"):
+        with pytest.raises(ValueError, match="Invalid username"):
+            issue_token(SECRET, bad, 60)
+        forged = jwt.encode({"username": bad, "exp": time.time() + 60}, SECRET, algorithm="HS256")
+        with pytest.raises(BadUsername):
+            token_username(verify_token(SECRET, forged))
+    assert token_username("Zoë") == "Zoë"

@@ -165,7 +165,7 @@ async def test_text_and_voice_turns_in_a_real_browser(livetx: Any, tmp_path: Pat
     sync_playwright = chromium()
     grammar = tmp_path / "home.jsgf"
     grammar.write_text(GRAMMAR)
-    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    server = await livetx(f'[stt]\nprovider = "pocketsphinx"\ngrammar = "{grammar}"\n')
     wav, seconds = await microphone_file(tmp_path)
     screenshot = tmp_path / "live-page.png"
     slow = await livetx("[llm]\necho_delay = 0.15\n")  # the echo model, a word every 150 ms

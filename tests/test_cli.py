@@ -97,3 +97,12 @@ def test_help_and_version(command: list[str], capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main([*command, "--version"])
     assert capsys.readouterr().out == f"livetx {__version__}\n"  # not Twisted's
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "x" * 65, "bang!", " padded"])
+def test_token_refuses_a_username_the_server_would(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    name: str) -> None:
+    """Issue 13.10: the same rules as API-key usernames."""
+    assert main(["token", "-d", str(tmp_path), "-u", name]) == 2
+    assert "Invalid username" in capsys.readouterr().err
+    assert not list(tmp_path.glob("jwt_secret"))  # refused before a secret is made

@@ -87,7 +87,7 @@ async def test_say_with_an_api_key_prints_json_frames(livetx: Any) -> None:
 async def test_talk_resamples_any_wav_and_is_understood(livetx: Any, tmp_path: Path) -> None:
     grammar = tmp_path / "home.jsgf"
     grammar.write_text(GRAMMAR)
-    server = await livetx(f'[stt]\ngrammar = "{grammar}"\n')
+    server = await livetx(f'[stt]\nprovider = "pocketsphinx"\ngrammar = "{grammar}"\n')
     speech = await EspeakSpeech(TTSConfig(), None, reactor).synthesize("turn on the kitchen lights")
     pcm, rate = read_wav(speech)
     stereo = tmp_path / "stereo.wav"  # 22.05 kHz stereo in; the server gets 16 kHz mono
@@ -122,14 +122,14 @@ async def test_interrupt_after_stops_the_reply(livetx: Any, openai: Any) -> None
 async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await livetx()
     refused = await livetx_client("say", base(server), "hi", "--token", "not-a-jwt")
-    assert refused.code == 5 and "the server refused the credential (Invalid token)" in refused.err
+    assert refused.code == 6 and "the server refused the credential (Invalid token)" in refused.err
     assert "another data dir" in refused.err and "not-a-jwt" not in refused.err
     unknown_key = await livetx_client("say", base(server), "hi", "-k", "abk_made_elsewhere", "-u", "al")
-    assert unknown_key.code == 5, unknown_key.err  # the same mistake, the same exit code
+    assert unknown_key.code == 6, unknown_key.err  # the same mistake, the same exit code
     assert "the server refused the credential (Invalid API key)" in unknown_key.err
     assert "another data dir" in unknown_key.err and "abk_made_elsewhere" not in unknown_key.err
     expired = await livetx_client("say", base(server), "hi", "--token", server.token(ttl=-10))
-    assert expired.code == 5 and "(Token expired); make a new one" in expired.err
+    assert expired.code == 6 and "(Token expired); make a new one" in expired.err
 
     nobody = await livetx_client("say", f"ws://127.0.0.1:{free_port()}", "hi", "--token", "t")
     assert nobody.code == 3 and "cannot connect to 127.0.0.1" in nobody.err

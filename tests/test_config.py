@@ -11,7 +11,7 @@ from livetx.config import ConfigError, from_mapping, load
 
 def test_defaults_run_offline() -> None:
     config = load(None, environ={})
-    assert (config.llm.provider, config.tts.provider, config.stt.provider) == ("echo", "espeak", "pocketsphinx")
+    assert (config.llm.provider, config.tts.provider, config.stt.provider) == ("echo", "espeak", "whisper")
     assert config.server.max_message_bytes > 0
 
 

@@ -118,3 +118,18 @@ async def test_a_provider_fault_is_a_coded_error_and_the_session_goes_on(
             assert "response" in kinds(again)
     assert client.close_code is None
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_endless_line_from_the_model_fails_the_turn_at_the_cap(livetx: Any, openai: FakeOpenAI) -> None:
+    """Issue 13.7: a line with no end is cut at 1 MiB, not rescanned chunk after chunk for the whole timeout."""
+    server = await livetx(config("llm", openai.base_url).replace(f"timeout = {TIMEOUT}", "timeout = 30"))
+    client = await connect(server.url(LIVE, token=server.token()))
+    openai.inject = b"data: " + b"x" * (3 * 1024 * 1024)  # and no newline
+    frames = await client.turn("say something")
+    errors = [f for f in frames if f["t"] == "error"]
+    assert [(e["code"], e["data"]) for e in errors] == [
+        ("LLM_ERROR", "chat model sent an event-stream line longer than 1048576 characters")]
+    heal(openai)
+    assert replied(await client.turn("and now?"))
+    await client.close_and_wait()

@@ -141,7 +141,7 @@ async def test_openapi_json_describes_every_route(livetx: Any) -> None:
     from livetx.web.ops import ops_routes
     from livetx.web.pages import page_routes
 
-    served = set(api_routes(None, None, None, 0)) | set(WEBSOCKET_ROUTES)  # type: ignore[arg-type]
+    served = set(api_routes(None, None, None, Config().server)) | set(WEBSOCKET_ROUTES)  # type: ignore[arg-type]
     served |= set(ops_routes(ServerMetrics(), Config(), reactor))
     served |= set(page_routes()) - {"/static"} | {"/static/{file}"}
     served.add("/api/v1/chat/sessions/{session_id}/messages")
@@ -164,3 +164,72 @@ async def test_a_turn_that_fails_is_an_error_event_on_a_200_stream(livetx: Any, 
     server = await livetx(openai_config(openai.base_url, tts=False))
     events = await API(server).chat(username="ann", message=[{"type": "plain", "text": "hi"}])  # asserts 200
     assert [e["type"] for e in events][-2:] == ["error", "end"] and events[-2]["code"] == "LLM_ERROR"
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_session_id_that_can_exist_can_be_read(livetx: Any) -> None:
+    """Issue 13.9: ``{session_id}`` is percent-decoded (``live:NAME`` defaults, non-ASCII, even a slash)."""
+    from urllib.parse import quote
+
+    from twisted.internet.task import deferLater
+
+    from .support import replied
+    from .test_live_ws import LIVE
+
+    server = await livetx()
+    api = API(server)
+    for user in ("alice", "zoë", "a/b"):
+        client = await connect(server.url(LIVE, token=server.token(user)))
+        assert replied(await client.turn("remember me"))
+        await client.close_and_wait()
+        path = f"/api/v1/chat/sessions/{quote('live:' + user, safe='')}/messages?username={quote(user)}"
+        found: list[Any] = []
+
+        async def read() -> None:
+            code, body = await api.call("GET", path)
+            found[:] = [code, body]
+
+        for _ in range(50):
+            await read()
+            if found[0] == 200 and len(found[1]["messages"]) == 2:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert found[0] == 200 and found[1]["session_id"] == f"live:{user}", found
+        assert [m["role"] for m in found[1]["messages"]] == ["user", "assistant"]
+    code, body = await api.call("GET", "/api/v1/chat/sessions/%FF%FE/messages?username=alice")
+    assert code == 404
+    code, body = await api.call("GET", "/api/v1/chat/sessions/live%3Aalice/messages/more?username=alice")
+    assert (code, body["code"]) == (404, "NOT_FOUND")
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_are_typed_by_their_content(livetx: Any) -> None:
+    """Issue 17.4: curl's ``application/octet-stream`` for a WAV is fine; random bytes called PNG are not."""
+    import io
+    import os
+    import wave
+
+    server = await livetx()
+    api = API(server, "file")
+    sound = io.BytesIO()
+    with wave.open(sound, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\0" * 1600)
+    accepted = [
+        (("reply.wav", "application/octet-stream", sound.getvalue()), "audio/wav"),
+        (("notes.txt", "application/octet-stream", "Grüße\n".encode()), "text/plain"),
+        (("photo", "text/plain", b"\x89PNG\r\n\x1a\n" + b"\0" * 100), "image/png"),
+        (("doc.pdf", "image/png", b"%PDF-1.7\n" + b"\0" * 100), "application/pdf"),
+    ]
+    for upload, mime in accepted:
+        code, record = await api.call("POST", "/api/v1/file?username=ann", files={"file": upload})
+        assert (code, record["mime"]) == (200, mime), (upload[0], record)
+    refused = [
+        ("cat.png", "image/png", os.urandom(100)),
+        ("x.exe", "application/x-msdownload", b"MZ\x90\x00" + b"\0" * 100),
+        ("notes.txt", "text/plain", b"\0\1\2binary"),
+        ("movie.mp4", "video/mp4", b"\0\0\0\x18ftypmp42" + b"\0" * 100),
+    ]
+    for upload in refused:
+        code, body = await api.call("POST", "/api/v1/file?username=ann", files={"file": upload})
+        assert (code, body["code"]) == (415, "UNSUPPORTED_MEDIA_TYPE"), (upload[0], body)
+        assert "accepted: images, audio, plain text" in body["message"]

@@ -121,3 +121,45 @@ async def test_the_http_api_counts_failed_keys_with_the_sockets(livetx: Any) -> 
         refused = await treq.get(url, headers={"X-API-Key": key}, reactor=reactor)
         assert refused.code == 429
         assert (await refused.json())["code"] == "RATE_LIMITED"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signed_token_with_a_bad_username_is_refused_with_bad_user(livetx: Any) -> None:
+    """Issue 13.10: a newline in a username would split log lines; the claim obeys the key rules."""
+    import time
+
+    import jwt
+
+    from livetx.auth.tokens import load_or_create_secret
+
+    server = await livetx()
+    secret = load_or_create_secret(server.data_dir, None)
+    for name in ("eve\nINFO admin logged in", "x" * 65):
+        forged = jwt.encode({"username": name, "exp": time.time() + 60}, secret, algorithm="HS256")
+        for path in (LIVE, UNIFIED):
+            client = await open_socket(server.url(path, token=forged))
+            await client.closed.addTimeout(5, reactor)
+            assert (client.close_code, client.close_reason) == (1008, "Invalid username")
+            assert [(f["t"], f["code"]) for f in client.frames] == [("error", "BAD_USER")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_id_echoed_in_every_event_is_capped(livetx: Any) -> None:
+    """Issue 13.2: ids a client chooses are repeated in each event; 128 characters at most."""
+    server = await livetx()
+    long_id = "s" * 129
+    client = await open_socket(server.url(LIVE, token=server.token(), session_id=long_id))
+    await client.closed.addTimeout(5, reactor)
+    assert client.close_code == 1008
+    assert [(f["t"], f["code"]) for f in client.frames] == [("error", "INVALID_MESSAGE_FORMAT")]
+    _, key = KeyStore(server.data_dir).create(["chat"])
+    device = await connect(server.url(OPEN_API, username="d", api_key=key, ct="chat"))
+    for frame in ({"ct": "chat", "t": "bind", "session_id": long_id},
+                  {"ct": "chat", "t": "send", "message": "hi", "session_id": long_id},
+                  {"ct": "chat", "t": "send", "message": "hi", "message_id": "m" * 129}):
+        device.send(frame)
+        error = await device.next()
+        assert (error["t"], error["code"]) == ("error", "INVALID_MESSAGE_FORMAT"), error
+    device.send({"ct": "chat", "t": "send", "message": "hi", "message_id": "m" * 128})
+    assert (await device.until("end"))[-1]["message_id"] == "m" * 128
+    await device.close_and_wait()

@@ -318,12 +318,14 @@ def test_voice_turn_assembles_wav_and_replies_to_the_transcript() -> None:
     assert h.llm.last.messages[-1] == {"role": "user", "content": "what time is it"}
 
 
-def test_empty_transcript_ends_the_turn_without_a_reply() -> None:
+def test_empty_transcript_is_reported_and_ends_the_turn_without_a_reply() -> None:
     h = Harness()
     h.send("start_speaking", stamp="s")
     h.send("end_speaking", stamp="s")
     h.stt.requests[0][1].callback("  ")
-    assert h.kinds()[-1] == "end" and "user_msg" not in h.kinds()
+    assert h.kinds()[-2:] == ["user_msg", "end"]
+    user = next(f for f in h.out if f["t"] == "user_msg")
+    assert user["data"]["text"] == "" and user["data"]["code"] == "NO_SPEECH"
     assert h.state == "idle" and h.llm.calls == []
 
 

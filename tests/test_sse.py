@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livetx.providers.sse import SSEDecoder, SSEEvent
+from livetx.providers.sse import SSEDecoder, SSEError, SSEEvent
 
 STREAM = (
     ": keep-alive comment\r\n"
@@ -59,3 +59,19 @@ def test_leading_bom_is_ignored_even_when_split() -> None:
 
 def test_field_without_colon_and_unknown_fields() -> None:
     assert decode([b"data\nretry: 5\nfoo: bar\ndata: y\n\n"]) == [SSEEvent("\ny")]
+
+
+def test_lines_and_events_are_capped() -> None:
+    decoder = SSEDecoder(max_size=100)
+    assert decoder.feed(b"data: " + b"x" * 60) == []
+    with pytest.raises(SSEError, match="line longer than 100"):
+        decoder.feed(b"x" * 60)  # still no newline: the line is past the cap
+    many = SSEDecoder(max_size=100)
+    with pytest.raises(SSEError, match="event larger than 100"):
+        many.feed(b"data: " + b"y" * 40 + b"\n" + b"data: " + b"y" * 40 + b"\n" + b"data: " + b"y" * 40 + b"\n")
+    assert decode([b"data: " + b"z" * 1000 + b"\n\n"]) == [SSEEvent("z" * 1000)]  # the default is larger
+
+
+def test_a_long_line_arrives_whole_from_many_pieces() -> None:
+    line = b"data: " + b"w" * 100_000 + b"\n\n"
+    assert decode([line[i : i + 7] for i in range(0, len(line), 7)]) == [SSEEvent("w" * 100_000)]

@@ -172,7 +172,7 @@ def test_detector_memory_stays_bounded_on_an_endless_stream() -> None:
 
 
 def test_pocketsphinx_vad_hears_the_tone_and_not_the_silence() -> None:
-    d, heard, _ = detector(real=True, min_speech_ms=200, silence_ms=300, preroll_ms=0)
+    d, heard, _ = detector(real=True, vad="webrtc", min_speech_ms=200, silence_ms=300, preroll_ms=0)
     stream_in(d, quiet(600) + voiced(60) + quiet(600))  # a short buzz: noise
     assert heard.events == []
     stream_in(d, voiced(900) + quiet(600))
@@ -184,8 +184,9 @@ def test_pocketsphinx_vad_hears_the_tone_and_not_the_silence() -> None:
 
 
 def talking(**options: Any) -> Harness:
+    """Talk mode on WebRTC's detector, which takes these tests' tones for speech (Silero would not)."""
     h = Harness(**options)
-    h.send("session_update", turn_detection="server", min_speech_ms=210, silence_ms=300, preroll_ms=90)
+    h.send("session_update", turn_detection="server", vad="webrtc", min_speech_ms=210, silence_ms=300, preroll_ms=90)
     return h
 
 

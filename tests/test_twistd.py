@@ -110,7 +110,9 @@ def test_a_port_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
         ("[llm\n", "is not valid TOML"),
         ('[tts]\nprovider = "piper"\n', "[tts] model must name a Piper voice"),
         ('[stt]\nprovider = "whisper"\nmodel = "/no/model"\n', "[stt] model '/no/model' does not exist"),
-        ('[stt]\ngrammar = "/no/such/grammar.jsgf"\n', "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
+        ('[stt]\nprovider = "pocketsphinx"\ngrammar = "/no/such/grammar.jsgf"\n',
+         "[stt] grammar '/no/such/grammar.jsgf' does not exist"),
+        ('[stt]\nkeywords = ["lights on"]\n', '[stt] keywords is for PocketSphinx: add provider = "pocketsphinx"'),
         ('[tools]\nenabled = ["clock", "lights"]\n', "[tools] unknown tool 'lights'; available: calculator, clock"),
     ],
 )

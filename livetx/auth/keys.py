@@ -120,6 +120,10 @@ class KeyStore:
         self._write([replace(r, revoked_at=_now()) if r.id == key_id else r for r in records])
         return True
 
+    def active_ids(self) -> frozenset[str]:
+        """The ids of the keys not revoked; cheap to ask often (the file is re-read only when it changed)."""
+        return frozenset(r.id for r in self._current() if r.revoked_at is None)
+
     def verify(self, key: str | None, scope: str) -> KeyRecord | None:
         """The live key with ``scope`` matching ``key``, compared in constant time."""
         if not key:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from livetx.auth._files import write_private
+from livetx.auth.keys import resolve_username
 
 SECRET_FILE = "jwt_secret"
 MISSING = "Missing authentication token"
@@ -44,6 +45,10 @@ def load_or_create_secret(data_dir: Path, configured: str | None) -> str:
 
 
 def issue_token(secret: str, username: str, ttl: float, now: float | None = None) -> str:
+    """A token for ``username``, which must obey the API-key usernames' rules (``ValueError``)."""
+    checked, problem = resolve_username(username)
+    if checked is None or checked != username:
+        raise ValueError(f"{problem or 'Invalid username'}: {username!r}")
     import jwt
 
     issued = int(time.time() if now is None else now)
@@ -72,3 +77,19 @@ def verify_token(secret: str, token: str | None) -> str:
     if not isinstance(username, str) or not username.strip():
         raise AuthFailure(INVALID)
     return username
+
+
+def token_username(claimed: str) -> str:
+    """The username a verified token names, if it obeys the rules for every username.
+
+    A signed token is no proof of a sane name: a newline in one would split
+    log lines. :class:`BadUsername` says why not.
+    """
+    username, problem = resolve_username(claimed)
+    if username is None:
+        raise BadUsername(problem or "Invalid username")
+    return username
+
+
+class BadUsername(Exception):
+    """A valid token whose ``username`` claim breaks the username rules."""

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from livetx.chat.service import ChatRequest, ChatService, ChatTurn, Event
+from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTurn, Event
 from livetx.deferreds import waiter_for
 from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
@@ -81,8 +81,9 @@ class ChatChannel:
 
     def _bind(self, frame: Frame) -> None:
         session_id = frame.get("session_id")
-        if not isinstance(session_id, str) or not session_id:
-            raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "session_id must be a non-empty string")
+        if not isinstance(session_id, str) or not session_id or len(session_id) > MAX_ID_LENGTH:
+            raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT,
+                             f"session_id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
 
         def bound(_: Any) -> None:
             self._deliver({"type": "session_bound", "session_id": session_id,

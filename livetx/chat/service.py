@@ -34,6 +34,8 @@ Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
 
 PART_TYPES = ("plain", "image", "file")
+#: Longest id a client may choose (session, message, attachment): each is echoed in every event.
+MAX_ID_LENGTH = 128
 
 
 def _invalid(message: str) -> FrameError:
@@ -58,8 +60,8 @@ def parse_parts(message: Any) -> list[Part]:
             parts.append({"type": "plain", "text": part["text"]})
         else:
             attachment = part.get("attachment_id")
-            if not isinstance(attachment, str) or not attachment:
-                raise _invalid(f"an {part['type']} part needs an attachment_id")
+            if not isinstance(attachment, str) or not attachment or len(attachment) > MAX_ID_LENGTH:
+                raise _invalid(f"an {part['type']} part needs an attachment_id of at most {MAX_ID_LENGTH} characters")
             parts.append({"type": part["type"], "attachment_id": attachment})
     if not any(p["type"] == "plain" and p["text"].strip() for p in parts):
         raise _invalid("message needs some text")
@@ -68,9 +70,9 @@ def parse_parts(message: Any) -> list[Part]:
 
 def _optional_text(request: dict[str, Any], name: str) -> str | None:
     value = request.get(name)
-    if value is None or (isinstance(value, str) and value.strip()):
+    if value is None or (isinstance(value, str) and value.strip() and len(value) <= MAX_ID_LENGTH):
         return value.strip() if value else None
-    raise _invalid(f"{name} must be a non-empty string")
+    raise _invalid(f"{name} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
 
 
 @dataclass

@@ -39,7 +39,8 @@ class Printer:
             return
         kind, data = frame.get("t"), frame.get("data")
         if kind == "user_msg" and self.voice and isinstance(data, dict):
-            self.err.write(f"heard: {data.get('text', '')}\n")
+            text = data.get("text", "")
+            self.err.write(f"heard: {text}\n" if text else "heard nothing\n")
         elif kind == "bot_delta_chunk" and isinstance(data, dict):
             self.out.write(str(data.get("text", "")))
             self.out.flush()  # rendered live on a terminal

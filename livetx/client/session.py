@@ -33,7 +33,7 @@ from livetx.client.audio import UPLOAD_FRAME_BYTES, frames
 from livetx.config import DATA_DIR_VARIABLE
 
 #: Exit codes a script can rely on.
-OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, REFUSED = 0, 1, 2, 3, 4, 5
+OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, NOTHING_HEARD, REFUSED = 0, 1, 2, 3, 4, 5, 6
 
 #: Close reasons (JWT endpoints) and error codes (Open API) that mean: the credential was refused.
 CREDENTIAL_REASONS = frozenset({tokens.MISSING, tokens.EXPIRED, tokens.INVALID})
@@ -271,6 +271,8 @@ class _TurnDriver:
         report = self.report
         if exit_code == OK and report.error is not None:
             exit_code = TURN_FAILED  # the server reported an error frame
+        elif exit_code == OK and self.request.pcm is not None and not report.heard:
+            exit_code = NOTHING_HEARD  # the server found no words in the recording
         report.exit_code = exit_code
         if self.socket is not None and self.socket.state == self.socket.STATE_OPEN:
             self.socket.sendClose(1000)

@@ -75,3 +75,8 @@ def text_field(frame: Frame, *names: str) -> str:
         if isinstance(value, str) and value.strip():
             return value.strip()
     raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, f"field '{names[0]}' must be non-empty text")
+
+
+def no_speech(ts: int) -> Frame:
+    """``user_msg`` for a voice turn that heard no words: said, not swallowed (docs/protocol.md)."""
+    return {"t": "user_msg", "data": {"text": "", "ts": ts, "code": "NO_SPEECH"}}

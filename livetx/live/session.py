@@ -286,6 +286,7 @@ class LiveSession:
         self._report.provider_timing("stt", stt, None, self._clock.seconds() - assembled)
         text = text.strip()
         if not text:
+            self._turn_emit(frames.no_speech(frames.timestamp(self._clock.seconds())))
             self._end_without_reply(Outcome.OK)
         else:
             self._reply_to(text, assembled)

@@ -28,7 +28,10 @@ class Settings:
     turn_detection: str = "client"
     #: ``json``: Base64 audio inside JSON frames; ``binary``: raw audio as binary messages.
     audio_transport: str = "json"
-    #: Voice detector aggressiveness, 0 (keeps most audio as speech) to 3 (strictest).
+    #: Which voice detector: ``silero`` (a small neural network, the default:
+    #: noise, clicks and music do not start turns) or ``webrtc`` (cheaper per frame).
+    vad: str = "silero"
+    #: WebRTC detector aggressiveness, 0 (keeps most audio as speech) to 3 (strictest).
     vad_aggressiveness: int = 2
     #: Speech must last this long before it counts (shorter noise is dropped).
     min_speech_ms: int = 200
@@ -54,6 +57,7 @@ class Settings:
 _RULES: dict[str, tuple[str, ...] | range] = {
     "turn_detection": ("client", "server"),
     "audio_transport": ("json", "binary"),
+    "vad": ("silero", "webrtc"),
     "vad_aggressiveness": range(0, 4),
     "min_speech_ms": range(30, 5_001),
     "silence_ms": range(100, 10_001),

@@ -47,6 +47,8 @@ class Tunables(Protocol):
     """The detector's settings (see :class:`livetx.live.settings.Settings`)."""
 
     @property
+    def vad(self) -> str: ...
+    @property
     def vad_aggressiveness(self) -> int: ...
     @property
     def min_speech_ms(self) -> int: ...
@@ -77,6 +79,15 @@ def pocketsphinx_vad(aggressiveness: int) -> tuple[Callable[[bytes], bool], int]
     return vad.is_speech, vad.frame_bytes
 
 
+def chosen_vad(tunables: Tunables) -> tuple[Callable[[bytes], bool], int]:
+    """The classifier the settings name (see :mod:`livetx.live.silero`)."""
+    if tunables.vad == "silero":
+        from livetx.live.silero import silero_vad
+
+        return silero_vad()
+    return pocketsphinx_vad(tunables.vad_aggressiveness)
+
+
 class VoiceDetector:
     """Feed PCM of any size; the listener hears of each utterance as it happens."""
 
@@ -87,7 +98,7 @@ class VoiceDetector:
         listener: SpeechListener,
         classifier: tuple[Callable[[bytes], bool], int] | None = None,
     ) -> None:
-        self._is_speech, self._frame_bytes = classifier or pocketsphinx_vad(tunables.vad_aggressiveness)
+        self._is_speech, self._frame_bytes = classifier or chosen_vad(tunables)
         self._frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
         self._min_speech_ms = tunables.min_speech_ms
         self._silence_ms = tunables.silence_ms

@@ -7,12 +7,16 @@ depends on it.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
-from livetx.audio import read_wav, resample
+from livetx.audio import duration_ms, read_wav, resample
 from livetx.errors import ErrorCode, LivetxError
+
+_log = Logger()
 
 
 class Message(TypedDict):
@@ -115,3 +119,19 @@ def recognizer_input(wav: bytes) -> bytes:
     except ValueError as e:
         raise STTError(f"cannot read the audio: {e}") from None
     return resample(pcm, rate)
+
+
+def reported(engine: str, wav: bytes, transcript: Deferred[str]) -> Deferred[str]:
+    """``transcript``, logged when it comes: which engine, how much audio, how
+    long it took (waiting for the engine included) and how many words; never the words."""
+    started = time.monotonic()
+
+    def log(text: str) -> str:
+        _log.info(
+            "Transcribed {audio_seconds:.2f} s of audio with {engine} in {stt_seconds:.2f} s: {words} words",
+            engine=engine, audio_seconds=(duration_ms(wav) or 0) / 1000,
+            stt_seconds=time.monotonic() - started, words=len(text.split()),
+        )
+        return text
+
+    return transcript.addCallback(log)

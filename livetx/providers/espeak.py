@@ -156,6 +156,8 @@ class EspeakSpeech:
     """One WAV per sentence from eSpeak NG."""
 
     name = "espeak"
+    #: Sentences queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    fair_share = True
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:
         global _worker
@@ -164,8 +166,8 @@ class EspeakSpeech:
         self._worker = _worker
         self._settings = (config.voice or "en-us", config.rate, config.pitch)
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
-        return self._worker.run(_speak, self._settings, text)
+    def synthesize(self, text: str, owner: str = "") -> Deferred[bytes]:
+        return self._worker.run(_speak, self._settings, text, owner=owner)
 
 
 if __name__ == "__main__":

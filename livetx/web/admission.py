@@ -9,9 +9,13 @@ clients know how to show.
 
 from __future__ import annotations
 
-from collections import deque
+import dataclasses
+import functools
+import ipaddress
+from collections import Counter, deque
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
@@ -19,12 +23,15 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.auth.tokens import AuthFailure, verify_token
+from livetx.auth.tokens import AuthFailure, BadUsername, token_username, verify_token
+from livetx.chat.service import MAX_ID_LENGTH
 from livetx.errors import ErrorCode
-from livetx.live.frames import Frame, chat_error
+from livetx.live.frames import Frame, chat_error, error
 
 CHAT_SCOPE = "chat"
 MODES = ("live", "chat")
+#: The close reason for a token whose username breaks the rules (an error frame with ``BAD_USER`` first).
+BAD_USERNAME = "Invalid username"
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,12 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
 
     def admit(request: ConnectionRequest) -> Admission:
         try:
-            username = verify_token(secret, _first(request, "token"))
+            username = token_username(verify_token(secret, _first(request, "token")))
         except AuthFailure as e:
             return Admission(refusal=e.reason, auth_failed=True)
-        return Admission(username=username, mode=mode, session_id=_first(request, "session_id"))
+        except BadUsername as e:
+            return Admission(refusal=BAD_USERNAME, notice=error(ErrorCode.BAD_USER, str(e)))
+        return _with_session(Admission(username=username, mode=mode), _first(request, "session_id"))
 
     return admit
 
@@ -90,11 +99,23 @@ def api_key_gate(keys: KeyStore) -> Gate:
         mode = (_first(request, "ct") or "").strip() or "live"
         if mode not in MODES:
             return refusal("Invalid ct", ErrorCode.INVALID_MESSAGE, message="ct must be 'live' or 'chat'")
-        return Admission(
-            username=username, mode=mode, session_id=_first(request, "session_id"), key_id=record.id
-        )
+        admission = Admission(username=username, mode=mode, key_id=record.id)
+        return _with_session(admission, _first(request, "session_id"), notice=True)
 
     return admit
+
+
+def _with_session(admission: Admission, session_id: str | None, notice: bool = False) -> Admission:
+    """The admission continuing ``?session_id=``, unless the id is too long to be one.
+
+    Every frame of a chat turn echoes the id; a client must not make the
+    server repeat a megabyte in each of them.
+    """
+    if session_id is not None and len(session_id) > MAX_ID_LENGTH:
+        message = f"session_id must be at most {MAX_ID_LENGTH} characters"
+        frame = (chat_error if notice else error)(ErrorCode.INVALID_MESSAGE_FORMAT, message)
+        return Admission(refusal="Invalid session_id", notice=frame)
+    return dataclasses.replace(admission, session_id=session_id)
 
 
 class Verdict(Enum):
@@ -248,3 +269,51 @@ def guarded(
             return refusal(str(e), ErrorCode.RATE_LIMITED, notice=notice)
 
     return admit
+
+
+@functools.lru_cache(maxsize=1024)
+def _loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+class AddressLimit:
+    """Open connections per remote address, of every kind (HTTP, WebSocket, half-open).
+
+    Per-user and per-key caps count only what has authenticated; this one
+    bounds what a single address may hold open before it authenticates, or
+    without ever doing so. Loopback is exempt unless ``limit_loopback``: a
+    reverse proxy on the same host, the tests and the benchmarks all come
+    from there.
+    """
+
+    def __init__(self, limit: int, limit_loopback: bool = False) -> None:
+        self._limit = limit
+        self._limit_loopback = limit_loopback
+        self._open: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return sum(self._open.values())
+
+    def admit(self, addr: object) -> Callable[[], None] | None:
+        """A release to call when the connection closes, or None: one too many for its address."""
+        host = getattr(addr, "host", None)
+        if not host or self._limit <= 0 or (not self._limit_loopback and _loopback(host)):
+            return _nothing
+        if self._open[host] >= self._limit:
+            return None
+        self._open[host] += 1
+        return partial(self._release, host)
+
+    def _release(self, host: str) -> None:
+        self._open[host] -= 1
+        if self._open[host] <= 0:
+            del self._open[host]
+
+
+def _nothing() -> None:
+    pass

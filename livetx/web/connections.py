@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
+from livetx.errors import ErrorCode
 from livetx.web.admission import Admission
 
 if TYPE_CHECKING:
@@ -132,6 +133,12 @@ class ConnectionTracker(Service):
             _decrement(self._users, _user(protocol.admission))
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
+
+    def close_keys(self, revoked: frozenset[str]) -> None:
+        """Close every socket opened with one of these API keys: they are no longer valid."""
+        for protocol in [p for p in self._open if p.admission.key_id in revoked]:
+            protocol.send(protocol._error(ErrorCode.UNAUTHORIZED, "API key revoked"))
+            protocol.close_with(POLICY_VIOLATION, "API key revoked")
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

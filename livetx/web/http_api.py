@@ -16,22 +16,28 @@ from typing import Any, BinaryIO, cast
 import multipart
 from autobahn.twisted.util import peer2str
 from twisted.internet.defer import Deferred
-from twisted.web.pages import notFound
 from twisted.internet.interfaces import ITransport
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.chat.service import ChatRequest, ChatService, Event
+from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, Event
+from livetx.config import ServerConfig
 from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth, TooManyFailures
-from livetx.web.replies import Departure, HTTPError, error_body, finish_async, json_body
+from livetx.web.connections import SendBuffer
+from livetx.web.replies import HTTPError, error_body, finish_async, json_body
+from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
+
+_log = Logger()
 
 MAX_PAGE_SIZE = 100
-#: Attachment types a model may be shown; everything else is refused.
-ATTACHMENT_TYPES = ("image/", "audio/", "text/plain", "application/pdf")
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -53,7 +59,7 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
 
 
 def _content(request: Request) -> BinaryIO:
-    """The request body; twisted.web has read it into ``content`` before rendering."""
+    """The request body; twisted.web has read it into ``content`` (a temporary file past 100 kB)."""
     content: BinaryIO | None = request.content
     assert content is not None
     return content
@@ -71,11 +77,15 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
 
 
 class APIResource(Resource):
-    """Checks the API key, then calls ``handle(request)``; refusals become JSON."""
+    """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
+
+    A request with a body is checked once its headers are in, before the
+    body is read (:class:`~livetx.fences.twisted_web.GuardedRequest`); one
+    without is checked here.
+    """
 
     isLeaf = True
     scope = "chat"
-    method = b"GET"
     #: Failed authentications per address, shared with the WebSocket endpoints (None: no limit).
     failures: FailedAuth | None = None
 
@@ -86,14 +96,22 @@ class APIResource(Resource):
 
     def render(self, request: Request) -> Any:
         try:
-            if request.method != self.method:
-                raise HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {self.method.decode()}")
-            self.authenticate(request)
-            return self.handle(request)
+            if not getattr(request, "checked", False):
+                self.check_headers(request)
+            return super().render(request)
         except HTTPError as error:
             return error_body(request, error)
         except FrameError as error:
             return error_body(request, HTTPError(400, error.code, error.message))
+
+    def check_headers(self, request: Request) -> None:
+        """The method is one this route has, and the key is valid for its scope."""
+        method = (request.method or b"").decode("ascii", "replace")
+        if not hasattr(self, f"render_{method}"):
+            allowed = sorted(name[7:] for name in dir(self) if name.startswith("render_"))
+            raise HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {' or '.join(allowed)}")
+        self.authenticate(request)
+        request.checked = True  # type: ignore[attr-defined]
 
     def authenticate(self, request: Request) -> None:
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
@@ -120,14 +138,29 @@ class APIResource(Resource):
             raise HTTPError(400, ErrorCode.BAD_USER, problem or "Invalid username")
         return username
 
-    def handle(self, request: Request) -> Any:
-        raise NotImplementedError
-
 
 class SessionsResource(APIResource):
-    """``GET /api/v1/chat/sessions?username=&page=&page_size=``, newest first."""
+    """``GET /api/v1/chat/sessions?username=&page=&page_size=``, newest first.
 
-    def handle(self, request: Request) -> Any:
+    Below it, ``{session_id}/messages``: the id is one path segment, which
+    Twisted has already percent-decoded (``live%3Aalice``, or a non-ASCII
+    username's default session).
+    """
+
+    isLeaf = False
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if not path:
+            return self  # a trailing slash
+        try:
+            session_id = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return notFound()
+        if len(session_id) > MAX_ID_LENGTH:
+            return notFound()  # no such session can exist
+        return _Session(MessagesResource(self.keys, self.store, session_id, self.failures))
+
+    def render_GET(self, request: Request) -> Any:
         username = self.username(request)
         page = _int_arg(request, "page", 1, 1, 1_000_000)
         size = _int_arg(request, "page_size", 20, 1, MAX_PAGE_SIZE)
@@ -141,81 +174,106 @@ class SessionsResource(APIResource):
         return finish_async(request, d.addCallback(body))
 
 
+class _Session(Resource):
+    """``sessions/{id}``: only ``messages`` lies below it."""
+
+    def __init__(self, messages: MessagesResource) -> None:
+        super().__init__()
+        self.putChild(b"messages", messages)
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+    def render(self, request: Request) -> Any:
+        page: Any = notFound()
+        return page.render(request)
+
+
 class MessagesResource(APIResource):
     """``GET /api/v1/chat/sessions/{id}/messages?username=``: only the owner's."""
 
-    def handle(self, request: Request) -> Any:
+    def __init__(self, keys: KeyStore, store: ConversationStore, session_id: str,
+                 failures: FailedAuth | None) -> None:
+        super().__init__(keys, store)
+        self.session_id = session_id
+        self.failures = failures
+
+    def render_GET(self, request: Request) -> Any:
         username = self.username(request)
-        path = request.path.decode("utf-8", "replace").rstrip("/").split("/")
-        if len(path) != 7 or path[-1] != "messages" or not path[-2]:
+        if any(request.postpath or ()):
             raise HTTPError(404, ErrorCode.NOT_FOUND, "no such route")
-        session_id = path[-2]
+        session_id = self.session_id
 
         def check(owner: str | None) -> Deferred[list[StoredMessage]]:
             if owner != username:  # someone else's looks the same as none at all
                 raise HTTPError(404, ErrorCode.NOT_FOUND, "no such session")
             return self.store.messages(session_id)
 
-        d = self.store.owner(session_id).addCallback(check)
-        return finish_async(request, d.addCallback(lambda messages: json_body(request, 200, {
-            "session_id": session_id, "messages": [_message_json(m) for m in messages]})))
+        def body(messages: list[StoredMessage]) -> bytes:
+            return json_body(request, 200, {"session_id": session_id, "messages": [_message_json(m) for m in messages]})
+
+        return finish_async(request, self.store.owner(session_id).addCallback(check).addCallback(body))
 
 
 class FileResource(APIResource):
-    """``POST /api/v1/file``: one multipart ``file`` field, checked and stored."""
+    """``POST /api/v1/file``: one multipart ``file`` field, checked and stored.
+
+    The body reaches this route only from a key with the ``file`` scope and
+    within ``max_upload_bytes`` (and some room for the multipart framing);
+    it is parsed in a thread (:func:`~livetx.web.uploads.read_upload`).
+    """
 
     scope = "file"
-    method = b"POST"
 
     def __init__(self, keys: KeyStore, store: ConversationStore, max_bytes: int) -> None:
         super().__init__(keys, store)
         self.max_bytes = max_bytes
 
-    def handle(self, request: Request) -> Any:
+    def body_limit(self, request: Request) -> int:
+        return self.max_bytes + MULTIPART_OVERHEAD
+
+    def render_POST(self, request: Request) -> Any:
         username = self.username(request)
         content_type, options = multipart.parse_options_header(
             (request.getHeader(b"content-type") or b"").decode("latin-1"))
         if content_type != "multipart/form-data" or "boundary" not in options:
             raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "send multipart/form-data with a file field")
         content = _content(request)
-        content.seek(0)
-        upload = None
-        try:
-            for part in multipart.MultipartParser(content, options["boundary"],
-                                                  disk_limit=self.max_bytes, mem_limit=self.max_bytes):
-                if part.name == "file" and part.filename:
-                    upload = (part.filename, part.content_type or "application/octet-stream", part.raw)
-        except multipart.MultipartError as e:
-            status = 413 if "limit" in str(e).lower() else 400
-            code = ErrorCode.TOO_LARGE if status == 413 else ErrorCode.INVALID_MESSAGE_FORMAT
-            raise HTTPError(status, code, str(e)) from None
-        if upload is None:
-            raise HTTPError(400, ErrorCode.INVALID_MESSAGE_FORMAT, "no file field")
-        filename, mime, data = upload
-        if len(data) > self.max_bytes:
-            raise HTTPError(413, ErrorCode.TOO_LARGE, f"files are limited to {self.max_bytes} bytes")
-        if not mime.startswith(ATTACHMENT_TYPES):
-            raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"{mime} is not an accepted attachment type")
-        d = self.store.add_attachment(username, filename, mime, data)
-        return finish_async(request, d.addCallback(lambda record: json_body(request, 200, {
-            "attachment_id": record.id, "filename": record.filename, "mime": record.mime,
-            "size": record.size, "created_at": record.created_at})))
+
+        def store(upload: Upload) -> Deferred[Any]:
+            return self.store.add_attachment(username, upload.filename, upload.mime, upload.data)
+
+        def body(record: Any) -> bytes:
+            return json_body(request, 200, {"attachment_id": record.id, "filename": record.filename, "mime": record.mime,
+                                        "size": record.size, "created_at": record.created_at})
+
+        d = deferToThread(read_upload, content, options["boundary"], self.max_bytes)
+        return finish_async(request, d.addCallback(store).addCallback(body))
 
 
 class ChatResource(APIResource):
-    """``POST /api/v1/chat``: a chat turn streamed as Server-Sent Events."""
+    """``POST /api/v1/chat``: a chat turn streamed as Server-Sent Events.
 
-    method = b"POST"
+    The stream is a push producer's consumer like a socket: while the
+    client reads slower than the turn writes, up to ``max_send_buffer_bytes``
+    wait, and past that the stream is cut (the turn still completes and is
+    stored). A body is a chat ``send`` and gets the socket's message limit.
+    """
+
     isLeaf = False  # /api/v1/chat/sessions lives below it
+
+    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig) -> None:
+        super().__init__(keys, store)
+        self.chat = chat
+        self.limits = limits
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService) -> None:
-        super().__init__(keys, store)
-        self.chat = chat
+    def body_limit(self, request: Request) -> int:
+        return self.limits.max_message_bytes
 
-    def handle(self, request: Request) -> Any:
+    def render_POST(self, request: Request) -> Any:
         try:
             body = json.loads(_content(request).read() or b"null")
         except ValueError:
@@ -227,48 +285,55 @@ class ChatResource(APIResource):
             raise HTTPError(503, ErrorCode.PROCESSING_ERROR, "server is shutting down")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        client = Departure(request)
-
-        def deliver(event: Event) -> None:
-            if client.gone:
-                return  # the turn goes on and is stored; nobody is reading
-            request.write(b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n")
-            if event.get("type") == "end":
-                request.finish()
-
-        self.chat.start(chat_request, deliver)
+        self.chat.start(chat_request, EventStream(request, self.limits.max_send_buffer_bytes).deliver)
         return NOT_DONE_YET
 
 
+class EventStream:
+    """Server-Sent Events to one HTTP client, which may read slowly or leave."""
+
+    def __init__(self, request: Request, limit: int) -> None:
+        self._request = request
+        self._buffer = SendBuffer(limit)
+        self.open = True
+        request.registerProducer(self._buffer, True)
+        request.notifyFinish().addErrback(self._gone)
+
+    def deliver(self, event: Event) -> None:
+        if not self.open:
+            return  # the turn goes on and is stored; nobody is reading
+        data = b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
+        self._request.write(data)
+        if self._buffer.sent(len(data)):
+            _log.warn("Cutting an event stream: its client reads too slowly")
+            self._close()
+            transport: Any = self._request.transport
+            transport.abortConnection()
+        elif event.get("type") == "end":
+            self._close()
+            self._request.finish()
+
+    def _close(self) -> None:
+        self.open = False
+        self._request.unregisterProducer()
+
+    def _gone(self, _: Failure) -> None:
+        self.open = False  # the channel, and its producer, went with the connection
+
+
 def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               max_upload_bytes: int, failures: FailedAuth | None = None) -> dict[str, Resource]:
+               limits: ServerConfig, failures: FailedAuth | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
-    sessions = _Sessions(keys, store)
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        "/api/v1/chat": ChatResource(keys, store, chat),
-        "/api/v1/chat/sessions": sessions,
-        "/api/v1/file": FileResource(keys, store, max_upload_bytes),
+        "/api/v1/chat": ChatResource(keys, store, chat, limits),
+        "/api/v1/chat/sessions": SessionsResource(keys, store),
+        "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }
-    for resource in (*routes.values(), sessions._messages):
+    for resource in routes.values():
         if isinstance(resource, APIResource) and failures is not None:
             resource.failures = failures
     return routes
-
-
-class _Sessions(SessionsResource):
-    """The sessions list, which also routes ``{id}/messages`` below it."""
-
-    isLeaf = True
-
-    def __init__(self, keys: KeyStore, store: ConversationStore) -> None:
-        super().__init__(keys, store)
-        self._messages = MessagesResource(keys, store)
-
-    def render(self, request: Request) -> Any:
-        if request.postpath and any(request.postpath):
-            return self._messages.render(request)
-        return super().render(request)
 
 
 class OpenAPIResource(Resource):

@@ -95,7 +95,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
         self.session = LiveSession(
             username=admission.username,
-            engines=self.factory.engines,
+            engines=self.factory.engines.for_owner(admission.key_id or admission.username),
             clock=self.factory.clock,
             emit=self.send,
             memory=memory,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import combinedLogFormatter
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -14,7 +13,8 @@ from livetx.chat.service import ChatService
 from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
 from livetx.metrics import ServerMetrics
-from livetx.web.admission import Gate
+from livetx.fences.twisted_web import Upgrade, make_site
+from livetx.web.admission import AddressLimit, Gate
 from livetx.web.connections import ConnectionTracker
 from livetx.web.protocol import LiveServerFactory, echo_factory
 
@@ -95,11 +95,14 @@ def build_site(
             metrics=metrics,
             endpoint=path,
         )
-        _mount(root, path, WebSocketResource(factory))
+        _mount(root, path, Upgrade(factory))
     if echo:
-        _mount(root, ECHO_PATH, WebSocketResource(echo_factory(limits)))
-    # Until a request arrives the channel is Twisted Web's; Autobahn's own
-    # handshake timeout starts only after the upgrade request is read.
-    site = Site(root, logFormatter=redacted_log_formatter, timeout=limits.handshake_timeout or None)
+        _mount(root, ECHO_PATH, Upgrade(echo_factory(limits)))
+    # Until a request arrives the channel is Twisted Web's: its headers get
+    # handshake_timeout in all (Autobahn's own timeout starts only once the
+    # upgrade request is read, and then completes at once).
+    addresses = AddressLimit(limits.max_connections_per_address, limits.limit_loopback)
+    site = make_site(root, admit=addresses.admit, logFormatter=redacted_log_formatter,
+                     timeout=limits.handshake_timeout or None)
     site.displayTracebacks = False
     return site

