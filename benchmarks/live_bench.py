@@ -4,6 +4,9 @@ Starts the OpenAI-compatible simulator and ``twistd live`` as separate
 processes (or takes any server's URL), then runs the scenarios of
 :mod:`live_scenarios` with the ``websockets`` client of :mod:`live_client`.
 Server CPU and RSS come from /proc, so the figures hold on a busy machine.
+Every turn run first measures the floor (:mod:`floor_server`) and gives each
+figure as a ratio to it, so targets hold on any machine; every summary
+records the machine's speed as the time of a fixed Python loop.
 
     python benchmarks/live_bench.py all --out bench-results      # the whole set
     python benchmarks/live_bench.py turns --connections 20 --turns 5
@@ -12,6 +15,7 @@ Server CPU and RSS come from /proc, so the figures hold on a busy machine.
     python benchmarks/live_bench.py idle --levels 0,1,100,1000,10000
     python benchmarks/live_bench.py startup
     python benchmarks/live_bench.py all --check                  # exit 1 when a target is missed
+    python benchmarks/live_bench.py turns --no-floor             # livetx alone, no ratios
     python benchmarks/live_bench.py turns --url 'ws://host:6185/api/live_chat/ws?token=JWT'
 
 Needs ``pip install websockets`` (the ``bench`` extra).
@@ -28,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -90,19 +94,24 @@ def _pinned(cores: set[int] | None, then: Any = None) -> Any:
     return setup
 
 
+FLOOR_SERVER = Path(__file__).with_name("floor_server.py")
+
+
 @contextmanager
 def local_server(
     tokens: int = 40, sentences: int = 5, delay: float = 0.0, offline: bool = False,
-    *, backlog: int = 1024, pin: bool = False, config_extra: str = "", workers: int = 1,
+    *, backlog: int = 1024, pin: bool = False, floor: bool = False, config_extra: str = "", workers: int = 1,
 ) -> Iterator[tuple[str, int, float]]:
     """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
 
     The simulator serves chat, speech and transcription. ``offline`` runs
     livetx on its defaults instead: echo model, eSpeak NG, PocketSphinx.
+    ``floor`` runs :mod:`floor_server` in livetx's place: the same wire work
+    on bare Twisted and Autobahn, the baseline every livetx figure is divided by.
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
     ``config_extra`` is appended to the config file; ``workers`` > 1 runs
     ``--workers`` (the pid yielded is then the supervisor's).
-    ``pin`` gives livetx the first core and the simulator the others, so the
+    ``pin`` gives the server the first core and the simulator the others, so the
     load generator does not take the server's CPU (pin the client with
     :func:`split_cores` too).
     """
@@ -126,19 +135,24 @@ def local_server(
             preexec_fn=_pinned(load_cores),
         )
         data = Path(tmp, "data")
+        if floor:
+            command = [sys.executable, str(FLOOR_SERVER), "--port", str(port), "--upstream", base,
+                       "--backlog", str(backlog)]
+        else:
+            command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                       "--logfile", str(Path(tmp, "twistd.log")), "live",
+                       "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
+                       "--data-dir", str(data), "--config", str(config), "--workers", str(workers)]
         server = None
         try:
-            wait_for_port(sim_port)  # first, so it does not compete with livetx's start-up
+            wait_for_port(sim_port)  # first, so it does not compete with the server's start-up
             started = time.monotonic()
-            server = subprocess.Popen(
-                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                 "--logfile", str(Path(tmp, "twistd.log")), "live",
-                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
-                 "--data-dir", str(data), "--config", str(config), "--workers", str(workers)],
-                preexec_fn=_pinned(server_cores, _lift_nofile),
-            )
+            server = subprocess.Popen(command, preexec_fn=_pinned(server_cores, _lift_nofile))
             wait_for_port(port)
             startup = time.monotonic() - started
+            if floor:
+                yield f"ws://127.0.0.1:{port}/", server.pid, startup
+                return
             from livetx.auth.tokens import issue_token, load_or_create_secret
 
             token = issue_token(load_or_create_secret(data, None), "bench", 3600)
@@ -149,7 +163,6 @@ def local_server(
                     continue
                 process.terminate()
                 process.wait(timeout=30)
-
 
 
 SCENARIOS = ("turns", "audio", "interrupt", "idle", "startup", "all")
@@ -181,6 +194,10 @@ def _arguments() -> argparse.Namespace:
                         help="livetx on the first core, simulator and client on the others, as when the "
                              "model and the clients are other machines (the default with two cores or more); "
                              "--no-pin lets all three share every core")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the floor (bare Twisted + Autobahn doing the same wire work) before each "
+                             "turn run and give every figure as a ratio to it; --no-floor skips it, and with it "
+                             "the ratio targets")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a target measured in this run is missed")
     parser.add_argument("--json", help="write the summaries to this file")
@@ -189,57 +206,97 @@ def _arguments() -> argparse.Namespace:
 
 
 @contextmanager
-def _target(args: argparse.Namespace, delay: float) -> Iterator[Any]:
+def _target(args: argparse.Namespace, delay: float, floor: bool = False) -> Iterator[Any]:
     from live_scenarios import Server
 
-    if args.url:
+    if args.url and not floor:
         yield Server(args.url, args.server_pid)
     else:
-        with local_server(args.tokens, args.sentences, delay, args.offline, pin=args.pin) as (url, pid, _):
+        with local_server(args.tokens, args.sentences, delay, args.offline, pin=args.pin, floor=floor) as (
+                url, pid, _):
             yield Server(url, pid)
 
 
+#: A turn run: (kind, connections, turns per connection, rounds).
+Shape = tuple[str, int, int, int]
+#: The fixed suite of benchmarks/RESULTS.md. Rounds alternate between the floor and
+#: livetx, so the one-connection runs are split into rounds as well.
+SUITE: tuple[Shape, ...] = (("text", 1, 10, 5), ("text", 20, 5, 3), ("audio", 1, 5, 4), ("audio", 20, 5, 2))
+
+
+def turn_runs(args: argparse.Namespace, shapes: tuple[Shape, ...]) -> list[dict[str, Any]]:
+    """Each shape on the floor server and on the server under test, round by round in turn, compared.
+
+    Both servers run side by side (on the same core when pinned; only one is
+    busy at a time), with the same client, simulator program and shapes.
+    """
+    import asyncio
+
+    import live_scenarios as sc
+
+    pace = not args.no_pace
+    summaries = []
+    with ExitStack() as servers:
+        floor = servers.enter_context(_target(args, args.delay, floor=True)) if args.floor else None
+        server = servers.enter_context(_target(args, args.delay))
+        for kind, connections, turns, rounds in shapes:
+            if floor is None:
+                summary = asyncio.run(sc.turns(server, connections, turns, kind, rounds, args.audio_seconds, pace))
+            else:
+                _, summary = asyncio.run(sc.paired_turns(floor, server, connections, turns, kind, rounds,
+                                                         args.audio_seconds, pace))
+            summaries.append(sc.show(summary))
+    return summaries
+
+
 def main() -> None:
+    import asyncio
+
     args = _arguments()
     import live_client
     import live_scenarios as sc
+    import live_targets as targets
 
     live_client.raise_nofile_limit()
+    calibration = targets.calibrate()  # before any server starts: this process alone
+    print(f"calibration: fixed Python loop {calibration['loop_ms']:.1f} ms (fastest of {calibration['runs']}; "
+          f"median {calibration['loop_median_ms']:.1f} ms)")
     if args.pin:
         server_cores, load_cores = split_cores()
         os.sched_setaffinity(0, load_cores)
         if args.url:  # someone else's server: only this client keeps off the first core
             print(f"client on cores {sorted(load_cores)} (--no-pin: any)")
         else:
-            print(f"livetx on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} "
+            print(f"the server on core {sorted(server_cores)}, simulator and client on {sorted(load_cores)} "
                   "(--no-pin: shared)")
-    pace = not args.no_pace
     levels = [int(n) for n in args.levels.split(",")]
     wanted = {args.scenario} if args.scenario != "all" else set(SCENARIOS)
     summaries: list[dict[str, Any]] = []
     if "startup" in wanted and not args.url:
         summaries.append(sc.show(sc.startup(args.startup_runs, tokens=args.tokens, sentences=args.sentences,
                                             offline=args.offline, pin=args.pin)))
-    with _target(args, args.delay) as server:
-        if args.scenario == "all":  # the fixed suite of benchmarks/RESULTS.md
-            for kind, connections, turns, rounds in (("text", 1, 50, 1), ("text", 20, 5, 3),
-                                                     ("audio", 1, 20, 1), ("audio", 20, 5, 1)):
-                summaries.append(sc.run(sc.turns(server, connections, turns, kind, rounds,
-                                                 args.audio_seconds, pace)))
-        elif args.scenario in ("turns", "audio"):
-            kind = "audio" if args.scenario == "audio" else "text"
-            summaries.append(sc.run(sc.turns(server, args.connections, args.turns, kind, args.rounds,
-                                             args.audio_seconds, pace)))
+    if args.scenario == "all":
+        summaries += turn_runs(args, SUITE)
+    elif args.scenario in ("turns", "audio"):
+        kind = "audio" if args.scenario == "audio" else "text"
+        summaries += turn_runs(args, ((kind, args.connections, args.turns, args.rounds),))
     if "idle" in wanted:
         # A fresh server: every socket of a user loads that user's stored
         # history, so idle sockets after many turns cost more than on a new one.
         with _target(args, args.delay) as server:
             summaries.append(sc.run(sc.idle(server, levels, args.hold, args.concurrency)))
     if "interrupt" in wanted:
-        with _target(args, args.interrupt_delay) as server:
-            summaries.append(sc.run(sc.interrupts(server, args.trials, args.settle)))
+        with ExitStack() as servers:
+            floor = servers.enter_context(_target(args, args.interrupt_delay, floor=True)) if args.floor else None
+            server = servers.enter_context(_target(args, args.interrupt_delay))
+            base = asyncio.run(sc.interrupts(floor, args.trials, args.settle)) if floor is not None else None
+            summary = asyncio.run(sc.interrupts(server, args.trials, args.settle))
+            if base is not None:
+                targets.compare(summary, base, targets.COMPARED_INTERRUPTS)
+            summaries.append(sc.show(summary))
     for summary in summaries:
         summary["pinned"] = bool(args.pin)
+        summary["calibration"] = calibration
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=2))
     if args.out:
@@ -247,7 +304,7 @@ def main() -> None:
         for n, summary in enumerate(summaries):
             name = f"{n:02d}-{summary['scenario'].replace(' ', '-')}.json"
             Path(args.out, name).write_text(json.dumps(summary, indent=2))
-    missed = sc.missed(summaries)
+    missed = targets.missed(summaries)
     if missed:
         print(f"\n{len(missed)} target(s) missed: " + "; ".join(row["figure"] for row in missed))
     if args.check and missed:

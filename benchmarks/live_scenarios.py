@@ -12,7 +12,6 @@ import asyncio
 import os
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -20,6 +19,7 @@ from websockets.protocol import State
 
 import live_client as client
 from live_bench import cpu_seconds, local_server, rss_mb
+from live_targets import compare, judge, print_targets
 
 Summary = dict[str, Any]
 
@@ -99,51 +99,107 @@ def _finish(summary: Summary) -> Summary:
 # -- turns ------------------------------------------------------------------------
 
 
-async def turns(server: Server, connections: int, turns: int, kind: str = "text",
-                rounds: int = 1, audio_seconds: float = 1.0, pace: bool = True) -> Summary:
-    """``connections`` sockets at once, each running ``turns`` turns back to back."""
-    parts = client.speech_frames(audio_seconds) if kind == "audio" else []
-    results: list[client.TurnTimes] = []
-    first: list[client.TurnTimes] = []  # each socket's first turn, which also waits for its history
+class TurnRun:
+    """``connections`` sockets at once, each running ``turns`` turns back to back, round after round.
 
-    async def one_socket(n: int, record: bool) -> None:
-        async with await client.open_socket(server.url) as ws:
-            for i in range(turns if record else 1):
-                if kind == "audio":
-                    times = await client.audio_turn(ws, parts, f"c{n}-t{i}", pace)
+    Rounds are run one at a time (:meth:`round`), so two servers' runs can
+    take turns round by round (:func:`paired_turns`); the summary counts the
+    server's CPU and the machine's load over its own rounds only.
+    """
+
+    def __init__(self, server: Server, connections: int, turns: int, kind: str = "text",
+                 audio_seconds: float = 1.0, pace: bool = True) -> None:
+        self.server, self.connections, self.turns, self.kind, self.pace = server, connections, turns, kind, pace
+        self.parts = client.speech_frames(audio_seconds) if kind == "audio" else []
+        self.results: list[client.TurnTimes] = []
+        self.first: list[client.TurnTimes] = []  # each socket's first turn, which also waits for its history
+        self.rounds = 0
+        self.cpu: float | None = 0.0
+        self.wall = 0.0
+        self.busy, self.total, self.ours = 0, 0, 0
+        self.started = _frame(f"{kind} turns", server)
+
+    async def _socket(self, n: int, record: bool) -> None:
+        async with await client.open_socket(self.server.url) as ws:
+            for i in range(self.turns if record else 1):
+                if self.kind == "audio":
+                    times = await client.audio_turn(ws, self.parts, f"c{n}-t{i}", self.pace)
                 else:
                     times = await client.text_turn(ws, f"benchmark turn {i} of socket {n}")
                 if record:
-                    results.append(times)
+                    self.results.append(times)
                     if i == 0:
-                        first.append(times)
+                        self.first.append(times)
 
-    await one_socket(-1, record=False)  # warm-up: pools, caches, first imports
-    summary = _frame(f"{kind} turns", server)
-    summary.update(connections=connections, turns_per_connection=turns, rounds=rounds)
-    cpu_before, wall, ticks = server.cpu(), time.perf_counter(), machine_ticks()
+    async def warm(self) -> None:
+        """One turn on a socket of its own first: pools, caches, first imports."""
+        await self._socket(-1, record=False)
+
+    async def round(self) -> None:
+        cpu_before, wall, ticks = self.server.cpu(), time.perf_counter(), machine_ticks()
+        await asyncio.gather(*(self._socket(n, True) for n in range(self.connections)))
+        cpu_after, after = self.server.cpu(), machine_ticks()
+        self.wall += time.perf_counter() - wall
+        load = machine_load(ticks, after)
+        total = after[1] - ticks[1]
+        self.total += total
+        self.busy += round(load["busy"] * total)
+        self.ours += round((load["busy"] - load["foreign"]) * total)
+        self.cpu = None if cpu_before is None or cpu_after is None or self.cpu is None else (
+            self.cpu + cpu_after - cpu_before)
+        self.rounds += 1
+
+    def summary(self) -> Summary:
+        summary = self.started
+        summary.update(connections=self.connections, turns_per_connection=self.turns, rounds=self.rounds)
+        results, first = self.results, self.first
+        summary["turns"] = len(results)
+        summary["wall_s"] = self.wall
+        total = self.total or 1
+        summary["machine"] = {"busy": self.busy / total, "foreign": max(0.0, (self.busy - self.ours) / total)}
+        for mark in client.MARKS:
+            values = [r.marks[mark] for r in results if mark in r.marks]
+            if values:
+                summary[mark] = spread(values)
+        if self.turns > 1:
+            later = [r for r in results if not any(r is f for f in first)]
+            summary["by_turn"] = {
+                name: {mark: spread([r.marks[mark] for r in group]) for mark in ("response", "end")
+                       if all(mark in r.marks for r in group)}
+                for name, group in (("first", first), ("later", later))
+            }
+        summary["audio_frames_per_turn"] = statistics.mean(r.audio_frames for r in results)
+        if self.cpu is not None:
+            summary["server_cpu_ms_per_turn"] = self.cpu * 1000 / len(results)
+            summary["server_rss_mb"] = self.server.rss()
+        return _finish(summary)
+
+
+async def turns(server: Server, connections: int, turns: int, kind: str = "text",
+                rounds: int = 1, audio_seconds: float = 1.0, pace: bool = True) -> Summary:
+    """``connections`` sockets at once, each running ``turns`` turns back to back, ``rounds`` times."""
+    run = TurnRun(server, connections, turns, kind, audio_seconds, pace)
+    await run.warm()
     for _ in range(rounds):
-        await asyncio.gather(*(one_socket(n, True) for n in range(connections)))
-    cpu_after, wall = server.cpu(), time.perf_counter() - wall
-    summary["turns"] = len(results)
-    summary["wall_s"] = wall
-    summary["machine"] = machine_load(ticks, machine_ticks())
-    for mark in client.MARKS:
-        values = [r.marks[mark] for r in results if mark in r.marks]
-        if values:
-            summary[mark] = spread(values)
-    if turns > 1:
-        later = [r for r in results if not any(r is f for f in first)]
-        summary["by_turn"] = {
-            name: {mark: spread([r.marks[mark] for r in group]) for mark in ("response", "end")
-                   if all(mark in r.marks for r in group)}
-            for name, group in (("first", first), ("later", later))
-        }
-    summary["audio_frames_per_turn"] = statistics.mean(r.audio_frames for r in results)
-    if cpu_before is not None and cpu_after is not None:
-        summary["server_cpu_ms_per_turn"] = (cpu_after - cpu_before) * 1000 / len(results)
-        summary["server_rss_mb"] = server.rss()
-    return _finish(summary)
+        await run.round()
+    return run.summary()
+
+
+async def paired_turns(floor: Server, server: Server, connections: int, turns: int, kind: str = "text",
+                       rounds: int = 1, audio_seconds: float = 1.0, pace: bool = True) -> tuple[Summary, Summary]:
+    """The same shape on the floor and on the server, taking turns round by round, then compared.
+
+    A machine whose speed drifts (others' work comes and goes) moves both
+    sides of each ratio alike, round by round rather than run by run.
+    """
+    runs = [TurnRun(s, connections, turns, kind, audio_seconds, pace) for s in (floor, server)]
+    for run in runs:
+        await run.warm()
+    for _ in range(rounds):
+        for run in runs:
+            await run.round()
+    base, summary = (run.summary() for run in runs)
+    return base, compare(summary, base)
 
 
 def print_turns(s: Summary) -> None:
@@ -162,6 +218,11 @@ def print_turns(s: Summary) -> None:
     print(f"audio frames per turn: {s['audio_frames_per_turn']:.1f}")
     if "server_cpu_ms_per_turn" in s:
         print(f"server CPU per turn: {s['server_cpu_ms_per_turn']:.2f} ms; RSS {s['server_rss_mb']:.1f} MB")
+    if s.get("vs_floor"):
+        print(f"{'against the floor':26} {'server':>9} {'floor':>9} {'ratio':>7}")
+        for name, row in s["vs_floor"].items():
+            ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+            print(f"{name:26} {row['server']:9.2f} {row['floor']:9.2f} {ratio:>7}")
 
 
 # -- barge-in ---------------------------------------------------------------------
@@ -189,6 +250,8 @@ def print_interrupts(s: Summary) -> None:
     print(f"{'median':>8} {'p95':>8} {'p99':>8} {'max':>8} {'audio after':>12} {'frames after':>13}")
     print(f"{r['median_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}"
           f" {s['audio_frames_after_stop_play']:12d} {s['frames_after_stop_play']:13d}")
+    for name, row in s.get("vs_floor", {}).items():
+        print(f"  {name}: floor {row['floor']:.2f} ms, ratio {row['ratio']:.2f}x")
 
 
 # -- idle sockets -----------------------------------------------------------------
@@ -247,16 +310,25 @@ def print_idle(s: Summary) -> None:
 
 
 def startup(runs: int, **server_options: Any) -> Summary:
-    """Start livetx ``runs`` times: process start to port accepting, and RSS then."""
+    """Start livetx ``runs`` times: process start to port accepting, and RSS then.
+
+    Each run starts the floor server too, just before, so the start-up time
+    can be read as a ratio (both import Twisted, Autobahn and treq and open a
+    port; the rest is livetx's own).
+    """
     summary: Summary = {"scenario": "startup", "loadavg_before": os.getloadavg()[0]}
-    seconds, rss = [], []
+    seconds, rss, floor = [], [], []
     for _ in range(runs):
+        with local_server(**server_options, floor=True) as (_url, _pid, took):
+            floor.append(took)
         with local_server(**server_options) as (_url, pid, took):
             seconds.append(took)
             time.sleep(0.5)  # let the reactor settle before reading RSS
             rss.append(rss_mb(pid))
-    summary.update(runs=runs, startup_s=seconds, median_s=statistics.median(seconds),
-                   idle_rss_mb=statistics.median(rss))
+    median, floor_median = statistics.median(seconds), statistics.median(floor)
+    summary.update(runs=runs, startup_s=seconds, median_s=median, idle_rss_mb=statistics.median(rss),
+                   floor_startup_s=floor, vs_floor={"median_s": {"server": median, "floor": floor_median,
+                                                                 "ratio": median / floor_median}})
     return _finish(summary)
 
 
@@ -264,85 +336,9 @@ def print_startup(s: Summary) -> None:
     print(f"\nstart-up, {s['runs']} runs (load {s['loadavg_before']:.2f})")
     print(f"process start -> accepting: median {s['median_s']:.2f} s "
           f"({', '.join(f'{x:.2f}' for x in s['startup_s'])}); idle RSS {s['idle_rss_mb']:.1f} MB")
-
-
-# -- targets ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """One figure of issue 8's table: where it is read, and the most it may be."""
-
-    figure: str
-    scenario: str
-    limit: float
-    unit: str
-    #: The figure in a summary, or None when this run's shape does not measure it.
-    measure: Callable[[Summary], float | None]
-
-
-def _shape(connections: int, turns: int | None, mark: str, stat: str) -> Callable[[Summary], float | None]:
-    def measure(s: Summary) -> float | None:
-        if s["connections"] != connections or (turns is not None and s["turns_per_connection"] != turns):
-            return None
-        return s[mark][stat] if mark in s else None
-    return measure
-
-
-def _idle_level(level: int, figure: Callable[[Summary], float | None]) -> Callable[[Summary], float | None]:
-    def measure(s: Summary) -> float | None:
-        row = next((r for r in s["levels"] if r["connections"] == level), None)
-        return None if row is None else figure(row)
-    return measure
-
-
-TARGETS: tuple[Target, ...] = (
-    Target("text -> first response, 1 connection, median", "text turns", 5, "ms",
-           _shape(1, None, "response", "median_ms")),
-    Target("text -> first response, 20 x 5, p95", "text turns", 50, "ms", _shape(20, 5, "response", "p95_ms")),
-    Target("text -> end, 20 x 5, p95", "text turns", 80, "ms", _shape(20, 5, "end", "p95_ms")),
-    Target("server CPU per text turn", "text turns", 5, "ms", lambda s: s.get("server_cpu_ms_per_turn")),
-    Target("interrupt -> stop_play, p99", "interrupt", 10, "ms", lambda s: s["stop_play"]["p99_ms"]),
-    Target("audio frames after stop_play", "interrupt", 0, "frames", lambda s: s["audio_frames_after_stop_play"]),
-    Target("idle RSS after start-up", "startup", 60, "MB", lambda s: s["idle_rss_mb"]),
-    Target("10,000 idle connections: not held", "idle", 0, "sockets",
-           _idle_level(10_000, lambda r: r["connections"] - r["held"])),
-    Target("10,000 idle connections: memory each", "idle", 20, "KiB",
-           _idle_level(10_000, lambda r: r.get("kib_per_connection"))),
-    Target("start-up to accepting, median", "startup", 1.5, "s", lambda s: s["median_s"]),
-)
-
-
-def judge(summary: Summary) -> Summary:
-    """Add the scenario's targets to its summary: limit, measured (None: not in this run) and met."""
-    rows = []
-    for target in TARGETS:
-        if target.scenario != summary["scenario"]:
-            continue
-        value = target.measure(summary)
-        rows.append({"figure": target.figure, "limit": target.limit, "unit": target.unit, "measured": value,
-                     "met": None if value is None else value <= target.limit})
-    summary["targets"] = rows
-    return summary
-
-
-def missed(summaries: list[Summary]) -> list[Summary]:
-    """The targets measured and not met, over all the summaries."""
-    return [row for s in summaries for row in s.get("targets", []) if row["met"] is False]
-
-
-_DIGITS = {"ms": 2, "s": 2, "MB": 1, "KiB": 1, "frames": 0, "sockets": 0}
-
-
-def print_targets(s: Summary) -> None:
-    if not s["targets"]:
-        return
-    print(f"{'target':42} {'limit':>12} {'measured':>14} {'met':>4}")
-    for row in s["targets"]:
-        limit = f"<= {row['limit']:g} {row['unit']}"
-        measured = "-" if row["measured"] is None else f"{row['measured']:.{_DIGITS[row['unit']]}f} {row['unit']}"
-        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        print(f"{row['figure']:42} {limit:>12} {measured:>14} {met:>4}")
+    row = s["vs_floor"]["median_s"]
+    print(f"the floor: median {row['floor']:.2f} s ({', '.join(f'{x:.2f}' for x in s['floor_startup_s'])}); "
+          f"ratio {row['ratio']:.2f}x")
 
 
 PRINTERS: dict[str, Callable[[Summary], None]] = {

@@ -3,7 +3,7 @@
 Scripts rely on one contract: a created key or token is the last line printed.
 ``say`` and ``talk`` print the reply on stdout and exit with a code from
 :mod:`livetx.client.session` (0 ok, 1 server error, 2 usage, 3 connection, 4 timeout,
-5 ``talk`` heard nothing).
+5 ``talk`` heard nothing, 6 credential refused).
 """
 
 from __future__ import annotations
@@ -17,20 +17,39 @@ from typing import Any, Callable, NoReturn
 from twisted.python import usage
 
 from livetx import __version__, config as configuration, storage
-from livetx.auth.keys import CorruptKeyFile, KeyStore, resolve_username
-from livetx.auth.tokens import issue_token
+from livetx.auth.keys import KEYS_FILE, CorruptKeyFile, KeyStore, resolve_username
+from livetx.auth.tokens import SECRET_FILE, issue_token
 
 
-class _DataDirOptions(usage.Options):
-    longdesc = ""
+class _Command(usage.Options):
+    """Every ``livetx`` command: its own usage line, and ``--version`` says livetx's version."""
+
+    synopsis = "[options]"
+
+    def getSynopsis(self) -> str:
+        words: list[str] = [self.synopsis]
+        node: usage.Options = self
+        while node.parent is not None:
+            words.insert(0, node.parent.subCommand or "")
+            node = node.parent
+        return " ".join(["Usage: livetx", *words]).rstrip()
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"livetx {__version__}")
+        sys.exit(0)
+
+
+class _DataDirOptions(_Command):
+    synopsis = "[--data-dir DIR] [--config FILE]"
     optParameters: list[list[Any]] = [
-        ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."],
+        ["data-dir", "d", None, f"The server's data directory ({configuration.DATA_DIR_HELP})."],
         ["config", "c", None, "The server's TOML config: its [store] url and [auth] jwt_secret apply."],
     ]
 
     @property
     def data_dir(self) -> Path:
-        return Path(self["data-dir"]).expanduser()
+        return configuration.data_dir(self["data-dir"])
 
     @property
     def settings(self) -> configuration.Config:
@@ -40,9 +59,13 @@ class _DataDirOptions(usage.Options):
         """The keys of the store the server uses: the data dir's, or PostgreSQL's."""
         return storage.key_store(self.settings, self.data_dir)
 
+    def key_file(self) -> Path | None:
+        """The data dir's key file, when keys are kept there (not in PostgreSQL)."""
+        return None if self.settings.store.url else self.data_dir / KEYS_FILE
+
 
 class KeysCreate(_DataDirOptions):
-    synopsis = "--scope chat [--name NAME]"
+    synopsis = "--scope chat [--name NAME] [--data-dir DIR]"
     optParameters: list[list[Any]] = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
@@ -59,13 +82,14 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID"
+    synopsis = "KEY_ID [--data-dir DIR]"
 
     def parseArgs(self, key_id: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["id"] = key_id
 
 
-class KeysOptions(usage.Options):
+class KeysOptions(_Command):
+    synopsis = "create|list|revoke [options]"
     longdesc = (
         "Open API keys are stored hashed in the data dir, or in PostgreSQL when --config sets "
         "[store] url; running servers see changes at once (within a second from PostgreSQL)."
@@ -82,6 +106,7 @@ class KeysOptions(usage.Options):
 
 
 class TokenOptions(_DataDirOptions):
+    synopsis = "--username NAME [--ttl SECONDS] [--config FILE] [--data-dir DIR]"
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires.", float],
@@ -95,12 +120,14 @@ class TokenOptions(_DataDirOptions):
             raise usage.UsageError(f"{problem or 'Invalid username'}: {self['username']!r}")
 
 
-class _TurnOptions(usage.Options):
+class _TurnOptions(_Command):
     """What ``say`` and ``talk`` share: where, who, and what to do with the reply."""
 
     optFlags = [
         ["json", "j", "Print every frame received as one JSON line (and nothing else on stdout)."],
         ["play", None, "Play the reply audio when a player (paplay, aplay, ffplay) exists."],
+        ["insecure", None, "INSECURE, for testing only: accept any wss:// certificate, so anyone on the "
+                           "path can read and change the conversation. Prefer --cafile."],
     ]
     optParameters: list[list[Any]] = [
         ["token", "t", None, "A dashboard JWT (see: livetx token); or set LIVETX_TOKEN."],
@@ -109,6 +136,8 @@ class _TurnOptions(usage.Options):
         ["out", "o", None, "Write the reply audio, in order, to this file (WAV)."],
         ["interrupt-after", None, None, "Send interrupt this many seconds after the reply starts.", float],
         ["timeout", None, 60.0, "Give up (exit 4) when the reply has not ended after this many seconds.", float],
+        ["cafile", None, None, "Trust the certificates in this PEM file for wss:// (a private CA, or a "
+                               "self-signed server's own certificate) instead of the system's."],
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -128,6 +157,8 @@ class _TurnOptions(usage.Options):
         self["api-key"] = self["api-key"] or os.environ.get("LIVETX_API_KEY")
         if not self["token"] and not (self["api-key"] and self["username"]):
             raise usage.UsageError("give --token, or --api-key with --username")
+        if self["insecure"] and self["cafile"]:
+            raise usage.UsageError("give --cafile or --insecure, not both")
 
 
 class SayOptions(_TurnOptions):
@@ -155,28 +186,35 @@ class TalkOptions(_TurnOptions):
             raise usage.UsageError("--wav is required")
 
 
-class Options(usage.Options):
-    synopsis = "livetx COMMAND [options]"
+class Options(_Command):
+    synopsis = "COMMAND [options]"
     longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
-        ["say", None, SayOptions, "Send a text turn to a server; print and save the reply."],
-        ["talk", None, TalkOptions, "Send a WAV file as a voice turn; print and save the reply."],
+        ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
+        ["talk", None, TalkOptions, "Send a WAV file as a voice turn and print the reply (--out saves its audio)."],
     ]
-
-    def opt_version(self) -> None:
-        """Print the version and exit."""
-        print(f"livetx {__version__}")
-        sys.exit(0)
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("choose a command")
 
 
+def _say_if_created(what: str, path: Path, existed: bool) -> None:
+    """A fresh secret or key store usually means another data dir than the server's: say so, with the path."""
+    if not existed:
+        print(f"livetx: created a new {what} at {path}; a server started with another data dir "
+              f"(--data-dir, ${configuration.DATA_DIR_VARIABLE}) will not accept what it makes", file=sys.stderr)
+
+
 def keys_create(options: KeysCreate) -> int:
-    record, key = options.key_store().create(options["scopes"], options["name"])
+    store = options.key_store()
+    path = options.key_file()
+    existed = path is None or path.exists()
+    record, key = store.create(options["scopes"], options["name"])
+    if path is not None:
+        _say_if_created("key store", path, existed)
     print(f"created key {record.id} ({record.name or 'unnamed'}) with scopes {', '.join(record.scopes)}")
     print("store it now; it cannot be shown again:")
     print(key)
@@ -184,15 +222,20 @@ def keys_create(options: KeysCreate) -> int:
 
 
 def keys_list(options: _DataDirOptions) -> int:
+    store = options.key_store()
+    path = options.key_file()
+    if path is not None and not path.exists():
+        print(f"livetx: no key store at {path} (is that the server's data dir?)", file=sys.stderr)
     print(f"{'id':8}  {'prefix':8}  {'name':16}  {'scopes':14}  {'created':25}  revoked")
-    for r in options.key_store().list():
+    for r in store.list():
         print(f"{r.id:8}  {r.prefix:8}  {(r.name or '-'):16}  {','.join(r.scopes):14}  "
               f"{r.created_at:25}  {r.revoked_at or '-'}")
     return 0
 
 
 def keys_revoke(options: KeysRevoke) -> int:
-    if options.key_store().revoke(options["id"]):
+    store = options.key_store()
+    if store.revoke(options["id"]):
         print(f"revoked key {options['id']}")
         redis = options.settings.cluster.redis
         if redis:  # every node closes the key's sockets now, not at its next key refresh
@@ -205,12 +248,17 @@ def keys_revoke(options: KeysRevoke) -> int:
                 return 1
             print(f"told {nodes} server process(es), which close its sockets")
         return 0
-    print(f"livetx: no active key with id {options['id']!r}", file=sys.stderr)
+    where = options.key_file() or "the configured store"
+    print(f"livetx: no active key with id {options['id']!r} in {where}", file=sys.stderr)
     return 1
 
 
 def token(options: TokenOptions) -> int:
-    secret = storage.jwt_secret(options.settings, options.data_dir)
+    settings = options.settings
+    path = options.data_dir / SECRET_FILE
+    existed = bool(settings.auth.jwt_secret or settings.store.url) or path.exists()
+    secret = storage.jwt_secret(settings, options.data_dir)
+    _say_if_created("JWT secret", path, existed)
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 

@@ -18,6 +18,21 @@ from typing import Any, Literal, Mapping
 
 #: Where the server and the ``livetx`` command keep keys and secrets by default.
 DEFAULT_DATA_DIR = "livetx-data"
+#: Names the data dir for the server and every ``livetx`` command when ``--data-dir`` does not.
+DATA_DIR_VARIABLE = "LIVETX_DATA_DIR"
+#: What ``--help`` says of the default.
+DATA_DIR_HELP = f"default: ${DATA_DIR_VARIABLE}, else ./{DEFAULT_DATA_DIR}"
+
+
+def data_dir(given: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """``--data-dir``, else ``$LIVETX_DATA_DIR``, else ``./livetx-data``, made absolute.
+
+    One rule for the server and every command: a token made in another working
+    directory would otherwise come from a fresh secret the server never sees.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = given or environ.get(DATA_DIR_VARIABLE) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().resolve()
 
 
 class ConfigError(ValueError):

@@ -18,12 +18,16 @@ from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from livetx.auth.revocation import KeyRevocations
+from livetx.auth.tokens import SECRET_FILE
 from livetx.chat.service import ChatService
 from livetx.config import Config
 from livetx.deferreds import waiter_for
+from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
@@ -36,6 +40,8 @@ from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
 from livetx.web.site import build_site
+
+_log = Logger()
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,12 @@ class Services:
 
 def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool = False) -> Services:
     """Build the whole server but its listening ports, which the caller adds to ``root``."""
+    fresh = not (settings.auth.jwt_secret or settings.store.url or (data_dir / SECRET_FILE).exists())
     storage = open_storage(settings, data_dir, reactor)
     store, keys, secret = storage.store, storage.keys, storage.secret
+    if fresh:
+        _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
+                  path=str(data_dir / SECRET_FILE))
     http, pool = make_http_client(reactor)
     engines = build_engines(settings, http, reactor, data_dir)
     metrics = ServerMetrics()
@@ -116,6 +126,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         service.setServiceParent(root)
     revocations.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
+    WarmUp(engines, reactor).setServiceParent(root)
     return Services(root=root, site=site, metrics=metrics)
 
 
@@ -168,3 +179,29 @@ def _trim_heap() -> None:
     except (OSError, AttributeError):  # not glibc: musl, macOS
         return
     trim(0)
+
+
+class WarmUp(Service):
+    """Loads the engines that are slow to load (those with a ``warm()``) as the server starts.
+
+    Otherwise the first reply would wait for a model to load, with nothing in
+    the log to say why; now the log says what is loading and how long it took.
+    """
+
+    def __init__(self, engines: Engines, clock: Any) -> None:
+        self._engines: list[Any] = [e for e in (engines.tts, engines.stt, engines.llm) if hasattr(e, "warm")]
+        self._clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        for engine in self._engines:
+            name, started = getattr(engine, "name", type(engine).__name__), self._clock.seconds()
+            _log.info("loading {engine}; replies wait for it", engine=name)
+
+            def loaded(_: object, name: str = name, started: float = started) -> None:
+                _log.info("{engine} loaded in {seconds:.1f} s", engine=name, seconds=self._clock.seconds() - started)
+
+            def failed(failure: Failure, name: str = name) -> None:
+                _log.error("{engine} failed to load: {why}", engine=name, why=failure.getErrorMessage())
+
+            engine.warm().addCallbacks(loaded, failed)

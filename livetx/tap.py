@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import endpoints
-from twisted.logger import Logger
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
@@ -36,13 +37,16 @@ class Options(usage.Options):
         "With no config file, replies come from the offline echo model."
     )
     optParameters = [
-        ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
+        ["data-dir", "d", None,
+         f"Directory for keys, secrets and data, created if missing ({configuration.DATA_DIR_HELP})."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
         ["workers", "w", 1, "Worker processes sharing the --listen sockets (more than 1 needs [cluster] redis).", int],
         ["metrics-dir", None, None, "Internal (--workers): where the workers share their metrics."],
     ]
     optFlags = [
-        ["conformance-echo", None, "Test only: also serve an echo socket at /conformance/echo."],
+        ["conformance-echo", None,
+         "FOR TESTS ONLY, never in production: also serve an unauthenticated echo socket at "
+         "/conformance/echo for the Autobahn conformance suite."],
     ]
 
     def __init__(self) -> None:
@@ -55,14 +59,14 @@ class Options(usage.Options):
         self["adopt"].append(spec)
 
     def opt_listen(self, description: str) -> None:
-        """Listen on a Twisted endpoint, e.g. tcp:6185 or ssl:8443:privateKey=key.pem (repeatable)."""
+        """Listen on a Twisted endpoint, e.g. ssl:8443:privateKey=key.pem (repeatable; default: tcp:6185)."""
         from twisted.internet import reactor  # twistd has installed its reactor by now
 
         try:
             # Parsing builds the endpoint, so a missing ssl: key file fails here.
             endpoints.serverFromString(reactor, description)
         except Exception as e:
-            raise usage.UsageError(f"bad --listen endpoint {description!r}: {e}") from None
+            stop_startup(f"bad --listen endpoint {description!r}: {e}")
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -75,11 +79,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        data_dir = Path(self["data-dir"]).expanduser().resolve()
+        data_dir = configuration.data_dir(self["data-dir"])
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise usage.UsageError(f"cannot create --data-dir {str(data_dir)!r}: {e.strerror}") from None
+            stop_startup(f"cannot create the data dir {str(data_dir)!r}: {e.strerror}")
         self["data-dir"] = data_dir
         try:
             self["settings"] = configuration.load(
@@ -89,9 +93,7 @@ class Options(usage.Options):
             self._check_workers()
             check_store(self["settings"])
         except configuration.ConfigError as e:
-            # One line naming the problem, not a page of usage text.
-            sys.stderr.write(f"livetx: {e}\n")
-            raise SystemExit(1)
+            stop_startup(str(e))
 
     def _check_workers(self) -> None:
         workers = self["workers"]
@@ -111,6 +113,42 @@ class Options(usage.Options):
                         "(terminate TLS at the proxy in front)")
 
 
+def stop_startup(message: str) -> NoReturn:
+    """End start-up with one line on stderr and exit status 1, not a traceback or the usage text.
+
+    By the time ports are opened twistd has sent ``sys.stderr`` into its log,
+    so the line goes to the process's own stderr and to the log (which is all a
+    daemon has).
+    """
+    stream = sys.stderr
+    if isinstance(stream, LoggingFile):
+        _log.error("livetx: {message}", message=message)
+        stream = sys.__stderr__
+    if stream is not None:
+        stream.write(f"livetx: {message}\n")
+        stream.flush()
+    raise SystemExit(1)
+
+
+class _Listening(StreamServerEndpointService):
+    """One ``--listen`` endpoint; failing to open it (port taken, out of range, no permission) is one line."""
+
+    #: Set as ``strports.service`` sets it: a port that cannot be opened raises
+    #: from ``privilegedStartService`` rather than being logged as a traceback.
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            reason = e.socketError if isinstance(e, CannotListenError) else e
+            stop_startup(f"cannot listen on {self.description}: {reason}")
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The service graph (:func:`livetx.service.build_services`) and its listening ports."""
     if reactor is None:
@@ -119,7 +157,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     data_dir: Path = options["data-dir"]
     if options["workers"] > 1:  # this process only supervises; the workers serve
         return _supervisor(options, settings, data_dir, reactor)
-    services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
+    try:
+        services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
+    except OSError as e:  # the data dir's secret or key files cannot be read or written
+        stop_startup(f"cannot use the data dir {str(data_dir)!r}: {e.filename or ''}: {e.strerror or e}")
     # Added last, so stopped first: no new connection while the others drain.
     if options["adopt"]:  # a worker of --workers: the supervisor holds the sockets
         from livetx.cluster.worker_metrics import SharedMetrics
@@ -130,7 +171,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         for spec in options["adopt"]:
             AdoptedPort(reactor, spec, services.site).setServiceParent(services.root)
     for description in [] if options["adopt"] else options["listen"]:
-        strports.service(description, services.site, reactor=reactor).setServiceParent(services.root)
+        _Listening(description, services.site, reactor).setServiceParent(services.root)
     _log.info(
         "livetx {version}: model {llm}, speech {tts}, transcription {stt}, data in {data_dir}",
         version=__version__,

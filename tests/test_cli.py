@@ -10,6 +10,7 @@ import pytest
 
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret, verify_token
+from livetx import __version__
 from livetx.cli import main
 
 
@@ -60,6 +61,42 @@ def test_as_a_real_process(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("abk_")
     result = subprocess.run([sys.executable, "-m", "livetx", "nonsense"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "livetx:" in result.stderr
+
+
+def test_the_data_dir_comes_from_the_environment_and_a_fresh_one_is_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, elsewhere = tmp_path / "server-data", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("LIVETX_DATA_DIR", str(data))
+    assert main(["token", "-u", "zoe"]) == 0
+    out, err = capsys.readouterr()
+    secret = data / "jwt_secret"
+    assert verify_token(load_or_create_secret(data, None), out.strip().splitlines()[-1]) == "zoe"
+    assert f"created a new JWT secret at {secret}" in err and "LIVETX_DATA_DIR" in err
+    assert main(["keys", "create", "--scope", "chat"]) == 0
+    assert f"created a new key store at {data / 'api_keys.json'}" in capsys.readouterr().err
+    assert not (elsewhere / "livetx-data").exists()  # nothing made in the working directory
+
+    assert main(["token", "-u", "zoe"]) == 0 and main(["keys", "create", "--scope", "chat"]) == 0
+    assert capsys.readouterr().err == ""  # the same secret and store again: nothing to say
+    assert main(["keys", "list", "-d", str(tmp_path / "empty")]) == 0
+    assert f"no key store at {tmp_path / 'empty' / 'api_keys.json'}" in capsys.readouterr().err
+    assert main(["token", "-u", "zoe", "-d", str(tmp_path / "flag")]) == 0  # --data-dir wins
+    assert (tmp_path / "flag" / "jwt_secret").exists()
+
+
+@pytest.mark.parametrize("command", [["talk"], ["keys", "create"], ["token"], []])
+def test_help_and_version(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(" ".join(["Usage: livetx", *(command or ["COMMAND"])]) + " "), first
+    assert ("COMMAND" in first) == (not command)
+    with pytest.raises(SystemExit):
+        main([*command, "--version"])
+    assert capsys.readouterr().out == f"livetx {__version__}\n"  # not Twisted's
 
 
 @pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "x" * 65, "bang!", " padded"])

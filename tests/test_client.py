@@ -14,18 +14,22 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.usage import UsageError
 
 from livetx.audio import SAMPLE_RATE, read_wav, to_wav
 from livetx.auth.keys import KeyStore
 from livetx.cli import Options
 from livetx.client import console
 from livetx.client.audio import join_chunks, load_speech
+from livetx.client.progress import CLEAR, Progress
 from livetx.client.session import socket_address
 from livetx.config import TTSConfig
 from livetx.providers.espeak import EspeakSpeech
 
 from .test_live_ws import LIVE, OPEN_API, openai_config
+from .test_twistd import free_port, make_certificate
 from .test_voice import GRAMMAR
 
 
@@ -95,6 +99,7 @@ async def test_talk_resamples_any_wav_and_is_understood(livetx: Any, tmp_path: P
     run = await livetx_client("talk", base(server), "--wav", str(stereo), "--token", server.token())
     assert run.code == 0, run.err
     assert "heard: turn on the kitchen lights" in run.err
+    assert re.search(r"^livetx: sent \d\.\d s of speech, transcribing; waiting for the reply$", run.err, re.M)
     assert run.out == "turn on the kitchen lights\n"
     assert "stt" in run.err and "wav_assemble_time" in run.err
 
@@ -117,8 +122,17 @@ async def test_interrupt_after_stops_the_reply(livetx: Any, openai: Any) -> None
 async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await livetx()
     refused = await livetx_client("say", base(server), "hi", "--token", "not-a-jwt")
-    assert refused.code == 3 and "the server closed the connection" in refused.err
-    assert "not-a-jwt" not in refused.err
+    assert refused.code == 6 and "the server refused the credential (Invalid token)" in refused.err
+    assert "another data dir" in refused.err and "not-a-jwt" not in refused.err
+    unknown_key = await livetx_client("say", base(server), "hi", "-k", "abk_made_elsewhere", "-u", "al")
+    assert unknown_key.code == 6, unknown_key.err  # the same mistake, the same exit code
+    assert "the server refused the credential (Invalid API key)" in unknown_key.err
+    assert "another data dir" in unknown_key.err and "abk_made_elsewhere" not in unknown_key.err
+    expired = await livetx_client("say", base(server), "hi", "--token", server.token(ttl=-10))
+    assert expired.code == 6 and "(Token expired); make a new one" in expired.err
+
+    nobody = await livetx_client("say", f"ws://127.0.0.1:{free_port()}", "hi", "--token", "t")
+    assert nobody.code == 3 and "cannot connect to 127.0.0.1" in nobody.err
 
     openai.fail_status = 500
     failing = await livetx(openai_config(openai.base_url))
@@ -222,3 +236,69 @@ async def test_an_error_outside_a_turn_ends_the_client_at_once(livetx: Any, tmp_
                               "-t", server.token(), "--timeout", "20")
     assert run.code == 1, run.err  # not 4 after waiting out the timeout
     assert "livetx: server error AUDIO_TOO_LONG: voice segment longer than 1 s" in run.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_wss_with_a_self_signed_certificate(livetx: Any, tmp_path: Path) -> None:
+    key, cert = make_certificate(tmp_path)
+    server = await livetx(listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    url = f"wss://127.0.0.1:{server.port}"
+    refused = await livetx_client("say", url, "hi", "--token", server.token())
+    assert refused.code == 3
+    lines = refused.err.strip().splitlines()
+    assert len(lines) == 1 and "the client refused the server's certificate (certificate verify failed)" \
+        in lines[0] and "--cafile" in lines[0], refused.err  # not "the server closed the connection"
+
+    trusted = await livetx_client("say", url, "hi", "--token", server.token(), "--cafile", str(cert))
+    assert trusted.code == 0 and trusted.out == "hi\n", trusted.err
+    assert "WARNING" not in trusted.err
+
+    other_name = await livetx_client("say", f"wss://localhost:{server.port}", "hi", "-t", server.token(),
+                                     "--cafile", str(cert))  # the certificate names 127.0.0.1 only
+    assert other_name.code == 3 and "subjectAltName does not name the host" in other_name.err
+
+    unchecked = await livetx_client("say", url, "hi", "--token", server.token(), "--insecure")
+    assert unchecked.code == 0 and unchecked.out == "hi\n", unchecked.err
+    assert "WARNING: --insecure" in unchecked.err
+
+    missing = await livetx_client("say", url, "hi", "--token", "t", "--cafile", str(tmp_path / "none.pem"))
+    assert missing.code == 2 and "--cafile" in missing.err
+    with pytest.raises(UsageError, match="not both"):
+        Options().parseOptions(["say", url, "hi", "-t", "t", "--insecure", "--cafile", str(cert)])
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_spinner_on_a_terminal_until_the_reply_streams() -> None:
+    clock, err = Clock(), Terminal()
+    progress = Progress(clock, err, "sent 2.0 s of speech, transcribing")
+    clock.advance(0.1)
+    clock.advance(0.1)
+    assert err.getvalue().split(CLEAR)[1:] == [
+        "| sent 2.0 s of speech, transcribing 0.0 s",
+        "/ sent 2.0 s of speech, transcribing 0.1 s",
+        "- sent 2.0 s of speech, transcribing 0.2 s",
+    ]
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    assert err.getvalue().endswith(CLEAR)  # wiped before "heard: ..." is printed
+    clock.advance(0.1)
+    assert err.getvalue().endswith("waiting for the reply 0.3 s")
+    progress.frame({"t": "bot_delta_chunk", "data": {"text": "Hi"}})
+    written = err.getvalue()
+    clock.advance(1)
+    assert written.endswith(CLEAR) and err.getvalue() == written  # stopped for good
+    progress.stop()
+    assert err.getvalue() == written
+
+
+def test_one_plain_line_when_stderr_is_not_a_terminal() -> None:
+    clock, err = Clock(), io.StringIO()
+    progress = Progress(clock, err, "sent 2.0 s of speech, transcribing")
+    clock.advance(5)
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    clock.advance(5)
+    progress.stop()
+    assert err.getvalue() == "livetx: sent 2.0 s of speech, transcribing; waiting for the reply\n"

@@ -159,6 +159,14 @@ def test_openapi_document_is_read_on_first_request_only() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_turn_that_fails_is_an_error_event_on_a_200_stream(livetx: Any, openai: Any) -> None:
+    openai.fail_status = 500  # as docs/http-api.md says: the status is sent before the model answers
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    events = await API(server).chat(username="ann", message=[{"type": "plain", "text": "hi"}])  # asserts 200
+    assert [e["type"] for e in events][-2:] == ["error", "end"] and events[-2]["code"] == "LLM_ERROR"
+
+
+@pytest_twisted.ensureDeferred
 async def test_every_session_id_that_can_exist_can_be_read(livetx: Any) -> None:
     """Issue 13.9: ``{session_id}`` is percent-decoded (``live:NAME`` defaults, non-ASCII, even a slash)."""
     from urllib.parse import quote

@@ -41,9 +41,64 @@ def test_listen_is_repeatable_and_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", ["nonsense:1", "tcp:notaport", "ssl:8443:privateKey=/no/such.pem"])
-def test_bad_endpoints_are_usage_errors(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(usage.UsageError, match="--listen"):
+def test_bad_endpoints_stop_start_up_with_one_line(
+    tmp_path: Path, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
         Options().parseOptions(["--listen", bad, "-d", str(tmp_path)])
+    assert stopped.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"livetx: bad --listen endpoint {bad!r}: ")
+
+
+def test_the_data_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIVETX_DATA_DIR", str(tmp_path / "env"))
+    options = Options()
+    options.parseOptions([])
+    assert options["data-dir"] == tmp_path / "env" and options["data-dir"].is_dir()
+    options = Options()
+    options.parseOptions(["-d", "flag"])
+    assert options["data-dir"] == tmp_path / "flag"  # --data-dir wins, made absolute
+    assert not (tmp_path / "livetx-data").exists()
+
+
+def test_help_shows_the_defaults_and_labels_the_test_only_flag() -> None:
+    help_text = " ".join(str(Options()).split())
+    assert "default: tcp:6185" in help_text and "$LIVETX_DATA_DIR" in help_text
+    assert "--conformance-echo FOR TESTS ONLY, never in production" in help_text
+
+
+def start_up_error(tmp_path: Path, *args: str) -> str:
+    """Run ``twistd -n live`` expecting it to refuse to start: its stderr, checked to be one line."""
+    result = subprocess.run(
+        TWISTD + ["-n", "--pidfile=", "live", "--data-dir", str(tmp_path / "d"), *args],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("livetx: ") and "Traceback" not in result.stdout, result
+    return lines[0]
+
+
+def test_a_data_dir_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    assert start_up_error(tmp_path, "--data-dir", str(tmp_path / "a-file" / "data")).startswith(
+        f"livetx: cannot create the data dir '{tmp_path / 'a-file' / 'data'}': ")
+    (tmp_path / "d" / "jwt_secret").mkdir(parents=True)  # where the secret should be
+    assert start_up_error(tmp_path).startswith(
+        f"livetx: cannot use the data dir '{tmp_path / 'd'}': {tmp_path / 'd' / 'jwt_secret'}: ")
+
+
+def test_a_port_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        assert start_up_error(tmp_path, "--listen", endpoint) == \
+            f"livetx: cannot listen on {endpoint}: [Errno 98] Address already in use"
+    assert start_up_error(tmp_path, "--listen", "tcp:99999").startswith(
+        "livetx: cannot listen on tcp:99999: ")
 
 
 @pytest.mark.parametrize(
@@ -65,13 +120,7 @@ def test_bad_endpoints_are_usage_errors(tmp_path: Path, bad: str) -> None:
 def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(config)
-    result = subprocess.run(
-        TWISTD + ["-n", "live", "--data-dir", str(tmp_path / "d"), "--config", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("livetx: ") and message in lines[0], result.stderr
+    assert message in start_up_error(tmp_path, "--config", str(path))
 
 
 def run_cli(*args: str, cwd: Path) -> str:

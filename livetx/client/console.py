@@ -13,19 +13,26 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from livetx.audio import BYTES_PER_SECOND
 from livetx.client.audio import join_chunks, load_speech, player
+from livetx.client.progress import Progress
 from livetx.client.session import (
-    USAGE, ClientError, TurnReport, TurnRequest, run_turn, socket_address,
+    USAGE, ClientError, Trust, TurnReport, TurnRequest, run_turn, socket_address,
 )
 
 
 class Printer:
     """Shows the reply as it arrives: deltas on stdout, or every frame as JSON."""
 
-    def __init__(self, out: TextIO, err: TextIO, as_json: bool, voice: bool = False) -> None:
+    def __init__(
+        self, out: TextIO, err: TextIO, as_json: bool, voice: bool = False, progress: Progress | None = None
+    ) -> None:
         self.out, self.err, self.as_json, self.voice = out, err, as_json, voice
+        self.progress = progress
 
     def frame(self, frame: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.frame(frame)
         if self.as_json:
             self.out.write(json.dumps(frame, ensure_ascii=False) + "\n")
             self.out.flush()
@@ -58,6 +65,15 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def waiting(clock: Any, err: TextIO, request: TurnRequest) -> Progress | None:
+    """A progress line for a voice turn, which may wait seconds; a text turn gets a spinner on a terminal only."""
+    if request.pcm is not None:
+        return Progress(clock, err, f"sent {len(request.pcm) / BYTES_PER_SECOND:.1f} s of speech, transcribing")
+    if getattr(err, "isatty", lambda: False)():
+        return Progress(clock, err, "waiting for the reply")
+    return None
+
+
 def turn_request(options: Any) -> TurnRequest:
     """The turn the options ask for; reading the WAV here makes a bad file a usage error."""
     common = {"interrupt_after": options["interrupt-after"], "timeout": options["timeout"]}
@@ -77,8 +93,17 @@ async def run(reactor: Any, options: Any, out: TextIO, err: TextIO) -> int:
             options["url"], options["token"], options["api-key"], options["username"]
         )
         request = turn_request(options)
-        printer = Printer(out, err, options["json"], voice=request.pcm is not None)
-        report = await run_turn(reactor, url, headers, request, printer)
+        trust = Trust(cafile=options.get("cafile"), insecure=bool(options.get("insecure")))
+        if trust.insecure and url.startswith("wss:"):
+            err.write("livetx: WARNING: --insecure: the server's certificate is not checked; "
+                      "anyone on the path can read and change this conversation\n")
+        progress = waiting(reactor, err, request)
+        printer = Printer(out, err, options["json"], voice=request.pcm is not None, progress=progress)
+        try:
+            report = await run_turn(reactor, url, headers, request, printer, trust)
+        finally:
+            if progress is not None:
+                progress.stop()
     except ClientError as e:
         err.write(f"livetx: {e.message}\n")
         return e.exit_code

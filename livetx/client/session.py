@@ -11,18 +11,40 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import load_pem_x509_certificates
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+from twisted.internet.ssl import (
+    Certificate, CertificateOptions, optionsForClientTLS, trustRootFromCertificates,
+)
 
+from livetx.auth import tokens
 from livetx.client.audio import UPLOAD_FRAME_BYTES, frames
+from livetx.config import DATA_DIR_VARIABLE
 
 #: Exit codes a script can rely on.
-OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, NOTHING_HEARD = 0, 1, 2, 3, 4, 5
+OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, NOTHING_HEARD, REFUSED = 0, 1, 2, 3, 4, 5, 6
+
+#: Close reasons (JWT endpoints) and error codes (Open API) that mean: the credential was refused.
+CREDENTIAL_REASONS = frozenset({tokens.MISSING, tokens.EXPIRED, tokens.INVALID})
+UNAUTHORIZED = "UNAUTHORIZED"
+POLICY_VIOLATION = 1008
+#: Said with every refused credential except an expired token: the usual cause is a
+#: token or key made against another data dir than the server's.
+ANOTHER_DATA_DIR = (
+    "the server may use another data dir or JWT secret than the one that made it "
+    f"(--data-dir or ${DATA_DIR_VARIABLE} for livetx token and livetx keys, [auth] jwt_secret)"
+)
 
 LIVE_PATH = "/api/live_chat/ws"
 OPEN_API_PATH = "/api/v1/live/ws"
@@ -112,6 +134,11 @@ class _Socket(WebSocketClientProtocol):
         if isinstance(frame, dict):
             self.factory.driver.received(frame)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(SSL.Error, VerificationError) is not None:
+            self.factory.driver.refused_certificate(reason.value)
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.driver.closed(code, reason)
 
@@ -190,7 +217,9 @@ class _TurnDriver:
             report.metrics.update(data)  # all of a turn's metrics come before its ``end``
         elif kind == "error":
             report.error = (str(frame.get("code", "ERROR")), str(data))
-            if "turn" not in frame:
+            if report.error[0] == UNAUTHORIZED and "turn" not in frame:
+                self.refused(str(data))
+            elif "turn" not in frame:
                 # Refused before any turn began (busy, AUDIO_TOO_LONG,
                 # RATE_LIMITED, shutting down): no ``end`` will follow.
                 self.finish(OK)
@@ -207,9 +236,31 @@ class _TurnDriver:
             self._send({"t": "interrupt"})
 
     def closed(self, code: int | None, reason: str | None) -> None:
-        if not self.done.called:
-            why = f"{reason} ({code})" if reason else f"closed with code {code}"
-            self.finish(CONNECTION_FAILED, f"the server closed the connection: {why}")
+        if self.done.called:
+            return
+        if code == POLICY_VIOLATION and reason in CREDENTIAL_REASONS:
+            self.refused(reason or "")
+            return
+        why = f"{reason} ({code})" if reason else f"closed with code {code}"
+        self.finish(CONNECTION_FAILED, f"the server closed the connection: {why}")
+
+    def refused_certificate(self, error: Exception) -> None:
+        """Our side ended the TLS handshake: the server is not at fault, and the fix is on this side."""
+        if isinstance(error, VerificationError):
+            why = "its subjectAltName does not name the host in the URL"
+        else:  # OpenSSL's [(library, function, reason), ...]
+            parts = error.args[0] if error.args and isinstance(error.args[0], list) else [(str(error),)]
+            why = "; ".join(str(part[-1]) for part in parts)
+        self.finish(
+            CONNECTION_FAILED,
+            f"the client refused the server's certificate ({why}); trust it with --cafile PEM, "
+            "whose subjectAltName names the URL's host, or test with --insecure",
+        )
+
+    def refused(self, reason: str) -> None:
+        """A refused token or key: one exit code for both kinds, and the likely cause."""
+        hint = "make a new one with livetx token" if reason == tokens.EXPIRED else ANOTHER_DATA_DIR
+        self.finish(REFUSED, f"the server refused the credential ({reason}); {hint}")
 
     def finish(self, exit_code: int, message: str | None = None) -> None:
         if self.done.called:
@@ -231,8 +282,33 @@ class _TurnDriver:
             self.done.callback(report)
 
 
+@dataclass(frozen=True)
+class Trust:
+    """Which server certificates a ``wss://`` connection accepts."""
+
+    #: PEM file of the certificates (a CA, or a self-signed server's own) to trust
+    #: instead of the system's CAs.
+    cafile: str | None = None
+    #: Check nothing: anyone on the path can read and change the conversation.
+    insecure: bool = False
+
+    def options(self, host: str) -> Any:
+        """The TLS connection creator for ``host``."""
+        if self.insecure:
+            return CertificateOptions()  # verify=False: no chain, no hostname check
+        if self.cafile is None:
+            return optionsForClientTLS(host)
+        try:
+            pem = Path(self.cafile).read_bytes()
+            roots = [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in load_pem_x509_certificates(pem)]
+        except (OSError, ValueError) as e:
+            raise ClientError(USAGE, f"--cafile {self.cafile}: {getattr(e, 'strerror', None) or e}") from None
+        return optionsForClientTLS(host, trustRoot=trustRootFromCertificates(roots))
+
+
 async def run_turn(
-    reactor: Any, url: str, headers: dict[str, str], request: TurnRequest, listener: FrameListener
+    reactor: Any, url: str, headers: dict[str, str], request: TurnRequest, listener: FrameListener,
+    trust: Trust = Trust(),
 ) -> TurnReport:
     """Connect, run one turn, close; raises :class:`ClientError` when it cannot."""
     factory = WebSocketClientFactory(url, headers=headers)
@@ -242,7 +318,7 @@ async def run_turn(
     factory.driver = driver  # type: ignore[attr-defined]
     endpoint: Any = HostnameEndpoint(reactor, factory.host, factory.port, timeout=10)
     if factory.isSecure:
-        endpoint = wrapClientTLS(optionsForClientTLS(factory.host), endpoint)
+        endpoint = wrapClientTLS(trust.options(factory.host), endpoint)
     try:
         await endpoint.connect(factory)
     except Exception as e:

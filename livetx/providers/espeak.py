@@ -2,13 +2,18 @@
 
 The wheel carries the library and its voice data, so nothing is installed
 by apt and nothing is downloaded. eSpeak keeps process-wide state, so the
-process has one engine and every call runs on its one thread; a sentence
-takes a few milliseconds.
+process has one engine, used by one caller at a time (a lock): synthesis on
+its one thread, and the voice check at start-up. A sentence takes a few
+milliseconds.
+
+``python -m livetx.providers.espeak`` lists the voices ``[tts] voice`` accepts.
 """
 
 from __future__ import annotations
 
 import ctypes
+import difflib
+import threading
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,6 +29,18 @@ _POS_CHARACTER = 1
 _RATE = 1
 _PITCH = 3
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+#: Suggested when nothing is close to an unknown voice's name.
+_COMMON = ("en-us", "en-gb", "de", "fr", "es", "it", "pt", "cmn")
+
+
+class _Voice(ctypes.Structure):
+    """eSpeak NG's ``espeak_VOICE``."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p),
+    ]
 
 
 class _Engine:
@@ -34,6 +51,8 @@ class _Engine:
 
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
         lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
@@ -62,6 +81,38 @@ class _Engine:
         self._lib.espeak_SetParameter(_PITCH, pitch, 0)
         self._settings = settings
 
+    def _list(self, spec: _Voice | None) -> list[str]:
+        """The file names (``gmw/en-US`` → ``en-us``) of the voices, or variants, eSpeak lists for ``spec``."""
+        found = self._lib.espeak_ListVoices(ctypes.byref(spec) if spec is not None else None)
+        names: list[str] = []
+        i = 0
+        while found[i]:
+            identifier = (found[i].contents.identifier or b"").decode(errors="replace")
+            names.append(identifier.rsplit("/", 1)[-1].lower())
+            i += 1
+        return names
+
+    def voices(self) -> list[str]:
+        """Names ``[tts] voice`` accepts (a variant may follow: ``en-us+f3``)."""
+        return sorted(set(self._list(None)))
+
+    def unknown(self, voice: str) -> str | None:
+        """Why eSpeak cannot speak as ``voice``, or None when it can."""
+        base, _, variant = voice.partition("+")
+        self._settings = None  # the next sentence sets its own voice again
+        if not base or self._lib.espeak_SetVoiceByName(base.encode()) != 0:
+            names = self.voices()
+            close = difflib.get_close_matches(base.lower(), names, n=3, cutoff=0.6)
+            few = (close + [name for name in _COMMON if name in names and name not in close])[:5]
+            return (f"is not an eSpeak NG voice; try {', '.join(few)} "
+                    f"({len(names)} voices: python -m livetx.providers.espeak)")
+        if variant:
+            variants = self._list(_Voice(languages=b"variant"))
+            if variant.lower() not in variants:
+                close = difflib.get_close_matches(variant, variants, n=5) or variants[:5]
+                return f"has no eSpeak NG variant {variant!r}; try {', '.join(close)} (after the +)"
+        return None
+
     def speak(self, settings: tuple[str, int, int], text: str) -> bytes:
         self._configure(settings)
         self._pcm = bytearray()
@@ -73,14 +124,32 @@ class _Engine:
 
 _engine: _Engine | None = None
 _worker: Worker | None = None
+_lock = threading.Lock()
+
+
+def _engine_in_use() -> _Engine:
+    """The process's engine, made on first use; call with ``_lock`` held."""
+    global _engine
+    if _engine is None:
+        _engine = _Engine()
+    return _engine
 
 
 def _speak(settings: tuple[str, int, int], text: str) -> bytes:
     """Runs on the eSpeak thread."""
-    global _engine
-    if _engine is None:
-        _engine = _Engine()
-    return _engine.speak(settings, text)
+    with _lock:
+        return _engine_in_use().speak(settings, text)
+
+
+def check_voice(voice: str) -> str | None:
+    """At start-up: why ``[tts] voice`` is no eSpeak NG voice, or None. Blocks briefly."""
+    with _lock:
+        return _engine_in_use().unknown(voice)
+
+
+def voices() -> list[str]:
+    with _lock:
+        return _engine_in_use().voices()
 
 
 class EspeakSpeech:
@@ -99,3 +168,7 @@ class EspeakSpeech:
 
     def synthesize(self, text: str, owner: str = "") -> Deferred[bytes]:
         return self._worker.run(_speak, self._settings, text, owner=owner)
+
+
+if __name__ == "__main__":
+    print("\n".join(voices()))

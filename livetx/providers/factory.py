@@ -76,6 +76,7 @@ def check(config: Config) -> None:
             raise ConfigError(f"[{name}] provider {provider!r} needs: pip install '{package}'")
     if config.tts.provider == "piper":
         _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
+    _check_voice(config)
     if config.stt.provider == "whisper":
         from livetx.providers import whisper
 
@@ -91,6 +92,22 @@ def check(config: Config) -> None:
         from livetx.tools.registry import load_tools
 
         load_tools(config.tools, cast(IReactorTime, Clock()))  # nothing is called at start-up
+
+
+def _check_voice(config: Config) -> None:
+    """An unknown ``[tts] voice`` stops start-up, rather than speak in some other voice."""
+    voice, provider = config.tts.voice, config.tts.provider
+    problem = None
+    if voice is not None and provider == "espeak":
+        from livetx.providers import espeak
+
+        problem = espeak.check_voice(voice)
+    elif voice is not None and provider == "piper" and config.tts.model:
+        from livetx.providers import piper
+
+        problem = piper.check_voice(config.tts.model, voice)
+    if problem is not None:
+        raise ConfigError(f"[tts] voice {voice!r} {problem}")
 
 
 def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any) -> Any:
@@ -144,3 +161,4 @@ def build_engines(
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
     )
+

@@ -1,0 +1,105 @@
+"""Voices are checked at start-up, and slow engines load then, saying so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+
+from livetx.config import ConfigError, TTSConfig, from_mapping
+from livetx.domain import Engines
+from livetx.providers import espeak
+from livetx.providers.factory import check
+from livetx.service import WarmUp
+
+
+def tts(**section: Any) -> Any:
+    return from_mapping({"tts": section})
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en", "de", "en-us+f3", "gmw/en-US"])
+def test_espeak_voices_it_has_start(voice: str) -> None:
+    check(tts(voice=voice))
+
+
+@pytest.mark.parametrize("voice, message", [
+    ("vulcan", "[tts] voice 'vulcan' is not an eSpeak NG voice; try en-us, "),
+    ("english", "[tts] voice 'english' is not an eSpeak NG voice; try en"),
+    ("en-us+nobody", "[tts] voice 'en-us+nobody' has no eSpeak NG variant 'nobody'; try "),
+])
+def test_an_unknown_espeak_voice_is_one_line_with_a_few_it_has(voice: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check(tts(voice=voice))
+    text = str(refused.value)
+    assert text.startswith(message) and "\n" not in text, text
+    suggested = text.split("try ", 1)[1].split(" (", 1)[0].split(", ")
+    assert 1 <= len(suggested) <= 5
+    if "variant" not in text:
+        assert all(espeak.check_voice(name) is None for name in suggested)
+
+
+def test_the_check_leaves_the_engine_speaking_the_configured_voice() -> None:
+    assert espeak.check_voice("de") is None
+    wav = espeak._speak(("en-us", 175, 50), "hello")  # on this thread: the check holds the same lock
+    assert wav.startswith(b"RIFF") and len(wav) > 1000
+
+
+def piper_model(directory: Path, speakers: dict[str, int] | None) -> str:
+    """A Piper model's config beside a stand-in model file: the check reads the config only."""
+    model = directory / "voice.onnx"
+    model.write_bytes(b"")
+    config = {"num_speakers": len(speakers or {}) or 1, "speaker_id_map": speakers or {}}
+    (directory / "voice.onnx.json").write_text(json.dumps(config))
+    return str(model)
+
+
+def test_piper_voices_are_the_models_speakers(tmp_path: Path) -> None:
+    pytest.importorskip("piper")
+    one = piper_model(tmp_path, None)
+    check(tts(provider="piper", model=one))
+    with pytest.raises(ConfigError, match=r"^\[tts\] voice 'joe' is set, but this Piper model has one speaker"):
+        check(tts(provider="piper", model=one, voice="joe"))
+    many = piper_model(tmp_path, {f"p{n}": n for n in range(225, 235)})
+    check(tts(provider="piper", model=many, voice="p230"))
+    with pytest.raises(ConfigError, match=r"not a speaker of this Piper model; try p225, p226, p227, p228, p229 "
+                                          r"\(10 speakers\)$"):
+        check(tts(provider="piper", model=many, voice="p1"))
+
+
+def test_piper_speaks_as_the_configured_speaker(tmp_path: Path) -> None:
+    from livetx.providers.piper import PiperSpeech
+
+    model = piper_model(tmp_path, {"alice": 0, "bob": 1})
+    assert PiperSpeech(TTSConfig(provider="piper", model=model, voice="bob"), None, Clock())._speaker == 1
+    assert PiperSpeech(TTSConfig(provider="piper", model=model), None, Clock())._speaker is None
+
+
+class SlowEngine:
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.loading: Deferred[None] = Deferred()
+
+    def warm(self) -> Deferred[None]:
+        return self.loading
+
+
+def test_slow_engines_load_at_start_up_and_say_so() -> None:
+    clock, engine, broken = Clock(), SlowEngine(), SlowEngine()
+    broken.name = "broken"
+    engines = Engines(llm=object(), tts=engine, stt=broken)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        WarmUp(engines, clock).startService()
+        clock.advance(2.5)
+        engine.loading.callback(None)
+        broken.loading.errback(OSError("no model file"))
+    lines = [formatEvent(e) for e in events]
+    assert lines == [
+        "loading slow; replies wait for it", "loading broken; replies wait for it",
+        "slow loaded in 2.5 s", "broken failed to load: no model file",
+    ]
