@@ -125,7 +125,7 @@ async def test_a_backed_up_stream_pauses_the_turn_and_lets_go_when_the_client_le
         clock.advance(1)
         await deferLater(reactor, 0, lambda: None)  # the store writes in its thread
     assert request.buffered() == left  # nothing more is written for a client that left
-    stored = await store.messages(turn.session_id or "", limit=2)
+    stored = await store.messages("ann", turn.session_id or "", limit=2)
     assert stored[1].text == "w " * words  # the whole reply is stored all the same
 
     gone = weakref.ref(request)
