@@ -127,7 +127,14 @@ CHAT_TURN = Table("chat turn", ["running", "interrupted", "stopped", "failed", "
 
 
 class ChatTurn:
-    """One running reply; ``cancel`` (the client) or ``stop`` (the server) ends it and keeps what was produced."""
+    """One running reply; ``cancel`` (the client) or ``stop`` (the server) ends it and keeps what was produced.
+
+    Its output pauses like a live turn's (:meth:`pause`): while its client
+    reads slower than it writes, deltas are not sent but wait in ``reply``,
+    which the turn keeps for storing anyway; :meth:`resume` sends what
+    waited as one delta. So a reader that stops makes the turn write
+    nothing more, instead of an event (with its ids) per delta.
+    """
 
     def __init__(self, request: ChatRequest) -> None:
         self.state = CHAT_TURN.initial
@@ -137,6 +144,36 @@ class ChatTurn:
         self.upstream: Deferred[Any] | None = None
         #: Known once the session is open; every event of the turn names it.
         self.session_id = request.session_id
+        self.paused = False
+        #: How many pieces of ``reply`` went out as deltas.
+        self._sent = 0
+        #: Sends a delta (streaming requests only, once the turn runs).
+        self._send: Callable[[str], None] | None = None
+
+    def send_deltas(self, send: Callable[[str], None]) -> None:
+        """Where the turn's deltas go (a request that does not stream has none)."""
+        self._send = send
+
+    def add(self, text: str) -> None:
+        """A delta from the model: kept, and sent unless the output is paused."""
+        self.reply.append(text)
+        if not self.paused:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send, as one delta, the text that waited while the output was paused."""
+        if self._send is not None and self._sent < len(self.reply):
+            text = "".join(self.reply[self._sent:])
+            self._sent = len(self.reply)
+            self._send(text)
+
+    def pause(self) -> None:
+        """The client's transport is backed up: deltas wait until :meth:`resume`."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.flush()
 
     @property
     def interrupted(self) -> bool:
@@ -289,11 +326,16 @@ class ChatService:
                 "message_id": request.message_id, **extra,
             })
 
+        if request.streaming:
+            turn.send_deltas(lambda text: publish("plain", text, streaming=True))
+
+        def publish_in_order(kind: str, data: Any, chain_type: str) -> None:
+            turn.flush()  # the deltas that waited come first
+            publish(kind, data, chain_type=chain_type)
+
         tools = None
         if getattr(self._llm, "offers_tools", False):
-            tools = ChatToolEvents(
-                self._clock, turn.reply, lambda k, d, c: publish(k, d, chain_type=c), self._tool_ended
-            )
+            tools = ChatToolEvents(self._clock, turn.reply, publish_in_order, self._tool_ended)
 
         started = self._clock.seconds()
         first: list[float] = []
@@ -303,9 +345,7 @@ class ChatService:
                 return
             if not first:
                 first.append(self._clock.seconds() - started)
-            turn.reply.append(text)
-            if request.streaming:
-                publish("plain", text, streaming=True)
+            turn.add(text)
 
         failure: Failure | None = None
         if turn.state == "running":  # interrupted while the history loaded: no model call
@@ -320,6 +360,7 @@ class ChatService:
             except Exception:
                 failure = Failure()
                 CHAT_TURN.fire(turn, "fail")
+        turn.flush()  # what is left is sent now (past the stream's limit it is cut, not buffered)
         reply = "".join(turn.reply)
         if not request.streaming and turn.state == "running":
             publish("plain", reply)

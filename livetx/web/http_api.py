@@ -25,7 +25,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, Event
+from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTurn, Event
 from livetx.config import ServerConfig
 from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
@@ -255,9 +255,12 @@ class ChatResource(APIResource):
     """``POST /api/v1/chat``: a chat turn streamed as Server-Sent Events.
 
     The stream is a push producer's consumer like a socket: while the
-    client reads slower than the turn writes, up to ``max_send_buffer_bytes``
-    wait, and past that the stream is cut (the turn still completes and is
-    stored). A body is a chat ``send`` and gets the socket's message limit.
+    client reads slower than the turn writes, the turn's output pauses (its
+    deltas wait in the reply it keeps anyway, see
+    :class:`livetx.chat.service.ChatTurn`); of what it must still send, up to
+    ``max_send_buffer_bytes`` wait, and past that the stream is cut (the
+    turn still completes and is stored). A body is a chat ``send`` and gets
+    the socket's message limit.
     """
 
     isLeaf = False  # /api/v1/chat/sessions lives below it
@@ -285,40 +288,72 @@ class ChatResource(APIResource):
             raise HTTPError(503, ErrorCode.PROCESSING_ERROR, "server is shutting down")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        self.chat.start(chat_request, EventStream(request, self.limits.max_send_buffer_bytes).deliver)
+        stream = EventStream(request, self.limits.max_send_buffer_bytes)
+        stream.follow(self.chat.start(chat_request, stream.deliver))
         return NOT_DONE_YET
 
 
 class EventStream:
-    """Server-Sent Events to one HTTP client, which may read slowly or leave."""
+    """Server-Sent Events to one HTTP client, which may read slowly or leave.
+
+    Its transport pauses and resumes the turn's output, as a socket's does
+    a live turn's (:meth:`livetx.live.session.LiveSession.pause_output`).
+    """
 
     def __init__(self, request: Request, limit: int) -> None:
         self._request = request
-        self._buffer = SendBuffer(limit)
+        self._turn: ChatTurn | None = None
+        self._buffer = SendBuffer(limit, pause=self._pause, resume=self._resume)
         self.open = True
         request.registerProducer(self._buffer, True)
         request.notifyFinish().addErrback(self._gone)
+
+    def follow(self, turn: ChatTurn) -> None:
+        """The turn whose events this stream carries, and whose output it paces."""
+        if not self.open:  # already over (a turn that failed at once)
+            return
+        self._turn = turn
+        if self._buffer.paused:
+            turn.pause()
+
+    def _pause(self) -> None:
+        if self._turn is not None:
+            self._turn.pause()
+
+    def _resume(self) -> None:
+        if self._turn is not None:
+            self._turn.resume()
 
     def deliver(self, event: Event) -> None:
         if not self.open:
             return  # the turn goes on and is stored; nobody is reading
         data = b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
-        self._request.write(data)
+        # Counted before it is written: what would pass the limit never waits in memory.
         if self._buffer.sent(len(data)):
             _log.warn("Cutting an event stream: its client reads too slowly")
             self._close()
             transport: Any = self._request.transport
             transport.abortConnection()
-        elif event.get("type") == "end":
+            return
+        self._request.write(data)
+        if event.get("type") == "end":
             self._close()
             self._request.finish()
 
     def _close(self) -> None:
         self.open = False
         self._request.unregisterProducer()
+        self._let_go()
 
     def _gone(self, _: Failure) -> None:
         self.open = False  # the channel, and its producer, went with the connection
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Nobody reads any more: the turn runs on unpaused (it is stored), and nothing of it is kept here."""
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.resume()
 
 
 def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
