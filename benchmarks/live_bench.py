@@ -93,13 +93,15 @@ def _pinned(cores: set[int] | None, then: Any = None) -> Any:
 @contextmanager
 def local_server(
     tokens: int = 40, sentences: int = 5, delay: float = 0.0, offline: bool = False,
-    *, backlog: int = 1024, pin: bool = False,
+    *, backlog: int = 1024, pin: bool = False, config_extra: str = "", workers: int = 1,
 ) -> Iterator[tuple[str, int, float]]:
     """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
 
     The simulator serves chat, speech and transcription. ``offline`` runs
     livetx on its defaults instead: echo model, eSpeak NG, PocketSphinx.
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
+    ``config_extra`` is appended to the config file; ``workers`` > 1 runs
+    ``--workers`` (the pid yielded is then the supervisor's).
     ``pin`` gives livetx the first core and the simulator the others, so the
     load generator does not take the server's CPU (pin the client with
     :func:`split_cores` too).
@@ -115,7 +117,7 @@ def local_server(
             "[server]\nmax_connections_per_user = 0\n" + ("" if offline else
             f'[llm]\nprovider = "openai"\nbase_url = "{base}"\nmodel = "sim"\n'
             f'[tts]\nprovider = "openai"\nbase_url = "{base}"\n'
-            f'[stt]\nprovider = "openai"\nbase_url = "{base}"\n')
+            f'[stt]\nprovider = "openai"\nbase_url = "{base}"\n') + config_extra
         )
         sim = subprocess.Popen(
             [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(sim_port),
@@ -132,7 +134,7 @@ def local_server(
                 [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                  "--logfile", str(Path(tmp, "twistd.log")), "live",
                  "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
-                 "--data-dir", str(data), "--config", str(config)],
+                 "--data-dir", str(data), "--config", str(config), "--workers", str(workers)],
                 preexec_fn=_pinned(server_cores, _lift_nofile),
             )
             wait_for_port(port)

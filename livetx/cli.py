@@ -16,18 +16,29 @@ from typing import Any, Callable, NoReturn
 
 from twisted.python import usage
 
-from livetx import __version__, config as configuration
+from livetx import __version__, config as configuration, storage
 from livetx.auth.keys import CorruptKeyFile, KeyStore, resolve_username
-from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.auth.tokens import issue_token
 
 
 class _DataDirOptions(usage.Options):
     longdesc = ""
-    optParameters: list[list[Any]] = [["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."]]
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "The server's data directory."],
+        ["config", "c", None, "The server's TOML config: its [store] url and [auth] jwt_secret apply."],
+    ]
 
     @property
     def data_dir(self) -> Path:
         return Path(self["data-dir"]).expanduser()
+
+    @property
+    def settings(self) -> configuration.Config:
+        return configuration.load(Path(self["config"]) if self["config"] else None)
+
+    def key_store(self) -> KeyStore:
+        """The keys of the store the server uses: the data dir's, or PostgreSQL's."""
+        return storage.key_store(self.settings, self.data_dir)
 
 
 class KeysCreate(_DataDirOptions):
@@ -55,7 +66,10 @@ class KeysRevoke(_DataDirOptions):
 
 
 class KeysOptions(usage.Options):
-    longdesc = "Open API keys are stored hashed in the data dir; the server sees changes at once."
+    longdesc = (
+        "Open API keys are stored hashed in the data dir, or in PostgreSQL when --config sets "
+        "[store] url; running servers see changes at once (within a second from PostgreSQL)."
+    )
     subCommands = [
         ["create", None, KeysCreate, "Create an API key and print it (last line)."],
         ["list", None, _DataDirOptions, "List keys (never the keys themselves)."],
@@ -71,7 +85,6 @@ class TokenOptions(_DataDirOptions):
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires.", float],
-        ["config", "c", None, "The server's TOML config, if it sets [auth] jwt_secret."],
     ]
 
     def postOptions(self) -> None:
@@ -163,7 +176,7 @@ class Options(usage.Options):
 
 
 def keys_create(options: KeysCreate) -> int:
-    record, key = KeyStore(options.data_dir).create(options["scopes"], options["name"])
+    record, key = options.key_store().create(options["scopes"], options["name"])
     print(f"created key {record.id} ({record.name or 'unnamed'}) with scopes {', '.join(record.scopes)}")
     print("store it now; it cannot be shown again:")
     print(key)
@@ -172,23 +185,32 @@ def keys_create(options: KeysCreate) -> int:
 
 def keys_list(options: _DataDirOptions) -> int:
     print(f"{'id':8}  {'prefix':8}  {'name':16}  {'scopes':14}  {'created':25}  revoked")
-    for r in KeyStore(options.data_dir).list():
+    for r in options.key_store().list():
         print(f"{r.id:8}  {r.prefix:8}  {(r.name or '-'):16}  {','.join(r.scopes):14}  "
               f"{r.created_at:25}  {r.revoked_at or '-'}")
     return 0
 
 
 def keys_revoke(options: KeysRevoke) -> int:
-    if KeyStore(options.data_dir).revoke(options["id"]):
+    if options.key_store().revoke(options["id"]):
         print(f"revoked key {options['id']}")
+        redis = options.settings.cluster.redis
+        if redis:  # every node closes the key's sockets now, not at its next key refresh
+            from livetx.cluster.revocation import announce
+
+            try:
+                nodes = announce(redis, options["id"])
+            except Exception as e:  # redis-py's errors: the key is revoked, the sockets stay
+                print(f"livetx: revoked, but could not tell the servers over Redis: {e}", file=sys.stderr)
+                return 1
+            print(f"told {nodes} server process(es), which close its sockets")
         return 0
     print(f"livetx: no active key with id {options['id']!r}", file=sys.stderr)
     return 1
 
 
 def token(options: TokenOptions) -> int:
-    settings = configuration.load(Path(options["config"]) if options["config"] else None)
-    secret = load_or_create_secret(options.data_dir, settings.auth.jwt_secret)
+    secret = storage.jwt_secret(options.settings, options.data_dir)
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 

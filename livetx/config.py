@@ -141,6 +141,26 @@ class ToolsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several processes or machines serving as one (docs/deployment.md "Several machines")."""
+
+    #: ``redis://[:PASSWORD@]HOST:PORT/DB``; unset, everything stays in this process.
+    redis: str | None = None
+    #: Resume (docs/protocol-extensions.md): how long, and how many, frames of a session are kept.
+    resume_seconds: float = 120.0
+    resume_frames: int = 2000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where conversations, sessions, attachments' records and API keys are kept."""
+
+    #: None: SQLite in the data dir. "postgresql://USER:PASSWORD@HOST:PORT/DB": PostgreSQL,
+    #: shared by every process and node. ``LIVETX_STORE_URL`` overrides it.
+    url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -150,6 +170,8 @@ class Config:
     tts: TTSConfig = TTSConfig()
     stt: STTConfig = STTConfig()
     tools: ToolsConfig = ToolsConfig()
+    store: StoreConfig = StoreConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -207,11 +229,27 @@ def _build_section(name: str, cls: type, table: Any) -> Any:
             raise ConfigError(f"[{name}] {key} must be {_describe(tp)}, got {value!r}")
         values[key] = float(value) if tp is float else value
     section = cls(**values)
+    if name == "cluster" and section.redis is not None:
+        _check_redis_url(section.redis)
     for key in hints:
         bound = getattr(section, key)
         if isinstance(bound, (int, float)) and not isinstance(bound, bool) and bound < 0:
             raise ConfigError(f"[{name}] {key} must not be negative")
     return section
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse a Redis URL the server could not use, at start-up rather than at the first socket."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as e:
+        raise ConfigError(f"[cluster] redis is not a redis:// URL: {e}") from None
+    database = parts.path.strip("/")
+    if parts.scheme != "redis" or not parts.hostname or (database and not database.isdigit()):
+        raise ConfigError(f"[cluster] redis must look like redis://HOST:PORT/DB, got {url!r}")
 
 
 def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
@@ -233,6 +271,11 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             config = dataclasses.replace(
                 config, **{name: dataclasses.replace(section, api_key=key)}
             )
+    url = environ.get("LIVETX_STORE_URL") or config.store.url
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("[store] url must start with postgresql:// (or be left out for SQLite)")
+    if url != config.store.url:
+        config = dataclasses.replace(config, store=StoreConfig(url=url))
     return config
 
 

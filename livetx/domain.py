@@ -72,9 +72,9 @@ class Memory(Protocol):
 
 
 class OpenedMemory(Memory, Protocol):
-    """A memory that first checks the conversation is its user's."""
+    """A memory whose conversation is opened first (ids are per user: always the user's own)."""
 
-    #: Fails with :class:`livetx.errors.SessionForbidden` for another user's session.
+    #: Fires once the conversation is open; fails when it cannot be (the store is unavailable).
     opened: Deferred[Any]
 
 

@@ -42,10 +42,13 @@ class ErrorCode(StrEnum):
     UNKNOWN_SETTING = "UNKNOWN_SETTING"
     INVALID_SETTING = "INVALID_SETTING"
     UNKNOWN_TURN = "UNKNOWN_TURN"
+    RESUME_EXPIRED = "RESUME_EXPIRED"
     # Handshake refusals of the unified endpoint and the HTTP API (docs/protocol.md, docs/http-api.md).
     UNAUTHORIZED = "UNAUTHORIZED"
     BAD_USER = "BAD_USER"
     INVALID_MESSAGE = "INVALID_MESSAGE"
+    # The conversation store cannot be reached (docs/protocol.md, docs/deployment.md).
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     # HTTP API only (docs/http-api.md).
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
@@ -79,3 +82,20 @@ class NoSuchSession(LivetxError):
 
     def __init__(self, message: str = "no such session") -> None:
         super().__init__(message)
+
+
+class StoreUnavailable(LivetxError):
+    """The database cannot be reached (or prepared): nothing of that work was committed.
+
+    The client is told only that; ``str()`` is the operator's one line, which
+    names the database (never its password) and the driver's reason.
+    """
+
+    code = ErrorCode.STORE_UNAVAILABLE
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("conversations cannot be stored or read right now; nothing was kept")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail

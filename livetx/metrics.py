@@ -18,7 +18,7 @@ import bisect
 import functools
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -105,6 +105,28 @@ class _Family:
     def inc(self, amount: float = 1.0) -> None:
         self._series[()].inc(amount)
 
+    def dump(self) -> list[list[Any]]:
+        """Every series in plain numbers: ``[labels, value]`` or ``[labels, counts, sum]``."""
+        return [[list(key), value.value] if isinstance(value, _Value) else [list(key), list(value.counts), value.sum]
+                for key, value in list(self._series.items())]
+
+    def empty(self) -> _Family:
+        """A family of the same name, kind and labels, with no counts."""
+        return _Family(self.kind, self.name, self.documentation, self.labelnames, self._bounds[:-1])
+
+    def add(self, dumped: list[list[Any]], gauges: bool = True) -> None:
+        """Add another process's :meth:`dump` to these counts (its gauges only when ``gauges``)."""
+        if self.kind == "gauge" and not gauges:
+            return
+        for key, *numbers in dumped:
+            series = self.labels(*key)
+            if isinstance(series, _Histogram):
+                for i, count in enumerate(numbers[0]):
+                    series.counts[i] += count
+                series.sum += numbers[1]
+            else:
+                series.value += numbers[0]
+
     def metric(self) -> Metric:
         """The family as ``prometheus_client`` shows it, with ``_created`` samples as its own metrics have."""
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -133,11 +155,11 @@ class _Family:
 class _Collector:
     """Hands a registry the families, read afresh at each scrape."""
 
-    def __init__(self, families: Sequence[_Family]) -> None:
+    def __init__(self, families: Callable[[], Sequence[_Family]]) -> None:
         self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        for family in self._families:
+        for family in self._families():
             yield family.metric()
 
 
@@ -146,6 +168,8 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self._families: list[_Family] = []
+        #: What a scrape shows: this process's families, or (``--workers``) every worker's summed.
+        self.source: Callable[[], Sequence[_Family]] = lambda: self._families
         self.connections = self._add(
             "counter", "livetx_connections", "Accepted WebSocket connections.", ["endpoint", "mode"])
         self.closed = self._add(
@@ -194,8 +218,20 @@ class ServerMetrics:
         from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry()
-        registry.register(_Collector(self._families))
+        registry.register(_Collector(lambda: self.source()))
         return registry
+
+    def snapshot(self) -> dict[str, list[list[Any]]]:
+        """Every family in plain numbers, for another process to add up (see :meth:`combine`)."""
+        return {family.name: family.dump() for family in self._families}
+
+    def combine(self, snapshots: Iterable[tuple[Mapping[str, list[list[Any]]], bool]]) -> list[_Family]:
+        """The families summed over ``(snapshot, alive)`` pairs; a dead process's gauges are left out."""
+        combined = [family.empty() for family in self._families]
+        for snapshot, alive in snapshots:
+            for family in combined:
+                family.add(snapshot.get(family.name, []), gauges=alive)
+        return combined
 
     def opened(self, endpoint: str, mode: str | None, username: str, clock: IReactorTime) -> TurnObserver:
         """An accepted socket; ``mode`` None is the unified endpoint (mode per frame)."""

@@ -20,19 +20,18 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.server import Site
 
-from livetx.auth.keys import KeyStore
 from livetx.auth.revocation import KeyRevocations
-from livetx.auth.tokens import load_or_create_secret
 from livetx.chat.service import ChatService
 from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.fences.treq import make_http_client
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
+from livetx.storage import open_storage
 from livetx.store.conversation import live_memories
-from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.connections import ConnectionTracker
+from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
@@ -45,17 +44,25 @@ class Services:
 
     root: MultiService
     site: Site
+    #: The server's counts (``--workers`` share them between processes).
+    metrics: ServerMetrics
 
 
 def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool = False) -> Services:
     """Build the whole server but its listening ports, which the caller adds to ``root``."""
-    secret = load_or_create_secret(data_dir, settings.auth.jwt_secret)
+    storage = open_storage(settings, data_dir, reactor)
+    store, keys, secret = storage.store, storage.keys, storage.secret
     http, pool = make_http_client(reactor)
     engines = build_engines(settings, http, reactor, data_dir)
-    store = SQLiteStore(data_dir)
-    keys = KeyStore(data_dir)
     metrics = ServerMetrics()
-    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended)
+    node = None
+    if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
+        from livetx.cluster.node import ClusterNode
+
+        node = ClusterNode(settings.cluster.redis, reactor)
+        node.setName("cluster")
+    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended,
+                       relay=node.relay if node is not None else None)
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
@@ -64,6 +71,15 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
+    probes = dict(storage.probes)
+    resume = settings.cluster
+    journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
+    if node is not None:  # limits, revocation, readiness and resume through Redis
+        node.join(connections, keys)
+        failures = node.failed_auth(settings.server.failed_auth_per_minute)
+        shared = node.journals(resume.resume_seconds, resume.resume_frames)
+        journals = lambda: shared  # noqa: E731
+        probes["redis"] = node.ping
     origins = settings.server.allowed_origins
     site = build_site(
         gates={
@@ -79,11 +95,13 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         memories=live_memories(store),
         routes={
             **api_routes(keys, store, chat, settings.server, failures),
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining),
+            # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
             **page_routes(),
         },
         metrics=metrics,
         echo=echo,
+        journals=journals,
     )
     root = MultiService()
     # Stopped in reverse order: (the caller's ports,) open sockets (running
@@ -91,10 +109,14 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # drained, the store (after its queued writes) and the upstream pool.
     Closing(pool.closeCachedConnections, after=connections.drained).setServiceParent(root)
     Closing(store.close, after=connections.drained).setServiceParent(root)
+    if node is not None:
+        node.setServiceParent(root)  # leaves once the sockets have given their slots back
     connections.setServiceParent(root)
+    for service in storage.services:  # PostgreSQL: refreshing each node's copy of the keys
+        service.setServiceParent(root)
     revocations.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
-    return Services(root=root, site=site)
+    return Services(root=root, site=site, metrics=metrics)
 
 
 class Closing(Service):

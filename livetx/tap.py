@@ -20,6 +20,7 @@ from twisted.python import usage
 from livetx import __version__, config as configuration
 from livetx.providers.factory import check as check_engines
 from livetx.service import build_services
+from livetx.storage import check as check_store
 
 _log = Logger()
 
@@ -37,6 +38,8 @@ class Options(usage.Options):
     optParameters = [
         ["data-dir", "d", configuration.DEFAULT_DATA_DIR, "Directory for keys, secrets and data (created if missing)."],
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
+        ["workers", "w", 1, "Worker processes sharing the --listen sockets (more than 1 needs [cluster] redis).", int],
+        ["metrics-dir", None, None, "Internal (--workers): where the workers share their metrics."],
     ]
     optFlags = [
         ["conformance-echo", None, "Test only: also serve an echo socket at /conformance/echo."],
@@ -45,6 +48,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["adopt"] = []
+
+    def opt_adopt(self, spec: str) -> None:
+        """Internal (--workers): serve an inherited listening socket, FD:FAMILY."""
+        self["adopt"].append(spec)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint, e.g. tcp:6185 or ssl:8443:privateKey=key.pem (repeatable)."""
@@ -78,10 +86,29 @@ class Options(usage.Options):
                 Path(self["config"]) if self["config"] else None
             )
             check_engines(self["settings"])
+            self._check_workers()
+            check_store(self["settings"])
         except configuration.ConfigError as e:
             # One line naming the problem, not a page of usage text.
             sys.stderr.write(f"livetx: {e}\n")
             raise SystemExit(1)
+
+    def _check_workers(self) -> None:
+        workers = self["workers"]
+        if workers < 1:
+            raise configuration.ConfigError("--workers must be 1 or more")
+        if workers > 1 and not self["settings"].cluster.redis:
+            raise configuration.ConfigError(
+                f"--workers {workers} needs [cluster] redis in the config file: the workers share limits, "
+                "bound sessions and resume through it")
+        if workers > 1:
+            from livetx.cluster.workers import unshareable
+
+            for description in self["listen"]:
+                if unshareable(description):
+                    raise configuration.ConfigError(
+                        f"--workers cannot share --listen {description!r}: use tcp: or unix: "
+                        "(terminate TLS at the proxy in front)")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -90,9 +117,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     settings: configuration.Config = options["settings"]
     data_dir: Path = options["data-dir"]
+    if options["workers"] > 1:  # this process only supervises; the workers serve
+        return _supervisor(options, settings, data_dir, reactor)
     services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
     # Added last, so stopped first: no new connection while the others drain.
-    for description in options["listen"]:
+    if options["adopt"]:  # a worker of --workers: the supervisor holds the sockets
+        from livetx.cluster.worker_metrics import SharedMetrics
+        from livetx.cluster.workers import AdoptedPort, as_worker
+
+        as_worker(reactor)
+        SharedMetrics(services.metrics, Path(options["metrics-dir"]), reactor).setServiceParent(services.root)
+        for spec in options["adopt"]:
+            AdoptedPort(reactor, spec, services.site).setServiceParent(services.root)
+    for description in [] if options["adopt"] else options["listen"]:
         strports.service(description, services.site, reactor=reactor).setServiceParent(services.root)
     _log.info(
         "livetx {version}: model {llm}, speech {tts}, transcription {stt}, data in {data_dir}",
@@ -103,3 +140,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         data_dir=str(data_dir),
     )
     return services.root
+
+
+def _supervisor(options: Options, settings: configuration.Config, data_dir: Path, reactor: Any) -> IService:
+    """``--workers N``: hold the sockets, run N workers (:mod:`livetx.cluster.workers`)."""
+    from livetx.cluster.workers import Supervisor
+    from livetx.storage import jwt_secret
+
+    jwt_secret(settings, data_dir)  # made once here, or each worker would race to make its own
+    args = ["--data-dir", str(data_dir), *(["--config", options["config"]] if options["config"] else [])]
+    args += ["--conformance-echo"] if options["conformance-echo"] else []
+    return Supervisor(reactor, options["listen"], options["workers"], args)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from livetx.testing.openai_server import start as start_openai
 
+from .engines import RedisServer
+from .services import haproxy, postgres_url, postgresql, redis_url  # noqa: F401 (fixtures)
 from .support import RunningServer
 
 
@@ -36,3 +39,11 @@ async def livetx(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Runnin
     yield start
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port, for this test only."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

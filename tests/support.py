@@ -14,7 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
-from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.auth.tokens import issue_token
+from livetx.storage import jwt_secret
 from livetx.tap import Options, makeService
 
 TIMEOUT = 10.0
@@ -51,8 +52,7 @@ class RunningServer:
             await self.service.stopService()
 
     def token(self, username: str = "alice", ttl: float = 3600) -> str:
-        secret = load_or_create_secret(self.data_dir, self.options["settings"].auth.jwt_secret)
-        return issue_token(secret, username, ttl)
+        return issue_token(jwt_secret(self.options["settings"], self.data_dir), username, ttl)
 
     def url(self, path: str, scheme: str = "ws", **query: str) -> str:
         suffix = f"?{urlencode(query)}" if query else ""

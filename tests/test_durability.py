@@ -17,7 +17,10 @@ from .test_live_ws import LIVE, openai_config
 def stored_now(data_dir: Path) -> list[tuple[str, str, str, bool, dict[str, Any]]]:
     """What the database holds this instant, read with a connection of its own (blocking, on purpose)."""
     with sqlite3.connect(data_dir / "livetx.sqlite3") as db:
-        rows = db.execute("SELECT session_id, role, parts, interrupted, metrics FROM messages ORDER BY id").fetchall()
+        rows = db.execute(
+            "SELECT s.id, m.role, m.parts, m.interrupted, m.metrics FROM messages m "
+            "JOIN sessions s ON s.num = m.session_num ORDER BY m.id"
+        ).fetchall()
     return [(s, role, "".join(p.get("text", "") for p in json.loads(parts)), bool(i), json.loads(metrics))
             for s, role, parts, i, metrics in rows]
 

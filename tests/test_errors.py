@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
@@ -42,11 +43,14 @@ async def test_a_file_the_disk_refuses_is_an_internal_error_not_another_users_se
 
 
 @pytest_twisted.ensureDeferred
-async def test_another_users_session_is_forbidden(tmp_path: Path) -> None:
+async def test_another_users_session_id_is_a_session_of_ones_own(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path)
     session = await store.open_session("ann", None, "chat")
-    errors = await chat_errors(store, "bob", {"message": "hello", "session_id": session.id})
-    assert [(e["code"], e["data"]) for e in errors] == [(ErrorCode.FORBIDDEN, SessionForbidden().message)]
+    assert await chat_errors(store, "bob", {"message": "hello", "session_id": session.id}) == []
+    assert await store.messages("ann", session.id) == []  # bob's turn went into bob's session
+    assert [m.text for m in await store.messages("bob", session.id)] == ["hello", "hello"]
+    with pytest.raises(NoSuchSession):
+        await store.add_message("carol", session.id, "user", [{"type": "plain", "text": "no such"}])
     await store.close()
 
 

@@ -122,6 +122,18 @@ def test_agent_takes_an_endpoint_factory_with_a_pool() -> None:
     assert isinstance(client, treq.client.HTTPClient) and isinstance(pool, HTTPConnectionPool)
 
 
+def test_twisted_tcp_port_accepts_number_accepts_per_read() -> None:
+    from twisted.internet import tcp
+
+    from livetx.fences.twisted_tcp import accept_one_at_a_time
+
+    source = inspect.getsource(tcp.Port)
+    assert "self.numberAccepts = 100" in source and "numAccepts = self.numberAccepts" in source
+    port = tcp.Port(0, None)
+    accept_one_at_a_time(port)
+    assert port.numberAccepts == 1
+
+
 # -- twisted.web -----------------------------------------------------------------
 # livetx/fences/twisted_web.py judges a request body from its headers: the
 # request line is then known only to the channel, and Twisted's timeout is

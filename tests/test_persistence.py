@@ -8,16 +8,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 
 from livetx.auth.keys import KeyStore
-from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.auth.tokens import issue_token
+from livetx.config import load as load_config
+from livetx.storage import jwt_secret, key_store
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect, open_socket
-from .test_live_ws import LIVE, openai_config
+from .test_live_ws import LIVE, OPEN_API, openai_config
 from .test_twistd import TWISTD, free_port, wait_for_port
 
 
@@ -61,7 +64,7 @@ async def test_interrupted_reply_is_stored_as_sent(livetx: Any, openai: Any) -> 
     await server.stop()
 
     store = SQLiteStore(server.data_dir)
-    messages = await store.messages("story")
+    messages = await store.messages("cy", "story")
     assert [(m.role, m.text, m.interrupted) for m in messages] == [
         ("user", "Tell me everything", False),
         ("assistant", sent, True),
@@ -71,24 +74,48 @@ async def test_interrupted_reply_is_stored_as_sent(livetx: Any, openai: Any) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_someone_elses_session_is_refused(livetx: Any) -> None:
-    server = await livetx()
-    owner = await connect(server.url(LIVE, token=server.token("ann"), session_id="private"))
-    await owner.turn("secret plans")
-    await owner.close_and_wait()
-    intruder = await open_socket(server.url(LIVE, token=server.token("eve"), session_id="private"))
-    await intruder.closed
-    assert intruder.close_code == 1008
-    assert [f.get("code") for f in intruder.frames if f["t"] == "error"] == ["FORBIDDEN"]
-    assert not any(f["t"] == "user_msg" for f in intruder.frames)
+async def test_no_one_can_squat_another_users_session_id(livetx: Any, openai: Any) -> None:
+    """Issue 13.3: ids are per owner, so taking carol's ids first takes nothing from carol."""
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    key = KeyStore(server.data_dir).create(["chat"])[1]
+    # Alice by JWT on a live socket, Mallory by API key with a chat send, both naming carol's ids.
+    alice = await connect(server.url(LIVE, token=server.token("alice"), session_id="live:carol"))
+    assert not any(f["t"] == "error" for f in await alice.turn("alice was here"))
+    mallory = await connect(server.url(OPEN_API, api_key=key, username="mallory", ct="chat"))
+    mallory.send({"ct": "chat", "t": "send", "message": "mallory too", "session_id": "live:carol"})
+    assert not any(f.get("t") == "error" for f in await mallory.until("end"))
+    mallory_live = await connect(server.url(OPEN_API, api_key=key, username="mallory", session_id="notes"))
+    await mallory_live.turn("mallory's notes")
+
+    # Carol, by JWT and by API key, connects and talks in her own sessions, seeing none of theirs.
+    carol = await connect(server.url(LIVE, token=server.token("carol")))
+    assert not any(f["t"] == "error" for f in await carol.turn("hello"))
+    context = openai.requests_to("/chat/completions")[-1].json["messages"]
+    assert [m["content"] for m in context[1:]] == ["hello"]
+    carol_key = await connect(server.url(OPEN_API, api_key=key, username="carol", session_id="notes"))
+    await carol_key.turn("my notes")
+    assert [m["content"] for m in openai.requests_to("/chat/completions")[-1].json["messages"][1:]] == ["my notes"]
+    again = await connect(server.url(OPEN_API, api_key=key, username="carol"))  # live:carol, by key
+    await again.turn("again")
+    assert [m["content"] for m in openai.requests_to("/chat/completions")[-1].json["messages"][1:]] == [
+        "hello", openai.reply, "again"]
+    for client in (alice, mallory, mallory_live, carol, carol_key, again):
+        await client.close_and_wait()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 @pytest_twisted.ensureDeferred
-async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: Any) -> None:
+async def test_sigkill_loses_at_most_the_turn_in_flight(
+    tmp_path: Path, openai: Any, engine: str, request: pytest.FixtureRequest
+) -> None:
     openai.reply = "Stored reply."
     config = tmp_path / "livetx.toml"
-    config.write_text(openai_config(openai.base_url, tts=False))
+    store = f'\n[store]\nurl = "{request.getfixturevalue("postgres_url")}"\n' if engine == "postgresql" else ""
+    config.write_text(openai_config(openai.base_url, tts=False) + store)
     data = tmp_path / "data"
+    settings = load_config(config)
+    token = issue_token(jwt_secret(settings, data), "kim", 3600)
+    key = key_store(settings, data).create(["chat"])[1]
 
     def start() -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
@@ -101,8 +128,6 @@ async def test_sigkill_loses_at_most_the_turn_in_flight(tmp_path: Path, openai: 
         return process, port
 
     process, port = start()
-    token = issue_token(load_or_create_secret(data, None), "kim", 3600)
-    key = KeyStore(data).create(["chat"])[1]
     client = await connect(f"ws://127.0.0.1:{port}{LIVE}?token={token}")
     for i in range(3):
         await client.turn(f"question {i}")

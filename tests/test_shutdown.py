@@ -85,7 +85,7 @@ class Twistd:
 async def stored_turn(data: Path, username: str) -> list[tuple[str, str, bool]]:
     store = SQLiteStore(data)
     try:
-        messages = await store.messages(default_live_session(username))
+        messages = await store.messages(username, default_live_session(username))
     finally:
         await store.close()
     return [(m.role, m.text, m.interrupted) for m in messages]
@@ -139,7 +139,7 @@ async def stored_chat(data: Path) -> list[tuple[str, str, bool, str]]:
     store = SQLiteStore(data)
     try:
         sessions, _ = await store.sessions("cy", 0, 10)
-        rows = [m for session in sessions for m in await store.messages(session.id)]
+        rows = [m for session in sessions for m in await store.messages("cy", session.id)]
     finally:
         await store.close()
     return [(m.role, m.text, m.interrupted, m.metrics.get("outcome", "")) for m in rows]

@@ -122,7 +122,7 @@ async def test_truncate_cuts_the_stored_reply_and_the_next_context(livetx: Any, 
     await client.close_and_wait()
     await server.stop()
     store = SQLiteStore(server.data_dir)
-    messages = await store.messages("cut")
+    messages = await store.messages("dee", "cut")
     assert [(m.text, m.interrupted) for m in messages if m.role == "assistant"] == [
         ("The first sentence is here.", True),
         (openai.reply, False),

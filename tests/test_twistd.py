@@ -19,6 +19,7 @@ from twisted.application.service import IServiceMaker
 
 from livetx.tap import Options
 
+from .services import free_port, wait_for_port
 from .support import connect, replied
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -71,25 +72,6 @@ def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("livetx: ") and message in lines[0], result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"twistd exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("twistd did not start listening")
 
 
 def run_cli(*args: str, cwd: Path) -> str:

@@ -2,7 +2,8 @@
 
 A fast hash is right here: the keys are random, not passwords, so there is
 nothing to brute-force. The file is re-read when it changes, so keys made or
-revoked with ``livetx keys`` take effect on a running server.
+revoked with ``livetx keys`` take effect on a running server (with a
+PostgreSQL store, :mod:`livetx.auth.pg_keys` keeps them in the database).
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class CorruptKeyFile(Exception):
 
 
 class KeyStore:
-    """The key file of one data dir."""
+    """Making, listing, revoking and checking keys; a backend keeps the records.
+
+    Here the backend is the key file of one data dir; with ``[store] url``
+    it is PostgreSQL (:class:`livetx.auth.pg_keys.PostgresKeyStore`), so every
+    node sees the same keys.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / KEYS_FILE
@@ -75,6 +81,16 @@ class KeyStore:
     def _write(self, records: Sequence[KeyRecord]) -> None:
         data = {"keys": [asdict(r) | {"scopes": list(r.scopes)} for r in records]}
         write_private(self.path, json.dumps(data, indent=2).encode("utf-8"))
+
+    def _add(self, record: KeyRecord) -> None:
+        self._write(self._read() + (record,))
+
+    def _revoke(self, key_id: str) -> bool:
+        records = self._read()
+        if not any(r.id == key_id and r.revoked_at is None for r in records):
+            return False
+        self._write([replace(r, revoked_at=_now()) if r.id == key_id else r for r in records])
+        return True
 
     def _current(self) -> tuple[KeyRecord, ...]:
         """Cached records, re-read when the file's mtime or size changes."""
@@ -97,7 +113,6 @@ class KeyStore:
         unknown = set(scopes) - SCOPES
         if not scopes or unknown:
             raise ValueError(f"scopes must be among {sorted(SCOPES)}, got {sorted(scopes)}")
-        records = self._read()
         key = PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
             id=secrets.token_hex(4),
@@ -107,18 +122,15 @@ class KeyStore:
             prefix=key[:8],
             created_at=_now(),
         )
-        self._write(records + (record,))
+        self._add(record)
         return record, key
 
     def list(self) -> list[KeyRecord]:
         return list(self._read())
 
     def revoke(self, key_id: str) -> bool:
-        records = self._read()
-        if not any(r.id == key_id and r.revoked_at is None for r in records):
-            return False
-        self._write([replace(r, revoked_at=_now()) if r.id == key_id else r for r in records])
-        return True
+        """Revoke a live key; False when there is no live key of that id."""
+        return self._revoke(key_id)
 
     def active_ids(self) -> frozenset[str]:
         """The ids of the keys not revoked; cheap to ask often (the file is re-read only when it changed)."""

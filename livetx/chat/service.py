@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -20,18 +21,33 @@ from twisted.python.failure import Failure
 from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
-from livetx.errors import ErrorCode, LivetxError, NoSuchSession, SessionForbidden
+from livetx.errors import ErrorCode, LivetxError, NoSuchSession
 from livetx.live.frames import FrameError
 from livetx.live.machine import Table
 from livetx.live.turn import describe_failure
 from livetx.providers.base import Message
-from livetx.store import ConversationStore, Part
+from livetx.store import ConversationStore, Part, StoredSession
 from livetx.tools.record import reply_parts
 
 _log = Logger()
 
 Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
+
+
+#: A chat session: (owner, session id); ids are only unique among one user's sessions.
+SessionKey = tuple[str, str]
+
+
+class Relay(Protocol):
+    """Carries a session's events to and from other processes (``livetx.cluster.relay``)."""
+
+    def publish(self, key: SessionKey, event: Event) -> None: ...
+
+    def subscribe(self, key: SessionKey, deliver: Subscriber) -> Deferred[Any]: ...
+
+    def unsubscribe(self, key: SessionKey) -> None: ...
+
 
 PART_TYPES = ("plain", "image", "file")
 #: Longest id a client may choose (session, message, attachment): each is echoed in every event.
@@ -144,8 +160,10 @@ class ChatService:
 
     def __init__(
         self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
-        tool_ended: ToolEnded | None = None,
+        tool_ended: ToolEnded | None = None, relay: Relay | None = None,
     ) -> None:
+        #: Other processes' sockets bound to this process's sessions, and the other way round.
+        self._relay = relay
         #: Told of each tool call that ends (the Prometheus metrics).
         self._tool_ended = tool_ended
         # The model and its settings come the one way live sessions get them too.
@@ -155,7 +173,8 @@ class ChatService:
         self._clock = clock
         self._system_prompt = engines.system_prompt
         self._history_turns = engines.history_turns
-        self._subscribers: dict[str, set[Subscriber]] = {}
+        #: Subscribers by (owner, session id): ids are only unique among one user's sessions.
+        self._subscribers: dict[tuple[str, str], set[Subscriber]] = {}
         self._running: set[ChatTurn] = set()
         #: The server is stopping (set by the connection tracker).
         self.draining = False
@@ -163,29 +182,42 @@ class ChatService:
     # -- subscriptions -----------------------------------------------------
 
     def bind(self, username: str, session_id: str, listener: Subscriber) -> Deferred[None]:
-        """Subscribe ``listener`` to a session of ``username`` (else NoSuchSession, SessionForbidden)."""
-        d = self._store.owner(session_id)
+        """Subscribe ``listener`` to a session of ``username`` (else NoSuchSession)."""
+        d = self._store.session(username, session_id)
 
-        def check(owner: str | None) -> None:
-            if owner is None:
+        def check(session: StoredSession | None) -> Deferred[Any] | None:
+            if session is None:  # ids are per user: another user's id names none of this one's
                 raise NoSuchSession()
-            if owner != username:
-                raise SessionForbidden()
-            self._subscribers.setdefault(session_id, set()).add(listener)
+            key = (username, session_id)
+            listeners = self._subscribers.setdefault(key, set())
+            listeners.add(listener)
+            if len(listeners) == 1 and self._relay is not None:  # bound once other processes know
+                relayed = self._relay.subscribe(key, partial(self._deliver, key, None))
+                return relayed.addErrback(lambda _: None)  # Redis away: bound in this process only
+            return None
 
         return d.addCallback(check)
 
     def unbind(self, listener: Subscriber) -> None:
-        for session_id in [s for s, ls in self._subscribers.items() if listener in ls]:
-            listeners = self._subscribers[session_id]
+        for key in [k for k, ls in self._subscribers.items() if listener in ls]:
+            listeners = self._subscribers[key]
             listeners.discard(listener)
             if not listeners:
-                del self._subscribers[session_id]
+                del self._subscribers[key]
+                if self._relay is not None:
+                    self._relay.unsubscribe(key)
 
-    def _publish(self, session_id: str, sender: Subscriber, event: Event) -> None:
+    def _publish(self, username: str, session_id: str, sender: Subscriber, event: Event) -> None:
         event["session_id"] = session_id
         sender(event)
-        for listener in list(self._subscribers.get(session_id, ())):
+        key = (username, session_id)
+        self._deliver(key, sender, event)
+        if self._relay is not None:
+            self._relay.publish(key, event)
+
+    def _deliver(self, key: SessionKey, sender: Subscriber | None, event: Event) -> None:
+        """Hand an event to the sockets bound to the session here, but its sender."""
+        for listener in list(self._subscribers.get(key, ())):
             if listener is not sender:
                 listener(event)
 
@@ -243,7 +275,7 @@ class ChatService:
         """Stream the reply, then store the question and the reply in one transaction, then ``end``."""
         request = turn.request
         content = await self._content(request)
-        history = await self._store.messages(session_id, limit=2 * self._history_turns)
+        history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns)
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
@@ -252,7 +284,7 @@ class ChatService:
         context.append({"role": "user", "content": content})
 
         def publish(kind: str, data: Any, streaming: bool = False, **extra: Any) -> None:
-            self._publish(session_id, listener, {
+            self._publish(request.username, session_id, listener, {
                 "type": kind, "data": data, "streaming": streaming, "chain_type": None,
                 "message_id": request.message_id, **extra,
             })
@@ -309,7 +341,7 @@ class ChatService:
             })
         steps = tools.trail.steps if tools is not None else ()
         _, saved = await self._store.add_turn(
-            session_id, request.parts, reply_parts(reply, steps),
+            request.username, session_id, request.parts, reply_parts(reply, steps),
             interrupted=turn.interrupted, input_type="chat", metrics=metrics,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})

@@ -39,6 +39,8 @@ class Settings:
     silence_ms: int = 600
     #: Audio kept from before the detected start of speech.
     preroll_ms: int = 300
+    #: Number every frame (``seq``) and keep it, so a new socket can resume the session.
+    resume: bool = False
 
     @property
     def server_detection(self) -> bool:
@@ -54,7 +56,7 @@ class Settings:
 
 
 #: Allowed values: a tuple of choices, or an inclusive integer range.
-_RULES: dict[str, tuple[str, ...] | range] = {
+_RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
     "turn_detection": ("client", "server"),
     "audio_transport": ("json", "binary"),
     "vad": ("silero", "webrtc"),
@@ -62,6 +64,7 @@ _RULES: dict[str, tuple[str, ...] | range] = {
     "min_speech_ms": range(30, 5_001),
     "silence_ms": range(100, 10_001),
     "preroll_ms": range(0, 2_001),
+    "resume": (False, True),
 }
 
 
@@ -80,7 +83,8 @@ def updated(current: Settings, frame: Frame) -> Settings:
                     ErrorCode.INVALID_SETTING,
                     f"{key} must be an integer from {rule.start} to {rule.stop - 1}",
                 )
-        elif value not in rule:
-            raise FrameError(ErrorCode.INVALID_SETTING, f"{key} must be one of {', '.join(rule)}")
+        elif not isinstance(value, type(rule[0])) or value not in rule:
+            choices = ", ".join(str(r).lower() if isinstance(r, bool) else str(r) for r in rule)
+            raise FrameError(ErrorCode.INVALID_SETTING, f"{key} must be one of {choices}")
         changes[key] = value
     return dataclasses.replace(current, **changes)

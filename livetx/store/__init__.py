@@ -1,7 +1,9 @@
 """Where conversations are kept, behind one small interface.
 
 The live and chat cores only see :class:`ConversationStore`; SQLite is the
-embedded default, and a second backend implements the same methods.
+embedded default, and PostgreSQL (``[store] url``) implements the same
+methods for several processes and machines. A session is named by its owner
+and its id together: ids are only unique among one user's sessions.
 Every method returns a Deferred that fires after the data is durable, so a
 caller can promise the client that what it acknowledged is kept.
 """
@@ -57,10 +59,14 @@ class ConversationStore(Protocol):
     """Sessions of a user, messages of a session, and uploaded attachments."""
 
     def open_session(self, username: str, session_id: str | None, kind: str) -> Deferred[StoredSession]:
-        """The session, created when new; ``SessionForbidden`` if another user owns it."""
+        """The user's session of that id (a new id when None), created when new."""
+
+    def session(self, username: str, session_id: str) -> Deferred[StoredSession | None]:
+        """The user's session of that id, or None when there is none."""
 
     def add_message(
         self,
+        username: str,
         session_id: str,
         role: str,
         parts: Sequence[Part],
@@ -69,10 +75,11 @@ class ConversationStore(Protocol):
         input_type: str | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> Deferred[StoredMessage]:
-        """Append a message; fires once it is committed."""
+        """Append a message to an existing session; fires once it is committed."""
 
     def add_turn(
         self,
+        username: str,
         session_id: str,
         user: Sequence[Part],
         reply: Sequence[Part],
@@ -87,7 +94,7 @@ class ConversationStore(Protocol):
         question without its answer.
         """
 
-    def messages(self, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
+    def messages(self, username: str, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
         """The session's messages, oldest first (the last ``limit`` when given)."""
 
     def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
@@ -95,9 +102,6 @@ class ConversationStore(Protocol):
 
     def sessions(self, username: str, offset: int, limit: int) -> Deferred[tuple[list[StoredSession], int]]:
         """A page of the user's sessions, newest first, and how many there are."""
-
-    def owner(self, session_id: str) -> Deferred[str | None]:
-        """Who owns a session, or None when it does not exist."""
 
     def add_attachment(self, username: str, filename: str, mime: str, data: bytes) -> Deferred[StoredAttachment]:
         """Keep an uploaded file; its id can be referred to from message parts."""

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from livetx.deferreds import waiter_for
 from livetx.domain import Exchange
-from livetx.errors import SessionForbidden
+from livetx.errors import StoreUnavailable
 from livetx.store import ConversationStore, StoredMessage
 from livetx.tools.record import reply_parts, steps_of
 
@@ -47,46 +47,44 @@ def exchanges(messages: list[StoredMessage]) -> list[Exchange]:
 
 
 class StoredConversation:
-    """:class:`livetx.domain.Memory` on a store; refuses other users' sessions."""
+    """:class:`livetx.domain.Memory` on a store, in one of the user's own sessions."""
 
     def __init__(self, store: ConversationStore, username: str, session_id: str) -> None:
         self._store = store
+        self.username = username
         self.session_id = session_id
-        #: Fires with the session, or fails with SessionForbidden for someone else's.
+        #: Fires with the session (the user's own: ids are per user), or fails when the store cannot.
         self.opened = store.open_session(username, session_id, "live")
-        self._allowed: bool | None = None
-        self.opened.addCallbacks(self._granted, self._refused)
+        self._failed: Failure | None = None
+        self.opened.addErrback(self._refused)
         #: The stored reply of the turn remembered last; ``revise`` rewrites that row.
         self._reply: Deferred[StoredMessage | None] = succeed(None)
 
-    def _granted(self, session: Any) -> None:
-        self._allowed = True
-
     def _refused(self, failure: Failure) -> Failure:
-        self._allowed = False
+        self._failed = failure
         return failure
 
     def _then(self, work: Callable[[], Deferred[Any]]) -> Deferred[Any]:
-        """Run ``work`` once the session is known to be this user's."""
+        """Run ``work`` once the session is open; fail as its opening did otherwise."""
 
         def go(_: None) -> Deferred[Any]:
-            if not self._allowed:
-                raise SessionForbidden()
+            if self._failed is not None:
+                self._failed.raiseException()
             return work()
 
         return waiter_for(self.opened).addCallback(go)
 
     def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        # Asked for now, not once the session check is back: the store runs
-        # work in order, so the query still comes after the check, usually in
-        # the same transaction, and its rows reach no one unless it passed.
-        query = self._store.messages(self.session_id, limit=2 * turns)
+        # Asked for now, not once the session is open: the store runs work
+        # in order, so the query still comes after the opening, usually in
+        # the same transaction, and its rows reach no one unless it worked.
+        query = self._store.messages(self.username, self.session_id, limit=2 * turns)
 
         def rows() -> Deferred[list[StoredMessage]]:
             return query
 
         def dropped(failure: Failure) -> Failure:
-            query.addErrback(lambda _: None)  # refused: the check's failure is the news
+            query.addErrback(lambda _: None)  # not opened: the opening's failure is the news
             return failure
 
         d = self._then(rows).addErrback(dropped)
@@ -95,7 +93,7 @@ class StoredConversation:
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
         def write() -> Deferred[StoredMessage]:
             stored = self._store.add_turn(
-                self.session_id, [{"type": "plain", "text": exchange.user}],
+                self.username, self.session_id, [{"type": "plain", "text": exchange.user}],
                 reply_parts(exchange.reply, exchange.tools),
                 interrupted=exchange.interrupted, input_type=input_type, metrics=metrics,
             )
@@ -121,4 +119,8 @@ class StoredConversation:
 
     def _write_failed(self, failure: Failure) -> None:
         """Logged; the turn goes on (the client is told ``end`` all the same)."""
-        _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)
+        if isinstance(failure.value, StoreUnavailable):  # an outage, not a bug: one line, no traceback
+            _log.warn("Could not store a live turn of {session}: {error}", session=self.session_id,
+                      error=str(failure.value))
+        else:
+            _log.failure("Could not store a live turn of {session}", failure, session=self.session_id)

@@ -8,7 +8,7 @@ closes them all when the server stops.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -72,7 +72,7 @@ def _decrement(counter: Counter[Any], key: Any) -> None:
         del counter[key]
 
 
-def _user(admission: Admission) -> tuple[str, str]:
+def user_key(admission: Admission) -> tuple[str, str]:
     """Whose sockets count together against ``max_connections_per_user``.
 
     An API key holder names any username it likes, so its sockets count
@@ -80,6 +80,15 @@ def _user(admission: Admission) -> tuple[str, str]:
     use up a user's own allowance and lock the user out.
     """
     return admission.key_id or "", admission.username or ""
+
+
+class SharedSlots(Protocol):
+    """Connection counts kept across processes (``livetx.cluster.limits.ConnectionSlots``)."""
+
+    def acquire(self, user: tuple[str, str], key_id: str | None, user_limit: int,
+                key_limit: int) -> Deferred[str | None]: ...
+
+    def release(self, user: tuple[str, str], key_id: str | None) -> object: ...
 
 
 class ConnectionTracker(Service):
@@ -108,13 +117,15 @@ class ConnectionTracker(Service):
         self._chat = chat
         self.draining = False
         self.drained: Deferred[None] = Deferred()
+        #: Cluster-wide slots, checked at the handshake as well as the counts here.
+        self.shared: SharedSlots | None = None
 
     def __len__(self) -> int:
         return len(self._open)
 
     def crowded(self, admission: Admission, limits: ServerConfig) -> str | None:
         """Why one more socket for this user or key would be too many, if it would."""
-        if 0 < limits.max_connections_per_user <= self._users[_user(admission)]:
+        if 0 < limits.max_connections_per_user <= self._users[user_key(admission)]:
             return "Too many connections for this user"
         if admission.key_id and 0 < limits.max_connections_per_key <= self._keys[admission.key_id]:
             return "Too many connections for this API key"
@@ -123,14 +134,14 @@ class ConnectionTracker(Service):
     def add(self, protocol: LiveServerProtocol) -> None:
         if protocol not in self._open:
             self._open.add(protocol)
-            self._users[_user(protocol.admission)] += 1
+            self._users[user_key(protocol.admission)] += 1
             if protocol.admission.key_id:
                 self._keys[protocol.admission.key_id] += 1
 
     def discard(self, protocol: LiveServerProtocol) -> None:
         if protocol in self._open:
             self._open.remove(protocol)
-            _decrement(self._users, _user(protocol.admission))
+            _decrement(self._users, user_key(protocol.admission))
             if protocol.admission.key_id:
                 _decrement(self._keys, protocol.admission.key_id)
 

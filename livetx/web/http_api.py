@@ -204,15 +204,15 @@ class MessagesResource(APIResource):
             raise HTTPError(404, ErrorCode.NOT_FOUND, "no such route")
         session_id = self.session_id
 
-        def check(owner: str | None) -> Deferred[list[StoredMessage]]:
-            if owner != username:  # someone else's looks the same as none at all
+        def check(session: StoredSession | None) -> Deferred[list[StoredMessage]]:
+            if session is None:  # ids are per user: another's is none of this user's
                 raise HTTPError(404, ErrorCode.NOT_FOUND, "no such session")
-            return self.store.messages(session_id)
+            return self.store.messages(username, session_id)
 
         def body(messages: list[StoredMessage]) -> bytes:
             return json_body(request, 200, {"session_id": session_id, "messages": [_message_json(m) for m in messages]})
 
-        return finish_async(request, self.store.owner(session_id).addCallback(check).addCallback(body))
+        return finish_async(request, self.store.session(username, session_id).addCallback(check).addCallback(body))
 
 
 class FileResource(APIResource):

@@ -1,23 +1,25 @@
 """Routes for whoever runs the server: ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Liveness only says the reactor answers. Readiness says the configured
-engines can work: offline engines were checked at start-up (their modules
-and model files), and an HTTP service counts as reachable when a TCP
-connection to its host opens; no request is sent, so a probe costs no
-tokens and needs no key. Anyone may ask, so the answer is reused for
+engines and shared services (a PostgreSQL store) can work: offline engines
+were checked at start-up (their modules and model files), an HTTP service
+counts as reachable when a TCP connection to its host opens (no request is
+sent, so a probe costs no tokens and needs no key), and a shared service
+when its probe answers in time. Anyone may ask, so the answer is reused for
 ``READY_CACHE_SECONDS`` and one probe at a time runs: a flood of requests
 opens no flood of upstream connections. A draining server is not ready.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, cast
+from typing import Any, Callable, Collection, Mapping, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -63,9 +65,14 @@ class Ready(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
+        probes: Mapping[str, Callable[[], Deferred[None]]] | None = None, optional: Collection[str] = (),
+    ) -> None:
         super().__init__()
         self._settings = settings
+        self._probes = dict(probes or {})
+        self._optional = frozenset(optional)
         self._reactor = reactor
         self._draining = draining
         self._checks: dict[str, Any] | None = None
@@ -108,24 +115,45 @@ class Ready(Resource):
                 result["error"] = f"cannot connect to {result['upstream']}"
 
             probes.append(probe(self._reactor, host, port).addErrback(failed))
+        for name, check in self._probes.items():  # shared services: the database, Redis
+            checks[name] = {"ok": True}
+            probes.append(self._shared(check, checks[name]))
         return DeferredList(probes).addCallback(lambda _: checks)
+
+    def _shared(self, check: Callable[[], Deferred[None]], result: dict[str, Any]) -> Deferred[None]:
+        def failed(failure: Failure) -> None:
+            result["ok"] = False
+            if failure.check(TimeoutError):
+                result["error"] = f"no answer within {PROBE_TIMEOUT:g} s"
+            else:
+                result["error"] = failure.getErrorMessage().strip().split("\n")[0] or "unreachable"
+
+        d = check()
+        d.addTimeout(PROBE_TIMEOUT, self._reactor)
+        return d.addErrback(failed)
 
     def render_GET(self, request: Request) -> Any:
         if self._draining():  # stopping: the load balancer should send no one new
             return json_body(request, 503, {"status": "draining"})
 
         def answer(checks: dict[str, Any]) -> bytes:
-            ready = all(c["ok"] for c in checks.values())
-            body = {"status": "ready" if ready else "unready", "checks": checks}
+            ready = all(c["ok"] for name, c in checks.items() if name not in self._optional)
+            whole = all(c["ok"] for c in checks.values())
+            body = {"status": "unready" if not ready else "ready" if whole else "degraded", "checks": checks}
             return json_body(request, 200 if ready else 503, body)
 
         return finish_async(request, self.current().addCallback(answer))
 
 
 def ops_routes(
-    metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False
+    metrics: ServerMetrics, settings: Config, reactor: Any, draining: Callable[[], bool] = lambda: False,
+    probes: Mapping[str, Callable[[], Deferred[None]]] | None = None, optional: Collection[str] = (),
 ) -> dict[str, Resource]:
-    """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping."""
+    """The operations routes, for ``build_site``'s ``routes``; ``draining``: the server is stopping.
+
+    ``probes``: readiness checks of shared services by name (``store`` for PostgreSQL);
+    those named in ``optional`` (``redis``: the server degrades without it) only make it ``degraded``.
+    """
     def scraped() -> IResource:
         from prometheus_client.twisted import MetricsResource
 
@@ -134,5 +162,5 @@ def ops_routes(
     return {
         "/metrics": OnFirstRequest(scraped, leaf=True),  # prometheus_client is imported by the first scrape
         "/healthz": Health(),
-        "/readyz": Ready(settings, reactor, draining),
+        "/readyz": Ready(settings, reactor, draining, probes, optional),
     }

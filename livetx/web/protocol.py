@@ -7,8 +7,9 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
+import functools
 from functools import partial
-from typing import cast
+from typing import TYPE_CHECKING, Callable, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
@@ -30,7 +31,11 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
-from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer
+from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer, user_key
+
+if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
+    from livetx.live.journal import Journals
+    from livetx.web.resume import Resumable
 
 _log = Logger()
 
@@ -53,9 +58,41 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     finished: Deferred[None] | None = None
     #: The client was told the server is shutting down (it is told once).
     told_draining = False
+    #: A cluster-wide connection slot is held for this socket (given back on close).
+    holds_slot = False
+    #: The socket's part in resume, once its client opted in or sent ``resume``.
+    resumable: Resumable | None = None
+    #: Client frames decoded so far (``resume`` must be the first).
+    frames_in = 0
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    # Autobahn waits for a Deferred from onConnect (txaio.as_future); its annotation omits that.
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
         self.admission = self.factory.gate(request)
+        shared = self.factory.connections.shared
+        admission = self.admission
+        if shared is None or admission.refusal is not None or admission.username is None:
+            return None
+        limits = self.factory.limits
+        d = shared.acquire(user_key(admission), admission.key_id,
+                           limits.max_connections_per_user, limits.max_connections_per_key)
+        return d.addCallbacks(self._slot, self._no_slot)
+
+    def _slot(self, crowded: str | None) -> None:
+        """The cluster's answer: a slot is ours, or the reason there is none."""
+        if crowded is not None:
+            self.admission = refusal(crowded, ErrorCode.RATE_LIMITED, notice=bool(self.admission.key_id))
+        elif self.state == self.STATE_CLOSED:  # the client left while Redis answered
+            self._give_back(self.admission)
+        else:
+            self.holds_slot = True
+
+    def _no_slot(self, failure: Failure) -> None:
+        """Redis did not answer (the cluster logged it): this process's own limits apply."""
+
+    def _give_back(self, admission: Admission) -> None:
+        shared = self.factory.connections.shared
+        if shared is not None:
+            shared.release(user_key(admission), admission.key_id)
 
     def onOpen(self) -> None:
         if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
@@ -97,7 +134,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             username=admission.username,
             engines=self.factory.engines.for_owner(admission.key_id or admission.username),
             clock=self.factory.clock,
-            emit=self.send,
+            emit=self.emit,
             memory=memory,
             listener=self.observer,
         )
@@ -105,6 +142,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         detection = self.http_request_params.get("turn_detection")
         if detection:  # talk mode asked for in the URL: the same as a session_update frame
             self.session.receive({"t": "session_update", "turn_detection": detection[0]})
+        if (self.http_request_params.get("resume") or [""])[0].lower() in ("1", "true"):
+            self.session.receive({"t": "session_update", "resume": True})
 
     def stop_listening(self) -> None:
         """The server is stopping: drop what the session has half heard."""
@@ -150,15 +189,36 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if draining and frame.get("t") not in STOPPING:
             self._refuse_while_draining()
             return
+        self.frames_in += 1
+        if (self.resumable is not None or frame.get("t") == "resume") and self._resume_side().receive(frame):
+            return
         mode = self.admission.mode or frame.get("ct", "live")
         if mode == "live":
             self.session.receive(frame)
         elif mode == "chat":
             if self.chat is None:
-                self.chat = ChatChannel(self.factory.chat, self.session.username, self.send)
+                self.chat = ChatChannel(self.factory.chat, self.session.username, self.emit)
             self.chat.receive(frame)
         else:
             self.send(frames.error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def emit(self, frame: Frame | bytes) -> None:
+        """The session's and the chat channel's way out: through resume once the client opted in."""
+        if self.resumable is not None:
+            self.resumable.out(frame)
+        elif isinstance(frame, dict) and frame.get("t") == "session_updated" and frame["data"].get("resume"):
+            self._resume_side().out(frame)
+        else:
+            self.send(frame)
+
+    def _resume_side(self) -> Resumable:
+        """The socket's part in resume (:mod:`livetx.web.resume`), made when first needed."""
+        if self.resumable is None:
+            from livetx.web.resume import Resumable
+
+            self.resumable = Resumable(self.factory.journals(), self.admission.username or "", self.factory.clock,
+                                       self.send, self._error, heard=self.frames_in > 1)
+        return self.resumable
 
     def _refuse_while_draining(self) -> None:
         """Running turns finish, nothing new starts: say so once, then drop input.
@@ -200,12 +260,28 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.setTimeout(None)
-        if self.session is not None:
-            self.session.close()
-            self.session = None
-        if self.chat is not None:
-            self.chat.close()
+        busy = self.busy
+        session, chat, self.session = self.session, self.chat, None
+
+        def finish() -> None:
+            if session is not None:
+                session.close()
+            if chat is not None:
+                chat.close()
+
+        def interrupt() -> None:
+            for side in (session, chat):
+                if side is not None:
+                    side.receive({"t": "interrupt"})
+
+        if session is not None:
+            session.stop_listening()
+        if self.resumable is None or not self.resumable.closed(busy, interrupt, finish):
+            finish()  # else the turn goes on into the resume journal, and finishes then
         self.factory.connections.discard(self)
+        if self.holds_slot:
+            self.holds_slot = False
+            self._give_back(self.admission)
         if self.observer is not None:
             self.observer.closed()
         if self.finished is not None and not self.finished.called:
@@ -250,12 +326,15 @@ class LiveServerFactory(WebSocketServerFactory):
         memories: MemoryOpener | None = None,
         metrics: ServerMetrics | None = None,
         endpoint: str = "",
+        journals: Callable[[], Journals] | None = None,
     ) -> None:
         # No URL: Autobahn rejects port 0 in one, and the Site routes by path.
         super().__init__(server=f"livetx/{__version__}")
         self.chat = chat
         #: Opens each live connection's memory; None: conversations are not kept.
         self.memories = memories
+        #: The resume journal, shared by every socket path (made when first asked for).
+        self.journals = journals or memory_journals(clock)
         self.gate = gate
         self.engines = engines
         self.connections = connections
@@ -282,6 +361,18 @@ def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
     factory.protocol = EchoProtocol
     apply_limits(factory, limits)
     return factory
+
+
+def memory_journals(clock: IReactorTime, seconds: float = 120.0, limit: int = 2000) -> Callable[[], Journals]:
+    """One process's resume journal, made (and its module imported) for the first socket that opts in."""
+
+    @functools.cache
+    def made() -> Journals:
+        from livetx.live.journal import MemoryJournals
+
+        return MemoryJournals(clock, seconds, limit)
+
+    return made
 
 
 def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:

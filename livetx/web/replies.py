@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.errors import ErrorCode
+from livetx.errors import ErrorCode, StoreUnavailable
 
 _log = Logger()
 
@@ -63,6 +63,8 @@ def finish_async(request: Request, d: Deferred[bytes]) -> Any:
     def fail(failure: Failure) -> None:
         if isinstance(failure.value, HTTPError):
             write(error_body(request, failure.value))
+        elif isinstance(failure.value, StoreUnavailable):  # the database is away: try again later
+            write(error_body(request, HTTPError(503, failure.value.code, failure.value.message)))
         else:
             _log.failure("HTTP API request failed", failure)
             write(error_body(request, HTTPError(500, ErrorCode.INTERNAL_ERROR, "internal error")))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.web.http import combinedLogFormatter
 from twisted.web.pages import notFound
@@ -16,7 +16,10 @@ from livetx.metrics import ServerMetrics
 from livetx.fences.twisted_web import Upgrade, make_site
 from livetx.web.admission import AddressLimit, Gate
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import LiveServerFactory, echo_factory
+from livetx.web.protocol import LiveServerFactory, echo_factory, memory_journals
+
+if TYPE_CHECKING:
+    from livetx.live.journal import Journals
 
 #: Path → which gate admits it; the gate names are keys of ``build_site``'s ``gates``.
 WEBSOCKET_ROUTES: dict[str, str] = {
@@ -77,10 +80,12 @@ def build_site(
     routes: dict[str, Resource] | None = None,
     metrics: ServerMetrics | None = None,
     echo: bool = False,
+    journals: Callable[[], Journals] | None = None,
 ) -> Site:
     """The resource tree: HTTP ``routes``, and a factory with its own gate per socket path."""
     root = _Node()
     metrics = metrics or ServerMetrics()  # one registry for every socket path
+    journals = journals or memory_journals(clock)  # one resume journal for every socket path
     for path, resource in (routes or {}).items():
         _mount(root, path, resource)
     for path, gate_name in WEBSOCKET_ROUTES.items():
@@ -94,6 +99,7 @@ def build_site(
             memories=memories,
             metrics=metrics,
             endpoint=path,
+            journals=journals,
         )
         _mount(root, path, Upgrade(factory))
     if echo:

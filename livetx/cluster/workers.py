@@ -1,0 +1,211 @@
+"""``twistd live --workers N``: N reactor processes sharing the listening sockets.
+
+The first process (the supervisor) opens every ``--listen`` endpoint itself,
+never accepts on them, and starts N workers, each ``twistd live`` again, with
+the listening sockets passed as inherited file descriptors (``childFDs``):
+each worker adopts them (``reactor.adoptStreamPort``) and the kernel hands
+each new connection to one of the workers waiting in ``accept``. Passing the
+sockets, rather than each worker binding with ``SO_REUSEPORT``, keeps the
+port open while a worker restarts (no connection waiting in a dead worker's
+queue is lost) and works with port 0.
+
+A worker that exits is started again (after a pause that grows while it
+keeps dying at once). SIGTERM to the supervisor is passed to every worker,
+each of which drains as a lone server does; the supervisor exits when they
+all have. Workers also get SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from livetx.fences.twisted_tcp import accept_one_at_a_time
+
+_log = Logger()
+
+#: Seconds before a dead worker is started again; doubled while it keeps dying within a minute.
+RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+#: Endpoint kinds a worker can adopt (TLS is for the proxy in front, or a single process).
+SHAREABLE = ("tcp", "tcp6", "unix")
+#: The first inherited descriptor number in a worker.
+FIRST_FD = 3
+
+_FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
+
+
+def unshareable(description: str) -> bool:
+    """Whether a ``--listen`` endpoint cannot be handed to workers."""
+    return description.split(":", 1)[0].lower() not in SHAREABLE
+
+
+def adopt(reactor: Any, spec: str, factory: Any) -> Any:
+    """In a worker: listen on an inherited socket, given as ``FD:FAMILY`` (``5:inet``)."""
+    fd, _, family = spec.partition(":")
+    return reactor.adoptStreamPort(int(fd), _FAMILIES[family], factory)
+
+
+class AdoptedPort(Service):
+    """In a worker: a listening socket inherited from the supervisor, served with ``factory``."""
+
+    def __init__(self, reactor: Any, spec: str, factory: Any) -> None:
+        self._reactor, self._spec, self._factory = reactor, spec, factory
+        self._port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._port = adopt(self._reactor, self._spec, self._factory)
+        accept_one_at_a_time(self._port)  # the idlest worker takes each new socket
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self._port.stopListening() if self._port is not None else None
+
+
+def as_worker(reactor: Any) -> None:
+    """Set up a worker process: it dies with the supervisor, and drains once however often told."""
+    reactor.addSystemEventTrigger("before", "shutdown", signal.signal, signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the supervisor goes, so no worker outlives it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() == 1:  # the supervisor died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _family(port: Any) -> str:
+    host = port.getHost()
+    kind = type(host).__name__
+    return {"IPv4Address": "inet", "IPv6Address": "inet6"}.get(kind, "unix")
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.started = supervisor.reactor.seconds()
+        self.ended: Deferred[None] = Deferred()
+        self.pid: int | None = None
+
+    def connectionMade(self) -> None:
+        self.pid = getattr(self.transport, "pid", None)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.supervisor.ended(self, reason)
+
+
+class Supervisor(Service):
+    """Holds the listening sockets and keeps N workers running."""
+
+    def __init__(self, reactor: Any, listen: list[str], workers: int, worker_args: list[str],
+                 metrics_dir: str | None = None) -> None:
+        self.reactor = reactor
+        self._listen = listen
+        self._count = workers
+        self._args = worker_args
+        self._ports: list[Any] = []
+        self._workers: dict[int, _Worker] = {}
+        self._delay: dict[int, float] = {}
+        self._own_metrics_dir = metrics_dir is None
+        self.metrics_dir = metrics_dir or tempfile.mkdtemp(prefix="livetx-metrics-")
+
+    def startService(self) -> None:
+        super().startService()
+        listening = [endpoints.serverFromString(self.reactor, d).listen(Factory.forProtocol(Protocol))
+                     for d in self._listen]
+        DeferredList(listening, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            self._listening, self._cannot_listen)
+
+    def _listening(self, results: list[tuple[bool, Any]]) -> None:
+        for _, port in results:
+            port.stopReading()  # the workers accept; the supervisor only holds the socket
+            self._ports.append(port)
+            _log.info("Workers share {address}", address=str(port.getHost()))
+        for index in range(self._count):
+            self._spawn(index)
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        error = getattr(failure.value, "subFailure", failure)
+        sys.stderr.write(f"livetx: cannot listen: {error.getErrorMessage()}\n")
+        self.reactor.stop()
+
+    def _spawn(self, index: int) -> None:
+        if not self.running:
+            return
+        fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        adopted: list[str] = []
+        for n, port in enumerate(self._ports):
+            fds[FIRST_FD + n] = port.fileno()
+            adopted += ["--adopt", f"{FIRST_FD + n}:{_family(port)}"]
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+                "live", *self._args, *adopted,
+                "--metrics-dir", self.metrics_dir]
+        worker = _Worker(self, index)
+        self._workers[index] = worker
+        self.reactor.spawnProcess(worker, sys.executable, argv, env=os.environ.copy(), childFDs=fds)
+        _log.info("Started worker {index} (pid {pid})", index=index, pid=worker.pid)
+
+    def ended(self, worker: _Worker, reason: Failure) -> None:
+        if self._workers.get(worker.index) is not worker:
+            return
+        del self._workers[worker.index]
+        mark_dead(self.metrics_dir, worker.pid)
+        if not self.running:
+            return
+        quick = self.reactor.seconds() - worker.started < 60
+        delay = min(self._delay.get(worker.index, RESTART_DELAY / 2) * 2, MAX_RESTART_DELAY) if quick else RESTART_DELAY
+        self._delay[worker.index] = delay
+        _log.warn("Worker {index} (pid {pid}) ended: {why}; starting it again in {delay:g} s",
+                  index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
+        self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def stopService(self) -> Deferred[Any]:
+        """SIGTERM every worker (each drains) and wait for them all; then let the sockets go."""
+        super().stopService()
+        waiting = []
+        for worker in list(self._workers.values()):
+            waiting.append(worker.ended)
+            try:
+                worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            except ProcessExitedAlready:
+                pass
+        for port in self._ports:
+            port.stopListening()
+
+        def cleaned(_: Any) -> None:
+            if self._own_metrics_dir:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+        return DeferredList(waiting).addCallback(cleaned)
+
+
+def mark_dead(directory: str, pid: int | None) -> None:
+    """A worker's counts outlive it (counters never go back); its gauges do not."""
+    if pid is None:
+        return
+    path = Path(directory) / f"worker-{pid}.json"
+    if path.exists():
+        path.rename(path.with_name(f"dead-{pid}.json"))

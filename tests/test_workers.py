@@ -1,0 +1,124 @@
+"""``twistd live --workers N``: shared sockets, restarts, draining, and one ``/metrics`` for all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+
+from livetx.cluster.worker_metrics import SharedMetrics
+from livetx.metrics import ServerMetrics
+
+from .engines import RedisServer
+from .support import connect, replied
+from .test_resume import settle
+from .test_live_ws import eventually
+from .test_ops import families
+from .test_twistd import TWISTD, free_port, make_certificate, run_cli, wait_for_port
+
+
+def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
+    result = subprocess.run(
+        TWISTD + ["-n", "--pidfile=", "live", "--workers", "2", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "livetx: --workers 2 needs [cluster] redis in the config file: "
+        "the workers share limits, bound sessions and resume through it")
+
+
+def test_workers_cannot_share_a_tls_endpoint(tmp_path: Path) -> None:
+    config = tmp_path / "livetx.toml"
+    config.write_text('[cluster]\nredis = "redis://127.0.0.1:1/0"\n')
+    key, cert = make_certificate(tmp_path)
+    result = subprocess.run(
+        TWISTD + ["-n", "--pidfile=", "live", "--workers", "2", "--config", str(config),
+                  "--listen", f"ssl:0:privateKey={key}:certKey={cert}", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("livetx: --workers cannot share --listen 'ssl:0:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_scrape_adds_up_every_worker_once(tmp_path: Path) -> None:
+    other = ServerMetrics()
+    other.opened("/ws", "live", "ann", Clock())
+    other.refused_at("/ws")
+    (tmp_path / "worker-1.json").write_text(json.dumps(other.snapshot()))
+    (tmp_path / "dead-2.json").write_text(json.dumps(other.snapshot()))  # died: its gauge goes
+    mine = ServerMetrics()
+    mine.opened("/ws", "live", "bob", Clock())
+    shared = SharedMetrics(mine, tmp_path, Clock())
+    text = _exposition(mine)
+    assert text[("livetx_connections_total", (("endpoint", "/ws"), ("mode", "live")))] == 3
+    assert text[("livetx_connections_refused_total", (("endpoint", "/ws"),))] == 2
+    assert text[("livetx_open_connections", (("endpoint", "/ws"),))] == 2
+    assert (tmp_path / f"worker-{os.getpid()}.json").exists()
+    shared.stopService()
+
+
+def _exposition(metrics: ServerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import generate_latest
+
+    return families(generate_latest(metrics.registry).decode())
+
+
+def children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_server: RedisServer) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    config = tmp_path / "livetx.toml"
+    config.write_text(f'[cluster]\nredis = "{redis_server.url}"\n')
+    process = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", "live", "--workers", "2", "--config", str(config),
+                  "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        await eventually(lambda: len(children(process.pid)) == 2, timeout=30)
+        token = run_cli("token", "--data-dir", str(data), "--username", "carol", cwd=tmp_path)
+        url = f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}"
+        for _ in range(4):
+            client = await connect(url)
+            assert replied(await client.turn("hello workers"))
+            await client.close_and_wait()
+        await settle(1.5)  # every worker has written its counts since
+
+        async def connections() -> float:
+            response = await treq.get(f"http://127.0.0.1:{port}/metrics", reactor=reactor)
+            counted = families((await treq.content(response)).decode())
+            return counted[("livetx_connections_total", (("endpoint", "/api/live_chat/ws"), ("mode", "live")))]
+
+        assert [await connections() for _ in range(4)] == [4.0] * 4  # whichever worker answers
+
+        victim = min(children(process.pid))
+        os.kill(victim, signal.SIGKILL)
+        await eventually(lambda: len(children(process.pid) - {victim}) == 2, timeout=30)
+        for _ in range(2):  # the port never stopped serving
+            client = await connect(url)
+            assert replied(await client.turn("still here"))
+            await client.close_and_wait()
+        await settle(1.5)
+        assert await connections() == 6.0  # the dead worker's count stays in the sum
+    finally:
+        workers = children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # the supervisor waited for them
+    assert "Traceback" not in output and token not in output
