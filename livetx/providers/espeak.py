@@ -12,7 +12,6 @@ milliseconds.
 from __future__ import annotations
 
 import ctypes
-import difflib
 import threading
 from typing import Any
 
@@ -98,6 +97,8 @@ class _Engine:
 
     def unknown(self, voice: str) -> str | None:
         """Why eSpeak cannot speak as ``voice``, or None when it can."""
+        import difflib  # only for the refusal's suggestions: an idle server need not load it
+
         base, _, variant = voice.partition("+")
         self._settings = None  # the next sentence sets its own voice again
         if not base or self._lib.espeak_SetVoiceByName(base.encode()) != 0:

@@ -19,7 +19,6 @@ interfaces.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.resources
 import importlib.util
 import os
@@ -80,6 +79,8 @@ def bundled_model(cache: Path) -> Path:
     the new model beside the old one instead of reading a stale file. It is
     built under a temporary name and renamed into place: a server killed
     half-way leaves no half-written model behind."""
+    import importlib.metadata  # here, not at the top: an idle server need not load the metadata reader
+
     stamp = "-".join(importlib.metadata.version(dist) for dist, _ in _BUNDLED)
     target = cache / f"whisper-base-{stamp}"
     if (target / "model.bin").is_file():

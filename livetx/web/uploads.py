@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass
 from typing import IO, Any
 
-import filetype
 import multipart
 
 from livetx.errors import ErrorCode
@@ -90,6 +89,8 @@ def _unsupported(filename: str) -> HTTPError:
 
 def attachment_type(data: bytes, filename: str) -> str | None:
     """The accepted type of a file, from its magic bytes (or, for text, its name and bytes)."""
+    import filetype  # on the first upload: an idle server need not load its type tables
+
     kind = filetype.guess(data[:_SNIFF])
     if kind is not None:
         mime = _CANONICAL.get(kind.mime, kind.mime)
