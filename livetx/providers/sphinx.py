@@ -75,15 +75,23 @@ def _transcribe(options: tuple[tuple[str, Any], ...], wav: bytes) -> str:
 
 
 def _decode(options: tuple[tuple[str, Any], ...], pcm: bytes) -> str:
-    """Runs in a decoding process: the whole utterance in one call, so the
-    decoder normalizes its cepstra over all of it (batch CMN, the decoder's
-    default; feeding it in pieces would switch the decoder to a running mean
-    for good, and later transcripts would depend on earlier ones)."""
+    """Runs in a decoding process, one utterance decoded as if it were the
+    decoder's first: a process serves every user, and a transcript must not
+    depend on what was decoded there before.
+
+    The whole utterance goes in one call, so the decoder normalizes its
+    cepstra over all of it (batch CMN, the model's setting; feeding it in
+    pieces would switch the decoder to a running mean for good). The model
+    also turns on noise removal, whose noise estimate carries over from one
+    utterance to the next: ``start_stream`` forgets it, or the same audio
+    decoded differently after a partial, another user's words, or nothing
+    (a fresh decoder's first utterance)."""
     decoder = _decoders.get(options)
     if decoder is None:
         from pocketsphinx import Decoder
 
         decoder = _decoders[options] = Decoder(**dict(options))
+    decoder.start_stream()
     decoder.start_utt()
     decoder.process_raw(_framed(pcm), full_utt=True)
     decoder.end_utt()
