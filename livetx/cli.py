@@ -8,6 +8,7 @@ Scripts rely on one contract: a created key or token is the last line printed.
 
 from __future__ import annotations
 
+import functools
 import getopt
 import os
 import sys
@@ -18,7 +19,7 @@ from twisted.python import usage
 
 from livetx import __version__, config as configuration, storage
 from livetx.auth.keys import KEYS_FILE, CorruptKeyFile, KeyStore, resolve_username
-from livetx.auth.tokens import SECRET_FILE, issue_token
+from livetx.auth.tokens import issue_token
 
 
 class _Command(usage.Options):
@@ -51,7 +52,7 @@ class _DataDirOptions(_Command):
     def data_dir(self) -> Path:
         return configuration.data_dir(self["data-dir"])
 
-    @property
+    @functools.cached_property
     def settings(self) -> configuration.Config:
         return configuration.load(Path(self["config"]) if self["config"] else None)
 
@@ -254,11 +255,10 @@ def keys_revoke(options: KeysRevoke) -> int:
 
 
 def token(options: TokenOptions) -> int:
-    settings = options.settings
-    path = options.data_dir / SECRET_FILE
-    existed = bool(settings.auth.jwt_secret or settings.store.url) or path.exists()
-    secret = storage.jwt_secret(settings, options.data_dir)
-    _say_if_created("JWT secret", path, existed)
+    fresh = storage.secret_to_create(options.settings, options.data_dir)
+    secret = storage.jwt_secret(options.settings, options.data_dir)
+    if fresh is not None:
+        _say_if_created("JWT secret", fresh, existed=False)
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 

@@ -23,7 +23,6 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from livetx.auth.revocation import KeyRevocations
-from livetx.auth.tokens import SECRET_FILE
 from livetx.chat.service import ChatService
 from livetx.config import Config
 from livetx.deferreds import waiter_for
@@ -31,7 +30,7 @@ from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
-from livetx.storage import open_storage
+from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.connections import ConnectionTracker
@@ -56,12 +55,12 @@ class Services:
 
 def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool = False) -> Services:
     """Build the whole server but its listening ports, which the caller adds to ``root``."""
-    fresh = not (settings.auth.jwt_secret or settings.store.url or (data_dir / SECRET_FILE).exists())
+    fresh = secret_to_create(settings, data_dir)
     storage = open_storage(settings, data_dir, reactor)
     store, keys, secret = storage.store, storage.keys, storage.secret
     if fresh:
         _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
-                  path=str(data_dir / SECRET_FILE))
+                  path=str(fresh))
     http, pool = make_http_client(reactor)
     engines = build_engines(settings, http, reactor, data_dir)
     metrics = ServerMetrics()

@@ -17,7 +17,7 @@ from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 
 from livetx.auth.keys import KeyStore
-from livetx.auth.tokens import load_or_create_secret
+from livetx.auth.tokens import SECRET_FILE, load_or_create_secret
 from livetx.config import Config, ConfigError
 from livetx.store.sql import SQLStore
 
@@ -78,6 +78,12 @@ def key_store(settings: Config, data_dir: Path) -> KeyStore:
 
     check(settings)
     return PostgresKeyStore(settings.store.url)
+
+
+def secret_to_create(settings: Config, data_dir: Path) -> Path | None:
+    """The secret file that opening this storage would create, or None (configured, in PostgreSQL, or there)."""
+    path = data_dir / SECRET_FILE
+    return None if settings.auth.jwt_secret or settings.store.url or path.exists() else path
 
 
 def jwt_secret(settings: Config, data_dir: Path) -> str:
