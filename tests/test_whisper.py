@@ -9,9 +9,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from livetx.audio import to_wav
+from livetx.audio import read_wav, to_wav
 from livetx.config import Config, ConfigError, STTConfig
 from livetx.providers import factory, whisper
+from livetx.testing.recordings import read_aloud
 
 from .support import connect
 from .test_client import base, livetx_client
@@ -148,3 +149,24 @@ async def test_a_configured_model_directory_understands_open_vocabulary(livetx: 
     heard = next(f for f in frames if f["t"] == "user_msg")["data"]["text"]
     assert words(heard) == words("please water the garden tomorrow morning"), heard
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_default_server_understands_a_person_reading_aloud(livetx: Any, tmp_path: Path) -> None:
+    """44 s of a person reading Dickens, through ``livetx talk``: real human
+    speech, and longer than Whisper's 30 s window. The words across the
+    window's edge ("in short, the period was so") are the ones a decode
+    without timestamps dropped."""
+    jiwer = pytest.importorskip("jiwer")
+    read = read_aloud()
+    if not read:
+        pytest.skip("moonshine-voice (the recordings of people reading) is not installed")
+    text, wav = read[0]
+    server = await livetx()
+    (tmp_path / "dickens.wav").write_bytes(wav)
+    run = await livetx_client("talk", base(server), "--wav", str(tmp_path / "dickens.wav"),
+                              "--token", server.token(), "--timeout", "120")
+    assert run.code == 0, run.err
+    heard = next(line for line in run.err.splitlines() if line.startswith("heard: "))
+    assert "in short the period was so far like the present period" in " ".join(words(heard)), heard
+    assert jiwer.wer(" ".join(words(text)), " ".join(words(heard[7:]))) <= 0.03, heard

@@ -50,17 +50,22 @@ _PARTS = ("model.bin.part1", "model.bin.part2")
 #: (fewer errors than greedy search at about the same time: the encoder's
 #: fixed 30 s window, not the search, is most of a decode), one temperature
 #: (retries at higher ones made the slowest decodes slower still), no
-#: timestamps, no conditioning on earlier windows (an utterance is a window
-#: of its own), and the bundled Silero VAD first: silence and noise are
-#: dropped before the decoder sees them, so they cost milliseconds instead
-#: of a full decode, and come back as no words rather than invented ones.
+#: conditioning on earlier windows (an utterance is a window of its own),
+#: and the bundled Silero VAD first: silence and noise are dropped before
+#: the decoder sees them, so they cost milliseconds instead of a full
+#: decode, and come back as no words rather than invented ones.
 _DECODE: dict[str, Any] = {
     "beam_size": 5,
     "temperature": 0.0,
-    "without_timestamps": True,
     "condition_on_previous_text": False,
     "vad_filter": True,
 }
+
+#: Whisper hears 30 s at a time. Within one window timestamps only cost
+#: time, so they are skipped; past it they are what places the next window
+#: where the last word ended; without them the next window starts at the
+#: cut, and the words across it were lost (a 44 s read passage lost six).
+_WINDOW_SAMPLES = 30 * 16000
 
 #: Loaded models, shared by every recognizer of the process: (directory, threads) → model.
 _models: dict[tuple[str, int], Any] = {}
@@ -177,7 +182,9 @@ class WhisperRecognizer:
         import numpy
 
         samples = numpy.frombuffer(pcm, dtype="<i2").astype(numpy.float32) / 32768
-        segments, _ = self._model().transcribe(samples, language=self._language, **_DECODE)
+        segments, _ = self._model().transcribe(
+            samples, language=self._language, without_timestamps=len(samples) <= _WINDOW_SAMPLES, **_DECODE
+        )
         return " ".join(segment.text.strip() for segment in segments).strip()
 
     def _decode(self, wav: bytes) -> str:
