@@ -20,7 +20,7 @@ from typing import Any, Callable
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from livetx.audio import read_wav, resample, to_wav
+from livetx.audio import as_16k_wav, read_wav
 from livetx.config import STTConfig, TTSConfig
 from livetx.providers.espeak import EspeakSpeech, _speak
 from livetx.providers.sphinx import SphinxRecognizer
@@ -74,11 +74,7 @@ async def measure(name: str, job: Callable[[], Deferred[Any]], repeat: int) -> N
 
 def speech() -> list[bytes]:
     """16 kHz WAVs of :data:`SENTENCES` from the offline engine livetx speaks with."""
-    wavs = []
-    for sentence in SENTENCES:
-        pcm, rate = read_wav(_speak(("en-us", 175, 50), sentence))
-        wavs.append(to_wav(resample(pcm, rate)))
-    return wavs
+    return [as_16k_wav(_speak(("en-us", 175, 50), sentence)) for sentence in SENTENCES]
 
 
 def cycling(make: Callable[[Any], Deferred[Any]], items: list[Any]) -> Callable[[], Deferred[Any]]:

@@ -31,7 +31,7 @@ import jiwer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_bench import free_port, rss_mb, wait_for_port  # noqa: E402
 
-from livetx.audio import read_wav, resample, to_wav  # noqa: E402
+from livetx.audio import as_16k_wav, read_wav  # noqa: E402
 from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
 from livetx.testing.recordings import read_aloud  # noqa: E402
 
@@ -98,8 +98,8 @@ def normal(text: str) -> str:
 def recordings(extra: Path | None) -> dict[str, list[tuple[str, bytes]]]:
     """Sets of (reference text, 16 kHz WAV)."""
     sets: dict[str, list[tuple[str, bytes]]] = {}
-    sets["espeak"] = [(p, _wav16(_speak(("en-us", 175, 50), p))) for p in PHRASES]
-    sets["espeak, more requests"] = [(p, _wav16(_speak(("en-us", rate, 50), p))) for rate in RATES for p in MORE]
+    sets["espeak"] = [(p, as_16k_wav(_speak(("en-us", 175, 50), p))) for p in PHRASES]
+    sets["espeak, more requests"] = [(p, as_16k_wav(_speak(("en-us", rate, 50), p))) for rate in RATES for p in MORE]
     read = read_aloud()
     if read:
         sets["read aloud"] = read
@@ -118,17 +118,12 @@ def recordings(extra: Path | None) -> dict[str, list[tuple[str, bytes]]]:
             out = io.BytesIO()
             with wave.open(out, "wb") as w:
                 voice.synthesize_wav(p, w)
-            clips.append((p, _wav16(out.getvalue())))
+            clips.append((p, as_16k_wav(out.getvalue())))
         sets["piper"] = clips
     if extra is not None:
-        sets[extra.name] = [(wav.with_suffix(".txt").read_text().strip(), _wav16(wav.read_bytes()))
+        sets[extra.name] = [(wav.with_suffix(".txt").read_text().strip(), as_16k_wav(wav.read_bytes()))
                             for wav in sorted(extra.glob("*.wav")) if wav.with_suffix(".txt").exists()]
     return sets
-
-
-def _wav16(wav: bytes) -> bytes:
-    pcm, rate = read_wav(wav)
-    return to_wav(resample(pcm, rate))
 
 
 def engines(tmp: Path) -> dict[str, Callable[[bytes], str]]:

@@ -99,6 +99,12 @@ def resample(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
     return resampled
 
 
+def as_16k_wav(data: bytes) -> bytes:
+    """A WAV at any rate as the 16 kHz WAV a voice turn carries (recordings for tests and benchmarks)."""
+    pcm, rate = read_wav(data)
+    return to_wav(resample(pcm, rate))
+
+
 def _samples(pcm: bytes) -> array.array[int]:
     samples = array.array("h", pcm)
     if sys.byteorder == "big":

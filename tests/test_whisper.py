@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from livetx.audio import read_wav, to_wav
+from livetx.audio import to_wav
 from livetx.config import Config, ConfigError, STTConfig
 from livetx.providers import factory, whisper
 from livetx.testing.recordings import read_aloud

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from livetx.audio import read_wav, resample, to_wav
+from livetx.audio import as_16k_wav
 
 #: File in the wheel's ``assets`` → the text read in it.
 READ_ALOUD = {
@@ -34,8 +34,4 @@ def read_aloud() -> list[tuple[str, bytes]]:
     if spec is None or not spec.submodule_search_locations:
         return []
     assets = Path(list(spec.submodule_search_locations)[0], "assets")
-    clips = []
-    for name, text in READ_ALOUD.items():
-        pcm, rate = read_wav((assets / name).read_bytes())
-        clips.append((text, to_wav(resample(pcm, rate))))
-    return clips
+    return [(text, as_16k_wav((assets / name).read_bytes())) for name, text in READ_ALOUD.items()]
