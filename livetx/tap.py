@@ -185,10 +185,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
 def _supervisor(options: Options, settings: configuration.Config, data_dir: Path, reactor: Any) -> IService:
     """``--workers N``: hold the sockets, run N workers (:mod:`livetx.cluster.workers`)."""
-    from livetx.cluster.workers import Supervisor
+    from livetx.cluster.workers import Supervisor, WorkerLogs
     from livetx.storage import jwt_secret
 
     jwt_secret(settings, data_dir)  # made once here, or each worker would race to make its own
     args = ["--data-dir", str(data_dir), *(["--config", options["config"]] if options["config"] else [])]
     args += ["--conformance-echo"] if options["conformance-echo"] else []
-    return Supervisor(reactor, options["listen"], options["workers"], args)
+    logs = WorkerLogs.like(getattr(options, "parent", None))  # twistd's own options, when run by twistd
+    return Supervisor(reactor, options["listen"], options["workers"], args, logs=logs)

@@ -9,12 +9,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.scripts.twistd import ServerOptions
 
 from livetx.cluster.worker_metrics import SharedMetrics
+from livetx.cluster.workers import WorkerLogs
 from livetx.metrics import ServerMetrics
 
 from .engines import RedisServer
@@ -122,3 +125,45 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_se
     assert process.returncode in (0, -signal.SIGTERM), output
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # the supervisor waited for them
     assert "Traceback" not in output and token not in output
+
+
+@pytest.mark.parametrize(("twistd", "worker"), [
+    (["-n"], []),  # the inherited stdout
+    (["-n", "--logfile=-"], ["--logfile=-"]),
+    (["--logfile", "/var/log/livetx.log"], ["--logfile", "/var/log/livetx.worker-1.log"]),
+    ([], ["--logfile", "{cwd}/twistd.worker-1.log"]),  # a daemon's default file, not the lost stdout
+    (["--syslog", "--prefix", "lx"], ["--syslog", "--prefix", "lx"]),
+    (["-n", "--logger", "livetx.logs.json_observer", "--logfile", "x.log"], ["--logger", "livetx.logs.json_observer"]),
+])
+def test_workers_log_as_the_supervisor_was_told(twistd: list[str], worker: list[str]) -> None:
+    options = ServerOptions()
+    options.parseOptions(twistd)
+    assert WorkerLogs.like(options).argv(1) == [arg.format(cwd=os.getcwd()) for arg in worker]
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_logs_stay_json_from_every_worker(tmp_path: Path, redis_server: RedisServer) -> None:
+    """docs/deployment.md's JSON logging with --workers: the workers' turn lines too."""
+    port = free_port()
+    data = tmp_path / "data"
+    config = tmp_path / "livetx.toml"
+    config.write_text(f'[cluster]\nredis = "{redis_server.url}"\n')
+    process = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", "--logger", "livetx.logs.json_observer", "live", "--workers", "2",
+                  "--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        await eventually(lambda: len(children(process.pid)) == 2, timeout=30)
+        workers = children(process.pid)
+        token = run_cli("token", "--data-dir", str(data), "--username", "carol", cwd=tmp_path)
+        client = await connect(f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}")
+        assert replied(await client.turn("hello workers"))
+        await client.close_and_wait()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    events = [json.loads(line) for line in output.splitlines()]  # every line, the workers' too
+    assert [e for e in events if e.get("livetx_event") == "turn"], output
+    assert {e.get("pid") for e in events if "Started worker" in e["message"]} == workers

@@ -10,7 +10,9 @@ port open while a worker restarts (no connection waiting in a dead worker's
 queue is lost) and works with port 0.
 
 A worker that exits is started again (after a pause that grows while it
-keeps dying at once). SIGTERM to the supervisor is passed to every worker,
+keeps dying at once). Workers log the way the supervisor was told to
+(:class:`WorkerLogs`): the same ``--logger``, ``--syslog`` or stdout, and a
+log file of their own beside the supervisor's. SIGTERM to the supervisor is passed to every worker,
 each of which drains as a lone server does; the supervisor exits when they
 all have. Workers also get SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``).
 """
@@ -24,6 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +120,57 @@ class _Worker(ProcessProtocol):
         self.supervisor.ended(self, reason)
 
 
+@dataclass(frozen=True)
+class WorkerLogs:
+    """Where workers log: as twistd's own options told the supervisor to.
+
+    Without this a worker, always run with ``--nodaemon``, logged plain text
+    to the inherited stdout: lost when the supervisor was a daemon or wrote
+    to a file, and not JSON when ``--logger`` asked for JSON. A log file is
+    not shared: twistd's file neither appends atomically nor rotates with
+    other writers, so each worker gets one beside it (``livetx.log`` →
+    ``livetx.worker-0.log``)."""
+
+    args: tuple[str, ...] = ()
+    logfile: str | None = None
+
+    @classmethod
+    def like(cls, twistd: Any) -> WorkerLogs:
+        """From twistd's parsed options (``None``: the defaults of ``twistd -n``)."""
+        if twistd is None:
+            return cls()
+        logger = twistd.get("logger")
+        if logger is not None:  # twistd: takes precedence over --logfile and --syslog
+            name = getattr(logger, "__qualname__", None)
+            if name is None:  # not a function or class: twistd kept no name to hand on
+                _log.warn("Workers log to stdout: --logger {logger!r} has no name to pass them", logger=logger)
+                return cls()
+            return cls(("--logger", f"{logger.__module__}.{name}"))
+        if twistd.get("syslog"):
+            return cls(("--syslog", "--prefix", twistd["prefix"]))
+        logfile = twistd.get("logfile") or (None if twistd.get("nodaemon") else "twistd.log")
+        if logfile == "-":
+            return cls(("--logfile=-",))
+        return cls((), os.path.abspath(logfile) if logfile else None)
+
+    def argv(self, index: int) -> list[str]:
+        """twistd's logging options for worker ``index``."""
+        if self.logfile is None:
+            return list(self.args)
+        path = Path(self.logfile)
+        return [*self.args, "--logfile", str(path.with_name(f"{path.stem}.worker-{index}{path.suffix}"))]
+
+
 class Supervisor(Service):
     """Holds the listening sockets and keeps N workers running."""
 
     def __init__(self, reactor: Any, listen: list[str], workers: int, worker_args: list[str],
-                 metrics_dir: str | None = None) -> None:
+                 metrics_dir: str | None = None, logs: WorkerLogs = WorkerLogs()) -> None:
         self.reactor = reactor
         self._listen = listen
         self._count = workers
         self._args = worker_args
+        self._logs = logs
         self._ports: list[Any] = []
         self._workers: dict[int, _Worker] = {}
         self._delay: dict[int, float] = {}
@@ -161,7 +206,7 @@ class Supervisor(Service):
             fds[FIRST_FD + n] = port.fileno()
             adopted += ["--adopt", f"{FIRST_FD + n}:{_family(port)}"]
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
-                "live", *self._args, *adopted,
+                *self._logs.argv(index), "live", *self._args, *adopted,
                 "--metrics-dir", self.metrics_dir]
         worker = _Worker(self, index)
         self._workers[index] = worker
