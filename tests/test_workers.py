@@ -80,14 +80,15 @@ def children(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
-@pytest_twisted.ensureDeferred
-async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_server: RedisServer) -> None:
+async def two_workers(tmp_path: Path, redis: RedisServer, *twistd: str) -> tuple[subprocess.Popen[str], int, str]:
+    """``twistd [twistd options] live --workers 2`` on a free port, both workers up:
+    the supervisor, the port and a user's socket URL."""
     port = free_port()
     data = tmp_path / "data"
     config = tmp_path / "livetx.toml"
-    config.write_text(f'[cluster]\nredis = "{redis_server.url}"\n')
+    config.write_text(f'[cluster]\nredis = "{redis.url}"\n')
     process = subprocess.Popen(
-        TWISTD + ["-n", "--pidfile=", "live", "--workers", "2", "--config", str(config),
+        TWISTD + ["-n", "--pidfile=", *twistd, "live", "--workers", "2", "--config", str(config),
                   "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -95,7 +96,18 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_se
         wait_for_port(port, process)
         await eventually(lambda: len(children(process.pid)) == 2, timeout=30)
         token = run_cli("token", "--data-dir", str(data), "--username", "carol", cwd=tmp_path)
-        url = f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}"
+    except BaseException:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+        raise
+    return process, port, f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_server: RedisServer) -> None:
+    process, port, url = await two_workers(tmp_path, redis_server)
+    token = url.rpartition("=")[2]
+    try:
         for _ in range(4):
             client = await connect(url)
             assert replied(await client.turn("hello workers"))
@@ -144,21 +156,10 @@ def test_workers_log_as_the_supervisor_was_told(twistd: list[str], worker: list[
 @pytest_twisted.ensureDeferred
 async def test_json_logs_stay_json_from_every_worker(tmp_path: Path, redis_server: RedisServer) -> None:
     """docs/deployment.md's JSON logging with --workers: the workers' turn lines too."""
-    port = free_port()
-    data = tmp_path / "data"
-    config = tmp_path / "livetx.toml"
-    config.write_text(f'[cluster]\nredis = "{redis_server.url}"\n')
-    process = subprocess.Popen(
-        TWISTD + ["-n", "--pidfile=", "--logger", "livetx.logs.json_observer", "live", "--workers", "2",
-                  "--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process, _, url = await two_workers(tmp_path, redis_server, "--logger", "livetx.logs.json_observer")
+    workers = children(process.pid)
     try:
-        wait_for_port(port, process)
-        await eventually(lambda: len(children(process.pid)) == 2, timeout=30)
-        workers = children(process.pid)
-        token = run_cli("token", "--data-dir", str(data), "--username", "carol", cwd=tmp_path)
-        client = await connect(f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}")
+        client = await connect(url)
         assert replied(await client.turn("hello workers"))
         await client.close_and_wait()
     finally:
