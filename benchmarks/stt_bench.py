@@ -167,19 +167,19 @@ def accuracy(sets: dict[str, list[tuple[str, bytes]]], tmp: Path) -> list[dict[s
                 clips = [c for c in clips if re.fullmatch(r"turn (on|off) the (kitchen|bedroom) lights", c[0])]
             if not clips:
                 continue
-            refs, hyps, times, exact = [], [], [], 0
+            refs, hyps, times = [], [], []
             for text, wav in clips:
                 started = time.perf_counter()
                 heard = decode(wav)
                 times.append(time.perf_counter() - started)
                 refs.append(normal(text))
                 hyps.append(normal(heard) or "<nothing>")
-                exact += normal(heard) == normal(text)
+            right = [r == h for r, h in zip(refs, hyps)]
             rows.append({
                 "engine": engine, "set": name, "clips": len(clips), "wer": jiwer.wer(refs, hyps),
-                "exact": exact, "examples": [normal(t) == h for (t, _), h in zip(clips, hyps) if t in EXAMPLES],
+                "exact": sum(right), "examples": [ok for (t, _), ok in zip(clips, right) if t in EXAMPLES],
                 "median_s": statistics.median(times), "max_s": max(times),
-                "misheard": [(r, h) for r, h in zip(refs, hyps) if r != h],
+                "misheard": [(r, h) for r, h, ok in zip(refs, hyps, right) if not ok],
             })
     return rows
 

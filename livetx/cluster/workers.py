@@ -12,9 +12,9 @@ queue is lost) and works with port 0.
 A worker that exits is started again (after a pause that grows while it
 keeps dying at once). Workers log the way the supervisor was told to
 (:class:`WorkerLogs`): the same ``--logger``, ``--syslog`` or stdout, and a
-log file of their own beside the supervisor's. SIGTERM to the supervisor is passed to every worker,
-each of which drains as a lone server does; the supervisor exits when they
-all have. Workers also get SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``).
+log file of their own beside the supervisor's. SIGTERM to the supervisor
+is passed to every worker, each of which drains as a lone server does; the
+supervisor exits when they all have. Workers also get SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations

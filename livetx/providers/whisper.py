@@ -32,6 +32,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from livetx.audio import SAMPLE_RATE
 from livetx.config import ConfigError, STTConfig
 from livetx.providers.base import recognizer_input, reported
 from livetx.providers.threads import Worker
@@ -65,7 +66,7 @@ _DECODE: dict[str, Any] = {
 #: time, so they are skipped; past it they are what places the next window
 #: where the last word ended; without them the next window starts at the
 #: cut, and the words across it were lost (a 44 s read passage lost six).
-_WINDOW_SAMPLES = 30 * 16000
+_WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
 #: Loaded models, shared by every recognizer of the process: (directory, threads) → model.
 _models: dict[tuple[str, int], Any] = {}
