@@ -187,6 +187,10 @@ class ServerMetrics:
         self.first_audio = self._add(
             "histogram", "livetx_turn_first_audio_seconds", "Turn start to the first audio chunk.",
             ["input_type"], LATENCY_BUCKETS)
+        self.voice_to_voice = self._add(
+            "histogram", "livetx_voice_to_voice_seconds",
+            "Talk mode: the user's last voiced audio frame to the reply's first audio, measured on the server.",
+            buckets=LATENCY_BUCKETS)
         self.turn_seconds = self._add(
             "histogram", "livetx_turn_seconds", "Turn start to its end frame.", ["input_type"], LATENCY_BUCKETS)
         self.interrupts = self._add("counter", "livetx_interrupts", "Turns stopped by the client (barge-in).")
@@ -283,6 +287,12 @@ class TurnObserver(Ignore):
         self._turn = _TurnRecord(input_type)
         self._values.turn_started(turn_id, input_type, assemble_seconds)
 
+    def speech_ended(self, voice_end: float, endpoint: float) -> None:
+        self._values.speech_ended(voice_end, endpoint)
+
+    def transcribed(self, seconds: float) -> None:
+        self._values.transcribed(seconds)
+
     def provider_called(self, kind: str, provider: str) -> None:
         self._values.provider_called(kind, provider)
 
@@ -295,6 +305,7 @@ class TurnObserver(Ignore):
     def first_delta(self, seconds: float) -> None:
         if self._turn is not None:
             self._turn.first_delta = seconds
+        self._values.first_delta(seconds)
 
     def first_audio(self, seconds: float) -> None:
         if self._turn is not None:
@@ -319,6 +330,9 @@ class TurnObserver(Ignore):
             m.first_delta.labels(kind).observe(turn.first_delta)
         if turn.first_audio is not None:
             m.first_audio.labels(kind).observe(turn.first_audio)
+        voice_to_voice = self._values.values.get("voice_to_voice_ms")
+        if voice_to_voice is not None:
+            m.voice_to_voice.labels().observe(voice_to_voice / 1000)
         end = None
         if label != "interrupted":
             end = seconds

@@ -14,6 +14,12 @@ is stored). While ``interrupted`` every frame is taken; one that starts a
 turn (``text_input``, ``end_speaking``, talk mode's end of speech) waits and
 starts once the interrupted turn is unwound, and a second such frame gets
 ``PROCESSING_ERROR`` as in ``processing``.
+
+Talk mode: speech that starts while a voice turn's reply is still unheard
+(no audio sent, no tool called) continues that request instead of barging
+in: the turn is withdrawn, nothing of it stored or played, and its audio
+becomes the start of the new utterance, answered as one request under the
+same turn id (docs/protocol-extensions.md, "A request in two breaths").
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from functools import partial
 from typing import Any, Callable
 
 from transitions import EventData, MachineError
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,6 +90,11 @@ class LiveSession:
         self._report: TurnListener = self._metrics if listener is None else Listeners(self._metrics, listener)
         self.settings = Settings()
         self._conversation = Conversation(username, engines.history_turns, memory)
+        #: The running voice turn's segment, which speech resumed before its reply is heard takes back.
+        self._voice_segment: Segment | None = None
+        #: While a withdrawn turn unwinds: it is not stored, and its id goes to the request's rest.
+        self._withdrawn = False
+        self._continues: int | None = None
 
     @property
     def history(self) -> tuple[Exchange, ...]:
@@ -171,8 +182,10 @@ class LiveSession:
         self.capture.stop_listening()
 
     def _new_turn(self, input_type: str, started: float, assembled: float | None = None) -> None:
-        """Number the turn that starts now, tag its frames with the number, and report it."""
-        self._turn_id += 1
+        """Number the turn that starts now (a continued request keeps its number), tag its frames, report it."""
+        continues, self._continues = self._continues, None
+        if continues is None or input_type != "audio":
+            self._turn_id += 1
         turn_id = self._turn_id
 
         def emit(frame: Frame | bytes) -> None:
@@ -209,6 +222,10 @@ class LiveSession:
     def turn_queued(self, event: EventData) -> bool:
         return self._queued is not None
 
+    def reply_unheard(self, event: EventData) -> bool:
+        """A voice turn runs whose reply nobody has heard yet: new speech continues its request."""
+        return self._voice_segment is not None and not self._closing and (self._turn is None or self._turn.unheard)
+
     def _open_segment(self, event: EventData) -> None:
         self.capture.open(event.kwargs["stamp"])
 
@@ -220,6 +237,12 @@ class LiveSession:
 
     def _hear(self, event: EventData) -> None:
         self.capture.hear(event.kwargs["pcm"], event.kwargs["start_ms"])
+
+    def _take_back(self, event: EventData) -> None:
+        """The user goes on: the running turn's audio starts the utterance now heard."""
+        assert self._voice_segment is not None
+        self.capture.carry(self._voice_segment)
+        self._hear(event)
 
     def _announce_stop(self, event: EventData) -> None:
         self.capture.announce_stop(event.kwargs["end_ms"])
@@ -271,6 +294,9 @@ class LiveSession:
         if self._engines.keep_audio is not None:
             self._engines.keep_audio(self.username, wav)
         self._new_turn("audio", assembled, assembled - began)
+        if segment.voiced_at is not None and segment.stopped_at is not None:
+            self._report.speech_ended(assembled - segment.voiced_at, assembled - segment.stopped_at)
+        self._voice_segment = segment
         stt = self._engines.stt
         if stt is None:
             self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
@@ -278,7 +304,7 @@ class LiveSession:
             return
         self._report.provider_called("stt", stt.name)
         # A call that raises takes the failure path too: error, ``end``, idle again.
-        self._preparing = maybeDeferred(stt.transcribe, wav)
+        self._preparing = segment.transcript(stt, wav)
         self._preparing.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled, stt.name))
 
     def _transcribed(self, text: str, assembled: float, stt: str) -> None:
@@ -305,6 +331,7 @@ class LiveSession:
 
     def _ended(self, outcome: Outcome) -> None:
         """Report the running turn over, once."""
+        self._voice_segment = None
         if self._started is not None:
             started, self._started = self._started, None
             self._report.turn_ended(outcome, self._clock.seconds() - started)
@@ -321,7 +348,9 @@ class LiveSession:
             over.callback(None)
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(self._clock.seconds())}})
+        now = self._clock.seconds()
+        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(now)}})
+        self._report.transcribed(now - started)
         loading = self._conversation.loading
         if loading is None:
             self._start_turn(text, started)
@@ -353,6 +382,9 @@ class LiveSession:
     def _turn_over(self, result: TurnResult, text: str) -> None:
         """Store the turn (both sides at once), then end it: ``end``, or the end of ``interrupted``."""
         self._turn = None
+        if self._withdrawn:
+            self._unwithdrawn()
+            return
         outcome = Outcome.INTERRUPTED if result.interrupted else Outcome.FAILED if result.failed else Outcome.OK
         self._ended(Outcome.DROPPED if self._closed or self._closing else outcome)
         stored = self._keep(text, result, outcome)
@@ -389,6 +421,22 @@ class LiveSession:
         if self._preparing is not None:
             self._preparing.cancel()
         self._ended(Outcome.DROPPED if self._closing else Outcome.INTERRUPTED)
+        self._unwound()
+
+    def _withdraw(self, event: EventData) -> None:
+        """The user went on before hearing the reply: drop the turn unstored, unreported and
+        unsaid (no ``stop_play``, no ``end``); its number goes to the rest of the request."""
+        self._withdrawn, self._continues = True, self._turn_id
+        self._voice_segment = None
+        if self._turn is not None:
+            self._turn.interrupt()  # its result comes back through _turn_over, which keeps nothing
+            return
+        if self._preparing is not None:
+            self._preparing.cancel()
+        self._unwithdrawn()
+
+    def _unwithdrawn(self) -> None:
+        self._withdrawn, self._started = False, None
         self._unwound()
 
     def _truncate(self, event: EventData) -> None:

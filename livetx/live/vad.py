@@ -115,6 +115,19 @@ class VoiceDetector:
         self._start_ms = 0
         self._voiced_ms = 0
         self._silent_ms = 0
+        #: Wall time (the clock's) at which the last speech frame was classified:
+        #: where the latency of a voice turn is measured from.
+        self.voiced_at = 0.0
+
+    @property
+    def silence_ms(self) -> int:
+        """The silence that ends an utterance."""
+        return self._silence_ms
+
+    @property
+    def trailing_silence_ms(self) -> int:
+        """How much silence has followed the last speech frame of an utterance (0 while speech goes on)."""
+        return self._silent_ms
 
     def feed(self, pcm: bytes) -> None:
         self._pending += pcm
@@ -145,10 +158,13 @@ class VoiceDetector:
                 self._onset = [frame]
                 self._start_ms = self.elapsed_ms - self._frame_ms
                 self._voiced_ms, self._silent_ms = self._frame_ms, 0
+                self.voiced_at = self._clock.seconds()
             else:
                 self._preroll.append(frame)
             return
         self._silent_ms = 0 if speech else self._silent_ms + self._frame_ms
+        if speech:
+            self.voiced_at = self._clock.seconds()
         if self.state == "onset":
             self._onset.append(frame)
             if speech:
