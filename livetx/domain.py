@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
-from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
+from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer, TurnEndModel
 from livetx.providers.threads import owned
 
 
@@ -35,6 +35,8 @@ class Engines:
     vision: bool = False
     #: Called with (username, wav) for every segment, when audio is to be kept.
     keep_audio: Callable[[str, bytes], None] | None = None
+    #: Talk mode's end-of-turn model (``end_of_turn: semantic``), when installed.
+    turn_end: TurnEndModel | None = None
 
     def for_owner(self, owner: str) -> Engines:
         """The same engines, with the local ones' work queued under ``owner``

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from livetx.audio import read_wav
+from livetx.errors import ErrorCode
 from livetx.live.events import VOICE_STAGES
 from livetx.live.streaming_stt import PAUSE_MS
 from livetx.metrics import ServerMetrics
@@ -248,3 +251,71 @@ def test_a_voice_turn_without_audio_reports_the_stages_it_reached() -> None:
     h.llm.last.finish()
     (stages,) = [f["data"] for f in h.raw if f["t"] == "metrics" and "endpoint_ms" in f["data"]]
     assert set(stages) == {"endpoint_ms", "transcript_ms", "first_token_ms"}
+
+
+# -- semantic end of turn -------------------------------------------------------
+
+
+class ManualTurnEnd:
+    """An end-of-turn model whose verdicts the test gives."""
+
+    name = "manual-turn-end"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[bytes, Deferred[float]]] = []
+
+    def complete(self, pcm: bytes) -> Deferred[float]:
+        d: Deferred[float] = Deferred()
+        self.asked.append((pcm, d))
+        return d
+
+
+def semantic(eagerness: str = "medium") -> tuple[Harness, ManualTurnEnd]:
+    model = ManualTurnEnd()
+    h = talking(turn_end=model)
+    (updated,) = h.send("session_update", end_of_turn="semantic", eagerness=eagerness)
+    assert updated["data"]["end_of_turn"] == "semantic" and updated["data"]["eagerness"] == eagerness
+    return h, model
+
+
+def test_semantic_end_of_turn_needs_the_model_and_strict_values() -> None:
+    h = talking()
+    (error,) = h.send("session_update", end_of_turn="semantic", silence_ms=900)
+    assert error["code"] == ErrorCode.INVALID_SETTING and "livetx[turn]" in error["data"]
+    assert h.session.settings.end_of_turn == "silence" and h.session.settings.silence_ms == 600
+    with_model = talking(turn_end=ManualTurnEnd())
+    for fields in ({"end_of_turn": "smart"}, {"eagerness": "eager"}, {"eagerness": 2}):
+        (error,) = with_model.send("session_update", **fields)
+        assert error["code"] == ErrorCode.INVALID_SETTING, fields
+
+
+def test_a_finished_request_ends_at_the_first_pause() -> None:
+    h, model = semantic()
+    speak(h, voiced(900) + quiet(400))
+    ((pcm, verdict),) = model.asked  # asked once, at the pause (200 ms for medium)
+    assert pcm.startswith(voiced(900)[:9600]) and len(pcm) < 32 * (900 + 400)
+    assert "speech_stopped" not in kinds(h.raw)
+    verdict.callback(0.93)
+    assert "speech_stopped" in kinds(h.raw) and h.state == "processing"  # 400 ms, not 2 s, of silence
+
+
+def test_an_unfinished_request_waits_for_the_longest_silence() -> None:
+    h, model = semantic("high")
+    speak(h, voiced(900) + quiet(400))
+    model.asked[0][1].callback(0.08)  # "... a table for": not done
+    speak(h, quiet(500))
+    assert "speech_stopped" not in kinds(h.raw) and len(model.asked) == 1  # one question per pause
+    produced = speak(h, quiet(300))  # 1 s of silence, high eagerness's longest wait
+    assert "speech_stopped" in kinds(produced)
+
+
+def test_a_verdict_on_speech_that_went_on_counts_for_nothing() -> None:
+    h, model = semantic()
+    speak(h, voiced(900) + quiet(400))
+    speak(h, voiced(300))
+    model.asked[0][1].callback(0.99)
+    assert h.state == "capturing" and "speech_stopped" not in kinds(h.raw)
+    speak(h, quiet(400))
+    assert len(model.asked) == 2  # the new pause is asked about
+    model.asked[1][1].callback(0.99)
+    assert "speech_stopped" in kinds(h.raw)

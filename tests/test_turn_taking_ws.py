@@ -7,7 +7,10 @@ import re
 from typing import Any
 
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
+from livetx.live.endpoint import EAGERNESS, THRESHOLD
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect
@@ -89,3 +92,37 @@ async def test_speech_once_the_reply_is_heard_barges_in_and_both_utterances_stay
     assert [(role, interrupted) for role, _, interrupted in history] == [
         ("user", False), ("assistant", True), ("user", False), ("assistant", False)]
     assert words(history[2][1]) == ["no", "wait"]
+
+
+# -- semantic end of turn with the real model ------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_smart_turn_hears_a_finished_request_from_an_unfinished_one() -> None:
+    from livetx.providers.smart_turn import probability
+
+    pause = silence(200)
+    finished = probability(await spoken("turn on the kitchen lights") + pause)
+    unfinished = probability(await spoken("I would like to") + pause)
+    assert unfinished < THRESHOLD < finished
+
+
+async def real_time(client: Any, pcm: bytes) -> None:
+    """Stream as a microphone does, at its own pace: 100 ms of audio every 100 ms."""
+    for i in range(0, len(pcm), 3200):
+        speaking_parts(client, pcm[i : i + 3200])
+        await deferLater(reactor, 0.1, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_semantic_end_of_turn_ends_a_finished_request_before_the_longest_silence(livetx: Any) -> None:
+    server = await livetx()
+    client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
+    client.send({"t": "session_update", "end_of_turn": "semantic", "eagerness": "high"})
+    await client.until("session_updated")
+    said = await spoken("turn on the kitchen lights")
+    await real_time(client, silence(300) + said + silence(1500))
+    stopped = (await client.until("speech_stopped", timeout=30))[-1]
+    longest = EAGERNESS["high"][1]
+    assert stopped["data"]["audio_end_ms"] < 300 + len(said) // 32 + longest  # the model ended it, not the wait
+    await client.close_and_wait()

@@ -31,10 +31,11 @@ from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.machine import Table
+from livetx.live.endpoint import TurnEnd, detector_settings
 from livetx.live.settings import Settings
 from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
 from livetx.live.vad import VoiceDetector
-from livetx.providers.base import PartialRecognizer, SpeechRecognizer
+from livetx.providers.base import PartialRecognizer, SpeechRecognizer, TurnEndModel
 
 _log = Logger()
 
@@ -57,7 +58,7 @@ CAPTURE = Table("capture", _ANY, [
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
-    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "voiced_at", "stopped_at")
+    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -69,6 +70,8 @@ class Segment:
         #: and the decode started at the latest pause (:mod:`livetx.live.streaming_stt`).
         self.voiced = 0
         self.early: EarlyDecode | None = None
+        #: Semantic end of turn: ``voiced`` when the model was last asked about it.
+        self.asked = -1
         #: Talk mode, on the session's clock: when the last speech frame was
         #: heard, and when the detector declared the utterance over.
         self.voiced_at: float | None = None
@@ -102,10 +105,11 @@ class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
 
     __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
-                 "_partial", "_carried")
+                 "_partial", "_carried", "_turn_end_model", "_turn_end")
 
     def __init__(
         self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
+        turn_end_model: TurnEndModel | None = None,
     ) -> None:
         self.state = CAPTURE.initial
         self._owner = owner
@@ -118,6 +122,9 @@ class Capture:
         self._partial: Deferred[str] | None = None
         #: The first half of a request the user went on with: the next utterance starts with it.
         self._carried: Segment | None = None
+        self._turn_end_model = turn_end_model
+        #: Talk mode with ``end_of_turn: semantic`` (livetx.live.endpoint).
+        self._turn_end: TurnEnd | None = None
 
     @property
     def is_open(self) -> bool:
@@ -170,7 +177,10 @@ class Capture:
         """Turn detection changed hands: an utterance half-heard is dropped."""
         self.stop_listening()
         if settings.server_detection:
-            self._detector = VoiceDetector(settings, self._clock, self)
+            self._detector = VoiceDetector(detector_settings(settings), self._clock, self)
+            model = self._turn_end_model
+            semantic = settings.end_of_turn == "semantic" and model is not None
+            self._turn_end = TurnEnd(model, settings.eagerness) if semantic and model is not None else None
 
     def stop_listening(self) -> None:
         """Drop an utterance half-heard and detect no more (closing, or the server is stopping).
@@ -232,7 +242,8 @@ class Capture:
         self._owner.emit({"t": "speech_stopped", "data": {"audio_end_ms": end_ms}})
 
     def _follow_speech(self) -> None:
-        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt)."""
+        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt)
+        and ask whether the speaker is done (endpoint)."""
         segment, detector = self._segment, self._detector
         if segment is None or detector is None:
             return
@@ -240,6 +251,18 @@ class Capture:
         if silent == 0:
             segment.voiced, segment.voiced_at = len(segment.pcm), detector.voiced_at
             return
+        self._decode_early(segment, detector, silent)
+        turn_end = self._turn_end
+        if turn_end is not None and silent >= turn_end.pause_ms and segment.asked != segment.voiced:
+            segment.asked = voiced = segment.voiced
+            turn_end.ask(bytes(segment.pcm), lambda: self._turn_ended(segment, voiced))
+
+    def _turn_ended(self, segment: Segment, voiced: int) -> None:
+        """The model says the speaker is done: end the utterance, if nothing was said since it was asked."""
+        if segment is self._segment and segment.voiced == voiced and self._detector is not None:
+            self._detector.end_now()
+
+    def _decode_early(self, segment: Segment, detector: VoiceDetector, silent: int) -> None:
         early = segment.early
         if (silent < pause_ms(detector.silence_ms) or not decodes_at_pauses(self._stt)
                 or (early is not None and early.voiced == segment.voiced)):

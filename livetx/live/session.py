@@ -69,7 +69,7 @@ class LiveSession:
         self._closed = False
         #: The server stops this turn (``stop``): it ends as dropped, not as a barge-in.
         self._closing = False
-        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds)
+        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds, engines.turn_end)
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
         self._output_paused = False
@@ -200,7 +200,7 @@ class LiveSession:
         self._turn_emit(frame)
 
     def _update_settings(self, event: EventData) -> None:
-        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"])
+        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end)
         if _detection(before) != _detection(self.settings):
             self.capture.restart_detection(self.settings)
         self._emit(self.settings.frame())
@@ -446,7 +446,7 @@ class LiveSession:
 def _detection(settings: Settings) -> tuple[Any, ...]:
     """The settings that shape the voice detector; changing one restarts it."""
     return (settings.turn_detection, settings.vad_aggressiveness, settings.min_speech_ms,
-            settings.silence_ms, settings.preroll_ms)
+            settings.silence_ms, settings.preroll_ms, settings.end_of_turn, settings.eagerness)
 
 
 def _discard(frame: Frame | bytes) -> None:

@@ -138,6 +138,11 @@ class VoiceDetector:
             self._classify(frame)
         self._watch_stall()
 
+    def end_now(self) -> None:
+        """End the utterance at once, in a silence after speech (the end-of-turn model says it is over)."""
+        if self.state == "speech" and self._silent_ms > 0:
+            self._stop()
+
     def close(self) -> None:
         """Stop for good (the connection closed or the client switched detection off)."""
         self._cancel_stall()

@@ -112,6 +112,20 @@ class PartialRecognizer(Protocol):
         """Fire with a transcript of an unfinished utterance (16 kHz mono PCM16)."""
 
 
+@runtime_checkable
+class TurnEndModel(Protocol):
+    """Tells from how an unfinished utterance sounds whether the speaker is done (Smart Turn).
+
+    Optional: talk mode's semantic end of turn (``end_of_turn: semantic``) needs one.
+    """
+
+    #: Named in logs and in the refusal when it is missing.
+    name: str
+
+    def complete(self, pcm: bytes) -> Deferred[float]:
+        """Fire with the probability that the turn is over, given 16 kHz mono PCM16 ending now."""
+
+
 def recognizer_input(wav: bytes) -> bytes:
     """A segment as 16 kHz mono PCM for an offline recognizer, or ``STTError``."""
     try:

@@ -160,5 +160,13 @@ def build_engines(
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
+        turn_end=_turn_end(reactor),
     )
+
+
+def _turn_end(reactor: Any) -> Any:
+    """Smart Turn, when the ``turn`` extra installed its model (nothing loads until a session asks)."""
+    from livetx.providers.smart_turn import SmartTurn, model_path
+
+    return SmartTurn(reactor) if model_path() is not None else None
 
