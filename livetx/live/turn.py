@@ -270,6 +270,7 @@ class Turn:
             emit(value)
         else:
             emit({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+        self._listener.audio_sent(value)
         # A filler is heard but is no part of the reply: it moves playback, not text.
         end = (self._spoken[-1][0] if self._spoken else 0) if filler else self._sentence_end(sentence)
         self._spoken.append((end, duration_ms(value)))

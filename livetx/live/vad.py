@@ -97,6 +97,7 @@ class VoiceDetector:
         clock: IReactorTime,
         listener: SpeechListener,
         classifier: tuple[Callable[[bytes], bool], int] | None = None,
+        is_echo: Callable[[bytes, int], bool] | None = None,
     ) -> None:
         self._is_speech, self._frame_bytes = classifier or chosen_vad(tunables)
         self._frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
@@ -105,6 +106,9 @@ class VoiceDetector:
         self._max_onset = (tunables.min_speech_ms + tunables.silence_ms) // self._frame_ms
         self._clock = clock
         self._listener = listener
+        #: Whether an onset (its audio, and where it ends in the stream) is
+        #: the reply's own voice coming back (livetx.live.echo): then it is noise.
+        self._is_echo = is_echo
         self._preroll: deque[bytes] = deque(maxlen=tunables.preroll_ms // self._frame_ms)
         self._onset: list[bytes] = []
         self._pending = bytearray()
@@ -184,6 +188,9 @@ class VoiceDetector:
                 self._stop()
 
     def _confirm(self) -> None:
+        if self._is_echo is not None and self._is_echo(b"".join(self._onset), self.elapsed_ms):
+            self._drop_onset()
+            return
         audio = b"".join([*self._preroll, *self._onset])
         self._preroll.clear()
         self._onset = []
