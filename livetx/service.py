@@ -70,8 +70,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
 
         node = ClusterNode(settings.cluster.redis, reactor)
         node.setName("cluster")
-    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended,
-                       relay=node.relay if node is not None else None)
+    chat = ChatService(store=store, engines=engines, clock=reactor, relay=node.relay if node is not None else None)
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
@@ -103,7 +102,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         chat=chat,
         memories=live_memories(store),
         routes={
-            **api_routes(keys, store, chat, settings.server, failures),
+            **api_routes(keys, store, chat, settings.server, failures, metrics),
             # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
             **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
             **page_routes(),

@@ -8,6 +8,7 @@ layer adds ``"ct": "chat"``, the HTTP layer writes them as SSE.
 from __future__ import annotations
 
 import base64
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,14 +19,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
+from livetx.chat.tools import ChatToolEvents, history_messages
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.errors import ErrorCode, LivetxError, NoSuchSession
+from livetx.live.events import Ignore, Outcome, TurnListener
 from livetx.live.frames import FrameError
 from livetx.live.machine import Table
 from livetx.live.turn import describe_failure
-from livetx.providers.base import Message
+from livetx.providers.base import Message, ProviderError
 from livetx.store import ConversationStore, Part, StoredSession
 from livetx.tools.record import reply_parts
 
@@ -136,9 +138,14 @@ class ChatTurn:
     nothing more, instead of an event (with its ids) per delta.
     """
 
-    def __init__(self, request: ChatRequest) -> None:
+    def __init__(self, request: ChatRequest, listener: TurnListener, started: float) -> None:
         self.state = CHAT_TURN.initial
         self.request = request
+        #: Told of the turn's life, as a live turn's listener is (:mod:`livetx.live.events`).
+        self.listener = listener
+        #: When the turn started; the listener's times count from it.
+        self.started = started
+        self._reported = False
         self.reply: list[str] = []
         self.done: Deferred[None] = Deferred()
         self.upstream: Deferred[Any] | None = None
@@ -179,6 +186,23 @@ class ChatTurn:
     def interrupted(self) -> bool:
         return self.state in ("interrupted", "stopped")
 
+    @property
+    def outcome(self) -> Outcome:
+        """How the turn ended (a server stop drops it, as it drops a live turn)."""
+        return _OUTCOMES.get(self.state, Outcome.OK)
+
+    def ended(self, now: float, values: dict[str, Any], outcome: Outcome | None = None) -> None:
+        """Tell the listener the turn is over (once, before its ``end``)."""
+        if not self._reported:
+            self._reported = True
+            self.listener.turn_ended(outcome or self.outcome, now - self.started, values)
+
+    def error(self, code: ErrorCode, failure: Failure | None = None) -> None:
+        """Tell the listener an error event is going out (and which provider failed, if one did)."""
+        if failure is not None and isinstance(failure.value, ProviderError):
+            self.listener.provider_failed(failure.value.kind)
+        self.listener.error_sent(code)
+
     def cancel(self) -> None:
         CHAT_TURN.fire(self, "cancel")
         self._cancel_upstream()
@@ -192,17 +216,19 @@ class ChatTurn:
             self.upstream.cancel()
 
 
+_OUTCOMES = {"interrupted": Outcome.INTERRUPTED, "stopped": Outcome.DROPPED, "failed": Outcome.FAILED}
+
+
 class ChatService:
     """Runs chat turns and delivers their events to the session's subscribers."""
 
     def __init__(
-        self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
-        tool_ended: ToolEnded | None = None, relay: Relay | None = None,
+        self, *, store: ConversationStore, engines: Engines, clock: IReactorTime, relay: Relay | None = None,
     ) -> None:
         #: Other processes' sockets bound to this process's sessions, and the other way round.
         self._relay = relay
-        #: Told of each tool call that ends (the Prometheus metrics).
-        self._tool_ended = tool_ended
+        #: Numbers the turns for their listeners.
+        self._turn_ids = itertools.count(1)
         # The model and its settings come the one way live sessions get them too.
         self._vision = engines.vision
         self._store = store
@@ -274,9 +300,10 @@ class ChatService:
         for turn in list(self._running):
             turn.stop()
 
-    def start(self, request: ChatRequest, listener: Subscriber) -> ChatTurn:
-        """Run a turn; its events go to ``listener`` and the session's subscribers."""
-        turn = ChatTurn(request)
+    def start(self, request: ChatRequest, listener: Subscriber, report: TurnListener | None = None) -> ChatTurn:
+        """Run a turn; its events go to ``listener`` and the session's subscribers, its life to ``report``."""
+        turn = ChatTurn(request, report or Ignore(), self._clock.seconds())
+        turn.listener.turn_started(next(self._turn_ids), "chat", None)
         self._running.add(turn)
         d = self._store.open_session(request.username, request.session_id, "chat")
         d.addCallback(lambda session: self._run(turn, session.id, listener))
@@ -335,7 +362,7 @@ class ChatService:
 
         tools = None
         if getattr(self._llm, "offers_tools", False):
-            tools = ChatToolEvents(self._clock, turn.reply, publish_in_order, self._tool_ended)
+            tools = ChatToolEvents(self._clock, turn.reply, publish_in_order, turn.listener)
 
         started = self._clock.seconds()
         first: list[float] = []
@@ -345,16 +372,20 @@ class ChatService:
                 return
             if not first:
                 first.append(self._clock.seconds() - started)
+                turn.listener.first_delta(self._clock.seconds() - turn.started)
             turn.add(text)
 
         failure: Failure | None = None
         if turn.state == "running":  # interrupted while the history loaded: no model call
+            turn.listener.provider_called("llm", self._llm.model)
             if tools is not None:
                 turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
             else:
                 turn.upstream = self._llm.stream(context, on_delta)
             try:
                 await turn.upstream
+                turn.listener.provider_timing(
+                    "llm", self._llm.model, first[0] if first else None, self._clock.seconds() - started)
             except CancelledError:
                 pass
             except Exception:
@@ -389,7 +420,9 @@ class ChatService:
         if turn.state == "stopped":
             error = (ErrorCode.PROCESSING_ERROR, "server is shutting down; the reply was cut")
         if error is not None:
+            turn.error(error[0], failure)
             publish("error", error[1], code=error[0])
+        turn.ended(self._clock.seconds(), metrics)
         publish("end", "")
 
     def _describe(self, failure: Failure) -> tuple[ErrorCode, str]:
@@ -402,6 +435,8 @@ class ChatService:
     def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
         """The turn failed before its model was called (no session, a bad attachment): nothing is stored."""
         code, message = self._describe(failure)
+        turn.error(code, failure)
+        turn.ended(self._clock.seconds(), {"outcome": Outcome.FAILED.value, "error": code}, Outcome.FAILED)
         base = {"message_id": turn.request.message_id, "session_id": turn.session_id}
         listener({"type": "error", "code": code, "data": message, **base})
         listener({"type": "end", "data": "", "streaming": False, **base})

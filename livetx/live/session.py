@@ -38,7 +38,7 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.history import Conversation
 from livetx.live.rules import BUSY, NO_SEGMENT, SERVER_FRAMES, SESSION
 from livetx.live.settings import Settings, updated
-from livetx.live.turn import Emit, Turn, TurnResult, describe_failure
+from livetx.live.turn import Emit, Turn, TurnResult, report_failure
 
 _log = Logger()
 
@@ -102,7 +102,7 @@ class LiveSession:
         kind = frame["t"]
         parse = PARSERS.get(kind)
         if parse is None:
-            self._emit(frames.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
+            self.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}")
             return
         self._safely(kind, lambda: self.fire(kind, **parse(frame)))
 
@@ -114,10 +114,10 @@ class LiveSession:
         except MachineError:
             self._reject(kind)
         except FrameError as e:
-            self._emit(e.frame())
+            self.error(e.code, e.message)
         except Exception:
             _log.failure("Bug while handling a {kind!r} event", kind=kind)
-            self._emit(frames.error(ErrorCode.INTERNAL_ERROR, "internal error"))
+            self.error(ErrorCode.INTERNAL_ERROR, "internal error")
 
     def receive_audio(self, pcm: bytes) -> None:
         """A binary message: raw PCM, taken as a ``speaking_part`` (binary audio transport)."""
@@ -133,6 +133,11 @@ class LiveSession:
 
     def emit(self, frame: Frame) -> None:
         self._emit(frame)
+
+    def error(self, code: ErrorCode, message: str, emit: Emit | None = None) -> None:
+        """Send an error frame (``emit``: the running turn's way out), and report it sent."""
+        self._report.error_sent(code)
+        (emit or self._emit)(frames.error(code, message))
 
     def pause_output(self) -> None:
         """The socket cannot take more for now: the running turn starts no more speech."""
@@ -194,9 +199,9 @@ class LiveSession:
 
     def _reject(self, kind: str) -> None:
         if self.settings.server_detection and kind in ("start_speaking", "end_speaking"):
-            self._emit(frames.error(*SERVER_FRAMES))
+            self.error(*SERVER_FRAMES)
             return
-        self._emit(frames.error(*SESSION.refusals.get((self.state, kind), NO_SEGMENT)))
+        self.error(*SESSION.refusals.get((self.state, kind), NO_SEGMENT))
 
     # -- conditions and capture ---------------------------------------------
 
@@ -273,7 +278,7 @@ class LiveSession:
         self._new_turn("audio", assembled, assembled - began)
         stt = self._engines.stt
         if stt is None:
-            self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
+            self.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured", self._turn_emit)
             self._end_without_reply(Outcome.FAILED)
             return
         self._report.provider_called("stt", stt.name)
@@ -296,7 +301,7 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._turn_emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
+        self._turn_emit(frames.error(*report_failure(failure, ErrorCode.INTERNAL_ERROR, self._report)))
         self._end_without_reply(Outcome.FAILED)
 
     def _end_without_reply(self, outcome: Outcome) -> None:
@@ -307,7 +312,8 @@ class LiveSession:
         """Report the running turn over, once."""
         if self._started is not None:
             started, self._started = self._started, None
-            self._report.turn_ended(outcome, self._clock.seconds() - started)
+            seconds = self._clock.seconds() - started
+            self._report.turn_ended(outcome, seconds, self._metrics.ended(outcome, seconds))
 
     def _end_turn(self) -> None:
         """The turn is over and kept: say so (``end``), and take the next."""

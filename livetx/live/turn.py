@@ -278,7 +278,7 @@ class Turn:
         _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
         if not self._tts_error_sent:
             self._tts_error_sent = True
-            self._emit(frames.error(*describe_failure(failure, ErrorCode.TTS_ERROR)))
+            self._emit(frames.error(*report_failure(failure, ErrorCode.TTS_ERROR, self._listener, "tts")))
 
     def _llm_finished(self, _: None) -> None:
         if self.state != "streaming":
@@ -314,7 +314,7 @@ class Turn:
             return
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
-        self._emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
+        self._emit(frames.error(*report_failure(failure, ErrorCode.INTERNAL_ERROR, self._listener)))
         TURN.fire(self, "fail")
         self.done.callback(self._result(failed=True))
 
@@ -335,6 +335,24 @@ def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCo
     if isinstance(failure.value, ProviderError):
         return failure.value.code, failure.value.message
     return default_code, "internal error while producing the reply"
+
+
+def report_failure(
+    failure: Failure, default_code: ErrorCode, listener: TurnListener, kind: str | None = None
+) -> tuple[ErrorCode, str]:
+    """:func:`describe_failure`, told to ``listener`` as the error frame it is about to send.
+
+    A provider's failure names its kind; ``kind`` is the provider a failure
+    that is not a :class:`ProviderError` still counts against (speech that
+    failed with a bug is still speech that failed).
+    """
+    code, message = describe_failure(failure, default_code)
+    if isinstance(failure.value, ProviderError):
+        kind = failure.value.kind
+    if kind is not None:
+        listener.provider_failed(kind)
+    listener.error_sent(code)
+    return code, message
 
 
 def _warn_level(failure: Failure) -> LogLevel:

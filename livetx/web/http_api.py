@@ -29,6 +29,7 @@ from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTur
 from livetx.config import ServerConfig
 from livetx.errors import ErrorCode
 from livetx.live.frames import FrameError
+from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth, TooManyFailures
 from livetx.web.connections import SendBuffer
@@ -38,6 +39,8 @@ from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
 _log = Logger()
 
 MAX_PAGE_SIZE = 100
+#: Where chat turns stream as SSE; their metrics' ``endpoint`` label.
+CHAT_PATH = "/api/v1/chat"
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -265,10 +268,13 @@ class ChatResource(APIResource):
 
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig) -> None:
+    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+                 metrics: ServerMetrics | None = None) -> None:
         super().__init__(keys, store)
         self.chat = chat
         self.limits = limits
+        #: Each request's turn is counted and logged as a socket's chat turn is.
+        self.metrics = metrics or ServerMetrics()
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
@@ -289,7 +295,8 @@ class ChatResource(APIResource):
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         stream = EventStream(request, self.limits.max_send_buffer_bytes)
-        stream.follow(self.chat.start(chat_request, stream.deliver))
+        observer = self.metrics.observer(CHAT_PATH, "sse", chat_request.username)
+        stream.follow(self.chat.start(chat_request, stream.deliver, observer))
         return NOT_DONE_YET
 
 
@@ -356,12 +363,12 @@ class EventStream:
             turn.resume()
 
 
-def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               limits: ServerConfig, failures: FailedAuth | None = None) -> dict[str, Resource]:
+def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+               failures: FailedAuth | None = None, metrics: ServerMetrics | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        "/api/v1/chat": ChatResource(keys, store, chat, limits),
+        CHAT_PATH: ChatResource(keys, store, chat, limits, metrics),
         "/api/v1/chat/sessions": SessionsResource(keys, store),
         "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }

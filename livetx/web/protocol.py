@@ -128,8 +128,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.factory.memories is not None:
             memory = self.factory.memories(admission.username, admission.session_id)
             memory.opened.addErrback(self._memory_refused)
-        self.observer = self.factory.metrics.opened(
-            self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
+        self.observer = self.factory.metrics.opened(self.factory.endpoint, admission.mode, admission.username)
         self.session = LiveSession(
             username=admission.username,
             engines=self.factory.engines.for_owner(admission.key_id or admission.username),
@@ -157,6 +156,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     def _memory_refused(self, failure: Failure) -> None:
         if isinstance(failure.value, SessionForbidden):
+            self._sent_error(failure.value.code)
             self.send(frames.error(failure.value.code, failure.value.message))
             self.close_with(POLICY_VIOLATION, "Forbidden session")
         else:
@@ -184,6 +184,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
+            self._sent_error(e.code)
             self.send(e.frame())
             return
         if draining and frame.get("t") not in STOPPING:
@@ -197,10 +198,16 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             self.session.receive(frame)
         elif mode == "chat":
             if self.chat is None:
-                self.chat = ChatChannel(self.factory.chat, self.session.username, self.emit)
+                self.chat = ChatChannel(self.factory.chat, self.session.username, self.emit, self._chat_observer())
             self.chat.receive(frame)
         else:
+            self._sent_error(ErrorCode.INVALID_MESSAGE_FORMAT)
             self.send(frames.error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def _chat_observer(self) -> TurnObserver:
+        """The chat turns' own listener: on the unified endpoint they may run beside a live turn."""
+        admission = self.admission
+        return self.factory.metrics.observer(self.factory.endpoint, admission.mode or "per-frame", admission.username or "")
 
     def emit(self, frame: Frame | bytes) -> None:
         """The session's and the chat channel's way out: through resume once the client opted in."""
@@ -216,7 +223,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.resumable is None:
             from livetx.web.resume import Resumable
 
-            self.resumable = Resumable(self.factory.journals(), self.admission.username or "", self.factory.clock,
+            self.resumable = Resumable(self.factory.journals(), self.admission.username or "",
                                        self.send, self._error, heard=self.frames_in > 1)
         return self.resumable
 
@@ -251,8 +258,13 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             self.session.stop()
 
     def _error(self, code: ErrorCode, message: str) -> Frame:
-        """An error frame in the shape this socket's clients read."""
+        """An error frame in the shape this socket's clients read, about to be sent (and so counted)."""
+        self._sent_error(code)
         return (frames.chat_error if self.admission.mode == "chat" else frames.error)(code, message)
+
+    def _sent_error(self, code: ErrorCode) -> None:
+        if self.observer is not None:
+            self.observer.error_sent(code)
 
     def timeoutConnection(self) -> None:
         """Nothing went either way for ``idle_timeout`` seconds."""
@@ -260,7 +272,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.setTimeout(None)
-        busy = self.busy
+        # The running turns (if any) go on into the resume journal, and tell when they are over.
+        turn_over = self.turns_over() if self.busy and self.resumable is not None else None
         session, chat, self.session = self.session, self.chat, None
 
         def finish() -> None:
@@ -276,7 +289,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
         if session is not None:
             session.stop_listening()
-        if self.resumable is None or not self.resumable.closed(busy, interrupt, finish):
+        if self.resumable is None or not self.resumable.closed(turn_over, interrupt, finish):
             finish()  # else the turn goes on into the resume journal, and finishes then
         self.factory.connections.discard(self)
         if self.holds_slot:
@@ -302,8 +315,6 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
                 payload = frames.encode(frame)
                 self.sendMessage(payload, isBinary=False)
                 self.resetTimeout()
-                if self.observer is not None and frame.get("t") == "error":
-                    self.observer.error_sent(str(frame.get("code", "UNKNOWN")))
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
                 self.close_with(POLICY_VIOLATION, "Client reads too slowly")
