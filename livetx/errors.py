@@ -99,3 +99,11 @@ class StoreUnavailable(LivetxError):
 
     def __str__(self) -> str:
         return self.detail
+
+
+class HTTPError(Exception):
+    """An HTTP API refusal with its status and ``code`` (``livetx.web.replies`` writes its body)."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message

@@ -29,7 +29,7 @@ from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
 from livetx.metrics import ServerMetrics
-from livetx.providers.factory import build_engines
+from livetx.engines import build_engines
 from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate

@@ -19,7 +19,7 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
-from livetx.providers.factory import check as check_engines
+from livetx.engines import check as check_engines
 from livetx.service import build_services
 from livetx.storage import check as check_store
 

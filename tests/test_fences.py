@@ -26,6 +26,7 @@ from twisted.web.server import Request, Site
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
 from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site
+from livetx.web.replies import error_body
 
 
 def parameters(function: Callable[..., Any]) -> list[str]:
@@ -170,7 +171,7 @@ class Form(Resource):
 
 
 def serve(data: bytes) -> StringTransport:
-    site = make_site(Form(), admit=lambda addr: lambda: None)
+    site = make_site(Form(), admit=lambda addr: lambda: None, refusal_body=error_body)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     assert isinstance(channel, GuardedChannel) and channel.requestFactory is GuardedRequest
     channel.callLater = Clock().callLater
@@ -194,14 +195,14 @@ def test_a_body_past_the_limit_is_answered_from_the_headers() -> None:
 
 
 def test_an_address_over_its_limit_gets_no_channel() -> None:
-    site = make_site(Form(), admit=lambda addr: None)
+    site = make_site(Form(), admit=lambda addr: None, refusal_body=error_body)
     assert site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None  # Twisted then drops the connection
 
 
 def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
     """Twisted restarts its timeout in ``dataReceived`` through ``resetTimeout``, which the channel overrides."""
     clock = Clock()
-    site = make_site(Form(), admit=lambda addr: lambda: None, timeout=1.0, reactor=clock)
+    site = make_site(Form(), admit=lambda addr: lambda: None, refusal_body=error_body, timeout=1.0, reactor=clock)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     transport = StringTransport()
     channel.makeConnection(transport)

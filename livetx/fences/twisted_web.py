@@ -26,8 +26,10 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from livetx.errors import ErrorCode
-from livetx.web.replies import HTTPError, error_body
+from livetx.errors import ErrorCode, HTTPError
+
+#: Writes a refusal's body (and sets its status): the server's one shape of HTTP error.
+RefusalBody = Callable[[Request, HTTPError], bytes]
 
 
 @runtime_checkable
@@ -38,7 +40,7 @@ class BodyRoute(Protocol):
         """Bytes of body this request may send (0: none)."""
 
     def check_headers(self, request: Request) -> None:
-        """Raise :class:`~livetx.web.replies.HTTPError` to answer before the body is read (method, credentials)."""
+        """Raise :class:`~livetx.errors.HTTPError` to answer before the body is read (method, credentials)."""
 
 
 class GuardedRequest(Request):
@@ -106,11 +108,11 @@ class GuardedRequest(Request):
         self.refused = True
         self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
         self.channel.persistent = False
-        body = error_body(self, refusal)
+        channel: Any = self.channel
+        body = channel.site.refusal_body(self, refusal)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.setHeader(b"connection", b"close")
         self.write(body)
-        channel: Any = self.channel
         channel.site.log(self)
         channel.loseConnection()
 
@@ -180,21 +182,29 @@ class Upgrade(WebSocketResource):
         return result
 
 
-def make_site(root: Resource, *, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> Site:
+def make_site(
+    root: Resource, *, admit: Callable[[Any], Callable[[], None] | None], refusal_body: RefusalBody, **kwargs: Any
+) -> Site:
     """A Site of guarded requests and channels; ``admit(addr)`` gives a release, or None to refuse.
 
+    ``refusal_body`` writes the answer to a body refused from the headers
+    (the web layer's, passed in: the fence imports nothing above it).
     ``timeout`` (a Site argument) is also the deadline for each request's headers.
     """
-    return _Site(root, admit, **kwargs)
+    return _Site(root, admit, refusal_body, **kwargs)
 
 
 class _Site(Site):
     protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = GuardedRequest
 
-    def __init__(self, root: Resource, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> None:
+    def __init__(
+        self, root: Resource, admit: Callable[[Any], Callable[[], None] | None], refusal_body: RefusalBody,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root, parsePOSTFormSubmission=False, **kwargs)
         self._admit = admit
+        self.refusal_body = refusal_body
 
     def buildProtocol(self, addr: Any) -> Any:
         release = self._admit(addr)

@@ -8,6 +8,7 @@ depends on it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
@@ -76,6 +77,31 @@ class ChatModel(Protocol):
         self, messages: Sequence[Message], on_delta: Callable[[str], None]
     ) -> Deferred[None]:
         """Call ``on_delta`` with each text piece as it arrives; fire when done."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for: ``arguments`` is the model's raw JSON text (see :mod:`livetx.tools`)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@runtime_checkable
+class ToolCallingModel(Protocol):
+    """A chat model that can be offered tools (OpenAI-compatible function calling).
+
+    Models without it (the echo model) are never offered tools.
+    """
+
+    model: str
+
+    def stream_tools(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None],
+        tools: Sequence[dict[str, Any]] | None,
+    ) -> Deferred[list[ToolCall]]:
+        """Stream a reply offering ``tools``; fire with the calls asked for (none: it answered)."""
 
 
 @runtime_checkable

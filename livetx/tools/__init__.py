@@ -8,11 +8,14 @@ only see the calls the model made and their results.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
-from livetx.providers.base import Message
+# A call and a model that makes calls are engine interfaces, defined with the others.
+from livetx.providers.base import ToolCall, ToolCallingModel
+
+__all__ = ["Tool", "ToolCall", "ToolCallingModel", "ToolListener", "ToolOutcome", "ToolResult"]
 
 #: What a tool's callable returns: a JSON-serialisable value, or a Deferred of one.
 ToolResult = Any
@@ -33,15 +36,6 @@ class Tool:
     #: A JSON Schema (an ``object`` schema) the arguments are checked against.
     parameters: dict[str, Any]
     call: Callable[..., ToolResult | Deferred[ToolResult]]
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A call the model asked for: ``arguments`` is the model's raw JSON text."""
-
-    id: str
-    name: str
-    arguments: str
 
 
 @dataclass(frozen=True)
@@ -66,19 +60,3 @@ class ToolListener(Protocol):
 
     def filler_due(self, text: str) -> None:
         """A call has run long: the turn should say ``text`` (at most once a turn)."""
-
-
-@runtime_checkable
-class ToolCallingModel(Protocol):
-    """A chat model that can be offered tools (OpenAI-compatible function calling).
-
-    Models without it (the echo model) are never offered tools.
-    """
-
-    model: str
-
-    def stream_tools(
-        self, messages: Sequence[Message], on_delta: Callable[[str], None],
-        tools: Sequence[dict[str, Any]] | None,
-    ) -> Deferred[list[ToolCall]]:
-        """Stream a reply offering ``tools``; fire with the calls asked for (none: it answered)."""

@@ -14,17 +14,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.errors import ErrorCode, StoreUnavailable
+from livetx.errors import ErrorCode, HTTPError, StoreUnavailable
+
+__all__ = ["Departure", "HTTPError", "error_body", "finish_async", "json_body"]
 
 _log = Logger()
-
-
-class HTTPError(Exception):
-    """A refusal with its status and ``code``."""
-
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def json_body(request: Request, status: int, body: Any) -> bytes:
