@@ -22,11 +22,10 @@ from twisted.python.failure import Failure
 from livetx.chat.tools import ChatToolEvents, history_messages
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
-from livetx.errors import ErrorCode, LivetxError, NoSuchSession
+from livetx.errors import ErrorCode, LivetxError, NoSuchSession, describe_failure
 from livetx.live.events import Ignore, Outcome, TurnListener
 from livetx.live.frames import FrameError
 from livetx.live.machine import Table
-from livetx.live.turn import describe_failure
 from livetx.providers.base import Message, ProviderError
 from livetx.store import ConversationStore, Part, StoredSession
 from livetx.tools.record import reply_parts
@@ -395,8 +394,9 @@ class ChatService:
         reply = "".join(turn.reply)
         if not request.streaming and turn.state == "running":
             publish("plain", reply)
-        outcome = {"running": "ok", "stopped": "interrupted"}.get(turn.state, turn.state)
-        metrics: dict[str, Any] = {"outcome": outcome}
+        # Stored as a live turn's is: a turn the server stopped reads as interrupted.
+        outcome = Outcome.INTERRUPTED if turn.outcome is Outcome.DROPPED else turn.outcome
+        metrics: dict[str, Any] = {"outcome": outcome.value}
         if tools is not None and tools.trail:
             metrics.update(tools.trail.metrics())
         error: tuple[ErrorCode, str] | None = None

@@ -26,10 +26,10 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from livetx.errors import ErrorCode, HTTPError
+from livetx.errors import ErrorCode, HTTPError, LivetxError
 
 #: Writes a refusal's body (and sets its status): the server's one shape of HTTP error.
-RefusalBody = Callable[[Request, HTTPError], bytes]
+RefusalBody = Callable[[Request, LivetxError], bytes]
 
 
 @runtime_checkable
@@ -40,7 +40,7 @@ class BodyRoute(Protocol):
         """Bytes of body this request may send (0: none)."""
 
     def check_headers(self, request: Request) -> None:
-        """Raise :class:`~livetx.errors.HTTPError` to answer before the body is read (method, credentials)."""
+        """Raise a :class:`~livetx.errors.LivetxError` (it has its status) to answer before the body is read (method, credentials)."""
 
 
 class GuardedRequest(Request):
@@ -74,7 +74,7 @@ class GuardedRequest(Request):
                 raise HTTPError(413, ErrorCode.TOO_LARGE, "this request takes no body")
             if length is not None and length > self._limit:  # None: chunked, counted as it comes
                 raise HTTPError(413, ErrorCode.TOO_LARGE, f"the body is limited to {self._limit} bytes here")
-        except HTTPError as refusal:
+        except LivetxError as refusal:
             self._refuse(refusal)
             return
         super().gotLength(length)
@@ -103,7 +103,7 @@ class GuardedRequest(Request):
         self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
         return channel.site
 
-    def _refuse(self, refusal: HTTPError) -> None:
+    def _refuse(self, refusal: LivetxError) -> None:
         """Answer now and close: the client may still be sending a body nobody will read."""
         self.refused = True
         self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer

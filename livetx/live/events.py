@@ -17,28 +17,16 @@ text frame's arrival, or the voice segment assembled into a WAV).
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Callable, Mapping, Protocol
 
 from twisted.logger import Logger
 
+# How a turn ended is one of the errors module's vocabularies; importable from here too.
+from livetx.errors import Outcome as Outcome
 from livetx.live.frames import Frame
 from livetx.tools.record import tool_figures
 
 _log = Logger()
-
-
-class Outcome(enum.Enum):
-    """How a turn ended."""
-
-    #: It ran to its end (an empty transcript and a failed speech engine included).
-    OK = "ok"
-    #: The client stopped it (``interrupt``, or talk-mode speech over the reply).
-    INTERRUPTED = "interrupted"
-    #: A provider or a bug ended it early (an error frame said why).
-    FAILED = "failed"
-    #: The connection closed or the server stopped under it.
-    DROPPED = "dropped"
 
 
 class TurnListener(Protocol):

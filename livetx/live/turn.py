@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from livetx.audio import audio_format, duration_ms
 from livetx.deferreds import waiter_for
-from livetx.errors import ErrorCode
+from livetx.errors import ErrorCode, describe_failure
 from livetx.live import frames
 from livetx.live.events import Ignore, TurnListener
 from livetx.live.machine import Table
@@ -328,13 +328,6 @@ class Turn:
         for d in list(self._pending):
             d.cancel()
         self._pending.clear()
-
-
-def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCode, str]:
-    """An error frame's code and text: provider errors say what failed, bugs do not."""
-    if isinstance(failure.value, ProviderError):
-        return failure.value.code, failure.value.message
-    return default_code, "internal error while producing the reply"
 
 
 def report_failure(

@@ -15,7 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from livetx.audio import duration_ms, read_wav, resample
-from livetx.errors import ErrorCode, LivetxError
+# The engines' errors are defined with every other error; they are importable from here too.
+from livetx.errors import LLMError as LLMError
+from livetx.errors import ProviderError as ProviderError
+from livetx.errors import STTError as STTError
+from livetx.errors import TTSError as TTSError
 
 _log = Logger()
 
@@ -39,31 +43,6 @@ def message_text(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
     return "".join(item.get("text", "") for item in content if item.get("type") == "text")
-
-
-class ProviderError(LivetxError):
-    """An outside service failed; ``code`` is the error-frame code to report.
-
-    ``kind`` labels the ``livetx_provider_failures_total`` metric.
-    """
-
-    code = ErrorCode.PROVIDER_ERROR
-    kind = "provider"
-
-
-class LLMError(ProviderError):
-    code = ErrorCode.LLM_ERROR
-    kind = "llm"
-
-
-class TTSError(ProviderError):
-    code = ErrorCode.TTS_ERROR
-    kind = "tts"
-
-
-class STTError(ProviderError):
-    code = ErrorCode.STT_ERROR
-    kind = "stt"
 
 
 @runtime_checkable

@@ -12,10 +12,10 @@ from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
+from livetx.errors import ToolStatus
 # A call and a model that makes calls are engine interfaces, defined with the others.
-from livetx.providers.base import ToolCall, ToolCallingModel
-
-__all__ = ["Tool", "ToolCall", "ToolCallingModel", "ToolListener", "ToolOutcome", "ToolResult"]
+from livetx.providers.base import ToolCall as ToolCall
+from livetx.providers.base import ToolCallingModel as ToolCallingModel
 
 #: What a tool's callable returns: a JSON-serialisable value, or a Deferred of one.
 ToolResult = Any
@@ -45,8 +45,8 @@ class ToolOutcome:
     ok: bool
     result: Any
     seconds: float = 0.0
-    #: ``ok``, ``failed``, ``refused`` (unknown tool, bad arguments), ``timeout`` or ``cancelled``.
-    status: str = "ok"
+    #: A :class:`livetx.errors.ToolStatus` (a ``str``).
+    status: str = ToolStatus.OK
 
 
 class ToolListener(Protocol):

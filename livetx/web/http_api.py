@@ -27,11 +27,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTurn, Event
 from livetx.config import ServerConfig
-from livetx.errors import ErrorCode
-from livetx.live.frames import FrameError
+from livetx.errors import ErrorCode, LivetxError
 from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore, StoredMessage, StoredSession
-from livetx.web.admission import FailedAuth, TooManyFailures
+from livetx.web.admission import FailedAuth
 from livetx.web.connections import SendBuffer
 from livetx.web.replies import HTTPError, error_body, finish_async, json_body
 from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
@@ -102,10 +101,8 @@ class APIResource(Resource):
             if not getattr(request, "checked", False):
                 self.check_headers(request)
             return super().render(request)
-        except HTTPError as error:
+        except LivetxError as error:  # a refusal (HTTPError, FrameError, ...) with its own status
             return error_body(request, error)
-        except FrameError as error:
-            return error_body(request, HTTPError(400, error.code, error.message))
 
     def check_headers(self, request: Request) -> None:
         """The method is one this route has, and the key is valid for its scope."""
@@ -120,14 +117,11 @@ class APIResource(Resource):
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
         key = key_from_request({}, headers)
         verify = functools.partial(self.keys.verify, key, self.scope)
-        try:
-            if self.failures is None:
-                record = verify()
-            else:
-                peer = peer2str(cast(ITransport, request.transport))
-                record = self.failures.attempt(peer, verify, lambda r: r is None)
-        except TooManyFailures as e:
-            raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
+        if self.failures is None:
+            record = verify()
+        else:  # past the address's limit: TooManyFailures, answered 429 (its status)
+            peer = peer2str(cast(ITransport, request.transport))
+            record = self.failures.attempt(peer, verify, lambda r: r is None)
         if key is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:

@@ -185,7 +185,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
             self._sent_error(e.code)
-            self.send(e.frame())
+            self.send(frames.error(e.code, e.message))
             return
         if draining and frame.get("t") not in STOPPING:
             self._refuse_while_draining()
