@@ -17,7 +17,7 @@ as "no such session".
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from twisted.python.failure import Failure
 
@@ -63,6 +63,14 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     # Not an error: the ``code`` of the ``user_msg`` of a voice turn that heard no words (docs/protocol.md).
     NO_SPEECH = "NO_SPEECH"
+
+
+class CloseCode(IntEnum):
+    """The WebSocket close codes livetx closes with, and its client reads (RFC 6455, 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
 
 
 class Outcome(StrEnum):

@@ -36,6 +36,11 @@ FORBIDDEN = {
 }
 #: Modules under every layer: they import nothing of livetx.
 BOTTOM = {"errors.py", "audio.py", "threads.py"}
+#: Within a layer: the socket uses the tracker and the flow control, never the other way round.
+WITHIN = {
+    "web/connections.py": ("livetx.web.protocol", "livetx.web.flow"),
+    "web/flow.py": ("livetx.web.",),
+}
 
 
 def imported(path: Path) -> set[str]:
@@ -95,4 +100,6 @@ def test_each_layer_keeps_its_own_exclusions() -> None:
                       if name.startswith(forbidden)]
     for module in BOTTOM:
         found += [f"{module} imports {name}" for name in imported(PACKAGE / module) if name.startswith("livetx")]
+    for module, within in WITHIN.items():
+        found += [f"{module} imports {name}" for name in imported(PACKAGE / module) if name.startswith(within)]
     assert sorted(found) == []

@@ -31,7 +31,7 @@ from livetx.errors import ErrorCode, LivetxError
 from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore, StoredMessage, StoredSession
 from livetx.web.admission import FailedAuth
-from livetx.web.connections import SendBuffer
+from livetx.web.flow import SendBuffer
 from livetx.web.replies import HTTPError, error_body, finish_async, json_body
 from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
 

@@ -24,14 +24,15 @@ from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
 from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
-from livetx.errors import ErrorCode, SessionForbidden
+from livetx.errors import CloseCode, ErrorCode, SessionForbidden
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
-from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer, user_key
+from livetx.web.connections import ConnectionTracker, user_key
+from livetx.web.flow import SendBuffer
 
 if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
     from livetx.live.journal import Journals
@@ -96,7 +97,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     def onOpen(self) -> None:
         if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
-            self.close_with(GOING_AWAY, "Server shutting down")
+            self.close_with(CloseCode.GOING_AWAY, "Server shutting down")
             return
         admission = self.admission
         if admission.refusal is None and admission.username is not None:
@@ -106,7 +107,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
-            self.close_with(POLICY_VIOLATION, admission.refusal or "Unauthorized")
+            self.close_with(CloseCode.POLICY_VIOLATION, admission.refusal or "Unauthorized")
             self.factory.metrics.refused_at(self.factory.endpoint)
             _log.info("Refused a {path} socket: {reason}",
                       path=self.factory.endpoint, reason=admission.refusal)
@@ -158,7 +159,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if isinstance(failure.value, SessionForbidden):
             self._sent_error(failure.value.code)
             self.send(frames.error(failure.value.code, failure.value.message))
-            self.close_with(POLICY_VIOLATION, "Forbidden session")
+            self.close_with(CloseCode.POLICY_VIOLATION, "Forbidden session")
         else:
             _log.failure("Could not open the stored conversation", failure)
 
@@ -170,7 +171,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         verdict = self.rate.admit()
         if verdict is not Verdict.ACCEPT:
             if verdict is Verdict.CLOSE:
-                self.close_with(POLICY_VIOLATION, "Too many messages")
+                self.close_with(CloseCode.POLICY_VIOLATION, "Too many messages")
             else:
                 self.send(self._error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
             return
@@ -257,6 +258,11 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.session is not None:
             self.session.stop()
 
+    def revoke(self, reason: str) -> None:
+        """The socket's credential is no longer valid (a revoked API key): say so, and close."""
+        self.send(self._error(ErrorCode.UNAUTHORIZED, reason))
+        self.close_with(CloseCode.POLICY_VIOLATION, reason)
+
     def _error(self, code: ErrorCode, message: str) -> Frame:
         """An error frame in the shape this socket's clients read, about to be sent (and so counted)."""
         self._sent_error(code)
@@ -268,7 +274,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     def timeoutConnection(self) -> None:
         """Nothing went either way for ``idle_timeout`` seconds."""
-        self.close_with(NORMAL, "Idle timeout")
+        self.close_with(CloseCode.NORMAL, "Idle timeout")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.setTimeout(None)
@@ -317,7 +323,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
                 self.resetTimeout()
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
-                self.close_with(POLICY_VIOLATION, "Client reads too slowly")
+                self.close_with(CloseCode.POLICY_VIOLATION, "Client reads too slowly")
 
 
 class LiveServerFactory(WebSocketServerFactory):
