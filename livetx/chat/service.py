@@ -28,6 +28,7 @@ from livetx.live.frames import FrameError
 from livetx.live.machine import Table
 from livetx.providers.base import Message, ProviderError
 from livetx.store import ConversationStore, Part, StoredSession
+from livetx.tools import offers_tools, stream_reply
 from livetx.tools.record import reply_parts
 
 _log = Logger()
@@ -360,7 +361,7 @@ class ChatService:
             publish(kind, data, chain_type=chain_type)
 
         tools = None
-        if getattr(self._llm, "offers_tools", False):
+        if offers_tools(self._llm):
             tools = ChatToolEvents(self._clock, turn.reply, publish_in_order, turn.listener)
 
         started = self._clock.seconds()
@@ -377,10 +378,7 @@ class ChatService:
         failure: Failure | None = None
         if turn.state == "running":  # interrupted while the history loaded: no model call
             turn.listener.provider_called("llm", self._llm.model)
-            if tools is not None:
-                turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
-            else:
-                turn.upstream = self._llm.stream(context, on_delta)
+            turn.upstream = stream_reply(self._llm, context, on_delta, tools)
             try:
                 await turn.upstream
                 turn.listener.provider_timing(

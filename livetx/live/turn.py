@@ -33,7 +33,7 @@ from livetx.live.events import Ignore, TurnListener
 from livetx.live.machine import Table
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
-from livetx.tools import ToolCall, ToolOutcome
+from livetx.tools import ToolCall, ToolOutcome, offers_tools, stream_reply
 from livetx.tools.record import ToolStep, ToolTrail
 
 #: Sends a frame, or (binary audio transport only) one binary message of audio.
@@ -126,7 +126,7 @@ class Turn:
         #: Set while the client reads too slowly: no new speech is started.
         self._gate: Deferred[None] | None = None
         #: The model's tool calls, when it is offered tools (livetx.tools).
-        self._trail: ToolTrail | None = ToolTrail(clock) if getattr(llm, "offers_tools", False) else None
+        self._trail: ToolTrail | None = ToolTrail(clock) if offers_tools(llm) else None
         #: True while an interrupt cancels the work: cancelled calls' results still go out.
         self._cancelling = False
         self.done: Deferred[TurnResult] = Deferred()
@@ -140,10 +140,7 @@ class Turn:
         self._llm_started = self._clock.seconds()
         self._listener.provider_called("llm", self._llm.model)
         try:
-            if self._trail is not None:
-                self._llm_call = self._llm.stream(self._messages, self._on_delta, self)  # type: ignore[call-arg]
-            else:
-                self._llm_call = self._llm.stream(self._messages, self._on_delta)
+            self._llm_call = stream_reply(self._llm, self._messages, self._on_delta, self)
         except Exception:
             self._fail(Failure())
             return self.done

@@ -8,11 +8,13 @@ only see the calls the model made and their results.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
 from livetx.errors import ToolStatus
+from livetx.providers.base import ChatModel, Message
+
 # A call and a model that makes calls are engine interfaces, defined with the others.
 from livetx.providers.base import ToolCall as ToolCall
 from livetx.providers.base import ToolCallingModel as ToolCallingModel
@@ -60,3 +62,34 @@ class ToolListener(Protocol):
 
     def filler_due(self, text: str) -> None:
         """A call has run long: the turn should say ``text`` (at most once a turn)."""
+
+
+@runtime_checkable
+class ToolingChatModel(Protocol):
+    """A chat model that runs the tools its model calls (:class:`livetx.tools.loop.ToolingModel`).
+
+    The one typed way a turn learns that its model takes tools, and hands
+    it the :class:`ToolListener` that hears of each call.
+    """
+
+    model: str
+    offers_tools: bool
+
+    def stream(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None], listener: ToolListener | None = None,
+    ) -> Deferred[None]:
+        """Stream the reply across rounds of tool calls; each call is told to ``listener``."""
+
+
+def offers_tools(llm: ChatModel) -> bool:
+    """The model runs tools: a turn keeps a trail of its calls and reports them."""
+    return isinstance(llm, ToolingChatModel)
+
+
+def stream_reply(
+    llm: ChatModel, messages: Sequence[Message], on_delta: Callable[[str], None], listener: ToolListener | None,
+) -> Deferred[None]:
+    """Stream a reply; a model that runs tools tells ``listener`` of each call, any other has none to tell."""
+    if isinstance(llm, ToolingChatModel):
+        return llm.stream(messages, on_delta, listener)
+    return llm.stream(messages, on_delta)

@@ -241,7 +241,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     @property
     def busy(self) -> bool:
         """A live or chat turn is running on this socket."""
-        live = self.session is not None and self.session.state in ("processing", "interrupted")
+        live = self.session is not None and self.session.busy
         return live or (self.chat is not None and self.chat.busy)
 
     def turns_over(self) -> Deferred[None]:
