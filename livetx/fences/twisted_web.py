@@ -7,10 +7,11 @@ server facing the Internet must refuse a body it does not want as soon as
 the headers say so. Twisted offers no public hook between "headers read"
 and "body read" except :meth:`Request.gotLength`, and the request line is
 then known only to the channel (``_command``, ``_path``, ``_version``);
-``tests/test_twisted_web_fence.py`` fails loudly if those change shape.
+``tests/test_fences.py`` fails loudly if those change shape.
 
 Routes declare what they accept through :class:`BodyRoute`; everything else
-takes no body at all.
+takes no body at all. A socket upgraded from a request takes the producer
+slot of its transport over from the channel (:func:`take_over_producer`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -213,3 +215,13 @@ class _Site(Site):
         channel = super().buildProtocol(addr)
         channel.release = release
         return channel
+
+
+def take_over_producer(transport: IConsumer, producer: IPushProducer) -> None:
+    """An upgraded socket's transport is the WebSocket's now: ``producer`` paces it.
+
+    Twisted Web's channel registered itself as the transport's producer when
+    the connection opened, and a transport takes one producer at a time.
+    """
+    transport.unregisterProducer()
+    transport.registerProducer(producer, True)

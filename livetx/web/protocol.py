@@ -26,6 +26,7 @@ from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
 from livetx.errors import CloseCode, ErrorCode, SessionForbidden
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_web import take_over_producer
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
@@ -118,10 +119,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         self.buffer = SendBuffer(
             limits.max_send_buffer_bytes, pause=partial(self._flow, False), resume=partial(self._flow, True)
         )
-        # Twisted Web's channel registered itself on this transport; the socket is ours now.
-        transport = cast(IConsumer, self.transport)
-        transport.unregisterProducer()
-        transport.registerProducer(self.buffer, True)
+        take_over_producer(cast(IConsumer, self.transport), self.buffer)
         # TimeoutMixin's documented hook for its clock.
         self.callLater = self.factory.clock.callLater  # type: ignore[method-assign, assignment]
         self.setTimeout(limits.idle_timeout or None)
