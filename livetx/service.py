@@ -34,11 +34,11 @@ from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
 from livetx.web.site import build_site
+from livetx.web.sockets import memory_journals
 
 _log = Logger()
 

@@ -118,6 +118,21 @@ class ConnectionTracker(Service):
             return "Too many connections for this API key"
         return None
 
+    def claim(self, admission: Admission, limits: ServerConfig) -> Deferred[str | None] | None:
+        """Ask the cluster for an admitted socket's slot: fires with why there is none, or None once held.
+
+        None instead of a Deferred: there is no cluster, or nobody was admitted.
+        """
+        if self.shared is None or admission.refusal is not None or admission.username is None:
+            return None
+        return self.shared.acquire(user_key(admission), admission.key_id,
+                                   limits.max_connections_per_user, limits.max_connections_per_key)
+
+    def give_back(self, admission: Admission) -> None:
+        """A socket that held a cluster slot closed."""
+        if self.shared is not None:
+            self.shared.release(user_key(admission), admission.key_id)
+
     def add(self, protocol: Tracked) -> None:
         if protocol not in self._open:
             self._open.add(protocol)

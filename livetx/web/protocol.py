@@ -7,11 +7,10 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 from typing import TYPE_CHECKING, Callable, cast
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -32,8 +31,10 @@ from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
-from livetx.web.connections import ConnectionTracker, user_key
+from livetx.web.connections import ConnectionTracker
 from livetx.web.flow import SendBuffer
+from livetx.web.sockets import apply_limits as apply_limits  # every endpoint's, importable from here as before
+from livetx.web.sockets import memory_journals
 
 if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
     from livetx.live.journal import Journals
@@ -70,31 +71,18 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     # Autobahn waits for a Deferred from onConnect (txaio.as_future); its annotation omits that.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
         self.admission = self.factory.gate(request)
-        shared = self.factory.connections.shared
-        admission = self.admission
-        if shared is None or admission.refusal is not None or admission.username is None:
-            return None
-        limits = self.factory.limits
-        d = shared.acquire(user_key(admission), admission.key_id,
-                           limits.max_connections_per_user, limits.max_connections_per_key)
-        return d.addCallbacks(self._slot, self._no_slot)
+        claim = self.factory.connections.claim(self.admission, self.factory.limits)
+        # Redis did not answer (the cluster logged it): this process's own limits apply.
+        return None if claim is None else claim.addCallbacks(self._slot, lambda _: None)
 
     def _slot(self, crowded: str | None) -> None:
         """The cluster's answer: a slot is ours, or the reason there is none."""
         if crowded is not None:
             self.admission = refusal(crowded, ErrorCode.RATE_LIMITED, notice=bool(self.admission.key_id))
         elif self.state == self.STATE_CLOSED:  # the client left while Redis answered
-            self._give_back(self.admission)
+            self.factory.connections.give_back(self.admission)
         else:
             self.holds_slot = True
-
-    def _no_slot(self, failure: Failure) -> None:
-        """Redis did not answer (the cluster logged it): this process's own limits apply."""
-
-    def _give_back(self, admission: Admission) -> None:
-        shared = self.factory.connections.shared
-        if shared is not None:
-            shared.release(user_key(admission), admission.key_id)
 
     def onOpen(self) -> None:
         if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
@@ -298,7 +286,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         self.factory.connections.discard(self)
         if self.holds_slot:
             self.holds_slot = False
-            self._give_back(self.admission)
+            self.factory.connections.give_back(self.admission)
         if self.observer is not None:
             self.observer.closed()
         if self.finished is not None and not self.finished.called:
@@ -361,46 +349,3 @@ class LiveServerFactory(WebSocketServerFactory):
         #: client-chosen text would grow the metrics without bound.
         self.endpoint = endpoint
         apply_limits(self, limits)
-
-
-class EchoProtocol(WebSocketServerProtocol):
-    """Test only: echoes every message, so a conformance suite exercises our stack."""
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.sendMessage(payload, isBinary)
-
-
-def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
-    """The echo endpoint, with exactly the limits every real endpoint gets."""
-    factory = WebSocketServerFactory(server=f"livetx/{__version__}")
-    factory.protocol = EchoProtocol
-    apply_limits(factory, limits)
-    return factory
-
-
-def memory_journals(clock: IReactorTime, seconds: float = 120.0, limit: int = 2000) -> Callable[[], Journals]:
-    """One process's resume journal, made (and its module imported) for the first socket that opts in."""
-
-    @functools.cache
-    def made() -> Journals:
-        from livetx.live.journal import MemoryJournals
-
-        return MemoryJournals(clock, seconds, limit)
-
-    return made
-
-
-def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
-    """Autobahn's defaults are unlimited; every socket livetx serves gets these."""
-    factory.setProtocolOptions(
-        maxFramePayloadSize=limits.max_frame_bytes,
-        maxMessagePayloadSize=limits.max_message_bytes,
-        openHandshakeTimeout=limits.handshake_timeout,
-        closeHandshakeTimeout=limits.close_timeout,
-        autoPingInterval=limits.ping_interval,
-        autoPingTimeout=limits.ping_timeout,
-        autoFragmentSize=0,
-        failByDrop=False,
-        perMessageCompressionAccept=lambda offers: None,
-        webStatus=False,  # no HTML status page (it names the Autobahn version)
-    )

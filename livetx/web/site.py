@@ -16,7 +16,8 @@ from livetx.fences.twisted_web import Upgrade, make_site
 from livetx.metrics import ServerMetrics
 from livetx.web.admission import AddressLimit, Gate
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import LiveServerFactory, echo_factory, memory_journals
+from livetx.web.protocol import LiveServerFactory
+from livetx.web.sockets import echo_factory, memory_journals
 from livetx.web.replies import error_body
 
 if TYPE_CHECKING:
