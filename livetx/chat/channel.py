@@ -16,7 +16,7 @@ from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTur
 from livetx.deferreds import waiter_for
 from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
-from livetx.live.events import Ignore, TurnListener
+from livetx.live.events import Ignore, Listeners, TurnListener
 from livetx.live.frames import Frame, FrameError
 
 Emit = Callable[[Frame], None]
@@ -41,7 +41,7 @@ class ChatChannel:
         self._username = username
         self._emit = emit
         #: Told of this socket's chat turns and of the error frames it sends.
-        self._listener = listener or Ignore()
+        self._listener: TurnListener = Ignore() if listener is None else Listeners(listener)
         self._turn: ChatTurn | None = None
 
     @property

@@ -27,7 +27,7 @@ from livetx.chat.turn import ChatTurn as ChatTurn
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.errors import ErrorCode, FrameError, LivetxError, NoSuchSession, describe_failure
-from livetx.live.events import Ignore, Outcome, TurnListener
+from livetx.live.events import Ignore, Listeners, Outcome, TurnListener
 from livetx.providers.base import Message
 from livetx.store import ConversationStore, StoredSession
 from livetx.tools import offers_tools, stream_reply
@@ -136,7 +136,8 @@ class ChatService:
 
     def start(self, request: ChatRequest, listener: Subscriber, report: TurnListener | None = None) -> ChatTurn:
         """Run a turn; its events go to ``listener`` and the session's subscribers, its life to ``report``."""
-        turn = ChatTurn(request, report or Ignore(), self._clock.seconds())
+        # A listener that raises is logged and skipped, as for a live turn; it never breaks the turn.
+        turn = ChatTurn(request, Ignore() if report is None else Listeners(report), self._clock.seconds())
         turn.listener.turn_started(next(self._turn_ids), "chat", None)
         self._running.add(turn)
         d = self._store.open_session(request.username, request.session_id, "chat")
