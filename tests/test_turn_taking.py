@@ -217,7 +217,7 @@ def test_speech_resumed_after_a_tool_call_started_is_a_barge_in() -> None:
 
 def test_each_voice_turn_reports_its_stages_from_the_last_voiced_frame() -> None:
     metrics = ServerMetrics()
-    h = talking(listener=lambda clock: metrics.opened("/ws", "live", "alice", clock))
+    h = talking(listener=lambda clock: metrics.opened("/ws", "live", "alice"))
     speak(h, voiced(900) + quiet(300))
     h.clock.advance(0.05)
     h.stt.requests[0][1].callback("lights on")

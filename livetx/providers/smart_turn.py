@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from livetx.audio import SAMPLE_RATE
-from livetx.providers.threads import Worker
+from livetx.threads import Worker
 
 #: Where the model sits in the pipecat-ai distribution.
 _MODEL = ("audio", "turn", "smart_turn", "data", "smart-turn-v3.2-cpu.onnx")
