@@ -15,10 +15,12 @@ from twisted.internet.task import deferLater
 
 from livetx.audio import read_wav, resample
 from livetx.live.endpoint import EAGERNESS, THRESHOLD
+from livetx.live.events import VOICE_STAGES
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect
 from .test_live_ws import LIVE, kinds
+from .test_ops import families, get
 from .test_talk_ws import silence
 from .test_voice import speaking_parts, spoken
 
@@ -91,6 +93,13 @@ async def test_speech_once_the_reply_is_heard_barges_in_and_both_utterances_stay
     stop = order.index("stop_play")
     assert frames[stop]["turn"] == 1 and order[stop - 1] == "speech_started"
     assert [turn for _, turn in user_msgs(client.frames)] == [1, 2]
+    # Each voice turn's stages from the end of speech, and the total in Prometheus.
+    (stages,) = [f["data"] for f in client.frames if f["t"] == "metrics" and f["turn"] == 1
+                 and "voice_to_voice_ms" in f["data"]]
+    assert list(stages) == list(VOICE_STAGES) and stages["first_audio_ms"] == stages["voice_to_voice_ms"]
+    assert stages["endpoint_ms"] <= stages["transcript_ms"] <= stages["first_token_ms"] <= stages["first_audio_ms"]
+    _, _, scraped = await get(server, "/metrics")
+    assert families(scraped)[("livetx_voice_to_voice_seconds_count", ())] >= 1
     await client.close_and_wait()
     (history,) = await stored(server, "bo", "s")
     assert [(role, interrupted) for role, _, interrupted in history] == [
