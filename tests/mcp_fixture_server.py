@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -97,9 +98,26 @@ async def grow(ctx: Context) -> str:
     return "grown"
 
 
+def look_up(word: str) -> str:
+    """Two tools whose names differ only in a character livetx cannot offer."""
+    return word
+
+
+def stubborn(signum: int, frame: Any) -> None:
+    note("sigterm ignored")
+
+
 if __name__ == "__main__":
     note("started", sys.argv[1])
+    if os.environ.get("MCP_FIXTURE_COLLIDE"):  # "look.up" and "look_up" are both <server>_look_up
+        server.add_tool(look_up, name="look.up")
+        server.add_tool(look_up, name="look_up")
+    if os.environ.get("MCP_FIXTURE_STUBBORN"):  # stays after stdin closes and ignores SIGTERM
+        signal.signal(signal.SIGTERM, stubborn)
     if sys.argv[1] == "http":
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     else:
         server.run()
+    note("stdin closed")
+    while os.environ.get("MCP_FIXTURE_STUBBORN"):
+        time.sleep(1)

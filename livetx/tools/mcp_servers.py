@@ -103,7 +103,7 @@ def _described(block: Any) -> str:
 
 def _size(data: str) -> str:
     """The size of base64 ``data`` once decoded, for a description."""
-    size = len(data) * 3 // 4
+    size = len(data.rstrip("=")) * 3 // 4
     return f"{size} bytes" if size < 10_000 else f"{size // 1000} kB"
 
 
@@ -133,11 +133,14 @@ class MCPServer:
         self._doubt: asyncio.Event | None = None
         #: Set once the first attempt to connect has ended, either way (start-up waits for it).
         self.first = threading.Event()
+        #: :meth:`run` on the loop: cancelled to stop (the future of submitting it is done at once then).
+        self.task: asyncio.Task[None] | None = None
 
     # -- the connection's life ------------------------------------------------
 
     async def run(self) -> None:
         """Connect, list, serve; on any loss wait and start again, until cancelled."""
+        self.task = asyncio.current_task()
         delay = BACKOFF_FIRST
         while True:
             try:
@@ -316,7 +319,6 @@ class MCPTools:
         self._reactor = reactor
         self._bridge = AsyncioThread(reactor, "livetx-mcp")
         self.servers = [MCPServer(s, config.timeout, self._listed) for s in config.mcp]
-        self._tasks: list[Any] = []
         self._offer: Callable[[str, Sequence[Tool]], list[str]] | None = None
         self._starting = True
 
@@ -327,7 +329,8 @@ class MCPTools:
         returns the names it refused (taken by another tool).
         """
         self._offer = offer
-        self._tasks = [self._bridge.submit(s.run()) for s in self.servers]
+        for server in self.servers:
+            self._bridge.submit(server.run())
         for server in self.servers:
             server.first.wait(FIRST_LIST_SECONDS + server.timeout)
             if server.state != "ready":
@@ -395,6 +398,8 @@ class MCPTools:
         return self._bridge.stop(self._closing)
 
     async def _closing(self) -> None:
-        for task in self._tasks:
+        await asyncio.sleep(0)  # each run() has begun, and knows its task
+        tasks = [s.task for s in self.servers if s.task is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*(asyncio.wrap_future(t) for t in self._tasks), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
