@@ -23,7 +23,7 @@ import mcp_types
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from livetx.config import ConfigError, from_mapping
@@ -394,3 +394,61 @@ async def test_mcp_tools_in_turns(
     assert results == [{"id": "c11", "name": "t_add", "ok": True, "result": "2"}]
     assert read(journal)[-1][0] != first_pid
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_s_own_timeout_ends_a_call_and_the_server_hears_of_it(
+    livetx: Any, openai: Any, tmp_path: Path,
+) -> None:
+    journal = tmp_path / "journal"
+    server = await livetx(openai_config(openai.base_url, tts=False) + "[tools]\ntimeout = 30\n"
+                          + table(**stdio_table(journal, timeout=0.5)))
+    turns = Turns("voice", await connect(server.url(LIVE, token=server.token())))
+    openai.tool_calls = once({"id": "c1", "name": "t_slow", "arguments": {"seconds": 30}})
+    assert await turns.turn("slow") == [{"id": "c1", "name": "t_slow", "ok": False, "result": "timed out after 0.5 s"}]
+    await until(lambda: read(journal)[-1][1] == "slow cancelled", timeout=5)
+    await turns.client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_asyncio_thread_answers_on_the_reactor_and_cancels_its_task() -> None:
+    import asyncio
+    import threading
+
+    from livetx.tools.asyncio_bridge import AsyncioThread
+
+    bridge = AsyncioThread(reactor)
+    seen: list[str] = []
+
+    async def answer() -> str:
+        seen.append(threading.current_thread().name)
+        return "42"
+
+    async def broken() -> None:
+        raise ToolError("no")
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    reactor_thread = threading.current_thread()
+    assert await bridge.call(answer).addCallback(lambda v: (v, threading.current_thread() is reactor_thread)) == (
+        "42", True)
+    with pytest.raises(ToolError):
+        await bridge.call(broken)
+    running = bridge.call(forever)
+    await deferLater(reactor, 0.1, lambda: None)
+    running.cancel()
+    with pytest.raises(defer.CancelledError):
+        await running
+    await until(lambda: "cancelled" in seen, timeout=5)
+    assert seen == ["livetx-asyncio", "cancelled"]
+
+    async def nothing() -> None:
+        pass
+
+    await bridge.stop(nothing)
+    await until(lambda: not bridge._thread.is_alive(), timeout=5)

@@ -55,8 +55,9 @@ MAX_TOOLS = 128
 MAX_PAGES = 20
 #: Largest message read from a Streamable HTTP server (the SDK's default is 1 MiB); results are cut far below.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
-#: Seconds start-up waits for each server's first tool list (beside its own timeout).
-FIRST_LIST_SECONDS = 10.0
+#: Seconds starting a server, its handshake and a tool list may take (a stdio server may start slowly;
+#: its ``timeout`` is for calls). Start-up waits this long for each server's first list.
+CONNECT_SECONDS = 30.0
 
 
 class Unavailable(ToolError):
@@ -171,7 +172,7 @@ class MCPServer:
                 read, write, message_handler=self._message,
                 client_info=mcp_types.Implementation(name="livetx", version=__version__),
             ))
-            await asyncio.wait_for(session.initialize(), self.timeout)
+            await asyncio.wait_for(session.initialize(), CONNECT_SECONDS)
             await self._list(session)
             self._session, self.state, self.error = session, "ready", None
             self.first.set()
@@ -224,7 +225,7 @@ class MCPServer:
         cursor = None
         for _ in range(MAX_PAGES):
             params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page = await asyncio.wait_for(session.list_tools(params=params), self.timeout)
+            page = await asyncio.wait_for(session.list_tools(params=params), CONNECT_SECONDS)
             listed += page.tools
             cursor = page.next_cursor
             if not cursor or len(listed) >= MAX_TOOLS:
@@ -332,7 +333,7 @@ class MCPTools:
         for server in self.servers:
             self._bridge.submit(server.run())
         for server in self.servers:
-            server.first.wait(FIRST_LIST_SECONDS + server.timeout)
+            server.first.wait(CONNECT_SECONDS)
             if server.state != "ready":
                 _log.warn("MCP server {name} did not start ({why}); its tools come when it does",
                           name=server.name, why=server.error or "no answer in time")
