@@ -19,12 +19,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import jsonschema
 import mcp_types
 import pytest
 import pytest_twisted
 import treq
+import yaml
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from livetx.config import ConfigError, from_mapping
 from livetx.tools import Tool, ToolError
@@ -38,6 +41,8 @@ from .test_chat import chat_client, send
 from .test_live_ws import LIVE, openai_config
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What /readyz answers, as the OpenAPI document says.
+READINESS = yaml.safe_load((ROOT / "livetx/web/openapi.yaml").read_text())["components"]["schemas"]["Readiness"]
 SERVER = ["-m", "tests.mcp_fixture_server"]
 
 
@@ -314,6 +319,7 @@ async def test_mcp_tools_in_turns(
     turns = Turns(mode, client)
     ready = await readyz(server)
     assert ready["checks"]["mcp:t"] == {"ok": True, "state": "ready", "transport": transport, "tools": 7}
+    jsonschema.validate(ready, READINESS)
     first_pid = read(journal)[0][0]
 
     # A call that works; the tool is offered with the server's inputSchema.
@@ -385,6 +391,7 @@ async def test_mcp_tools_in_turns(
             assert time.monotonic() < deadline
             await deferLater(reactor, 0.2, lambda: None)
         assert ready["status"] == "degraded" and ready["checks"]["mcp:t"]["error"].startswith("restarting: ")
+        jsonschema.validate(ready, READINESS)
         http.start()
     openai.tool_calls = once({"id": "c11", "name": "t_add", "arguments": {"a": 1, "b": 1}})
     deadline = time.monotonic() + 30
@@ -401,8 +408,15 @@ async def test_a_server_s_own_timeout_ends_a_call_and_the_server_hears_of_it(
     livetx: Any, openai: Any, tmp_path: Path,
 ) -> None:
     journal = tmp_path / "journal"
-    server = await livetx(openai_config(openai.base_url, tts=False) + "[tools]\ntimeout = 30\n"
-                          + table(**stdio_table(journal, timeout=0.5)))
+    logged: list[str] = []
+    observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        server = await livetx(openai_config(openai.base_url, tts=False) + "[tools]\ntimeout = 30\n"
+                              + table(**stdio_table(journal, timeout=0.5)))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert "MCP server t (stdio) ready with 7 tools: t_add, t_slow, t_fail, t_huge, t_picture, t_crash, t_grow" in logged
     turns = Turns("voice", await connect(server.url(LIVE, token=server.token())))
     openai.tool_calls = once({"id": "c1", "name": "t_slow", "arguments": {"seconds": 30}})
     assert await turns.turn("slow") == [{"id": "c1", "name": "t_slow", "ok": False, "result": "timed out after 0.5 s"}]

@@ -167,7 +167,7 @@ class MCPServer:
         self._lost, self._relist, self._doubt = asyncio.Event(), asyncio.Event(), asyncio.Event()
         async with AsyncExitStack() as stack:
             read, write = await stack.enter_async_context(self._streams())
-            read = await stack.enter_async_context(_watched(read, self._lost))
+            read = await stack.enter_async_context(_Watched(read, self._lost))
             session = await stack.enter_async_context(ClientSession(
                 read, write, message_handler=self._message,
                 client_info=mcp_types.Implementation(name="livetx", version=__version__),
@@ -262,7 +262,7 @@ def _short(error: BaseException) -> str:
     return (str(error).strip().split("\n")[0] or type(error).__name__)[:200]
 
 
-class _watched:
+class _Watched:
     """The read stream passed on unchanged, with ``lost`` set when it ends (the server died)."""
 
     def __init__(self, source: Any, lost: asyncio.Event) -> None:
