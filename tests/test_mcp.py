@@ -414,9 +414,10 @@ async def test_a_server_s_own_timeout_ends_a_call_and_the_server_hears_of_it(
     try:
         server = await livetx(openai_config(openai.base_url, tts=False) + "[tools]\ntimeout = 30\n"
                               + table(**stdio_table(journal, timeout=0.5)))
+        line = "MCP server t (stdio) ready with 7 tools: t_add, t_slow, t_fail, t_huge, t_picture, t_crash, t_grow"
+        await until(lambda: line in logged, timeout=5)
     finally:
         globalLogPublisher.removeObserver(observer)
-    assert "MCP server t (stdio) ready with 7 tools: t_add, t_slow, t_fail, t_huge, t_picture, t_crash, t_grow" in logged
     turns = Turns("voice", await connect(server.url(LIVE, token=server.token())))
     openai.tool_calls = once({"id": "c1", "name": "t_slow", "arguments": {"seconds": 30}})
     assert await turns.turn("slow") == [{"id": "c1", "name": "t_slow", "ok": False, "result": "timed out after 0.5 s"}]
@@ -466,3 +467,23 @@ async def test_the_asyncio_thread_answers_on_the_reactor_and_cancels_its_task() 
 
     await bridge.stop(nothing)
     await until(lambda: not bridge._thread.is_alive(), timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_will_not_start_is_retried_with_back_off(livetx: Any, openai: Any) -> None:
+    """Start-up goes on without it; /readyz and the log say why, and the waits double."""
+    logged: list[str] = []
+    observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        server = await livetx(openai_config(openai.base_url, tts=False) + table(
+            name="t", command=sys.executable, args=["-c", "raise SystemExit(1)"]))
+        await until(lambda: sum("trying again in" in line for line in logged) >= 3, timeout=20)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    waits = [line.split("trying again in ")[1] for line in logged if "trying again in" in line]
+    assert waits[:3] == ["1 s", "2 s", "4 s"]
+    assert any(line.startswith("MCP server t did not start (") for line in logged)
+    ready = await readyz(server)
+    assert ready["status"] == "degraded" and ready["checks"]["mcp:t"]["ok"] is False
+    assert ready["checks"]["mcp:t"]["error"].startswith("restarting: ")

@@ -18,13 +18,14 @@ refreshed when the server sends ``notifications/tools/list_changed``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import threading
-from contextlib import AsyncExitStack
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Sequence
 
 import anyio
+import httpx2
 import jsonschema
 import mcp_types
 from mcp import ClientSession
@@ -115,8 +116,13 @@ class MCPServer:
     from the reactor (plain attribute reads).
     """
 
-    def __init__(self, config: MCPServerConfig, timeout: float, publish: Callable[[MCPServer], None]) -> None:
+    def __init__(
+        self, config: MCPServerConfig, timeout: float, publish: Callable[[MCPServer], None],
+        on_reactor: Callable[..., Any],
+    ) -> None:
         self.config = config
+        #: ``reactor.callFromThread``: the log is written from the reactor's thread only.
+        self._on_reactor = on_reactor
         self.name = config.name
         self.timeout = config.timeout if config.timeout is not None else timeout
         self.transport = "stdio" if config.command is not None else "http"
@@ -157,8 +163,8 @@ class MCPServer:
             self.state = "restarting"
             self.first.set()
             self.restarts += 1
-            _log.warn("MCP server {name} is down ({why}); trying again in {delay:g} s",
-                      name=self.name, why=self.error, delay=delay)
+            self._on_reactor(_log.warn, "MCP server {name} is down ({why}); trying again in {delay:g} s",
+                             name=self.name, why=self.error, delay=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_LAST)
 
@@ -176,9 +182,9 @@ class MCPServer:
             await self._list(session)
             self._session, self.state, self.error = session, "ready", None
             self.first.set()
-            _log.info("MCP server {name} ({transport}) ready with {count} tools: {names}",
-                      name=self.name, transport=self.transport, count=len(self.tools),
-                      names=", ".join(tool_name(self.name, t.name) for t in self.tools) or "none")
+            self._on_reactor(_log.info, "MCP server {name} ({transport}) ready with {count} tools: {names}",
+                             name=self.name, transport=self.transport, count=len(self.tools),
+                             names=", ".join(tool_name(self.name, t.name) for t in self.tools) or "none")
             while not self._lost.is_set():
                 await self._serve(session)
         self.error = self.error or "the connection closed"
@@ -207,8 +213,8 @@ class MCPServer:
             if self._relist.is_set():
                 self._relist.clear()
                 await self._list(session)
-                _log.info("MCP server {name} changed its tools: {names}", name=self.name,
-                          names=", ".join(tool_name(self.name, t.name) for t in self.tools) or "none")
+                self._on_reactor(_log.info, "MCP server {name} changed its tools: {names}", name=self.name,
+                                 names=", ".join(tool_name(self.name, t.name) for t in self.tools) or "none")
             else:
                 self._doubt.clear()
                 await asyncio.wait_for(session.send_ping(), self.timeout)
@@ -232,6 +238,10 @@ class MCPServer:
                 break
         allow = self.config.allow
         self.tools = [t for t in listed if allow is None or t.name in allow][:MAX_TOOLS]
+        missing = sorted(set(allow or ()) - {t.name for t in listed})
+        if missing:  # a typo in the allow-list, or a tool the server no longer has
+            self._on_reactor(_log.warn, "MCP server {name} has no tools named {missing} (in its allow)",
+                             name=self.name, missing=", ".join(missing))
         self._publish(self)
 
     # -- calls ------------------------------------------------------------------
@@ -294,8 +304,6 @@ class _Watched:
 
 def _http_streams(url: str, headers: dict[str, str]) -> Any:
     """The Streamable HTTP transport with the configured headers on every request."""
-    import httpx2
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def streams() -> AsyncIterator[Any]:
@@ -319,7 +327,7 @@ class MCPTools:
     def __init__(self, config: ToolsConfig, reactor: Any) -> None:
         self._reactor = reactor
         self._bridge = AsyncioThread(reactor, "livetx-mcp")
-        self.servers = [MCPServer(s, config.timeout, self._listed) for s in config.mcp]
+        self.servers = [MCPServer(s, config.timeout, self._listed, reactor.callFromThread) for s in config.mcp]
         self._offer: Callable[[str, Sequence[Tool]], list[str]] | None = None
         self._starting = True
 
@@ -332,8 +340,9 @@ class MCPTools:
         self._offer = offer
         for server in self.servers:
             self._bridge.submit(server.run())
+        deadline = time.monotonic() + CONNECT_SECONDS  # they start side by side
         for server in self.servers:
-            server.first.wait(CONNECT_SECONDS)
+            server.first.wait(max(0.0, deadline - time.monotonic()))
             if server.state != "ready":
                 _log.warn("MCP server {name} did not start ({why}); its tools come when it does",
                           name=server.name, why=server.error or "no answer in time")
