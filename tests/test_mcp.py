@@ -404,7 +404,7 @@ async def test_mcp_tools_in_turns(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_server_s_own_timeout_ends_a_call_and_the_server_hears_of_it(
+async def test_an_allow_list_and_a_server_s_own_timeout(
     livetx: Any, openai: Any, tmp_path: Path,
 ) -> None:
     journal = tmp_path / "journal"
@@ -413,14 +413,16 @@ async def test_a_server_s_own_timeout_ends_a_call_and_the_server_hears_of_it(
     globalLogPublisher.addObserver(observer)
     try:
         server = await livetx(openai_config(openai.base_url, tts=False) + "[tools]\ntimeout = 30\n"
-                              + table(**stdio_table(journal, timeout=0.5)))
-        line = "MCP server t (stdio) ready with 7 tools: t_add, t_slow, t_fail, t_huge, t_picture, t_crash, t_grow"
+                              + table(**stdio_table(journal, timeout=0.5, allow=["slow", "add", "nope"])))
+        line = "MCP server t (stdio) ready with 2 tools: t_add, t_slow"
         await until(lambda: line in logged, timeout=5)
     finally:
         globalLogPublisher.removeObserver(observer)
+    assert "MCP server t has no tools named nope (in its allow)" in logged
     turns = Turns("voice", await connect(server.url(LIVE, token=server.token())))
     openai.tool_calls = once({"id": "c1", "name": "t_slow", "arguments": {"seconds": 30}})
     assert await turns.turn("slow") == [{"id": "c1", "name": "t_slow", "ok": False, "result": "timed out after 0.5 s"}]
+    assert sorted(offered(openai)) == ["t_add", "t_slow"]
     await until(lambda: read(journal)[-1][1] == "slow cancelled", timeout=5)
     await turns.client.close_and_wait()
 

@@ -217,7 +217,7 @@ class MCPServer:
                                  names=", ".join(tool_name(self.name, t.name) for t in self.tools) or "none")
             else:
                 self._doubt.clear()
-                await asyncio.wait_for(session.send_ping(), self.timeout)
+                await asyncio.wait_for(session.send_ping(), self.timeout or CONNECT_SECONDS)  # 0: calls have no limit
         except Exception as e:
             self.error = _short(e)
             self._lost.set()
