@@ -489,3 +489,17 @@ async def test_a_server_that_will_not_start_is_retried_with_back_off(livetx: Any
     ready = await readyz(server)
     assert ready["status"] == "degraded" and ready["checks"]["mcp:t"]["ok"] is False
     assert ready["checks"]["mcp:t"]["error"].startswith("restarting: ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_mcp_call_says_the_filler(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await livetx(openai_config(openai.base_url, tts=True) + '[tools]\nfiller_after_ms = 100\nfiller = "Hold on."\n'
+                          + table(**stdio_table(tmp_path / "journal")))
+    client = await connect(server.url(LIVE, token=server.token()))
+    openai.tool_calls = once({"id": "c1", "name": "t_slow", "arguments": {"seconds": 0.6}})
+    openai.reply = "Here it is."
+    frames = await client.turn("slow please")
+    assert [f["data"]["text"] for f in frames if f["t"] == "bot_text_chunk"] == ["Hold on.", "Here it is."]
+    (result,) = [f["data"] for f in frames if f["t"] == "tool_result"]
+    assert result == {"id": "c1", "name": "t_slow", "ok": True, "result": "waited 0.6 s"}
+    await client.close_and_wait()
