@@ -318,7 +318,8 @@ async def test_mcp_tools_in_turns(
     client = await (connect(server.url(LIVE, token=server.token())) if mode == "voice" else chat_client(server))
     turns = Turns(mode, client)
     ready = await readyz(server)
-    assert ready["checks"]["mcp:t"] == {"ok": True, "state": "ready", "transport": transport, "tools": 7}
+    assert ready["checks"]["mcp:t"] == {"ok": True, "state": "ready", "transport": transport, "tools": 7,
+                                        "restarts": 0}
     jsonschema.validate(ready, READINESS)
     first_pid = read(journal)[0][0]
 

@@ -129,6 +129,7 @@ class MCPServer:
         #: ``starting``, ``ready``, ``restarting`` or ``stopped``.
         self.state = "starting"
         self.error: str | None = None
+        #: Connections lost or failed since livetx started (``/readyz``).
         self.restarts = 0
         #: The server's tools as it listed them, allow-list applied.
         self.tools: list[mcp_types.Tool] = []
@@ -398,7 +399,8 @@ class MCPTools:
 
         def probe(server: MCPServer) -> Deferred[Any]:
             if server.state == "ready":
-                return succeed({"state": "ready", "transport": server.transport, "tools": len(server.tools)})
+                return succeed({"state": "ready", "transport": server.transport, "tools": len(server.tools),
+                                "restarts": server.restarts})
             return fail(Unavailable(f"{server.state}: {server.error or 'not connected yet'}"))
 
         return {f"mcp:{s.name}": (lambda s=s: probe(s)) for s in self.servers}  # type: ignore[misc]
