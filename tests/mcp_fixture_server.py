@@ -34,9 +34,10 @@ def note(*event: Any) -> None:
 
 
 @server.tool()
-def add(a: int, b: int) -> int:
+def add(a: int, b: int, ctx: Context) -> int:
     """Adds two whole numbers."""
-    note("add", a, b)
+    request = ctx.request_context.request  # over HTTP: the request, with the headers livetx sent
+    note("add", a, b, request.headers.get("x-test") if request is not None else None)
     return a + b
 
 

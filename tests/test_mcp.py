@@ -331,7 +331,7 @@ async def test_mcp_tools_in_turns(
                                                "b": {"title": "B", "type": "integer"}}
     assert add["description"] == "Adds two whole numbers."
     assert sorted(offered(openai)) == ["t_add", "t_crash", "t_fail", "t_grow", "t_huge", "t_picture", "t_slow"]
-    assert read(journal)[-1][1:] == ["add", 2, 3]
+    assert read(journal)[-1][1:] == ["add", 2, 3, "yes" if http is not None else None]  # with the headers
 
     # The model's arguments break the schema: refused, the server never sees the call.
     calls = len(read(journal))
