@@ -504,3 +504,21 @@ async def test_a_slow_mcp_call_says_the_filler(livetx: Any, openai: Any, tmp_pat
     (result,) = [f["data"] for f in frames if f["t"] == "tool_result"]
     assert result == {"id": "c1", "name": "t_slow", "ok": True, "result": "waited 0.6 s"}
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stdio_server_that_dies_while_idle_is_started_again(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    """Its end of the pipe closing is enough: no call or ping has to fail first."""
+    journal = tmp_path / "journal"
+    server = await livetx(openai_config(openai.base_url, tts=False) + table(**stdio_table(journal)))
+    (first,) = {event[0] for event in read(journal)}
+    os.kill(first, signal.SIGKILL)
+    await until(lambda: len({event[0] for event in read(journal)}) == 2, timeout=5)  # the first wait is 1 s
+    client = await connect(server.url(LIVE, token=server.token()))
+    openai.tool_calls = once({"id": "c1", "name": "t_add", "arguments": {"a": 1, "b": 2}})
+    deadline = time.monotonic() + 10
+    while not (results := await Turns("voice", client).turn("one plus two"))[0]["ok"]:
+        assert time.monotonic() < deadline
+        await deferLater(reactor, 0.2, lambda: None)
+    assert results[0]["result"] == "3" and read(journal)[-1][0] != first
+    await client.close_and_wait()
