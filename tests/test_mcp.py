@@ -167,7 +167,7 @@ def test_a_server_without_the_sdk_is_a_one_line_start_up_error(tmp_path: Path) -
     code = (
         "import sys\n"
         "sys.modules['mcp'] = None\n"  # as if livetx[mcp] were not installed
-        "from livetx.providers.factory import check\n"
+        "from livetx.engines import check\n"
         "from livetx.config import from_mapping\n"
         "check(from_mapping({'tools': {'mcp': [{'name': 'a', 'url': 'http://h/mcp'}]}}))\n"
     )
