@@ -10,6 +10,7 @@ with the documented grammar on the phrases it covers.
     python benchmarks/stt_bench.py                 # accuracy and decode time per engine
     python benchmarks/stt_bench.py --live 5        # plus a real server: end_speaking → user_msg
     python benchmarks/stt_bench.py --vad           # plus talk mode's detectors on noise and speech
+    python benchmarks/stt_bench.py --windows       # Whisper's short windows against 30 s ones
 
 Needs the ``bench`` extra (jiwer, websockets). WER is jiwer's, on lower-case
 words without punctuation, numbers spelled out as words.
@@ -126,7 +127,7 @@ def recordings(extra: Path | None) -> dict[str, list[tuple[str, bytes]]]:
     return sets
 
 
-def engines(tmp: Path) -> dict[str, Callable[[bytes], str]]:
+def engines(tmp: Path, windows: bool = False) -> dict[str, Callable[[bytes], str]]:
     """Each installed engine as a blocking call, built the way the server builds it."""
     from livetx.providers import sphinx
     from livetx.providers.base import recognizer_input
@@ -139,6 +140,10 @@ def engines(tmp: Path) -> dict[str, Callable[[bytes], str]]:
         recognizer = WhisperRecognizer(STTConfig(language="en"), None, _NoReactor(), cache=tmp)
         bundled_model(tmp)
         found["whisper base (int8)"] = lambda wav: recognizer._decode(wav)
+        if windows:  # the same model, every window 30 s long as faster-whisper pads it
+            full = WhisperRecognizer(STTConfig(language="en"), None, _NoReactor(), cache=tmp)
+            full.shorten_windows = False
+            found["whisper base (int8), 30 s windows"] = lambda wav: full._decode(wav)
     except ImportError:
         pass
     grammar = tmp / "home.jsgf"
@@ -158,9 +163,12 @@ class _NoReactor:
         pass
 
 
-def accuracy(sets: dict[str, list[tuple[str, bytes]]], tmp: Path) -> list[dict[str, Any]]:
+def accuracy(sets: dict[str, list[tuple[str, bytes]]], tmp: Path, windows: bool = False) -> list[dict[str, Any]]:
+    """WER and decode time per engine and set; with ``windows``, Whisper's short windows against 30 s ones."""
     rows = []
-    for engine, decode in engines(tmp).items():
+    for engine, decode in engines(tmp, windows).items():
+        if windows and not engine.startswith("whisper"):
+            continue
         decode(sets["espeak"][0][1])  # loads the model: a server's first voice turn, reported apart
         for name, clips in sets.items():
             if engine.endswith("grammar"):
@@ -277,6 +285,8 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true", help="skip the WER table")
     parser.add_argument("--early", nargs="?", const="espeak,piper,read aloud", metavar="SETS",
                         help="also compare Whisper's words decoded at the pause with after the endpoint")
+    parser.add_argument("--windows", action="store_true",
+                        help="Whisper only: its short windows against faster-whisper's 30 s ones, same clips")
     args = parser.parse_args()
     sets = recordings(args.recordings)
     if args.early:
@@ -288,7 +298,7 @@ def main() -> None:
     rows = []
     if not args.no_accuracy:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = accuracy(sets, Path(tmp))
+            rows = accuracy(sets, Path(tmp), args.windows)
     if rows:
         print("| engine | recordings | clips | WER | exact | README/docs examples exact | median decode | slowest |")
         print("|---|---|---|---|---|---|---|---|")

@@ -10,6 +10,7 @@ import inspect
 from http.cookiejar import CookieJar
 from typing import Any, Callable
 
+import numpy
 import treq.client
 import txredisapi
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerFactory, WebSocketServerProtocol
@@ -27,6 +28,9 @@ from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from faster_whisper import WhisperModel
+
+from livetx.fences import faster_whisper as whisper_fence
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
 from livetx.fences.transitions import trigger
@@ -285,3 +289,39 @@ def test_txredisapi_pool_and_factory_keep_the_shape_the_redis_client_reads() -> 
     assert parameters(Subscriptions.addConnection) == parameters(txredisapi.SubscriberFactory.addConnection)
     assert parameters(Subscriptions.delConnection) == parameters(txredisapi.SubscriberFactory.delConnection)
     assert "addConnection" in body(txredisapi.RedisFactory._connectionReady)
+
+
+# -- faster-whisper ----------------------------------------------------------------
+
+
+def test_faster_whisper_pads_each_window_and_encodes_it_through_the_method_the_fence_overrides() -> None:
+    source = body(WhisperModel.generate_segments)
+    assert source.index("segment = pad_or_trim(segment)") < source.index("encoder_output = self.encode(segment)")
+    assert parameters(WhisperModel.encode) == parameters(whisper_fence.ShortWindowModel.encode) == ["self", "features"]
+
+
+def test_a_short_window_keeps_the_audio_and_two_seconds_of_padding() -> None:
+    def heard(frames: int) -> Any:
+        features = numpy.zeros((80, 3000), dtype=numpy.float32)
+        features[:, :frames] = -0.5
+        return features
+
+    assert whisper_fence.window(heard(800)).shape == (80, 1000)
+    assert whisper_fence.window(heard(801)).shape == (80, 2000)  # less than 2 s of padding left in 10 s
+    assert whisper_fence.window(heard(1800)).shape == (80, 2000)
+    long = heard(1801)
+    assert whisper_fence.window(long) is long  # the 30 s window, untouched
+    assert whisper_fence.window(heard(300)[None]).shape == (1, 80, 1000)  # a batch of one
+
+
+def test_the_model_encodes_a_short_window_only_inside_short_windows(monkeypatch: Any) -> None:
+    encoded: list[tuple[int, ...]] = []
+    monkeypatch.setattr(WhisperModel, "encode", lambda self, features: encoded.append(features.shape))
+    model = whisper_fence.ShortWindowModel.__new__(whisper_fence.ShortWindowModel)  # no weights needed
+    features = numpy.zeros((80, 3000), dtype=numpy.float32)
+    features[:, :500] = 1.0
+    model.encode(features)
+    with whisper_fence.short_windows():
+        model.encode(features)
+    model.encode(features)
+    assert encoded == [(80, 3000), (80, 1000), (80, 3000)]

@@ -171,3 +171,23 @@ async def test_a_default_server_understands_a_person_reading_aloud(livetx: Any, 
     heard = next(line for line in run.err.splitlines() if line.startswith("heard: "))
     assert "in short the period was so far like the present period" in " ".join(words(heard)), heard
     assert jiwer.wer(" ".join(words(text)), " ".join(words(heard[7:]))) <= 0.03, heard
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_short_request_is_encoded_in_a_ten_second_window_with_the_same_words(
+    monkeypatch: pytest.MonkeyPatch, whisper_dir: Path
+) -> None:
+    """The encoder hears 10 s, not the 30 s faster-whisper pads to, and the words do not change."""
+    from faster_whisper import WhisperModel
+    from twisted.internet import reactor
+
+    frames: list[int] = []
+    encode = WhisperModel.encode
+    monkeypatch.setattr(WhisperModel, "encode", lambda self, features: frames.append(features.shape[-1]) or encode(self, features))
+    recognizer = whisper.WhisperRecognizer(STTConfig(model=str(whisper_dir), language="en"), None, reactor)
+    wav = to_wav(await spoken("please water the garden tomorrow morning"))
+    assert words(recognizer._decode(wav)) == words("please water the garden tomorrow morning")
+    assert frames == [1000]
+    recognizer.shorten_windows = False
+    assert words(recognizer._decode(wav)) == words("please water the garden tomorrow morning")
+    assert frames == [1000, 3000]

@@ -1,8 +1,8 @@
 """Recognition that keeps up with the speaker: the final transcript decoded before the endpoint.
 
 Talk mode's detector ends an utterance only once ``silence_ms`` of silence
-has followed it. Whisper hears a fixed 30 s window, so a decode costs about
-the same whatever the utterance's length, and decoding only after the
+has followed it. Whisper hears a window of at least 10 s, so a decode costs
+about the same whatever a request's length, and decoding only after the
 endpoint put a whole decode between the end of speech and the reply.
 
 Instead, once the speaker has paused for :func:`pause_ms`, the utterance so

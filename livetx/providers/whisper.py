@@ -13,8 +13,13 @@ one warm-up decode) at start-up instead. Decodes run one at a time on one
 thread of their own (CTranslate2 spreads a decode over ``threads`` cores and
 lets go of Python's GIL while it computes), queued fairly per owner.
 
-This module is the one place that knows faster-whisper's and CTranslate2's
-interfaces.
+An utterance shorter than Whisper's 30 s window is encoded in a window of
+10 or 20 s instead (:mod:`livetx.fences.faster_whisper`): the encoder is
+most of a decode, so a short request decodes about three times faster,
+with the same words (benchmarks/RESULTS.md, "Short windows").
+
+This module and that fence are the places that know faster-whisper's and
+CTranslate2's interfaces.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +150,11 @@ class WhisperRecognizer:
     #: Local, so talk mode decodes the utterance so far at each pause, and that
     #: decode is the final transcript when the user stops there
     #: (:mod:`livetx.live.streaming_stt`): a decode costs about the same
-    #: whatever the audio's length (the 30 s window), so it is the one to start early.
+    #: whatever the audio's length (at least a 10 s window), so it is the one to start early.
     decodes_at_pauses = True
+    #: Whether audio shorter than 30 s is encoded in a shorter window (the
+    #: benchmark turns it off to compare the words with the full window's).
+    shorten_windows = True
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any, cache: Path | None = None) -> None:
         self._configured = Path(config.model).expanduser() if config.model else None
@@ -174,11 +183,11 @@ class WhisperRecognizer:
         with _models_lock:
             model = _models.get(key)
             if model is None:
-                from faster_whisper import WhisperModel
+                from livetx.fences.faster_whisper import ShortWindowModel
 
                 _log.info("Loading the Whisper model from {directory}", directory=str(directory))
                 started = time.monotonic()
-                model = _models[key] = WhisperModel(
+                model = _models[key] = ShortWindowModel(
                     str(directory), device="cpu", compute_type="int8", cpu_threads=self._threads
                 )
                 _log.info("Whisper model loaded in {seconds:.2f} s", seconds=time.monotonic() - started)
@@ -187,11 +196,16 @@ class WhisperRecognizer:
     def _decode_pcm(self, pcm: bytes) -> str:
         import numpy
 
+        from livetx.fences.faster_whisper import short_windows
+
         samples = numpy.frombuffer(pcm, dtype="<i2").astype(numpy.float32) / 32768
-        segments, _ = self._model().transcribe(
-            samples, language=self._language, without_timestamps=len(samples) <= _WINDOW_SAMPLES, **_DECODE
-        )
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        one_window = len(samples) <= _WINDOW_SAMPLES
+        with short_windows() if one_window and self.shorten_windows else nullcontext():
+            segments, _ = self._model().transcribe(
+                samples, language=self._language, without_timestamps=one_window, **_DECODE
+            )
+            # The segments are decoded as they are read: inside the block.
+            return " ".join(segment.text.strip() for segment in segments).strip()
 
     def _decode(self, wav: bytes) -> str:
         """Runs on the Whisper thread; the model loads on the first segment."""
