@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from livetx.auth.login_links import LoginLinks
 from livetx.auth.revocation import KeyRevocations
 from livetx.chat.service import ChatService
 from livetx.config import Config
@@ -36,6 +37,7 @@ from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.connections import ConnectionTracker
 from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
+from livetx.web.login import login_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
 from livetx.web.site import build_site
@@ -51,6 +53,8 @@ class Services:
     site: Site
     #: The server's counts (``--workers`` share them between processes).
     metrics: ServerMetrics
+    #: One-time login links for the browser page (the start-up log prints one).
+    login: LoginLinks
 
 
 def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool = False) -> Services:
@@ -90,6 +94,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
+    login = LoginLinks(secret)
     site = build_site(
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
@@ -107,6 +112,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
             # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
             **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
             **page_routes(),
+            **login_routes(login, failures),
         },
         metrics=metrics,
         echo=echo,
@@ -126,7 +132,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     revocations.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
     WarmUp(engines, reactor).setServiceParent(root)
-    return Services(root=root, site=site, metrics=metrics)
+    return Services(root=root, site=site, metrics=metrics, login=login)
 
 
 class Closing(Service):
