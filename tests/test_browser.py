@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThread
 from livetx.audio import read_wav, to_wav
 from livetx.auth.login_links import USED
 from livetx.config import TTSConfig
+from livetx.live import settings
 from livetx.providers.espeak import EspeakSpeech
 
 from .test_live_ws import openai_config
@@ -234,6 +235,39 @@ def slow_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str,
     return seen
 
 
+def hands_free_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str, Any]:
+    """Listen hands-free: the page's own level detector opens and closes the segment."""
+    page = token_page(browser, url, token, errors)
+    page.check("#hands-free")
+    page.click("#mic")  # "Listen": the fake microphone starts its file again
+    page.wait_for_function("window.livetx.stats.turnsEnded >= 1", timeout=TIMEOUT_MS)
+    page.click("#mic")
+    return {"segments": stat(page, "segments"), "user": page.locator(".msg.user").all_inner_texts(),
+            "listening": page.get_attribute("#mic", "aria-pressed")}
+
+
+def talk_mode_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str, Any]:
+    """Talk mode from the settings: the server's detector frames the utterance, the page shows its state."""
+    seen: dict[str, Any] = {}
+    page = token_page(browser, url, token, errors)
+    page.select_option("#setting-turn_detection", "server")
+    page.select_option("#setting-vad", "webrtc")
+    page.click("#settings button[type=submit]")
+    page.wait_for_function("document.querySelector('#mic').textContent === 'Talk mode'", timeout=TIMEOUT_MS)
+    seen["rules"] = page.evaluate("import('/static/settings.js').then(m => m.SETTINGS)")
+    page.click("#mic")  # streams everything; the server's frames say when speech starts and stops
+    page.wait_for_selector("#vad[data-state=speech]", timeout=TIMEOUT_MS)
+    page.wait_for_function("document.querySelector('#level').value > 0.1", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#vad[data-state=silence]", timeout=TIMEOUT_MS)
+    page.wait_for_function("window.livetx.stats.turnsEnded >= 1", timeout=TIMEOUT_MS)
+    page.click("#mic")
+    seen["user"] = page.locator(".msg.user").all_inner_texts()
+    seen["frames"] = page.evaluate("window.livetx.log.entries.filter(e => e.dir === 'in').map(e => e.t)")
+    seen["sent"] = page.evaluate("[...new Set(window.livetx.log.entries.filter(e => e.dir === 'out').map(e => e.t))]")
+    seen["rows"] = timeline_rows(page)
+    return seen
+
+
 def tools_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str, Any]:
     page = token_page(browser, url, token, errors)
     page.fill("#text", "What is six times seven?")
@@ -246,7 +280,7 @@ def tools_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str
             "after": page.evaluate("document.querySelector('.msg.tool').nextElementSibling?.className")}
 
 
-def drive(sync_playwright: Any, wav: Path, profile: Path, main: tuple[str, str],
+def drive(sync_playwright: Any, wav: Path, profile: Path, main: tuple[str, str, str],
           slow: tuple[str, str], tools: tuple[str, str]) -> dict[str, Any]:
     """Runs in a thread: every tab in one Chromium, as a user would."""
     with sync_playwright() as p:
@@ -256,7 +290,10 @@ def drive(sync_playwright: Any, wav: Path, profile: Path, main: tuple[str, str],
         )
         try:
             errors: list[str] = []
-            return {"main": main_tab(browser, *main, errors), "slow": slow_tab(browser, *slow, errors),
+            main_url, link, token = main
+            return {"main": main_tab(browser, main_url, link, errors), "slow": slow_tab(browser, *slow, errors),
+                    "hands_free": hands_free_tab(browser, main_url, token, errors),
+                    "talk_mode": talk_mode_tab(browser, main_url, token, errors),
                     "tools": tools_tab(browser, *tools, errors), "errors": errors}
         finally:
             browser.close()
@@ -282,7 +319,7 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     page_url = server.url("/", scheme="http")
     link = run_cli("open", "--data-dir", str(server.data_dir), "--url", page_url, cwd=tmp_path)
     seen = await deferToThread(
-        drive, sync_playwright, wav, tmp_path / "profile", (page_url, link),
+        drive, sync_playwright, wav, tmp_path / "profile", (page_url, link, server.token("talker")),
         (slow.url("/live", scheme="http"), slow.token("slow")), (tools.url("/", scheme="http"), tools.token("tools")),
     )
     assert seen["errors"] == []
@@ -334,6 +371,20 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert seqs == list(range(1, len(seqs) + 1))  # every numbered frame once, in order: none missing
     assert resumed["replayed"] >= 1 and "replayed" in resumed["notice"]
     assert resumed["first_out_after_drop"] == "resume"
+
+    heard = seen["hands_free"]  # one utterance, one segment, opened and closed by the level alone
+    assert heard == {"segments": 1, "user": [SPOKEN], "listening": "false"}
+
+    talk = seen["talk_mode"]
+    assert talk["user"] == [SPOKEN]
+    assert talk["frames"].index("speech_started") < talk["frames"].index("speech_stopped") < talk["frames"].index("user_msg")
+    assert set(talk["sent"]) == {"session_update", "speaking_part"}  # no start/end_speaking: the server decides
+    assert in_order(talk["rows"]) == STAGES
+    # The page's settings are the server's: every rule, range and default.
+    assert {r["name"]: (tuple(r["choices"]) if "choices" in r else range(r["min"], r["max"] + 1)) for r in talk["rules"]} \
+        == {k: v for k, v in settings._RULES.items() if k not in ("audio_transport", "resume")}
+    assert {r["name"]: r["initial"] for r in talk["rules"]} == {
+        r["name"]: getattr(settings.Settings(), r["name"]) for r in talk["rules"]}
 
     tool = seen["tools"]
     assert tool["head"].startswith("calculator · ok · ") and tool["head"].endswith(" ms")
