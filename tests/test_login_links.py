@@ -39,17 +39,21 @@ class Clock:
         return self.now
 
 
+def refusal(links: LoginLinks, code: str) -> str:
+    """Why ``links`` refuses ``code`` (the test fails if it does not)."""
+    with pytest.raises(AuthFailure) as refused:
+        links.redeem(code)
+    return refused.value.reason
+
+
 def test_a_link_signs_in_once_and_is_refused_after() -> None:
-    clock = Clock()
-    links = LoginLinks(SECRET, now=clock)
+    links = LoginLinks(SECRET, now=Clock())
     code = links.issue("dora")
     username, token = links.redeem(code)
     assert username == "dora"
     # The token is an ordinary session token for the sockets, valid for the tab's session.
     assert verify_token(SECRET, token) == "dora"
-    with pytest.raises(AuthFailure) as again:
-        links.redeem(code)
-    assert again.value.reason == USED
+    assert refusal(links, code) == USED
 
 
 def test_a_link_expires_in_minutes() -> None:
@@ -57,9 +61,7 @@ def test_a_link_expires_in_minutes() -> None:
     links = LoginLinks(SECRET, now=clock)
     code = links.issue()
     clock.now += LINK_SECONDS + 1
-    with pytest.raises(AuthFailure) as late:
-        links.redeem(code)
-    assert late.value.reason == EXPIRED
+    assert refusal(links, code) == EXPIRED
 
 
 def test_used_links_are_forgotten_only_once_they_expired() -> None:
@@ -69,9 +71,7 @@ def test_used_links_are_forgotten_only_once_they_expired() -> None:
     links.redeem(first)
     clock.now += LINK_SECONDS - 1
     links.redeem(second)  # forgetting runs here; the first is not expired yet
-    with pytest.raises(AuthFailure) as again:
-        links.redeem(first)
-    assert again.value.reason == USED
+    assert refusal(links, first) == USED
     clock.now += 2
     assert links.redeem(links.issue())[0] == "web"
     assert len(links._used) == 1  # the two expired ids went
@@ -83,9 +83,7 @@ def test_a_link_is_no_token_and_a_token_is_no_link() -> None:
         verify_token(SECRET, code)  # signed with a key derived from the secret, not the secret
     links = LoginLinks(SECRET)
     for wrong in (issue_token(SECRET, "dora", 60), issue_link_code("another secret" * 4, "dora"), "junk"):
-        with pytest.raises(AuthFailure) as refused:
-            links.redeem(wrong)
-        assert refused.value.reason == INVALID
+        assert refusal(links, wrong) == INVALID
 
 
 def test_the_page_address_of_a_listen_endpoint() -> None:
