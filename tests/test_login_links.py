@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -46,9 +46,16 @@ def refusal(links: LoginLinks, code: str) -> str:
     return refused.value.reason
 
 
-def test_a_link_signs_in_once_and_is_refused_after() -> None:
-    links = LoginLinks(SECRET, now=Clock())
-    code = links.issue("dora")
+def codes(links: LoginLinks, clock: Clock) -> list[Callable[[str], str]]:
+    """Both kinds of link: the server's own (in memory) and livetx open's (a JWT)."""
+    return [links.issue, lambda username: issue_link_code(SECRET, username, now=clock.now)]
+
+
+@pytest.mark.parametrize("kind", ["server's", "livetx open's"])
+def test_a_link_signs_in_once_and_is_refused_after(kind: str) -> None:
+    clock = Clock()
+    links = LoginLinks(SECRET, now=clock)
+    code = codes(links, clock)[kind != "server's"]("dora")
     username, token = links.redeem(code)
     assert username == "dora"
     # The token is an ordinary session token for the sockets, valid for the tab's session.
@@ -56,10 +63,11 @@ def test_a_link_signs_in_once_and_is_refused_after() -> None:
     assert refusal(links, code) == USED
 
 
-def test_a_link_expires_in_minutes() -> None:
+@pytest.mark.parametrize("kind", ["server's", "livetx open's"])
+def test_a_link_expires_in_minutes(kind: str) -> None:
     clock = Clock()
     links = LoginLinks(SECRET, now=clock)
-    code = links.issue()
+    code = codes(links, clock)[kind != "server's"]("web")
     clock.now += LINK_SECONDS + 1
     assert refusal(links, code) == EXPIRED
 
@@ -67,7 +75,7 @@ def test_a_link_expires_in_minutes() -> None:
 def test_used_links_are_forgotten_only_once_they_expired() -> None:
     clock = Clock()
     links = LoginLinks(SECRET, now=clock)
-    first, second = links.issue(), links.issue()
+    first, second = links.issue(), issue_link_code(SECRET, now=clock.now)
     links.redeem(first)
     clock.now += LINK_SECONDS - 1
     links.redeem(second)  # forgetting runs here; the first is not expired yet
@@ -75,6 +83,7 @@ def test_used_links_are_forgotten_only_once_they_expired() -> None:
     clock.now += 2
     assert links.redeem(links.issue())[0] == "web"
     assert len(links._used) == 1  # the two expired ids went
+    assert refusal(links, first) == INVALID  # forgotten, as it could never sign in again
 
 
 def test_a_link_is_no_token_and_a_token_is_no_link() -> None:

@@ -1,12 +1,13 @@
 """One-time login links: ``http://host:6185/?login=…`` signs a browser in once, within minutes.
 
 Jupyter's start-up link, for the browser page: nobody has to paste a key or
-a token to try the server. A link carries a short JWT signed with a key
-derived from the server's JWT secret, so ``livetx open`` can make one from
-the data dir for a server that is already running, while a link is never
-accepted as a socket token (nor a socket token as a link). The server keeps
-the id of every link it redeemed until the link would have expired anyway,
-so a second use is refused. Only a fingerprint of a link is ever logged.
+a token to try the server. The server's own link is a random code it keeps
+in memory; ``livetx open`` makes one from the data dir for a server that is
+already running, as a short JWT signed with a key derived from the JWT
+secret, so that a link is never accepted as a socket token (nor a socket
+token as a link). The server keeps the id of every link it redeemed until
+the link would have expired anyway, so a second use is refused. Only a
+fingerprint of a link is ever logged.
 """
 
 from __future__ import annotations
@@ -46,12 +47,17 @@ def _link_key(secret: str) -> str:
     return hmac.new(secret.encode("utf-8"), b"livetx login link", hashlib.sha256).hexdigest()
 
 
-def issue_link_code(secret: str, username: str = DEFAULT_USERNAME, ttl: float = LINK_SECONDS,
-                    now: float | None = None) -> str:
-    """A link's code for ``username`` (checked by the usernames' rules: ``ValueError``)."""
+def _check(username: str) -> None:
+    """A link names a user the sockets accept (``ValueError`` otherwise)."""
     checked, problem = resolve_username(username)
     if checked is None or checked != username:
         raise ValueError(f"{problem or 'Invalid username'}: {username!r}")
+
+
+def issue_link_code(secret: str, username: str = DEFAULT_USERNAME, ttl: float = LINK_SECONDS,
+                    now: float | None = None) -> str:
+    """A link's code for ``username`` (checked by the usernames' rules: ``ValueError``)."""
+    _check(username)
     import jwt
 
     issued = int(time.time() if now is None else now)
@@ -65,9 +71,13 @@ def link_url(page: str, code: str) -> str:
     return f"{page.rstrip('/')}/?{QUERY}={quote(code, safe='')}"
 
 
+def _digest(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8", "replace")).hexdigest()
+
+
 def fingerprint(code: str) -> str:
     """What the log may say about a link: enough to match two lines, useless to sign in with."""
-    return hashlib.sha256(code.encode("utf-8", "replace")).hexdigest()[:10]
+    return _digest(code)[:10]
 
 
 def page_address(description: str) -> str | None:
@@ -98,9 +108,12 @@ def page_address(description: str) -> str | None:
 class LoginLinks:
     """Redeems each link once: a valid, unused, unexpired code becomes a session token.
 
-    ``used`` maps a redeemed link's id to when it expires; ids go once their
-    link could no longer be used anyway, and at most ``max_remembered`` are
-    kept (links are signed, so only whoever holds the secret can make more).
+    Two kinds of code: the server's own (:meth:`issue`, the start-up link), a
+    random string kept in memory, so an idle server never loads the JWT
+    library for it; and ``livetx open``'s, a JWT made from the secret by
+    another process. ``used`` maps a redeemed link's id to when it expires;
+    ids go once their link could no longer be used anyway, and at most
+    ``max_remembered`` are kept (only whoever holds the secret can make more).
     """
 
     def __init__(self, secret: str, session_seconds: float = SESSION_SECONDS,
@@ -109,25 +122,37 @@ class LoginLinks:
         self.session_seconds = session_seconds
         self._now = now
         self._max = max_remembered
+        self._issued: dict[str, tuple[str, float]] = {}  # digest of a code → (username, expires)
         self._used: dict[str, float] = {}
 
     def issue(self, username: str = DEFAULT_USERNAME, ttl: float = LINK_SECONDS) -> str:
-        """A fresh link's code (the server's start-up link)."""
-        return issue_link_code(self._secret, username, ttl, now=self._now())
+        """A fresh link's code, kept in this process (the start-up link)."""
+        _check(username)
+        code = secrets.token_urlsafe(24)
+        self._issued[_digest(code)] = (username, self._now() + ttl)
+        return code
 
     def redeem(self, code: str) -> tuple[str, str]:
         """``(username, token)`` for a link used for the first time; :class:`AuthFailure` otherwise."""
-        claims = self._claims(code)
         now = self._now()
+        digest = _digest(code)
+        issued = self._issued.pop(digest, None)
         self._forget(now)
-        link_id = str(claims["jti"])
+        if issued is not None:
+            (username, expires), link_id = issued, digest
+        elif digest in self._used:
+            link_id = digest
+        else:
+            claims = self._claims(code)
+            username, expires, link_id = str(claims["username"]), float(claims["exp"]), f"jti:{claims['jti']}"
         if link_id in self._used:
             _log.info("refused a login link used before ({link})", link=fingerprint(code))
             raise AuthFailure(USED)
+        if expires <= now:  # checked against our clock, so tests can move it
+            raise AuthFailure(EXPIRED)
         if len(self._used) >= self._max:
             raise AuthFailure("Too many login links in use; try again in a few minutes")
-        self._used[link_id] = float(claims["exp"])
-        username = str(claims["username"])
+        self._used[link_id] = expires
         _log.info("login link {link} signed in {username}", link=fingerprint(code), username=username)
         return username, issue_token(self._secret, username, self.session_seconds)
 
@@ -147,10 +172,10 @@ class LoginLinks:
         username, _ = resolve_username(raw if isinstance(raw, str) else None)
         if username is None or username != raw:
             raise AuthFailure(INVALID)
-        if claims["exp"] <= self._now():  # checked against our clock, so tests can move it
-            raise AuthFailure(EXPIRED)
         return claims
 
     def _forget(self, now: float) -> None:
         for link_id in [i for i, expires in self._used.items() if expires <= now]:
             del self._used[link_id]
+        for digest in [d for d, (_, expires) in self._issued.items() if expires <= now]:
+            del self._issued[digest]
