@@ -123,8 +123,11 @@ def main_tab(browser: Any, url: str, link: str, errors: list[str]) -> dict[str, 
     page = browser.new_page()
     page.set_viewport_size({"width": 1280, "height": 900})
     page.on("pageerror", lambda e: errors.append(str(e)))
+    referers: list[str] = []
+    page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
     page.goto(link)
     page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    seen["referers"] = referers  # the files and the sign-in, loaded while the link was in the address
     seen["signed_in"] = {"who": page.inner_text("#who"), "address": page.url,
                          "form_hidden": page.is_hidden("#connect"),
                          "kept": page.evaluate("JSON.parse(sessionStorage.getItem('livetx.credential')).username")}
@@ -327,6 +330,7 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     # Signed in by the link, which then left the address bar; a second use is refused.
     assert main["signed_in"] == {"who": "signed in as web", "address": page_url, "form_hidden": True, "kept": "web"}
     assert USED in main["second_use"]["status"] and main["second_use"]["form_shown"]
+    assert len(main["referers"]) >= 6 and not any("login=" in r for r in main["referers"])  # nor in access logs
 
     text_turn = main["text_turn"]
     assert text_turn["bot"] == ["Good morning. The sun is out."]  # the echo model, streamed as deltas
