@@ -87,7 +87,14 @@ def token_page(browser: Any, url: str, token: str, errors: list[str]) -> Any:
     page.fill("#token", token)
     page.click("#connect-button")
     page.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    assert page.inner_text("#who") == f"signed in as {token_user(token)}"
     return page
+
+
+def token_user(token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["username"])
 
 
 def hold_mic_while_speaking(page: Any, keyboard: bool = False, meanwhile: Any = lambda: None) -> None:

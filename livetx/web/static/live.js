@@ -158,6 +158,10 @@ function open(resuming) {
     micUp();
     const why = `${event.code}${event.reason ? ": " + event.reason : ""}`;
     if (!ws.opened && !resuming || event.code === 1008) {  // refused: retrying would not help
+      if (/token|key/i.test(event.reason || "")) {  // expired or revoked: sign in again
+        sessionStorage.removeItem(CREDENTIAL);
+        showSignedIn();
+      }
       setStatus(`closed (${why})`);
       return;
     }
@@ -625,10 +629,17 @@ $("hands-free").addEventListener("change", () => { micUp(); micLabel(); });
 $("interrupt").addEventListener("click", interrupt);
 $("sign-out").addEventListener("click", signOut);
 
+function tokenUser(token) {  // for "signed in as": the server checks the token, not this
+  try {
+    return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).username || "token";
+  } catch { return "token"; }
+}
+
 $("connect").addEventListener("submit", (event) => {
   event.preventDefault();
   const token = $("token").value.trim();
-  const saved = token ? { token, username: "token" } : { apiKey: $("api-key").value.trim(), username: $("username").value.trim() };
+  const saved = token ? { token, username: tokenUser(token) }
+    : { apiKey: $("api-key").value.trim(), username: $("username").value.trim() };
   signedIn(saved);
   connect();
 });
