@@ -217,6 +217,8 @@ def slow_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str,
     hold_mic_while_speaking(page, meanwhile=barged_in)  # talking over the reply stops it, then asks its own question
     page.wait_for_function("window.livetx.stats.turnsEnded >= 2", timeout=TIMEOUT_MS)
     seen["barge_in"]["user"] = page.locator(".msg.user").all_inner_texts()
+    seen["barge_in"]["truncated"] = page.evaluate("""window.livetx.log.entries
+        .filter(e => e.t === 'truncate' || e.t === 'truncated').map(e => [e.dir, e.frame])""")
 
     chunks = stat(page, "chunksScheduled")
     page.fill("#text", LONG_REPLY)
@@ -375,6 +377,10 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert barge["badge"] == "barged-in" and "barge-in" in barge["text"] and barge["vad"] == "recording"
     assert barge["order"][:3] == ["interrupt", "start_speaking", "stop_play"]
     assert barge["user"] == [LONG_REPLY, SPOKEN]
+    # What was heard of the stopped reply goes back to the server, which keeps only those sentences.
+    (_, asked), (_, kept) = barge["truncated"]
+    assert asked["turn"] == kept["turn"] == 1 and kept["data"]["audio_end_ms"] == asked["audio_end_ms"] >= 0
+    assert LONG_REPLY.startswith(kept["data"]["text"])
     assert slow_seen["escape"]["playing"] is False
     resumed = slow_seen["resume"]
     assert resumed["bot"] == LONG_REPLY  # nothing of the reply was lost with the socket

@@ -255,7 +255,7 @@ function handle(frame) {
       break;
     case "response":
       timeline.mark("audio", frame.turn);
-      player.enqueue(data);
+      player.enqueue(data, frame.turn);
       break;
     case "tool_call":
       toolCall(data);
@@ -267,9 +267,11 @@ function handle(frame) {
       if ("input_type" in data) { turnRunning = true; clearBargeIn(); }
       timeline.metrics(data);
       break;
-    case "stop_play":
-      player.stop();
+    case "stop_play":  // tell the server how much of the reply was heard; it keeps only that
+      stopPlayback();
       endTurn(true);
+      if (cut && cut.turn === frame.turn) send({ t: "truncate", turn: cut.turn, audio_end_ms: cut.ms }, true);
+      cut = null;
       break;
     case "end":
       endTurn(false);
@@ -371,6 +373,7 @@ class Player {
     this.sources = new Set();
     this.chain = Promise.resolve();
     this.generation = 0;       // bumped by stop(): drops chunks still decoding
+    this.heard = [];           // the latest turn's scheduled chunks: {turn, at, duration}
   }
 
   unlock() {  // called from a click, so that the browser lets the page play sound
@@ -378,7 +381,7 @@ class Player {
     if (this.ctx.state === "suspended") this.ctx.resume();
   }
 
-  enqueue(base64) {
+  enqueue(base64, turn) {
     this.unlock();
     const ctx = this.ctx;
     const generation = this.generation;
@@ -394,6 +397,8 @@ class Player {
         const at = Math.max(ctx.currentTime + 0.02, this.next);
         if (this.next <= ctx.currentTime) this.started = at;
         source.start(at);
+        if (this.heard.length && this.heard[0].turn !== turn) this.heard = [];
+        this.heard.push({ turn, at, duration: buffer.duration });
         this.next = at + buffer.duration;
         this.sources.add(source);
         source.onended = () => this.sources.delete(source);
@@ -407,7 +412,17 @@ class Player {
     return this.ctx !== null && this.next > this.ctx.currentTime;
   }
 
-  stop() {
+  // How much of the latest turn's audio has played: {turn, ms}, or null.
+  cut() {
+    if (!this.heard.length) return null;
+    const now = this.ctx.currentTime;
+    const seconds = this.heard.reduce((sum, c) => sum + Math.min(c.duration, Math.max(0, now - c.at)), 0);
+    return { turn: this.heard[0].turn, ms: Math.round(seconds * 1000) };
+  }
+
+  stop() {  // returns what was heard of the turn it stops
+    const heard = this.cut();
+    this.heard = [];
     this.generation++;
     for (const source of this.sources) {
       try { source.stop(); } catch { /* already stopped */ }
@@ -415,6 +430,7 @@ class Player {
     this.sources.clear();
     this.next = 0;
     this.chain = Promise.resolve();
+    return heard;
   }
 }
 
@@ -474,7 +490,7 @@ function startSegment() {
   if (turnRunning || player.playing) {  // barge-in: the user talks over the reply
     bargeIn("you started talking");
     if (turnRunning) send({ t: "interrupt" });
-    player.stop();
+    stopPlayback();
   }
   segment = `seg-${Date.now()}`;
   if (send({ t: "start_speaking", stamp: segment })) stats.segments++;
@@ -575,8 +591,15 @@ function micUp() {
   setVad("off");
 }
 
+// What the user heard of a reply stopped here, kept until its stop_play (for truncate).
+let cut = null;
+function stopPlayback() {
+  const heard = player.stop();
+  if (heard) cut = heard;
+}
+
 function interrupt() {
-  player.stop();
+  stopPlayback();
   if (turnRunning) bargeIn("interrupted");
   send({ t: "interrupt" }, true);
 }
@@ -600,9 +623,15 @@ requestAnimationFrame(draw);
 
 // Push-to-talk: hold the button (or Space). Hands-free and talk mode: click to listen, click to stop.
 const toggling = () => handsFree() || serverDetection;
-$("mic").addEventListener("pointerdown", () => { if (!toggling()) micDown(); });
+// The pointer is captured while held, so the conversation growing and moving the button
+// does not let go of it; losing the capture (released, cancelled) does.
+$("mic").addEventListener("pointerdown", (event) => {
+  if (toggling()) return;
+  $("mic").setPointerCapture(event.pointerId);
+  micDown();
+});
 $("mic").addEventListener("pointerup", () => { if (!toggling()) micUp(); });
-$("mic").addEventListener("pointerleave", () => { if (!toggling()) micUp(); });
+$("mic").addEventListener("lostpointercapture", () => { if (!toggling()) micUp(); });
 $("mic").addEventListener("click", () => { if (toggling()) (micOpen ? micUp : micDown)(); });
 
 function typing(target) {  // Space belongs to what has the focus there
@@ -650,7 +679,7 @@ $("say").addEventListener("submit", (event) => {
   if (!text) return;
   player.unlock();
   if (turnRunning) send({ t: "interrupt" });  // a new question replaces the running reply
-  player.stop();
+  stopPlayback();
   if (send({ t: "text_input", text })) {
     $("text").value = "";
     timeline.start("text");
