@@ -192,6 +192,21 @@ def main_tab(browser: Any, url: str, link: str, errors: list[str]) -> dict[str, 
     seen["logged"] = page.evaluate("window.livetx.log.entries.length")
     page.fill("#log-filter", "user_msg")
     seen["filtered"] = page.locator("#log .entry").evaluate_all("rows => rows.map(r => r.dataset.t)")
+    page.click("#log .entry summary")  # the first user_msg: its JSON opens, with a Copy button
+    page.click("#log .entry .copy")
+    page.wait_for_selector("#log .entry .copy:text('Copied')")
+    seen["copied"] = json.loads(page.evaluate("navigator.clipboard.readText()"))
+    page.fill("#log-filter", "")
+    rows = page.locator("#log .entry").count()
+    page.click("#log-pause")
+    page.click("#settings button[type=submit]")  # a session_update and its answer, while paused
+    page.wait_for_function(f"window.livetx.log.entries.length >= {seen['logged'] + 2}")
+    seen["paused"] = {"rows": page.locator("#log .entry").count() - rows,
+                      "pressed": page.get_attribute("#log-pause", "aria-pressed")}
+    page.click("#log-pause")
+    seen["unpaused"] = page.locator("#log .entry").count() - rows
+    page.click("#log-clear")
+    seen["cleared"] = [page.locator("#log .entry").count(), page.evaluate("window.livetx.log.entries.length")]
     page.click("#sign-out")
     seen["signed_out"] = {"form_shown": page.is_visible("#connect"),
                           "kept": page.evaluate("sessionStorage.getItem('livetx.credential')")}
@@ -298,6 +313,7 @@ def drive(sync_playwright: Any, wav: Path, profile: Path, main: tuple[str, str, 
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, accept_downloads=True,
+            permissions=["clipboard-read", "clipboard-write"],
             args=FLAGS + [f"--use-file-for-fake-audio-capture={wav}%noloop"],
         )
         try:
@@ -370,6 +386,9 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert parts and all(p["audio_bytes"] == 640 and p["audio_seconds"] == 0.02 for p in parts)
     assert "UklGR" not in main["export"]  # no Base64 WAV anywhere
     assert main["filtered"] == ["user_msg", "user_msg"]
+    assert main["copied"] == {"t": "user_msg", "turn": 1, "seq": main["copied"]["seq"],
+                              "data": {"text": "Good morning. The sun is out.", "ts": main["copied"]["data"]["ts"]}}
+    assert main["paused"] == {"rows": 0, "pressed": "true"} and main["unpaused"] == 2 and main["cleared"] == [0, 0]
     assert main["signed_out"] == {"form_shown": True, "kept": None}
 
     slow_seen = seen["slow"]
