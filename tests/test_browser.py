@@ -101,8 +101,8 @@ def hold_mic_while_speaking(page: Any, keyboard: bool = False, meanwhile: Any = 
     """Push to talk (the button, or Space) until the page has heard the command and then
     half a second of silence: counted in 20 ms frames, however slow the machine."""
     before = stat(page, "loudFrames")
-    if keyboard:
-        page.focus("#mic")
+    if keyboard:  # Space anywhere but in a field
+        page.evaluate("document.activeElement.blur()")
         page.keyboard.down("Space")
     else:
         page.hover("#mic")
@@ -181,6 +181,7 @@ def main_tab(browser: Any, url: str, link: str, errors: list[str]) -> dict[str, 
     page.wait_for_function("document.querySelector('#applied').textContent.includes('900')", timeout=TIMEOUT_MS)
     seen["applied"] = json.loads(page.inner_text("#applied"))
 
+    seen["log_at_end"] = page.evaluate("(l => [l.scrollTop, l.clientHeight, l.scrollHeight])(document.querySelector('#log'))")
     page.screenshot(path=str(DOCS / "live-page.png"), full_page=True)
     page.set_viewport_size({"width": 360, "height": 780})
     seen["phone_overflow"] = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
@@ -373,6 +374,8 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert main["refused_setting"] == {"error": "silence_ms must be an integer from 100 to 10000", "sent": 0}
     assert main["applied"]["silence_ms"] == 900 and main["applied"]["vad"] == "webrtc"
     assert main["applied"]["resume"] is True  # the page keeps resume on with every update
+    top, height, scrolled = main["log_at_end"]
+    assert scrolled > height and top + height >= scrolled - 4  # the log follows the newest frame
     assert main["phone_overflow"] <= 0  # nothing wider than a 360 px screen
     assert (DOCS / "live-page.png").stat().st_size > 10_000 and (DOCS / "live-page-phone.png").stat().st_size > 10_000
 
