@@ -260,6 +260,18 @@ def slow_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str,
         "first_out_after_drop": page.evaluate("""(() => { const e = window.livetx.log.entries;
             const i = e.findIndex(x => x.note === 'replayed'); return e.slice(0, i).filter(x => x.dir === 'out').pop().t; })()"""),
     }
+    page.evaluate("window.livetx.drop()")  # between turns this time: nothing to replay
+    page.wait_for_function("window.livetx.stats.reconnects >= 2", timeout=TIMEOUT_MS)
+    page.wait_for_function("[...document.querySelectorAll('.msg.notice')].pop().textContent.includes('nothing was missed')",
+                           timeout=TIMEOUT_MS)
+    page.fill("#text", "Still here.")
+    page.press("#text", "Enter")
+    page.wait_for_function(f"window.livetx.stats.turnsEnded > {ended + 1}", timeout=TIMEOUT_MS)
+    seen["idle_drop"] = {
+        "bot": page.locator(".msg.bot").last.inner_text(),
+        "seqs": page.evaluate("window.livetx.log.entries.filter(e => e.dir === 'in' && typeof e.frame.seq === 'number')"
+                              ".map(e => e.frame.seq)"),
+    }
     return seen
 
 
@@ -297,6 +309,14 @@ def talk_mode_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict
 
 
 def tools_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str, Any]:
+    refused = browser.new_page()  # a token the server refuses: the sign-in form comes back
+    refused.goto(url)
+    refused.fill("#token", token + "x")
+    refused.click("#connect-button")
+    refused.wait_for_function("document.querySelector('#status').textContent.includes('Invalid token')",
+                              timeout=TIMEOUT_MS)
+    assert refused.is_visible("#connect") and refused.evaluate("sessionStorage.getItem('livetx.credential')") is None
+    refused.close()
     page = token_page(browser, url, token, errors)
     page.fill("#text", "What is six times seven?")
     page.press("#text", "Enter")
@@ -410,6 +430,8 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert seqs == list(range(1, len(seqs) + 1))  # every numbered frame once, in order: none missing
     assert resumed["replayed"] >= 1 and "replayed" in resumed["notice"]
     assert resumed["first_out_after_drop"] == "resume"
+    idle = slow_seen["idle_drop"]
+    assert idle["bot"] == "Still here." and idle["seqs"] == list(range(1, len(idle["seqs"]) + 1))
 
     heard = seen["hands_free"]  # one utterance, one segment, opened and closed by the level alone
     assert heard == {"segments": 1, "user": [SPOKEN], "listening": "false"}

@@ -150,6 +150,7 @@ function open(resuming) {
       showReplay();
       send({ t: "resume", session_id: resumePoint.sessionId, seq: resumePoint.seq });
       setTimeout(reapply, 300);  // once the server has taken the resume
+      setTimeout(() => { if (replay && replay.count === 0) replayOver(); }, 1000);  // dropped between turns
     }
   };
   ws.onclose = (event) => {
@@ -158,7 +159,9 @@ function open(resuming) {
     micUp();
     const why = `${event.code}${event.reason ? ": " + event.reason : ""}`;
     if (!ws.opened && !resuming || event.code === 1008) {  // refused: retrying would not help
-      if (/token|key/i.test(event.reason || "")) {  // expired or revoked: sign in again
+      // The credential itself refused (tokens.py, admission.py, a revoked key): sign in again.
+      if (/^(Missing authentication token|Token expired|Invalid token|Missing API key|Invalid API key|API key revoked)$/
+        .test(event.reason || "")) {
         sessionStorage.removeItem(CREDENTIAL);
         showSignedIn();
       }
