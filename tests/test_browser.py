@@ -441,6 +441,8 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert talk["frames"].index("speech_started") < talk["frames"].index("speech_stopped") < talk["frames"].index("user_msg")
     assert set(talk["sent"]) == {"session_update", "speaking_part"}  # no start/end_speaking: the server decides
     assert in_order(talk["rows"]) == STAGES
+    # The waterfall starts at the end of speech: the endpoint waits out the server's silence_ms (600).
+    assert talk["rows"][0]["ms"] >= 600 - 20
     # The page's settings are the server's: every rule, range and default.
     assert {r["name"]: (tuple(r["choices"]) if "choices" in r else range(r["min"], r["max"] + 1)) for r in talk["rules"]} \
         == {k: v for k, v in settings._RULES.items() if k not in ("audio_transport", "resume")}

@@ -229,9 +229,9 @@ function handle(frame) {
       setVad("speech");
       if (turnRunning || player.playing) bargeIn("you spoke over the reply");
       break;
-    case "speech_stopped":
+    case "speech_stopped":  // the turn's clock starts where speech ended: silence_ms before this
       setVad("silence");
-      timeline.start("voice");
+      timeline.start("voice", talkAudio.sentAt(data.audio_end_ms - (inForce?.silence_ms ?? 0)));
       timeline.mark("endpoint");
       break;
     case "user_partial":
@@ -306,6 +306,7 @@ function reapply() {
 function applied(frame, data) {
   inForce = data;
   if (frame.session_id) resumePoint = { sessionId: frame.session_id, seq: frame.seq ?? 0 };
+  if (data.turn_detection === "server" && !serverDetection) talkAudio.restart();
   serverDetection = data.turn_detection === "server";
   $("applied").textContent = JSON.stringify(data, null, 1);
   showApplied($("settings-fields"), data);
@@ -504,6 +505,23 @@ function sendPart(pcm) {
   if (send({ t: "speaking_part", data: base64(pcm) }, true)) stats.partsSent++;
 }
 
+// Talk mode: when each stretch of the audio went out, so that the server's positions
+// (audio_end_ms, counted from the switch to talk mode) become moments on the page's clock.
+const talkAudio = {
+  ms: 0,
+  sent: [],  // [audio ms at the end of a frame, performance.now() when sent], the last 30 s
+  restart() { this.ms = 0; this.sent = []; },
+  add(pcm) {
+    this.ms += pcm.byteLength / 32;  // 16 kHz PCM16: 32 bytes a millisecond
+    this.sent.push([this.ms, performance.now()]);
+    if (this.sent.length > 1500) this.sent.shift();
+  },
+  sentAt(ms) {
+    const frame = this.sent.find(([end]) => end >= ms);
+    return frame ? frame[1] : performance.now();
+  },
+};
+
 function endSegment() {
   if (segment === null) return;
   if (send({ t: "end_speaking", stamp: segment }, true)) {
@@ -524,6 +542,7 @@ function onFrame(pcm, rms) {
   }
   if (serverDetection) {  // talk mode: everything goes, the server's detector decides
     sendPart(pcm);
+    talkAudio.add(pcm);
     return;
   }
   if (!handsFree()) {
