@@ -127,6 +127,8 @@ async def test_the_route_redeems_a_link_from_livetx_open_once(livetx: Any, tmp_p
     status, body = await login(server.port, code)
     assert (status, body["code"], body["message"]) == (401, "UNAUTHORIZED", USED)
     assert (await login(server.port, 42))[0] == 400
+    assert await login(server.port, "x" * 5000) == (413, {"status": "error", "code": "TOO_LARGE",
+                                                          "message": "the body is limited to 4096 bytes here"})
     response = await treq.get(server.url("/api/v1/login", scheme="http"), reactor=reactor)
     assert response.code == 405
     # livetx token --link is the same command.
