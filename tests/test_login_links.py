@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from livetx.auth.login_links import (
     EXPIRED, INVALID, LINK_SECONDS, USED, LoginLinks, fingerprint, issue_link_code, link_url, page_address,
 )
+from livetx import storage
 from livetx.auth.tokens import AuthFailure, issue_token, verify_token
 
 from .services import free_port, wait_for_port
@@ -157,3 +158,12 @@ async def test_the_start_up_log_prints_a_link_never_logged_in_full_again(tmp_pat
         output, _ = process.communicate(timeout=30)
     assert code not in output  # the start-up line was read above: nothing after it names the link
     assert output.count(fingerprint(code)) == 2  # signed in, then refused
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_links_count_as_failed_sign_ins(livetx: Any) -> None:
+    server = await livetx("[server]\nfailed_auth_per_minute = 2\n")
+    assert [(await login(server.port, guess))[0] for guess in ("guess1", "guess2")] == [401, 401]
+    code = issue_link_code(storage.jwt_secret(server.options["settings"], server.data_dir))
+    status, body = await login(server.port, code)  # even a good link, until the minute is over
+    assert (status, body["code"]) == (429, "RATE_LIMITED")
