@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from livetx import __version__, config as configuration, storage
 from livetx.auth.keys import KEYS_FILE, CorruptKeyFile, KeyStore, resolve_username
-from livetx.auth.login_links import DEFAULT_USERNAME, LINK_SECONDS, issue_link_code, link_url
+from livetx.auth.login_links import DEFAULT_PAGE, DEFAULT_USERNAME, LINK_SECONDS, issue_link_code, link_url
 from livetx.auth.tokens import issue_token
 
 
@@ -113,7 +113,7 @@ class TokenOptions(_DataDirOptions):
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
         ["ttl", "t", 86400.0, "Seconds until it expires (a --link: always 5 minutes, one use).", float],
-        ["url", None, "http://127.0.0.1:6185/", "With --link: the running server's page address."],
+        ["url", None, DEFAULT_PAGE, "With --link: the running server's page address."],
     ]
 
     def postOptions(self) -> None:

@@ -20,10 +20,11 @@ import treq
 from twisted.internet import reactor
 
 from livetx.auth.login_links import (
-    EXPIRED, INVALID, LINK_SECONDS, USED, LoginLinks, fingerprint, issue_link_code, link_url, page_address,
+    DEFAULT_PAGE, EXPIRED, INVALID, LINK_SECONDS, USED, LoginLinks, fingerprint, issue_link_code, link_url, page_address,
 )
 from livetx import storage
 from livetx.auth.tokens import AuthFailure, issue_token, verify_token
+from livetx.tap import DEFAULT_LISTEN
 
 from .services import free_port, wait_for_port
 from .support import connect, replied
@@ -97,7 +98,7 @@ def test_a_link_is_no_token_and_a_token_is_no_link() -> None:
 
 
 def test_the_page_address_of_a_listen_endpoint() -> None:
-    assert page_address("tcp:6185") == "http://127.0.0.1:6185/"
+    assert page_address(DEFAULT_LISTEN) == DEFAULT_PAGE == "http://127.0.0.1:6185/"
     assert page_address("tcp:port=8080:interface=10.0.0.2") == "http://10.0.0.2:8080/"
     assert page_address("ssl:8443:privateKey=k.pem:certKey=c.pem") == "https://127.0.0.1:8443/"
     assert page_address("tcp6:6185:interface=\\:\\:1") == "http://[::1]:6185/"

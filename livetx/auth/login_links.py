@@ -33,6 +33,8 @@ LINK_SECONDS = 300.0
 SESSION_SECONDS = 12 * 3600.0
 #: Who a link signs in as when nobody says.
 DEFAULT_USERNAME = "web"
+#: Where ``livetx open`` says the page is when not told (``twistd live``'s default --listen).
+DEFAULT_PAGE = "http://127.0.0.1:6185/"
 #: The query parameter of the page's address that carries a link.
 QUERY = "login"
 
