@@ -208,6 +208,12 @@ def main_tab(browser: Any, url: str, link: str, errors: list[str]) -> dict[str, 
     seen["unpaused"] = page.locator("#log .entry").count() - rows
     page.click("#log-clear")
     seen["cleared"] = [page.locator("#log .entry").count(), page.evaluate("window.livetx.log.entries.length")]
+    seen["unlabelled"] = page.evaluate("""[...document.querySelectorAll('input, select, button, meter')]
+        .filter(e => !(e.getAttribute('aria-label') || e.labels.length || e.textContent.trim())).map(e => e.outerHTML)""")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Tab")  # from the keyboard, the focus shows
+    seen["focus"] = page.evaluate("""(e => [e.id, getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineWidth])
+        (document.activeElement)""")
     page.click("#sign-out")
     seen["signed_out"] = {"form_shown": page.is_visible("#connect"),
                           "kept": page.evaluate("sessionStorage.getItem('livetx.credential')")}
@@ -413,6 +419,7 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
                               "data": {"text": "Good morning. The sun is out.", "ts": main["copied"]["data"]["ts"]}}
     assert main["paused"] == {"rows": 0, "pressed": "true"} and main["unpaused"] == 2 and main["cleared"] == [0, 0]
     assert main["signed_out"] == {"form_shown": True, "kept": None}
+    assert main["unlabelled"] == [] and main["focus"][0] and main["focus"][1:] == ["solid", "3px"]
 
     slow_seen = seen["slow"]
     barge = slow_seen["barge_in"]
