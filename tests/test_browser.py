@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 
 from livetx.audio import read_wav, to_wav
 from livetx.auth.login_links import USED
@@ -222,7 +222,7 @@ def main_tab(browser: Any, url: str, link: str, errors: list[str]) -> dict[str, 
     return seen
 
 
-def slow_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str, Any]:
+def slow_tab(browser: Any, url: str, token: str, drop: Callable[[], None], errors: list[str]) -> dict[str, Any]:
     """On a server whose replies take seconds: barge-in by the microphone, Esc, and a dropped socket."""
     seen: dict[str, Any] = {}
     page = token_page(browser, url, token, errors)
@@ -256,7 +256,7 @@ def slow_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str,
     page.fill("#text", LONG_REPLY)
     page.press("#text", "Enter")
     page.wait_for_function("document.querySelectorAll('.msg.bot').length >= 4", timeout=TIMEOUT_MS)
-    page.evaluate("window.livetx.drop()")
+    drop()
     page.wait_for_function(f"window.livetx.stats.reconnects >= 1 && window.livetx.stats.turnsEnded > {ended}",
                            timeout=TIMEOUT_MS)
     seen["resume"] = {
@@ -268,7 +268,7 @@ def slow_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str,
         "first_out_after_drop": page.evaluate("""(() => { const e = window.livetx.log.entries;
             const i = e.findIndex(x => x.note === 'replayed'); return e.slice(0, i).filter(x => x.dir === 'out').pop().t; })()"""),
     }
-    page.evaluate("window.livetx.drop()")  # between turns this time: nothing to replay
+    drop()  # between turns this time: nothing to replay
     page.wait_for_function("window.livetx.stats.reconnects >= 2", timeout=TIMEOUT_MS)
     page.wait_for_function("[...document.querySelectorAll('.msg.notice')].pop().textContent.includes('nothing was missed')",
                            timeout=TIMEOUT_MS)
@@ -337,7 +337,7 @@ def tools_tab(browser: Any, url: str, token: str, errors: list[str]) -> dict[str
 
 
 def drive(sync_playwright: Any, wav: Path, profile: Path, main: tuple[str, str, str],
-          slow: tuple[str, str], tools: tuple[str, str]) -> dict[str, Any]:
+          slow: tuple[str, str, Callable[[], None]], tools: tuple[str, str]) -> dict[str, Any]:
     """Runs in a thread: every tab in one Chromium, as a user would."""
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
@@ -354,6 +354,12 @@ def drive(sync_playwright: Any, wav: Path, profile: Path, main: tuple[str, str, 
                     "tools": tools_tab(browser, *tools, errors), "errors": errors}
         finally:
             browser.close()
+
+
+def cut_off(server: Any) -> None:
+    """The network fails: every socket of ``server`` is dropped at the TCP level, no closing handshake."""
+    for protocol in server.service.getServiceNamed("connections")._open:
+        protocol.transport.abortConnection()
 
 
 def in_order(rows: list[dict[str, Any]]) -> list[str]:
@@ -377,7 +383,8 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     link = run_cli("open", "--data-dir", str(server.data_dir), "--url", page_url, cwd=tmp_path)
     seen = await deferToThread(
         drive, sync_playwright, wav, tmp_path / "profile", (page_url, link, server.token("talker")),
-        (slow.url("/live", scheme="http"), slow.token("slow")), (tools.url("/", scheme="http"), tools.token("tools")),
+        (slow.url("/live", scheme="http"), slow.token("slow"), lambda: blockingCallFromThread(reactor, cut_off, slow)),
+        (tools.url("/", scheme="http"), tools.token("tools")),
     )
     assert seen["errors"] == []
     main = seen["main"]

@@ -724,9 +724,6 @@ $("log-pause").addEventListener("click", () => {
 $("log-clear").addEventListener("click", () => log.clear());
 $("log-export").addEventListener("click", () => log.export());
 
-// For the tests: drop the socket as a network failure would (the page reconnects and resumes).
-window.livetx.drop = () => { if (socket) socket.close(4000, "dropped"); };
-
 // Signed in already in this tab, or by the link in the address: connect at once.
 showSignedIn();
 signInWithLink().then(() => { if (credential()) connect(); });
