@@ -98,7 +98,7 @@ export class EventLog {
       copy.className = "copy";
       copy.addEventListener("click", () => copyText(JSON.stringify(entry.frame), copy));
       details.append(copy, pre);
-    }, { once: false });
+    });
     item.append(details);
     return item;
   }
