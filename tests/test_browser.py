@@ -148,8 +148,10 @@ def main_tab(browser: Any, url: str, link: str, errors: list[str]) -> dict[str, 
     page.press("#text", "Enter")
     page.wait_for_selector("#playback[data-state=playing]", timeout=TIMEOUT_MS)  # shown as it plays
     seen["playing"] = page.inner_text("#playback")
+    seen["first_caption"] = page.inner_text("#caption")  # while the first sentence plays
     page.wait_for_function("window.livetx.stats.turnsEnded >= 1 && window.livetx.stats.chunksScheduled >= 2"
                            " && window.livetx.timeline.turns[0].metrics.wav_to_tts_total_time", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#playback[data-state=idle]", timeout=TIMEOUT_MS)
     seen["text_turn"] = {
         "bot": page.locator(".msg.bot").all_inner_texts(),
         "caption": page.inner_text("#caption"),
@@ -395,8 +397,10 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
 
     text_turn = main["text_turn"]
     assert text_turn["bot"] == ["Good morning. The sun is out."]  # the echo model, streamed as deltas
+    assert text_turn["caption"] == "The sun is out."  # the caption of the last audio chunk played
     assert text_turn["stats"]["chunksScheduled"] == 2 and text_turn["stats"]["secondsScheduled"] > 1.0
     assert in_order(text_turn["rows"]) == STAGES  # the endpoint of a text turn is its send: 0 ms
+    assert main["first_caption"] in ("", "Good morning.")  # never the next sentence's before its audio
     assert re.fullmatch(r"playing \d+\.\d / \d+\.\d s", main["playing"]), main["playing"]
     end_ms = text_turn["rows"][-1]["ms"]
     # The browser's window holds the server's own measure of the turn, and both are a real turn's.

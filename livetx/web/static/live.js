@@ -205,6 +205,7 @@ function replayOver() {
 // -- what the server says ------------------------------------------------------
 
 let botMessage = null;
+let caption = "";        // the last bot_text_chunk: its response is next
 let partial = null;
 let turnRunning = false;
 let serverDetection = false;
@@ -249,8 +250,8 @@ function handle(frame) {
       $("transcript").scrollTop = $("transcript").scrollHeight;
       timeline.mark("delta", frame.turn);
       break;
-    case "bot_text_chunk":  // the caption of the audio chunk that follows
-      $("caption").textContent = data.text;
+    case "bot_text_chunk":  // the caption of the audio chunk that follows, shown as that chunk plays
+      caption = data.text;
       timeline.mark("caption", frame.turn);
       break;
     case "bot_msg":  // a reply without speech: the deltas already showed it
@@ -258,7 +259,7 @@ function handle(frame) {
       break;
     case "response":
       timeline.mark("audio", frame.turn);
-      player.enqueue(data, frame.turn);
+      player.enqueue(data, frame.turn, caption);
       break;
     case "tool_call":
       toolCall(data);
@@ -378,6 +379,7 @@ class Player {
     this.chain = Promise.resolve();
     this.generation = 0;       // bumped by stop(): drops chunks still decoding
     this.heard = [];           // the latest turn's scheduled chunks: {turn, at, duration}
+    this.captions = new Set(); // timers that show each chunk's caption as it starts
   }
 
   unlock() {  // called from a click, so that the browser lets the page play sound
@@ -385,7 +387,7 @@ class Player {
     if (this.ctx.state === "suspended") this.ctx.resume();
   }
 
-  enqueue(base64, turn) {
+  enqueue(base64, turn, caption) {
     this.unlock();
     const ctx = this.ctx;
     const generation = this.generation;
@@ -403,6 +405,11 @@ class Player {
         source.start(at);
         if (this.heard.length && this.heard[0].turn !== turn) this.heard = [];
         this.heard.push({ turn, at, duration: buffer.duration });
+        const timer = setTimeout(() => {
+          this.captions.delete(timer);
+          $("caption").textContent = caption;
+        }, (at - ctx.currentTime) * 1000);
+        this.captions.add(timer);
         this.next = at + buffer.duration;
         this.sources.add(source);
         source.onended = () => this.sources.delete(source);
@@ -427,6 +434,8 @@ class Player {
   stop() {  // returns what was heard of the turn it stops
     const heard = this.cut();
     this.heard = [];
+    this.captions.forEach(clearTimeout);
+    this.captions.clear();
     this.generation++;
     for (const source of this.sources) {
       try { source.stop(); } catch { /* already stopped */ }
