@@ -75,7 +75,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
-    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations = KeyRevocations(keys.revoked_ids, keys.active_ids, reactor)
     revocations.subscribe(connections.close_keys)
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.

@@ -91,7 +91,7 @@ def api_key_gate(keys: KeyStore) -> Gate:
             return refusal("Missing API key", ErrorCode.UNAUTHORIZED)
         record = keys.verify(key, CHAT_SCOPE)
         if record is None:
-            return refusal("Invalid API key", ErrorCode.UNAUTHORIZED)
+            return refusal(keys.refusal(key), ErrorCode.UNAUTHORIZED)
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
             problem = problem or "Invalid username"

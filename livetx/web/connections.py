@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
+from livetx.auth.keys import REVOKED
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
 from livetx.errors import ErrorCode
@@ -148,8 +149,8 @@ class ConnectionTracker(Service):
     def close_keys(self, revoked: frozenset[str]) -> None:
         """Close every socket opened with one of these API keys: they are no longer valid."""
         for protocol in [p for p in self._open if p.admission.key_id in revoked]:
-            protocol.send(protocol._error(ErrorCode.UNAUTHORIZED, "API key revoked"))
-            protocol.close_with(POLICY_VIOLATION, "API key revoked")
+            protocol.send(protocol._error(ErrorCode.UNAUTHORIZED, REVOKED))
+            protocol.close_with(POLICY_VIOLATION, REVOKED)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

@@ -24,7 +24,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.auth.keys import KeyStore, key_from_request, resolve_username
+from livetx.auth.keys import REVOKED, KeyStore, key_from_request, resolve_username
 from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTurn, Event
 from livetx.config import ServerConfig
 from livetx.errors import ErrorCode
@@ -128,7 +128,9 @@ class APIResource(Resource):
         if key is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
+            reason = self.keys.refusal(key)
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED,
+                            reason if reason == REVOKED else f"{reason}, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
