@@ -32,7 +32,7 @@ from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
 from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
-from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
+from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate, key_looked_up
 from livetx.web.connections import ConnectionTracker
 from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
@@ -94,7 +94,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
             "jwt_unified": guarded(jwt_gate(secret, None), failures=failures, origins=origins),
-            "api_key": guarded(api_key_gate(keys), failures=failures, notice=True),
+            "api_key": key_looked_up(keys, guarded(api_key_gate(keys), failures=failures, notice=True)),
         },
         engines=engines,
         limits=settings.server,

@@ -15,6 +15,7 @@ from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServer
 from autobahn.websocket.protocol import WebSocketProtocol
 from hyperlink import EncodedURL
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -25,7 +26,9 @@ from twisted.web.server import Request, Site
 
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
+from livetx.errors import ErrorCode
 from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site
+from livetx.web.replies import HTTPError
 
 
 def parameters(function: Callable[..., Any]) -> list[str]:
@@ -219,3 +222,42 @@ def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
         clock.advance(0.5)
         slow_body.dataReceived(b"a")
     assert not transport.disconnecting  # the body: an idle timeout, as before
+
+
+class Looked(Form):
+    """A route that must look something up before it judges a request (a key this node has not seen)."""
+
+    def __init__(self, allow: bool) -> None:
+        super().__init__()
+        self.waiting: Deferred[None] = Deferred()
+        self.allow = allow
+
+    def lookup(self, request: Request) -> Deferred[None]:
+        return self.waiting
+
+    def check_headers(self, request: Request) -> None:
+        if not self.allow:
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Invalid API key")
+
+    def render_POST(self, request: Request) -> bytes:
+        content = request.content
+        assert content is not None
+        return b"body=" + content.read()
+
+
+def test_a_request_waits_for_its_routes_lookup_reading_nothing_more() -> None:
+    """Pausing the channel and holding what it had read are what GuardedRequest relies on."""
+    for allow in (True, False):
+        route = Looked(allow)
+        site = make_site(route, admit=lambda addr: lambda: None)
+        channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        channel.callLater = Clock().callLater
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        assert transport.value() == b"" and transport.producerState == "paused"
+        route.waiting.callback(None)
+        if allow:
+            assert transport.value().endswith(b"body=hello") and transport.producerState == "producing"
+        else:
+            assert transport.value().startswith(b"HTTP/1.1 401 ") and transport.disconnecting

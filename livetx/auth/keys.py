@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from livetx.auth._files import write_private
@@ -161,6 +162,14 @@ class KeyStore:
         if found is None or found.revoked_at is not None or scope not in found.scopes:
             return None
         return found
+
+    def lookup(self, key: str | None) -> Deferred[None] | None:
+        """A look for ``key`` beyond the copy in memory, to wait for before judging it (None: none needed).
+
+        The key file is re-read whenever it changes, so a fresh key is always
+        seen here; the PostgreSQL store's copy lags, and asks the database.
+        """
+        return None
 
     def refusal(self, key: str) -> str:
         """Why ``key`` is refused: revoked keys say so, the same words as their closed sockets."""

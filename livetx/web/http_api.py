@@ -76,6 +76,10 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
             "input_type": message.input_type, "metrics": message.metrics}
 
 
+def _headers(request: Request) -> dict[str, str]:
+    return {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
+
+
 class APIResource(Resource):
     """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
 
@@ -113,9 +117,12 @@ class APIResource(Resource):
         self.authenticate(request)
         request.checked = True  # type: ignore[attr-defined]
 
+    def lookup(self, request: Request) -> Deferred[None] | None:
+        """A key this node's copy lacks is looked up before the request is judged (a key made a moment ago)."""
+        return self.keys.lookup(key_from_request({}, _headers(request)))
+
     def authenticate(self, request: Request) -> None:
-        headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
-        key = key_from_request({}, headers)
+        key = key_from_request({}, _headers(request))
         verify = functools.partial(self.keys.verify, key, self.scope)
         try:
             if self.failures is None:

@@ -30,7 +30,7 @@ from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
+from livetx.web.admission import Admission, FrameRate, Verdict, WaitingGate, refusal
 from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer, user_key
 
 if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
@@ -67,9 +67,14 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     # Autobahn waits for a Deferred from onConnect (txaio.as_future); its annotation omits that.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
-        self.admission = self.factory.gate(request)
+        admitted = self.factory.gate(request)
+        if isinstance(admitted, Deferred):  # a key looked up first (key_looked_up)
+            return admitted.addCallback(self._admitted)
+        return self._admitted(admitted)
+
+    def _admitted(self, admission: Admission) -> Deferred[None] | None:
+        self.admission = admission
         shared = self.factory.connections.shared
-        admission = self.admission
         if shared is None or admission.refusal is not None or admission.username is None:
             return None
         limits = self.factory.limits
@@ -317,7 +322,7 @@ class LiveServerFactory(WebSocketServerFactory):
     def __init__(
         self,
         *,
-        gate: Gate,
+        gate: WaitingGate,
         engines: Engines,
         limits: ServerConfig,
         connections: ConnectionTracker,

@@ -14,7 +14,7 @@ from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
 from livetx.metrics import ServerMetrics
 from livetx.fences.twisted_web import Upgrade, make_site
-from livetx.web.admission import AddressLimit, Gate
+from livetx.web.admission import AddressLimit, WaitingGate
 from livetx.web.connections import ConnectionTracker
 from livetx.web.protocol import LiveServerFactory, echo_factory, memory_journals
 
@@ -70,7 +70,7 @@ def _mount(root: Resource, path: str, leaf: IResource) -> None:
 
 def build_site(
     *,
-    gates: dict[str, Gate],
+    gates: dict[str, WaitingGate],
     engines: Engines,
     limits: ServerConfig,
     connections: ConnectionTracker,
