@@ -28,6 +28,7 @@ from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
+from livetx.lastresort import EXIT_MARGIN, StoppingRoot
 from livetx.metrics import ServerMetrics
 from livetx.providers.factory import build_engines
 from livetx.storage import open_storage, secret_to_create
@@ -112,7 +113,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         echo=echo,
         journals=journals,
     )
-    root = MultiService()
+    # Past grace and a margin a shutdown that hangs still ends, saying what it waited for.
+    root = StoppingRoot(settings.server.shutdown_grace + EXIT_MARGIN, reactor)
     # Stopped in reverse order: (the caller's ports,) open sockets (running
     # turns get [server] shutdown_grace to finish), then, once they are
     # drained, the store (after its queued writes) and the upstream pool.
