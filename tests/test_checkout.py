@@ -1,12 +1,17 @@
-"""Children the tests start run the checkout (issue 27, item 18)."""
+"""The suite runs the checkout (issue 27, item 18) with every engine installed (item 20)."""
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
-from .checkout import CHECKOUT, foreign_modules, with_checkout
+import pytest
+
+from .checkout import CHECKOUT, EXTRAS, foreign_modules, require, with_checkout
 from .test_twistd import TWISTD
 
 
@@ -31,3 +36,18 @@ def test_a_child_importing_another_livetx_is_noticed(tmp_path: Path) -> None:
 def test_the_checkout_is_put_first_once() -> None:
     env = with_checkout({"PYTHONPATH": os.pathsep.join(["/a", str(CHECKOUT), "/b"])})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(CHECKOUT), "/a", "/b"]
+
+
+def test_tox_installs_the_extras_the_readme_installs() -> None:
+    """``tox`` runs the same suite as the README's command: Piper's tests must not skip there."""
+    readme = (CHECKOUT / "README.md").read_text()
+    (installed,) = re.findall(r"pip install -e '\.\[([a-z,]+)\]'", readme.split("<!-- test-command -->")[1])
+    tox = configparser.ConfigParser()
+    tox.read(CHECKOUT / "tox.ini")
+    assert tox["testenv"]["extras"].split() == installed.split(",") == EXTRAS.split(",")
+
+
+def test_a_missing_engine_fails_the_test_saying_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "piper", None)  # import piper now raises ImportError
+    with pytest.raises(pytest.fail.Exception, match=r"piper is not installed .*pip install -e '\.\[test,piper,whisper\]'"):
+        require("piper")
