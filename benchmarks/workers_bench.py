@@ -134,14 +134,7 @@ def measure(name: str, args: argparse.Namespace, redis: str | None, workers: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=40)
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=40)
-    parser.add_argument("--sentences", type=int, default=5)
-    parser.add_argument("--json", help="write the summaries to this file")
-    args = parser.parse_args()
+    args = sc.load_arguments(__doc__.split("\n\n")[0], connections=40).parse_args()
     live_client.raise_nofile_limit()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
