@@ -91,3 +91,23 @@ async def test_a_compression_bomb_is_closed_with_1009_and_never_inflated_in_full
         tracemalloc.stop()
     assert client.close_code == 1009
     assert peak < 8 << 20, peak  # at most the limit's worth inflated, not 64 MiB
+
+
+@pytest_twisted.ensureDeferred
+async def test_audio_is_sent_uncompressed_and_text_compressed(livetx: Any) -> None:
+    """Base64 audio gains little from deflate and costs most of its CPU (benchmarks/RESULTS.md)."""
+    server = await livetx(COMPRESSED)  # the default speech engine: eSpeak NG, `response` frames
+    client = await connect(server.url(LIVE, token=server.token()), **OFFER)
+    compressed: list[tuple[str, bool]] = []
+    record = client.onMessage
+
+    def on_message(payload: bytes, is_binary: bool) -> None:
+        record(payload, is_binary)
+        # Autobahn's flag for the message just read: its first frame had RSV1 set.
+        compressed.append((client.frames[-1]["t"], client._isMessageCompressed))
+
+    client.onMessage = on_message  # type: ignore[method-assign]
+    assert replied(await client.turn("say something short"))
+    assert {kind for kind, deflated in compressed if not deflated} == {"response"}
+    assert {"user_msg", "bot_delta_chunk"} <= {kind for kind, deflated in compressed if deflated}
+    await client.close_and_wait()
