@@ -30,16 +30,16 @@ from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
 from livetx.lastresort import EXIT_MARGIN, StoppingRoot
 from livetx.metrics import ServerMetrics
-from livetx.providers.factory import build_engines
+from livetx.engines import build_engines
 from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate, key_looked_up
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
 from livetx.web.site import build_site
+from livetx.web.sockets import memory_journals
 
 _log = Logger()
 
@@ -63,7 +63,12 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
                   path=str(fresh))
     http, pool = make_http_client(reactor)
-    engines = build_engines(settings, http, reactor, data_dir)
+    mcp = None
+    if settings.tools.mcp:  # imported only when configured: no MCP SDK in a server without MCP servers
+        from livetx.tools.mcp_servers import MCPTools
+
+        mcp = MCPTools(settings.tools, reactor)
+    engines = build_engines(settings, http, reactor, data_dir, mcp=mcp)
     metrics = ServerMetrics()
     node = None
     if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
@@ -71,8 +76,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
 
         node = ClusterNode(settings.cluster.redis, reactor)
         node.setName("cluster")
-    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended,
-                       relay=node.relay if node is not None else None)
+    chat = ChatService(store=store, engines=engines, clock=reactor, relay=node.relay if node is not None else None)
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
@@ -82,6 +86,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     probes = dict(storage.probes)
+    mcp_probes = mcp.probes() if mcp is not None else {}
+    probes.update(mcp_probes)
     resume = settings.cluster
     journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
     if node is not None:  # limits, revocation, readiness and resume through Redis
@@ -104,9 +110,10 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         chat=chat,
         memories=live_memories(store),
         routes={
-            **api_routes(keys, store, chat, settings.server, failures),
+            **api_routes(keys, store, chat, settings.server, failures, metrics),
             # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
+            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
+                         optional=("redis", *mcp_probes)),
             **page_routes(),
         },
         metrics=metrics,
@@ -120,6 +127,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # drained, the store (after its queued writes) and the upstream pool.
     Closing(pool.closeCachedConnections, after=connections.drained).setServiceParent(root)
     Closing(store.close, after=connections.drained).setServiceParent(root)
+    if mcp is not None:  # its servers stop once running turns no longer call them
+        Closing(mcp.close, after=connections.drained).setServiceParent(root)
     if node is not None:
         node.setServiceParent(root)  # leaves once the sockets have given their slots back
     connections.setServiceParent(root)

@@ -15,7 +15,7 @@ from autobahn.websocket.compress import (
 )
 from twisted.internet import reactor
 
-from livetx.web.protocol import DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS, accept_deflate
+from livetx.web.sockets import DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS, accept_deflate
 
 from .support import connect, replied
 from .test_live_ws import LIVE
