@@ -65,6 +65,8 @@ class ServerConfig:
     max_connections_per_address: int = 128
     #: Apply ``max_connections_per_address`` to loopback too (a local proxy, tests and benchmarks come from there).
     limit_loopback: bool = False
+    #: Negotiate permessage-deflate with clients that offer it (small windows; see docs/security.md).
+    compression: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
+from livetx.lastresort import EXIT_MARGIN, StoppingRoot
 from livetx.metrics import ServerMetrics
 from livetx.engines import build_engines
 from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
-from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
+from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate, key_looked_up
 from livetx.web.connections import ConnectionTracker
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
@@ -79,7 +80,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
-    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations = KeyRevocations(keys.revoked_ids, keys.active_ids, reactor)
     revocations.subscribe(connections.close_keys)
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
@@ -100,7 +101,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
             "jwt_unified": guarded(jwt_gate(secret, None), failures=failures, origins=origins),
-            "api_key": guarded(api_key_gate(keys), failures=failures, notice=True),
+            "api_key": key_looked_up(keys, guarded(api_key_gate(keys), failures=failures, notice=True)),
         },
         engines=engines,
         limits=settings.server,
@@ -119,7 +120,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         echo=echo,
         journals=journals,
     )
-    root = MultiService()
+    # Past grace and a margin a shutdown that hangs still ends, saying what it waited for.
+    root = StoppingRoot(settings.server.shutdown_grace + EXIT_MARGIN, reactor)
     # Stopped in reverse order: (the caller's ports,) open sockets (running
     # turns get [server] shutdown_grace to finish), then, once they are
     # drained, the store (after its queued writes) and the upstream pool.

@@ -79,6 +79,14 @@ class ClusterNode(Service):
         return (waiter_for(self._after) if self._after is not None else succeed(None)).addCallback(leave)
 
     def ping(self) -> Deferred[None]:
-        """For ``/readyz``: fails when Redis does not answer."""
+        """For ``/readyz``: fails when Redis does not answer, or while this node's subscriptions are down.
+
+        Redis is back for a node once both its connections are: commands, and
+        the subscriptions that carry revocations and the chat relay.
+        """
         d = self.redis.ping()
-        return d.addCallback(lambda _: None)
+        return d.addCallback(self._subscribed)
+
+    def _subscribed(self, _: Any) -> None:
+        if not self.redis.subscribing:
+            raise ConnectionError(f"not subscribed to Redis at {self.redis.where}")

@@ -16,6 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from livetx.auth.keys import REVOKED
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
 from livetx.errors import CloseCode
@@ -150,7 +151,7 @@ class ConnectionTracker(Service):
     def close_keys(self, revoked: frozenset[str]) -> None:
         """Close every socket opened with one of these API keys: they are no longer valid."""
         for protocol in [p for p in self._open if p.admission.key_id in revoked]:
-            protocol.revoke("API key revoked")
+            protocol.revoke(REVOKED)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

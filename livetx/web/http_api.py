@@ -22,7 +22,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.auth.keys import KeyStore, key_from_request, resolve_username
+from livetx.auth.keys import REVOKED, KeyStore, key_from_request, resolve_username
 from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService
 from livetx.config import ServerConfig
 from livetx.errors import ErrorCode, LivetxError
@@ -75,6 +75,10 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
             "input_type": message.input_type, "metrics": message.metrics}
 
 
+def _headers(request: Request) -> dict[str, str]:
+    return {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
+
+
 class APIResource(Resource):
     """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
 
@@ -110,9 +114,12 @@ class APIResource(Resource):
         self.authenticate(request)
         request.checked = True  # type: ignore[attr-defined]
 
+    def lookup(self, request: Request) -> Deferred[None] | None:
+        """A key this node's copy lacks is looked up before the request is judged (a key made a moment ago)."""
+        return self.keys.lookup(key_from_request({}, _headers(request)))
+
     def authenticate(self, request: Request) -> None:
-        headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
-        key = key_from_request({}, headers)
+        key = key_from_request({}, _headers(request))
         verify = functools.partial(self.keys.verify, key, self.scope)
         if self.failures is None:
             record = verify()
@@ -122,7 +129,9 @@ class APIResource(Resource):
         if key is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
+            reason = self.keys.refusal(key)
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED,
+                            reason if reason == REVOKED else f"{reason}, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
