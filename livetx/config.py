@@ -164,6 +164,11 @@ class ClusterConfig:
     #: Resume (docs/protocol-extensions.md): how long, and how many, frames of a session are kept.
     resume_seconds: float = 120.0
     resume_frames: int = 2000
+    #: Bytes of frames kept per session, and over the sessions of one API key (or token user).
+    resume_session_bytes: int = 8 * 1024 * 1024
+    resume_quota_bytes: int = 32 * 1024 * 1024
+    #: A larger frame is kept as an ``omitted`` marker (a ``user_msg`` echoing a long text).
+    resume_frame_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -82,11 +82,11 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     probes = dict(storage.probes)
     resume = settings.cluster
-    journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
+    journals = memory_journals(reactor, resume)
     if node is not None:  # limits, revocation, readiness and resume through Redis
         node.join(connections, keys)
         failures = node.failed_auth(settings.server.failed_auth_per_minute)
-        shared = node.journals(resume.resume_seconds, resume.resume_frames)
+        shared = node.journals(resume)
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from livetx import __version__
 from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
-from livetx.config import ServerConfig
+from livetx.config import ClusterConfig, ServerConfig
 from livetx.domain import Engines, MemoryOpener
 from livetx.errors import ErrorCode, SessionForbidden
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
@@ -217,7 +217,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             from livetx.web.resume import Resumable
 
             self.resumable = Resumable(self.factory.journals(), self.admission.username or "", self.factory.clock,
-                                       self.send, self._error, heard=self.frames_in > 1)
+                                       self.send, self._error, heard=self.frames_in > 1,
+                                       quota=self.admission.key_id or self.admission.username or "")
         return self.resumable
 
     def _refuse_while_draining(self) -> None:
@@ -363,14 +364,14 @@ def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
     return factory
 
 
-def memory_journals(clock: IReactorTime, seconds: float = 120.0, limit: int = 2000) -> Callable[[], Journals]:
+def memory_journals(clock: IReactorTime, cluster: ClusterConfig = ClusterConfig()) -> Callable[[], Journals]:
     """One process's resume journal, made (and its module imported) for the first socket that opts in."""
 
     @functools.cache
     def made() -> Journals:
-        from livetx.live.journal import MemoryJournals
+        from livetx.live.journal import Budget, MemoryJournals
 
-        return MemoryJournals(clock, seconds, limit)
+        return MemoryJournals(clock, cluster.resume_seconds, budget=Budget.of(cluster))
 
     return made
 

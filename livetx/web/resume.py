@@ -36,9 +36,11 @@ class Resumable:
     """Numbering, resuming and outliving a drop, for one socket."""
 
     def __init__(self, journals: Journals, username: str, clock: IReactorTime, send: Send,
-                 error: Callable[[ErrorCode, str], Frame], heard: bool = False) -> None:
+                 error: Callable[[ErrorCode, str], Frame], heard: bool = False, quota: str | None = None) -> None:
         self._journals = journals
         self._username = username
+        #: Whose byte budget the journal counts this socket's frames against (its API key, or its user).
+        self._quota = quota or username
         self._clock = clock
         self._send = send
         self._error = error
@@ -64,7 +66,7 @@ class Resumable:
     def _settings_changed(self, frame: Frame) -> Frame:
         wanted = bool(frame.get("data", {}).get("resume"))
         if wanted and self.writer is None and self.tail is None:
-            self.writer = self._journals.open(self._username)
+            self.writer = self._journals.open(self._username, quota=self._quota)
         elif not wanted and self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -109,7 +111,7 @@ class Resumable:
         """The resumed turn is over: this socket writes on under the same id."""
         if self.tail is tail:
             self.tail = None
-            self.writer = self._journals.open(self._username, session_id, last)
+            self.writer = self._journals.open(self._username, session_id, last, self._quota)
             if tail.lost:  # the process running it was killed: say so, and end the turn
                 self.out(self._error(ErrorCode.INTERNAL_ERROR, "the server running this turn stopped; "
                                      "the stored history has what was saved"))
