@@ -96,6 +96,8 @@ class LLMConfig(ServiceConfig):
         "You are a friendly voice assistant. Answer in a few short spoken sentences."
     )
     history_turns: int = 20
+    #: Of those turns, only the newest that fit in this many bytes are sent (and kept for sending).
+    context_bytes: int = 256 * 1024
     echo_delay: float = 0.0
     #: The model accepts images: chat attachments of type image/* are sent to it.
     vision: bool = False

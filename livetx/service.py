@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -150,9 +151,11 @@ class FreezeStartup(Service):
     every full collection walked them again, a stall that every turn in
     flight waited through (benchmarks/RESULTS.md says how long).
     Garbage is collected first, so nothing unreachable is kept for good;
-    then glibc hands back the heap pages that start-up freed, where it can.
-    A server started inside a process whose reactor already runs (tests,
-    an embedding program) leaves that process's collector alone.
+    then glibc hands back the heap pages that start-up freed, where it can,
+    and is told to keep serving large blocks from ``mmap`` (see
+    :func:`_return_large_blocks`). A server started inside a process whose
+    reactor already runs (tests, an embedding program) leaves that process's
+    collector and allocator alone.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -167,17 +170,38 @@ class FreezeStartup(Service):
     def _freeze() -> None:
         gc.collect()
         gc.freeze()
-        _trim_heap()
+        _glibc("malloc_trim", 0)
+        _return_large_blocks()
 
 
-def _trim_heap() -> None:
-    """Return free heap memory to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+#: glibc's ``mallopt`` parameter for the size from which a block gets its own ``mmap``.
+M_MMAP_THRESHOLD = -3
+#: glibc's initial threshold, kept fixed.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _return_large_blocks() -> None:
+    """Keep glibc serving blocks of 128 KiB and more with ``mmap``, so that freeing them returns them.
+
+    glibc starts so, but raises the threshold (up to 32 MiB) to the size of
+    each such block freed: after one long text turn, the multi-megabyte
+    strings of the next ones (the text, its echo, its JSON) come from the
+    main heap, whose freed middle is never handed back, and RSS climbed by
+    hundreds of MB a round under large turns (issue 27.2). Fixing the
+    threshold is what ``MALLOC_MMAP_THRESHOLD_=131072`` does; an operator
+    who set that (or another value) keeps their choice.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _glibc("mallopt", M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _glibc(function: str, *args: int) -> None:
+    """Call one of glibc's allocator functions; a no-op elsewhere (musl, macOS)."""
     try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: musl, macOS
+        call = getattr(ctypes.CDLL(None), function)
+    except (OSError, AttributeError):
         return
-    trim(0)
+    call(*args)
 
 
 class WarmUp(Service):

@@ -83,7 +83,7 @@ class LiveSession:
         self._metrics = MetricsFrames(self._send_metrics)
         self._report: TurnListener = self._metrics if listener is None else Listeners(self._metrics, listener)
         self.settings = Settings()
-        self._conversation = Conversation(username, engines.history_turns, memory)
+        self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
 
     @property
     def history(self) -> tuple[Exchange, ...]:
