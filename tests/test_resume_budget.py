@@ -8,6 +8,7 @@ journal is in a real Redis.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,21 @@ async def test_a_flood_of_large_turns_from_one_key_keeps_redis_within_the_budget
     finally:
         await redis.close()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_discarded_journal_leaves_redis_and_its_quota(redis_server: RedisServer) -> None:
+    """The fresh journal of a ``?resume=1`` socket that resumed another session instead (issue 27.9)."""
+    redis = Redis(redis_server.url, reactor)
+    try:
+        journals = RedisJournals(redis, reactor, "node-1", budget=SMALL)
+        kept, fresh = journals.open("ann"), journals.open("ann")
+        kept.append(chunk(0))
+        fresh.append({"t": "session_updated", "data": {"resume": True}})
+        fresh.discard()
+        await redis.ping()
+        assert await redis.command("EXISTS", f"livetx:journal:{fresh.session_id}") == 0
+        assert int(await redis.command("HGET", "livetx:journal-quota:ann:counts", "bytes")) == \
+            len(json.dumps({**chunk(0), "seq": 1}, separators=(",", ":")))
+    finally:
+        await redis.close()

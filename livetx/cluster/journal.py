@@ -77,6 +77,17 @@ redis.call('PUBLISH', KEYS[3], 'f' .. (ARGV[10] ~= '' and ARGV[10] or ARGV[2]))
 return 0
 """
 
+#: A journal nobody will resume: its frames leave the quota's count and its keys go.
+_DISCARD = """
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  local member = ARGV[1] .. ' ' .. string.match(entry[1], '^(%d+)') .. ' ' .. fields[4] .. ' ' .. fields[2]
+  if redis.call('ZREM', KEYS[3], member) == 1 then redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(fields[4])) end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 0
+"""
+
 _RELEASE = """
 redis.call('HSET', KEYS[1], 'released', '1', 'last', ARGV[1])
 redis.call('PUBLISH', KEYS[2], 'r' .. ARGV[1])
@@ -148,6 +159,12 @@ class RedisWriter:
             self._j.redis.unsubscribe(self._keys.interrupts, self._interrupt)
             self._interrupt = None
         self._j.run(_RELEASE, [self._keys.meta, self._keys.frames], [self._seq])
+
+
+    def discard(self) -> None:
+        self.release()
+        keys = self._keys
+        self._j.run(_DISCARD, [keys.stream, keys.meta, keys.quota_frames, keys.quota_counts], [self.session_id])
 
 
 class RedisTail:

@@ -97,6 +97,9 @@ class Writer(Protocol):
     def release(self) -> None:
         """No more frames from this writer (the socket closed, or its detached turn ended)."""
 
+    def discard(self) -> None:
+        """No more frames, and forget those written: the socket resumed another session instead."""
+
 
 class Tail(Protocol):
     """The resuming side: missed frames were delivered; the rest arrive until ``done``."""
@@ -166,6 +169,10 @@ class _MemoryWriter:
         for tail in tails:
             tail.done.callback(log.seq)
 
+    def discard(self) -> None:
+        self.release()
+        self._journals.forget(self._log)
+
 
 class _MemoryTail:
     def __init__(self, log: _Log, deliver: Deliver) -> None:
@@ -234,6 +241,12 @@ class MemoryJournals:
         while self._quota_bytes.get(log.quota, 0) > budget.quota_bytes:
             self._drop_oldest(min(self._quotas[log.quota].values(), key=lambda held: held.entries[0][0]))
 
+    def forget(self, log: _Log) -> None:
+        """A journal nobody will resume: its frames go now, not at the end of its window."""
+        self._logs.pop(log.session_id, None)
+        while log.entries:
+            self._drop_oldest(log)
+
     def _drop_oldest(self, log: _Log) -> None:
         _, _, size = log.entries.popleft()
         log.bytes -= size
@@ -276,7 +289,5 @@ class MemoryJournals:
         if now - self._swept < SWEEP_EVERY:
             return
         self._swept = now
-        for session_id in [s for s, log in self._logs.items() if log.released and now - log.last > self._seconds]:
-            log = self._logs.pop(session_id)
-            while log.entries:
-                self._drop_oldest(log)
+        for log in [log for log in self._logs.values() if log.released and now - log.last > self._seconds]:
+            self.forget(log)

@@ -90,8 +90,10 @@ class Resumable:
         return False
 
     def _resume(self, frame: Frame, first: bool) -> None:
+        # First, even on a socket opened with ``?resume=1`` (a reconnecting client
+        # opens the URL it had): its fresh journal holds only ``session_updated``.
         session_id, seq = frame.get("session_id"), frame.get("seq")
-        if not first or self.writer is not None:
+        if not first:
             self._send(self._error(ErrorCode.INVALID_STATE, "resume must be the first frame on a socket"))
             return
         if not isinstance(session_id, str) or not session_id:
@@ -104,6 +106,9 @@ class Resumable:
         d.addCallbacks(self._resumed, self._refused, callbackArgs=(session_id,))
 
     def _resumed(self, tail: Tail, session_id: str) -> None:
+        if self.writer is not None:  # the fresh session of ``?resume=1``: the resumed one replaces it
+            self.writer.discard()
+            self.writer = None
         self.tail = tail
         tail.done.addCallback(self._take_over, tail, session_id)
 
