@@ -104,7 +104,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         chat=chat,
         memories=live_memories(store),
         routes={
-            **api_routes(keys, store, chat, settings.server, failures),
+            **api_routes(keys, store, chat, settings.server, failures, connections.hold),
             # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
             **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
             **page_routes(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Callable, cast
 
 import multipart
 from autobahn.twisted.util import peer2str
@@ -265,10 +265,13 @@ class ChatResource(APIResource):
 
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig) -> None:
+    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+                 hold: Callable[[Deferred[None]], None] | None = None) -> None:
         super().__init__(keys, store)
         self.chat = chat
         self.limits = limits
+        #: Keeps a stopping server up until a stream's last bytes are out (``ConnectionTracker.hold``).
+        self.hold = hold
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
@@ -288,9 +291,16 @@ class ChatResource(APIResource):
             raise HTTPError(503, ErrorCode.PROCESSING_ERROR, "server is shutting down")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        stream = EventStream(request, self.limits.max_send_buffer_bytes)
+        stream = EventStream(request, self.limits.max_send_buffer_bytes, self._last_bytes)
         stream.follow(self.chat.start(chat_request, stream.deliver))
         return NOT_DONE_YET
+
+    def _last_bytes(self, channel: Any) -> None:
+        """A stream ended: while the server stops, close its connection once written, and wait for that."""
+        lost = getattr(channel, "notify_lost", None)
+        if self.chat.draining and self.hold is not None and lost is not None:
+            self.hold(lost())
+            channel.transport.loseConnection()  # after what is buffered is written
 
 
 class EventStream:
@@ -300,8 +310,10 @@ class EventStream:
     a live turn's (:meth:`livetx.live.session.LiveSession.pause_output`).
     """
 
-    def __init__(self, request: Request, limit: int) -> None:
+    def __init__(self, request: Request, limit: int, ended: Callable[[Any], None] | None = None) -> None:
         self._request = request
+        #: Told (with the HTTP channel) once the response is finished; its last bytes may still be buffered.
+        self._ended = ended
         self._turn: ChatTurn | None = None
         self._buffer = SendBuffer(limit, pause=self._pause, resume=self._resume)
         self.open = True
@@ -337,8 +349,11 @@ class EventStream:
             return
         self._request.write(data)
         if event.get("type") == "end":
+            channel = self._request.channel
             self._close()
             self._request.finish()
+            if self._ended is not None:
+                self._ended(channel)
 
     def _close(self) -> None:
         self.open = False
@@ -357,11 +372,12 @@ class EventStream:
 
 
 def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               limits: ServerConfig, failures: FailedAuth | None = None) -> dict[str, Resource]:
+               limits: ServerConfig, failures: FailedAuth | None = None,
+               hold: Callable[[Deferred[None]], None] | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        "/api/v1/chat": ChatResource(keys, store, chat, limits),
+        "/api/v1/chat": ChatResource(keys, store, chat, limits, hold),
         "/api/v1/chat/sessions": SessionsResource(keys, store),
         "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }
