@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 
 from livetx.providers.base import LLMError
-from livetx.tools.openai_calls import MAX_ARGUMENTS, MAX_NAME, MAX_PIECES, ToolCallAccumulator
+from livetx.providers.openai_calls import MAX_ARGUMENTS, MAX_NAME, MAX_PIECES, ToolCallAccumulator
 
 from . import tool_fixtures
 from .support import connect
