@@ -14,7 +14,7 @@ what the server does about them:
 - a valid turn afterwards still completes.
 
 The default run is short (CI, about 2 s); ``tox -e fuzz`` runs 3,000
-examples (``LIVETX_FUZZ_EXAMPLES``), about 6 minutes on a 2-core machine.
+examples (``LIVETX_FUZZ_EXAMPLES``), about a minute on a 2-core machine (62 s measured).
 """
 
 from __future__ import annotations
