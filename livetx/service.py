@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -89,11 +90,11 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     mcp_probes = mcp.probes() if mcp is not None else {}
     probes.update(mcp_probes)
     resume = settings.cluster
-    journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
+    journals = memory_journals(reactor, resume)
     if node is not None:  # limits, revocation, readiness and resume through Redis
         node.join(connections, keys)
         failures = node.failed_auth(settings.server.failed_auth_per_minute)
-        shared = node.journals(resume.resume_seconds, resume.resume_frames)
+        shared = node.journals(resume)
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
@@ -110,7 +111,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         chat=chat,
         memories=live_memories(store),
         routes={
-            **api_routes(keys, store, chat, settings.server, failures, metrics),
+            **api_routes(keys, store, chat, settings.server, failures, metrics, connections.hold),
             # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
             **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
                          optional=("redis", *mcp_probes)),
@@ -161,9 +162,11 @@ class FreezeStartup(Service):
     every full collection walked them again, a stall that every turn in
     flight waited through (benchmarks/RESULTS.md says how long).
     Garbage is collected first, so nothing unreachable is kept for good;
-    then glibc hands back the heap pages that start-up freed, where it can.
-    A server started inside a process whose reactor already runs (tests,
-    an embedding program) leaves that process's collector alone.
+    then glibc hands back the heap pages that start-up freed, where it can,
+    and is told to keep serving large blocks from ``mmap`` (see
+    :func:`_return_large_blocks`). A server started inside a process whose
+    reactor already runs (tests, an embedding program) leaves that process's
+    collector and allocator alone.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -178,17 +181,38 @@ class FreezeStartup(Service):
     def _freeze() -> None:
         gc.collect()
         gc.freeze()
-        _trim_heap()
+        _glibc("malloc_trim", 0)
+        _return_large_blocks()
 
 
-def _trim_heap() -> None:
-    """Return free heap memory to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+#: glibc's ``mallopt`` parameter for the size from which a block gets its own ``mmap``.
+M_MMAP_THRESHOLD = -3
+#: glibc's initial threshold, kept fixed.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _return_large_blocks() -> None:
+    """Keep glibc serving blocks of 128 KiB and more with ``mmap``, so that freeing them returns them.
+
+    glibc starts so, but raises the threshold (up to 32 MiB) to the size of
+    each such block freed: after one long text turn, the multi-megabyte
+    strings of the next ones (the text, its echo, its JSON) come from the
+    main heap, whose freed middle is never handed back, and RSS climbed by
+    hundreds of MB a round under large turns (issue 27.2). Fixing the
+    threshold is what ``MALLOC_MMAP_THRESHOLD_=131072`` does; an operator
+    who set that (or another value) keeps their choice.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _glibc("mallopt", M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _glibc(function: str, *args: int) -> None:
+    """Call one of glibc's allocator functions; a no-op elsewhere (musl, macOS)."""
     try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: musl, macOS
+        call = getattr(ctypes.CDLL(None), function)
+    except (OSError, AttributeError):
         return
-    trim(0)
+    call(*args)
 
 
 class WarmUp(Service):

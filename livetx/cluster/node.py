@@ -18,9 +18,11 @@ from twisted.internet.task import LoopingCall
 from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import HEARTBEAT_TTL, ConnectionSlots, SharedFailedAuth
 from livetx.cluster.redis import Redis, warn_unreachable
+from livetx.config import ClusterConfig
 from livetx.cluster.relay import ChatRelay
 from livetx.cluster.revocation import CHANNEL as REVOKED
 from livetx.deferreds import waiter_for
+from livetx.live.journal import Budget
 from livetx.web.connections import ConnectionTracker
 
 
@@ -47,9 +49,10 @@ class ClusterNode(Service):
             self.on_revoked(lambda _: refresh())
         self._after = connections.drained
 
-    def journals(self, seconds: float, limit: int) -> RedisJournals:
+    def journals(self, cluster: ClusterConfig) -> RedisJournals:
         """The resume journal, shared by every process."""
-        return RedisJournals(self.redis, self.reactor, self.node, seconds, limit, self.prefix)
+        return RedisJournals(self.redis, self.reactor, self.node, cluster.resume_seconds, prefix=self.prefix,
+                             budget=Budget.of(cluster))
 
     def failed_auth(self, limit: int) -> SharedFailedAuth:
         return SharedFailedAuth(limit, self.reactor, self.redis, self.prefix)

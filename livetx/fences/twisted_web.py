@@ -178,6 +178,13 @@ class GuardedChannel(HTTPChannel):
 
     release: Callable[[], None] | None = None
     _in_headers = True
+    _lost: list[Deferred[None]] | None = None
+
+    def notify_lost(self) -> Deferred[None]:
+        """Fires once the connection has closed (after writing what was buffered, when closed cleanly)."""
+        d: Deferred[None] = Deferred()
+        self._lost = [*(self._lost or []), d]
+        return d
 
     def resetTimeout(self) -> None:
         if not self._in_headers:
@@ -193,6 +200,9 @@ class GuardedChannel(HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.let_go()
+        lost, self._lost = self._lost or [], None
+        for d in lost:
+            d.callback(None)
 
     def let_go(self) -> None:
         release, self.release = self.release, None

@@ -217,7 +217,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             from livetx.web.resume import Resumable
 
             self.resumable = Resumable(self.factory.journals(), self.admission.username or "",
-                                       self.send, self._error, heard=self.frames_in > 1)
+                                       self.send, self._error, heard=self.frames_in > 1,
+                                       quota=self.admission.key_id or self.admission.username or "")
         return self.resumable
 
     def _refuse_while_draining(self) -> None:

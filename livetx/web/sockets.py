@@ -14,7 +14,7 @@ from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflat
 from twisted.internet.interfaces import IReactorTime
 
 from livetx import __version__
-from livetx.config import ServerConfig
+from livetx.config import ClusterConfig, ServerConfig
 
 if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
     from livetx.live.journal import Journals
@@ -35,14 +35,14 @@ def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
     return factory
 
 
-def memory_journals(clock: IReactorTime, seconds: float = 120.0, limit: int = 2000) -> Callable[[], Journals]:
+def memory_journals(clock: IReactorTime, cluster: ClusterConfig = ClusterConfig()) -> Callable[[], Journals]:
     """One process's resume journal, made (and its module imported) for the first socket that opts in."""
 
     @functools.cache
     def made() -> Journals:
-        from livetx.live.journal import MemoryJournals
+        from livetx.live.journal import Budget, MemoryJournals
 
-        return MemoryJournals(clock, seconds, limit)
+        return MemoryJournals(clock, cluster.resume_seconds, budget=Budget.of(cluster))
 
     return made
 
