@@ -205,6 +205,7 @@ function replayOver() {
 // -- what the server says ------------------------------------------------------
 
 let botMessage = null;
+let lastUser = null;     // the last user line, to be replaced by a second user_msg of its turn
 let caption = "";        // the last bot_text_chunk: its response is next
 let partial = null;
 let turnRunning = false;
@@ -230,9 +231,9 @@ function handle(frame) {
       setVad("speech");
       if (turnRunning || player.playing) bargeIn("you spoke over the reply");
       break;
-    case "speech_stopped":  // the turn's clock starts where speech ended: silence_ms before this
+    case "speech_stopped":  // the turn's metrics move its start back to where speech ended
       setVad("silence");
-      timeline.start("voice", talkAudio.sentAt(data.audio_end_ms - (inForce?.silence_ms ?? 0)));
+      timeline.start("voice");
       timeline.mark("endpoint");
       break;
     case "user_partial":
@@ -241,7 +242,16 @@ function handle(frame) {
       break;
     case "user_msg":
       if (partial) { partial.remove(); partial = null; }
-      addMessage("user", data.text);
+      if (lastUser && frame.turn !== undefined && lastUser.dataset.turn === String(frame.turn)) {
+        // The same turn again: the user went on after a pause, and this text replaces the
+        // first; the reply starts again (docs/protocol-extensions.md, "A request in two breaths").
+        lastUser.textContent = data.text;
+        if (botMessage) botMessage.remove();
+        botMessage = null;
+      } else {
+        lastUser = addMessage("user", data.text);
+        lastUser.dataset.turn = String(frame.turn);
+      }
       timeline.mark("transcript", frame.turn);
       break;
     case "bot_delta_chunk":  // the streaming transcript
@@ -291,6 +301,7 @@ function handle(frame) {
         send({ t: "session_update", resume: true });
         break;
       }
+      if (frame.code === "INVALID_SETTING" || frame.code === "UNKNOWN_SETTING") $("settings-error").textContent = data;
       addMessage("error", `${frame.code || "ERROR"}: ${typeof data === "string" ? data : JSON.stringify(data)}`);
       break;
   }
@@ -307,7 +318,6 @@ function reapply() {
 function applied(frame, data) {
   inForce = data;
   if (frame.session_id) resumePoint = { sessionId: frame.session_id, seq: frame.seq ?? 0 };
-  if (data.turn_detection === "server" && !serverDetection) talkAudio.restart();
   serverDetection = data.turn_detection === "server";
   $("applied").textContent = JSON.stringify(data, null, 1);
   showApplied($("settings-fields"), data);
@@ -514,23 +524,6 @@ function sendPart(pcm) {
   if (send({ t: "speaking_part", data: base64(pcm) }, true)) stats.partsSent++;
 }
 
-// Talk mode: when each stretch of the audio went out, so that the server's positions
-// (audio_end_ms, counted from the switch to talk mode) become moments on the page's clock.
-const talkAudio = {
-  ms: 0,
-  sent: [],  // [audio ms at the end of a frame, performance.now() when sent], the last 30 s
-  restart() { this.ms = 0; this.sent = []; },
-  add(pcm) {
-    this.ms += pcm.byteLength / 32;  // 16 kHz PCM16: 32 bytes a millisecond
-    this.sent.push([this.ms, performance.now()]);
-    if (this.sent.length > 1500) this.sent.shift();
-  },
-  sentAt(ms) {
-    const frame = this.sent.find(([end]) => end >= ms);
-    return frame ? frame[1] : performance.now();
-  },
-};
-
 function endSegment() {
   if (segment === null) return;
   if (send({ t: "end_speaking", stamp: segment }, true)) {
@@ -551,7 +544,6 @@ function onFrame(pcm, rms) {
   }
   if (serverDetection) {  // talk mode: everything goes, the server's detector decides
     sendPart(pcm);
-    talkAudio.add(pcm);
     return;
   }
   if (!handsFree()) {

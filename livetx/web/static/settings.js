@@ -9,6 +9,9 @@ export const SETTINGS = [
   { name: "vad_aggressiveness", label: "WebRTC aggressiveness", min: 0, max: 3, initial: 2 },
   { name: "min_speech_ms", label: "Min speech (ms)", min: 30, max: 5000, initial: 200 },
   { name: "silence_ms", label: "Silence (ms)", min: 100, max: 10000, initial: 600 },
+  { name: "end_of_turn", label: "End of turn", choices: ["silence", "semantic"], initial: "silence",
+    help: "semantic: the server's end-of-turn model decides at each pause (needs its turn extra)" },
+  { name: "eagerness", label: "Eagerness (semantic)", choices: ["low", "medium", "high"], initial: "medium" },
   { name: "preroll_ms", label: "Pre-roll (ms)", min: 0, max: 2000, initial: 300 },
 ];
 

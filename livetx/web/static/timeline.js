@@ -12,7 +12,10 @@ export const STAGES = [
   ["audio", "first audio"],            // first response
   ["end", "end"],                      // end or stop_play
 ];
-const SERVER = [  // metrics keys (seconds) worth a glance beside the bars
+const SERVER = [  // metrics keys worth a glance beside the bars: [key, label, milliseconds already?]
+  ["endpoint_ms", "endpoint", true], ["transcript_ms", "transcript", true],
+  ["first_token_ms", "first token", true], ["first_audio_ms", "first audio", true],
+  ["voice_to_voice_ms", "voice to voice", true],
   ["wav_assemble_time", "wav"], ["llm_ttft", "model first text"],
   ["tts_first_frame_time", "speech first audio"], ["speak_to_first_frame", "to first audio"],
   ["wav_to_tts_total_time", "total"],
@@ -49,6 +52,11 @@ export class Timeline {
     const turn = this.current || this.turns[this.turns.length - 1];
     if (!turn) return;
     Object.assign(turn.metrics, data);
+    // Talk mode: the server measured from the last voiced frame to speech_stopped, so the
+    // turn's clock starts that long before the page saw speech_stopped.
+    if (typeof data.endpoint_ms === "number" && turn.kind === "voice" && turn.marks.endpoint !== undefined) {
+      turn.t0 = turn.marks.endpoint - data.endpoint_ms;
+    }
     this.draw();
   }
 
@@ -103,7 +111,7 @@ export class Timeline {
         previous = Math.max(previous, at);
       }
       const server = SERVER.filter(([key]) => typeof turn.metrics[key] === "number")
-        .map(([key, label]) => `${label} ${Math.round(turn.metrics[key] * 1000)} ms`);
+        .map(([key, label, ms]) => `${label} ${Math.round(turn.metrics[key] * (ms ? 1 : 1000))} ms`);
       if (server.length) {
         const note = document.createElement("p");
         note.className = "server-metrics";
