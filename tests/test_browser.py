@@ -457,15 +457,16 @@ async def test_the_console_in_a_real_browser(livetx: Any, openai: Any, tmp_path:
     assert idle["bot"] == "Still here." and idle["seqs"] == list(range(1, len(idle["seqs"]) + 1))
 
     heard = seen["hands_free"]  # one utterance, one segment, opened and closed by the level alone
-    # The browser's noise suppression (on for hands-free and talk mode) blurs "off" into "on" at times.
+    # The browser's noise suppression (on for hands-free and talk mode) blurs the words at times
+    # ("off" heard as "on", or nothing the grammar allows: NO_SPEECH); what is checked is the turn-taking.
     assert heard["segments"] == 1 and heard["listening"] == "false"
-    assert len(heard["user"]) == 1 and re.fullmatch(GRAMMAR_SENTENCE, heard["user"][0])
+    assert len(heard["user"]) == 1 and re.fullmatch(f"({GRAMMAR_SENTENCE})?", heard["user"][0])
 
     talk = seen["talk_mode"]
-    assert len(talk["user"]) == 1 and re.fullmatch(GRAMMAR_SENTENCE, talk["user"][0])
+    assert len(talk["user"]) == 1 and re.fullmatch(f"({GRAMMAR_SENTENCE})?", talk["user"][0])
     assert talk["frames"].index("speech_started") < talk["frames"].index("speech_stopped") < talk["frames"].index("user_msg")
     assert set(talk["sent"]) == {"session_update", "speaking_part"}  # no start/end_speaking: the server decides
-    assert in_order(talk["rows"]) == STAGES
+    assert in_order(talk["rows"]) == (STAGES if talk["user"][0] else ["endpoint", "transcript", "end"])
     # The waterfall starts at the end of speech: the endpoint waits out the server's silence_ms (600).
     assert talk["rows"][0]["ms"] >= 600 - 20
     # The page's settings are the server's: every rule, range and default.
