@@ -633,7 +633,8 @@ function draw() {
   const ctx = player.ctx;
   if (ctx && player.playing) {
     $("playback").dataset.state = "playing";
-    $("playback").textContent = `playing ${(ctx.currentTime - player.started).toFixed(1)} / ${(player.next - player.started).toFixed(1)} s`;
+    const played = Math.max(0, ctx.currentTime - player.started);  // the first chunk starts 20 ms ahead
+    $("playback").textContent = `playing ${played.toFixed(1)} / ${(player.next - player.started).toFixed(1)} s`;
   } else if ($("playback").dataset.state !== "idle") {
     $("playback").dataset.state = "idle";
     $("playback").textContent = "not playing";
