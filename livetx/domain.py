@@ -29,6 +29,7 @@ class Engines:
     stt: SpeechRecognizer | None
     system_prompt: str = ""
     history_turns: int = 20
+    context_bytes: int = 256 * 1024
     tts_concurrency: int = 2
     max_segment_seconds: float = 60.0
     #: The model takes images: chat-mode image attachments are sent to it as such.
@@ -60,8 +61,8 @@ class Exchange:
 class Memory(Protocol):
     """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        """The last ``turns`` exchanges, oldest first."""
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
+        """The last ``turns`` exchanges, oldest first; with ``max_bytes``, only (about) that much of the newest."""
 
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
         """Keep a finished turn, both sides in one transaction; fires once committed (or failed, logged).

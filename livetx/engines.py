@@ -165,6 +165,7 @@ def build_engines(
         stt=_recognizer(config, http, reactor, data_dir),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
+        context_bytes=config.llm.context_bytes,
         vision=config.llm.vision,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,

@@ -427,7 +427,7 @@ class SlowMemory:
         self.loaded: Deferred[list[Exchange]] = Deferred()
         self.kept: list[tuple[Exchange, str, dict[str, Any]]] = []
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
         # Paused on an inner Deferred, as a real query chain is.
         return succeed(None).addCallback(lambda _: self.loaded)
 
@@ -481,7 +481,7 @@ class SlowWrites:
     def __init__(self) -> None:
         self.writes: list[tuple[Exchange, Deferred[None]]] = []
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
         return succeed([])
 
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:

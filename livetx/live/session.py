@@ -81,11 +81,13 @@ class LiveSession:
         #: What a turn waits for before the model starts: a transcript, or the
         #: stored history of the conversation. Interrupting cancels it.
         self._preparing: Deferred[Any] | None = None
+        #: A finished reply is being stored: an interrupt now unwinds once it is.
+        self._storing = False
         self._turns = TurnLedger(clock, self.emit, self.capture.echo if listener is None
                                  else Listeners(self.capture.echo, listener))
         self._report = self._turns.report
         self.settings = Settings()
-        self._conversation = Conversation(username, engines.history_turns, memory)
+        self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
         #: The running voice turn's segment, which speech resumed before its reply is heard takes back.
         self._voice_segment: Segment | None = None
         #: While a withdrawn turn unwinds: it is not stored (its id goes to the request's rest: TurnLedger).
@@ -360,7 +362,16 @@ class LiveSession:
         elif result.interrupted:
             stored.addBoth(lambda _: self._unwound())
         else:
-            stored.addBoth(lambda _: self._end_turn())
+            self._storing = True
+            stored.addBoth(lambda _: self._stored())
+
+    def _stored(self) -> None:
+        """A finished reply is stored: ``end`` it, unless an interrupt came meanwhile (then unwind)."""
+        self._storing = False
+        if self.state == "interrupted":
+            self._unwound()
+        else:
+            self._end_turn()
 
     def _keep(self, text: str, result: TurnResult, outcome: Outcome) -> Deferred[None]:
         if not result.reply and result.failed:
@@ -385,6 +396,8 @@ class LiveSession:
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over
             return
+        if self._storing:
+            return  # the reply is complete; :meth:`_stored` unwinds once it is kept
         if self._preparing is not None:
             self._preparing.cancel()
         self._turns.ended(Outcome.DROPPED if self._closing else Outcome.INTERRUPTED)

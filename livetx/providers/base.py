@@ -7,6 +7,7 @@ depends on it.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
@@ -43,6 +44,26 @@ def message_text(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
     return "".join(item.get("text", "") for item in content if item.get("type") == "text")
+
+
+def message_bytes(message: Message) -> int:
+    """A message's size as a request to the model carries it (JSON, UTF-8)."""
+    return len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def newest_within(groups: Sequence[Sequence[Message]], budget: int) -> int:
+    """How many of ``groups`` (oldest first), counted from the newest, fit in ``budget`` bytes together.
+
+    The context's byte budget (``[llm] context_bytes``): whatever ``history_turns``
+    allows, a conversation of long turns sends the model only its newest
+    turns that fit, and the rest is never copied into a request.
+    """
+    used = 0
+    for count, group in enumerate(reversed(groups)):
+        used += sum(message_bytes(message) for message in group)
+        if used > budget:
+            return count
+    return len(groups)
 
 
 @runtime_checkable
