@@ -84,7 +84,9 @@ async def test_speech_once_the_reply_is_heard_barges_in_and_both_utterances_stay
     server = await livetx("[llm]\necho_delay = 0.5\n")
     client = await connect(server.url(LIVE, token=server.token("bo"), session_id="s", turn_detection="server"))
     await client.until("session_updated")
-    speaking_parts(client, silence(500) + await spoken("Good morning. I would like a table for two tonight.")
+    # A question first: Whisper ends it with "?" however it punctuates the rest, so the reply's
+    # first sentence plays while the echo model is still writing the second.
+    speaking_parts(client, silence(500) + await spoken("What time is it? I would like a table for two tonight.")
                    + silence(900))
     await client.until("response", timeout=60)  # the first sentence is playing; the model goes on
     speaking_parts(client, await spoken("no wait") + silence(1000))
