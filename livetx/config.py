@@ -7,7 +7,9 @@ rather than leave the server running on a default the operator did not mean.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import sys
 import tomllib
 import types
 import typing
@@ -294,15 +296,48 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     return config
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` could be imported, without importing it (``None`` in ``sys.modules`` blocks one)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def require(what: str, modules: tuple[str, ...], package: str) -> None:
+    """One line naming what to install, rather than a ``ModuleNotFoundError`` deep in a traceback."""
+    if not all(installed(module) for module in modules):
+        raise ConfigError(f"{what} needs: pip install '{package}'")
+
+
+#: Settings whose code is an extra of the package: (section, key) → (modules, what to install).
+EXTRAS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("cluster", "redis"): (("txredisapi", "redis"), "livetx[cluster]"),
+    ("store", "url"): (("psycopg", "psycopg_pool"), "livetx[postgres]"),
+}
+
+
+def check_extras(config: Config) -> None:
+    """Stop with one line when a setting needs an extra that is not installed."""
+    for (section, key), (modules, package) in EXTRAS.items():
+        if getattr(getattr(config, section), key):
+            require(f"[{section}] {key}", modules, package)
+
+
 def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; ``None`` means all defaults."""
-    if path is None:
-        return from_mapping({}, environ)
+    """Read and validate a config file; ``None`` means all defaults.
+
+    Every reader of the file (the server and each ``livetx`` command) comes
+    here, so a setting whose extra is missing stops each of them with the
+    same line."""
+    data: dict[str, Any] = {}
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        if path is not None:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    return from_mapping(data, environ)
+    config = from_mapping(data, environ)
+    check_extras(config)
+    return config

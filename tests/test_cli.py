@@ -52,6 +52,19 @@ def test_usage_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "livetx: [auth] unknown key 'secret'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["keys", "list"], ["keys", "create", "--scope", "chat"],
+                                     ["keys", "revoke"], ["token", "-u", "al"]])
+def test_a_setting_whose_extra_is_missing_names_the_extra(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[store]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n')
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as without the extra: importing it fails
+    key_id = ["k1"] if command[-1] == "revoke" else []
+    assert main([*command, "-d", str(tmp_path), "--config", str(config), *key_id]) == 1
+    assert capsys.readouterr().err == "livetx: [store] url needs: pip install 'livetx[postgres]'\n"
+
+
 def test_as_a_real_process(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "livetx", "keys", "create", "-d", str(tmp_path), "--scope", "chat"],

@@ -123,11 +123,11 @@ async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await livetx()
     refused = await livetx_client("say", base(server), "hi", "--token", "not-a-jwt")
     assert refused.code == 6 and "the server refused the credential (Invalid token)" in refused.err
-    assert "another data dir" in refused.err and "not-a-jwt" not in refused.err
+    assert "the server's --config (its [store] url" in refused.err and "not-a-jwt" not in refused.err
     unknown_key = await livetx_client("say", base(server), "hi", "-k", "abk_made_elsewhere", "-u", "al")
     assert unknown_key.code == 6, unknown_key.err  # the same mistake, the same exit code
     assert "the server refused the credential (Invalid API key)" in unknown_key.err
-    assert "another data dir" in unknown_key.err and "abk_made_elsewhere" not in unknown_key.err
+    assert "the server's --config" in unknown_key.err and "abk_made_elsewhere" not in unknown_key.err
     expired = await livetx_client("say", base(server), "hi", "--token", server.token(ttl=-10))
     assert expired.code == 6 and "(Token expired); make a new one" in expired.err
 

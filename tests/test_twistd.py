@@ -69,10 +69,10 @@ def test_help_shows_the_defaults_and_labels_the_test_only_flag() -> None:
     assert "--conformance-echo FOR TESTS ONLY, never in production" in help_text
 
 
-def start_up_error(tmp_path: Path, *args: str) -> str:
+def start_up_error(tmp_path: Path, *args: str, twistd: list[str] = TWISTD) -> str:
     """Run ``twistd -n live`` expecting it to refuse to start: its stderr, checked to be one line."""
     result = subprocess.run(
-        TWISTD + ["-n", "--pidfile=", "live", "--data-dir", str(tmp_path / "d"), *args],
+        twistd + ["-n", "--pidfile=", "live", "--data-dir", str(tmp_path / "d"), *args],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert result.returncode == 1, result
@@ -121,6 +121,26 @@ def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, 
     path = tmp_path / "bad.toml"
     path.write_text(config)
     assert message in start_up_error(tmp_path, "--config", str(path))
+
+
+@pytest.mark.parametrize(
+    "config, missing, message",
+    [
+        ('[cluster]\nredis = "redis://127.0.0.1:1/0"\n', "txredisapi",
+         "livetx: [cluster] redis needs: pip install 'livetx[cluster]'"),
+        ('[store]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n', "psycopg_pool",
+         "livetx: [store] url needs: pip install 'livetx[postgres]'"),
+    ],
+)
+def test_a_setting_whose_extra_is_missing_names_the_extra(
+    tmp_path: Path, config: str, missing: str, message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(config)
+    # As without the extra: a None in sys.modules makes its import fail.
+    without = [sys.executable, "-c", f"import sys; sys.modules[{missing!r}] = None; "
+               "from twisted.scripts.twistd import run; run()"]
+    assert start_up_error(tmp_path, "--config", str(path), twistd=without) == message
 
 
 def run_cli(*args: str, cwd: Path) -> str:

@@ -42,8 +42,9 @@ POLICY_VIOLATION = 1008
 #: Said with every refused credential except an expired token: the usual cause is a
 #: token or key made against another data dir than the server's.
 ANOTHER_DATA_DIR = (
-    "the server may use another data dir or JWT secret than the one that made it "
-    f"(--data-dir or ${DATA_DIR_VARIABLE} for livetx token and livetx keys, [auth] jwt_secret)"
+    "the server may keep its secret and keys elsewhere than where this one was made: give livetx token "
+    "and livetx keys the server's --config (its [store] url or [auth] jwt_secret) "
+    f"and --data-dir (or ${DATA_DIR_VARIABLE})"
 )
 
 LIVE_PATH = "/api/live_chat/ws"

@@ -7,14 +7,13 @@ the code of the engines it does not use.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Callable, cast
 
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
-from livetx.config import Config, ConfigError
+from livetx.config import Config, ConfigError, require
 from livetx.domain import Engines
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
@@ -71,9 +70,9 @@ def check(config: Config) -> None:
     """Stop start-up with one line when a configured engine cannot work at all."""
     for name in ("tts", "stt"):
         provider = getattr(config, name).provider
-        module, package = NEEDS.get(provider, (None, ""))
-        if module is not None and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"[{name}] provider {provider!r} needs: pip install '{package}'")
+        if provider in NEEDS:
+            module, package = NEEDS[provider]
+            require(f"[{name}] provider {provider!r}", (module,), package)
     if config.tts.provider == "piper":
         _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
     _check_voice(config)
