@@ -187,6 +187,18 @@ class TalkOptions(_TurnOptions):
             raise usage.UsageError("--wav is required")
 
 
+class DevClusterOptions(_Command):
+    synopsis = "DIR"
+    longdesc = (
+        "Start a throwaway PostgreSQL and Redis in DIR on free loopback ports (Debian's postgresql and "
+        "redis-server packages; no sudo, no system cluster), print and write DIR/livetx.toml pointing at "
+        "them, and stop them on Ctrl-C or SIGTERM. For trying [store] url and [cluster] redis on one machine."
+    )
+
+    def parseArgs(self, directory: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
+        self["dir"] = directory
+
+
 class Options(_Command):
     synopsis = "COMMAND [options]"
     longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
@@ -195,6 +207,7 @@ class Options(_Command):
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
         ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
         ["talk", None, TalkOptions, "Send a WAV file as a voice turn and print the reply (--out saves its audio)."],
+        ["dev-cluster", None, DevClusterOptions, "Run a PostgreSQL and a Redis to try several processes on."],
     ]
 
     def postOptions(self) -> None:
@@ -281,6 +294,17 @@ def converse(options: _TurnOptions) -> NoReturn:
     react(turn)
 
 
+def dev_cluster(options: DevClusterOptions) -> int:
+    from livetx.cluster import local
+
+    try:
+        local.serve(Path(options["dir"]), sys.stdout)
+    except (local.Missing, RuntimeError, OSError) as e:  # one line: what failed, and why
+        print(f"livetx: dev-cluster: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 #: (command, subcommand) → handler; add a row to add a command.
 HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "create"): keys_create,
@@ -289,6 +313,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("token", None): token,
     ("say", None): converse,
     ("talk", None): converse,
+    ("dev-cluster", None): dev_cluster,
 }
 
 
