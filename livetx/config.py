@@ -255,6 +255,30 @@ def _build_section(name: str, cls: type, table: Any) -> Any:
     return section
 
 
+def unkeyed(config: Config) -> list[str]:
+    """Warnings for hosted services configured without a key (their requests would all be refused).
+
+    A service on this machine (``localhost``, a loopback address) often needs
+    no key, so only services elsewhere are named."""
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    warnings = []
+    for name, variable in _ENV_KEYS.items():
+        section = getattr(config, name)
+        if section.provider != "openai" or section.api_key:
+            continue
+        host = urlsplit(section.base_url).hostname or ""
+        try:
+            local = host == "localhost" or ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            warnings.append(f"[{name}] provider 'openai' at {section.base_url} has no api_key: set {variable} "
+                            f"or [{name}] api_key, or every request to it will be refused")
+    return warnings
+
+
 def _check_redis_url(url: str) -> None:
     """Refuse a Redis URL the server could not use, at start-up rather than at the first socket."""
     from urllib.parse import urlsplit

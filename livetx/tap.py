@@ -180,6 +180,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stt=settings.stt.provider,
         data_dir=str(data_dir),
     )
+    for warning in configuration.unkeyed(settings):
+        _log.warn("{warning}", warning=warning)
     return services.root
 
 

@@ -213,8 +213,25 @@ async def test_a_long_call_says_the_filler_once(livetx: Any, openai: Any) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_echo_model_never_calls_tools(livetx: Any) -> None:
-    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["clock"]\n')
+async def test_the_offline_echo_model_calls_the_clock_when_asked_the_time(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["clock", "calculator"]\n'
+                          'timezone = "Europe/Berlin"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    frames = await client.turn("what time is it")
+    assert [f["data"] for f in of(frames, "tool_call")] == [{"id": "call_echo_1", "name": "clock", "arguments": {}}]
+    result = of(frames, "tool_result")[0]["data"]
+    assert result["ok"] and result["result"]["timezone"] == "Europe/Berlin"
+    clock = result["result"]
+    assert of(frames, "bot_msg")[0]["data"]["text"] == \
+        f"It is {clock['time']} on {clock['weekday']} {clock['date']} (Europe/Berlin)."
+    frames = await client.turn("hello there")  # anything else is echoed, with no call
+    assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "hello there"
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_echo_model_without_the_clock_tool_echoes_the_question(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["calculator"]\n')
     client = await connect(server.url(LIVE, token=server.token()))
     frames = await client.turn("what time is it")
     assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "what time is it"

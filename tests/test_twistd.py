@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import ssl
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.application.service import IServiceMaker
@@ -20,7 +21,7 @@ from twisted.application.service import IServiceMaker
 from livetx.tap import Options
 
 from .services import free_port, wait_for_port
-from .support import connect, replied
+from .support import RunningServer, connect, replied
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -220,3 +221,17 @@ async def test_ssl_endpoint_serves_wss(tmp_path: Path, livetx: Any) -> None:
     frames = await client.turn("secure hello")
     assert replied(frames)
     await client.close_and_wait()
+
+
+def test_a_hosted_model_without_a_key_is_warned_about_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIVETX_LLM_API_KEY", raising=False)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        RunningServer(tmp_path / "d", '[llm]\nprovider = "openai"\n')
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn and "[llm]" in formatEvent(e)]
+    assert len(warned) == 1 and warned[0].startswith("[llm] provider 'openai' at https://api.openai.com/v1 has no")

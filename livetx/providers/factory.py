@@ -135,7 +135,7 @@ def _with_tools(llm: Any, config: Config, reactor: Any) -> Any:
     from livetx.tools.loop import ToolingModel
     from livetx.tools.registry import load_tools
 
-    if not isinstance(llm, ToolCallingModel):  # the echo model: it never calls tools
+    if not isinstance(llm, ToolCallingModel):  # a model that cannot be offered tools
         return llm
     return ToolingModel(llm, load_tools(config.tools, reactor), config.tools, reactor)
 
