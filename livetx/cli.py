@@ -66,7 +66,7 @@ class _DataDirOptions(_Command):
 
 
 class KeysCreate(_DataDirOptions):
-    synopsis = "--scope chat [--name NAME] [--data-dir DIR]"
+    synopsis = "--scope chat [--name NAME] [--config FILE] [--data-dir DIR]"
     optParameters: list[list[Any]] = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
@@ -83,7 +83,7 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID [--data-dir DIR]"
+    synopsis = "[--config FILE] [--data-dir DIR] KEY_ID"
 
     def parseArgs(self, key_id: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["id"] = key_id
@@ -110,7 +110,8 @@ class TokenOptions(_DataDirOptions):
     synopsis = "--username NAME [--ttl SECONDS] [--config FILE] [--data-dir DIR]"
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
-        ["ttl", "t", 86400.0, "Seconds until it expires.", float],
+        # No -t: that is --token in say and talk.
+        ["ttl", None, 86400.0, "Seconds until it expires.", float],
     ]
 
     def postOptions(self) -> None:

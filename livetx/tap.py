@@ -26,12 +26,14 @@ from livetx.storage import check as check_store
 _log = Logger()
 
 DEFAULT_LISTEN = "tcp:6185"
+#: Accepted but left out of ``--help``: what ``--workers`` passes its workers, and the conformance tests' socket.
+HIDDEN = frozenset({"adopt", "metrics-dir", "conformance-echo"})
 
 
 class Options(usage.Options):
     """Options for ``twistd live``."""
 
-    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE]"
+    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE] [--workers N]"
     longdesc = (
         "Serve the AstrBot Live API (WebSocket voice and text conversations). "
         "With no config file, replies come from the offline echo model."
@@ -57,6 +59,15 @@ class Options(usage.Options):
     def opt_adopt(self, spec: str) -> None:
         """Internal (--workers): serve an inherited listening socket, FD:FAMILY."""
         self["adopt"].append(spec)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The help text, without the :data:`HIDDEN` options (Twisted lists every option it parses)."""
+        every = self.longOpt
+        self.longOpt = [name for name in every if name.rstrip("=") not in HIDDEN]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = every
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint, e.g. ssl:8443:privateKey=key.pem (repeatable; default: tcp:6185)."""

@@ -146,6 +146,11 @@ async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     bad = await livetx_client("talk", base(server), "--wav", str(tmp_path / "bad.wav"), "--token", "t")
     assert bad.code == 2 and "--wav: not a WAV file" in bad.err
+    empty = await livetx_client("talk", base(server), "--wav", "/dev/null", "--token", "t")
+    assert empty.code == 2 and empty.err.endswith("livetx: --wav: not a WAV file: it is empty\n"), empty.err
+    (tmp_path / "cut.wav").write_bytes(to_wav(b"\0\0" * 100)[:20])
+    cut = await livetx_client("talk", base(server), "--wav", str(tmp_path / "cut.wav"), "--token", "t")
+    assert cut.err.endswith("livetx: --wav: not a WAV file: it ends inside its header\n"), cut.err
 
 
 @pytest_twisted.ensureDeferred

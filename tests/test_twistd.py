@@ -64,10 +64,13 @@ def test_the_data_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "livetx-data").exists()
 
 
-def test_help_shows_the_defaults_and_labels_the_test_only_flag() -> None:
+def test_help_shows_the_defaults_and_hides_the_internal_and_test_only_options(tmp_path: Path) -> None:
     help_text = " ".join(str(Options()).split())
-    assert "default: tcp:6185" in help_text and "$LIVETX_DATA_DIR" in help_text
-    assert "--conformance-echo FOR TESTS ONLY, never in production" in help_text
+    assert "default: tcp:6185" in help_text and "$LIVETX_DATA_DIR" in help_text and "--workers" in help_text
+    assert "--adopt" not in help_text and "--metrics-dir" not in help_text and "--conformance-echo" not in help_text
+    options = Options()  # still accepted
+    options.parseOptions(["--conformance-echo", "--metrics-dir", str(tmp_path), "-d", str(tmp_path)])
+    assert options["conformance-echo"] and options["metrics-dir"] == str(tmp_path)
 
 
 def start_up_error(tmp_path: Path, *args: str, twistd: list[str] = TWISTD) -> str:
