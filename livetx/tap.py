@@ -27,7 +27,7 @@ _log = Logger()
 
 DEFAULT_LISTEN = "tcp:6185"
 #: Accepted but left out of ``--help``: what ``--workers`` passes its workers, and the conformance tests' socket.
-HIDDEN = frozenset({"adopt", "metrics-dir", "conformance-echo"})
+HIDDEN = frozenset({"adopt", "metrics-dir", "worker", "conformance-echo"})
 
 
 class Options(usage.Options):
@@ -44,6 +44,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
         ["workers", "w", 1, "Worker processes sharing the --listen sockets (more than 1 needs [cluster] redis).", int],
         ["metrics-dir", None, None, "Internal (--workers): where the workers share their metrics."],
+        ["worker", None, 0, "Internal (--workers): this worker's number, named in its log lines.", int],
     ]
     optFlags = [
         ["conformance-echo", None,
@@ -177,7 +178,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from livetx.cluster.worker_metrics import SharedMetrics
         from livetx.cluster.workers import AdoptedPort, as_worker
 
-        as_worker(reactor)
+        as_worker(reactor, options["worker"])
         SharedMetrics(services.metrics, Path(options["metrics-dir"]), reactor).setServiceParent(services.root)
         for spec in options["adopt"]:
             AdoptedPort(reactor, spec, services.site).setServiceParent(services.root)

@@ -17,6 +17,7 @@ from hyperlink import EncodedURL
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, LogPublisher, eventAsText
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IAgentEndpointFactory
@@ -24,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_logger import name_every_event
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
 from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site
 
@@ -132,6 +134,19 @@ def test_twisted_tcp_port_accepts_number_accepts_per_read() -> None:
     port = tcp.Port(0, None)
     accept_one_at_a_time(port)
     assert port.numberAccepts == 1
+
+
+def test_the_log_publisher_hands_one_event_to_its_observers_in_the_order_added() -> None:
+    publisher = LogPublisher()
+    name_every_event(publisher, "worker", 1)
+    seen: list[dict[str, Any]] = []
+    publisher.addObserver(seen.append)
+    Logger(namespace="livetx.test", observer=publisher).info("hello {who}", who="there")
+    publisher({"log_system": "HTTPChannel,0", "log_format": "legacy", "log_time": 0.0})
+    assert [event["worker"] for event in seen] == [1, 1]
+    assert eventAsText(seen[0], includeTimestamp=False) == "[worker-1 livetx.test#info] hello there"
+    assert eventAsText(seen[1], includeTimestamp=False) == "[worker-1 HTTPChannel,0] legacy"
+    assert "for observer in self._observers" in body(LogPublisher.__call__)
 
 
 # -- twisted.web -----------------------------------------------------------------
