@@ -37,7 +37,7 @@ from livetx.web.connections import ConnectionTracker
 from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
-from livetx.web.pages import page_routes
+from livetx.web.pages import page_ready, page_routes
 from livetx.web.site import build_site
 
 _log = Logger()
@@ -80,7 +80,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
-    probes = dict(storage.probes)
+    probes = {**storage.probes, "page": page_ready}
     resume = settings.cluster
     journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
     if node is not None:  # limits, revocation, readiness and resume through Redis
