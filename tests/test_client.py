@@ -299,6 +299,32 @@ def test_a_spinner_on_a_terminal_until_the_reply_streams() -> None:
     assert err.getvalue() == written
 
 
+def test_a_slow_transcript_is_explained_once() -> None:
+    clock, err = Clock(), Terminal()
+    progress = Progress(clock, err, "sent 2.0 s of speech, transcribing", slow=(2.0, "the model loads"))
+    clock.pump([0.1] * 19)
+    assert err.getvalue().endswith("sent 2.0 s of speech, transcribing 1.9 s")
+    clock.advance(0.1)
+    clock.advance(0.1)
+    assert err.getvalue().endswith("sent 2.0 s of speech, transcribing (the model loads) 2.1 s")
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    clock.advance(0.1)
+    assert err.getvalue().endswith("waiting for the reply 2.2 s")
+    progress.stop()
+
+    plain = io.StringIO()
+    progress = Progress(clock, plain, "sent 2.0 s of speech, transcribing", slow=(2.0, "the model loads"))
+    clock.pump([1.0] * 5)
+    progress.stop()
+    assert plain.getvalue().splitlines() == ["livetx: sent 2.0 s of speech, transcribing; waiting for the reply",
+                                             "livetx: still transcribing after 2.0 s: the model loads"]
+    quick = io.StringIO()
+    progress = Progress(clock, quick, "sent 2.0 s of speech, transcribing", slow=(2.0, "the model loads"))
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    clock.advance(5)
+    assert "the model loads" not in quick.getvalue() and not clock.getDelayedCalls()
+
+
 def test_one_plain_line_when_stderr_is_not_a_terminal() -> None:
     clock, err = Clock(), io.StringIO()
     progress = Progress(clock, err, "sent 2.0 s of speech, transcribing")

@@ -115,11 +115,11 @@ def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any)
 
 
 def _recognizer(config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None) -> Any:
-    """The configured recognizer; Whisper joins its bundled model in the data dir."""
+    """The configured recognizer; Whisper joins its bundled model once per user (the data dir without a cache)."""
     if config.stt.provider == "whisper" and data_dir is not None:
-        from livetx.providers.whisper import WhisperRecognizer
+        from livetx.providers.whisper import WhisperRecognizer, model_cache
 
-        return WhisperRecognizer(config.stt, http, reactor, cache=data_dir / "models")
+        return WhisperRecognizer(config.stt, http, reactor, cache=model_cache(data_dir / "models"))
     return _make(RECOGNIZERS, config.stt, http, reactor)
 
 
