@@ -24,7 +24,8 @@ from livetx.cli import Options
 from livetx.client import console
 from livetx.client.audio import join_chunks, load_speech
 from livetx.client.progress import CLEAR, Progress
-from livetx.client.session import socket_address
+from livetx.client.console import metrics_table
+from livetx.client.session import TurnRequest, _TurnDriver, socket_address
 from livetx.config import TTSConfig
 from livetx.providers.espeak import EspeakSpeech
 
@@ -333,3 +334,34 @@ def test_one_plain_line_when_stderr_is_not_a_terminal() -> None:
     clock.advance(5)
     progress.stop()
     assert err.getvalue() == "livetx: sent 2.0 s of speech, transcribing; waiting for the reply\n"
+
+
+class Quiet:
+    def frame(self, frame: dict[str, Any]) -> None:
+        pass
+
+
+class Sent:
+    """The socket a turn driver writes to: what it sent, and when."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.frames: list[tuple[float, str]] = []
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.frames.append((self.clock.seconds(), frame["t"]))
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_client_timings_count_from_the_end_of_the_input(realtime: bool) -> None:
+    clock = Clock()
+    driver = _TurnDriver(clock, TurnRequest(pcm=b"\0\0" * 5120, realtime=realtime), Quiet())  # 0.32 s
+    socket = Sent(clock)
+    driver.opened(socket)  # type: ignore[arg-type]  # it only sends
+    clock.pump([0.02] * 25)  # 0.5 s: all of it spoken by 0.32 s
+    driver.received({"t": "bot_delta_chunk", "data": {"text": "Hi"}})
+    ended = next(at for at, kind in socket.frames if kind == "end_speaking")
+    assert ended == pytest.approx(0.32 if realtime else 0.0)
+    assert driver.report.timings["first_delta"] == pytest.approx(clock.seconds() - ended)
+    assert metrics_table(driver.report).startswith("metric") and "client first delta after input end" in \
+        metrics_table(driver.report)

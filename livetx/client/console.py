@@ -50,7 +50,8 @@ class Printer:
 
 def metrics_table(report: TurnReport) -> str:
     """The turn's metrics, server-reported and measured here, as aligned rows."""
-    rows = [(f"client {name.replace('_', ' ')}", _value(seconds)) for name, seconds in report.timings.items()]
+    rows = [(f"client {name.replace('_', ' ')} after input end", _value(seconds))
+            for name, seconds in report.timings.items()]
     rows += [(name, _value(value)) for name, value in report.metrics.items()]
     rows.append(("audio chunks", str(len(report.audio))))
     width = max(len(name) for name, _ in rows)
