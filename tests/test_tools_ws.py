@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +14,8 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from livetx.cluster.local import free_port, wait_for_port
+from livetx.testing.openai_server import DEFAULT_REPLY
 from livetx.tools.loop import ANSWER_NOW
 
 from . import tool_fixtures
@@ -227,6 +231,28 @@ async def test_the_offline_echo_model_calls_the_clock_when_asked_the_time(livetx
     frames = await client.turn("hello there")  # anything else is echoed, with no call
     assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "hello there"
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_simulator_is_told_from_its_command_line_to_call_a_tool(livetx: Any) -> None:
+    """``python -m livetx.testing.openai_server --call-tool``, as the README shows it, in a process of its own."""
+    port = free_port()
+    simulator = subprocess.Popen([sys.executable, "-m", "livetx.testing.openai_server", "--port", str(port),
+                                  "--call-tool", 'calculator:{"expression": "6 * 7"}', "--call-tool", "weather"],
+                                 stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, simulator)
+        server = await livetx(config(f"http://127.0.0.1:{port}/v1", enabled=["calculator", "clock"]))
+        client = await connect(server.url(LIVE, token=server.token()))
+        frames = await client.turn("what is six times seven")
+        assert [(f["data"]["name"], f["data"]["arguments"]) for f in of(frames, "tool_call")] == [
+            ("calculator", {"expression": "6 * 7"})]  # weather is not offered, so not called
+        assert [(f["data"]["ok"], f["data"]["result"]) for f in of(frames, "tool_result")] == [(True, 42)]
+        assert "".join(f["data"]["text"] for f in of(frames, "bot_delta_chunk")) == DEFAULT_REPLY
+        await client.close_and_wait()
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
 
 
 @pytest_twisted.ensureDeferred
