@@ -62,13 +62,10 @@ class Options(usage.Options):
         self["adopt"].append(spec)
 
     def getUsage(self, width: int | None = None) -> str:
-        """The help text, without the :data:`HIDDEN` options (Twisted lists every option it parses)."""
-        every = self.longOpt
-        self.longOpt = [name for name in every if name.rstrip("=") not in HIDDEN]
-        try:
-            return super().getUsage(width)
-        finally:
-            self.longOpt = every
+        """The help text, without the :data:`HIDDEN` options."""
+        from livetx.fences.twisted_usage import usage_without
+
+        return usage_without(self, HIDDEN, width)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint, e.g. ssl:8443:privateKey=key.pem (repeatable; default: tcp:6185)."""

@@ -18,6 +18,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogPublisher, eventAsText
+from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IAgentEndpointFactory
@@ -26,6 +27,7 @@ from twisted.web.server import Request, Site
 
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.fences.twisted_logger import name_every_event
+from livetx.fences.twisted_usage import usage_without
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
 from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site
 
@@ -134,6 +136,17 @@ def test_twisted_tcp_port_accepts_number_accepts_per_read() -> None:
     port = tcp.Port(0, None)
     accept_one_at_a_time(port)
     assert port.numberAccepts == 1
+
+
+def test_usage_lists_the_long_options_table_it_parses_with() -> None:
+    class Two(usage.Options):
+        optFlags = [["shown", None, "In the help."], ["hidden", None, "Not in it."]]
+
+    assert "for opt in self.longOpt:" in body(usage.Options.getUsage)
+    assert "--hidden" not in usage_without(Two(), {"hidden"}) and "--shown" in usage_without(Two(), {"hidden"})
+    options = Two()
+    options.parseOptions(["--hidden"])
+    assert options["hidden"] and "--hidden" in options.getUsage()  # parsed still, and the table restored
 
 
 def test_the_log_publisher_hands_one_event_to_its_observers_in_the_order_added() -> None:
