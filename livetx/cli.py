@@ -202,7 +202,10 @@ class DevClusterOptions(_Command):
 
 class Options(_Command):
     synopsis = "COMMAND [options]"
-    longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
+    longdesc = (
+        "Credentials for livetx clients, a client, and a throwaway PostgreSQL and Redis to try several "
+        "processes on. The server itself runs as: twistd -n live"
+    )
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
