@@ -84,6 +84,16 @@ def test_serves_the_printed_config_and_stops_on_sigterm_and_on_ctrl_c(
     assert refused(store)
 
 
+def test_a_server_that_stops_on_its_own_stops_the_command_with_one_line(directory: Path) -> None:
+    process, _ = start(directory)
+    store = tomllib.loads((directory / "livetx.toml").read_text())["store"]["url"]
+    (redis_server,) = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    os.kill(redis_server, signal.SIGKILL)  # PostgreSQL runs apart (pg_ctl), Redis is its child
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and err == f"livetx: dev-cluster: Redis stopped on its own; see the log in {directory}\n"
+    assert refused(store)  # and PostgreSQL was stopped with it
+
+
 def dev_cluster_error(directory: Path) -> str:
     result = subprocess.run([sys.executable, "-m", "livetx", "dev-cluster", str(directory)],
                             capture_output=True, text=True, timeout=60)

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+#: How often ``livetx dev-cluster`` checks that both servers still run.
+WATCH_SECONDS = 1.0
 #: The database ``livetx dev-cluster`` makes for the server; the tests make their own.
 DATABASE = "livetx"
 #: The cluster's superuser, who needs no password on loopback (``-A trust``).
@@ -132,6 +134,10 @@ class PostgreSQL:
             if remove:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
+    def running(self) -> bool:
+        """Whether the server is up (its postmaster.pid is removed when it stops)."""
+        return (self.dir / "data" / "postmaster.pid").exists()
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
@@ -176,6 +182,9 @@ class Redis:
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
@@ -223,8 +232,12 @@ def serve(directory: Path, out: TextIO) -> None:
             f"  livetx keys create --config {config} --scope chat\n"
         )
         out.flush()
-        while True:
-            signal.pause()
+        while True:  # until a signal, or one of them stops on its own
+            time.sleep(WATCH_SECONDS)
+            stopped = [name for name, running in (("PostgreSQL", postgres.running()), ("Redis", redis.running()))
+                       if not running]
+            if stopped:
+                raise RuntimeError(f"{' and '.join(stopped)} stopped on its own; see the log in {directory}")
     except _Stop:
         pass
     finally:
