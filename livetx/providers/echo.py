@@ -18,8 +18,7 @@ import orjson
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from livetx.providers.base import Message, message_text
-from livetx.tools import ToolCall
+from livetx.providers.base import Message, ToolCall, message_text
 
 _WORDS = re.compile(r"\S+\s*")
 #: A question the ``clock`` tool answers.
