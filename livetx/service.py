@@ -40,7 +40,7 @@ from livetx.web.connections import ConnectionTracker
 from livetx.web.http_api import api_routes
 from livetx.web.login import login_routes
 from livetx.web.ops import ops_routes
-from livetx.web.pages import page_routes
+from livetx.web.pages import page_ready, page_routes
 from livetx.web.site import build_site
 from livetx.web.sockets import memory_journals
 
@@ -90,7 +90,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
-    probes = dict(storage.probes)
+    probes = {**storage.probes, "page": page_ready}
     mcp_probes = mcp.probes() if mcp is not None else {}
     probes.update(mcp_probes)
     resume = settings.cluster
