@@ -176,6 +176,29 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class TelephonyConfig:
+    """Phone calls through carriers' media streams (docs/telephony.md); off until a carrier is named."""
+
+    #: The carriers whose stream endpoints are served (``/telephony/<carrier>/stream``).
+    carriers: list[Literal["twilio", "telnyx", "plivo"]] = field(default_factory=list)
+    #: The server's address as the carrier reaches it (``https://voice.example.com``): the
+    #: webhook's signature covers it and the stream URL is made from it. Unset: from the request.
+    public_url: str | None = None
+    #: Twilio's auth token, which signs its webhook requests; or ``LIVETX_TWILIO_AUTH_TOKEN``.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    #: How long the call token the webhook hands out stays valid (the stream starts within a second).
+    token_seconds: float = 30.0
+    #: Keypad digits: ``text`` tells the model what was pressed; ``ignore`` drops them.
+    dtmf: Literal["text", "ignore"] = "text"
+    #: Digits pressed within this long of each other are sent as one message.
+    dtmf_wait_ms: int = 1000
+    #: Caller number → username (``"+15551234567" = "alice"``); unlisted callers are their number.
+    usernames: dict[str, str] = field(default_factory=dict)
+    #: Turn-taking settings for every call, as ``session_update`` takes them (``silence_ms = 500``).
+    turn: dict[str, int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -187,6 +210,7 @@ class Config:
     tools: ToolsConfig = ToolsConfig()
     store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
+    telephony: TelephonyConfig = TelephonyConfig()
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -211,6 +235,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is list:
         return "a list of " + _describe(typing.get_args(tp)[0]).removeprefix("a ") + "s"
+    if origin is dict:
+        return "a table of " + _describe(typing.get_args(tp)[1]).removeprefix("a ") + "s"
     return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -224,6 +250,9 @@ def _check(value: Any, tp: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(tp)
         return isinstance(value, list) and all(_check(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        return isinstance(value, dict) and all(_check(v, item) for v in value.values())
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
@@ -286,11 +315,27 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             config = dataclasses.replace(
                 config, **{name: dataclasses.replace(section, api_key=key)}
             )
+    config = _with_telephony(config, environ)
     url = environ.get("LIVETX_STORE_URL") or config.store.url
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("[store] url must start with postgresql:// (or be left out for SQLite)")
     if url != config.store.url:
         config = dataclasses.replace(config, store=StoreConfig(url=url))
+    return config
+
+
+def _with_telephony(config: Config, environ: Mapping[str, str]) -> Config:
+    """Twilio's auth token from the environment, and what a carrier needs to be served."""
+    section = config.telephony
+    token = section.twilio_auth_token or environ.get("LIVETX_TWILIO_AUTH_TOKEN")
+    if "twilio" in section.carriers and not token:
+        raise ConfigError("[telephony] twilio needs twilio_auth_token (or LIVETX_TWILIO_AUTH_TOKEN) "
+                          "to check its webhook's signatures")
+    url = section.public_url
+    if url is not None and (not url.startswith(("https://", "http://")) or "?" in url or "#" in url):
+        raise ConfigError(f"[telephony] public_url must be an http(s) URL like https://voice.example.com, got {url!r}")
+    if token != section.twilio_auth_token:
+        config = dataclasses.replace(config, telephony=dataclasses.replace(section, twilio_auth_token=token))
     return config
 
 

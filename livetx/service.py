@@ -90,6 +90,18 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
+    memories = live_memories(store)
+    routes = {
+        **api_routes(keys, store, chat, settings.server, failures),
+        # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
+        **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
+        **page_routes(),
+    }
+    if settings.telephony.carriers:  # imported only when configured
+        from livetx.telephony.routes import telephony_routes
+
+        routes.update(telephony_routes(settings, secret=secret, engines=engines, connections=connections,
+                                       clock=reactor, metrics=metrics, memories=memories))
     site = build_site(
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
@@ -101,13 +113,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         connections=connections,
         clock=reactor,
         chat=chat,
-        memories=live_memories(store),
-        routes={
-            **api_routes(keys, store, chat, settings.server, failures),
-            # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
-            **page_routes(),
-        },
+        memories=memories,
+        routes=routes,
         metrics=metrics,
         echo=echo,
         journals=journals,

@@ -19,6 +19,8 @@ FORBIDDEN = {
     "chat": ("livetx.web", "livetx.tap", "livetx.service"),
     "web": ("livetx.tap", "livetx.service"),
     "tools": ("livetx.live", "livetx.web", "livetx.chat", "livetx.store", "livetx.tap", "livetx.service"),
+    # Phone calls sit beside web/: a wire layer over the live session.
+    "telephony": ("livetx.tap", "livetx.service", "livetx.chat"),
 }
 #: Modules under every layer.
 BOTTOM = {"domain.py": FORBIDDEN["providers"] + ("livetx.store",), "errors.py": ("livetx.",)}
