@@ -263,8 +263,9 @@ class PhoneCall:
             self._host.hang_up(1000, "Call ended")
             return
         playback = self._playback
-        if playback is None or playback.cleared:
-            return  # marks the carrier returns for cleared audio were never heard
+        if playback is None:
+            return
+        # Marks the carrier returns for cleared audio come after the cut was taken: they change nothing.
         prefix = f"livetx-{playback.turn}-"
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             playback.played = max(playback.played, int(name[len(prefix):]) + 1)

@@ -129,7 +129,9 @@ class Inbound:
             import numpy as np
             import soxr
 
-            self._stream = soxr.ResampleStream(audio.rate, SAMPLE_RATE, 1, dtype=np.int16)
+            # Medium quality: it holds back 26 ms of audio where the default holds 66 ms, and
+            # every ms held delays the end of the caller's turn; a phone line has no treble to keep.
+            self._stream = soxr.ResampleStream(audio.rate, SAMPLE_RATE, 1, dtype=np.int16, quality="MQ")
 
     def feed(self, data: bytes) -> bytes:
         pcm = self.format.to_pcm(data)
