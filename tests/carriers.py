@@ -7,6 +7,7 @@ does, every pending mark at once when ``clear`` drops the audio).
 
 from __future__ import annotations
 
+import array
 import base64
 import json
 from typing import Any
@@ -124,6 +125,8 @@ class FakeCarrier(WebSocketClientProtocol):
         self.sequence = 0
         self.chunk = 0
         self.sent_ms = 0
+        #: When the caller's voice was first audible since :meth:`say` (for barge-in timing).
+        self.onset: float | None = None
         self._outbox = bytearray()  # caller audio still to send, in the wire format
         self._playing: list[Any] = []  # reply audio (bytes) and marks (str), in order
         self.played = bytearray()
@@ -175,6 +178,7 @@ class FakeCarrier(WebSocketClientProtocol):
     def say(self, pcm16k: bytes) -> None:
         """Queue caller speech (16 kHz PCM16), sent in real time in 20 ms packets."""
         self._outbox += self.shape.audio.to_wire(pcm16k, 16_000)
+        self.onset = None
 
     def _tick(self) -> None:
         step = int(20 * self.shape.audio.bytes_per_ms)
@@ -182,6 +186,8 @@ class FakeCarrier(WebSocketClientProtocol):
         del self._outbox[:step]
         piece += (b"\xff" if self.shape.audio.encoding == "mulaw" else b"\xd5" if self.shape.audio.encoding == "alaw"
                   else b"\x00") * (step - len(piece))
+        if self.onset is None and max(abs(s) for s in array.array("h", decoded_at_rate(piece, self.shape.audio))) > 300:
+            self.onset = reactor.seconds()
         self.chunk += 1
         self.sent_ms += 20
         self.send(self.shape.media(self.stream, piece, self.chunk, self.sent_ms))
@@ -257,3 +263,8 @@ async def dial(url: str, shape: Shape, parameters: dict[str, str] | None = None,
 def decoded(payload: bytes, audio: AudioFormat) -> bytes:
     """Reply audio from the wire as 16 kHz PCM16 (what a recognizer takes)."""
     return Inbound(audio).feed(payload)
+
+
+def decoded_at_rate(payload: bytes, audio: AudioFormat) -> bytes:
+    """Wire audio as PCM16 at its own rate."""
+    return audio.to_pcm(payload)

@@ -155,6 +155,8 @@ async def test_twilio_call_ask_interrupt_dtmf_and_end_call(livetx: Any, openai: 
     carrier.say(await spoken("turn on the hallway lights"))
     await carrier.wait(lambda: bool(carrier.of("clear")), timeout=15)
     assert echoed_before == ["livetx-1-0"]  # the first sentence played, the second had not
+    # ``clear`` within 300 ms of the detector's decision, which waits min_speech_ms (100) of speech.
+    assert carrier.onset is not None and carrier.of("clear")[0][0] - carrier.onset <= 0.3 + 0.1
     await carrier.wait(lambda: len(openai.requests_to("/chat/completions")) >= 2, timeout=30)
     assert assistant_turns(openai) == ["Turn off the kitchen lights."]
 
