@@ -54,15 +54,15 @@ TARGET_P95_MS = 1500.0
 PACKET = 160  # 20 ms of 8 kHz μ-law
 QUESTION = "what is the weather like in the kitchen today"
 MULAW_8K = AudioFormat(MULAW, 8000)
+MIN_SPEECH_MS = 200
 
 
-def question() -> tuple[bytes, float]:
-    """The question as μ-law 8 kHz, and where its last audible sample is (seconds)."""
+def question() -> tuple[bytes, float, float]:
+    """The question as μ-law 8 kHz, and where its first and last audible samples are (seconds)."""
     pcm, rate = read_wav(_speak(("en-us", 175, 50), QUESTION))
     pcm8 = resample(pcm, rate, 8000)
-    samples = array.array("h", pcm8)
-    last = max(i for i, s in enumerate(samples) if abs(s) > 300)
-    return MULAW_8K.to_wire(pcm8, 8000), (last + 1) / 8000
+    audible = [i for i, s in enumerate(array.array("h", pcm8)) if abs(s) > 300]
+    return MULAW_8K.to_wire(pcm8, 8000), audible[0] / 8000, (audible[-1] + 1) / 8000
 
 
 class Caller:
@@ -122,8 +122,9 @@ class Caller:
         if not self.closed:
             asyncio.ensure_future(self.send({"event": "mark", "streamSid": self.sid, "mark": {"name": name}}))
 
-    async def ask(self, audio: bytes, speech_ends: float, over_reply: bool = False) -> float:
-        """Say the question; voice to voice in ms (or, over a reply, speech start to ``clear``)."""
+    async def ask(self, audio: bytes, speech: tuple[float, float], over_reply: bool = False) -> float:
+        """Say the question; voice to voice in ms (or, over a reply, first audible sample to ``clear``)."""
+        speech_starts, speech_ends = speech
         self.first_audio = self.clear_at = None
         began = time.perf_counter() + len(self.outbox) / 8000
         self.outbox += audio
@@ -131,7 +132,7 @@ class Caller:
         deadline = end_of_speech + 30
         while time.perf_counter() < deadline:
             if over_reply and self.clear_at is not None:
-                return (self.clear_at - began) * 1000
+                return (self.clear_at - began - speech_starts) * 1000
             if not over_reply and self.first_audio is not None and self.first_audio > end_of_speech:
                 return (self.first_audio - end_of_speech) * 1000
             await asyncio.sleep(0.005)
@@ -144,7 +145,7 @@ class Caller:
             await asyncio.sleep(0.05)
 
 
-async def one_call(base: str, index: int, turns: int, audio: bytes, speech_ends: float) -> dict[str, Any]:
+async def one_call(base: str, index: int, turns: int, audio: bytes, speech: tuple[float, float]) -> dict[str, Any]:
     tokens = CallTokens(SECRET, 60, _Clock())
     call_sid = f"CA{index:04d}"
     token = tokens.issue(f"+1555000{index:04d}", f"+1555000{index:04d}", call_sid)
@@ -160,11 +161,11 @@ async def one_call(base: str, index: int, turns: int, audio: bytes, speech_ends:
         v2v: list[float] = []
         try:
             for _ in range(turns):
-                v2v.append(await caller.ask(audio, speech_ends))
+                v2v.append(await caller.ask(audio, speech))
                 await caller.heard_out()
-            v2v.append(await caller.ask(audio, speech_ends))
+            v2v.append(await caller.ask(audio, speech))
             await asyncio.sleep(0.3)
-            barge = await caller.ask(audio, speech_ends, over_reply=True)
+            barge = await caller.ask(audio, speech, over_reply=True)
         finally:
             caller.closed = True
             streamer.cancel()
@@ -178,9 +179,9 @@ class _Clock:
 
 
 async def level(base: str, calls: int, turns: int, pid: int | None) -> dict[str, Any]:
-    audio, speech_ends = question()
+    audio, starts, ends = question()
     cpu0, wall0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
-    results = await asyncio.gather(*(one_call(base, i, turns, audio, speech_ends) for i in range(calls)))
+    results = await asyncio.gather(*(one_call(base, i, turns, audio, (starts, ends)) for i in range(calls)))
     wall = time.perf_counter() - wall0
     cpu = (cpu_seconds(pid) - cpu0) if pid else None
     v2v = [v for r in results for v in r["v2v_ms"]]
@@ -188,7 +189,10 @@ async def level(base: str, calls: int, turns: int, pid: int | None) -> dict[str,
     row: dict[str, Any] = {
         "calls": calls, "turns": len(v2v), "v2v_p50_ms": statistics.median(v2v),
         "v2v_p95_ms": percentile(v2v, 0.95), "clear_p50_ms": statistics.median(barge),
-        "clear_p95_ms": percentile(barge, 0.95), "call_minutes": calls * wall / 60,
+        "clear_p95_ms": percentile(barge, 0.95),
+        # The detector must hear min_speech_ms (200 by default) before it may call it speech.
+        "clear_after_detection_p95_ms": percentile(barge, 0.95) - MIN_SPEECH_MS,
+        "call_minutes": calls * wall / 60,
     }
     if cpu is not None:
         row["cpu_s_per_call_minute"] = cpu / row["call_minutes"]
@@ -210,7 +214,7 @@ async def ladder(base: str, levels: list[int], turns: int, pid: int | None) -> d
 def codec_cost(seconds: int = 60) -> dict[str, float]:
     """CPU per call-second: μ-law in (8 → 16 kHz) and out (22.05 kHz speech → 8 kHz μ-law),
     beside the JSON parsing and Base64 decoding of the same inbound frames."""
-    audio, _ = question()
+    audio, _, _ = question()
     line = (audio * (seconds * 8000 // len(audio) + 1))[: seconds * 8000]
     frames = [json.dumps({"event": "media", "media": {"payload": base64.b64encode(line[i:i + PACKET]).decode()}})
               for i in range(0, len(line), PACKET)]
@@ -254,7 +258,8 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
     else:
         extra = (f'[auth]\njwt_secret = "{SECRET}"\n[telephony]\ncarriers = ["twilio"]\n'
-                 'twilio_auth_token = "bench"\n[telephony.turn]\nsilence_ms = 500\n')
+                 'twilio_auth_token = "bench"\n[telephony.turn]\nsilence_ms = 500\n'
+                 f'min_speech_ms = {MIN_SPEECH_MS}\n')
         levels = [int(n) for n in args.levels.split(",")]
         with local_server(tokens=20, sentences=2, delay=0.0, offline=args.offline, config_extra=extra) as (
                 url, pid, _):
