@@ -130,6 +130,14 @@ async def test_a_stream_without_a_valid_token_is_closed_1008(livetx: Any, openai
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stream_that_never_starts_is_closed(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await phone_server(livetx, openai, tmp_path, "\n[server]\nhandshake_timeout = 0.5\n")
+    carrier = await dial(server.url("/telephony/telnyx/stream"), TelnyxShape(AudioFormat(MULAW, 8000)))
+    await carrier.closed.addTimeout(10, reactor)
+    assert carrier.close_code == 1008
+
+
+@pytest_twisted.ensureDeferred
 async def test_twilio_call_ask_interrupt_dtmf_and_end_call(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
     url = server.url("/telephony/twilio/voice", scheme="http")

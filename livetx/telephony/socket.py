@@ -16,7 +16,7 @@ import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from livetx import __version__
@@ -59,6 +59,7 @@ class CallProtocol(QuietIO):
     url_token: str | None = None
     #: Refused carrier frames on this call, by code (for the log line at its end).
     refusals: dict[str, int]
+    _no_start: IDelayedCall | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.url_token = (request.params.get("token") or [None])[0]
@@ -74,6 +75,14 @@ class CallProtocol(QuietIO):
         config = factory.telephony
         self.call = PhoneCall(carrier=factory.carrier, host=self, clock=factory.clock, dtmf=config.dtmf,
                               dtmf_wait=config.dtmf_wait_ms / 1000, session_frames=factory.session_frames)
+        # A socket that never says which call it is holds nothing for long.
+        wait = factory.limits.handshake_timeout or 10.0
+        self._no_start = factory.clock.callLater(wait, self._never_started)
+
+    def _never_started(self) -> None:
+        if self.call is not None and self.call.state == "waiting":
+            _log.warn("Closed a {carrier} stream that sent no 'start'", carrier=self.factory.carrier.name)
+            close_with_code(self, POLICY_VIOLATION, "No start")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         call = self.call
@@ -179,6 +188,8 @@ class CallProtocol(QuietIO):
         return {}
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._no_start is not None and self._no_start.active():
+            self._no_start.cancel()
         call, self.call = self.call, None
         if call is None:
             return
