@@ -180,9 +180,10 @@ class _Clock:
 
 async def level(base: str, calls: int, turns: int, pid: int | None) -> dict[str, Any]:
     audio, starts, ends = question()
-    cpu0, wall0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
+    cpu0, wall0, mine0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(one_call(base, i, turns, audio, (starts, ends)) for i in range(calls)))
     wall = time.perf_counter() - wall0
+    mine = time.process_time() - mine0
     cpu = (cpu_seconds(pid) - cpu0) if pid else None
     v2v = [v for r in results for v in r["v2v_ms"]]
     barge = [r["barge_ms"] for r in results]
@@ -193,6 +194,8 @@ async def level(base: str, calls: int, turns: int, pid: int | None) -> dict[str,
         # The detector must hear min_speech_ms (200 by default) before it may call it speech.
         "clear_after_detection_p95_ms": percentile(barge, 0.95) - MIN_SPEECH_MS,
         "call_minutes": calls * wall / 60,
+        # The simulated carriers' own share of a core: near 1, the harness limits the figures.
+        "harness_core_share": mine / wall,
     }
     if cpu is not None:
         row["cpu_s_per_call_minute"] = cpu / row["call_minutes"]
@@ -200,6 +203,8 @@ async def level(base: str, calls: int, turns: int, pid: int | None) -> dict[str,
 
 
 async def ladder(base: str, levels: list[int], turns: int, pid: int | None) -> dict[str, Any]:
+    audio, starts, ends = question()
+    await one_call(base, 9999, 0, audio, (starts, ends))  # warm-up: models load on first use, not counted
     rows = []
     for calls in levels:
         row = await level(base, calls, turns, pid)
