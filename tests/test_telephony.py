@@ -215,6 +215,17 @@ async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, path: str, sha
     await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
     assert await hear(tmp_path).transcribe(to_wav(first_sentence(carrier, shape.audio))) == \
         "turn off the kitchen lights"
+    carrier.say(await spoken("turn on the hallway lights"))  # over the reply: the carrier's clear
+    await carrier.wait(lambda: bool(carrier.of("clear")), timeout=15)
+    await carrier.wait(lambda: len(openai.requests_to("/chat/completions")) >= 2, timeout=30)
+    assert carrier.of("clear") and assistant_turns(openai) == ["Turn off the kitchen lights."]
+
+    def told() -> str:
+        return str(openai.requests_to("/chat/completions")[-1].json["messages"][-1]["content"])
+
+    carrier.send(shape.dtmf(carrier.stream, "4"))
+    await carrier.wait(lambda: "pressed 4" in told(), timeout=30)
+    assert "pressed 4" in told() and carrier.close_code is None
     carrier.hang_up()
     await carrier.closed.addTimeout(10, reactor)
     return carrier
