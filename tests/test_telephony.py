@@ -19,6 +19,7 @@ from xml.etree import ElementTree
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from livetx.audio import to_wav
 from livetx.config import STTConfig
@@ -192,6 +193,19 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     carrier.begin()
     carrier.say(await spoken("turn off the bedroom lights"))
     await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
+    # Bad frames are refused and counted; the call goes on.
+    carrier.send({"event": "media", "streamSid": carrier.stream, "media": {"payload": "%%% not base64"}})
+    carrier.send({"event": "media", "streamSid": "MZ-someone-else", "media": {"payload": ""}})
+    carrier.send({"event": "twirl", "streamSid": carrier.stream})
+    wanted = 'livetx_errors_total{code="UNKNOWN_MESSAGE_TYPE"}'
+    for _ in range(50):  # the socket's frames and this request travel apart
+        metrics = await (await treq.get(server.url("/metrics", scheme="http"), reactor=reactor)).text()
+        if wanted in metrics:
+            break
+        await deferLater(reactor, 0.05)
+    for code in ("INVALID_AUDIO", "INVALID_MESSAGE_FORMAT", "UNKNOWN_MESSAGE_TYPE"):
+        assert f'livetx_errors_total{{code="{code}"}} 1.0' in metrics, code
+    assert carrier.close_code is None
     carrier.hang_up()
     await carrier.closed.addTimeout(10, reactor)
     # The next call from the same number brings the history back, cut to the first sentence.
