@@ -23,6 +23,7 @@ from livetx.telephony.routes import telephony_routes
 from livetx.telephony.plivo import CARRIER as PLIVO
 from livetx.telephony.telnyx import CARRIER as TELNYX
 from livetx.telephony.twilio import CARRIER as TWILIO
+from livetx.telephony.webhook import caller_username, signature_valid, twilio_signature
 from livetx.tools import Tool
 from livetx.web.connections import ConnectionTracker
 
@@ -302,3 +303,22 @@ def test_twilio_auth_token_comes_from_the_environment_and_turn_settings_are_chec
     with pytest.raises(ConfigError, match=r"\[telephony.turn\] silence_ms"):
         telephony_routes(bad, secret="s", engines=Engines(llm=ScriptedLLM(), tts=None, stt=None),
                          connections=ConnectionTracker(), clock=Clock(), metrics=ServerMetrics(), memories=None)
+
+
+def test_twilio_signatures_match_twilios_own_test_vectors() -> None:
+    # The vectors of Twilio's Python library (tests/unit/test_request_validator.py).
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    params = {"CallSid": ["CA1234567890ABCDE"], "Digits": ["1234"], "From": ["+14158675309"],
+              "To": ["+18005551212"], "Caller": ["+14158675309"]}
+    assert twilio_signature("12345", url, params) == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    repeated = {"Sid": ["CA123"], "SidAccount": ["AC123"], "Digits": ["5678", "1234"]}
+    assert twilio_signature("12345", url, repeated) == "IK+Dwps556ElfBT0I3Rgjkr1wJU="
+    assert signature_valid("12345", url.replace(".com", ".com:443"), params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+    assert not signature_valid("12345", url, params, None)
+    assert not signature_valid("54321", url, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+
+
+def test_the_caller_is_the_username_unless_mapped() -> None:
+    assert caller_username("+15551234567", {}) == "+15551234567"
+    assert caller_username("+15551234567", {"+15551234567": "alice"}) == "alice"
+    assert caller_username("", {}) is None
