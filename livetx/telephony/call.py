@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from livetx.audio import duration_ms, read_wav
 from livetx.errors import ErrorCode
+from livetx.live.machine import Table
 from livetx.live.session import LiveSession
 from livetx.telephony import Carrier, CarrierError, Connected, Dtmf, Event, Frame, Ignored, Mark, Media, Start, Stop
 from livetx.telephony.codec import Inbound
@@ -44,6 +45,12 @@ GOODBYE = "livetx-goodbye"
 PIECE_MS = 500
 #: After the goodbye's mark is sent, hang up at the latest after the unplayed audio plus this.
 GOODBYE_MARGIN_MS = 3000
+
+#: A call's life: ``waiting`` for the carrier's ``start``, ``live``, then ``over`` (hung up, or refused).
+CALL = Table("call", ["waiting", "live", "over"], [
+    {"trigger": "begin", "source": "waiting", "dest": "live"},
+    {"trigger": "end", "source": ["waiting", "live"], "dest": "over"},
+], initial="waiting")
 
 
 class CallHost(Protocol):
@@ -107,7 +114,7 @@ class PhoneCall:
         self._dtmf_wait = dtmf_wait
         #: ``session_update`` frames sent to a new session (talk mode and its settings).
         self._session_frames = session_frames
-        self.state = "waiting"  # → "live" at start → "over"
+        self.state = CALL.initial
         self.start: Start | None = None
         self.session: LiveSession | None = None
         self._inbound: Inbound | None = None
@@ -179,10 +186,11 @@ class PhoneCall:
             raise CarrierError(ErrorCode.INVALID_STATE, "a second 'start'")
         session = self._host.open_session(start, self.end_call_tool())
         if session is None:
-            self.state = "over"
+            CALL.fire(self, "end")
             self.finished.callback(None)
             return
-        self.state, self.start, self.session = "live", start, session
+        CALL.fire(self, "begin")
+        self.start, self.session = start, session
         self._inbound = Inbound(start.audio)
         for frame in self._session_frames:
             session.receive(frame)
@@ -314,7 +322,7 @@ class PhoneCall:
         """The call is over (``stop``, or the socket closed): stop the turn, keep what was heard, let go."""
         if self.state == "over":
             return self.finished
-        self.state = "over"
+        CALL.fire(self, "end")
         for timer in (self._digit_timer, self._goodbye_timer):
             if timer is not None and timer.active():
                 timer.cancel()
