@@ -331,6 +331,8 @@ def _with_telephony(config: Config, environ: Mapping[str, str]) -> Config:
     if "twilio" in section.carriers and not token:
         raise ConfigError("[telephony] twilio needs twilio_auth_token (or LIVETX_TWILIO_AUTH_TOKEN) "
                           "to check its webhook's signatures")
+    if section.carriers and config.tts.provider != "none" and config.tts.response_format != "wav":
+        raise ConfigError("[telephony] calls need WAV speech: set [tts] response_format = \"wav\"")
     url = section.public_url
     if url is not None and (not url.startswith(("https://", "http://")) or "?" in url or "#" in url):
         raise ConfigError(f"[telephony] public_url must be an http(s) URL like https://voice.example.com, got {url!r}")

@@ -290,6 +290,7 @@ def test_inbound_packets_resample_as_one_stream() -> None:
     ('public_url = "voice.example.com"', "public_url"),
     ("usernames = { '+1555' = 7 }", "usernames must be"),
     ("bogus = 1", "unknown key"),
+    ('carriers = ["telnyx"]\n[tts]\nprovider = "openai"\nresponse_format = "mp3"', "WAV speech"),
 ])
 def test_telephony_config_is_checked_strictly(table: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
