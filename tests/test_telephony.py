@@ -256,3 +256,18 @@ async def test_plivo_call_in_l16_16k(livetx: Any, openai: Any, tmp_path: Path) -
                                   PlivoShape(AudioFormat(L16, 16000)))
     media = [value for _, value in carrier.of("media")]
     assert {(content, rate) for _, content, rate in media} == {("audio/x-l16", 16000)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_stops_drains_its_calls_like_its_other_sockets(
+        livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await phone_server(livetx, openai, tmp_path)
+    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
+    carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
+                         {"token": tokens.issue(CALLER, CALLER, "CA1")}, call_id="CA1")
+    carrier.begin()
+    carrier.say(await spoken("turn off the bedroom lights"))
+    await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
+    await server.stop()
+    await carrier.closed.addTimeout(10, reactor)
+    assert carrier.close_code == 1001
