@@ -251,6 +251,10 @@ def test_telnyx_and_plivo_frames_read_as_the_same_events() -> None:
         "callId": "c1", "streamId": "s1", "mediaFormat": {"encoding": "audio/x-l16", "sampleRate": 16000}}})
     assert isinstance(telnyx, Start) and telnyx.audio == AudioFormat("alaw", 8000)
     assert isinstance(plivo, Start) and plivo.audio == AudioFormat("l16", 16000)
+    rtp = TELNYX.parse({"event": "start", "sequence_number": "1", "stream_id": "s1", "start": {
+        "call_control_id": "c1", "media_format": {"encoding": "L16", "sample_rate": 16000, "channels": 1}}})
+    assert isinstance(rtp, Start) and rtp.audio.big_endian
+    assert rtp.audio.to_pcm(b"\x01\x02") == b"\x02\x01" and rtp.audio.to_wire(b"\x02\x01", 16000) == b"\x01\x02"
     assert PLIVO.mark("s1", "n") == {"event": "checkpoint", "streamId": "s1", "name": "n"}
     assert PLIVO.clear("s1") == {"event": "clearAudio", "streamId": "s1"}
     assert TELNYX.clear("s1") == {"event": "clear"}

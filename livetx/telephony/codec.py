@@ -98,6 +98,8 @@ class AudioFormat:
 
     encoding: str
     rate: int
+    #: L16 in network byte order (an RTP payload, RFC 3551), not the pipeline's little-endian.
+    big_endian: bool = False
 
     @property
     def bytes_per_ms(self) -> float:
@@ -106,11 +108,22 @@ class AudioFormat:
     def to_wire(self, pcm: bytes, rate: int) -> bytes:
         """PCM16 at ``rate`` (a reply sentence) as this format's bytes."""
         pcm = resample(pcm, rate, self.rate)
-        return pcm if self.encoding == L16 else encode_g711(pcm, self.encoding)
+        if self.encoding != L16:
+            return encode_g711(pcm, self.encoding)
+        return _swapped(pcm) if self.big_endian else pcm
 
     def to_pcm(self, data: bytes) -> bytes:
         """This format's bytes as PCM16 at their own rate."""
-        return data if self.encoding == L16 else decode_g711(data, self.encoding)
+        if self.encoding != L16:
+            return decode_g711(data, self.encoding)
+        return _swapped(data) if self.big_endian else data
+
+
+def _swapped(pcm: bytes) -> bytes:
+    """16-bit samples with their two bytes swapped (big-endian ↔ little-endian)."""
+    import numpy as np
+
+    return bytes(np.frombuffer(pcm, dtype="<i2").byteswap().tobytes())
 
 
 class Inbound:

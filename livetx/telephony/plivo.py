@@ -5,7 +5,7 @@ in ``start`` (``start.callId``, ``start.streamId``, ``start.mediaFormat``),
 ``media``, ``dtmf``, ``playedStream`` (a checkpoint played), ``clearedAudio``;
 out ``playAudio`` (with the audio's ``contentType`` and ``sampleRate``),
 ``checkpoint`` and ``clearAudio``. Audio is μ-law at 8 kHz or L16 at 8 or
-16 kHz.
+16 kHz; Plivo does not say L16's byte order, and little-endian is assumed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Plivo:
 
     def parse(self, frame: Frame) -> Event:
         event = frame.get("event")
-        if event == "playedStream":  # a checkpoint played: Plivo's mark, named differently
+        if event in ("playedStream", "played"):  # a checkpoint played (its docs use both names)
             return Mark(text(frame, "streamId", "frame"), text(frame, "name", "frame"))
         if event == "clearedAudio":
             return Ignored(frame.get("streamId"))

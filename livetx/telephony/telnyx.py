@@ -3,7 +3,8 @@
 Telnyx's frames (https://developers.telnyx.com/docs/voice/programmable-voice/media-streaming)
 are Twilio's in snake case: ``stream_id``, ``sequence_number``,
 ``start.call_control_id`` and ``start.media_format`` with ``encoding``
-(PCMU, PCMA or L16) and ``sample_rate`` (8000 or 16000). Out: ``media``,
+(PCMU, PCMA or L16) and ``sample_rate`` (8000 or 16000). The payloads are
+RTP payloads, so L16 is big-endian (RFC 3551). Out: ``media``,
 ``mark`` and ``clear``, which carry no stream id (the socket is the stream).
 """
 
@@ -36,7 +37,8 @@ class Telnyx:
         if encoding not in ENCODINGS or rate not in RATES or fmt.get("channels", 1) != 1:
             raise unsupported(encoding, rate)
         return Start(text(frame, "stream_id", "frame"), text(start, "call_control_id", "start"),
-                     AudioFormat(ENCODINGS[encoding], int(rate)), parameters(start.get("custom_parameters")))
+                     AudioFormat(ENCODINGS[encoding], int(rate), big_endian=encoding == "L16"),
+                     parameters(start.get("custom_parameters")))
 
     def media(self, stream_id: str, audio: bytes, fmt: AudioFormat) -> Frame:
         return {"event": "media", "media": {"payload": b64(audio)}}
