@@ -93,6 +93,17 @@ def first_sentence(carrier: FakeCarrier, audio: AudioFormat) -> bytes:
     return decoded(bytes(wire), audio)
 
 
+async def asking(server: Any, call_id: str) -> FakeCarrier:
+    """A Twilio call from :data:`CALLER` that has asked its question and heard the reply's first sentence."""
+    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
+    carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
+                         {"token": tokens.issue(CALLER, CALLER, call_id)}, call_id=call_id)
+    carrier.begin()
+    carrier.say(await spoken("turn off the bedroom lights"))
+    await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
+    return carrier
+
+
 def assistant_turns(openai: Any) -> list[str]:
     """What the model was last told it said, turn by turn (its context is the stored history)."""
     messages = openai.requests_to("/chat/completions")[-1].json["messages"]
@@ -187,12 +198,7 @@ async def test_twilio_call_ask_interrupt_dtmf_and_end_call(livetx: Any, openai: 
 @pytest_twisted.ensureDeferred
 async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
-    carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
-                         {"token": tokens.issue(CALLER, CALLER, "CA1")}, call_id="CA1")
-    carrier.begin()
-    carrier.say(await spoken("turn off the bedroom lights"))
-    await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
+    carrier = await asking(server, "CA1")
     # Bad frames are refused and counted; the call goes on.
     carrier.send({"event": "media", "streamSid": carrier.stream, "media": {"payload": "%%% not base64"}})
     carrier.send({"event": "media", "streamSid": "MZ-someone-else", "media": {"payload": ""}})
@@ -209,11 +215,7 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     carrier.hang_up()
     await carrier.closed.addTimeout(10, reactor)
     # The next call from the same number brings the history back, cut to the first sentence.
-    again = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
-                       {"token": tokens.issue(CALLER, CALLER, "CA2")}, call_id="CA2")
-    again.begin()
-    again.say(await spoken("turn on the kitchen lights"))
-    await again.wait(lambda: len(openai.requests_to("/chat/completions")) >= 2, timeout=30)
+    again = await asking(server, "CA2")
     assert assistant_turns(openai) == ["Turn off the kitchen lights."]
     again.hang_up()
     await again.closed.addTimeout(10, reactor)
@@ -262,12 +264,7 @@ async def test_plivo_call_in_l16_16k(livetx: Any, openai: Any, tmp_path: Path) -
 async def test_a_server_that_stops_drains_its_calls_like_its_other_sockets(
         livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
-    carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
-                         {"token": tokens.issue(CALLER, CALLER, "CA1")}, call_id="CA1")
-    carrier.begin()
-    carrier.say(await spoken("turn off the bedroom lights"))
-    await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
+    carrier = await asking(server, "CA1")
     await server.stop()
     await carrier.closed.addTimeout(10, reactor)
     assert carrier.close_code == 1001

@@ -18,6 +18,12 @@ def section(frame: Frame, name: str) -> dict[str, Any]:
     return value
 
 
+def start_of(frame: Frame, format_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``start`` frame's ``start`` object and its media format object (named ``format_key``)."""
+    start = section(frame, "start")
+    return start, section(start, format_key)
+
+
 def text(values: dict[str, Any], name: str, where: str) -> str:
     value = values.get(name)
     if not isinstance(value, str) or not value:

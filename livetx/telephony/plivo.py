@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from livetx.telephony import Carrier, Event, Frame, Ignored, Mark, Start
 from livetx.telephony.codec import L16, MULAW, AudioFormat
-from livetx.telephony.frames import b64, common, section, text, unknown, unsupported
+from livetx.telephony.frames import b64, common, section, start_of, text, unknown, unsupported
 
 FORMATS = {("audio/x-mulaw", 8000): MULAW, ("audio/x-l16", 8000): L16, ("audio/x-l16", 16000): L16}
 CONTENT_TYPES = {MULAW: "audio/x-mulaw", L16: "audio/x-l16"}
@@ -33,8 +33,7 @@ class Plivo:
             return found
         if event != "start":
             raise unknown(event)
-        start = section(frame, "start")
-        fmt = section(start, "mediaFormat")
+        start, fmt = start_of(frame, "mediaFormat")
         encoding, rate = fmt.get("encoding"), fmt.get("sampleRate")
         if not isinstance(encoding, str) or not isinstance(rate, int) or (encoding, rate) not in FORMATS:
             raise unsupported(encoding, rate)

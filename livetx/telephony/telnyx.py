@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from livetx.telephony import Carrier, Event, Frame, Ignored, Start
 from livetx.telephony.codec import ALAW, L16, MULAW, AudioFormat
-from livetx.telephony.frames import b64, common, parameters, section, text, unknown, unsupported
+from livetx.telephony.frames import b64, common, parameters, section, start_of, text, unknown, unsupported
 
 ENCODINGS = {"PCMU": MULAW, "PCMA": ALAW, "L16": L16}
 RATES = (8000, 16000)
@@ -31,8 +31,7 @@ class Telnyx:
             return Ignored(frame.get("stream_id"))
         if event != "start":
             raise unknown(event)
-        start = section(frame, "start")
-        fmt = section(start, "media_format")
+        start, fmt = start_of(frame, "media_format")
         encoding, rate = fmt.get("encoding"), fmt.get("sample_rate")
         if encoding not in ENCODINGS or rate not in RATES or fmt.get("channels", 1) != 1:
             raise unsupported(encoding, rate)

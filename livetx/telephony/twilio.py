@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from livetx.telephony import Carrier, Event, Frame, Start
 from livetx.telephony.codec import MULAW, AudioFormat
-from livetx.telephony.frames import b64, common, parameters, section, text, unknown, unsupported
+from livetx.telephony.frames import b64, common, parameters, section, start_of, text, unknown, unsupported
 
 #: The one format Twilio streams.
 TWILIO_AUDIO = AudioFormat(MULAW, 8000)
@@ -27,8 +27,7 @@ class Twilio:
             return found
         if frame.get("event") != "start":
             raise unknown(frame.get("event"))
-        start = section(frame, "start")
-        fmt = section(start, "mediaFormat")
+        start, fmt = start_of(frame, "mediaFormat")
         encoding, rate, channels = fmt.get("encoding"), fmt.get("sampleRate"), fmt.get("channels", 1)
         if encoding != "audio/x-mulaw" or rate != 8000 or channels != 1:
             raise unsupported(encoding, rate)
