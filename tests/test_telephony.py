@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -76,8 +77,10 @@ async def answer(server: Any, params: dict[str, str], signature: str | None) -> 
     return response.code, await response.content()
 
 
-def hear(tmp_path: Path) -> SphinxRecognizer:
-    grammar = tmp_path / "hear.jsgf"
+@pytest.fixture(scope="module")
+def hear(tmp_path_factory: pytest.TempPathFactory) -> SphinxRecognizer:
+    """One recognizer (one decoding process) hears every reply of this module."""
+    grammar = tmp_path_factory.mktemp("hear") / "hear.jsgf"
     grammar.write_text(GRAMMAR)
     return SphinxRecognizer(STTConfig(provider="pocketsphinx", grammar=str(grammar), threads=1), None, reactor)
 
@@ -150,7 +153,8 @@ async def test_a_stream_that_never_starts_is_closed(livetx: Any, openai: Any, tm
 
 
 @pytest_twisted.ensureDeferred
-async def test_twilio_call_ask_interrupt_dtmf_and_end_call(livetx: Any, openai: Any, tmp_path: Path) -> None:
+async def test_twilio_call_ask_interrupt_dtmf_and_end_call(
+        livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
     server = await phone_server(livetx, openai, tmp_path)
     url = server.url("/telephony/twilio/voice", scheme="http")
     params = {"CallSid": "CA1", "From": CALLER, "To": "+15550000000"}
@@ -166,7 +170,7 @@ async def test_twilio_call_ask_interrupt_dtmf_and_end_call(livetx: Any, openai: 
     carrier.say(await spoken("turn off the bedroom lights"))
     await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
     assert openai.requests_to("/chat/completions")[0].json["messages"][-1]["content"] == "turn off the bedroom lights"
-    assert await hear(tmp_path).transcribe(to_wav(first_sentence(carrier, mulaw))) == "turn off the kitchen lights"
+    assert await hear.transcribe(to_wav(first_sentence(carrier, mulaw))) == "turn off the kitchen lights"
     marks = [name for _, name in carrier.of("mark")]
     assert marks[0] == "livetx-1-0"
 
@@ -221,7 +225,8 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     await again.closed.addTimeout(10, reactor)
 
 
-async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, path: str, shape: Shape) -> FakeCarrier:
+async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer, path: str,
+                        shape: Shape) -> FakeCarrier:
     server = await phone_server(livetx, openai, tmp_path)
     tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
     token = tokens.issue(CALLER, CALLER, "call-1")
@@ -229,7 +234,7 @@ async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, path: str, sha
     carrier.begin()
     carrier.say(await spoken("turn off the bedroom lights"))
     await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
-    assert await hear(tmp_path).transcribe(to_wav(first_sentence(carrier, shape.audio))) == \
+    assert await hear.transcribe(to_wav(first_sentence(carrier, shape.audio))) == \
         "turn off the kitchen lights"
     carrier.say(await spoken("turn on the hallway lights"))  # over the reply: the carrier's clear
     await carrier.wait(lambda: bool(carrier.of("clear")), timeout=15)
@@ -248,13 +253,13 @@ async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, path: str, sha
 
 
 @pytest_twisted.ensureDeferred
-async def test_telnyx_call_in_a_law(livetx: Any, openai: Any, tmp_path: Path) -> None:
-    await other_carrier(livetx, openai, tmp_path, "/telephony/telnyx/stream", TelnyxShape(AudioFormat(ALAW, 8000)))
+async def test_telnyx_call_in_a_law(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
+    await other_carrier(livetx, openai, tmp_path, hear, "/telephony/telnyx/stream", TelnyxShape(AudioFormat(ALAW, 8000)))
 
 
 @pytest_twisted.ensureDeferred
-async def test_plivo_call_in_l16_16k(livetx: Any, openai: Any, tmp_path: Path) -> None:
-    carrier = await other_carrier(livetx, openai, tmp_path, "/telephony/plivo/stream",
+async def test_plivo_call_in_l16_16k(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
+    carrier = await other_carrier(livetx, openai, tmp_path, hear, "/telephony/plivo/stream",
                                   PlivoShape(AudioFormat(L16, 16000)))
     media = [value for _, value in carrier.of("media")]
     assert {(content, rate) for _, content, rate in media} == {("audio/x-l16", 16000)}
