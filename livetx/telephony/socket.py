@@ -16,7 +16,7 @@ import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from livetx import __version__
@@ -33,7 +33,7 @@ from livetx.telephony.call import PhoneCall, session_frames
 from livetx.telephony.tokens import CallTokens
 from livetx.tools import Tool, ToolCallingModel
 from livetx.web.admission import Admission, FrameRate, Verdict
-from livetx.web.connections import GOING_AWAY, POLICY_VIOLATION, ConnectionTracker
+from livetx.web.connections import GOING_AWAY, POLICY_VIOLATION, ConnectionTracker, SendBuffer
 from livetx.web.protocol import apply_limits
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class CallProtocol(QuietIO):
     call: PhoneCall | None = None
     observer: TurnObserver | None = None
     rate: FrameRate | None = None
+    buffer: SendBuffer | None = None
     finished: Deferred[None] | None = None
     #: The call token in the stream URL's query (carriers that cannot pass parameters in ``start``).
     url_token: str | None = None
@@ -72,6 +73,12 @@ class CallProtocol(QuietIO):
             return
         self.finished = Deferred()
         self.rate = FrameRate(factory.limits.max_frames_per_second, factory.clock)
+        # A carrier that stops reading holds back the reply's speech, then is dropped, as any client.
+        self.buffer = SendBuffer(factory.limits.max_send_buffer_bytes, pause=self._output_paused,
+                                 resume=self._output_resumed)
+        transport = cast(IConsumer, self.transport)
+        transport.unregisterProducer()  # Twisted Web's channel registered itself; the socket is ours now
+        transport.registerProducer(self.buffer, True)
         config = factory.telephony
         self.call = PhoneCall(carrier=factory.carrier, host=self, clock=factory.clock, dtmf=config.dtmf,
                               dtmf_wait=config.dtmf_wait_ms / 1000, session_frames=factory.session_frames)
@@ -113,7 +120,19 @@ class CallProtocol(QuietIO):
 
     def send_frame(self, frame: Frame) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(orjson.dumps(frame), isBinary=False)
+            payload = orjson.dumps(frame)
+            self.sendMessage(payload, isBinary=False)
+            if self.buffer is not None and self.buffer.sent(len(payload)):
+                _log.warn("Hanging up a {carrier} call: the carrier reads too slowly", carrier=self.factory.carrier.name)
+                close_with_code(self, POLICY_VIOLATION, "Carrier reads too slowly")
+
+    def _output_paused(self) -> None:
+        if self.session is not None:
+            self.session.pause_output()
+
+    def _output_resumed(self) -> None:
+        if self.session is not None:
+            self.session.resume_output()
 
     def hang_up(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
