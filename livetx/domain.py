@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 from twisted.internet.defer import Deferred
 
 from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
-from livetx.providers.threads import owned
+from livetx.threads import owned
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Engines:
     def for_owner(self, owner: str) -> Engines:
         """The same engines, with the local ones' work queued under ``owner``
         (an API key, or a user), so that one owner's flood cannot starve the
-        others (see :mod:`livetx.providers.threads`)."""
+        others (see :mod:`livetx.threads`)."""
         return replace(self, tts=owned(self.tts, owner), stt=owned(self.stt, owner))
 
 

@@ -29,16 +29,16 @@ from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
 from livetx.metrics import ServerMetrics
-from livetx.providers.factory import build_engines
+from livetx.engines import build_engines
 from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
 from livetx.web.site import build_site
+from livetx.web.sockets import memory_journals
 
 _log = Logger()
 
@@ -70,8 +70,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
 
         node = ClusterNode(settings.cluster.redis, reactor)
         node.setName("cluster")
-    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended,
-                       relay=node.relay if node is not None else None)
+    chat = ChatService(store=store, engines=engines, clock=reactor, relay=node.relay if node is not None else None)
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
@@ -92,7 +91,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     origins = settings.server.allowed_origins
     memories = live_memories(store)
     routes = {
-        **api_routes(keys, store, chat, settings.server, failures),
+        **api_routes(keys, store, chat, settings.server, failures, metrics),
         # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
         **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
         **page_routes(),

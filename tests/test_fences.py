@@ -11,9 +11,13 @@ from http.cookiejar import CookieJar
 from typing import Any, Callable
 
 import treq.client
+import txredisapi
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from hyperlink import EncodedURL
+from transitions import Machine
+from transitions.core import Event
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -25,7 +29,12 @@ from twisted.web.server import Request, Site
 
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
-from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site
+from livetx.fences.transitions import trigger
+from livetx.fences.twisted_app import RaisingEndpointService
+from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site, take_over_producer
+from livetx.fences.txredisapi import Subscriptions, lost_after_connecting
+from livetx.web.flow import SendBuffer
+from livetx.web.replies import error_body
 
 
 def parameters(function: Callable[..., Any]) -> list[str]:
@@ -170,7 +179,7 @@ class Form(Resource):
 
 
 def serve(data: bytes) -> StringTransport:
-    site = make_site(Form(), admit=lambda addr: lambda: None)
+    site = make_site(Form(), admit=lambda addr: lambda: None, refusal_body=error_body)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     assert isinstance(channel, GuardedChannel) and channel.requestFactory is GuardedRequest
     channel.callLater = Clock().callLater
@@ -194,14 +203,14 @@ def test_a_body_past_the_limit_is_answered_from_the_headers() -> None:
 
 
 def test_an_address_over_its_limit_gets_no_channel() -> None:
-    site = make_site(Form(), admit=lambda addr: None)
+    site = make_site(Form(), admit=lambda addr: None, refusal_body=error_body)
     assert site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None  # Twisted then drops the connection
 
 
 def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
     """Twisted restarts its timeout in ``dataReceived`` through ``resetTimeout``, which the channel overrides."""
     clock = Clock()
-    site = make_site(Form(), admit=lambda addr: lambda: None, timeout=1.0, reactor=clock)
+    site = make_site(Form(), admit=lambda addr: lambda: None, refusal_body=error_body, timeout=1.0, reactor=clock)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -219,3 +228,60 @@ def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
         clock.advance(0.5)
         slow_body.dataReceived(b"a")
     assert not transport.disconnecting  # the body: an idle timeout, as before
+
+
+def test_the_channel_is_its_transports_producer_until_the_socket_takes_over() -> None:
+    transport, channel = StringTransport(), HTTPChannel()
+    channel.makeConnection(transport)
+    assert transport.producer is channel and transport.streaming
+    buffer = SendBuffer(100)
+    take_over_producer(transport, buffer)  # StringTransport refuses a second producer, as TCP's does
+    assert transport.producer is buffer and transport.streaming
+
+
+# -- Twisted's application services ---------------------------------------------
+
+
+def test_an_endpoint_service_raises_when_told_to_by_its_private_flag() -> None:
+    assert "self._raiseSynchronously" in body(StreamServerEndpointService.privilegedStartService)
+    assert RaisingEndpointService._raiseSynchronously is True
+
+
+# -- transitions ------------------------------------------------------------------
+
+
+def test_an_event_fires_on_a_model_its_machine_was_never_given() -> None:
+    assert parameters(Event.trigger)[:2] == ["self", "model"]
+    machine = Machine(model=None, states=["a", "b"], transitions=[
+        {"trigger": "go", "source": "a", "dest": "b", "conditions": "ready"}], initial="a",
+        auto_transitions=False, send_event=True)
+
+    class Model:
+        state = "a"
+
+        def ready(self, event: Any) -> bool:
+            return bool(event.kwargs["ok"])
+
+    model = Model()
+    assert trigger(machine, "go", model, ok=False) is False and model.state == "a"
+    assert trigger(machine, "go", model, ok=True) is True and model.state == "b"
+    assert not hasattr(model, "go") and not hasattr(model, "is_a")  # nothing bound to it
+
+
+# -- txredisapi -------------------------------------------------------------------
+
+
+def test_txredisapi_pool_and_factory_keep_the_shape_the_redis_client_reads() -> None:
+    pool = txredisapi.lazyConnectionPool("127.0.0.1", 1, poolsize=1, reconnect=False)
+    try:
+        factory = pool._factory
+        assert isinstance(factory, txredisapi.RedisFactory)
+        assert factory.size == 0 and factory.deferred is not None and not lost_after_connecting(pool)
+    finally:
+        pool.disconnect()
+    source = body(txredisapi.RedisFactory.addConnection)
+    assert "self.deferred = None" in source and "self.size = len(self.pool)" in source
+    assert "self.size = len(self.pool)" in body(txredisapi.RedisFactory.delConnection)
+    assert parameters(Subscriptions.addConnection) == parameters(txredisapi.SubscriberFactory.addConnection)
+    assert parameters(Subscriptions.delConnection) == parameters(txredisapi.SubscriberFactory.delConnection)
+    assert "addConnection" in body(txredisapi.RedisFactory._connectionReady)

@@ -14,7 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 from livetx.config import ConfigError, TTSConfig, from_mapping
 from livetx.domain import Engines
 from livetx.providers import espeak
-from livetx.providers.factory import check
+from livetx.engines import check
 from livetx.service import WarmUp
 
 

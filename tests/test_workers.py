@@ -55,12 +55,12 @@ def test_workers_cannot_share_a_tls_endpoint(tmp_path: Path) -> None:
 
 def test_a_scrape_adds_up_every_worker_once(tmp_path: Path) -> None:
     other = ServerMetrics()
-    other.opened("/ws", "live", "ann", Clock())
+    other.opened("/ws", "live", "ann")
     other.refused_at("/ws")
     (tmp_path / "worker-1.json").write_text(json.dumps(other.snapshot()))
     (tmp_path / "dead-2.json").write_text(json.dumps(other.snapshot()))  # died: its gauge goes
     mine = ServerMetrics()
-    mine.opened("/ws", "live", "bob", Clock())
+    mine.opened("/ws", "live", "bob")
     shared = SharedMetrics(mine, tmp_path, Clock())
     text = _exposition(mine)
     assert text[("livetx_connections_total", (("endpoint", "/ws"), ("mode", "live")))] == 3

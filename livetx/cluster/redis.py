@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.fences.txredisapi import Subscriptions, lost_after_connecting
+
 _log = Logger()
 
 #: Seconds a command may take before it fails (Redis answers in well under a millisecond).
@@ -47,7 +49,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         self.owner._dispatch(channel, message)
 
 
-class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
+class _Subscriptions(Subscriptions):
     """Keeps one subscribing connection, subscribing again to every channel after a reconnect."""
 
     protocol = _Subscriber
@@ -63,16 +65,13 @@ class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
         protocol.owner = self.owner
         return protocol
 
-    def addConnection(self, conn: _Subscriber) -> None:
-        super().addConnection(conn)
-        if conn.connected:
-            self.connection = conn
-            channels = list(self.owner._handlers)
-            d: Deferred[Any] = conn.subscribe(channels) if channels else succeed(None)
-            d.addCallbacks(lambda _: self.owner._subscribed(), lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
+    def connection_made(self, conn: _Subscriber) -> None:
+        self.connection = conn
+        channels = list(self.owner._handlers)
+        d: Deferred[Any] = conn.subscribe(channels) if channels else succeed(None)
+        d.addCallbacks(lambda _: self.owner._subscribed(), lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
 
-    def delConnection(self, conn: _Subscriber) -> None:
-        super().delConnection(conn)
+    def connection_lost(self, conn: _Subscriber) -> None:
         if self.connection is conn:
             self.connection = None
 
@@ -101,8 +100,7 @@ class Redis:
 
     def command(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once while disconnected, or after ``timeout`` without an answer."""
-        factory = self._pool._factory
-        if not factory.size and factory.deferred is None:  # lost after connecting once: fail now, not
+        if lost_after_connecting(self._pool):  # fail now, not after a reconnect's handshake
             return _failed(txredisapi.ConnectionError("not connected to Redis"))  # after a handshake's wait
         try:
             d: Deferred[Any] = self._pool.execute_command(*args)

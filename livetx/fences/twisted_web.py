@@ -7,10 +7,11 @@ server facing the Internet must refuse a body it does not want as soon as
 the headers say so. Twisted offers no public hook between "headers read"
 and "body read" except :meth:`Request.gotLength`, and the request line is
 then known only to the channel (``_command``, ``_path``, ``_version``);
-``tests/test_twisted_web_fence.py`` fails loudly if those change shape.
+``tests/test_fences.py`` fails loudly if those change shape.
 
 Routes declare what they accept through :class:`BodyRoute`; everything else
-takes no body at all.
+takes no body at all. A socket upgraded from a request takes the producer
+slot of its transport over from the channel (:func:`take_over_producer`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -26,8 +28,10 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from livetx.errors import ErrorCode
-from livetx.web.replies import HTTPError, error_body
+from livetx.errors import ErrorCode, HTTPError, LivetxError
+
+#: Writes a refusal's body (and sets its status): the server's one shape of HTTP error.
+RefusalBody = Callable[[Request, LivetxError], bytes]
 
 
 @runtime_checkable
@@ -38,7 +42,7 @@ class BodyRoute(Protocol):
         """Bytes of body this request may send (0: none)."""
 
     def check_headers(self, request: Request) -> None:
-        """Raise :class:`~livetx.web.replies.HTTPError` to answer before the body is read (method, credentials)."""
+        """Raise a :class:`~livetx.errors.LivetxError` (it has its status) to answer before the body is read (method, credentials)."""
 
 
 class GuardedRequest(Request):
@@ -72,7 +76,7 @@ class GuardedRequest(Request):
                 raise HTTPError(413, ErrorCode.TOO_LARGE, "this request takes no body")
             if length is not None and length > self._limit:  # None: chunked, counted as it comes
                 raise HTTPError(413, ErrorCode.TOO_LARGE, f"the body is limited to {self._limit} bytes here")
-        except HTTPError as refusal:
+        except LivetxError as refusal:
             self._refuse(refusal)
             return
         super().gotLength(length)
@@ -101,16 +105,16 @@ class GuardedRequest(Request):
         self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
         return channel.site
 
-    def _refuse(self, refusal: HTTPError) -> None:
+    def _refuse(self, refusal: LivetxError) -> None:
         """Answer now and close: the client may still be sending a body nobody will read."""
         self.refused = True
         self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
         self.channel.persistent = False
-        body = error_body(self, refusal)
+        channel: Any = self.channel
+        body = channel.site.refusal_body(self, refusal)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.setHeader(b"connection", b"close")
         self.write(body)
-        channel: Any = self.channel
         channel.site.log(self)
         channel.loseConnection()
 
@@ -180,21 +184,29 @@ class Upgrade(WebSocketResource):
         return result
 
 
-def make_site(root: Resource, *, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> Site:
+def make_site(
+    root: Resource, *, admit: Callable[[Any], Callable[[], None] | None], refusal_body: RefusalBody, **kwargs: Any
+) -> Site:
     """A Site of guarded requests and channels; ``admit(addr)`` gives a release, or None to refuse.
 
+    ``refusal_body`` writes the answer to a body refused from the headers
+    (the web layer's, passed in: the fence imports nothing above it).
     ``timeout`` (a Site argument) is also the deadline for each request's headers.
     """
-    return _Site(root, admit, **kwargs)
+    return _Site(root, admit, refusal_body, **kwargs)
 
 
 class _Site(Site):
     protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = GuardedRequest
 
-    def __init__(self, root: Resource, admit: Callable[[Any], Callable[[], None] | None], **kwargs: Any) -> None:
+    def __init__(
+        self, root: Resource, admit: Callable[[Any], Callable[[], None] | None], refusal_body: RefusalBody,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root, parsePOSTFormSubmission=False, **kwargs)
         self._admit = admit
+        self.refusal_body = refusal_body
 
     def buildProtocol(self, addr: Any) -> Any:
         release = self._admit(addr)
@@ -203,3 +215,13 @@ class _Site(Site):
         channel = super().buildProtocol(addr)
         channel.release = release
         return channel
+
+
+def take_over_producer(transport: IConsumer, producer: IPushProducer) -> None:
+    """An upgraded socket's transport is the WebSocket's now: ``producer`` paces it.
+
+    Twisted Web's channel registered itself as the transport's producer when
+    the connection opened, and a transport takes one producer at a time.
+    """
+    transport.unregisterProducer()
+    transport.registerProducer(producer, True)

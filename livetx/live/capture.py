@@ -75,6 +75,9 @@ class Owner(Protocol):
     def emit(self, frame: Frame) -> None:
         """Send a frame to the client."""
 
+    def error(self, code: ErrorCode, message: str) -> None:
+        """Send an error frame to the client (and report it sent)."""
+
 
 class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
@@ -169,7 +172,7 @@ class Capture:
             try:
                 self.append(pcm)
             except FrameError as e:
-                self._owner.emit(e.frame())
+                self._owner.error(e.code, e.message)
                 return
             self._request_partial()
 

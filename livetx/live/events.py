@@ -6,6 +6,10 @@ anyone rebuilding that life from the frames it sent. The per-turn
 one log line per turn (:class:`livetx.metrics.TurnObserver`) are listeners;
 a turn whose model calls tools (:mod:`livetx.tools`) reports each call with
 :meth:`TurnListener.tool_called` and :meth:`TurnListener.tool_finished`.
+Live turns and chat turns (on a socket or over SSE) tell the same events.
+Whoever sends an error frame says so (:meth:`TurnListener.error_sent`), and
+whoever meets a provider's failure names its kind
+(:meth:`TurnListener.provider_failed`): nobody reads the frames back.
 
 Times are seconds from the turn's start, as the session defines it (the
 text frame's arrival, or the voice segment assembled into a WAV).
@@ -13,28 +17,16 @@ text frame's arrival, or the voice segment assembled into a WAV).
 
 from __future__ import annotations
 
-import enum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from twisted.logger import Logger
 
+# How a turn ended is one of the errors module's vocabularies; importable from here too.
+from livetx.errors import Outcome as Outcome
 from livetx.live.frames import Frame
 from livetx.tools.record import tool_figures
 
 _log = Logger()
-
-
-class Outcome(enum.Enum):
-    """How a turn ended."""
-
-    #: It ran to its end (an empty transcript and a failed speech engine included).
-    OK = "ok"
-    #: The client stopped it (``interrupt``, or talk-mode speech over the reply).
-    INTERRUPTED = "interrupted"
-    #: A provider or a bug ended it early (an error frame said why).
-    FAILED = "failed"
-    #: The connection closed or the server stopped under it.
-    DROPPED = "dropped"
 
 
 class TurnListener(Protocol):
@@ -62,8 +54,18 @@ class TurnListener(Protocol):
         """A tool call returned (``ok``) or not: ``status`` is ``ok``, ``failed``, ``refused``,
         ``timeout`` or ``cancelled``; ``seconds`` is how long it ran."""
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
-        """The turn is over; called once, before its ``end`` or ``stop_play`` frame."""
+    def error_sent(self, code: str) -> None:
+        """An error frame with ``code`` went out (in a turn or between turns)."""
+
+    def provider_failed(self, kind: str) -> None:
+        """A provider (``stt``, ``llm``, ``tts``, or ``provider``) failed, and the client was told."""
+
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
+        """The turn is over; called once, before its ``end`` (live: or after ``stop_play``).
+
+        ``values`` is what the turn's ``metrics`` say (chat: what is stored
+        with the reply), a snapshot the listener may keep.
+        """
 
 
 class Listeners:
@@ -102,8 +104,14 @@ class Listeners:
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._each("tool_finished", call_id, name, ok, status, seconds)
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
-        self._each("turn_ended", outcome, seconds)
+    def error_sent(self, code: str) -> None:
+        self._each("error_sent", code)
+
+    def provider_failed(self, kind: str) -> None:
+        self._each("provider_failed", kind)
+
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
+        self._each("turn_ended", outcome, seconds, values)
 
 
 class Ignore:
@@ -132,7 +140,13 @@ class Ignore:
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         pass
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+    def error_sent(self, code: str) -> None:
+        pass
+
+    def provider_failed(self, kind: str) -> None:
+        pass
+
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         pass
 
 
@@ -150,8 +164,8 @@ class MetricsFrames(Ignore):
     before its ``end`` (the reference sent the last one after; its clients
     merge ``metrics`` whenever they come, so they take either order).
     ``values`` is everything reported for the current turn, which the
-    store keeps with the reply. ``wav_to_tts_total_time`` is sent for turns
-    that reached the model, as the reference does; the tool figures
+    store keeps with the reply and :meth:`ended` hands the other
+    listeners. ``wav_to_tts_total_time`` is sent for turns that reached the model, as the reference does; the tool figures
     (:func:`livetx.tools.record.tool_figures`) for turns that called tools.
     """
 
@@ -193,11 +207,13 @@ class MetricsFrames(Ignore):
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._tools.append((name, ok, status, seconds))
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+    def ended(self, outcome: Outcome, seconds: float) -> Mapping[str, Any]:
+        """Send the turn's last ``metrics`` (before its ``end``); the values, for the turn's ``turn_ended``."""
         if self._tools and outcome in (Outcome.OK, Outcome.FAILED):
             self._send(tool_figures(self._tools))
         elif self._tools:  # stop_play has gone out: kept for the store, not sent
             self.values.update(tool_figures(self._tools))
         if self._replied and outcome in (Outcome.OK, Outcome.FAILED):
             self._send({"wav_to_tts_total_time": seconds})
+        return dict(self.values)
 

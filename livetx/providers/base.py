@@ -8,13 +8,18 @@ depends on it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from livetx.audio import duration_ms, read_wav, resample
-from livetx.errors import ErrorCode, LivetxError
+# The engines' errors are defined with every other error; they are importable from here too.
+from livetx.errors import LLMError as LLMError
+from livetx.errors import ProviderError as ProviderError
+from livetx.errors import STTError as STTError
+from livetx.errors import TTSError as TTSError
 
 _log = Logger()
 
@@ -40,31 +45,6 @@ def message_text(content: str | list[dict[str, Any]]) -> str:
     return "".join(item.get("text", "") for item in content if item.get("type") == "text")
 
 
-class ProviderError(LivetxError):
-    """An outside service failed; ``code`` is the error-frame code to report.
-
-    ``kind`` labels the ``livetx_provider_failures_total`` metric.
-    """
-
-    code = ErrorCode.PROVIDER_ERROR
-    kind = "provider"
-
-
-class LLMError(ProviderError):
-    code = ErrorCode.LLM_ERROR
-    kind = "llm"
-
-
-class TTSError(ProviderError):
-    code = ErrorCode.TTS_ERROR
-    kind = "tts"
-
-
-class STTError(ProviderError):
-    code = ErrorCode.STT_ERROR
-    kind = "stt"
-
-
 @runtime_checkable
 class ChatModel(Protocol):
     """Streams a reply to a conversation."""
@@ -76,6 +56,31 @@ class ChatModel(Protocol):
         self, messages: Sequence[Message], on_delta: Callable[[str], None]
     ) -> Deferred[None]:
         """Call ``on_delta`` with each text piece as it arrives; fire when done."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for: ``arguments`` is the model's raw JSON text (see :mod:`livetx.tools`)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@runtime_checkable
+class ToolCallingModel(Protocol):
+    """A chat model that can be offered tools (OpenAI-compatible function calling).
+
+    Models without it (the echo model) are never offered tools.
+    """
+
+    model: str
+
+    def stream_tools(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None],
+        tools: Sequence[dict[str, Any]] | None,
+    ) -> Deferred[list[ToolCall]]:
+        """Stream a reply offering ``tools``; fire with the calls asked for (none: it answered)."""
 
 
 @runtime_checkable

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from livetx.audio import SAMPLE_RATE
 from livetx.config import ConfigError, STTConfig
 from livetx.providers.base import recognizer_input, reported
-from livetx.providers.threads import Worker
+from livetx.threads import Worker
 
 _log = Logger()
 
@@ -139,7 +139,7 @@ class WhisperRecognizer:
     """Transcribes one WAV segment per call with a local Whisper model."""
 
     name = "faster_whisper"
-    #: Segments queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    #: Segments queue per owner and take turns (see :mod:`livetx.threads`).
     fair_share = True
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any, cache: Path | None = None) -> None:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.config import ToolsConfig
+from livetx.errors import ToolStatus
 from livetx.providers.base import Message
 from livetx.tools import ToolCall, ToolCallingModel, ToolListener, ToolOutcome
 from livetx.tools.record import model_text
@@ -179,7 +180,7 @@ class _Run:
         else:
             refusal = registry.invalid(call.name, arguments)
         if refusal is not None or tool is None:
-            return succeed(self._report(call, ToolOutcome(False, refusal, 0.0, "refused")))
+            return succeed(self._report(call, ToolOutcome(False, refusal, 0.0, ToolStatus.REFUSED)))
         started = self._o.clock.seconds()
         running = maybeDeferred(tool.call, **arguments)
         if running.called:  # answered at once: no deadline or filler needed
@@ -201,18 +202,18 @@ class _Run:
             try:
                 value = orjson.loads(orjson.dumps(result))
             except TypeError:
-                outcome = ToolOutcome(False, "the tool returned a value that is not JSON", seconds, "failed")
+                outcome = ToolOutcome(False, "the tool returned a value that is not JSON", seconds, ToolStatus.FAILED)
             else:
                 outcome = ToolOutcome(True, _capped(value), seconds)
         return self._report(call, outcome)
 
     def _failure(self, call: ToolCall, failure: Failure, seconds: float) -> ToolOutcome:
         if failure.check(TimeoutError):
-            return ToolOutcome(False, f"timed out after {self._o.config.timeout:g} s", seconds, "timeout")
+            return ToolOutcome(False, f"timed out after {self._o.config.timeout:g} s", seconds, ToolStatus.TIMEOUT)
         if failure.check(CancelledError):
-            return ToolOutcome(False, "cancelled", seconds, "cancelled")
+            return ToolOutcome(False, "cancelled", seconds, ToolStatus.CANCELLED)
         _log.failure("Tool {name} failed", failure, name=call.name)
-        return ToolOutcome(False, f"failed: {failure.getErrorMessage()}"[:300], seconds, "failed")
+        return ToolOutcome(False, f"failed: {failure.getErrorMessage()}"[:300], seconds, ToolStatus.FAILED)
 
     def _report(self, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
         self._listener.tool_finished(call, outcome)

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, BadUsername, token_username, verify_token
 from livetx.chat.service import MAX_ID_LENGTH
-from livetx.errors import ErrorCode
+from livetx.errors import ErrorCode, LivetxError
 from livetx.live.frames import Frame, chat_error, error
 
 CHAT_SCOPE = "chat"
@@ -70,7 +70,7 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
         except AuthFailure as e:
             return Admission(refusal=e.reason, auth_failed=True)
         except BadUsername as e:
-            return Admission(refusal=BAD_USERNAME, notice=error(ErrorCode.BAD_USER, str(e)))
+            return Admission(refusal=BAD_USERNAME, notice=error(e.code, e.message))
         return _with_session(Admission(username=username, mode=mode), _first(request, "session_id"))
 
     return admit
@@ -196,8 +196,11 @@ def client_address(peer: str) -> str:
 T = TypeVar("T")
 
 
-class TooManyFailures(Exception):
+class TooManyFailures(LivetxError):
     """The address failed to authenticate too often; its credentials go unchecked."""
+
+    code = ErrorCode.RATE_LIMITED
+    status = 429
 
 
 class FailedAuth:
@@ -266,7 +269,7 @@ def guarded(
         try:
             return failures.attempt(request.peer, lambda: gate(request), lambda a: a.auth_failed)
         except TooManyFailures as e:
-            return refusal(str(e), ErrorCode.RATE_LIMITED, notice=notice)
+            return refusal(e.message, e.code, notice=notice)
 
     return admit
 

@@ -18,26 +18,25 @@ from autobahn.twisted.util import peer2str
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTurn, Event
+from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService
 from livetx.config import ServerConfig
-from livetx.errors import ErrorCode
-from livetx.live.frames import FrameError
+from livetx.errors import ErrorCode, LivetxError
+from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore, StoredMessage, StoredSession
-from livetx.web.admission import FailedAuth, TooManyFailures
-from livetx.web.connections import SendBuffer
+from livetx.web.admission import FailedAuth
+# The SSE stream paces like a socket; it lives with the flow control, importable from here as before.
+from livetx.web.flow import EventStream as EventStream
 from livetx.web.replies import HTTPError, error_body, finish_async, json_body
 from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
 
-_log = Logger()
-
 MAX_PAGE_SIZE = 100
+#: Where chat turns stream as SSE; their metrics' ``endpoint`` label.
+CHAT_PATH = "/api/v1/chat"
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -99,10 +98,8 @@ class APIResource(Resource):
             if not getattr(request, "checked", False):
                 self.check_headers(request)
             return super().render(request)
-        except HTTPError as error:
+        except LivetxError as error:  # a refusal (HTTPError, FrameError, ...) with its own status
             return error_body(request, error)
-        except FrameError as error:
-            return error_body(request, HTTPError(400, error.code, error.message))
 
     def check_headers(self, request: Request) -> None:
         """The method is one this route has, and the key is valid for its scope."""
@@ -117,14 +114,11 @@ class APIResource(Resource):
         headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
         key = key_from_request({}, headers)
         verify = functools.partial(self.keys.verify, key, self.scope)
-        try:
-            if self.failures is None:
-                record = verify()
-            else:
-                peer = peer2str(cast(ITransport, request.transport))
-                record = self.failures.attempt(peer, verify, lambda r: r is None)
-        except TooManyFailures as e:
-            raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
+        if self.failures is None:
+            record = verify()
+        else:  # past the address's limit: TooManyFailures, answered 429 (its status)
+            peer = peer2str(cast(ITransport, request.transport))
+            record = self.failures.attempt(peer, verify, lambda r: r is None)
         if key is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
@@ -265,10 +259,13 @@ class ChatResource(APIResource):
 
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig) -> None:
+    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+                 metrics: ServerMetrics | None = None) -> None:
         super().__init__(keys, store)
         self.chat = chat
         self.limits = limits
+        #: Each request's turn is counted and logged as a socket's chat turn is.
+        self.metrics = metrics or ServerMetrics()
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
@@ -289,79 +286,17 @@ class ChatResource(APIResource):
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         stream = EventStream(request, self.limits.max_send_buffer_bytes)
-        stream.follow(self.chat.start(chat_request, stream.deliver))
+        observer = self.metrics.observer(CHAT_PATH, "sse", chat_request.username)
+        stream.follow(self.chat.start(chat_request, stream.deliver, observer))
         return NOT_DONE_YET
 
 
-class EventStream:
-    """Server-Sent Events to one HTTP client, which may read slowly or leave.
-
-    Its transport pauses and resumes the turn's output, as a socket's does
-    a live turn's (:meth:`livetx.live.session.LiveSession.pause_output`).
-    """
-
-    def __init__(self, request: Request, limit: int) -> None:
-        self._request = request
-        self._turn: ChatTurn | None = None
-        self._buffer = SendBuffer(limit, pause=self._pause, resume=self._resume)
-        self.open = True
-        request.registerProducer(self._buffer, True)
-        request.notifyFinish().addErrback(self._gone)
-
-    def follow(self, turn: ChatTurn) -> None:
-        """The turn whose events this stream carries, and whose output it paces."""
-        if not self.open:  # already over (a turn that failed at once)
-            return
-        self._turn = turn
-        if self._buffer.paused:
-            turn.pause()
-
-    def _pause(self) -> None:
-        if self._turn is not None:
-            self._turn.pause()
-
-    def _resume(self) -> None:
-        if self._turn is not None:
-            self._turn.resume()
-
-    def deliver(self, event: Event) -> None:
-        if not self.open:
-            return  # the turn goes on and is stored; nobody is reading
-        data = b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
-        # Counted before it is written: what would pass the limit never waits in memory.
-        if self._buffer.sent(len(data)):
-            _log.warn("Cutting an event stream: its client reads too slowly")
-            self._close()
-            transport: Any = self._request.transport
-            transport.abortConnection()
-            return
-        self._request.write(data)
-        if event.get("type") == "end":
-            self._close()
-            self._request.finish()
-
-    def _close(self) -> None:
-        self.open = False
-        self._request.unregisterProducer()
-        self._let_go()
-
-    def _gone(self, _: Failure) -> None:
-        self.open = False  # the channel, and its producer, went with the connection
-        self._let_go()
-
-    def _let_go(self) -> None:
-        """Nobody reads any more: the turn runs on unpaused (it is stored), and nothing of it is kept here."""
-        turn, self._turn = self._turn, None
-        if turn is not None:
-            turn.resume()
-
-
-def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               limits: ServerConfig, failures: FailedAuth | None = None) -> dict[str, Resource]:
+def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+               failures: FailedAuth | None = None, metrics: ServerMetrics | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        "/api/v1/chat": ChatResource(keys, store, chat, limits),
+        CHAT_PATH: ChatResource(keys, store, chat, limits, metrics),
         "/api/v1/chat/sessions": SessionsResource(keys, store),
         "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }

@@ -7,14 +7,15 @@ journal's :class:`~livetx.live.journal.Writer` and carries ``seq``. A socket
 that drops while a turn runs lets the turn go on into the journal; one that
 starts with ``resume`` gets what it missed and the rest of that turn, routes
 its ``interrupt`` to whichever process runs the turn, and takes the journal
-over once the turn has ended.
+over once the turn has ended. When a turn is over is told by the turns
+themselves (their ``turn_over`` Deferreds), never read back from frames.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from livetx.errors import ErrorCode
@@ -27,26 +28,19 @@ Send = Callable[[Frame | bytes], None]
 _STARTS = frozenset({"text_input", "start_speaking", "speaking_part", "end_speaking", "send"})
 
 
-def _ends_turn(frame: Frame) -> bool:
-    """The last frame a turn sends: live ``end`` or ``stop_play``, chat ``end``."""
-    return frame.get("t") in ("end", "stop_play") or frame.get("type") == "end"
-
-
 class Resumable:
     """Numbering, resuming and outliving a drop, for one socket."""
 
-    def __init__(self, journals: Journals, username: str, clock: IReactorTime, send: Send,
+    def __init__(self, journals: Journals, username: str, send: Send,
                  error: Callable[[ErrorCode, str], Frame], heard: bool = False) -> None:
         self._journals = journals
         self._username = username
-        self._clock = clock
         self._send = send
         self._error = error
         self.writer: Writer | None = None
         self.tail: Tail | None = None
         #: The socket received a frame before this one (so ``resume`` is no longer allowed).
         self._heard = heard
-        self._finish: Callable[[], None] | None = None
 
     def out(self, frame: Frame | bytes) -> None:
         """The session's ``emit``: number the frame when resume is on, then send it."""
@@ -55,10 +49,6 @@ class Resumable:
                 frame = self._settings_changed(frame)
             if self.writer is not None:
                 frame = self.writer.append(frame)
-                if self._finish is not None and _ends_turn(frame):
-                    # The session sends the turn's last metrics frame right after, in the same call.
-                    self._clock.callLater(0, self._finish)
-                    self._finish = None
         self._send(frame)
 
     def _settings_changed(self, frame: Frame) -> Frame:
@@ -120,11 +110,14 @@ class Resumable:
         assert isinstance(failure.value, FrameError)
         self._send(self._error(failure.value.code, failure.value.message))
 
-    def closed(self, busy: bool, interrupt: Callable[[], None], finish: Callable[[], None]) -> bool:
+    def closed(
+        self, turn_over: Deferred[None] | None, interrupt: Callable[[], None], finish: Callable[[], None]
+    ) -> bool:
         """The socket closed. True when its running turn goes on into the journal.
 
-        ``finish`` is then called once the turn has sent its last frame (and
-        the writer lets go right after it); ``interrupt`` is what a resumed
+        ``turn_over`` fires once the running turn (None: there is none) has
+        sent its last frame and is stored; ``finish`` is called then, and
+        the writer lets go right after it. ``interrupt`` is what a resumed
         socket's ``interrupt`` does meanwhile.
         """
         if self.tail is not None:
@@ -133,7 +126,7 @@ class Resumable:
         writer = self.writer
         if writer is None:
             return False
-        if not busy:
+        if turn_over is None:
             writer.release()
             self.writer = None
             return False
@@ -144,6 +137,6 @@ class Resumable:
             writer.release()
             self.writer = None
 
-        self._finish = over
+        turn_over.addCallback(lambda _: over())
         return True
 

@@ -1,7 +1,9 @@
 """Build the configured providers; each section's ``provider`` key picks one.
 
 Only the configured engines' modules are imported: a server never carries
-the code of the engines it does not use.
+the code of the engines it does not use. The wiring sits above what it
+wires (providers, tools, the archive, :class:`livetx.domain.Engines`),
+beside :mod:`livetx.service`.
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from livetx.providers.base import LLMError
-from livetx.tools import ToolCall
+from livetx.providers.base import LLMError, ToolCall
 
 #: More calls than this in one reply is a runaway model, not a plan.
 MAX_CALLS = 16
