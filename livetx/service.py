@@ -62,7 +62,12 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
                   path=str(fresh))
     http, pool = make_http_client(reactor)
-    engines = build_engines(settings, http, reactor, data_dir)
+    mcp = None
+    if settings.tools.mcp:  # imported only when configured: no MCP SDK in a server without MCP servers
+        from livetx.tools.mcp_servers import MCPTools
+
+        mcp = MCPTools(settings.tools, reactor)
+    engines = build_engines(settings, http, reactor, data_dir, mcp=mcp)
     metrics = ServerMetrics()
     node = None
     if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
@@ -80,6 +85,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     probes = dict(storage.probes)
+    mcp_probes = mcp.probes() if mcp is not None else {}
+    probes.update(mcp_probes)
     resume = settings.cluster
     journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
     if node is not None:  # limits, revocation, readiness and resume through Redis
@@ -93,7 +100,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     routes = {
         **api_routes(keys, store, chat, settings.server, failures, metrics),
         # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
-        **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
+        **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
+                     optional=("redis", *mcp_probes)),
         **page_routes(),
     }
     if settings.telephony.carriers:  # imported only when configured
@@ -124,6 +132,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # drained, the store (after its queued writes) and the upstream pool.
     Closing(pool.closeCachedConnections, after=connections.drained).setServiceParent(root)
     Closing(store.close, after=connections.drained).setServiceParent(root)
+    if mcp is not None:  # its servers stop once running turns no longer call them
+        Closing(mcp.close, after=connections.drained).setServiceParent(root)
     if node is not None:
         node.setServiceParent(root)  # leaves once the sockets have given their slots back
     connections.setServiceParent(root)

@@ -157,6 +157,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
     except OSError as e:  # the data dir's secret or key files cannot be read or written
         stop_startup(f"cannot use the data dir {str(data_dir)!r}: {e.filename or ''}: {e.strerror or e}")
+    except configuration.ConfigError as e:  # known only once started: an MCP server's tool names
+        stop_startup(str(e))
     # Added last, so stopped first: no new connection while the others drain.
     if options["adopt"]:  # a worker of --workers: the supervisor holds the sockets
         from livetx.cluster.worker_metrics import SharedMetrics

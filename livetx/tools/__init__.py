@@ -38,6 +38,16 @@ class Tool:
     #: A JSON Schema (an ``object`` schema) the arguments are checked against.
     parameters: dict[str, Any]
     call: Callable[..., ToolResult | Deferred[ToolResult]]
+    #: Seconds one call may run; None: ``[tools] timeout`` (an MCP server's own ``timeout``).
+    timeout: float | None = None
+
+
+class ToolError(Exception):
+    """A tool's answer that it failed, worded for the model (an MCP ``isError`` result).
+
+    The loop reports it as ``failed: <message>`` like any exception, but as
+    an expected outcome: no traceback in the log.
+    """
 
 
 @dataclass(frozen=True)
