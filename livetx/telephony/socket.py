@@ -252,8 +252,10 @@ class CallFactory(WebSocketServerFactory):
 def with_tool(engines: Engines, tool: Tool, config: ToolsConfig, clock: IReactorTime) -> Engines:
     """The engines with ``tool`` offered to the model besides the configured tools.
 
-    A model that cannot call tools (the echo model) is left as it is: the
-    call then ends only when the caller hangs up.
+    The call's registry holds the tools offered when the call starts (an MCP
+    server's included; one that restarts mid-call offers its new set to the
+    next call). A model that cannot call tools (the echo model) is left as it
+    is: the call then ends only when the caller hangs up.
     """
     from livetx.tools.loop import ToolingModel
     from livetx.tools.registry import ToolRegistry
