@@ -65,6 +65,8 @@ class ServerConfig:
     max_connections_per_address: int = 128
     #: Apply ``max_connections_per_address`` to loopback too (a local proxy, tests and benchmarks come from there).
     limit_loopback: bool = False
+    #: Negotiate permessage-deflate with clients that offer it (small windows; see docs/security.md).
+    compression: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class LLMConfig(ServiceConfig):
         "You are a friendly voice assistant. Answer in a few short spoken sentences."
     )
     history_turns: int = 20
+    #: Of those turns, only the newest that fit in this many bytes are sent (and kept for sending).
+    context_bytes: int = 256 * 1024
     echo_delay: float = 0.0
     #: The model accepts images: chat attachments of type image/* are sent to it.
     vision: bool = False
@@ -187,6 +191,11 @@ class ClusterConfig:
     #: Resume (docs/protocol-extensions.md): how long, and how many, frames of a session are kept.
     resume_seconds: float = 120.0
     resume_frames: int = 2000
+    #: Bytes of frames kept per session, and over the sessions of one API key (or token user).
+    resume_session_bytes: int = 8 * 1024 * 1024
+    resume_quota_bytes: int = 32 * 1024 * 1024
+    #: A larger frame is kept as an ``omitted`` marker (a ``user_msg`` echoing a long text).
+    resume_frame_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -165,9 +165,18 @@ def build_engines(
         stt=_recognizer(config, http, reactor, data_dir),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
+        context_bytes=config.llm.context_bytes,
         vision=config.llm.vision,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
+        turn_end=_turn_end(reactor),
     )
+
+
+def _turn_end(reactor: Any) -> Any:
+    """Smart Turn, when the ``turn`` extra installed its model (nothing loads until a session asks)."""
+    from livetx.providers.smart_turn import SmartTurn, model_path
+
+    return SmartTurn(reactor) if model_path() is not None else None
 

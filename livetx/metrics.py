@@ -183,6 +183,10 @@ class ServerMetrics:
         self.first_audio = self._add(
             "histogram", "livetx_turn_first_audio_seconds", "Turn start to the first audio chunk.",
             ["input_type"], LATENCY_BUCKETS)
+        self.voice_to_voice = self._add(
+            "histogram", "livetx_voice_to_voice_seconds",
+            "Talk mode: the user's last voiced audio frame to the reply's first audio, measured on the server.",
+            buckets=LATENCY_BUCKETS)
         self.turn_seconds = self._add(
             "histogram", "livetx_turn_seconds", "Turn start to its end frame.", ["input_type"], LATENCY_BUCKETS)
         self.interrupts = self._add("counter", "livetx_interrupts", "Turns stopped by the client (barge-in).")
@@ -306,6 +310,9 @@ class TurnObserver(Ignore):
             m.first_delta.labels(kind).observe(turn.first_delta)
         if turn.first_audio is not None:
             m.first_audio.labels(kind).observe(turn.first_audio)
+        voice_to_voice = values.get("voice_to_voice_ms")
+        if voice_to_voice is not None:
+            m.voice_to_voice.labels().observe(voice_to_voice / 1000)
         end = None
         if label != "interrupted":
             end = seconds

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "livetx"
 
 #: Every package and top-level module of livetx, by layer, bottom first.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "audio", "deferreds", "threads", "config", "logs", "archive"},
+    {"__init__", "errors", "audio", "deferreds", "threads", "config", "logs", "archive", "lastresort"},
     {"fences"},
     {"providers", "testing"},
     {"domain", "tools"},

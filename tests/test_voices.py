@@ -17,6 +17,8 @@ from livetx.providers import espeak
 from livetx.engines import check
 from livetx.service import WarmUp
 
+from .checkout import require
+
 
 def tts(**section: Any) -> Any:
     return from_mapping({"tts": section})
@@ -59,7 +61,7 @@ def piper_model(directory: Path, speakers: dict[str, int] | None) -> str:
 
 
 def test_piper_voices_are_the_models_speakers(tmp_path: Path) -> None:
-    pytest.importorskip("piper")
+    require("piper")
     one = piper_model(tmp_path, None)
     check(tts(provider="piper", model=one))
     with pytest.raises(ConfigError, match=r"^\[tts\] voice 'joe' is set, but this Piper model has one speaker"):

@@ -28,7 +28,7 @@ from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.errors import ErrorCode, FrameError, LivetxError, NoSuchSession, describe_failure
 from livetx.live.events import Ignore, Listeners, Outcome, TurnListener
-from livetx.providers.base import Message
+from livetx.providers.base import Message, newest_within
 from livetx.store import ConversationStore, StoredSession
 from livetx.tools import offers_tools, stream_reply
 from livetx.tools.record import reply_parts
@@ -70,6 +70,7 @@ class ChatService:
         self._clock = clock
         self._system_prompt = engines.system_prompt
         self._history_turns = engines.history_turns
+        self._context_bytes = engines.context_bytes
         #: Subscribers by (owner, session id): ids are only unique among one user's sessions.
         self._subscribers: dict[tuple[str, str], set[Subscriber]] = {}
         self._running: set[ChatTurn] = set()
@@ -174,12 +175,14 @@ class ChatService:
         """Stream the reply, then store the question and the reply in one transaction, then ``end``."""
         request = turn.request
         content = await self._content(request)
-        history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns)
+        history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns,
+                                             max_bytes=self._context_bytes)
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
-        for stored in history:
-            context += history_messages(stored)
+        earlier = [history_messages(stored) for stored in history]
+        for messages in earlier[len(earlier) - newest_within(earlier, self._context_bytes):]:
+            context += messages
         context.append({"role": "user", "content": content})
 
         def publish(kind: str, data: Any, streaming: bool = False, **extra: Any) -> None:

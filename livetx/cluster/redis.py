@@ -23,12 +23,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.fences.txredisapi import Subscriptions, lost_after_connecting
+from livetx.fences.txredisapi import Subscriptions, lost_after_connecting, reconnect_every
 
 _log = Logger()
 
 #: Seconds a command may take before it fails (Redis answers in well under a millisecond).
 TIMEOUT = 2.0
+#: Reconnecting: the first try after this many seconds, then at most this often. txredisapi's
+#: own backoff (1 s, growing by e up to 10 s) left a node without Redis for up to 10 s after
+#: Redis was back: resume and the relay failed meanwhile, while Redis answered the other nodes.
+RECONNECT_FIRST = 0.1
+RECONNECT_EVERY = 1.0
 
 Handler = Callable[[str], None]
 
@@ -96,6 +101,7 @@ class Redis:
         self._handlers: dict[str, list[Handler]] = {}
         self._on_subscribed: list[Callable[[], None]] = []
         self._subscriptions = _Subscriptions(self, password)
+        reconnect_every(RECONNECT_EVERY, RECONNECT_FIRST, self._pool, self._subscriptions)
         self._subscriptions.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
 
     def command(self, *args: Any) -> Deferred[Any]:
@@ -117,6 +123,12 @@ class Redis:
 
     def ping(self) -> Deferred[Any]:
         return self.command("PING")
+
+    @property
+    def subscribing(self) -> bool:
+        """The subscribing connection is up (its subscriptions are sent as it opens)."""
+        connection = self._subscriptions.connection
+        return connection is not None and bool(connection.connected)
 
     def subscribe(self, channel: str, handler: Handler) -> Deferred[Any]:
         """Call ``handler(message)`` for every message on ``channel`` (again after reconnects).

@@ -17,14 +17,15 @@ slot of its transport over from the channel (:func:`take_over_producer`).
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -45,6 +46,14 @@ class BodyRoute(Protocol):
         """Raise a :class:`~livetx.errors.LivetxError` (it has its status) to answer before the body is read (method, credentials)."""
 
 
+@runtime_checkable
+class LookupRoute(Protocol):
+    """A resource whose requests may need a look-up (off the reactor) before they can be judged."""
+
+    def lookup(self, request: Request) -> Deferred[None] | None:
+        """What to wait for before judging ``request`` from its headers (None: judge it now)."""
+
+
 class GuardedRequest(Request):
     """A request that decides at the end of its headers whether its body is wanted.
 
@@ -58,15 +67,43 @@ class GuardedRequest(Request):
     _limit = 0
     _received = 0
     refused = False
+    #: Body bytes, and the end of the request, that arrived while a look-up ran (None: none runs).
+    _held: list[bytes] | None = None
+    _held_end: tuple[bytes, bytes, bytes] | None = None
 
     def gotLength(self, length: int | None) -> None:
         channel: Any = self.channel
         channel.headers_done()
+        site = self._from_request_line()
+        resource = site.getResourceFor(self)
+        waiting = resource.lookup(self) if isinstance(resource, LookupRoute) else None
+        if waiting is None:
+            self._judge(resource, length)
+            return
+        # Read nothing more until it is known; what the channel already read is held, not parsed.
+        self._held = []
+        channel.pauseProducing()
+        waiting.addCallback(lambda _: self._release(resource, length))
+
+    def _release(self, resource: Resource, length: int | None) -> None:
+        held, self._held = self._held or [], None
+        end, self._held_end = self._held_end, None
+        channel: Any = self.channel
+        if channel is None:  # the client left meanwhile (connectionLost lets go of the channel)
+            return
+        self._judge(resource, length)
+        for chunk in held:
+            self.handleContentChunk(chunk)
+        if end is not None:
+            self.requestReceived(*end)  # may finish the request and let go of the channel
+        if not self.refused:
+            channel.resumeProducing()
+
+    def _judge(self, resource: Resource, length: int | None) -> None:
+        """Take the body, or refuse the request, as its route says from the headers."""
         if length == 0:  # no body: every GET, every socket upgrade
             super().gotLength(length)
             return
-        site = self._from_request_line()
-        resource = site.getResourceFor(self)
         try:
             if not isinstance(resource, BodyRoute):
                 raise HTTPError(413, ErrorCode.TOO_LARGE, "this route takes no request body")
@@ -82,6 +119,9 @@ class GuardedRequest(Request):
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
         if self.refused:
             return
         self._received += len(data)
@@ -91,6 +131,9 @@ class GuardedRequest(Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._held is not None:
+            self._held_end = (command, path, version)
+            return
         if not self.refused:
             super().requestReceived(command, path, version)
 
@@ -100,7 +143,7 @@ class GuardedRequest(Request):
         self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
         self.site = channel.site
         self.path, _, query = self.uri.partition(b"?")
-        self.args = parse_qs(query, keep_blank_values=True) if query else {}
+        self.args = parse_qs(query, 1) if query else {}  # as requestReceived parses it (any bytes)
         self.prepath = []
         self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
         return channel.site
@@ -135,6 +178,13 @@ class GuardedChannel(HTTPChannel):
 
     release: Callable[[], None] | None = None
     _in_headers = True
+    _lost: list[Deferred[None]] | None = None
+
+    def notify_lost(self) -> Deferred[None]:
+        """Fires once the connection has closed (after writing what was buffered, when closed cleanly)."""
+        d: Deferred[None] = Deferred()
+        self._lost = [*(self._lost or []), d]
+        return d
 
     def resetTimeout(self) -> None:
         if not self._in_headers:
@@ -150,6 +200,9 @@ class GuardedChannel(HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.let_go()
+        lost, self._lost = self._lost or [], None
+        for d in lost:
+            d.callback(None)
 
     def let_go(self) -> None:
         release, self.release = self.release, None

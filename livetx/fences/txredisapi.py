@@ -10,7 +10,11 @@ subscribing connection. So:
   ``_factory``): its ``size`` (connections now) and ``deferred`` (set to
   None once the first connection is ready);
 - :class:`Subscriptions` overrides the factory's ``addConnection`` and
-  ``delConnection``, which txredisapi calls as connections come and go.
+  ``delConnection``, which txredisapi calls as connections come and go;
+- :func:`reconnect_every` sets the backoff of the pool's factory (reached
+  through ``_factory`` too) and of a subscriber factory: the class
+  attributes ``initialDelay``, ``factor`` and ``maxDelay`` its
+  ``retryDelay`` reads.
 
 ``tests/test_fences.py`` checks both still have that shape.
 """
@@ -26,6 +30,12 @@ def lost_after_connecting(pool: Any) -> bool:
     """The pool was connected once and has no connection now."""
     factory = pool._factory
     return not factory.size and factory.deferred is None
+
+
+def reconnect_every(seconds: float, first: float, pool: Any, *factories: Any) -> None:
+    """Retry lost connections ``first`` seconds after a loss, then at most every ``seconds``."""
+    for factory in (pool._factory, *factories):
+        factory.initialDelay, factory.factor, factory.maxDelay = first, 2.0, seconds
 
 
 class Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]

@@ -35,7 +35,7 @@ class TurnLedger:
     """The numbers of one session's turns; the session's state machine says when they change."""
 
     __slots__ = ("_clock", "_send", "metrics", "report", "turn_id", "emit", "_started", "input_type", "queued",
-                 "_over")
+                 "_over", "_continues")
 
     def __init__(self, clock: IReactorTime, send: Emit, listener: TurnListener | None = None) -> None:
         self._clock = clock
@@ -55,10 +55,14 @@ class TurnLedger:
         self.queued: Callable[[], None] | None = None
         #: Fires when the running turn is over, stored, and ``end`` (or ``stop_play``) sent.
         self._over: Deferred[None] | None = None
+        #: A withdrawn turn's number, which the voice turn that continues its request keeps.
+        self._continues: int | None = None
 
     def begin(self, input_type: str, started: float, assembled: float | None = None) -> None:
-        """Number the turn that starts now, tag its frames with the number, and report it."""
-        self.turn_id += 1
+        """Number the turn that starts now (a continued request keeps its number), tag its frames, report it."""
+        continues, self._continues = self._continues, None
+        if continues is None or input_type != "audio":
+            self.turn_id += 1
         turn_id = self.turn_id
         send = self._send
 
@@ -79,6 +83,12 @@ class TurnLedger:
             started, self._started = self._started, None
             seconds = self._clock.seconds() - started
             self.report.turn_ended(outcome, seconds, self.metrics.ended(outcome, seconds))
+
+    def withdraw(self) -> None:
+        """The running turn is taken back (the user went on before hearing it): it is not reported,
+        and the voice turn that continues its request keeps its number."""
+        self._started = None
+        self._continues = self.turn_id
 
     def values(self, outcome: Outcome) -> dict[str, Any]:
         """What the store keeps with the turn's reply: its ``metrics`` and its outcome."""

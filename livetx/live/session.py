@@ -15,6 +15,12 @@ is stored). While ``interrupted`` every frame is taken; one that starts a
 turn (``text_input``, ``end_speaking``, talk mode's end of speech) waits and
 starts once the interrupted turn is unwound, and a second such frame gets
 ``PROCESSING_ERROR`` as in ``processing``.
+
+Talk mode: speech that starts while a voice turn's reply is still unheard
+(no audio sent, no tool called) continues that request instead of barging
+in: the turn is withdrawn, nothing of it stored or played, and its audio
+becomes the start of the new utterance, answered as one request under the
+same turn id (docs/protocol-extensions.md, "A request in two breaths").
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from functools import partial
 from typing import Any, Callable
 
 from transitions import EventData, MachineError
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,7 +40,7 @@ from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.capture import Capture, Segment
 from livetx.live.client_frames import PARSERS, pcm_fields
-from livetx.live.events import Outcome, TurnListener
+from livetx.live.events import Listeners, Outcome, TurnListener
 from livetx.live.frames import Frame, FrameError
 from livetx.live.history import Conversation
 from livetx.live.ledger import TurnLedger
@@ -68,17 +74,24 @@ class LiveSession:
         self._closed = False
         #: The server stops this turn (``stop``): it ends as dropped, not as a barge-in.
         self._closing = False
-        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds)
+        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds, engines.turn_end)
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
         self._output_paused = False
         #: What a turn waits for before the model starts: a transcript, or the
         #: stored history of the conversation. Interrupting cancels it.
         self._preparing: Deferred[Any] | None = None
-        self._turns = TurnLedger(clock, self.emit, listener)
+        #: A finished reply is being stored: an interrupt now unwinds once it is.
+        self._storing = False
+        self._turns = TurnLedger(clock, self.emit, self.capture.echo if listener is None
+                                 else Listeners(self.capture.echo, listener))
         self._report = self._turns.report
         self.settings = Settings()
-        self._conversation = Conversation(username, engines.history_turns, memory)
+        self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
+        #: The running voice turn's segment, which speech resumed before its reply is heard takes back.
+        self._voice_segment: Segment | None = None
+        #: While a withdrawn turn unwinds: it is not stored (its id goes to the request's rest: TurnLedger).
+        self._withdrawn = False
 
     @property
     def history(self) -> tuple[Exchange, ...]:
@@ -174,7 +187,7 @@ class LiveSession:
         self.capture.stop_listening()
 
     def _update_settings(self, event: EventData) -> None:
-        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"])
+        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end)
         if _detection(before) != _detection(self.settings):
             self.capture.restart_detection(self.settings)
         self._emit(self.settings.frame())
@@ -196,6 +209,10 @@ class LiveSession:
     def turn_queued(self, event: EventData) -> bool:
         return self._turns.queued is not None
 
+    def reply_unheard(self, event: EventData) -> bool:
+        """A voice turn runs whose reply nobody has heard yet: new speech continues its request."""
+        return self._voice_segment is not None and not self._closing and (self._turn is None or self._turn.unheard)
+
     def _open_segment(self, event: EventData) -> None:
         self.capture.open(event.kwargs["stamp"])
 
@@ -207,6 +224,12 @@ class LiveSession:
 
     def _hear(self, event: EventData) -> None:
         self.capture.hear(event.kwargs["pcm"], event.kwargs["start_ms"])
+
+    def _take_back(self, event: EventData) -> None:
+        """The user goes on: the running turn's audio starts the utterance now heard."""
+        assert self._voice_segment is not None
+        self.capture.carry(self._voice_segment)
+        self._hear(event)
 
     def _announce_stop(self, event: EventData) -> None:
         self.capture.announce_stop(event.kwargs["end_ms"])
@@ -242,6 +265,7 @@ class LiveSession:
         self._turns.start_queued()
 
     def _text_turn(self, text: str, started: float) -> None:
+        self._voice_segment = None  # speech over a typed request is a barge-in, always
         self._turns.begin("text", started)
         self._reply_to(text, started)
 
@@ -251,6 +275,9 @@ class LiveSession:
         if self._engines.keep_audio is not None:
             self._engines.keep_audio(self.username, wav)
         self._turns.begin("audio", assembled, assembled - began)
+        if segment.voiced_at is not None and segment.stopped_at is not None:
+            self._report.speech_ended(assembled - segment.voiced_at, assembled - segment.stopped_at)
+        self._voice_segment = segment
         stt = self._engines.stt
         if stt is None:
             self.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured", self._turns.emit)
@@ -258,7 +285,7 @@ class LiveSession:
             return
         self._report.provider_called("stt", stt.name)
         # A call that raises takes the failure path too: error, ``end``, idle again.
-        self._preparing = maybeDeferred(stt.transcribe, wav)
+        self._preparing = segment.transcript(stt, wav)
         self._preparing.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled, stt.name))
 
     def _transcribed(self, text: str, assembled: float, stt: str) -> None:
@@ -290,7 +317,9 @@ class LiveSession:
         self._turns.release()
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._turns.emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(self._clock.seconds())}})
+        now = self._clock.seconds()
+        self._turns.emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(now)}})
+        self._report.transcribed(now - started)
         loading = self._conversation.loading
         if loading is None:
             self._start_turn(text, started)
@@ -322,6 +351,9 @@ class LiveSession:
     def _turn_over(self, result: TurnResult, text: str) -> None:
         """Store the turn (both sides at once), then end it: ``end``, or the end of ``interrupted``."""
         self._turn = None
+        if self._withdrawn:
+            self._unwithdrawn()
+            return
         outcome = Outcome.INTERRUPTED if result.interrupted else Outcome.FAILED if result.failed else Outcome.OK
         self._turns.ended(Outcome.DROPPED if self._closed or self._closing else outcome)
         stored = self._keep(text, result, outcome)
@@ -330,7 +362,16 @@ class LiveSession:
         elif result.interrupted:
             stored.addBoth(lambda _: self._unwound())
         else:
-            stored.addBoth(lambda _: self._end_turn())
+            self._storing = True
+            stored.addBoth(lambda _: self._stored())
+
+    def _stored(self) -> None:
+        """A finished reply is stored: ``end`` it, unless an interrupt came meanwhile (then unwind)."""
+        self._storing = False
+        if self.state == "interrupted":
+            self._unwound()
+        else:
+            self._end_turn()
 
     def _keep(self, text: str, result: TurnResult, outcome: Outcome) -> Deferred[None]:
         if not result.reply and result.failed:
@@ -355,9 +396,28 @@ class LiveSession:
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over
             return
+        if self._storing:
+            return  # the reply is complete; :meth:`_stored` unwinds once it is kept
         if self._preparing is not None:
             self._preparing.cancel()
         self._turns.ended(Outcome.DROPPED if self._closing else Outcome.INTERRUPTED)
+        self._unwound()
+
+    def _withdraw(self, event: EventData) -> None:
+        """The user went on before hearing the reply: drop the turn unstored, unreported and
+        unsaid (no ``stop_play``, no ``end``); its number goes to the rest of the request."""
+        self._withdrawn = True
+        self._voice_segment = None
+        if self._turn is not None:
+            self._turn.interrupt()  # its result comes back through _turn_over, which keeps nothing
+            return
+        if self._preparing is not None:
+            self._preparing.cancel()
+        self._unwithdrawn()
+
+    def _unwithdrawn(self) -> None:
+        self._withdrawn = False
+        self._turns.withdraw()
         self._unwound()
 
     def _truncate(self, event: EventData) -> None:
@@ -367,7 +427,7 @@ class LiveSession:
 def _detection(settings: Settings) -> tuple[Any, ...]:
     """The settings that shape the voice detector; changing one restarts it."""
     return (settings.turn_detection, settings.vad_aggressiveness, settings.min_speech_ms,
-            settings.silence_ms, settings.preroll_ms)
+            settings.silence_ms, settings.preroll_ms, settings.end_of_turn, settings.eagerness)
 
 
 def _discard(frame: Frame | bytes) -> None:

@@ -135,6 +135,14 @@ class Turn:
     def reply(self) -> str:
         return "".join(self._reply)
 
+    @property
+    def unheard(self) -> bool:
+        """Nothing of the reply has been played or acted on: no audio sent, no tool called
+        (and, with no speech engine, no text). Such a turn can be taken back whole."""
+        if self._spoken or (self._trail is not None and self._trail.steps):
+            return False
+        return self._tts is not None or not self._reply
+
     def start(self) -> Deferred[TurnResult]:
         """Begin streaming; ``done`` fires when the turn is over for any reason."""
         self._llm_started = self._clock.seconds()
@@ -259,6 +267,7 @@ class Turn:
             emit(value)
         else:
             emit({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+        self._listener.audio_sent(value)
         # A filler is heard but is no part of the reply: it moves playback, not text.
         end = (self._spoken[-1][0] if self._spoken else 0) if filler else self._sentence_end(sentence)
         self._spoken.append((end, duration_ms(value)))

@@ -7,6 +7,7 @@ depends on it.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
@@ -43,6 +44,26 @@ def message_text(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
     return "".join(item.get("text", "") for item in content if item.get("type") == "text")
+
+
+def message_bytes(message: Message) -> int:
+    """A message's size as a request to the model carries it (JSON, UTF-8)."""
+    return len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def newest_within(groups: Sequence[Sequence[Message]], budget: int) -> int:
+    """How many of ``groups`` (oldest first), counted from the newest, fit in ``budget`` bytes together.
+
+    The context's byte budget (``[llm] context_bytes``): whatever ``history_turns``
+    allows, a conversation of long turns sends the model only its newest
+    turns that fit, and the rest is never copied into a request.
+    """
+    used = 0
+    for count, group in enumerate(reversed(groups)):
+        used += sum(message_bytes(message) for message in group)
+        if used > budget:
+            return count
+    return len(groups)
 
 
 @runtime_checkable
@@ -115,6 +136,20 @@ class PartialRecognizer(Protocol):
 
     def partial(self, pcm: bytes) -> Deferred[str]:
         """Fire with a transcript of an unfinished utterance (16 kHz mono PCM16)."""
+
+
+@runtime_checkable
+class TurnEndModel(Protocol):
+    """Tells from how an unfinished utterance sounds whether the speaker is done (Smart Turn).
+
+    Optional: talk mode's semantic end of turn (``end_of_turn: semantic``) needs one.
+    """
+
+    #: Named in logs and in the refusal when it is missing.
+    name: str
+
+    def complete(self, pcm: bytes) -> Deferred[float]:
+        """Fire with the probability that the turn is over, given 16 kHz mono PCM16 ending now."""
 
 
 def recognizer_input(wav: bytes) -> bytes:

@@ -141,6 +141,11 @@ class WhisperRecognizer:
     name = "faster_whisper"
     #: Segments queue per owner and take turns (see :mod:`livetx.threads`).
     fair_share = True
+    #: Local, so talk mode decodes the utterance so far at each pause, and that
+    #: decode is the final transcript when the user stops there
+    #: (:mod:`livetx.live.streaming_stt`): a decode costs about the same
+    #: whatever the audio's length (the 30 s window), so it is the one to start early.
+    decodes_at_pauses = True
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any, cache: Path | None = None) -> None:
         self._configured = Path(config.model).expanduser() if config.model else None

@@ -20,6 +20,7 @@ from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
@@ -54,6 +55,8 @@ class Admission:
 
 
 Gate = Callable[[ConnectionRequest], Admission]
+#: A gate that may first wait for something off the reactor (a key looked up in the database).
+WaitingGate = Callable[[ConnectionRequest], "Admission | Deferred[Admission]"]
 
 
 def _first(request: ConnectionRequest, name: str) -> str | None:
@@ -91,7 +94,7 @@ def api_key_gate(keys: KeyStore) -> Gate:
             return refusal("Missing API key", ErrorCode.UNAUTHORIZED)
         record = keys.verify(key, CHAT_SCOPE)
         if record is None:
-            return refusal("Invalid API key", ErrorCode.UNAUTHORIZED)
+            return refusal(keys.refusal(key), ErrorCode.UNAUTHORIZED)
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
             problem = problem or "Invalid username"
@@ -101,6 +104,20 @@ def api_key_gate(keys: KeyStore) -> Gate:
             return refusal("Invalid ct", ErrorCode.INVALID_MESSAGE, message="ct must be 'live' or 'chat'")
         admission = Admission(username=username, mode=mode, key_id=record.id)
         return _with_session(admission, _first(request, "session_id"), notice=True)
+
+    return admit
+
+
+def key_looked_up(keys: KeyStore, gate: Gate) -> WaitingGate:
+    """``gate``, after a key this node's copy of the keys lacks has been looked up.
+
+    A key made a moment ago on a PostgreSQL store is not in the copy yet;
+    the handshake waits for the look-up (off the reactor) rather than refuse it.
+    """
+
+    def admit(request: ConnectionRequest) -> Admission | Deferred[Admission]:
+        waiting = keys.lookup(key_from_request(request.params, request.headers))
+        return gate(request) if waiting is None else waiting.addCallback(lambda _: gate(request))
 
     return admit
 

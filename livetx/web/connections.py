@@ -16,6 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from livetx.auth.keys import REVOKED
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
 from livetx.errors import CloseCode
@@ -87,8 +88,9 @@ class ConnectionTracker(Service):
     up to ``grace`` seconds to finish; a turn still running then is stopped,
     stored marked interrupted with the text so far, and its client gets a
     last event (live: ``stop_play``; chat: ``error``, then ``end``).
-    Then every socket is closed with 1001. ``drained`` fires when all of
-    that is over, so the store can close after it.
+    Then every socket is closed with 1001, and the event streams that
+    ended meanwhile get their last bytes out (:meth:`hold`); ``drained``
+    fires when all of that is over, so the store can close after it.
     """
 
     #: How long stopped turns may take to store their text and say ``end``.
@@ -106,6 +108,8 @@ class ConnectionTracker(Service):
         self.drained: Deferred[None] = Deferred()
         #: Cluster-wide slots, checked at the handshake as well as the counts here.
         self.shared: SharedSlots | None = None
+        #: HTTP responses still being written out while the server stops.
+        self._held: set[Deferred[None]] = set()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -150,7 +154,7 @@ class ConnectionTracker(Service):
     def close_keys(self, revoked: frozenset[str]) -> None:
         """Close every socket opened with one of these API keys: they are no longer valid."""
         for protocol in [p for p in self._open if p.admission.key_id in revoked]:
-            protocol.revoke("API key revoked")
+            protocol.revoke(REVOKED)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -205,8 +209,21 @@ class ConnectionTracker(Service):
         d.addBoth(lambda _: timer.cancel() if timer.active() else None).addBoth(fire)
         return first
 
+    def hold(self, written: Deferred[None]) -> None:
+        """The server stops once ``written`` fires (or after ``STOPPING_WAIT``): a response's last bytes are out.
+
+        An event stream's ``end`` is written into the transport's buffer, and
+        a reactor that stops then drops what was not sent yet: a client of a
+        turn stopped by the drain would see the stream cut instead of ended.
+        """
+        self._held.add(written)
+        written.addBoth(lambda _: self._held.discard(written))
+
     def _close_all(self) -> Deferred[Any]:
         closing = []
+        if self._held and self._clock is not None:
+            written = DeferredList(list(self._held)).addCallback(lambda _: None)
+            closing.append(self._within(written, self.STOPPING_WAIT))
         for protocol in list(self._open):
             if protocol.finished is not None:
                 closing.append(waiter_for(protocol.finished))

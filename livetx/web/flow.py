@@ -66,8 +66,10 @@ class EventStream:
     a live turn's (:meth:`livetx.live.session.LiveSession.pause_output`).
     """
 
-    def __init__(self, request: Request, limit: int) -> None:
+    def __init__(self, request: Request, limit: int, ended: Callable[[Any], None] | None = None) -> None:
         self._request = request
+        #: Told (with the HTTP channel) once the response is finished; its last bytes may still be buffered.
+        self._ended = ended
         self._turn: ChatTurn | None = None
         self._buffer = SendBuffer(limit, pause=self._pause, resume=self._resume)
         self.open = True
@@ -103,8 +105,11 @@ class EventStream:
             return
         self._request.write(data)
         if event.get("type") == "end":
+            channel = self._request.channel
             self._close()
             self._request.finish()
+            if self._ended is not None:
+                self._ended(channel)
 
     def _close(self) -> None:
         self.open = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Callable, cast
 
 import multipart
 from autobahn.twisted.util import peer2str
@@ -22,7 +22,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.auth.keys import KeyStore, key_from_request, resolve_username
+from livetx.auth.keys import REVOKED, KeyStore, key_from_request, resolve_username
 from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService
 from livetx.config import ServerConfig
 from livetx.errors import ErrorCode, LivetxError
@@ -75,6 +75,10 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
             "input_type": message.input_type, "metrics": message.metrics}
 
 
+def _headers(request: Request) -> dict[str, str]:
+    return {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
+
+
 class APIResource(Resource):
     """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
 
@@ -110,9 +114,12 @@ class APIResource(Resource):
         self.authenticate(request)
         request.checked = True  # type: ignore[attr-defined]
 
+    def lookup(self, request: Request) -> Deferred[None] | None:
+        """A key this node's copy lacks is looked up before the request is judged (a key made a moment ago)."""
+        return self.keys.lookup(key_from_request({}, _headers(request)))
+
     def authenticate(self, request: Request) -> None:
-        headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
-        key = key_from_request({}, headers)
+        key = key_from_request({}, _headers(request))
         verify = functools.partial(self.keys.verify, key, self.scope)
         if self.failures is None:
             record = verify()
@@ -122,7 +129,9 @@ class APIResource(Resource):
         if key is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
+            reason = self.keys.refusal(key)
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED,
+                            reason if reason == REVOKED else f"{reason}, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
@@ -260,12 +269,14 @@ class ChatResource(APIResource):
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
     def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None, hold: Callable[[Deferred[None]], None] | None = None) -> None:
         super().__init__(keys, store)
         self.chat = chat
         self.limits = limits
         #: Each request's turn is counted and logged as a socket's chat turn is.
         self.metrics = metrics or ServerMetrics()
+        #: Keeps a stopping server up until a stream's last bytes are out (``ConnectionTracker.hold``).
+        self.hold = hold
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
@@ -285,18 +296,26 @@ class ChatResource(APIResource):
             raise HTTPError(503, ErrorCode.PROCESSING_ERROR, "server is shutting down")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        stream = EventStream(request, self.limits.max_send_buffer_bytes)
+        stream = EventStream(request, self.limits.max_send_buffer_bytes, self._last_bytes)
         observer = self.metrics.observer(CHAT_PATH, "sse", chat_request.username)
         stream.follow(self.chat.start(chat_request, stream.deliver, observer))
         return NOT_DONE_YET
 
+    def _last_bytes(self, channel: Any) -> None:
+        """A stream ended: while the server stops, close its connection once written, and wait for that."""
+        lost = getattr(channel, "notify_lost", None)
+        if self.chat.draining and self.hold is not None and lost is not None:
+            self.hold(lost())
+            channel.transport.loseConnection()  # after what is buffered is written
+
 
 def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
-               failures: FailedAuth | None = None, metrics: ServerMetrics | None = None) -> dict[str, Resource]:
+               failures: FailedAuth | None = None, metrics: ServerMetrics | None = None,
+               hold: Callable[[Deferred[None]], None] | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        CHAT_PATH: ChatResource(keys, store, chat, limits, metrics),
+        CHAT_PATH: ChatResource(keys, store, chat, limits, metrics, hold),
         "/api/v1/chat/sessions": SessionsResource(keys, store),
         "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }

@@ -30,7 +30,7 @@ from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
+from livetx.web.admission import Admission, FrameRate, Verdict, WaitingGate, refusal
 from livetx.web.connections import ConnectionTracker
 from livetx.web.flow import SendBuffer
 from livetx.web.sockets import apply_limits as apply_limits  # every endpoint's, importable from here as before
@@ -70,8 +70,14 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     # Autobahn waits for a Deferred from onConnect (txaio.as_future); its annotation omits that.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
-        self.admission = self.factory.gate(request)
-        claim = self.factory.connections.claim(self.admission, self.factory.limits)
+        admitted = self.factory.gate(request)
+        if isinstance(admitted, Deferred):  # a key looked up first (key_looked_up)
+            return admitted.addCallback(self._admitted)
+        return self._admitted(admitted)
+
+    def _admitted(self, admission: Admission) -> Deferred[None] | None:
+        self.admission = admission
+        claim = self.factory.connections.claim(admission, self.factory.limits)
         # Redis did not answer (the cluster logged it): this process's own limits apply.
         return None if claim is None else claim.addCallbacks(self._slot, lambda _: None)
 
@@ -211,7 +217,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             from livetx.web.resume import Resumable
 
             self.resumable = Resumable(self.factory.journals(), self.admission.username or "",
-                                       self.send, self._error, heard=self.frames_in > 1)
+                                       self.send, self._error, heard=self.frames_in > 1,
+                                       quota=self.admission.key_id or self.admission.username or "")
         return self.resumable
 
     def _refuse_while_draining(self) -> None:
@@ -299,13 +306,14 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     def send(self, frame: Frame | bytes) -> None:
         """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
+            # Audio (binary, or Base64 in a `response` frame) is not worth deflating: little gained, much CPU.
             if isinstance(frame, bytes):
                 payload = frame
-                self.sendMessage(payload, isBinary=True)
+                self.sendMessage(payload, isBinary=True, doNotCompress=True)
                 self.resetTimeout()
             else:
                 payload = frames.encode(frame)
-                self.sendMessage(payload, isBinary=False)
+                self.sendMessage(payload, isBinary=False, doNotCompress=frame.get("t") == "response")
                 self.resetTimeout()
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
@@ -320,7 +328,7 @@ class LiveServerFactory(WebSocketServerFactory):
     def __init__(
         self,
         *,
-        gate: Gate,
+        gate: WaitingGate,
         engines: Engines,
         limits: ServerConfig,
         connections: ConnectionTracker,

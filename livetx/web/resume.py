@@ -32,9 +32,11 @@ class Resumable:
     """Numbering, resuming and outliving a drop, for one socket."""
 
     def __init__(self, journals: Journals, username: str, send: Send,
-                 error: Callable[[ErrorCode, str], Frame], heard: bool = False) -> None:
+                 error: Callable[[ErrorCode, str], Frame], heard: bool = False, quota: str | None = None) -> None:
         self._journals = journals
         self._username = username
+        #: Whose byte budget the journal counts this socket's frames against (its API key, or its user).
+        self._quota = quota or username
         self._send = send
         self._error = error
         self.writer: Writer | None = None
@@ -54,7 +56,7 @@ class Resumable:
     def _settings_changed(self, frame: Frame) -> Frame:
         wanted = bool(frame.get("data", {}).get("resume"))
         if wanted and self.writer is None and self.tail is None:
-            self.writer = self._journals.open(self._username)
+            self.writer = self._journals.open(self._username, quota=self._quota)
         elif not wanted and self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -78,8 +80,10 @@ class Resumable:
         return False
 
     def _resume(self, frame: Frame, first: bool) -> None:
+        # First, even on a socket opened with ``?resume=1`` (a reconnecting client
+        # opens the URL it had): its fresh journal holds only ``session_updated``.
         session_id, seq = frame.get("session_id"), frame.get("seq")
-        if not first or self.writer is not None:
+        if not first:
             self._send(self._error(ErrorCode.INVALID_STATE, "resume must be the first frame on a socket"))
             return
         if not isinstance(session_id, str) or not session_id:
@@ -92,6 +96,9 @@ class Resumable:
         d.addCallbacks(self._resumed, self._refused, callbackArgs=(session_id,))
 
     def _resumed(self, tail: Tail, session_id: str) -> None:
+        if self.writer is not None:  # the fresh session of ``?resume=1``: the resumed one replaces it
+            self.writer.discard()
+            self.writer = None
         self.tail = tail
         tail.done.addCallback(self._take_over, tail, session_id)
 
@@ -99,7 +106,7 @@ class Resumable:
         """The resumed turn is over: this socket writes on under the same id."""
         if self.tail is tail:
             self.tail = None
-            self.writer = self._journals.open(self._username, session_id, last)
+            self.writer = self._journals.open(self._username, session_id, last, self._quota)
             if tail.lost:  # the process running it was killed: say so, and end the turn
                 self.out(self._error(ErrorCode.INTERNAL_ERROR, "the server running this turn stopped; "
                                      "the stored history has what was saved"))

@@ -14,7 +14,7 @@ from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
 from livetx.fences.twisted_web import Upgrade, make_site
 from livetx.metrics import ServerMetrics
-from livetx.web.admission import AddressLimit, Gate
+from livetx.web.admission import AddressLimit, WaitingGate
 from livetx.web.connections import ConnectionTracker
 from livetx.web.protocol import LiveServerFactory
 from livetx.web.sockets import echo_factory, memory_journals
@@ -72,7 +72,7 @@ def _mount(root: Resource, path: str, leaf: IResource) -> None:
 
 def build_site(
     *,
-    gates: dict[str, Gate],
+    gates: dict[str, WaitingGate],
     engines: Engines,
     limits: ServerConfig,
     connections: ConnectionTracker,
