@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from livetx import __version__, config as configuration, storage
 from livetx.auth.keys import KEYS_FILE, CorruptKeyFile, KeyStore, resolve_username
+from livetx.auth.login_links import DEFAULT_PAGE, DEFAULT_USERNAME, LINK_SECONDS, issue_link_code, link_url
 from livetx.auth.tokens import issue_token
 
 
@@ -107,18 +108,32 @@ class KeysOptions(_Command):
 
 
 class TokenOptions(_DataDirOptions):
-    synopsis = "--username NAME [--ttl SECONDS] [--config FILE] [--data-dir DIR]"
+    synopsis = "--username NAME [--ttl SECONDS] [--link [--url URL]] [--config FILE] [--data-dir DIR]"
+    optFlags = [["link", None, "Print a one-time login link for the browser page instead (see: livetx open)."]]
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
-        ["ttl", "t", 86400.0, "Seconds until it expires.", float],
+        ["ttl", "t", 86400.0, "Seconds until it expires (a --link: always 5 minutes, one use).", float],
+        ["url", None, DEFAULT_PAGE, "With --link: the running server's page address."],
     ]
 
     def postOptions(self) -> None:
+        if self["link"] and not self["username"]:
+            self["username"] = DEFAULT_USERNAME
         if not self["username"]:
             raise usage.UsageError("--username is required")
         username, problem = resolve_username(self["username"])
         if username != self["username"]:  # the server would refuse it (BAD_USER)
             raise usage.UsageError(f"{problem or 'Invalid username'}: {self['username']!r}")
+
+
+class OpenOptions(TokenOptions):
+    synopsis = "[--username NAME] [--url URL] [--config FILE] [--data-dir DIR]"
+    longdesc = ("Print a link that signs the browser page in as USERNAME (default: web): it works once, "
+                "within 5 minutes, for the running server using this data dir (or config's secret).")
+
+    def postOptions(self) -> None:
+        self["link"] = True
+        super().postOptions()
 
 
 class _TurnOptions(_Command):
@@ -193,6 +208,7 @@ class Options(_Command):
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
+        ["open", None, OpenOptions, "Print a one-time login link for the browser page (last line)."],
         ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
         ["talk", None, TalkOptions, "Send a WAV file as a voice turn and print the reply (--out saves its audio)."],
     ]
@@ -259,6 +275,10 @@ def token(options: TokenOptions) -> int:
     secret = storage.jwt_secret(options.settings, options.data_dir)
     if fresh is not None:
         _say_if_created("JWT secret", fresh, existed=False)
+    if options["link"]:  # livetx open, livetx token --link
+        print(f"sign the browser page in as {options['username']} (one use, within {LINK_SECONDS / 60:.0f} minutes):")
+        print(link_url(options["url"], issue_link_code(secret, options["username"])))
+        return 0
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 
@@ -287,6 +307,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "list"): keys_list,
     ("keys", "revoke"): keys_revoke,
     ("token", None): token,
+    ("open", None): token,
     ("say", None): converse,
     ("talk", None): converse,
 }

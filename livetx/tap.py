@@ -18,6 +18,7 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
+from livetx.auth.login_links import LINK_SECONDS, LoginLinks, link_url, page_address
 from livetx.engines import check as check_engines
 from livetx.fences.twisted_app import RaisingEndpointService
 from livetx.service import build_services
@@ -178,7 +179,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stt=settings.stt.provider,
         data_dir=str(data_dir),
     )
+    if not options["adopt"]:
+        _announce_login(options["listen"], services.login)
     return services.root
+
+
+def _announce_login(listen: list[str], links: LoginLinks) -> None:
+    """Jupyter's way in: a one-time link that signs the browser page in, printed once at start-up."""
+    page = next(filter(None, map(page_address, listen)), None)
+    if page is not None:
+        _log.info("sign the browser page in, once, within {minutes:.0f} minutes: {link} "
+                  "(livetx open prints another)", minutes=LINK_SECONDS / 60, link=link_url(page, links.issue()))
 
 
 def _supervisor(options: Options, settings: configuration.Config, data_dir: Path, reactor: Any) -> IService:
