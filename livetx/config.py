@@ -209,6 +209,29 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class TelephonyConfig:
+    """Phone calls through carriers' media streams (docs/telephony.md); off until a carrier is named."""
+
+    #: The carriers whose stream endpoints are served (``/telephony/<carrier>/stream``).
+    carriers: list[Literal["twilio", "telnyx", "plivo"]] = field(default_factory=list)
+    #: The server's address as the carrier reaches it (``https://voice.example.com``): the
+    #: webhook's signature covers it and the stream URL is made from it. Unset: from the request.
+    public_url: str | None = None
+    #: Twilio's auth token, which signs its webhook requests; or ``LIVETX_TWILIO_AUTH_TOKEN``.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    #: How long the call token the webhook hands out stays valid (the stream starts within a second).
+    token_seconds: float = 30.0
+    #: Keypad digits: ``text`` tells the model what was pressed; ``ignore`` drops them.
+    dtmf: Literal["text", "ignore"] = "text"
+    #: Digits pressed within this long of each other are sent as one message.
+    dtmf_wait_ms: int = 1000
+    #: Caller number → username (``"+15551234567" = "alice"``); unlisted callers are their number.
+    usernames: dict[str, str] = field(default_factory=dict)
+    #: Turn-taking settings for every call, as ``session_update`` takes them (``silence_ms = 500``).
+    turn: dict[str, int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -220,6 +243,7 @@ class Config:
     tools: ToolsConfig = ToolsConfig()
     store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
+    telephony: TelephonyConfig = TelephonyConfig()
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -355,6 +379,7 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             config = dataclasses.replace(
                 config, **{name: dataclasses.replace(section, api_key=key)}
             )
+    config = _with_telephony(config, environ)
     url = environ.get("LIVETX_STORE_URL") or config.store.url
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("[store] url must start with postgresql:// (or be left out for SQLite)")
@@ -362,6 +387,23 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
         config = dataclasses.replace(config, store=StoreConfig(url=url))
     if config.tools.mcp:
         config = dataclasses.replace(config, tools=check_mcp(config.tools, environ))
+    return config
+
+
+def _with_telephony(config: Config, environ: Mapping[str, str]) -> Config:
+    """Twilio's auth token from the environment, and what a carrier needs to be served."""
+    section = config.telephony
+    token = section.twilio_auth_token or environ.get("LIVETX_TWILIO_AUTH_TOKEN")
+    if "twilio" in section.carriers and not token:
+        raise ConfigError("[telephony] twilio needs twilio_auth_token (or LIVETX_TWILIO_AUTH_TOKEN) "
+                          "to check its webhook's signatures")
+    if section.carriers and config.tts.provider != "none" and config.tts.response_format != "wav":
+        raise ConfigError("[telephony] calls need WAV speech: set [tts] response_format = \"wav\"")
+    url = section.public_url
+    if url is not None and (not url.startswith(("https://", "http://")) or "?" in url or "#" in url):
+        raise ConfigError(f"[telephony] public_url must be an http(s) URL like https://voice.example.com, got {url!r}")
+    if token != section.twilio_auth_token:
+        config = dataclasses.replace(config, telephony=dataclasses.replace(section, twilio_auth_token=token))
     return config
 
 
