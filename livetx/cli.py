@@ -67,7 +67,7 @@ class _DataDirOptions(_Command):
 
 
 class KeysCreate(_DataDirOptions):
-    synopsis = "--scope chat [--name NAME] [--data-dir DIR]"
+    synopsis = "--scope chat [--name NAME] [--config FILE] [--data-dir DIR]"
     optParameters: list[list[Any]] = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
@@ -84,7 +84,7 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID [--data-dir DIR]"
+    synopsis = "[--config FILE] [--data-dir DIR] KEY_ID"
 
     def parseArgs(self, key_id: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["id"] = key_id
@@ -112,7 +112,8 @@ class TokenOptions(_DataDirOptions):
     optFlags = [["link", None, "Print a one-time login link for the browser page instead (see: livetx open)."]]
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
-        ["ttl", "t", 86400.0, "Seconds until it expires (a --link: always 5 minutes, one use).", float],
+        # No -t: that is --token in say and talk.
+        ["ttl", None, 86400.0, "Seconds until it expires (a --link: always 5 minutes, one use).", float],
         ["url", None, DEFAULT_PAGE, "With --link: the running server's page address."],
     ]
 
@@ -202,15 +203,31 @@ class TalkOptions(_TurnOptions):
             raise usage.UsageError("--wav is required")
 
 
+class DevClusterOptions(_Command):
+    synopsis = "DIR"
+    longdesc = (
+        "Start a throwaway PostgreSQL and Redis in DIR on free loopback ports (Debian's postgresql and "
+        "redis-server packages; no sudo, no system cluster), print and write DIR/livetx.toml pointing at "
+        "them, and stop them on Ctrl-C or SIGTERM. For trying [store] url and [cluster] redis on one machine."
+    )
+
+    def parseArgs(self, directory: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
+        self["dir"] = directory
+
+
 class Options(_Command):
     synopsis = "COMMAND [options]"
-    longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
+    longdesc = (
+        "Credentials for livetx clients, a client, and a throwaway PostgreSQL and Redis to try several "
+        "processes on. The server itself runs as: twistd -n live"
+    )
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
         ["open", None, OpenOptions, "Print a one-time login link for the browser page (last line)."],
         ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
         ["talk", None, TalkOptions, "Send a WAV file as a voice turn and print the reply (--out saves its audio)."],
+        ["dev-cluster", None, DevClusterOptions, "Run a PostgreSQL and a Redis to try several processes on."],
     ]
 
     def postOptions(self) -> None:
@@ -301,6 +318,17 @@ def converse(options: _TurnOptions) -> NoReturn:
     react(turn)
 
 
+def dev_cluster(options: DevClusterOptions) -> int:
+    from livetx.cluster import local
+
+    try:
+        local.serve(Path(options["dir"]), sys.stdout)
+    except (local.Missing, RuntimeError, OSError) as e:  # one line: what failed, and why
+        print(f"livetx: dev-cluster: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 #: (command, subcommand) → handler; add a row to add a command.
 HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "create"): keys_create,
@@ -310,6 +338,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("open", None): token,
     ("say", None): converse,
     ("talk", None): converse,
+    ("dev-cluster", None): dev_cluster,
 }
 
 

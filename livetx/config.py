@@ -7,6 +7,7 @@ rather than leave the server running on a default the operator did not mean.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import tomllib
@@ -208,6 +209,29 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class TelephonyConfig:
+    """Phone calls through carriers' media streams (docs/telephony.md); off until a carrier is named."""
+
+    #: The carriers whose stream endpoints are served (``/telephony/<carrier>/stream``).
+    carriers: list[Literal["twilio", "telnyx", "plivo"]] = field(default_factory=list)
+    #: The server's address as the carrier reaches it (``https://voice.example.com``): the
+    #: webhook's signature covers it and the stream URL is made from it. Unset: from the request.
+    public_url: str | None = None
+    #: Twilio's auth token, which signs its webhook requests; or ``LIVETX_TWILIO_AUTH_TOKEN``.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    #: How long the call token the webhook hands out stays valid (the stream starts within a second).
+    token_seconds: float = 30.0
+    #: Keypad digits: ``text`` tells the model what was pressed; ``ignore`` drops them.
+    dtmf: Literal["text", "ignore"] = "text"
+    #: Digits pressed within this long of each other are sent as one message.
+    dtmf_wait_ms: int = 1000
+    #: Caller number → username (``"+15551234567" = "alice"``); unlisted callers are their number.
+    usernames: dict[str, str] = field(default_factory=dict)
+    #: Turn-taking settings for every call, as ``session_update`` takes them (``silence_ms = 500``).
+    turn: dict[str, int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -219,6 +243,7 @@ class Config:
     tools: ToolsConfig = ToolsConfig()
     store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
+    telephony: TelephonyConfig = TelephonyConfig()
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -297,6 +322,30 @@ def _build_section(name: str, cls: type, table: Any) -> Any:
     return section
 
 
+def unkeyed(config: Config) -> list[str]:
+    """Warnings for hosted services configured without a key (their requests would all be refused).
+
+    A service on this machine (``localhost``, a loopback address) often needs
+    no key, so only services elsewhere are named."""
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    warnings = []
+    for name, variable in _ENV_KEYS.items():
+        section = getattr(config, name)
+        if section.provider != "openai" or section.api_key:
+            continue
+        host = urlsplit(section.base_url).hostname or ""
+        try:
+            local = host == "localhost" or ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            warnings.append(f"[{name}] provider 'openai' at {section.base_url} has no api_key: set {variable} "
+                            f"or [{name}] api_key, or every request to it will be refused")
+    return warnings
+
+
 def _check_redis_url(url: str) -> None:
     """Refuse a Redis URL the server could not use, at start-up rather than at the first socket."""
     from urllib.parse import urlsplit
@@ -330,6 +379,7 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
             config = dataclasses.replace(
                 config, **{name: dataclasses.replace(section, api_key=key)}
             )
+    config = _with_telephony(config, environ)
     url = environ.get("LIVETX_STORE_URL") or config.store.url
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("[store] url must start with postgresql:// (or be left out for SQLite)")
@@ -337,6 +387,23 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
         config = dataclasses.replace(config, store=StoreConfig(url=url))
     if config.tools.mcp:
         config = dataclasses.replace(config, tools=check_mcp(config.tools, environ))
+    return config
+
+
+def _with_telephony(config: Config, environ: Mapping[str, str]) -> Config:
+    """Twilio's auth token from the environment, and what a carrier needs to be served."""
+    section = config.telephony
+    token = section.twilio_auth_token or environ.get("LIVETX_TWILIO_AUTH_TOKEN")
+    if "twilio" in section.carriers and not token:
+        raise ConfigError("[telephony] twilio needs twilio_auth_token (or LIVETX_TWILIO_AUTH_TOKEN) "
+                          "to check its webhook's signatures")
+    if section.carriers and config.tts.provider != "none" and config.tts.response_format != "wav":
+        raise ConfigError("[telephony] calls need WAV speech: set [tts] response_format = \"wav\"")
+    url = section.public_url
+    if url is not None and (not url.startswith(("https://", "http://")) or "?" in url or "#" in url):
+        raise ConfigError(f"[telephony] public_url must be an http(s) URL like https://voice.example.com, got {url!r}")
+    if token != section.twilio_auth_token:
+        config = dataclasses.replace(config, telephony=dataclasses.replace(section, twilio_auth_token=token))
     return config
 
 
@@ -396,15 +463,43 @@ def _filled(where: str, key: str, values: dict[str, str], environ: Mapping[str, 
     return {k: _VARIABLE.sub(variable, v) for k, v in values.items()}
 
 
+def require(what: str, modules: tuple[str, ...], package: str) -> None:
+    """One line naming what to install, rather than a ``ModuleNotFoundError`` deep in a traceback.
+
+    Looks the modules up without importing them (``None`` in ``sys.modules`` counts as missing)."""
+    if not all(importlib.util.find_spec(module) is not None for module in modules):
+        raise ConfigError(f"{what} needs: pip install '{package}'")
+
+
+#: Settings whose code is an extra of the package: (section, key) → (modules, what to install).
+EXTRAS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("cluster", "redis"): (("txredisapi", "redis"), "livetx[cluster]"),
+    ("store", "url"): (("psycopg", "psycopg_pool"), "livetx[postgres]"),
+}
+
+
+def check_extras(config: Config) -> None:
+    """Stop with one line when a setting needs an extra that is not installed."""
+    for (section, key), (modules, package) in EXTRAS.items():
+        if getattr(getattr(config, section), key):
+            require(f"[{section}] {key}", modules, package)
+
+
 def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; ``None`` means all defaults."""
-    if path is None:
-        return from_mapping({}, environ)
+    """Read and validate a config file; ``None`` means all defaults.
+
+    Every reader of the file (the server and each ``livetx`` command) comes
+    here, so a setting whose extra is missing stops each of them with the
+    same line."""
+    data: dict[str, Any] = {}
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        if path is not None:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    return from_mapping(data, environ)
+    config = from_mapping(data, environ)
+    check_extras(config)
+    return config

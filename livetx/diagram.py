@@ -16,6 +16,7 @@ from livetx.live.machine import Table
 from livetx.live.rules import SESSION
 from livetx.live.turn import TURN
 from livetx.live.vad import VOICE
+from livetx.telephony.call import CALL
 
 HEADER = """\
 # The state machines
@@ -48,6 +49,11 @@ Per 30 ms frame of the stream: speech must last `min_speech_ms` to count
     (CHAT_TURN, "A chat turn (`livetx/chat/service.py`)", """\
 On a socket or over SSE. `cancel` is the client's `interrupt`, `stop` the
 server shutting down; every way ends in `ended` once the text is stored."""),
+    (CALL, "A phone call (`livetx/telephony/call.py`)", """\
+One per carrier stream socket, around a live session in talk mode
+([telephony.md](telephony.md)). `begin` is the carrier's `start` with a valid
+call token; `end` is the caller hanging up, the socket closing, or a refused
+`start`."""),
 ]
 
 

@@ -40,7 +40,7 @@ from livetx.web.connections import ConnectionTracker
 from livetx.web.http_api import api_routes
 from livetx.web.login import login_routes
 from livetx.web.ops import ops_routes
-from livetx.web.pages import page_routes
+from livetx.web.pages import page_ready, page_routes
 from livetx.web.site import build_site
 from livetx.web.sockets import memory_journals
 
@@ -90,7 +90,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
-    probes = dict(storage.probes)
+    probes = {**storage.probes, "page": page_ready}
     mcp_probes = mcp.probes() if mcp is not None else {}
     probes.update(mcp_probes)
     resume = settings.cluster
@@ -103,6 +103,20 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
     login = LoginLinks(secret)
+    memories = live_memories(store)
+    routes = {
+        **api_routes(keys, store, chat, settings.server, failures, metrics, connections.hold),
+        # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
+        **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
+                     optional=("redis", *mcp_probes)),
+        **page_routes(),
+        **login_routes(login, failures),
+    }
+    if settings.telephony.carriers:  # imported only when configured
+        from livetx.telephony.routes import telephony_routes
+
+        routes.update(telephony_routes(settings, secret=secret, engines=engines, connections=connections,
+                                       clock=reactor, metrics=metrics, memories=memories))
     site = build_site(
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
@@ -114,15 +128,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         connections=connections,
         clock=reactor,
         chat=chat,
-        memories=live_memories(store),
-        routes={
-            **api_routes(keys, store, chat, settings.server, failures, metrics, connections.hold),
-            # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
-            **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
-                         optional=("redis", *mcp_probes)),
-            **page_routes(),
-            **login_routes(login, failures),
-        },
+        memories=memories,
+        routes=routes,
         metrics=metrics,
         echo=echo,
         journals=journals,

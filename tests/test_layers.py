@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"store", "auth", "storage"},
     {"live"},
     {"chat", "metrics"},
-    {"web", "diagram"},
+    {"web", "telephony", "diagram"},
     {"cluster", "client"},
     {"engines", "service", "tap", "cli", "__main__"},
 ]

@@ -1,0 +1,111 @@
+"""Phone calls: a carrier's media-stream WebSocket drives a normal live session.
+
+Every carrier that lets software answer a call opens a WebSocket to the
+server and streams the call's audio in JSON frames; they differ only in the
+frames' shapes and the audio's format. A :class:`Carrier` is exactly that
+difference, one small module per carrier (:mod:`livetx.telephony.twilio`,
+:mod:`~livetx.telephony.telnyx`, :mod:`~livetx.telephony.plivo`); the call
+itself (:mod:`livetx.telephony.call`) is the same for all of them, and is a
+:class:`livetx.live.session.LiveSession` in talk mode fed through the same
+seam the Live API socket uses. docs/telephony.md says how to set one up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from livetx.errors import ErrorCode
+from livetx.telephony.codec import AudioFormat
+
+Frame = dict[str, Any]
+
+
+class CarrierError(Exception):
+    """A frame the carrier should not have sent: refused, logged and counted; the call goes on."""
+
+    def __init__(self, code: ErrorCode, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: The call cannot go on (an audio format we cannot take): close it.
+        self.fatal = fatal
+
+
+# What a carrier's frames mean, whatever their shape.
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The socket is the carrier's (some carriers say so before ``start``)."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """The stream begins: who, which call, which audio."""
+
+    stream_id: str
+    call_id: str
+    audio: AudioFormat
+    #: What the answering webhook passed on (Twilio ``customParameters``).
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Media:
+    """Caller audio in the stream's format (already Base64-decoded)."""
+
+    stream_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    stream_id: str
+    digit: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A mark we sent came back: the audio before it has played (or was cleared)."""
+
+    stream_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The call is over (the caller hung up, or the carrier ended the stream)."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A frame the carrier documents that a call has no use for (its own acknowledgements)."""
+
+    stream_id: str | None = None
+
+
+Event = Connected | Start | Media | Dtmf | Mark | Stop | Ignored
+
+
+class Carrier(Protocol):
+    """One carrier's frames: read what it sends, write what it takes."""
+
+    #: The name in URLs, config and metrics (``twilio``).
+    name: str
+    #: The field that numbers its frames (a frame older than the last one is refused).
+    sequence_field: str
+
+    def parse(self, frame: Frame) -> Event:
+        """A decoded JSON frame as an event, or :class:`CarrierError`."""
+
+    def media(self, stream_id: str, audio: bytes, fmt: AudioFormat) -> Frame:
+        """Reply ``audio`` (already in the stream's format ``fmt``) to play to the caller."""
+
+    def mark(self, stream_id: str, name: str) -> Frame:
+        """Ask to be told (a :class:`Mark`) once the audio sent so far has played."""
+
+    def clear(self, stream_id: str) -> Frame:
+        """Drop the reply audio the carrier holds and has not played yet."""
