@@ -97,6 +97,9 @@ class Board(WebSocketClientProtocol):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
         self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
+        #: The board's own MCP tools: name → (description, inputSchema, what a call answers).
+        self.tools: dict[str, tuple[str, dict[str, Any], Callable[[dict[str, Any]], str]]] = {}
+        self.tool_calls: list[dict[str, Any]] = []
 
     def onOpen(self) -> None:
         self.ready.callback(None)
@@ -108,6 +111,8 @@ class Board(WebSocketClientProtocol):
         else:
             message = json.loads(payload)
             self.received.append((now, "json", message))
+            if message.get("type") == "mcp":
+                self._mcp(message["payload"])
             if message.get("type") == "tts" and message.get("state") == "start" and self.mode != "realtime":
                 self.listening = False  # the firmware stops the microphone while it speaks
         self._wake()
@@ -119,6 +124,23 @@ class Board(WebSocketClientProtocol):
         if not self.ready.called:
             self.ready.callback(None)
         self._wake()
+
+    def _mcp(self, request: dict[str, Any]) -> None:
+        """Answer as the firmware's MCP server does (docs/mcp-protocol.md)."""
+        method, ident = request.get("method"), request.get("id")
+        if method == "initialize":
+            result: Any = {"protocolVersion": "2024-11-05", "capabilities": {"tools": {}},
+                           "serverInfo": {"name": "bread-compact-wifi", "version": "1.8.2"}}
+        elif method == "tools/list":
+            result = {"tools": [{"name": n, "description": d, "inputSchema": s} for n, (d, s, _) in self.tools.items()]}
+        elif method == "tools/call":
+            self.tool_calls.append(request["params"])
+            answer = self.tools[request["params"]["name"]][2](request["params"]["arguments"])
+            result = {"content": [{"type": "text", "text": answer}], "isError": False}
+        else:
+            return
+        self.send_json({"session_id": self.session_id, "type": "mcp",
+                        "payload": {"jsonrpc": "2.0", "id": ident, "result": result}})
 
     def send_json(self, message: dict[str, Any]) -> None:
         self.sendMessage(json.dumps(message).encode())

@@ -169,6 +169,35 @@ async def test_realtime_voice_barges_in(livetx: Any, openai: Any, tmp_path: Path
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_model_calls_the_boards_own_tool_over_mcp(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await device_server(livetx, openai, tmp_path)
+    colour = {"type": "integer", "minimum": 0, "maximum": 255}
+    schema = {"type": "object", "properties": {"r": colour, "g": colour, "b": colour}, "required": ["r", "g", "b"]}
+
+    def script(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        if messages[-1]["role"] == "tool":
+            return None  # answer in words once the tool has answered
+        assert "self_light_set_rgb" in [t["function"]["name"] for t in tools]
+        return [{"name": "self_light_set_rgb", "arguments": {"r": 255, "g": 0, "b": 0}}]
+
+    openai.tool_calls = script
+    openai.reply = "The light is red now."
+    b = await board(server, 1)
+    b.tools["self.light.set_rgb"] = ("Set the colour of the light.", schema, lambda arguments: "true")
+    b.hello(mcp=True)
+    await b.wait(lambda: any(m["payload"].get("method") == "tools/list" for m in b.messages("mcp")))
+    await deferLater(reactor, 0.2, lambda: None)  # the board's answer reaches the server
+    b.listen("start", "auto")
+    b.say(await spoken("turn on the kitchen lights"))
+    await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=40)
+    assert b.tool_calls == [{"name": "self.light.set_rgb", "arguments": {"r": 255, "g": 0, "b": 0}}]
+    last = openai.requests_to("/chat/completions")[-1].json["messages"]
+    assert last[-1]["role"] == "tool" and last[-1]["tool_call_id"] == last[-2]["tool_calls"][0]["id"]
+    assert "true" in last[-1]["content"]  # what the board answered is what the model was told
+    assert [m["text"] for m in b.messages("tts") if m["state"] == "sentence_start"] == ["The light is red now."]
+
+
+@pytest_twisted.ensureDeferred
 async def test_activation_by_code_then_revocation(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await device_server(livetx, openai, tmp_path)
     code, answer = await ota(server)

@@ -41,7 +41,7 @@ def device_routes(
     socket = DeviceFactory(
         tokens=tokens, registry=registry, engines=engines, limits=config.server, connections=connections,
         clock=clock, metrics=metrics, endpoint=SOCKET_PATH, output_rate=section.output_rate,
-        turn=dict(section.turn), memories=memories,
+        turn=dict(section.turn), tools=config.tools, memories=memories,
     )
     return {
         OTA_PATH: DeviceOta(registry=registry, tokens=tokens, clock=clock, public_url=section.public_url,

@@ -21,9 +21,10 @@ from twisted.logger import Logger
 
 from livetx import __version__
 from livetx.auth.tokens import AuthFailure
-from livetx.config import ServerConfig
+from livetx.config import ServerConfig, ToolsConfig
 from livetx.devices import framing
 from livetx.devices.device import DeviceConversation, DeviceError
+from livetx.devices.mcp import DeviceMcp
 from livetx.devices.registry import DeviceRegistry
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
@@ -32,6 +33,8 @@ from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_facto
 from livetx.live.frames import Frame
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
+from livetx.telephony.socket import with_tool
+from livetx.tools import Tool
 from livetx.web.admission import Admission, FrameRate, Verdict
 from livetx.web.connections import GOING_AWAY, POLICY_VIOLATION, ConnectionTracker
 from livetx.web.protocol import apply_limits
@@ -61,6 +64,9 @@ class DeviceProtocol(QuietIO):
     _device_id = ""
     _version = 1
     _no_hello: IDelayedCall | None = None
+    #: The board's MCP client, when its hello says ``features.mcp`` and the model can call tools.
+    device_tools: DeviceMcp | None = None
+    _engines: Engines | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         headers = request.headers
@@ -154,8 +160,31 @@ class DeviceProtocol(QuietIO):
         factory.connections.add(cast("LiveServerProtocol", self))
         _log.info("Device {device} connected as {user} (protocol version {version})",
                   device=self._device_id, user=username, version=self._version)
-        return LiveSession(username=username, engines=factory.engines.for_owner(username), clock=factory.clock,
+        engines = factory.engines.for_owner(username)
+        assert self.device is not None
+        if self.device.features.get("mcp") is True:
+            tooling = with_tool(engines, [], factory.tools, factory.clock)
+            if tooling is not engines:  # the model can call tools: ask the board for its own
+                engines = self._engines = tooling
+                self.device_tools = DeviceMcp(self._send_mcp, self._offer)
+                self.device_tools.start()
+        return LiveSession(username=username, engines=engines, clock=factory.clock,
                            emit=emit, memory=memory, listener=self.observer)
+
+    def _send_mcp(self, payload: Frame) -> None:
+        assert self.device is not None
+        self.send_json({"session_id": self.device.session_id, "type": "mcp", "payload": payload})
+
+    def _offer(self, tools: list[Tool]) -> None:
+        """The board's tools join the model's (the session's engines hold this socket's own tool loop)."""
+        from livetx.tools.registry import ToolRegistry
+
+        llm: Any = self._engines.llm if self._engines is not None else None
+        if llm is None or not tools:
+            return
+        known = [t for t in (llm.registry.get(n) for n in llm.registry.names) if t is not None]
+        llm.registry = ToolRegistry([*known, *tools])
+        _log.info("Device {device} offers tools: {names}", device=self._device_id, names=", ".join(t.name for t in tools))
 
     def refused(self, code: ErrorCode, message: str) -> None:
         self.factory.metrics.errors.labels(code).inc()
@@ -169,8 +198,8 @@ class DeviceProtocol(QuietIO):
                   message=frame.get("data"), code=frame.get("code"))
 
     def mcp(self, payload: Frame) -> None:
-        """The device's MCP answers; this server asks it nothing yet, so they are only logged."""
-        _log.debug("MCP from device {device}: {payload}", device=self._device_id, payload=payload)
+        if self.device_tools is not None:
+            self.device_tools.receive(payload)
 
     # -- what the connection tracker asks of a socket --------------------------
 
@@ -210,6 +239,8 @@ class DeviceProtocol(QuietIO):
         if device is None:
             return
         device.closed()
+        if self.device_tools is not None:
+            self.device_tools.closed()
         session = device.session
         if session is None:
             if self.finished is not None and not self.finished.called:
@@ -237,7 +268,7 @@ class DeviceFactory(WebSocketServerFactory):
     def __init__(
         self, *, tokens: DeviceTokens, registry: DeviceRegistry, engines: Engines, limits: ServerConfig,
         connections: ConnectionTracker, clock: IReactorTime, metrics: ServerMetrics, endpoint: str,
-        output_rate: int, turn: dict[str, Any], memories: MemoryOpener | None = None,
+        output_rate: int, turn: dict[str, Any], tools: ToolsConfig, memories: MemoryOpener | None = None,
     ) -> None:
         super().__init__(server=f"livetx/{__version__}")
         self.tokens = tokens
@@ -250,5 +281,6 @@ class DeviceFactory(WebSocketServerFactory):
         self.endpoint = endpoint
         self.output_rate = output_rate
         self.turn = turn
+        self.tools = tools
         self.memories = memories
         apply_limits(self, limits)
