@@ -70,7 +70,7 @@ class DeviceRegistry:
 
     def _save(self, devices: dict[str, Device]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")  # one per writer
         tmp.write_bytes(orjson.dumps({"devices": [asdict(d) for d in devices.values()]}, option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.path)
         self._stamp = None
