@@ -319,3 +319,20 @@ def test_reply_packets_are_paced_at_playback_speed() -> None:
     clock.pump([FRAME_MS / 1000] * 30)
     assert host.sent[-1] == {"session_id": device.session_id, "type": "tts", "state": "stop"}
     assert len([m for m in host.sent if isinstance(m, bytes)]) == 17
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_board_that_never_reads_is_dropped(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    """It answers no ping: the socket's keep-alive drops it, and its session is let go."""
+    server = await device_server(livetx, openai, tmp_path, extra="[server]\nping_interval = 1.0\nping_timeout = 1.0\n")
+    b = await board(server)
+    b.hello()
+    await b.wait(lambda: bool(b.messages("hello")))
+    connections = server.service.getServiceNamed("connections")
+    assert len(connections) == 1
+    b.transport.pauseProducing()  # reads nothing more
+    await deferLater(reactor, 4.0, lambda: None)
+    assert len(connections) == 0  # dropped while it still read nothing
+    b.transport.resumeProducing()
+    await b.wait(lambda: False, timeout=5)
+    assert b.close_code is not None
