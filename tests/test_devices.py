@@ -251,6 +251,12 @@ async def test_bad_input_is_refused_and_the_board_goes_on(livetx: Any, openai: A
     await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=40)
     assert b.messages("stt")[0]["text"] == "turn on the bedroom lights"
     assert b.close_code is None
+    metrics = (await (await treq.get(server.url("/metrics", scheme="http"), reactor=reactor)).content()).decode()
+    refused = {line.split('code="')[1].split('"')[0]: float(line.split()[-1])
+               for line in metrics.splitlines() if line.startswith("livetx_errors_total{")}
+    # before hello; not Opus and the wrong size; type 1; the mcp payload, the bad listens; not JSON
+    assert refused == {"INVALID_STATE": 1, "INVALID_AUDIO": 2, "UNSUPPORTED_FRAME": 1,
+                       "INVALID_MESSAGE_FORMAT": 3, "INVALID_JSON": 1}
     # Oversize: the socket's message limit closes it (1009).
     b.sendMessage(frame(1, b"\x00" * 70000), isBinary=True)
     await b.wait(lambda: False, timeout=5)
