@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -29,11 +29,11 @@ from livetx.devices.registry import DeviceRegistry
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
 from livetx.errors import ErrorCode
-from livetx.fences.autobahn import close_with_code, settings_from_factory
+from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.live.frames import Frame
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.telephony.socket import TrackedSession, with_tool
+from livetx.telephony.socket import with_tool
 from livetx.tools import Tool
 from livetx.web.admission import Admission, FrameRate, Verdict
 from livetx.web.connections import GOING_AWAY, POLICY_VIOLATION, ConnectionTracker
@@ -49,7 +49,7 @@ PROTOCOL_ERROR = 1002
 
 
 @settings_from_factory
-class DeviceProtocol(TrackedSession):
+class DeviceProtocol(QuietIO):
     """One board's socket."""
 
     factory: DeviceFactory
@@ -207,9 +207,30 @@ class DeviceProtocol(TrackedSession):
     def session(self) -> LiveSession | None:
         return None if self.device is None else self.device.session
 
+    @property
+    def busy(self) -> bool:
+        return self.session is not None and self.session.state in ("processing", "interrupted")
+
+    def turns_over(self) -> Deferred[None]:
+        return succeed(None) if self.session is None else self.session.turn_over()
+
+    def stop_turn(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+
+    def stop_listening(self) -> None:
+        if self.session is not None:
+            self.session.stop_listening()
+
     def close_with(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
             close_with_code(self, code, reason)
+
+    def send(self, frame: Frame) -> None:
+        """Notices for Live API clients (a revoked key) mean nothing to a board."""
+
+    def _error(self, code: ErrorCode, message: str) -> Frame:
+        return {}
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._no_hello is not None and self._no_hello.active():

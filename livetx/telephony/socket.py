@@ -45,38 +45,8 @@ _log = Logger()
 UNSUPPORTED_DATA = 1003
 
 
-class TrackedSession(QuietIO):
-    """What the connection tracker asks of a socket that drives one session for a foreign protocol
-    (a carrier's call, a board): it drains with every Live API socket when the server stops."""
-
-    @property
-    def session(self) -> LiveSession | None:
-        raise NotImplementedError
-
-    @property
-    def busy(self) -> bool:
-        return self.session is not None and self.session.state in ("processing", "interrupted")
-
-    def turns_over(self) -> Deferred[None]:
-        return succeed(None) if self.session is None else self.session.turn_over()
-
-    def stop_turn(self) -> None:
-        if self.session is not None:
-            self.session.stop()
-
-    def stop_listening(self) -> None:
-        if self.session is not None:
-            self.session.stop_listening()
-
-    def send(self, frame: Frame) -> None:
-        """Notices for Live API clients (a revoked key) mean nothing to a carrier or a board."""
-
-    def _error(self, code: ErrorCode, message: str) -> Frame:
-        return {}
-
-
 @settings_from_factory
-class CallProtocol(TrackedSession):
+class CallProtocol(QuietIO):
     """One carrier stream socket: one call."""
 
     factory: CallFactory
@@ -193,8 +163,29 @@ class CallProtocol(TrackedSession):
     def session(self) -> LiveSession | None:
         return None if self.call is None else self.call.session
 
+    @property
+    def busy(self) -> bool:
+        return self.session is not None and self.session.state in ("processing", "interrupted")
+
+    def turns_over(self) -> Deferred[None]:
+        return succeed(None) if self.session is None else self.session.turn_over()
+
+    def stop_turn(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+
+    def stop_listening(self) -> None:
+        if self.session is not None:
+            self.session.stop_listening()
+
     def close_with(self, code: int, reason: str) -> None:
         self.hang_up(code, reason)
+
+    def send(self, frame: Frame) -> None:
+        """Notices for Live API clients (a revoked key) mean nothing to a carrier."""
+
+    def _error(self, code: ErrorCode, message: str) -> Frame:
+        return {}
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._no_start is not None and self._no_start.active():
