@@ -16,6 +16,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from livetx import cli
 from livetx.audio import resample, to_wav
@@ -223,9 +224,15 @@ async def test_activation_by_code_then_revocation(livetx: Any, openai: Any, tmp_
     await other.wait(lambda: False, timeout=5)
     assert other.close_code == 1008 and other.close_reason == "Invalid token"
     assert devices_cli(server, "revoke", MAC) == 0
-    again = await board(server, socket=socket)
-    await again.wait(lambda: False, timeout=5)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        again = await board(server, socket=socket)
+        await again.wait(lambda: False, timeout=5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     assert again.close_code == 1008 and again.close_reason == "Device revoked"
+    assert f"Refused device {MAC}: Device revoked" in [formatEvent(e) for e in events]
     assert (await ota(server))[0] == 403
     registry = DeviceRegistry(server.data_dir / DEVICES_FILE)
     assert registry.get(MAC).username == "device-aa:bb:cc:dd:ee:01"  # type: ignore[union-attr]
