@@ -349,3 +349,31 @@ async def test_a_board_that_never_reads_is_dropped(livetx: Any, openai: Any, tmp
     b.transport.resumeProducing()
     await b.wait(lambda: False, timeout=5)
     assert b.close_code is not None
+
+
+def test_the_server_and_the_command_line_see_each_others_changes(tmp_path: Path) -> None:
+    server, command = DeviceRegistry(tmp_path / DEVICES_FILE), DeviceRegistry(tmp_path / DEVICES_FILE)
+    first = server.ask(MAC, CLIENT)
+    assert first is not None and first.state == "pending"
+    assert command.set_state(first.code, "approved") is not None
+    server.ask("aa:bb:cc:dd:ee:02", "another-client")  # the server writes again after the approval
+    assert {d.device_id: d.state for d in command.list()} == {MAC: "approved", "aa:bb:cc:dd:ee:02": "pending"}
+    # A reflashed board (a new Client-Id) must be approved again; a revoked one stays revoked.
+    assert server.ask(MAC, "reflashed").state == "pending"  # type: ignore[union-attr]
+    command.set_state(MAC, "revoked")
+    assert server.ask(MAC, "again").state == "revoked"  # type: ignore[union-attr]
+
+
+def test_writers_at_the_same_time_lose_nothing(tmp_path: Path) -> None:
+    """Each writer (the server, ``livetx devices``) rewrites the file whole: the lock keeps every change."""
+    import threading
+
+    def ask(i: int) -> None:
+        DeviceRegistry(tmp_path / DEVICES_FILE).ask(f"02:00:00:00:00:{i:02x}", f"client-{i}")
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(DeviceRegistry(tmp_path / DEVICES_FILE).list()) == 24

@@ -9,19 +9,23 @@ WebSocket token, and every connection checks the board is still approved,
 so ``livetx devices revoke`` shuts a board out at its next connection
 (a board opens its socket per conversation) even with a valid token.
 
-The file is rewritten whole and atomically (write, then rename); the
-server re-reads it when its modification time changes. A few boards per
+The file is rewritten whole and atomically (write, then rename), under an
+advisory lock (``flock`` on a lock file beside it), so the server recording
+a new board and ``livetx devices approve`` never lose each other's change;
+the server re-reads it when its modification time changes. A few boards per
 server is the expected size: a file, not a table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import orjson
 
@@ -75,6 +79,16 @@ class DeviceRegistry:
         os.replace(tmp, self.path)
         self._stamp = None
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, Device]]:
+        """The devices as they are now, for one writer at a time; saved on the way out."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            devices = dict(self._load())
+            yield devices
+            self._save(devices)
+
     def list(self) -> list[Device]:
         return list(self._load().values())
 
@@ -86,29 +100,26 @@ class DeviceRegistry:
 
         None when too many boards already wait: the unknown one is told nothing.
         """
-        devices = dict(self._load())
         key = device_id.lower()
-        known = devices.get(key)
+        known = self._load().get(key)
         if known is not None and (known.client_id == client_id or known.state == "revoked"):
             return known
-        if known is None and sum(d.state == "pending" for d in devices.values()) >= MAX_PENDING:
-            return None
-        codes = {d.code for d in devices.values()}
-        code = next(c for c in iter(lambda: f"{secrets.randbelow(10**6):06d}", None) if c not in codes)
-        devices[key] = Device(key, client_id, "pending", code, time.time(), board)
-        self._save(devices)
-        return devices[key]
-
-    def find(self, which: str) -> Device | None:
-        """A board by its activation code or its Device-Id."""
-        devices = self._load()
-        return devices.get(which.lower()) or next((d for d in devices.values() if d.code == which), None)
+        with self._changing() as devices:
+            known = devices.get(key)  # as it is now, under the lock
+            if known is not None and (known.client_id == client_id or known.state == "revoked"):
+                return known
+            if known is None and sum(d.state == "pending" for d in devices.values()) >= MAX_PENDING:
+                return None
+            codes = {d.code for d in devices.values()}
+            code = next(c for c in iter(lambda: f"{secrets.randbelow(10**6):06d}", None) if c not in codes)
+            devices[key] = Device(key, client_id, "pending", code, time.time(), board)
+            return devices[key]
 
     def set_state(self, which: str, state: State) -> Device | None:
-        found = self.find(which)
-        if found is None:
-            return None
-        devices = dict(self._load())
-        devices[found.device_id] = replace(found, state=state)
-        self._save(devices)
-        return devices[found.device_id]
+        """A board by its activation code or its Device-Id, now in ``state``; None if there is none."""
+        with self._changing() as devices:
+            found = devices.get(which.lower()) or next((d for d in devices.values() if d.code == which), None)
+            if found is None:
+                return None
+            devices[found.device_id] = replace(found, state=state)
+            return devices[found.device_id]
