@@ -101,6 +101,8 @@ FLOOR_SERVER = Path(__file__).with_name("floor_server.py")
 def local_server(
     tokens: int = 40, sentences: int = 5, delay: float = 0.0, offline: bool = False,
     *, backlog: int = 1024, pin: bool = False, floor: bool = False, config_extra: str = "", workers: int = 1,
+    server_extra: str = "",
+    reactor: str | None = None,
 ) -> Iterator[tuple[str, int, float]]:
     """Simulator + livetx in their own processes; yields (url, server pid, start-up seconds).
 
@@ -109,8 +111,9 @@ def local_server(
     ``floor`` runs :mod:`floor_server` in livetx's place: the same wire work
     on bare Twisted and Autobahn, the baseline every livetx figure is divided by.
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
-    ``config_extra`` is appended to the config file; ``workers`` > 1 runs
-    ``--workers`` (the pid yielded is then the supervisor's).
+    ``config_extra`` is appended to the config file (``server_extra`` to its
+    ``[server]`` table); ``workers`` > 1 runs
+    ``--workers`` (the pid yielded is then the supervisor's); ``reactor`` is twistd's ``-r`` (e.g. ``asyncio``).
     ``pin`` gives the server the first core and the simulator the others, so the
     load generator does not take the server's CPU (pin the client with
     :func:`split_cores` too).
@@ -123,7 +126,7 @@ def local_server(
         # Every benchmark socket is one user's: the per-user connection cap
         # (a defence against one account hogging the server) is lifted.
         config.write_text(
-            "[server]\nmax_connections_per_user = 0\n" + ("" if offline else
+            "[server]\nmax_connections_per_user = 0\n" + server_extra + ("" if offline else
             f'[llm]\nprovider = "openai"\nbase_url = "{base}"\nmodel = "sim"\n'
             f'[tts]\nprovider = "openai"\nbase_url = "{base}"\n'
             f'[stt]\nprovider = "openai"\nbase_url = "{base}"\n') + config_extra
@@ -140,7 +143,7 @@ def local_server(
                        "--backlog", str(backlog)]
         else:
             command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                       "--logfile", str(Path(tmp, "twistd.log")), "live",
+                       "--logfile", str(Path(tmp, "twistd.log")), *(["-r", reactor] if reactor else []), "live",
                        "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
                        "--data-dir", str(data), "--config", str(config), "--workers", str(workers)]
         server = None

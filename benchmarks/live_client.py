@@ -78,9 +78,14 @@ def _parse(message: str | bytes) -> dict[str, Any] | None:
     return frame if isinstance(frame, dict) else None
 
 
+#: Offer permessage-deflate (``benchmarks/deflate_bench.py`` turns it on; every other figure is without).
+OFFER_COMPRESSION = False
+
+
 async def open_socket(url: str, **options: Any) -> ClientConnection:
-    """One connection with no compression and no size cap (audio frames are large)."""
-    return await connect(url, max_size=None, compression=None, open_timeout=60, **options)
+    """One connection with no size cap (audio frames are large), and no compression unless asked."""
+    compression = "deflate" if OFFER_COMPRESSION else None
+    return await connect(url, max_size=None, compression=compression, open_timeout=60, **options)
 
 
 async def _until_end(ws: ClientConnection, sent: float) -> TurnTimes:

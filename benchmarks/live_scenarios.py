@@ -8,6 +8,7 @@ harness started the server, or given with ``--server-pid``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -352,6 +353,18 @@ def show(summary: Summary) -> Summary:
     PRINTERS[summary["scenario"]](summary)
     print_targets(summary)
     return summary
+
+
+def load_arguments(description: str, connections: int) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs text turns on the simulator: the load, and where the JSON goes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--connections", type=int, default=connections)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=40)
+    parser.add_argument("--sentences", type=int, default=5)
+    parser.add_argument("--json", help="write the summaries to this file")
+    return parser
 
 
 def run(coroutine: Awaitable[Summary]) -> Summary:

@@ -184,6 +184,33 @@ def accuracy(sets: dict[str, list[tuple[str, bytes]]], tmp: Path) -> list[dict[s
     return rows
 
 
+def early(sets: dict[str, list[tuple[str, bytes]]], names: list[str], tmp: Path) -> list[dict[str, Any]]:
+    """Whisper on what talk mode's final decode heard before (the utterance and ``silence_ms`` of
+    silence after it) against what the decode at the pause hears (livetx.live.streaming_stt: up
+    to PAUSE_MS after the last sound): the words must be the same."""
+    from livetx.audio import to_wav
+    from livetx.live.streaming_stt import PAUSE_MS
+
+    decode = engines(tmp)["whisper base (int8)"]
+    decode(sets["espeak"][0][1])
+    rows = []
+    for name in names:
+        refs, whole, paused = [], [], []
+        for text, wav in sets.get(name, []):
+            pcm = read_wav(wav)[0]
+            loud = [i for i in range(0, len(pcm) - 1, 2) if abs(int.from_bytes(pcm[i:i + 2], "little", signed=True)) > 328]
+            speech = pcm[: loud[-1] + 2] if loud else pcm
+            preroll = bytes(300 * 32)
+            refs.append(normal(text))
+            whole.append(normal(decode(to_wav(preroll + speech + bytes(600 * 32)))) or "<nothing>")
+            paused.append(normal(decode(to_wav(preroll + speech + bytes(PAUSE_MS * 32)))) or "<nothing>")
+        if refs:
+            rows.append({"set": name, "clips": len(refs), "wer_after_endpoint": jiwer.wer(refs, whole),
+                         "wer_at_pause": jiwer.wer(refs, paused),
+                         "different": [(w, p) for w, p in zip(whole, paused) if w != p]})
+    return rows
+
+
 def live(turns: int, sets: dict[str, list[tuple[str, bytes]]]) -> dict[str, Any]:
     """A real ``twistd live`` on its defaults: start-up, idle memory, and end_speaking → user_msg."""
     import asyncio
@@ -248,8 +275,16 @@ def main() -> None:
     parser.add_argument("--live", type=int, default=0, metavar="TURNS", help="also time voice turns on a server")
     parser.add_argument("--vad", action="store_true", help="also measure talk mode's detectors")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the WER table")
+    parser.add_argument("--early", nargs="?", const="espeak,piper,read aloud", metavar="SETS",
+                        help="also compare Whisper's words decoded at the pause with after the endpoint")
     args = parser.parse_args()
     sets = recordings(args.recordings)
+    if args.early:
+        with tempfile.TemporaryDirectory() as tmp:
+            for row in early(sets, args.early.split(","), Path(tmp)):
+                print(f"{row['set']}: {row['clips']} clips, WER {100 * row['wer_after_endpoint']:.1f} % decoded after "
+                      f"the endpoint, {100 * row['wer_at_pause']:.1f} % at the pause; "
+                      f"{len(row['different'])} transcripts differ {row['different']}")
     rows = []
     if not args.no_accuracy:
         with tempfile.TemporaryDirectory() as tmp:

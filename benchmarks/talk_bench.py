@@ -33,7 +33,8 @@ from typing import Any
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_bench import local_server, percentile  # noqa: E402
+from live_bench import local_server  # noqa: E402
+from live_scenarios import percentile  # noqa: E402
 
 from livetx.audio import BYTES_PER_SECOND, read_wav, resample  # noqa: E402
 from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)

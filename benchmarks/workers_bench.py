@@ -24,8 +24,10 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +59,82 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def tcp_sockets(pid: int, port: int) -> dict[str, set[int]]:
+    """The TCP sockets of ``pid`` on local ``port`` (IPv4 and IPv6), by state: inodes ``listening`` and ``open``."""
+    mine = _socket_inodes(pid)
+    found: dict[str, set[int]] = {"listening": set(), "open": set()}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if int(local.rsplit(":", 1)[1], 16) == port and inode in mine:
+                if state == "0A":
+                    found["listening"].add(inode)
+                elif state == "01":
+                    found["open"].add(inode)
+    return found
+
+
+def split(supervisor: int, port: int) -> list[int]:
+    """Open connections on ``port`` held by each worker of ``supervisor``, largest first."""
+    workers = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return sorted((len(tcp_sockets(int(pid), port)["open"]) for pid in workers), reverse=True)
+
+
 class Tree(sc.Server):
     def cpu(self) -> float | None:
         return tree_cpu_seconds(self.pid) if self.pid else None
+
+
+def sample_split(supervisor: int, port: int, connections: int = 20) -> list[int]:
+    """Open ``connections`` TCP connections at once and count which worker accepted each."""
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    try:
+        for _ in range(50):  # until every connection is accepted
+            shares = split(supervisor, port)
+            if sum(shares) == connections:
+                break
+            time.sleep(0.05)
+        return shares
+    finally:
+        for client in clients:
+            client.close()
+        time.sleep(0.3)
 
 
 def measure(name: str, args: argparse.Namespace, redis: str | None, workers: int) -> dict[str, Any]:
     extra = f'[cluster]\nredis = "{redis}"\n' if redis else ""
     with local_server(args.tokens, args.sentences, config_extra=extra, workers=workers) as (url, pid, _):
         server = Tree(url, pid)
+        if workers > 1:  # how the kernel spreads new connections over the workers, three times
+            port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+            for _ in range(30):
+                if len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) == workers:
+                    break
+                time.sleep(0.1)
+            summary_split = [sample_split(pid, port) for _ in range(3)]
         summary = sc.run(sc.turns(server, args.connections, args.turns, "text", args.rounds))
     summary["scenario"] = name
     summary["throughput_turns_per_s"] = summary["turns"] / summary["wall_s"]
+    if workers > 1:
+        summary["split_of_20"] = summary_split
     return summary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=40)
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=40)
-    parser.add_argument("--sentences", type=int, default=5)
-    parser.add_argument("--json", help="write the summaries to this file")
-    args = parser.parse_args()
+    args = sc.load_arguments(__doc__.split("\n\n")[0], connections=40).parse_args()
     live_client.raise_nofile_limit()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +156,8 @@ def main() -> None:
     for run in runs:
         print(f"{run['scenario']:14} {run['throughput_turns_per_s']:8.1f} {run['end']['p95_ms']:11.1f} "
               f"{run['server_cpu_ms_per_turn']:12.2f} {run['machine']['busy']:13.0%} {run['machine']['foreign']:9.0%}")
-    print(f"\n2 workers / 1: {scale:.2f}x throughput (target >= {SCALE_TARGET}); "
+    print(f"\nsplit of 20 connections over the workers, three times: {two['split_of_20']}")
+    print(f"2 workers / 1: {scale:.2f}x throughput (target >= {SCALE_TARGET}); "
           f"cluster on / off: {cost:.2f}x CPU per turn (target <= {CPU_TARGET})")
     if args.json:
         Path(args.json).write_text(json.dumps(

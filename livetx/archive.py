@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from livetx.providers.threads import Worker
+from livetx.threads import Worker
 
 _log = Logger()
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

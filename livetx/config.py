@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -64,6 +65,8 @@ class ServerConfig:
     max_connections_per_address: int = 128
     #: Apply ``max_connections_per_address`` to loopback too (a local proxy, tests and benchmarks come from there).
     limit_loopback: bool = False
+    #: Negotiate permessage-deflate with clients that offer it (small windows; see docs/security.md).
+    compression: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class LLMConfig(ServiceConfig):
         "You are a friendly voice assistant. Answer in a few short spoken sentences."
     )
     history_turns: int = 20
+    #: Of those turns, only the newest that fit in this many bytes are sent (and kept for sending).
+    context_bytes: int = 256 * 1024
     echo_delay: float = 0.0
     #: The model accepts images: chat attachments of type image/* are sent to it.
     vision: bool = False
@@ -139,6 +144,26 @@ class STTConfig(ServiceConfig):
 
 
 @dataclass(frozen=True)
+class MCPServerConfig:
+    """One ``[[tools.mcp]]`` table: an MCP server whose tools the model may call (docs/tools.md)."""
+
+    #: Prefix of its tools' names (``<name>_<tool>``); letters, digits, ``_`` and ``-``.
+    name: str = ""
+    #: stdio: the program livetx starts, its arguments, extra environment and working directory.
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    cwd: str | None = None
+    #: Streamable HTTP: the endpoint and extra request headers (``Authorization``).
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    #: The server's tool names the model is offered; None: all of them.
+    allow: list[str] | None = None
+    #: Seconds one call may run; None: ``[tools] timeout``.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
 class ToolsConfig:
     """Server-side tools the model may call (docs/tools.md); none unless named here."""
 
@@ -153,6 +178,8 @@ class ToolsConfig:
     filler: str = "One moment."
     #: The ``clock`` tool's time zone (an IANA name).
     timezone: str = "UTC"
+    #: MCP servers (``[[tools.mcp]]``), checked by :func:`check_mcp`.
+    mcp: list[MCPServerConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -164,6 +191,11 @@ class ClusterConfig:
     #: Resume (docs/protocol-extensions.md): how long, and how many, frames of a session are kept.
     resume_seconds: float = 120.0
     resume_frames: int = 2000
+    #: Bytes of frames kept per session, and over the sessions of one API key (or token user).
+    resume_session_bytes: int = 8 * 1024 * 1024
+    resume_quota_bytes: int = 32 * 1024 * 1024
+    #: A larger frame is kept as an ``omitted`` marker (a ``user_msg`` echoing a long text).
+    resume_frame_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -254,6 +286,8 @@ def _describe(tp: Any) -> str:
         return "a list of " + _describe(typing.get_args(tp)[0]).removeprefix("a ") + "s"
     if origin is dict:
         return "a table of " + _describe(typing.get_args(tp)[1]).removeprefix("a ") + "s"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
     return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -270,6 +304,8 @@ def _check(value: Any, tp: Any) -> bool:
     if origin is dict:
         _, item = typing.get_args(tp)
         return isinstance(value, dict) and all(_check(v, item) for v in value.values())
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
@@ -289,6 +325,9 @@ def _build_section(name: str, cls: type, table: Any) -> Any:
         if not _check(value, tp):
             raise ConfigError(f"[{name}] {key} must be {_describe(tp)}, got {value!r}")
         values[key] = float(value) if tp is float else value
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(item := typing.get_args(tp)[0]):
+            # An array of tables (``[[tools.mcp]]``): each checked like a section.
+            values[key] = [_build_section(f"{name}.{key}", typing.cast(type, item), v) for v in value]
     section = cls(**values)
     if name == "cluster" and section.redis is not None:
         _check_redis_url(section.redis)
@@ -338,6 +377,8 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
         raise ConfigError("[store] url must start with postgresql:// (or be left out for SQLite)")
     if url != config.store.url:
         config = dataclasses.replace(config, store=StoreConfig(url=url))
+    if config.tools.mcp:
+        config = dataclasses.replace(config, tools=check_mcp(config.tools, environ))
     return config
 
 
@@ -356,6 +397,62 @@ def _with_telephony(config: Config, environ: Mapping[str, str]) -> Config:
     if token != section.twilio_auth_token:
         config = dataclasses.replace(config, telephony=dataclasses.replace(section, twilio_auth_token=token))
     return config
+
+
+#: An MCP server's name: short enough to leave room for its tools' names within 64 characters.
+_MCP_NAME = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+#: ``${NAME}`` in an ``env`` or ``headers`` value is taken from livetx's environment.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def check_mcp(tools: ToolsConfig, environ: Mapping[str, str]) -> ToolsConfig:
+    """``[[tools.mcp]]`` checked, with ``${NAME}`` filled in from ``environ``; or one line saying why not.
+
+    Names have no ``_``, so ``<server>_<tool>`` always says which server a
+    tool is on and no two servers' tools can share a name.
+    """
+    import shutil
+    from urllib.parse import urlsplit
+
+    servers, names = [], set(tools.enabled)
+    for server in tools.mcp:
+        where = f"[[tools.mcp]] {server.name!r}" if server.name else "[[tools.mcp]]"
+        if not _MCP_NAME.match(server.name):
+            raise ConfigError(f"{where} needs a name of 1 to 32 letters, digits or -, got {server.name!r}")
+        if server.name in names:
+            raise ConfigError(f"{where}: the name is used twice")
+        names.add(server.name)
+        if (server.command is None) == (server.url is None):
+            raise ConfigError(f"{where} needs either command (stdio) or url (Streamable HTTP), not both")
+        if server.url is not None:
+            parts = urlsplit(server.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{where} url must be an http:// or https:// URL, got {server.url!r}")
+            if server.args or server.env or server.cwd:
+                raise ConfigError(f"{where}: args, env and cwd are for a command, not a url")
+        if server.command is not None:
+            if server.headers:
+                raise ConfigError(f"{where}: headers are for a url, not a command")
+            if shutil.which(server.command) is None:
+                raise ConfigError(f"{where} command {server.command!r} is not an executable on PATH")
+            if server.cwd is not None and not Path(server.cwd).expanduser().is_dir():
+                raise ConfigError(f"{where} cwd {server.cwd!r} is not a directory")
+        if server.timeout is not None and server.timeout <= 0:
+            raise ConfigError(f"{where} timeout must be more than 0")
+        servers.append(dataclasses.replace(
+            server, env=_filled(where, "env", server.env, environ),
+            headers=_filled(where, "headers", server.headers, environ),
+        ))
+    return dataclasses.replace(tools, mcp=servers)
+
+
+def _filled(where: str, key: str, values: dict[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    def variable(match: re.Match[str]) -> str:
+        if match[1] not in environ:
+            raise ConfigError(f"{where} {key} names ${{{match[1]}}}, which is not set in the environment")
+        return environ[match[1]]
+
+    return {k: _VARIABLE.sub(variable, v) for k, v in values.items()}
 
 
 def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -12,8 +12,8 @@ from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
-from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer
-from livetx.providers.threads import owned
+from livetx.providers.base import ChatModel, SpeechRecognizer, SpeechSynthesizer, TurnEndModel
+from livetx.threads import owned
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,20 @@ class Engines:
     stt: SpeechRecognizer | None
     system_prompt: str = ""
     history_turns: int = 20
+    context_bytes: int = 256 * 1024
     tts_concurrency: int = 2
     max_segment_seconds: float = 60.0
     #: The model takes images: chat-mode image attachments are sent to it as such.
     vision: bool = False
     #: Called with (username, wav) for every segment, when audio is to be kept.
     keep_audio: Callable[[str, bytes], None] | None = None
+    #: Talk mode's end-of-turn model (``end_of_turn: semantic``), when installed.
+    turn_end: TurnEndModel | None = None
 
     def for_owner(self, owner: str) -> Engines:
         """The same engines, with the local ones' work queued under ``owner``
         (an API key, or a user), so that one owner's flood cannot starve the
-        others (see :mod:`livetx.providers.threads`)."""
+        others (see :mod:`livetx.threads`)."""
         return replace(self, tts=owned(self.tts, owner), stt=owned(self.stt, owner))
 
 
@@ -58,8 +61,8 @@ class Exchange:
 class Memory(Protocol):
     """Where a conversation outlives its connection (see :mod:`livetx.store`)."""
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
-        """The last ``turns`` exchanges, oldest first."""
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
+        """The last ``turns`` exchanges, oldest first; with ``max_bytes``, only (about) that much of the newest."""
 
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:
         """Keep a finished turn, both sides in one transaction; fires once committed (or failed, logged).

@@ -1,9 +1,10 @@
 """What a running server counts, told by the turns themselves.
 
 A connection's :class:`TurnObserver` is a
-:class:`livetx.live.events.TurnListener` of its session: each turn reports
-its start, first delta, first audio, provider timings and its end with an
-outcome, and the protocol layer adds each error frame it sends. Each
+:class:`livetx.live.events.TurnListener` of its session, and of its chat
+turns (an SSE request has one too): each turn reports its start, first
+delta, first audio, provider timings, failed providers and its end with an
+outcome and its values, and whoever sends an error frame reports its code. Each
 server owns a :class:`ServerMetrics` with its own ``CollectorRegistry``, so
 several servers in one process (as in the tests) count independently.
 
@@ -20,11 +21,9 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from livetx.live.events import Ignore, MetricsFrames, Outcome
-from livetx.providers.base import LLMError, ProviderError, STTError, TTSError
+from livetx.live.events import Ignore, Outcome
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -34,9 +33,6 @@ _log = Logger()
 
 #: Seconds: from 10 ms (a local echo) to a minute (a stuck upstream).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-#: Error codes that mean an outside service failed, by the provider kind.
-PROVIDER_CODES: dict[str, str] = {cls.code: cls.kind for cls in (ProviderError, LLMError, TTSError, STTError)}
 
 
 class _Value:
@@ -179,7 +175,7 @@ class ServerMetrics:
             "counter", "livetx_connections_refused", "WebSocket connections refused at admission.", ["endpoint"])
         self.open = self._add("gauge", "livetx_open_connections", "WebSocket connections open now.", ["endpoint"])
         self.turns = self._add(
-            "counter", "livetx_turns", "Finished live turns by input and outcome (ok, interrupted, failed).",
+            "counter", "livetx_turns", "Finished turns (live and chat) by input and outcome (ok, interrupted, failed).",
             ["input_type", "outcome"])
         self.first_delta = self._add(
             "histogram", "livetx_turn_first_delta_seconds", "Turn start to the first text delta.",
@@ -187,6 +183,10 @@ class ServerMetrics:
         self.first_audio = self._add(
             "histogram", "livetx_turn_first_audio_seconds", "Turn start to the first audio chunk.",
             ["input_type"], LATENCY_BUCKETS)
+        self.voice_to_voice = self._add(
+            "histogram", "livetx_voice_to_voice_seconds",
+            "Talk mode: the user's last voiced audio frame to the reply's first audio, measured on the server.",
+            buckets=LATENCY_BUCKETS)
         self.turn_seconds = self._add(
             "histogram", "livetx_turn_seconds", "Turn start to its end frame.", ["input_type"], LATENCY_BUCKETS)
         self.interrupts = self._add("counter", "livetx_interrupts", "Turns stopped by the client (barge-in).")
@@ -233,12 +233,16 @@ class ServerMetrics:
                 family.add(snapshot.get(family.name, []), gauges=alive)
         return combined
 
-    def opened(self, endpoint: str, mode: str | None, username: str, clock: IReactorTime) -> TurnObserver:
+    def opened(self, endpoint: str, mode: str | None, username: str) -> TurnObserver:
         """An accepted socket; ``mode`` None is the unified endpoint (mode per frame)."""
         mode = mode or "per-frame"
         self.connections.labels(endpoint, mode).inc()
         self.open.labels(endpoint).inc()
-        return TurnObserver(self, endpoint, mode, username, clock)
+        return self.observer(endpoint, mode, username)
+
+    def observer(self, endpoint: str, mode: str, username: str) -> TurnObserver:
+        """A listener for turns that are not a socket's own (its chat channel's, an SSE request's)."""
+        return TurnObserver(self, endpoint, mode, username)
 
     def refused_at(self, endpoint: str) -> None:
         self.refused.labels(endpoint).inc()
@@ -250,27 +254,14 @@ class ServerMetrics:
 
 
 class TurnObserver(Ignore):
-    """One connection's view: each turn's events (a :class:`TurnListener`), and the error frames sent."""
+    """One connection's (or chat channel's, or SSE request's) view: its turns' events, and its error frames."""
 
-    def __init__(
-        self, metrics: ServerMetrics, endpoint: str, mode: str, username: str, clock: IReactorTime
-    ) -> None:
+    def __init__(self, metrics: ServerMetrics, endpoint: str, mode: str, username: str) -> None:
         self._m = metrics
         self._endpoint = endpoint
         self._mode = mode
         self._username = username
-        self._clock = clock
         self._turn: _TurnRecord | None = None
-        #: What the turn's ``metrics`` frames say, for its log line.
-        self._values = MetricsFrames(_nowhere)
-
-    def error_sent(self, code: str) -> None:
-        """An error frame went out on this connection (in a turn or not, live or chat)."""
-        self._m.errors.labels(code).inc()
-        if code in PROVIDER_CODES:
-            self._m.provider_failures.labels(PROVIDER_CODES[code]).inc()
-        if self._turn is not None:
-            self._turn.errors.append(code)
 
     def closed(self) -> None:
         """The socket closed (a turn it ran was reported ended first)."""
@@ -279,18 +270,21 @@ class TurnObserver(Ignore):
 
     # -- TurnListener --------------------------------------------------------
 
+    def error_sent(self, code: str) -> None:
+        self._m.errors.labels(code).inc()
+        if self._turn is not None:
+            self._turn.errors.append(code)
+
+    def provider_failed(self, kind: str) -> None:
+        self._m.provider_failures.labels(kind).inc()
+
     def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
         self._turn = _TurnRecord(input_type)
-        self._values.turn_started(turn_id, input_type, assemble_seconds)
-
-    def provider_called(self, kind: str, provider: str) -> None:
-        self._values.provider_called(kind, provider)
 
     def provider_timing(self, kind: str, provider: str, first: float | None, total: float) -> None:
         if first is not None:
             self._provider(kind, provider, "first", first)
         self._provider(kind, provider, "total", total)
-        self._values.provider_timing(kind, provider, first, total)
 
     def first_delta(self, seconds: float) -> None:
         if self._turn is not None:
@@ -299,17 +293,14 @@ class TurnObserver(Ignore):
     def first_audio(self, seconds: float) -> None:
         if self._turn is not None:
             self._turn.first_audio = seconds
-        self._values.first_audio(seconds)
 
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._m.tool_ended(name, status, seconds)
-        self._values.tool_finished(call_id, name, ok, status, seconds)
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
             return
-        self._values.turn_ended(outcome, seconds)
         m, kind = self._m, turn.input_type
         if outcome is Outcome.INTERRUPTED:
             m.interrupts.inc()
@@ -319,6 +310,9 @@ class TurnObserver(Ignore):
             m.first_delta.labels(kind).observe(turn.first_delta)
         if turn.first_audio is not None:
             m.first_audio.labels(kind).observe(turn.first_audio)
+        voice_to_voice = values.get("voice_to_voice_ms")
+        if voice_to_voice is not None:
+            m.voice_to_voice.labels().observe(voice_to_voice / 1000)
         end = None
         if label != "interrupted":
             end = seconds
@@ -336,7 +330,7 @@ class TurnObserver(Ignore):
             first_audio=_rounded(turn.first_audio),
             end=_rounded(end),
             errors=list(turn.errors),
-            metrics=dict(self._values.values),
+            metrics=dict(values),
         )
 
     def _provider(self, kind: str, name: str, stage: str, seconds: float) -> None:
@@ -351,10 +345,6 @@ class _TurnRecord:
         self.first_delta: float | None = None
         self.first_audio: float | None = None
         self.errors: list[str] = []
-
-
-def _nowhere(frame: Any) -> None:
-    """The observer keeps the ``metrics`` values, and sends nothing."""
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,17 +29,18 @@ from livetx.config import Config
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
 from livetx.fences.treq import make_http_client
+from livetx.lastresort import EXIT_MARGIN, StoppingRoot
 from livetx.metrics import ServerMetrics
-from livetx.providers.factory import build_engines
+from livetx.engines import build_engines
 from livetx.storage import open_storage, secret_to_create
 from livetx.store.conversation import live_memories
-from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate
+from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate, key_looked_up
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import memory_journals
 from livetx.web.http_api import api_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_routes
 from livetx.web.site import build_site
+from livetx.web.sockets import memory_journals
 
 _log = Logger()
 
@@ -62,7 +64,12 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         _log.warn("created a new JWT secret at {path}: tokens made for another data dir will be refused",
                   path=str(fresh))
     http, pool = make_http_client(reactor)
-    engines = build_engines(settings, http, reactor, data_dir)
+    mcp = None
+    if settings.tools.mcp:  # imported only when configured: no MCP SDK in a server without MCP servers
+        from livetx.tools.mcp_servers import MCPTools
+
+        mcp = MCPTools(settings.tools, reactor)
+    engines = build_engines(settings, http, reactor, data_dir, mcp=mcp)
     metrics = ServerMetrics()
     node = None
     if settings.cluster.redis:  # imported only when configured: a lone server loads no Redis client
@@ -70,31 +77,33 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
 
         node = ClusterNode(settings.cluster.redis, reactor)
         node.setName("cluster")
-    chat = ChatService(store=store, engines=engines, clock=reactor, tool_ended=metrics.tool_ended,
-                       relay=node.relay if node is not None else None)
+    chat = ChatService(store=store, engines=engines, clock=reactor, relay=node.relay if node is not None else None)
     # Drains live, chat-socket and SSE turns alike when the server stops.
     connections = ConnectionTracker(reactor, settings.server.shutdown_grace, chat)
     connections.setName("connections")
-    revocations = KeyRevocations(keys.active_ids, reactor)
+    revocations = KeyRevocations(keys.revoked_ids, keys.active_ids, reactor)
     revocations.subscribe(connections.close_keys)
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
     probes = dict(storage.probes)
+    mcp_probes = mcp.probes() if mcp is not None else {}
+    probes.update(mcp_probes)
     resume = settings.cluster
-    journals = memory_journals(reactor, resume.resume_seconds, resume.resume_frames)
+    journals = memory_journals(reactor, resume)
     if node is not None:  # limits, revocation, readiness and resume through Redis
         node.join(connections, keys)
         failures = node.failed_auth(settings.server.failed_auth_per_minute)
-        shared = node.journals(resume.resume_seconds, resume.resume_frames)
+        shared = node.journals(resume)
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
     memories = live_memories(store)
     routes = {
-        **api_routes(keys, store, chat, settings.server, failures),
+        **api_routes(keys, store, chat, settings.server, failures, metrics, connections.hold),
         # Without Redis a node still serves turns (docs/deployment.md): degraded, not unready.
-        **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes, optional=("redis",)),
+        **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
+                     optional=("redis", *mcp_probes)),
         **page_routes(),
     }
     if settings.telephony.carriers:  # imported only when configured
@@ -111,7 +120,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
             "jwt_unified": guarded(jwt_gate(secret, None), failures=failures, origins=origins),
-            "api_key": guarded(api_key_gate(keys), failures=failures, notice=True),
+            "api_key": key_looked_up(keys, guarded(api_key_gate(keys), failures=failures, notice=True)),
         },
         engines=engines,
         limits=settings.server,
@@ -124,12 +133,15 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         echo=echo,
         journals=journals,
     )
-    root = MultiService()
+    # Past grace and a margin a shutdown that hangs still ends, saying what it waited for.
+    root = StoppingRoot(settings.server.shutdown_grace + EXIT_MARGIN, reactor)
     # Stopped in reverse order: (the caller's ports,) open sockets (running
     # turns get [server] shutdown_grace to finish), then, once they are
     # drained, the store (after its queued writes) and the upstream pool.
     Closing(pool.closeCachedConnections, after=connections.drained).setServiceParent(root)
     Closing(store.close, after=connections.drained).setServiceParent(root)
+    if mcp is not None:  # its servers stop once running turns no longer call them
+        Closing(mcp.close, after=connections.drained).setServiceParent(root)
     if node is not None:
         node.setServiceParent(root)  # leaves once the sockets have given their slots back
     connections.setServiceParent(root)
@@ -162,9 +174,11 @@ class FreezeStartup(Service):
     every full collection walked them again, a stall that every turn in
     flight waited through (benchmarks/RESULTS.md says how long).
     Garbage is collected first, so nothing unreachable is kept for good;
-    then glibc hands back the heap pages that start-up freed, where it can.
-    A server started inside a process whose reactor already runs (tests,
-    an embedding program) leaves that process's collector alone.
+    then glibc hands back the heap pages that start-up freed, where it can,
+    and is told to keep serving large blocks from ``mmap`` (see
+    :func:`_return_large_blocks`). A server started inside a process whose
+    reactor already runs (tests, an embedding program) leaves that process's
+    collector and allocator alone.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -179,17 +193,38 @@ class FreezeStartup(Service):
     def _freeze() -> None:
         gc.collect()
         gc.freeze()
-        _trim_heap()
+        _glibc("malloc_trim", 0)
+        _return_large_blocks()
 
 
-def _trim_heap() -> None:
-    """Return free heap memory to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+#: glibc's ``mallopt`` parameter for the size from which a block gets its own ``mmap``.
+M_MMAP_THRESHOLD = -3
+#: glibc's initial threshold, kept fixed.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _return_large_blocks() -> None:
+    """Keep glibc serving blocks of 128 KiB and more with ``mmap``, so that freeing them returns them.
+
+    glibc starts so, but raises the threshold (up to 32 MiB) to the size of
+    each such block freed: after one long text turn, the multi-megabyte
+    strings of the next ones (the text, its echo, its JSON) come from the
+    main heap, whose freed middle is never handed back, and RSS climbed by
+    hundreds of MB a round under large turns (issue 27.2). Fixing the
+    threshold is what ``MALLOC_MMAP_THRESHOLD_=131072`` does; an operator
+    who set that (or another value) keeps their choice.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _glibc("mallopt", M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _glibc(function: str, *args: int) -> None:
+    """Call one of glibc's allocator functions; a no-op elsewhere (musl, macOS)."""
     try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: musl, macOS
+        call = getattr(ctypes.CDLL(None), function)
+    except (OSError, AttributeError):
         return
-    trim(0)
+    call(*args)
 
 
 class WarmUp(Service):

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
@@ -19,7 +18,8 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
-from livetx.providers.factory import check as check_engines
+from livetx.engines import check as check_engines
+from livetx.fences.twisted_app import RaisingEndpointService
 from livetx.service import build_services
 from livetx.storage import check as check_store
 
@@ -130,12 +130,8 @@ def stop_startup(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-class _Listening(StreamServerEndpointService):
+class _Listening(RaisingEndpointService):
     """One ``--listen`` endpoint; failing to open it (port taken, out of range, no permission) is one line."""
-
-    #: Set as ``strports.service`` sets it: a port that cannot be opened raises
-    #: from ``privilegedStartService`` rather than being logged as a traceback.
-    _raiseSynchronously = True
 
     def __init__(self, description: str, factory: Any, reactor: Any) -> None:
         super().__init__(endpoints.serverFromString(reactor, description), factory)
@@ -161,6 +157,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         services = build_services(settings, reactor, data_dir, echo=bool(options["conformance-echo"]))
     except OSError as e:  # the data dir's secret or key files cannot be read or written
         stop_startup(f"cannot use the data dir {str(data_dir)!r}: {e.filename or ''}: {e.strerror or e}")
+    except configuration.ConfigError as e:  # known only once started: an MCP server's tool names
+        stop_startup(str(e))
     # Added last, so stopped first: no new connection while the others drain.
     if options["adopt"]:  # a worker of --workers: the supervisor holds the sockets
         from livetx.cluster.worker_metrics import SharedMetrics

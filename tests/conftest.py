@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -11,9 +13,19 @@ from twisted.internet import reactor
 
 from livetx.testing.openai_server import start as start_openai
 
+from .checkout import CHECKOUT, foreign_modules, with_checkout
 from .engines import RedisServer
 from .services import haproxy, postgres_url, postgresql, redis_url  # noqa: F401 (fixtures)
 from .support import RunningServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the checkout on every child's ``PYTHONPATH``, and stop at once if a child would still miss it."""
+    os.environ.update(with_checkout(os.environ))
+    with tempfile.TemporaryDirectory() as elsewhere:  # not the checkout, as children run in tmp_path
+        foreign = foreign_modules(os.environ, Path(elsewhere))
+    if foreign:
+        raise pytest.UsageError(f"child processes would not run the checkout {CHECKOUT}: {', '.join(foreign)}")
 
 
 @pytest_twisted.async_yield_fixture

@@ -151,11 +151,16 @@ def replied(frames: list[dict[str, Any]]) -> bool:
 
 
 async def open_socket(
-    url: str, headers: dict[str, str] | None = None, tls: Any = None
+    url: str, headers: dict[str, str] | None = None, tls: Any = None, **options: Any
 ) -> LiveClient:
-    """Connect; return once the handshake is done or the server has closed the socket."""
+    """Connect; return once the handshake is done or the server has closed the socket.
+
+    ``options`` go to Autobahn's ``setProtocolOptions`` (compression offers, say).
+    """
     factory = WebSocketClientFactory(url, headers=headers or {})
     factory.protocol = LiveClient
+    if options:
+        factory.setProtocolOptions(**options)
     endpoint: Any = TCP4ClientEndpoint(reactor, factory.host, factory.port, timeout=5)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)
@@ -164,8 +169,8 @@ async def open_socket(
     return client
 
 
-async def connect(url: str, headers: dict[str, str] | None = None, tls: Any = None) -> LiveClient:
+async def connect(url: str, headers: dict[str, str] | None = None, tls: Any = None, **options: Any) -> LiveClient:
     """Open a socket that must be accepted."""
-    client = await open_socket(url, headers, tls)
+    client = await open_socket(url, headers, tls, **options)
     assert client.close_code is None, (client.close_code, client.close_reason, client.frames)
     return client

@@ -32,15 +32,19 @@ def test_openapi_is_valid_and_lists_every_endpoint_and_code() -> None:
 
 #: Codes only HTTP answers carry (livetx/errors.py, "HTTP API only"); every other one can reach a socket.
 HTTP_ONLY = {ErrorCode.NOT_FOUND, ErrorCode.METHOD_NOT_ALLOWED, ErrorCode.TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE}
+#: Codes that are not errors: they mark another frame (livetx/errors.py says which).
+NOTICES = {ErrorCode.NO_SPEECH}
 
 
 def test_every_error_code_is_in_the_openapi_enums_where_it_can_be_sent() -> None:
     schemas = load_openapi()["components"]["schemas"]
     live, chat = set(schemas["ErrorCode"]["enum"]), set(schemas["ChatErrorCode"]["enum"])
     http = set(schemas["HTTPError"]["properties"]["code"]["enum"])
-    assert {c.value for c in ErrorCode} - HTTP_ONLY <= live | chat, "a socket code missing from the socket enums"
+    assert {c.value for c in ErrorCode} - HTTP_ONLY - NOTICES <= live | chat, "a socket code missing from the socket enums"
     assert {c.value for c in HTTP_ONLY} <= http
-    assert set(ErrorCode) == live | chat | http
+    assert set(ErrorCode) - NOTICES == live | chat | http
+    user_msg = schemas["UserMsg"]["properties"]["data"]["allOf"][1]["properties"]["code"]
+    assert {user_msg["const"]} == NOTICES
     # A bad username is refused on both kinds of socket: a dashboard's (live frame) and an API key's (chat frame).
     assert ErrorCode.BAD_USER in live and ErrorCode.BAD_USER in chat
     assert ErrorCode.UNAUTHORIZED in live and ErrorCode.UNAUTHORIZED in chat  # a revoked key's sockets

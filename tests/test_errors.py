@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,20 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import globalLogPublisher
+from twisted.web.test.requesthelper import DummyRequest
 
 from livetx.chat.service import ChatRequest, ChatService, Event
 from livetx.domain import Engines
-from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
+from livetx.auth.tokens import AuthFailure
+from livetx.errors import (
+    ErrorCode, FrameError, HTTPError, LLMError, NoSuchSession, Outcome, SessionForbidden, StoreUnavailable, ToolStatus,
+)
+from livetx.live import frames
 from livetx.providers.echo import EchoChat
 from livetx.store.sqlite import SQLiteStore
+from livetx.web.admission import TooManyFailures
+from livetx.web.replies import finish_async
 
 
 class UnreadableFiles(SQLiteStore):
@@ -59,3 +68,34 @@ def test_domain_errors_carry_their_codes_and_are_not_builtin_signals() -> None:
     assert NoSuchSession().code is ErrorCode.NOT_FOUND
     assert not issubclass(SessionForbidden, PermissionError)
     assert not issubclass(NoSuchSession, LookupError)
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, "use GET"), 405, ErrorCode.METHOD_NOT_ALLOWED),
+    (FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, "message must be list"), 400, ErrorCode.INVALID_MESSAGE_FORMAT),
+    (NoSuchSession(), 404, ErrorCode.NOT_FOUND),
+    (SessionForbidden(), 403, ErrorCode.FORBIDDEN),
+    (StoreUnavailable("db away"), 503, ErrorCode.STORE_UNAVAILABLE),
+    (LLMError("upstream said 500"), 502, ErrorCode.LLM_ERROR),
+    (TooManyFailures("Too many failed attempts"), 429, ErrorCode.RATE_LIMITED),
+    (AuthFailure("Invalid token"), 401, ErrorCode.UNAUTHORIZED),
+    (KeyError("a bug"), 500, ErrorCode.INTERNAL_ERROR),
+])
+def test_an_answer_takes_the_status_and_code_the_exception_carries(error: Exception, status: int, code: str) -> None:
+    request = DummyRequest([b""])
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        finish_async(request, fail(error))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    body = json.loads(b"".join(request.written))
+    assert (request.responseCode, body["code"]) == (status, code)
+    assert body["message"] == ("internal error" if status == 500 else getattr(error, "message"))
+    # A bug is logged, and says nothing more; a refusal is no failure.
+    assert [e["log_failure"].type for e in logged if "log_failure" in e] == ([KeyError] if status == 500 else [])
+
+
+def test_no_speech_is_in_the_one_vocabulary() -> None:
+    assert frames.no_speech(0)["data"]["code"] is ErrorCode.NO_SPEECH
+    assert {s.value for s in ToolStatus} >= {Outcome.OK.value, Outcome.FAILED.value}

@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet.defer import CancelledError
 
 from livetx.auth.keys import KeyStore
-from livetx.providers.threads import _FairPool, _Job, owned
+from livetx.threads import _FairPool, _Job, owned
 
 from .support import LiveClient, connect
 from .test_live_ws import LIVE, OPEN_API

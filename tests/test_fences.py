@@ -11,10 +11,15 @@ from http.cookiejar import CookieJar
 from typing import Any, Callable
 
 import treq.client
+import txredisapi
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from hyperlink import EncodedURL
+from transitions import Machine
+from transitions.core import Event
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -25,7 +30,13 @@ from twisted.web.server import Request, Site
 
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
-from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site
+from livetx.errors import ErrorCode
+from livetx.fences.transitions import trigger
+from livetx.fences.twisted_app import RaisingEndpointService
+from livetx.fences.twisted_web import GuardedChannel, GuardedRequest, make_site, take_over_producer
+from livetx.fences.txredisapi import Subscriptions, lost_after_connecting, reconnect_every
+from livetx.web.flow import SendBuffer
+from livetx.web.replies import HTTPError, error_body
 
 
 def parameters(function: Callable[..., Any]) -> list[str]:
@@ -170,7 +181,7 @@ class Form(Resource):
 
 
 def serve(data: bytes) -> StringTransport:
-    site = make_site(Form(), admit=lambda addr: lambda: None)
+    site = make_site(Form(), admit=lambda addr: lambda: None, refusal_body=error_body)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     assert isinstance(channel, GuardedChannel) and channel.requestFactory is GuardedRequest
     channel.callLater = Clock().callLater
@@ -194,14 +205,14 @@ def test_a_body_past_the_limit_is_answered_from_the_headers() -> None:
 
 
 def test_an_address_over_its_limit_gets_no_channel() -> None:
-    site = make_site(Form(), admit=lambda addr: None)
+    site = make_site(Form(), admit=lambda addr: None, refusal_body=error_body)
     assert site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None  # Twisted then drops the connection
 
 
 def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
     """Twisted restarts its timeout in ``dataReceived`` through ``resetTimeout``, which the channel overrides."""
     clock = Clock()
-    site = make_site(Form(), admit=lambda addr: lambda: None, timeout=1.0, reactor=clock)
+    site = make_site(Form(), admit=lambda addr: lambda: None, refusal_body=error_body, timeout=1.0, reactor=clock)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -219,3 +230,111 @@ def test_bytes_of_a_head_do_not_restart_the_timeout_but_the_body_does() -> None:
         clock.advance(0.5)
         slow_body.dataReceived(b"a")
     assert not transport.disconnecting  # the body: an idle timeout, as before
+
+
+class Looked(Form):
+    """A route that must look something up before it judges a request (a key this node has not seen)."""
+
+    def __init__(self, allow: bool) -> None:
+        super().__init__()
+        self.waiting: Deferred[None] = Deferred()
+        self.allow = allow
+
+    def lookup(self, request: Request) -> Deferred[None]:
+        return self.waiting
+
+    def check_headers(self, request: Request) -> None:
+        if not self.allow:
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Invalid API key")
+
+    def render_POST(self, request: Request) -> bytes:
+        content = request.content
+        assert content is not None
+        return b"body=" + content.read()
+
+
+def test_a_request_waits_for_its_routes_lookup_reading_nothing_more() -> None:
+    """Pausing the channel and holding what it had read are what GuardedRequest relies on."""
+    for allow in (True, False):
+        route = Looked(allow)
+        site = make_site(route, admit=lambda addr: lambda: None, refusal_body=error_body)
+        channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        channel.callLater = Clock().callLater
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        assert transport.value() == b"" and transport.producerState == "paused"
+        route.waiting.callback(None)
+        if allow:
+            assert transport.value().endswith(b"body=hello") and transport.producerState == "producing"
+        else:
+            assert transport.value().startswith(b"HTTP/1.1 401 ") and transport.disconnecting
+
+
+def test_the_channel_is_its_transports_producer_until_the_socket_takes_over() -> None:
+    transport, channel = StringTransport(), HTTPChannel()
+    channel.makeConnection(transport)
+    assert transport.producer is channel and transport.streaming
+    buffer = SendBuffer(100)
+    take_over_producer(transport, buffer)  # StringTransport refuses a second producer, as TCP's does
+    assert transport.producer is buffer and transport.streaming
+
+
+# -- Twisted's application services ---------------------------------------------
+
+
+def test_an_endpoint_service_raises_when_told_to_by_its_private_flag() -> None:
+    assert "self._raiseSynchronously" in body(StreamServerEndpointService.privilegedStartService)
+    assert RaisingEndpointService._raiseSynchronously is True
+
+
+# -- transitions ------------------------------------------------------------------
+
+
+def test_an_event_fires_on_a_model_its_machine_was_never_given() -> None:
+    assert parameters(Event.trigger)[:2] == ["self", "model"]
+    machine = Machine(model=None, states=["a", "b"], transitions=[
+        {"trigger": "go", "source": "a", "dest": "b", "conditions": "ready"}], initial="a",
+        auto_transitions=False, send_event=True)
+
+    class Model:
+        state = "a"
+
+        def ready(self, event: Any) -> bool:
+            return bool(event.kwargs["ok"])
+
+    model = Model()
+    assert trigger(machine, "go", model, ok=False) is False and model.state == "a"
+    assert trigger(machine, "go", model, ok=True) is True and model.state == "b"
+    assert not hasattr(model, "go") and not hasattr(model, "is_a")  # nothing bound to it
+
+
+# -- txredisapi -------------------------------------------------------------------
+
+
+def test_txredisapi_pool_and_factory_keep_the_shape_the_redis_client_reads() -> None:
+    pool = txredisapi.lazyConnectionPool("127.0.0.1", 1, poolsize=1, reconnect=False)
+    try:
+        factory = pool._factory
+        assert isinstance(factory, txredisapi.RedisFactory)
+        assert factory.size == 0 and factory.deferred is not None and not lost_after_connecting(pool)
+    finally:
+        pool.disconnect()
+    source = body(txredisapi.RedisFactory.addConnection)
+    assert "self.deferred = None" in source and "self.size = len(self.pool)" in source
+    assert "self.size = len(self.pool)" in body(txredisapi.RedisFactory.delConnection)
+    assert parameters(Subscriptions.addConnection) == parameters(txredisapi.SubscriberFactory.addConnection)
+    assert parameters(Subscriptions.delConnection) == parameters(txredisapi.SubscriberFactory.delConnection)
+    assert "addConnection" in body(txredisapi.RedisFactory._connectionReady)
+
+
+def test_txredisapi_backoff_is_read_from_the_factory_on_every_retry() -> None:
+    pool = txredisapi.lazyConnectionPool("127.0.0.1", 1, poolsize=1, reconnect=False)
+    try:
+        subscriber = Subscriptions()
+        reconnect_every(1.0, 0.1, pool, subscriber)
+        for factory in (pool._factory, subscriber):
+            factory.jitter = 0
+            assert [factory.retryDelay(attempt) for attempt in (1, 2, 3, 9)] == [0.1, 0.2, 0.4, 1.0]
+    finally:
+        pool.disconnect()

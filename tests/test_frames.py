@@ -30,7 +30,7 @@ def test_bad_messages_have_codes(payload: bytes, binary: bool, code: str) -> Non
     with pytest.raises(FrameError) as caught:
         frames.decode(payload, binary)
     assert caught.value.code == code
-    error = caught.value.frame()
+    error = frames.error(caught.value.code, caught.value.message)
     assert error["t"] == "error" and error["code"] == code and error["data"]
 
 

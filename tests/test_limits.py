@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from livetx.auth.keys import KeyStore
 from livetx.web.admission import FrameRate, Verdict
-from livetx.web.connections import SendBuffer
+from livetx.web.flow import SendBuffer
 
 from .support import RunningServer, connect, open_socket, replied
 from .test_live_ws import LIVE, OPEN_API, eventually

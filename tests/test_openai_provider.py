@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
@@ -156,17 +156,25 @@ async def test_reasoning_is_not_spoken_and_tokens_are_tunable(openai: Any, http:
 
 
 @pytest_twisted.ensureDeferred
-async def test_done_finishes_even_if_the_body_stays_open(
-    openai: Any, http: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("livetx.providers.openai._DRAIN_SECONDS", 0.1)
+async def test_done_finishes_even_if_the_body_stays_open(openai: Any, http: Any) -> None:
+    """The turn goes on at ``[DONE]``; the connection is hung up on exactly ``_DRAIN_SECONDS`` later.
+
+    The deadlines run on a Clock (issue 27, item 19): the stream's own
+    timeout never fires here, so finishing at all proves ``[DONE]`` ended it.
+    """
+    from livetx.providers.openai import _DRAIN_SECONDS
+
     openai.keep_open = True
     openai.reply = "Done here."
-    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, timeout=5), http, reactor)
+    clock = Clock()
+    chat = OpenAIChat(LLMConfig(base_url=openai.base_url, timeout=5), http, clock)
     deltas: list[str] = []
-    started = reactor.seconds()
-    await chat.stream(MESSAGES, deltas.append)
-    assert deltas == ["Done ", "here."] and reactor.seconds() - started < 1
+    await chat.stream(MESSAGES, deltas.append).addTimeout(10, reactor)  # the failure: never finishing
+    assert deltas == ["Done ", "here."]
+    clock.advance(_DRAIN_SECONDS - 0.01)
+    await deferLater(reactor, 0.1, lambda: None)
+    assert openai.lost == []  # still draining
+    clock.advance(0.01)
     await until(lambda: openai.lost == ["/v1/chat/completions"])  # then hung up on
 
 

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from livetx.chat.service import ChatRequest, ChatService
 from livetx.domain import Engines
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics
 from livetx.providers.base import LLMError
+from livetx.store.sqlite import SQLiteStore
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 from .support import connect, open_socket
+from .test_chat import chat_client, send
+from .test_http_api import API
 from .test_live_ws import LIVE, OPEN_API, openai_config
 from .test_twistd import free_port
 
@@ -30,7 +35,7 @@ def sample(metrics: ServerMetrics, name: str, **labels: str) -> float:
 
 
 class Observed:
-    """A real session on a fake clock reporting to a TurnObserver, which also sees its error frames."""
+    """A real session on a fake clock reporting to a TurnObserver (its error frames included)."""
 
     def __init__(self) -> None:
         self.clock = Clock()
@@ -38,15 +43,15 @@ class Observed:
         self.llm = ScriptedLLM()
         self.tts = ManualTTS()
         self.stt = ManualSTT()
-        self.observer = self.metrics.opened(LIVE, "live", "alice", self.clock)
+        self.observer = self.metrics.opened(LIVE, "live", "alice")
+        self.frames: list[dict[str, Any]] = []
         self.session = LiveSession(
             username="alice", engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt),
             clock=self.clock, emit=self.sent, listener=self.observer,
         )
 
     def sent(self, frame: dict[str, Any]) -> None:
-        if frame["t"] == "error":  # as the protocol layer does
-            self.observer.error_sent(frame["code"])
+        self.frames.append(frame)
 
 
 def test_a_turns_latencies_come_from_its_events() -> None:
@@ -219,3 +224,53 @@ async def test_readyz_reuses_its_probe_and_is_unready_while_draining(livetx: Any
         assert code == 503 and '"status": "draining"' in body
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_turns_on_a_socket_and_over_sse_report_like_live_ones(livetx: Any, openai: Any) -> None:
+    openai.reply = "Four."
+    server = await livetx(openai_config(openai.base_url, tts=False))
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client = await chat_client(server)
+        send(client, "2+2?")
+        await client.until("end")
+        client.send({"ct": "chat", "t": "no_such_frame"})
+        await client.until("error")
+        await API(server).chat(username="bob", message="3+1?")
+        await client.close_and_wait()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    _, _, text = await get(server, "/metrics")
+    seen = families(text)
+    assert seen[("livetx_turns_total", (("input_type", "chat"), ("outcome", "ok")))] == 2
+    assert seen[("livetx_turn_first_delta_seconds_count", (("input_type", "chat"),))] == 2
+    assert seen[("livetx_provider_seconds_count", (("kind", "llm"), ("provider", "fake-model"), ("stage", "total")))] == 2
+    assert seen[("livetx_errors_total", (("code", "UNKNOWN_MESSAGE_TYPE"),))] == 1
+    turns = [e for e in events if e.get("livetx_event") == "turn"]
+    assert sorted((t["username"], t["endpoint"], t["outcome"]) for t in turns) == [
+        ("ann", OPEN_API, "ok"), ("bob", "/api/v1/chat", "ok")]
+    assert all(t["metrics"]["outcome"] == "ok" for t in turns)
+
+
+class FailingModel:
+    """A model whose upstream refuses every request."""
+
+    model = "failing-model"
+
+    def stream(self, messages: Any, on_delta: Any) -> Deferred[None]:
+        return fail(LLMError("upstream said 500"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_chat_turn_names_the_provider_and_its_code(tmp_path: Path) -> None:
+    metrics = ServerMetrics()
+    engines = Engines(llm=FailingModel(), tts=None, stt=None)
+    chat = ChatService(store=SQLiteStore(tmp_path), engines=engines, clock=reactor)
+    sent: list[dict[str, Any]] = []
+    await chat.start(ChatRequest.parse("ann", {"message": "hi"}), sent.append, metrics.observer("/x", "chat", "ann")).done
+    assert [e["type"] for e in sent][-3:] == ["message_saved", "error", "end"]
+    assert sample(metrics, "livetx_provider_failures_total", kind="llm") == 1
+    assert sample(metrics, "livetx_errors_total", code="LLM_ERROR") == 1
+    assert sample(metrics, "livetx_turns_total", input_type="chat", outcome="failed") == 1

@@ -30,8 +30,9 @@ async def ready(server: Any) -> tuple[int, dict[str, Any]]:
     return response.code, await response.json()
 
 
-async def within_a_second(url: str, *, accepted: bool) -> None:
-    """Nodes refresh their copy of the keys every second: wait until ``url`` is (or is no longer) let in."""
+async def until_admitted(url: str, *, accepted: bool) -> None:
+    """Wait until ``url`` is (or is no longer) let in: a revocation reaches a node's copy of the keys
+    at its next refresh (every 0.5 s). The failure guarded against is never, so the bound is generous."""
     started = reactor.seconds()
     while True:
         client = await open_socket(url)
@@ -42,7 +43,7 @@ async def within_a_second(url: str, *, accepted: bool) -> None:
         if (client.close_code is None) == accepted:
             await client.close_and_wait() if accepted else None
             return
-        assert reactor.seconds() - started < 2, f"not {'accepted' if accepted else 'refused'} in time"
+        assert reactor.seconds() - started < 10, f"not {'accepted' if accepted else 'refused'} in time"
         await deferLater(reactor, 0.1, lambda: None)
 
 
@@ -61,7 +62,7 @@ async def test_two_nodes_share_conversations_keys_and_tokens(
     first = await connect(a.url(LIVE, token=token))  # the command's token works on every node
     await first.turn("remember 7")
     await first.close_and_wait()
-    await within_a_second(b.url(OPEN_API, api_key=key, username="kim"), accepted=True)
+    await until_admitted(b.url(OPEN_API, api_key=key, username="kim"), accepted=True)
     second = await connect(b.url(OPEN_API, api_key=key, username="kim"))  # and so does its key
     await second.turn("what was it")
     context = openai.requests_to("/chat/completions")[-1].json["messages"]
@@ -77,7 +78,7 @@ async def test_two_nodes_share_conversations_keys_and_tokens(
         await holder.closed.addTimeout(5, reactor)  # (a refresh and a revocation poll: about a second)
         assert (holder.close_code, holder.close_reason) == (1008, "API key revoked")
     for node in (a, b):
-        await within_a_second(node.url(OPEN_API, api_key=key, username="kim"), accepted=False)
+        await until_admitted(node.url(OPEN_API, api_key=key, username="kim"), accepted=False)
 
 
 def test_the_default_store_never_imports_psycopg(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ async def test_while_the_database_is_away(livetx: Any, openai: Any) -> None:
         server = await livetx(store_config(openai.base_url, database.url()))
         kim = server.token("kim")
         key = key_store(server.options["settings"], server.data_dir).create(["chat"])[1]
-        await within_a_second(server.url(OPEN_API, api_key=key, username="kim"), accepted=True)
+        await until_admitted(server.url(OPEN_API, api_key=key, username="kim"), accepted=True)
         live = await connect(server.url(LIVE, token=kim))
         chat = await connect(server.url(UNIFIED, token=kim))
         await live.turn("before")

@@ -160,3 +160,42 @@ async def test_stopping_the_server_drains_a_turn_whose_socket_dropped(livetx: An
     await server.stop()  # the turn going on into the journal is finished and stored first
     replies = [row for row in stored_now(server.data_dir) if row[1] == "assistant"]
     assert [(text, interrupted) for _, _, text, interrupted, _ in replies] == [(long, False)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnecting_with_the_same_url_resumes_and_drops_the_fresh_journal(livetx: Any) -> None:
+    """Issue 27.9: every reconnecting client opens the URL it had, ``?resume=1`` included."""
+    server = await livetx(SLOW_ECHO)
+    token = server.token("ann")
+    _, session_id, before = await start_turn(server, token)
+
+    again = await connect(server.url("/api/live_chat/ws", token=token, resume="1"))
+    fresh = await again.next()
+    assert fresh["t"] == "session_updated" and fresh["session_id"] != session_id
+    again.send({"t": "resume", "session_id": session_id, "seq": before[-1]["seq"]})
+    rest = await again.until("end")
+    assert not any(f["t"] == "error" for f in rest)
+    numbers = seqs(before) + seqs(rest)
+    assert numbers == list(range(1, len(numbers) + 1))
+
+    await settle(0.1)  # the old writer lets go just after its last frame
+    more = await again.turn("again")
+    assert seqs(more)[0] > numbers[-1]  # the socket carries the resumed session on
+    gone = await connect(server.url("/api/live_chat/ws", token=token))
+    gone.send({"t": "resume", "session_id": fresh["session_id"], "seq": 0})
+    assert (await gone.next())["code"] == ErrorCode.RESUME_EXPIRED  # the fresh journal was discarded
+    for client in (again, gone):
+        await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_resume_on_a_resume_url_keeps_the_fresh_session(livetx: Any) -> None:
+    server = await livetx(SLOW_ECHO)
+    client = await connect(server.url("/api/live_chat/ws", token=server.token("ann"), resume="1"))
+    fresh = await client.next()
+    client.send({"t": "resume", "session_id": "nope", "seq": 3})
+    assert (await client.next())["code"] == ErrorCode.RESUME_EXPIRED
+    frames = await client.turn("hello")
+    assert seqs(frames)[0] == 2  # after session_updated, in the fresh journal (a refusal is not numbered)
+    assert fresh["session_id"]
+    await client.close_and_wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import wave
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from livetx.domain import Engines, Exchange
 from livetx.errors import ErrorCode
 from livetx.live import frames
+from livetx.live.events import TurnListener
 from livetx.live.rules import CLIENT_EVENTS, SESSION, STATES
 from livetx.live.session import LiveSession
 from livetx.providers.base import LLMError, STTError, TTSError
@@ -22,7 +23,10 @@ from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 
 
 class Harness:
-    def __init__(self, tts: bool = True, stt: bool | ManualSTT = True, **engines: Any) -> None:
+    def __init__(
+        self, tts: bool = True, stt: bool | ManualSTT = True,
+        listener: Callable[[Clock], TurnListener] | None = None, **engines: Any,
+    ) -> None:
         self.clock = Clock()
         self.llm = ScriptedLLM()
         self.tts = ManualTTS() if tts else None
@@ -36,6 +40,7 @@ class Harness:
             engines=Engines(llm=self.llm, tts=self.tts, stt=self.stt, system_prompt="Be brief.", **engines),
             clock=self.clock,
             emit=self.record,
+            listener=None if listener is None else listener(self.clock),
         )
 
     def record(self, frame: dict[str, Any]) -> None:
@@ -422,7 +427,7 @@ class SlowMemory:
         self.loaded: Deferred[list[Exchange]] = Deferred()
         self.kept: list[tuple[Exchange, str, dict[str, Any]]] = []
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
         # Paused on an inner Deferred, as a real query chain is.
         return succeed(None).addCallback(lambda _: self.loaded)
 
@@ -476,7 +481,7 @@ class SlowWrites:
     def __init__(self) -> None:
         self.writes: list[tuple[Exchange, Deferred[None]]] = []
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
         return succeed([])
 
     def remember(self, exchange: Exchange, input_type: str, metrics: dict[str, Any]) -> Deferred[None]:

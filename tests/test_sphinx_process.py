@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactor
 from livetx.audio import to_wav
 from livetx.config import STTConfig
 from livetx.providers import sphinx
-from livetx.providers.threads import ProcessWorker
+from livetx.threads import ProcessWorker
 
 from .test_engines import speech
 

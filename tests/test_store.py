@@ -65,6 +65,19 @@ async def test_messages_round_trip_and_survive_reopening(engine: Opener) -> None
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_newest_messages_within_a_byte_budget(engine: Opener) -> None:
+    """A model's context of long turns is never read whole (issue 27.2)."""
+    store = engine()
+    session = await store.open_session("ann", None, "chat")
+    for text in ["a" * 5000, "b" * 100, "c" * 3000, "d" * 100]:
+        await store.add_message("ann", session.id, "user", plain(text))
+    recent = await store.messages("ann", session.id, limit=4, max_bytes=3200)
+    assert [m.text[0] for m in recent] == ["c", "d"]  # the newest whose stored parts (about 30 characters more than the text) fit
+    assert [m.text[0] for m in await store.messages("ann", session.id, limit=1, max_bytes=10_000)] == ["d"]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_turn_is_stored_whole_or_not_at_all(engine: Opener) -> None:
     store = engine()
     await store.open_session("ann", "mine", "live")

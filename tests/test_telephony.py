@@ -30,7 +30,7 @@ from livetx.telephony.codec import ALAW, L16, MULAW, AudioFormat
 from livetx.telephony.tokens import CallTokens
 
 from .carriers import FakeCarrier, PlivoShape, Shape, TelnyxShape, TwilioShape, decoded, dial
-from .test_live_ws import openai_config
+from .test_live_ws import eventually, openai_config
 from .test_voice import GRAMMAR, spoken
 
 AUTH_TOKEN = "test-twilio-auth-token"
@@ -273,3 +273,24 @@ async def test_a_server_that_stops_drains_its_calls_like_its_other_sockets(
     await server.stop()
     await carrier.closed.addTimeout(10, reactor)
     assert carrier.close_code == 1001
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_carrier_that_stops_reading_is_hung_up_on(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    server = await phone_server(livetx, openai, tmp_path, "\n[server]\nmax_send_buffer_bytes = 16384\n")
+    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
+    carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
+                         {"token": tokens.issue(CALLER, CALLER, "CA1")}, call_id="CA1")
+    carrier.begin()
+    carrier.transport.pauseProducing()  # the carrier stops reading: the reply's audio piles up
+    # Long enough to fill the loopback socket's kernel buffers too, only past which the server sees it.
+    openai.reply = "This sentence is one of very many in a long reply that nobody hears. " * 150
+    carrier.say(await spoken("turn off the bedroom lights"))
+    connections = server.service.getServiceNamed("connections")
+    await eventually(lambda: len(connections) == 1, timeout=30)
+    call = next(iter(connections._open))
+    await eventually(lambda: call.state != call.STATE_OPEN, timeout=30)
+    assert call.buffer is not None and 16384 < call.buffer.waiting < 1024 * 1024
+    carrier.transport.resumeProducing()
+    await carrier.closed.addTimeout(10, reactor)
+    assert carrier.close_code == 1008

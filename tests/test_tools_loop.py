@@ -14,7 +14,7 @@ from livetx.providers.base import Message
 from livetx.tools import Tool, ToolCall, ToolOutcome
 from livetx.tools.builtins import CalculationError, calculate
 from livetx.tools.loop import ANSWER_NOW, ToolingModel
-from livetx.tools.openai_calls import ToolCallAccumulator
+from livetx.providers.openai_calls import ToolCallAccumulator
 from livetx.tools.record import ToolTrail, replay, reply_parts, steps_of
 from livetx.tools.registry import ToolRegistry, load_tools
 

@@ -57,7 +57,7 @@ def test_filler_is_spoken_but_not_part_of_the_reply() -> None:
     assert result.heard(1500) == result.reply
     assert [(at, r["name"], r["ok"]) for at, r in result.tools] == [(25, "slow", True)]
     # The turn tells its listener; the metrics frame with the tool figures comes from that.
-    metrics.turn_ended(Outcome.OK, 2.0)
+    metrics.ended(Outcome.OK, 2.0)
     figures = sent[-2]["data"]
     assert figures["tool_calls"] == 1 and figures["tools"] == [{"name": "slow", "status": "ok", "seconds": 1.0}]
 

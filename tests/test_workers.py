@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from livetx.cluster.workers import WorkerLogs
 from livetx.metrics import ServerMetrics
 
 from .engines import RedisServer
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from workers_bench import split, tcp_sockets  # noqa: E402 (the benchmark's own count of the split)
 from .support import connect, replied
 from .test_resume import settle
 from .test_live_ws import eventually
@@ -55,12 +59,12 @@ def test_workers_cannot_share_a_tls_endpoint(tmp_path: Path) -> None:
 
 def test_a_scrape_adds_up_every_worker_once(tmp_path: Path) -> None:
     other = ServerMetrics()
-    other.opened("/ws", "live", "ann", Clock())
+    other.opened("/ws", "live", "ann")
     other.refused_at("/ws")
     (tmp_path / "worker-1.json").write_text(json.dumps(other.snapshot()))
     (tmp_path / "dead-2.json").write_text(json.dumps(other.snapshot()))  # died: its gauge goes
     mine = ServerMetrics()
-    mine.opened("/ws", "live", "bob", Clock())
+    mine.opened("/ws", "live", "bob")
     shared = SharedMetrics(mine, tmp_path, Clock())
     text = _exposition(mine)
     assert text[("livetx_connections_total", (("endpoint", "/ws"), ("mode", "live")))] == 3
@@ -80,13 +84,15 @@ def children(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
-async def two_workers(tmp_path: Path, redis: RedisServer, *twistd: str) -> tuple[subprocess.Popen[str], int, str]:
+async def two_workers(
+    tmp_path: Path, redis: RedisServer, *twistd: str, config_extra: str = ""
+) -> tuple[subprocess.Popen[str], int, str]:
     """``twistd [twistd options] live --workers 2`` on a free port, both workers up:
     the supervisor, the port and a user's socket URL."""
     port = free_port()
     data = tmp_path / "data"
     config = tmp_path / "livetx.toml"
-    config.write_text(f'[cluster]\nredis = "{redis.url}"\n')
+    config.write_text(f'[cluster]\nredis = "{redis.url}"\n{config_extra}')
     process = subprocess.Popen(
         TWISTD + ["-n", "--pidfile=", *twistd, "live", "--workers", "2", "--config", str(config),
                   "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)],
@@ -137,6 +143,28 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_se
     assert process.returncode in (0, -signal.SIGTERM), output
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # the supervisor waited for them
     assert "Traceback" not in output and token not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_worker_accepts_on_its_own_socket_and_gets_its_share(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SO_REUSEPORT: the kernel spreads connections; one shared socket split 20 as 20/0, 19/1, 13/7 (27.10)."""
+    process, port, url = await two_workers(tmp_path, redis_server,
+                                           config_extra="[server]\nmax_connections_per_user = 0\n")
+    try:
+        listening = [tcp_sockets(pid, port)["listening"] for pid in sorted(children(process.pid))]
+        assert [len(sockets) for sockets in listening] == [1, 1] and listening[0] != listening[1]
+        clients = [await connect(url) for _ in range(40)]
+        shares = split(process.pid, port)
+        # A hash of the client's port: each worker's share is binomial; below 8 of 40 is 1 in 3,000.
+        assert sum(shares) == 40 and min(shares) >= 8, shares
+        for client in clients:
+            await client.close_and_wait()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode in (0, -signal.SIGTERM), output
 
 
 @pytest.mark.parametrize(("twistd", "worker"), [

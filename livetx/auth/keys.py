@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from livetx.auth._files import write_private
@@ -29,6 +30,8 @@ KEYS_FILE = "api_keys.json"
 PREFIX = "abk_"
 SCOPES = frozenset({"chat", "config", "file", "im"})
 MAX_USERNAME = 64
+#: Why a revoked key is refused or its sockets closed, wherever that happens (one reason on every node).
+REVOKED = "API key revoked"
 
 
 @dataclass(frozen=True)
@@ -136,19 +139,42 @@ class KeyStore:
         """The ids of the keys not revoked; cheap to ask often (the file is re-read only when it changed)."""
         return frozenset(r.id for r in self._current() if r.revoked_at is None)
 
-    def verify(self, key: str | None, scope: str) -> KeyRecord | None:
-        """The live key with ``scope`` matching ``key``, compared in constant time."""
-        if not key:
-            return None
+    def revoked_ids(self) -> frozenset[str]:
+        """The ids of the revoked keys: what revocation is computed from, so a key made and revoked
+        between two looks is still seen revoked (a diff of active sets would never have seen it)."""
+        return frozenset(r.id for r in self._current() if r.revoked_at is not None)
+
+    def find(self, key: str) -> KeyRecord | None:
+        """The record matching ``key``, live or revoked, compared in constant time."""
         digest = _digest(key)
         found = None
         for record in self._current():
             # Compare against every record: no early exit to time.
             if hmac.compare_digest(record.sha256, digest):
                 found = record
+        return found
+
+    def verify(self, key: str | None, scope: str) -> KeyRecord | None:
+        """The live key with ``scope`` matching ``key``, compared in constant time."""
+        if not key:
+            return None
+        found = self.find(key)
         if found is None or found.revoked_at is not None or scope not in found.scopes:
             return None
         return found
+
+    def lookup(self, key: str | None) -> Deferred[None] | None:
+        """A look for ``key`` beyond the copy in memory, to wait for before judging it (None: none needed).
+
+        The key file is re-read whenever it changes, so a fresh key is always
+        seen here; the PostgreSQL store's copy lags, and asks the database.
+        """
+        return None
+
+    def refusal(self, key: str) -> str:
+        """Why ``key`` is refused: revoked keys say so, the same words as their closed sockets."""
+        found = self.find(key)
+        return REVOKED if found is not None and found.revoked_at is not None else "Invalid API key"
 
 
 def key_from_request(query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str | None:

@@ -2,10 +2,13 @@
 
 A revoked key must not keep working through a socket it opened before. The
 signal is a set of key ids; :class:`KeyRevocations` makes it for one
-process by asking the key store every half second which keys are still
-active (a ``stat`` of the key file, re-read only when it changed). A
-cluster can feed the same listeners from elsewhere (a pub/sub channel)
-through :meth:`KeyRevocations.publish`.
+process by asking the key store every half second which keys are revoked
+(a ``stat`` of the key file, re-read only when it changed), and which
+exist at all. Revocation is read from the revoked records themselves: a
+key made, used and revoked between two looks was never seen active, so a
+diff of active sets would miss it and leave its sockets open. A cluster can
+feed the same listeners from elsewhere (a pub/sub channel) through
+:meth:`KeyRevocations.publish`.
 """
 
 from __future__ import annotations
@@ -26,14 +29,20 @@ INTERVAL = 0.5
 
 
 class KeyRevocations(Service):
-    """Polls ``active_ids`` while the server runs; tells listeners the ids that left it."""
+    """Polls the key store while the server runs; tells listeners the ids newly revoked or deleted.
 
-    def __init__(self, active_ids: Callable[[], frozenset[str]], clock: IReactorTime,
-                 interval: float = INTERVAL) -> None:
+    ``revoked_ids`` names every revoked key the store holds; ``active_ids``
+    the live ones, so that a key deleted from the store (not revoked) is
+    noticed too.
+    """
+
+    def __init__(self, revoked_ids: Callable[[], frozenset[str]], active_ids: Callable[[], frozenset[str]],
+                 clock: IReactorTime, interval: float = INTERVAL) -> None:
+        self._revoked_ids = revoked_ids
         self._active_ids = active_ids
         self._interval = interval
         self._listeners: list[Listener] = []
-        self._known: frozenset[str] | None = None
+        self._known: tuple[frozenset[str], frozenset[str]] | None = None
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
 
@@ -56,12 +65,14 @@ class KeyRevocations(Service):
 
     def _poll(self) -> None:
         try:
-            active = self._active_ids()
+            revoked, active = self._revoked_ids(), self._active_ids()
         except Exception:  # a store that cannot answer now may answer next time
             _log.failure("Could not read the API keys")
             return
-        gone = frozenset() if self._known is None else self._known - active
-        self._known = active
+        # Revoked before the server started: no socket can hold them yet.
+        was_revoked, was_active = self._known or (revoked, active)
+        gone = (revoked - was_revoked) | (was_active - active - revoked)
+        self._known = revoked, active
         if gone:
             _log.info("API keys revoked: {ids}", ids=", ".join(sorted(gone)))
             self.publish(gone)

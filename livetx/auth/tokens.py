@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from livetx.auth._files import write_private
+from livetx.errors import ErrorCode, LivetxError
 from livetx.auth.keys import resolve_username
 
 SECRET_FILE = "jwt_secret"
@@ -20,8 +21,11 @@ EXPIRED = "Token expired"
 INVALID = "Invalid token"
 
 
-class AuthFailure(Exception):
-    """A refused credential; ``reason`` is safe to show and to log."""
+class AuthFailure(LivetxError):
+    """A refused credential; ``reason`` (its message) is safe to show and to log."""
+
+    code = ErrorCode.UNAUTHORIZED
+    status = 401
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -91,5 +95,8 @@ def token_username(claimed: str) -> str:
     return username
 
 
-class BadUsername(Exception):
+class BadUsername(LivetxError):
     """A valid token whose ``username`` claim breaks the username rules."""
+
+    code = ErrorCode.BAD_USER
+    status = 400

@@ -16,6 +16,7 @@ from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTur
 from livetx.deferreds import waiter_for
 from livetx.errors import ErrorCode, NoSuchSession, SessionForbidden
 from livetx.live import frames
+from livetx.live.events import Ignore, Listeners, TurnListener
 from livetx.live.frames import Frame, FrameError
 
 Emit = Callable[[Frame], None]
@@ -35,10 +36,12 @@ def envelope(event: Event) -> Frame:
 class ChatChannel:
     """The chat side of one connection."""
 
-    def __init__(self, service: ChatService, username: str, emit: Emit) -> None:
+    def __init__(self, service: ChatService, username: str, emit: Emit, listener: TurnListener | None = None) -> None:
         self._service = service
         self._username = username
         self._emit = emit
+        #: Told of this socket's chat turns and of the error frames it sends.
+        self._listener: TurnListener = Ignore() if listener is None else Listeners(listener)
         self._turn: ChatTurn | None = None
 
     @property
@@ -54,6 +57,7 @@ class ChatChannel:
         self._emit(envelope(event))
 
     def _error(self, code: ErrorCode, message: str) -> None:
+        self._listener.error_sent(code)
         self._deliver({"type": "error", "code": code, "data": message})
 
     def receive(self, frame: Frame) -> None:
@@ -71,7 +75,7 @@ class ChatChannel:
     def _send(self, frame: Frame) -> None:
         if self._turn is not None:
             raise FrameError(ErrorCode.PROCESSING_ERROR, "Session is busy")
-        turn = self._service.start(ChatRequest.parse(self._username, frame), self._deliver)
+        turn = self._service.start(ChatRequest.parse(self._username, frame), self._deliver, self._listener)
         self._turn = turn
         turn.done.addCallback(self._finished, turn)
 

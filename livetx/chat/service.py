@@ -8,8 +8,7 @@ layer adds ``"ct": "chat"``, the HTTP layer writes them as SSE.
 from __future__ import annotations
 
 import base64
-import uuid
-from dataclasses import dataclass, field
+import itertools
 from functools import partial
 from typing import Any, Callable, Protocol
 
@@ -18,15 +17,20 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.chat.tools import ChatToolEvents, ToolEnded, history_messages
+# The request and the turn have modules of their own; importable from here as before.
+from livetx.chat.request import MAX_ID_LENGTH as MAX_ID_LENGTH
+from livetx.chat.request import ChatRequest as ChatRequest
+from livetx.chat.request import parse_parts as parse_parts
+from livetx.chat.tools import ChatToolEvents, history_messages
+from livetx.chat.turn import CHAT_TURN as CHAT_TURN
+from livetx.chat.turn import ChatTurn as ChatTurn
 from livetx.deferreds import waiter_for
 from livetx.domain import Engines
-from livetx.errors import ErrorCode, LivetxError, NoSuchSession
-from livetx.live.frames import FrameError
-from livetx.live.machine import Table
-from livetx.live.turn import describe_failure
-from livetx.providers.base import Message
-from livetx.store import ConversationStore, Part, StoredSession
+from livetx.errors import ErrorCode, FrameError, LivetxError, NoSuchSession, describe_failure
+from livetx.live.events import Ignore, Listeners, Outcome, TurnListener
+from livetx.providers.base import Message, newest_within
+from livetx.store import ConversationStore, StoredSession
+from livetx.tools import offers_tools, stream_reply
 from livetx.tools.record import reply_parts
 
 _log = Logger()
@@ -49,160 +53,16 @@ class Relay(Protocol):
     def unsubscribe(self, key: SessionKey) -> None: ...
 
 
-PART_TYPES = ("plain", "image", "file")
-#: Longest id a client may choose (session, message, attachment): each is echoed in every event.
-MAX_ID_LENGTH = 128
-
-
-def _invalid(message: str) -> FrameError:
-    return FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, message)
-
-
-def parse_parts(message: Any) -> list[Part]:
-    """Check a ``message`` field: a list of parts, or a plain string for convenience."""
-    if isinstance(message, str):
-        message = [{"type": "plain", "text": message}]
-    if not isinstance(message, list):
-        raise _invalid("message must be list")
-    if not message:
-        raise _invalid("message must not be empty")
-    parts: list[Part] = []
-    for part in message:
-        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
-            raise _invalid(f"each part must be an object with type in {list(PART_TYPES)}")
-        if part["type"] == "plain":
-            if not isinstance(part.get("text"), str):
-                raise _invalid("a plain part needs text")
-            parts.append({"type": "plain", "text": part["text"]})
-        else:
-            attachment = part.get("attachment_id")
-            if not isinstance(attachment, str) or not attachment or len(attachment) > MAX_ID_LENGTH:
-                raise _invalid(f"an {part['type']} part needs an attachment_id of at most {MAX_ID_LENGTH} characters")
-            parts.append({"type": part["type"], "attachment_id": attachment})
-    if not any(p["type"] == "plain" and p["text"].strip() for p in parts):
-        raise _invalid("message needs some text")
-    return parts
-
-
-def _optional_text(request: dict[str, Any], name: str) -> str | None:
-    value = request.get(name)
-    if value is None or (isinstance(value, str) and value.strip() and len(value) <= MAX_ID_LENGTH):
-        return value.strip() if value else None
-    raise _invalid(f"{name} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-
-
-@dataclass
-class ChatRequest:
-    """A checked ``send`` (socket) or ``POST /api/v1/chat`` (HTTP) body."""
-
-    username: str
-    parts: list[Part]
-    session_id: str | None = None
-    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    streaming: bool = True
-
-    @classmethod
-    def parse(cls, username: str, body: dict[str, Any]) -> ChatRequest:
-        streaming = body.get("enable_streaming", True)
-        if not isinstance(streaming, bool):
-            raise _invalid("enable_streaming must be true or false")
-        return cls(
-            username=username,
-            parts=parse_parts(body.get("message")),
-            session_id=_optional_text(body, "session_id"),
-            message_id=_optional_text(body, "message_id") or str(uuid.uuid4()),
-            streaming=streaming,
-        )
-
-
-#: A chat turn's life: it runs, then ends one of four ways once its text is stored.
-CHAT_TURN = Table("chat turn", ["running", "interrupted", "stopped", "failed", "ended"], [
-    {"trigger": "cancel", "source": "running", "dest": "interrupted"},
-    {"trigger": "stop", "source": "running", "dest": "stopped"},
-    {"trigger": "fail", "source": "running", "dest": "failed"},
-    {"trigger": "end", "source": ["running", "interrupted", "stopped", "failed"], "dest": "ended"},
-    {"trigger": "cancel", "source": ["interrupted", "stopped", "failed", "ended"], "dest": None},
-    {"trigger": "stop", "source": ["interrupted", "stopped", "failed", "ended"], "dest": None},
-], initial="running")
-
-
-class ChatTurn:
-    """One running reply; ``cancel`` (the client) or ``stop`` (the server) ends it and keeps what was produced.
-
-    Its output pauses like a live turn's (:meth:`pause`): while its client
-    reads slower than it writes, deltas are not sent but wait in ``reply``,
-    which the turn keeps for storing anyway; :meth:`resume` sends what
-    waited as one delta. So a reader that stops makes the turn write
-    nothing more, instead of an event (with its ids) per delta.
-    """
-
-    def __init__(self, request: ChatRequest) -> None:
-        self.state = CHAT_TURN.initial
-        self.request = request
-        self.reply: list[str] = []
-        self.done: Deferred[None] = Deferred()
-        self.upstream: Deferred[Any] | None = None
-        #: Known once the session is open; every event of the turn names it.
-        self.session_id = request.session_id
-        self.paused = False
-        #: How many pieces of ``reply`` went out as deltas.
-        self._sent = 0
-        #: Sends a delta (streaming requests only, once the turn runs).
-        self._send: Callable[[str], None] | None = None
-
-    def send_deltas(self, send: Callable[[str], None]) -> None:
-        """Where the turn's deltas go (a request that does not stream has none)."""
-        self._send = send
-
-    def add(self, text: str) -> None:
-        """A delta from the model: kept, and sent unless the output is paused."""
-        self.reply.append(text)
-        if not self.paused:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send, as one delta, the text that waited while the output was paused."""
-        if self._send is not None and self._sent < len(self.reply):
-            text = "".join(self.reply[self._sent:])
-            self._sent = len(self.reply)
-            self._send(text)
-
-    def pause(self) -> None:
-        """The client's transport is backed up: deltas wait until :meth:`resume`."""
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        self.flush()
-
-    @property
-    def interrupted(self) -> bool:
-        return self.state in ("interrupted", "stopped")
-
-    def cancel(self) -> None:
-        CHAT_TURN.fire(self, "cancel")
-        self._cancel_upstream()
-
-    def stop(self) -> None:
-        CHAT_TURN.fire(self, "stop")
-        self._cancel_upstream()
-
-    def _cancel_upstream(self) -> None:
-        if self.upstream is not None and not self.upstream.called:
-            self.upstream.cancel()
-
-
 class ChatService:
     """Runs chat turns and delivers their events to the session's subscribers."""
 
     def __init__(
-        self, *, store: ConversationStore, engines: Engines, clock: IReactorTime,
-        tool_ended: ToolEnded | None = None, relay: Relay | None = None,
+        self, *, store: ConversationStore, engines: Engines, clock: IReactorTime, relay: Relay | None = None,
     ) -> None:
         #: Other processes' sockets bound to this process's sessions, and the other way round.
         self._relay = relay
-        #: Told of each tool call that ends (the Prometheus metrics).
-        self._tool_ended = tool_ended
+        #: Numbers the turns for their listeners.
+        self._turn_ids = itertools.count(1)
         # The model and its settings come the one way live sessions get them too.
         self._vision = engines.vision
         self._store = store
@@ -210,6 +70,7 @@ class ChatService:
         self._clock = clock
         self._system_prompt = engines.system_prompt
         self._history_turns = engines.history_turns
+        self._context_bytes = engines.context_bytes
         #: Subscribers by (owner, session id): ids are only unique among one user's sessions.
         self._subscribers: dict[tuple[str, str], set[Subscriber]] = {}
         self._running: set[ChatTurn] = set()
@@ -274,9 +135,11 @@ class ChatService:
         for turn in list(self._running):
             turn.stop()
 
-    def start(self, request: ChatRequest, listener: Subscriber) -> ChatTurn:
-        """Run a turn; its events go to ``listener`` and the session's subscribers."""
-        turn = ChatTurn(request)
+    def start(self, request: ChatRequest, listener: Subscriber, report: TurnListener | None = None) -> ChatTurn:
+        """Run a turn; its events go to ``listener`` and the session's subscribers, its life to ``report``."""
+        # A listener that raises is logged and skipped, as for a live turn; it never breaks the turn.
+        turn = ChatTurn(request, Ignore() if report is None else Listeners(report), self._clock.seconds())
+        turn.listener.turn_started(next(self._turn_ids), "chat", None)
         self._running.add(turn)
         d = self._store.open_session(request.username, request.session_id, "chat")
         d.addCallback(lambda session: self._run(turn, session.id, listener))
@@ -298,7 +161,7 @@ class ChatService:
                 continue
             record = await self._store.attachment(part["attachment_id"])
             if record is None or record.username != request.username:
-                raise _invalid(f"unknown attachment {part['attachment_id']!r}")
+                raise FrameError(ErrorCode.INVALID_MESSAGE_FORMAT, f"unknown attachment {part['attachment_id']!r}")
             if self._vision and record.mime.startswith("image/"):
                 data = base64.b64encode(await self._store.attachment_data(record.id)).decode("ascii")
                 images.append({"type": "image_url", "image_url": {"url": f"data:{record.mime};base64,{data}"}})
@@ -312,12 +175,14 @@ class ChatService:
         """Stream the reply, then store the question and the reply in one transaction, then ``end``."""
         request = turn.request
         content = await self._content(request)
-        history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns)
+        history = await self._store.messages(request.username, session_id, limit=2 * self._history_turns,
+                                             max_bytes=self._context_bytes)
         context: list[Message] = []
         if self._system_prompt:
             context.append({"role": "system", "content": self._system_prompt})
-        for stored in history:
-            context += history_messages(stored)
+        earlier = [history_messages(stored) for stored in history]
+        for messages in earlier[len(earlier) - newest_within(earlier, self._context_bytes):]:
+            context += messages
         context.append({"role": "user", "content": content})
 
         def publish(kind: str, data: Any, streaming: bool = False, **extra: Any) -> None:
@@ -334,27 +199,28 @@ class ChatService:
             publish(kind, data, chain_type=chain_type)
 
         tools = None
-        if getattr(self._llm, "offers_tools", False):
-            tools = ChatToolEvents(self._clock, turn.reply, publish_in_order, self._tool_ended)
+        if offers_tools(self._llm):
+            tools = ChatToolEvents(self._clock, turn.reply, publish_in_order, turn.listener)
 
         started = self._clock.seconds()
         first: list[float] = []
 
         def on_delta(text: str) -> None:
-            if turn.state != "running":
+            if not turn.running:
                 return
             if not first:
                 first.append(self._clock.seconds() - started)
+                turn.listener.first_delta(self._clock.seconds() - turn.started)
             turn.add(text)
 
         failure: Failure | None = None
-        if turn.state == "running":  # interrupted while the history loaded: no model call
-            if tools is not None:
-                turn.upstream = self._llm.stream(context, on_delta, tools)  # type: ignore[call-arg]
-            else:
-                turn.upstream = self._llm.stream(context, on_delta)
+        if turn.running:  # interrupted while the history loaded: no model call
+            turn.listener.provider_called("llm", self._llm.model)
+            turn.upstream = stream_reply(self._llm, context, on_delta, tools)
             try:
                 await turn.upstream
+                turn.listener.provider_timing(
+                    "llm", self._llm.model, first[0] if first else None, self._clock.seconds() - started)
             except CancelledError:
                 pass
             except Exception:
@@ -362,10 +228,11 @@ class ChatService:
                 CHAT_TURN.fire(turn, "fail")
         turn.flush()  # what is left is sent now (past the stream's limit it is cut, not buffered)
         reply = "".join(turn.reply)
-        if not request.streaming and turn.state == "running":
+        if not request.streaming and turn.running:
             publish("plain", reply)
-        outcome = {"running": "ok", "stopped": "interrupted"}.get(turn.state, turn.state)
-        metrics: dict[str, Any] = {"outcome": outcome}
+        # Stored as a live turn's is: a turn the server stopped reads as interrupted.
+        outcome = Outcome.INTERRUPTED if turn.outcome is Outcome.DROPPED else turn.outcome
+        metrics: dict[str, Any] = {"outcome": outcome.value}
         if tools is not None and tools.trail:
             metrics.update(tools.trail.metrics())
         error: tuple[ErrorCode, str] | None = None
@@ -386,10 +253,12 @@ class ChatService:
             interrupted=turn.interrupted, input_type="chat", metrics=metrics,
         )
         publish("message_saved", {"id": saved.id, "created_at": saved.created_at})
-        if turn.state == "stopped":
+        if turn.outcome is Outcome.DROPPED:  # the server stopped it
             error = (ErrorCode.PROCESSING_ERROR, "server is shutting down; the reply was cut")
         if error is not None:
+            turn.error(error[0], failure)
             publish("error", error[1], code=error[0])
+        turn.ended(self._clock.seconds(), metrics)
         publish("end", "")
 
     def _describe(self, failure: Failure) -> tuple[ErrorCode, str]:
@@ -402,6 +271,8 @@ class ChatService:
     def _failed(self, failure: Failure, turn: ChatTurn, listener: Subscriber) -> None:
         """The turn failed before its model was called (no session, a bad attachment): nothing is stored."""
         code, message = self._describe(failure)
+        turn.error(code, failure)
+        turn.ended(self._clock.seconds(), {"outcome": Outcome.FAILED.value, "error": code}, Outcome.FAILED)
         base = {"message_id": turn.request.message_id, "session_id": turn.session_id}
         listener({"type": "error", "code": code, "data": message, **base})
         listener({"type": "end", "data": "", "streaming": False, **base})

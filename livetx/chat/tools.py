@@ -14,6 +14,7 @@ from typing import Any, Callable
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
+from livetx.live.events import TurnListener
 from livetx.providers.base import Message
 from livetx.store import StoredMessage
 from livetx.tools import ToolCall, ToolOutcome
@@ -21,32 +22,28 @@ from livetx.tools.record import ToolTrail, replay, steps_of
 
 #: publish(kind, data, chain_type): sends one event of the turn.
 Publish = Callable[[str, Any, str], None]
-#: (tool name, status, seconds) of each call that ended, for the server's metrics.
-ToolEnded = Callable[[str, str, float], None]
 
 
 class ChatToolEvents:
-    """A :class:`livetx.tools.ToolListener` for one chat turn."""
+    """A :class:`livetx.tools.ToolListener` for one chat turn; each call is told to the turn's listener too."""
 
-    def __init__(
-        self, clock: IReactorTime, reply: list[str], publish: Publish, ended: ToolEnded | None = None
-    ) -> None:
+    def __init__(self, clock: IReactorTime, reply: list[str], publish: Publish, listener: TurnListener) -> None:
         self.trail = ToolTrail(clock)
         self._clock = clock
         self._reply = reply
         self._publish = publish
-        self._ended = ended
+        self._listener = listener
 
     def tool_started(self, call: ToolCall, arguments: Any) -> None:
         self.trail.started(sum(map(len, self._reply)), call, arguments)
         data = {"id": call.id, "name": call.name, "args": arguments, "ts": self._clock.seconds()}
         self._publish("plain", orjson.dumps(data).decode(), "tool_call")
+        self._listener.tool_called(call.id, call.name)
 
     def tool_finished(self, call: ToolCall, outcome: ToolOutcome) -> None:
         data = {**self.trail.finished(call, outcome), "ts": self._clock.seconds()}
         self._publish("plain", orjson.dumps(data).decode(), "tool_call_result")
-        if self._ended is not None:
-            self._ended(call.name, outcome.status, outcome.seconds)
+        self._listener.tool_finished(call.id, call.name, outcome.ok, outcome.status, outcome.seconds)
 
     def filler_due(self, text: str) -> None:
         """Nothing to say aloud in a chat; the tool_call event already shows the wait."""

@@ -31,6 +31,7 @@ from twisted.internet.ssl import (
 from livetx.auth import tokens
 from livetx.client.audio import UPLOAD_FRAME_BYTES, frames
 from livetx.config import DATA_DIR_VARIABLE
+from livetx.errors import CloseCode
 
 #: Exit codes a script can rely on.
 OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, NOTHING_HEARD, REFUSED = 0, 1, 2, 3, 4, 5, 6
@@ -38,7 +39,6 @@ OK, TURN_FAILED, USAGE, CONNECTION_FAILED, TIMED_OUT, NOTHING_HEARD, REFUSED = 0
 #: Close reasons (JWT endpoints) and error codes (Open API) that mean: the credential was refused.
 CREDENTIAL_REASONS = frozenset({tokens.MISSING, tokens.EXPIRED, tokens.INVALID})
 UNAUTHORIZED = "UNAUTHORIZED"
-POLICY_VIOLATION = 1008
 #: Said with every refused credential except an expired token: the usual cause is a
 #: token or key made against another data dir than the server's.
 ANOTHER_DATA_DIR = (
@@ -238,7 +238,7 @@ class _TurnDriver:
     def closed(self, code: int | None, reason: str | None) -> None:
         if self.done.called:
             return
-        if code == POLICY_VIOLATION and reason in CREDENTIAL_REASONS:
+        if code == CloseCode.POLICY_VIOLATION and reason in CREDENTIAL_REASONS:
             self.refused(reason or "")
             return
         why = f"{reason} ({code})" if reason else f"closed with code {code}"

@@ -2,9 +2,11 @@
 
 The same interfaces as :mod:`livetx.live.journal`, which keeps journals in
 memory. A writer appends each numbered frame with one script: ``XADD`` with
-the frame's ``seq`` as the entry id and ``MAXLEN`` (``[cluster]
-resume_frames``), the keys' expiry pushed to ``resume_seconds`` from now, and
-a ``PUBLISH`` of the frame for sockets following the turn live. A resuming
+the frame's ``seq`` as the entry id, the keys' expiry pushed to
+``resume_seconds`` from now, the oldest entries deleted past the session's
+frame and byte budget and then past its quota's (a sorted set per quota
+names its frames in the order written, with their sizes), and a ``PUBLISH`` of the
+frame for sockets following the turn live. A resuming
 socket subscribes first, then reads the session's owner and the missed frames
 (``XRANGE``) in one script; frames published meanwhile are held back and
 passed on only past the last one read, so nothing arrives twice or out of
@@ -25,7 +27,7 @@ from twisted.python.failure import Failure
 
 from livetx.cluster.redis import Redis, warn_unreachable
 from livetx.live.frames import Frame, FrameError
-from livetx.live.journal import Deliver, Tail, Writer, expired, missed, not_yours
+from livetx.live.journal import Budget, Deliver, Tail, Writer, expired, kept, missed, not_yours
 
 _OPEN = """
 redis.call('HSET', KEYS[1], 'released', '0', 'node', ARGV[3])
@@ -34,11 +36,55 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 0
 """
 
+#: KEYS: stream, meta, frames channel, the quota's frames (a sorted set, in the order written), the quota's
+#: counts (a hash: bytes, and frames ever written). ARGV: seq, frame kept, frames per session, time, ttl,
+#: session bytes, quota bytes, session id, key prefix, and the frame itself when only its marker is kept.
 _APPEND = """
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1] .. '-0', 'at', ARGV[4], 'f', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', KEYS[3], 'f' .. ARGV[2])
+local size = string.len(ARGV[2])
+local function drop(member)
+  local session, seq, bytes = string.match(member, '^(%S+) (%d+) (%d+) ')
+  local base = ARGV[9] .. 'journal:' .. session
+  redis.call('ZREM', KEYS[4], member)
+  redis.call('HINCRBY', KEYS[5], 'bytes', -tonumber(bytes))
+  if redis.call('XDEL', base, seq .. '-0') == 1 then
+    redis.call('HINCRBY', base .. ':meta', 'bytes', -tonumber(bytes))
+  end
+end
+local function member(seq, bytes, at)
+  return ARGV[8] .. ' ' .. seq .. ' ' .. bytes .. ' ' .. at
+end
+redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'at', ARGV[4], 'n', size, 'f', ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'bytes', size)
+redis.call('ZADD', KEYS[4], redis.call('HINCRBY', KEYS[5], 'n', 1), member(ARGV[1], size, ARGV[4]))
+redis.call('HINCRBY', KEYS[5], 'bytes', size)
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5]}) do redis.call('EXPIRE', key, ARGV[5]) end
+local stale = tonumber(ARGV[4]) - tonumber(ARGV[5])
+while true do
+  local oldest = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+  if not oldest or tonumber(string.match(oldest, ' (%S+)$')) >= stale then break end
+  drop(oldest)
+end
+while redis.call('XLEN', KEYS[1]) > tonumber(ARGV[3])
+    or tonumber(redis.call('HGET', KEYS[2], 'bytes')) > tonumber(ARGV[6]) do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  local fields = oldest[2]
+  drop(member(string.match(oldest[1], '^(%d+)'), fields[4], fields[2]))
+end
+while tonumber(redis.call('HGET', KEYS[5], 'bytes')) > tonumber(ARGV[7]) do
+  drop(redis.call('ZRANGE', KEYS[4], 0, 0)[1])
+end
+redis.call('PUBLISH', KEYS[3], 'f' .. (ARGV[10] ~= '' and ARGV[10] or ARGV[2]))
+return 0
+"""
+
+#: A journal nobody will resume: its frames leave the quota's count and its keys go.
+_DISCARD = """
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  local member = ARGV[1] .. ' ' .. string.match(entry[1], '^(%d+)') .. ' ' .. fields[4] .. ' ' .. fields[2]
+  if redis.call('ZREM', KEYS[3], member) == 1 then redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(fields[4])) end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
 return 0
 """
 
@@ -67,9 +113,11 @@ WATCH_EVERY = 1.0
 
 
 class _Keys:
-    def __init__(self, prefix: str, session_id: str) -> None:
+    def __init__(self, prefix: str, session_id: str, quota: str = "") -> None:
         base = f"{prefix}journal:{session_id}"
         self.stream, self.meta, self.frames, self.interrupts = base, base + ":meta", base + ":frames", base + ":interrupt"
+        self.quota_frames = f"{prefix}journal-quota:{quota}"
+        self.quota_counts = self.quota_frames + ":counts"
 
 
 def _seq(entry_id: str) -> int:
@@ -83,10 +131,10 @@ def _entry(entry: list[Any]) -> tuple[float, Frame]:
 
 
 class RedisWriter:
-    def __init__(self, journals: RedisJournals, session_id: str, owner: str, after: int) -> None:
+    def __init__(self, journals: RedisJournals, session_id: str, owner: str, after: int, quota: str) -> None:
         self._j = journals
         self.session_id = session_id
-        self._keys = _Keys(journals.prefix, session_id)
+        self._keys = _Keys(journals.prefix, session_id, quota)
         self._seq = after
         self._interrupt: Callable[[str], None] | None = None
         self._j.run(_OPEN, [self._keys.meta], [owner if after == 0 else "", journals.ttl, journals.node])
@@ -94,10 +142,12 @@ class RedisWriter:
     def append(self, frame: Frame) -> Frame:
         self._seq += 1
         numbered = {**frame, "seq": self._seq}
-        encoded = json.dumps(numbered, separators=(",", ":"))
-        j = self._j
-        j.run(_APPEND, [self._keys.stream, self._keys.meta, self._keys.frames],
-              [self._seq, encoded, j.limit, f"{j.clock.seconds():.3f}", j.ttl])
+        j, keys = self._j, self._keys
+        frame, encoded = kept(numbered, j.budget)
+        whole = "" if frame is numbered else json.dumps(numbered, separators=(",", ":"))  # for live followers
+        j.run(_APPEND, [keys.stream, keys.meta, keys.frames, keys.quota_frames, keys.quota_counts],
+              [self._seq, encoded, j.budget.frames, f"{j.clock.seconds():.3f}", j.ttl, j.budget.session_bytes,
+               j.budget.quota_bytes, self.session_id, j.prefix, whole])
         return numbered
 
     def detach(self, interrupt: Callable[[], None]) -> None:
@@ -109,6 +159,12 @@ class RedisWriter:
             self._j.redis.unsubscribe(self._keys.interrupts, self._interrupt)
             self._interrupt = None
         self._j.run(_RELEASE, [self._keys.meta, self._keys.frames], [self._seq])
+
+
+    def discard(self) -> None:
+        self.release()
+        keys = self._keys
+        self._j.run(_DISCARD, [keys.stream, keys.meta, keys.quota_frames, keys.quota_counts], [self.session_id])
 
 
 class RedisTail:
@@ -180,21 +236,21 @@ class RedisJournals:
     """Journals shared by every process through Redis."""
 
     def __init__(self, redis: Redis, clock: IReactorTime, node: str, seconds: float = 120.0, limit: int = 2000,
-                 prefix: str = "livetx:") -> None:
+                 prefix: str = "livetx:", budget: Budget | None = None) -> None:
         self.node = node
         self.redis = redis
         self.clock = clock
         self.seconds = seconds
         self.ttl = max(1, int(seconds + 0.999))
-        self.limit = limit
+        self.budget = budget or Budget(frames=limit)
         self.prefix = prefix
 
     def run(self, script: str, keys: list[str], args: list[Any]) -> None:
         """A write nobody waits for; the one command connection keeps writes in order."""
         self.redis.script(script, keys, args).addErrback(warn_unreachable, "write the resume journal")
 
-    def open(self, owner: str, session_id: str | None = None, after: int = 0) -> Writer:
-        return RedisWriter(self, session_id or uuid.uuid4().hex, owner, after)
+    def open(self, owner: str, session_id: str | None = None, after: int = 0, quota: str | None = None) -> Writer:
+        return RedisWriter(self, session_id or uuid.uuid4().hex, owner, after, quota or owner)
 
     def resume(self, session_id: str, owner: str, after: int, deliver: Deliver) -> Deferred[Tail]:
         tail = RedisTail(self, session_id, after, deliver)

@@ -18,9 +18,11 @@ from twisted.internet.task import LoopingCall
 from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import HEARTBEAT_TTL, ConnectionSlots, SharedFailedAuth
 from livetx.cluster.redis import Redis, warn_unreachable
+from livetx.config import ClusterConfig
 from livetx.cluster.relay import ChatRelay
 from livetx.cluster.revocation import CHANNEL as REVOKED
 from livetx.deferreds import waiter_for
+from livetx.live.journal import Budget
 from livetx.web.connections import ConnectionTracker
 
 
@@ -47,9 +49,10 @@ class ClusterNode(Service):
             self.on_revoked(lambda _: refresh())
         self._after = connections.drained
 
-    def journals(self, seconds: float, limit: int) -> RedisJournals:
+    def journals(self, cluster: ClusterConfig) -> RedisJournals:
         """The resume journal, shared by every process."""
-        return RedisJournals(self.redis, self.reactor, self.node, seconds, limit, self.prefix)
+        return RedisJournals(self.redis, self.reactor, self.node, cluster.resume_seconds, prefix=self.prefix,
+                             budget=Budget.of(cluster))
 
     def failed_auth(self, limit: int) -> SharedFailedAuth:
         return SharedFailedAuth(limit, self.reactor, self.redis, self.prefix)
@@ -79,6 +82,14 @@ class ClusterNode(Service):
         return (waiter_for(self._after) if self._after is not None else succeed(None)).addCallback(leave)
 
     def ping(self) -> Deferred[None]:
-        """For ``/readyz``: fails when Redis does not answer."""
+        """For ``/readyz``: fails when Redis does not answer, or while this node's subscriptions are down.
+
+        Redis is back for a node once both its connections are: commands, and
+        the subscriptions that carry revocations and the chat relay.
+        """
         d = self.redis.ping()
-        return d.addCallback(lambda _: None)
+        return d.addCallback(self._subscribed)
+
+    def _subscribed(self, _: Any) -> None:
+        if not self.redis.subscribing:
+            raise ConnectionError(f"not subscribed to Redis at {self.redis.where}")

@@ -23,10 +23,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from livetx.fences.txredisapi import Subscriptions, lost_after_connecting, reconnect_every
+
 _log = Logger()
 
 #: Seconds a command may take before it fails (Redis answers in well under a millisecond).
 TIMEOUT = 2.0
+#: Reconnecting: the first try after this many seconds, then at most this often. txredisapi's
+#: own backoff (1 s, growing by e up to 10 s) left a node without Redis for up to 10 s after
+#: Redis was back: resume and the relay failed meanwhile, while Redis answered the other nodes.
+RECONNECT_FIRST = 0.1
+RECONNECT_EVERY = 1.0
 
 Handler = Callable[[str], None]
 
@@ -47,7 +54,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         self.owner._dispatch(channel, message)
 
 
-class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
+class _Subscriptions(Subscriptions):
     """Keeps one subscribing connection, subscribing again to every channel after a reconnect."""
 
     protocol = _Subscriber
@@ -63,16 +70,13 @@ class _Subscriptions(txredisapi.SubscriberFactory):  # type: ignore[misc]
         protocol.owner = self.owner
         return protocol
 
-    def addConnection(self, conn: _Subscriber) -> None:
-        super().addConnection(conn)
-        if conn.connected:
-            self.connection = conn
-            channels = list(self.owner._handlers)
-            d: Deferred[Any] = conn.subscribe(channels) if channels else succeed(None)
-            d.addCallbacks(lambda _: self.owner._subscribed(), lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
+    def connection_made(self, conn: _Subscriber) -> None:
+        self.connection = conn
+        channels = list(self.owner._handlers)
+        d: Deferred[Any] = conn.subscribe(channels) if channels else succeed(None)
+        d.addCallbacks(lambda _: self.owner._subscribed(), lambda f: _log.warn("Redis subscribe failed: {e}", e=f.value))
 
-    def delConnection(self, conn: _Subscriber) -> None:
-        super().delConnection(conn)
+    def connection_lost(self, conn: _Subscriber) -> None:
         if self.connection is conn:
             self.connection = None
 
@@ -97,12 +101,12 @@ class Redis:
         self._handlers: dict[str, list[Handler]] = {}
         self._on_subscribed: list[Callable[[], None]] = []
         self._subscriptions = _Subscriptions(self, password)
+        reconnect_every(RECONNECT_EVERY, RECONNECT_FIRST, self._pool, self._subscriptions)
         self._subscriptions.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
 
     def command(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once while disconnected, or after ``timeout`` without an answer."""
-        factory = self._pool._factory
-        if not factory.size and factory.deferred is None:  # lost after connecting once: fail now, not
+        if lost_after_connecting(self._pool):  # fail now, not after a reconnect's handshake
             return _failed(txredisapi.ConnectionError("not connected to Redis"))  # after a handshake's wait
         try:
             d: Deferred[Any] = self._pool.execute_command(*args)
@@ -119,6 +123,12 @@ class Redis:
 
     def ping(self) -> Deferred[Any]:
         return self.command("PING")
+
+    @property
+    def subscribing(self) -> bool:
+        """The subscribing connection is up (its subscriptions are sent as it opens)."""
+        connection = self._subscriptions.connection
+        return connection is not None and bool(connection.connected)
 
     def subscribe(self, channel: str, handler: Handler) -> Deferred[Any]:
         """Call ``handler(message)`` for every message on ``channel`` (again after reconnects).

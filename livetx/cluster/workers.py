@@ -3,11 +3,18 @@
 The first process (the supervisor) opens every ``--listen`` endpoint itself,
 never accepts on them, and starts N workers, each ``twistd live`` again, with
 the listening sockets passed as inherited file descriptors (``childFDs``):
-each worker adopts them (``reactor.adoptStreamPort``) and the kernel hands
-each new connection to one of the workers waiting in ``accept``. Passing the
-sockets, rather than each worker binding with ``SO_REUSEPORT``, keeps the
-port open while a worker restarts (no connection waiting in a dead worker's
-queue is lost) and works with port 0.
+each worker adopts them (``reactor.adoptStreamPort``).
+
+A TCP endpoint becomes N sockets bound to the same address with
+``SO_REUSEPORT``, one per worker: the kernel spreads new connections over
+them evenly (by a hash of the client's address and port). One socket shared
+by every worker, as before, left the split to whichever worker woke first:
+20 connections went 20/0, 19/1 and 13/7, and the second core idled. The
+supervisor still holds every socket, so the port stays open while a worker
+restarts: connections hashed to its socket wait in that socket's queue for
+the new worker instead of being lost, and port 0 works (the first socket's
+port is the others'). A Unix socket cannot be shared that way and stays one
+socket for all.
 
 A worker that exits is started again (after a pause that grows while it
 keeps dying at once). Workers log the way the supervisor was told to
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,6 +112,38 @@ def _family(port: Any) -> str:
     return {"IPv4Address": "inet", "IPv6Address": "inet6"}.get(kind, "unix")
 
 
+@dataclass(frozen=True)
+class Held:
+    """A listening socket the supervisor holds open for a worker (or for all of them)."""
+
+    fd: int
+    family: str
+    close: Any
+
+
+def _shared(port: Any) -> Held:
+    port.stopReading()  # the workers accept; the supervisor only holds the socket
+    return Held(port.fileno(), _family(port), port.stopListening)
+
+
+def reuseport_sockets(address: Any, family: str, backlog: int, count: int) -> list[Held]:
+    """``count`` listening sockets on one address, each with ``SO_REUSEPORT``."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket(_FAMILIES[family], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(backlog)
+        held.append(Held(sock.fileno(), family, sock.close))
+    return held
+
+
+def _backlog(description: str) -> int:
+    match = re.search(r"(?:^|:)backlog=(\d+)", description)
+    return int(match.group(1)) if match else 50  # Twisted's default
+
+
 class _Worker(ProcessProtocol):
     def __init__(self, supervisor: Supervisor, index: int) -> None:
         self.supervisor = supervisor
@@ -171,7 +211,8 @@ class Supervisor(Service):
         self._count = workers
         self._args = worker_args
         self._logs = logs
-        self._ports: list[Any] = []
+        #: Per worker, the sockets it accepts on (a Unix socket's Held is in every list).
+        self._held: list[list[Held]] = [[] for _ in range(workers)]
         self._workers: dict[int, _Worker] = {}
         self._delay: dict[int, float] = {}
         self._own_metrics_dir = metrics_dir is None
@@ -185,10 +226,29 @@ class Supervisor(Service):
             self._listening, self._cannot_listen)
 
     def _listening(self, results: list[tuple[bool, Any]]) -> None:
-        for _, port in results:
-            port.stopReading()  # the workers accept; the supervisor only holds the socket
-            self._ports.append(port)
-            _log.info("Workers share {address}", address=str(port.getHost()))
+        """Twisted's endpoints parsed each description and resolved port 0; now the sockets the workers get.
+
+        Twisted cannot set ``SO_REUSEPORT`` before it binds, so a TCP port is
+        closed once listening and its address bound again, once per worker.
+        """
+        closing = []
+        rebind = []
+        for (_, port), description in zip(results, self._listen):
+            if _family(port) == "unix":
+                shared = _shared(port)
+                for held in self._held:
+                    held.append(shared)
+                _log.info("Workers share {address}", address=str(port.getHost()))
+            else:
+                rebind.append((port.getHost(), _family(port), _backlog(description)))
+                closing.append(port.stopListening())
+        DeferredList(closing).addCallback(lambda _: self._rebind(rebind)).addErrback(self._cannot_listen)
+
+    def _rebind(self, addresses: list[tuple[Any, str, int]]) -> None:
+        for address, family, backlog in addresses:
+            for held, own in zip(self._held, reuseport_sockets(address, family, backlog, self._count)):
+                held.append(own)
+            _log.info("Workers each accept on {address} (SO_REUSEPORT)", address=str(address))
         for index in range(self._count):
             self._spawn(index)
 
@@ -202,9 +262,9 @@ class Supervisor(Service):
             return
         fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         adopted: list[str] = []
-        for n, port in enumerate(self._ports):
-            fds[FIRST_FD + n] = port.fileno()
-            adopted += ["--adopt", f"{FIRST_FD + n}:{_family(port)}"]
+        for n, held in enumerate(self._held[index]):
+            fds[FIRST_FD + n] = held.fd
+            adopted += ["--adopt", f"{FIRST_FD + n}:{held.family}"]
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
                 *self._logs.argv(index), "live", *self._args, *adopted,
                 "--metrics-dir", self.metrics_dir]
@@ -237,8 +297,9 @@ class Supervisor(Service):
                 worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
             except ProcessExitedAlready:
                 pass
-        for port in self._ports:
-            port.stopListening()
+        for close in {id(h.close): h.close for held in self._held for h in held}.values():
+            close()
+        self._held = [[] for _ in self._held]
 
         def cleaned(_: Any) -> None:
             if self._own_metrics_dir:

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from livetx.audio import read_wav
 from livetx.devices import framing
 from livetx.devices.opus import FRAME_MS, Decoder, Encoder, OpusError
-from livetx.errors import ErrorCode
+from livetx.errors import CloseCode, ErrorCode
 from livetx.live.machine import Table
 from livetx.live.session import LiveSession
 
@@ -150,12 +150,12 @@ class DeviceConversation:
         version = message.get("version", 1)
         if version != self.version:
             raise DeviceError(ErrorCode.INVALID_MESSAGE_FORMAT,
-                              f"hello says version {version!r}, Protocol-Version said {self.version}", close=1002)
+                              f"hello says version {version!r}, Protocol-Version said {self.version}", close=CloseCode.PROTOCOL_ERROR)
         if message.get("transport", "websocket") != "websocket":
-            raise DeviceError(ErrorCode.INVALID_MESSAGE_FORMAT, "transport must be 'websocket'", close=1002)
+            raise DeviceError(ErrorCode.INVALID_MESSAGE_FORMAT, "transport must be 'websocket'", close=CloseCode.PROTOCOL_ERROR)
         params = message.get("audio_params") or {}
         if not isinstance(params, dict) or params.get("format", "opus") != "opus" or params.get("channels", 1) != 1:
-            raise DeviceError(ErrorCode.INVALID_AUDIO, f"audio {params!r} is not mono Opus", close=1003)
+            raise DeviceError(ErrorCode.INVALID_AUDIO, f"audio {params!r} is not mono Opus", close=CloseCode.UNSUPPORTED_DATA)
         features = message.get("features")
         self.features = features if isinstance(features, dict) else {}
         self._decoder, self._encoder = Decoder(), Encoder(self.output_rate, FRAME_MS)

@@ -10,13 +10,13 @@ with every other socket when the server stops.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from livetx import __version__
@@ -28,24 +28,21 @@ from livetx.devices.mcp import DeviceMcp
 from livetx.devices.registry import DeviceRegistry
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
-from livetx.errors import ErrorCode
+from livetx.errors import CloseCode, ErrorCode
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_web import take_over_producer
 from livetx.live.frames import Frame
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.telephony.socket import with_tool
 from livetx.tools import Tool
 from livetx.web.admission import Admission, FrameRate, Verdict
-from livetx.web.connections import GOING_AWAY, POLICY_VIOLATION, ConnectionTracker
-from livetx.web.protocol import apply_limits
-
-if TYPE_CHECKING:
-    from livetx.web.protocol import LiveServerProtocol
+from livetx.web.connections import ConnectionTracker
+from livetx.web.flow import SendBuffer
+from livetx.web.sockets import apply_limits
 
 _log = Logger()
 
-#: RFC 6455: the peer broke the protocol (a Protocol-Version this server does not speak).
-PROTOCOL_ERROR = 1002
 
 
 @settings_from_factory
@@ -58,9 +55,10 @@ class DeviceProtocol(QuietIO):
     observer: TurnObserver | None = None
     rate: FrameRate | None = None
     finished: Deferred[None] | None = None
+    buffer: SendBuffer | None = None
     #: Why the handshake's headers are refused (closed at open with ``_refusal_code``).
     _refusal: str | None = None
-    _refusal_code = POLICY_VIOLATION
+    _refusal_code = CloseCode.POLICY_VIOLATION
     _device_id = ""
     _version = 1
     _no_hello: IDelayedCall | None = None
@@ -74,7 +72,7 @@ class DeviceProtocol(QuietIO):
         self._device_id = headers.get("device-id", "")
         raw = headers.get("protocol-version", "1")
         if not raw.isdigit() or int(raw) not in framing.VERSIONS:
-            self._refusal, self._refusal_code = f"Protocol-Version {raw!r} is not 1, 2 or 3", PROTOCOL_ERROR
+            self._refusal, self._refusal_code = f"Protocol-Version {raw!r} is not 1, 2 or 3", CloseCode.PROTOCOL_ERROR
             return
         self._version = int(raw)
         try:
@@ -91,7 +89,7 @@ class DeviceProtocol(QuietIO):
     def onOpen(self) -> None:
         factory = self.factory
         if factory.connections.draining:
-            close_with_code(self, GOING_AWAY, "Server shutting down")
+            close_with_code(self, CloseCode.GOING_AWAY, "Server shutting down")
             return
         if self._refusal is not None:
             _log.warn("Refused device {device}: {reason}", device=self._device_id or "(no Device-Id)",
@@ -101,6 +99,10 @@ class DeviceProtocol(QuietIO):
             return
         self.finished = Deferred()
         self.rate = FrameRate(factory.limits.max_frames_per_second, factory.clock)
+        # A board that stops reading holds back the reply's speech, then is dropped, as any client.
+        self.buffer = SendBuffer(factory.limits.max_send_buffer_bytes, pause=self._output_paused,
+                                 resume=self._output_resumed)
+        take_over_producer(cast(IConsumer, self.transport), self.buffer)
         self.device = DeviceConversation(host=self, clock=factory.clock, version=self._version,
                                          output_rate=factory.output_rate, turn=factory.turn)
         # The firmware gives up after 10 s without the server's hello; a device that says nothing holds nothing.
@@ -109,7 +111,7 @@ class DeviceProtocol(QuietIO):
     def _silent(self) -> None:
         if self.device is not None and self.device.state == "waiting":
             _log.warn("Closed device {device}: no 'hello'", device=self._device_id)
-            close_with_code(self, POLICY_VIOLATION, "No hello")
+            close_with_code(self, CloseCode.POLICY_VIOLATION, "No hello")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         device = self.device
@@ -118,7 +120,7 @@ class DeviceProtocol(QuietIO):
         assert self.rate is not None
         verdict = self.rate.admit()
         if verdict is Verdict.CLOSE:
-            close_with_code(self, POLICY_VIOLATION, "Too many messages")
+            close_with_code(self, CloseCode.POLICY_VIOLATION, "Too many messages")
             return
         try:
             if verdict is not Verdict.ACCEPT:
@@ -141,12 +143,25 @@ class DeviceProtocol(QuietIO):
     # -- DeviceHost -------------------------------------------------------------
 
     def send_json(self, message: Frame) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(orjson.dumps(message), isBinary=False)
+        self._write(orjson.dumps(message), False)
 
     def send_binary(self, data: bytes) -> None:
+        self._write(data, True)
+
+    def _write(self, payload: bytes, binary: bool) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(data, isBinary=True)
+            self.sendMessage(payload, isBinary=binary)
+            if self.buffer is not None and self.buffer.sent(len(payload)):
+                _log.warn("Closing device {device}: it reads too slowly", device=self._device_id)
+                close_with_code(self, CloseCode.POLICY_VIOLATION, "Device reads too slowly")
+
+    def _output_paused(self) -> None:
+        if self.session is not None:
+            self.session.pause_output()
+
+    def _output_resumed(self) -> None:
+        if self.session is not None:
+            self.session.resume_output()
 
     def open_session(self, emit: Any) -> LiveSession:
         factory = self.factory
@@ -156,8 +171,8 @@ class DeviceProtocol(QuietIO):
         if factory.memories is not None:
             memory = factory.memories(username, None)
             memory.opened.addErrback(lambda f: _log.failure("Could not open the stored conversation", f))
-        self.observer = factory.metrics.opened(factory.endpoint, "device", username, factory.clock)
-        factory.connections.add(cast("LiveServerProtocol", self))
+        self.observer = factory.metrics.opened(factory.endpoint, "device", username)
+        factory.connections.add(self)
         _log.info("Device {device} connected as {user} (protocol version {version})",
                   device=self._device_id, user=username, version=self._version)
         engines = factory.engines.for_owner(username)
@@ -192,8 +207,7 @@ class DeviceProtocol(QuietIO):
                   device=self._device_id, message=message, code=code.value)
 
     def session_error(self, frame: Frame) -> None:
-        if self.observer is not None:
-            self.observer.error_sent(str(frame.get("code", "UNKNOWN")))
+        # Counted already: the session reports each error frame it sends to its listener.
         _log.warn("Device {device}: {message} ({code})", device=self._device_id,
                   message=frame.get("data"), code=frame.get("code"))
 
@@ -209,7 +223,7 @@ class DeviceProtocol(QuietIO):
 
     @property
     def busy(self) -> bool:
-        return self.session is not None and self.session.state in ("processing", "interrupted")
+        return self.session is not None and self.session.busy
 
     def turns_over(self) -> Deferred[None]:
         return succeed(None) if self.session is None else self.session.turn_over()
@@ -226,11 +240,9 @@ class DeviceProtocol(QuietIO):
         if self.state == self.STATE_OPEN:
             close_with_code(self, code, reason)
 
-    def send(self, frame: Frame) -> None:
-        """Notices for Live API clients (a revoked key) mean nothing to a board."""
-
-    def _error(self, code: ErrorCode, message: str) -> Frame:
-        return {}
+    def revoke(self, reason: str) -> None:
+        """Boards are opened with device tokens, never API keys; a revocation ends one all the same."""
+        self.close_with(CloseCode.POLICY_VIOLATION, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._no_hello is not None and self._no_hello.active():
@@ -251,7 +263,7 @@ class DeviceProtocol(QuietIO):
         over = session.turn_over().addCallback(lambda _: session.close())
 
         def released(_: object) -> None:
-            self.factory.connections.discard(cast("LiveServerProtocol", self))
+            self.factory.connections.discard(self)
             if self.observer is not None:
                 self.observer.closed()
             if self.finished is not None and not self.finished.called:

@@ -8,10 +8,13 @@ be open whatever the session's state. Its own states (:data:`CAPTURE`):
 - ``segment``: the client opened one with ``start_speaking`` (push to talk);
 - ``utterance``: talk mode's voice detector heard speech begin, and the
   audio since goes into the segment; transcripts of it so far
-  (``user_partial``) are asked for as it grows.
+  (``user_partial``) are asked for as it grows, and at each pause
+  (:mod:`livetx.live.streaming_stt`), which may then be the final one.
 
 ``take`` hands the segment to a turn and empties the capture; a segment
-grown past its cap is dropped.
+grown past its cap is dropped. A segment :meth:`Capture.carry` was given
+(the first half of a request the user went on with) is the start of the
+next utterance heard.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.machine import Table
+from livetx.live.echo import EchoGuard
+from livetx.live.endpoint import TurnEnd, detector_settings
 from livetx.live.settings import Settings
+from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
 from livetx.live.vad import VoiceDetector
-from livetx.providers.base import PartialRecognizer, SpeechRecognizer
+from livetx.providers.base import PartialRecognizer, SpeechRecognizer, TurnEndModel
 
 _log = Logger()
 
@@ -53,7 +59,7 @@ CAPTURE = Table("capture", _ANY, [
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
-    __slots__ = ("stamp", "pcm", "heard", "partial")
+    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -61,9 +67,29 @@ class Segment:
         #: Talk mode: how much audio the last partial transcript covered, and its text.
         self.heard = 0
         self.partial = ""
+        #: Talk mode: bytes of ``pcm`` up to the end of its last speech frame,
+        #: and the decode started at the latest pause (:mod:`livetx.live.streaming_stt`).
+        self.voiced = 0
+        self.early: EarlyDecode | None = None
+        #: Semantic end of turn: ``voiced`` when the model was last asked about it.
+        self.asked = -1
+        #: Talk mode, on the session's clock: when the last speech frame was
+        #: heard, and when the detector declared the utterance over.
+        self.voiced_at: float | None = None
+        self.stopped_at: float | None = None
 
     def wav(self) -> bytes:
         return to_wav(self.pcm)
+
+    def transcript(self, stt: SpeechRecognizer, wav: bytes) -> Deferred[str]:
+        """The whole segment's transcript (``wav`` is it), reusing the decode of its last pause when
+        that covered all its speech."""
+        return final_transcript(self.early, self.voiced, stt, wav)
+
+    def discard(self) -> None:
+        """The segment will not be transcribed: stop a decode of it that runs."""
+        if self.early is not None:
+            self.early.result.cancel()
 
 
 class Owner(Protocol):
@@ -75,15 +101,19 @@ class Owner(Protocol):
     def emit(self, frame: Frame) -> None:
         """Send a frame to the client."""
 
+    def error(self, code: ErrorCode, message: str) -> None:
+        """Send an error frame to the client (and report it sent)."""
+
 
 class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
 
     __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
-                 "_partial")
+                 "_partial", "_carried", "_turn_end_model", "_turn_end", "echo")
 
     def __init__(
         self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
+        turn_end_model: TurnEndModel | None = None,
     ) -> None:
         self.state = CAPTURE.initial
         self._owner = owner
@@ -94,6 +124,13 @@ class Capture:
         self._segment: Segment | None = None
         self._detector: VoiceDetector | None = None
         self._partial: Deferred[str] | None = None
+        #: The first half of a request the user went on with: the next utterance starts with it.
+        self._carried: Segment | None = None
+        self._turn_end_model = turn_end_model
+        #: Talk mode with ``end_of_turn: semantic`` (livetx.live.endpoint).
+        self._turn_end: TurnEnd | None = None
+        #: Talk mode: the reply audio that may be playing, so its echo starts nothing (a turn listener).
+        self.echo = EchoGuard(lambda: None if self._detector is None else self._detector.elapsed_ms)
 
     @property
     def is_open(self) -> bool:
@@ -131,8 +168,14 @@ class Capture:
         return segment
 
     def drop(self) -> None:
+        if self._segment is not None:
+            self._segment.discard()
         self._segment = None
         CAPTURE.fire(self, "drop")
+
+    def carry(self, segment: Segment) -> None:
+        """The user goes on with the request ``segment`` held: the utterance heard next continues it."""
+        self._carried = segment
 
     # -- talk mode -------------------------------------------------------------
 
@@ -140,7 +183,10 @@ class Capture:
         """Turn detection changed hands: an utterance half-heard is dropped."""
         self.stop_listening()
         if settings.server_detection:
-            self._detector = VoiceDetector(settings, self._clock, self)
+            self._detector = VoiceDetector(detector_settings(settings), self._clock, self, is_echo=self.echo.is_echo)
+            model = self._turn_end_model
+            semantic = settings.end_of_turn == "semantic" and model is not None
+            self._turn_end = TurnEnd(model, settings.eagerness) if semantic and model is not None else None
 
     def stop_listening(self) -> None:
         """Drop an utterance half-heard and detect no more (closing, or the server is stopping).
@@ -152,6 +198,7 @@ class Capture:
             self._detector.close()
             self._detector = None
         self._cancel_partial()
+        self._carried = None
         if self.is_open:
             self.drop()
             self._owner.fire_safely("segment_dropped")
@@ -169,8 +216,9 @@ class Capture:
             try:
                 self.append(pcm)
             except FrameError as e:
-                self._owner.emit(e.frame())
+                self._owner.error(e.code, e.message)
                 return
+            self._follow_speech()
             self._request_partial()
 
     def speech_stopped(self, end_ms: int) -> None:
@@ -178,15 +226,58 @@ class Capture:
         self._owner.fire_safely("speech_stopped", end_ms=end_ms)
 
     def hear(self, pcm: bytes, start_ms: int) -> None:
-        """The session accepted the detector's new utterance: open it with its first audio."""
+        """The session accepted the detector's new utterance: open it with its first audio.
+
+        A carried segment (the request's first half) comes first, so the
+        utterance is transcribed, and answered, as one request.
+        """
         self._owner.emit({"t": "speech_started", "data": {"audio_start_ms": start_ms}})
         CAPTURE.fire(self, "hear")
-        self._segment = Segment(None)
+        segment = self._segment = Segment(None)
+        carried, self._carried = self._carried, None
+        if carried is not None:
+            carried.discard()
+            segment.pcm += carried.pcm
         self.append(pcm)
+        self._follow_speech()
 
     def announce_stop(self, end_ms: int) -> None:
         self._cancel_partial()  # the final transcript must not queue behind it
+        if self._segment is not None:
+            self._segment.stopped_at = self._clock.seconds()
         self._owner.emit({"t": "speech_stopped", "data": {"audio_end_ms": end_ms}})
+
+    def _follow_speech(self) -> None:
+        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt)
+        and ask whether the speaker is done (endpoint)."""
+        segment, detector = self._segment, self._detector
+        if segment is None or detector is None:
+            return
+        silent = detector.trailing_silence_ms
+        if silent == 0:
+            segment.voiced, segment.voiced_at = len(segment.pcm), detector.voiced_at
+            return
+        self._decode_early(segment, detector, silent)
+        turn_end = self._turn_end
+        if turn_end is not None and silent >= turn_end.pause_ms and segment.asked != segment.voiced:
+            segment.asked = voiced = segment.voiced
+            turn_end.ask(bytes(segment.pcm), lambda: self._turn_ended(segment, voiced))
+
+    def _turn_ended(self, segment: Segment, voiced: int) -> None:
+        """The model says the speaker is done: end the utterance, if nothing was said since it was asked."""
+        if segment is self._segment and segment.voiced == voiced and self._detector is not None:
+            self._detector.end_now()
+
+    def _decode_early(self, segment: Segment, detector: VoiceDetector, silent: int) -> None:
+        early = segment.early
+        if (silent < pause_ms(detector.silence_ms) or not decodes_at_pauses(self._stt)
+                or (early is not None and early.voiced == segment.voiced)):
+            return
+        assert self._stt is not None
+        if early is not None:
+            early.result.cancel()  # the speaker went on after it: stale
+        segment.early = decode_early(self._stt, bytes(segment.pcm), segment.voiced,
+                                     lambda text: self._show_partial(text, segment))
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""
@@ -200,11 +291,14 @@ class Capture:
 
     def _partial_heard(self, text: str, segment: Segment) -> None:
         self._partial = None
+        self._show_partial(text, segment)
+        self._request_partial()  # audio may have piled up meanwhile
+
+    def _show_partial(self, text: str, segment: Segment) -> None:
         text = text.strip()
         if segment is self._segment and text and text != segment.partial:
             segment.partial = text
             self._owner.emit({"t": "user_partial", "data": {"text": text}})
-        self._request_partial()  # audio may have piled up meanwhile
 
     def _partial_failed(self, failure: Failure) -> None:
         self._partial = None

@@ -6,35 +6,29 @@ anyone rebuilding that life from the frames it sent. The per-turn
 one log line per turn (:class:`livetx.metrics.TurnObserver`) are listeners;
 a turn whose model calls tools (:mod:`livetx.tools`) reports each call with
 :meth:`TurnListener.tool_called` and :meth:`TurnListener.tool_finished`.
+Live turns and chat turns (on a socket or over SSE) tell the same events.
+Whoever sends an error frame says so (:meth:`TurnListener.error_sent`), and
+whoever meets a provider's failure names its kind
+(:meth:`TurnListener.provider_failed`): nobody reads the frames back.
 
 Times are seconds from the turn's start, as the session defines it (the
-text frame's arrival, or the voice segment assembled into a WAV).
+text frame's arrival, or the voice segment assembled into a WAV). A talk-mode
+turn also says when its speech ended (:meth:`TurnListener.speech_ended`), and
+:class:`MetricsFrames` reports its stages from there: what the user feels.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from twisted.logger import Logger
 
+# How a turn ended is one of the errors module's vocabularies; importable from here too.
+from livetx.errors import Outcome as Outcome
 from livetx.live.frames import Frame
 from livetx.tools.record import tool_figures
 
 _log = Logger()
-
-
-class Outcome(enum.Enum):
-    """How a turn ended."""
-
-    #: It ran to its end (an empty transcript and a failed speech engine included).
-    OK = "ok"
-    #: The client stopped it (``interrupt``, or talk-mode speech over the reply).
-    INTERRUPTED = "interrupted"
-    #: A provider or a bug ended it early (an error frame said why).
-    FAILED = "failed"
-    #: The connection closed or the server stopped under it.
-    DROPPED = "dropped"
 
 
 class TurnListener(Protocol):
@@ -42,6 +36,13 @@ class TurnListener(Protocol):
 
     def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
         """A turn began; ``assemble_seconds`` is the WAV assembly of a voice turn."""
+
+    def speech_ended(self, voice_end: float, endpoint: float) -> None:
+        """Talk mode: the turn's last voiced frame was heard ``voice_end`` seconds before
+        it started, and the detector declared the utterance over ``endpoint`` seconds before."""
+
+    def transcribed(self, seconds: float) -> None:
+        """The user's words went out (``user_msg``)."""
 
     def provider_called(self, kind: str, provider: str) -> None:
         """A provider (``stt``, ``llm``, ``tts``) was asked for work for this turn."""
@@ -55,6 +56,9 @@ class TurnListener(Protocol):
     def first_audio(self, seconds: float) -> None:
         """The first audio of the reply went out."""
 
+    def audio_sent(self, audio: bytes) -> None:
+        """An audio file of the reply went out (the client plays them back to back)."""
+
     def tool_called(self, call_id: str, name: str) -> None:
         """The model asked for a tool, and the call starts."""
 
@@ -62,8 +66,18 @@ class TurnListener(Protocol):
         """A tool call returned (``ok``) or not: ``status`` is ``ok``, ``failed``, ``refused``,
         ``timeout`` or ``cancelled``; ``seconds`` is how long it ran."""
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
-        """The turn is over; called once, before its ``end`` or ``stop_play`` frame."""
+    def error_sent(self, code: str) -> None:
+        """An error frame with ``code`` went out (in a turn or between turns)."""
+
+    def provider_failed(self, kind: str) -> None:
+        """A provider (``stt``, ``llm``, ``tts``, or ``provider``) failed, and the client was told."""
+
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
+        """The turn is over; called once, before its ``end`` (live: or after ``stop_play``).
+
+        ``values`` is what the turn's ``metrics`` say (chat: what is stored
+        with the reply), a snapshot the listener may keep.
+        """
 
 
 class Listeners:
@@ -84,6 +98,12 @@ class Listeners:
     def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
         self._each("turn_started", turn_id, input_type, assemble_seconds)
 
+    def speech_ended(self, voice_end: float, endpoint: float) -> None:
+        self._each("speech_ended", voice_end, endpoint)
+
+    def transcribed(self, seconds: float) -> None:
+        self._each("transcribed", seconds)
+
     def provider_called(self, kind: str, provider: str) -> None:
         self._each("provider_called", kind, provider)
 
@@ -96,14 +116,23 @@ class Listeners:
     def first_audio(self, seconds: float) -> None:
         self._each("first_audio", seconds)
 
+    def audio_sent(self, audio: bytes) -> None:
+        self._each("audio_sent", audio)
+
     def tool_called(self, call_id: str, name: str) -> None:
         self._each("tool_called", call_id, name)
 
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._each("tool_finished", call_id, name, ok, status, seconds)
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
-        self._each("turn_ended", outcome, seconds)
+    def error_sent(self, code: str) -> None:
+        self._each("error_sent", code)
+
+    def provider_failed(self, kind: str) -> None:
+        self._each("provider_failed", kind)
+
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
+        self._each("turn_ended", outcome, seconds, values)
 
 
 class Ignore:
@@ -112,6 +141,12 @@ class Ignore:
     __slots__ = ()
 
     def turn_started(self, turn_id: int, input_type: str, assemble_seconds: float | None) -> None:
+        pass
+
+    def speech_ended(self, voice_end: float, endpoint: float) -> None:
+        pass
+
+    def transcribed(self, seconds: float) -> None:
         pass
 
     def provider_called(self, kind: str, provider: str) -> None:
@@ -126,13 +161,22 @@ class Ignore:
     def first_audio(self, seconds: float) -> None:
         pass
 
+    def audio_sent(self, audio: bytes) -> None:
+        pass
+
     def tool_called(self, call_id: str, name: str) -> None:
         pass
 
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         pass
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+    def error_sent(self, code: str) -> None:
+        pass
+
+    def provider_failed(self, kind: str) -> None:
+        pass
+
+    def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         pass
 
 
@@ -143,6 +187,10 @@ TIMING_KEYS = {
 }
 
 
+#: A talk-mode turn's stages, each in ms from the user's last voiced frame, in the order they come.
+VOICE_STAGES = ("endpoint_ms", "transcript_ms", "first_token_ms", "first_audio_ms", "voice_to_voice_ms")
+
+
 class MetricsFrames(Ignore):
     """The reference's ``metrics`` frames, written from a turn's events.
 
@@ -150,18 +198,25 @@ class MetricsFrames(Ignore):
     before its ``end`` (the reference sent the last one after; its clients
     merge ``metrics`` whenever they come, so they take either order).
     ``values`` is everything reported for the current turn, which the
-    store keeps with the reply. ``wav_to_tts_total_time`` is sent for turns
-    that reached the model, as the reference does; the tool figures
+    store keeps with the reply and :meth:`ended` hands the other
+    listeners. ``wav_to_tts_total_time`` is sent for turns that reached the model, as the reference does; the tool figures
     (:func:`livetx.tools.record.tool_figures`) for turns that called tools.
+
+    A talk-mode turn gets one more frame, at its first audio (or its end, if
+    it had none): the stages from the user's last voiced frame, in ms
+    (:data:`VOICE_STAGES`; ``voice_to_voice_ms`` is the total, which the
+    server sees at the first audio).
     """
 
-    __slots__ = ("_emit", "values", "_replied", "_tools")
+    __slots__ = ("_emit", "values", "_replied", "_tools", "_voice")
 
     def __init__(self, emit: Callable[[Frame], None]) -> None:
         self._emit = emit
         self.values: dict[str, Any] = {}
         self._replied = False
         self._tools: list[tuple[str, bool, str, float]] = []
+        #: Talk mode: each stage of the turn, in seconds from its last voiced frame.
+        self._voice: dict[str, float] | None = None
 
     def _send(self, data: dict[str, Any]) -> None:
         self.values.update(data)
@@ -171,6 +226,7 @@ class MetricsFrames(Ignore):
         self.values = {}
         self._replied = False
         self._tools = []
+        self._voice = None
         if assemble_seconds is None:
             self._send({"input_type": input_type})
         else:
@@ -187,17 +243,45 @@ class MetricsFrames(Ignore):
         if keys is not None:
             self._send({keys[0]: first or 0.0, keys[1]: total, keys[2]: provider})
 
+    def speech_ended(self, voice_end: float, endpoint: float) -> None:
+        self._voice = {"start": voice_end, "endpoint_ms": voice_end - endpoint}
+
+    def transcribed(self, seconds: float) -> None:
+        self._voice_stage("transcript_ms", seconds)
+
+    def first_delta(self, seconds: float) -> None:
+        self._voice_stage("first_token_ms", seconds)
+
     def first_audio(self, seconds: float) -> None:
         self._send({"speak_to_first_frame": seconds})
+        if self._voice_stage("first_audio_ms", seconds):
+            self._voice_stage("voice_to_voice_ms", seconds)
+            self._send_voice()
+
+    def _voice_stage(self, stage: str, seconds: float) -> bool:
+        """Note a stage of a talk-mode turn (once); False for other turns."""
+        if self._voice is None:
+            return False
+        self._voice.setdefault(stage, self._voice["start"] + seconds)
+        return True
+
+    def _send_voice(self) -> None:
+        voice, self._voice = self._voice, None
+        if voice is not None:
+            self._send({stage: round(voice[stage] * 1000, 1) for stage in VOICE_STAGES if stage in voice})
 
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._tools.append((name, ok, status, seconds))
 
-    def turn_ended(self, outcome: Outcome, seconds: float) -> None:
+    def ended(self, outcome: Outcome, seconds: float) -> Mapping[str, Any]:
+        """Send the turn's last ``metrics`` (before its ``end``); the values, for the turn's ``turn_ended``."""
+        if outcome in (Outcome.OK, Outcome.FAILED):
+            self._send_voice()  # a turn without audio: the stages it reached
         if self._tools and outcome in (Outcome.OK, Outcome.FAILED):
             self._send(tool_figures(self._tools))
         elif self._tools:  # stop_play has gone out: kept for the store, not sent
             self.values.update(tool_figures(self._tools))
         if self._replied and outcome in (Outcome.OK, Outcome.FAILED):
             self._send({"wav_to_tts_total_time": seconds})
+        return dict(self.values)
 

@@ -11,20 +11,11 @@ from typing import Any
 
 import orjson
 
-from livetx.errors import ErrorCode, LivetxError
+# FrameError is defined with every other error; the codec raises it, so it is importable from here too.
+from livetx.errors import ErrorCode
+from livetx.errors import FrameError as FrameError
 
 Frame = dict[str, Any]
-
-class FrameError(LivetxError):
-    """A client frame we refuse; becomes one error frame, the session lives on."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def frame(self) -> Frame:
-        return error(self.code, self.message)
-
 
 def error(code: ErrorCode, message: str) -> Frame:
     """The live-mode error frame: the reference's shape plus a ``code``."""
@@ -79,4 +70,4 @@ def text_field(frame: Frame, *names: str) -> str:
 
 def no_speech(ts: int) -> Frame:
     """``user_msg`` for a voice turn that heard no words: said, not swallowed (docs/protocol.md)."""
-    return {"t": "user_msg", "data": {"text": "", "ts": ts, "code": "NO_SPEECH"}}
+    return {"t": "user_msg", "data": {"text": "", "ts": ts, "code": ErrorCode.NO_SPEECH}}

@@ -1,6 +1,7 @@
 """What a connection remembers: the exchanges the model sees, and the memory behind them.
 
-The last ``history_turns`` exchanges are kept here as the model's context;
+The last ``history_turns`` exchanges, as far as ``context_bytes`` lets them,
+are kept here as the model's context;
 a :class:`livetx.domain.Memory` (the store) keeps every turn beyond
 the connection and gives the last ones back when a conversation resumes.
 """
@@ -20,7 +21,7 @@ from livetx.domain import Exchange, Memory
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.turn import TurnResult
-from livetx.providers.base import Message
+from livetx.providers.base import Message, newest_within
 from livetx.tools.record import replay
 
 _log = Logger()
@@ -29,10 +30,12 @@ _log = Logger()
 class Conversation:
     """A connection's history, the last finished turn (for ``truncate``), and its memory."""
 
-    __slots__ = ("_username", "_history", "_memory", "_finished", "loading")
+    __slots__ = ("_username", "_history", "_memory", "_finished", "loading", "_budget")
 
-    def __init__(self, username: str, turns: int, memory: Memory | None) -> None:
+    def __init__(self, username: str, turns: int, memory: Memory | None, budget: int = 256 * 1024) -> None:
         self._username = username
+        #: Bytes of earlier turns the model is sent (``[llm] context_bytes``).
+        self._budget = budget
         self._history: deque[Exchange] = deque(maxlen=max(0, turns))
         self._memory = memory
         #: The last finished turn that was kept: its id, what it sent, what is remembered.
@@ -41,7 +44,8 @@ class Conversation:
         self.loading: Deferred[None] | None = None
         if memory is not None and self._history.maxlen:
             # Not ``.called``: a Deferred is "called" while still paused on the query.
-            self.loading = memory.recall(self._history.maxlen).addCallbacks(self._restore, self._recall_failed)
+            recalled = memory.recall(self._history.maxlen, max_bytes=budget)
+            self.loading = recalled.addCallbacks(self._restore, self._recall_failed)
             self.loading.addBoth(self._loaded)
 
     @property
@@ -77,16 +81,21 @@ class Conversation:
         return {"t": "truncated", "turn": turn_id, "data": {"audio_end_ms": end_ms, "text": revised.reply}}
 
     def context(self, system_prompt: str, text: str) -> list[Message]:
-        """The messages the model is sent for a new user ``text``."""
+        """The messages the model is sent for a new user ``text``.
+
+        Of the history, the newest turns that fit the byte budget; older
+        ones are forgotten here too (they would never fit again), so a
+        connection holds no more than its budget of earlier turns.
+        """
         messages: list[Message] = []
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
-        for exchange in self._history:
-            messages.append({"role": "user", "content": exchange.user})
-            if exchange.tools:  # a reply that called tools comes back as its calls and results
-                messages += replay(exchange.reply, exchange.tools)
-            elif exchange.reply:
-                messages.append({"role": "assistant", "content": exchange.reply})
+        turns = [_messages(exchange) for exchange in self._history]
+        fitting = newest_within(turns, self._budget)
+        for _ in range(len(turns) - fitting):
+            self._history.popleft()
+        for turn in turns[len(turns) - fitting:]:
+            messages += turn
         messages.append({"role": "user", "content": text})
         return messages
 
@@ -101,3 +110,13 @@ class Conversation:
 
     def _recall_failed(self, failure: Failure) -> None:
         _log.failure("Could not load the stored conversation of {user}", failure, user=self._username)
+
+
+def _messages(exchange: Exchange) -> list[Message]:
+    """One earlier turn as the model is shown it."""
+    messages: list[Message] = [{"role": "user", "content": exchange.user}]
+    if exchange.tools:  # a reply that called tools comes back as its calls and results
+        messages += replay(exchange.reply, exchange.tools)
+    elif exchange.reply:
+        messages.append({"role": "assistant", "content": exchange.reply})
+    return messages

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from transitions import Machine
 
 from livetx.errors import ErrorCode
+from livetx.fences.transitions import trigger
 
 
 class Table:
@@ -58,7 +59,7 @@ class Table:
         """
         dest = self._plain.get((model.state, event), _NOT_PLAIN)
         if dest is _NOT_PLAIN:
-            return bool(self.machine.events[event].trigger(model, **kwargs))
+            return trigger(self.machine, event, model, **kwargs)
         if dest is not None:
             model.state = dest
         return True

@@ -4,7 +4,8 @@ This module knows nothing about sockets. The protocol layer hands it decoded
 frames and a function to send frames back; everything in between — which
 frame is allowed when, running turns, barge-in, the history the model sees —
 happens here, so it can be tested with a fake clock. Capturing the voice
-(push to talk, and talk mode's detector) is :mod:`livetx.live.capture`.
+(push to talk, and talk mode's detector) is :mod:`livetx.live.capture`; the
+turns' numbers, timing and reporting are :mod:`livetx.live.ledger`.
 
 The states (:data:`SESSION`): ``idle``; ``capturing`` (a segment is open and
 no turn runs); ``processing`` (a turn runs); ``interrupted`` (a turn was
@@ -14,6 +15,12 @@ is stored). While ``interrupted`` every frame is taken; one that starts a
 turn (``text_input``, ``end_speaking``, talk mode's end of speech) waits and
 starts once the interrupted turn is unwound, and a second such frame gets
 ``PROCESSING_ERROR`` as in ``processing``.
+
+Talk mode: speech that starts while a voice turn's reply is still unheard
+(no audio sent, no tool called) continues that request instead of barging
+in: the turn is withdrawn, nothing of it stored or played, and its audio
+becomes the start of the new utterance, answered as one request under the
+same turn id (docs/protocol-extensions.md, "A request in two breaths").
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from functools import partial
 from typing import Any, Callable
 
 from transitions import EventData, MachineError
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,14 +40,18 @@ from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.capture import Capture, Segment
 from livetx.live.client_frames import PARSERS, pcm_fields
-from livetx.live.events import Listeners, MetricsFrames, Outcome, TurnListener
+from livetx.live.events import Listeners, Outcome, TurnListener
 from livetx.live.frames import Frame, FrameError
 from livetx.live.history import Conversation
+from livetx.live.ledger import TurnLedger
 from livetx.live.rules import BUSY, NO_SEGMENT, SERVER_FRAMES, SESSION
 from livetx.live.settings import Settings, updated
-from livetx.live.turn import Emit, Turn, TurnResult, describe_failure
+from livetx.live.turn import Emit, Turn, TurnResult, report_failure
 
 _log = Logger()
+
+#: The states in which a turn runs (or unwinds after an interrupt): :attr:`LiveSession.busy`.
+BUSY_STATES = frozenset({"processing", "interrupted"})
 
 class LiveSession:
     """A connection's conversation; ``receive`` frames in, ``emit`` frames out."""
@@ -63,37 +74,37 @@ class LiveSession:
         self._closed = False
         #: The server stops this turn (``stop``): it ends as dropped, not as a barge-in.
         self._closing = False
-        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds)
+        self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds, engines.turn_end)
         self._turn: Turn | None = None
         #: The client reads slower than we write (see :meth:`pause_output`).
         self._output_paused = False
         #: What a turn waits for before the model starts: a transcript, or the
         #: stored history of the conversation. Interrupting cancels it.
         self._preparing: Deferred[Any] | None = None
-        #: The last turn's id; every frame of a turn carries it as ``turn``.
-        self._turn_id = 0
-        self._turn_emit: Emit = emit
-        #: When the running turn started and what it was, until it is reported ended.
-        self._started: float | None = None
-        self._input_type = "text"
-        #: While ``interrupted``: the turn asked for meanwhile, started once unwound.
-        self._queued: Callable[[], None] | None = None
-        #: Fires when the running turn is over, stored, and ``end`` (or ``stop_play``) sent.
-        self._over: Deferred[None] | None = None
-        self._metrics = MetricsFrames(self._send_metrics)
-        self._report: TurnListener = self._metrics if listener is None else Listeners(self._metrics, listener)
+        #: A finished reply is being stored: an interrupt now unwinds once it is.
+        self._storing = False
+        self._turns = TurnLedger(clock, self.emit, self.capture.echo if listener is None
+                                 else Listeners(self.capture.echo, listener))
+        self._report = self._turns.report
         self.settings = Settings()
-        self._conversation = Conversation(username, engines.history_turns, memory)
+        self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
+        #: The running voice turn's segment, which speech resumed before its reply is heard takes back.
+        self._voice_segment: Segment | None = None
+        #: While a withdrawn turn unwinds: it is not stored (its id goes to the request's rest: TurnLedger).
+        self._withdrawn = False
 
     @property
     def history(self) -> tuple[Exchange, ...]:
         return self._conversation.exchanges
 
+    @property
+    def busy(self) -> bool:
+        """A turn runs, or is unwinding after an interrupt."""
+        return self.state in BUSY_STATES
+
     def turn_over(self) -> Deferred[None]:
         """Fires once no turn runs: at once when idle, else after the running one is stored and ended."""
-        if self._over is None:
-            return succeed(None)
-        return waiter_for(self._over)
+        return self._turns.over()
 
     # -- input -------------------------------------------------------------
 
@@ -102,7 +113,7 @@ class LiveSession:
         kind = frame["t"]
         parse = PARSERS.get(kind)
         if parse is None:
-            self._emit(frames.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}"))
+            self.error(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r}")
             return
         self._safely(kind, lambda: self.fire(kind, **parse(frame)))
 
@@ -114,10 +125,10 @@ class LiveSession:
         except MachineError:
             self._reject(kind)
         except FrameError as e:
-            self._emit(e.frame())
+            self.error(e.code, e.message)
         except Exception:
             _log.failure("Bug while handling a {kind!r} event", kind=kind)
-            self._emit(frames.error(ErrorCode.INTERNAL_ERROR, "internal error"))
+            self.error(ErrorCode.INTERNAL_ERROR, "internal error")
 
     def receive_audio(self, pcm: bytes) -> None:
         """A binary message: raw PCM, taken as a ``speaking_part`` (binary audio transport)."""
@@ -131,8 +142,13 @@ class LiveSession:
         """The capture's events (:class:`livetx.live.capture.Owner`)."""
         self._safely(event, lambda: self.fire(event, **kwargs))
 
-    def emit(self, frame: Frame) -> None:
+    def emit(self, frame: Frame | bytes) -> None:
         self._emit(frame)
+
+    def error(self, code: ErrorCode, message: str, emit: Emit | None = None) -> None:
+        """Send an error frame (``emit``: the running turn's way out), and report it sent."""
+        self._report.error_sent(code)
+        (emit or self._emit)(frames.error(code, message))
 
     def pause_output(self) -> None:
         """The socket cannot take more for now: the running turn starts no more speech."""
@@ -149,20 +165,20 @@ class LiveSession:
         """The connection is gone: stop all work and send nothing more (what was said is stored)."""
         self._emit = _discard
         self._closed = True
-        self._queued = None
+        self._turns.queued = None
         self.stop_listening()
         if self._turn is not None:
             self._turn.interrupt()  # stored through _turn_over, which then lets go
             return
         if self._preparing is not None:
             self._preparing.cancel()
-        self._ended(Outcome.DROPPED)
-        self._release()
+        self._turns.ended(Outcome.DROPPED)
+        self._turns.release()
 
     def stop(self) -> None:
         """The server stops: end a running turn as ``interrupt`` does; it is stored, marked interrupted."""
         self._closing = True
-        self._queued = None  # a turn asked for during an interrupt does not start now
+        self._turns.queued = None  # a turn asked for during an interrupt does not start now
         if self.state == "processing":
             self._safely("interrupt", lambda: self.fire("interrupt"))
 
@@ -170,33 +186,17 @@ class LiveSession:
         """Drop an utterance half-heard and detect no more (the server is stopping)."""
         self.capture.stop_listening()
 
-    def _new_turn(self, input_type: str, started: float, assembled: float | None = None) -> None:
-        """Number the turn that starts now, tag its frames with the number, and report it."""
-        self._turn_id += 1
-        turn_id = self._turn_id
-
-        def emit(frame: Frame | bytes) -> None:
-            self._emit(frame if isinstance(frame, bytes) else {**frame, "turn": turn_id})
-
-        self._turn_emit = emit
-        self._started, self._input_type = started, input_type
-        self._over = Deferred()
-        self._report.turn_started(turn_id, input_type, assembled)
-
-    def _send_metrics(self, frame: Frame) -> None:
-        self._turn_emit(frame)
-
     def _update_settings(self, event: EventData) -> None:
-        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"])
+        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end)
         if _detection(before) != _detection(self.settings):
             self.capture.restart_detection(self.settings)
         self._emit(self.settings.frame())
 
     def _reject(self, kind: str) -> None:
         if self.settings.server_detection and kind in ("start_speaking", "end_speaking"):
-            self._emit(frames.error(*SERVER_FRAMES))
+            self.error(*SERVER_FRAMES)
             return
-        self._emit(frames.error(*SESSION.refusals.get((self.state, kind), NO_SEGMENT)))
+        self.error(*SESSION.refusals.get((self.state, kind), NO_SEGMENT))
 
     # -- conditions and capture ---------------------------------------------
 
@@ -207,7 +207,11 @@ class LiveSession:
         return self.settings.server_detection
 
     def turn_queued(self, event: EventData) -> bool:
-        return self._queued is not None
+        return self._turns.queued is not None
+
+    def reply_unheard(self, event: EventData) -> bool:
+        """A voice turn runs whose reply nobody has heard yet: new speech continues its request."""
+        return self._voice_segment is not None and not self._closing and (self._turn is None or self._turn.unheard)
 
     def _open_segment(self, event: EventData) -> None:
         self.capture.open(event.kwargs["stamp"])
@@ -220,6 +224,12 @@ class LiveSession:
 
     def _hear(self, event: EventData) -> None:
         self.capture.hear(event.kwargs["pcm"], event.kwargs["start_ms"])
+
+    def _take_back(self, event: EventData) -> None:
+        """The user goes on: the running turn's audio starts the utterance now heard."""
+        assert self._voice_segment is not None
+        self.capture.carry(self._voice_segment)
+        self._hear(event)
 
     def _announce_stop(self, event: EventData) -> None:
         self.capture.announce_stop(event.kwargs["end_ms"])
@@ -244,25 +254,19 @@ class LiveSession:
         self._voice_turn(self.capture.take(), self._clock.seconds())
 
     def _queue_text_turn(self, event: EventData) -> None:
-        self._queue(partial(self._text_turn, event.kwargs["text"], self._clock.seconds()))
+        self._turns.queue(partial(self._text_turn, event.kwargs["text"], self._clock.seconds()))
 
     def _queue_voice_turn(self, event: EventData) -> None:
-        if self._queued is not None:
-            raise FrameError(*BUSY)
-        self._queue(partial(self._voice_turn, self.capture.take(), self._clock.seconds()))
-
-    def _queue(self, turn: Callable[[], None]) -> None:
-        if self._queued is not None:
-            raise FrameError(*BUSY)
-        self._queued = turn
+        if self._turns.queued is not None:
+            raise FrameError(*BUSY)  # before the capture's segment is taken
+        self._turns.queue(partial(self._voice_turn, self.capture.take(), self._clock.seconds()))
 
     def _begin_queued_turn(self, event: EventData) -> None:
-        turn, self._queued = self._queued, None
-        assert turn is not None
-        turn()
+        self._turns.start_queued()
 
     def _text_turn(self, text: str, started: float) -> None:
-        self._new_turn("text", started)
+        self._voice_segment = None  # speech over a typed request is a barge-in, always
+        self._turns.begin("text", started)
         self._reply_to(text, started)
 
     def _voice_turn(self, segment: Segment, began: float) -> None:
@@ -270,15 +274,18 @@ class LiveSession:
         assembled = self._clock.seconds()
         if self._engines.keep_audio is not None:
             self._engines.keep_audio(self.username, wav)
-        self._new_turn("audio", assembled, assembled - began)
+        self._turns.begin("audio", assembled, assembled - began)
+        if segment.voiced_at is not None and segment.stopped_at is not None:
+            self._report.speech_ended(assembled - segment.voiced_at, assembled - segment.stopped_at)
+        self._voice_segment = segment
         stt = self._engines.stt
         if stt is None:
-            self._turn_emit(frames.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured"))
+            self.error(ErrorCode.STT_UNAVAILABLE, "speech-to-text is not configured", self._turns.emit)
             self._end_without_reply(Outcome.FAILED)
             return
         self._report.provider_called("stt", stt.name)
         # A call that raises takes the failure path too: error, ``end``, idle again.
-        self._preparing = maybeDeferred(stt.transcribe, wav)
+        self._preparing = segment.transcript(stt, wav)
         self._preparing.addCallbacks(self._transcribed, self._stt_failed, callbackArgs=(assembled, stt.name))
 
     def _transcribed(self, text: str, assembled: float, stt: str) -> None:
@@ -286,7 +293,7 @@ class LiveSession:
         self._report.provider_timing("stt", stt, None, self._clock.seconds() - assembled)
         text = text.strip()
         if not text:
-            self._turn_emit(frames.no_speech(frames.timestamp(self._clock.seconds())))
+            self._turns.emit(frames.no_speech(frames.timestamp(self._clock.seconds())))
             self._end_without_reply(Outcome.OK)
         else:
             self._reply_to(text, assembled)
@@ -296,32 +303,23 @@ class LiveSession:
         if failure.check(CancelledError):
             return  # interrupted or closed: the cancellation is ours
         _log.failure("Speech-to-text failed", failure)
-        self._turn_emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
+        self._turns.emit(frames.error(*report_failure(failure, ErrorCode.INTERNAL_ERROR, self._report)))
         self._end_without_reply(Outcome.FAILED)
 
     def _end_without_reply(self, outcome: Outcome) -> None:
-        self._ended(outcome)
+        self._turns.ended(outcome)
         self._end_turn()
-
-    def _ended(self, outcome: Outcome) -> None:
-        """Report the running turn over, once."""
-        if self._started is not None:
-            started, self._started = self._started, None
-            self._report.turn_ended(outcome, self._clock.seconds() - started)
 
     def _end_turn(self) -> None:
         """The turn is over and kept: say so (``end``), and take the next."""
         self.fire("turn_done")
-        self._turn_emit({"t": "end"})
-        self._release()
-
-    def _release(self) -> None:
-        over, self._over = self._over, None
-        if over is not None:
-            over.callback(None)
+        self._turns.emit({"t": "end"})
+        self._turns.release()
 
     def _reply_to(self, text: str, started: float) -> None:
-        self._turn_emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(self._clock.seconds())}})
+        now = self._clock.seconds()
+        self._turns.emit({"t": "user_msg", "data": {"text": text, "ts": frames.timestamp(now)}})
+        self._report.transcribed(now - started)
         loading = self._conversation.loading
         if loading is None:
             self._start_turn(text, started)
@@ -338,7 +336,7 @@ class LiveSession:
             clock=self._clock,
             llm=engines.llm,
             tts=engines.tts,
-            emit=self._turn_emit,
+            emit=self._turns.emit,
             messages=self._conversation.context(engines.system_prompt, text),
             started_at=started,
             tts_concurrency=engines.tts_concurrency,
@@ -353,25 +351,37 @@ class LiveSession:
     def _turn_over(self, result: TurnResult, text: str) -> None:
         """Store the turn (both sides at once), then end it: ``end``, or the end of ``interrupted``."""
         self._turn = None
+        if self._withdrawn:
+            self._unwithdrawn()
+            return
         outcome = Outcome.INTERRUPTED if result.interrupted else Outcome.FAILED if result.failed else Outcome.OK
-        self._ended(Outcome.DROPPED if self._closed or self._closing else outcome)
+        self._turns.ended(Outcome.DROPPED if self._closed or self._closing else outcome)
         stored = self._keep(text, result, outcome)
         if self._closed:
-            stored.addBoth(lambda _: self._release())
+            stored.addBoth(lambda _: self._turns.release())
         elif result.interrupted:
             stored.addBoth(lambda _: self._unwound())
         else:
-            stored.addBoth(lambda _: self._end_turn())
+            self._storing = True
+            stored.addBoth(lambda _: self._stored())
+
+    def _stored(self) -> None:
+        """A finished reply is stored: ``end`` it, unless an interrupt came meanwhile (then unwind)."""
+        self._storing = False
+        if self.state == "interrupted":
+            self._unwound()
+        else:
+            self._end_turn()
 
     def _keep(self, text: str, result: TurnResult, outcome: Outcome) -> Deferred[None]:
         if not result.reply and result.failed:
             return succeed(None)
-        metrics = {**self._metrics.values, "outcome": outcome.value}
         exchange = Exchange(text, result.reply, result.interrupted, result.tools)
-        return self._conversation.keep(self._turn_id, result, exchange, self._input_type, metrics)
+        turns = self._turns
+        return self._conversation.keep(turns.turn_id, result, exchange, turns.input_type, turns.values(outcome))
 
     def _unwound(self) -> None:
-        self._release()
+        self._turns.release()
         self._safely("unwound", lambda: self.fire("unwound"))
 
     def _stop_turn(self, event: EventData) -> None:
@@ -382,13 +392,32 @@ class LiveSession:
         """
         if self._turn is not None:
             self._turn.silence()  # a cancelled tool call's tool_result goes before stop_play
-        self._turn_emit({"t": "stop_play"})
+        self._turns.emit({"t": "stop_play"})
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over
             return
+        if self._storing:
+            return  # the reply is complete; :meth:`_stored` unwinds once it is kept
         if self._preparing is not None:
             self._preparing.cancel()
-        self._ended(Outcome.DROPPED if self._closing else Outcome.INTERRUPTED)
+        self._turns.ended(Outcome.DROPPED if self._closing else Outcome.INTERRUPTED)
+        self._unwound()
+
+    def _withdraw(self, event: EventData) -> None:
+        """The user went on before hearing the reply: drop the turn unstored, unreported and
+        unsaid (no ``stop_play``, no ``end``); its number goes to the rest of the request."""
+        self._withdrawn = True
+        self._voice_segment = None
+        if self._turn is not None:
+            self._turn.interrupt()  # its result comes back through _turn_over, which keeps nothing
+            return
+        if self._preparing is not None:
+            self._preparing.cancel()
+        self._unwithdrawn()
+
+    def _unwithdrawn(self) -> None:
+        self._withdrawn = False
+        self._turns.withdraw()
         self._unwound()
 
     def _truncate(self, event: EventData) -> None:
@@ -398,7 +427,7 @@ class LiveSession:
 def _detection(settings: Settings) -> tuple[Any, ...]:
     """The settings that shape the voice detector; changing one restarts it."""
     return (settings.turn_detection, settings.vad_aggressiveness, settings.min_speech_ms,
-            settings.silence_ms, settings.preroll_ms)
+            settings.silence_ms, settings.preroll_ms, settings.end_of_turn, settings.eagerness)
 
 
 def _discard(frame: Frame | bytes) -> None:

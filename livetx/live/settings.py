@@ -37,6 +37,11 @@ class Settings:
     min_speech_ms: int = 200
     #: Silence that ends an utterance.
     silence_ms: int = 600
+    #: ``silence``: ``silence_ms`` ends every utterance; ``semantic``: the
+    #: end-of-turn model decides at each pause (livetx.live.endpoint).
+    end_of_turn: str = "silence"
+    #: Semantic end of turn: how soon a pause ends the turn (``high`` soonest).
+    eagerness: str = "medium"
     #: Audio kept from before the detected start of speech.
     preroll_ms: int = 300
     #: Number every frame (``seq``) and keep it, so a new socket can resume the session.
@@ -63,13 +68,18 @@ _RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
     "vad_aggressiveness": range(0, 4),
     "min_speech_ms": range(30, 5_001),
     "silence_ms": range(100, 10_001),
+    "end_of_turn": ("silence", "semantic"),
+    "eagerness": ("low", "medium", "high"),
     "preroll_ms": range(0, 2_001),
     "resume": (False, True),
 }
 
 
-def updated(current: Settings, frame: Frame) -> Settings:
-    """``current`` with the frame's settings applied, or ``FrameError`` naming the first bad one."""
+def updated(current: Settings, frame: Frame, turn_end: object | None = None) -> Settings:
+    """``current`` with the frame's settings applied, or ``FrameError`` naming the first bad one.
+
+    ``end_of_turn: semantic`` needs the end-of-turn model (``turn_end``), which is an extra.
+    """
     changes: dict[str, Any] = {}
     for key, value in frame.items():
         if key in _ENVELOPE:
@@ -87,4 +97,9 @@ def updated(current: Settings, frame: Frame) -> Settings:
             choices = ", ".join(str(r).lower() if isinstance(r, bool) else str(r) for r in rule)
             raise FrameError(ErrorCode.INVALID_SETTING, f"{key} must be one of {choices}")
         changes[key] = value
+    if changes.get("end_of_turn") == "semantic" and turn_end is None:
+        raise FrameError(
+            ErrorCode.INVALID_SETTING,
+            "end_of_turn semantic needs the end-of-turn model: pip install 'livetx[turn]' on the server",
+        )
     return dataclasses.replace(current, **changes)

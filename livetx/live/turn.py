@@ -27,13 +27,13 @@ from twisted.python.failure import Failure
 
 from livetx.audio import audio_format, duration_ms
 from livetx.deferreds import waiter_for
-from livetx.errors import ErrorCode
+from livetx.errors import ErrorCode, describe_failure
 from livetx.live import frames
 from livetx.live.events import Ignore, TurnListener
 from livetx.live.machine import Table
 from livetx.live.segmenter import SentenceSegmenter
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
-from livetx.tools import ToolCall, ToolOutcome
+from livetx.tools import ToolCall, ToolOutcome, offers_tools, stream_reply
 from livetx.tools.record import ToolStep, ToolTrail
 
 #: Sends a frame, or (binary audio transport only) one binary message of audio.
@@ -126,7 +126,7 @@ class Turn:
         #: Set while the client reads too slowly: no new speech is started.
         self._gate: Deferred[None] | None = None
         #: The model's tool calls, when it is offered tools (livetx.tools).
-        self._trail: ToolTrail | None = ToolTrail(clock) if getattr(llm, "offers_tools", False) else None
+        self._trail: ToolTrail | None = ToolTrail(clock) if offers_tools(llm) else None
         #: True while an interrupt cancels the work: cancelled calls' results still go out.
         self._cancelling = False
         self.done: Deferred[TurnResult] = Deferred()
@@ -135,15 +135,20 @@ class Turn:
     def reply(self) -> str:
         return "".join(self._reply)
 
+    @property
+    def unheard(self) -> bool:
+        """Nothing of the reply has been played or acted on: no audio sent, no tool called
+        (and, with no speech engine, no text). Such a turn can be taken back whole."""
+        if self._spoken or (self._trail is not None and self._trail.steps):
+            return False
+        return self._tts is not None or not self._reply
+
     def start(self) -> Deferred[TurnResult]:
         """Begin streaming; ``done`` fires when the turn is over for any reason."""
         self._llm_started = self._clock.seconds()
         self._listener.provider_called("llm", self._llm.model)
         try:
-            if self._trail is not None:
-                self._llm_call = self._llm.stream(self._messages, self._on_delta, self)  # type: ignore[call-arg]
-            else:
-                self._llm_call = self._llm.stream(self._messages, self._on_delta)
+            self._llm_call = stream_reply(self._llm, self._messages, self._on_delta, self)
         except Exception:
             self._fail(Failure())
             return self.done
@@ -262,6 +267,7 @@ class Turn:
             emit(value)
         else:
             emit({"t": "response", "data": base64.b64encode(value).decode("ascii")})
+        self._listener.audio_sent(value)
         # A filler is heard but is no part of the reply: it moves playback, not text.
         end = (self._spoken[-1][0] if self._spoken else 0) if filler else self._sentence_end(sentence)
         self._spoken.append((end, duration_ms(value)))
@@ -278,7 +284,7 @@ class Turn:
         _log.failure("Speech synthesis failed", failure, level=_warn_level(failure))
         if not self._tts_error_sent:
             self._tts_error_sent = True
-            self._emit(frames.error(*describe_failure(failure, ErrorCode.TTS_ERROR)))
+            self._emit(frames.error(*report_failure(failure, ErrorCode.TTS_ERROR, self._listener, "tts")))
 
     def _llm_finished(self, _: None) -> None:
         if self.state != "streaming":
@@ -314,7 +320,7 @@ class Turn:
             return
         _log.failure("Turn failed", failure, level=_warn_level(failure))
         self._cancel_work()
-        self._emit(frames.error(*describe_failure(failure, ErrorCode.INTERNAL_ERROR)))
+        self._emit(frames.error(*report_failure(failure, ErrorCode.INTERNAL_ERROR, self._listener)))
         TURN.fire(self, "fail")
         self.done.callback(self._result(failed=True))
 
@@ -330,11 +336,22 @@ class Turn:
         self._pending.clear()
 
 
-def describe_failure(failure: Failure, default_code: ErrorCode) -> tuple[ErrorCode, str]:
-    """An error frame's code and text: provider errors say what failed, bugs do not."""
+def report_failure(
+    failure: Failure, default_code: ErrorCode, listener: TurnListener, kind: str | None = None
+) -> tuple[ErrorCode, str]:
+    """:func:`describe_failure`, told to ``listener`` as the error frame it is about to send.
+
+    A provider's failure names its kind; ``kind`` is the provider a failure
+    that is not a :class:`ProviderError` still counts against (speech that
+    failed with a bug is still speech that failed).
+    """
+    code, message = describe_failure(failure, default_code)
     if isinstance(failure.value, ProviderError):
-        return failure.value.code, failure.value.message
-    return default_code, "internal error while producing the reply"
+        kind = failure.value.kind
+    if kind is not None:
+        listener.provider_failed(kind)
+    listener.error_sent(code)
+    return code, message
 
 
 def _warn_level(failure: Failure) -> LogLevel:

@@ -97,6 +97,7 @@ class VoiceDetector:
         clock: IReactorTime,
         listener: SpeechListener,
         classifier: tuple[Callable[[bytes], bool], int] | None = None,
+        is_echo: Callable[[bytes, int], bool] | None = None,
     ) -> None:
         self._is_speech, self._frame_bytes = classifier or chosen_vad(tunables)
         self._frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
@@ -105,6 +106,9 @@ class VoiceDetector:
         self._max_onset = (tunables.min_speech_ms + tunables.silence_ms) // self._frame_ms
         self._clock = clock
         self._listener = listener
+        #: Whether an onset (its audio, and where it ends in the stream) is
+        #: the reply's own voice coming back (livetx.live.echo): then it is noise.
+        self._is_echo = is_echo
         self._preroll: deque[bytes] = deque(maxlen=tunables.preroll_ms // self._frame_ms)
         self._onset: list[bytes] = []
         self._pending = bytearray()
@@ -115,6 +119,19 @@ class VoiceDetector:
         self._start_ms = 0
         self._voiced_ms = 0
         self._silent_ms = 0
+        #: Wall time (the clock's) at which the last speech frame was classified:
+        #: where the latency of a voice turn is measured from.
+        self.voiced_at = 0.0
+
+    @property
+    def silence_ms(self) -> int:
+        """The silence that ends an utterance."""
+        return self._silence_ms
+
+    @property
+    def trailing_silence_ms(self) -> int:
+        """How much silence has followed the last speech frame of an utterance (0 while speech goes on)."""
+        return self._silent_ms
 
     def feed(self, pcm: bytes) -> None:
         self._pending += pcm
@@ -124,6 +141,11 @@ class VoiceDetector:
             del self._pending[:frame_bytes]
             self._classify(frame)
         self._watch_stall()
+
+    def end_now(self) -> None:
+        """End the utterance at once, in a silence after speech (the end-of-turn model says it is over)."""
+        if self.state == "speech" and self._silent_ms > 0:
+            self._stop()
 
     def close(self) -> None:
         """Stop for good (the connection closed or the client switched detection off)."""
@@ -145,10 +167,13 @@ class VoiceDetector:
                 self._onset = [frame]
                 self._start_ms = self.elapsed_ms - self._frame_ms
                 self._voiced_ms, self._silent_ms = self._frame_ms, 0
+                self.voiced_at = self._clock.seconds()
             else:
                 self._preroll.append(frame)
             return
         self._silent_ms = 0 if speech else self._silent_ms + self._frame_ms
+        if speech:
+            self.voiced_at = self._clock.seconds()
         if self.state == "onset":
             self._onset.append(frame)
             if speech:
@@ -163,6 +188,9 @@ class VoiceDetector:
                 self._stop()
 
     def _confirm(self) -> None:
+        if self._is_echo is not None and self._is_echo(b"".join(self._onset), self.elapsed_ms):
+            self._drop_onset()
+            return
         audio = b"".join([*self._preroll, *self._onset])
         self._preroll.clear()
         self._onset = []

@@ -7,14 +7,20 @@ depends on it.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, NotRequired, Protocol, Sequence, TypedDict, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from livetx.audio import duration_ms, read_wav, resample
-from livetx.errors import ErrorCode, LivetxError
+# The engines' errors are defined with every other error; they are importable from here too.
+from livetx.errors import LLMError as LLMError
+from livetx.errors import ProviderError as ProviderError
+from livetx.errors import STTError as STTError
+from livetx.errors import TTSError as TTSError
 
 _log = Logger()
 
@@ -40,29 +46,24 @@ def message_text(content: str | list[dict[str, Any]]) -> str:
     return "".join(item.get("text", "") for item in content if item.get("type") == "text")
 
 
-class ProviderError(LivetxError):
-    """An outside service failed; ``code`` is the error-frame code to report.
+def message_bytes(message: Message) -> int:
+    """A message's size as a request to the model carries it (JSON, UTF-8)."""
+    return len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
-    ``kind`` labels the ``livetx_provider_failures_total`` metric.
+
+def newest_within(groups: Sequence[Sequence[Message]], budget: int) -> int:
+    """How many of ``groups`` (oldest first), counted from the newest, fit in ``budget`` bytes together.
+
+    The context's byte budget (``[llm] context_bytes``): whatever ``history_turns``
+    allows, a conversation of long turns sends the model only its newest
+    turns that fit, and the rest is never copied into a request.
     """
-
-    code = ErrorCode.PROVIDER_ERROR
-    kind = "provider"
-
-
-class LLMError(ProviderError):
-    code = ErrorCode.LLM_ERROR
-    kind = "llm"
-
-
-class TTSError(ProviderError):
-    code = ErrorCode.TTS_ERROR
-    kind = "tts"
-
-
-class STTError(ProviderError):
-    code = ErrorCode.STT_ERROR
-    kind = "stt"
+    used = 0
+    for count, group in enumerate(reversed(groups)):
+        used += sum(message_bytes(message) for message in group)
+        if used > budget:
+            return count
+    return len(groups)
 
 
 @runtime_checkable
@@ -76,6 +77,31 @@ class ChatModel(Protocol):
         self, messages: Sequence[Message], on_delta: Callable[[str], None]
     ) -> Deferred[None]:
         """Call ``on_delta`` with each text piece as it arrives; fire when done."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for: ``arguments`` is the model's raw JSON text (see :mod:`livetx.tools`)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@runtime_checkable
+class ToolCallingModel(Protocol):
+    """A chat model that can be offered tools (OpenAI-compatible function calling).
+
+    Models without it (the echo model) are never offered tools.
+    """
+
+    model: str
+
+    def stream_tools(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None],
+        tools: Sequence[dict[str, Any]] | None,
+    ) -> Deferred[list[ToolCall]]:
+        """Stream a reply offering ``tools``; fire with the calls asked for (none: it answered)."""
 
 
 @runtime_checkable
@@ -110,6 +136,20 @@ class PartialRecognizer(Protocol):
 
     def partial(self, pcm: bytes) -> Deferred[str]:
         """Fire with a transcript of an unfinished utterance (16 kHz mono PCM16)."""
+
+
+@runtime_checkable
+class TurnEndModel(Protocol):
+    """Tells from how an unfinished utterance sounds whether the speaker is done (Smart Turn).
+
+    Optional: talk mode's semantic end of turn (``end_of_turn: semantic``) needs one.
+    """
+
+    #: Named in logs and in the refusal when it is missing.
+    name: str
+
+    def complete(self, pcm: bytes) -> Deferred[float]:
+        """Fire with the probability that the turn is over, given 16 kHz mono PCM16 ending now."""
 
 
 def recognizer_input(wav: bytes) -> bytes:

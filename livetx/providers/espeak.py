@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from livetx.audio import to_wav
 from livetx.config import TTSConfig
 from livetx.providers.base import TTSError
-from livetx.providers.threads import Worker
+from livetx.threads import Worker
 
 _SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
@@ -157,7 +157,7 @@ class EspeakSpeech:
     """One WAV per sentence from eSpeak NG."""
 
     name = "espeak"
-    #: Sentences queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    #: Sentences queue per owner and take turns (see :mod:`livetx.threads`).
     fair_share = True
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:

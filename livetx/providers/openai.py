@@ -29,10 +29,9 @@ from twisted.web.iweb import IResponse
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL, prepared_url
-from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError
+from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError, ToolCall
+from livetx.providers.openai_calls import ToolCallAccumulator
 from livetx.providers.sse import SSEDecoder, SSEError
-from livetx.tools import ToolCall
-from livetx.tools.openai_calls import ToolCallAccumulator
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound="Service")

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from livetx.config import TTSConfig
-from livetx.providers.threads import Worker
+from livetx.threads import Worker
 
 
 def speakers(model: str) -> dict[str, int]:
@@ -44,7 +44,7 @@ class PiperSpeech:
     """One WAV per sentence from a Piper voice model."""
 
     name = "piper"
-    #: Sentences queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    #: Sentences queue per owner and take turns (see :mod:`livetx.threads`).
     fair_share = True
 
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from livetx.audio import SAMPLE_RATE
 from livetx.config import STTConfig
 from livetx.providers.base import recognizer_input, reported
-from livetx.providers.threads import ProcessWorker
+from livetx.threads import ProcessWorker
 
 #: Quiet around the segment, a quarter second each side: the decoder needs
 #: some to find word edges. Faint noise rather than digital zeros, whose
@@ -39,7 +39,7 @@ class SphinxRecognizer:
     """Transcribes one WAV segment per call."""
 
     name = "pocketsphinx"
-    #: Segments queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    #: Segments queue per owner and take turns (see :mod:`livetx.threads`).
     fair_share = True
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any) -> None:

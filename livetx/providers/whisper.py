@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from livetx.audio import SAMPLE_RATE
 from livetx.config import ConfigError, STTConfig
 from livetx.providers.base import recognizer_input, reported
-from livetx.providers.threads import Worker
+from livetx.threads import Worker
 
 _log = Logger()
 
@@ -139,8 +139,13 @@ class WhisperRecognizer:
     """Transcribes one WAV segment per call with a local Whisper model."""
 
     name = "faster_whisper"
-    #: Segments queue per owner and take turns (see :mod:`livetx.providers.threads`).
+    #: Segments queue per owner and take turns (see :mod:`livetx.threads`).
     fair_share = True
+    #: Local, so talk mode decodes the utterance so far at each pause, and that
+    #: decode is the final transcript when the user stops there
+    #: (:mod:`livetx.live.streaming_stt`): a decode costs about the same
+    #: whatever the audio's length (the 30 s window), so it is the one to start early.
+    decodes_at_pauses = True
 
     def __init__(self, config: STTConfig, http: Any, reactor: Any, cache: Path | None = None) -> None:
         self._configured = Path(config.model).expanduser() if config.model else None

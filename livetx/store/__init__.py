@@ -94,8 +94,15 @@ class ConversationStore(Protocol):
         question without its answer.
         """
 
-    def messages(self, username: str, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
-        """The session's messages, oldest first (the last ``limit`` when given)."""
+    def messages(self, username: str, session_id: str, limit: int | None = None,
+                 max_bytes: int | None = None) -> Deferred[list[StoredMessage]]:
+        """The session's messages, oldest first (the last ``limit`` when given).
+
+        With ``limit`` and ``max_bytes``, only the newest of those whose stored
+        text (counted in characters, so at least that many bytes) fits in
+        ``max_bytes`` together: a model's context of long turns is never read
+        whole from the database.
+        """
 
     def replace_reply(self, message_id: int, parts: Sequence[Part], *, interrupted: bool) -> Deferred[None]:
         """Replace one assistant message (by its id): a live reply cut to what was heard."""

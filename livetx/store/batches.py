@@ -19,6 +19,8 @@ from typing import Any, Callable, TypeVar
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
+from livetx.errors import StoreUnavailable
+
 _T = TypeVar("_T")
 Unit = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]
 Outcome = tuple[bool, Any]
@@ -77,6 +79,10 @@ class GroupCommit:
 
     def _settle(self, outcomes: list[Outcome] | Failure, batch: list[Unit]) -> None:
         if isinstance(outcomes, Failure):  # the commit itself failed: so did every unit
+            if outcomes.check(StoreUnavailable):
+                # What queued meanwhile would wait as long again for the same absent database:
+                # it fails now, so a turn learns within one wait, not one per batch ahead of it.
+                batch, self._queue = batch + self._queue, []
             outcomes = [(False, outcomes)] * len(batch)
         if self._queue:
             self._next_batch()  # before the callbacks, which may queue more

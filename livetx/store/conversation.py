@@ -74,11 +74,11 @@ class StoredConversation:
 
         return waiter_for(self.opened).addCallback(go)
 
-    def recall(self, turns: int) -> Deferred[list[Exchange]]:
+    def recall(self, turns: int, max_bytes: int | None = None) -> Deferred[list[Exchange]]:
         # Asked for now, not once the session is open: the store runs work
         # in order, so the query still comes after the opening, usually in
         # the same transaction, and its rows reach no one unless it worked.
-        query = self._store.messages(self.username, self.session_id, limit=2 * turns)
+        query = self._store.messages(self.username, self.session_id, limit=2 * turns, max_bytes=max_bytes)
 
         def rows() -> Deferred[list[StoredMessage]]:
             return query

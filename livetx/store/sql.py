@@ -55,6 +55,8 @@ CREATE INDEX messages_by_session ON messages (session_num, id);
 _MESSAGE_COLUMNS = (
     "m.id, s.id AS session_id, m.role, m.parts, m.created_at, m.interrupted, m.input_type, m.metrics"
 )
+#: The same, read back from a subquery of them.
+_RECENT_COLUMNS = "id, session_id, role, parts, created_at, interrupted, input_type, metrics"
 _SESSION_COLUMNS = "id, username, kind, title, created_at, updated_at"
 _ATTACHMENT_COLUMNS = "id, username, filename, mime, size, created_at"
 _SESSION = "SELECT num FROM sessions WHERE username = ? AND id = ?"
@@ -237,18 +239,27 @@ class SQLStore:
             (_json(list(parts)), int(interrupted), message_id),
         )
 
-    def messages(self, username: str, session_id: str, limit: int | None = None) -> Deferred[list[StoredMessage]]:
+    def messages(self, username: str, session_id: str, limit: int | None = None,
+                 max_bytes: int | None = None) -> Deferred[list[StoredMessage]]:
         selected = (
             f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN sessions s ON s.num = m.session_num "
             "WHERE s.username = ? AND s.id = ?"
         )
         if limit is None:
             d = self._batches.unit(_query, f"{selected} ORDER BY m.id", (username, session_id))
-        else:
+        elif max_bytes is None:
             d = self._batches.unit(
                 _query,
                 f"SELECT * FROM ({selected} ORDER BY m.id DESC LIMIT ?) AS recent ORDER BY id",
                 (username, session_id, limit),
+            )
+        else:
+            d = self._batches.unit(
+                _query,
+                f"SELECT {_RECENT_COLUMNS} FROM (SELECT recent.*, SUM(LENGTH(parts)) OVER (ORDER BY id DESC) AS "
+                f"running FROM ({selected} ORDER BY m.id DESC LIMIT ?) AS recent) AS fitting WHERE running <= ? "
+                "ORDER BY id",
+                (username, session_id, limit, max_bytes),
             )
         return d.addCallback(lambda rows: [_message(row) for row in rows])
 

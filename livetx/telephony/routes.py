@@ -10,8 +10,8 @@ from twisted.web.resource import Resource
 
 from livetx.config import Config, ConfigError
 from livetx.domain import Engines, MemoryOpener
+from livetx.errors import FrameError
 from livetx.fences.twisted_web import Upgrade
-from livetx.live.frames import FrameError
 from livetx.live.settings import Settings, updated
 from livetx.metrics import ServerMetrics
 from livetx.telephony import Carrier

@@ -10,34 +10,34 @@ server stops.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from livetx import __version__
 from livetx.auth.tokens import AuthFailure
 from livetx.config import ServerConfig, TelephonyConfig, ToolsConfig
 from livetx.domain import Engines, MemoryOpener
-from livetx.errors import ErrorCode
+from livetx.errors import CloseCode, ErrorCode
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_web import take_over_producer
 from livetx.live.frames import Frame
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
 from livetx.telephony import Carrier, Start
 from livetx.telephony.call import PhoneCall, session_frames
 from livetx.telephony.tokens import CallTokens
-from livetx.tools import Tool, ToolCallingModel
+from livetx.providers.base import ToolCallingModel
+from livetx.tools import Tool
 from livetx.web.admission import Admission, FrameRate, Verdict
-from livetx.web.connections import GOING_AWAY, POLICY_VIOLATION, ConnectionTracker
-from livetx.web.protocol import apply_limits
-
-if TYPE_CHECKING:
-    from livetx.web.protocol import LiveServerProtocol
+from livetx.web.connections import ConnectionTracker
+from livetx.web.flow import SendBuffer
+from livetx.web.sockets import apply_limits
 
 _log = Logger()
 
@@ -54,6 +54,7 @@ class CallProtocol(QuietIO):
     call: PhoneCall | None = None
     observer: TurnObserver | None = None
     rate: FrameRate | None = None
+    buffer: SendBuffer | None = None
     finished: Deferred[None] | None = None
     #: The call token in the stream URL's query (carriers that cannot pass parameters in ``start``).
     url_token: str | None = None
@@ -68,10 +69,14 @@ class CallProtocol(QuietIO):
     def onOpen(self) -> None:
         factory = self.factory
         if factory.connections.draining:
-            close_with_code(self, GOING_AWAY, "Server shutting down")
+            close_with_code(self, CloseCode.GOING_AWAY, "Server shutting down")
             return
         self.finished = Deferred()
         self.rate = FrameRate(factory.limits.max_frames_per_second, factory.clock)
+        # A carrier that stops reading holds back the reply's speech, then is dropped, as any client.
+        self.buffer = SendBuffer(factory.limits.max_send_buffer_bytes, pause=self._output_paused,
+                                 resume=self._output_resumed)
+        take_over_producer(cast(IConsumer, self.transport), self.buffer)
         config = factory.telephony
         self.call = PhoneCall(carrier=factory.carrier, host=self, clock=factory.clock, dtmf=config.dtmf,
                               dtmf_wait=config.dtmf_wait_ms / 1000, session_frames=factory.session_frames)
@@ -82,7 +87,7 @@ class CallProtocol(QuietIO):
     def _never_started(self) -> None:
         if self.call is not None and self.call.state == "waiting":
             _log.warn("Closed a {carrier} stream that sent no 'start'", carrier=self.factory.carrier.name)
-            close_with_code(self, POLICY_VIOLATION, "No start")
+            close_with_code(self, CloseCode.POLICY_VIOLATION, "No start")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         call = self.call
@@ -91,7 +96,7 @@ class CallProtocol(QuietIO):
         assert self.rate is not None
         verdict = self.rate.admit()
         if verdict is Verdict.CLOSE:
-            close_with_code(self, POLICY_VIOLATION, "Too many messages")
+            close_with_code(self, CloseCode.POLICY_VIOLATION, "Too many messages")
             return
         if verdict is not Verdict.ACCEPT:
             self.refused(ErrorCode.RATE_LIMITED, "too many messages")
@@ -113,7 +118,19 @@ class CallProtocol(QuietIO):
 
     def send_frame(self, frame: Frame) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(orjson.dumps(frame), isBinary=False)
+            payload = orjson.dumps(frame)
+            self.sendMessage(payload, isBinary=False)
+            if self.buffer is not None and self.buffer.sent(len(payload)):
+                _log.warn("Hanging up a {carrier} call: the carrier reads too slowly", carrier=self.factory.carrier.name)
+                close_with_code(self, CloseCode.POLICY_VIOLATION, "Carrier reads too slowly")
+
+    def _output_paused(self) -> None:
+        if self.session is not None:
+            self.session.pause_output()
+
+    def _output_resumed(self) -> None:
+        if self.session is not None:
+            self.session.resume_output()
 
     def hang_up(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
@@ -128,19 +145,19 @@ class CallProtocol(QuietIO):
             _log.warn("Refused a {carrier} stream for call {call}: {reason}",
                       carrier=factory.carrier.name, call=start.call_id, reason=e.reason)
             factory.metrics.refused_at(factory.endpoint)
-            close_with_code(self, POLICY_VIOLATION, e.reason)
+            close_with_code(self, CloseCode.POLICY_VIOLATION, e.reason)
             return None
         self.admission = Admission(username=username, mode="call")
         memory = None
         if factory.memories is not None:
             memory = factory.memories(username, None)
             memory.opened.addErrback(lambda f: _log.failure("Could not open the stored conversation", f))
-        self.observer = factory.metrics.opened(factory.endpoint, "call", username, factory.clock)
+        self.observer = factory.metrics.opened(factory.endpoint, "call", username)
         engines = with_tool(factory.engines.for_owner(username), end_call, factory.tools, factory.clock)
         assert self.call is not None
         session = LiveSession(username=username, engines=engines, clock=factory.clock, emit=self.call.from_session,
                               memory=memory, listener=self.observer)
-        factory.connections.add(cast("LiveServerProtocol", self))
+        factory.connections.add(self)
         _log.info("Call {call} ({carrier}) from {user} connected",
                   call=start.call_id, carrier=factory.carrier.name, user=username)
         return session
@@ -152,8 +169,7 @@ class CallProtocol(QuietIO):
                   carrier=self.factory.carrier.name, message=message, code=code.value)
 
     def session_error(self, frame: Frame) -> None:
-        if self.observer is not None:
-            self.observer.error_sent(str(frame.get("code", "UNKNOWN")))
+        # Counted already: the session reports each error frame it sends to its listener.
         _log.warn("Call of {user}: {message} ({code})", user=self.admission.username,
                   message=frame.get("data"), code=frame.get("code"))
 
@@ -165,7 +181,7 @@ class CallProtocol(QuietIO):
 
     @property
     def busy(self) -> bool:
-        return self.session is not None and self.session.state in ("processing", "interrupted")
+        return self.session is not None and self.session.busy
 
     def turns_over(self) -> Deferred[None]:
         return succeed(None) if self.session is None else self.session.turn_over()
@@ -181,11 +197,9 @@ class CallProtocol(QuietIO):
     def close_with(self, code: int, reason: str) -> None:
         self.hang_up(code, reason)
 
-    def send(self, frame: Frame) -> None:
-        """Notices for Live API clients (a revoked key) mean nothing to a carrier."""
-
-    def _error(self, code: ErrorCode, message: str) -> Frame:
-        return {}
+    def revoke(self, reason: str) -> None:
+        """Calls are opened with call tokens, never API keys; a revocation ends one all the same."""
+        self.hang_up(CloseCode.POLICY_VIOLATION, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._no_start is not None and self._no_start.active():
@@ -196,7 +210,7 @@ class CallProtocol(QuietIO):
         over = call.hung_up()
 
         def released(_: object) -> None:
-            self.factory.connections.discard(cast("LiveServerProtocol", self))
+            self.factory.connections.discard(self)
             if self.observer is not None:
                 self.observer.closed()
             if self.refusals:
@@ -238,8 +252,10 @@ class CallFactory(WebSocketServerFactory):
 def with_tool(engines: Engines, tool: Tool | list[Tool], config: ToolsConfig, clock: IReactorTime) -> Engines:
     """The engines with ``tool`` (or several) offered to the model besides the configured tools.
 
-    A model that cannot call tools (the echo model) is left as it is: the
-    call then ends only when the caller hangs up.
+    The call's registry holds the tools offered when the call starts (an MCP
+    server's included; one that restarts mid-call offers its new set to the
+    next call). A model that cannot call tools (the echo model) is left as it
+    is: the call then ends only when the caller hangs up.
     """
     from livetx.tools.loop import ToolingModel
     from livetx.tools.registry import ToolRegistry

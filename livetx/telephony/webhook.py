@@ -25,9 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from livetx.auth.keys import resolve_username
-from livetx.errors import ErrorCode
+from livetx.errors import ErrorCode, HTTPError
 from livetx.telephony.tokens import CallTokens
-from livetx.web.replies import HTTPError
 
 _log = Logger()
 

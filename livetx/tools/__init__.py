@@ -12,7 +12,12 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
-from livetx.providers.base import Message
+from livetx.errors import ToolStatus
+from livetx.providers.base import ChatModel, Message
+
+# A call and a model that makes calls are engine interfaces, defined with the others.
+from livetx.providers.base import ToolCall as ToolCall
+from livetx.providers.base import ToolCallingModel as ToolCallingModel
 
 #: What a tool's callable returns: a JSON-serialisable value, or a Deferred of one.
 ToolResult = Any
@@ -33,15 +38,16 @@ class Tool:
     #: A JSON Schema (an ``object`` schema) the arguments are checked against.
     parameters: dict[str, Any]
     call: Callable[..., ToolResult | Deferred[ToolResult]]
+    #: Seconds one call may run; None: ``[tools] timeout`` (an MCP server's own ``timeout``).
+    timeout: float | None = None
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    """A call the model asked for: ``arguments`` is the model's raw JSON text."""
+class ToolError(Exception):
+    """A tool's answer that it failed, worded for the model (an MCP ``isError`` result).
 
-    id: str
-    name: str
-    arguments: str
+    The loop reports it as ``failed: <message>`` like any exception, but as
+    an expected outcome: no traceback in the log.
+    """
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,8 @@ class ToolOutcome:
     ok: bool
     result: Any
     seconds: float = 0.0
-    #: ``ok``, ``failed``, ``refused`` (unknown tool, bad arguments), ``timeout`` or ``cancelled``.
-    status: str = "ok"
+    #: A :class:`livetx.errors.ToolStatus` (a ``str``).
+    status: str = ToolStatus.OK
 
 
 class ToolListener(Protocol):
@@ -69,16 +75,31 @@ class ToolListener(Protocol):
 
 
 @runtime_checkable
-class ToolCallingModel(Protocol):
-    """A chat model that can be offered tools (OpenAI-compatible function calling).
+class ToolingChatModel(Protocol):
+    """A chat model that runs the tools its model calls (:class:`livetx.tools.loop.ToolingModel`).
 
-    Models without it (the echo model) are never offered tools.
+    The one typed way a turn learns that its model takes tools, and hands
+    it the :class:`ToolListener` that hears of each call.
     """
 
     model: str
+    offers_tools: bool
 
-    def stream_tools(
-        self, messages: Sequence[Message], on_delta: Callable[[str], None],
-        tools: Sequence[dict[str, Any]] | None,
-    ) -> Deferred[list[ToolCall]]:
-        """Stream a reply offering ``tools``; fire with the calls asked for (none: it answered)."""
+    def stream(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None], listener: ToolListener | None = None,
+    ) -> Deferred[None]:
+        """Stream the reply across rounds of tool calls; each call is told to ``listener``."""
+
+
+def offers_tools(llm: ChatModel) -> bool:
+    """The model runs tools: a turn keeps a trail of its calls and reports them."""
+    return isinstance(llm, ToolingChatModel)
+
+
+def stream_reply(
+    llm: ChatModel, messages: Sequence[Message], on_delta: Callable[[str], None], listener: ToolListener | None,
+) -> Deferred[None]:
+    """Stream a reply; a model that runs tools tells ``listener`` of each call, any other has none to tell."""
+    if isinstance(llm, ToolingChatModel):
+        return llm.stream(messages, on_delta, listener)
+    return llm.stream(messages, on_delta)

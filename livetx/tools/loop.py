@@ -24,8 +24,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from livetx.config import ToolsConfig
+from livetx.errors import ToolStatus
 from livetx.providers.base import Message
-from livetx.tools import ToolCall, ToolCallingModel, ToolListener, ToolOutcome
+from livetx.tools import ToolCall, ToolCallingModel, ToolError, ToolListener, ToolOutcome
 from livetx.tools.record import model_text
 
 if TYPE_CHECKING:
@@ -179,40 +180,44 @@ class _Run:
         else:
             refusal = registry.invalid(call.name, arguments)
         if refusal is not None or tool is None:
-            return succeed(self._report(call, ToolOutcome(False, refusal, 0.0, "refused")))
+            return succeed(self._report(call, ToolOutcome(False, refusal, 0.0, ToolStatus.REFUSED)))
         started = self._o.clock.seconds()
         running = maybeDeferred(tool.call, **arguments)
         if running.called:  # answered at once: no deadline or filler needed
             return running.addBoth(self._ended, call, started, None)
-        timeout = self._o.config.timeout
+        timeout = self._o.config.timeout if tool.timeout is None else tool.timeout
         if timeout > 0:
             running.addTimeout(timeout, self._o.clock)
         self._running[running] = self._filler_timer()
-        return running.addBoth(self._ended, call, started, running)
+        return running.addBoth(self._ended, call, started, running, timeout)
 
-    def _ended(self, result: Any, call: ToolCall, started: float, running: Deferred[Any] | None) -> ToolOutcome:
+    def _ended(
+        self, result: Any, call: ToolCall, started: float, running: Deferred[Any] | None, timeout: float = 0.0,
+    ) -> ToolOutcome:
         timer = self._running.pop(running, None) if running is not None else None
         if timer is not None and timer.active():
             timer.cancel()
         seconds = self._o.clock.seconds() - started
         if isinstance(result, Failure):
-            outcome = self._failure(call, result, seconds)
+            outcome = self._failure(call, result, seconds, timeout)
         else:
             try:
                 value = orjson.loads(orjson.dumps(result))
             except TypeError:
-                outcome = ToolOutcome(False, "the tool returned a value that is not JSON", seconds, "failed")
+                outcome = ToolOutcome(False, "the tool returned a value that is not JSON", seconds, ToolStatus.FAILED)
             else:
                 outcome = ToolOutcome(True, _capped(value), seconds)
         return self._report(call, outcome)
 
-    def _failure(self, call: ToolCall, failure: Failure, seconds: float) -> ToolOutcome:
+    def _failure(self, call: ToolCall, failure: Failure, seconds: float, timeout: float) -> ToolOutcome:
         if failure.check(TimeoutError):
-            return ToolOutcome(False, f"timed out after {self._o.config.timeout:g} s", seconds, "timeout")
+            return ToolOutcome(False, f"timed out after {timeout:g} s", seconds, ToolStatus.TIMEOUT)
         if failure.check(CancelledError):
-            return ToolOutcome(False, "cancelled", seconds, "cancelled")
+            return ToolOutcome(False, "cancelled", seconds, ToolStatus.CANCELLED)
+        if failure.check(ToolError):  # the tool's own answer: no traceback
+            return ToolOutcome(False, _capped(f"failed: {failure.getErrorMessage()}"), seconds, ToolStatus.FAILED)
         _log.failure("Tool {name} failed", failure, name=call.name)
-        return ToolOutcome(False, f"failed: {failure.getErrorMessage()}"[:300], seconds, "failed")
+        return ToolOutcome(False, f"failed: {failure.getErrorMessage()}"[:300], seconds, ToolStatus.FAILED)
 
     def _report(self, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
         self._listener.tool_finished(call, outcome)

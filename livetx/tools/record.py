@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
+from livetx.errors import ToolStatus
 from livetx.providers.base import Message
 from livetx.tools import ToolCall, ToolOutcome
 
@@ -70,7 +71,7 @@ def tool_figures(calls: Iterable[tuple[str, bool, str, float]]) -> dict[str, Any
     return {
         "tool_calls": len(calls),
         "tool_failures": sum(not ok for _, ok, _, _ in calls),
-        "tool_timeouts": sum(status == "timeout" for _, _, status, _ in calls),
+        "tool_timeouts": sum(status == ToolStatus.TIMEOUT for _, _, status, _ in calls),
         "tool_latency": latency,
         "tools": [{"name": n, "status": st, "seconds": round(sec, 6)} for n, _, st, sec in calls],
     }

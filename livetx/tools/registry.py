@@ -33,19 +33,40 @@ BUILTINS: dict[str, Callable[[ToolsConfig, IReactorTime], Tool]] = {
 
 
 class ToolRegistry:
-    """The enabled tools by name, with their compiled argument schemas."""
+    """The enabled tools by name, with their compiled argument schemas.
+
+    MCP servers (:mod:`livetx.tools.mcp_servers`) change their part of it
+    through :meth:`offer` while the server runs; a turn reads the tools
+    offered when it asks the model.
+    """
 
     def __init__(self, tools: Sequence[Tool]) -> None:
-        self._tools = {tool.name: tool for tool in tools}
-        self._validators = {
-            tool.name: jsonschema.Draft202012Validator(tool.parameters) for tool in tools
-        }
-        #: The ``tools`` field of a chat-completions request, built once.
-        self.spec: list[dict[str, Any]] = [
+        self._tools: dict[str, Tool] = {}
+        self._validators: dict[str, jsonschema.protocols.Validator] = {}
+        #: Which MCP server offered each of its tools ("" for the enabled ones).
+        self._owners: dict[str, str] = {}
+        #: The ``tools`` field of a chat-completions request, rebuilt when the tools change.
+        self.spec: list[dict[str, Any]] = []
+        self.offer("", tools)
+
+    def offer(self, owner: str, tools: Sequence[Tool]) -> list[str]:
+        """Offer ``tools`` in place of what ``owner`` offered before; say why of each name already taken."""
+        taken = []
+        for name in [n for n, o in self._owners.items() if o == owner]:
+            del self._tools[name], self._validators[name], self._owners[name]
+        for tool in tools:
+            if tool.name in self._tools:
+                taken.append(f"tool {tool.name!r} is refused: the name is taken")
+                continue
+            self._tools[tool.name], self._owners[tool.name] = tool, owner
+            self._validators[tool.name] = jsonschema.validators.validator_for(
+                tool.parameters, jsonschema.Draft202012Validator)(tool.parameters)
+        self.spec = [
             {"type": "function",
              "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-            for t in tools
+            for t in self._tools.values()
         ]
+        return taken
 
     def __bool__(self) -> bool:
         return bool(self._tools)

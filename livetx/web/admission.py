@@ -20,12 +20,13 @@ from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.auth.keys import KeyStore, key_from_request, resolve_username
 from livetx.auth.tokens import AuthFailure, BadUsername, token_username, verify_token
 from livetx.chat.service import MAX_ID_LENGTH
-from livetx.errors import ErrorCode
+from livetx.errors import ErrorCode, LivetxError
 from livetx.live.frames import Frame, chat_error, error
 
 CHAT_SCOPE = "chat"
@@ -54,6 +55,8 @@ class Admission:
 
 
 Gate = Callable[[ConnectionRequest], Admission]
+#: A gate that may first wait for something off the reactor (a key looked up in the database).
+WaitingGate = Callable[[ConnectionRequest], "Admission | Deferred[Admission]"]
 
 
 def _first(request: ConnectionRequest, name: str) -> str | None:
@@ -70,7 +73,7 @@ def jwt_gate(secret: str, mode: str | None) -> Gate:
         except AuthFailure as e:
             return Admission(refusal=e.reason, auth_failed=True)
         except BadUsername as e:
-            return Admission(refusal=BAD_USERNAME, notice=error(ErrorCode.BAD_USER, str(e)))
+            return Admission(refusal=BAD_USERNAME, notice=error(e.code, e.message))
         return _with_session(Admission(username=username, mode=mode), _first(request, "session_id"))
 
     return admit
@@ -91,7 +94,7 @@ def api_key_gate(keys: KeyStore) -> Gate:
             return refusal("Missing API key", ErrorCode.UNAUTHORIZED)
         record = keys.verify(key, CHAT_SCOPE)
         if record is None:
-            return refusal("Invalid API key", ErrorCode.UNAUTHORIZED)
+            return refusal(keys.refusal(key), ErrorCode.UNAUTHORIZED)
         username, problem = resolve_username(_first(request, "username"))
         if username is None:
             problem = problem or "Invalid username"
@@ -101,6 +104,20 @@ def api_key_gate(keys: KeyStore) -> Gate:
             return refusal("Invalid ct", ErrorCode.INVALID_MESSAGE, message="ct must be 'live' or 'chat'")
         admission = Admission(username=username, mode=mode, key_id=record.id)
         return _with_session(admission, _first(request, "session_id"), notice=True)
+
+    return admit
+
+
+def key_looked_up(keys: KeyStore, gate: Gate) -> WaitingGate:
+    """``gate``, after a key this node's copy of the keys lacks has been looked up.
+
+    A key made a moment ago on a PostgreSQL store is not in the copy yet;
+    the handshake waits for the look-up (off the reactor) rather than refuse it.
+    """
+
+    def admit(request: ConnectionRequest) -> Admission | Deferred[Admission]:
+        waiting = keys.lookup(key_from_request(request.params, request.headers))
+        return gate(request) if waiting is None else waiting.addCallback(lambda _: gate(request))
 
     return admit
 
@@ -196,8 +213,11 @@ def client_address(peer: str) -> str:
 T = TypeVar("T")
 
 
-class TooManyFailures(Exception):
+class TooManyFailures(LivetxError):
     """The address failed to authenticate too often; its credentials go unchecked."""
+
+    code = ErrorCode.RATE_LIMITED
+    status = 429
 
 
 class FailedAuth:
@@ -266,7 +286,7 @@ def guarded(
         try:
             return failures.attempt(request.peer, lambda: gate(request), lambda a: a.auth_failed)
         except TooManyFailures as e:
-            return refusal(str(e), ErrorCode.RATE_LIMITED, notice=notice)
+            return refusal(e.message, e.code, notice=notice)
 
     return admit
 

@@ -1,69 +1,57 @@
-"""Flow control and the register of open sockets: what the server needs to pace and drain them.
+"""The register of open sockets: what the server needs to count, revoke and drain them.
 
-:class:`SendBuffer` paces one socket's output by its transport's buffer;
-:class:`ConnectionTracker` counts sockets per user and key, and drains and
-closes them all when the server stops.
+:class:`ConnectionTracker` counts sockets per user and key, closes those of
+a revoked key, and drains and closes them all when the server stops. It
+knows a socket only as a :class:`Tracked`, a handful of members; the socket
+(:mod:`livetx.web.protocol`) imports this module, not the other way round.
+Pacing a socket's output is :mod:`livetx.web.flow`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from zope.interface import implementer
+from twisted.internet.interfaces import IReactorTime
 
+from livetx.auth.keys import REVOKED
 from livetx.config import ServerConfig
 from livetx.deferreds import waiter_for
-from livetx.errors import ErrorCode
+from livetx.errors import CloseCode
 from livetx.web.admission import Admission
 
 if TYPE_CHECKING:
     from livetx.chat.service import ChatService
-    from livetx.web.protocol import LiveServerProtocol
-
-NORMAL = 1000
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
 
 
-@implementer(IPushProducer)
-class SendBuffer:
-    """Registered with the socket's transport, which says when its buffer is full.
+class Tracked(Protocol):
+    """What the tracker needs of a socket (:class:`livetx.web.protocol.LiveServerProtocol`)."""
 
-    While the transport is paused (the client reads slower than we write),
-    ``pause`` holds back the session's speech, the bulk of what it sends;
-    every byte still sent waits in memory, and past ``limit`` of them the
-    client is too slow to serve and :meth:`sent` says so.
-    """
+    #: Who opened it, and with which key: what it counts against.
+    admission: Admission
+    #: Fires once the socket has closed and let go of its turns.
+    finished: Deferred[None] | None
 
-    def __init__(self, limit: int, pause: Callable[[], None] = lambda: None,
-                 resume: Callable[[], None] = lambda: None) -> None:
-        self.limit = limit
-        self.paused = False
-        self.waiting = 0
-        self._pause = pause
-        self._resume = resume
+    @property
+    def busy(self) -> bool:
+        """A live or chat turn runs on it."""
 
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self._pause()
+    def turns_over(self) -> Deferred[None]:
+        """Fires when its running turns are over and stored."""
 
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.waiting = 0
-        self._resume()
+    def stop_listening(self) -> None:
+        """Start no turn from speech already heard."""
 
-    def stopProducing(self) -> None:
-        self.paused = True
+    def stop_turn(self) -> None:
+        """Stop a running turn now (its text so far is kept)."""
 
-    def sent(self, size: int) -> bool:
-        """Account for ``size`` bytes written; true when the client is hopelessly behind."""
-        if self.paused:
-            self.waiting += size
-        return 0 < self.limit < self.waiting
+    def revoke(self, reason: str) -> None:
+        """Its credential is no longer valid: tell the client and close (1008)."""
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with a WebSocket close code."""
 
 
 def _decrement(counter: Counter[Any], key: Any) -> None:
@@ -100,8 +88,9 @@ class ConnectionTracker(Service):
     up to ``grace`` seconds to finish; a turn still running then is stopped,
     stored marked interrupted with the text so far, and its client gets a
     last event (live: ``stop_play``; chat: ``error``, then ``end``).
-    Then every socket is closed with 1001. ``drained`` fires when all of
-    that is over, so the store can close after it.
+    Then every socket is closed with 1001, and the event streams that
+    ended meanwhile get their last bytes out (:meth:`hold`); ``drained``
+    fires when all of that is over, so the store can close after it.
     """
 
     #: How long stopped turns may take to store their text and say ``end``.
@@ -109,7 +98,7 @@ class ConnectionTracker(Service):
 
     def __init__(self, clock: IReactorTime | None = None, grace: float = 0.0,
                  chat: ChatService | None = None) -> None:
-        self._open: set[LiveServerProtocol] = set()
+        self._open: set[Tracked] = set()
         self._users: Counter[tuple[str, str]] = Counter()
         self._keys: Counter[str] = Counter()
         self._clock = clock
@@ -119,6 +108,8 @@ class ConnectionTracker(Service):
         self.drained: Deferred[None] = Deferred()
         #: Cluster-wide slots, checked at the handshake as well as the counts here.
         self.shared: SharedSlots | None = None
+        #: HTTP responses still being written out while the server stops.
+        self._held: set[Deferred[None]] = set()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -131,14 +122,29 @@ class ConnectionTracker(Service):
             return "Too many connections for this API key"
         return None
 
-    def add(self, protocol: LiveServerProtocol) -> None:
+    def claim(self, admission: Admission, limits: ServerConfig) -> Deferred[str | None] | None:
+        """Ask the cluster for an admitted socket's slot: fires with why there is none, or None once held.
+
+        None instead of a Deferred: there is no cluster, or nobody was admitted.
+        """
+        if self.shared is None or admission.refusal is not None or admission.username is None:
+            return None
+        return self.shared.acquire(user_key(admission), admission.key_id,
+                                   limits.max_connections_per_user, limits.max_connections_per_key)
+
+    def give_back(self, admission: Admission) -> None:
+        """A socket that held a cluster slot closed."""
+        if self.shared is not None:
+            self.shared.release(user_key(admission), admission.key_id)
+
+    def add(self, protocol: Tracked) -> None:
         if protocol not in self._open:
             self._open.add(protocol)
             self._users[user_key(protocol.admission)] += 1
             if protocol.admission.key_id:
                 self._keys[protocol.admission.key_id] += 1
 
-    def discard(self, protocol: LiveServerProtocol) -> None:
+    def discard(self, protocol: Tracked) -> None:
         if protocol in self._open:
             self._open.remove(protocol)
             _decrement(self._users, user_key(protocol.admission))
@@ -148,8 +154,7 @@ class ConnectionTracker(Service):
     def close_keys(self, revoked: frozenset[str]) -> None:
         """Close every socket opened with one of these API keys: they are no longer valid."""
         for protocol in [p for p in self._open if p.admission.key_id in revoked]:
-            protocol.send(protocol._error(ErrorCode.UNAUTHORIZED, "API key revoked"))
-            protocol.close_with(POLICY_VIOLATION, "API key revoked")
+            protocol.revoke(REVOKED)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -204,12 +209,25 @@ class ConnectionTracker(Service):
         d.addBoth(lambda _: timer.cancel() if timer.active() else None).addBoth(fire)
         return first
 
+    def hold(self, written: Deferred[None]) -> None:
+        """The server stops once ``written`` fires (or after ``STOPPING_WAIT``): a response's last bytes are out.
+
+        An event stream's ``end`` is written into the transport's buffer, and
+        a reactor that stops then drops what was not sent yet: a client of a
+        turn stopped by the drain would see the stream cut instead of ended.
+        """
+        self._held.add(written)
+        written.addBoth(lambda _: self._held.discard(written))
+
     def _close_all(self) -> Deferred[Any]:
         closing = []
+        if self._held and self._clock is not None:
+            written = DeferredList(list(self._held)).addCallback(lambda _: None)
+            closing.append(self._within(written, self.STOPPING_WAIT))
         for protocol in list(self._open):
             if protocol.finished is not None:
                 closing.append(waiter_for(protocol.finished))
-            protocol.close_with(GOING_AWAY, "Server shutting down")
+            protocol.close_with(CloseCode.GOING_AWAY, "Server shutting down")
         return DeferredList(closing)
 
     def _drained(self, result: Any) -> Any:

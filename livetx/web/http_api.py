@@ -11,33 +11,32 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Callable, cast
 
 import multipart
 from autobahn.twisted.util import peer2str
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.auth.keys import KeyStore, key_from_request, resolve_username
-from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService, ChatTurn, Event
+from livetx.auth.keys import REVOKED, KeyStore, key_from_request, resolve_username
+from livetx.chat.service import MAX_ID_LENGTH, ChatRequest, ChatService
 from livetx.config import ServerConfig
-from livetx.errors import ErrorCode
-from livetx.live.frames import FrameError
+from livetx.errors import ErrorCode, LivetxError
+from livetx.metrics import ServerMetrics
 from livetx.store import ConversationStore, StoredMessage, StoredSession
-from livetx.web.admission import FailedAuth, TooManyFailures
-from livetx.web.connections import SendBuffer
+from livetx.web.admission import FailedAuth
+# The SSE stream paces like a socket; it lives with the flow control, importable from here as before.
+from livetx.web.flow import EventStream as EventStream
 from livetx.web.replies import HTTPError, error_body, finish_async, json_body
 from livetx.web.uploads import MULTIPART_OVERHEAD, Upload, read_upload
 
-_log = Logger()
-
 MAX_PAGE_SIZE = 100
+#: Where chat turns stream as SSE; their metrics' ``endpoint`` label.
+CHAT_PATH = "/api/v1/chat"
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -76,6 +75,10 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
             "input_type": message.input_type, "metrics": message.metrics}
 
 
+def _headers(request: Request) -> dict[str, str]:
+    return {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
+
+
 class APIResource(Resource):
     """Checks the method and the API key, then Twisted calls ``render_GET``/``render_POST``.
 
@@ -99,10 +102,8 @@ class APIResource(Resource):
             if not getattr(request, "checked", False):
                 self.check_headers(request)
             return super().render(request)
-        except HTTPError as error:
+        except LivetxError as error:  # a refusal (HTTPError, FrameError, ...) with its own status
             return error_body(request, error)
-        except FrameError as error:
-            return error_body(request, HTTPError(400, error.code, error.message))
 
     def check_headers(self, request: Request) -> None:
         """The method is one this route has, and the key is valid for its scope."""
@@ -113,22 +114,24 @@ class APIResource(Resource):
         self.authenticate(request)
         request.checked = True  # type: ignore[attr-defined]
 
+    def lookup(self, request: Request) -> Deferred[None] | None:
+        """A key this node's copy lacks is looked up before the request is judged (a key made a moment ago)."""
+        return self.keys.lookup(key_from_request({}, _headers(request)))
+
     def authenticate(self, request: Request) -> None:
-        headers = {k.decode().lower(): v[0].decode("latin-1") for k, v in request.requestHeaders.getAllRawHeaders()}
-        key = key_from_request({}, headers)
+        key = key_from_request({}, _headers(request))
         verify = functools.partial(self.keys.verify, key, self.scope)
-        try:
-            if self.failures is None:
-                record = verify()
-            else:
-                peer = peer2str(cast(ITransport, request.transport))
-                record = self.failures.attempt(peer, verify, lambda r: r is None)
-        except TooManyFailures as e:
-            raise HTTPError(429, ErrorCode.RATE_LIMITED, str(e)) from None
+        if self.failures is None:
+            record = verify()
+        else:  # past the address's limit: TooManyFailures, answered 429 (its status)
+            peer = peer2str(cast(ITransport, request.transport))
+            record = self.failures.attempt(peer, verify, lambda r: r is None)
         if key is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "Missing API key")
         if record is None:
-            raise HTTPError(401, ErrorCode.UNAUTHORIZED, f"Invalid API key, or it lacks the {self.scope!r} scope")
+            reason = self.keys.refusal(key)
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED,
+                            reason if reason == REVOKED else f"{reason}, or it lacks the {self.scope!r} scope")
 
     def username(self, request: Request, body: dict[str, Any] | None = None) -> str:
         """From the JSON body when it has one, else from ``?username=``."""
@@ -265,10 +268,15 @@ class ChatResource(APIResource):
 
     isLeaf = False  # /api/v1/chat/sessions lives below it
 
-    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig) -> None:
+    def __init__(self, keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+                 metrics: ServerMetrics | None = None, hold: Callable[[Deferred[None]], None] | None = None) -> None:
         super().__init__(keys, store)
         self.chat = chat
         self.limits = limits
+        #: Each request's turn is counted and logged as a socket's chat turn is.
+        self.metrics = metrics or ServerMetrics()
+        #: Keeps a stopping server up until a stream's last bytes are out (``ConnectionTracker.hold``).
+        self.hold = hold
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
@@ -288,80 +296,26 @@ class ChatResource(APIResource):
             raise HTTPError(503, ErrorCode.PROCESSING_ERROR, "server is shutting down")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        stream = EventStream(request, self.limits.max_send_buffer_bytes)
-        stream.follow(self.chat.start(chat_request, stream.deliver))
+        stream = EventStream(request, self.limits.max_send_buffer_bytes, self._last_bytes)
+        observer = self.metrics.observer(CHAT_PATH, "sse", chat_request.username)
+        stream.follow(self.chat.start(chat_request, stream.deliver, observer))
         return NOT_DONE_YET
 
-
-class EventStream:
-    """Server-Sent Events to one HTTP client, which may read slowly or leave.
-
-    Its transport pauses and resumes the turn's output, as a socket's does
-    a live turn's (:meth:`livetx.live.session.LiveSession.pause_output`).
-    """
-
-    def __init__(self, request: Request, limit: int) -> None:
-        self._request = request
-        self._turn: ChatTurn | None = None
-        self._buffer = SendBuffer(limit, pause=self._pause, resume=self._resume)
-        self.open = True
-        request.registerProducer(self._buffer, True)
-        request.notifyFinish().addErrback(self._gone)
-
-    def follow(self, turn: ChatTurn) -> None:
-        """The turn whose events this stream carries, and whose output it paces."""
-        if not self.open:  # already over (a turn that failed at once)
-            return
-        self._turn = turn
-        if self._buffer.paused:
-            turn.pause()
-
-    def _pause(self) -> None:
-        if self._turn is not None:
-            self._turn.pause()
-
-    def _resume(self) -> None:
-        if self._turn is not None:
-            self._turn.resume()
-
-    def deliver(self, event: Event) -> None:
-        if not self.open:
-            return  # the turn goes on and is stored; nobody is reading
-        data = b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
-        # Counted before it is written: what would pass the limit never waits in memory.
-        if self._buffer.sent(len(data)):
-            _log.warn("Cutting an event stream: its client reads too slowly")
-            self._close()
-            transport: Any = self._request.transport
-            transport.abortConnection()
-            return
-        self._request.write(data)
-        if event.get("type") == "end":
-            self._close()
-            self._request.finish()
-
-    def _close(self) -> None:
-        self.open = False
-        self._request.unregisterProducer()
-        self._let_go()
-
-    def _gone(self, _: Failure) -> None:
-        self.open = False  # the channel, and its producer, went with the connection
-        self._let_go()
-
-    def _let_go(self) -> None:
-        """Nobody reads any more: the turn runs on unpaused (it is stored), and nothing of it is kept here."""
-        turn, self._turn = self._turn, None
-        if turn is not None:
-            turn.resume()
+    def _last_bytes(self, channel: Any) -> None:
+        """A stream ended: while the server stops, close its connection once written, and wait for that."""
+        lost = getattr(channel, "notify_lost", None)
+        if self.chat.draining and self.hold is not None and lost is not None:
+            self.hold(lost())
+            channel.transport.loseConnection()  # after what is buffered is written
 
 
-def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService,
-               limits: ServerConfig, failures: FailedAuth | None = None) -> dict[str, Resource]:
+def api_routes(keys: KeyStore, store: ConversationStore, chat: ChatService, limits: ServerConfig,
+               failures: FailedAuth | None = None, metrics: ServerMetrics | None = None,
+               hold: Callable[[Deferred[None]], None] | None = None) -> dict[str, Resource]:
     """The HTTP routes by path (sessions also serves ``{session_id}/messages``)."""
     routes: dict[str, Resource] = {
         "/openapi.json": OpenAPIResource(),
-        "/api/v1/chat": ChatResource(keys, store, chat, limits),
+        CHAT_PATH: ChatResource(keys, store, chat, limits, metrics, hold),
         "/api/v1/chat/sessions": SessionsResource(keys, store),
         "/api/v1/file": FileResource(keys, store, limits.max_upload_bytes),
     }

@@ -128,9 +128,13 @@ class Ready(Resource):
             else:
                 result["error"] = failure.getErrorMessage().strip().split("\n")[0] or "unreachable"
 
+        def answered(details: Any) -> None:  # a probe may say more than ok (an MCP server: its state)
+            if isinstance(details, dict):
+                result.update(details)
+
         d = check()
         d.addTimeout(PROBE_TIMEOUT, self._reactor)
-        return d.addErrback(failed)
+        return d.addCallbacks(answered, failed)
 
     def render_GET(self, request: Request) -> Any:
         if self._draining():  # stopping: the load balancer should send no one new

@@ -7,11 +7,10 @@ and routing frames by mode on the unified endpoint.
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 from typing import TYPE_CHECKING, Callable, cast
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -24,14 +23,18 @@ from livetx.chat.channel import ChatChannel
 from livetx.chat.service import ChatService
 from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
-from livetx.errors import ErrorCode, SessionForbidden
+from livetx.errors import CloseCode, ErrorCode, SessionForbidden
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_web import take_over_producer
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.web.admission import Admission, FrameRate, Gate, Verdict, refusal
-from livetx.web.connections import GOING_AWAY, NORMAL, POLICY_VIOLATION, ConnectionTracker, SendBuffer, user_key
+from livetx.web.admission import Admission, FrameRate, Verdict, WaitingGate, refusal
+from livetx.web.connections import ConnectionTracker
+from livetx.web.flow import SendBuffer
+from livetx.web.sockets import apply_limits as apply_limits  # every endpoint's, importable from here as before
+from livetx.web.sockets import memory_journals
 
 if TYPE_CHECKING:  # resume's modules load with the first socket that opts in
     from livetx.live.journal import Journals
@@ -67,36 +70,29 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     # Autobahn waits for a Deferred from onConnect (txaio.as_future); its annotation omits that.
     def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
-        self.admission = self.factory.gate(request)
-        shared = self.factory.connections.shared
-        admission = self.admission
-        if shared is None or admission.refusal is not None or admission.username is None:
-            return None
-        limits = self.factory.limits
-        d = shared.acquire(user_key(admission), admission.key_id,
-                           limits.max_connections_per_user, limits.max_connections_per_key)
-        return d.addCallbacks(self._slot, self._no_slot)
+        admitted = self.factory.gate(request)
+        if isinstance(admitted, Deferred):  # a key looked up first (key_looked_up)
+            return admitted.addCallback(self._admitted)
+        return self._admitted(admitted)
+
+    def _admitted(self, admission: Admission) -> Deferred[None] | None:
+        self.admission = admission
+        claim = self.factory.connections.claim(admission, self.factory.limits)
+        # Redis did not answer (the cluster logged it): this process's own limits apply.
+        return None if claim is None else claim.addCallbacks(self._slot, lambda _: None)
 
     def _slot(self, crowded: str | None) -> None:
         """The cluster's answer: a slot is ours, or the reason there is none."""
         if crowded is not None:
             self.admission = refusal(crowded, ErrorCode.RATE_LIMITED, notice=bool(self.admission.key_id))
         elif self.state == self.STATE_CLOSED:  # the client left while Redis answered
-            self._give_back(self.admission)
+            self.factory.connections.give_back(self.admission)
         else:
             self.holds_slot = True
 
-    def _no_slot(self, failure: Failure) -> None:
-        """Redis did not answer (the cluster logged it): this process's own limits apply."""
-
-    def _give_back(self, admission: Admission) -> None:
-        shared = self.factory.connections.shared
-        if shared is not None:
-            shared.release(user_key(admission), admission.key_id)
-
     def onOpen(self) -> None:
         if self.factory.connections.draining:  # the tracker has closed its sockets, or soon will
-            self.close_with(GOING_AWAY, "Server shutting down")
+            self.close_with(CloseCode.GOING_AWAY, "Server shutting down")
             return
         admission = self.admission
         if admission.refusal is None and admission.username is not None:
@@ -106,7 +102,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if admission.refusal is not None or admission.username is None:
             if admission.notice is not None:
                 self.send(admission.notice)
-            self.close_with(POLICY_VIOLATION, admission.refusal or "Unauthorized")
+            self.close_with(CloseCode.POLICY_VIOLATION, admission.refusal or "Unauthorized")
             self.factory.metrics.refused_at(self.factory.endpoint)
             _log.info("Refused a {path} socket: {reason}",
                       path=self.factory.endpoint, reason=admission.refusal)
@@ -117,10 +113,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         self.buffer = SendBuffer(
             limits.max_send_buffer_bytes, pause=partial(self._flow, False), resume=partial(self._flow, True)
         )
-        # Twisted Web's channel registered itself on this transport; the socket is ours now.
-        transport = cast(IConsumer, self.transport)
-        transport.unregisterProducer()
-        transport.registerProducer(self.buffer, True)
+        take_over_producer(cast(IConsumer, self.transport), self.buffer)
         # TimeoutMixin's documented hook for its clock.
         self.callLater = self.factory.clock.callLater  # type: ignore[method-assign, assignment]
         self.setTimeout(limits.idle_timeout or None)
@@ -128,8 +121,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.factory.memories is not None:
             memory = self.factory.memories(admission.username, admission.session_id)
             memory.opened.addErrback(self._memory_refused)
-        self.observer = self.factory.metrics.opened(
-            self.factory.endpoint, admission.mode, admission.username, self.factory.clock)
+        self.observer = self.factory.metrics.opened(self.factory.endpoint, admission.mode, admission.username)
         self.session = LiveSession(
             username=admission.username,
             engines=self.factory.engines.for_owner(admission.key_id or admission.username),
@@ -157,8 +149,9 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
     def _memory_refused(self, failure: Failure) -> None:
         if isinstance(failure.value, SessionForbidden):
+            self._sent_error(failure.value.code)
             self.send(frames.error(failure.value.code, failure.value.message))
-            self.close_with(POLICY_VIOLATION, "Forbidden session")
+            self.close_with(CloseCode.POLICY_VIOLATION, "Forbidden session")
         else:
             _log.failure("Could not open the stored conversation", failure)
 
@@ -170,7 +163,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         verdict = self.rate.admit()
         if verdict is not Verdict.ACCEPT:
             if verdict is Verdict.CLOSE:
-                self.close_with(POLICY_VIOLATION, "Too many messages")
+                self.close_with(CloseCode.POLICY_VIOLATION, "Too many messages")
             else:
                 self.send(self._error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
             return
@@ -184,7 +177,8 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         try:
             frame = frames.decode(payload, isBinary)
         except FrameError as e:
-            self.send(e.frame())
+            self._sent_error(e.code)
+            self.send(frames.error(e.code, e.message))
             return
         if draining and frame.get("t") not in STOPPING:
             self._refuse_while_draining()
@@ -197,10 +191,16 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
             self.session.receive(frame)
         elif mode == "chat":
             if self.chat is None:
-                self.chat = ChatChannel(self.factory.chat, self.session.username, self.emit)
+                self.chat = ChatChannel(self.factory.chat, self.session.username, self.emit, self._chat_observer())
             self.chat.receive(frame)
         else:
+            self._sent_error(ErrorCode.INVALID_MESSAGE_FORMAT)
             self.send(frames.error(ErrorCode.INVALID_MESSAGE_FORMAT, "field 'ct' must be 'live' or 'chat'"))
+
+    def _chat_observer(self) -> TurnObserver:
+        """The chat turns' own listener: on the unified endpoint they may run beside a live turn."""
+        admission = self.admission
+        return self.factory.metrics.observer(self.factory.endpoint, admission.mode or "per-frame", admission.username or "")
 
     def emit(self, frame: Frame | bytes) -> None:
         """The session's and the chat channel's way out: through resume once the client opted in."""
@@ -216,8 +216,9 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.resumable is None:
             from livetx.web.resume import Resumable
 
-            self.resumable = Resumable(self.factory.journals(), self.admission.username or "", self.factory.clock,
-                                       self.send, self._error, heard=self.frames_in > 1)
+            self.resumable = Resumable(self.factory.journals(), self.admission.username or "",
+                                       self.send, self._error, heard=self.frames_in > 1,
+                                       quota=self.admission.key_id or self.admission.username or "")
         return self.resumable
 
     def _refuse_while_draining(self) -> None:
@@ -233,7 +234,7 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     @property
     def busy(self) -> bool:
         """A live or chat turn is running on this socket."""
-        live = self.session is not None and self.session.state in ("processing", "interrupted")
+        live = self.session is not None and self.session.busy
         return live or (self.chat is not None and self.chat.busy)
 
     def turns_over(self) -> Deferred[None]:
@@ -250,17 +251,28 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
         if self.session is not None:
             self.session.stop()
 
+    def revoke(self, reason: str) -> None:
+        """The socket's credential is no longer valid (a revoked API key): say so, and close."""
+        self.send(self._error(ErrorCode.UNAUTHORIZED, reason))
+        self.close_with(CloseCode.POLICY_VIOLATION, reason)
+
     def _error(self, code: ErrorCode, message: str) -> Frame:
-        """An error frame in the shape this socket's clients read."""
+        """An error frame in the shape this socket's clients read, about to be sent (and so counted)."""
+        self._sent_error(code)
         return (frames.chat_error if self.admission.mode == "chat" else frames.error)(code, message)
+
+    def _sent_error(self, code: ErrorCode) -> None:
+        if self.observer is not None:
+            self.observer.error_sent(code)
 
     def timeoutConnection(self) -> None:
         """Nothing went either way for ``idle_timeout`` seconds."""
-        self.close_with(NORMAL, "Idle timeout")
+        self.close_with(CloseCode.NORMAL, "Idle timeout")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.setTimeout(None)
-        busy = self.busy
+        # The running turns (if any) go on into the resume journal, and tell when they are over.
+        turn_over = self.turns_over() if self.busy and self.resumable is not None else None
         session, chat, self.session = self.session, self.chat, None
 
         def finish() -> None:
@@ -276,12 +288,12 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
 
         if session is not None:
             session.stop_listening()
-        if self.resumable is None or not self.resumable.closed(busy, interrupt, finish):
+        if self.resumable is None or not self.resumable.closed(turn_over, interrupt, finish):
             finish()  # else the turn goes on into the resume journal, and finishes then
         self.factory.connections.discard(self)
         if self.holds_slot:
             self.holds_slot = False
-            self._give_back(self.admission)
+            self.factory.connections.give_back(self.admission)
         if self.observer is not None:
             self.observer.closed()
         if self.finished is not None and not self.finished.called:
@@ -294,19 +306,18 @@ class LiveServerProtocol(TimeoutMixin, QuietIO):  # type: ignore[misc]  # Autoba
     def send(self, frame: Frame | bytes) -> None:
         """Encode and send one frame (bytes: a binary message), unless the socket is closing."""
         if self.state == self.STATE_OPEN:
+            # Audio (binary, or Base64 in a `response` frame) is not worth deflating: little gained, much CPU.
             if isinstance(frame, bytes):
                 payload = frame
-                self.sendMessage(payload, isBinary=True)
+                self.sendMessage(payload, isBinary=True, doNotCompress=True)
                 self.resetTimeout()
             else:
                 payload = frames.encode(frame)
-                self.sendMessage(payload, isBinary=False)
+                self.sendMessage(payload, isBinary=False, doNotCompress=frame.get("t") == "response")
                 self.resetTimeout()
-                if self.observer is not None and frame.get("t") == "error":
-                    self.observer.error_sent(str(frame.get("code", "UNKNOWN")))
             if self.buffer is not None and self.buffer.sent(len(payload)):
                 _log.warn("Closing a socket of {user}: it reads too slowly", user=self.admission.username)
-                self.close_with(POLICY_VIOLATION, "Client reads too slowly")
+                self.close_with(CloseCode.POLICY_VIOLATION, "Client reads too slowly")
 
 
 class LiveServerFactory(WebSocketServerFactory):
@@ -317,7 +328,7 @@ class LiveServerFactory(WebSocketServerFactory):
     def __init__(
         self,
         *,
-        gate: Gate,
+        gate: WaitingGate,
         engines: Engines,
         limits: ServerConfig,
         connections: ConnectionTracker,
@@ -346,46 +357,3 @@ class LiveServerFactory(WebSocketServerFactory):
         #: client-chosen text would grow the metrics without bound.
         self.endpoint = endpoint
         apply_limits(self, limits)
-
-
-class EchoProtocol(WebSocketServerProtocol):
-    """Test only: echoes every message, so a conformance suite exercises our stack."""
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.sendMessage(payload, isBinary)
-
-
-def echo_factory(limits: ServerConfig) -> WebSocketServerFactory:
-    """The echo endpoint, with exactly the limits every real endpoint gets."""
-    factory = WebSocketServerFactory(server=f"livetx/{__version__}")
-    factory.protocol = EchoProtocol
-    apply_limits(factory, limits)
-    return factory
-
-
-def memory_journals(clock: IReactorTime, seconds: float = 120.0, limit: int = 2000) -> Callable[[], Journals]:
-    """One process's resume journal, made (and its module imported) for the first socket that opts in."""
-
-    @functools.cache
-    def made() -> Journals:
-        from livetx.live.journal import MemoryJournals
-
-        return MemoryJournals(clock, seconds, limit)
-
-    return made
-
-
-def apply_limits(factory: WebSocketServerFactory, limits: ServerConfig) -> None:
-    """Autobahn's defaults are unlimited; every socket livetx serves gets these."""
-    factory.setProtocolOptions(
-        maxFramePayloadSize=limits.max_frame_bytes,
-        maxMessagePayloadSize=limits.max_message_bytes,
-        openHandshakeTimeout=limits.handshake_timeout,
-        closeHandshakeTimeout=limits.close_timeout,
-        autoPingInterval=limits.ping_interval,
-        autoPingTimeout=limits.ping_timeout,
-        autoFragmentSize=0,
-        failByDrop=False,
-        perMessageCompressionAccept=lambda offers: None,
-        webStatus=False,  # no HTML status page (it names the Autobahn version)
-    )

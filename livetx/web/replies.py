@@ -14,17 +14,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from livetx.errors import ErrorCode, StoreUnavailable
+from livetx.errors import ErrorCode, LivetxError
+from livetx.errors import HTTPError as HTTPError
 
 _log = Logger()
-
-
-class HTTPError(Exception):
-    """A refusal with its status and ``code``."""
-
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def json_body(request: Request, status: int, body: Any) -> bytes:
@@ -34,8 +27,8 @@ def json_body(request: Request, status: int, body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
-def error_body(request: Request, error: HTTPError) -> bytes:
-    """A refusal's JSON body, with its status set."""
+def error_body(request: Request, error: LivetxError) -> bytes:
+    """A refusal's JSON body, with its status set (the exception's own)."""
     return json_body(request, error.status, {"status": "error", "code": error.code, "message": error.message})
 
 
@@ -61,10 +54,8 @@ def finish_async(request: Request, d: Deferred[bytes]) -> Any:
             request.finish()
 
     def fail(failure: Failure) -> None:
-        if isinstance(failure.value, HTTPError):
+        if isinstance(failure.value, LivetxError):  # a refusal, or the database away (503)
             write(error_body(request, failure.value))
-        elif isinstance(failure.value, StoreUnavailable):  # the database is away: try again later
-            write(error_body(request, HTTPError(503, failure.value.code, failure.value.message)))
         else:
             _log.failure("HTTP API request failed", failure)
             write(error_body(request, HTTPError(500, ErrorCode.INTERNAL_ERROR, "internal error")))

@@ -7,14 +7,15 @@ journal's :class:`~livetx.live.journal.Writer` and carries ``seq``. A socket
 that drops while a turn runs lets the turn go on into the journal; one that
 starts with ``resume`` gets what it missed and the rest of that turn, routes
 its ``interrupt`` to whichever process runs the turn, and takes the journal
-over once the turn has ended.
+over once the turn has ended. When a turn is over is told by the turns
+themselves (their ``turn_over`` Deferreds), never read back from frames.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from livetx.errors import ErrorCode
@@ -27,26 +28,21 @@ Send = Callable[[Frame | bytes], None]
 _STARTS = frozenset({"text_input", "start_speaking", "speaking_part", "end_speaking", "send"})
 
 
-def _ends_turn(frame: Frame) -> bool:
-    """The last frame a turn sends: live ``end`` or ``stop_play``, chat ``end``."""
-    return frame.get("t") in ("end", "stop_play") or frame.get("type") == "end"
-
-
 class Resumable:
     """Numbering, resuming and outliving a drop, for one socket."""
 
-    def __init__(self, journals: Journals, username: str, clock: IReactorTime, send: Send,
-                 error: Callable[[ErrorCode, str], Frame], heard: bool = False) -> None:
+    def __init__(self, journals: Journals, username: str, send: Send,
+                 error: Callable[[ErrorCode, str], Frame], heard: bool = False, quota: str | None = None) -> None:
         self._journals = journals
         self._username = username
-        self._clock = clock
+        #: Whose byte budget the journal counts this socket's frames against (its API key, or its user).
+        self._quota = quota or username
         self._send = send
         self._error = error
         self.writer: Writer | None = None
         self.tail: Tail | None = None
         #: The socket received a frame before this one (so ``resume`` is no longer allowed).
         self._heard = heard
-        self._finish: Callable[[], None] | None = None
 
     def out(self, frame: Frame | bytes) -> None:
         """The session's ``emit``: number the frame when resume is on, then send it."""
@@ -55,16 +51,12 @@ class Resumable:
                 frame = self._settings_changed(frame)
             if self.writer is not None:
                 frame = self.writer.append(frame)
-                if self._finish is not None and _ends_turn(frame):
-                    # The session sends the turn's last metrics frame right after, in the same call.
-                    self._clock.callLater(0, self._finish)
-                    self._finish = None
         self._send(frame)
 
     def _settings_changed(self, frame: Frame) -> Frame:
         wanted = bool(frame.get("data", {}).get("resume"))
         if wanted and self.writer is None and self.tail is None:
-            self.writer = self._journals.open(self._username)
+            self.writer = self._journals.open(self._username, quota=self._quota)
         elif not wanted and self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -88,8 +80,10 @@ class Resumable:
         return False
 
     def _resume(self, frame: Frame, first: bool) -> None:
+        # First, even on a socket opened with ``?resume=1`` (a reconnecting client
+        # opens the URL it had): its fresh journal holds only ``session_updated``.
         session_id, seq = frame.get("session_id"), frame.get("seq")
-        if not first or self.writer is not None:
+        if not first:
             self._send(self._error(ErrorCode.INVALID_STATE, "resume must be the first frame on a socket"))
             return
         if not isinstance(session_id, str) or not session_id:
@@ -102,6 +96,9 @@ class Resumable:
         d.addCallbacks(self._resumed, self._refused, callbackArgs=(session_id,))
 
     def _resumed(self, tail: Tail, session_id: str) -> None:
+        if self.writer is not None:  # the fresh session of ``?resume=1``: the resumed one replaces it
+            self.writer.discard()
+            self.writer = None
         self.tail = tail
         tail.done.addCallback(self._take_over, tail, session_id)
 
@@ -109,7 +106,7 @@ class Resumable:
         """The resumed turn is over: this socket writes on under the same id."""
         if self.tail is tail:
             self.tail = None
-            self.writer = self._journals.open(self._username, session_id, last)
+            self.writer = self._journals.open(self._username, session_id, last, self._quota)
             if tail.lost:  # the process running it was killed: say so, and end the turn
                 self.out(self._error(ErrorCode.INTERNAL_ERROR, "the server running this turn stopped; "
                                      "the stored history has what was saved"))
@@ -120,11 +117,14 @@ class Resumable:
         assert isinstance(failure.value, FrameError)
         self._send(self._error(failure.value.code, failure.value.message))
 
-    def closed(self, busy: bool, interrupt: Callable[[], None], finish: Callable[[], None]) -> bool:
+    def closed(
+        self, turn_over: Deferred[None] | None, interrupt: Callable[[], None], finish: Callable[[], None]
+    ) -> bool:
         """The socket closed. True when its running turn goes on into the journal.
 
-        ``finish`` is then called once the turn has sent its last frame (and
-        the writer lets go right after it); ``interrupt`` is what a resumed
+        ``turn_over`` fires once the running turn (None: there is none) has
+        sent its last frame and is stored; ``finish`` is called then, and
+        the writer lets go right after it. ``interrupt`` is what a resumed
         socket's ``interrupt`` does meanwhile.
         """
         if self.tail is not None:
@@ -133,7 +133,7 @@ class Resumable:
         writer = self.writer
         if writer is None:
             return False
-        if not busy:
+        if turn_over is None:
             writer.release()
             self.writer = None
             return False
@@ -144,6 +144,6 @@ class Resumable:
             writer.release()
             self.writer = None
 
-        self._finish = over
+        turn_over.addCallback(lambda _: over())
         return True
 

@@ -12,11 +12,13 @@ from twisted.web.server import Request, Site
 from livetx.chat.service import ChatService
 from livetx.config import ServerConfig
 from livetx.domain import Engines, MemoryOpener
-from livetx.metrics import ServerMetrics
 from livetx.fences.twisted_web import Upgrade, make_site
-from livetx.web.admission import AddressLimit, Gate
+from livetx.metrics import ServerMetrics
+from livetx.web.admission import AddressLimit, WaitingGate
 from livetx.web.connections import ConnectionTracker
-from livetx.web.protocol import LiveServerFactory, echo_factory, memory_journals
+from livetx.web.protocol import LiveServerFactory
+from livetx.web.sockets import echo_factory, memory_journals
+from livetx.web.replies import error_body
 
 if TYPE_CHECKING:
     from livetx.live.journal import Journals
@@ -70,7 +72,7 @@ def _mount(root: Resource, path: str, leaf: IResource) -> None:
 
 def build_site(
     *,
-    gates: dict[str, Gate],
+    gates: dict[str, WaitingGate],
     engines: Engines,
     limits: ServerConfig,
     connections: ConnectionTracker,
@@ -108,7 +110,7 @@ def build_site(
     # handshake_timeout in all (Autobahn's own timeout starts only once the
     # upgrade request is read, and then completes at once).
     addresses = AddressLimit(limits.max_connections_per_address, limits.limit_loopback)
-    site = make_site(root, admit=addresses.admit, logFormatter=redacted_log_formatter,
+    site = make_site(root, admit=addresses.admit, refusal_body=error_body, logFormatter=redacted_log_formatter,
                      timeout=limits.handshake_timeout or None)
     site.displayTracebacks = False
     return site

