@@ -39,8 +39,10 @@ def read_wav(data: bytes) -> tuple[bytes, int]:
                 raise ValueError(f"only 16-bit WAV is supported, not {8 * w.getsampwidth()}-bit")
             channels, rate = w.getnchannels(), w.getframerate()
             frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as e:
+    except wave.Error as e:
         raise ValueError(f"not a WAV file: {e}") from None
+    except EOFError:  # raised with no message
+        raise ValueError(f"not a WAV file: {'it ends inside its header' if data else 'it is empty'}") from None
     if channels == 1:
         return frames, rate
     samples = _samples(frames)

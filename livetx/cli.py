@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from livetx import __version__, config as configuration, storage
 from livetx.auth.keys import KEYS_FILE, CorruptKeyFile, KeyStore, resolve_username
+from livetx.auth.login_links import DEFAULT_PAGE, DEFAULT_USERNAME, LINK_SECONDS, issue_link_code, link_url
 from livetx.auth.tokens import issue_token
 
 
@@ -66,7 +67,7 @@ class _DataDirOptions(_Command):
 
 
 class KeysCreate(_DataDirOptions):
-    synopsis = "--scope chat [--name NAME] [--data-dir DIR]"
+    synopsis = "--scope chat [--name NAME] [--config FILE] [--data-dir DIR]"
     optParameters: list[list[Any]] = [["name", "n", None, "A label to recognise the key by."]]
 
     def __init__(self) -> None:
@@ -83,7 +84,7 @@ class KeysCreate(_DataDirOptions):
 
 
 class KeysRevoke(_DataDirOptions):
-    synopsis = "KEY_ID [--data-dir DIR]"
+    synopsis = "[--config FILE] [--data-dir DIR] KEY_ID"
 
     def parseArgs(self, key_id: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["id"] = key_id
@@ -132,18 +133,33 @@ class DevicesOptions(_Command):
 
 
 class TokenOptions(_DataDirOptions):
-    synopsis = "--username NAME [--ttl SECONDS] [--config FILE] [--data-dir DIR]"
+    synopsis = "--username NAME [--ttl SECONDS] [--link [--url URL]] [--config FILE] [--data-dir DIR]"
+    optFlags = [["link", None, "Print a one-time login link for the browser page instead (see: livetx open)."]]
     optParameters: list[list[Any]] = [
         ["username", "u", None, "Whose token it is."],
-        ["ttl", "t", 86400.0, "Seconds until it expires.", float],
+        # No -t: that is --token in say and talk.
+        ["ttl", None, 86400.0, "Seconds until it expires (a --link: always 5 minutes, one use).", float],
+        ["url", None, DEFAULT_PAGE, "With --link: the running server's page address."],
     ]
 
     def postOptions(self) -> None:
+        if self["link"] and not self["username"]:
+            self["username"] = DEFAULT_USERNAME
         if not self["username"]:
             raise usage.UsageError("--username is required")
         username, problem = resolve_username(self["username"])
         if username != self["username"]:  # the server would refuse it (BAD_USER)
             raise usage.UsageError(f"{problem or 'Invalid username'}: {self['username']!r}")
+
+
+class OpenOptions(TokenOptions):
+    synopsis = "[--username NAME] [--url URL] [--config FILE] [--data-dir DIR]"
+    longdesc = ("Print a link that signs the browser page in as USERNAME (default: web): it works once, "
+                "within 5 minutes, for the running server using this data dir (or config's secret).")
+
+    def postOptions(self) -> None:
+        self["link"] = True
+        super().postOptions()
 
 
 class _TurnOptions(_Command):
@@ -212,15 +228,32 @@ class TalkOptions(_TurnOptions):
             raise usage.UsageError("--wav is required")
 
 
+class DevClusterOptions(_Command):
+    synopsis = "DIR"
+    longdesc = (
+        "Start a throwaway PostgreSQL and Redis in DIR on free loopback ports (Debian's postgresql and "
+        "redis-server packages; no sudo, no system cluster), print and write DIR/livetx.toml pointing at "
+        "them, and stop them on Ctrl-C or SIGTERM. For trying [store] url and [cluster] redis on one machine."
+    )
+
+    def parseArgs(self, directory: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
+        self["dir"] = directory
+
+
 class Options(_Command):
     synopsis = "COMMAND [options]"
-    longdesc = "Credentials for livetx clients, and a client. The server itself runs as: twistd -n live"
+    longdesc = (
+        "Credentials for livetx clients, a client, and a throwaway PostgreSQL and Redis to try several "
+        "processes on. The server itself runs as: twistd -n live"
+    )
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
         ["devices", None, DevicesOptions, "Approve or revoke xiaozhi-esp32 boards."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
+        ["open", None, OpenOptions, "Print a one-time login link for the browser page (last line)."],
         ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
         ["talk", None, TalkOptions, "Send a WAV file as a voice turn and print the reply (--out saves its audio)."],
+        ["dev-cluster", None, DevClusterOptions, "Run a PostgreSQL and a Redis to try several processes on."],
     ]
 
     def postOptions(self) -> None:
@@ -310,6 +343,10 @@ def token(options: TokenOptions) -> int:
     secret = storage.jwt_secret(options.settings, options.data_dir)
     if fresh is not None:
         _say_if_created("JWT secret", fresh, existed=False)
+    if options["link"]:  # livetx open, livetx token --link
+        print(f"sign the browser page in as {options['username']} (one use, within {LINK_SECONDS / 60:.0f} minutes):")
+        print(link_url(options["url"], issue_link_code(secret, options["username"])))
+        return 0
     print(issue_token(secret, options["username"], options["ttl"]))
     return 0
 
@@ -332,6 +369,17 @@ def converse(options: _TurnOptions) -> NoReturn:
     react(turn)
 
 
+def dev_cluster(options: DevClusterOptions) -> int:
+    from livetx.cluster import local
+
+    try:
+        local.serve(Path(options["dir"]), sys.stdout)
+    except (local.Missing, RuntimeError, OSError) as e:  # one line: what failed, and why
+        print(f"livetx: dev-cluster: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 #: (command, subcommand) → handler; add a row to add a command.
 HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "create"): keys_create,
@@ -341,8 +389,10 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("devices", "approve"): lambda options: _devices_set(options, "approved"),
     ("devices", "revoke"): lambda options: _devices_set(options, "revoked"),
     ("token", None): token,
+    ("open", None): token,
     ("say", None): converse,
     ("talk", None): converse,
+    ("dev-cluster", None): dev_cluster,
 }
 
 

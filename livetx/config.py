@@ -7,6 +7,7 @@ rather than leave the server running on a default the operator did not mean.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import tomllib
@@ -338,6 +339,30 @@ def _build_section(name: str, cls: type, table: Any) -> Any:
     return section
 
 
+def unkeyed(config: Config) -> list[str]:
+    """Warnings for hosted services configured without a key (their requests would all be refused).
+
+    A service on this machine (``localhost``, a loopback address) often needs
+    no key, so only services elsewhere are named."""
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    warnings = []
+    for name, variable in _ENV_KEYS.items():
+        section = getattr(config, name)
+        if section.provider != "openai" or section.api_key:
+            continue
+        host = urlsplit(section.base_url).hostname or ""
+        try:
+            local = host == "localhost" or ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            warnings.append(f"[{name}] provider 'openai' at {section.base_url} has no api_key: set {variable} "
+                            f"or [{name}] api_key, or every request to it will be refused")
+    return warnings
+
+
 def _check_redis_url(url: str) -> None:
     """Refuse a Redis URL the server could not use, at start-up rather than at the first socket."""
     from urllib.parse import urlsplit
@@ -455,15 +480,43 @@ def _filled(where: str, key: str, values: dict[str, str], environ: Mapping[str, 
     return {k: _VARIABLE.sub(variable, v) for k, v in values.items()}
 
 
+def require(what: str, modules: tuple[str, ...], package: str) -> None:
+    """One line naming what to install, rather than a ``ModuleNotFoundError`` deep in a traceback.
+
+    Looks the modules up without importing them (``None`` in ``sys.modules`` counts as missing)."""
+    if not all(importlib.util.find_spec(module) is not None for module in modules):
+        raise ConfigError(f"{what} needs: pip install '{package}'")
+
+
+#: Settings whose code is an extra of the package: (section, key) → (modules, what to install).
+EXTRAS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("cluster", "redis"): (("txredisapi", "redis"), "livetx[cluster]"),
+    ("store", "url"): (("psycopg", "psycopg_pool"), "livetx[postgres]"),
+}
+
+
+def check_extras(config: Config) -> None:
+    """Stop with one line when a setting needs an extra that is not installed."""
+    for (section, key), (modules, package) in EXTRAS.items():
+        if getattr(getattr(config, section), key):
+            require(f"[{section}] {key}", modules, package)
+
+
 def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; ``None`` means all defaults."""
-    if path is None:
-        return from_mapping({}, environ)
+    """Read and validate a config file; ``None`` means all defaults.
+
+    Every reader of the file (the server and each ``livetx`` command) comes
+    here, so a setting whose extra is missing stops each of them with the
+    same line."""
+    data: dict[str, Any] = {}
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        if path is not None:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    return from_mapping(data, environ)
+    config = from_mapping(data, environ)
+    check_extras(config)
+    return config

@@ -9,14 +9,13 @@ beside :mod:`livetx.service`.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Callable, cast
 
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
-from livetx.config import Config, ConfigError
+from livetx.config import Config, ConfigError, require
 from livetx.domain import Engines
 from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
 
@@ -73,9 +72,9 @@ def check(config: Config) -> None:
     """Stop start-up with one line when a configured engine cannot work at all."""
     for name in ("tts", "stt"):
         provider = getattr(config, name).provider
-        module, package = NEEDS.get(provider, (None, ""))
-        if module is not None and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"[{name}] provider {provider!r} needs: pip install '{package}'")
+        if provider in NEEDS:
+            module, package = NEEDS[provider]
+            require(f"[{name}] provider {provider!r}", (module,), package)
     if config.tts.provider == "piper":
         _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
     _check_voice(config)
@@ -88,8 +87,8 @@ def check(config: Config) -> None:
         raise ConfigError(f'[stt] {key} is for PocketSphinx: add provider = "pocketsphinx" to [stt]')
     if config.stt.provider == "pocketsphinx" and config.stt.grammar is not None:
         _need_path("stt", "grammar", config.stt.grammar, "a JSGF grammar file")
-    if config.tools.mcp and importlib.util.find_spec("mcp") is None:
-        raise ConfigError("[[tools.mcp]] needs the MCP SDK: pip install 'livetx[mcp]'")
+    if config.tools.mcp:
+        require("[[tools.mcp]]", ("mcp",), "livetx[mcp]")
     if config.tools.enabled:  # loads the tools once, so a bad name stops start-up here
         from twisted.internet.task import Clock
 
@@ -120,11 +119,11 @@ def _make(table: dict[str, Maker], section: Any, http: HTTPClient, reactor: Any)
 
 
 def _recognizer(config: Config, http: HTTPClient, reactor: Any, data_dir: Path | None) -> Any:
-    """The configured recognizer; Whisper joins its bundled model in the data dir."""
+    """The configured recognizer; Whisper joins its bundled model once per user (the data dir without a cache)."""
     if config.stt.provider == "whisper" and data_dir is not None:
-        from livetx.providers.whisper import WhisperRecognizer
+        from livetx.providers.whisper import WhisperRecognizer, model_cache
 
-        return WhisperRecognizer(config.stt, http, reactor, cache=data_dir / "models")
+        return WhisperRecognizer(config.stt, http, reactor, cache=model_cache(data_dir / "models"))
     return _make(RECOGNIZERS, config.stt, http, reactor)
 
 
@@ -142,7 +141,7 @@ def _with_tools(llm: Any, config: Config, reactor: Any, mcp: Any = None) -> Any:
     from livetx.tools.loop import ToolingModel
     from livetx.tools.registry import load_tools
 
-    if not isinstance(llm, ToolCallingModel):  # the echo model: it never calls tools
+    if not isinstance(llm, ToolCallingModel):  # a model that cannot be offered tools
         return llm
     registry = load_tools(config.tools, reactor)
     if mcp is not None:

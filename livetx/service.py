@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from livetx.auth.login_links import LoginLinks
 from livetx.auth.revocation import KeyRevocations
 from livetx.chat.service import ChatService
 from livetx.config import Config
@@ -37,8 +38,9 @@ from livetx.store.conversation import live_memories
 from livetx.web.admission import FailedAuth, api_key_gate, guarded, jwt_gate, key_looked_up
 from livetx.web.connections import ConnectionTracker
 from livetx.web.http_api import api_routes
+from livetx.web.login import login_routes
 from livetx.web.ops import ops_routes
-from livetx.web.pages import page_routes
+from livetx.web.pages import page_ready, page_routes
 from livetx.web.site import build_site
 from livetx.web.sockets import memory_journals
 
@@ -53,6 +55,8 @@ class Services:
     site: Site
     #: The server's counts (``--workers`` share them between processes).
     metrics: ServerMetrics
+    #: One-time login links for the browser page (the start-up log prints one).
+    login: LoginLinks
 
 
 def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool = False) -> Services:
@@ -86,7 +90,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     # One failed-auth count per address across endpoints; the origin check is
     # for the browser (JWT) endpoints.
     failures = FailedAuth(settings.server.failed_auth_per_minute, reactor)
-    probes = dict(storage.probes)
+    probes = {**storage.probes, "page": page_ready}
     mcp_probes = mcp.probes() if mcp is not None else {}
     probes.update(mcp_probes)
     resume = settings.cluster
@@ -98,6 +102,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
+    login = LoginLinks(secret)
     memories = live_memories(store)
     routes = {
         **api_routes(keys, store, chat, settings.server, failures, metrics, connections.hold),
@@ -105,6 +110,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         **ops_routes(metrics, settings, reactor, lambda: connections.draining, probes,
                      optional=("redis", *mcp_probes)),
         **page_routes(),
+        **login_routes(login, failures),
     }
     if settings.telephony.carriers:  # imported only when configured
         from livetx.telephony.routes import telephony_routes
@@ -150,7 +156,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     revocations.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
     WarmUp(engines, reactor).setServiceParent(root)
-    return Services(root=root, site=site, metrics=metrics)
+    return Services(root=root, site=site, metrics=metrics, login=login)
 
 
 class Closing(Service):

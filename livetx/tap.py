@@ -18,6 +18,7 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from livetx import __version__, config as configuration
+from livetx.auth.login_links import LINK_SECONDS, LoginLinks, link_url, page_address
 from livetx.engines import check as check_engines
 from livetx.fences.twisted_app import RaisingEndpointService
 from livetx.service import build_services
@@ -26,12 +27,14 @@ from livetx.storage import check as check_store
 _log = Logger()
 
 DEFAULT_LISTEN = "tcp:6185"
+#: Accepted but left out of ``--help``: what ``--workers`` passes its workers, and the conformance tests' socket.
+HIDDEN = frozenset({"adopt", "metrics-dir", "worker", "conformance-echo"})
 
 
 class Options(usage.Options):
     """Options for ``twistd live``."""
 
-    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE]"
+    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE] [--workers N]"
     longdesc = (
         "Serve the AstrBot Live API (WebSocket voice and text conversations). "
         "With no config file, replies come from the offline echo model."
@@ -42,6 +45,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
         ["workers", "w", 1, "Worker processes sharing the --listen sockets (more than 1 needs [cluster] redis).", int],
         ["metrics-dir", None, None, "Internal (--workers): where the workers share their metrics."],
+        ["worker", None, 0, "Internal (--workers): this worker's number, named in its log lines.", int],
     ]
     optFlags = [
         ["conformance-echo", None,
@@ -57,6 +61,12 @@ class Options(usage.Options):
     def opt_adopt(self, spec: str) -> None:
         """Internal (--workers): serve an inherited listening socket, FD:FAMILY."""
         self["adopt"].append(spec)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The help text, without the :data:`HIDDEN` options."""
+        from livetx.fences.twisted_usage import usage_without
+
+        return usage_without(self, HIDDEN, width)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint, e.g. ssl:8443:privateKey=key.pem (repeatable; default: tcp:6185)."""
@@ -164,7 +174,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from livetx.cluster.worker_metrics import SharedMetrics
         from livetx.cluster.workers import AdoptedPort, as_worker
 
-        as_worker(reactor)
+        as_worker(reactor, options["worker"])
         SharedMetrics(services.metrics, Path(options["metrics-dir"]), reactor).setServiceParent(services.root)
         for spec in options["adopt"]:
             AdoptedPort(reactor, spec, services.site).setServiceParent(services.root)
@@ -178,7 +188,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stt=settings.stt.provider,
         data_dir=str(data_dir),
     )
+    for warning in configuration.unkeyed(settings):
+        _log.warn("{warning}", warning=warning)
+    if not options["adopt"]:
+        _announce_login(options["listen"], services.login)
     return services.root
+
+
+def _announce_login(listen: list[str], links: LoginLinks) -> None:
+    """Jupyter's way in: a one-time link that signs the browser page in, printed once at start-up."""
+    page = next(filter(None, map(page_address, listen)), None)
+    if page is not None:
+        _log.info("sign the browser page in, once, within {minutes:.0f} minutes: {link} "
+                  "(livetx open prints another)", minutes=LINK_SECONDS / 60, link=link_url(page, links.issue()))
 
 
 def _supervisor(options: Options, settings: configuration.Config, data_dir: Path, reactor: Any) -> IService:

@@ -39,7 +39,7 @@ def foreign_modules(environ: Mapping[str, str], cwd: Path) -> list[str]:
     return [line for line in probe.stdout.split() if not Path(line).resolve().is_relative_to(CHECKOUT)]
 
 
-#: The README's test command installs these extras; tox.ini's environments use the same ones.
+#: The README's test command (scripts/test) installs these extras; tox.ini's environments use the same ones.
 EXTRAS = "test,piper,whisper"
 
 

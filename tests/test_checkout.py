@@ -39,9 +39,10 @@ def test_the_checkout_is_put_first_once() -> None:
 
 
 def test_tox_installs_the_extras_the_readme_installs() -> None:
-    """``tox`` runs the same suite as the README's command: Piper's tests must not skip there."""
+    """``tox`` runs the same suite as the README's command (scripts/test): Piper's tests must not skip there."""
     readme = (CHECKOUT / "README.md").read_text()
-    (installed,) = re.findall(r"pip install -e '\.\[([a-z,]+)\]'", readme.split("<!-- test-command -->")[1])
+    assert readme.split("<!-- test-command -->")[1].split("```")[1].split() == ["sh", "./scripts/test"]
+    (installed,) = re.findall(r"pip install -e '\.\[([a-z,]+)\]'", (CHECKOUT / "scripts" / "test").read_text())
     tox = configparser.ConfigParser()
     tox.read(CHECKOUT / "tox.ini")
     assert tox["testenv"]["extras"].split() == installed.split(",") == EXTRAS.split(",")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from twisted.python import usage
 
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import load_or_create_secret, verify_token
 from livetx import __version__
-from livetx.cli import main
+from livetx.cli import Options, main
 
 
 def last_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -50,6 +52,19 @@ def test_usage_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     bad.write_text("[auth]\nsecret = 1\n")
     assert main(["token", "-u", "x", "-d", str(tmp_path), "-c", str(bad)]) == 1
     assert "livetx: [auth] unknown key 'secret'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["keys", "create", "--scope", "chat"],
+                                     ["keys", "revoke"], ["token", "-u", "al"]])
+def test_a_setting_whose_extra_is_missing_names_the_extra(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[store]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n')
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as without the extra: importing it fails
+    key_id = ["k1"] if command[-1] == "revoke" else []
+    assert main([*command, "-d", str(tmp_path), "--config", str(config), *key_id]) == 1
+    assert capsys.readouterr().err == "livetx: [store] url needs: pip install 'livetx[postgres]'\n"
 
 
 def test_as_a_real_process(tmp_path: Path) -> None:
@@ -106,3 +121,26 @@ def test_token_refuses_a_username_the_server_would(tmp_path: Path, capsys: pytes
     assert main(["token", "-d", str(tmp_path), "-u", name]) == 2
     assert "Invalid username" in capsys.readouterr().err
     assert not list(tmp_path.glob("jwt_secret"))  # refused before a secret is made
+
+
+def commands(options: usage.Options = Options()) -> Iterator[tuple[str, usage.Options]]:
+    """Every command and subcommand's options, by name."""
+    for name, _, make, _ in getattr(options, "subCommands", []):
+        sub = make()
+        yield name, sub
+        yield from ((f"{name} {leaf}", o) for leaf, o in commands(sub))
+
+
+def test_a_short_option_means_one_thing_in_every_command() -> None:
+    meanings: dict[str, set[str]] = {}
+    for _, options in commands():
+        for short, long in options.synonyms.items():
+            if len(short) == 1 and short != long:
+                meanings.setdefault(short, set()).add(long)
+    assert {short: longs for short, longs in meanings.items() if len(longs) > 1} == {}
+
+
+def test_every_command_that_reads_the_config_names_it_in_its_usage_line() -> None:
+    readers = [name for name, options in commands() if "config" in options.defaults]
+    assert "keys create" in readers and "token" in readers
+    assert [name for name in readers if "[--config FILE]" not in dict(commands())[name].getSynopsis()] == []

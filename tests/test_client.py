@@ -24,7 +24,8 @@ from livetx.cli import Options
 from livetx.client import console
 from livetx.client.audio import join_chunks, load_speech
 from livetx.client.progress import CLEAR, Progress
-from livetx.client.session import socket_address
+from livetx.client.console import metrics_table
+from livetx.client.session import TurnRequest, _TurnDriver, socket_address
 from livetx.config import TTSConfig
 from livetx.providers.espeak import EspeakSpeech
 
@@ -123,11 +124,11 @@ async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await livetx()
     refused = await livetx_client("say", base(server), "hi", "--token", "not-a-jwt")
     assert refused.code == 6 and "the server refused the credential (Invalid token)" in refused.err
-    assert "another data dir" in refused.err and "not-a-jwt" not in refused.err
+    assert "the server's --config (its [store] url" in refused.err and "not-a-jwt" not in refused.err
     unknown_key = await livetx_client("say", base(server), "hi", "-k", "abk_made_elsewhere", "-u", "al")
     assert unknown_key.code == 6, unknown_key.err  # the same mistake, the same exit code
     assert "the server refused the credential (Invalid API key)" in unknown_key.err
-    assert "another data dir" in unknown_key.err and "abk_made_elsewhere" not in unknown_key.err
+    assert "the server's --config" in unknown_key.err and "abk_made_elsewhere" not in unknown_key.err
     expired = await livetx_client("say", base(server), "hi", "--token", server.token(ttl=-10))
     assert expired.code == 6 and "(Token expired); make a new one" in expired.err
 
@@ -146,6 +147,11 @@ async def test_exit_codes(livetx: Any, openai: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     bad = await livetx_client("talk", base(server), "--wav", str(tmp_path / "bad.wav"), "--token", "t")
     assert bad.code == 2 and "--wav: not a WAV file" in bad.err
+    empty = await livetx_client("talk", base(server), "--wav", "/dev/null", "--token", "t")
+    assert empty.code == 2 and empty.err.endswith("livetx: --wav: not a WAV file: it is empty\n"), empty.err
+    (tmp_path / "cut.wav").write_bytes(to_wav(b"\0\0" * 100)[:20])
+    cut = await livetx_client("talk", base(server), "--wav", str(tmp_path / "cut.wav"), "--token", "t")
+    assert cut.err.endswith("livetx: --wav: not a WAV file: it ends inside its header\n"), cut.err
 
 
 @pytest_twisted.ensureDeferred
@@ -294,6 +300,32 @@ def test_a_spinner_on_a_terminal_until_the_reply_streams() -> None:
     assert err.getvalue() == written
 
 
+def test_a_slow_transcript_is_explained_once() -> None:
+    clock, err = Clock(), Terminal()
+    progress = Progress(clock, err, "sent 2.0 s of speech, transcribing", slow=(2.0, "the model loads"))
+    clock.pump([0.1] * 19)
+    assert err.getvalue().endswith("sent 2.0 s of speech, transcribing 1.9 s")
+    clock.advance(0.1)
+    clock.advance(0.1)
+    assert err.getvalue().endswith("sent 2.0 s of speech, transcribing (the model loads) 2.1 s")
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    clock.advance(0.1)
+    assert err.getvalue().endswith("waiting for the reply 2.2 s")
+    progress.stop()
+
+    plain = io.StringIO()
+    progress = Progress(clock, plain, "sent 2.0 s of speech, transcribing", slow=(2.0, "the model loads"))
+    clock.pump([1.0] * 5)
+    progress.stop()
+    assert plain.getvalue().splitlines() == ["livetx: sent 2.0 s of speech, transcribing; waiting for the reply",
+                                             "livetx: still transcribing after 2.0 s: the model loads"]
+    quick = io.StringIO()
+    progress = Progress(clock, quick, "sent 2.0 s of speech, transcribing", slow=(2.0, "the model loads"))
+    progress.frame({"t": "user_msg", "data": {"text": "hi"}})
+    clock.advance(5)
+    assert "the model loads" not in quick.getvalue() and not clock.getDelayedCalls()
+
+
 def test_one_plain_line_when_stderr_is_not_a_terminal() -> None:
     clock, err = Clock(), io.StringIO()
     progress = Progress(clock, err, "sent 2.0 s of speech, transcribing")
@@ -302,3 +334,34 @@ def test_one_plain_line_when_stderr_is_not_a_terminal() -> None:
     clock.advance(5)
     progress.stop()
     assert err.getvalue() == "livetx: sent 2.0 s of speech, transcribing; waiting for the reply\n"
+
+
+class Quiet:
+    def frame(self, frame: dict[str, Any]) -> None:
+        pass
+
+
+class Sent:
+    """The socket a turn driver writes to: what it sent, and when."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.frames: list[tuple[float, str]] = []
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.frames.append((self.clock.seconds(), frame["t"]))
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_client_timings_count_from_the_end_of_the_input(realtime: bool) -> None:
+    clock = Clock()
+    driver = _TurnDriver(clock, TurnRequest(pcm=b"\0\0" * 5120, realtime=realtime), Quiet())  # 0.32 s
+    socket = Sent(clock)
+    driver.opened(socket)  # type: ignore[arg-type]  # it only sends
+    clock.pump([0.02] * 25)  # 0.5 s: all of it spoken by 0.32 s
+    driver.received({"t": "bot_delta_chunk", "data": {"text": "Hi"}})
+    ended = next(at for at, kind in socket.frames if kind == "end_speaking")
+    assert ended == pytest.approx(0.32 if realtime else 0.0)
+    assert driver.report.timings["first_delta"] == pytest.approx(clock.seconds() - ended)
+    assert metrics_table(driver.report).startswith("metric") and "client first delta after input end" in \
+        metrics_table(driver.report)

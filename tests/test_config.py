@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from livetx.config import ConfigError, from_mapping, load
+from livetx.config import ConfigError, from_mapping, load, unkeyed
 
 
 def test_defaults_run_offline() -> None:
@@ -59,3 +59,13 @@ def test_file_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('[llm]\nprovider = "openai"\ntimeout = 5\n')
     assert load(good, environ={}).llm.timeout == 5.0
+
+
+def test_a_hosted_service_without_a_key_is_warned_about() -> None:
+    hosted = {"llm": {"provider": "openai"}, "stt": {"provider": "openai", "base_url": "http://127.0.0.1:9000/v1"},
+              "tts": {"provider": "openai", "base_url": "http://localhost:8000/v1"}}
+    assert unkeyed(from_mapping(hosted, environ={})) == [
+        "[llm] provider 'openai' at https://api.openai.com/v1 has no api_key: set LIVETX_LLM_API_KEY "
+        "or [llm] api_key, or every request to it will be refused"]  # services on this machine may need none
+    assert unkeyed(from_mapping(hosted, environ={"LIVETX_LLM_API_KEY": "sk-x"})) == []
+    assert unkeyed(from_mapping({}, environ={})) == []  # the offline engines need no key

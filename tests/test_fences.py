@@ -22,6 +22,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, LogPublisher, eventAsText
+from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IAgentEndpointFactory
@@ -29,6 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_logger import name_every_event
+from livetx.fences.twisted_usage import usage_without
 from livetx.fences.treq import Endpoints, NoCookies, PreparedURL, make_http_client
 from livetx.errors import ErrorCode
 from livetx.fences.transitions import trigger
@@ -143,6 +147,30 @@ def test_twisted_tcp_port_accepts_number_accepts_per_read() -> None:
     port = tcp.Port(0, None)
     accept_one_at_a_time(port)
     assert port.numberAccepts == 1
+
+
+def test_usage_lists_the_long_options_table_it_parses_with() -> None:
+    class Two(usage.Options):
+        optFlags = [["shown", None, "In the help."], ["hidden", None, "Not in it."]]
+
+    assert "for opt in self.longOpt:" in body(usage.Options.getUsage)
+    assert "--hidden" not in usage_without(Two(), {"hidden"}) and "--shown" in usage_without(Two(), {"hidden"})
+    options = Two()
+    options.parseOptions(["--hidden"])
+    assert options["hidden"] and "--hidden" in options.getUsage()  # parsed still, and the table restored
+
+
+def test_the_log_publisher_hands_one_event_to_its_observers_in_the_order_added() -> None:
+    publisher = LogPublisher()
+    name_every_event(publisher, "worker", 1)
+    seen: list[dict[str, Any]] = []
+    publisher.addObserver(seen.append)
+    Logger(namespace="livetx.test", observer=publisher).info("hello {who}", who="there")
+    publisher({"log_system": "HTTPChannel,0", "log_format": "legacy", "log_time": 0.0})
+    assert [event["worker"] for event in seen] == [1, 1]
+    assert eventAsText(seen[0], includeTimestamp=False) == "[worker-1 livetx.test#info] hello there"
+    assert eventAsText(seen[1], includeTimestamp=False) == "[worker-1 HTTPChannel,0] legacy"
+    assert "for observer in self._observers" in body(LogPublisher.__call__)
 
 
 # -- twisted.web -----------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_a_server_without_the_sdk_is_a_one_line_start_up_error(tmp_path: Path) -
         "check(from_mapping({'tools': {'mcp': [{'name': 'a', 'url': 'http://h/mcp'}]}}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stderr.strip().endswith("[[tools.mcp]] needs the MCP SDK: pip install 'livetx[mcp]'")
+    assert out.stderr.strip().endswith("[[tools.mcp]] needs: pip install 'livetx[mcp]'")
 
 
 @pytest.mark.parametrize("tools", ["", '[tools]\nenabled = ["clock"]\n'])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +23,7 @@ from livetx.live.session import LiveSession
 from livetx.metrics import ServerMetrics
 from livetx.providers.base import LLMError
 from livetx.store.sqlite import SQLiteStore
+from livetx.web import pages
 
 from .doubles import ManualSTT, ManualTTS, ScriptedLLM, b64
 from .support import connect, open_socket
@@ -274,3 +278,20 @@ async def test_a_failed_chat_turn_names_the_provider_and_its_code(tmp_path: Path
     assert sample(metrics, "livetx_provider_failures_total", kind="llm") == 1
     assert sample(metrics, "livetx_errors_total", code="LLM_ERROR") == 1
     assert sample(metrics, "livetx_turns_total", input_type="chat", outcome="failed") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_notices_the_page_files_gone_under_a_running_server(
+    livetx: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = tmp_path / "site-packages" / "static"
+    shutil.copytree(pages.STATIC, installed)
+    monkeypatch.setattr(pages, "STATIC", installed)  # an installed package this test may remove
+    server = await livetx()
+    assert (await get(server, "/"))[0] == 200
+    shutil.rmtree(installed)  # pip uninstalls (or moves) the package under the running server
+    assert (await get(server, "/"))[0] == 404
+    code, _, body = await get(server, "/readyz")
+    assert code == 503 and '"status": "unready"' in body, body
+    assert json.loads(body)["checks"]["page"] == {"ok": False, "error": (
+        f"the page's files are gone from {installed} (the package was reinstalled or removed): restart the server")}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +14,8 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from livetx.cluster.local import free_port, wait_for_port
+from livetx.testing.openai_server import DEFAULT_REPLY
 from livetx.tools.loop import ANSWER_NOW
 
 from . import tool_fixtures
@@ -213,8 +217,47 @@ async def test_a_long_call_says_the_filler_once(livetx: Any, openai: Any) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_echo_model_never_calls_tools(livetx: Any) -> None:
-    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["clock"]\n')
+async def test_the_offline_echo_model_calls_the_clock_when_asked_the_time(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["clock", "calculator"]\n'
+                          'timezone = "Europe/Berlin"\n')
+    client = await connect(server.url(LIVE, token=server.token()))
+    frames = await client.turn("what time is it")
+    assert [f["data"] for f in of(frames, "tool_call")] == [{"id": "call_echo_1", "name": "clock", "arguments": {}}]
+    result = of(frames, "tool_result")[0]["data"]
+    assert result["ok"] and result["result"]["timezone"] == "Europe/Berlin"
+    clock = result["result"]
+    assert of(frames, "bot_msg")[0]["data"]["text"] == \
+        f"It is {clock['time']} on {clock['weekday']} {clock['date']} (Europe/Berlin)."
+    frames = await client.turn("hello there")  # anything else is echoed, with no call
+    assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "hello there"
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_simulator_is_told_from_its_command_line_to_call_a_tool(livetx: Any) -> None:
+    """``python -m livetx.testing.openai_server --call-tool``, as the README shows it, in a process of its own."""
+    port = free_port()
+    simulator = subprocess.Popen([sys.executable, "-m", "livetx.testing.openai_server", "--port", str(port),
+                                  "--call-tool", 'calculator:{"expression": "6 * 7"}', "--call-tool", "weather"],
+                                 stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, simulator)
+        server = await livetx(config(f"http://127.0.0.1:{port}/v1", enabled=["calculator", "clock"]))
+        client = await connect(server.url(LIVE, token=server.token()))
+        frames = await client.turn("what is six times seven")
+        assert [(f["data"]["name"], f["data"]["arguments"]) for f in of(frames, "tool_call")] == [
+            ("calculator", {"expression": "6 * 7"})]  # weather is not offered, so not called
+        assert [(f["data"]["ok"], f["data"]["result"]) for f in of(frames, "tool_result")] == [(True, 42)]
+        assert "".join(f["data"]["text"] for f in of(frames, "bot_delta_chunk")) == DEFAULT_REPLY
+        await client.close_and_wait()
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_echo_model_without_the_clock_tool_echoes_the_question(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n[tools]\nenabled = ["calculator"]\n')
     client = await connect(server.url(LIVE, token=server.token()))
     frames = await client.turn("what time is it")
     assert not of(frames, "tool_call") and of(frames, "bot_msg")[0]["data"]["text"] == "what time is it"

@@ -19,7 +19,7 @@ from livetx.live.events import VOICE_STAGES
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect
-from .test_live_ws import LIVE, kinds
+from .test_live_ws import LIVE, kinds, openai_config
 from .test_ops import families, get
 from .test_talk_ws import silence
 from .test_voice import speaking_parts, spoken
@@ -199,8 +199,13 @@ async def piper_says(text: str) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_replys_echo_never_barges_in_but_a_person_over_it_does(livetx: Any) -> None:
-    server = await livetx("[llm]\necho_delay = 1.0\n")  # the second question comes seconds after the first
+async def test_the_replys_echo_never_barges_in_but_a_person_over_it_does(livetx: Any, openai: Any) -> None:
+    # A reply of two sentences whose second streams for seconds, so the turn still runs when the
+    # person speaks over the first (the echo model's reply would hang on Whisper's punctuation).
+    openai.reply = ("Paris is the capital of France. Madrid is the capital of Spain, and it is a city "
+                    "with many old streets, wide squares and famous museums to visit.")
+    openai.token_delay = 0.5
+    server = await livetx(openai_config(openai.base_url, tts=False))
     client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
     await client.until("session_updated")
     device = Loudspeaker(client)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import ssl
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.application.service import IServiceMaker
@@ -20,7 +21,7 @@ from twisted.application.service import IServiceMaker
 from livetx.tap import Options
 
 from .services import free_port, wait_for_port
-from .support import connect, replied
+from .support import RunningServer, connect, replied
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -63,16 +64,19 @@ def test_the_data_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "livetx-data").exists()
 
 
-def test_help_shows_the_defaults_and_labels_the_test_only_flag() -> None:
+def test_help_shows_the_defaults_and_hides_the_internal_and_test_only_options(tmp_path: Path) -> None:
     help_text = " ".join(str(Options()).split())
-    assert "default: tcp:6185" in help_text and "$LIVETX_DATA_DIR" in help_text
-    assert "--conformance-echo FOR TESTS ONLY, never in production" in help_text
+    assert "default: tcp:6185" in help_text and "$LIVETX_DATA_DIR" in help_text and "--workers" in help_text
+    assert "--adopt" not in help_text and "--metrics-dir" not in help_text and "--conformance-echo" not in help_text
+    options = Options()  # still accepted
+    options.parseOptions(["--conformance-echo", "--metrics-dir", str(tmp_path), "-d", str(tmp_path)])
+    assert options["conformance-echo"] and options["metrics-dir"] == str(tmp_path)
 
 
-def start_up_error(tmp_path: Path, *args: str) -> str:
+def start_up_error(tmp_path: Path, *args: str, twistd: list[str] = TWISTD) -> str:
     """Run ``twistd -n live`` expecting it to refuse to start: its stderr, checked to be one line."""
     result = subprocess.run(
-        TWISTD + ["-n", "--pidfile=", "live", "--data-dir", str(tmp_path / "d"), *args],
+        twistd + ["-n", "--pidfile=", "live", "--data-dir", str(tmp_path / "d"), *args],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert result.returncode == 1, result
@@ -121,6 +125,26 @@ def test_config_errors_stop_start_up_with_one_line(tmp_path: Path, config: str, 
     path = tmp_path / "bad.toml"
     path.write_text(config)
     assert message in start_up_error(tmp_path, "--config", str(path))
+
+
+@pytest.mark.parametrize(
+    "config, missing, message",
+    [
+        ('[cluster]\nredis = "redis://127.0.0.1:1/0"\n', "txredisapi",
+         "livetx: [cluster] redis needs: pip install 'livetx[cluster]'"),
+        ('[store]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n', "psycopg_pool",
+         "livetx: [store] url needs: pip install 'livetx[postgres]'"),
+    ],
+)
+def test_a_setting_whose_extra_is_missing_names_the_extra(
+    tmp_path: Path, config: str, missing: str, message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(config)
+    # As without the extra: a None in sys.modules makes its import fail.
+    without = [sys.executable, "-c", f"import sys; sys.modules[{missing!r}] = None; "
+               "from twisted.scripts.twistd import run; run()"]
+    assert start_up_error(tmp_path, "--config", str(path), twistd=without) == message
 
 
 def run_cli(*args: str, cwd: Path) -> str:
@@ -200,3 +224,17 @@ async def test_ssl_endpoint_serves_wss(tmp_path: Path, livetx: Any) -> None:
     frames = await client.turn("secure hello")
     assert replied(frames)
     await client.close_and_wait()
+
+
+def test_a_hosted_model_without_a_key_is_warned_about_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIVETX_LLM_API_KEY", raising=False)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        RunningServer(tmp_path / "d", '[llm]\nprovider = "openai"\n')
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn and "[llm]" in formatEvent(e)]
+    assert len(warned) == 1 and warned[0].startswith("[llm] provider 'openai' at https://api.openai.com/v1 has no")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import formatEvent, globalLogPublisher
 
 from livetx.audio import to_wav
 from livetx.config import Config, ConfigError, STTConfig
@@ -60,8 +62,14 @@ def test_start_up_names_a_missing_model_in_one_line(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_default_server_understands_what_time_is_it(livetx: Any, tmp_path: Path) -> None:
+async def test_a_default_server_understands_what_time_is_it(
+    livetx: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The README's server with no configuration, and ``livetx talk`` with an eSpeak WAV."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this user's cache, fresh
+    monkeypatch.setattr(whisper, "_models", {})  # loaded afresh, as by a new server process
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
     server = await livetx()
     question = tmp_path / "question.wav"
     question.write_bytes(to_wav(await spoken("what time is it")))
@@ -70,7 +78,22 @@ async def test_a_default_server_understands_what_time_is_it(livetx: Any, tmp_pat
     assert run.code == 0, run.err
     assert "heard: What time is it?" in run.err
     assert "faster_whisper" in run.err  # the stt metric
-    assert (server.data_dir / "models").is_dir()  # the bundled model, joined in the data dir
+    globalLogPublisher.removeObserver(events.append)
+    assert [path.name for path in (tmp_path / "cache" / "livetx" / "models").iterdir()] == [
+        f"whisper-base-{'-'.join(metadata.version(d) for d, _ in whisper._BUNDLED)}"]
+    assert not (server.data_dir / "models").exists()  # one copy per user, not one per data dir
+    said = [formatEvent(e) for e in events if "the first voice turn waits for it" in formatEvent(e)]
+    assert len(said) == 1, said  # the first turn's cost, said once
+
+
+def test_the_model_goes_to_the_data_dir_when_the_users_cache_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+    assert whisper.model_cache(tmp_path / "data" / "models") == tmp_path / "data" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert whisper.model_cache(tmp_path / "data" / "models") == tmp_path / "cache" / "livetx" / "models"
 
 
 @pytest_twisted.ensureDeferred

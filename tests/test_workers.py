@@ -143,6 +143,7 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_se
     assert process.returncode in (0, -signal.SIGTERM), output
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # the supervisor waited for them
     assert "Traceback" not in output and token not in output
+    assert "] Started worker 1" in output and "[worker-0 " in output and "[worker-1 " in output  # whose line
 
 
 @pytest_twisted.ensureDeferred
@@ -196,3 +197,4 @@ async def test_json_logs_stay_json_from_every_worker(tmp_path: Path, redis_serve
     events = [json.loads(line) for line in output.splitlines()]  # every line, the workers' too
     assert [e for e in events if e.get("livetx_event") == "turn"], output
     assert {e.get("pid") for e in events if "Started worker" in e["message"]} == workers
+    assert {e.get("worker") for e in events if e.get("livetx_event") == "turn"} <= {0, 1}  # whose turn

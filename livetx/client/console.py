@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from livetx.audio import BYTES_PER_SECOND
 from livetx.client.audio import join_chunks, load_speech, player
-from livetx.client.progress import Progress
+from livetx.client.progress import SLOW_TRANSCRIPT, Progress
 from livetx.client.session import (
     USAGE, ClientError, Trust, TurnReport, TurnRequest, run_turn, socket_address,
 )
@@ -50,7 +50,8 @@ class Printer:
 
 def metrics_table(report: TurnReport) -> str:
     """The turn's metrics, server-reported and measured here, as aligned rows."""
-    rows = [(f"client {name.replace('_', ' ')}", _value(seconds)) for name, seconds in report.timings.items()]
+    rows = [(f"client {name.replace('_', ' ')} after input end", _value(seconds))
+            for name, seconds in report.timings.items()]
     rows += [(name, _value(value)) for name, value in report.metrics.items()]
     rows.append(("audio chunks", str(len(report.audio))))
     width = max(len(name) for name, _ in rows)
@@ -68,7 +69,8 @@ def _value(value: Any) -> str:
 def waiting(clock: Any, err: TextIO, request: TurnRequest) -> Progress | None:
     """A progress line for a voice turn, which may wait seconds; a text turn gets a spinner on a terminal only."""
     if request.pcm is not None:
-        return Progress(clock, err, f"sent {len(request.pcm) / BYTES_PER_SECOND:.1f} s of speech, transcribing")
+        return Progress(clock, err, f"sent {len(request.pcm) / BYTES_PER_SECOND:.1f} s of speech, transcribing",
+                        slow=SLOW_TRANSCRIPT)
     if getattr(err, "isatty", lambda: False)():
         return Progress(clock, err, "waiting for the reply")
     return None

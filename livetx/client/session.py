@@ -42,8 +42,9 @@ UNAUTHORIZED = "UNAUTHORIZED"
 #: Said with every refused credential except an expired token: the usual cause is a
 #: token or key made against another data dir than the server's.
 ANOTHER_DATA_DIR = (
-    "the server may use another data dir or JWT secret than the one that made it "
-    f"(--data-dir or ${DATA_DIR_VARIABLE} for livetx token and livetx keys, [auth] jwt_secret)"
+    "the server may keep its secret and keys elsewhere than where this one was made: give livetx token "
+    "and livetx keys the server's --config (its [store] url or [auth] jwt_secret) "
+    f"and --data-dir (or ${DATA_DIR_VARIABLE})"
 )
 
 LIVE_PATH = "/api/live_chat/ws"
@@ -109,7 +110,8 @@ class TurnReport:
     captions: list[str] = field(default_factory=list)
     audio: list[bytes] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-    #: Measured here: seconds from sending the turn to the first delta, audio, end.
+    #: Measured here: seconds from the end of the input (the text sent, or ``end_speaking``:
+    #: the user's last word, also at speaking pace) to the first delta, audio, end.
     timings: dict[str, float] = field(default_factory=dict)
     error: tuple[str, str] | None = None
     interrupted: bool = False
@@ -156,6 +158,7 @@ class _TurnDriver:
         self.report = TurnReport()
         self.done: Deferred[TurnReport] = Deferred()
         self.socket: _Socket | None = None
+        #: When the input ended: the text, or ``end_speaking``, was sent.
         self.sent_at = 0.0
         self._calls: list[Any] = []
 
@@ -165,10 +168,9 @@ class _TurnDriver:
     def opened(self, socket: _Socket) -> None:
         self.socket = socket
         request = self.request
-        self.sent_at = self.reactor.seconds()
         self._later(request.timeout, self.finish, TIMED_OUT, f"no reply within {request.timeout:g} s")
         if request.text is not None:
-            socket.send({"t": "text_input", "text": request.text})
+            self._end_input({"t": "text_input", "text": request.text})
             return
         stamp = uuid.uuid4().hex
         socket.send({"t": "start_speaking", "stamp": stamp})
@@ -179,12 +181,17 @@ class _TurnDriver:
             # would be 3000 and be refused with RATE_LIMITED.
             for chunk in frames(request.pcm or b"", UPLOAD_FRAME_BYTES):
                 self._send_part(chunk)
-            socket.send({"t": "end_speaking", "stamp": stamp})
+            self._end_input({"t": "end_speaking", "stamp": stamp})
             return
         chunks = list(frames(request.pcm or b""))
         for i, chunk in enumerate(chunks):  # as a microphone would: one frame per 20 ms
             self._later(i * 0.02, self._send_part, chunk)
-        self._later(len(chunks) * 0.02, self._send, {"t": "end_speaking", "stamp": stamp})
+        self._later(len(chunks) * 0.02, self._end_input, {"t": "end_speaking", "stamp": stamp})
+
+    def _end_input(self, frame: dict[str, Any]) -> None:
+        """Send the frame that ends the input; the client's timings count from here."""
+        self.sent_at = self.reactor.seconds()
+        self._send(frame)
 
     def _send_part(self, chunk: bytes) -> None:
         self._send({"t": "speaking_part", "data": base64.b64encode(chunk).decode("ascii")})

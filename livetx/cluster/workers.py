@@ -89,10 +89,16 @@ class AdoptedPort(Service):
         return self._port.stopListening() if self._port is not None else None
 
 
-def as_worker(reactor: Any) -> None:
-    """Set up a worker process: it dies with the supervisor, and drains once however often told."""
+def as_worker(reactor: Any, index: int) -> None:
+    """Set up a worker process: it dies with the supervisor, drains once however often told,
+    and its log lines say which worker it is (the workers' lines share one stream)."""
+    from twisted.logger import globalLogPublisher
+
+    from livetx.fences.twisted_logger import name_every_event
+
     reactor.addSystemEventTrigger("before", "shutdown", signal.signal, signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    name_every_event(globalLogPublisher, "worker", index)
 
 
 def _die_with_parent() -> None:
@@ -266,7 +272,7 @@ class Supervisor(Service):
             fds[FIRST_FD + n] = held.fd
             adopted += ["--adopt", f"{FIRST_FD + n}:{held.family}"]
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
-                *self._logs.argv(index), "live", *self._args, *adopted,
+                *self._logs.argv(index), "live", *self._args, *adopted, "--worker", str(index),
                 "--metrics-dir", self.metrics_dir]
         worker = _Worker(self, index)
         self._workers[index] = worker

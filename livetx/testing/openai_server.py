@@ -335,13 +335,37 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=0, help="reply length in tokens (0: a fixed reply)")
     parser.add_argument("--sentences", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument(
+        "--call-tool", action="append", default=[], type=tool_call, metavar="NAME[:JSON]",
+        help="when the user has just spoken and the request offers tool NAME, call it (with the JSON "
+             "arguments; default {}), then answer with the reply (repeatable)")
     args = parser.parse_args()
     fake, _ = start(reactor, args.port, args.interface)
     fake.token_delay = args.delay
     if args.tokens:
         fake.reply = synthetic_reply(args.tokens, args.sentences)
+    if args.call_tool:
+        fake.tool_calls = calls_offered(args.call_tool)
     print(f"fake OpenAI service on {fake.base_url}", flush=True)
     reactor.run()
+
+
+def tool_call(spec: str) -> dict[str, Any]:
+    """``--call-tool NAME[:JSON]`` as a call of :attr:`FakeOpenAI.tool_calls`."""
+    name, _, arguments = spec.partition(":")
+    try:
+        return {"name": name, "arguments": json.loads(arguments) if arguments else {}}
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{spec!r}: the arguments are not JSON: {e}") from None
+
+
+def calls_offered(calls: list[dict[str, Any]]) -> ToolScript:
+    """A script calling those of ``calls`` the request offers, once the user has just spoken."""
+    def script(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        offered = {tool["function"]["name"] for tool in tools}
+        wanted = [call for call in calls if call["name"] in offered]
+        return wanted if wanted and messages and messages[-1].get("role") == "user" else None
+    return script
 
 
 def synthetic_reply(tokens: int, sentences: int) -> str:

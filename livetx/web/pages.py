@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 
@@ -51,6 +52,23 @@ def _static() -> IResource:
     files = _files()(str(STATIC))
     files.contentTypes = {**files.contentTypes, ".js": "text/javascript; charset=utf-8"}
     return files
+
+
+class PageGone(Exception):
+    """The page's files left while the server ran."""
+
+
+def page_ready() -> Deferred[None]:
+    """``/readyz``'s ``page`` check: the page's files are still where the server found them.
+
+    Reinstalling or removing the package under a running server takes them
+    away (``GET /`` then answers 404) and leaves other code on disk than the
+    code running, which the next lazy import would mix in: the server needs a
+    restart, so it is not ready."""
+    if not (STATIC / "index.html").is_file():
+        return fail(PageGone(f"the page's files are gone from {STATIC} (the package was reinstalled or "
+                             "removed): restart the server"))
+    return succeed(None)
 
 
 def page_routes() -> dict[str, Resource]:
