@@ -108,7 +108,7 @@ class KeysOptions(_Command):
 
 
 class DevicesChange(_DataDirOptions):
-    synopsis = "[--data-dir DIR] CODE|DEVICE_ID"
+    synopsis = "[--data-dir DIR] [--config FILE] CODE|DEVICE_ID"
 
     def parseArgs(self, which: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
         self["which"] = which
