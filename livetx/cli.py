@@ -107,6 +107,31 @@ class KeysOptions(_Command):
             raise usage.UsageError("choose create, list or revoke")
 
 
+class DevicesChange(_DataDirOptions):
+    synopsis = "[--data-dir DIR] [--config FILE] CODE|DEVICE_ID"
+
+    def parseArgs(self, which: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
+        self["which"] = which
+
+
+class DevicesOptions(_Command):
+    synopsis = "list|approve|revoke [options]"
+    longdesc = (
+        "xiaozhi-esp32 boards that asked this server's OTA endpoint (docs/devices.md), kept in the data dir. "
+        "A new board shows a six-digit code: approve it by that code; a revoked board is refused at its "
+        "next connection."
+    )
+    subCommands = [
+        ["list", None, _DataDirOptions, "List boards: Device-Id, state, code, board."],
+        ["approve", None, DevicesChange, "Let a board in, by its code or Device-Id."],
+        ["revoke", None, DevicesChange, "Shut a board out, by its code or Device-Id."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose list, approve or revoke")
+
+
 class TokenOptions(_DataDirOptions):
     synopsis = "--username NAME [--ttl SECONDS] [--link [--url URL]] [--config FILE] [--data-dir DIR]"
     optFlags = [["link", None, "Print a one-time login link for the browser page instead (see: livetx open)."]]
@@ -223,6 +248,7 @@ class Options(_Command):
     )
     subCommands = [
         ["keys", None, KeysOptions, "Manage Open API keys."],
+        ["devices", None, DevicesOptions, "Approve or revoke xiaozhi-esp32 boards."],
         ["token", None, TokenOptions, "Print a dashboard JWT for the Live API (last line)."],
         ["open", None, OpenOptions, "Print a one-time login link for the browser page (last line)."],
         ["say", None, SayOptions, "Send a text turn to a server and print the reply (--out saves its audio)."],
@@ -287,6 +313,31 @@ def keys_revoke(options: KeysRevoke) -> int:
     return 1
 
 
+def _registry(options: _DataDirOptions) -> Any:
+    from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
+
+    return DeviceRegistry(options.data_dir / DEVICES_FILE)
+
+
+def devices_list(options: _DataDirOptions) -> int:
+    registry = _registry(options)
+    if not registry.path.exists():
+        print(f"livetx: no boards have asked yet ({registry.path})", file=sys.stderr)
+    print(f"{'device id':17}  {'state':8}  {'code':6}  board")
+    for d in registry.list():
+        print(f"{d.device_id:17}  {d.state:8}  {d.code:6}  {d.board or '-'}")
+    return 0
+
+
+def _devices_set(options: DevicesChange, state: str) -> int:
+    device = _registry(options).set_state(options["which"], state)
+    if device is None:
+        print(f"livetx: no board with code or Device-Id {options['which']!r}", file=sys.stderr)
+        return 1
+    print(f"{'approved' if state == 'approved' else 'revoked'} {device.device_id} (user {device.username})")
+    return 0
+
+
 def token(options: TokenOptions) -> int:
     fresh = storage.secret_to_create(options.settings, options.data_dir)
     secret = storage.jwt_secret(options.settings, options.data_dir)
@@ -334,6 +385,9 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "create"): keys_create,
     ("keys", "list"): keys_list,
     ("keys", "revoke"): keys_revoke,
+    ("devices", "list"): devices_list,
+    ("devices", "approve"): lambda options: _devices_set(options, "approved"),
+    ("devices", "revoke"): lambda options: _devices_set(options, "revoked"),
     ("token", None): token,
     ("open", None): token,
     ("say", None): converse,

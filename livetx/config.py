@@ -232,6 +232,22 @@ class TelephonyConfig:
 
 
 @dataclass(frozen=True)
+class DevicesConfig:
+    """xiaozhi-esp32 boards (docs/devices.md): their OTA endpoint and WebSocket; off until enabled."""
+
+    enabled: bool = False
+    #: The server's address as boards reach it (``https://voice.example.com``): the WebSocket URL
+    #: the OTA endpoint hands out is made from it. Unset: from the request's Host.
+    public_url: str | None = None
+    #: How long a board's WebSocket token lasts (the firmware asks again at every boot).
+    token_days: float = 365.0
+    #: The sample rate of the Opus the server sends (announced in its ``hello``).
+    output_rate: Literal[8000, 12000, 16000, 24000, 48000] = 24000
+    #: Turn-taking settings in auto and realtime listening, as ``session_update`` takes them.
+    turn: dict[str, int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a running server needs to know, after defaults and environment."""
 
@@ -244,6 +260,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
     telephony: TelephonyConfig = TelephonyConfig()
+    devices: DevicesConfig = DevicesConfig()
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(Config)

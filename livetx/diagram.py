@@ -11,6 +11,7 @@ from __future__ import annotations
 from transitions.extensions.diagrams import GraphMachine
 
 from livetx.chat.service import CHAT_TURN
+from livetx.devices.device import DEVICE
 from livetx.live.capture import CAPTURE
 from livetx.live.machine import Table
 from livetx.live.rules import SESSION
@@ -54,6 +55,10 @@ One per carrier stream socket, around a live session in talk mode
 ([telephony.md](telephony.md)). `begin` is the carrier's `start` with a valid
 call token; `end` is the caller hanging up, the socket closing, or a refused
 `start`."""),
+    (DEVICE, "A voice device (`livetx/devices/device.py`)", """\
+One per xiaozhi-esp32 board's socket, around a live session
+([devices.md](devices.md)). `hello` is the board's, answered with the
+server's; `end` is the socket closing."""),
 ]
 
 

@@ -70,6 +70,10 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    #: The peer broke the protocol (a board's Protocol-Version this server does not speak).
+    PROTOCOL_ERROR = 1002
+    #: Data the endpoint cannot take (a board's audio that is not mono Opus).
+    UNSUPPORTED_DATA = 1003
     POLICY_VIOLATION = 1008
 
 

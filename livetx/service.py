@@ -117,6 +117,11 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
 
         routes.update(telephony_routes(settings, secret=secret, engines=engines, connections=connections,
                                        clock=reactor, metrics=metrics, memories=memories))
+    if settings.devices.enabled:  # imported only when configured
+        from livetx.devices.routes import device_routes
+
+        routes.update(device_routes(settings, secret=secret, data_dir=data_dir, engines=engines,
+                                    connections=connections, clock=reactor, metrics=metrics, memories=memories))
     site = build_site(
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),

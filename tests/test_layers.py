@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"store", "auth", "storage"},
     {"live"},
     {"chat", "metrics"},
-    {"web", "telephony", "diagram"},
+    {"web", "telephony", "devices", "diagram"},
     {"cluster", "client"},
     {"engines", "service", "tap", "cli", "__main__"},
 ]

@@ -249,8 +249,8 @@ class CallFactory(WebSocketServerFactory):
         apply_limits(self, limits)
 
 
-def with_tool(engines: Engines, tool: Tool, config: ToolsConfig, clock: IReactorTime) -> Engines:
-    """The engines with ``tool`` offered to the model besides the configured tools.
+def with_tool(engines: Engines, tool: Tool | list[Tool], config: ToolsConfig, clock: IReactorTime) -> Engines:
+    """The engines with ``tool`` (or several) offered to the model besides the configured tools.
 
     The call's registry holds the tools offered when the call starts (an MCP
     server's included; one that restarts mid-call offers its new set to the
@@ -260,11 +260,12 @@ def with_tool(engines: Engines, tool: Tool, config: ToolsConfig, clock: IReactor
     from livetx.tools.loop import ToolingModel
     from livetx.tools.registry import ToolRegistry
 
+    added = tool if isinstance(tool, list) else [tool]
     llm: Any = engines.llm
     if isinstance(llm, ToolingModel):
         tools = [t for t in (llm.registry.get(name) for name in llm.registry.names) if t is not None]
-        return replace(engines, llm=ToolingModel(llm.llm, ToolRegistry([*tools, tool]), llm.config, clock))
+        return replace(engines, llm=ToolingModel(llm.llm, ToolRegistry([*tools, *added]), llm.config, clock))
     if isinstance(llm, ToolCallingModel):
-        return replace(engines, llm=ToolingModel(llm, ToolRegistry([tool]), config, clock))
+        return replace(engines, llm=ToolingModel(llm, ToolRegistry(added), config, clock))
     return engines
 

@@ -67,6 +67,14 @@ def _port_variants(url: str) -> list[str]:
     return list(dict.fromkeys(variants))
 
 
+def public_base(request: Request, public_url: str | None) -> str:
+    """Scheme and host as the caller reached us: configured behind a proxy, else from the request."""
+    if public_url is not None:
+        return public_url
+    host = (request.getHeader("host") or "localhost").strip()
+    return f"{'https' if request.isSecure() else 'http'}://{host}"
+
+
 def caller_username(caller: str, usernames: Mapping[str, str]) -> str | None:
     """Who a caller is: the configured name for the number, or the number itself."""
     username, _ = resolve_username(usernames.get(caller, caller))
@@ -99,11 +107,7 @@ class TwilioVoice(Resource):
             raise HTTPError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"send {FORM}")
 
     def _base(self, request: Request) -> str:
-        """Scheme and host as the carrier reached us: configured behind a proxy, else from the request."""
-        if self._public_url is not None:
-            return self._public_url
-        host = (request.getHeader("host") or "localhost").strip()
-        return f"{'https' if request.isSecure() else 'http'}://{host}"
+        return public_base(request, self._public_url)
 
     def render_POST(self, request: Request) -> bytes:
         base = self._base(request)

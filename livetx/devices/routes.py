@@ -1,0 +1,50 @@
+"""The devices' routes, made from ``[devices]``: the OTA endpoint and the WebSocket the boards use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+
+from livetx.config import Config, ConfigError
+from livetx.devices.ota import DeviceOta
+from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
+from livetx.devices.socket import DeviceFactory
+from livetx.devices.tokens import DeviceTokens
+from livetx.domain import Engines, MemoryOpener
+from livetx.fences.twisted_web import Upgrade
+from livetx.live.frames import FrameError
+from livetx.live.settings import Settings, updated
+from livetx.metrics import ServerMetrics
+from livetx.web.connections import ConnectionTracker
+
+#: The firmware's OTA URL is set to ``http(s)://HOST/xiaozhi/ota/`` (as the community servers serve it).
+OTA_PATH = "/xiaozhi/ota"
+#: The WebSocket the OTA endpoint points the boards at.
+SOCKET_PATH = "/xiaozhi/v1/"
+
+
+def device_routes(
+    config: Config, *, secret: str, data_dir: Path, engines: Engines, connections: ConnectionTracker,
+    clock: IReactorTime, metrics: ServerMetrics, memories: MemoryOpener | None,
+) -> dict[str, Resource]:
+    """Path → resource; ``ConfigError`` for bad turn settings."""
+    section = config.devices
+    try:
+        updated(Settings(), {**section.turn, "turn_detection": "server"})
+    except FrameError as e:
+        raise ConfigError(f"[devices.turn] {e.message}") from None
+    tokens = DeviceTokens(secret, section.token_days * 86400, clock)
+    registry = DeviceRegistry(data_dir / DEVICES_FILE)
+    socket = DeviceFactory(
+        tokens=tokens, registry=registry, engines=engines, limits=config.server, connections=connections,
+        clock=clock, metrics=metrics, endpoint=SOCKET_PATH, output_rate=section.output_rate,
+        turn=dict(section.turn), tools=config.tools, memories=memories,
+    )
+    return {
+        OTA_PATH: DeviceOta(registry=registry, tokens=tokens, clock=clock, public_url=section.public_url,
+                            socket_path=SOCKET_PATH),
+        SOCKET_PATH: cast(Resource, Upgrade(socket)),
+    }

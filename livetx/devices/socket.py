@@ -1,0 +1,298 @@
+"""A device's WebSocket: Autobahn on one side, a :class:`DeviceConversation` on the other.
+
+The socket owns what needs the server: the four headers the firmware sends
+(``Authorization: Bearer``, ``Protocol-Version``, ``Device-Id``,
+``Client-Id``) checked against the token and the registry (an unknown,
+pending or revoked board is closed with 1008 and a log line), the board's
+own user and memory, metrics, and the connection tracker that drains it
+with every other socket when the server stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import orjson
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from livetx import __version__
+from livetx.auth.tokens import AuthFailure
+from livetx.config import ServerConfig, ToolsConfig
+from livetx.devices import framing
+from livetx.devices.device import DeviceConversation, DeviceError
+from livetx.devices.mcp import DeviceMcp
+from livetx.devices.registry import DeviceRegistry
+from livetx.devices.tokens import DeviceTokens
+from livetx.domain import Engines, MemoryOpener
+from livetx.errors import CloseCode, ErrorCode
+from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
+from livetx.fences.twisted_web import take_over_producer
+from livetx.live.frames import Frame
+from livetx.live.session import LiveSession
+from livetx.metrics import ServerMetrics, TurnObserver
+from livetx.telephony.socket import with_tool
+from livetx.tools import Tool
+from livetx.web.admission import Admission, FrameRate, Verdict
+from livetx.web.connections import ConnectionTracker
+from livetx.web.flow import SendBuffer
+from livetx.web.sockets import apply_limits
+
+_log = Logger()
+
+
+
+@settings_from_factory
+class DeviceProtocol(QuietIO):
+    """One board's socket."""
+
+    factory: DeviceFactory
+    admission: Admission = Admission(mode="device")
+    device: DeviceConversation | None = None
+    observer: TurnObserver | None = None
+    rate: FrameRate | None = None
+    finished: Deferred[None] | None = None
+    buffer: SendBuffer | None = None
+    #: Why the handshake's headers are refused (closed at open with ``_refusal_code``).
+    _refusal: str | None = None
+    _refusal_code = CloseCode.POLICY_VIOLATION
+    _device_id = ""
+    _version = 1
+    _no_hello: IDelayedCall | None = None
+    #: The board's MCP client, when its hello says ``features.mcp`` and the model can call tools.
+    device_tools: DeviceMcp | None = None
+    _engines: Engines | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        headers = request.headers
+        factory = self.factory
+        self._device_id = headers.get("device-id", "")
+        raw = headers.get("protocol-version", "1")
+        if not raw.isdigit() or int(raw) not in framing.VERSIONS:
+            self._refusal, self._refusal_code = f"Protocol-Version {raw!r} is not 1, 2 or 3", CloseCode.PROTOCOL_ERROR
+            return
+        self._version = int(raw)
+        try:
+            device_id = factory.tokens.verify(headers.get("authorization"), self._device_id, headers.get("client-id"))
+        except AuthFailure as e:
+            self._refusal = e.reason
+            return
+        known = factory.registry.get(device_id)
+        if known is None or known.state != "approved":
+            self._refusal = "Device revoked" if known is not None and known.state == "revoked" else "Device not approved"
+            return
+        self.admission = Admission(username=known.username, mode="device")
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        if factory.connections.draining:
+            close_with_code(self, CloseCode.GOING_AWAY, "Server shutting down")
+            return
+        if self._refusal is not None:
+            _log.warn("Refused device {device}: {reason}", device=self._device_id or "(no Device-Id)",
+                      reason=self._refusal)
+            factory.metrics.refused_at(factory.endpoint)
+            close_with_code(self, self._refusal_code, self._refusal)
+            return
+        self.finished = Deferred()
+        self.rate = FrameRate(factory.limits.max_frames_per_second, factory.clock)
+        # A board that stops reading holds back the reply's speech, then is dropped, as any client.
+        self.buffer = SendBuffer(factory.limits.max_send_buffer_bytes, pause=self._output_paused,
+                                 resume=self._output_resumed)
+        take_over_producer(cast(IConsumer, self.transport), self.buffer)
+        self.device = DeviceConversation(host=self, clock=factory.clock, version=self._version,
+                                         output_rate=factory.output_rate, turn=factory.turn)
+        # The firmware gives up after 10 s without the server's hello; a device that says nothing holds nothing.
+        self._no_hello = factory.clock.callLater(factory.limits.handshake_timeout or 10.0, self._silent)
+
+    def _silent(self) -> None:
+        if self.device is not None and self.device.state == "waiting":
+            _log.warn("Closed device {device}: no 'hello'", device=self._device_id)
+            close_with_code(self, CloseCode.POLICY_VIOLATION, "No hello")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        device = self.device
+        if device is None:
+            return
+        assert self.rate is not None
+        verdict = self.rate.admit()
+        if verdict is Verdict.CLOSE:
+            close_with_code(self, CloseCode.POLICY_VIOLATION, "Too many messages")
+            return
+        try:
+            if verdict is not Verdict.ACCEPT:
+                raise DeviceError(ErrorCode.RATE_LIMITED, "too many messages")
+            if isBinary:
+                device.receive_binary(payload)
+                return
+            try:
+                message = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise DeviceError(ErrorCode.INVALID_JSON, "message is not valid JSON") from None
+            if not isinstance(message, dict):
+                raise DeviceError(ErrorCode.INVALID_MESSAGE_FORMAT, "message is not a JSON object")
+            device.receive_text(message)
+        except DeviceError as e:
+            self.refused(e.code, e.message)
+            if e.close is not None:
+                close_with_code(self, e.close, e.message)
+
+    # -- DeviceHost -------------------------------------------------------------
+
+    def send_json(self, message: Frame) -> None:
+        self._write(orjson.dumps(message), False)
+
+    def send_binary(self, data: bytes) -> None:
+        self._write(data, True)
+
+    def _write(self, payload: bytes, binary: bool) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=binary)
+            if self.buffer is not None and self.buffer.sent(len(payload)):
+                _log.warn("Closing device {device}: it reads too slowly", device=self._device_id)
+                close_with_code(self, CloseCode.POLICY_VIOLATION, "Device reads too slowly")
+
+    def _output_paused(self) -> None:
+        if self.session is not None:
+            self.session.pause_output()
+
+    def _output_resumed(self) -> None:
+        if self.session is not None:
+            self.session.resume_output()
+
+    def open_session(self, emit: Any) -> LiveSession:
+        factory = self.factory
+        username = self.admission.username
+        assert username is not None
+        memory = None
+        if factory.memories is not None:
+            memory = factory.memories(username, None)
+            memory.opened.addErrback(lambda f: _log.failure("Could not open the stored conversation", f))
+        self.observer = factory.metrics.opened(factory.endpoint, "device", username)
+        factory.connections.add(self)
+        _log.info("Device {device} connected as {user} (protocol version {version})",
+                  device=self._device_id, user=username, version=self._version)
+        engines = factory.engines.for_owner(username)
+        assert self.device is not None
+        if self.device.features.get("mcp") is True:
+            tooling = with_tool(engines, [], factory.tools, factory.clock)
+            if tooling is not engines:  # the model can call tools: ask the board for its own
+                engines = self._engines = tooling
+                self.device_tools = DeviceMcp(self._send_mcp, self._offer)
+                self.device_tools.start()
+        return LiveSession(username=username, engines=engines, clock=factory.clock,
+                           emit=emit, memory=memory, listener=self.observer)
+
+    def _send_mcp(self, payload: Frame) -> None:
+        assert self.device is not None
+        self.send_json({"session_id": self.device.session_id, "type": "mcp", "payload": payload})
+
+    def _offer(self, tools: list[Tool]) -> None:
+        """The board's tools join the model's (the session's engines hold this socket's own tool loop)."""
+        from livetx.tools.registry import ToolRegistry
+
+        llm: Any = self._engines.llm if self._engines is not None else None
+        if llm is None or not tools:
+            return
+        known = [t for t in (llm.registry.get(n) for n in llm.registry.names) if t is not None]
+        llm.registry = ToolRegistry([*known, *tools])
+        _log.info("Device {device} offers tools: {names}", device=self._device_id, names=", ".join(t.name for t in tools))
+
+    def refused(self, code: ErrorCode, message: str) -> None:
+        self.factory.metrics.errors.labels(code).inc()
+        _log.warn("Refused a message from device {device}: {message} ({code})",
+                  device=self._device_id, message=message, code=code.value)
+
+    def session_error(self, frame: Frame) -> None:
+        # Counted already: the session reports each error frame it sends to its listener.
+        _log.warn("Device {device}: {message} ({code})", device=self._device_id,
+                  message=frame.get("data"), code=frame.get("code"))
+
+    def mcp(self, payload: Frame) -> None:
+        if self.device_tools is not None:
+            self.device_tools.receive(payload)
+
+    # -- what the connection tracker asks of a socket --------------------------
+
+    @property
+    def session(self) -> LiveSession | None:
+        return None if self.device is None else self.device.session
+
+    @property
+    def busy(self) -> bool:
+        return self.session is not None and self.session.busy
+
+    def turns_over(self) -> Deferred[None]:
+        return succeed(None) if self.session is None else self.session.turn_over()
+
+    def stop_turn(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+
+    def stop_listening(self) -> None:
+        if self.session is not None:
+            self.session.stop_listening()
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            close_with_code(self, code, reason)
+
+    def revoke(self, reason: str) -> None:
+        """Boards are opened with device tokens, never API keys; a revocation ends one all the same."""
+        self.close_with(CloseCode.POLICY_VIOLATION, reason)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._no_hello is not None and self._no_hello.active():
+            self._no_hello.cancel()
+        device, self.device = self.device, None
+        if device is None:
+            return
+        device.closed()
+        if self.device_tools is not None:
+            self.device_tools.closed()
+        session = device.session
+        if session is None:
+            if self.finished is not None and not self.finished.called:
+                self.finished.callback(None)
+            return
+        session.stop_listening()
+        session.stop()
+        over = session.turn_over().addCallback(lambda _: session.close())
+
+        def released(_: object) -> None:
+            self.factory.connections.discard(self)
+            if self.observer is not None:
+                self.observer.closed()
+            if self.finished is not None and not self.finished.called:
+                self.finished.callback(None)
+
+        over.addBoth(released)
+
+
+class DeviceFactory(WebSocketServerFactory):
+    """The devices' WebSocket endpoint."""
+
+    protocol = DeviceProtocol  # type: ignore[assignment]  # Twisted's annotation wants a generic callable
+
+    def __init__(
+        self, *, tokens: DeviceTokens, registry: DeviceRegistry, engines: Engines, limits: ServerConfig,
+        connections: ConnectionTracker, clock: IReactorTime, metrics: ServerMetrics, endpoint: str,
+        output_rate: int, turn: dict[str, Any], tools: ToolsConfig, memories: MemoryOpener | None = None,
+    ) -> None:
+        super().__init__(server=f"livetx/{__version__}")
+        self.tokens = tokens
+        self.registry = registry
+        self.engines = engines
+        self.limits = limits
+        self.connections = connections
+        self.clock = clock
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self.output_rate = output_rate
+        self.turn = turn
+        self.tools = tools
+        self.memories = memories
+        apply_limits(self, limits)
