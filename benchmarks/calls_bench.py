@@ -27,7 +27,6 @@ Needs ``pip install websockets`` (the ``bench`` extra); server start-up is
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import base64
@@ -41,7 +40,8 @@ from typing import Any
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_bench import cpu_seconds, local_server  # noqa: E402
+from ladder import arguments, climb, run  # noqa: E402
+from live_bench import cpu_seconds  # noqa: E402
 from live_scenarios import percentile  # noqa: E402
 
 from livetx.audio import read_wav, resample  # noqa: E402
@@ -50,7 +50,6 @@ from livetx.telephony.codec import MULAW, AudioFormat, Inbound  # noqa: E402
 from livetx.telephony.tokens import CallTokens  # noqa: E402
 
 SECRET = "calls-bench-secret-of-at-least-32-bytes"
-TARGET_P95_MS = 1500.0
 PACKET = 160  # 20 ms of 8 kHz μ-law
 QUESTION = "what is the weather like in the kitchen today"
 MULAW_8K = AudioFormat(MULAW, 8000)
@@ -205,15 +204,7 @@ async def level(base: str, calls: int, turns: int, pid: int | None) -> dict[str,
 async def ladder(base: str, levels: list[int], turns: int, pid: int | None) -> dict[str, Any]:
     audio, starts, ends = question()
     await one_call(base, 9999, 0, audio, (starts, ends))  # warm-up: models load on first use, not counted
-    rows = []
-    for calls in levels:
-        row = await level(base, calls, turns, pid)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if row["v2v_p95_ms"] > TARGET_P95_MS:
-            break
-    held = [r["calls"] for r in rows if r["v2v_p95_ms"] <= TARGET_P95_MS]
-    return {"levels": rows, "max_calls_p95_within_1_5_s": max(held) if held else 0}
+    return await climb(levels, lambda calls: level(base, calls, turns, pid), "calls")
 
 
 def codec_cost(seconds: int = 60) -> dict[str, float]:
@@ -251,29 +242,14 @@ def codec_cost(seconds: int = 60) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", choices=("calls", "codec"), default="calls")
-    parser.add_argument("--levels", default="1,2,4,8,16", help="concurrent calls to try, in order")
-    parser.add_argument("--turns", type=int, default=2, help="questions heard out per call, then one over the reply")
-    parser.add_argument("--offline", action="store_true", help="livetx on its defaults: echo model, eSpeak NG")
+    parser = arguments(__doc__, "calls", "concurrent calls to try, in order",
+                       "questions heard out per call, then one over the reply")
     parser.add_argument("--json", help="also write the summary to this file")
     args = parser.parse_args()
-    if args.what == "codec":
-        summary: dict[str, Any] = codec_cost()
-        print(json.dumps(summary, indent=2))
-    else:
-        extra = (f'[auth]\njwt_secret = "{SECRET}"\n[telephony]\ncarriers = ["twilio"]\n'
-                 'twilio_auth_token = "bench"\n[telephony.turn]\nsilence_ms = 500\n'
-                 f'min_speech_ms = {MIN_SPEECH_MS}\n')
-        levels = [int(n) for n in args.levels.split(",")]
-        with local_server(tokens=20, sentences=2, delay=0.0, offline=args.offline, config_extra=extra) as (
-                url, pid, _):
-            base = url.split("/api/", 1)[0]
-            summary = asyncio.run(ladder(base, levels, args.turns, pid))
-        summary["model"] = "echo (offline)" if args.offline else "OpenAI-compatible simulator"
-        print(json.dumps({k: v for k, v in summary.items() if k != "levels"}))
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+    extra = (f'[auth]\njwt_secret = "{SECRET}"\n[telephony]\ncarriers = ["twilio"]\n'
+             'twilio_auth_token = "bench"\n[telephony.turn]\nsilence_ms = 500\n'
+             f'min_speech_ms = {MIN_SPEECH_MS}\n')
+    run(args, codec_cost, extra, lambda base, pid, levels: ladder(base, levels, args.turns, pid))
 
 
 if __name__ == "__main__":

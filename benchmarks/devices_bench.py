@@ -27,7 +27,6 @@ Needs ``pip install websockets`` (the ``bench`` extra); server start-up is
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import json
@@ -41,7 +40,8 @@ from typing import Any
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_bench import cpu_seconds, local_server  # noqa: E402
+from ladder import arguments, climb, run  # noqa: E402
+from live_bench import cpu_seconds  # noqa: E402
 from live_scenarios import percentile  # noqa: E402
 
 from livetx.audio import read_wav, resample  # noqa: E402
@@ -50,7 +50,6 @@ from livetx.devices.opus import Decoder, Encoder  # noqa: E402
 from livetx.devices.registry import DEVICES_FILE, DeviceRegistry  # noqa: E402
 from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
 
-TARGET_P95_MS = 1500.0
 FRAME_S = 0.06
 QUESTION = "what is the weather like in the kitchen today"
 
@@ -157,22 +156,20 @@ async def ladder(base: str, data_dir: Path, levels: list[int], turns: int, pid: 
     quiet = silence()
     registry = DeviceRegistry(data_dir / DEVICES_FILE)
     await one_board(base, registry, 9999, 1, packets, speech_ends, quiet)  # warm-up: models load on first use
-    rows, offset = [], 0
-    for devices in levels:
+    offset = 0
+
+    async def level(devices: int) -> dict[str, Any]:
+        nonlocal offset
         cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
         results = await asyncio.gather(*(one_board(base, registry, offset + i, turns, packets, speech_ends, quiet)
                                          for i in range(devices)))
         offset += devices
         wall, cpu = time.perf_counter() - wall0, cpu_seconds(pid) - cpu0
         v2v = [v for r in results for v in r]
-        row = {"devices": devices, "turns": len(v2v), "v2v_p50_ms": statistics.median(v2v),
-               "v2v_p95_ms": percentile(v2v, 0.95), "cpu_s_per_device_minute": cpu / (devices * wall / 60)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if row["v2v_p95_ms"] > TARGET_P95_MS:
-            break
-    held = [r["devices"] for r in rows if r["v2v_p95_ms"] <= TARGET_P95_MS]
-    return {"levels": rows, "max_devices_p95_within_1_5_s": max(held) if held else 0}
+        return {"devices": devices, "turns": len(v2v), "v2v_p50_ms": statistics.median(v2v),
+                "v2v_p95_ms": percentile(v2v, 0.95), "cpu_s_per_device_minute": cpu / (devices * wall / 60)}
+
+    return await climb(levels, level, "devices")
 
 
 def codec_cost(seconds: int = 60) -> dict[str, float]:
@@ -208,34 +205,22 @@ def codec_cost(seconds: int = 60) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", choices=("devices", "codec"), default="devices")
-    parser.add_argument("--levels", default="1,2,4,8,16", help="concurrent boards to try, in order")
-    parser.add_argument("--turns", type=int, default=2, help="questions per board")
-    parser.add_argument("--offline", action="store_true", help="livetx on its defaults: echo model, eSpeak NG")
+    parser = arguments(__doc__, "devices", "concurrent boards to try, in order", "questions per board")
     parser.add_argument("--sphinx", action="store_true", help="with --offline: PocketSphinx instead of Whisper")
     parser.add_argument("--json", help="also write the summary to this file")
     args = parser.parse_args()
-    if args.what == "codec":
-        summary: dict[str, Any] = codec_cost()
-        print(json.dumps(summary, indent=2))
-    else:
-        extra = "[devices]\nenabled = true\n[devices.turn]\nsilence_ms = 500\n"
-        if args.sphinx:
-            extra += '[stt]\nprovider = "pocketsphinx"\n'
-        levels = [int(n) for n in args.levels.split(",")]
-        with local_server(tokens=20, sentences=2, delay=0.0, offline=args.offline, config_extra=extra) as (
-                url, pid, _):
-            base = url.split("/api/", 1)[0]
-            # The server's data dir, where the registry is (live_bench keeps it in a temporary directory).
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            data_dir = Path(argv[argv.index(b"--data-dir") + 1].decode())
-            summary = asyncio.run(ladder(base, data_dir, levels, args.turns, pid))
-        summary["model"] = "echo (offline)" if args.offline else "OpenAI-compatible simulator"
-        summary["stt"] = "pocketsphinx" if args.sphinx else "whisper" if args.offline else "simulator"
-        print(json.dumps({k: v for k, v in summary.items() if k != "levels"}))
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+    extra = "[devices]\nenabled = true\n[devices.turn]\nsilence_ms = 500\n"
+    if args.sphinx:
+        extra += '[stt]\nprovider = "pocketsphinx"\n'
+
+    def ladder_of(base: str, pid: int, levels: list[int]) -> Any:
+        # The server's data dir, where the registry is (live_bench keeps it in a temporary directory).
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        data_dir = Path(argv[argv.index(b"--data-dir") + 1].decode())
+        return ladder(base, data_dir, levels, args.turns, pid)
+
+    stt = "pocketsphinx" if args.sphinx else "whisper" if args.offline else "simulator"
+    run(args, codec_cost, extra, ladder_of, {"stt": stt})
 
 
 if __name__ == "__main__":

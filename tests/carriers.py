@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 
 from livetx.telephony.codec import AudioFormat, Inbound
 
-from .support import TIMEOUT
+from .support import TIMEOUT, Waiting
 
 TICK = 0.02
 
@@ -108,7 +108,7 @@ class PlivoShape(Shape):
         return kind, None
 
 
-class FakeCarrier(WebSocketClientProtocol):
+class FakeCarrier(Waiting, WebSocketClientProtocol):
     """One call as a carrier streams it."""
 
     shape: Shape
@@ -223,21 +223,6 @@ class FakeCarrier(WebSocketClientProtocol):
 
     def of(self, kind: str) -> list[tuple[float, Any]]:
         return [(t, v) for t, k, v in self.received if k == kind]
-
-    def wait(self, ready: Any, timeout: float = TIMEOUT) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if ready() or self.close_code is not None:
-            d.callback(None)
-            return d
-        self._waiters.append((ready, d))
-        return d.addTimeout(timeout, reactor)
-
-    def _wake(self) -> None:
-        for entry in list(self._waiters):
-            ready, d = entry
-            if ready() or self.close_code is not None:
-                self._waiters.remove(entry)
-                d.callback(None)
 
     def hang_up(self) -> None:
         """The caller hangs up: ``stop``, then the carrier closes the socket."""

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import LoopingCall
 
-from .support import TIMEOUT
+from .support import TIMEOUT, Waiting
 
 FRAME_MS = 60
 MIC_RATE = 16000
@@ -78,7 +78,7 @@ def unframe(version: int, data: bytes) -> bytes:
 SILENCE = opus_packets(b"\x00\x00" * (MIC_RATE * FRAME_MS // 1000))[0]
 
 
-class Board(WebSocketClientProtocol):
+class Board(Waiting, WebSocketClientProtocol):
     """One board: records every message; the microphone streams while it listens."""
 
     binary_version = 1
@@ -190,21 +190,6 @@ class Board(WebSocketClientProtocol):
 
     def audio(self) -> list[bytes]:
         return [m for _, k, m in self.received if k == "audio"]
-
-    def wait(self, ready: Callable[[], bool], timeout: float = TIMEOUT) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if ready() or self.close_code is not None:
-            d.callback(None)
-            return d
-        self._waiters.append((ready, d))
-        return d.addTimeout(timeout, reactor)
-
-    def _wake(self) -> None:
-        for entry in list(self._waiters):
-            ready, d = entry
-            if ready() or self.close_code is not None:
-                self._waiters.remove(entry)
-                d.callback(None)
 
 
 async def connect(url: str, headers: dict[str, str], version: int = 1) -> Board:

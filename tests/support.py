@@ -21,6 +21,32 @@ from livetx.tap import Options, makeService
 TIMEOUT = 10.0
 
 
+class Waiting:
+    """A test client's ``wait(ready)``: fires once ``ready()`` holds or the socket closed (checked on each ``_wake``)."""
+
+    close_code: int | None
+    _waiters: list[tuple[Callable[[], bool], Deferred[None]]]
+
+    def gone(self) -> bool:
+        return self.close_code is not None
+
+    def wait(self, ready: Callable[[], bool], timeout: float = TIMEOUT) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if ready() or self.gone():
+            d.callback(None)
+            return d
+        self._waiters.append((ready, d))
+        return d.addTimeout(timeout, reactor)
+
+    def _wake(self) -> None:
+        """The client calls this on each message and on close."""
+        for entry in list(self._waiters):
+            ready, d = entry
+            if ready() or self.gone():
+                self._waiters.remove(entry)
+                d.callback(None)
+
+
 class RunningServer:
     """``twistd live`` in-process: the same Options and makeService, port 0."""
 
@@ -59,7 +85,7 @@ class RunningServer:
         return f"{scheme}://127.0.0.1:{self.port}{path}{suffix}"
 
 
-class LiveClient(WebSocketClientProtocol):
+class LiveClient(Waiting, WebSocketClientProtocol):
     """Records every frame; tests wait for the frames they expect."""
 
     def __init__(self) -> None:
@@ -89,20 +115,8 @@ class LiveClient(WebSocketClientProtocol):
         if not self.closed.called:
             self.closed.callback(self)
 
-    def _wake(self) -> None:
-        for entry in list(self._waiters):
-            ready, d = entry
-            if ready() or self.closed.called or self.close_code is not None:
-                self._waiters.remove(entry)
-                d.callback(None)
-
-    def wait(self, ready: Callable[[], bool], timeout: float = TIMEOUT) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if ready():
-            d.callback(None)
-            return d
-        self._waiters.append((ready, d))
-        return d.addTimeout(timeout, reactor)
+    def gone(self) -> bool:
+        return self.closed.called or self.close_code is not None
 
     def send(self, frame: Any) -> None:
         payload = frame if isinstance(frame, bytes) else json.dumps(frame).encode()

@@ -25,9 +25,8 @@ from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
 from livetx.errors import ErrorCode
 
 from .devices import SILENCE, Board, connect, decode_reply, frame
-from .test_live_ws import openai_config
-from .test_telephony import hear  # noqa: F401 (fixture: one recognizer for the module)
-from .test_voice import GRAMMAR, spoken
+from .test_telephony import hear, heard_server  # noqa: F401 (hear: the fixture, one recognizer for the module)
+from .test_voice import spoken
 
 MAC = "aa:bb:cc:dd:ee:01"
 CLIENT = "6f1c2a4e-0000-4000-8000-000000000001"
@@ -35,23 +34,7 @@ REPLY = "Turn off the kitchen lights. I have switched them off for you. Anything
 
 
 async def device_server(livetx: Any, openai: Any, tmp_path: Path, extra: str = "") -> Any:
-    grammar = tmp_path / "home.jsgf"
-    grammar.write_text(GRAMMAR)
-    config = openai_config(openai.base_url, tts=False) + f"""
-[stt]
-provider = "pocketsphinx"
-grammar = "{grammar}"
-
-[devices]
-enabled = true
-
-[devices.turn]
-min_speech_ms = 100
-silence_ms = 500
-{extra}"""
-    openai.reply = REPLY
-    openai.token_delay = 0.01
-    return await livetx(config)
+    return await heard_server(livetx, openai, tmp_path, "devices", "enabled = true", extra, REPLY)
 
 
 async def ota(server: Any, path: str = "/xiaozhi/ota/", mac: str = MAC, client: str = CLIENT,

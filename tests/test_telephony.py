@@ -47,6 +47,15 @@ def signed(url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:
 
 
 async def phone_server(livetx: Any, openai: Any, tmp_path: Path, extra: str = "") -> Any:
+    settings = f"""carriers = ["twilio", "telnyx", "plivo"]
+twilio_auth_token = "{AUTH_TOKEN}"
+dtmf_wait_ms = 300"""
+    return await heard_server(livetx, openai, tmp_path, "telephony", settings, extra, REPLY)
+
+
+async def heard_server(livetx: Any, openai: Any, tmp_path: Path, section: str, settings: str, extra: str,
+                       reply: str) -> Any:
+    """A server that hears the home grammar (pocketsphinx) and answers ``reply``, with ``section`` set up."""
     grammar = tmp_path / "home.jsgf"
     grammar.write_text(GRAMMAR)
     config = openai_config(openai.base_url, tts=False) + f"""
@@ -54,16 +63,14 @@ async def phone_server(livetx: Any, openai: Any, tmp_path: Path, extra: str = ""
 provider = "pocketsphinx"
 grammar = "{grammar}"
 
-[telephony]
-carriers = ["twilio", "telnyx", "plivo"]
-twilio_auth_token = "{AUTH_TOKEN}"
-dtmf_wait_ms = 300
+[{section}]
+{settings}
 
-[telephony.turn]
+[{section}.turn]
 min_speech_ms = 100
 silence_ms = 500
 {extra}"""
-    openai.reply = REPLY
+    openai.reply = reply
     openai.token_delay = 0.01
     return await livetx(config)
 

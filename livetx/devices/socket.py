@@ -4,22 +4,20 @@ The socket owns what needs the server: the four headers the firmware sends
 (``Authorization: Bearer``, ``Protocol-Version``, ``Device-Id``,
 ``Client-Id``) checked against the token and the registry (an unknown,
 pending or revoked board is closed with 1008 and a log line), the board's
-own user and memory, metrics, and the connection tracker that drains it
-with every other socket when the server stops.
+own user and its tools over MCP; the rate limit, flow control, memory,
+metrics and the connection tracker that drains it with every other socket
+when the server stops are the foreign socket's (:mod:`livetx.web.foreign`).
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Callable
 
 import orjson
-from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from livetx import __version__
 from livetx.auth.tokens import AuthFailure
 from livetx.config import ServerConfig, ToolsConfig
 from livetx.devices import framing
@@ -29,39 +27,29 @@ from livetx.devices.registry import DeviceRegistry
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
 from livetx.errors import CloseCode, ErrorCode
-from livetx.fences.autobahn import QuietIO, close_with_code, settings_from_factory
-from livetx.fences.twisted_web import take_over_producer
+from livetx.fences.autobahn import close_with_code
 from livetx.live.frames import Frame
 from livetx.live.session import LiveSession
-from livetx.metrics import ServerMetrics, TurnObserver
-from livetx.telephony.socket import with_tool
+from livetx.metrics import ServerMetrics
 from livetx.tools import Tool
-from livetx.web.admission import Admission, FrameRate, Verdict
+from livetx.web.admission import Admission
 from livetx.web.connections import ConnectionTracker
-from livetx.web.flow import SendBuffer
-from livetx.web.sockets import apply_limits
+from livetx.web.foreign import ForeignFactory, ForeignProtocol, with_tool
 
 _log = Logger()
 
 
-
-@settings_from_factory
-class DeviceProtocol(QuietIO):
+class DeviceProtocol(ForeignProtocol):
     """One board's socket."""
 
     factory: DeviceFactory
     admission: Admission = Admission(mode="device")
     device: DeviceConversation | None = None
-    observer: TurnObserver | None = None
-    rate: FrameRate | None = None
-    finished: Deferred[None] | None = None
-    buffer: SendBuffer | None = None
     #: Why the handshake's headers are refused (closed at open with ``_refusal_code``).
     _refusal: str | None = None
     _refusal_code = CloseCode.POLICY_VIOLATION
     _device_id = ""
     _version = 1
-    _no_hello: IDelayedCall | None = None
     #: The board's MCP client, when its hello says ``features.mcp`` and the model can call tools.
     device_tools: DeviceMcp | None = None
     _engines: Engines | None = None
@@ -87,54 +75,42 @@ class DeviceProtocol(QuietIO):
         self.admission = Admission(username=known.username, mode="device")
 
     def onOpen(self) -> None:
-        factory = self.factory
-        if factory.connections.draining:
-            close_with_code(self, CloseCode.GOING_AWAY, "Server shutting down")
+        if self.draining():
             return
+        factory = self.factory
         if self._refusal is not None:
             _log.warn("Refused device {device}: {reason}", device=self._device_id or "(no Device-Id)",
                       reason=self._refusal)
             factory.metrics.refused_at(factory.endpoint)
             close_with_code(self, self._refusal_code, self._refusal)
             return
-        self.finished = Deferred()
-        self.rate = FrameRate(factory.limits.max_frames_per_second, factory.clock)
         # A board that stops reading holds back the reply's speech, then is dropped, as any client.
-        self.buffer = SendBuffer(factory.limits.max_send_buffer_bytes, pause=self._output_paused,
-                                 resume=self._output_resumed)
-        take_over_producer(cast(IConsumer, self.transport), self.buffer)
+        self.start_flow()
         self.device = DeviceConversation(host=self, clock=factory.clock, version=self._version,
                                          output_rate=factory.output_rate, turn=factory.turn)
         # The firmware gives up after 10 s without the server's hello; a device that says nothing holds nothing.
-        self._no_hello = factory.clock.callLater(factory.limits.handshake_timeout or 10.0, self._silent)
+        self.wait_first(self._silent)
 
     def _silent(self) -> None:
         if self.device is not None and self.device.state == "waiting":
             _log.warn("Closed device {device}: no 'hello'", device=self._device_id)
             close_with_code(self, CloseCode.POLICY_VIOLATION, "No hello")
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        device = self.device
-        if device is None:
-            return
-        assert self.rate is not None
-        verdict = self.rate.admit()
-        if verdict is Verdict.CLOSE:
-            close_with_code(self, CloseCode.POLICY_VIOLATION, "Too many messages")
-            return
+    def listening(self) -> bool:
+        return self.device is not None
+
+    def receive_binary(self, payload: bytes) -> None:
+        assert self.device is not None
+        self._refusing(self.device.receive_binary, payload)
+
+    def receive_object(self, message: dict[str, Any]) -> None:
+        assert self.device is not None
+        self._refusing(self.device.receive_text, message)
+
+    def _refusing(self, receive: Callable[[Any], None], message: Any) -> None:
+        """A message the board should not have sent is refused, and closes the socket when it cannot go on."""
         try:
-            if verdict is not Verdict.ACCEPT:
-                raise DeviceError(ErrorCode.RATE_LIMITED, "too many messages")
-            if isBinary:
-                device.receive_binary(payload)
-                return
-            try:
-                message = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise DeviceError(ErrorCode.INVALID_JSON, "message is not valid JSON") from None
-            if not isinstance(message, dict):
-                raise DeviceError(ErrorCode.INVALID_MESSAGE_FORMAT, "message is not a JSON object")
-            device.receive_text(message)
+            receive(message)
         except DeviceError as e:
             self.refused(e.code, e.message)
             if e.close is not None:
@@ -143,34 +119,20 @@ class DeviceProtocol(QuietIO):
     # -- DeviceHost -------------------------------------------------------------
 
     def send_json(self, message: Frame) -> None:
-        self._write(orjson.dumps(message), False)
+        self.write(orjson.dumps(message), False)
 
     def send_binary(self, data: bytes) -> None:
-        self._write(data, True)
+        self.write(data, True)
 
-    def _write(self, payload: bytes, binary: bool) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(payload, isBinary=binary)
-            if self.buffer is not None and self.buffer.sent(len(payload)):
-                _log.warn("Closing device {device}: it reads too slowly", device=self._device_id)
-                close_with_code(self, CloseCode.POLICY_VIOLATION, "Device reads too slowly")
-
-    def _output_paused(self) -> None:
-        if self.session is not None:
-            self.session.pause_output()
-
-    def _output_resumed(self) -> None:
-        if self.session is not None:
-            self.session.resume_output()
+    def too_slow(self) -> None:
+        _log.warn("Closing device {device}: it reads too slowly", device=self._device_id)
+        close_with_code(self, CloseCode.POLICY_VIOLATION, "Device reads too slowly")
 
     def open_session(self, emit: Any) -> LiveSession:
         factory = self.factory
         username = self.admission.username
         assert username is not None
-        memory = None
-        if factory.memories is not None:
-            memory = factory.memories(username, None)
-            memory.opened.addErrback(lambda f: _log.failure("Could not open the stored conversation", f))
+        memory = self.memory(username)
         self.observer = factory.metrics.opened(factory.endpoint, "device", username)
         factory.connections.add(self)
         _log.info("Device {device} connected as {user} (protocol version {version})",
@@ -215,38 +177,12 @@ class DeviceProtocol(QuietIO):
         if self.device_tools is not None:
             self.device_tools.receive(payload)
 
-    # -- what the connection tracker asks of a socket --------------------------
-
     @property
     def session(self) -> LiveSession | None:
         return None if self.device is None else self.device.session
 
-    @property
-    def busy(self) -> bool:
-        return self.session is not None and self.session.busy
-
-    def turns_over(self) -> Deferred[None]:
-        return succeed(None) if self.session is None else self.session.turn_over()
-
-    def stop_turn(self) -> None:
-        if self.session is not None:
-            self.session.stop()
-
-    def stop_listening(self) -> None:
-        if self.session is not None:
-            self.session.stop_listening()
-
-    def close_with(self, code: int, reason: str) -> None:
-        if self.state == self.STATE_OPEN:
-            close_with_code(self, code, reason)
-
-    def revoke(self, reason: str) -> None:
-        """Boards are opened with device tokens, never API keys; a revocation ends one all the same."""
-        self.close_with(CloseCode.POLICY_VIOLATION, reason)
-
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._no_hello is not None and self._no_hello.active():
-            self._no_hello.cancel()
+        self.stop_waiting()
         device, self.device = self.device, None
         if device is None:
             return
@@ -255,24 +191,14 @@ class DeviceProtocol(QuietIO):
             self.device_tools.closed()
         session = device.session
         if session is None:
-            if self.finished is not None and not self.finished.called:
-                self.finished.callback(None)
+            self.finish()
             return
         session.stop_listening()
         session.stop()
-        over = session.turn_over().addCallback(lambda _: session.close())
-
-        def released(_: object) -> None:
-            self.factory.connections.discard(self)
-            if self.observer is not None:
-                self.observer.closed()
-            if self.finished is not None and not self.finished.called:
-                self.finished.callback(None)
-
-        over.addBoth(released)
+        self.release_after(session.turn_over().addCallback(lambda _: session.close()))
 
 
-class DeviceFactory(WebSocketServerFactory):
+class DeviceFactory(ForeignFactory):
     """The devices' WebSocket endpoint."""
 
     protocol = DeviceProtocol  # type: ignore[assignment]  # Twisted's annotation wants a generic callable
@@ -282,17 +208,9 @@ class DeviceFactory(WebSocketServerFactory):
         connections: ConnectionTracker, clock: IReactorTime, metrics: ServerMetrics, endpoint: str,
         output_rate: int, turn: dict[str, Any], tools: ToolsConfig, memories: MemoryOpener | None = None,
     ) -> None:
-        super().__init__(server=f"livetx/{__version__}")
+        super().__init__(engines=engines, limits=limits, tools=tools, connections=connections, clock=clock,
+                         metrics=metrics, endpoint=endpoint, memories=memories)
         self.tokens = tokens
         self.registry = registry
-        self.engines = engines
-        self.limits = limits
-        self.connections = connections
-        self.clock = clock
-        self.metrics = metrics
-        self.endpoint = endpoint
         self.output_rate = output_rate
         self.turn = turn
-        self.tools = tools
-        self.memories = memories
-        apply_limits(self, limits)

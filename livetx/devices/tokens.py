@@ -9,41 +9,21 @@ connection, not through the token's expiry.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
-
-from livetx.auth.tokens import EXPIRED, INVALID, MISSING, AuthFailure
+from livetx.auth.audience import AudienceTokens
+from livetx.auth.tokens import INVALID, AuthFailure
 
 AUDIENCE = "livetx-device"
 
 
-class DeviceTokens:
-    def __init__(self, secret: str, seconds: float, clock: IReactorTime) -> None:
-        self._secret = secret
-        self._seconds = seconds
-        self._clock = clock
+class DeviceTokens(AudienceTokens):
+    audience = AUDIENCE
 
     def issue(self, device_id: str, client_id: str) -> str:
-        import jwt
-
-        now = int(self._clock.seconds())
-        claims = {"aud": AUDIENCE, "device": device_id.lower(), "client": client_id,
-                  "iat": now, "exp": now + max(1, int(self._seconds))}
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        return self._issue({"device": device_id.lower(), "client": client_id})
 
     def verify(self, authorization: str | None, device_id: str | None, client_id: str | None) -> str:
         """The Device-Id the ``Authorization: Bearer`` token was issued to, if the headers match it."""
-        token = (authorization or "").removeprefix("Bearer").strip()
-        if not token:
-            raise AuthFailure(MISSING)
-        import jwt
-
-        try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], audience=AUDIENCE,
-                                options={"require": ["exp", "aud", "device", "client"]}, leeway=0)
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure(EXPIRED) from None
-        except jwt.InvalidTokenError:
-            raise AuthFailure(INVALID) from None
+        claims = self._claims((authorization or "").removeprefix("Bearer").strip(), ["device", "client"])
         if claims["device"] != (device_id or "").lower() or claims["client"] != client_id:
             raise AuthFailure(INVALID)
         return str(claims["device"])
