@@ -225,6 +225,8 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     assert carrier.close_code is None
     carrier.hang_up()
     await carrier.closed.addTimeout(10, reactor)
+    connections = server.service.getServiceNamed("connections")
+    await eventually(lambda: len(connections) == 0, timeout=10)  # the call leaves the tracker once it is over
     # The next call from the same number brings the history back, cut to the first sentence.
     again = await asking(server, "CA2")
     assert assistant_turns(openai) == ["Turn off the kitchen lights."]
