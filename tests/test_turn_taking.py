@@ -177,12 +177,40 @@ def test_speech_resumed_before_the_first_audio_withdraws_the_reply_and_resends_u
         "please call my sister at seven tonight", "Calling her at seven. ", False)
 
 
-def test_speech_after_the_first_audio_is_a_barge_in_and_both_stay_in_history() -> None:
+def test_speech_resumed_within_continue_ms_after_the_first_audio_stops_play_and_continues_the_request() -> None:
+    h = talking()
+    head = first_half(h)  # 900 ms of silence after the speech: inside the 1200 ms window
+    h.stt.requests[0][1].callback("please call my sister")
+    h.llm.last.say("Calling your sister. ", "Dialling")
+    h.tts.finish(0)
+    assert "response" in kinds(h.raw)  # the reply's first audio went out
+    generation = h.llm.last
+    produced = speak(h, voiced(600))
+    assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
+    assert generation.cancelled and h.session.history == ()
+    speak(h, quiet(900))
+    wav, final = h.stt.requests[-1]
+    assert pcm_of(wav).startswith(head) and len(pcm_of(wav)) > len(head) + 32 * 600  # both halves, one decode
+    final.callback("please call my sister at seven in the evening")
+    h.llm.last.say("Calling her at seven. ")
+    h.tts.finish(1)
+    h.llm.last.finish()
+    assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
+        ("please call my sister", 1), ("please call my sister at seven in the evening", 1)]
+    assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1]
+    assert h.llm.last.messages[-1] == {"role": "user", "content": "please call my sister at seven in the evening"}
+    (kept,) = h.session.history
+    assert (kept.user, kept.reply, kept.interrupted) == (
+        "please call my sister at seven in the evening", "Calling her at seven. ", False)
+
+
+def test_speech_after_the_first_audio_and_past_continue_ms_is_a_barge_in_and_both_stay_in_history() -> None:
     h = talking()
     first_half(h)
     h.stt.requests[0][1].callback("tell me a story")
     h.llm.last.say("Once upon a time. ", "There was")
     h.tts.finish(0)
+    speak(h, quiet(600))  # 900 + 600 ms of silence since the speech ended: past the 1200 ms window
     produced = speak(h, voiced(600))
     assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
     speak(h, quiet(900))
@@ -192,6 +220,22 @@ def test_speech_after_the_first_audio_is_a_barge_in_and_both_stay_in_history() -
     assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
         ("tell me a story", 1), ("stop", 2)]
     assert [e.user for e in h.session.history] == ["tell me a story"] and h.session.history[0].interrupted
+
+
+def test_continue_ms_zero_keeps_the_window_to_before_the_first_audio_and_out_of_range_is_refused() -> None:
+    h = talking()
+    (error,) = h.send("session_update", continue_ms=5001)
+    assert error["code"] == ErrorCode.INVALID_SETTING and h.session.settings.continue_ms == 1200
+    h.send("session_update", continue_ms=0)
+    first_half(h)
+    h.stt.requests[0][1].callback("please call my sister")
+    h.llm.last.say("Calling your sister. ", "Dialling")
+    h.tts.finish(0)
+    assert kinds(speak(h, voiced(600))) == ["speech_started", "stop_play"]
+    speak(h, quiet(900))
+    h.stt.requests[-1][1].callback("at seven")
+    assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
+        ("please call my sister", 1), ("at seven", 2)]
 
 
 def test_a_text_turn_is_barged_in_on_as_before() -> None:

@@ -17,10 +17,12 @@ starts once the interrupted turn is unwound, and a second such frame gets
 ``PROCESSING_ERROR`` as in ``processing``.
 
 Talk mode: speech that starts while a voice turn's reply is still unheard
-(no audio sent, no tool called) continues that request instead of barging
-in: the turn is withdrawn, nothing of it stored or played, and its audio
-becomes the start of the new utterance, answered as one request under the
-same turn id (docs/protocol-extensions.md, "A request in two breaths").
+(no audio sent, no tool called), or within ``continue_ms`` of the end of its
+speech (a pause, not a reply heard out: ``stop_play`` then stops what little
+played), continues that request instead of barging in: the turn is
+withdrawn, nothing of it stored, and its audio becomes the start of the new
+utterance, answered as one request under the same turn id
+(docs/protocol-extensions.md, "A request in two breaths").
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class LiveSession:
         self._report = self._turns.report
         self.settings = Settings()
         self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
-        #: The running voice turn's segment, which speech resumed before its reply is heard takes back.
+        #: The running voice turn's segment, which speech that continues its request takes back.
         self._voice_segment: Segment | None = None
         #: While a withdrawn turn unwinds: it is not stored (its id goes to the request's rest: TurnLedger).
         self._withdrawn = False
@@ -209,9 +211,14 @@ class LiveSession:
     def turn_queued(self, event: EventData) -> bool:
         return self._turns.queued is not None
 
-    def reply_unheard(self, event: EventData) -> bool:
-        """A voice turn runs whose reply nobody has heard yet: new speech continues its request."""
-        return self._voice_segment is not None and not self._closing and (self._turn is None or self._turn.unheard)
+    def request_goes_on(self, event: EventData) -> bool:
+        """New speech continues the running voice turn's request: its reply is unheard, or the
+        user resumed within ``continue_ms`` of the end of its speech and no tool has acted."""
+        segment, turn = self._voice_segment, self._turn
+        if segment is None or self._closing or turn is None or turn.unheard:
+            return segment is not None and not self._closing
+        pause = None if segment.voiced_ms is None else event.kwargs["start_ms"] - segment.voiced_ms
+        return not turn.acted and pause is not None and 0 <= pause <= self.settings.continue_ms
 
     def _open_segment(self, event: EventData) -> None:
         self.capture.open(event.kwargs["stamp"])
@@ -351,6 +358,7 @@ class LiveSession:
     def _turn_over(self, result: TurnResult, text: str) -> None:
         """Store the turn (both sides at once), then end it: ``end``, or the end of ``interrupted``."""
         self._turn = None
+        self._voice_segment = None  # its reply is complete: speech from now on cannot take it back
         if self._withdrawn:
             self._unwithdrawn()
             return
@@ -404,10 +412,13 @@ class LiveSession:
         self._unwound()
 
     def _withdraw(self, event: EventData) -> None:
-        """The user went on before hearing the reply: drop the turn unstored, unreported and
-        unsaid (no ``stop_play``, no ``end``); its number goes to the rest of the request."""
+        """The user went on with the request: drop the turn unstored, unreported and unsaid (no
+        ``end``; ``stop_play`` only if its audio had started); its number goes to the rest of the request."""
         self._withdrawn = True
         self._voice_segment = None
+        if self._turn is not None and not self._turn.unheard:
+            self._turn.silence()
+            self._turns.emit({"t": "stop_play"})
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over, which keeps nothing
             return
