@@ -45,6 +45,12 @@ def speak(h: Harness, pcm: bytes) -> list[dict[str, Any]]:
     return h.raw[before:]
 
 
+def listen_on(h: Harness) -> list[dict[str, Any]]:
+    """The microphone streams silence on past ``continue_ms``: a finished voice turn, held until
+    the user can no longer go on with its request, is stored and ended."""
+    return speak(h, quiet(1500))
+
+
 def kinds(produced: list[dict[str, Any]]) -> list[str]:
     return [f["t"] for f in produced]
 
@@ -165,6 +171,7 @@ def test_speech_resumed_before_the_first_audio_withdraws_the_reply_and_resends_u
     h.llm.last.say("Calling her at seven. ")
     h.tts.finish(0)
     h.llm.last.finish()
+    listen_on(h)
     msgs = [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"]
     assert msgs == [("please call my sister at", 1), ("please call my sister at seven tonight", 1)]
     assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1] and "stop_play" not in kinds(h.raw)
@@ -195,6 +202,7 @@ def test_speech_resumed_within_continue_ms_after_the_first_audio_stops_play_and_
     h.llm.last.say("Calling her at seven. ")
     h.tts.finish(1)
     h.llm.last.finish()
+    listen_on(h)
     assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
         ("please call my sister", 1), ("please call my sister at seven in the evening", 1)]
     assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1]
@@ -202,6 +210,43 @@ def test_speech_resumed_within_continue_ms_after_the_first_audio_stops_play_and_
     (kept,) = h.session.history
     assert (kept.user, kept.reply, kept.interrupted) == (
         "please call my sister at seven in the evening", "Calling her at seven. ", False)
+
+
+def test_a_complete_reply_is_held_unstored_while_its_request_may_go_on() -> None:
+    h = talking()
+    head = first_half(h)
+    h.stt.requests[0][1].callback("please call my sister")
+    h.llm.last.say("Calling your sister. ")
+    h.tts.finish(0)
+    h.llm.last.finish()  # all of the reply went out: the client still plays it
+    assert "end" not in kinds(h.raw) and h.state == "processing" and h.session.history == ()
+    produced = speak(h, voiced(600))  # 900 ms after the last word: within continue_ms
+    assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
+    speak(h, quiet(900))
+    wav, final = h.stt.requests[-1]
+    assert pcm_of(wav).startswith(head)
+    final.callback("please call my sister at seven")
+    h.llm.last.say("Calling her at seven. ")
+    h.tts.finish(1)
+    h.llm.last.finish()
+    assert "end" in kinds(listen_on(h))
+    assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1]
+    assert [e.user for e in h.session.history] == ["please call my sister at seven"]
+
+
+def test_a_complete_reply_is_stored_and_ended_once_continue_ms_is_over() -> None:
+    h = talking()
+    first_half(h)
+    h.stt.requests[0][1].callback("what time is it")
+    h.llm.last.say("It is noon. ")
+    h.tts.finish(0)
+    h.llm.last.finish()
+    assert "end" not in kinds(h.raw)
+    produced = listen_on(h)
+    assert kinds(produced)[-1] == "end" and h.state == "idle"
+    assert [(e.user, e.interrupted) for e in h.session.history] == [("what time is it", False)]
+    produced = speak(h, voiced(600) + quiet(900))
+    assert "stop_play" not in kinds(produced) and h.stt.requests[-1][0] != h.stt.requests[0][0]
 
 
 def test_speech_after_the_first_audio_and_past_continue_ms_is_a_barge_in_and_both_stay_in_history() -> None:
@@ -272,6 +317,7 @@ def test_each_voice_turn_reports_its_stages_from_the_last_voiced_frame() -> None
     h.llm.last.finish()
     h.clock.advance(0.2)
     h.tts.finish(0)
+    listen_on(h)
     (stages,) = [f["data"] for f in h.raw if f["t"] == "metrics" and "voice_to_voice_ms" in f["data"]]
     assert list(stages) == list(VOICE_STAGES)
     # silence_ms, give or take a detector frame and a client frame (the clock moves per client frame).
@@ -298,6 +344,7 @@ def test_a_voice_turn_without_audio_reports_the_stages_it_reached() -> None:
     h.stt.requests[0][1].callback("hello")
     h.llm.last.say("Hi.")
     h.llm.last.finish()
+    listen_on(h)
     (stages,) = [f["data"] for f in h.raw if f["t"] == "metrics" and "endpoint_ms" in f["data"]]
     assert set(stages) == {"endpoint_ms", "transcript_ms", "first_token_ms"}
 
