@@ -249,6 +249,20 @@ def test_a_complete_reply_is_stored_and_ended_once_continue_ms_is_over() -> None
     assert "stop_play" not in kinds(produced) and h.stt.requests[-1][0] != h.stt.requests[0][0]
 
 
+def test_an_interrupt_while_a_complete_reply_is_held_stores_it_and_unwinds() -> None:
+    h = talking()
+    first_half(h)
+    h.stt.requests[0][1].callback("what time is it")
+    h.llm.last.say("It is noon. ")
+    h.tts.finish(0)
+    h.llm.last.finish()
+    assert h.state == "processing" and h.session.history == ()
+    produced = h.send("interrupt")
+    assert kinds(produced)[0] == "stop_play" and h.state == "idle"
+    assert [(e.user, e.reply) for e in h.session.history] == [("what time is it", "It is noon. ")]
+    assert "end" not in kinds(listen_on(h))  # the hold's call was cancelled: nothing ends twice
+
+
 def test_speech_after_the_first_audio_and_past_continue_ms_is_a_barge_in_and_both_stay_in_history() -> None:
     h = talking()
     first_half(h)
