@@ -144,7 +144,9 @@ async def test_realtime_voice_barges_in(livetx: Any, openai: Any, tmp_path: Path
     b.listen("start", "realtime")
     b.say(await spoken("turn on the hallway lights"))
     await b.wait(lambda: len(b.audio()) >= 3, timeout=40)
-    b.say(await spoken("turn off the bedroom lights"))  # the microphone is still on: barge-in by voice
+    # The microphone streams on; past continue_ms (1200 ms) after the request, speech is a barge-in.
+    await deferLater(reactor, 1.3, lambda: None)
+    b.say(await spoken("turn off the bedroom lights"))
     await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=20)
     await b.wait(lambda: len(b.messages("stt")) >= 2, timeout=40)
     assert b.messages("stt")[1]["text"] == "turn off the bedroom lights"

@@ -45,6 +45,12 @@ def speak(h: Harness, pcm: bytes) -> list[dict[str, Any]]:
     return h.raw[before:]
 
 
+def listen_on(h: Harness) -> list[dict[str, Any]]:
+    """The microphone streams silence on past ``continue_ms``: a finished voice turn, held until
+    the user can no longer go on with its request, is stored and ended."""
+    return speak(h, quiet(1500))
+
+
 def kinds(produced: list[dict[str, Any]]) -> list[str]:
     return [f["t"] for f in produced]
 
@@ -165,6 +171,7 @@ def test_speech_resumed_before_the_first_audio_withdraws_the_reply_and_resends_u
     h.llm.last.say("Calling her at seven. ")
     h.tts.finish(0)
     h.llm.last.finish()
+    listen_on(h)
     msgs = [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"]
     assert msgs == [("please call my sister at", 1), ("please call my sister at seven tonight", 1)]
     assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1] and "stop_play" not in kinds(h.raw)
@@ -177,12 +184,92 @@ def test_speech_resumed_before_the_first_audio_withdraws_the_reply_and_resends_u
         "please call my sister at seven tonight", "Calling her at seven. ", False)
 
 
-def test_speech_after_the_first_audio_is_a_barge_in_and_both_stay_in_history() -> None:
+def test_speech_resumed_within_continue_ms_after_the_first_audio_stops_play_and_continues_the_request() -> None:
+    h = talking()
+    head = first_half(h)  # 900 ms of silence after the speech: inside the 1200 ms window
+    h.stt.requests[0][1].callback("please call my sister")
+    h.llm.last.say("Calling your sister. ", "Dialling")
+    h.tts.finish(0)
+    assert "response" in kinds(h.raw)  # the reply's first audio went out
+    generation = h.llm.last
+    produced = speak(h, voiced(600))
+    assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
+    assert generation.cancelled and h.session.history == ()
+    speak(h, quiet(900))
+    wav, final = h.stt.requests[-1]
+    assert pcm_of(wav).startswith(head) and len(pcm_of(wav)) > len(head) + 32 * 600  # both halves, one decode
+    final.callback("please call my sister at seven in the evening")
+    h.llm.last.say("Calling her at seven. ")
+    h.tts.finish(1)
+    h.llm.last.finish()
+    listen_on(h)
+    assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
+        ("please call my sister", 1), ("please call my sister at seven in the evening", 1)]
+    assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1]
+    assert h.llm.last.messages[-1] == {"role": "user", "content": "please call my sister at seven in the evening"}
+    (kept,) = h.session.history
+    assert (kept.user, kept.reply, kept.interrupted) == (
+        "please call my sister at seven in the evening", "Calling her at seven. ", False)
+
+
+def test_a_complete_reply_is_held_unstored_while_its_request_may_go_on() -> None:
+    h = talking()
+    head = first_half(h)
+    h.stt.requests[0][1].callback("please call my sister")
+    h.llm.last.say("Calling your sister. ")
+    h.tts.finish(0)
+    h.llm.last.finish()  # all of the reply went out: the client still plays it
+    assert "end" not in kinds(h.raw) and h.state == "processing" and h.session.history == ()
+    produced = speak(h, voiced(600))  # 900 ms after the last word: within continue_ms
+    assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
+    speak(h, quiet(900))
+    wav, final = h.stt.requests[-1]
+    assert pcm_of(wav).startswith(head)
+    final.callback("please call my sister at seven")
+    h.llm.last.say("Calling her at seven. ")
+    h.tts.finish(1)
+    h.llm.last.finish()
+    assert "end" in kinds(listen_on(h))
+    assert [f["turn"] for f in h.raw if f["t"] == "end"] == [1]
+    assert [e.user for e in h.session.history] == ["please call my sister at seven"]
+
+
+def test_a_complete_reply_is_stored_and_ended_once_continue_ms_is_over() -> None:
+    h = talking()
+    first_half(h)
+    h.stt.requests[0][1].callback("what time is it")
+    h.llm.last.say("It is noon. ")
+    h.tts.finish(0)
+    h.llm.last.finish()
+    assert "end" not in kinds(h.raw)
+    produced = listen_on(h)
+    assert kinds(produced)[-1] == "end" and h.state == "idle"
+    assert [(e.user, e.interrupted) for e in h.session.history] == [("what time is it", False)]
+    produced = speak(h, voiced(600) + quiet(900))
+    assert "stop_play" not in kinds(produced) and h.stt.requests[-1][0] != h.stt.requests[0][0]
+
+
+def test_an_interrupt_while_a_complete_reply_is_held_stores_it_and_unwinds() -> None:
+    h = talking()
+    first_half(h)
+    h.stt.requests[0][1].callback("what time is it")
+    h.llm.last.say("It is noon. ")
+    h.tts.finish(0)
+    h.llm.last.finish()
+    assert h.state == "processing" and h.session.history == ()
+    produced = h.send("interrupt")
+    assert kinds(produced)[0] == "stop_play" and h.state == "idle"
+    assert [(e.user, e.reply) for e in h.session.history] == [("what time is it", "It is noon. ")]
+    assert "end" not in kinds(listen_on(h))  # the hold's call was cancelled: nothing ends twice
+
+
+def test_speech_after_the_first_audio_and_past_continue_ms_is_a_barge_in_and_both_stay_in_history() -> None:
     h = talking()
     first_half(h)
     h.stt.requests[0][1].callback("tell me a story")
     h.llm.last.say("Once upon a time. ", "There was")
     h.tts.finish(0)
+    speak(h, quiet(600))  # 900 + 600 ms of silence since the speech ended: past the 1200 ms window
     produced = speak(h, voiced(600))
     assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
     speak(h, quiet(900))
@@ -192,6 +279,22 @@ def test_speech_after_the_first_audio_is_a_barge_in_and_both_stay_in_history() -
     assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
         ("tell me a story", 1), ("stop", 2)]
     assert [e.user for e in h.session.history] == ["tell me a story"] and h.session.history[0].interrupted
+
+
+def test_continue_ms_zero_keeps_the_window_to_before_the_first_audio_and_out_of_range_is_refused() -> None:
+    h = talking()
+    (error,) = h.send("session_update", continue_ms=5001)
+    assert error["code"] == ErrorCode.INVALID_SETTING and h.session.settings.continue_ms == 1200
+    h.send("session_update", continue_ms=0)
+    first_half(h)
+    h.stt.requests[0][1].callback("please call my sister")
+    h.llm.last.say("Calling your sister. ", "Dialling")
+    h.tts.finish(0)
+    assert kinds(speak(h, voiced(600))) == ["speech_started", "stop_play"]
+    speak(h, quiet(900))
+    h.stt.requests[-1][1].callback("at seven")
+    assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
+        ("please call my sister", 1), ("at seven", 2)]
 
 
 def test_a_text_turn_is_barged_in_on_as_before() -> None:
@@ -228,6 +331,7 @@ def test_each_voice_turn_reports_its_stages_from_the_last_voiced_frame() -> None
     h.llm.last.finish()
     h.clock.advance(0.2)
     h.tts.finish(0)
+    listen_on(h)
     (stages,) = [f["data"] for f in h.raw if f["t"] == "metrics" and "voice_to_voice_ms" in f["data"]]
     assert list(stages) == list(VOICE_STAGES)
     # silence_ms, give or take a detector frame and a client frame (the clock moves per client frame).
@@ -254,6 +358,7 @@ def test_a_voice_turn_without_audio_reports_the_stages_it_reached() -> None:
     h.stt.requests[0][1].callback("hello")
     h.llm.last.say("Hi.")
     h.llm.last.finish()
+    listen_on(h)
     (stages,) = [f["data"] for f in h.raw if f["t"] == "metrics" and "endpoint_ms" in f["data"]]
     assert set(stages) == {"endpoint_ms", "transcript_ms", "first_token_ms"}
 

@@ -1,5 +1,6 @@
 """Talk mode over a real socket with the default engines (Whisper, the echo model, eSpeak NG):
-a request in two breaths stays one request, and speech over a reply already heard barges in."""
+a request in two breaths stays one request (even over its first audio, within continue_ms), and
+speech over a reply already heard barges in."""
 
 from __future__ import annotations
 
@@ -43,6 +44,24 @@ async def stored(server: Any, user: str, *sessions: str) -> list[list[tuple[str,
         await store.close()
 
 
+async def two_breaths(
+    server: Any, user: str, session: str, head: bytes, tail: bytes, until: str,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``head``, a 900 ms pause, and once ``until`` has come, ``tail``: one request whose second
+    ``user_msg`` keeps the turn and carries the whole text. The frames up to ``until``, and all."""
+    client = await connect(server.url(LIVE, token=server.token(user), session_id=session, turn_detection="server"))
+    await client.until("session_updated")
+    speaking_parts(client, silence(500) + head + silence(900))
+    first = await client.until(until, timeout=60)
+    speaking_parts(client, tail + silence(1000))
+    frames = first + await client.until("end", timeout=60)
+    (head_said, one), (whole, again) = user_msgs(frames)
+    assert one == again == 1 and whole[: len(head_said)] == head_said and whole[-1] == "evening"
+    assert [f["turn"] for f in frames if f["t"] == "end"] == [1]
+    await client.close_and_wait()
+    return first, frames
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_pause_mid_request_loses_nothing_before_or_after_its_first_user_msg(livetx: Any) -> None:
     # The echo model takes half a second a word: the reply's one sentence is not spoken for seconds.
@@ -62,21 +81,27 @@ async def test_a_pause_mid_request_loses_nothing_before_or_after_its_first_user_
     await client.close_and_wait()
 
     # Resumed after the first user_msg, before any audio: the same turn again, with the whole text.
-    client = await connect(server.url(LIVE, token=server.token("ann"), session_id="later", turn_detection="server"))
-    await client.until("session_updated")
-    speaking_parts(client, silence(500) + head + silence(900))
-    first = await client.until("user_msg", timeout=60)
-    assert "response" not in kinds(first)
-    speaking_parts(client, tail + silence(1000))
-    frames = first + await client.until("end", timeout=60)
-    (head_said, one), (whole, again) = user_msgs(frames)
-    assert one == again == 1 and whole[: len(head_said)] == head_said and whole[-1] == "evening"
-    assert "stop_play" not in kinds(frames) and [f["turn"] for f in frames if f["t"] == "end"] == [1]
-    await client.close_and_wait()
+    first, frames = await two_breaths(server, "ann", "later", head, tail, "user_msg")
+    assert "response" not in kinds(first) and "stop_play" not in kinds(frames)
 
     for history in await stored(server, "ann", "at-once", "later"):  # one exchange each, nothing withdrawn
         ((role, text, interrupted), (_, reply, _)) = history
         assert role == "user" and words(text)[-1] == "evening" and not interrupted and words(reply) == words(text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pause_within_continue_ms_continues_the_request_even_over_its_first_audio(livetx: Any) -> None:
+    server = await livetx("[llm]\necho_delay = 0.5\n")
+    # Whisper ends the question with "?": its echo plays while the model still writes the rest.
+    head, tail = await spoken("What time is it? Please call my sister"), await spoken("at seven in the evening")
+    # The person goes on 900 ms after their last word (on the stream's clock): within continue_ms.
+    first, frames = await two_breaths(server, "cy", "s", head, tail, "response")
+    assert "end" not in kinds(first)  # the reply's first audio was out and the turn ran on
+    order = kinds(frames)
+    stop = order.index("stop_play")
+    assert frames[stop]["turn"] == 1 and order[stop - 1] == "speech_started"
+    ((role, text, interrupted), (_, reply, _)) = (await stored(server, "cy", "s"))[0]  # one exchange
+    assert role == "user" and words(text)[-1] == "evening" and not interrupted and words(reply) == words(text)
 
 
 @pytest_twisted.ensureDeferred
@@ -89,7 +114,8 @@ async def test_speech_once_the_reply_is_heard_barges_in_and_both_utterances_stay
     speaking_parts(client, silence(500) + await spoken("What time is it? I would like a table for two tonight.")
                    + silence(900))
     await client.until("response", timeout=60)  # the first sentence is playing; the model goes on
-    speaking_parts(client, await spoken("no wait") + silence(1000))
+    # 1.5 s of silence on the stream since the question: past continue_ms (1200), so not a pause in it.
+    speaking_parts(client, silence(600) + await spoken("no wait") + silence(1000))
     frames = await client.until("end", timeout=60)
     order = kinds(frames)
     stop = order.index("stop_play")

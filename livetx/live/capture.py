@@ -59,7 +59,8 @@ CAPTURE = Table("capture", _ANY, [
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
-    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at")
+    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at",
+                 "voiced_ms")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -77,6 +78,8 @@ class Segment:
         #: heard, and when the detector declared the utterance over.
         self.voiced_at: float | None = None
         self.stopped_at: float | None = None
+        #: Talk mode, on the microphone stream's timeline: where its last speech frame ends.
+        self.voiced_ms: int | None = None
 
     def wav(self) -> bytes:
         return to_wav(self.pcm)
@@ -254,6 +257,7 @@ class Capture:
         if segment is None or detector is None:
             return
         silent = detector.trailing_silence_ms
+        segment.voiced_ms = detector.elapsed_ms - silent
         if silent == 0:
             segment.voiced, segment.voiced_at = len(segment.pcm), detector.voiced_at
             return

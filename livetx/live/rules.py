@@ -55,9 +55,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     # The voice detector's events. Speech during a turn interrupts it as
     # ``interrupt`` does, with the new utterance's segment already open.
     {"trigger": "speech_started", "source": _NO_TURN, "dest": "capturing", "after": "_hear"},
-    # Before the reply is heard, though, it continues the turn's request (the session's docstring).
+    # Before the reply is heard, or soon after a pause, it continues the turn's request (the session's docstring).
     {"trigger": "speech_started", "source": "processing", "dest": "interrupted",
-     "conditions": "reply_unheard", "before": "_take_back", "after": "_withdraw"},
+     "conditions": "request_goes_on", "before": "_take_back", "after": "_withdraw"},
     {"trigger": "speech_started", "source": "processing", "dest": "interrupted",
      "before": "_hear", "after": "_stop_turn"},
     {"trigger": "speech_started", "source": "interrupted", "dest": None, "after": "_hear"},

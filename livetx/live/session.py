@@ -17,10 +17,12 @@ starts once the interrupted turn is unwound, and a second such frame gets
 ``PROCESSING_ERROR`` as in ``processing``.
 
 Talk mode: speech that starts while a voice turn's reply is still unheard
-(no audio sent, no tool called) continues that request instead of barging
-in: the turn is withdrawn, nothing of it stored or played, and its audio
-becomes the start of the new utterance, answered as one request under the
-same turn id (docs/protocol-extensions.md, "A request in two breaths").
+(no audio sent, no tool called), or within ``continue_ms`` of the end of its
+speech (a pause, not a reply heard out: ``stop_play`` then stops what little
+played), continues that request instead of barging in: the turn is
+withdrawn, nothing of it stored, and its audio becomes the start of the new
+utterance, answered as one request under the same turn id
+(docs/protocol-extensions.md, "A request in two breaths").
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Callable
 
 from transitions import EventData, MachineError
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -88,10 +90,13 @@ class LiveSession:
         self._report = self._turns.report
         self.settings = Settings()
         self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
-        #: The running voice turn's segment, which speech resumed before its reply is heard takes back.
+        #: The running voice turn's segment, which speech that continues its request takes back.
         self._voice_segment: Segment | None = None
         #: While a withdrawn turn unwinds: it is not stored (its id goes to the request's rest: TurnLedger).
         self._withdrawn = False
+        #: A voice turn's complete reply, kept unstored (no ``end``) while the user may still go on
+        #: with its request (``continue_ms``); the call that stores it once that window closes.
+        self._held: tuple[IDelayedCall, TurnResult, str] | None = None
 
     @property
     def history(self) -> tuple[Exchange, ...]:
@@ -167,6 +172,9 @@ class LiveSession:
         self._closed = True
         self._turns.queued = None
         self.stop_listening()
+        if self._held is not None:
+            self._settle_held()  # stored, then let go
+            return
         if self._turn is not None:
             self._turn.interrupt()  # stored through _turn_over, which then lets go
             return
@@ -209,9 +217,17 @@ class LiveSession:
     def turn_queued(self, event: EventData) -> bool:
         return self._turns.queued is not None
 
-    def reply_unheard(self, event: EventData) -> bool:
-        """A voice turn runs whose reply nobody has heard yet: new speech continues its request."""
-        return self._voice_segment is not None and not self._closing and (self._turn is None or self._turn.unheard)
+    def request_goes_on(self, event: EventData) -> bool:
+        """New speech continues the running voice turn's request: its reply is unheard, or the
+        user resumed within ``continue_ms`` of the end of its speech and no tool has acted."""
+        segment, turn, held = self._voice_segment, self._turn, self._held
+        if segment is None or self._closing:
+            return False
+        if held is None and (turn is None or turn.unheard):
+            return True
+        acted = bool(held[1].tools) if held is not None else turn is not None and turn.acted
+        pause = None if segment.voiced_ms is None else event.kwargs["start_ms"] - segment.voiced_ms
+        return not acted and pause is not None and 0 <= pause <= self.settings.continue_ms
 
     def _open_segment(self, event: EventData) -> None:
         self.capture.open(event.kwargs["stamp"])
@@ -354,6 +370,32 @@ class LiveSession:
         if self._withdrawn:
             self._unwithdrawn()
             return
+        left = self._window_left()
+        if left > 0 and not (result.interrupted or self._closed or self._closing):
+            self._held = (self._clock.callLater(left, self._settle, result, text), result, text)
+            return
+        self._settle(result, text)
+
+    def _window_left(self) -> float:
+        """Seconds until speech that would still continue the running voice turn's request can no
+        longer be heard: ``continue_ms`` after its speech ended, plus the detector's ``min_speech_ms``."""
+        segment = self._voice_segment
+        if segment is None or segment.voiced_at is None:
+            return 0.0
+        window = (self.settings.continue_ms + self.settings.min_speech_ms) / 1000
+        return segment.voiced_at + window - self._clock.seconds()
+
+    def _settle_held(self) -> None:
+        """Store the held reply now (a barge-in past the window, or the connection or server ends)."""
+        assert self._held is not None
+        call, result, text = self._held
+        call.cancel()
+        self._settle(result, text)
+
+    def _settle(self, result: TurnResult, text: str) -> None:
+        """Store a turn that is over and kept; no speech can take it back any more."""
+        self._held = None
+        self._voice_segment = None
         outcome = Outcome.INTERRUPTED if result.interrupted else Outcome.FAILED if result.failed else Outcome.OK
         self._turns.ended(Outcome.DROPPED if self._closed or self._closing else outcome)
         stored = self._keep(text, result, outcome)
@@ -393,6 +435,9 @@ class LiveSession:
         if self._turn is not None:
             self._turn.silence()  # a cancelled tool call's tool_result goes before stop_play
         self._turns.emit({"t": "stop_play"})
+        if self._held is not None:
+            self._settle_held()  # a complete reply: :meth:`_stored` unwinds once it is kept
+            return
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over
             return
@@ -404,10 +449,19 @@ class LiveSession:
         self._unwound()
 
     def _withdraw(self, event: EventData) -> None:
-        """The user went on before hearing the reply: drop the turn unstored, unreported and
-        unsaid (no ``stop_play``, no ``end``); its number goes to the rest of the request."""
+        """The user went on with the request: drop the turn unstored, unreported and unsaid (no
+        ``end``; ``stop_play`` only if its audio had started); its number goes to the rest of the request."""
         self._withdrawn = True
         self._voice_segment = None
+        if self._held is not None:
+            self._held[0].cancel()
+            self._held = None
+            self._turns.emit({"t": "stop_play"})  # all its audio went out
+            self._unwithdrawn()
+            return
+        if self._turn is not None and not self._turn.unheard:
+            self._turn.silence()
+            self._turns.emit({"t": "stop_play"})
         if self._turn is not None:
             self._turn.interrupt()  # its result comes back through _turn_over, which keeps nothing
             return

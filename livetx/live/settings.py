@@ -44,6 +44,10 @@ class Settings:
     eagerness: str = "medium"
     #: Audio kept from before the detected start of speech.
     preroll_ms: int = 300
+    #: Talk mode: speech that resumes this soon after the end of the last
+    #: utterance's speech continues its request even once the reply is playing
+    #: (``stop_play``, and both halves answered as one); later it is a barge-in.
+    continue_ms: int = 1200
     #: Number every frame (``seq``) and keep it, so a new socket can resume the session.
     resume: bool = False
 
@@ -71,6 +75,7 @@ _RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
     "end_of_turn": ("silence", "semantic"),
     "eagerness": ("low", "medium", "high"),
     "preroll_ms": range(0, 2_001),
+    "continue_ms": range(0, 5_001),
     "resume": (False, True),
 }
 

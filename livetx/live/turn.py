@@ -139,9 +139,14 @@ class Turn:
     def unheard(self) -> bool:
         """Nothing of the reply has been played or acted on: no audio sent, no tool called
         (and, with no speech engine, no text). Such a turn can be taken back whole."""
-        if self._spoken or (self._trail is not None and self._trail.steps):
+        if self._spoken or self.acted:
             return False
         return self._tts is not None or not self._reply
+
+    @property
+    def acted(self) -> bool:
+        """The model has called a tool: the turn did something, and cannot be taken back."""
+        return self._trail is not None and bool(self._trail.steps)
 
     def start(self) -> Deferred[TurnResult]:
         """Begin streaming; ``done`` fires when the turn is over for any reason."""

@@ -13,6 +13,8 @@ export const SETTINGS = [
     help: "semantic: the server's end-of-turn model decides at each pause (needs its turn extra)" },
   { name: "eagerness", label: "Eagerness (semantic)", choices: ["low", "medium", "high"], initial: "medium" },
   { name: "preroll_ms", label: "Pre-roll (ms)", min: 0, max: 2000, initial: 300 },
+  { name: "continue_ms", label: "Continue within (ms)", min: 0, max: 5000, initial: 1200,
+    help: "speech resumed this soon after a pause continues the request, even over the reply's first audio" },
 ];
 
 // Fields for every setting, inside ``container``.
