@@ -234,13 +234,18 @@ def test_a_complete_reply_is_held_unstored_while_its_request_may_go_on() -> None
     assert [e.user for e in h.session.history] == ["please call my sister at seven"]
 
 
-def test_a_complete_reply_is_stored_and_ended_once_continue_ms_is_over() -> None:
-    h = talking()
+def answered_whole(h: Any) -> None:
+    """The first half heard as "what time is it", and its one-sentence reply sent whole."""
     first_half(h)
     h.stt.requests[0][1].callback("what time is it")
     h.llm.last.say("It is noon. ")
     h.tts.finish(0)
     h.llm.last.finish()
+
+
+def test_a_complete_reply_is_stored_and_ended_once_continue_ms_is_over() -> None:
+    h = talking()
+    answered_whole(h)
     assert "end" not in kinds(h.raw)
     produced = listen_on(h)
     assert kinds(produced)[-1] == "end" and h.state == "idle"
@@ -251,11 +256,7 @@ def test_a_complete_reply_is_stored_and_ended_once_continue_ms_is_over() -> None
 
 def test_an_interrupt_while_a_complete_reply_is_held_stores_it_and_unwinds() -> None:
     h = talking()
-    first_half(h)
-    h.stt.requests[0][1].callback("what time is it")
-    h.llm.last.say("It is noon. ")
-    h.tts.finish(0)
-    h.llm.last.finish()
+    answered_whole(h)
     assert h.state == "processing" and h.session.history == ()
     produced = h.send("interrupt")
     assert kinds(produced)[0] == "stop_play" and h.state == "idle"
