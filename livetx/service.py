@@ -42,6 +42,7 @@ from livetx.web.login import login_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_ready, page_routes
 from livetx.web.site import build_site
+from livetx.web.voices import voice_routes
 from livetx.web.sockets import memory_journals
 
 _log = Logger()
@@ -111,6 +112,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
                      optional=("redis", *mcp_probes)),
         **page_routes(),
         **login_routes(login, failures),
+        **voice_routes(engines.tts),
     }
     if settings.telephony.carriers:  # imported only when configured
         from livetx.telephony.routes import telephony_routes

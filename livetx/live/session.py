@@ -195,7 +195,9 @@ class LiveSession:
         self.capture.stop_listening()
 
     def _update_settings(self, event: EventData) -> None:
-        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end)
+        tts = self._engines.tts
+        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end,
+                                                       tts.voices() if tts is not None else None)
         if _detection(before) != _detection(self.settings):
             self.capture.restart_detection(self.settings)
         self._emit(self.settings.frame())
@@ -358,6 +360,7 @@ class LiveSession:
             tts_concurrency=engines.tts_concurrency,
             binary_audio=self.settings.binary_audio,
             listener=self._report,
+            voice=self.settings.voice,
         )
         self._turn = turn
         if self._output_paused:
