@@ -60,6 +60,8 @@ class ManualTTS:
         self.cancelled: list[str] = []
         #: The voice each request asked for, in order (None: the default).
         self.asked: list[str | None] = []
+        #: How often the voices were asked for (eSpeak NG loads to answer).
+        self.listed = 0
 
     def synthesize(self, text: str, voice: str | None = None) -> Deferred[bytes]:
         d: Deferred[bytes] = Deferred(lambda _: self.cancelled.append(text))
@@ -68,6 +70,7 @@ class ManualTTS:
         return d
 
     def voices(self) -> Voices:
+        self.listed += 1
         return Voices(("low", "high"), "low", ("slow",))
 
     def finish(self, index: int) -> bytes:

@@ -197,7 +197,7 @@ class LiveSession:
     def _update_settings(self, event: EventData) -> None:
         tts = self._engines.tts
         before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end,
-                                                       tts.voices() if tts is not None else None)
+                                                       tts.voices if tts is not None else None)
         if _detection(before) != _detection(self.settings):
             self.capture.restart_detection(self.settings)
         self._emit(self.settings.frame())

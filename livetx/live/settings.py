@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from livetx.errors import ErrorCode
 from livetx.live import frames
@@ -84,11 +84,12 @@ _RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
 
 
 def updated(current: Settings, frame: Frame, turn_end: object | None = None,
-            voices: Voices | None = None) -> Settings:
+            voices: Callable[[], Voices] | None = None) -> Settings:
     """``current`` with the frame's settings applied, or ``FrameError`` naming the first bad one.
 
     ``end_of_turn: semantic`` needs the end-of-turn model (``turn_end``), which is an extra;
-    ``voice`` must be one of the speech engine's ``voices`` (None: the server speaks no audio).
+    ``voice`` must be one the speech engine offers (``voices``, asked only then: eSpeak NG
+    loads to answer the first time; None: the server speaks no audio).
     """
     changes: dict[str, Any] = {}
     for key, value in frame.items():
@@ -118,7 +119,7 @@ def updated(current: Settings, frame: Frame, turn_end: object | None = None,
     return dataclasses.replace(current, **changes)
 
 
-def _voice(value: object, voices: Voices | None) -> str | None:
+def _voice(value: object, voices: Callable[[], Voices] | None) -> str | None:
     """A voice the engine has, or null for the server's own; ``FrameError`` otherwise."""
     if value is None:
         return None
@@ -126,7 +127,7 @@ def _voice(value: object, voices: Voices | None) -> str | None:
         raise FrameError(ErrorCode.INVALID_SETTING, "voice must be a string, or null for the server's voice")
     if voices is None:
         raise FrameError(ErrorCode.INVALID_SETTING, "voice: this server speaks no audio ([tts] provider none)")
-    problem = voices.problem(value)
+    problem = voices().problem(value)
     if problem is not None:
         raise FrameError(ErrorCode.INVALID_SETTING, f"voice {value[:64]!r} {problem}")
     return value
