@@ -66,7 +66,7 @@ function voicePicker() {
   voice.id = "setting-voice";
   voice.name = "voice";
   voice.add(new Option("the server's", ""));
-  voice.title = "the reply's voice, from the next sentence on (session_update's voice)";
+  voice.title = "the replies' voice, from the next reply on (session_update's voice)";
   const variant = document.createElement("select");
   variant.id = "setting-variant";
   variant.add(new Option("none", ""));
