@@ -19,7 +19,6 @@ key of the board's is known here, so approval is the operator's, by code.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import orjson
@@ -28,9 +27,10 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from livetx.devices.registry import DeviceRegistry
+from livetx.devices.registry import Device, DeviceRegistry
 from livetx.devices.tokens import DeviceTokens
 from livetx.telephony.webhook import public_base
+from livetx.web.replies import finish_async
 
 _log = Logger()
 
@@ -70,10 +70,10 @@ class DeviceOta(Resource):
     def check_headers(self, request: Request) -> None:
         """Every board may ask; who it is is read from the headers with the body."""
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         return self.render_POST(request)
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> Any:
         device_id, client_id = _ids(request)
         if not device_id or not client_id:
             return _json(request, 400, {"error": "Device-Id and Client-Id headers are required"})
@@ -89,24 +89,27 @@ class DeviceOta(Resource):
         application = report.get("application") if isinstance(report, dict) else None
         version = application.get("version", "") if isinstance(application, dict) else ""
         board = (request.getHeader("user-agent") or "")[:100]
-        known = self._registry.ask(device_id, client_id, board)
+        answered = self._registry.asking(device_id, client_id, board)
+        return finish_async(request, answered.addCallback(self._answer, request, device_id, str(version), board))
+
+    def _answer(self, known: Device | None, request: Request, device_id: str, version: str, board: str) -> bytes:
         if known is None or known.state == "revoked":
             _log.warn("OTA refused device {device}: {why}", device=device_id,
                       why="revoked" if known is not None else "too many boards waiting for approval")
             return _json(request, 403, {"error": "this device is not allowed on this server"})
         answer: dict[str, Any] = {
             "server_time": {"timestamp": int(self._clock.seconds() * 1000), "timezone_offset": 0},
-            "firmware": {"version": str(version), "url": ""},
+            "firmware": {"version": version, "url": ""},
         }
         if known.state == "approved":
             base = public_base(request, self._public_url)
             url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + self._socket_path
-            answer["websocket"] = {"url": url, "token": self._tokens.issue(device_id, client_id)}
+            answer["websocket"] = {"url": url, "token": self._tokens.issue(device_id, known.client_id)}
         else:
             _log.info("Device {device} ({board}) waits for approval: livetx devices approve {code}",
                       device=device_id, board=board or "unknown board", code=known.code)
             answer["activation"] = {"code": known.code, "message": f"livetx\n{known.code}",
-                                    "challenge": secrets.token_hex(16), "timeout_ms": ACTIVATION_TIMEOUT_MS}
+                                    "challenge": known.challenge, "timeout_ms": ACTIVATION_TIMEOUT_MS}
         return _json(request, 200, answer)
 
 
