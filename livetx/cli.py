@@ -42,6 +42,21 @@ class _Command(usage.Options):
         sys.exit(0)
 
 
+class _AnyOrder(_Command):
+    """Options may follow the arguments too (``say URL "hi" --token T``, ``devices revoke MAC --data-dir D``)."""
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            pairs, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        flat: list[str] = []
+        for name, value in pairs:
+            takes = name[2:] + "=" in self.longOpt if name.startswith("--") else name[1] + ":" in self.shortOpt
+            flat += ([f"{name}={value}"] if name.startswith("--") else [name, value]) if takes else [name]
+        super().parseOptions([*flat, "--", *args])
+
+
 class _DataDirOptions(_Command):
     synopsis = "[--data-dir DIR] [--config FILE]"
     optParameters: list[list[Any]] = [
@@ -107,7 +122,7 @@ class KeysOptions(_Command):
             raise usage.UsageError("choose create, list or revoke")
 
 
-class DevicesChange(_DataDirOptions):
+class DevicesChange(_AnyOrder, _DataDirOptions):
     synopsis = "[--data-dir DIR] [--config FILE] CODE|DEVICE_ID"
 
     def parseArgs(self, which: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
@@ -164,7 +179,7 @@ class OpenOptions(TokenOptions):
         super().postOptions()
 
 
-class _TurnOptions(_Command):
+class _TurnOptions(_AnyOrder):
     """What ``say`` and ``talk`` share: where, who, and what to do with the reply."""
 
     optFlags = [
@@ -183,18 +198,6 @@ class _TurnOptions(_Command):
         ["cafile", None, None, "Trust the certificates in this PEM file for wss:// (a private CA, or a "
                                "self-signed server's own certificate) instead of the system's."],
     ]
-
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        """Options may follow the URL and text too (``say URL "hi" --token T``)."""
-        try:
-            pairs, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
-        except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
-        flat: list[str] = []
-        for name, value in pairs:
-            takes = name[2:] + "=" in self.longOpt if name.startswith("--") else name[1] + ":" in self.shortOpt
-            flat += ([f"{name}={value}"] if name.startswith("--") else [name, value]) if takes else [name]
-        super().parseOptions([*flat, "--", *args])
 
     def postOptions(self) -> None:
         self["token"] = self["token"] or os.environ.get("LIVETX_TOKEN")

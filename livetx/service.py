@@ -129,9 +129,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         watchers.append(devices.watch)
         if node is not None:  # livetx devices revoke closes the board's sockets on every node at once
             from livetx.cluster.revocation import DEVICES
-            from livetx.devices.registry import REVOKED as DEVICE_REVOKED
 
-            node.on_revoked(lambda device_id: devices.watch.publish({device_id: DEVICE_REVOKED}), DEVICES)
+            node.on_revoked(devices.watch.publish, DEVICES)
     site = build_site(
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),

@@ -194,27 +194,31 @@ class DeviceRegistry:
             return devices[found.device_id]
 
 
-#: Told the boards whose sockets must close, each with the reason to close them with.
-Closer = Callable[[dict[str, str]], None]
+#: Why a board (Device-Id, Client-Id) may not hold a socket now, or None when it may.
+Judge = Callable[[str, str], str | None]
+#: Told to close the sockets of the boards the judge refuses, with its reason.
+Closer = Callable[[Judge], None]
 #: Told the boards an operator asked to reboot.
 Rebooter = Callable[[frozenset[str]], None]
 
 
 class DeviceWatch(TimerService):
-    """Looks at the registry while the server runs: approvals withdrawn close sockets, reboots are sent.
+    """Looks at the registry while the server runs: open sockets of boards no longer approved close, reboots go out.
 
-    A board approved at the last look and not now (revoked, or reflashed and
-    pending again) has its sockets closed with the reason it would be
-    refused with; a reboot asked since the last look, within
-    :data:`REBOOT_SECONDS`, is sent to the board's socket. A cluster's
-    pub/sub can close sockets at once through :meth:`publish`.
+    At every look each open socket is judged against the registry as it is
+    now (revoked, or reflashed and pending again: closed with the reason it
+    would be refused with), not against what the last look saw, so a board
+    approved and revoked between two looks is not missed. A reboot asked
+    since the last look, within :data:`REBOOT_SECONDS`, is sent to the
+    board's socket. A cluster's pub/sub closes sockets at once through
+    :meth:`publish`.
     """
 
     def __init__(self, registry: DeviceRegistry, clock: IReactorTime, interval: float = WATCH_INTERVAL) -> None:
         super().__init__(interval, self._look)
         self.clock = self._clock = clock
         self._registry = registry
-        self._known: dict[str, Device] | None = None
+        self._reboots: dict[str, float] | None = None
         self._closers: list[Closer] = []
         self._rebooters: list[Rebooter] = []
 
@@ -222,10 +226,10 @@ class DeviceWatch(TimerService):
         self._closers.append(close)
         self._rebooters.append(reboot)
 
-    def publish(self, reasons: dict[str, str]) -> None:
-        """Close these boards' sockets now (another node revoked them); the registry is read again too."""
+    def publish(self, device_id: str) -> None:
+        """Close this board's sockets now (revoked on another node); the registry is read again too."""
         for close in self._closers:
-            close(reasons)
+            close(lambda board, _: REVOKED if board == device_id else None)
         self._registry.refresh().addErrback(self._unreadable)
 
     def _look(self) -> Deferred[None]:
@@ -235,23 +239,18 @@ class DeviceWatch(TimerService):
         # A registry that cannot be read now may be read next time (a failure would stop the loop).
         _log.warn("Could not read the devices registry: {failure}", failure=failure)
 
+    def _judge(self, device_id: str, client_id: str) -> str | None:
+        return refusal(self._registry.get(device_id), client_id)
+
     def _compare(self) -> None:
-        now = {d.device_id: d for d in self._registry.list()}
-        known, self._known = self._known, now
-        if known is None:  # the first look: nothing is news yet
+        for close in self._closers:
+            close(self._judge)
+        now = {d.device_id: d.reboot for d in self._registry.list()}
+        known, self._reboots = self._reboots, now
+        if known is None:  # the first look: a reboot asked before the server started is not news
             return
-        gone = {}
-        for device_id, was in known.items():
-            why = refusal(now.get(device_id), was.client_id) if was.state == "approved" else None
-            if why is not None:
-                gone[device_id] = why
-        if gone:
-            _log.info("Devices no longer approved: {ids}", ids=", ".join(sorted(gone)))
-            for close in self._closers:
-                close(gone)
         recent = self._clock.seconds() - REBOOT_SECONDS
-        reboots = frozenset(i for i, d in now.items()
-                            if d.reboot > recent and d.reboot > (known[i].reboot if i in known else 0.0))
+        reboots = frozenset(i for i, at in now.items() if at > recent and at > known.get(i, 0.0))
         if reboots:
             for reboot in self._rebooters:
                 reboot(reboots)

@@ -23,7 +23,7 @@ from livetx.config import ServerConfig, ToolsConfig
 from livetx.devices import framing
 from livetx.devices.device import DeviceConversation, DeviceError
 from livetx.devices.mcp import DeviceMcp
-from livetx.devices.registry import DeviceRegistry, refusal
+from livetx.devices.registry import DeviceRegistry, Judge, refusal
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
 from livetx.errors import CloseCode, ErrorCode
@@ -49,6 +49,8 @@ class DeviceProtocol(ForeignProtocol):
     _refusal: str | None = None
     _refusal_code = CloseCode.POLICY_VIOLATION
     _device_id = ""
+    #: The Client-Id the board's token was issued to.
+    client_id = ""
     _version = 1
     #: The board's MCP client, when its hello says ``features.mcp`` and the model can call tools.
     device_tools: DeviceMcp | None = None
@@ -72,7 +74,7 @@ class DeviceProtocol(ForeignProtocol):
         self._refusal = refusal(known)
         if known is None or self._refusal is not None:
             return
-        self._device_id = device_id
+        self._device_id, self.client_id = device_id, known.client_id
         self.admission = Admission(username=known.username, mode="device")
 
     def onOpen(self) -> None:
@@ -241,10 +243,11 @@ class DeviceFactory(ForeignFactory):
         #: The boards' sockets past the handshake, for revocations and reboots.
         self.open: set[DeviceProtocol] = set()
 
-    def close_devices(self, reasons: dict[str, str]) -> None:
-        """Close the sockets of these boards, each with its reason (:class:`DeviceWatch` says which)."""
-        for protocol in [p for p in self.open if p.device_id in reasons]:
-            protocol.revoke(reasons[protocol.device_id])
+    def close_devices(self, judge: Judge) -> None:
+        """Close the sockets of the boards ``judge`` refuses now, with its reason (from :class:`DeviceWatch`)."""
+        for protocol, why in [(p, judge(p.device_id, p.client_id)) for p in self.open]:
+            if why is not None:
+                protocol.revoke(why)
 
     def reboot_devices(self, device_ids: frozenset[str]) -> None:
         for protocol in [p for p in self.open if p.device_id in device_ids]:
