@@ -252,6 +252,8 @@ class DevicesConfig:
     turn: dict[str, int | str] = field(default_factory=dict)
     #: What ``listen`` ``detect`` may say that only wakes the board; other text is answered as a question.
     wake_words: list[str] = field(default_factory=lambda: list(WAKE_WORDS))
+    #: Serial number → the HMAC key in that board's eFuse (hex): its activation approves it.
+    hmac_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

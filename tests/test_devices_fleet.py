@@ -11,6 +11,9 @@ device tool call cut by ``abort``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import sys
 import time
@@ -105,6 +108,49 @@ async def test_the_command_lists_approves_and_revokes_what_the_server_sees(
     assert (await ota(server))[0] == 403
     code, _, err = await command("approve", *data)  # no code
     assert code == 2 and err.endswith("livetx: Wrong number of arguments.\n")
+
+
+# -- activation by the board's HMAC -----------------------------------------------------
+
+SERIAL = "SN-LIVETX-0000000000000000000001"  # 32 characters, as the firmware reads it from eFuse
+KEY = bytes(range(32))
+
+
+def proof(challenge: str, key: bytes = KEY, serial: str = SERIAL) -> bytes:
+    """The firmware's activation body (its ``Ota::GetActivationPayload``), with the HMAC its eFuse key makes."""
+    return json.dumps({"algorithm": "hmac-sha256", "serial_number": serial, "challenge": challenge,
+                       "hmac": hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()}).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_board_whose_serial_key_signs_its_challenge_is_approved_without_a_code(
+    livetx: Any, openai: Any, tmp_path: Path,
+) -> None:
+    extra = f'[devices.hmac_keys]\n"{SERIAL}" = "{KEY.hex()}"\n'
+    server = await device_server(livetx, openai, tmp_path, extra=extra)
+    activate = "/xiaozhi/ota/activate"
+    _, other = await ota(server, mac=OTHER, client=OTHER_CLIENT)
+    with Logged() as log:
+        # Signed with another key: refused, and the board stays pending.
+        wrong = await ota(server, activate, mac=OTHER, client=OTHER_CLIENT,
+                          body=proof(other["activation"]["challenge"], key=bytes(32)))
+    assert wrong[0] == 403
+    assert any(f"Device {OTHER} failed activation" in line for line in log.lines)
+    # A serial with no key here, or no serial at all ({}): the operator approves by code.
+    assert (await ota(server, activate, mac=OTHER, client=OTHER_CLIENT,
+                      body=proof(other["activation"]["challenge"], serial="SN-UNKNOWN")))[0] == 202
+    assert (await ota(server, activate, mac=OTHER, client=OTHER_CLIENT, body=b"{}"))[0] == 202
+    # Another board's challenge, signed right: not this board's proof.
+    _, first = await ota(server)
+    assert (await ota(server, activate, mac=OTHER, client=OTHER_CLIENT,
+                      body=proof(first["activation"]["challenge"])))[0] == 403
+    assert (await ota(server, activate, body=proof(first["activation"]["challenge"])))[0] == 200
+    _, answer = await ota(server)
+    b = await board(server, socket=answer["websocket"])
+    b.hello()
+    await b.wait(lambda: bool(b.messages("hello")))
+    listed = {row[0]: row[1] for row in rows((await command("list", "--data-dir", str(server.data_dir)))[1])}
+    assert listed == {MAC: "approved", OTHER: "pending"}
 
 
 # -- revocation closes the open socket -------------------------------------------------

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 
-from livetx.devices.registry import Device, DeviceRegistry, answers, enrol
+from livetx.devices.registry import Device, DeviceRegistry
 from livetx.store.postgres import Database, connection
 
 #: The advisory lock a writer holds ("device" in ASCII).
@@ -82,17 +82,14 @@ class PostgresDeviceRegistry(DeviceRegistry):
         with connection(self.url) as conn, _writing(conn) as devices:
             yield devices
 
-    def asking(self, device_id: str, client_id: str, board: str = "") -> Deferred[Device | None]:
-        known = self.get(device_id)
-        if answers(known, client_id):
-            return succeed(known)
+    def _later(self, write: Callable[[dict[str, Device]], Device | None]) -> Deferred[Device | None]:
         assert self._database is not None
 
-        def write(conn: Any) -> Device | None:
+        def run(conn: Any) -> Device | None:
             with _writing(conn) as devices:
-                return enrol(devices, device_id, client_id, board)
+                return write(devices)
 
-        return self._database.run(write).addCallback(lambda device: self.refresh().addCallback(lambda _: device))
+        return self._database.run(run).addCallback(lambda device: self.refresh().addCallback(lambda _: device))
 
     def refresh(self) -> Deferred[None]:
         """Bring the copy in memory up to date, off the reactor thread (the counter first)."""

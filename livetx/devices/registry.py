@@ -109,6 +109,19 @@ def find(devices: dict[str, Device], which: str) -> Device | None:
     return devices.get(which.lower()) or next((d for d in devices.values() if d.code == which), None)
 
 
+def apply(devices: dict[str, Device], which: str, change: Callable[[Device], Device]) -> Device | None:
+    """The board named ``which`` (Device-Id or code), changed in ``devices``; None if there is none."""
+    found = find(devices, which)
+    if found is None:
+        return None
+    devices[found.device_id] = change(found)
+    return devices[found.device_id]
+
+
+def approved(device: Device) -> Device:
+    return replace(device, state="approved")
+
+
 class DeviceRegistry:
     """The boards this server knows, read from and written to ``path``."""
 
@@ -174,8 +187,20 @@ class DeviceRegistry:
             return enrol(devices, device_id, client_id, board)
 
     def asking(self, device_id: str, client_id: str, board: str = "") -> Deferred[Device | None]:
-        """:meth:`ask` for the server: a file is written at once; a database off the reactor."""
-        return succeed(self.ask(device_id, client_id, board))
+        """:meth:`ask` for the server, which must not wait for a database."""
+        known = self.get(device_id)
+        if answers(known, client_id):
+            return succeed(known)
+        return self._later(lambda devices: enrol(devices, device_id, client_id, board))
+
+    def approving(self, device_id: str) -> Deferred[Device | None]:
+        """The board approved, for the server (its activation HMAC proved it)."""
+        return self._later(lambda devices: apply(devices, device_id, approved))
+
+    def _later(self, write: Callable[[dict[str, Device]], Device | None]) -> Deferred[Device | None]:
+        """``write(devices)`` for the server: the file at once, a database off the reactor."""
+        with self._changing() as devices:
+            return succeed(write(devices))
 
     def set_state(self, which: str, state: State) -> Device | None:
         """A board by its activation code or its Device-Id, now in ``state``; None if there is none."""
@@ -187,11 +212,7 @@ class DeviceRegistry:
 
     def _change(self, which: str, change: Callable[[Device], Device]) -> Device | None:
         with self._changing() as devices:
-            found = find(devices, which)
-            if found is None:
-                return None
-            devices[found.device_id] = change(found)
-            return devices[found.device_id]
+            return apply(devices, which, change)
 
 
 #: Why a board (Device-Id, Client-Id) may not hold a socket now, or None when it may.

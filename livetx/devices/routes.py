@@ -30,6 +30,8 @@ from livetx.web.connections import ConnectionTracker
 OTA_PATH = "/xiaozhi/ota"
 #: The WebSocket the OTA endpoint points the boards at.
 SOCKET_PATH = "/xiaozhi/v1/"
+#: The size of an ESP32 eFuse HMAC key.
+HMAC_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ def device_routes(
         updated(Settings(), {**section.turn, "turn_detection": "server"})
     except FrameError as e:
         raise ConfigError(f"[devices.turn] {e.message}") from None
+    keys = {}
+    for serial, key in section.hmac_keys.items():
+        try:
+            keys[serial] = bytes.fromhex(key)
+        except ValueError:
+            raise ConfigError(f"[devices.hmac_keys] the key of {serial!r} is not hex") from None
+        if len(keys[serial]) != HMAC_KEY_BYTES:
+            raise ConfigError(f"[devices.hmac_keys] the key of {serial!r} is not {HMAC_KEY_BYTES} bytes "
+                              f"(an eFuse HMAC key is 256 bits)")
     tokens = DeviceTokens(secret, section.token_days * 86400, clock)
     registry = open_registry(config.store.url, data_dir, database)
     socket = DeviceFactory(
@@ -64,7 +75,7 @@ def device_routes(
     watch.subscribe(socket.close_devices, socket.reboot_devices)
     routes = {
         OTA_PATH: DeviceOta(registry=registry, tokens=tokens, clock=clock, public_url=section.public_url,
-                            socket_path=SOCKET_PATH),
+                            socket_path=SOCKET_PATH, keys=keys),
         SOCKET_PATH: cast(Resource, Upgrade(socket)),
     }
     return DeviceParts(routes, watch)
