@@ -36,6 +36,7 @@ from livetx.devices.registry import DEVICES_FILE, REBOOT_SECONDS, DeviceRegistry
 
 from .devices import Board
 from .test_devices import CLIENT, MAC, board, device_server, ota
+from .test_twistd import start_up_error
 
 OTHER = "aa:bb:cc:dd:ee:02"
 OTHER_CLIENT = "6f1c2a4e-0000-4000-8000-000000000002"
@@ -151,6 +152,16 @@ async def test_a_board_whose_serial_key_signs_its_challenge_is_approved_without_
     await b.wait(lambda: bool(b.messages("hello")))
     listed = {row[0]: row[1] for row in rows((await command("list", "--data-dir", str(server.data_dir)))[1])}
     assert listed == {MAC: "approved", OTHER: "pending"}
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("not hex", "livetx: [devices.hmac_keys] the key of 'SN1' is not hex"),
+    ("00ff", "livetx: [devices.hmac_keys] the key of 'SN1' is not 32 bytes (an eFuse HMAC key is 256 bits)"),
+])
+def test_a_bad_hmac_key_stops_start_up_with_one_line(tmp_path: Path, key: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[devices]\nenabled = true\n[devices.hmac_keys]\n"SN1" = "{key}"\n')
+    assert start_up_error(tmp_path, "--config", str(path)) == message
 
 
 # -- revocation closes the open socket -------------------------------------------------
