@@ -260,13 +260,11 @@ class DeviceWatch(TimerService):
         # A registry that cannot be read now may be read next time (a failure would stop the loop).
         _log.warn("Could not read the devices registry: {failure}", failure=failure)
 
-    def _judge(self, device_id: str, client_id: str) -> str | None:
-        return refusal(self._registry.get(device_id), client_id)
-
     def _compare(self) -> None:
+        devices = {d.device_id: d for d in self._registry.list()}  # one read for every socket judged
         for close in self._closers:
-            close(self._judge)
-        now = {d.device_id: d.reboot for d in self._registry.list()}
+            close(lambda device_id, client_id: refusal(devices.get(device_id), client_id))
+        now = {i: d.reboot for i, d in devices.items()}
         known, self._reboots = self._reboots, now
         if known is None:  # the first look: a reboot asked before the server started is not news
             return
