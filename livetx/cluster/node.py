@@ -62,9 +62,9 @@ class ClusterNode(Service):
         """The record of redeemed login links, shared by every process."""
         return RedisUsedLinks(self.redis, self.prefix)
 
-    def on_revoked(self, close: Callable[[str], None]) -> None:
-        """Call ``close(key_id)`` when ``livetx keys revoke`` revokes a key anywhere."""
-        self.redis.listen(self.prefix + REVOKED, close)
+    def on_revoked(self, close: Callable[[str], None], channel: str = REVOKED) -> None:
+        """Call ``close(key_id)`` when ``livetx keys revoke`` revokes a key anywhere (or what ``channel`` carries)."""
+        self.redis.listen(self.prefix + channel, close)
 
     def _heartbeat(self) -> None:
         self.slots.heartbeat().addErrback(warn_unreachable, f"keep this node's heartbeat at {self.redis.where}")
