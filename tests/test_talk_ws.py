@@ -181,3 +181,14 @@ async def test_a_session_picks_a_voice_the_server_lists(livetx: Any) -> None:
     assert abs(len(audio[0]) / len(espeak._speak(("de", 175, 50), sentence)) - 1) < 0.02
     assert abs(len(audio[0]) / len(espeak._speak(("en-us", 175, 50), sentence)) - 1) > 0.08
     await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_without_speech_lists_no_voice_and_refuses_one(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n')
+    response = await treq.get(server.url("/api/v1/voices", scheme="http"), reactor=reactor)
+    assert json.loads(await treq.content(response)) == {"engine": None, "default": None, "voices": [], "variants": []}
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "session_update", "voice": "en-us"})
+    assert (await client.next())["data"] == "voice: this server speaks no audio ([tts] provider none)"
+    await client.close_and_wait()
