@@ -41,8 +41,6 @@ _log = Logger()
 
 #: The mark sent after the goodbye: the call hangs up when it comes back.
 GOODBYE = "livetx-goodbye"
-#: Reply audio goes out in pieces of at most this long (Twilio plays them back to back).
-PIECE_MS = 500
 #: After the goodbye's mark is sent, hang up at the latest after the unplayed audio plus this.
 GOODBYE_MARGIN_MS = 3000
 
@@ -56,8 +54,8 @@ CALL = Table("call", ["waiting", "live", "over"], [
 class CallHost(Protocol):
     """What a call needs from its socket."""
 
-    def send_frame(self, frame: Frame) -> None:
-        """Send one frame to the carrier."""
+    def send_frame(self, frame: Frame | bytes) -> None:
+        """Send one frame to the carrier (bytes: a binary message)."""
 
     def hang_up(self, code: int, reason: str) -> None:
         """Close the socket (which ends a ``<Connect><Stream>`` call)."""
@@ -130,11 +128,14 @@ class PhoneCall:
 
     # -- carrier frames in ----------------------------------------------------
 
-    def receive(self, frame: Frame) -> None:
-        """One decoded carrier frame; refused frames are reported, never raised."""
+    def receive(self, frame: Frame | bytes) -> None:
+        """One decoded carrier frame, or a binary message; refused frames are reported, never raised."""
         try:
-            self._order(frame)
-            self._handle(self.carrier.parse(frame))
+            if isinstance(frame, bytes):
+                self._handle(self.carrier.binary(frame))
+            else:
+                self._order(frame)
+                self._handle(self.carrier.parse(frame))
         except CarrierError as e:
             self._host.refused(e.code, e.message)
             if e.fatal and self.state != "over":
@@ -142,7 +143,8 @@ class PhoneCall:
 
     def _order(self, frame: Frame) -> None:
         """Carriers number their frames; one that comes after a later one is refused."""
-        raw = frame.get(self.carrier.sequence_field)
+        field = self.carrier.sequence_field
+        raw = None if field is None else frame.get(field)
         if raw is None:
             return
         try:
@@ -259,7 +261,7 @@ class PhoneCall:
             return
         audio = self.start.audio
         wire = audio.to_wire(pcm, rate)
-        step = int(PIECE_MS * audio.bytes_per_ms) & ~1
+        step = int(self.carrier.piece_ms * audio.bytes_per_ms) & ~1
         for i in range(0, len(wire), step):
             self._host.send_frame(self.carrier.media(self.start.stream_id, wire[i : i + step], audio))
         name = playback.mark_name()
