@@ -16,7 +16,7 @@ from livetx.domain import Engines
 from livetx.errors import ErrorCode
 from livetx.live.session import LiveSession
 from livetx.telephony import Carrier, CarrierError, Dtmf, Ignored, Mark, Media, Start
-from livetx.telephony.call import GOODBYE, PhoneCall
+from livetx.telephony.call import GOODBYE, Pacer, PhoneCall
 from livetx.metrics import ServerMetrics
 from livetx.telephony.codec import L16, MULAW, AudioFormat, Inbound, decode_g711, encode_g711
 from livetx.telephony.routes import telephony_routes
@@ -402,3 +402,43 @@ def test_a_carriers_webhook_is_served_only_once_its_secret_is_set() -> None:
                               connections=ConnectionTracker(), clock=Clock(), metrics=ServerMetrics(), memories=None)
     assert sorted(routes) == ["/telephony/plivo/stream", "/telephony/telnyx/stream", "/telephony/vonage/stream",
                               "/telephony/vonage/voice"]
+
+
+def test_the_pacer_keeps_the_carrier_at_most_its_buffer_ahead_and_in_order() -> None:
+    clock, sent = Clock(), []
+    pacer = Pacer(sent.append, clock, ahead_ms=1000)
+    for piece in (b"a", b"b", b"c", b"d"):
+        pacer.send(piece, 0.5)
+    pacer.send({"event": "mark"})
+    assert sent == [b"a", b"b", b"c"]  # 1.5 s sent: playing ends 1 s ahead of the clock at the third
+    clock.advance(0.5)
+    assert sent == [b"a", b"b", b"c", b"d", {"event": "mark"}]  # the mark waits behind the audio before it
+    pacer.send(b"e", 0.5)
+    pacer.send(b"f", 0.5)
+    assert sent[-1] == {"event": "mark"}  # the carrier holds 1.5 s already
+    clock.advance(0.5)
+    assert sent[-1] == b"e"
+    pacer.drop()  # a clear: what is held is never sent
+    clock.advance(5)
+    assert sent[-1] == b"e" and not clock.getDelayedCalls()
+    unpaced = Pacer(sent.append, clock, ahead_ms=None)
+    for piece in (b"x", b"y", b"z"):
+        unpaced.send(piece, 10.0)
+    assert sent[-3:] == [b"x", b"y", b"z"]
+
+
+def test_a_long_vonage_reply_is_sent_as_it_plays() -> None:
+    host = Host(Clock(), VONAGE)
+    host.call.receive({"event": "websocket:connected", "content-type": "audio/l16;rate=16000", "call": "uuid-1"})
+    host.call.receive({"event": "websocket:dtmf", "digit": "1", "duration": 260})
+    host.clock.advance(0.5)
+    reply(host, *[f"Sentence {n}. " for n in range(50)])  # 50 × 400 ms: 20 s of speech
+    while not all(d.called for _, d in host.tts.requests):  # the session asks for the next sentences as each is done
+        host.tts.finish(next(i for i, (_, d) in enumerate(host.tts.requests) if not d.called))
+    assert len(host.tts.requests) == 50
+    held_back = len(host.audio)
+    assert held_back == (15_000 + 20) // 20  # 15 s ahead, then one more packet's worth may go
+    host.clock.advance(1)
+    assert len(host.audio) == held_back + 50  # a second later, a second more
+    host.clock.advance(5)
+    assert len(host.audio) == 50 * 400 // 20 and host.sent[-1]["payload"]["name"] == "livetx-1-49"

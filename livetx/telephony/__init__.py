@@ -101,6 +101,8 @@ class Carrier(Protocol):
     sequence_field: str | None
     #: Reply audio goes out in pieces of at most this long (ms), each one :meth:`media`.
     piece_ms: int
+    #: The most unplayed audio (ms) the carrier holds; more is held back until it has room. None: no limit.
+    ahead_ms: int | None
 
     def parse(self, frame: Frame) -> Event:
         """A decoded JSON frame as an event, or :class:`CarrierError`."""

@@ -65,6 +65,8 @@ class JsonFrames:
     sequence_field: str | None = "sequenceNumber"
     #: Half a second of audio per ``media`` frame: few frames, and the carrier plays them back to back.
     piece_ms = 500
+    #: They document no limit to the audio they hold.
+    ahead_ms: int | None = None
 
     def binary(self, payload: bytes) -> Event:
         raise CarrierError(ErrorCode.UNSUPPORTED_FRAME, "binary message")

@@ -40,6 +40,8 @@ class Vonage:
     name = "vonage"
     sequence_field: str | None = None
     piece_ms = PACKET_MS
+    #: Vonage buffers 1,024 messages, "around 20 seconds of audio"; longer replies must be paced.
+    ahead_ms: int | None = 15_000
 
     def parse(self, frame: Frame) -> Event:
         event = frame.get("event")
