@@ -442,3 +442,27 @@ def test_a_long_vonage_reply_is_sent_as_it_plays() -> None:
     assert len(host.audio) == held_back + 50  # a second later, a second more
     host.clock.advance(5)
     assert len(host.audio) == 50 * 400 // 20 and host.sent[-1]["payload"]["name"] == "livetx-1-49"
+
+
+def test_a_vonage_post_is_signed_over_its_json_body() -> None:
+    import hashlib
+
+    import jwt
+
+    from livetx.telephony.vonage import vonage_signed
+    from livetx.telephony.webhook import Incoming
+
+    body = b'{"from":"447700900000","to":"447700900001","uuid":"aaaa","conversation_uuid":"CON-aaaa"}'
+    secret, now = "signature-secret-of-thirty-two-b", 1_800_000_000.0
+
+    def asked(claims: dict[str, Any], sent: bytes = body) -> bool:
+        token = jwt.encode({"iat": int(now), "iss": "Vonage", **claims}, secret, algorithm="HS256")
+        incoming = Incoming(method="POST", url="https://voice.example.com/telephony/vonage/voice", body=sent,
+                            fields={}, header=lambda name: f"Bearer {token}" if name == "authorization" else None)
+        return vonage_signed(secret, incoming, now)
+
+    digest = hashlib.sha256(body).hexdigest()
+    assert asked({"payload_hash": digest})
+    assert not asked({"payload_hash": digest}, body.replace(b"447700900000", b"447700900999"))  # changed body
+    assert not asked({"payload_hash": digest, "iat": int(now) - 600})  # issued ten minutes ago
+    assert asked({})  # a JWT without payload_hash is checked by its signature alone
