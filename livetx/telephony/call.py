@@ -398,5 +398,3 @@ def session_frames(settings: dict[str, Any]) -> tuple[Frame, ...]:
     """What a call's session is told first: talk mode, with the configured turn-taking settings."""
     return ({"t": "session_update", "turn_detection": "server", **settings},)
 
-
-Send = Callable[[Frame], None]
