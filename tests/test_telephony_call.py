@@ -466,3 +466,19 @@ def test_a_vonage_post_is_signed_over_its_json_body() -> None:
     assert not asked({"payload_hash": digest}, body.replace(b"447700900000", b"447700900999"))  # changed body
     assert not asked({"payload_hash": digest, "iat": int(now) - 600})  # issued ten minutes ago
     assert asked({})  # a JWT without payload_hash is checked by its signature alone
+
+
+@pytest.mark.parametrize("url, params", [
+    ("https://voice.example.com/telephony/plivo/voice", {"CallUUID": ["c1"], "From": ["+15551230001"]}),
+    ("https://voice.example.com/telephony/plivo/voice?b=2&a=1", {"From": ["+1555"], "To": ["+1666"]}),
+    ("https://voice.example.com/telephony/plivo/voice?a=1", {}),
+    ("https://voice.example.com/telephony/plivo/voice", {"Digits": ["5", "1"], "From": ["+1555"]}),
+])
+def test_plivo_signatures_are_what_plivos_own_library_accepts(url: str, params: dict[str, list[str]]) -> None:
+    signature_v3 = pytest.importorskip("plivo.utils.signature_v3")  # the test extra
+    from livetx.telephony.plivo import plivo_signature
+
+    signature = plivo_signature("auth-token", url, params, "nonce-1")
+    flat = {k: v if len(v) > 1 else v[0] for k, v in params.items()}
+    assert signature_v3.validate_v3_signature("POST", url, "nonce-1", "auth-token", signature, dict(flat))
+    assert not signature_v3.validate_v3_signature("POST", url, "nonce-2", "auth-token", signature, dict(flat))
