@@ -389,10 +389,13 @@ def test_twilio_signatures_match_twilios_own_test_vectors() -> None:
     assert not signature_valid("54321", url, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
 
 
-def test_the_caller_is_the_username_unless_mapped() -> None:
-    assert caller_username("+15551234567", {}) == "+15551234567"
-    assert caller_username("+15551234567", {"+15551234567": "alice"}) == "alice"
-    assert caller_username("", {}) is None
+def test_the_caller_is_the_username_unless_mapped_or_withheld() -> None:
+    assert caller_username("+15551234567", "CA1", {}) == "+15551234567"
+    assert caller_username("447700900000", "uuid-1", {}) == "447700900000"  # Vonage's numbers have no +
+    assert caller_username("+15551234567", "CA1", {"+15551234567": "alice"}) == "alice"
+    # Withheld numbers share no history: each call is someone new.
+    assert caller_username("anonymous", "CA1", {}) == "withheld-CA1"
+    assert caller_username("", "CA2", {}) == "withheld-CA2" != caller_username("Restricted", "CA3", {})
 
 
 def test_a_carriers_webhook_is_served_only_once_its_secret_is_set() -> None:

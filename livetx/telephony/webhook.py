@@ -14,6 +14,7 @@ carrying the caller's number and a short-lived call token
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -80,7 +81,7 @@ class Answering(Protocol):
         """The document (and its content type) that connects ``call`` to the stream socket at ``stream``."""
 
     def refuse(self) -> tuple[bytes, str]:
-        """The document that ends a call that cannot be taken (no caller number)."""
+        """The document that ends a call that cannot be taken (no call id to make its token for)."""
 
 
 def url_variants(url: str) -> list[str]:
@@ -106,9 +107,17 @@ def public_base(request: Request, public_url: str | None) -> str:
     return f"{'https' if request.isSecure() else 'http'}://{host}"
 
 
-def caller_username(caller: str, usernames: Mapping[str, str]) -> str | None:
-    """Who a caller is: the configured name for the number, or the number itself."""
-    username, _ = resolve_username(usernames.get(caller, caller))
+#: A caller ID that names someone: a number (E.164, or national digits) or a SIP address. Anything else
+#: ("anonymous", "Restricted", "Unknown", nothing) is a withheld number.
+NUMBER = re.compile(r"^(\+?[0-9]{3,16}|sips?:\S+)$")
+
+
+def caller_username(caller: str, call: str, usernames: Mapping[str, str]) -> str | None:
+    """Who a caller is: the configured name for the number, or the number itself, so their history comes
+    back on the next call. A withheld number is someone new for this call alone: callers who withhold
+    their numbers must not share one history."""
+    name = usernames.get(caller) or (caller if NUMBER.match(caller) else f"withheld-{call}")
+    username, _ = resolve_username(name)
     return username
 
 
@@ -196,10 +205,9 @@ class AnswerWebhook(Resource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"Forbidden: invalid {answering.signature_header}\n".encode()
         caller, call = incoming.field(answering.caller_field), incoming.field(answering.call_field)
-        username = caller_username(caller, self._usernames)
-        if username is None or not call:
-            _log.warn("A {carrier} call without a usable caller number or call id: hanging up",
-                      carrier=answering.title)
+        username = caller_username(caller, call, self._usernames) if call else None
+        if username is None:
+            _log.warn("A {carrier} call without a usable call id: hanging up", carrier=answering.title)
             document, kind = answering.refuse()
         else:
             stream = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + self._stream_path
