@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import pytest
 import pytest_twisted
@@ -136,6 +137,9 @@ async def test_webhook_signature_good_bad_and_missing(livetx: Any, openai: Any, 
     assert (await ask(url, line, CALLER, "CA77", line.key, change=tampered))[0] == 403  # changed on the way
     if carrier in ("telnyx", "vonage"):  # their signatures carry a time: an old one is refused
         assert (await ask(url, line, CALLER, "CA77", line.key, now=reactor.seconds() - 3600))[0] == 403
+    code, document = await ask(url, line, CALLER, "", line.key)  # no call to make a token for: hang up
+    assert code == 200 and (document == b"[]" if carrier == "vonage" else  # an NCCO with nothing to do
+                            ElementTree.fromstring(document).find("Hangup") is not None)
     code, document = await ask(url, line, CALLER, "CA77", line.key)
     assert code == 200
     stream, parameters = line.stream(document)
