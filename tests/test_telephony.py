@@ -127,40 +127,39 @@ def tampered(request: Any) -> Any:
                    body=request.body.replace(b"%2B15551230001", other.encode()))
 
 
-@pytest.mark.parametrize("carrier", list(LINES))
 @pytest_twisted.ensureDeferred
-async def test_webhook_signature_good_bad_and_missing(livetx: Any, openai: Any, tmp_path: Path, carrier: str) -> None:
+async def test_webhook_signature_good_bad_and_missing(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
-    url, line = server.url(f"/telephony/{carrier}/voice", scheme="http"), LINES[carrier]
-    assert (await ask(url, line, CALLER, "CA77", None))[0] == 403  # unsigned
-    assert (await ask(url, line, CALLER, "CA77", line.wrong_key))[0] == 403  # signed with another key
-    assert (await ask(url, line, CALLER, "CA77", line.key, change=tampered))[0] == 403  # changed on the way
-    if carrier in ("telnyx", "vonage"):  # their signatures carry a time: an old one is refused
-        assert (await ask(url, line, CALLER, "CA77", line.key, now=reactor.seconds() - 3600))[0] == 403
-    code, document = await ask(url, line, CALLER, "", line.key)  # no call to make a token for: hang up
-    assert code == 200 and (document == b"[]" if carrier == "vonage" else  # an NCCO with nothing to do
-                            ElementTree.fromstring(document).find("Hangup") is not None)
-    code, document = await ask(url, line, CALLER, "CA77", line.key)
-    assert code == 200
-    stream, parameters = line.stream(document)
-    query = dict(pair.split("=", 1) for pair in urlsplit(stream).query.split("&") if pair)
-    assert stream.split("?")[0] == server.url(f"/telephony/{carrier}/stream")
-    assert parameters.get("caller", CALLER) == CALLER
-    assert call_tokens(server).verify(parameters.get("token") or query["token"], "CA77") == CALLER
+    for carrier, line in LINES.items():
+        url = server.url(f"/telephony/{carrier}/voice", scheme="http")
+        assert (await ask(url, line, CALLER, "CA77", None))[0] == 403, carrier  # unsigned
+        assert (await ask(url, line, CALLER, "CA77", line.wrong_key))[0] == 403, carrier  # another key
+        assert (await ask(url, line, CALLER, "CA77", line.key, change=tampered))[0] == 403, carrier  # changed
+        if carrier in ("telnyx", "vonage"):  # their signatures carry a time: an old one is refused
+            assert (await ask(url, line, CALLER, "CA77", line.key, now=reactor.seconds() - 3600))[0] == 403
+        code, document = await ask(url, line, CALLER, "", line.key)  # no call to make a token for: hang up
+        assert code == 200 and (document == b"[]" if carrier == "vonage" else  # an NCCO with nothing to do
+                                ElementTree.fromstring(document).find("Hangup") is not None), carrier
+        code, document = await ask(url, line, CALLER, "CA77", line.key)
+        assert code == 200, carrier
+        stream, parameters = line.stream(document)
+        query = dict(pair.split("=", 1) for pair in urlsplit(stream).query.split("&") if pair)
+        assert stream.split("?")[0] == server.url(f"/telephony/{carrier}/stream")
+        assert parameters.get("caller", CALLER) == CALLER
+        assert call_tokens(server).verify(parameters.get("token") or query["token"], "CA77") == CALLER
 
 
-@pytest.mark.parametrize("carrier", list(LINES))
 @pytest_twisted.ensureDeferred
-async def test_a_stream_without_a_valid_token_is_closed_1008(
-        livetx: Any, openai: Any, tmp_path: Path, carrier: str) -> None:
+async def test_a_stream_without_a_valid_token_is_closed_1008(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
     tokens = call_tokens(server)
-    for parameters in ({}, {"token": "not-a-token"}, {"token": tokens.issue(CALLER, CALLER, "CA-other")},
-                       {"token": server.token(CALLER)}):
-        fake = await dial(server.url(f"/telephony/{carrier}/stream"), SHAPES[carrier], parameters, call_id="CA1")
-        fake.begin()
-        await fake.closed.addTimeout(10, reactor)
-        assert fake.close_code == 1008, parameters
+    for carrier, shape in SHAPES.items():
+        for parameters in ({}, {"token": "not-a-token"}, {"token": tokens.issue(CALLER, CALLER, "CA-other")},
+                           {"token": server.token(CALLER)}):
+            fake = await dial(server.url(f"/telephony/{carrier}/stream"), shape, parameters, call_id="CA1")
+            fake.begin()
+            await fake.closed.addTimeout(10, reactor)
+            assert fake.close_code == 1008, (carrier, parameters)
 
 
 @pytest_twisted.ensureDeferred
