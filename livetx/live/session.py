@@ -1,15 +1,19 @@
 """One live-mode conversation: a state machine fed by client frames.
 
 This module knows nothing about sockets. The protocol layer hands it decoded
-frames and a function to send frames back; everything in between — which
-frame is allowed when, running turns, barge-in, the history the model sees —
-happens here, so it can be tested with a fake clock. Capturing the voice
-(push to talk, and talk mode's detector) is :mod:`livetx.live.capture`; the
-turns' numbers, timing and reporting are :mod:`livetx.live.ledger`; a turn's
-way to the model (transcript, ``user_msg``, history) is
-:mod:`livetx.live.prepare`; the request in progress, from then until it is
-stored, stopped or withdrawn, is :mod:`livetx.live.request`. The wiring of
-these is :meth:`LiveSession.__init__`.
+frames and a function to send frames back. The session is the protocol:
+which frame is allowed when (the table in :mod:`livetx.live.rules`), and
+which piece an accepted event goes to. The pieces, each with one job, are
+wired in :meth:`LiveSession.__init__`, and all run on a fake clock in tests:
+
+- :mod:`livetx.live.capture`: the user's voice (push to talk, and talk
+  mode's detector);
+- :mod:`livetx.live.prepare`: a turn's way to the model (its number, the
+  transcript, ``user_msg``, the stored history);
+- :mod:`livetx.live.request`: the request in progress, from the model's
+  start until it is stored, stopped (barge-in) or withdrawn;
+- :mod:`livetx.live.ledger`: the turns' numbers, timing and reporting;
+- :mod:`livetx.live.history`: the earlier turns the model sees.
 
 The states (:data:`SESSION`): ``idle``; ``capturing`` (a segment is open and
 no turn runs); ``processing`` (a turn runs); ``interrupted`` (a turn was
@@ -127,7 +131,7 @@ class LiveSession:
         return SESSION.fire(self, event, **kwargs)
 
     def fire_safely(self, event: str, **kwargs: Any) -> None:
-        """The capture's events (:class:`livetx.live.capture.Owner`)."""
+        """The capture's and the request's events (their ``Owner``): a refusal becomes an error frame."""
         self._safely(event, lambda: self.fire(event, **kwargs))
 
     def emit(self, frame: Frame | bytes) -> None:
