@@ -423,8 +423,9 @@ class LiveSession:
         return self._conversation.keep(turns.turn_id, result, exchange, turns.input_type, turns.values(outcome))
 
     def _unwound(self) -> None:
-        self._turns.release()
+        wake = self._turns.let_go()  # before a queued turn begins its own
         self._safely("unwound", lambda: self.fire("unwound"))
+        wake()  # its waiters see the session idle, or busy with the queued turn, never unwinding
 
     def _stop_turn(self, event: EventData) -> None:
         """Barge-in: silence the turn and tell the client to stop playing, then unwind.
