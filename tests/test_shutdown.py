@@ -282,8 +282,8 @@ async def test_sigterm_during_a_long_decode_exits_within_the_grace_period(tmp_pa
     read = read_aloud()
     assert read, "moonshine-voice (the recordings of people reading) is not installed"
     pcm, _ = read_wav(read[0][1])
-    speech = pcm * 5  # 220 s of a person reading: a decode of tens of seconds on any machine
-    server = Twistd(tmp_path, '[tts]\nprovider = "none"\n[stt]\nmax_segment_seconds = 300\n'
+    speech = pcm * 13  # 9.5 minutes of a person reading: a decode far longer than the grace on any machine
+    server = Twistd(tmp_path, '[tts]\nprovider = "none"\n[stt]\nmax_segment_seconds = 600\n'
                               "[server]\nshutdown_grace = 1\n")
     try:
         client = await server.client("dee")
