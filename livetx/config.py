@@ -231,6 +231,11 @@ class TelephonyConfig:
     turn: dict[str, int | str] = field(default_factory=dict)
 
 
+#: The stock firmware's wake words (its wake word models' phrases) and the community servers' defaults.
+WAKE_WORDS = ("你好小智", "你好小志", "小爱同学", "你好小鑫", "你好小新", "小美同学", "小龙小龙", "喵喵同学",
+              "小滨小滨", "小冰小冰", "嘿你好呀", "Hi, ESP", "Hi, Lexin", "Alexa", "Hey, Jarvis", "Jarvis")
+
+
 @dataclass(frozen=True)
 class DevicesConfig:
     """xiaozhi-esp32 boards (docs/devices.md): their OTA endpoint and WebSocket; off until enabled."""
@@ -245,6 +250,10 @@ class DevicesConfig:
     output_rate: Literal[8000, 12000, 16000, 24000, 48000] = 24000
     #: Turn-taking settings in auto and realtime listening, as ``session_update`` takes them.
     turn: dict[str, int | str] = field(default_factory=dict)
+    #: What ``listen`` ``detect`` may say that only wakes the board; other text is answered as a question.
+    wake_words: list[str] = field(default_factory=lambda: list(WAKE_WORDS))
+    #: Serial number → the HMAC key in that board's eFuse (hex): its activation approves it.
+    hmac_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
