@@ -170,6 +170,8 @@ class _DaemonThread(threading.Thread):
 
 
 class _DaemonThreadPool(ThreadPool):
+    """Twisted's pool on daemon threads: a job a stop left running must not keep a finished process alive."""
+
     threadFactory = _DaemonThread
 
 
