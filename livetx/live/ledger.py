@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.deferreds import waiter_for
-from livetx.errors import FrameError
+from livetx.errors import ErrorCode, FrameError
+from livetx.live import frames
 from livetx.live.events import Listeners, MetricsFrames, Outcome, TurnListener
 from livetx.live.frames import Frame
 from livetx.live.rules import BUSY
@@ -77,6 +78,11 @@ class TurnLedger:
 
     def _emit_metrics(self, frame: Frame) -> None:
         self.emit(frame)
+
+    def error(self, code: ErrorCode, message: str) -> None:
+        """Send the running turn an error frame, and report it sent."""
+        self.report.error_sent(code)
+        self.emit(frames.error(code, message))
 
     def ended(self, outcome: Outcome) -> None:
         """Report the running turn over, once: its last ``metrics``, then its listeners."""
