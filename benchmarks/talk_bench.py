@@ -8,13 +8,15 @@ in the stream and when ``speech_stopped``, ``user_msg`` and the first
 decide, so the figure that matters is what comes *beyond* that window:
 detector hangover, transcription, the model and the first sentence of speech.
 With ``--barge-ins N`` it then says the sentence again N times over the
-reply, 300 ms after its first audio, and times ``stop_play`` from the first
-audible sample of the speech over it (as ``calls_bench.py`` times ``clear``).
+reply, 300 ms after its first audio, and times the barge-in from the first
+audible sample of the speech over it (as ``calls_bench.py`` times ``clear``)
+to the frame that tells the client to stop playing: ``stop_play`` while the
+turn runs, ``speech_started`` once the reply is sent whole.
 
     python benchmarks/talk_bench.py --turns 5 --offline        # echo model, eSpeak NG, PocketSphinx
     python benchmarks/talk_bench.py --turns 5                  # the OpenAI-compatible simulator as model and voice
     python benchmarks/talk_bench.py --binary --silence-ms 400  # binary audio transport, shorter window
-    python benchmarks/talk_bench.py --offline --barge-ins 4    # and stop_play over the reply, 4 times
+    python benchmarks/talk_bench.py --offline --barge-ins 4    # and 4 barge-ins over the reply
 
 Needs ``pip install websockets`` (the ``bench`` extra). It reuses the server
 start-up of ``live_bench.py``, whose simulator answers every speech request
@@ -59,7 +61,7 @@ def utterance() -> tuple[bytes, float, float]:
 async def talk_turn(ws: Any, pcm: bytes, speech: tuple[float, float], binary: bool,
                     over_reply: bool = False) -> dict[str, float]:
     """Stream silence, the utterance and silence in real time until the turn ends; ``over_reply``:
-    the utterance again 300 ms after the reply's first audio, timing ``stop_play`` from its onset."""
+    the utterance again 300 ms after the reply's first audio, timing the barge-in from its onset."""
     speech_starts, speech_ends = speech
     lead = bytes(BYTES_PER_SECOND * 3 // 10)
     audio = lead + pcm
@@ -89,8 +91,8 @@ async def talk_turn(ws: Any, pcm: bytes, speech: tuple[float, float], binary: bo
             nonlocal replied, stopped
             if kind == "response" and replied is None:
                 replied = now
-            if kind == "stop_play" and barge is not None and "stop_play" not in seen:
-                seen["stop_play"] = (now - barge) * 1000
+            if kind in ("stop_play", "speech_started") and barge is not None and "barge_in" not in seen:
+                seen["barge_in"] = (now - barge) * 1000
             stopped += kind == "speech_stopped"
             if kind == "end" and stopped >= 1 + over_reply:
                 done.set()
@@ -145,16 +147,16 @@ async def measure(url: str, turns: int, silence_ms: int, binary: bool, barge_ins
         barges = []
         for _ in range(barge_ins):
             seen = await talk_turn(ws, pcm, timeline, binary, over_reply=True)
-            if "stop_play" not in seen:
+            if "barge_in" not in seen:
                 raise RuntimeError(f"speech over the reply did not stop it; saw {sorted(seen)}")
-            barges.append(seen["stop_play"])
+            barges.append(seen["barge_in"])
     summary: dict[str, Any] = {"turns": len(results), "silence_ms": silence_ms, "binary": binary}
     for mark in MARKS:
         values = [r[mark] for r in results if mark in r]
         if values:
             summary[mark] = {"median_ms": statistics.median(values), "p95_ms": percentile(values, 0.95)}
     if barges:  # from the first audible sample of the speech over the reply
-        summary["stop_play"] = {"median_ms": statistics.median(barges), "p95_ms": percentile(barges, 0.95),
+        summary["barge_in"] = {"median_ms": statistics.median(barges), "p95_ms": percentile(barges, 0.95),
                                 "max_ms": max(barges), "n": len(barges)}
     return summary
 
@@ -168,10 +170,10 @@ def print_table(summary: dict[str, Any]) -> None:
         if mark in summary:
             row = summary[mark]
             print(f"{mark:16} {row['median_ms']:9.1f} {row['p95_ms']:9.1f} {row['median_ms'] - window:24.1f}")
-    if "stop_play" in summary:
-        row = summary["stop_play"]
-        print(f"\n{row['n']} barge-ins: stop_play {row['median_ms']:.1f} ms median, {row['p95_ms']:.1f} p95, "
-              f"{row['max_ms']:.1f} max, after the first audible sample of the speech over the reply")
+    if "barge_in" in summary:
+        row = summary["barge_in"]
+        print(f"\n{row['n']} barge-ins: stop_play or speech_started {row['median_ms']:.1f} ms median, "
+              f"{row['p95_ms']:.1f} p95, {row['max_ms']:.1f} max, after the first audible sample over the reply")
 
 
 def main() -> None:
