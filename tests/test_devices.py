@@ -114,6 +114,24 @@ async def test_a_spoken_question_is_answered_in_order_at_the_announced_rate(
 
 
 @pytest_twisted.ensureDeferred
+async def test_emoji_show_on_the_face_but_are_neither_spoken_nor_captioned(
+    livetx: Any, openai: Any, tmp_path: Path, hear: Any,  # noqa: F811
+) -> None:
+    tts = f'[tts]\nprovider = "openai"\nbase_url = "{openai.base_url}"\napi_key = "sk-test-secret"\n'
+    server = await device_server(livetx, openai, tmp_path, tts)
+    openai.reply = "Turn off the kitchen lights 😂. I have switched them off 👍 for you. 🎉🎉👏🙌✨"
+    b = await board(server)
+    await asked(b, "turn off the kitchen lights")
+    assert [(m["emotion"], m["text"]) for m in b.messages("llm")] == [("funny", "😂")]
+    # What xiaozhi-esp32-server sends (textUtils.check_emoji): the emoji taken out, nothing else.
+    captions = [m["text"] for m in b.messages("tts") if m["state"] == "sentence_start"]
+    assert captions == ["Turn off the kitchen lights .", "I have switched them off  for you."]
+    speech = [r.json["input"] for r in openai.requests_to("/audio/speech")]
+    assert speech == ["Turn off the kitchen lights .", "I have switched them off for you."]
+    assert b.events()[-1] == "tts:stop"
+
+
+@pytest_twisted.ensureDeferred
 async def test_abort_stops_the_reply_at_once_and_the_board_asks_again(
     livetx: Any, openai: Any, tmp_path: Path,
 ) -> None:

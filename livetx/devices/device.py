@@ -20,7 +20,8 @@ In (device → server):
 Out (server → device): ``stt`` with the transcript (``user_msg``); for a
 reply ``llm`` (an emotion for the screen, :mod:`~livetx.devices.emotion`),
 ``tts`` ``start``, then per
-sentence ``sentence_start`` with its text and its Opus packets, then
+sentence ``sentence_start`` with its text (without emoji, as the reference
+sends it) and its Opus packets, then
 ``tts`` ``stop`` once the last packet is out, or at once on barge-in.
 
 Packets go out paced at playback speed with :data:`AHEAD_MS` queued ahead,
@@ -44,6 +45,7 @@ from livetx.devices.emotion import feeling
 from livetx.devices.opus import FRAME_MS, Decoder, Encoder, OpusError
 from livetx.errors import CloseCode, ErrorCode
 from livetx.live.machine import Table
+from livetx.live.segmenter import without_emoji
 from livetx.live.session import LiveSession
 
 _log = Logger()
@@ -287,7 +289,9 @@ class DeviceConversation:
             emotion, emoji = feeling(text)
             self._enqueue({"session_id": self.session_id, "type": "llm", "emotion": emotion, "text": emoji})
             self._enqueue(self._tts("start"))
-        self._enqueue(self._tts("sentence_start", text))
+        caption = without_emoji(text)  # the face shows the emoji; the caption is words
+        if caption:
+            self._enqueue(self._tts("sentence_start", caption))
         if wav is None:
             return
         try:
