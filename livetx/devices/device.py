@@ -14,8 +14,9 @@ In (device → server):
 - ``realtime`` keeps feeding the microphone while the reply plays, so the
   server's detector hears a barge-in (``auto`` devices stop sending then);
 - ``abort`` is ``interrupt``; ``listen`` ``detect`` (the wake word) stops
-  a reply still playing, as the firmware also sends ``abort``; its ``text``
-  is answered as a question unless it is one of the wake words.
+  a reply still playing, as the firmware also sends ``abort``, and drops
+  the speech heard so far (the wake word itself, or talk before it); its
+  ``text`` is answered as a question unless it is one of the wake words.
 
 Out (server → device): ``stt`` with the transcript (``user_msg``); for a
 reply ``llm`` (an emotion for the screen, :mod:`~livetx.devices.emotion`),
@@ -185,6 +186,7 @@ class DeviceConversation:
         state, mode = message.get("state"), message.get("mode", self.mode or "auto")
         if state == "detect":
             self._cut()
+            self.session.forget_speech()  # as the reference clears its audio buffer
             self._woken(message.get("text"))
             return
         if state not in ("start", "stop"):
