@@ -49,7 +49,7 @@ def devices_cli(server: Any, *args: str) -> int:
     return cli.main(["devices", args[0], "--data-dir", str(server.data_dir), *args[1:]])
 
 
-async def enrolled(server: Any, mac: str = MAC, client: str = CLIENT) -> dict[str, str]:
+async def enrolled(server: Any, mac: str = MAC, client: str = CLIENT) -> dict[str, Any]:
     """The firmware's path: OTA (a code), the operator approves it, OTA again (the socket and a token)."""
     _, first = await ota(server, mac=mac, client=client)
     assert devices_cli(server, "approve", first["activation"]["code"]) == 0
@@ -58,7 +58,7 @@ async def enrolled(server: Any, mac: str = MAC, client: str = CLIENT) -> dict[st
 
 
 async def board(server: Any, version: int = 1, mac: str = MAC, client: str = CLIENT,
-                socket: dict[str, str] | None = None) -> Board:
+                socket: dict[str, Any] | None = None) -> Board:
     socket = socket or await enrolled(server, mac, client)
     headers = {"Authorization": f"Bearer {socket['token']}", "Protocol-Version": str(version),
                "Device-Id": mac, "Client-Id": client}
@@ -199,6 +199,21 @@ async def test_the_model_calls_the_boards_own_tool_over_mcp(livetx: Any, openai:
     assert last[-1]["role"] == "tool" and last[-1]["tool_call_id"] == last[-2]["tool_calls"][0]["id"]
     assert "true" in last[-1]["content"]  # what the board answered is what the model was told
     assert [m["text"] for m in b.messages("tts") if m["state"] == "sentence_start"] == ["The light is red now."]
+
+
+@pytest.mark.parametrize(("setting", "version"), [("", 1), ("protocol_version = 3", 3)])
+@pytest_twisted.ensureDeferred
+async def test_the_ota_answer_sets_the_boards_binary_version(
+    livetx: Any, openai: Any, tmp_path: Path, setting: str, version: int,
+) -> None:
+    """The firmware keeps ``websocket.version`` (a number) and sends it as Protocol-Version: the board speaks it."""
+    server = await heard_server(livetx, openai, tmp_path, "devices", f"enabled = true\n{setting}", "", REPLY)
+    socket = await enrolled(server)
+    assert socket["version"] == version and isinstance(socket["version"], int)
+    b = await board(server, socket["version"], socket=socket)
+    b.hello()
+    await b.wait(lambda: bool(b.messages("hello")))
+    assert b.messages("hello")[0]["version"] == version and b.close_code is None
 
 
 @pytest_twisted.ensureDeferred
