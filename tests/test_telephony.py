@@ -244,14 +244,15 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     carrier.send({"event": "media", "streamSid": carrier.stream, "media": {"payload": "%%% not base64"}})
     carrier.send({"event": "media", "streamSid": "MZ-someone-else", "media": {"payload": ""}})
     carrier.send({"event": "twirl", "streamSid": carrier.stream})
-    wanted = 'livetx_errors_total{code="UNKNOWN_MESSAGE_TYPE"}'
+    wanted = 'livetx_refused_frames_total{code="UNKNOWN_MESSAGE_TYPE",source="twilio"}'
     for _ in range(50):  # the socket's frames and this request travel apart
         metrics = await (await treq.get(server.url("/metrics", scheme="http"), reactor=reactor)).text()
         if wanted in metrics:
             break
         await deferLater(reactor, 0.05)
     for code in ("INVALID_AUDIO", "INVALID_MESSAGE_FORMAT", "UNKNOWN_MESSAGE_TYPE"):
-        assert f'livetx_errors_total{{code="{code}"}} 1.0' in metrics, code
+        assert f'livetx_refused_frames_total{{code="{code}",source="twilio"}} 1.0' in metrics, code
+    assert "livetx_errors_total{" not in metrics  # no error frame was sent: the carrier has none
     assert carrier.close_code is None
     carrier.hang_up()
     await carrier.closed.addTimeout(10, reactor)

@@ -169,7 +169,7 @@ class DeviceProtocol(ForeignProtocol):
         _log.info("Device {device} offers tools: {names}", device=self._device_id, names=", ".join(t.name for t in tools))
 
     def refused(self, code: ErrorCode, message: str) -> None:
-        self.factory.metrics.errors.labels(code).inc()
+        self.factory.metrics.frame_refused("device", code)
         _log.warn("Refused a message from device {device}: {message} ({code})",
                   device=self._device_id, message=message, code=code.value)
 

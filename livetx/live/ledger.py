@@ -16,6 +16,7 @@ the ``metrics`` frames (:class:`~livetx.live.events.MetricsFrames`) first.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -102,9 +103,15 @@ class TurnLedger:
 
     def release(self) -> None:
         """The turn is over, stored and ended: whoever waits on :meth:`over` goes on."""
+        self.let_go()()
+
+    def let_go(self) -> Callable[[], None]:
+        """Forget the running turn now (a queued one may begin), but wake whoever waits on :meth:`over`
+        only with the call returned: once the session has left the turn's state, so that a waiter
+        that then asks whether the session is busy is told the truth (the drain asks again, and
+        a session still unwinding but already over sent it round in circles)."""
         over, self._over = self._over, None
-        if over is not None:
-            over.callback(None)
+        return _nothing if over is None else functools.partial(over.callback, None)
 
     def over(self) -> Deferred[None]:
         """Fires once no turn runs: at once when none does, else after the running one is stored and ended."""
@@ -120,3 +127,7 @@ class TurnLedger:
         turn, self.queued = self.queued, None
         assert turn is not None
         turn()
+
+
+def _nothing() -> None:
+    """No turn was running: nobody to wake."""

@@ -204,8 +204,9 @@ class Request:
         return self._conversation.keep(turns.turn_id, result, exchange, turns.input_type, turns.values(outcome))
 
     def _unwound(self) -> None:
-        self._turns.release()
+        wake = self._turns.let_go()  # before a queued turn begins its own
         self._owner.fire_safely("unwound")
+        wake()  # its waiters see the session idle, or busy with the queued turn, never unwinding
 
     def stop(self) -> None:
         """Barge-in: silence the turn and tell the client to stop playing, then unwind.

@@ -120,7 +120,7 @@ class CallProtocol(ForeignProtocol):
 
     def refused(self, code: ErrorCode, message: str) -> None:
         self.refusals[code] = self.refusals.get(code, 0) + 1
-        self.factory.metrics.errors.labels(code).inc()
+        self.factory.metrics.frame_refused(self.factory.carrier.name, code)
         _log.warn("Refused a {carrier} frame: {message} ({code})",
                   carrier=self.factory.carrier.name, message=message, code=code.value)
 
