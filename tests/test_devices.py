@@ -24,7 +24,8 @@ from livetx.devices import framing
 from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
 from livetx.errors import ErrorCode
 
-from .devices import SILENCE, Board, connect, decode_reply, frame
+from .devices import SILENCE, Board, connect, decode_reply, frame, tools_taken
+from .test_live_ws import eventually
 from .test_telephony import hear, heard_server  # noqa: F401 (hear: the fixture, one recognizer for the module)
 from .test_voice import spoken
 
@@ -160,10 +161,13 @@ async def test_realtime_voice_barges_in(livetx: Any, openai: Any, tmp_path: Path
     b.hello()
     await b.wait(lambda: bool(b.messages("hello")))
     b.listen("start", "realtime")
-    b.say(await spoken("turn on the hallway lights"))
+    request = await spoken("turn on the hallway lights")
+    said_until = b.sent_ms + len(request) // 32  # where its speech ends on the microphone's stream
+    b.say(request)
     await b.wait(lambda: len(b.audio()) >= 3, timeout=40)
     # The microphone streams on; past continue_ms (1200 ms) after the request, speech is a barge-in.
-    await deferLater(reactor, 1.3, lambda: None)
+    # Counted on the stream, as the server counts it (1.3 s of wall time is less stream on a loaded machine).
+    await b.wait(lambda: b.sent_ms >= said_until + 1300, timeout=30)
     b.say(await spoken("turn off the bedroom lights"))
     await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=20)
     await b.wait(lambda: len(b.messages("stt")) >= 2, timeout=40)
@@ -189,8 +193,7 @@ async def test_the_model_calls_the_boards_own_tool_over_mcp(livetx: Any, openai:
     b = await board(server, 1)
     b.tools["self.light.set_rgb"] = ("Set the colour of the light.", schema, lambda arguments: "true")
     b.hello(mcp=True)
-    await b.wait(lambda: any(m["payload"].get("method") == "tools/list" for m in b.messages("mcp")))
-    await deferLater(reactor, 0.2, lambda: None)  # the board's answer reaches the server
+    await tools_taken(server, b)
     b.listen("start", "auto")
     b.say(await spoken("turn on the kitchen lights"))
     await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=40)
@@ -365,8 +368,7 @@ async def test_a_board_that_never_reads_is_dropped(livetx: Any, openai: Any, tmp
     connections = server.service.getServiceNamed("connections")
     assert len(connections) == 1
     b.transport.pauseProducing()  # reads nothing more
-    await deferLater(reactor, 4.0, lambda: None)
-    assert len(connections) == 0  # dropped while it still read nothing
+    await eventually(lambda: len(connections) == 0, timeout=10)  # dropped while it still read nothing
     b.transport.resumeProducing()
     await b.wait(lambda: False, timeout=5)
     assert b.close_code is not None

@@ -34,7 +34,7 @@ from livetx.cluster.revocation import DEVICES, announce
 from livetx.devices.emotion import EMOJI, feeling
 from livetx.devices.registry import DEVICES_FILE, REBOOT_SECONDS, DeviceRegistry, DeviceWatch
 
-from .devices import Board
+from .devices import Board, tools_taken
 from .test_devices import CLIENT, MAC, board, device_server, ota
 from .test_twistd import start_up_error
 from .test_voice import spoken
@@ -353,8 +353,7 @@ async def test_abort_cancels_a_device_tool_call_in_flight(livetx: Any, openai: A
     openai.reply = "The light is red now."
     b = await talking(server, mcp=True)
     b.tools["self.light.set"] = ("Set the light's colour.", schema, lambda arguments: None)  # never answers by itself
-    await b.wait(lambda: any(m["payload"].get("method") == "tools/list" for m in b.messages("mcp")))
-    await deferLater(reactor, 0.2, lambda: None)  # the board's answer reaches the server
+    await tools_taken(server, b)
     b.send_json({"session_id": b.session_id, "type": "listen", "state": "detect", "text": "Make the light red"})
     await b.wait(lambda: bool(b.held), timeout=20)  # the call is out, on the board
     b.send_json({"session_id": b.session_id, "type": "abort", "reason": "wake_word_detected"})
