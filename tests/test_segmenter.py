@@ -80,5 +80,26 @@ def test_speech_has_no_emoji_and_an_emoji_only_sentence_none(sentence: str, spok
     assert speakable(sentence) == spoken
 
 
+@pytest.mark.parametrize(("sentence", "spoken"), [
+    ("This is **really** _quite_ ~~not~~ ***big***.", "This is really quite not big."),
+    ("## Next steps", "Next steps"),
+    ("- Buy milk.", "Buy milk."),
+    ("* **Bold** item.", "Bold item."),
+    ("> Quoted words.", "Quoted words."),
+    ("See [the docs](https://example.org/a_b) now.", "See the docs now."),
+    ("![a cat](cat.png) sits.", "a cat sits."),
+    ("Run `livetx serve` first.", "Run livetx serve first."),
+    ("```", ""),  # a fence alone is not spoken
+    ("---", ""),
+    ("**Half a bold sentence.", "Half a bold sentence."),  # the closing ** is in the next sentence
+    ("Then it ends.**", "Then it ends."),
+    ("2*3 is 6 and 2 * 3 too.", "2*3 is 6 and 2 * 3 too."),  # not emphasis
+    ("Call snake_case_name and __init__.", "Call snake_case_name and init."),
+    ("1. First item.", "1. First item."),  # a number is worth saying
+])
+def test_speech_has_no_markdown(sentence: str, spoken: str) -> None:
+    assert speakable(sentence) == spoken
+
+
 def test_captions_lose_emoji_and_line_breaks_as_the_reference_sends_them() -> None:
     assert without_emoji("Hi🙂\nthere🚀") == "Hithere"  # xiaozhi-esp32-server's check_emoji

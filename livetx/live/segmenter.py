@@ -7,8 +7,16 @@ a full stop between two digits ("3.14") is not a sentence end.
 
 Emoji are part of the reply (its captions and history keep them, as
 AstrBot's do) but not of its speech: a synthesiser reads one as its name
-or as noise. :func:`speakable` is what TTS gets; a sentence with nothing
-left to say is not synthesised at all, as xiaozhi-esp32-server skips it.
+or as noise. The same holds for the Markdown a hosted model writes
+(``**bold**``, ``# Heading``, ``[a link](https://…)``), which a synthesiser
+reads out as stars, hashes and addresses. :func:`speakable` is what TTS gets;
+a sentence with nothing left to say is not synthesised at all, as
+xiaozhi-esp32-server skips it.
+
+The Markdown is taken out with patterns, not a parser: TTS gets one sentence
+at a time, so a ``**`` may open in one sentence and close in the next, and a
+parser would keep both halves as text. A marker counts only at a word's edge,
+so ``2*3`` and ``snake_case`` are read as written.
 """
 
 from __future__ import annotations
@@ -24,6 +32,13 @@ _EMOJI = re.compile(
     "\U0001F1E6-\U0001F1FF\u200D\uFE0E\uFE0F\u20E3\U000E0020-\U000E007F]"
 )
 _SPACES = re.compile(r"[ \t]{2,}")
+#: ``![alt](url)`` and ``[text](url)`` say their text; code spans and fences, their code.
+_LINKS = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_CODE = re.compile(r"`+")
+#: At a line's start: a heading's hashes, a quote's ``>``, a bullet (a numbered item keeps its number).
+_LINE_MARKS = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|>[ \t]?|[-*+][ \t]+)", re.MULTILINE)
+#: Emphasis (``*``, ``**``, ``_``, ``__``, ``~~``) opening before a word or closing after one.
+_EMPHASIS = re.compile(r"(?<![\w*_~])(?:\*{1,3}|_{1,3}|~~)(?=[^\s*_~])|(?<=[^\s*_~])(?:\*{1,3}|_{1,3}|~~)(?![\w*_~])")
 
 
 def without_emoji(text: str) -> str:
@@ -32,8 +47,9 @@ def without_emoji(text: str) -> str:
 
 
 def speakable(sentence: str) -> str:
-    """What TTS should say of ``sentence``: no emoji; ``""`` when no word is left (``"😂"``, ``"!"``)."""
-    spoken = _SPACES.sub(" ", _EMOJI.sub("", sentence)).strip()
+    """What TTS should say of ``sentence``: no emoji or Markdown; ``""`` when no word is left (``"😂"``, ``"!"``)."""
+    plain = _EMPHASIS.sub("", _LINE_MARKS.sub("", _CODE.sub("", _LINKS.sub(r"\1", sentence))))
+    spoken = _SPACES.sub(" ", _EMOJI.sub("", plain)).strip()
     return spoken if any(c.isalnum() for c in spoken) else ""
 
 
