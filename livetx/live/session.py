@@ -167,6 +167,10 @@ class LiveSession:
         """Drop an utterance half-heard and detect no more (the server is stopping)."""
         self.capture.stop_listening()
 
+    def forget_speech(self) -> None:
+        """Drop an utterance half-heard and listen afresh: what a board heard before its wake word is no question."""
+        self.capture.restart_detection(self.settings)
+
     def _update_settings(self, event: EventData) -> None:
         tts = self._engines.tts
         before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end,
