@@ -407,6 +407,8 @@ def test_a_finished_request_ends_at_the_first_pause() -> None:
     assert pcm.startswith(voiced(900)[:9600]) and len(pcm) < 32 * (900 + 400)
     assert "speech_stopped" not in kinds(h.raw)
     verdict.callback(0.93)
+    assert "speech_stopped" not in kinds(h.raw)  # the transcript being made could still overrule it
+    h.stt.requests[0][1].callback("turn on the kitchen lights")  # no cue either way: the model decides
     assert "speech_stopped" in kinds(h.raw) and h.state == "processing"  # 400 ms, not 2 s, of silence
 
 
@@ -429,6 +431,7 @@ def test_a_verdict_on_speech_that_went_on_counts_for_nothing() -> None:
     speak(h, quiet(400))
     assert len(model.asked) == 2  # the new pause is asked about
     model.asked[1][1].callback(0.99)
+    h.stt.requests[-1][1].callback("turn on the lights")  # the new pause's transcript, no cue
     assert "speech_stopped" in kinds(h.raw)
 
 

@@ -32,7 +32,7 @@ from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.machine import Table
 from livetx.live.echo import EchoGuard
-from livetx.live.endpoint import TurnEnd, detector_settings
+from livetx.live.endpoint import EndOfTurn, TurnEnd
 from livetx.live.settings import Settings
 from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
 from livetx.live.vad import VoiceDetector
@@ -59,8 +59,8 @@ CAPTURE = Table("capture", _ANY, [
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
-    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at",
-                 "voiced_ms")
+    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "done", "voiced_at",
+                 "stopped_at", "voiced_ms")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -72,8 +72,10 @@ class Segment:
         #: and the decode started at the latest pause (:mod:`livetx.live.streaming_stt`).
         self.voiced = 0
         self.early: EarlyDecode | None = None
-        #: Semantic end of turn: ``voiced`` when the model was last asked about it.
+        #: Semantic end of turn: ``voiced`` when the model was last asked about
+        #: it, and when it last judged the speaker done.
         self.asked = -1
+        self.done = -1
         #: Talk mode, on the session's clock: when the last speech frame was
         #: heard, and when the detector declared the utterance over.
         self.voiced_at: float | None = None
@@ -112,7 +114,7 @@ class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
 
     __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
-                 "_partial", "_carried", "_turn_end_model", "_turn_end", "echo")
+                 "_partial", "_carried", "_turn_end_model", "_end_of_turn", "_turn_end", "echo")
 
     def __init__(
         self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
@@ -130,7 +132,9 @@ class Capture:
         #: The first half of a request the user went on with: the next utterance starts with it.
         self._carried: Segment | None = None
         self._turn_end_model = turn_end_model
-        #: Talk mode with ``end_of_turn: semantic`` (livetx.live.endpoint).
+        #: Talk mode: when an utterance ends (livetx.live.endpoint), and with
+        #: ``end_of_turn: semantic`` the model asked at each pause.
+        self._end_of_turn: EndOfTurn | None = None
         self._turn_end: TurnEnd | None = None
         #: Talk mode: the reply audio that may be playing, so its echo starts nothing (a turn listener).
         self.echo = EchoGuard(lambda: None if self._detector is None else self._detector.elapsed_ms)
@@ -186,7 +190,9 @@ class Capture:
         """Turn detection changed hands: an utterance half-heard is dropped."""
         self.stop_listening()
         if settings.server_detection:
-            self._detector = VoiceDetector(detector_settings(settings), self._clock, self, is_echo=self.echo.is_echo)
+            self._end_of_turn = end_of_turn = EndOfTurn(settings)
+            self._detector = VoiceDetector(settings, self._clock, self, is_echo=self.echo.is_echo,
+                                           end_silence_ms=end_of_turn.detector_silence_ms)
             model = self._turn_end_model
             semantic = settings.end_of_turn == "semantic" and model is not None
             self._turn_end = TurnEnd(model, settings.eagerness) if semantic and model is not None else None
@@ -251,8 +257,8 @@ class Capture:
         self._owner.emit({"t": "speech_stopped", "data": {"audio_end_ms": end_ms}})
 
     def _follow_speech(self) -> None:
-        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt)
-        and ask whether the speaker is done (endpoint)."""
+        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt),
+        ask whether the speaker is done, and end it if the rule says so (endpoint)."""
         segment, detector = self._segment, self._detector
         if segment is None or detector is None:
             return
@@ -266,11 +272,25 @@ class Capture:
         if turn_end is not None and silent >= turn_end.pause_ms and segment.asked != segment.voiced:
             segment.asked = voiced = segment.voiced
             turn_end.ask(bytes(segment.pcm), lambda: self._turn_ended(segment, voiced))
+        self._judge(segment)
 
     def _turn_ended(self, segment: Segment, voiced: int) -> None:
-        """The model says the speaker is done: end the utterance, if nothing was said since it was asked."""
-        if segment is self._segment and segment.voiced == voiced and self._detector is not None:
-            self._detector.end_now()
+        """The model says the speaker is done (about the speech up to ``voiced``)."""
+        segment.done = voiced
+        self._judge(segment)
+
+    def _judge(self, segment: Segment) -> None:
+        """End the utterance if the rule says its silence so far is enough, given what is known of it
+        now; verdicts and transcripts of speech the user has since continued count for nothing."""
+        detector, end_of_turn = self._detector, self._end_of_turn
+        if segment is not self._segment or detector is None or end_of_turn is None or end_of_turn.rule == "silence":
+            return
+        silent = detector.trailing_silence_ms
+        early = segment.early if segment.early is not None and segment.early.voiced == segment.voiced else None
+        wait = end_of_turn.wait_ms(None if early is None else early.text, early is not None and not early.settled,
+                                   segment.done == segment.voiced)
+        if silent and silent >= wait:
+            detector.end_now()
 
     def _decode_early(self, segment: Segment, detector: VoiceDetector, silent: int) -> None:
         early = segment.early
@@ -281,7 +301,13 @@ class Capture:
         if early is not None:
             early.result.cancel()  # the speaker went on after it: stale
         segment.early = decode_early(self._stt, bytes(segment.pcm), segment.voiced,
-                                     lambda text: self._show_partial(text, segment))
+                                     lambda early: self._decoded(early, segment))
+
+    def _decoded(self, early: EarlyDecode, segment: Segment) -> None:
+        """A decode at a pause has settled: a partial transcript, and perhaps the end of the turn."""
+        if early.text is not None:
+            self._show_partial(early.text, segment)
+        self._judge(segment)
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""

@@ -54,28 +54,40 @@ class EarlyDecode:
 
     ``result`` fires with the transcript, or None when the decode failed
     (logged) or was cancelled; it never fails, so nobody has to wait on it.
+    ``text`` and ``settled`` say the same to whoever reads it as it stands:
+    the end-of-turn rule reads the transcript for cues (livetx.live.endpoint).
     """
 
-    __slots__ = ("voiced", "result")
+    __slots__ = ("voiced", "result", "text", "settled")
 
-    def __init__(self, voiced: int, result: Deferred[str | None]) -> None:
+    def __init__(self, voiced: int) -> None:
         self.voiced = voiced
-        self.result = result
+        self.result: Deferred[str | None] = Deferred()
+        self.text: str | None = None
+        self.settled = False
 
 
 def decode_early(
-    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[str], None],
+    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None],
 ) -> EarlyDecode:
-    """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` gets the text."""
+    """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` is
+    told when the decode has settled (its ``text`` None if it failed), unless it was cancelled."""
+    early = EarlyDecode(voiced)
 
     def done(text: str) -> str:
-        text = text.strip()
-        heard(text)
-        return text
+        early.text, early.settled = text.strip(), True
+        heard(early)
+        return early.text
 
-    result: Deferred[str | None] = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(done)
-    result.addErrback(_failed)
-    return EarlyDecode(voiced, result)
+    def failed(failure: Failure) -> None:
+        early.settled = True
+        _failed(failure)
+        if not failure.check(CancelledError):
+            heard(early)
+
+    early.result = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(done)
+    early.result.addErrback(failed)
+    return early
 
 
 def final_transcript(

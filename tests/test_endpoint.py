@@ -1,0 +1,176 @@
+"""When an utterance ends, on a fake clock: the transcript at the pause ends a finished request
+sooner and holds an unfinished one longer (``end_of_turn: transcript``), and its cues come
+before the end-of-turn model's verdict (``semantic``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from livetx.errors import ErrorCode
+from livetx.live.endpoint import COMPLETE, EAGERNESS, UNFINISHED, EndOfTurn, cue
+from livetx.live.settings import Settings
+
+from .test_session import Harness
+from .test_talk import quiet, voiced
+from .test_turn_taking import ManualTurnEnd, kinds, speak, talking
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("Turn on the kitchen lights.", COMPLETE),
+    ("What is the weather like?", COMPLETE),  # a question ends, whatever its last word
+    ("What is it for?", COMPLETE),
+    ("Stop!", COMPLETE),
+    ("Book a table for", UNFINISHED),
+    ("Book a table for.", UNFINISHED),  # the recognizer's full stop does not outweigh the word
+    ("Please call my sister and...", UNFINISHED),
+    ("Play some music in the\u2026", UNFINISHED),
+    ("I was thinking, um", UNFINISHED),
+    ("Well,", UNFINISHED),
+    ("call my sister after lunch", None),  # no punctuation, an ordinary last word
+    ("Turn it on", None),
+    ("", None),
+    (None, None),
+])
+def test_the_cues_of_a_transcript(text: str | None, said: str | None) -> None:
+    assert cue(text) == said
+
+
+def test_each_rule_waits_as_the_transcript_and_the_model_say() -> None:
+    pause, longest = EAGERNESS["high"]
+    silence = EndOfTurn(Settings(silence_ms=700, eagerness="high"))
+    transcript = EndOfTurn(Settings(silence_ms=700, eagerness="high", end_of_turn="transcript"))
+    semantic = EndOfTurn(Settings(silence_ms=700, eagerness="high", end_of_turn="semantic"))
+    assert silence.wait_ms("Turn on the lights.", False, True) == 700 == silence.detector_silence_ms
+    assert transcript.wait_ms("Turn on the lights.", False, False) == pause
+    assert transcript.wait_ms("Book a table for", False, True) == longest
+    assert transcript.wait_ms("call my sister", False, True) == 700  # no cue: the silence rule
+    assert transcript.wait_ms(None, True, False) == longest == transcript.detector_silence_ms  # its decode runs
+    assert semantic.wait_ms("Book a table for", False, True) == longest  # the words overrule "done"
+    assert semantic.wait_ms("Turn on the lights.", False, False) == pause  # and "not yet"
+    assert semantic.wait_ms("call my sister", False, True) == pause  # no cue: the model decides
+    assert semantic.wait_ms(None, True, True) == longest  # not before the transcript could overrule it
+    assert semantic.wait_ms("call my sister", False, False) == longest == semantic.detector_silence_ms
+    # A silence longer than the longest wait still holds for requests without a cue.
+    assert EndOfTurn(Settings(silence_ms=3000, end_of_turn="transcript")).detector_silence_ms == 3000
+
+
+def by_transcript(eagerness: str = "medium") -> Harness:
+    """Talk mode (600 ms of silence), ``end_of_turn: transcript``: the default engines need no extra."""
+    h = talking()
+    (updated,) = h.send("session_update", end_of_turn="transcript", eagerness=eagerness)
+    assert updated["data"]["end_of_turn"] == "transcript" and updated["data"]["eagerness"] == eagerness
+    return h
+
+
+def stopped(h: Harness) -> bool:
+    return "speech_stopped" in kinds(h.raw)
+
+
+def test_the_transcript_rule_is_a_setting_checked_strictly() -> None:
+    h = talking()
+    for fields in ({"end_of_turn": "words"}, {"end_of_turn": True}, {"eagerness": "fast"}):
+        (error,) = h.send("session_update", **fields)
+        assert error["code"] == ErrorCode.INVALID_SETTING, fields
+    assert h.session.settings.end_of_turn == "silence"
+    by_transcript("low")
+
+
+def test_a_finished_request_ends_as_soon_as_its_transcript_says_so() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(400))
+    ((_, early),) = h.stt.requests  # decoded at the pause
+    assert not stopped(h)  # 400 ms of silence, and nothing yet says the request is finished
+    early.callback(" Turn on the kitchen lights. ")
+    assert stopped(h) and h.state == "processing"
+    assert h.raw[-1]["t"] == "user_msg" and h.raw[-1]["data"]["text"] == "Turn on the kitchen lights."
+    assert len(h.stt.requests) == 1  # the decode at the pause was the transcript
+
+
+def test_an_unfinished_request_waits_past_the_silence_up_to_the_longest() -> None:
+    h = by_transcript("high")
+    speak(h, voiced(900) + quiet(400))
+    h.stt.requests[0][1].callback("Book a table for")
+    speak(h, quiet(500))  # 900 ms of silence: past silence_ms (600)
+    assert not stopped(h) and h.state == "capturing"
+    produced = speak(h, quiet(250))  # 1150 ms: past high eagerness's longest wait, counting the hangover
+    assert "speech_stopped" in kinds(produced)
+
+
+def test_a_request_without_a_cue_ends_after_silence_ms() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(400))
+    h.stt.requests[0][1].callback("call my sister after lunch")
+    assert not stopped(h)
+    assert "speech_stopped" in kinds(speak(h, quiet(350)))  # 750 ms, as with the silence rule
+
+
+def test_an_utterance_waits_for_its_running_decode_rather_than_end_without_a_cue() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(1200))
+    assert not stopped(h)  # past silence_ms: the reply would wait for this decode anyway
+    h.stt.requests[0][1].callback("play some music in the...")
+    assert not stopped(h)  # unfinished: on to the longest silence (2 s, after the detector's hangover)
+    assert "speech_stopped" in kinds(speak(h, quiet(1000)))
+
+
+def test_a_failed_decode_leaves_the_silence_rule() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(800))
+    h.stt.requests[0][1].errback(RuntimeError("decoder crashed"))
+    assert stopped(h) and h.state == "processing"  # 800 ms of silence is past silence_ms
+    assert len(h.stt.requests) == 2  # the segment is decoded again, as without the rule
+
+
+def test_a_transcript_of_speech_that_went_on_counts_for_nothing() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(400))
+    speak(h, voiced(300))  # the user goes on
+    h.stt.requests[0][1].callback("Turn on the lights.")
+    assert not stopped(h) and h.state == "capturing"
+    speak(h, quiet(400))
+    assert not stopped(h)  # the finished transcript was of the first part only
+    h.stt.requests[1][1].callback("Turn on the lights in the kitchen.")
+    assert stopped(h)
+
+
+def test_the_silence_rule_does_not_read_the_transcript() -> None:
+    h = talking()
+    speak(h, voiced(900) + quiet(400))
+    h.stt.requests[0][1].callback("Turn on the kitchen lights.")
+    assert not stopped(h)
+    assert "speech_stopped" in kinds(speak(h, quiet(350)))
+
+
+def semantic_with(verdict: float, text: str) -> Harness:
+    """``end_of_turn: semantic`` at medium eagerness: the model's ``verdict`` and the transcript ``text``
+    of an utterance followed by 400 ms of silence."""
+    model = ManualTurnEnd()
+    h = talking(turn_end=model)
+    h.send("session_update", end_of_turn="semantic")
+    speak(h, voiced(900) + quiet(400))
+    ((_, judged),) = model.asked
+    judged.callback(verdict)
+    h.stt.requests[0][1].callback(text)
+    return h
+
+
+def test_semantic_an_unfinished_transcript_overrules_the_models_done() -> None:
+    h = semantic_with(0.97, "Book a table for")
+    assert not stopped(h)
+    speak(h, quiet(1000))
+    assert not stopped(h)  # 1.4 s: the longest wait is 2 s
+    assert "speech_stopped" in kinds(speak(h, quiet(800)))
+
+
+def test_semantic_a_finished_transcript_overrules_the_models_not_yet() -> None:
+    h = semantic_with(0.05, "Turn on the kitchen lights.")
+    assert stopped(h) and h.state == "processing"
+
+
+def test_semantic_without_a_cue_the_model_decides() -> None:
+    assert stopped(semantic_with(0.97, "call my sister after lunch"))
+    h: Any = semantic_with(0.05, "call my sister after lunch")
+    speak(h, quiet(1000))
+    assert not stopped(h)
