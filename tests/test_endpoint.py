@@ -12,9 +12,10 @@ from livetx.errors import ErrorCode
 from livetx.live.endpoint import COMPLETE, EAGERNESS, UNFINISHED, EndOfTurn, cue
 from livetx.live.settings import Settings
 
+from .doubles import b64
 from .test_session import Harness
 from .test_talk import quiet, voiced
-from .test_turn_taking import ManualTurnEnd, kinds, speak, talking
+from .test_turn_taking import ManualTurnEnd, kinds, listen_on, speak, talking
 
 
 @pytest.mark.parametrize(("text", "said"), [
@@ -174,3 +175,23 @@ def test_semantic_without_a_cue_the_model_decides() -> None:
     h: Any = semantic_with(0.05, "call my sister after lunch")
     speak(h, quiet(1000))
     assert not stopped(h)
+
+
+def test_the_stages_of_audio_sent_in_one_burst_count_from_its_speech_on_the_streams_timeline() -> None:
+    """A client that sends its microphone in bursts (here the whole utterance and its silence at
+    once) gets the same endpoint wait as one streaming at real time, not the moment the burst came."""
+    h = talking()
+    h.clock.advance(5)
+    h.session.receive({"t": "speaking_part", "data": b64(voiced(900) + quiet(900))})
+    assert stopped(h) and not h.stt.requests[0][1].called
+    h.clock.advance(0.25)  # the decode at the pause takes 250 ms from here
+    h.stt.requests[0][1].callback("Turn on the lights.")
+    h.llm.last.say("Done.")
+    h.llm.last.finish()
+    h.tts.finish(0)
+    listen_on(h)
+    (stages,) = [f["data"] for f in h.raw if f["t"] == "metrics" and "endpoint_ms" in f["data"]]
+    assert 600 <= stages["endpoint_ms"] <= 630  # silence_ms on the stream (a frame is 30 ms), not 0
+    # The transcript came 250 ms after the burst, which held 900 ms of audio after the last voiced
+    # frame (900 ms of silence less the detector's hangover of up to 150 ms).
+    assert 900 - 150 + 250 <= stages["transcript_ms"] <= 900 + 250

@@ -253,7 +253,7 @@ class Capture:
     def announce_stop(self, end_ms: int) -> None:
         self._cancel_partial()  # the final transcript must not queue behind it
         if self._segment is not None:
-            self._segment.stopped_at = self._clock.seconds()
+            self._segment.stopped_at = self._clock.seconds() if self._detector is None else self._detector.heard_at()
         self._owner.emit({"t": "speech_stopped", "data": {"audio_end_ms": end_ms}})
 
     def _follow_speech(self) -> None:

@@ -126,8 +126,8 @@ class VoiceDetector:
         self._start_ms = 0
         self._voiced_ms = 0
         self._silent_ms = 0
-        #: Wall time (the clock's) at which the last speech frame was classified:
-        #: where the latency of a voice turn is measured from.
+        #: When (the clock's time) the last speech frame was heard, on the
+        #: stream's timeline: where the latency of a voice turn is measured from.
         self.voiced_at = 0.0
 
     @property
@@ -174,13 +174,13 @@ class VoiceDetector:
                 self._onset = [frame]
                 self._start_ms = self.elapsed_ms - self._frame_ms
                 self._voiced_ms, self._silent_ms = self._frame_ms, 0
-                self.voiced_at = self._clock.seconds()
+                self.voiced_at = self.heard_at()
             else:
                 self._preroll.append(frame)
             return
         self._silent_ms = 0 if speech else self._silent_ms + self._frame_ms
         if speech:
-            self.voiced_at = self._clock.seconds()
+            self.voiced_at = self.heard_at()
         if self.state == "onset":
             self._onset.append(frame)
             if speech:
@@ -193,6 +193,11 @@ class VoiceDetector:
             self._listener.speech_audio(frame)  # which may have ended it (end_now)
             if self.state == "speech" and self._silent_ms >= self._end_silence_ms:
                 self._stop()
+
+    def heard_at(self) -> float:
+        """When the frame being classified ended, on the stream's timeline (the clock's time): audio
+        that came in one burst arrived together, so a frame with more of it after it ended that much earlier."""
+        return self._clock.seconds() - len(self._pending) / (2 * SAMPLE_RATE)
 
     def _confirm(self) -> None:
         if self._is_echo is not None and self._is_echo(b"".join(self._onset), self.elapsed_ms):
