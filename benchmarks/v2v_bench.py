@@ -27,7 +27,9 @@ Each configuration runs in turn, on the same machine in the same minutes:
 ``silence``, ``transcript`` (the transcript's cues) and ``semantic``
 (``end_of_turn: semantic``, when the ``turn`` extra is installed) and, with ``--base DIR``,
 the same default server from another checkout (the floor the ratios are
-taken to).
+taken to; without it, the first rule is). ``--rounds N`` takes turns N times
+and pools each configuration's requests, so load from other work on the
+machine falls on every configuration alike.
 
     PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, every rule
     PYTHONPATH=. python benchmarks/v2v_bench.py --base /work/main     # and ratios to that checkout
@@ -308,7 +310,7 @@ def print_table(name: str, summary: dict[str, Any], floor: dict[str, Any] | None
                 ratio = ""
                 base = (floor or {}).get(group, {}).get(key)
                 if base:
-                    ratio = f"   ({row['p50'] / base['p50']:.2f}x the base's p50)" if base["p50"] > 0 else ""
+                    ratio = f"   ({row['p50'] / base['p50']:.2f}x the first's p50)" if base["p50"] > 0 else ""
                 print(f"  {key:18} p50 {row['p50']:8.1f}  p95 {row['p95']:8.1f}  max {row['max']:8.1f}{ratio}")
 
 
@@ -351,6 +353,9 @@ def main() -> None:
     parser.add_argument("--base", help="also run the default server from this checkout (the floor for ratios)")
     parser.add_argument("--echo", default="short", help="the sets said again with the replies' echo fed back")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the configurations this many times, taking turns, and pool each one's "
+                             "requests: load that drifts over the minutes falls on all of them alike")
     args = parser.parse_args()
     made = requests(args.sets.split(","), args.short)
     runs: dict[str, Any] = {}
@@ -358,11 +363,15 @@ def main() -> None:
     if args.base:
         plan.insert(0, (f"base {args.base}, silence", args.base, "silence"))
     echoed = [request for request in made if request[0] in args.echo.split(",")]
-    for name, path, rule in plan:
-        with checkout(path), local_server(offline=True) as (url, _, _):
-            results = asyncio.run(converse(url, rule, made, echo=False))
-            if echoed:  # the same requests with a loudspeaker: only the false barge-ins count
-                with_echo = asyncio.run(converse(url, rule, echoed, echo=True))
+    pooled: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {name: ([], []) for name, _, _ in plan}
+    for _ in range(args.rounds):
+        for name, path, rule in plan:
+            results, with_echo = pooled[name]
+            with checkout(path), local_server(offline=True) as (url, _, _):
+                results += asyncio.run(converse(url, rule, made, echo=False))
+                if echoed:  # the same requests with a loudspeaker: only the false barge-ins count
+                    with_echo += asyncio.run(converse(url, rule, echoed, echo=True))
+    for name, (results, with_echo) in pooled.items():
         runs[name] = {"summary": summarize(results), "results": results}
         if echoed:
             runs[name]["summary"]["echo"] = {"requests": len(with_echo),
@@ -373,7 +382,7 @@ def main() -> None:
           f"Silero, which every talk-mode connection runs, {cost['silero_ms_per_second']} ms per second of "
           f"audio ({cost['ratio']}x)")
     runs["echo_check_cost"] = cost
-    floor = runs[plan[0][0]]["summary"] if args.base else None
+    floor = runs[plan[0][0]]["summary"]  # the base, or else the first rule
     for name, run in runs.items():
         if name == "echo_check_cost":
             continue
