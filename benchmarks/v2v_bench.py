@@ -196,7 +196,7 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
             seen: dict[str, float] = {}
             stages: dict[str, float] = {}
             said: dict[int, str] = {}
-            started = barge = 0
+            started = barge = stops = 0
             sent = 0
             # The next request waits for the reply's echo to die away: the echo model says the
             # request's own words back, and a request heard over their echo is dropped as echo.
@@ -215,6 +215,7 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
                 while received:
                     now, frame = received.popleft()
                     kind, ends = frame["t"], spoken + lag
+                    stops += kind == "stop_play"  # a reply begun too soon: the speaker went on
                     if kind == "speech_started":
                         started += 1
                         barge += position < mic.playing_until and "response" in seen
@@ -239,7 +240,7 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
             said_words, heard_words = normal(text).split(), heard.split()
             cut = group == "pause" and not (said_words[0] in heard_words[:3] and heard_words[-1:] == said_words[-1:])
             results.append({"set": group, "text": text, "heard": heard, **seen, "stages": stages,
-                            "turns": len(said), "cut": cut, "client_lag_ms": round(lag * 1000, 1),
+                            "turns": len(said), "cut": cut, "client_lag_ms": round(lag * 1000, 1), "stop_play": stops,
                             "echo_barge_ins": barge, "started": started})
         reader.cancel()
     return results
@@ -258,6 +259,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [r for r in results if r["set"] == group]
         figures: dict[str, Any] = {
             "requests": len(rows), "cut_in_two": sum(r["cut"] for r in rows),
+            "stop_play": sum(r["stop_play"] for r in rows),
             "wer": round(100 * jiwer.wer([normal(r["text"]) for r in rows], [r["heard"] or "-" for r in rows]), 1),
         }
         for mark in MARKS:
@@ -303,7 +305,8 @@ def print_table(name: str, summary: dict[str, Any], floor: dict[str, Any] | None
             print(f"echo fed back on {figures['requests']} requests: {figures['false_barge_ins']} false barge-ins, "
                   f"{figures['speech_started']} speech_started for {figures['requests']} requests said")
             continue
-        print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two")
+        print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two, "
+              f"{figures['stop_play']} replies stopped as the speaker went on")
         for key in (*MARKS, *STAGES, "client_lag_ms"):
             if key in figures:
                 row = figures[key]

@@ -32,11 +32,13 @@ from livetx.providers.base import SpeechRecognizer
 
 _log = Logger()
 
-#: Silence after speech that starts a decode of the utterance so far: about
-#: five of Silero's frames, so the gaps between words rarely start one, and
-#: well inside the default ``silence_ms`` (600), so the decode has most of
-#: the rest of the endpoint's wait to run.
-PAUSE_MS = 160
+#: Silence after speech that starts a decode of the utterance so far: three
+#: of Silero's frames. Gaps between words rarely reach it (none in the short
+#: requests of benchmarks/v2v_bench.py, 19 in a 44 s passage read aloud
+#: against 15 at 160 ms), and the words are the same as at 160 ms or after
+#: the endpoint (``stt_bench.py --early``). Every millisecond of it is one of
+#: voice to voice when the transcript ends the turn (livetx.live.endpoint).
+PAUSE_MS = 96
 
 
 def pause_ms(silence_ms: int) -> int:
