@@ -60,7 +60,7 @@ class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
     __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "done", "voiced_at",
-                 "stopped_at", "voiced_ms")
+                 "stopped_at", "voiced_ms", "known")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -82,6 +82,17 @@ class Segment:
         self.stopped_at: float | None = None
         #: Talk mode, on the microphone stream's timeline: where its last speech frame ends.
         self.voiced_ms: int | None = None
+        #: Talk mode: bytes at the start of ``pcm`` already transcribed, and their text (the first
+        #: half of a request the user went on with): decodes at pauses hear only the rest.
+        self.known: tuple[int, str] = (0, "")
+
+    @property
+    def transcribed(self) -> tuple[int, str] | None:
+        """The bytes of ``pcm`` and their transcript when a decode at a pause covered all its speech."""
+        early = self.early
+        if early is None or early.voiced != self.voiced or early.text is None:
+            return None
+        return len(self.pcm), early.text
 
     def wav(self) -> bytes:
         return to_wav(self.pcm)
@@ -245,6 +256,7 @@ class Capture:
         segment = self._segment = Segment(None)
         carried, self._carried = self._carried, None
         if carried is not None:
+            segment.known = carried.transcribed or (0, "")
             carried.discard()
             segment.pcm += carried.pcm
         self.append(pcm)
@@ -300,8 +312,9 @@ class Capture:
         assert self._stt is not None
         if early is not None:
             early.result.cancel()  # the speaker went on after it: stale
-        segment.early = decode_early(self._stt, bytes(segment.pcm), segment.voiced,
-                                     lambda early: self._decoded(early, segment))
+        known, prefix = segment.known
+        segment.early = decode_early(self._stt, bytes(segment.pcm[known:]), segment.voiced,
+                                     lambda early: self._decoded(early, segment), prefix)
 
     def _decoded(self, early: EarlyDecode, segment: Segment) -> None:
         """A decode at a pause has settled: a partial transcript, and perhaps the end of the turn."""

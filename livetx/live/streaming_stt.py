@@ -70,14 +70,17 @@ class EarlyDecode:
 
 
 def decode_early(
-    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None],
+    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None], prefix: str = "",
 ) -> EarlyDecode:
     """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` is
-    told when the decode has settled (its ``text`` None if it failed), unless it was cancelled."""
+    told when the decode has settled (its ``text`` None if it failed), unless it was cancelled.
+
+    ``prefix`` is the transcript of audio before ``pcm`` that is not decoded again (the first
+    half of a request the user went on with): the text is it and ``pcm``'s words."""
     early = EarlyDecode(voiced)
 
     def done(text: str) -> str:
-        early.text, early.settled = text.strip(), True
+        early.text, early.settled = " ".join(part for part in (prefix, text.strip()) if part), True
         heard(early)
         return early.text
 
