@@ -11,11 +11,12 @@ import pytest
 from livetx.errors import ErrorCode
 from livetx.live.endpoint import COMPLETE, EAGERNESS, UNFINISHED, EndOfTurn, cue
 from livetx.live.settings import Settings
+from livetx.live.streaming_stt import KEEP_AFTER_BYTES
 
 from .doubles import b64
 from .test_session import Harness
 from .test_talk import quiet, voiced
-from .test_turn_taking import ManualTurnEnd, kinds, listen_on, speak, talking
+from .test_turn_taking import ManualTurnEnd, kinds, listen_on, pcm_of, speak, talking
 
 
 @pytest.mark.parametrize(("text", "said"), [
@@ -195,3 +196,35 @@ def test_the_stages_of_audio_sent_in_one_burst_count_from_its_speech_on_the_stre
     # The transcript came 250 ms after the burst, which held 900 ms of audio after the last voiced
     # frame (900 ms of silence less the detector's hangover of up to 150 ms).
     assert 900 - 150 + 250 <= stages["transcript_ms"] <= 900 + 250
+
+
+def test_a_long_first_half_keeps_its_words_and_only_the_rest_is_decoded() -> None:
+    """A passage read in breaths: the part already transcribed, once long enough to stand alone
+    (KEEP_AFTER_BYTES), is not decoded again when the reader goes on."""
+    h = by_transcript()
+    head = voiced(KEEP_AFTER_BYTES // 32) + quiet(400)
+    speak(h, head)
+    h.stt.requests[0][1].callback("It was the best of times.")  # a finished sentence: the turn starts
+    h.llm.last.say("Indeed it was, long ago. ")
+    h.tts.finish(0)
+    assert kinds(speak(h, voiced(600))) == ["speech_started", "stop_play"]  # the reader goes on
+    speak(h, quiet(400))
+    wav, rest = h.stt.requests[-1]
+    assert len(pcm_of(wav)) < 32 * 1200  # the new breath alone
+    rest.callback("It was the worst of times.")
+    assert [(f["data"]["text"], f["turn"]) for f in h.raw if f["t"] == "user_msg"] == [
+        ("It was the best of times.", 1), ("It was the best of times. It was the worst of times.", 1)]
+    assert h.llm.last.messages[-1]["content"] == "It was the best of times. It was the worst of times."
+
+
+def test_a_short_first_half_is_decoded_again_with_the_rest() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(400))
+    h.stt.requests[0][1].callback("Ever tried.")
+    h.llm.last.say("Tried what? ")
+    h.tts.finish(0)
+    speak(h, voiced(600) + quiet(400))
+    wav, whole = h.stt.requests[-1]
+    assert len(pcm_of(wav)) > 32 * (900 + 600)  # both breaths, decoded together
+    whole.callback("Ever tried. Ever failed.")
+    assert h.raw[-1 if h.raw[-1]["t"] == "user_msg" else -2]["data"]["text"] == "Ever tried. Ever failed."

@@ -167,9 +167,7 @@ def test_speech_resumed_before_the_first_audio_withdraws_the_reply_and_resends_u
     produced = speak(h, voiced(600))
     assert kinds(produced) == ["speech_started"] and generation.cancelled and h.tts.cancelled == []
     speak(h, quiet(900))
-    wav, rest = h.stt.requests[-1]
-    assert len(pcm_of(wav)) < 32 * 1200  # only the new speech: the first half's words are known
-    rest.callback("seven tonight")
+    h.stt.requests[-1][1].callback("please call my sister at seven tonight")
     h.llm.last.say("Calling her at seven. ")
     h.tts.finish(0)
     h.llm.last.finish()
@@ -198,9 +196,9 @@ def test_speech_resumed_within_continue_ms_after_the_first_audio_stops_play_and_
     assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
     assert generation.cancelled and h.session.history == ()
     speak(h, quiet(900))
-    wav, rest = h.stt.requests[-1]
-    assert not pcm_of(wav).startswith(head) and len(pcm_of(wav)) < 32 * 1200  # the first half's words are known
-    rest.callback("at seven in the evening")
+    wav, final = h.stt.requests[-1]
+    assert pcm_of(wav).startswith(head) and len(pcm_of(wav)) > len(head) + 32 * 600  # both halves, one decode
+    final.callback("please call my sister at seven in the evening")
     h.llm.last.say("Calling her at seven. ")
     h.tts.finish(1)
     h.llm.last.finish()
@@ -225,9 +223,9 @@ def test_a_complete_reply_is_held_unstored_while_its_request_may_go_on() -> None
     produced = speak(h, voiced(600))  # 900 ms after the last word: within continue_ms
     assert kinds(produced) == ["speech_started", "stop_play"] and produced[1]["turn"] == 1
     speak(h, quiet(900))
-    wav, rest = h.stt.requests[-1]
-    assert not pcm_of(wav).startswith(head) and len(pcm_of(wav)) < 32 * 1200
-    rest.callback("at seven")
+    wav, final = h.stt.requests[-1]
+    assert pcm_of(wav).startswith(head)
+    final.callback("please call my sister at seven")
     h.llm.last.say("Calling her at seven. ")
     h.tts.finish(1)
     h.llm.last.finish()

@@ -34,7 +34,9 @@ from livetx.live.machine import Table
 from livetx.live.echo import EchoGuard
 from livetx.live.endpoint import EndOfTurn, TurnEnd
 from livetx.live.settings import Settings
-from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
+from livetx.live.streaming_stt import (
+    KEEP_AFTER_BYTES, EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms,
+)
 from livetx.live.vad import VoiceDetector
 from livetx.providers.base import PartialRecognizer, SpeechRecognizer, TurnEndModel
 
@@ -88,9 +90,10 @@ class Segment:
 
     @property
     def transcribed(self) -> tuple[int, str] | None:
-        """The bytes of ``pcm`` and their transcript when a decode at a pause covered all its speech."""
+        """The bytes of ``pcm`` and their transcript, to keep when the user goes on: when a decode at a
+        pause covered all its speech, and it is long enough to be decoded alone (KEEP_AFTER_BYTES)."""
         early = self.early
-        if early is None or early.voiced != self.voiced or early.text is None:
+        if early is None or early.voiced != self.voiced or early.text is None or len(self.pcm) < KEEP_AFTER_BYTES:
             return None
         return len(self.pcm), early.text
 

@@ -27,7 +27,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.audio import to_wav
+from livetx.audio import BYTES_PER_SECOND, to_wav
 from livetx.providers.base import SpeechRecognizer
 
 _log = Logger()
@@ -39,6 +39,15 @@ _log = Logger()
 #: the endpoint (``stt_bench.py --early``). Every millisecond of it is one of
 #: voice to voice when the transcript ends the turn (livetx.live.endpoint).
 PAUSE_MS = 96
+
+
+#: A request the user went on with keeps its first part's transcript, and
+#: only the rest is decoded, once that part is this long: a decode of the
+#: whole costs more past Whisper's shortest window (10 s, with 2 s of it
+#: padding), and a shorter part decoded alone loses the words the rest gives
+#: context to ("Ever tried." alone is "Have a tried."; measured with
+#: benchmarks/v2v_bench.py --sets read).
+KEEP_AFTER_BYTES = 8 * BYTES_PER_SECOND
 
 
 def pause_ms(silence_ms: int) -> int:
