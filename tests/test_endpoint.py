@@ -41,7 +41,7 @@ def test_the_cues_of_a_transcript(text: str | None, said: str | None) -> None:
 
 def test_each_rule_waits_as_the_transcript_and_the_model_say() -> None:
     pause, longest = EAGERNESS["high"]
-    silence = EndOfTurn(Settings(silence_ms=700, eagerness="high"))
+    silence = EndOfTurn(Settings(silence_ms=700, eagerness="high", end_of_turn="silence"))
     transcript = EndOfTurn(Settings(silence_ms=700, eagerness="high", end_of_turn="transcript"))
     semantic = EndOfTurn(Settings(silence_ms=700, eagerness="high", end_of_turn="semantic"))
     assert silence.wait_ms("Turn on the lights.", False, True) == 700 == silence.detector_silence_ms
@@ -56,6 +56,8 @@ def test_each_rule_waits_as_the_transcript_and_the_model_say() -> None:
     assert semantic.wait_ms("call my sister", False, False) == longest == semantic.detector_silence_ms
     # A silence longer than the longest wait still holds for requests without a cue.
     assert EndOfTurn(Settings(silence_ms=3000, end_of_turn="transcript")).detector_silence_ms == 3000
+    # Without a transcript at the pause (a recognizer paid per call) the rule is the silence rule.
+    assert EndOfTurn(Settings(silence_ms=700), transcribes_at_pauses=False).detector_silence_ms == 700
 
 
 def by_transcript(eagerness: str = "medium") -> Harness:
@@ -228,3 +230,28 @@ def test_a_short_first_half_is_decoded_again_with_the_rest() -> None:
     assert len(pcm_of(wav)) > 32 * (900 + 600)  # both breaths, decoded together
     whole.callback("Ever tried. Ever failed.")
     assert h.raw[-1 if h.raw[-1]["t"] == "user_msg" else -2]["data"]["text"] == "Ever tried. Ever failed."
+
+
+def test_an_utterance_dropped_as_too_long_still_ends_after_silence_ms() -> None:
+    h = talking(max_segment_seconds=1.0)
+    h.send("session_update", end_of_turn="transcript")
+    produced = speak(h, voiced(1500))
+    assert kinds(produced) == ["speech_started", "error"] and produced[1]["code"] == ErrorCode.AUDIO_TOO_LONG
+    assert kinds(speak(h, voiced(500) + quiet(750))) == ["speech_stopped"]  # nothing to read: silence_ms
+
+
+def test_a_long_utterance_keeps_the_words_of_its_start_and_decodes_only_the_rest_at_later_pauses() -> None:
+    h = by_transcript()
+    start = voiced(KEEP_AFTER_BYTES // 32)
+    speak(h, start + quiet(300))  # a comma's pause: decoded, the reader goes on
+    ((wav, first),) = h.stt.requests
+    first.callback("It was the best of times,")
+    speak(h, voiced(900) + quiet(300))
+    wav, rest = h.stt.requests[-1]
+    assert len(pcm_of(wav)) < 32 * 1500  # the rest alone: the start's words are kept
+    rest.callback("it was the worst of times.")
+    whole = "It was the best of times, it was the worst of times."
+    speak(h, quiet(100))  # past medium eagerness's 200 ms: a finished sentence ends the turn
+    assert [f["data"]["text"] for f in h.raw if f["t"] in ("user_partial", "user_msg")] == [
+        "It was the best of times,", whole, whole]
+    assert len(h.stt.requests) == 2

@@ -30,9 +30,11 @@ class LocalSTT(ManualSTT):
 
 
 def talking(stt: ManualSTT | None = None, **options: Any) -> Harness:
-    """Talk mode on WebRTC's detector (it takes the tones for speech), ending an utterance after 600 ms."""
+    """Talk mode on WebRTC's detector (it takes the tones for speech), ending an utterance after 600 ms
+    whatever was said (the transcript's cues: test_endpoint)."""
     h = Harness(stt=stt or LocalSTT(), **options)
-    h.send("session_update", turn_detection="server", vad="webrtc", min_speech_ms=210, silence_ms=600, preroll_ms=90)
+    h.send("session_update", turn_detection="server", vad="webrtc", min_speech_ms=210, silence_ms=600, preroll_ms=90,
+           end_of_turn="silence")
     return h
 
 

@@ -85,7 +85,8 @@ class Segment:
         #: Talk mode, on the microphone stream's timeline: where its last speech frame ends.
         self.voiced_ms: int | None = None
         #: Talk mode: bytes at the start of ``pcm`` already transcribed, and their text (the first
-        #: half of a request the user went on with): decodes at pauses hear only the rest.
+        #: half of a request the user went on with, or the start of a long utterance, up to a
+        #: pause: a stable prefix): decodes at pauses hear only the rest.
         self.known: tuple[int, str] = (0, "")
 
     @property
@@ -204,7 +205,7 @@ class Capture:
         """Turn detection changed hands: an utterance half-heard is dropped."""
         self.stop_listening()
         if settings.server_detection:
-            self._end_of_turn = end_of_turn = EndOfTurn(settings)
+            self._end_of_turn = end_of_turn = EndOfTurn(settings, decodes_at_pauses(self._stt))
             self._detector = VoiceDetector(settings, self._clock, self, is_echo=self.echo.is_echo,
                                            end_silence_ms=end_of_turn.detector_silence_ms)
             model = self._turn_end_model
@@ -243,6 +244,8 @@ class Capture:
                 return
             self._follow_speech()
             self._request_partial()
+        else:  # a segment too long was dropped: its end is the rule's with nothing known of it
+            self._judge(None)
 
     def speech_stopped(self, end_ms: int) -> None:
         """The detector heard enough silence, or the stream stalled (then from the clock)."""
@@ -294,16 +297,17 @@ class Capture:
         segment.done = voiced
         self._judge(segment)
 
-    def _judge(self, segment: Segment) -> None:
+    def _judge(self, segment: Segment | None) -> None:
         """End the utterance if the rule says its silence so far is enough, given what is known of it
         now; verdicts and transcripts of speech the user has since continued count for nothing."""
         detector, end_of_turn = self._detector, self._end_of_turn
         if segment is not self._segment or detector is None or end_of_turn is None or end_of_turn.rule == "silence":
             return
         silent = detector.trailing_silence_ms
-        early = segment.early if segment.early is not None and segment.early.voiced == segment.voiced else None
-        wait = end_of_turn.wait_ms(None if early is None else early.text, early is not None and not early.settled,
-                                   segment.done == segment.voiced)
+        early = None if segment is None or segment.early is None or segment.early.voiced != segment.voiced \
+            else segment.early
+        done = segment is not None and segment.done == segment.voiced
+        wait = end_of_turn.wait_ms(None if early is None else early.text, early is not None and not early.settled, done)
         if silent and silent >= wait:
             detector.end_now()
 
@@ -316,13 +320,17 @@ class Capture:
         if early is not None:
             early.result.cancel()  # the speaker went on after it: stale
         known, prefix = segment.known
+        covered = len(segment.pcm)
         segment.early = decode_early(self._stt, bytes(segment.pcm[known:]), segment.voiced,
-                                     lambda early: self._decoded(early, segment), prefix)
+                                     lambda early: self._decoded(early, segment, covered), prefix)
 
-    def _decoded(self, early: EarlyDecode, segment: Segment) -> None:
-        """A decode at a pause has settled: a partial transcript, and perhaps the end of the turn."""
+    def _decoded(self, early: EarlyDecode, segment: Segment, covered: int) -> None:
+        """A decode at a pause (of ``segment``'s first ``covered`` bytes) has settled: a partial
+        transcript, perhaps the end of the turn, and once it is long enough, words to keep."""
         if early.text is not None:
             self._show_partial(early.text, segment)
+            if covered - segment.known[0] >= KEEP_AFTER_BYTES:
+                segment.known = (covered, early.text)
         self._judge(segment)
 
     def _request_partial(self) -> None:

@@ -88,8 +88,10 @@ class EndOfTurn:
 
     __slots__ = ("rule", "pause_ms", "longest_ms", "silence_ms")
 
-    def __init__(self, settings: Settings) -> None:
-        self.rule = settings.end_of_turn
+    def __init__(self, settings: Settings, transcribes_at_pauses: bool = True) -> None:
+        # Without a transcript at the pause (a recognizer paid per call) there is nothing to read.
+        self.rule = "silence" if settings.end_of_turn == "transcript" and not transcribes_at_pauses \
+            else settings.end_of_turn
         self.pause_ms, self.longest_ms = EAGERNESS[settings.eagerness]
         self.silence_ms = settings.silence_ms
 

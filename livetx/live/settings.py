@@ -37,11 +37,12 @@ class Settings:
     min_speech_ms: int = 200
     #: Silence that ends an utterance.
     silence_ms: int = 600
-    #: ``silence``: ``silence_ms`` ends every utterance; ``transcript``: the
-    #: transcript at the first pause ends a finished one sooner and holds an
-    #: unfinished one longer; ``semantic``: and the end-of-turn model decides
-    #: when the transcript cannot tell (livetx.live.endpoint).
-    end_of_turn: str = "silence"
+    #: ``silence``: ``silence_ms`` ends every utterance; ``transcript`` (the
+    #: default: voice to voice 0.82x the silence rule's in benchmarks/RESULTS.md):
+    #: the transcript at the first pause ends a finished one sooner and holds
+    #: an unfinished one longer; ``semantic``: and the end-of-turn model
+    #: decides when the transcript cannot tell (livetx.live.endpoint).
+    end_of_turn: str = "transcript"
     #: ``transcript`` and ``semantic``: how soon a pause ends the turn (``high`` soonest).
     eagerness: str = "medium"
     #: Audio kept from before the detected start of speech.

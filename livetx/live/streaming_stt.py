@@ -41,8 +41,10 @@ _log = Logger()
 PAUSE_MS = 96
 
 
-#: A request the user went on with keeps its first part's transcript, and
-#: only the rest is decoded, once that part is this long: a decode of the
+#: A long utterance, or a request the user went on with, keeps the transcript
+#: of its start up to a pause, and only the rest is decoded at later pauses,
+#: once that start is this long (and then every time as much more was heard
+#: and decoded): a decode of the
 #: whole costs more past Whisper's shortest window (10 s, with 2 s of it
 #: padding), and a shorter part decoded alone loses the words the rest gives
 #: context to ("Ever tried." alone is "Have a tried."; measured with

@@ -9,7 +9,7 @@ export const SETTINGS = [
   { name: "vad_aggressiveness", label: "WebRTC aggressiveness", min: 0, max: 3, initial: 2 },
   { name: "min_speech_ms", label: "Min speech (ms)", min: 30, max: 5000, initial: 200 },
   { name: "silence_ms", label: "Silence (ms)", min: 100, max: 10000, initial: 600 },
-  { name: "end_of_turn", label: "End of turn", choices: ["silence", "transcript", "semantic"], initial: "silence",
+  { name: "end_of_turn", label: "End of turn", choices: ["silence", "transcript", "semantic"], initial: "transcript",
     help: "transcript: a finished sentence ends sooner, one ending on \"and\" or \"for\" waits longer; semantic: and the server's end-of-turn model (its turn extra) decides the rest" },
   { name: "eagerness", label: "Eagerness (transcript, semantic)", choices: ["low", "medium", "high"], initial: "medium" },
   { name: "preroll_ms", label: "Pre-roll (ms)", min: 0, max: 2000, initial: 300 },
