@@ -113,7 +113,7 @@ def local_server(
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
     ``config_extra`` is appended to the config file (``server_extra`` to its
     ``[server]`` table); ``workers`` > 1 runs
-    ``--workers`` (the pid yielded is then the supervisor's); ``reactor`` is twistd's ``-r`` (e.g. ``asyncio``).
+    ``--workers`` (the floor: that many processes on ``SO_REUSEPORT`` sockets) (the pid yielded is then the supervisor's); ``reactor`` is twistd's ``-r`` (e.g. ``asyncio``).
     ``pin`` gives the server the first core and the simulator the others, so the
     load generator does not take the server's CPU (pin the client with
     :func:`split_cores` too).
@@ -140,7 +140,7 @@ def local_server(
         data = Path(tmp, "data")
         if floor:
             command = [sys.executable, str(FLOOR_SERVER), "--port", str(port), "--upstream", base,
-                       "--backlog", str(backlog)]
+                       "--backlog", str(backlog), "--workers", str(workers)]
         else:
             command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                        "--logfile", str(Path(tmp, "twistd.log")), *(["-r", reactor] if reactor else []), "live",
@@ -166,6 +166,28 @@ def local_server(
                     continue
                 process.terminate()
                 process.wait(timeout=30)
+
+
+@contextmanager
+def default_server(config_text: str = "") -> Iterator[tuple[int, Path, str]]:
+    """``twistd live`` on its defaults (echo model, eSpeak NG) in its own process, ``config_text`` its
+    config file; yields its port, its data directory and the Live API URL of a user "bystander"."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port, data, config = free_port(), Path(tmp, "data"), Path(tmp, "livetx.toml")
+        config.write_text(config_text)
+        server = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+                                   "--pidfile=", "--logfile", str(Path(tmp, "twistd.log")), "live",
+                                   "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data),
+                                   "--config", str(config)])
+        try:
+            wait_for_port(port)
+            from livetx.auth.tokens import issue_token, load_or_create_secret
+
+            token = issue_token(load_or_create_secret(data, None), "bystander", 3600)
+            yield port, data, f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}"
+        finally:
+            server.terminate()
+            server.wait()
 
 
 SCENARIOS = ("turns", "audio", "interrupt", "idle", "startup", "all")
