@@ -5,7 +5,11 @@ silence included) with ``turn_detection=server`` to livetx on its defaults
 (the offline echo model, eSpeak NG, Whisper base). For each request it notes,
 from where the speech really ended in the stream (the last sample above
 -40 dBFS), when ``speech_stopped``, ``user_msg`` and the first ``response``
-came; and it reads the server's own stages from the turn's ``metrics``
+arrived. That end is on the stream's timeline, as a microphone has it: each
+20 ms frame goes out once its 20 ms are over, frames are timed as they
+arrive (not when the sender next looks), and if the client fell behind the
+stream on a busy machine, the time from the end is counted from when the
+frame holding it went out (``client_lag_ms``). It also reads the server's own stages from the turn's ``metrics``
 (measured from the last voiced frame: endpoint, transcript, first token,
 first audio, voice to voice). The sets:
 
@@ -20,12 +24,14 @@ a loudspeaker would: the ``speech_started`` frames that come while a reply
 plays are false barge-ins.
 
 Each configuration runs in turn, on the same machine in the same minutes:
-``silence`` (the default end of turn), ``semantic`` (``end_of_turn:
-semantic``, when the ``turn`` extra is installed) and, with ``--base DIR``,
+``silence``, ``transcript`` (the transcript's cues) and ``semantic``
+(``end_of_turn: semantic``, when the ``turn`` extra is installed) and, with ``--base DIR``,
 the same default server from another checkout (the floor the ratios are
-taken to).
+taken to; without it, the first rule is). ``--rounds N`` takes turns N times
+and pools each configuration's requests, so load from other work on the
+machine falls on every configuration alike.
 
-    PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, both rules
+    PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, every rule
     PYTHONPATH=. python benchmarks/v2v_bench.py --base /work/main     # and ratios to that checkout
     PYTHONPATH=. python benchmarks/v2v_bench.py --sets short,pause --short 6
 
@@ -43,6 +49,7 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,6 +63,7 @@ from live_scenarios import percentile  # noqa: E402
 from stt_bench import MORE, PHRASES, normal  # noqa: E402
 
 from livetx.audio import BYTES_PER_SECOND, read_wav, resample  # noqa: E402
+from livetx.live.echo import MAX_DELAY_MS  # noqa: E402
 from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
 from livetx.testing.recordings import read_aloud  # noqa: E402
 
@@ -164,9 +172,7 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
     (speech the echo started) count as false barge-ins, not as its words."""
     results: list[dict[str, Any]] = []
     async with websockets.connect(url, max_size=None) as ws:
-        update: dict[str, Any] = {"t": "session_update", "turn_detection": "server"}
-        if rule == "semantic":
-            update["end_of_turn"] = "semantic"
+        update: dict[str, Any] = {"t": "session_update", "turn_detection": "server", "end_of_turn": rule}
         await ws.send(json.dumps(update))
         while True:
             frame = json.loads(await ws.recv())
@@ -178,27 +184,38 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
         position = 0  # samples sent so far
         last_turn = 0
         start = time.perf_counter()
+        received: deque[tuple[float, dict[str, Any]]] = deque()
+        reader = asyncio.create_task(arrivals(ws, start, received))
         for index, (group, text, pcm) in enumerate([made[0], *made]):  # the first one warms up
             audio = bytes(BYTES_PER_SECOND * 3 // 10) + pcm + bytes(AFTER_MS * 32)
-            ends = position / 16000 + 0.3 + speech_end(pcm)
+            # The end of speech on the stream's timeline, as seconds since ``start`` at which a
+            # microphone has it: the client sends each frame once its 20 ms are over, and if it
+            # fell behind the stream (a busy machine), the frame holding the end goes out late.
+            spoken = position / 16000 + 0.3 + speech_end(pcm)
+            lag = 0.0
             seen: dict[str, float] = {}
             stages: dict[str, float] = {}
             said: dict[int, str] = {}
-            started = barge = 0
+            started = barge = stops = 0
             sent = 0
-            while sent < len(audio) or "end" not in seen:
+            # The next request waits for the reply's echo to die away: the echo model says the
+            # request's own words back, and a request heard over their echo is dropped as echo.
+            while sent < len(audio) or "end" not in seen or position < mic.playing_until + MAX_DELAY_MS * 16:
                 chunk = audio[sent : sent + FRAME_BYTES]
+                await asyncio.sleep(max(0.0, start + (position + FRAME_BYTES // 2) / 16000 - time.perf_counter()))
+                late = time.perf_counter() - start - (position + FRAME_BYTES // 2) / 16000
+                if position / 16000 < spoken <= (position + FRAME_BYTES // 2) / 16000:
+                    lag = late  # the server could not hear the end before this
                 await ws.send(json.dumps({"t": "speaking_part",
                                           "data": base64.b64encode(mic.frame(chunk, position)).decode()}))
                 sent += FRAME_BYTES
                 position += FRAME_BYTES // 2
-                await asyncio.sleep(max(0.0, start + position / 16000 - time.perf_counter()))
-                while True:
-                    try:
-                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.0001))
-                    except asyncio.TimeoutError:
-                        break
-                    kind, now = frame["t"], time.perf_counter() - start
+                if reader.done():
+                    reader.result()  # the connection closed: say why
+                while received:
+                    now, frame = received.popleft()
+                    kind, ends = frame["t"], spoken + lag
+                    stops += kind == "stop_play"  # a reply begun too soon: the speaker went on
                     if kind == "speech_started":
                         started += 1
                         barge += position < mic.playing_until and "response" in seen
@@ -223,9 +240,17 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
             said_words, heard_words = normal(text).split(), heard.split()
             cut = group == "pause" and not (said_words[0] in heard_words[:3] and heard_words[-1:] == said_words[-1:])
             results.append({"set": group, "text": text, "heard": heard, **seen, "stages": stages,
-                            "turns": len(said), "cut": cut,
+                            "turns": len(said), "cut": cut, "client_lag_ms": round(lag * 1000, 1), "stop_play": stops,
                             "echo_barge_ins": barge, "started": started})
+        reader.cancel()
     return results
+
+
+async def arrivals(ws: Any, start: float, into: deque[tuple[float, dict[str, Any]]]) -> None:
+    """Note each frame from the server as it arrives, with when (seconds since ``start``): the
+    sender sleeps between frames, and would otherwise see a frame up to 20 ms late."""
+    async for message in ws:
+        into.append((time.perf_counter() - start, json.loads(message)))
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -234,6 +259,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [r for r in results if r["set"] == group]
         figures: dict[str, Any] = {
             "requests": len(rows), "cut_in_two": sum(r["cut"] for r in rows),
+            "stop_play": sum(r["stop_play"] for r in rows),
             "wer": round(100 * jiwer.wer([normal(r["text"]) for r in rows], [r["heard"] or "-" for r in rows]), 1),
         }
         for mark in MARKS:
@@ -244,6 +270,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             values = [r["stages"][stage] for r in rows if stage in r["stages"]]
             if values:
                 figures[stage] = _spread(values)
+        figures["client_lag_ms"] = _spread([r["client_lag_ms"] for r in rows])
         summary[group] = figures
     return summary
 
@@ -278,14 +305,15 @@ def print_table(name: str, summary: dict[str, Any], floor: dict[str, Any] | None
             print(f"echo fed back on {figures['requests']} requests: {figures['false_barge_ins']} false barge-ins, "
                   f"{figures['speech_started']} speech_started for {figures['requests']} requests said")
             continue
-        print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two")
-        for key in (*MARKS, *STAGES):
+        print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two, "
+              f"{figures['stop_play']} replies stopped as the speaker went on")
+        for key in (*MARKS, *STAGES, "client_lag_ms"):
             if key in figures:
                 row = figures[key]
                 ratio = ""
                 base = (floor or {}).get(group, {}).get(key)
                 if base:
-                    ratio = f"   ({row['p50'] / base['p50']:.2f}x the base's p50)" if base["p50"] > 0 else ""
+                    ratio = f"   ({row['p50'] / base['p50']:.2f}x the first's p50)" if base["p50"] > 0 else ""
                 print(f"  {key:18} p50 {row['p50']:8.1f}  p95 {row['p95']:8.1f}  max {row['max']:8.1f}{ratio}")
 
 
@@ -323,10 +351,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read")
     parser.add_argument("--short", type=int, default=8, help="short requests per voice")
-    parser.add_argument("--rules", default="silence,semantic", help="comma-separated: silence, semantic")
+    parser.add_argument("--rules", default="silence,transcript,semantic",
+                        help="comma-separated end_of_turn rules: silence, transcript, semantic")
     parser.add_argument("--base", help="also run the default server from this checkout (the floor for ratios)")
     parser.add_argument("--echo", default="short", help="the sets said again with the replies' echo fed back")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the configurations this many times, taking turns, and pool each one's "
+                             "requests: load that drifts over the minutes falls on all of them alike")
     args = parser.parse_args()
     made = requests(args.sets.split(","), args.short)
     runs: dict[str, Any] = {}
@@ -334,11 +366,15 @@ def main() -> None:
     if args.base:
         plan.insert(0, (f"base {args.base}, silence", args.base, "silence"))
     echoed = [request for request in made if request[0] in args.echo.split(",")]
-    for name, path, rule in plan:
-        with checkout(path), local_server(offline=True) as (url, _, _):
-            results = asyncio.run(converse(url, rule, made, echo=False))
-            if echoed:  # the same requests with a loudspeaker: only the false barge-ins count
-                with_echo = asyncio.run(converse(url, rule, echoed, echo=True))
+    pooled: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {name: ([], []) for name, _, _ in plan}
+    for _ in range(args.rounds):
+        for name, path, rule in plan:
+            results, with_echo = pooled[name]
+            with checkout(path), local_server(offline=True) as (url, _, _):
+                results += asyncio.run(converse(url, rule, made, echo=False))
+                if echoed:  # the same requests with a loudspeaker: only the false barge-ins count
+                    with_echo += asyncio.run(converse(url, rule, echoed, echo=True))
+    for name, (results, with_echo) in pooled.items():
         runs[name] = {"summary": summarize(results), "results": results}
         if echoed:
             runs[name]["summary"]["echo"] = {"requests": len(with_echo),
@@ -349,7 +385,7 @@ def main() -> None:
           f"Silero, which every talk-mode connection runs, {cost['silero_ms_per_second']} ms per second of "
           f"audio ({cost['ratio']}x)")
     runs["echo_check_cost"] = cost
-    floor = runs[plan[0][0]]["summary"] if args.base else None
+    floor = runs[plan[0][0]]["summary"]  # the base, or else the first rule
     for name, run in runs.items():
         if name == "echo_check_cost":
             continue

@@ -46,7 +46,8 @@ One per connection, beside the session: the open segment, pushed to talk
 (`segment`) or heard by talk mode's detector (`utterance`)."""),
     (VOICE, "Talk mode's voice detector (`livetx/live/vad.py`)", """\
 Per 30 ms frame of the stream: speech must last `min_speech_ms` to count
-(`onset`), and `silence_ms` of silence ends it."""),
+(`onset`), and `silence_ms` of silence ends it (or, with `end_of_turn`,
+what was said: `livetx/live/endpoint.py`)."""),
     (CHAT_TURN, "A chat turn (`livetx/chat/service.py`)", """\
 On a socket or over SSE. `cancel` is the client's `interrupt`, `stop` the
 server shutting down; every way ends in `ended` once the text is stored."""),

@@ -30,9 +30,11 @@ class LocalSTT(ManualSTT):
 
 
 def talking(stt: ManualSTT | None = None, **options: Any) -> Harness:
-    """Talk mode on WebRTC's detector (it takes the tones for speech), ending an utterance after 600 ms."""
+    """Talk mode on WebRTC's detector (it takes the tones for speech), ending an utterance after 600 ms
+    whatever was said (the transcript's cues: test_endpoint)."""
     h = Harness(stt=stt or LocalSTT(), **options)
-    h.send("session_update", turn_detection="server", vad="webrtc", min_speech_ms=210, silence_ms=600, preroll_ms=90)
+    h.send("session_update", turn_detection="server", vad="webrtc", min_speech_ms=210, silence_ms=600, preroll_ms=90,
+           end_of_turn="silence")
     return h
 
 
@@ -407,6 +409,8 @@ def test_a_finished_request_ends_at_the_first_pause() -> None:
     assert pcm.startswith(voiced(900)[:9600]) and len(pcm) < 32 * (900 + 400)
     assert "speech_stopped" not in kinds(h.raw)
     verdict.callback(0.93)
+    assert "speech_stopped" not in kinds(h.raw)  # the transcript being made could still overrule it
+    h.stt.requests[0][1].callback("turn on the kitchen lights")  # no cue either way: the model decides
     assert "speech_stopped" in kinds(h.raw) and h.state == "processing"  # 400 ms, not 2 s, of silence
 
 
@@ -429,6 +433,7 @@ def test_a_verdict_on_speech_that_went_on_counts_for_nothing() -> None:
     speak(h, quiet(400))
     assert len(model.asked) == 2  # the new pause is asked about
     model.asked[1][1].callback(0.99)
+    h.stt.requests[-1][1].callback("turn on the lights")  # the new pause's transcript, no cue
     assert "speech_stopped" in kinds(h.raw)
 
 

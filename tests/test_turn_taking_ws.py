@@ -44,13 +44,22 @@ async def stored(server: Any, user: str, *sessions: str) -> list[list[tuple[str,
         await store.close()
 
 
+async def by_silence(url: str) -> Any:
+    """A talk-mode client whose utterances end after silence_ms whatever was said: the audio goes
+    in one burst, far ahead of the transcript the default rule would wait for (test_endpoint)."""
+    client = await connect(url)
+    await client.until("session_updated")
+    client.send({"t": "session_update", "end_of_turn": "silence"})
+    await client.until("session_updated")
+    return client
+
+
 async def two_breaths(
     server: Any, user: str, session: str, head: bytes, tail: bytes, until: str,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``head``, a 900 ms pause, and once ``until`` has come, ``tail``: one request whose second
     ``user_msg`` keeps the turn and carries the whole text. The frames up to ``until``, and all."""
-    client = await connect(server.url(LIVE, token=server.token(user), session_id=session, turn_detection="server"))
-    await client.until("session_updated")
+    client = await by_silence(server.url(LIVE, token=server.token(user), session_id=session, turn_detection="server"))
     speaking_parts(client, silence(500) + head + silence(900))
     first = await client.until(until, timeout=60)
     speaking_parts(client, tail + silence(1000))
@@ -69,8 +78,8 @@ async def test_a_pause_mid_request_loses_nothing_before_or_after_its_first_user_
     head, tail = await spoken("please call my sister"), await spoken("at seven in the evening")
 
     # Resumed while the first half is still being transcribed: no user_msg for it at all.
-    client = await connect(server.url(LIVE, token=server.token("ann"), session_id="at-once", turn_detection="server"))
-    await client.until("session_updated")
+    url = server.url(LIVE, token=server.token("ann"), session_id="at-once", turn_detection="server")
+    client = await by_silence(url)
     speaking_parts(client, silence(500) + head + silence(900) + tail + silence(1000))
     frames = await client.until("end", timeout=60)
     ((said, turn),) = user_msgs(frames)

@@ -32,9 +32,11 @@ from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
 from livetx.live.machine import Table
 from livetx.live.echo import EchoGuard
-from livetx.live.endpoint import TurnEnd, detector_settings
+from livetx.live.endpoint import EndOfTurn, TurnEnd
 from livetx.live.settings import Settings
-from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
+from livetx.live.streaming_stt import (
+    KEEP_AFTER_BYTES, EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms,
+)
 from livetx.live.vad import VoiceDetector
 from livetx.providers.base import PartialRecognizer, SpeechRecognizer, TurnEndModel
 
@@ -59,8 +61,8 @@ CAPTURE = Table("capture", _ANY, [
 class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
-    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at",
-                 "voiced_ms")
+    __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "done", "voiced_at",
+                 "stopped_at", "voiced_ms", "known")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -72,14 +74,29 @@ class Segment:
         #: and the decode started at the latest pause (:mod:`livetx.live.streaming_stt`).
         self.voiced = 0
         self.early: EarlyDecode | None = None
-        #: Semantic end of turn: ``voiced`` when the model was last asked about it.
+        #: Semantic end of turn: ``voiced`` when the model was last asked about
+        #: it, and when it last judged the speaker done.
         self.asked = -1
+        self.done = -1
         #: Talk mode, on the session's clock: when the last speech frame was
         #: heard, and when the detector declared the utterance over.
         self.voiced_at: float | None = None
         self.stopped_at: float | None = None
         #: Talk mode, on the microphone stream's timeline: where its last speech frame ends.
         self.voiced_ms: int | None = None
+        #: Talk mode: bytes at the start of ``pcm`` already transcribed, and their text (the first
+        #: half of a request the user went on with, or the start of a long utterance, up to a
+        #: pause: a stable prefix): decodes at pauses hear only the rest.
+        self.known: tuple[int, str] = (0, "")
+
+    @property
+    def transcribed(self) -> tuple[int, str] | None:
+        """The bytes of ``pcm`` and their transcript, to keep when the user goes on: when a decode at a
+        pause covered all its speech, and it is long enough to be decoded alone (KEEP_AFTER_BYTES)."""
+        early = self.early
+        if early is None or early.voiced != self.voiced or early.text is None or len(self.pcm) < KEEP_AFTER_BYTES:
+            return None
+        return len(self.pcm), early.text
 
     def wav(self) -> bytes:
         return to_wav(self.pcm)
@@ -112,7 +129,7 @@ class Capture:
     """One connection's voice input; the session asks, the capture keeps the audio."""
 
     __slots__ = ("state", "_owner", "_clock", "_stt", "_max_seconds", "_max_bytes", "_segment", "_detector",
-                 "_partial", "_carried", "_turn_end_model", "_turn_end", "echo")
+                 "_partial", "_carried", "_turn_end_model", "_end_of_turn", "_turn_end", "echo")
 
     def __init__(
         self, owner: Owner, clock: IReactorTime, stt: SpeechRecognizer | None, max_segment_seconds: float,
@@ -130,7 +147,9 @@ class Capture:
         #: The first half of a request the user went on with: the next utterance starts with it.
         self._carried: Segment | None = None
         self._turn_end_model = turn_end_model
-        #: Talk mode with ``end_of_turn: semantic`` (livetx.live.endpoint).
+        #: Talk mode: when an utterance ends (livetx.live.endpoint), and with
+        #: ``end_of_turn: semantic`` the model asked at each pause.
+        self._end_of_turn: EndOfTurn | None = None
         self._turn_end: TurnEnd | None = None
         #: Talk mode: the reply audio that may be playing, so its echo starts nothing (a turn listener).
         self.echo = EchoGuard(lambda: None if self._detector is None else self._detector.elapsed_ms)
@@ -186,7 +205,9 @@ class Capture:
         """Turn detection changed hands: an utterance half-heard is dropped."""
         self.stop_listening()
         if settings.server_detection:
-            self._detector = VoiceDetector(detector_settings(settings), self._clock, self, is_echo=self.echo.is_echo)
+            self._end_of_turn = end_of_turn = EndOfTurn(settings, decodes_at_pauses(self._stt))
+            self._detector = VoiceDetector(settings, self._clock, self, is_echo=self.echo.is_echo,
+                                           end_silence_ms=end_of_turn.detector_silence_ms)
             model = self._turn_end_model
             semantic = settings.end_of_turn == "semantic" and model is not None
             self._turn_end = TurnEnd(model, settings.eagerness) if semantic and model is not None else None
@@ -223,6 +244,8 @@ class Capture:
                 return
             self._follow_speech()
             self._request_partial()
+        else:  # a segment too long was dropped: its end is the rule's with nothing known of it
+            self._judge(None)
 
     def speech_stopped(self, end_ms: int) -> None:
         """The detector heard enough silence, or the stream stalled (then from the clock)."""
@@ -239,6 +262,7 @@ class Capture:
         segment = self._segment = Segment(None)
         carried, self._carried = self._carried, None
         if carried is not None:
+            segment.known = carried.transcribed or (0, "")
             carried.discard()
             segment.pcm += carried.pcm
         self.append(pcm)
@@ -247,12 +271,12 @@ class Capture:
     def announce_stop(self, end_ms: int) -> None:
         self._cancel_partial()  # the final transcript must not queue behind it
         if self._segment is not None:
-            self._segment.stopped_at = self._clock.seconds()
+            self._segment.stopped_at = self._clock.seconds() if self._detector is None else self._detector.heard_at()
         self._owner.emit({"t": "speech_stopped", "data": {"audio_end_ms": end_ms}})
 
     def _follow_speech(self) -> None:
-        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt)
-        and ask whether the speaker is done (endpoint)."""
+        """Note where the utterance's speech ends so far; at a pause, decode it (streaming_stt),
+        ask whether the speaker is done, and end it if the rule says so (endpoint)."""
         segment, detector = self._segment, self._detector
         if segment is None or detector is None:
             return
@@ -266,11 +290,26 @@ class Capture:
         if turn_end is not None and silent >= turn_end.pause_ms and segment.asked != segment.voiced:
             segment.asked = voiced = segment.voiced
             turn_end.ask(bytes(segment.pcm), lambda: self._turn_ended(segment, voiced))
+        self._judge(segment)
 
     def _turn_ended(self, segment: Segment, voiced: int) -> None:
-        """The model says the speaker is done: end the utterance, if nothing was said since it was asked."""
-        if segment is self._segment and segment.voiced == voiced and self._detector is not None:
-            self._detector.end_now()
+        """The model says the speaker is done (about the speech up to ``voiced``)."""
+        segment.done = voiced
+        self._judge(segment)
+
+    def _judge(self, segment: Segment | None) -> None:
+        """End the utterance if the rule says its silence so far is enough, given what is known of it
+        now; verdicts and transcripts of speech the user has since continued count for nothing."""
+        detector, end_of_turn = self._detector, self._end_of_turn
+        if segment is not self._segment or detector is None or end_of_turn is None or end_of_turn.rule == "silence":
+            return
+        silent = detector.trailing_silence_ms
+        early = None if segment is None or segment.early is None or segment.early.voiced != segment.voiced \
+            else segment.early
+        done = segment is not None and segment.done == segment.voiced
+        wait = end_of_turn.wait_ms(None if early is None else early.text, early is not None and not early.settled, done)
+        if silent and silent >= wait:
+            detector.end_now()
 
     def _decode_early(self, segment: Segment, detector: VoiceDetector, silent: int) -> None:
         early = segment.early
@@ -280,8 +319,19 @@ class Capture:
         assert self._stt is not None
         if early is not None:
             early.result.cancel()  # the speaker went on after it: stale
-        segment.early = decode_early(self._stt, bytes(segment.pcm), segment.voiced,
-                                     lambda text: self._show_partial(text, segment))
+        known, prefix = segment.known
+        covered = len(segment.pcm)
+        segment.early = decode_early(self._stt, bytes(segment.pcm[known:]), segment.voiced,
+                                     lambda early: self._decoded(early, segment, covered), prefix)
+
+    def _decoded(self, early: EarlyDecode, segment: Segment, covered: int) -> None:
+        """A decode at a pause (of ``segment``'s first ``covered`` bytes) has settled: a partial
+        transcript, perhaps the end of the turn, and once it is long enough, words to keep."""
+        if early.text is not None:
+            self._show_partial(early.text, segment)
+            if covered - segment.known[0] >= KEEP_AFTER_BYTES:
+                segment.known = (covered, early.text)
+        self._judge(segment)
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""

@@ -38,10 +38,13 @@ class Settings:
     min_speech_ms: int = 200
     #: Silence that ends an utterance.
     silence_ms: int = 600
-    #: ``silence``: ``silence_ms`` ends every utterance; ``semantic``: the
-    #: end-of-turn model decides at each pause (livetx.live.endpoint).
-    end_of_turn: str = "silence"
-    #: Semantic end of turn: how soon a pause ends the turn (``high`` soonest).
+    #: ``silence``: ``silence_ms`` ends every utterance; ``transcript`` (the
+    #: default: voice to voice 0.82x the silence rule's in benchmarks/RESULTS.md):
+    #: the transcript at the first pause ends a finished one sooner and holds
+    #: an unfinished one longer; ``semantic``: and the end-of-turn model
+    #: decides when the transcript cannot tell (livetx.live.endpoint).
+    end_of_turn: str = "transcript"
+    #: ``transcript`` and ``semantic``: how soon a pause ends the turn (``high`` soonest).
     eagerness: str = "medium"
     #: Audio kept from before the detected start of speech.
     preroll_ms: int = 300
@@ -75,7 +78,7 @@ _RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
     "vad_aggressiveness": range(0, 4),
     "min_speech_ms": range(30, 5_001),
     "silence_ms": range(100, 10_001),
-    "end_of_turn": ("silence", "semantic"),
+    "end_of_turn": ("silence", "transcript", "semantic"),
     "eagerness": ("low", "medium", "high"),
     "preroll_ms": range(0, 2_001),
     "continue_ms": range(0, 5_001),

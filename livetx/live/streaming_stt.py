@@ -27,16 +27,29 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from livetx.audio import to_wav
+from livetx.audio import BYTES_PER_SECOND, to_wav
 from livetx.providers.base import SpeechRecognizer
 
 _log = Logger()
 
-#: Silence after speech that starts a decode of the utterance so far: about
-#: five of Silero's frames, so the gaps between words rarely start one, and
-#: well inside the default ``silence_ms`` (600), so the decode has most of
-#: the rest of the endpoint's wait to run.
-PAUSE_MS = 160
+#: Silence after speech that starts a decode of the utterance so far: three
+#: of Silero's frames. Gaps between words rarely reach it (none in the short
+#: requests of benchmarks/v2v_bench.py, 19 in a 44 s passage read aloud
+#: against 15 at 160 ms), and the words are the same as at 160 ms or after
+#: the endpoint (``stt_bench.py --early``). Every millisecond of it is one of
+#: voice to voice when the transcript ends the turn (livetx.live.endpoint).
+PAUSE_MS = 96
+
+
+#: A long utterance, or a request the user went on with, keeps the transcript
+#: of its start up to a pause, and only the rest is decoded at later pauses,
+#: once that start is this long (and then every time as much more was heard
+#: and decoded): a decode of the
+#: whole costs more past Whisper's shortest window (10 s, with 2 s of it
+#: padding), and a shorter part decoded alone loses the words the rest gives
+#: context to ("Ever tried." alone is "Have a tried."; measured with
+#: benchmarks/v2v_bench.py --sets read).
+KEEP_AFTER_BYTES = 8 * BYTES_PER_SECOND
 
 
 def pause_ms(silence_ms: int) -> int:
@@ -54,28 +67,43 @@ class EarlyDecode:
 
     ``result`` fires with the transcript, or None when the decode failed
     (logged) or was cancelled; it never fails, so nobody has to wait on it.
+    ``text`` and ``settled`` say the same to whoever reads it as it stands:
+    the end-of-turn rule reads the transcript for cues (livetx.live.endpoint).
     """
 
-    __slots__ = ("voiced", "result")
+    __slots__ = ("voiced", "result", "text", "settled")
 
-    def __init__(self, voiced: int, result: Deferred[str | None]) -> None:
+    def __init__(self, voiced: int) -> None:
         self.voiced = voiced
-        self.result = result
+        self.result: Deferred[str | None] = Deferred()
+        self.text: str | None = None
+        self.settled = False
 
 
 def decode_early(
-    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[str], None],
+    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None], prefix: str = "",
 ) -> EarlyDecode:
-    """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` gets the text."""
+    """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` is
+    told when the decode has settled (its ``text`` None if it failed), unless it was cancelled.
+
+    ``prefix`` is the transcript of audio before ``pcm`` that is not decoded again (the first
+    half of a request the user went on with): the text is it and ``pcm``'s words."""
+    early = EarlyDecode(voiced)
 
     def done(text: str) -> str:
-        text = text.strip()
-        heard(text)
-        return text
+        early.text, early.settled = " ".join(part for part in (prefix, text.strip()) if part), True
+        heard(early)
+        return early.text
 
-    result: Deferred[str | None] = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(done)
-    result.addErrback(_failed)
-    return EarlyDecode(voiced, result)
+    def failed(failure: Failure) -> None:
+        early.settled = True
+        _failed(failure)
+        if not failure.check(CancelledError):
+            heard(early)
+
+    early.result = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(done)
+    early.result.addErrback(failed)
+    return early
 
 
 def final_transcript(

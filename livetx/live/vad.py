@@ -10,7 +10,9 @@ this module turns those verdicts into utterances:
   has accumulated; ``silence_ms`` of silence before that drops it as noise,
   and so does an onset that has lasted ``min_speech_ms + silence_ms`` without
   enough speech in it (scattered clicks).
-- ``speech``: every frame is passed on; ``silence_ms`` of silence ends it.
+- ``speech``: every frame is passed on; ``silence_ms`` of silence ends it
+  (or the end-of-turn rule, :mod:`livetx.live.endpoint`: sooner by
+  :meth:`VoiceDetector.end_now`, or later).
 
 Decisions use the stream's own time (its sample count), so network jitter
 cannot split an utterance. Wall time matters once: a client that stops
@@ -98,11 +100,16 @@ class VoiceDetector:
         listener: SpeechListener,
         classifier: tuple[Callable[[bytes], bool], int] | None = None,
         is_echo: Callable[[bytes, int], bool] | None = None,
+        end_silence_ms: int | None = None,
     ) -> None:
         self._is_speech, self._frame_bytes = classifier or chosen_vad(tunables)
         self._frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
         self._min_speech_ms = tunables.min_speech_ms
         self._silence_ms = tunables.silence_ms
+        #: The silence after which speech ends on its own: ``silence_ms``, or
+        #: longer when an end-of-turn rule (livetx.live.endpoint) ends it
+        #: sooner by :meth:`end_now` when it can tell the speaker is done.
+        self._end_silence_ms = tunables.silence_ms if end_silence_ms is None else end_silence_ms
         self._max_onset = (tunables.min_speech_ms + tunables.silence_ms) // self._frame_ms
         self._clock = clock
         self._listener = listener
@@ -119,13 +126,13 @@ class VoiceDetector:
         self._start_ms = 0
         self._voiced_ms = 0
         self._silent_ms = 0
-        #: Wall time (the clock's) at which the last speech frame was classified:
-        #: where the latency of a voice turn is measured from.
+        #: When (the clock's time) the last speech frame was heard, on the
+        #: stream's timeline: where the latency of a voice turn is measured from.
         self.voiced_at = 0.0
 
     @property
     def silence_ms(self) -> int:
-        """The silence that ends an utterance."""
+        """The silence that ends an utterance under the silence rule (and a stalled stream's)."""
         return self._silence_ms
 
     @property
@@ -167,13 +174,13 @@ class VoiceDetector:
                 self._onset = [frame]
                 self._start_ms = self.elapsed_ms - self._frame_ms
                 self._voiced_ms, self._silent_ms = self._frame_ms, 0
-                self.voiced_at = self._clock.seconds()
+                self.voiced_at = self.heard_at()
             else:
                 self._preroll.append(frame)
             return
         self._silent_ms = 0 if speech else self._silent_ms + self._frame_ms
         if speech:
-            self.voiced_at = self._clock.seconds()
+            self.voiced_at = self.heard_at()
         if self.state == "onset":
             self._onset.append(frame)
             if speech:
@@ -183,9 +190,14 @@ class VoiceDetector:
             elif self._silent_ms >= self._silence_ms or len(self._onset) >= self._max_onset:
                 self._drop_onset()
         elif self.state == "speech":
-            self._listener.speech_audio(frame)
-            if self._silent_ms >= self._silence_ms:
+            self._listener.speech_audio(frame)  # which may have ended it (end_now)
+            if self.state == "speech" and self._silent_ms >= self._end_silence_ms:
                 self._stop()
+
+    def heard_at(self) -> float:
+        """When the frame being classified ended, on the stream's timeline (the clock's time): audio
+        that came in one burst arrived together, so a frame with more of it after it ended that much earlier."""
+        return self._clock.seconds() - len(self._pending) / (2 * SAMPLE_RATE)
 
     def _confirm(self) -> None:
         if self._is_echo is not None and self._is_echo(b"".join(self._onset), self.elapsed_ms):
