@@ -34,6 +34,7 @@ from livetx.live.machine import Table
 from livetx.live.echo import EchoGuard
 from livetx.live.endpoint import TurnEnd, detector_settings
 from livetx.live.settings import Settings
+from livetx.live.speculation import Speculation
 from livetx.live.streaming_stt import EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms
 from livetx.live.vad import VoiceDetector
 from livetx.providers.base import PartialRecognizer, SpeechRecognizer, TurnEndModel
@@ -60,7 +61,7 @@ class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
     __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "voiced_at", "stopped_at",
-                 "voiced_ms")
+                 "voiced_ms", "ahead")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -80,6 +81,8 @@ class Segment:
         self.stopped_at: float | None = None
         #: Talk mode, on the microphone stream's timeline: where its last speech frame ends.
         self.voiced_ms: int | None = None
+        #: The reply started on the transcript at its last pause, unsent (livetx.live.speculation).
+        self.ahead: Speculation | None = None
 
     def wav(self) -> bytes:
         return to_wav(self.pcm)
@@ -90,9 +93,16 @@ class Segment:
         return final_transcript(self.early, self.voiced, stt, wav)
 
     def discard(self) -> None:
-        """The segment will not be transcribed: stop a decode of it that runs."""
+        """The segment will not be transcribed: stop a decode of it that runs, and a reply begun on it."""
         if self.early is not None:
             self.early.result.cancel()
+        self.went_on()
+
+    def went_on(self) -> None:
+        """The speaker went on after a pause (or the segment is dropped): a reply begun on it is stale."""
+        if self.ahead is not None:
+            self.ahead.discard()
+            self.ahead = None
 
 
 class Owner(Protocol):
@@ -106,6 +116,9 @@ class Owner(Protocol):
 
     def error(self, code: ErrorCode, message: str) -> None:
         """Send an error frame to the client (and report it sent)."""
+
+    def paused(self, segment: Segment, text: str) -> None:
+        """Talk mode: ``segment`` is transcribed up to a pause in it (``text``), and nothing was said since."""
 
 
 class Capture:
@@ -260,6 +273,7 @@ class Capture:
         segment.voiced_ms = detector.elapsed_ms - silent
         if silent == 0:
             segment.voiced, segment.voiced_at = len(segment.pcm), detector.voiced_at
+            segment.went_on()
             return
         self._decode_early(segment, detector, silent)
         turn_end = self._turn_end
@@ -269,8 +283,13 @@ class Capture:
 
     def _turn_ended(self, segment: Segment, voiced: int) -> None:
         """The model says the speaker is done: end the utterance, if nothing was said since it was asked."""
-        if segment is self._segment and segment.voiced == voiced and self._detector is not None:
+        if self._still(segment, voiced):
+            assert self._detector is not None
             self._detector.end_now()
+
+    def _still(self, segment: Segment, voiced: int) -> bool:
+        """``segment`` is the utterance still heard, and nothing was said in it since its first ``voiced`` bytes."""
+        return segment is self._segment and segment.voiced == voiced and self._detector is not None
 
     def _decode_early(self, segment: Segment, detector: VoiceDetector, silent: int) -> None:
         early = segment.early
@@ -280,8 +299,15 @@ class Capture:
         assert self._stt is not None
         if early is not None:
             early.result.cancel()  # the speaker went on after it: stale
-        segment.early = decode_early(self._stt, bytes(segment.pcm), segment.voiced,
-                                     lambda text: self._show_partial(text, segment))
+        voiced = segment.voiced
+        segment.early = decode_early(self._stt, bytes(segment.pcm), voiced,
+                                     lambda text: self._heard_at_pause(text, segment, voiced))
+
+    def _heard_at_pause(self, text: str, segment: Segment, voiced: int) -> None:
+        """The decode of a pause is in: a partial transcript, and (nothing said since) the owner is told."""
+        self._show_partial(text, segment)
+        if text and self._still(segment, voiced):
+            self._owner.paused(segment, text)
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""

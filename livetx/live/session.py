@@ -48,6 +48,7 @@ from livetx.live.history import Conversation
 from livetx.live.ledger import TurnLedger
 from livetx.live.rules import BUSY, NO_SEGMENT, SERVER_FRAMES, SESSION
 from livetx.live.settings import Settings, updated
+from livetx.live.speculation import speculate, taken_by
 from livetx.live.turn import Emit, Turn, TurnResult, report_failure
 
 _log = Logger()
@@ -88,7 +89,7 @@ class LiveSession:
         self._turns = TurnLedger(clock, self.emit, self.capture.echo if listener is None
                                  else Listeners(self.capture.echo, listener))
         self._report = self._turns.report
-        self.settings = Settings()
+        self.settings = Settings(speculative=engines.speculative)
         self._conversation = Conversation(username, engines.history_turns, memory, engines.context_bytes)
         #: The running voice turn's segment, which speech that continues its request takes back.
         self._voice_segment: Segment | None = None
@@ -193,6 +194,13 @@ class LiveSession:
     def stop_listening(self) -> None:
         """Drop an utterance half-heard and detect no more (the server is stopping)."""
         self.capture.stop_listening()
+
+    def paused(self, segment: Segment, text: str) -> None:
+        """Talk mode heard a pause and transcribed it (the capture's ``Owner``): with ``speculative``
+        and no turn running, the reply's model call starts now, unsent (livetx.live.speculation)."""
+        if self.settings.speculative and self.state == "capturing" and self._conversation.loading is None:
+            messages = self._conversation.context(self._engines.system_prompt, text)
+            segment.ahead = speculate(self._engines.llm, messages, self._report)
 
     def _update_settings(self, event: EventData) -> None:
         before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end)
@@ -350,7 +358,7 @@ class LiveSession:
         engines = self._engines
         turn = Turn(
             clock=self._clock,
-            llm=engines.llm,
+            llm=taken_by(engines.llm, self._voice_segment),
             tts=engines.tts,
             emit=self._turns.emit,
             messages=self._conversation.context(engines.system_prompt, text),
