@@ -25,9 +25,17 @@ semantic``, when the ``turn`` extra is installed) and, with ``--base DIR``,
 the same default server from another checkout (the floor the ratios are
 taken to).
 
+``--speculative MODELS`` compares the speculative reply (``speculative``
+off, then on, on one server) instead, for each model named: ``echo`` (the
+offline default) and ``hosted`` (the fake OpenAI-compatible service with a
+first token ``--first-delay`` seconds after the request, as a hosted model
+answers); the ratios are to ``off`` with the same model. It counts the
+replies committed and discarded (begun at a pause the person spoke on after).
+
     PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, both rules
     PYTHONPATH=. python benchmarks/v2v_bench.py --base /work/main     # and ratios to that checkout
     PYTHONPATH=. python benchmarks/v2v_bench.py --sets short,pause --short 6
+    PYTHONPATH=. python benchmarks/v2v_bench.py --speculative echo,hosted --first-delay 0.4
 
 Needs the ``bench`` extra (websockets); moonshine-voice and a Piper voice are optional.
 """
@@ -41,9 +49,10 @@ import base64
 import json
 import os
 import random
+import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,7 +60,7 @@ import jiwer
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_bench import local_server  # noqa: E402
+from live_bench import free_port, local_server, wait_for_port  # noqa: E402
 from live_scenarios import percentile  # noqa: E402
 from stt_bench import MORE, PHRASES, normal  # noqa: E402
 
@@ -64,6 +73,8 @@ FRAME_BYTES = 640  # 20 ms
 MARKS = ("speech_stopped", "user_msg", "response")
 #: What the server measured, from the last voiced frame (livetx.live.events.VOICE_STAGES).
 STAGES = ("endpoint_ms", "transcript_ms", "first_token_ms", "first_audio_ms", "voice_to_voice_ms")
+#: Speculative replies committed and discarded, as the turns' metrics count them (SPECULATION_KEYS).
+SPECULATIONS = ("speculations_committed", "speculations_discarded")
 #: Requests in two breaths: the first half, then the rest after a pause of PAUSE_MS.
 PAUSED = [
     ("please call my sister", "at seven in the evening"),
@@ -157,7 +168,9 @@ class Microphone:
         return out.tobytes()
 
 
-async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo: bool) -> list[dict[str, Any]]:
+async def converse(
+    url: str, rule: str, made: list[tuple[str, str, bytes]], echo: bool, **settings: Any,
+) -> list[dict[str, Any]]:
     """Say every request in turn, in real time, on one connection; what each one measured.
 
     A request's turn is the first one numbered after the last request's; later ones
@@ -167,6 +180,7 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
         update: dict[str, Any] = {"t": "session_update", "turn_detection": "server"}
         if rule == "semantic":
             update["end_of_turn"] = "semantic"
+        update.update(settings)  # more session settings (--speculative: speculative, silence_ms)
         await ws.send(json.dumps(update))
         while True:
             frame = json.loads(await ws.recv())
@@ -210,6 +224,8 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
                         said[frame["turn"]] = frame["data"]["text"]
                     if kind == "metrics":
                         stages.update({k: v for k, v in frame["data"].items() if k in STAGES})
+                        for key in set(SPECULATIONS) & frame["data"].keys():
+                            stages[key] = stages.get(key, 0) + frame["data"][key]
                     if kind == "end":
                         seen["end"] = now
                 if sent > len(audio) + 90 * BYTES_PER_SECOND:  # the first loads Whisper
@@ -244,6 +260,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             values = [r["stages"][stage] for r in rows if stage in r["stages"]]
             if values:
                 figures[stage] = _spread(values)
+        for key in SPECULATIONS:
+            figures[key] = sum(r["stages"].get(key, 0) for r in rows)
         summary[group] = figures
     return summary
 
@@ -278,7 +296,9 @@ def print_table(name: str, summary: dict[str, Any], floor: dict[str, Any] | None
             print(f"echo fed back on {figures['requests']} requests: {figures['false_barge_ins']} false barge-ins, "
                   f"{figures['speech_started']} speech_started for {figures['requests']} requests said")
             continue
-        print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two")
+        print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two"
+              + (f", speculative replies {figures['speculations_committed']} committed, "
+                 f"{figures['speculations_discarded']} discarded" if any(figures.get(k) for k in SPECULATIONS) else ""))
         for key in (*MARKS, *STAGES):
             if key in figures:
                 row = figures[key]
@@ -319,6 +339,41 @@ def echo_check_cost(rounds: int = 200) -> dict[str, float]:
             "ratio": round(per_onset / per_second, 2)}
 
 
+@contextmanager
+def hosted_model(first_delay: float) -> Iterator[str]:
+    """The fake OpenAI-compatible service answering a short reply, its first token ``first_delay`` s after
+    the request; yields the ``[llm]`` section that points livetx at it (speech stays on the defaults)."""
+    port = free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(port), "--tokens", "12",
+         "--sentences", "2", "--delay", "0.02", "--first-delay", str(first_delay)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f'[llm]\nprovider = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\nmodel = "sim"\n'
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+def speculative_runs(
+    models: list[str], first_delay: float, made: list[tuple[str, str, bytes]], silence_ms: int,
+) -> dict[str, Any]:
+    """Each model's server, said the requests with ``speculative`` off, on, on and off again (so a machine
+    that gets busier or quieter meanwhile weighs on both alike), in the same minutes."""
+    runs: dict[str, Any] = {}
+    for model in models:
+        llm = hosted_model(first_delay) if model == "hosted" else nullcontext("")
+        with llm as config, local_server(offline=True, config_extra=config) as (url, _, _):
+            for on in (False, True, True, False):
+                results = asyncio.run(converse(url, "silence", made, echo=False, speculative=on,
+                                               silence_ms=silence_ms))
+                name = f"{model} model, speculative {'on' if on else 'off'}"
+                runs.setdefault(name, {"results": []})["results"] += results
+    for run in runs.values():
+        run["summary"] = summarize(run["results"])
+    return dict(sorted(runs.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read")
@@ -327,8 +382,19 @@ def main() -> None:
     parser.add_argument("--base", help="also run the default server from this checkout (the floor for ratios)")
     parser.add_argument("--echo", default="short", help="the sets said again with the replies' echo fed back")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--speculative", help="instead: speculative reply off and on, for these models: echo, hosted")
+    parser.add_argument("--first-delay", type=float, default=0.4, help="the hosted model's time to first token")
+    parser.add_argument("--silence-ms", type=int, default=600, help="--speculative: the sessions' silence_ms")
     args = parser.parse_args()
     made = requests(args.sets.split(","), args.short)
+    if args.speculative:
+        runs = speculative_runs(args.speculative.split(","), args.first_delay, made, args.silence_ms)
+        for name, run in runs.items():
+            off = runs[name.replace("speculative on", "speculative off")]
+            print_table(name, run["summary"], off["summary"] if off is not run else None)
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=2))
+        return
     runs: dict[str, Any] = {}
     plan = [(f"this checkout, end of turn: {rule}", None, rule) for rule in args.rules.split(",")]
     if args.base:

@@ -9,7 +9,10 @@ be open whatever the session's state. Its own states (:data:`CAPTURE`):
 - ``utterance``: talk mode's voice detector heard speech begin, and the
   audio since goes into the segment; transcripts of it so far
   (``user_partial``) are asked for as it grows, and at each pause
-  (:mod:`livetx.live.streaming_stt`), which may then be the final one.
+  (:mod:`livetx.live.streaming_stt`), which may then be the final one;
+  the owner hears of each pause's transcript (a speculative reply may
+  start on it, :mod:`livetx.live.speculation`, and speech that goes on
+  after the pause discards it).
 
 ``take`` hands the segment to a turn and empties the capture; a segment
 grown past its cap is dropped. A segment :meth:`Capture.carry` was given

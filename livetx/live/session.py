@@ -198,7 +198,8 @@ class LiveSession:
     def paused(self, segment: Segment, text: str) -> None:
         """Talk mode heard a pause and transcribed it (the capture's ``Owner``): with ``speculative``
         and no turn running, the reply's model call starts now, unsent (livetx.live.speculation)."""
-        if self.settings.speculative and self.state == "capturing" and self._conversation.loading is None:
+        if (self.settings.speculative and self.state == "capturing" and not self._closing
+                and self._conversation.loading is None):
             messages = self._conversation.context(self._engines.system_prompt, text)
             segment.ahead = speculate(self._engines.llm, messages, self._report)
 

@@ -74,10 +74,6 @@ class Speculation:
         self._call: Deferred[Any] = maybeDeferred(start, self._delta)
         self._call.addBoth(self._settled)
 
-    @property
-    def running(self) -> bool:
-        return not self._over
-
     def _delta(self, text: str) -> None:
         if self._to is not None:
             self._to(text)
