@@ -27,12 +27,13 @@ async def test_a_reply_begun_at_a_pause_the_person_speaks_on_after_sends_and_sto
 ) -> None:
     openai.reply = reply_to
     openai.first_token_delay, openai.token_delay = 0.3, 0.25  # a hosted model, slow enough to be caught mid-reply
-    server = await livetx(openai_config(openai.base_url, tts=False) + "[stt]\npreload = true\n")
+    # On for every session by the server's default, [llm] speculative.
+    server = await livetx(openai_config(openai.base_url, tts=False) + "speculative = true\n[stt]\npreload = true\n")
     chats = lambda: openai.requests_to("/chat/completions")  # noqa: E731
     client = await connect(server.url(LIVE, token=server.token("di"), session_id="s", turn_detection="server"))
-    client.send({"t": "session_update", "speculative": True, "silence_ms": 3000})
+    client.send({"t": "session_update", "silence_ms": 3000})
     await client.until("session_updated")
-    await client.until("session_updated")
+    assert (await client.until("session_updated"))[-1]["data"]["speculative"] is True
     head, tail = await spoken("please call my sister"), await spoken("at seven in the evening")
     await real_time(client, silence(300) + head + silence(300))
     paused = 300
