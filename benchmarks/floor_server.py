@@ -27,6 +27,11 @@ Autobahn again, a pause that is no part of a turn's work. What livetx does beyon
 the client library costs is in the absolute figures, recorded with the
 machine's calibration.
 
+With ``--workers N`` it is N such processes, each accepting on a socket of
+its own bound to the same port with ``SO_REUSEPORT``, as ``twistd live
+--workers N`` serves: the floor of what a second process buys on this
+machine, measured beside livetx's own ratio (``benchmarks/workers_bench.py``).
+
     python benchmarks/floor_server.py --port 6186 --upstream http://127.0.0.1:8900/v1
 """
 
@@ -36,6 +41,10 @@ import argparse
 import base64
 import gc
 import io
+import signal
+import socket
+import subprocess
+import sys
 import time
 import wave
 from typing import Any
@@ -43,8 +52,10 @@ from typing import Any
 import orjson
 import treq
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, succeed
 
+from livetx.cluster.workers import reuseport_sockets
 from livetx.fences.treq import make_http_client
 from livetx.providers.sse import SSEDecoder
 
@@ -213,14 +224,41 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the simulator's base URL, e.g. http://127.0.0.1:8900/v1")
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes, each accepting on its own SO_REUSEPORT socket on the port")
+    parser.add_argument("--reuse-port", action="store_true", help="(a worker) listen with SO_REUSEPORT")
     args = parser.parse_args()
+    if args.workers > 1:
+        supervise(args.workers, [sys.argv[0], "--port", str(args.port), "--upstream", args.upstream,
+                                 "--backlog", str(args.backlog), "--reuse-port"])
+        return
     from twisted.internet import reactor as installed
 
     reactor: Any = installed
-    reactor.listenTCP(args.port, floor_factory(reactor, args.upstream), backlog=args.backlog, interface="127.0.0.1")
+    factory = floor_factory(reactor, args.upstream)
+    if args.reuse_port:
+        # livetx's own way to make the sockets: the floor and the workers differ in nothing else.
+        held, = reuseport_sockets(IPv4Address("TCP", "127.0.0.1", args.port), "inet", args.backlog, 1)
+        reactor.adoptStreamPort(held.fd, socket.AF_INET, factory)
+        held.close()  # the reactor listens on a copy
+    else:
+        reactor.listenTCP(args.port, factory, backlog=args.backlog, interface="127.0.0.1")
     gc.collect()
     gc.freeze()
     reactor.run()
+
+
+def supervise(count: int, argv: list[str]) -> None:
+    """Run ``count`` floor workers until SIGTERM, then stop them (their CPU counts as the supervisor's tree)."""
+    workers = [subprocess.Popen([sys.executable, *argv]) for _ in range(count)]
+
+    def stop(signum: int, frame: Any) -> None:
+        for worker in workers:
+            worker.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    for worker in workers:
+        worker.wait()
 
 
 if __name__ == "__main__":

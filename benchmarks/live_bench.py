@@ -113,7 +113,7 @@ def local_server(
     ``backlog`` lets thousands of sockets connect without dropped SYNs.
     ``config_extra`` is appended to the config file (``server_extra`` to its
     ``[server]`` table); ``workers`` > 1 runs
-    ``--workers`` (the pid yielded is then the supervisor's); ``reactor`` is twistd's ``-r`` (e.g. ``asyncio``).
+    ``--workers`` (the floor: that many processes on ``SO_REUSEPORT`` sockets) (the pid yielded is then the supervisor's); ``reactor`` is twistd's ``-r`` (e.g. ``asyncio``).
     ``pin`` gives the server the first core and the simulator the others, so the
     load generator does not take the server's CPU (pin the client with
     :func:`split_cores` too).
@@ -140,7 +140,7 @@ def local_server(
         data = Path(tmp, "data")
         if floor:
             command = [sys.executable, str(FLOOR_SERVER), "--port", str(port), "--upstream", base,
-                       "--backlog", str(backlog)]
+                       "--backlog", str(backlog), "--workers", str(workers)]
         else:
             command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                        "--logfile", str(Path(tmp, "twistd.log")), *(["-r", reactor] if reactor else []), "live",

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_bench import local_server  # noqa: E402
 from live_scenarios import percentile  # noqa: E402
 
-from livetx.audio import BYTES_PER_SECOND, read_wav, resample  # noqa: E402
+from livetx.audio import BYTES_PER_SECOND, duration_ms, read_wav, resample  # noqa: E402
 from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
 
 FRAME_BYTES = 640  # 20 ms
@@ -66,9 +66,12 @@ async def talk_turn(ws: Any, pcm: bytes, speech_ends: float, binary: bool) -> di
         while True:
             message = await ws.recv()
             if isinstance(message, bytes):
+                seen["reply_s"] = seen.get("reply_s", 0.0) + len(message) / BYTES_PER_SECOND
                 continue  # the audio after a binary response header
             frame = json.loads(message)
             kind = frame["t"]
+            if kind == "response" and isinstance(frame.get("data"), str):
+                seen["reply_s"] = seen.get("reply_s", 0.0) + (duration_ms(base64.b64decode(frame["data"])) or 0) / 1000
             if kind == "error":
                 raise RuntimeError(f"server error: {frame}")
             if kind in MARKS and kind not in seen:
@@ -80,19 +83,29 @@ async def talk_turn(ws: Any, pcm: bytes, speech_ends: float, binary: bool) -> di
     listener = asyncio.ensure_future(listen())
     silence = bytes(FRAME_BYTES)
     sent = 0
-    while not done.is_set():
-        if listener.done():
-            listener.result()  # raises the server's error
-        chunk = audio[sent : sent + FRAME_BYTES] if sent < len(audio) else silence
+
+    async def send(chunk: bytes) -> None:
+        """20 ms of the microphone, in real time."""
+        nonlocal sent
         sent += FRAME_BYTES
         if binary:
             await ws.send(chunk)
         else:
             await ws.send(json.dumps({"t": "speaking_part", "data": base64.b64encode(chunk).decode()}))
         await asyncio.sleep(max(0.0, start + sent / BYTES_PER_SECOND - time.perf_counter()))
+
+    while not done.is_set():
+        if listener.done():
+            listener.result()  # raises the server's error
+        await send(audio[sent : sent + FRAME_BYTES] if sent < len(audio) else silence)
         if time.perf_counter() - end_of_speech > 30:
             raise RuntimeError(f"no complete turn 30 s after speech ended; saw {sorted(seen)}")
     await listener
+    # The user hears the reply out before speaking again, the microphone open (the server places the
+    # reply on the microphone's timeline: speech over it that matches it is taken for its echo).
+    heard = sent + int((seen.pop("reply_s", 0.0) + 0.3) * BYTES_PER_SECOND)
+    while sent < heard:
+        await send(silence)
     return seen
 
 

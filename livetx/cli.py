@@ -42,6 +42,21 @@ class _Command(usage.Options):
         sys.exit(0)
 
 
+class _AnyOrder(_Command):
+    """Options may follow the arguments too (``say URL "hi" --token T``, ``devices revoke MAC --data-dir D``)."""
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            pairs, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        flat: list[str] = []
+        for name, value in pairs:
+            takes = name[2:] + "=" in self.longOpt if name.startswith("--") else name[1] + ":" in self.shortOpt
+            flat += ([f"{name}={value}"] if name.startswith("--") else [name, value]) if takes else [name]
+        super().parseOptions([*flat, "--", *args])
+
+
 class _DataDirOptions(_Command):
     synopsis = "[--data-dir DIR] [--config FILE]"
     optParameters: list[list[Any]] = [
@@ -107,7 +122,7 @@ class KeysOptions(_Command):
             raise usage.UsageError("choose create, list or revoke")
 
 
-class DevicesChange(_DataDirOptions):
+class DevicesChange(_AnyOrder, _DataDirOptions):
     synopsis = "[--data-dir DIR] [--config FILE] CODE|DEVICE_ID"
 
     def parseArgs(self, which: str) -> None:  # type: ignore[override]  # Twisted passes the arguments
@@ -115,21 +130,23 @@ class DevicesChange(_DataDirOptions):
 
 
 class DevicesOptions(_Command):
-    synopsis = "list|approve|revoke [options]"
+    synopsis = "list|approve|revoke|reboot [options]"
     longdesc = (
-        "xiaozhi-esp32 boards that asked this server's OTA endpoint (docs/devices.md), kept in the data dir. "
-        "A new board shows a six-digit code: approve it by that code; a revoked board is refused at its "
-        "next connection."
+        "xiaozhi-esp32 boards that asked this server's OTA endpoint (docs/devices.md), kept in the data dir, "
+        "or in PostgreSQL when --config sets [store] url. A new board shows a six-digit code: approve it by "
+        "that code; a revoked board's open socket is closed within a second (at once on every node with "
+        "[cluster] redis), and it is refused from then on."
     )
     subCommands = [
         ["list", None, _DataDirOptions, "List boards: Device-Id, state, code, board."],
         ["approve", None, DevicesChange, "Let a board in, by its code or Device-Id."],
         ["revoke", None, DevicesChange, "Shut a board out, by its code or Device-Id."],
+        ["reboot", None, DevicesChange, "Restart a connected board (the firmware's system reboot)."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose list, approve or revoke")
+            raise usage.UsageError("choose list, approve, revoke or reboot")
 
 
 class TokenOptions(_DataDirOptions):
@@ -162,7 +179,7 @@ class OpenOptions(TokenOptions):
         super().postOptions()
 
 
-class _TurnOptions(_Command):
+class _TurnOptions(_AnyOrder):
     """What ``say`` and ``talk`` share: where, who, and what to do with the reply."""
 
     optFlags = [
@@ -181,18 +198,6 @@ class _TurnOptions(_Command):
         ["cafile", None, None, "Trust the certificates in this PEM file for wss:// (a private CA, or a "
                                "self-signed server's own certificate) instead of the system's."],
     ]
-
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        """Options may follow the URL and text too (``say URL "hi" --token T``)."""
-        try:
-            pairs, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
-        except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
-        flat: list[str] = []
-        for name, value in pairs:
-            takes = name[2:] + "=" in self.longOpt if name.startswith("--") else name[1] + ":" in self.shortOpt
-            flat += ([f"{name}={value}"] if name.startswith("--") else [name, value]) if takes else [name]
-        super().parseOptions([*flat, "--", *args])
 
     def postOptions(self) -> None:
         self["token"] = self["token"] or os.environ.get("LIVETX_TOKEN")
@@ -314,28 +319,63 @@ def keys_revoke(options: KeysRevoke) -> int:
 
 
 def _registry(options: _DataDirOptions) -> Any:
-    from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
+    """The boards of the store the server uses: the data dir's file, or PostgreSQL's table."""
+    from livetx.devices.registry import open_registry
 
-    return DeviceRegistry(options.data_dir / DEVICES_FILE)
+    url = options.settings.store.url
+    if url:
+        storage.check(options.settings)
+    return open_registry(url, options.data_dir)
 
 
 def devices_list(options: _DataDirOptions) -> int:
     registry = _registry(options)
-    if not registry.path.exists():
-        print(f"livetx: no boards have asked yet ({registry.path})", file=sys.stderr)
+    devices = registry.list()
+    if not devices:
+        print(f"livetx: no boards have asked yet ({registry.where})", file=sys.stderr)
     print(f"{'device id':17}  {'state':8}  {'code':6}  board")
-    for d in registry.list():
+    for d in devices:
         print(f"{d.device_id:17}  {d.state:8}  {d.code:6}  {d.board or '-'}")
     return 0
 
 
-def _devices_set(options: DevicesChange, state: str) -> int:
-    device = _registry(options).set_state(options["which"], state)
+def _changed(options: DevicesChange, change: Callable[[Any, str], Any], done: str) -> Any:
+    """The board named on the command line after ``change(registry, which)``, said; None if there is none."""
+    device = change(_registry(options), options["which"])
     if device is None:
         print(f"livetx: no board with code or Device-Id {options['which']!r}", file=sys.stderr)
+    else:
+        print(done.format(device=device.device_id, user=device.username))
+    return device
+
+
+def devices_approve(options: DevicesChange) -> int:
+    device = _changed(options, lambda r, which: r.set_state(which, "approved"), "approved {device} (user {user})")
+    return 0 if device is not None else 1
+
+
+def devices_revoke(options: DevicesChange) -> int:
+    device = _changed(options, lambda r, which: r.set_state(which, "revoked"),
+                      "revoked {device} (user {user}); its open socket closes within a second")
+    if device is None:
         return 1
-    print(f"{'approved' if state == 'approved' else 'revoked'} {device.device_id} (user {device.username})")
+    redis = options.settings.cluster.redis
+    if redis:  # every node closes the board's socket now, not at its next look at the registry
+        from livetx.cluster.revocation import DEVICES, announce
+
+        try:
+            nodes = announce(redis, device.device_id, channel=DEVICES)
+        except Exception as e:  # redis-py's errors: the board is revoked, its socket closes at the next look
+            print(f"livetx: revoked, but could not tell the servers over Redis: {e}", file=sys.stderr)
+            return 1
+        print(f"told {nodes} server process(es), which close its socket")
     return 0
+
+
+def devices_reboot(options: DevicesChange) -> int:
+    device = _changed(options, lambda r, which: r.ask_reboot(which),
+                      "asked the server to reboot {device}: sent within a second if it is connected")
+    return 0 if device is not None else 1
 
 
 def token(options: TokenOptions) -> int:
@@ -386,8 +426,9 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., int]] = {
     ("keys", "list"): keys_list,
     ("keys", "revoke"): keys_revoke,
     ("devices", "list"): devices_list,
-    ("devices", "approve"): lambda options: _devices_set(options, "approved"),
-    ("devices", "revoke"): lambda options: _devices_set(options, "revoked"),
+    ("devices", "approve"): devices_approve,
+    ("devices", "revoke"): devices_revoke,
+    ("devices", "reboot"): devices_reboot,
     ("token", None): token,
     ("open", None): token,
     ("say", None): converse,

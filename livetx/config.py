@@ -6,6 +6,8 @@ rather than leave the server running on a default the operator did not mean.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import importlib.util
 import os
@@ -216,12 +218,19 @@ class TelephonyConfig:
     """Phone calls through carriers' media streams (docs/telephony.md); off until a carrier is named."""
 
     #: The carriers whose stream endpoints are served (``/telephony/<carrier>/stream``).
-    carriers: list[Literal["twilio", "telnyx", "plivo"]] = field(default_factory=list)
+    carriers: list[Literal["twilio", "telnyx", "plivo", "vonage"]] = field(default_factory=list)
     #: The server's address as the carrier reaches it (``https://voice.example.com``): the
     #: webhook's signature covers it and the stream URL is made from it. Unset: from the request.
     public_url: str | None = None
     #: Twilio's auth token, which signs its webhook requests; or ``LIVETX_TWILIO_AUTH_TOKEN``.
     twilio_auth_token: str | None = field(default=None, repr=False)
+    #: Telnyx's public key (Base64, from the portal), which checks its signed requests; or
+    #: ``LIVETX_TELNYX_PUBLIC_KEY``. Set, Telnyx's TeXML webhook is served.
+    telnyx_public_key: str | None = None
+    #: Plivo's auth token, which signs its answer URL requests; or ``LIVETX_PLIVO_AUTH_TOKEN``. Set, it is served.
+    plivo_auth_token: str | None = field(default=None, repr=False)
+    #: Vonage's signature secret, which signs its webhooks' JWT; or ``LIVETX_VONAGE_SIGNATURE_SECRET``. Set, served.
+    vonage_signature_secret: str | None = field(default=None, repr=False)
     #: How long the call token the webhook hands out stays valid (the stream starts within a second).
     token_seconds: float = 30.0
     #: Keypad digits: ``text`` tells the model what was pressed; ``ignore`` drops them.
@@ -232,6 +241,21 @@ class TelephonyConfig:
     usernames: dict[str, str] = field(default_factory=dict)
     #: Turn-taking settings for every call, as ``session_update`` takes them (``silence_ms = 500``).
     turn: dict[str, int | str] = field(default_factory=dict)
+
+    def secret(self, carrier: str) -> str | None:
+        """What checks ``carrier``'s webhook signatures (None: its webhook is not served)."""
+        name = TELEPHONY_SECRETS.get(carrier)
+        return None if name is None else getattr(self, name)
+
+
+#: The setting that holds each carrier's webhook secret (or ``LIVETX_`` and its name in capitals).
+TELEPHONY_SECRETS = {"twilio": "twilio_auth_token", "telnyx": "telnyx_public_key", "plivo": "plivo_auth_token",
+                     "vonage": "vonage_signature_secret"}
+
+
+#: The stock firmware's wake words (its wake word models' phrases) and the community servers' defaults.
+WAKE_WORDS = ("你好小智", "你好小志", "小爱同学", "你好小鑫", "你好小新", "小美同学", "小龙小龙", "喵喵同学",
+              "小滨小滨", "小冰小冰", "嘿你好呀", "Hi, ESP", "Hi, Lexin", "Alexa", "Hey, Jarvis", "Jarvis")
 
 
 @dataclass(frozen=True)
@@ -248,6 +272,10 @@ class DevicesConfig:
     output_rate: Literal[8000, 12000, 16000, 24000, 48000] = 24000
     #: Turn-taking settings in auto and realtime listening, as ``session_update`` takes them.
     turn: dict[str, int | str] = field(default_factory=dict)
+    #: What ``listen`` ``detect`` may say that only wakes the board; other text is answered as a question.
+    wake_words: list[str] = field(default_factory=lambda: list(WAKE_WORDS))
+    #: Serial number → the HMAC key in that board's eFuse (hex): its activation approves it.
+    hmac_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -411,20 +439,32 @@ def from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
 
 
 def _with_telephony(config: Config, environ: Mapping[str, str]) -> Config:
-    """Twilio's auth token from the environment, and what a carrier needs to be served."""
+    """The carriers' webhook secrets from the environment, and what a carrier needs to be served."""
     section = config.telephony
-    token = section.twilio_auth_token or environ.get("LIVETX_TWILIO_AUTH_TOKEN")
-    if "twilio" in section.carriers and not token:
+    secrets: dict[str, Any] = {name: getattr(section, name) or environ.get(f"LIVETX_{name.upper()}")
+                               for name in TELEPHONY_SECRETS.values()}
+    if "twilio" in section.carriers and not secrets["twilio_auth_token"]:
         raise ConfigError("[telephony] twilio needs twilio_auth_token (or LIVETX_TWILIO_AUTH_TOKEN) "
                           "to check its webhook's signatures")
+    key = secrets["telnyx_public_key"]
+    if key is not None and len(_base64(key) or b"") != 32:
+        raise ConfigError("[telephony] telnyx_public_key must be the Base64 Ed25519 public key from the Telnyx portal")
     if section.carriers and config.tts.provider != "none" and config.tts.response_format != "wav":
         raise ConfigError("[telephony] calls need WAV speech: set [tts] response_format = \"wav\"")
     url = section.public_url
     if url is not None and (not url.startswith(("https://", "http://")) or "?" in url or "#" in url):
         raise ConfigError(f"[telephony] public_url must be an http(s) URL like https://voice.example.com, got {url!r}")
-    if token != section.twilio_auth_token:
-        config = dataclasses.replace(config, telephony=dataclasses.replace(section, twilio_auth_token=token))
+    changed = {name: value for name, value in secrets.items() if value != getattr(section, name)}
+    if changed:
+        config = dataclasses.replace(config, telephony=dataclasses.replace(section, **changed))
     return config
+
+
+def _base64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 #: An MCP server's name: short enough to leave room for its tools' names within 64 characters.

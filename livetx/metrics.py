@@ -190,7 +190,15 @@ class ServerMetrics:
         self.turn_seconds = self._add(
             "histogram", "livetx_turn_seconds", "Turn start to its end frame.", ["input_type"], LATENCY_BUCKETS)
         self.interrupts = self._add("counter", "livetx_interrupts", "Turns stopped by the client (barge-in).")
-        self.errors = self._add("counter", "livetx_errors", "Error frames sent, by code.", ["code"])
+        self.errors = self._add(
+            "counter", "livetx_errors",
+            "Error frames sent, by code (a call's or a board's session errors, which their protocols cannot carry, "
+            "are logged and counted here too).", ["code"])
+        # Apart from ``errors``: nothing is sent back for them, and a carrier's or a board's bugs are not the turns'.
+        self.refused_frames = self._add(
+            "counter", "livetx_refused_frames",
+            "Frames a carrier or a device sent that were refused (logged and dropped; the call or the board "
+            "goes on), by source (the carrier, or device) and code.", ["source", "code"])
         self.provider_seconds = self._add(
             "histogram", "livetx_provider_seconds",
             "Provider latency: stage first (first token or audio) or total; stt is the transcription.",
@@ -251,6 +259,10 @@ class ServerMetrics:
 
     def refused_at(self, endpoint: str) -> None:
         self.refused.labels(endpoint).inc()
+
+    def frame_refused(self, source: str, code: str) -> None:
+        """A carrier's or a device's frame was refused: nothing is sent back, the socket goes on."""
+        self.refused_frames.labels(source, code).inc()
 
     def tool_ended(self, name: str, status: str, seconds: float) -> None:
         """A tool call of a live or chat turn ended (livetx.tools)."""

@@ -117,11 +117,20 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
 
         routes.update(telephony_routes(settings, secret=secret, engines=engines, connections=connections,
                                        clock=reactor, metrics=metrics, memories=memories))
+    #: Started after the store, stopped before it.
+    watchers: list[Service] = []
     if settings.devices.enabled:  # imported only when configured
         from livetx.devices.routes import device_routes
 
-        routes.update(device_routes(settings, secret=secret, data_dir=data_dir, engines=engines,
-                                    connections=connections, clock=reactor, metrics=metrics, memories=memories))
+        devices = device_routes(settings, secret=secret, data_dir=data_dir, engines=engines,
+                                connections=connections, clock=reactor, metrics=metrics, memories=memories,
+                                database=storage.database)
+        routes.update(devices.routes)
+        watchers.append(devices.watch)
+        if node is not None:  # livetx devices revoke closes the board's sockets on every node at once
+            from livetx.cluster.revocation import DEVICES
+
+            node.on_revoked(devices.watch.publish, DEVICES)
     site = build_site(
         gates={
             "jwt_live": guarded(jwt_gate(secret, "live"), failures=failures, origins=origins),
@@ -154,6 +163,8 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
     for service in storage.services:  # PostgreSQL: refreshing each node's copy of the keys
         service.setServiceParent(root)
     revocations.setServiceParent(root)
+    for watcher in watchers:
+        watcher.setServiceParent(root)
     FreezeStartup(reactor).setServiceParent(root)
     WarmUp(engines, reactor).setServiceParent(root)
     return Services(root=root, site=site, metrics=metrics, login=login)

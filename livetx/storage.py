@@ -33,6 +33,8 @@ class Storage:
     services: list[IService] = field(default_factory=list)
     #: Readiness probes for ``/readyz``, by name.
     probes: dict[str, Callable[[], Deferred[None]]] = field(default_factory=dict)
+    #: PostgreSQL's pool (``livetx.store.postgres.Database``), for what else keeps its state there.
+    database: Any = None
 
 
 def check(settings: Config) -> None:
@@ -66,7 +68,7 @@ def open_storage(settings: Config, data_dir: Path, reactor: Any) -> Storage:
     refresh.clock = reactor  # type: ignore[attr-defined]
     return Storage(
         PostgresStore(database), keys, settings.auth.jwt_secret or shared_secret(url),
-        services=[refresh], probes={"store": database.ping},
+        services=[refresh], probes={"store": database.ping}, database=database,
     )
 
 

@@ -9,6 +9,14 @@ connection asked for them) and the pool takes them round-robin: one key
 flooding an engine with work delays another user's next job by at most one
 job per busy owner, never by the whole flood. A connection gets an owned
 view of a shared engine from :func:`owned`.
+
+At shutdown a pool waits at most :data:`STOP_WAIT` for a job that already
+runs: the reactor thread does that waiting, and a decode of a long segment
+(tens of seconds on a busy core, and uninterruptible) kept the process alive
+with its ports closed until the last resort ended it (issue 27.5). By then
+the drain has stopped every turn, so nobody wants the job's result; the job
+is left running on its daemon thread (or in its pool process, which exits
+once the server is gone) and ends with the process.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ E = TypeVar("E")
 
 #: The engine methods an owned view passes its owner to.
 _OWNED_CALLS = frozenset({"synthesize", "transcribe", "partial"})
+#: Seconds a stopping pool waits for the jobs already running (the reactor thread waits with it).
+STOP_WAIT = 1.0
 
 
 class _Job:
@@ -128,7 +138,7 @@ class Worker(_FairPool):
 
     def __init__(self, reactor: Any, name: str, size: int) -> None:
         super().__init__(reactor, size)
-        self._pool = ThreadPool(minthreads=0, maxthreads=self._size, name=name)
+        self._pool = _DaemonThreadPool(minthreads=0, maxthreads=self._size, name=name)
 
     def _start(self, job: _Job) -> None:
         if not self._pool.started:
@@ -148,7 +158,33 @@ class Worker(_FairPool):
 
     def _stop(self) -> None:
         self._drop_waiting()
-        self._pool.stop()
+        stop_within(self._pool.stop, f"{self._pool.name}-stop", STOP_WAIT)
+
+
+class _DaemonThread(threading.Thread):
+    """A pool thread that never holds up the end of the process (a stop leaves a running job to it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class _DaemonThreadPool(ThreadPool):
+    """Twisted's pool on daemon threads: a job a stop left running must not keep a finished process alive."""
+
+    threadFactory = _DaemonThread
+
+
+def stop_within(stop: Callable[[], None], name: str, seconds: float) -> None:
+    """Call ``stop`` (which joins threads or processes) but wait for it at most ``seconds``.
+
+    It runs on a daemon thread of its own: past the bound the caller (the
+    reactor thread, shutting down) goes on, and the joining ends with the
+    process.
+    """
+    stopping = threading.Thread(target=stop, name=name, daemon=True)
+    stopping.start()
+    stopping.join(seconds)
 
 
 class ProcessWorker(_FairPool):
@@ -190,12 +226,13 @@ class ProcessWorker(_FairPool):
                     worker._drop_waiting()
                     worker._pool = None
                 if alive is not None:
-                    # Waits for a decode already running (the listening ports are
-                    # closed by now). One call with ``wait=True``: a first call
-                    # without it forgets the queues, and a second then has
-                    # nothing to close; that left their semaphores to the
-                    # resource tracker, which warned about each.
-                    alive.shutdown(wait=True, cancel_futures=True)
+                    # Waits (up to STOP_WAIT) for a decode already running. One
+                    # call with ``wait=True``: a first call without it forgets
+                    # the queues, and a second then has nothing to close; that
+                    # left their semaphores to the resource tracker, which
+                    # warned about each.
+                    stop_within(functools.partial(alive.shutdown, wait=True, cancel_futures=True),
+                                "pool-processes-stop", STOP_WAIT)
 
             self._reactor.addSystemEventTrigger("during", "shutdown", stop)
         return self._pool

@@ -1,18 +1,30 @@
-"""Fake carriers: each speaks its carrier's documented stream frames over a real socket, at real time.
+"""Fake carriers: each speaks its carrier's documented stream frames over a real socket, at real time,
+and asks the answer webhook as the carrier does, signed as the carrier documents it.
 
 A fake plays the server's reply audio as a phone would, 20 ms at a time,
-and echoes each mark once the audio before it has played (and, as Twilio
-does, every pending mark at once when ``clear`` drops the audio).
+and echoes each mark once the audio before it has played (and, when
+``clear`` drops the audio, says what its carrier says: Twilio returns every
+pending mark at once, Vonage ``websocket:cleared``). The signatures are
+made here from the carriers' descriptions, never with the server's code.
 """
 
 from __future__ import annotations
 
 import array
 import base64
+import hashlib
+import hmac
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlencode
+from xml.etree import ElementTree
 
+import jwt
+import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -29,7 +41,9 @@ class Shape:
     """A carrier's frame names (the server's modules are not used to write them)."""
 
     stream_key = "streamSid"
-    sequence_key = "sequenceNumber"
+    sequence_key: str | None = "sequenceNumber"
+    #: Whether the carrier says ``connected`` before ``start``.
+    says_connected = True
 
     def __init__(self, audio: AudioFormat) -> None:
         self.audio = audio
@@ -37,7 +51,16 @@ class Shape:
     def start(self, stream: str, call: str, parameters: dict[str, str]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def media(self, stream: str, payload: bytes, chunk: int, ms: int) -> dict[str, Any]:
+    def opening(self, stream: str, call: str, parameters: dict[str, str]) -> list[tuple[dict[str, Any], bool]]:
+        """What the carrier sends first, each with whether it is numbered."""
+        connected = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+        return [(connected, False)] * self.says_connected + [(self.start(stream, call, parameters), True)]
+
+    def cleared(self, stream: str, marks: list[str]) -> list[dict[str, Any]]:
+        """What the carrier says once ``clear`` dropped the audio: Twilio returns the marks of the audio it dropped."""
+        return [self.mark(stream, name) for name in marks]
+
+    def media(self, stream: str, payload: bytes, chunk: int, ms: int) -> dict[str, Any] | bytes:
         return {"event": "media", self.stream_key: stream,
                 "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(ms),
                           "payload": base64.b64encode(payload).decode()}}
@@ -48,11 +71,12 @@ class Shape:
     def mark(self, stream: str, name: str) -> dict[str, Any]:
         return {"event": "mark", self.stream_key: stream, "mark": {"name": name}}
 
-    def stop(self, stream: str, call: str) -> dict[str, Any]:
+    def stop(self, stream: str, call: str) -> dict[str, Any] | None:
         return {"event": "stop", self.stream_key: stream, "stop": {"callSid": call}}
 
     # What the server sends: (kind, payload or mark name).
-    def read(self, frame: dict[str, Any]) -> tuple[str, Any]:
+    def read(self, message: bytes, binary: bool) -> tuple[str, Any]:
+        frame = json.loads(message)
         kind = frame["event"]
         if kind == "media":
             return "media", base64.b64decode(frame["media"]["payload"])
@@ -76,7 +100,7 @@ class TelnyxShape(Shape):
 
     def start(self, stream: str, call: str, parameters: dict[str, str]) -> dict[str, Any]:
         return {"event": "start", "stream_id": stream, "start": {
-            "user_id": "u1", "call_control_id": call, "client_state": "",
+            "user_id": "u1", "call_control_id": call, "client_state": "", "custom_parameters": parameters,
             "media_format": {"encoding": self.ENCODINGS[self.audio.encoding], "sample_rate": self.audio.rate,
                              "channels": 1}}}
 
@@ -86,17 +110,20 @@ class TelnyxShape(Shape):
 
 class PlivoShape(Shape):
     stream_key = "streamId"
+    says_connected = False
 
     def start(self, stream: str, call: str, parameters: dict[str, str]) -> dict[str, Any]:
         encoding = "audio/x-mulaw" if self.audio.encoding == "mulaw" else "audio/x-l16"
         return {"event": "start", "start": {
             "callId": call, "streamId": stream, "accountId": "MA0000", "tracks": ["inbound"],
-            "mediaFormat": {"encoding": encoding, "sampleRate": self.audio.rate}}, "extra_headers": ""}
+            "mediaFormat": {"encoding": encoding, "sampleRate": self.audio.rate}},
+            "extra_headers": ",".join(f"{k}={v}" for k, v in parameters.items())}
 
     def mark(self, stream: str, name: str) -> dict[str, Any]:
         return {"event": "playedStream", "streamId": stream, "name": name}
 
-    def read(self, frame: dict[str, Any]) -> tuple[str, Any]:
+    def read(self, message: bytes, binary: bool) -> tuple[str, Any]:
+        frame = json.loads(message)
         kind = frame["event"]
         if kind == "playAudio":
             media = frame["media"]
@@ -106,6 +133,40 @@ class PlivoShape(Shape):
         if kind == "clearAudio":
             return "clear", None
         return kind, None
+
+
+class VonageShape(Shape):
+    """Vonage's WebSocket: binary 20 ms PCM both ways, JSON events, nothing numbered, no stream id."""
+
+    sequence_key = None
+
+    def opening(self, stream: str, call: str, parameters: dict[str, str]) -> list[tuple[dict[str, Any], bool]]:
+        # The NCCO endpoint's headers arrive at the top level of the first message.
+        return [({"event": "websocket:connected", "content-type": f"audio/l16;rate={self.audio.rate}",
+                  "call": call, **parameters}, False)]
+
+    def media(self, stream: str, payload: bytes, chunk: int, ms: int) -> dict[str, Any] | bytes:
+        return payload
+
+    def dtmf(self, stream: str, digit: str) -> dict[str, Any]:
+        return {"event": "websocket:dtmf", "digit": digit, "duration": 260}
+
+    def mark(self, stream: str, name: str) -> dict[str, Any]:
+        return {"event": "websocket:notify", "payload": {"name": name}}
+
+    def cleared(self, stream: str, marks: list[str]) -> list[dict[str, Any]]:
+        return [{"event": "websocket:cleared"}]
+
+    def stop(self, stream: str, call: str) -> dict[str, Any] | None:
+        return None  # the caller hanging up closes the socket
+
+    def read(self, message: bytes, binary: bool) -> tuple[str, Any]:
+        if binary:
+            return "media", message
+        frame = json.loads(message)
+        if frame["action"] == "notify":
+            return "mark", frame["payload"]["name"]
+        return frame["action"], None
 
 
 class FakeCarrier(Waiting, WebSocketClientProtocol):
@@ -130,7 +191,7 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
         self._outbox = bytearray()  # caller audio still to send, in the wire format
         self._playing: list[Any] = []  # reply audio (bytes) and marks (str), in order
         self.played = bytearray()
-        self.echoed: list[str] = []
+        self.echoed: list[str] = []  # the marks echoed once played
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
         self._waiters: list[tuple[Any, Deferred[None]]] = []
@@ -139,7 +200,7 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
         self.ready.callback(None)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        kind, value = self.shape.read(json.loads(payload))
+        kind, value = self.shape.read(payload, isBinary)
         self.received.append((reactor.seconds(), kind, value))
         if kind == "media":
             self._playing.append(value if isinstance(value, bytes) else value[0])
@@ -148,8 +209,8 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
         elif kind == "clear":
             marks = [m for m in self._playing if isinstance(m, str)]
             self._playing = []
-            for name in marks:  # Twilio returns the marks of the audio it dropped
-                self._echo(name)
+            for frame in self.shape.cleared(self.stream, marks):  # not in ``echoed``: they never played
+                self.send(frame)
         self._wake()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -162,17 +223,22 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
             self.closed.callback(None)
         self._wake()
 
-    def send(self, frame: dict[str, Any], numbered: bool = True) -> None:
-        if numbered:
+    def send(self, frame: dict[str, Any] | bytes, numbered: bool = True) -> None:
+        if self.state != self.STATE_OPEN:  # the server closed the call: the line says nothing more
+            return
+        if isinstance(frame, bytes):
+            self.sendMessage(frame, isBinary=True)
+            return
+        if numbered and self.shape.sequence_key is not None:
             self.sequence += 1
             frame = {**frame, self.shape.sequence_key: str(self.sequence)}
         self.sendMessage(json.dumps(frame).encode())
 
     def begin(self) -> None:
-        """``connected`` and ``start``, then the line streams (silence when the caller says nothing)."""
-        if isinstance(self.shape, (TwilioShape, TelnyxShape)):
-            self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"}, numbered=False)
-        self.send(self.shape.start(self.stream, self.call_id, self.parameters))
+        """The carrier's opening (``connected`` and ``start``), then the line streams (silence when the caller
+        says nothing)."""
+        for frame, numbered in self.shape.opening(self.stream, self.call_id, self.parameters):
+            self.send(frame, numbered)
         self._loop.start(TICK, now=False)
 
     def say(self, pcm16k: bytes) -> None:
@@ -228,7 +294,9 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
         """The caller hangs up: ``stop``, then the carrier closes the socket."""
         if self._loop.running:
             self._loop.stop()
-        self.send(self.shape.stop(self.stream, self.call_id))
+        stop = self.shape.stop(self.stream, self.call_id)
+        if stop is not None:
+            self.send(stop)
         self.sendClose(1000)
 
 
@@ -253,3 +321,163 @@ def decoded(payload: bytes, audio: AudioFormat) -> bytes:
 def decoded_at_rate(payload: bytes, audio: AudioFormat) -> bytes:
     """Wire audio as PCM16 at its own rate."""
     return audio.to_pcm(payload)
+
+
+# -- the answer webhooks, asked as each carrier asks ---------------------------------
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One answer request: what a carrier sends to the number's answer URL."""
+
+    method: str
+    url: str
+    headers: dict[str, list[str]]
+    body: bytes
+
+
+class Line:
+    """One carrier's answer webhook as the carrier calls it; ``key`` signs (None: unsigned)."""
+
+    name: str
+    #: The key that signs its requests, and one that is not the account's.
+    key: Any
+    wrong_key: Any
+
+    def ask(self, url: str, caller: str, call: str, key: Any, now: float) -> Ask:
+        raise NotImplementedError
+
+    def stream(self, document: bytes) -> tuple[str, dict[str, str]]:
+        """The stream URL and the parameters the answer document hands the stream."""
+        raise NotImplementedError
+
+
+def mac(key: str, data: str, digest: Any) -> str:
+    return base64.b64encode(hmac.new(key.encode(), data.encode(), digest).digest()).decode()
+
+
+class FormLine(Line):
+    """A carrier that POSTs the call's fields form-encoded (Twilio's, and TeXML's alike)."""
+
+    call_field = "CallSid"
+
+    def signature(self, url: str, fields: dict[str, str], body: bytes, key: Any, now: float) -> dict[str, list[str]]:
+        raise NotImplementedError
+
+    def ask(self, url: str, caller: str, call: str, key: Any, now: float) -> Ask:
+        fields = {self.call_field: call, "From": caller, "To": "+15550000000", "AccountSid": "AC1"}
+        body = urlencode(fields).encode()
+        headers = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        if key is not None:
+            headers.update(self.signature(url, fields, body, key, now))
+        return Ask("POST", url, headers, body)
+
+    def stream(self, document: bytes) -> tuple[str, dict[str, str]]:
+        element = ElementTree.fromstring(document).find("Connect/Stream")
+        assert element is not None
+        return element.get("url") or "", {p.get("name") or "": p.get("value") or ""
+                                          for p in element.findall("Parameter")}
+
+
+class TwilioLine(FormLine):
+    """HMAC-SHA1 with the auth token over the URL and the sorted parameters, Base64."""
+
+    name = "twilio"
+    key = "test-twilio-auth-token"
+    wrong_key = "another-twilio-token"
+
+    def signature(self, url: str, fields: dict[str, str], body: bytes, key: Any, now: float) -> dict[str, list[str]]:
+        return {"X-Twilio-Signature": [mac(key, url + "".join(k + fields[k] for k in sorted(fields)), hashlib.sha1)]}
+
+
+class TelnyxLine(FormLine):
+    """TeXML: Twilio's form fields; Ed25519 over ``{timestamp}|{body}``, the account's key pair."""
+
+    name = "telnyx"
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.wrong_key = Ed25519PrivateKey.generate()
+
+    @property
+    def public_key(self) -> str:
+        return base64.b64encode(self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+    def signature(self, url: str, fields: dict[str, str], body: bytes, key: Any, now: float) -> dict[str, list[str]]:
+        stamp = str(int(now))
+        return {"telnyx-timestamp": [stamp],
+                "telnyx-signature-ed25519": [base64.b64encode(key.sign(f"{stamp}|".encode() + body)).decode()]}
+
+    def stream(self, document: bytes) -> tuple[str, dict[str, str]]:
+        url, parameters = super().stream(document)
+        rtp = ElementTree.fromstring(document).find("Connect/Stream[@bidirectionalMode='rtp']")
+        assert parameters == {} and rtp is not None
+        return url, parameters  # the token rides in the URL's query
+
+
+class PlivoLine(FormLine):
+    """HMAC-SHA256 with the auth token over the URL, ``?``, each sorted parameter's name and value, ``.``
+    and the nonce (a POST to a URL without a query)."""
+
+    name = "plivo"
+    key = "test-plivo-auth-token"
+    wrong_key = "another-plivo-token"
+    call_field = "CallUUID"
+
+    def signature(self, url: str, fields: dict[str, str], body: bytes, key: Any, now: float) -> dict[str, list[str]]:
+        nonce = "12345678901234567890"
+        data = f"{url}?{''.join(k + fields[k] for k in sorted(fields))}.{nonce}"
+        return {"X-Plivo-Signature-V3": [mac(key, data, hashlib.sha256)], "X-Plivo-Signature-V3-Nonce": [nonce]}
+
+    def stream(self, document: bytes) -> tuple[str, dict[str, str]]:
+        element = ElementTree.fromstring(document).find("Stream")
+        assert element is not None and element.get("bidirectional") == "true"
+        pairs = (item.split("=", 1) for item in (element.get("extraHeaders") or "").split(","))
+        return (element.text or "").strip(), dict(pairs)
+
+
+class VonageLine(Line):
+    """The answer URL asked with GET (Vonage's default); a JWT signed HS256 with the signature secret,
+    its ``payload_hash`` the SHA-256 of the parameters as compact JSON."""
+
+    name = "vonage"
+    key = "test-vonage-signature-secret-0123"
+    wrong_key = "another-vonage-signature-secret!"
+
+    def ask(self, url: str, caller: str, call: str, key: Any, now: float) -> Ask:
+        fields = {"to": "447700900000", "from": caller, "uuid": call, "conversation_uuid": f"CON-{call}"}
+        headers: dict[str, list[str]] = {}
+        if key is not None:
+            digest = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
+            claims = {"iat": int(now), "jti": "6f1c", "iss": "Vonage", "payload_hash": digest, "api_key": "abcd1234",
+                      "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}
+            headers["Authorization"] = [f"Bearer {jwt.encode(claims, key, algorithm='HS256')}"]
+        return Ask("GET", f"{url}?{urlencode(fields)}", headers, b"")
+
+    def stream(self, document: bytes) -> tuple[str, dict[str, str]]:
+        (action,) = json.loads(document)
+        (endpoint,) = action["endpoint"]
+        assert action["action"] == "connect" and endpoint["type"] == "websocket"
+        assert endpoint["content-type"] == "audio/l16;rate=16000"
+        return endpoint["uri"], endpoint["headers"]
+
+
+LINES: dict[str, Line] = {line.name: line for line in (TwilioLine(), TelnyxLine(), PlivoLine(), VonageLine())}
+
+
+def line_settings() -> str:
+    """The ``[telephony]`` secrets that check every line's signatures."""
+    telnyx = LINES["telnyx"]
+    assert isinstance(telnyx, TelnyxLine)
+    return (f'twilio_auth_token = "{LINES["twilio"].key}"\ntelnyx_public_key = "{telnyx.public_key}"\n'
+            f'plivo_auth_token = "{LINES["plivo"].key}"\nvonage_signature_secret = "{LINES["vonage"].key}"')
+
+
+async def ask(url: str, line: Line, caller: str, call: str, key: Any, now: float | None = None,
+              change: Callable[[Ask], Ask] = lambda request: request) -> tuple[int, bytes]:
+    """The answer webhook's status and document for a call from ``caller`` (the request ``change``d
+    after it was signed)."""
+    request = change(line.ask(url, caller, call, key, reactor.seconds() if now is None else now))
+    response = await treq.request(request.method, request.url, data=request.body or None, headers=request.headers,
+                                  reactor=reactor)
+    return response.code, await response.content()

@@ -97,9 +97,11 @@ class Board(Waiting, WebSocketClientProtocol):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
         self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
-        #: The board's own MCP tools: name → (description, inputSchema, what a call answers).
-        self.tools: dict[str, tuple[str, dict[str, Any], Callable[[dict[str, Any]], str]]] = {}
+        #: The board's own MCP tools: name → (description, inputSchema, what a call answers; None: not yet).
+        self.tools: dict[str, tuple[str, dict[str, Any], Callable[[dict[str, Any]], str | None]]] = {}
         self.tool_calls: list[dict[str, Any]] = []
+        #: ``tools/call`` requests not answered yet (their tool said None), for :meth:`answer_held`.
+        self.held: list[dict[str, Any]] = []
 
     def onOpen(self) -> None:
         self.ready.callback(None)
@@ -136,11 +138,27 @@ class Board(Waiting, WebSocketClientProtocol):
         elif method == "tools/call":
             self.tool_calls.append(request["params"])
             answer = self.tools[request["params"]["name"]][2](request["params"]["arguments"])
-            result = {"content": [{"type": "text", "text": answer}], "isError": False}
+            if answer is None:  # a slow device: answered later, if at all
+                self.held.append(request)
+                return
+            result = self._tool_result(answer)
         else:
             return
+        self._answer(ident, result)
+
+    @staticmethod
+    def _tool_result(text: str) -> dict[str, Any]:
+        return {"content": [{"type": "text", "text": text}], "isError": False}
+
+    def _answer(self, ident: Any, result: Any) -> None:
         self.send_json({"session_id": self.session_id, "type": "mcp",
                         "payload": {"jsonrpc": "2.0", "id": ident, "result": result}})
+
+    def answer_held(self, text: str) -> None:
+        """Answer the ``tools/call`` requests held so far, late."""
+        held, self.held = self.held, []
+        for request in held:
+            self._answer(request["id"], self._tool_result(text))
 
     def send_json(self, message: dict[str, Any]) -> None:
         self.sendMessage(json.dumps(message).encode())

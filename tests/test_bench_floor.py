@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,9 @@ from .test_live_ws import openai_config
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from floor_server import floor_factory  # noqa: E402
+from live_bench import FLOOR_SERVER, free_port  # noqa: E402
+from workers_bench import split, tcp_sockets  # noqa: E402
+from .test_workers import children  # noqa: E402
 
 
 def kinds(frames: list[dict[str, Any]]) -> Counter[str]:
@@ -67,3 +76,40 @@ async def test_the_floor_stops_a_turn_on_interrupt_as_livetx_does(openai: Any) -
         await client.close_and_wait()
     finally:
         await port.stopListening()
+
+
+def test_the_floors_workers_each_accept_on_their_own_socket_and_stop_on_sigterm() -> None:
+    """``floor_server.py --workers 2``, the floor of ``workers_bench.py``: two processes on ``SO_REUSEPORT``
+    sockets, as livetx's workers. On blocking sockets a worker hung in ``accept()`` after a burst, deaf to
+    SIGTERM, and the benchmark with it."""
+    port = free_port()
+    floor = subprocess.Popen([sys.executable, str(FLOOR_SERVER), "--port", str(port),
+                              "--upstream", "http://127.0.0.1:9/v1", "--workers", "2"])
+    try:
+        for _ in range(300):  # until both workers listen
+            workers = children(floor.pid)
+            if len(workers) == 2 and all(tcp_sockets(pid, port)["listening"] for pid in workers):
+                break
+            time.sleep(0.1)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        for _ in range(100):
+            shares = split(floor.pid, port)
+            if sum(shares) == 40:
+                break
+            time.sleep(0.05)
+        # A hash of the client's port: each worker's share is binomial; below 8 of 40 is 1 in 3,000.
+        assert sum(shares) == 40 and min(shares) >= 8, shares
+        for client in clients:
+            client.close()
+    finally:
+        floor.terminate()
+        try:
+            floor.wait(30)  # the workers ended: the floor waits for them
+        except subprocess.TimeoutExpired:
+            pass
+        hung = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+        for pid in [floor.pid, *hung]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        floor.wait(10)
+    assert hung == [] and floor.returncode == 0

@@ -245,7 +245,10 @@ async def test_bad_input_is_refused_and_the_board_goes_on(livetx: Any, openai: A
     assert b.close_code is None
     metrics = (await (await treq.get(server.url("/metrics", scheme="http"), reactor=reactor)).content()).decode()
     refused = {line.split('code="')[1].split('"')[0]: float(line.split()[-1])
-               for line in metrics.splitlines() if line.startswith("livetx_errors_total{")}
+               for line in metrics.splitlines() if line.startswith("livetx_refused_frames_total{")}
+    assert all('source="device"' in line for line in metrics.splitlines()
+               if line.startswith("livetx_refused_frames_total{"))
+    assert "livetx_errors_total{" not in metrics  # nothing was sent back: the board has no error frame
     # before hello; not Opus and the wrong size; type 1; the mcp payload, the bad listens; not JSON
     assert refused == {"INVALID_STATE": 1, "INVALID_AUDIO": 2, "UNSUPPORTED_FRAME": 1,
                        "INVALID_MESSAGE_FORMAT": 3, "INVALID_JSON": 1}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import statistics
+import threading
 from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import CancelledError
 
 from livetx.auth.keys import KeyStore
-from livetx.threads import _FairPool, _Job, owned
+from livetx.threads import STOP_WAIT, Worker, _FairPool, _Job, owned
 
 from .support import LiveClient, connect
 from .test_live_ws import LIVE, OPEN_API
+from .test_sphinx_process import ThreadedMemoryReactor
 
 
 class Recording(_FairPool):
@@ -101,3 +103,26 @@ async def test_one_keys_flood_does_not_hold_up_another_users_first_audio(livetx:
     assert loaded <= 3 * (quiet + one_job), (quiet, one_job, loaded)
     for client in [victim, *flood]:
         client.dropConnection(abort=True)
+
+
+def test_a_stopping_pool_leaves_a_job_that_runs_on() -> None:
+    """At shutdown the reactor thread stops each engine's pool: a job that runs on (a long decode,
+    which nothing can interrupt) held it, and the process, until the job ended (issue 27.5)."""
+    fake = ThreadedMemoryReactor()
+    worker = Worker(fake, "held", 1)
+    started, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        started.set()
+        release.wait(STOP_WAIT * 20)
+
+    worker.run(job)
+    assert started.wait(10)
+    (stop, _, _), = fake.triggers["during"]["shutdown"]
+    try:
+        stop()  # what the reactor's shutdown calls
+        running = [t for t in threading.enumerate() if t.name.startswith("held")]
+        assert not release.is_set() and running  # it came back while the job still ran
+        assert all(t.daemon for t in running)  # and the job's thread does not keep the process alive
+    finally:
+        release.set()

@@ -149,9 +149,9 @@ async def test_openapi_json_describes_every_route(livetx: Any) -> None:
     served.add("/api/v1/chat/sessions/{session_id}/messages")
     # Served when [telephony] / [devices] are configured (their own tests start them).
     from livetx.devices.routes import OTA_PATH, SOCKET_PATH
-    from livetx.telephony.routes import STREAM_PATH, TWILIO_VOICE_PATH
+    from livetx.telephony.routes import STREAM_PATH, VOICE_PATH
 
-    served |= {STREAM_PATH, TWILIO_VOICE_PATH, f"{OTA_PATH}/", f"{OTA_PATH}/activate", SOCKET_PATH}
+    served |= {STREAM_PATH, VOICE_PATH, f"{OTA_PATH}/", f"{OTA_PATH}/activate", SOCKET_PATH}
     assert served == set(spec["paths"])
     assert all(spec["paths"][p]["get"].get("x-websocket") for p in WEBSOCKET_ROUTES)
 

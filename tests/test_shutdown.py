@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +17,22 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
 
+from livetx.audio import read_wav
 from livetx.auth.keys import KeyStore
 from livetx.auth.tokens import issue_token, load_or_create_secret
+from livetx.lastresort import EXIT_MARGIN
+from livetx.testing.recordings import read_aloud
 from livetx.store.conversation import default_live_session
 from livetx.store.sqlite import SQLiteStore
 from livetx.web.admission import Admission
 from livetx.web.connections import ConnectionTracker
 
+from .checkout import require
 from .doubles import b64
 from .support import LiveClient, connect, frame_kind, open_socket
+from .test_session import Harness, SlowWrites, harness_with
 from .test_live_ws import LIVE, OPEN_API, kinds
 from .test_twistd import TWISTD, free_port, wait_for_port
 
@@ -71,6 +79,13 @@ class Twistd:
             late.transport.abortConnection()  # in before the port closed
             await deferLater(reactor, 0.02, lambda: None)
         return False
+
+    async def seconds_to_exit(self) -> float:
+        """SIGTERM now; how long the process took to exit (waited for off the reactor)."""
+        started = time.monotonic()
+        self.terminate()
+        await deferToThread(self.process.wait, 60)
+        return time.monotonic() - started
 
     async def finish(self) -> str:
         """Wait for the process to exit, without blocking the reactor its clients need."""
@@ -257,3 +272,96 @@ async def test_while_draining_interrupt_works_audio_is_dropped_and_late_sockets_
     await late.closed
     assert (late.close_code, late.close_reason) == (1001, "Server shutting down")
     assert len(tracker) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_during_a_long_decode_exits_within_the_grace_period(tmp_path: Path) -> None:
+    """A decode cannot be stopped, and the reactor thread joined the recognizer's thread at shutdown:
+    the process outlived its grace, its ports closed, until the last resort ended it (issue 27.5)."""
+    require("faster_whisper")
+    read = read_aloud()
+    assert read, "moonshine-voice (the recordings of people reading) is not installed"
+    pcm, _ = read_wav(read[0][1])
+    speech = pcm * 13  # 9.5 minutes of a person reading: a decode far longer than the grace on any machine
+    server = Twistd(tmp_path, '[tts]\nprovider = "none"\n[stt]\nmax_segment_seconds = 600\n'
+                              "[server]\nshutdown_grace = 1\n")
+    try:
+        client = await server.client("dee")
+        client.send({"t": "start_speaking", "stamp": "long"})
+        for i in range(0, len(speech), 64_000):  # 2 s a message: far under the rate limit
+            client.send({"t": "speaking_part", "data": base64.b64encode(speech[i : i + 64_000]).decode()})
+        client.send({"t": "end_speaking", "stamp": "long"})
+        await client.wait(lambda: any(f["t"] == "metrics" and "stt" in f["data"] for f in client.frames), 60)
+        assert not client.gone()  # the recognizer was called: its decode runs now
+        await deferLater(reactor, 0.5, lambda: None)
+        took = await server.seconds_to_exit()
+    finally:
+        output = await server.finish()
+    assert "user_msg" not in kinds(client.frames)  # still decoding when the process ended
+    assert took < 1 + EXIT_MARGIN, output  # not held until the last resort (or the decode's end)
+
+
+class _SessionSocket(_Socket):
+    """A tracked socket whose turns are a real session's (hand-driven engines, a store the test completes)."""
+
+    def __init__(self, h: Harness) -> None:
+        super().__init__(busy=False)
+        self.h = h
+
+    @property  # type: ignore[override]
+    def busy(self) -> bool:
+        return self.h.session.busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        pass
+
+    def turns_over(self) -> Deferred[None]:
+        return self.h.session.turn_over()
+
+    def stop_turn(self) -> None:
+        self.h.session.stop()
+
+
+def test_the_drain_ends_as_soon_as_an_interrupted_turn_is_stored() -> None:
+    """Waiters on an unwinding turn were woken while the session still said it was busy: the drain,
+    which then asks again, went round in circles until Python's recursion limit (an unhandled
+    ``RecursionError`` printed after the test run) and ended only by failing."""
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="talk")
+    h.llm.last.say("Half of it")
+    h.send("interrupt")
+    assert h.state == "interrupted"
+    clock = Clock()
+    tracker = ConnectionTracker(clock, grace=5.0)
+    socket = _SessionSocket(h)
+    tracker.add(socket)  # type: ignore[arg-type]
+    drained: list[object] = []
+    tracker.stopService()
+    tracker.drained.addBoth(drained.append)
+    socket.finished.callback(None)
+    with capturedLogs() as events:
+        (_, stored), = memory.writes
+        stored.callback(None)  # the partial reply is stored: the session unwinds
+    assert h.state == "idle" and socket.closed_with == 1001  # closed at once, not after the grace
+    assert drained == [None] and clock.seconds() == 0
+    assert not [e for e in events if e.get("log_failure") is not None]
+
+
+def test_waiters_on_an_unwinding_turn_see_the_session_as_it_now_is() -> None:
+    memory = SlowWrites()
+    h = harness_with(memory)
+    h.send("text_input", text="one")
+    h.llm.last.say("Half")
+    h.send("interrupt")
+    h.send("text_input", text="two")  # queued behind the unwinding turn
+    seen: list[tuple[str, bool]] = []
+    h.session.turn_over().addCallback(lambda _: seen.append((h.state, h.session.turn_over().called)))
+    memory.writes[0][1].callback(None)
+    assert seen == [("processing", False)]  # the queued turn runs, and is waited on in its turn
+    h.llm.last.say("Two.")
+    h.llm.last.finish()
+    h.session.turn_over().addCallback(lambda _: seen.append((h.state, h.session.busy)))
+    memory.writes[1][1].callback(None)
+    assert seen[1] == ("idle", False)

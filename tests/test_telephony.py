@@ -8,12 +8,10 @@ hear again after the round trip.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import pytest
@@ -29,26 +27,20 @@ from livetx.storage import jwt_secret
 from livetx.telephony.codec import ALAW, L16, MULAW, AudioFormat
 from livetx.telephony.tokens import CallTokens
 
-from .carriers import FakeCarrier, PlivoShape, Shape, TelnyxShape, TwilioShape, decoded, dial
+from .carriers import (LINES, FakeCarrier, PlivoShape, Shape, TelnyxShape, TwilioShape, VonageShape, ask, decoded,
+                       dial, line_settings)
 from .test_live_ws import eventually, openai_config
 from .test_voice import GRAMMAR, spoken
 
-AUTH_TOKEN = "test-twilio-auth-token"
 CALLER = "+15551230001"
 #: Three sentences; the first is one the grammar knows, so the round trip can be heard.
 REPLY = ("Turn off the kitchen lights. I have switched off the lights in the kitchen for you, "
          "and the other rooms are still lit as you left them. Is there anything else I can do?")
 
 
-def signed(url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:
-    """X-Twilio-Signature, computed here from Twilio's description, not with the server's code."""
-    data = url + "".join(k + params[k] for k in sorted(params))
-    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
-
-
 async def phone_server(livetx: Any, openai: Any, tmp_path: Path, extra: str = "") -> Any:
-    settings = f"""carriers = ["twilio", "telnyx", "plivo"]
-twilio_auth_token = "{AUTH_TOKEN}"
+    settings = f"""carriers = ["twilio", "telnyx", "plivo", "vonage"]
+{line_settings()}
 dtmf_wait_ms = 300"""
     return await heard_server(livetx, openai, tmp_path, "telephony", settings, extra, REPLY)
 
@@ -75,13 +67,16 @@ silence_ms = 500
     return await livetx(config)
 
 
-async def answer(server: Any, params: dict[str, str], signature: str | None) -> tuple[int, bytes]:
-    url = server.url("/telephony/twilio/voice", scheme="http")
-    headers = {"Content-Type": ["application/x-www-form-urlencoded"]}
-    if signature is not None:
-        headers["X-Twilio-Signature"] = [signature]
-    response = await treq.post(url, data=urlencode(params).encode(), headers=headers, reactor=reactor)
-    return response.code, await response.content()
+async def answered(server: Any, carrier: str, call: str) -> tuple[str, dict[str, str]]:
+    """The stream URL and parameters the carrier's answer webhook gives a signed call from :data:`CALLER`."""
+    line = LINES[carrier]
+    code, document = await ask(server.url(f"/telephony/{carrier}/voice", scheme="http"), line, CALLER, call, line.key)
+    assert code == 200, document
+    return line.stream(document)
+
+
+def call_tokens(server: Any) -> CallTokens:
+    return CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +100,8 @@ def first_sentence(carrier: FakeCarrier, audio: AudioFormat) -> bytes:
 
 async def asking(server: Any, call_id: str) -> FakeCarrier:
     """A Twilio call from :data:`CALLER` that has asked its question and heard the reply's first sentence."""
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
     carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
-                         {"token": tokens.issue(CALLER, CALLER, call_id)}, call_id=call_id)
+                         {"token": call_tokens(server).issue(CALLER, CALLER, call_id)}, call_id=call_id)
     carrier.begin()
     carrier.say(await spoken("turn off the bedroom lights"))
     await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
@@ -120,35 +114,52 @@ def assistant_turns(openai: Any) -> list[str]:
     return [m["content"] for m in messages if m["role"] == "assistant" and m.get("content")]
 
 
+#: Each carrier's stream as the fake speaks it, and where the token rides when a test hands one over.
+SHAPES: dict[str, Shape] = {
+    "twilio": TwilioShape(AudioFormat(MULAW, 8000)), "telnyx": TelnyxShape(AudioFormat(MULAW, 8000)),
+    "plivo": PlivoShape(AudioFormat(MULAW, 8000)), "vonage": VonageShape(AudioFormat(L16, 16000))}
+
+
+def tampered(request: Any) -> Any:
+    """The same signed request with another caller (the signature no longer covers it)."""
+    other = "%2B15559999999"
+    return replace(request, url=request.url.replace("%2B15551230001", other),
+                   body=request.body.replace(b"%2B15551230001", other.encode()))
+
+
 @pytest_twisted.ensureDeferred
 async def test_webhook_signature_good_bad_and_missing(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
-    url = server.url("/telephony/twilio/voice", scheme="http")
-    params = {"CallSid": "CA77", "From": CALLER, "To": "+15550000000", "AccountSid": "AC1"}
-    assert (await answer(server, params, None))[0] == 403
-    assert (await answer(server, params, signed(url, params, "another-token")))[0] == 403
-    assert (await answer(server, {**params, "From": "+15559999999"}, signed(url, params)))[0] == 403
-    code, body = await answer(server, params, signed(url, params))
-    assert code == 200
-    stream = ElementTree.fromstring(body).find("Connect/Stream")
-    assert stream is not None and stream.get("url") == server.url("/telephony/twilio/stream")
-    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    assert parameters["caller"] == CALLER
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
-    assert tokens.verify(parameters["token"], "CA77") == CALLER
+    for carrier, line in LINES.items():
+        url = server.url(f"/telephony/{carrier}/voice", scheme="http")
+        assert (await ask(url, line, CALLER, "CA77", None))[0] == 403, carrier  # unsigned
+        assert (await ask(url, line, CALLER, "CA77", line.wrong_key))[0] == 403, carrier  # another key
+        assert (await ask(url, line, CALLER, "CA77", line.key, change=tampered))[0] == 403, carrier  # changed
+        if carrier in ("telnyx", "vonage"):  # their signatures carry a time: an old one is refused
+            assert (await ask(url, line, CALLER, "CA77", line.key, now=reactor.seconds() - 3600))[0] == 403
+        code, document = await ask(url, line, CALLER, "", line.key)  # no call to make a token for: hang up
+        assert code == 200 and (document == b"[]" if carrier == "vonage" else  # an NCCO with nothing to do
+                                ElementTree.fromstring(document).find("Hangup") is not None), carrier
+        code, document = await ask(url, line, CALLER, "CA77", line.key)
+        assert code == 200, carrier
+        stream, parameters = line.stream(document)
+        query = dict(pair.split("=", 1) for pair in urlsplit(stream).query.split("&") if pair)
+        assert stream.split("?")[0] == server.url(f"/telephony/{carrier}/stream")
+        assert parameters.get("caller", CALLER) == CALLER
+        assert call_tokens(server).verify(parameters.get("token") or query["token"], "CA77") == CALLER
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_stream_without_a_valid_token_is_closed_1008(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path)
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
-    for parameters in ({}, {"token": "not-a-token"}, {"token": tokens.issue(CALLER, CALLER, "CA-other")},
-                       {"token": server.token(CALLER)}):
-        carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
-                             parameters, call_id="CA1")
-        carrier.begin()
-        await carrier.closed.addTimeout(10, reactor)
-        assert carrier.close_code == 1008, parameters
+    tokens = call_tokens(server)
+    for carrier, shape in SHAPES.items():
+        for parameters in ({}, {"token": "not-a-token"}, {"token": tokens.issue(CALLER, CALLER, "CA-other")},
+                           {"token": server.token(CALLER)}):
+            fake = await dial(server.url(f"/telephony/{carrier}/stream"), shape, parameters, call_id="CA1")
+            fake.begin()
+            await fake.closed.addTimeout(10, reactor)
+            assert fake.close_code == 1008, (carrier, parameters)
 
 
 @pytest_twisted.ensureDeferred
@@ -163,14 +174,9 @@ async def test_a_stream_that_never_starts_is_closed(livetx: Any, openai: Any, tm
 async def test_twilio_call_ask_interrupt_dtmf_and_end_call(
         livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
     server = await phone_server(livetx, openai, tmp_path)
-    url = server.url("/telephony/twilio/voice", scheme="http")
-    params = {"CallSid": "CA1", "From": CALLER, "To": "+15550000000"}
-    _, twiml = await answer(server, params, signed(url, params))
-    stream = ElementTree.fromstring(twiml).find("Connect/Stream")
-    assert stream is not None
     mulaw = AudioFormat(MULAW, 8000)
-    carrier = await dial(stream.get("url") or "", TwilioShape(mulaw),
-                         {p.get("name") or "": p.get("value") or "" for p in stream.findall("Parameter")}, call_id="CA1")
+    url, parameters = await answered(server, "twilio", "CA1")
+    carrier = await dial(url, TwilioShape(mulaw), parameters, call_id="CA1")
     carrier.begin()
 
     # Ask: the reply comes back as μ-law 8 kHz speech, a mark after each sentence.
@@ -214,14 +220,15 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     carrier.send({"event": "media", "streamSid": carrier.stream, "media": {"payload": "%%% not base64"}})
     carrier.send({"event": "media", "streamSid": "MZ-someone-else", "media": {"payload": ""}})
     carrier.send({"event": "twirl", "streamSid": carrier.stream})
-    wanted = 'livetx_errors_total{code="UNKNOWN_MESSAGE_TYPE"}'
+    wanted = 'livetx_refused_frames_total{code="UNKNOWN_MESSAGE_TYPE",source="twilio"}'
     for _ in range(50):  # the socket's frames and this request travel apart
         metrics = await (await treq.get(server.url("/metrics", scheme="http"), reactor=reactor)).text()
         if wanted in metrics:
             break
         await deferLater(reactor, 0.05)
     for code in ("INVALID_AUDIO", "INVALID_MESSAGE_FORMAT", "UNKNOWN_MESSAGE_TYPE"):
-        assert f'livetx_errors_total{{code="{code}"}} 1.0' in metrics, code
+        assert f'livetx_refused_frames_total{{code="{code}",source="twilio"}} 1.0' in metrics, code
+    assert "livetx_errors_total{" not in metrics  # no error frame was sent: the carrier has none
     assert carrier.close_code is None
     carrier.hang_up()
     await carrier.closed.addTimeout(10, reactor)
@@ -234,12 +241,12 @@ async def test_a_caller_who_hangs_up_keeps_what_they_heard(livetx: Any, openai: 
     await again.closed.addTimeout(10, reactor)
 
 
-async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer, path: str,
+async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer, name: str,
                         shape: Shape) -> FakeCarrier:
+    """A call answered by ``name``'s webhook: it asks, interrupts the reply, presses a key and hangs up."""
     server = await phone_server(livetx, openai, tmp_path)
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
-    token = tokens.issue(CALLER, CALLER, "call-1")
-    carrier = await dial(server.url(path, token=token), shape, call_id="call-1")
+    url, parameters = await answered(server, name, "call-1")
+    carrier = await dial(url, shape, parameters, call_id="call-1")
     carrier.begin()
     carrier.say(await spoken("turn off the bedroom lights"))
     await carrier.wait(lambda: len(carrier.echoed) >= 1, timeout=30)
@@ -263,15 +270,21 @@ async def other_carrier(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRe
 
 @pytest_twisted.ensureDeferred
 async def test_telnyx_call_in_a_law(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
-    await other_carrier(livetx, openai, tmp_path, hear, "/telephony/telnyx/stream", TelnyxShape(AudioFormat(ALAW, 8000)))
+    await other_carrier(livetx, openai, tmp_path, hear, "telnyx", TelnyxShape(AudioFormat(ALAW, 8000)))
 
 
 @pytest_twisted.ensureDeferred
 async def test_plivo_call_in_l16_16k(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
-    carrier = await other_carrier(livetx, openai, tmp_path, hear, "/telephony/plivo/stream",
-                                  PlivoShape(AudioFormat(L16, 16000)))
+    carrier = await other_carrier(livetx, openai, tmp_path, hear, "plivo", PlivoShape(AudioFormat(L16, 16000)))
     media = [value for _, value in carrier.of("media")]
     assert {(content, rate) for _, content, rate in media} == {("audio/x-l16", 16000)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_vonage_call_in_binary_l16_16k(livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
+    carrier = await other_carrier(livetx, openai, tmp_path, hear, "vonage", VonageShape(AudioFormat(L16, 16000)))
+    # Every audio message is one whole 20 ms packet, as Vonage takes them: 640 bytes at 16 kHz.
+    assert {len(value) for _, value in carrier.of("media")} == {640}
 
 
 @pytest_twisted.ensureDeferred
@@ -287,9 +300,8 @@ async def test_a_server_that_stops_drains_its_calls_like_its_other_sockets(
 @pytest_twisted.ensureDeferred
 async def test_a_carrier_that_stops_reading_is_hung_up_on(livetx: Any, openai: Any, tmp_path: Path) -> None:
     server = await phone_server(livetx, openai, tmp_path, "\n[server]\nmax_send_buffer_bytes = 16384\n")
-    tokens = CallTokens(jwt_secret(server.options["settings"], server.data_dir), 30, reactor)
     carrier = await dial(server.url("/telephony/twilio/stream"), TwilioShape(AudioFormat(MULAW, 8000)),
-                         {"token": tokens.issue(CALLER, CALLER, "CA1")}, call_id="CA1")
+                         {"token": call_tokens(server).issue(CALLER, CALLER, "CA1")}, call_id="CA1")
     carrier.begin()
     carrier.transport.pauseProducing()  # the carrier stops reading: the reply's audio piles up
     # Long enough to fill the loopback socket's kernel buffers too, only past which the server sees it.

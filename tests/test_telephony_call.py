@@ -15,15 +15,17 @@ from livetx.config import ConfigError, from_mapping
 from livetx.domain import Engines
 from livetx.errors import ErrorCode
 from livetx.live.session import LiveSession
-from livetx.telephony import Start
-from livetx.telephony.call import GOODBYE, PhoneCall
+from livetx.telephony import Carrier, CarrierError, Dtmf, Ignored, Mark, Media, Start
+from livetx.telephony.call import GOODBYE, Pacer, PhoneCall
 from livetx.metrics import ServerMetrics
 from livetx.telephony.codec import L16, MULAW, AudioFormat, Inbound, decode_g711, encode_g711
 from livetx.telephony.routes import telephony_routes
 from livetx.telephony.plivo import CARRIER as PLIVO
 from livetx.telephony.telnyx import CARRIER as TELNYX
 from livetx.telephony.twilio import CARRIER as TWILIO
-from livetx.telephony.webhook import caller_username, signature_valid, twilio_signature
+from livetx.telephony.twilio import signature_valid, twilio_signature
+from livetx.telephony.vonage import CARRIER as VONAGE
+from livetx.telephony.webhook import caller_username
 from livetx.tools import Tool
 from livetx.web.connections import ConnectionTracker
 
@@ -48,20 +50,25 @@ class SpeechTTS(ManualTTS):
 class Host:
     """The socket's side of a call, recorded."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, carrier: Carrier = TWILIO) -> None:
         self.clock = clock
         self.llm = ScriptedLLM()
         self.tts = SpeechTTS()
         self.sent: list[dict[str, Any]] = []
+        #: Binary messages sent (Vonage's audio).
+        self.audio: list[bytes] = []
         self.closed: tuple[int, str] | None = None
         self.refusals: list[ErrorCode] = []
         self.errors: list[dict[str, Any]] = []
         self.session: LiveSession | None = None
         self.end_call: Tool | None = None
-        self.call = PhoneCall(carrier=TWILIO, host=self, clock=clock, dtmf_wait=0.5)
+        self.call = PhoneCall(carrier=carrier, host=self, clock=clock, dtmf_wait=0.5)
 
-    def send_frame(self, frame: dict[str, Any]) -> None:
-        self.sent.append(frame)
+    def send_frame(self, frame: dict[str, Any] | bytes) -> None:
+        if isinstance(frame, bytes):
+            self.audio.append(frame)
+        else:
+            self.sent.append(frame)
 
     def hang_up(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
@@ -260,6 +267,59 @@ def test_telnyx_and_plivo_frames_read_as_the_same_events() -> None:
     assert TELNYX.clear("s1") == {"event": "clear"}
 
 
+def test_vonage_frames_read_as_the_same_events() -> None:
+    connected = {"event": "websocket:connected", "content-type": "audio/l16;rate=16000", "call": "uuid-1",
+                 "caller": "+15550001", "token": "t"}
+    start = VONAGE.parse(connected)
+    assert start == Start("uuid-1", "uuid-1", AudioFormat(L16, 16000), {"call": "uuid-1", "caller": "+15550001",
+                                                                       "token": "t"})
+    assert VONAGE.parse({"event": "websocket:dtmf", "digit": "5", "duration": 260}) == Dtmf(None, "5")
+    assert VONAGE.parse({"event": "websocket:notify", "payload": {"name": "livetx-1-0"}}) == Mark(None, "livetx-1-0")
+    assert VONAGE.parse({"event": "websocket:cleared"}) == Ignored()
+    assert VONAGE.binary(b"\x01\x00" * 320) == Media(None, b"\x01\x00" * 320)
+    assert VONAGE.mark("uuid-1", "n") == {"action": "notify", "payload": {"name": "n"}}
+    assert VONAGE.clear("uuid-1") == {"action": "clear"}
+    # The last piece of a reply is padded to a whole 20 ms message.
+    assert VONAGE.media("uuid-1", b"\x01\x00" * 100, AudioFormat(L16, 16000)) == b"\x01\x00" * 100 + b"\x00" * 440
+    for bad, code in (({**connected, "content-type": "audio/l16;rate=44100"}, ErrorCode.INVALID_AUDIO),
+                      ({"event": "websocket:connected", "content-type": "audio/l16;rate=8000"},
+                       ErrorCode.INVALID_MESSAGE_FORMAT),  # no call header: not a stream the webhook answered
+                      ({"event": "media"}, ErrorCode.UNKNOWN_MESSAGE_TYPE)):
+        with pytest.raises(CarrierError) as refused:
+            VONAGE.parse(bad)
+        assert refused.value.code == code
+
+
+def test_a_vonage_call_speaks_whole_binary_packets_and_clears_on_barge_in() -> None:
+    host = Host(Clock(), VONAGE)
+    call = host.call
+    call.receive(b"\x00\x00" * 320)  # audio before websocket:connected
+    assert host.refusals == [ErrorCode.INVALID_STATE]
+    call.receive({"event": "websocket:connected", "content-type": "audio/l16;rate=16000", "call": "uuid-1"})
+    call.receive({"event": "websocket:dtmf", "digit": "1", "duration": 260})
+    host.clock.advance(0.5)
+    reply(host, ONE, TWO)
+    # Each sentence: its audio in 640-byte (20 ms) binary messages, then a notify naming it.
+    assert {len(packet) for packet in host.audio} == {640}
+    assert len(host.audio) == 2 * math.ceil(SENTENCE_MS / 20)
+    assert host.sent == [{"action": "notify", "payload": {"name": "livetx-1-0"}},
+                         {"action": "notify", "payload": {"name": "livetx-1-1"}}]
+    call.receive({"event": "websocket:notify", "payload": {"name": "livetx-1-0"}})
+    call.receive({"event": "websocket:dtmf", "digit": "2", "duration": 260})  # over sentence two
+    assert host.sent[-1] == {"action": "clear"}
+    call.receive({"event": "websocket:cleared"})
+    assert host.session is not None and host.session.history[-1].reply == ONE.strip()
+    assert host.refusals == [ErrorCode.INVALID_STATE]  # nothing else was refused
+    call.receive(b"\x00")  # half a sample
+    assert host.refusals[-1] == ErrorCode.INVALID_AUDIO
+
+
+def test_json_carriers_refuse_binary_messages() -> None:
+    host, call = started()
+    call.receive(b"\x00\x01")
+    assert host.refusals == [ErrorCode.UNSUPPORTED_FRAME] and host.closed is None
+
+
 def test_g711_matches_the_standard_library_codec_where_it_still_exists() -> None:
     import warnings
 
@@ -290,6 +350,7 @@ def test_inbound_packets_resample_as_one_stream() -> None:
 @pytest.mark.parametrize("table, error", [
     ('carriers = ["twilio"]', "twilio_auth_token"),
     ('carriers = ["skype"]', "carriers must be"),
+    ('telnyx_public_key = "bm90IGEga2V5"', "telnyx_public_key must be the Base64 Ed25519"),
     ('dtmf = "beep"', "dtmf must be"),
     ('public_url = "voice.example.com"', "public_url"),
     ("usernames = { '+1555' = 7 }", "usernames must be"),
@@ -302,8 +363,13 @@ def test_telephony_config_is_checked_strictly(table: str, error: str) -> None:
 
 
 def test_twilio_auth_token_comes_from_the_environment_and_turn_settings_are_checked() -> None:
-    config = from_mapping({"telephony": {"carriers": ["twilio"]}}, environ={"LIVETX_TWILIO_AUTH_TOKEN": "t0k"})
-    assert config.telephony.twilio_auth_token == "t0k" and "t0k" not in repr(config)
+    environ = {"LIVETX_TWILIO_AUTH_TOKEN": "t0k", "LIVETX_PLIVO_AUTH_TOKEN": "p1v",
+               "LIVETX_VONAGE_SIGNATURE_SECRET": "v0n"}
+    config = from_mapping({"telephony": {"carriers": ["twilio", "plivo", "vonage"]}}, environ=environ)
+    section = config.telephony
+    assert section.twilio_auth_token == "t0k" and "t0k" not in repr(config)
+    assert (section.secret("plivo"), section.secret("vonage"), section.secret("telnyx")) == ("p1v", "v0n", None)
+    assert "p1v" not in repr(config) and "v0n" not in repr(config)
     bad = from_mapping({"telephony": {"turn": {"silence_ms": 5}}}, environ={})
     with pytest.raises(ConfigError, match=r"\[telephony.turn\] silence_ms"):
         telephony_routes(bad, secret="s", engines=Engines(llm=ScriptedLLM(), tts=None, stt=None),
@@ -323,7 +389,99 @@ def test_twilio_signatures_match_twilios_own_test_vectors() -> None:
     assert not signature_valid("54321", url, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
 
 
-def test_the_caller_is_the_username_unless_mapped() -> None:
-    assert caller_username("+15551234567", {}) == "+15551234567"
-    assert caller_username("+15551234567", {"+15551234567": "alice"}) == "alice"
-    assert caller_username("", {}) is None
+def test_the_caller_is_the_username_unless_mapped_or_withheld() -> None:
+    assert caller_username("+15551234567", "CA1", {}) == "+15551234567"
+    assert caller_username("447700900000", "uuid-1", {}) == "447700900000"  # Vonage's numbers have no +
+    assert caller_username("+15551234567", "CA1", {"+15551234567": "alice"}) == "alice"
+    # Withheld numbers share no history: each call is someone new.
+    assert caller_username("anonymous", "CA1", {}) == "withheld-CA1"
+    assert caller_username("", "CA2", {}) == "withheld-CA2" != caller_username("Restricted", "CA3", {})
+
+
+def test_a_carriers_webhook_is_served_only_once_its_secret_is_set() -> None:
+    config = from_mapping({"telephony": {"carriers": ["telnyx", "plivo", "vonage"]}},
+                          environ={"LIVETX_VONAGE_SIGNATURE_SECRET": "v0n"})
+    routes = telephony_routes(config, secret="s", engines=Engines(llm=ScriptedLLM(), tts=None, stt=None),
+                              connections=ConnectionTracker(), clock=Clock(), metrics=ServerMetrics(), memories=None)
+    assert sorted(routes) == ["/telephony/plivo/stream", "/telephony/telnyx/stream", "/telephony/vonage/stream",
+                              "/telephony/vonage/voice"]
+
+
+def test_the_pacer_keeps_the_carrier_at_most_its_buffer_ahead_and_in_order() -> None:
+    clock, sent = Clock(), []
+    pacer = Pacer(sent.append, clock, ahead_ms=1000)
+    for piece in (b"a", b"b", b"c", b"d"):
+        pacer.send(piece, 0.5)
+    pacer.send({"event": "mark"})
+    assert sent == [b"a", b"b", b"c"]  # 1.5 s sent: playing ends 1 s ahead of the clock at the third
+    clock.advance(0.5)
+    assert sent == [b"a", b"b", b"c", b"d", {"event": "mark"}]  # the mark waits behind the audio before it
+    pacer.send(b"e", 0.5)
+    pacer.send(b"f", 0.5)
+    assert sent[-1] == {"event": "mark"}  # the carrier holds 1.5 s already
+    clock.advance(0.5)
+    assert sent[-1] == b"e"
+    pacer.drop()  # a clear: what is held is never sent
+    clock.advance(5)
+    assert sent[-1] == b"e" and not clock.getDelayedCalls()
+    unpaced = Pacer(sent.append, clock, ahead_ms=None)
+    for piece in (b"x", b"y", b"z"):
+        unpaced.send(piece, 10.0)
+    assert sent[-3:] == [b"x", b"y", b"z"]
+
+
+def test_a_long_vonage_reply_is_sent_as_it_plays() -> None:
+    host = Host(Clock(), VONAGE)
+    host.call.receive({"event": "websocket:connected", "content-type": "audio/l16;rate=16000", "call": "uuid-1"})
+    host.call.receive({"event": "websocket:dtmf", "digit": "1", "duration": 260})
+    host.clock.advance(0.5)
+    reply(host, *[f"Sentence {n}. " for n in range(50)])  # 50 × 400 ms: 20 s of speech
+    while not all(d.called for _, d in host.tts.requests):  # the session asks for the next sentences as each is done
+        host.tts.finish(next(i for i, (_, d) in enumerate(host.tts.requests) if not d.called))
+    assert len(host.tts.requests) == 50
+    held_back = len(host.audio)
+    assert held_back == (15_000 + 20) // 20  # 15 s ahead, then one more packet's worth may go
+    host.clock.advance(1)
+    assert len(host.audio) == held_back + 50  # a second later, a second more
+    host.clock.advance(5)
+    assert len(host.audio) == 50 * 400 // 20 and host.sent[-1]["payload"]["name"] == "livetx-1-49"
+
+
+def test_a_vonage_post_is_signed_over_its_json_body() -> None:
+    import hashlib
+
+    import jwt
+
+    from livetx.telephony.vonage import vonage_signed
+    from livetx.telephony.webhook import Incoming
+
+    body = b'{"from":"447700900000","to":"447700900001","uuid":"aaaa","conversation_uuid":"CON-aaaa"}'
+    secret, now = "signature-secret-of-thirty-two-b", 1_800_000_000.0
+
+    def asked(claims: dict[str, Any], sent: bytes = body) -> bool:
+        token = jwt.encode({"iat": int(now), "iss": "Vonage", **claims}, secret, algorithm="HS256")
+        incoming = Incoming(method="POST", url="https://voice.example.com/telephony/vonage/voice", body=sent,
+                            fields={}, header=lambda name: f"Bearer {token}" if name == "authorization" else None)
+        return vonage_signed(secret, incoming, now)
+
+    digest = hashlib.sha256(body).hexdigest()
+    assert asked({"payload_hash": digest})
+    assert not asked({"payload_hash": digest}, body.replace(b"447700900000", b"447700900999"))  # changed body
+    assert not asked({"payload_hash": digest, "iat": int(now) - 600})  # issued ten minutes ago
+    assert asked({})  # a JWT without payload_hash is checked by its signature alone
+
+
+@pytest.mark.parametrize("url, params", [
+    ("https://voice.example.com/telephony/plivo/voice", {"CallUUID": ["c1"], "From": ["+15551230001"]}),
+    ("https://voice.example.com/telephony/plivo/voice?b=2&a=1", {"From": ["+1555"], "To": ["+1666"]}),
+    ("https://voice.example.com/telephony/plivo/voice?a=1", {}),
+    ("https://voice.example.com/telephony/plivo/voice", {"Digits": ["5", "1"], "From": ["+1555"]}),
+])
+def test_plivo_signatures_are_what_plivos_own_library_accepts(url: str, params: dict[str, list[str]]) -> None:
+    signature_v3 = pytest.importorskip("plivo.utils.signature_v3")  # the test extra
+    from livetx.telephony.plivo import plivo_signature
+
+    signature = plivo_signature("auth-token", url, params, "nonce-1")
+    flat = {k: v if len(v) > 1 else v[0] for k, v in params.items()}
+    assert signature_v3.validate_v3_signature("POST", url, "nonce-1", "auth-token", signature, dict(flat))
+    assert not signature_v3.validate_v3_signature("POST", url, "nonce-2", "auth-token", signature, dict(flat))

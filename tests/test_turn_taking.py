@@ -309,7 +309,7 @@ def test_speech_resumed_after_a_tool_call_started_is_a_barge_in() -> None:
     h = talking()
     first_half(h)
     h.stt.requests[0][1].callback("what time is it")
-    turn = h.session._turn
+    turn = h.session._request.turn
     assert turn is not None and turn.unheard
     turn._trail = type("Trail", (), {"steps": [(0, {})]})()  # type: ignore[assignment]
     assert not turn.unheard  # a tool acted: the reply cannot be taken back

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,12 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.scripts.twistd import ServerOptions
 
 from livetx.cluster.worker_metrics import SharedMetrics
-from livetx.cluster.workers import WorkerLogs
+from livetx.cluster.workers import WorkerLogs, reuseport_sockets
 from livetx.metrics import ServerMetrics
 
 from .engines import RedisServer
@@ -198,3 +200,19 @@ async def test_json_logs_stay_json_from_every_worker(tmp_path: Path, redis_serve
     assert [e for e in events if e.get("livetx_event") == "turn"], output
     assert {e.get("pid") for e in events if "Started worker" in e["message"]} == workers
     assert {e.get("worker") for e in events if e.get("livetx_event") == "turn"} <= {0, 1}  # whose turn
+
+
+def test_the_sockets_handed_to_workers_do_not_block() -> None:
+    """Twisted's adoptStreamPort requires a non-blocking socket: its port accepts until told there is
+    no more, and on a blocking socket that last accept waits for the next connection, the reactor with it
+    (SIGTERM too: Python retries the call). The benchmarks' floor workers, which accept as Twisted does,
+    hung so on livetx's sockets."""
+    port = free_port()
+    held = reuseport_sockets(IPv4Address("TCP", "127.0.0.1", port), "inet", 8, 2)
+    try:
+        assert [os.get_blocking(h.fd) for h in held] == [False, False]
+        with pytest.raises(BlockingIOError):  # no connection waits: said at once
+            socket.socket(fileno=os.dup(held[0].fd)).accept()
+    finally:
+        for h in held:
+            h.close()

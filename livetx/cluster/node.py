@@ -57,9 +57,9 @@ class ClusterNode(Service):
     def failed_auth(self, limit: int) -> SharedFailedAuth:
         return SharedFailedAuth(limit, self.reactor, self.redis, self.prefix)
 
-    def on_revoked(self, close: Callable[[str], None]) -> None:
-        """Call ``close(key_id)`` when ``livetx keys revoke`` revokes a key anywhere."""
-        self.redis.listen(self.prefix + REVOKED, close)
+    def on_revoked(self, close: Callable[[str], None], channel: str = REVOKED) -> None:
+        """Call ``close(key_id)`` when ``livetx keys revoke`` revokes a key anywhere (or what ``channel`` carries)."""
+        self.redis.listen(self.prefix + channel, close)
 
     def _heartbeat(self) -> None:
         self.slots.heartbeat().addErrback(warn_unreachable, f"keep this node's heartbeat at {self.redis.where}")

@@ -141,6 +141,9 @@ def reuseport_sockets(address: Any, family: str, backlog: int, count: int) -> li
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address.host, address.port))
         sock.listen(backlog)
+        # As adoptStreamPort requires: a blocking accept that finds the queue empty would stop the
+        # adopting reactor until the next connection (Twisted accepts until told there is no more).
+        sock.setblocking(False)
         held.append(Held(sock.fileno(), family, sock.close))
     return held
 

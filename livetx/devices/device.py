@@ -13,11 +13,13 @@ In (device → server):
   ``stop`` are ``start_speaking`` and ``end_speaking``;
 - ``realtime`` keeps feeding the microphone while the reply plays, so the
   server's detector hears a barge-in (``auto`` devices stop sending then);
-- ``abort`` is ``interrupt``; ``listen`` ``detect`` (the wake word) only
-  stops a reply still playing, as the firmware also sends ``abort``.
+- ``abort`` is ``interrupt``; ``listen`` ``detect`` (the wake word) stops
+  a reply still playing, as the firmware also sends ``abort``; its ``text``
+  is answered as a question unless it is one of the wake words.
 
 Out (server → device): ``stt`` with the transcript (``user_msg``); for a
-reply ``llm`` (an emotion for the screen), ``tts`` ``start``, then per
+reply ``llm`` (an emotion for the screen, :mod:`~livetx.devices.emotion`),
+``tts`` ``start``, then per
 sentence ``sentence_start`` with its text and its Opus packets, then
 ``tts`` ``stop`` once the last packet is out, or at once on barge-in.
 
@@ -31,13 +33,14 @@ from __future__ import annotations
 import base64
 import uuid
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from livetx.audio import read_wav
 from livetx.devices import framing
+from livetx.devices.emotion import feeling
 from livetx.devices.opus import FRAME_MS, Decoder, Encoder, OpusError
 from livetx.errors import CloseCode, ErrorCode
 from livetx.live.machine import Table
@@ -51,12 +54,19 @@ Frame = dict[str, Any]
 AHEAD_MS = 360
 #: The listen modes of docs/websocket.md.
 MODES = ("auto", "manual", "realtime")
+#: ``listen`` ``detect``'s text is a wake word or a few command words; longer is cut.
+MAX_DETECT_TEXT = 200
 
 #: A device connection: ``waiting`` for ``hello``, ``ready``, then ``over``.
 DEVICE = Table("device", ["waiting", "ready", "over"], [
     {"trigger": "hello", "source": "waiting", "dest": "ready"},
     {"trigger": "end", "source": ["waiting", "ready"], "dest": "over"},
 ], initial="waiting")
+
+
+def _plain(text: str) -> str:
+    """Words compared as the community servers compare wake words: no punctuation, no spaces, any case."""
+    return "".join(c for c in text if c.isalnum()).lower()
 
 
 class DeviceError(Exception):
@@ -92,8 +102,9 @@ class DeviceConversation:
     """The protocol's rules for one connection; the socket only moves bytes."""
 
     def __init__(self, *, host: DeviceHost, clock: IReactorTime, version: int, output_rate: int,
-                 turn: dict[str, Any] | None = None) -> None:
+                 turn: dict[str, Any] | None = None, wake_words: Iterable[str] = ()) -> None:
         self._host = host
+        self._wake_words = frozenset(_plain(w) for w in wake_words)
         self._clock = clock
         self.version = version
         self.output_rate = output_rate
@@ -172,6 +183,7 @@ class DeviceConversation:
         state, mode = message.get("state"), message.get("mode", self.mode or "auto")
         if state == "detect":
             self._cut()
+            self._woken(message.get("text"))
             return
         if state not in ("start", "stop"):
             raise DeviceError(ErrorCode.INVALID_MESSAGE_FORMAT, f"listen state {state!r} is not start, stop or detect")
@@ -190,6 +202,19 @@ class DeviceConversation:
             self.listening = False
             if mode == "manual":
                 self.session.receive({"t": "end_speaking", "stamp": self._stamp})
+
+    def _woken(self, text: Any) -> None:
+        """``detect``'s text: a wake word only wakes; other words (a command word list's) are a question.
+
+        As the community servers do: the wake word itself gets no answer (the
+        firmware goes on with ``listen start``), anything else is answered as
+        if it had been said.
+        """
+        if not isinstance(text, str) or not _plain(text):
+            return
+        if _plain(text) not in self._wake_words:
+            assert self.session is not None
+            self.session.receive({"t": "text_input", "text": text[:MAX_DETECT_TEXT]})
 
     def _detect(self, detection: str) -> None:
         assert self.session is not None
@@ -259,7 +284,8 @@ class DeviceConversation:
             return
         if not self._speaking:
             self._speaking = True
-            self._enqueue({"session_id": self.session_id, "type": "llm", "emotion": "neutral", "text": "🙂"})
+            emotion, emoji = feeling(text)
+            self._enqueue({"session_id": self.session_id, "type": "llm", "emotion": emotion, "text": emoji})
             self._enqueue(self._tts("start"))
         self._enqueue(self._tts("sentence_start", text))
         if wav is None:

@@ -12,14 +12,15 @@ every few seconds), then asks again and gets its WebSocket.
 Here: an approved board gets the WebSocket URL and a token bound to its
 Device-Id and Client-Id; any other board is recorded pending
 (:class:`livetx.devices.registry.DeviceRegistry`) and gets its code, which
-the operator approves with ``livetx devices approve CODE``. A revoked
-board gets 403. The firmware's HMAC over the challenge is not checked: no
-key of the board's is known here, so approval is the operator's, by code.
+the operator approves with ``livetx devices approve CODE``, unless its
+activation proves it with the HMAC key of its serial number (see
+:class:`_Activate`). A revoked board gets 403.
 """
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import hmac
 from typing import Any
 
 import orjson
@@ -28,9 +29,10 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from livetx.devices.registry import DeviceRegistry
+from livetx.devices.registry import Device, DeviceRegistry
 from livetx.devices.tokens import DeviceTokens
 from livetx.telephony.webhook import public_base
+from livetx.web.replies import finish_async
 
 _log = Logger()
 
@@ -54,7 +56,7 @@ class DeviceOta(Resource):
     """``/xiaozhi/ota/``: the board's version check; ``/xiaozhi/ota/activate``: its activation poll."""
 
     def __init__(self, *, registry: DeviceRegistry, tokens: DeviceTokens, clock: IReactorTime,
-                 public_url: str | None, socket_path: str) -> None:
+                 public_url: str | None, socket_path: str, keys: dict[str, bytes] | None = None) -> None:
         super().__init__()
         self._registry = registry
         self._tokens = tokens
@@ -62,7 +64,7 @@ class DeviceOta(Resource):
         self._public_url = public_url.rstrip("/") if public_url else None
         self._socket_path = socket_path
         self.putChild(b"", self)
-        self.putChild(b"activate", _Activate(registry))
+        self.putChild(b"activate", _Activate(registry, keys or {}))
 
     def body_limit(self, request: Request) -> int:
         return MAX_BODY_BYTES
@@ -70,10 +72,10 @@ class DeviceOta(Resource):
     def check_headers(self, request: Request) -> None:
         """Every board may ask; who it is is read from the headers with the body."""
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         return self.render_POST(request)
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> Any:
         device_id, client_id = _ids(request)
         if not device_id or not client_id:
             return _json(request, 400, {"error": "Device-Id and Client-Id headers are required"})
@@ -89,47 +91,88 @@ class DeviceOta(Resource):
         application = report.get("application") if isinstance(report, dict) else None
         version = application.get("version", "") if isinstance(application, dict) else ""
         board = (request.getHeader("user-agent") or "")[:100]
-        known = self._registry.ask(device_id, client_id, board)
+        answered = self._registry.asking(device_id, client_id, board)
+        return finish_async(request, answered.addCallback(self._answer, request, device_id, str(version), board))
+
+    def _answer(self, known: Device | None, request: Request, device_id: str, version: str, board: str) -> bytes:
         if known is None or known.state == "revoked":
             _log.warn("OTA refused device {device}: {why}", device=device_id,
                       why="revoked" if known is not None else "too many boards waiting for approval")
             return _json(request, 403, {"error": "this device is not allowed on this server"})
         answer: dict[str, Any] = {
             "server_time": {"timestamp": int(self._clock.seconds() * 1000), "timezone_offset": 0},
-            "firmware": {"version": str(version), "url": ""},
+            "firmware": {"version": version, "url": ""},
         }
         if known.state == "approved":
             base = public_base(request, self._public_url)
             url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + self._socket_path
-            answer["websocket"] = {"url": url, "token": self._tokens.issue(device_id, client_id)}
+            answer["websocket"] = {"url": url, "token": self._tokens.issue(device_id, known.client_id)}
         else:
             _log.info("Device {device} ({board}) waits for approval: livetx devices approve {code}",
                       device=device_id, board=board or "unknown board", code=known.code)
             answer["activation"] = {"code": known.code, "message": f"livetx\n{known.code}",
-                                    "challenge": secrets.token_hex(16), "timeout_ms": ACTIVATION_TIMEOUT_MS}
+                                    "challenge": known.challenge, "timeout_ms": ACTIVATION_TIMEOUT_MS}
         return _json(request, 200, answer)
 
 
 class _Activate(Resource):
-    """200 once the operator approved the board, 202 while it waits, 403 when revoked or unknown."""
+    """200 once the board is approved, 202 while it waits, 403 when revoked, unknown, or its HMAC is wrong.
+
+    The firmware POSTs ``{}`` when it has no serial number in eFuse, else
+    ``{"algorithm": "hmac-sha256", "serial_number", "challenge", "hmac"}``:
+    the challenge signed with the HMAC key in the board's eFuse. A board
+    whose serial number has a key in ``[devices.hmac_keys]`` (the operator
+    burned it, or the maker gave it) and whose HMAC of its challenge is
+    right is approved at once, with no code to type; a wrong HMAC is
+    refused. Any other board waits for the operator's approval by code.
+    """
 
     isLeaf = True
 
-    def __init__(self, registry: DeviceRegistry) -> None:
+    def __init__(self, registry: DeviceRegistry, keys: dict[str, bytes]) -> None:
         super().__init__()
         self._registry = registry
+        self._keys = keys
 
     def body_limit(self, request: Request) -> int:
         return MAX_BODY_BYTES
 
     def check_headers(self, request: Request) -> None:
-        """The firmware sends ``{}`` or its HMAC payload, which is not checked (see the module)."""
+        """Every board may ask; the body is its proof, if it has one."""
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> Any:
         device_id, client_id = _ids(request)
         known = self._registry.get(device_id) if device_id else None
         if known is None or known.state == "revoked" or known.client_id != client_id:
             return _json(request, 403, {"error": "unknown or revoked device"})
-        if known.state == "pending":
+        if known.state == "approved":
+            return _json(request, 200, {"message": "activated"})
+        proof = _proof(request)
+        key = self._keys.get(str(proof.get("serial_number", "")))
+        if key is None:
             return _json(request, 202, {"message": "waiting for approval"})
-        return _json(request, 200, {"message": "activated"})
+        if not signed(key, known.challenge, proof):
+            _log.warn("Device {device} failed activation: its HMAC of the challenge is wrong for serial {serial}",
+                      device=device_id, serial=proof["serial_number"])
+            return _json(request, 403, {"error": "the HMAC does not match"})
+        _log.info("Device {device} activated by the HMAC of serial {serial}", device=device_id,
+                  serial=proof["serial_number"])
+        activated = self._registry.approving(device_id)
+        return finish_async(request, activated.addCallback(lambda _: _json(request, 200, {"message": "activated"})))
+
+
+def _proof(request: Request) -> dict[str, Any]:
+    """The activation body as a dict (``{}`` for none, or one that is not JSON)."""
+    try:
+        body = orjson.loads(request.content.read(MAX_BODY_BYTES) if request.content is not None else b"{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def signed(key: bytes, challenge: str, proof: dict[str, Any]) -> bool:
+    """The firmware's proof: HMAC-SHA256 of the challenge this server gave it, with its eFuse key, in hex."""
+    if proof.get("algorithm") != "hmac-sha256" or not challenge or proof.get("challenge") != challenge:
+        return False
+    expected = hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, str(proof.get("hmac", "")).lower())

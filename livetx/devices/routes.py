@@ -1,16 +1,22 @@
-"""The devices' routes, made from ``[devices]``: the OTA endpoint and the WebSocket the boards use."""
+"""The devices' routes, made from ``[devices]``: the OTA endpoint and the WebSocket the boards use.
+
+And the watch on the registry that closes a revoked board's open socket and
+sends reboots: the caller starts it with the server, and feeds it what a
+cluster's pub/sub says another node revoked.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from livetx.config import Config, ConfigError
 from livetx.devices.ota import DeviceOta
-from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
+from livetx.devices.registry import DeviceWatch, open_registry
 from livetx.devices.socket import DeviceFactory
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
@@ -24,27 +30,52 @@ from livetx.web.connections import ConnectionTracker
 OTA_PATH = "/xiaozhi/ota"
 #: The WebSocket the OTA endpoint points the boards at.
 SOCKET_PATH = "/xiaozhi/v1/"
+#: The size of an ESP32 eFuse HMAC key.
+HMAC_KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class DeviceParts:
+    routes: dict[str, Resource]
+    #: Started with the server: revocations close sockets, reboots are sent.
+    watch: DeviceWatch
 
 
 def device_routes(
     config: Config, *, secret: str, data_dir: Path, engines: Engines, connections: ConnectionTracker,
-    clock: IReactorTime, metrics: ServerMetrics, memories: MemoryOpener | None,
-) -> dict[str, Resource]:
-    """Path → resource; ``ConfigError`` for bad turn settings."""
+    clock: IReactorTime, metrics: ServerMetrics, memories: MemoryOpener | None, database: Any = None,
+) -> DeviceParts:
+    """The routes and the registry's watch; ``ConfigError`` for bad turn settings.
+
+    ``database`` is the store's PostgreSQL pool with ``[store] url``: the
+    registry is then the database's, shared by every node.
+    """
     section = config.devices
     try:
         updated(Settings(), {**section.turn, "turn_detection": "server"})
     except FrameError as e:
         raise ConfigError(f"[devices.turn] {e.message}") from None
+    keys = {}
+    for serial, key in section.hmac_keys.items():
+        try:
+            keys[serial] = bytes.fromhex(key)
+        except ValueError:
+            raise ConfigError(f"[devices.hmac_keys] the key of {serial!r} is not hex") from None
+        if len(keys[serial]) != HMAC_KEY_BYTES:
+            raise ConfigError(f"[devices.hmac_keys] the key of {serial!r} is not {HMAC_KEY_BYTES} bytes "
+                              f"(an eFuse HMAC key is 256 bits)")
     tokens = DeviceTokens(secret, section.token_days * 86400, clock)
-    registry = DeviceRegistry(data_dir / DEVICES_FILE)
+    registry = open_registry(config.store.url, data_dir, database)
     socket = DeviceFactory(
         tokens=tokens, registry=registry, engines=engines, limits=config.server, connections=connections,
         clock=clock, metrics=metrics, endpoint=SOCKET_PATH, output_rate=section.output_rate,
-        turn=dict(section.turn), tools=config.tools, memories=memories,
+        turn=dict(section.turn), tools=config.tools, memories=memories, wake_words=section.wake_words,
     )
-    return {
+    watch = DeviceWatch(registry, clock)
+    watch.subscribe(socket.close_devices, socket.reboot_devices)
+    routes = {
         OTA_PATH: DeviceOta(registry=registry, tokens=tokens, clock=clock, public_url=section.public_url,
-                            socket_path=SOCKET_PATH),
+                            socket_path=SOCKET_PATH, keys=keys),
         SOCKET_PATH: cast(Resource, Upgrade(socket)),
     }
+    return DeviceParts(routes, watch)

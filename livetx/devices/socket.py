@@ -11,7 +11,7 @@ when the server stops are the foreign socket's (:mod:`livetx.web.foreign`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from autobahn.websocket.types import ConnectionRequest
@@ -23,7 +23,7 @@ from livetx.config import ServerConfig, ToolsConfig
 from livetx.devices import framing
 from livetx.devices.device import DeviceConversation, DeviceError
 from livetx.devices.mcp import DeviceMcp
-from livetx.devices.registry import DeviceRegistry
+from livetx.devices.registry import DeviceRegistry, Judge, refusal
 from livetx.devices.tokens import DeviceTokens
 from livetx.domain import Engines, MemoryOpener
 from livetx.errors import CloseCode, ErrorCode
@@ -49,6 +49,8 @@ class DeviceProtocol(ForeignProtocol):
     _refusal: str | None = None
     _refusal_code = CloseCode.POLICY_VIOLATION
     _device_id = ""
+    #: The Client-Id the board's token was issued to.
+    client_id = ""
     _version = 1
     #: The board's MCP client, when its hello says ``features.mcp`` and the model can call tools.
     device_tools: DeviceMcp | None = None
@@ -69,9 +71,10 @@ class DeviceProtocol(ForeignProtocol):
             self._refusal = e.reason
             return
         known = factory.registry.get(device_id)
-        if known is None or known.state != "approved":
-            self._refusal = "Device revoked" if known is not None and known.state == "revoked" else "Device not approved"
+        self._refusal = refusal(known)
+        if known is None or self._refusal is not None:
             return
+        self._device_id, self.client_id = device_id, known.client_id
         self.admission = Admission(username=known.username, mode="device")
 
     def onOpen(self) -> None:
@@ -84,10 +87,12 @@ class DeviceProtocol(ForeignProtocol):
             factory.metrics.refused_at(factory.endpoint)
             close_with_code(self, self._refusal_code, self._refusal)
             return
+        factory.open.add(self)
         # A board that stops reading holds back the reply's speech, then is dropped, as any client.
         self.start_flow()
         self.device = DeviceConversation(host=self, clock=factory.clock, version=self._version,
-                                         output_rate=factory.output_rate, turn=factory.turn)
+                                         output_rate=factory.output_rate, turn=factory.turn,
+                                         wake_words=factory.wake_words)
         # The firmware gives up after 10 s without the server's hello; a device that says nothing holds nothing.
         self.wait_first(self._silent)
 
@@ -164,7 +169,7 @@ class DeviceProtocol(ForeignProtocol):
         _log.info("Device {device} offers tools: {names}", device=self._device_id, names=", ".join(t.name for t in tools))
 
     def refused(self, code: ErrorCode, message: str) -> None:
-        self.factory.metrics.errors.labels(code).inc()
+        self.factory.metrics.frame_refused("device", code)
         _log.warn("Refused a message from device {device}: {message} ({code})",
                   device=self._device_id, message=message, code=code.value)
 
@@ -178,10 +183,29 @@ class DeviceProtocol(ForeignProtocol):
             self.device_tools.receive(payload)
 
     @property
+    def device_id(self) -> str:
+        """The board's Device-Id, once its token and the registry admitted it."""
+        return self._device_id if self.admission.username is not None else ""
+
+    @property
     def session(self) -> LiveSession | None:
         return None if self.device is None else self.device.session
 
+    def revoke(self, reason: str) -> None:
+        """The board is no longer approved (revoked, or reflashed and pending): closed with 1008 and a log line."""
+        if self.state == self.STATE_OPEN:
+            _log.warn("Closed device {device}: {reason}", device=self._device_id, reason=reason)
+        super().revoke(reason)
+
+    def reboot(self) -> None:
+        """The operator asked for it (``livetx devices reboot``): the firmware restarts on ``system`` ``reboot``."""
+        device = self.device
+        if device is not None and device.state == "ready":
+            _log.info("Rebooting device {device}", device=self._device_id)
+            self.send_json({"session_id": device.session_id, "type": "system", "command": "reboot"})
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.open.discard(self)
         self.stop_waiting()
         device, self.device = self.device, None
         if device is None:
@@ -207,6 +231,7 @@ class DeviceFactory(ForeignFactory):
         self, *, tokens: DeviceTokens, registry: DeviceRegistry, engines: Engines, limits: ServerConfig,
         connections: ConnectionTracker, clock: IReactorTime, metrics: ServerMetrics, endpoint: str,
         output_rate: int, turn: dict[str, Any], tools: ToolsConfig, memories: MemoryOpener | None = None,
+        wake_words: Iterable[str] = (),
     ) -> None:
         super().__init__(engines=engines, limits=limits, tools=tools, connections=connections, clock=clock,
                          metrics=metrics, endpoint=endpoint, memories=memories)
@@ -214,3 +239,16 @@ class DeviceFactory(ForeignFactory):
         self.registry = registry
         self.output_rate = output_rate
         self.turn = turn
+        self.wake_words = tuple(wake_words)
+        #: The boards' sockets past the handshake, for revocations and reboots.
+        self.open: set[DeviceProtocol] = set()
+
+    def close_devices(self, judge: Judge) -> None:
+        """Close the sockets of the boards ``judge`` refuses now, with its reason (from :class:`DeviceWatch`)."""
+        for protocol, why in [(p, judge(p.device_id, p.client_id)) for p in self.open]:
+            if why is not None:
+                protocol.revoke(why)
+
+    def reboot_devices(self, device_ids: frozenset[str]) -> None:
+        for protocol in [p for p in self.open if p.device_id in device_ids]:
+            protocol.reboot()

@@ -16,13 +16,15 @@ the ``metrics`` frames (:class:`~livetx.live.events.MetricsFrames`) first.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from livetx.deferreds import waiter_for
-from livetx.errors import FrameError
+from livetx.errors import ErrorCode, FrameError
+from livetx.live import frames
 from livetx.live.events import Listeners, MetricsFrames, Outcome, TurnListener
 from livetx.live.frames import Frame
 from livetx.live.rules import BUSY
@@ -77,6 +79,11 @@ class TurnLedger:
     def _emit_metrics(self, frame: Frame) -> None:
         self.emit(frame)
 
+    def error(self, code: ErrorCode, message: str) -> None:
+        """Send the running turn an error frame, and report it sent."""
+        self.report.error_sent(code)
+        self.emit(frames.error(code, message))
+
     def ended(self, outcome: Outcome) -> None:
         """Report the running turn over, once: its last ``metrics``, then its listeners."""
         if self._started is not None:
@@ -96,9 +103,15 @@ class TurnLedger:
 
     def release(self) -> None:
         """The turn is over, stored and ended: whoever waits on :meth:`over` goes on."""
+        self.let_go()()
+
+    def let_go(self) -> Callable[[], None]:
+        """Forget the running turn now (a queued one may begin), but wake whoever waits on :meth:`over`
+        only with the call returned: once the session has left the turn's state, so that a waiter
+        that then asks whether the session is busy is told the truth (the drain asks again, and
+        a session still unwinding but already over sent it round in circles)."""
         over, self._over = self._over, None
-        if over is not None:
-            over.callback(None)
+        return _nothing if over is None else functools.partial(over.callback, None)
 
     def over(self) -> Deferred[None]:
         """Fires once no turn runs: at once when none does, else after the running one is stored and ended."""
@@ -114,3 +127,7 @@ class TurnLedger:
         turn, self.queued = self.queued, None
         assert turn is not None
         turn()
+
+
+def _nothing() -> None:
+    """No turn was running: nobody to wake."""

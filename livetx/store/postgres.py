@@ -76,6 +76,19 @@ MIGRATIONS = [
     CREATE TABLE livetx_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE livetx_changes (topic TEXT PRIMARY KEY, counter BIGINT NOT NULL);
     """,
+    # The xiaozhi boards' registry (livetx.devices.pg_registry), shared by every node.
+    """
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        code TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        board TEXT NOT NULL,
+        reboot DOUBLE PRECISION NOT NULL,
+        challenge TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -4,7 +4,8 @@ Every carrier that lets software answer a call opens a WebSocket to the
 server and streams the call's audio in JSON frames; they differ only in the
 frames' shapes and the audio's format. A :class:`Carrier` is exactly that
 difference, one small module per carrier (:mod:`livetx.telephony.twilio`,
-:mod:`~livetx.telephony.telnyx`, :mod:`~livetx.telephony.plivo`); the call
+:mod:`~livetx.telephony.telnyx`, :mod:`~livetx.telephony.plivo`,
+:mod:`~livetx.telephony.vonage`); the call
 itself (:mod:`livetx.telephony.call`) is the same for all of them, and is a
 :class:`livetx.live.session.LiveSession` in talk mode fed through the same
 seam the Live API socket uses. docs/telephony.md says how to set one up.
@@ -55,13 +56,14 @@ class Start:
 class Media:
     """Caller audio in the stream's format (already Base64-decoded)."""
 
-    stream_id: str
+    #: None where the carrier's frames name no stream (the socket is the stream).
+    stream_id: str | None
     payload: bytes
 
 
 @dataclass(frozen=True)
 class Dtmf:
-    stream_id: str
+    stream_id: str | None
     digit: str
 
 
@@ -69,7 +71,7 @@ class Dtmf:
 class Mark:
     """A mark we sent came back: the audio before it has played (or was cleared)."""
 
-    stream_id: str
+    stream_id: str | None
     name: str
 
 
@@ -77,7 +79,7 @@ class Mark:
 class Stop:
     """The call is over (the caller hung up, or the carrier ended the stream)."""
 
-    stream_id: str
+    stream_id: str | None
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,22 @@ class Carrier(Protocol):
 
     #: The name in URLs, config and metrics (``twilio``).
     name: str
-    #: The field that numbers its frames (a frame older than the last one is refused).
-    sequence_field: str
+    #: The field that numbers its frames (a frame older than the last one is refused); None: not numbered.
+    sequence_field: str | None
+    #: Reply audio goes out in pieces of at most this long (ms), each one :meth:`media`.
+    piece_ms: int
+    #: The most unplayed audio (ms) the carrier holds; more is held back until it has room. None: no limit.
+    ahead_ms: int | None
 
     def parse(self, frame: Frame) -> Event:
         """A decoded JSON frame as an event, or :class:`CarrierError`."""
 
-    def media(self, stream_id: str, audio: bytes, fmt: AudioFormat) -> Frame:
-        """Reply ``audio`` (already in the stream's format ``fmt``) to play to the caller."""
+    def binary(self, payload: bytes) -> Event:
+        """A binary message as an event (raw audio), or :class:`CarrierError` where it sends none."""
+
+    def media(self, stream_id: str, audio: bytes, fmt: AudioFormat) -> Frame | bytes:
+        """Reply ``audio`` (already in the stream's format ``fmt``) to play to the caller: a JSON frame,
+        or the bytes of a binary message."""
 
     def mark(self, stream_id: str, name: str) -> Frame:
         """Ask to be told (a :class:`Mark`) once the audio sent so far has played."""

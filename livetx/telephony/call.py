@@ -23,6 +23,7 @@ logged and counted through the host, and the call goes on where it can.
 from __future__ import annotations
 
 import base64
+from collections import deque
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -41,8 +42,6 @@ _log = Logger()
 
 #: The mark sent after the goodbye: the call hangs up when it comes back.
 GOODBYE = "livetx-goodbye"
-#: Reply audio goes out in pieces of at most this long (Twilio plays them back to back).
-PIECE_MS = 500
 #: After the goodbye's mark is sent, hang up at the latest after the unplayed audio plus this.
 GOODBYE_MARGIN_MS = 3000
 
@@ -56,8 +55,8 @@ CALL = Table("call", ["waiting", "live", "over"], [
 class CallHost(Protocol):
     """What a call needs from its socket."""
 
-    def send_frame(self, frame: Frame) -> None:
-        """Send one frame to the carrier."""
+    def send_frame(self, frame: Frame | bytes) -> None:
+        """Send one frame to the carrier (bytes: a binary message)."""
 
     def hang_up(self, code: int, reason: str) -> None:
         """Close the socket (which ends a ``<Connect><Stream>`` call)."""
@@ -100,6 +99,54 @@ class Playback:
         return f"livetx-{self.turn}-{len(self.durations)}"
 
 
+class Pacer:
+    """The way out to the carrier, holding reply audio back while the carrier holds ``ahead_ms`` unplayed.
+
+    Twilio takes a whole reply at once; Vonage buffers about 20 s and drops
+    the rest, so a long reply is sent as it plays, never more than
+    ``ahead_ms`` ahead. Frames keep their order (a mark waits behind the
+    audio before it).
+    """
+
+    def __init__(self, send: Callable[[Frame | bytes], None], clock: IReactorTime, ahead_ms: int | None) -> None:
+        self._send = send
+        self._clock = clock
+        self._ahead = None if ahead_ms is None else ahead_ms / 1000
+        self._held: deque[tuple[Frame | bytes, float]] = deque()
+        #: When the audio sent so far ends playing, at the earliest.
+        self._playing_until = 0.0
+        self._timer: IDelayedCall | None = None
+
+    def send(self, frame: Frame | bytes, seconds: float = 0.0) -> None:
+        """Send ``frame`` (``seconds`` of audio) once the carrier has room for it."""
+        if self._ahead is None:
+            self._send(frame)
+            return
+        self._held.append((frame, seconds))
+        self._pump()
+
+    def _pump(self) -> None:
+        self._timer = None
+        assert self._ahead is not None
+        while self._held:
+            now = self._clock.seconds()
+            wait = self._playing_until - now - self._ahead
+            if wait > 0 and self._held[0][1] > 0:  # a mark takes no room: it goes once the audio before it has
+                self._timer = self._clock.callLater(wait, self._pump)
+                return
+            frame, seconds = self._held.popleft()
+            self._playing_until = max(self._playing_until, now) + seconds
+            self._send(frame)
+
+    def drop(self) -> None:
+        """What is held is never sent (``clear`` dropped what the carrier held; or the call is over)."""
+        self._held.clear()
+        self._playing_until = 0.0
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
 class PhoneCall:
     """A call's life: ``connected``, ``start``, media and marks, then ``stop`` (or a dropped socket)."""
 
@@ -125,16 +172,20 @@ class PhoneCall:
         #: The model called ``end_call``: hang up once the turn's audio has played.
         self.ending = False
         self._goodbye_timer: IDelayedCall | None = None
+        self._out = Pacer(host.send_frame, clock, carrier.ahead_ms)
         #: Fires once the call is over and what was heard is stored.
         self.finished: Deferred[None] = Deferred()
 
     # -- carrier frames in ----------------------------------------------------
 
-    def receive(self, frame: Frame) -> None:
-        """One decoded carrier frame; refused frames are reported, never raised."""
+    def receive(self, frame: Frame | bytes) -> None:
+        """One decoded carrier frame, or a binary message; refused frames are reported, never raised."""
         try:
-            self._order(frame)
-            self._handle(self.carrier.parse(frame))
+            if isinstance(frame, bytes):
+                self._handle(self.carrier.binary(frame))
+            else:
+                self._order(frame)
+                self._handle(self.carrier.parse(frame))
         except CarrierError as e:
             self._host.refused(e.code, e.message)
             if e.fatal and self.state != "over":
@@ -142,7 +193,8 @@ class PhoneCall:
 
     def _order(self, frame: Frame) -> None:
         """Carriers number their frames; one that comes after a later one is refused."""
-        raw = frame.get(self.carrier.sequence_field)
+        field = self.carrier.sequence_field
+        raw = None if field is None else frame.get(field)
         if raw is None:
             return
         try:
@@ -259,12 +311,14 @@ class PhoneCall:
             return
         audio = self.start.audio
         wire = audio.to_wire(pcm, rate)
-        step = int(PIECE_MS * audio.bytes_per_ms) & ~1
+        step = int(self.carrier.piece_ms * audio.bytes_per_ms) & ~1
         for i in range(0, len(wire), step):
-            self._host.send_frame(self.carrier.media(self.start.stream_id, wire[i : i + step], audio))
+            piece = wire[i : i + step]
+            seconds = len(piece) / audio.bytes_per_ms / 1000
+            self._out.send(self.carrier.media(self.start.stream_id, piece, audio), seconds)
         name = playback.mark_name()
         playback.durations.append(duration_ms(wav) or 0.0)
-        self._host.send_frame(self.carrier.mark(self.start.stream_id, name))
+        self._out.send(self.carrier.mark(self.start.stream_id, name))
 
     def _played(self, name: str) -> None:
         if name == GOODBYE:
@@ -285,6 +339,7 @@ class PhoneCall:
             return succeed(None)
         playback.cleared = True
         assert self.start is not None and self.session is not None
+        self._out.drop()
         if self.state == "live":
             self._host.send_frame(self.carrier.clear(self.start.stream_id))
         session, heard = self.session, playback.heard_ms()
@@ -312,7 +367,7 @@ class PhoneCall:
     def _goodbye(self) -> None:
         """The last turn is over: hang up once its audio has played (the carrier echoes the last mark)."""
         assert self.start is not None
-        self._host.send_frame(self.carrier.mark(self.start.stream_id, GOODBYE))
+        self._out.send(self.carrier.mark(self.start.stream_id, GOODBYE))
         playback = self._playback
         unplayed = 0.0 if playback is None else sum(playback.durations[playback.played :])
         self._goodbye_timer = self._clock.callLater((unplayed + GOODBYE_MARGIN_MS) / 1000,
@@ -326,6 +381,7 @@ class PhoneCall:
         for timer in (self._digit_timer, self._goodbye_timer):
             if timer is not None and timer.active():
                 timer.cancel()
+        self._out.drop()
         session = self.session
         if session is None:
             self.finished.callback(None)
@@ -342,5 +398,3 @@ def session_frames(settings: dict[str, Any]) -> tuple[Frame, ...]:
     """What a call's session is told first: talk mode, with the configured turn-taking settings."""
     return ({"t": "session_update", "turn_detection": "server", **settings},)
 
-
-Send = Callable[[Frame], None]

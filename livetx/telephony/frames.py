@@ -59,6 +59,19 @@ def unknown(event: Any) -> CarrierError:
     return CarrierError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"unknown event {event!r}")
 
 
+class JsonFrames:
+    """What the carriers that speak JSON alone share: numbered frames, audio in half-second pieces."""
+
+    sequence_field: str | None = "sequenceNumber"
+    #: Half a second of audio per ``media`` frame: few frames, and the carrier plays them back to back.
+    piece_ms = 500
+    #: They document no limit to the audio they hold.
+    ahead_ms: int | None = None
+
+    def binary(self, payload: bytes) -> Event:
+        raise CarrierError(ErrorCode.UNSUPPORTED_FRAME, "binary message")
+
+
 def common(frame: Frame, stream_key: str) -> Event | None:
     """The events every carrier sends alike (Twilio's names, the stream id under ``stream_key``);
     None for the rest, which the carrier's own module reads."""

@@ -1,4 +1,4 @@
-"""The telephony routes, made from ``[telephony]``: one stream socket per carrier, and Twilio's webhook."""
+"""The telephony routes, made from ``[telephony]``: one stream socket per carrier, and its answer webhook."""
 
 from __future__ import annotations
 
@@ -18,18 +18,24 @@ from livetx.telephony import Carrier
 from livetx.telephony.call import session_frames
 from livetx.telephony.socket import CallFactory
 from livetx.telephony.tokens import CallTokens
-from livetx.telephony.webhook import TwilioVoice
+from livetx.telephony.webhook import Answering, AnswerWebhook
 from livetx.web.connections import ConnectionTracker
 
 #: Where a carrier's stream socket is served.
 STREAM_PATH = "/telephony/{carrier}/stream"
-#: Twilio's incoming-call webhook.
-TWILIO_VOICE_PATH = "/telephony/twilio/voice"
+#: Where a carrier's answer webhook is served (the number's "a call comes in" URL).
+VOICE_PATH = "/telephony/{carrier}/voice"
 
 
 def carrier(name: str) -> Carrier:
     """A carrier module's ``CARRIER`` (one module per carrier: adding one is adding a module)."""
     found: Carrier = importlib.import_module(f"livetx.telephony.{name}").CARRIER
+    return found
+
+
+def answering(name: str) -> Answering:
+    """A carrier module's ``ANSWER``: how its webhook is signed and answered."""
+    found: Answering = importlib.import_module(f"livetx.telephony.{name}").ANSWER
     return found
 
 
@@ -53,9 +59,9 @@ def telephony_routes(
             tools=config.tools, connections=connections, clock=clock, metrics=metrics, endpoint=path,
             memories=memories, session_frames=frames,
         )))
-    if "twilio" in section.carriers:
-        assert section.twilio_auth_token is not None  # checked with the config
-        routes[TWILIO_VOICE_PATH] = TwilioVoice(
-            auth_token=section.twilio_auth_token, public_url=section.public_url,
-            stream_path=STREAM_PATH.format(carrier="twilio"), tokens=tokens, usernames=section.usernames)
+        signing = section.secret(name)
+        if signing is not None:  # Twilio's is required; the others' webhooks are served once their secret is set
+            routes[VOICE_PATH.format(carrier=name)] = AnswerWebhook(
+                answering=answering(name), secret=signing, public_url=section.public_url, stream_path=path,
+                tokens=tokens, usernames=section.usernames, clock=clock)
     return routes

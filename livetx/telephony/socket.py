@@ -73,7 +73,8 @@ class CallProtocol(ForeignProtocol):
         return self.call is not None
 
     def receive_binary(self, payload: bytes) -> None:
-        self.refused(ErrorCode.UNSUPPORTED_FRAME, "binary message")
+        assert self.call is not None
+        self.call.receive(payload)  # the carrier's to read (Vonage's audio), or to refuse
 
     def receive_object(self, message: dict[str, Any]) -> None:
         assert self.call is not None
@@ -81,8 +82,11 @@ class CallProtocol(ForeignProtocol):
 
     # -- CallHost ------------------------------------------------------------
 
-    def send_frame(self, frame: Frame) -> None:
-        self.write(orjson.dumps(frame), False)
+    def send_frame(self, frame: Frame | bytes) -> None:
+        if isinstance(frame, bytes):
+            self.write(frame, True)
+        else:
+            self.write(orjson.dumps(frame), False)
 
     def too_slow(self) -> None:
         _log.warn("Hanging up a {carrier} call: the carrier reads too slowly", carrier=self.factory.carrier.name)
@@ -116,7 +120,7 @@ class CallProtocol(ForeignProtocol):
 
     def refused(self, code: ErrorCode, message: str) -> None:
         self.refusals[code] = self.refusals.get(code, 0) + 1
-        self.factory.metrics.errors.labels(code).inc()
+        self.factory.metrics.frame_refused(self.factory.carrier.name, code)
         _log.warn("Refused a {carrier} frame: {message} ({code})",
                   carrier=self.factory.carrier.name, message=message, code=code.value)
 

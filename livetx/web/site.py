@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.web.http import combinedLogFormatter
@@ -35,14 +36,30 @@ ECHO_PATH = "/conformance/echo"
 
 
 class _WithoutQuery:
-    """A request as the access log sees it: no query string, where tokens and keys ride."""
+    """A request as the access log sees it: no query string, where tokens and keys ride.
+
+    Nor in the ``Referer``: a page opened from a login link (``/?login=…``)
+    or a URL with ``?token=`` names it there, and a browser that ignores the
+    page's ``no-referrer`` (or another client) would put it in the log.
+    """
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        self.uri = request.uri.split(b"?", 1)[0]
+        self.uri = _without_query(request.uri)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value: bytes | None = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return _without_query(value)
+        return value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
+
+
+def _without_query(uri: bytes) -> bytes:
+    """A URI up to its query or fragment, whichever comes first."""
+    return re.split(rb"[?#]", uri, maxsplit=1)[0]
 
 
 def redacted_log_formatter(timestamp: str, request: Request) -> str:
