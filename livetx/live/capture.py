@@ -286,13 +286,8 @@ class Capture:
 
     def _turn_ended(self, segment: Segment, voiced: int) -> None:
         """The model says the speaker is done: end the utterance, if nothing was said since it was asked."""
-        if self._still(segment, voiced):
-            assert self._detector is not None
+        if segment is self._segment and segment.voiced == voiced and self._detector is not None:
             self._detector.end_now()
-
-    def _still(self, segment: Segment, voiced: int) -> bool:
-        """``segment`` is the utterance still heard, and nothing was said in it since its first ``voiced`` bytes."""
-        return segment is self._segment and segment.voiced == voiced and self._detector is not None
 
     def _decode_early(self, segment: Segment, detector: VoiceDetector, silent: int) -> None:
         early = segment.early
@@ -309,8 +304,8 @@ class Capture:
     def _heard_at_pause(self, text: str, segment: Segment, voiced: int) -> None:
         """The decode of a pause is in: a partial transcript, and (nothing said since) the owner is told."""
         self._show_partial(text, segment)
-        if text and self._still(segment, voiced):
-            self._owner.paused(segment, text)
+        if text and segment is self._segment and segment.voiced == voiced and self._detector is not None:
+            self._owner.paused(segment, text)  # nothing said since the pause: a reply may begin
 
     def _request_partial(self) -> None:
         """Transcribe the utterance so far, if the engine can, one request at a time."""
