@@ -14,6 +14,7 @@ from livetx.live.events import MetricsFrames, Outcome
 from livetx.live.speculation import Speculation, speculate, taken_by
 from livetx.live.turn import Turn
 from livetx.metrics import ServerMetrics
+from livetx.providers.base import LLMError
 from livetx.tools.loop import ToolingModel
 from livetx.tools.registry import ToolRegistry
 
@@ -105,6 +106,16 @@ def test_speech_after_the_pause_discards_the_reply_unsent_and_the_next_pause_sta
     assert figures == {"speculations_committed": 1, "speculations_discarded": 1}
     counted = dict((tuple(k), v) for k, v in metrics.snapshot()["livetx_speculations"])
     assert counted == {("discarded",): 1, ("committed",): 1}
+
+
+def test_a_model_failure_before_the_endpoint_is_the_turns_failure_once_committed() -> None:
+    h = speculating()
+    paused(h, "hello")
+    h.llm.last.done.errback(LLMError("upstream said 500"))
+    assert "error" not in kinds(h.raw)  # held like its deltas: nobody asked yet
+    produced = speak(h, quiet(600))
+    assert kinds(produced)[3:5] == ["user_msg", "error"] and produced[4]["code"] == "LLM_ERROR"
+    assert kinds(listen_on(h))[-1] == "end" and len(h.llm.calls) == 1
 
 
 def test_a_dropped_utterance_discards_its_reply() -> None:
