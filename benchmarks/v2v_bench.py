@@ -29,8 +29,9 @@ taken to).
 off, then on, on one server) instead, for each model named: ``echo`` (the
 offline default) and ``hosted`` (the fake OpenAI-compatible service with a
 first token ``--first-delay`` seconds after the request, as a hosted model
-answers); the ratios are to ``off`` with the same model. It counts the
-replies committed and discarded (begun at a pause the person spoke on after).
+answers), with the first of ``--rules``; the ratios are to ``off`` with the
+same model. It counts the replies committed and discarded (begun at a pause
+the person spoke on after).
 
     PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, both rules
     PYTHONPATH=. python benchmarks/v2v_bench.py --base /work/main     # and ratios to that checkout
@@ -356,7 +357,7 @@ def hosted_model(first_delay: float) -> Iterator[str]:
 
 
 def speculative_runs(
-    models: list[str], first_delay: float, made: list[tuple[str, str, bytes]], silence_ms: int,
+    models: list[str], first_delay: float, made: list[tuple[str, str, bytes]], silence_ms: int, rule: str,
 ) -> dict[str, Any]:
     """Each model's server, said the requests with ``speculative`` off, on, on and off again (so a machine
     that gets busier or quieter meanwhile weighs on both alike), in the same minutes."""
@@ -365,7 +366,7 @@ def speculative_runs(
         llm = hosted_model(first_delay) if model == "hosted" else nullcontext("")
         with llm as config, local_server(offline=True, config_extra=config) as (url, _, _):
             for on in (False, True, True, False):
-                results = asyncio.run(converse(url, "silence", made, echo=False, speculative=on,
+                results = asyncio.run(converse(url, rule, made, echo=False, speculative=on,
                                                silence_ms=silence_ms))
                 name = f"{model} model, speculative {'on' if on else 'off'}"
                 runs.setdefault(name, {"results": []})["results"] += results
@@ -388,7 +389,8 @@ def main() -> None:
     args = parser.parse_args()
     made = requests(args.sets.split(","), args.short)
     if args.speculative:
-        runs = speculative_runs(args.speculative.split(","), args.first_delay, made, args.silence_ms)
+        runs = speculative_runs(args.speculative.split(","), args.first_delay, made, args.silence_ms,
+                                args.rules.split(",")[0])
         for name, run in runs.items():
             off = runs[name.replace("speculative on", "speculative off")]
             print_table(name, run["summary"], off["summary"] if off is not run else None)
