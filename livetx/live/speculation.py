@@ -36,7 +36,7 @@ from livetx.live.events import TurnListener
 from livetx.providers.base import ChatModel, Message, ToolCall, ToolCallingModel
 
 #: What one model call asks: the messages, and the tools offered (``None``: a plain model, none).
-Request = tuple[list[Message], "list[dict[str, Any]] | None"]
+Asked = tuple[list[Message], "list[dict[str, Any]] | None"]
 OnDelta = Callable[[str], None]
 
 
@@ -59,7 +59,7 @@ class Speculation:
 
     __slots__ = ("request", "_listener", "_kept", "_to", "_call", "_result", "_taken", "_over")
 
-    def __init__(self, request: Request, start: Callable[[OnDelta], Deferred[Any]], listener: TurnListener) -> None:
+    def __init__(self, request: Asked, start: Callable[[OnDelta], Deferred[Any]], listener: TurnListener) -> None:
         self.request = request
         self._listener = listener
         #: Deltas that came before the turn took the call; then ``_to`` gets them as they come.
@@ -129,7 +129,7 @@ def speculate(llm: ChatModel, messages: list[Message], listener: TurnListener) -
     if isinstance(llm, RoundsModel):
         inner = llm.llm
         context, tools = llm.request(list(messages), 0)
-        request: Request = (list(context), None if tools is None else list(tools))
+        request: Asked = (list(context), None if tools is None else list(tools))
         return Speculation(request, lambda on_delta: inner.stream_tools(context, on_delta, tools), listener)
     return Speculation((list(messages), None), lambda on_delta: llm.stream(messages, on_delta), listener)
 
@@ -165,7 +165,7 @@ class _Ahead:
         self._llm = llm
         self._speculation: Speculation | None = speculation
 
-    def _first(self, request: Request) -> Speculation | None:
+    def _first(self, request: Asked) -> Speculation | None:
         speculation, self._speculation = self._speculation, None
         if speculation is not None and speculation.request != request:
             speculation.discard()
