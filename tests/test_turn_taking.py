@@ -489,20 +489,31 @@ def test_without_the_guard_that_echo_would_barge_in(monkeypatch: pytest.MonkeyPa
     assert kinds(produced)[:2] == ["speech_started", "stop_play"]
 
 
-def test_a_person_talking_over_the_reply_barges_in_within_300_ms() -> None:
+def barges_in_within_300_ms(reply: bytes, person_ms: int, person: bytes) -> None:
+    """``person`` starts ``person_ms`` into the stream over ``reply`` and its echo: ``speech_started`` and
+    ``stop_play`` come within 300 ms of stream time."""
     h = talking()
     speak(h, quiet(300))
-    reply = buzz(2500, 210)
     replying(h, reply)
-    person = 700  # ms into the stream from now: over the reply's echo
-    stream = mixed((200, reply, ECHO), (person, voiced(800), 1), (0, quiet(3000), 1))
+    stream = mixed((200, reply, ECHO), (person_ms, person, 1), (0, quiet(3000), 1))
     heard_at = None
     for i in range(0, len(stream), FRAME):
         if "speech_started" in kinds(speak(h, stream[i : i + FRAME])):
             heard_at = (i + FRAME) // 32
             break
-    assert heard_at is not None and heard_at - person <= 300
+    assert heard_at is not None and heard_at - person_ms <= 300
     assert h.raw[-1]["t"] == "stop_play"
+
+
+def test_a_person_talking_over_the_reply_barges_in_within_300_ms() -> None:
+    barges_in_within_300_ms(buzz(2500, 210), 700, voiced(800))
+
+
+def test_a_person_saying_the_replys_own_words_in_its_voice_barges_in_at_their_first_onset() -> None:
+    """Their speech correlates with the reply as its echo does, but comes in as loud as it was played:
+    louder than an echo can come back (echo.MAX_ECHO_GAIN), so the first onset is theirs, not dropped."""
+    reply = buzz(2500, 210)
+    barges_in_within_300_ms(reply, 500, reply)  # the reply again, 500 ms late at its own level
 
 
 def test_a_person_talking_after_the_turn_while_the_reply_still_plays_is_heard() -> None:

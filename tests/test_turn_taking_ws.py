@@ -259,21 +259,40 @@ async def test_the_replys_echo_never_barges_in_but_a_person_over_it_does(livetx:
     await client.close_and_wait()
 
 
-@pytest_twisted.ensureDeferred
-async def test_speech_while_a_finished_reply_still_plays_is_heard_and_its_echo_is_not(livetx: Any) -> None:
+async def said_over_the_reply(livetx: Any, request: bytes, sent: str, wait_ms: int, person: bytes) -> Any:
+    """Ask ``request`` through a loudspeaker; once ``sent`` has come and ``wait_ms`` more of the reply has
+    played (only its echo heard), the person says ``person`` over it: heard within ONSET_MS of their start.
+    The client, still open."""
     server = await livetx()
     client = await connect(server.url(LIVE, token=server.token(), turn_detection="server"))
     await client.until("session_updated")
     device = Loudspeaker(client)
-    await device.say(silence(300) + await piper_says("what time is it in berlin") + silence(700))
-    while "end" not in kinds(client.frames):  # the whole reply was sent; the device plays it on
+    await device.say(silence(300) + request + silence(700))
+    while sent not in kinds(client.frames):
         await device.say(silence(100))
     assert device.playing
-    await device.say(silence(600))
+    await device.say(silence(wait_ms))
     assert kinds(client.frames).count("speech_started") == 1
-    person = device.position // 16
-    await device.say(await piper_says("thank you") + silence(900))
+    person_ms = device.position // 16
+    await device.say(person + silence(900))
     started = [f for f in client.frames if f["t"] == "speech_started"]
-    assert len(started) == 2 and started[1]["data"]["audio_start_ms"] <= person + ONSET_MS
+    assert len(started) == 2 and started[1]["data"]["audio_start_ms"] <= person_ms + ONSET_MS
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_person_saying_the_reply_again_in_its_voice_is_heard_at_their_first_onset(livetx: Any) -> None:
+    # The echo model says the request back in eSpeak's voice; the person says it again over that, in the
+    # same voice: to a correlation the reply's echo, but heard as loud as the reply was played.
+    asked = await spoken("please turn on the kitchen lights and close the door")
+    client = await said_over_the_reply(livetx, asked, "response", 300, asked)
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_speech_while_a_finished_reply_still_plays_is_heard_and_its_echo_is_not(livetx: Any) -> None:
+    # The whole reply was sent (``end``); the device plays it on.
+    client = await said_over_the_reply(livetx, await piper_says("what time is it in berlin"), "end", 600,
+                                       await piper_says("thank you"))
     assert "stop_play" not in kinds(client.frames)
     await client.close_and_wait()

@@ -15,6 +15,16 @@ with it; a person talking over it does not, because their voice dominates
 the onset. The onset that correlates is dropped as noise; the next one is
 judged afresh, so real speech still barges in.
 
+Correlation alone cannot tell an echo from a person who says what the reply
+says in a voice like it (a caller repeating the bot's words, or, on the
+calls benchmark, eSpeak answering eSpeak with the same sentence): each
+onset dropped there delays the barge-in by another ``min_speech_ms``.
+Level can: what comes back through a loudspeaker and a microphone is
+quieter than what was played. An onset counts as echo only if it matches the
+reply at :data:`MAX_ECHO_GAIN` of its level or less, Geigel's classic
+double-talk rule (near-end speech is what is louder than half the far end,
+an echo return loss of 6 dB).
+
 Costs nothing when nothing plays; one FFT of about half a second of audio
 per onset while a reply plays (benchmarks/RESULTS.md has the CPU per
 connection). Memory is bounded: the reference is kept only while it may
@@ -33,6 +43,11 @@ from livetx.live.events import Ignore
 MAX_DELAY_MS = 800
 #: Normalised correlation at or above which an onset is the reply again.
 THRESHOLD = 0.5
+#: The loudest an echo is heard, as a fraction of the reply's level: the
+#: least-squares gain of the matching reply audio in the onset. 0.5 is 6 dB
+#: of echo return loss, Geigel's double-talk threshold; anything louder that
+#: matches is a person over the reply (speaking its words), not its echo.
+MAX_ECHO_GAIN = 0.5
 _PER_MS = SAMPLE_RATE // 1000
 
 
@@ -85,11 +100,12 @@ class EchoGuard(Ignore):
         if not reference.any():
             return False
         mic = numpy.frombuffer(onset, dtype="<i2").astype(numpy.float32)
-        return _best_correlation(mic, reference) >= THRESHOLD
+        return _echo_correlation(mic, reference) >= THRESHOLD
 
 
-def _best_correlation(mic: Any, reference: Any) -> float:
-    """The highest normalised correlation of ``mic`` with any window of ``reference`` as long as it."""
+def _echo_correlation(mic: Any, reference: Any) -> float:
+    """The highest normalised correlation of ``mic`` with any window of ``reference`` as long as it,
+    or 0 when that best match is heard louder than an echo can be (:data:`MAX_ECHO_GAIN`)."""
     import numpy
 
     n = len(mic)
@@ -101,5 +117,11 @@ def _best_correlation(mic: Any, reference: Any) -> float:
     loudness = float(numpy.dot(mic.astype(numpy.float64), mic))
     # A reference window 20 dB quieter than the microphone cannot be what it hears
     # (the echo is quieter than what was played): such windows are not divided up to 1.
-    norm = numpy.sqrt(numpy.maximum(windows, loudness / 100) * loudness + 1e-9)
-    return float(numpy.max(dots / norm))
+    floored = numpy.maximum(windows, loudness / 100)
+    correlation = dots / numpy.sqrt(floored * loudness + 1e-9)
+    best = int(numpy.argmax(correlation))
+    # The best match places the onset against the reply; the reply's share of it there
+    # (least squares: dot / the window's energy) says whether it came back as an echo does.
+    if dots[best] > MAX_ECHO_GAIN * floored[best]:
+        return 0.0
+    return float(correlation[best])
