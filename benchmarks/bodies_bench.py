@@ -20,14 +20,13 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_bench import free_port, wait_for_port  # noqa: E402
+from live_bench import default_server  # noqa: E402
 
 HOSTILE = Path(__file__).resolve().parent.parent / "tests" / "hostile_http.py"
 
@@ -65,23 +64,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--turns", type=int, default=40)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        port, data = free_port(), Path(tmp, "data")
-        server = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-                                   "--pidfile=", "--logfile", str(Path(tmp, "twistd.log")), "live",
-                                   "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)])
-        try:
-            wait_for_port(port)
-            from livetx.auth.keys import KeyStore
-            from livetx.auth.tokens import issue_token, load_or_create_secret
+    with default_server() as (port, data, url):
+        from livetx.auth.keys import KeyStore
 
-            key = KeyStore(data).create(["chat", "file"])[1]
-            token = issue_token(load_or_create_secret(data, None), "bystander", 3600)
-            url = f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}"
-            result = asyncio.run(measure(url, port, key, args.seconds, args.turns))
-        finally:
-            server.terminate()
-            server.wait()
+        key = KeyStore(data).create(["chat", "file"])[1]
+        result = asyncio.run(measure(url, port, key, args.seconds, args.turns))
     print(json.dumps(result, indent=2))
 
 

@@ -168,6 +168,28 @@ def local_server(
                 process.wait(timeout=30)
 
 
+@contextmanager
+def default_server(config_text: str = "") -> Iterator[tuple[int, Path, str]]:
+    """``twistd live`` on its defaults (echo model, eSpeak NG) in its own process, ``config_text`` its
+    config file; yields its port, its data directory and the Live API URL of a user "bystander"."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port, data, config = free_port(), Path(tmp, "data"), Path(tmp, "livetx.toml")
+        config.write_text(config_text)
+        server = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+                                   "--pidfile=", "--logfile", str(Path(tmp, "twistd.log")), "live",
+                                   "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data),
+                                   "--config", str(config)])
+        try:
+            wait_for_port(port)
+            from livetx.auth.tokens import issue_token, load_or_create_secret
+
+            token = issue_token(load_or_create_secret(data, None), "bystander", 3600)
+            yield port, data, f"ws://127.0.0.1:{port}/api/live_chat/ws?token={token}"
+        finally:
+            server.terminate()
+            server.wait()
+
+
 SCENARIOS = ("turns", "audio", "interrupt", "idle", "startup", "all")
 
 

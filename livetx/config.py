@@ -270,6 +270,9 @@ class DevicesConfig:
     token_days: float = 365.0
     #: The sample rate of the Opus the server sends (announced in its ``hello``).
     output_rate: Literal[8000, 12000, 16000, 24000, 48000] = 24000
+    #: The binary framing the OTA answer asks boards to use (``websocket.version``): the firmware keeps
+    #: it with the URL, so a board another server set to another version is set back.
+    protocol_version: Literal[1, 2, 3] = 1
     #: Turn-taking settings in auto and realtime listening, as ``session_update`` takes them.
     turn: dict[str, int | str] = field(default_factory=dict)
     #: What ``listen`` ``detect`` may say that only wakes the board; other text is answered as a question.

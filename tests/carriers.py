@@ -182,12 +182,14 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
         self.ready: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
         self.close_code: int | None = None
-        self.received: list[tuple[float, str, Any]] = []  # (time, kind, value)
+        #: (kind, value) with the caller's stream position when it came: timings in stream time are
+        #: what the server was given, however fast this machine is (wall time failed under load).
+        self.received: list[tuple[int, str, Any]] = []  # (ms of caller audio sent by then, kind, value)
         self.sequence = 0
         self.chunk = 0
         self.sent_ms = 0
-        #: When the caller's voice was first audible since :meth:`say` (for barge-in timing).
-        self.onset: float | None = None
+        #: Where in the caller's stream (ms) the voice was first audible since :meth:`say` (barge-in timing).
+        self.onset: int | None = None
         self._outbox = bytearray()  # caller audio still to send, in the wire format
         self._playing: list[Any] = []  # reply audio (bytes) and marks (str), in order
         self.played = bytearray()
@@ -201,7 +203,7 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         kind, value = self.shape.read(payload, isBinary)
-        self.received.append((reactor.seconds(), kind, value))
+        self.received.append((self.sent_ms, kind, value))
         if kind == "media":
             self._playing.append(value if isinstance(value, bytes) else value[0])
         elif kind == "mark":
@@ -253,7 +255,7 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
         piece += (b"\xff" if self.shape.audio.encoding == "mulaw" else b"\xd5" if self.shape.audio.encoding == "alaw"
                   else b"\x00") * (step - len(piece))
         if self.onset is None and max(abs(s) for s in array.array("h", decoded_at_rate(piece, self.shape.audio))) > 300:
-            self.onset = reactor.seconds()
+            self.onset = self.sent_ms  # the packet's start
         self.chunk += 1
         self.sent_ms += 20
         self.send(self.shape.media(self.stream, piece, self.chunk, self.sent_ms))
@@ -287,7 +289,7 @@ class FakeCarrier(Waiting, WebSocketClientProtocol):
     def speaking(self) -> bool:
         return bool(self._outbox)
 
-    def of(self, kind: str) -> list[tuple[float, Any]]:
+    def of(self, kind: str) -> list[tuple[int, Any]]:
         return [(t, v) for t, k, v in self.received if k == kind]
 
     def hang_up(self) -> None:

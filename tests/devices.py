@@ -23,6 +23,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import LoopingCall
 
 from .support import TIMEOUT, Waiting
+from .test_live_ws import eventually
 
 FRAME_MS = 60
 MIC_RATE = 16000
@@ -218,3 +219,11 @@ async def connect(url: str, headers: dict[str, str], version: int = 1) -> Board:
     board.binary_version = version
     await board.ready.addTimeout(TIMEOUT, reactor)
     return board
+
+
+async def tools_taken(server: Any, board: Board) -> None:
+    """Once ``board`` has answered ``tools/list`` and the server has read that answer (nothing it asked of a
+    board still waits): its tools are the model's. A wait on that, not a sleep a loaded machine can outlast."""
+    await board.wait(lambda: any(m["payload"].get("method") == "tools/list" for m in board.messages("mcp")))
+    sockets = server.service.getServiceNamed("connections")._open
+    await eventually(lambda: all(not p.device_tools._pending for p in sockets if getattr(p, "device_tools", None)))

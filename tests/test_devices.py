@@ -24,7 +24,8 @@ from livetx.devices import framing
 from livetx.devices.registry import DEVICES_FILE, DeviceRegistry
 from livetx.errors import ErrorCode
 
-from .devices import SILENCE, Board, connect, decode_reply, frame
+from .devices import SILENCE, Board, connect, decode_reply, frame, tools_taken
+from .test_live_ws import eventually
 from .test_telephony import hear, heard_server  # noqa: F401 (hear: the fixture, one recognizer for the module)
 from .test_voice import spoken
 
@@ -49,7 +50,7 @@ def devices_cli(server: Any, *args: str) -> int:
     return cli.main(["devices", args[0], "--data-dir", str(server.data_dir), *args[1:]])
 
 
-async def enrolled(server: Any, mac: str = MAC, client: str = CLIENT) -> dict[str, str]:
+async def enrolled(server: Any, mac: str = MAC, client: str = CLIENT) -> dict[str, Any]:
     """The firmware's path: OTA (a code), the operator approves it, OTA again (the socket and a token)."""
     _, first = await ota(server, mac=mac, client=client)
     assert devices_cli(server, "approve", first["activation"]["code"]) == 0
@@ -58,7 +59,7 @@ async def enrolled(server: Any, mac: str = MAC, client: str = CLIENT) -> dict[st
 
 
 async def board(server: Any, version: int = 1, mac: str = MAC, client: str = CLIENT,
-                socket: dict[str, str] | None = None) -> Board:
+                socket: dict[str, Any] | None = None) -> Board:
     socket = socket or await enrolled(server, mac, client)
     headers = {"Authorization": f"Bearer {socket['token']}", "Protocol-Version": str(version),
                "Device-Id": mac, "Client-Id": client}
@@ -114,6 +115,24 @@ async def test_a_spoken_question_is_answered_in_order_at_the_announced_rate(
 
 
 @pytest_twisted.ensureDeferred
+async def test_emoji_show_on_the_face_but_are_neither_spoken_nor_captioned(
+    livetx: Any, openai: Any, tmp_path: Path, hear: Any,  # noqa: F811
+) -> None:
+    tts = f'[tts]\nprovider = "openai"\nbase_url = "{openai.base_url}"\napi_key = "sk-test-secret"\n'
+    server = await device_server(livetx, openai, tmp_path, tts)
+    openai.reply = "Turn off the kitchen lights 😂. I have switched them off 👍 for you. 🎉🎉👏🙌✨"
+    b = await board(server)
+    await asked(b, "turn off the kitchen lights")
+    assert [(m["emotion"], m["text"]) for m in b.messages("llm")] == [("funny", "😂")]
+    # What xiaozhi-esp32-server sends (textUtils.check_emoji): the emoji taken out, nothing else.
+    captions = [m["text"] for m in b.messages("tts") if m["state"] == "sentence_start"]
+    assert captions == ["Turn off the kitchen lights .", "I have switched them off  for you."]
+    speech = [r.json["input"] for r in openai.requests_to("/audio/speech")]
+    assert speech == ["Turn off the kitchen lights .", "I have switched them off for you."]
+    assert b.events()[-1] == "tts:stop"
+
+
+@pytest_twisted.ensureDeferred
 async def test_abort_stops_the_reply_at_once_and_the_board_asks_again(
     livetx: Any, openai: Any, tmp_path: Path,
 ) -> None:
@@ -142,10 +161,13 @@ async def test_realtime_voice_barges_in(livetx: Any, openai: Any, tmp_path: Path
     b.hello()
     await b.wait(lambda: bool(b.messages("hello")))
     b.listen("start", "realtime")
-    b.say(await spoken("turn on the hallway lights"))
+    request = await spoken("turn on the hallway lights")
+    said_until = b.sent_ms + len(request) // 32  # where its speech ends on the microphone's stream
+    b.say(request)
     await b.wait(lambda: len(b.audio()) >= 3, timeout=40)
     # The microphone streams on; past continue_ms (1200 ms) after the request, speech is a barge-in.
-    await deferLater(reactor, 1.3, lambda: None)
+    # Counted on the stream, as the server counts it (1.3 s of wall time is less stream on a loaded machine).
+    await b.wait(lambda: b.sent_ms >= said_until + 1300, timeout=30)
     b.say(await spoken("turn off the bedroom lights"))
     await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=20)
     await b.wait(lambda: len(b.messages("stt")) >= 2, timeout=40)
@@ -171,8 +193,7 @@ async def test_the_model_calls_the_boards_own_tool_over_mcp(livetx: Any, openai:
     b = await board(server, 1)
     b.tools["self.light.set_rgb"] = ("Set the colour of the light.", schema, lambda arguments: "true")
     b.hello(mcp=True)
-    await b.wait(lambda: any(m["payload"].get("method") == "tools/list" for m in b.messages("mcp")))
-    await deferLater(reactor, 0.2, lambda: None)  # the board's answer reaches the server
+    await tools_taken(server, b)
     b.listen("start", "auto")
     b.say(await spoken("turn on the kitchen lights"))
     await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=40)
@@ -181,6 +202,21 @@ async def test_the_model_calls_the_boards_own_tool_over_mcp(livetx: Any, openai:
     assert last[-1]["role"] == "tool" and last[-1]["tool_call_id"] == last[-2]["tool_calls"][0]["id"]
     assert "true" in last[-1]["content"]  # what the board answered is what the model was told
     assert [m["text"] for m in b.messages("tts") if m["state"] == "sentence_start"] == ["The light is red now."]
+
+
+@pytest.mark.parametrize(("setting", "version"), [("", 1), ("protocol_version = 3", 3)])
+@pytest_twisted.ensureDeferred
+async def test_the_ota_answer_sets_the_boards_binary_version(
+    livetx: Any, openai: Any, tmp_path: Path, setting: str, version: int,
+) -> None:
+    """The firmware keeps ``websocket.version`` (a number) and sends it as Protocol-Version: the board speaks it."""
+    server = await heard_server(livetx, openai, tmp_path, "devices", f"enabled = true\n{setting}", "", REPLY)
+    socket = await enrolled(server)
+    assert socket["version"] == version and isinstance(socket["version"], int)
+    b = await board(server, socket["version"], socket=socket)
+    b.hello()
+    await b.wait(lambda: bool(b.messages("hello")))
+    assert b.messages("hello")[0]["version"] == version and b.close_code is None
 
 
 @pytest_twisted.ensureDeferred
@@ -332,8 +368,7 @@ async def test_a_board_that_never_reads_is_dropped(livetx: Any, openai: Any, tmp
     connections = server.service.getServiceNamed("connections")
     assert len(connections) == 1
     b.transport.pauseProducing()  # reads nothing more
-    await deferLater(reactor, 4.0, lambda: None)
-    assert len(connections) == 0  # dropped while it still read nothing
+    await eventually(lambda: len(connections) == 0, timeout=10)  # dropped while it still read nothing
     b.transport.resumeProducing()
     await b.wait(lambda: False, timeout=5)
     assert b.close_code is not None

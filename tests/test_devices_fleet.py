@@ -5,7 +5,7 @@ running server: listing, approving, revoking (which closes the board's open
 socket, whether the registry is the data dir's file, PostgreSQL's table
 shared by two nodes, or the revocation comes over Redis) and rebooting. The
 board is the simulator of tests/devices.py over a real socket: its wake
-word's ``detect``, the face (``llm`` ``emotion``) a reply shows, and a
+word's ``detect`` (which drops the speech heard before it), the face (``llm`` ``emotion``) a reply shows, and a
 device tool call cut by ``abort``.
 """
 
@@ -34,9 +34,10 @@ from livetx.cluster.revocation import DEVICES, announce
 from livetx.devices.emotion import EMOJI, feeling
 from livetx.devices.registry import DEVICES_FILE, REBOOT_SECONDS, DeviceRegistry, DeviceWatch
 
-from .devices import Board
+from .devices import Board, tools_taken
 from .test_devices import CLIENT, MAC, board, device_server, ota
 from .test_twistd import start_up_error
+from .test_voice import spoken
 
 OTHER = "aa:bb:cc:dd:ee:02"
 OTHER_CLIENT = "6f1c2a4e-0000-4000-8000-000000000002"
@@ -314,6 +315,22 @@ async def test_a_wake_word_only_wakes_and_other_detected_text_is_answered(
     assert (llm["emotion"], llm["text"]) == ("sad", "😔")  # "Sorry"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_wake_word_drops_the_speech_heard_before_it(livetx: Any, openai: Any, tmp_path: Path) -> None:
+    """The reference clears its audio buffer on ``detect``: talk before the wake word is no question."""
+    server = await device_server(livetx, openai, tmp_path)
+    b = await talking(server)
+    b.listen("start", "auto")
+    b.say(await spoken("turn off the kitchen lights"), trailing_ms=0)  # the utterance is still open...
+    await b.wait(lambda: not b.outbox, timeout=20)
+    b.send_json({"session_id": b.session_id, "type": "listen", "state": "detect", "text": "Hi, ESP"})  # ...when woken
+    b.listen("start", "auto")
+    b.say(await spoken("turn off the bedroom lights"))
+    await b.wait(lambda: any(m.get("state") == "stop" for m in b.messages("tts")), timeout=40)
+    assert [m["text"] for m in b.messages("stt")] == ["turn off the bedroom lights"]
+    assert len(openai.requests_to("/chat/completions")) == 1
+
+
 @pytest.mark.parametrize(("reply", "emotion"), [
     ("Haha, that one is good.", "laughing"),
     ("I would love to. 😎 Done.", "cool"),  # an emoji the firmware knows outweighs the words
@@ -336,8 +353,7 @@ async def test_abort_cancels_a_device_tool_call_in_flight(livetx: Any, openai: A
     openai.reply = "The light is red now."
     b = await talking(server, mcp=True)
     b.tools["self.light.set"] = ("Set the light's colour.", schema, lambda arguments: None)  # never answers by itself
-    await b.wait(lambda: any(m["payload"].get("method") == "tools/list" for m in b.messages("mcp")))
-    await deferLater(reactor, 0.2, lambda: None)  # the board's answer reaches the server
+    await tools_taken(server, b)
     b.send_json({"session_id": b.session_id, "type": "listen", "state": "detect", "text": "Make the light red"})
     await b.wait(lambda: bool(b.held), timeout=20)  # the call is out, on the board
     b.send_json({"session_id": b.session_id, "type": "abort", "reason": "wake_word_detected"})

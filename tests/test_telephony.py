@@ -24,6 +24,7 @@ from livetx.audio import to_wav
 from livetx.config import STTConfig
 from livetx.providers.sphinx import SphinxRecognizer
 from livetx.storage import jwt_secret
+from livetx.telephony.call import PhoneCall
 from livetx.telephony.codec import ALAW, L16, MULAW, AudioFormat
 from livetx.telephony.tokens import CallTokens
 
@@ -170,13 +171,29 @@ async def test_a_stream_that_never_starts_is_closed(livetx: Any, openai: Any, tm
     assert carrier.close_code == 1008
 
 
+def detected(carrier: FakeCarrier, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Each time the call's session reports the caller's speech (the detector's decision), with
+    the caller's stream position (ms sent) then."""
+    heard: list[tuple[int, str]] = []
+    told = PhoneCall.from_session
+
+    def spy(call: PhoneCall, frame: Any) -> None:
+        if isinstance(frame, dict) and frame.get("t") in ("speech_started", "stop_play"):
+            heard.append((carrier.sent_ms, frame["t"]))
+        told(call, frame)
+
+    monkeypatch.setattr(PhoneCall, "from_session", spy)
+    return heard
+
+
 @pytest_twisted.ensureDeferred
 async def test_twilio_call_ask_interrupt_dtmf_and_end_call(
-        livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer) -> None:
+        livetx: Any, openai: Any, tmp_path: Path, hear: SphinxRecognizer, monkeypatch: pytest.MonkeyPatch) -> None:
     server = await phone_server(livetx, openai, tmp_path)
     mulaw = AudioFormat(MULAW, 8000)
     url, parameters = await answered(server, "twilio", "CA1")
     carrier = await dial(url, TwilioShape(mulaw), parameters, call_id="CA1")
+    heard = detected(carrier, monkeypatch)
     carrier.begin()
 
     # Ask: the reply comes back as μ-law 8 kHz speech, a mark after each sentence.
@@ -189,11 +206,18 @@ async def test_twilio_call_ask_interrupt_dtmf_and_end_call(
 
     # Interrupt while the second sentence plays: clear, and the stored reply is what was heard.
     echoed_before = list(carrier.echoed)
-    carrier.say(await spoken("turn on the hallway lights"))
+    interrupting = await spoken("turn on the hallway lights")
+    said_until = carrier.sent_ms + len(interrupting) // 32
+    carrier.say(interrupting)
     await carrier.wait(lambda: bool(carrier.of("clear")), timeout=15)
     assert echoed_before == ["livetx-1-0"]  # the first sentence played, the second had not
-    # ``clear`` within 300 ms of the detector's decision, which waits min_speech_ms (100) of speech.
-    assert carrier.onset is not None and carrier.of("clear")[0][0] - carrier.onset <= 0.3 + 0.1
+    # Timed on the caller's stream (ms of audio sent by then), not the wall clock: the line and the
+    # server share one reactor, so a loaded machine slows both alike (timed from the onset in wall
+    # time, this failed at 405 and 431 ms under load). The detector decides while the caller still
+    # speaks, and ``clear`` follows within 300 ms of its decision.
+    assert carrier.onset is not None
+    decided = next(ms for ms, _ in heard if ms >= carrier.onset)  # the barge-in (the first decision was the question)
+    assert decided < said_until and carrier.of("clear")[0][0] - decided <= 300, (decided, carrier.of("clear"))
     await carrier.wait(lambda: len(openai.requests_to("/chat/completions")) >= 2, timeout=30)
     assert assistant_turns(openai) == ["Turn off the kitchen lights."]
 

@@ -18,22 +18,28 @@ from .test_tools_loop import Model, slow_tool
 
 
 metrics: MetricsFrames
+speech: ToneTTS
 
 
 class ToneTTS:
     name = "tone"
 
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
     def synthesize(self, text: str) -> Deferred[bytes]:
+        self.said.append(text)
         return succeed(tone(0.5))
 
 
 def start(**config: Any) -> tuple[Clock, Model, list[Deferred[Any]], list[dict[str, Any]], Turn]:
-    global metrics
+    global metrics, speech
     clock, model, pending, sent = Clock(), Model(), [], []
+    speech = ToneTTS()
     metrics = MetricsFrames(sent.append)
     settings = ToolsConfig(**{"enabled": ["slow"], "filler_after_ms": 1000, **config})
     llm = ToolingModel(model, ToolRegistry([slow_tool(pending)]), settings, clock)
-    turn = Turn(clock=clock, llm=llm, tts=ToneTTS(), emit=sent.append,
+    turn = Turn(clock=clock, llm=llm, tts=speech, emit=sent.append,
                 messages=[{"role": "user", "content": "go"}], started_at=0.0, listener=metrics)
     turn.start()
     return clock, model, pending, sent, turn
@@ -60,6 +66,15 @@ def test_filler_is_spoken_but_not_part_of_the_reply() -> None:
     metrics.ended(Outcome.OK, 2.0)
     figures = sent[-2]["data"]
     assert figures["tool_calls"] == 1 and figures["tools"] == [{"name": "slow", "status": "ok", "seconds": 1.0}]
+
+
+def test_emoji_stay_in_the_reply_and_its_captions_but_are_not_spoken() -> None:
+    """As AstrBot's Live API: the text frames carry the model's words as written; TTS gets no emoji."""
+    _, model, _, sent, turn = start()
+    model.rounds[0].answer("It is done, all of it 🎉. 😂😂😂😂😂😂")
+    assert turn.done.result.reply == "It is done, all of it 🎉. 😂😂😂😂😂😂"
+    assert [f["data"]["text"] for f in sent if f["t"] == "bot_text_chunk"] == ["It is done, all of it 🎉."]
+    assert speech.said == ["It is done, all of it ."]
 
 
 def test_interrupt_reports_the_cancelled_call_and_keeps_it() -> None:

@@ -527,3 +527,17 @@ def test_a_person_talking_after_the_turn_while_the_reply_still_plays_is_heard() 
     produced = speak(h, mixed((200, reply, ECHO), (900, voiced(800), 1), (0, quiet(3000), 1)))
     started = [f for f in produced if f["t"] == "speech_started"]
     assert len(started) == 1 and started[0]["data"]["audio_start_ms"] >= 300 + 900 - 90
+
+
+# -- a device's wake word ------------------------------------------------------
+
+
+def test_forgetting_speech_drops_the_open_utterance_and_listens_afresh() -> None:
+    """``forget_speech`` (a xiaozhi board's ``listen detect``): what was heard is no request; what follows is."""
+    h = talking(stt=ManualSTT())
+    assert kinds(speak(h, quiet(300) + voiced(900)))[:1] == ["speech_started"]
+    h.session.forget_speech()
+    assert "speech_stopped" not in kinds(speak(h, quiet(1500))) and h.stt.requests == []
+    produced = speak(h, voiced(900) + quiet(1500))
+    assert kinds(produced)[0] == "speech_started" and "speech_stopped" in kinds(produced)
+    assert len(h.stt.requests) == 1  # only the speech after the wake word is a request

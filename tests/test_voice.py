@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from livetx.audio import read_wav, resample
@@ -77,7 +78,8 @@ async def test_offline_voice_turn_with_a_grammar_is_exact(livetx: Any, tmp_path:
 
 @pytest_twisted.ensureDeferred
 async def test_slow_transcription_does_not_hold_up_other_connections(livetx: Any, openai: Any) -> None:
-    openai.transcription_delay = 1.0
+    held: Deferred[None] = Deferred()
+    openai.transcription_delay = held  # until the other connection's turn is over, however long that takes
     openai.transcript = "a slow transcript"
     server = await livetx(
         f'[stt]\nprovider = "openai"\nbase_url = "{openai.base_url}"\nlanguage = "en"\n'
@@ -88,6 +90,7 @@ async def test_slow_transcription_does_not_hold_up_other_connections(livetx: Any
     await voice.until("metrics")  # the voice turn has started
     await text.turn("quick one")
     assert "user_msg" not in kinds(voice.frames)  # still waiting for its transcript
+    held.callback(None)
     frames = await voice.until("end")
     user = next(f for f in frames if f["t"] == "user_msg")
     assert user["data"]["text"] == "a slow transcript"

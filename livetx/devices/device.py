@@ -14,13 +14,15 @@ In (device → server):
 - ``realtime`` keeps feeding the microphone while the reply plays, so the
   server's detector hears a barge-in (``auto`` devices stop sending then);
 - ``abort`` is ``interrupt``; ``listen`` ``detect`` (the wake word) stops
-  a reply still playing, as the firmware also sends ``abort``; its ``text``
-  is answered as a question unless it is one of the wake words.
+  a reply still playing, as the firmware also sends ``abort``, and drops
+  the speech heard so far (the wake word itself, or talk before it); its
+  ``text`` is answered as a question unless it is one of the wake words.
 
 Out (server → device): ``stt`` with the transcript (``user_msg``); for a
 reply ``llm`` (an emotion for the screen, :mod:`~livetx.devices.emotion`),
 ``tts`` ``start``, then per
-sentence ``sentence_start`` with its text and its Opus packets, then
+sentence ``sentence_start`` with its text (without emoji, as the reference
+sends it) and its Opus packets, then
 ``tts`` ``stop`` once the last packet is out, or at once on barge-in.
 
 Packets go out paced at playback speed with :data:`AHEAD_MS` queued ahead,
@@ -44,6 +46,7 @@ from livetx.devices.emotion import feeling
 from livetx.devices.opus import FRAME_MS, Decoder, Encoder, OpusError
 from livetx.errors import CloseCode, ErrorCode
 from livetx.live.machine import Table
+from livetx.live.segmenter import without_emoji
 from livetx.live.session import LiveSession
 
 _log = Logger()
@@ -183,6 +186,7 @@ class DeviceConversation:
         state, mode = message.get("state"), message.get("mode", self.mode or "auto")
         if state == "detect":
             self._cut()
+            self.session.forget_speech()  # as the reference clears its audio buffer
             self._woken(message.get("text"))
             return
         if state not in ("start", "stop"):
@@ -287,7 +291,9 @@ class DeviceConversation:
             emotion, emoji = feeling(text)
             self._enqueue({"session_id": self.session_id, "type": "llm", "emotion": emotion, "text": emoji})
             self._enqueue(self._tts("start"))
-        self._enqueue(self._tts("sentence_start", text))
+        caption = without_emoji(text)  # the face shows the emoji; the caption is words
+        if caption:
+            self._enqueue(self._tts("sentence_start", caption))
         if wav is None:
             return
         try:

@@ -3,7 +3,9 @@
 The firmware (``main/ota.cc``) POSTs its system information as JSON, or
 GETs, with ``Device-Id`` and ``Client-Id`` headers, and reads from the
 answer: ``server_time``, ``firmware`` (``version``; an empty ``url`` means
-no update), ``websocket`` (``url`` and ``token``, kept in its NVS), and
+no update), ``websocket`` (``url``, ``token`` and ``version``, the binary
+framing it announces as ``Protocol-Version``: every key is kept in its NVS,
+so one left there by another server stays unless this answer sets it), and
 ``activation`` (``code``, ``message``, ``challenge``, ``timeout_ms``).
 With an activation it shows and speaks the code, then POSTs to
 ``<ota url>/activate`` until it gets 200 (202 means "not yet", retried
@@ -56,8 +58,10 @@ class DeviceOta(Resource):
     """``/xiaozhi/ota/``: the board's version check; ``/xiaozhi/ota/activate``: its activation poll."""
 
     def __init__(self, *, registry: DeviceRegistry, tokens: DeviceTokens, clock: IReactorTime,
-                 public_url: str | None, socket_path: str, keys: dict[str, bytes] | None = None) -> None:
+                 public_url: str | None, socket_path: str, keys: dict[str, bytes] | None = None,
+                 protocol_version: int = 1) -> None:
         super().__init__()
+        self._protocol_version = protocol_version
         self._registry = registry
         self._tokens = tokens
         self._clock = clock
@@ -106,7 +110,8 @@ class DeviceOta(Resource):
         if known.state == "approved":
             base = public_base(request, self._public_url)
             url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + self._socket_path
-            answer["websocket"] = {"url": url, "token": self._tokens.issue(device_id, known.client_id)}
+            answer["websocket"] = {"url": url, "token": self._tokens.issue(device_id, known.client_id),
+                                   "version": self._protocol_version}  # a number: the firmware stores it as one
         else:
             _log.info("Device {device} ({board}) waits for approval: livetx devices approve {code}",
                       device=device_id, board=board or "unknown board", code=known.code)

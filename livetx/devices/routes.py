@@ -75,7 +75,7 @@ def device_routes(
     watch.subscribe(socket.close_devices, socket.reboot_devices)
     routes = {
         OTA_PATH: DeviceOta(registry=registry, tokens=tokens, clock=clock, public_url=section.public_url,
-                            socket_path=SOCKET_PATH, keys=keys),
+                            socket_path=SOCKET_PATH, keys=keys, protocol_version=section.protocol_version),
         SOCKET_PATH: cast(Resource, Upgrade(socket)),
     }
     return DeviceParts(routes, watch)

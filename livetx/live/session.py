@@ -168,6 +168,10 @@ class LiveSession:
         """Drop an utterance half-heard and detect no more (the server is stopping)."""
         self.capture.stop_listening()
 
+    def forget_speech(self) -> None:
+        """Drop an utterance half-heard and listen afresh: what a board heard before its wake word is no question."""
+        self.capture.restart_detection(self.settings)
+
     def paused(self, segment: Segment, text: str) -> None:
         """Talk mode heard a pause and transcribed it (the capture's ``Owner``): with ``speculative``
         and no turn running, the reply's model call starts now, unsent (livetx.live.speculation)."""

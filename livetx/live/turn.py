@@ -31,7 +31,7 @@ from livetx.errors import ErrorCode, describe_failure
 from livetx.live import frames
 from livetx.live.events import Ignore, TurnListener
 from livetx.live.machine import Table
-from livetx.live.segmenter import SentenceSegmenter
+from livetx.live.segmenter import SentenceSegmenter, speakable
 from livetx.providers.base import ChatModel, Message, ProviderError, SpeechSynthesizer
 from livetx.tools import ToolCall, ToolOutcome, offers_tools, stream_reply
 from livetx.tools.record import ToolStep, ToolTrail
@@ -237,14 +237,14 @@ class Turn:
             gate.callback(None)
 
     def _speak(self, sentence: str, filler: bool = False) -> None:
-        tts = self._tts
-        if tts is None:
-            return
+        tts, spoken = self._tts, speakable(sentence)
+        if tts is None or not spoken:
+            return  # an emoji-only sentence: its text is in the deltas, it has no sound
         if self._tts_started is None:
             self._tts_started = self._clock.seconds()
             self._listener.provider_called("tts", tts.name)
         flowing = succeed(None) if self._gate is None else waiter_for(self._gate)
-        audio = _settled(flowing.addCallback(lambda _: self._semaphore.run(tts.synthesize, sentence)))
+        audio = _settled(flowing.addCallback(lambda _: self._semaphore.run(tts.synthesize, spoken)))
         self._pending.add(audio)
         audio.addBoth(self._forget, audio)
         self._tail.addCallback(lambda _: audio)

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any, Callable, cast
 
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, ITCPTransport
 from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
@@ -102,7 +103,9 @@ class FakeOpenAI:
         self.keep_open = False
         self.speech_delay = 0.0
         self.transcript = "hello there"
-        self.transcription_delay = 0.0
+        #: Seconds before a transcription is answered; or a Deferred, answered when it fires (a test
+        #: that needs one held until something else is done, however slow the machine).
+        self.transcription_delay: float | Deferred[None] = 0.0
         self.requests: list[Recorded] = []
         #: Paths of streamed responses whose client hung up before the end.
         self.lost: list[str] = []
@@ -184,8 +187,8 @@ class FakeOpenAI:
         request.setHeader(b"content-type", b"audio/wav")
         return self._later(request, self.speech_delay, audio)
 
-    def _later(self, request: Request, delay: float, body: bytes) -> Any:
-        """Answer after ``delay`` seconds, unless the client has gone by then."""
+    def _later(self, request: Request, delay: float | Deferred[None], body: bytes) -> Any:
+        """Answer after ``delay`` seconds (or once it fires), unless the client has gone by then."""
         gone: list[object] = []
         request.notifyFinish().addErrback(gone.append)
 
@@ -199,7 +202,10 @@ class FakeOpenAI:
             request.write(body)
             request.finish()
 
-        self.reactor.callLater(delay, send)
+        if isinstance(delay, Deferred):
+            delay.addCallback(lambda _: send())
+        else:
+            self.reactor.callLater(delay, send)
         return NOT_DONE_YET
 
     def _transcription(self, request: Request, record: Recorded) -> Any:
