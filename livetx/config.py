@@ -121,6 +121,8 @@ class TTSConfig(ServiceConfig):
     model: str | None = None
     #: None: the engine's own default ("en-us" for eSpeak, "alloy" for OpenAI).
     voice: str | None = None
+    #: OpenAI-compatible: the voices a session may pick (None: OpenAI's own for the model).
+    voices: list[str] | None = None
     response_format: Literal["wav", "mp3", "opus", "aac", "flac"] = "wav"
     concurrency: int = 2
     #: eSpeak only: words per minute and pitch (0–100).

@@ -78,6 +78,8 @@ def check(config: Config) -> None:
     if config.tts.provider == "piper":
         _need_path("tts", "model", config.tts.model, "a Piper voice (.onnx file)")
     _check_voice(config)
+    if config.tts.voices is not None and config.tts.provider != "openai":
+        raise ConfigError(f'[tts] voices is for provider = "openai": {config.tts.provider} offers the voices it has')
     if config.stt.provider == "whisper":
         from livetx.providers import whisper
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from livetx.auth.login_links import LoginLinks
+from livetx.auth.login_links import USED_FILE, FileUsedLinks, LoginLinks
 from livetx.auth.revocation import KeyRevocations
 from livetx.chat.service import ChatService
 from livetx.config import Config
@@ -42,6 +42,7 @@ from livetx.web.login import login_routes
 from livetx.web.ops import ops_routes
 from livetx.web.pages import page_ready, page_routes
 from livetx.web.site import build_site
+from livetx.web.voices import voice_routes
 from livetx.web.sockets import memory_journals
 
 _log = Logger()
@@ -102,7 +103,9 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
         journals = lambda: shared  # noqa: E731
         probes["redis"] = node.ping
     origins = settings.server.allowed_origins
-    login = LoginLinks(secret)
+    # Redeemed login links: in Redis for a cluster, else in the data dir, which --workers share.
+    used = node.used_links() if node is not None else FileUsedLinks(data_dir / USED_FILE, reactor)
+    login = LoginLinks(secret, used)
     memories = live_memories(store)
     routes = {
         **api_routes(keys, store, chat, settings.server, failures, metrics, connections.hold),
@@ -111,6 +114,7 @@ def build_services(settings: Config, reactor: Any, data_dir: Path, *, echo: bool
                      optional=("redis", *mcp_probes)),
         **page_routes(),
         **login_routes(login, failures),
+        **voice_routes(engines.tts),
     }
     if settings.telephony.carriers:  # imported only when configured
         from livetx.telephony.routes import telephony_routes

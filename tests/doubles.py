@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 
-from livetx.providers.base import Message
+from livetx.providers.base import Message, Voices
 
 
 class ScriptedStream:
@@ -58,11 +58,20 @@ class ManualTTS:
     def __init__(self) -> None:
         self.requests: list[tuple[str, Deferred[bytes]]] = []
         self.cancelled: list[str] = []
+        #: The voice each request asked for, in order (None: the default).
+        self.asked: list[str | None] = []
+        #: How often the voices were asked for (eSpeak NG loads to answer).
+        self.listed = 0
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
+    def synthesize(self, text: str, voice: str | None = None) -> Deferred[bytes]:
         d: Deferred[bytes] = Deferred(lambda _: self.cancelled.append(text))
         self.requests.append((text, d))
+        self.asked.append(voice)
         return d
+
+    def voices(self) -> Voices:
+        self.listed += 1
+        return Voices(("low", "high"), "low", ("slow",))
 
     def finish(self, index: int) -> bytes:
         text, d = self.requests[index]

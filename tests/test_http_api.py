@@ -141,9 +141,11 @@ async def test_openapi_json_describes_every_route(livetx: Any) -> None:
     from livetx.web.ops import ops_routes
     from livetx.web.login import login_routes
     from livetx.web.pages import page_routes
+    from livetx.web.voices import voice_routes
 
     served = set(api_routes(None, None, None, Config().server)) | set(WEBSOCKET_ROUTES)  # type: ignore[arg-type]
     served |= set(login_routes(None))  # type: ignore[arg-type]
+    served |= set(voice_routes(None))
     served |= set(ops_routes(ServerMetrics(), Config(), reactor))
     served |= set(page_routes()) - {"/static"} | {"/static/{file}"}
     served.add("/api/v1/chat/sessions/{session_id}/messages")

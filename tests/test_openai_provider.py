@@ -18,8 +18,8 @@ from twisted.web.error import SchemeNotSupported
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.fences.treq import Endpoints, make_http_client
-from livetx.providers.base import LLMError, STTError, TTSError
-from livetx.providers.openai import OpenAIChat, OpenAISpeech, OpenAITranscriber
+from livetx.providers.base import LLMError, STTError, TTSError, Voices
+from livetx.providers.openai import OPENAI_TTS1_VOICES, OPENAI_VOICES, OpenAIChat, OpenAISpeech, OpenAITranscriber
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -199,6 +199,8 @@ async def test_speech_returns_a_wav(openai: Any, http: Any) -> None:
     }
     for text in ("two", "three"):
         await tts.synthesize(text)
+    await tts.synthesize("Picked.", "shimmer")  # a session's voice
+    assert openai.requests[-1].json["voice"] == "shimmer"
     assert len({r.port for r in openai.requests}) == 1  # one kept-alive connection
     openai.fail_status = 503
     with pytest.raises(TTSError, match="503"):
@@ -208,6 +210,16 @@ async def test_speech_returns_a_wav(openai: Any, http: Any) -> None:
     slow = OpenAISpeech(TTSConfig(base_url=openai.base_url, timeout=0.2), http, reactor)
     with pytest.raises(TTSError, match="timed out"):
         await slow.synthesize("too slow")
+
+
+def test_speech_offers_openais_voices_for_the_model_or_the_configured_list(http: Any) -> None:
+    def offered(**section: Any) -> Voices:
+        return OpenAISpeech(TTSConfig(**section), http, reactor).voices()
+
+    assert offered() == Voices(OPENAI_TTS1_VOICES, "alloy") and "ballad" not in OPENAI_TTS1_VOICES
+    assert offered(model="gpt-4o-mini-tts", voice="marin") == Voices(OPENAI_VOICES, "marin")
+    # A compatible server's own (Kokoro's), with the configured voice always among them.
+    assert offered(voices=["af_bella", "am_adam"], voice="af_heart") == Voices(("af_heart", "af_bella", "am_adam"), "af_heart")
 
 
 @pytest.mark.parametrize(

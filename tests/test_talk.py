@@ -74,6 +74,43 @@ def test_session_update_validates_and_reports_every_setting() -> None:
     assert reply["data"]["turn_detection"] == "client" and reply["data"]["silence_ms"] == 800
 
 
+def test_a_session_speaks_in_the_voice_it_picked_of_those_the_engine_offers() -> None:
+    h = Harness()
+    h.send("session_update", silence_ms=600, voice=None)
+    assert h.tts.listed == 0  # type: ignore[union-attr]  # asked only when a voice is picked
+    (reply,) = h.send("session_update", voice="high")
+    assert reply == {"t": "session_updated", "data": {**vars(Settings()), "voice": "high"}}
+    h.send("text_input", text="say it")
+    h.llm.last.say("In my voice. ")
+    h.llm.last.finish()
+    assert h.tts.asked == ["high"]  # type: ignore[union-attr]
+    h.tts.finish(0)  # type: ignore[union-attr]
+
+    for voice, why in [
+        ("medium", "voice 'medium' is not one of the 2 voices of this server (GET /api/v1/voices lists them)"),
+        ("high+fast", "voice 'high+fast' has no variant 'fast'; the variants are slow, …"),
+        (7, "voice must be a string, or null for the server's voice"),
+    ]:
+        (error,) = h.send("session_update", voice=voice, silence_ms=900)
+        assert error == {"t": "error", "code": ErrorCode.INVALID_SETTING, "data": why}
+    assert h.session.settings.voice == "high" and h.session.settings.silence_ms == 600  # nothing half-applied
+
+    (reply,) = h.send("session_update", voice="low+slow")
+    assert reply["data"]["voice"] == "low+slow"
+    (reply,) = h.send("session_update", voice=None)  # back to the server's own
+    assert reply["data"]["voice"] is None
+    h.send("text_input", text="again")
+    h.llm.last.say("Default now. ")
+    assert h.tts.asked == ["high", None]  # type: ignore[union-attr]
+
+
+def test_a_server_without_speech_refuses_a_voice() -> None:
+    h = Harness(tts=False)
+    (error,) = h.send("session_update", voice="low")
+    assert (error["code"], error["data"]) == (
+        ErrorCode.INVALID_SETTING, "voice: this server speaks no audio ([tts] provider none)")
+
+
 # -- the voice detector ------------------------------------------------------
 
 FRAME = 640  # 20 ms of 16 kHz PCM16, the size clients usually send

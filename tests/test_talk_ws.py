@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+import treq
+from twisted.internet import reactor
 
 from livetx.audio import duration_ms, read_wav
+from livetx.providers import espeak
 from livetx.store.sqlite import SQLiteStore
 
 from .support import connect
@@ -153,3 +157,38 @@ async def test_binary_audio_round_trips_and_json_clients_are_unaffected(livetx: 
     assert (await plain.until("error"))[-1]["code"] == "UNSUPPORTED_FRAME"
     for client in (plain, binary):
         await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_picks_a_voice_the_server_lists(livetx: Any) -> None:
+    server = await livetx()
+    response = await treq.get(server.url("/api/v1/voices", scheme="http"), reactor=reactor)
+    listed = json.loads(await treq.content(response))
+    assert response.code == 200 and listed["engine"] == "espeak" and listed["default"] == "en-us"
+    assert {"de", "en-us", "fr"} <= set(listed["voices"]) and "f3" in listed["variants"]
+
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "session_update", "voice": "klingon"})
+    refused = await client.next()
+    assert (refused["code"], refused["data"]) == (
+        "INVALID_SETTING", f"voice 'klingon' is not one of the {len(listed['voices'])} voices of this server "
+                           "(GET /api/v1/voices lists them)")
+    client.send({"t": "session_update", "voice": "de"})
+    assert (await client.next())["data"]["voice"] == "de"
+    sentence = "Guten Tag, wie geht es dir heute."
+    audio = [base64.b64decode(f["data"]) for f in await client.turn(sentence) if f["t"] == "response"]
+    # eSpeak's output varies by a few hundred samples from call to call; English is 15 % longer.
+    assert abs(len(audio[0]) / len(espeak._speak(("de", 175, 50), sentence)) - 1) < 0.02
+    assert abs(len(audio[0]) / len(espeak._speak(("en-us", 175, 50), sentence)) - 1) > 0.08
+    await client.close_and_wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_without_speech_lists_no_voice_and_refuses_one(livetx: Any) -> None:
+    server = await livetx('[tts]\nprovider = "none"\n')
+    response = await treq.get(server.url("/api/v1/voices", scheme="http"), reactor=reactor)
+    assert json.loads(await treq.content(response)) == {"engine": None, "default": None, "voices": [], "variants": []}
+    client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "session_update", "voice": "en-us"})
+    assert (await client.next())["data"] == "voice: this server speaks no audio ([tts] provider none)"
+    await client.close_and_wait()

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from livetx.config import ToolsConfig
 from livetx.live.events import MetricsFrames, Outcome
 from livetx.live.turn import Turn
+from livetx.providers.base import Voices
 from livetx.testing.openai_server import tone
 from livetx.tools.loop import ToolingModel
 from livetx.tools.registry import ToolRegistry
@@ -27,9 +28,12 @@ class ToneTTS:
     def __init__(self) -> None:
         self.said: list[str] = []
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
+    def synthesize(self, text: str, voice: str | None = None) -> Deferred[bytes]:
         self.said.append(text)
         return succeed(tone(0.5))
+
+    def voices(self) -> Voices:
+        return Voices(("tone",), "tone")
 
 
 def start(**config: Any) -> tuple[Clock, Model, list[Deferred[Any]], list[dict[str, Any]], Turn]:

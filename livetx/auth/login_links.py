@@ -5,21 +5,33 @@ a token to try the server. The server's own link is a random code it keeps
 in memory; ``livetx open`` makes one from the data dir for a server that is
 already running, as a short JWT signed with a key derived from the JWT
 secret, so that a link is never accepted as a socket token (nor a socket
-token as a link). The server keeps the id of every link it redeemed until
-the link would have expired anyway, so a second use is refused. Only a
-fingerprint of a link is ever logged.
+token as a link). Only a fingerprint of a link is ever logged.
+
+A redeemed link's id is kept until the link would have expired anyway, so
+a second use is refused, wherever it is tried: the record is shared where
+the deployment shares state. With ``[cluster] redis`` it is a Redis key per
+link (:class:`livetx.cluster.links.RedisUsedLinks`), which every process
+and machine sees; otherwise a small SQLite file in the data dir
+(:class:`FileUsedLinks`), which every ``--workers`` process and every
+later run of the server sees. The start-up link is valid only in the
+process that printed it, and is marked used there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import sqlite3
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 from urllib.parse import quote
 
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from livetx.auth.keys import resolve_username
@@ -37,6 +49,11 @@ DEFAULT_USERNAME = "web"
 DEFAULT_PAGE = "http://127.0.0.1:6185/"
 #: The query parameter of the page's address that carries a link.
 QUERY = "login"
+
+#: The used-link record in the data dir, without ``[cluster] redis``.
+USED_FILE = "login_links.sqlite3"
+#: Used links remembered at most (only whoever holds the secret can make more).
+MAX_REMEMBERED = 100_000
 
 PURPOSE = "login-link"
 USED = "Login link already used"
@@ -107,56 +124,122 @@ def page_address(description: str) -> str | None:
     return f"{scheme}://{host}:{port}/"
 
 
+class UsedLinks(Protocol):
+    """Where redeemed links are recorded, shared by every process that could redeem them."""
+
+    def claim(self, link_id: str, expires: float, now: float) -> Deferred[bool]:
+        """Record ``link_id`` as used until ``expires``: True the first time, False once it was.
+
+        Fails when the record cannot be reached (the link is then refused, not let in)."""
+
+
+class TooManyLinks(AuthFailure):
+    """The record holds :data:`MAX_REMEMBERED` links that have not expired yet."""
+
+    def __init__(self) -> None:
+        super().__init__("Too many login links in use; try again in a few minutes")
+
+
+class FileUsedLinks:
+    """The record as a SQLite file in the data dir, for every process that shares the data dir.
+
+    Each claim is one short transaction (``BEGIN IMMEDIATE`` takes SQLite's write
+    lock first, so look-up and insert are one step across processes) on the reactor's thread pool, with its own
+    connection: a login is rare, and a connection kept open would tie the
+    file to one thread. Expired ids are deleted as new ones come.
+    """
+
+    def __init__(self, path: Path, reactor: Any, max_remembered: int = MAX_REMEMBERED) -> None:
+        self._path = path
+        self._reactor = reactor
+        self._max = max_remembered
+
+    def claim(self, link_id: str, expires: float, now: float) -> Deferred[bool]:
+        result: Deferred[bool] = deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self._claim, link_id, expires, now)
+        return result
+
+    def _claim(self, link_id: str, expires: float, now: float) -> bool:
+        if not self._path.exists():  # the ids are no secret, but the data dir's files are its owner's
+            os.close(os.open(self._path, os.O_CREAT | os.O_WRONLY, 0o600))
+        connection = sqlite3.connect(self._path, timeout=10.0, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("CREATE TABLE IF NOT EXISTS used (id TEXT PRIMARY KEY, expires REAL NOT NULL)")
+            connection.execute("DELETE FROM used WHERE expires <= ?", (now,))
+            if connection.execute("SELECT 1 FROM used WHERE id = ?", (link_id,)).fetchone() is not None:
+                return False
+            if connection.execute("SELECT count(*) FROM used").fetchone()[0] >= self._max:
+                raise TooManyLinks()
+            connection.execute("INSERT INTO used VALUES (?, ?)", (link_id, expires))
+            return True
+        finally:
+            if connection.in_transaction:
+                connection.execute("COMMIT")  # the sweep of expired ids too
+            connection.close()
+
+
 class LoginLinks:
     """Redeems each link once: a valid, unused, unexpired code becomes a session token.
 
     Two kinds of code: the server's own (:meth:`issue`, the start-up link), a
     random string kept in memory, so an idle server never loads the JWT
     library for it; and ``livetx open``'s, a JWT made from the secret by
-    another process. ``used`` maps a redeemed link's id to when it expires;
-    ids go once their link could no longer be used anyway, and at most
-    ``max_remembered`` are kept (only whoever holds the secret can make more).
+    another process, whose use goes on the shared record (``used``).
     """
 
-    def __init__(self, secret: str, session_seconds: float = SESSION_SECONDS,
-                 now: Callable[[], float] = time.time, max_remembered: int = 100_000) -> None:
+    def __init__(self, secret: str, used: UsedLinks, session_seconds: float = SESSION_SECONDS,
+                 now: Callable[[], float] = time.time) -> None:
         self._secret = secret
+        self._used = used
         self.session_seconds = session_seconds
         self._now = now
-        self._max = max_remembered
-        self._issued: dict[str, tuple[str, float]] = {}  # digest of a code → (username, expires)
-        self._used: dict[str, float] = {}
+        #: digest of a code → (username, expires, used): only this process's own codes.
+        self._issued: dict[str, tuple[str, float, bool]] = {}
 
     def issue(self, username: str = DEFAULT_USERNAME, ttl: float = LINK_SECONDS) -> str:
         """A fresh link's code, kept in this process (the start-up link)."""
         _check(username)
         code = secrets.token_urlsafe(24)
-        self._issued[_digest(code)] = (username, self._now() + ttl)
+        self._issued[_digest(code)] = (username, self._now() + ttl, False)
         return code
 
-    def redeem(self, code: str) -> tuple[str, str]:
-        """``(username, token)`` for a link used for the first time; :class:`AuthFailure` otherwise."""
+    def redeem(self, code: str) -> Deferred[tuple[str, str]]:
+        """``(username, token)`` for a link used for the first time; fails with :class:`AuthFailure` otherwise.
+
+        Fails with anything else when the shared record cannot be reached."""
         now = self._now()
         digest = _digest(code)
-        issued = self._issued.pop(digest, None)
+        issued = self._issued.get(digest)
         self._forget(now)
-        if issued is not None:
-            (username, expires), link_id = issued, digest
-        elif digest in self._used:
-            link_id = digest
-        else:
-            claims = self._claims(code)
-            username, expires, link_id = str(claims["username"]), float(claims["exp"]), f"jti:{claims['jti']}"
-        if link_id in self._used:
-            _log.info("refused a login link used before ({link})", link=fingerprint(code))
-            raise AuthFailure(USED)
-        if expires <= now:  # checked against our clock, so tests can move it
-            raise AuthFailure(EXPIRED)
-        if len(self._used) >= self._max:
-            raise AuthFailure("Too many login links in use; try again in a few minutes")
-        self._used[link_id] = expires
+        try:
+            if issued is not None:
+                username, expires, used = issued
+                if used:
+                    return fail(self._refused(code))
+                if expires <= now:
+                    raise AuthFailure(EXPIRED)
+                self._issued[digest] = (username, expires, True)
+                first: Deferred[bool] = succeed(True)
+            else:
+                claims = self._claims(code)
+                username, expires = str(claims["username"]), float(claims["exp"])
+                if expires <= now:  # checked against our clock, so tests can move it
+                    raise AuthFailure(EXPIRED)
+                first = self._used.claim(f"jti:{claims['jti']}", expires, now)
+        except AuthFailure as refusal:
+            return fail(refusal)
+        return first.addCallback(self._signed_in, code, username)
+
+    def _signed_in(self, first: bool, code: str, username: str) -> tuple[str, str]:
+        if not first:
+            raise self._refused(code)
         _log.info("login link {link} signed in {username}", link=fingerprint(code), username=username)
         return username, issue_token(self._secret, username, self.session_seconds)
+
+    def _refused(self, code: str) -> AuthFailure:
+        _log.info("refused a login link used before ({link})", link=fingerprint(code))
+        return AuthFailure(USED)
 
     def _claims(self, code: str) -> dict[str, Any]:
         import jwt
@@ -177,7 +260,6 @@ class LoginLinks:
         return claims
 
     def _forget(self, now: float) -> None:
-        for link_id in [i for i, expires in self._used.items() if expires <= now]:
-            del self._used[link_id]
-        for digest in [d for d, (_, expires) in self._issued.items() if expires <= now]:
+        """The start-up link goes once it has expired (a later use is then an invalid link)."""
+        for digest in [d for d, (_, expires, _) in self._issued.items() if expires <= now]:
             del self._issued[digest]

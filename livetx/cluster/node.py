@@ -2,7 +2,7 @@
 
 Built by :func:`livetx.tap.makeService` only when ``[cluster] redis`` is set;
 the pieces it holds (:class:`ConnectionSlots`, :class:`ChatRelay`,
-:class:`SharedFailedAuth`, the resume journal) are handed to the parts of the
+:class:`SharedFailedAuth`, the resume journal, the used login links) are handed to the parts of the
 server that use them.
 """
 
@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 
 from livetx.cluster.journal import RedisJournals
 from livetx.cluster.limits import HEARTBEAT_TTL, ConnectionSlots, SharedFailedAuth
+from livetx.cluster.links import RedisUsedLinks
 from livetx.cluster.redis import Redis, warn_unreachable
 from livetx.config import ClusterConfig
 from livetx.cluster.relay import ChatRelay
@@ -56,6 +57,10 @@ class ClusterNode(Service):
 
     def failed_auth(self, limit: int) -> SharedFailedAuth:
         return SharedFailedAuth(limit, self.reactor, self.redis, self.prefix)
+
+    def used_links(self) -> RedisUsedLinks:
+        """The record of redeemed login links, shared by every process."""
+        return RedisUsedLinks(self.redis, self.prefix)
 
     def on_revoked(self, close: Callable[[str], None], channel: str = REVOKED) -> None:
         """Call ``close(key_id)`` when ``livetx keys revoke`` revokes a key anywhere (or what ``channel`` carries)."""

@@ -107,6 +107,7 @@ class Request:
             tts_concurrency=engines.tts_concurrency,
             binary_audio=self._owner.settings.binary_audio,
             listener=self._turns.report,
+            voice=self._owner.settings.voice,
         )
         self._turn = turn
         if self._paused:

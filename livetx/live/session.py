@@ -181,7 +181,9 @@ class LiveSession:
             segment.ahead = speculate(self._engines.llm, messages, self._turns.report)
 
     def _update_settings(self, event: EventData) -> None:
-        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end)
+        tts = self._engines.tts
+        before, self.settings = self.settings, updated(self.settings, event.kwargs["frame"], self._engines.turn_end,
+                                                       tts.voices if tts is not None else None)
         if _detection(before) != _detection(self.settings):
             self.capture.restart_detection(self.settings)
         self._emit(self.settings.frame())

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from livetx.errors import ErrorCode
 from livetx.live import frames
 from livetx.live.frames import Frame, FrameError
+from livetx.providers.base import Voices
 
 #: Frame fields that are not settings: the type, and the unified endpoint's mode.
 _ENVELOPE = frozenset({"t", "ct"})
@@ -54,6 +55,8 @@ class Settings:
     speculative: bool = False
     #: Number every frame (``seq``) and keep it, so a new socket can resume the session.
     resume: bool = False
+    #: The reply's voice, one the speech engine offers (``GET /api/v1/voices``); None: the server's own.
+    voice: str | None = None
 
     @property
     def server_detection(self) -> bool:
@@ -85,14 +88,20 @@ _RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
 }
 
 
-def updated(current: Settings, frame: Frame, turn_end: object | None = None) -> Settings:
+def updated(current: Settings, frame: Frame, turn_end: object | None = None,
+            voices: Callable[[], Voices] | None = None) -> Settings:
     """``current`` with the frame's settings applied, or ``FrameError`` naming the first bad one.
 
-    ``end_of_turn: semantic`` needs the end-of-turn model (``turn_end``), which is an extra.
+    ``end_of_turn: semantic`` needs the end-of-turn model (``turn_end``), which is an extra;
+    ``voice`` must be one the speech engine offers (``voices``, asked only then: eSpeak NG
+    loads to answer the first time; None: the server speaks no audio).
     """
     changes: dict[str, Any] = {}
     for key, value in frame.items():
         if key in _ENVELOPE:
+            continue
+        if key == "voice":
+            changes[key] = _voice(value, voices)
             continue
         rule = _RULES.get(key)
         if rule is None:
@@ -113,3 +122,17 @@ def updated(current: Settings, frame: Frame, turn_end: object | None = None) -> 
             "end_of_turn semantic needs the end-of-turn model: pip install 'livetx[turn]' on the server",
         )
     return dataclasses.replace(current, **changes)
+
+
+def _voice(value: object, voices: Callable[[], Voices] | None) -> str | None:
+    """A voice the engine has, or null for the server's own; ``FrameError`` otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FrameError(ErrorCode.INVALID_SETTING, "voice must be a string, or null for the server's voice")
+    if voices is None:
+        raise FrameError(ErrorCode.INVALID_SETTING, "voice: this server speaks no audio ([tts] provider none)")
+    problem = voices().problem(value)
+    if problem is not None:
+        raise FrameError(ErrorCode.INVALID_SETTING, f"voice {value[:64]!r} {problem}")
+    return value

@@ -101,6 +101,7 @@ class Turn:
         tts_concurrency: int = 2,
         binary_audio: bool = False,
         listener: TurnListener | None = None,
+        voice: str | None = None,
     ) -> None:
         self.state = TURN.initial
         self._clock = clock
@@ -111,6 +112,8 @@ class Turn:
         self._messages = messages
         self._started_at = started_at
         self._binary_audio = binary_audio
+        #: The session's voice (``session_update``), checked there; None: the engine's default.
+        self._voice = voice
         self._segmenter = SentenceSegmenter()
         self._semaphore = DeferredSemaphore(max(1, tts_concurrency))
         self._tail: Deferred[Any] = succeed(None)
@@ -244,7 +247,7 @@ class Turn:
             self._tts_started = self._clock.seconds()
             self._listener.provider_called("tts", tts.name)
         flowing = succeed(None) if self._gate is None else waiter_for(self._gate)
-        audio = _settled(flowing.addCallback(lambda _: self._semaphore.run(tts.synthesize, spoken)))
+        audio = _settled(flowing.addCallback(lambda _: self._semaphore.run(tts.synthesize, spoken, self._voice)))
         self._pending.add(audio)
         audio.addBoth(self._forget, audio)
         self._tail.addCallback(lambda _: audio)

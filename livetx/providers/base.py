@@ -104,6 +104,38 @@ class ToolCallingModel(Protocol):
         """Stream a reply offering ``tools``; fire with the calls asked for (none: it answered)."""
 
 
+@dataclass(frozen=True)
+class Voices:
+    """The voices an engine offers, of which a session picks one (``session_update``'s ``voice``).
+
+    Read once, when first asked (an eSpeak NG list takes its engine's lock),
+    so checking a session's choice costs a set look-up on the reactor.
+    """
+
+    #: Every voice the engine can speak in, in the order to offer them.
+    names: tuple[str, ...]
+    #: What a session speaks in until it picks another: ``[tts] voice``, else the engine's own.
+    default: str
+    #: eSpeak NG's variants, which may follow a voice after a ``+`` (``en-us+f3``).
+    variants: tuple[str, ...] = ()
+
+    def problem(self, voice: str) -> str | None:
+        """Why the engine cannot speak as ``voice``, or None when it can."""
+        if voice in self.names:
+            return None
+        base, plus, variant = voice.partition("+")
+        if plus and base in self.names:
+            if variant in self.variants:
+                return None
+            if not self.variants:
+                return "has a variant, which this engine has none of"
+            return f"has no variant {variant!r}; the variants are {', '.join(self.variants[:8])}, …"
+        return f"is not one of the {len(self.names)} voices of this server (GET /api/v1/voices lists them)"
+
+    def json(self) -> dict[str, Any]:
+        return {"default": self.default, "voices": list(self.names), "variants": list(self.variants)}
+
+
 @runtime_checkable
 class SpeechSynthesizer(Protocol):
     """Turns one sentence into one complete, playable audio file."""
@@ -111,8 +143,15 @@ class SpeechSynthesizer(Protocol):
     #: Reported as the ``tts`` metric.
     name: str
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
-        """Fire with the audio file's bytes (WAV unless configured otherwise)."""
+    def synthesize(self, text: str, voice: str | None = None) -> Deferred[bytes]:
+        """Fire with the audio file's bytes (WAV unless configured otherwise).
+
+        ``voice``: one of :meth:`voices`, checked by the caller (a session's
+        ``session_update``); None speaks in the default one.
+        """
+
+    def voices(self) -> Voices:
+        """The voices a session may pick from."""
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 
 from livetx.audio import to_wav
 from livetx.config import TTSConfig
-from livetx.providers.base import TTSError
+from livetx.providers.base import TTSError, Voices
 from livetx.threads import Worker
 
 _SYNCHRONOUS = 2
@@ -95,6 +95,10 @@ class _Engine:
         """Names ``[tts] voice`` accepts (a variant may follow: ``en-us+f3``)."""
         return sorted(set(self._list(None)))
 
+    def variants(self) -> list[str]:
+        """What may follow a voice's name after a ``+``."""
+        return sorted(set(self._list(_Voice(languages=b"variant"))))
+
     def unknown(self, voice: str) -> str | None:
         """Why eSpeak cannot speak as ``voice``, or None when it can."""
         import difflib  # only for the refusal's suggestions: an idle server need not load it
@@ -153,6 +157,13 @@ def voices() -> list[str]:
         return _engine_in_use().voices()
 
 
+def _offered(default: str) -> Voices:
+    """Every voice and variant, for sessions to pick from. Blocks briefly."""
+    with _lock:
+        engine = _engine_in_use()
+        return Voices(tuple(engine.voices()), default, tuple(engine.variants()))
+
+
 class EspeakSpeech:
     """One WAV per sentence from eSpeak NG."""
 
@@ -165,10 +176,18 @@ class EspeakSpeech:
         if _worker is None:
             _worker = Worker(reactor, "espeak", 1)
         self._worker = _worker
-        self._settings = (config.voice or "en-us", config.rate, config.pitch)
+        self._voice = config.voice or "en-us"
+        self._rate, self._pitch = config.rate, config.pitch
+        self._voices: Voices | None = None
 
-    def synthesize(self, text: str, owner: str = "") -> Deferred[bytes]:
-        return self._worker.run(_speak, self._settings, text, owner=owner)
+    def synthesize(self, text: str, voice: str | None = None, owner: str = "") -> Deferred[bytes]:
+        return self._worker.run(_speak, (voice or self._voice, self._rate, self._pitch), text, owner=owner)
+
+    def voices(self) -> Voices:
+        """Read when first asked, once: an idle server that no session asks never loads eSpeak for it."""
+        if self._voices is None:
+            self._voices = _offered(self._voice)
+        return self._voices
 
 
 if __name__ == "__main__":

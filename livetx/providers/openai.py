@@ -29,7 +29,7 @@ from twisted.web.iweb import IResponse
 
 from livetx.config import LLMConfig, STTConfig, TTSConfig
 from livetx.fences.treq import NO_COOKIES, Hangup, PreparedURL, prepared_url
-from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError, ToolCall
+from livetx.providers.base import LLMError, Message, ProviderError, STTError, TTSError, ToolCall, Voices
 from livetx.providers.openai_calls import ToolCallAccumulator
 from livetx.providers.sse import SSEDecoder, SSEError
 
@@ -297,6 +297,13 @@ class _Engine(Generic[_C]):
         self._upstream = _Upstream(http, reactor, config, self.error, self.what)
 
 
+#: OpenAI's voices (https://platform.openai.com/docs/guides/text-to-speech); ``tts-1`` and
+#: ``tts-1-hd`` have the first nine. A compatible server lists its own in ``[tts] voices``.
+OPENAI_VOICES = ("alloy", "ash", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
+                 "ballad", "cedar", "marin", "verse")
+OPENAI_TTS1_VOICES = OPENAI_VOICES[:9]
+
+
 class OpenAISpeech(_Engine[TTSConfig]):
     """``POST /audio/speech``: one sentence in, one audio file out."""
 
@@ -304,11 +311,18 @@ class OpenAISpeech(_Engine[TTSConfig]):
     error = TTSError
     what = "speech service"
 
-    def synthesize(self, text: str) -> Deferred[bytes]:
+    def synthesize(self, text: str, voice: str | None = None) -> Deferred[bytes]:
         c = self._config
-        request = {"model": c.model or "tts-1", "input": text, "voice": c.voice or "alloy",
+        request = {"model": c.model or "tts-1", "input": text, "voice": voice or c.voice or "alloy",
                    "response_format": c.response_format}
         return self._upstream.post("/audio/speech", self._audio, json=request)
+
+    def voices(self) -> Voices:
+        """``[tts] voices``, else OpenAI's for the model; the configured voice is always one of them."""
+        c = self._config
+        names = c.voices or (OPENAI_TTS1_VOICES if (c.model or "tts-1").startswith("tts-1") else OPENAI_VOICES)
+        default = c.voice or "alloy"
+        return Voices(tuple(names if default in names else [default, *names]), default)
 
     def _audio(self, response: IResponse) -> Deferred[bytes]:
         kind = (response.headers.getRawHeaders(b"content-type") or [b""])[-1].decode("latin-1")

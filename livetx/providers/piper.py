@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import json
 import wave
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from livetx.config import TTSConfig
+from livetx.providers.base import Voices
 from livetx.threads import Worker
 
 
@@ -50,30 +52,37 @@ class PiperSpeech:
     def __init__(self, config: TTSConfig, http: Any, reactor: Any) -> None:
         # The factory's start-up check refuses piper without a model, or with a voice it lacks.
         self._model_path = config.model or ""
-        self._speaker = speakers(config.model)[config.voice] if config.voice and config.model else None
+        known = speakers(self._model_path) if self._model_path else {}
+        # A model of one speaker offers one voice, named after its file.
+        self._speakers: dict[str, int | None] = dict(known) or {Path(self._model_path).stem: None}
+        first = min(self._speakers, key=lambda name: self._speakers[name] or 0)
+        self._voices = Voices(tuple(sorted(self._speakers)), config.voice or first)
         # onnxruntime parallelises inside one call; one call at a time is enough.
         self._worker = Worker(reactor, "piper", 1)
         self._voice: Any = None
-        self._synthesis: Any = None
 
     def _load(self) -> None:
         """Runs on the Piper thread: the model loads once, at start-up (:meth:`warm`) or on the first sentence."""
         if self._voice is None:
-            from piper import PiperVoice, SynthesisConfig
+            from piper import PiperVoice
 
             self._voice = PiperVoice.load(self._model_path)
-            self._synthesis = SynthesisConfig(speaker_id=self._speaker)
 
-    def _speak(self, text: str) -> bytes:
+    def _speak(self, text: str, speaker: int | None) -> bytes:
+        from piper import SynthesisConfig
+
         self._load()
         out = io.BytesIO()
         with wave.open(out, "wb") as w:
-            self._voice.synthesize_wav(text, w, self._synthesis)
+            self._voice.synthesize_wav(text, w, SynthesisConfig(speaker_id=speaker))
         return out.getvalue()
 
     def warm(self) -> Deferred[None]:
         """Load the model now rather than during the first reply."""
         return self._worker.run(self._load)
 
-    def synthesize(self, text: str, owner: str = "") -> Deferred[bytes]:
-        return self._worker.run(self._speak, text, owner=owner)
+    def voices(self) -> Voices:
+        return self._voices
+
+    def synthesize(self, text: str, voice: str | None = None, owner: str = "") -> Deferred[bytes]:
+        return self._worker.run(self._speak, text, self._speakers[voice or self._voices.default], owner=owner)

@@ -258,14 +258,19 @@ class FailedAuth:
         if len(self._failures) > self._max:  # forget the address seen longest ago
             del self._failures[next(iter(self._failures))]
 
+    def admit(self, peer: str) -> str:
+        """The address of a client at ``peer``; :class:`TooManyFailures` when it is blocked."""
+        address = client_address(peer)
+        if self.blocked(address):
+            raise TooManyFailures("Too many failed attempts")
+        return address
+
     def attempt(self, peer: str, verify: Callable[[], T], failed: Callable[[T], bool]) -> T:
         """``verify()`` for a client at ``peer``, counting it when ``failed(result)``.
 
         Raises :class:`TooManyFailures`, without verifying, when the address is blocked.
         """
-        address = client_address(peer)
-        if self.blocked(address):
-            raise TooManyFailures("Too many failed attempts")
+        address = self.admit(peer)
         result = verify()
         if failed(result):
             self.failed(address)

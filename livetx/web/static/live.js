@@ -5,7 +5,7 @@
 // docs/protocol-extensions.md.
 
 import { EventLog } from "/static/log.js";
-import { SETTINGS, renderSettings, settingsFrame, showApplied } from "/static/settings.js";
+import { SETTINGS, loadVoices, renderSettings, settingsFrame, showApplied } from "/static/settings.js";
 import { Timeline } from "/static/timeline.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +14,7 @@ const $ = (id) => document.getElementById(id);
 const stats = {
   framesIn: 0, partsSent: 0, segments: 0, chunksScheduled: 0, secondsScheduled: 0, turnsEnded: 0,
   loudFrames: 0, quietFrames: 0,  // microphone frames above the speech level; quiet ones since
-  reconnects: 0, replayed: 0, bargeIns: 0,
+  reconnects: 0, replayed: 0, bargeIns: 0, resumesExpired: 0,
 };
 const log = new EventLog($("log"), $("log-filter"), $("log-types"));
 const timeline = new Timeline($("timeline"));
@@ -179,7 +179,9 @@ function open(resuming) {
     try { frame = JSON.parse(event.data); } catch { return; }
     if (typeof frame.seq === "number" && resumePoint !== null) resumePoint.seq = frame.seq;
     let note = "";
-    if (replay) {
+    if (replay && frame.code === "RESUME_EXPIRED") {
+      note = "resume refused";  // an answer to the resume, not a frame of the session
+    } else if (replay) {
       replay.count++;
       stats.replayed++;
       note = "replayed";
@@ -195,6 +197,23 @@ function showReplay() {
   notice.textContent = count
     ? `Reconnected and resumed the session: ${count} frame${count === 1 ? "" : "s"} replayed (seq ${from}–${from + count - 1})`
     : "Reconnected; resuming the session…";
+}
+
+// The server no longer keeps the dropped session's frames (the socket was gone longer than its
+// [cluster] resume_seconds, or past its budget): say so where the reconnect was announced, leave
+// the cut-off reply marked as such, and go on in a new session with the settings in force.
+function resumeExpired() {
+  stats.resumesExpired++;
+  const text = "Reconnected, but the session could not be resumed: the server no longer keeps its frames. " +
+    "What was missed is in the server's history; a new session starts.";
+  const notice = replay ? replay.notice : addMessage("notice", "");
+  notice.textContent = text;
+  notice.dataset.state = "resume-expired";
+  $("status").textContent = "connected: new session (could not resume)";
+  replay = null;
+  resumePoint = null;
+  if (turnRunning || botMessage) endTurn(true);
+  send({ t: "session_update", ...wantedSettings(), resume: true });
 }
 
 function replayOver() {
@@ -246,7 +265,7 @@ function handle(frame) {
         // The same turn again: the user went on after a pause, and this text replaces the
         // first; the reply starts again (docs/protocol-extensions.md, "A request in two breaths").
         lastUser.textContent = data.text;
-        if (botMessage) botMessage.remove();
+        for (const said of document.querySelectorAll(`#transcript .msg.bot[data-turn="${frame.turn}"]`)) said.remove();
         botMessage = null;
       } else {
         lastUser = addMessage("user", data.text);
@@ -255,7 +274,10 @@ function handle(frame) {
       timeline.mark("transcript", frame.turn);
       break;
     case "bot_delta_chunk":  // the streaming transcript
-      if (!botMessage) botMessage = addMessage("bot", "");
+      if (!botMessage) {
+        botMessage = addMessage("bot", "");
+        botMessage.dataset.turn = String(frame.turn);
+      }
       botMessage.textContent += data.text;
       $("transcript").scrollTop = $("transcript").scrollHeight;
       timeline.mark("delta", frame.turn);
@@ -284,21 +306,27 @@ function handle(frame) {
     case "stop_play":  // tell the server how much of the reply was heard; it keeps only that
       stopPlayback();
       endTurn(true);
-      if (cut && cut.turn === frame.turn) send({ t: "truncate", turn: cut.turn, audio_end_ms: cut.ms }, true);
+      if (cut && cut.turn === frame.turn && send({ t: "truncate", turn: cut.turn, audio_end_ms: cut.ms }, true)) {
+        truncating = cut.turn;
+      }
       cut = null;
       break;
     case "end":
       endTurn(false);
       break;
     case "truncated":
+      truncating = null;
       addMessage("notice", `kept what was heard: ${data.text || "(nothing)"}`);
       break;
     case "error":
       if (frame.code === "RESUME_EXPIRED") {  // the journal is gone: start a new session
-        addMessage("notice", "could not resume (the server no longer keeps that session's frames); a new session starts");
-        resumePoint = null;
-        replay = null;
-        send({ t: "session_update", resume: true });
+        resumeExpired();
+        break;
+      }
+      if (frame.code === "UNKNOWN_TURN" && truncating !== null) {
+        // The answer to the page's own truncate: in talk mode the stop_play may have been the
+        // user going on with the request (its turn withdrawn, nothing stored to cut). Nothing to show.
+        truncating = null;
         break;
       }
       if (frame.code === "INVALID_SETTING" || frame.code === "UNKNOWN_SETTING") $("settings-error").textContent = data;
@@ -311,8 +339,16 @@ function handle(frame) {
 let inForce = null;
 function reapply() {
   if (!inForce || !connected()) return;
+  const wanted = wantedSettings();
+  if (wanted.voice || SETTINGS.some((s) => wanted[s.name] !== s.initial)) send({ t: "session_update", ...wanted, resume: true });
+}
+
+// The page's settings of the session now in force, as a session_update carries them.
+function wantedSettings() {
+  if (!inForce) return {};
   const wanted = Object.fromEntries(SETTINGS.map((s) => [s.name, inForce[s.name]]).filter(([, v]) => v !== undefined));
-  if (SETTINGS.some((s) => wanted[s.name] !== s.initial)) send({ t: "session_update", ...wanted, resume: true });
+  if (inForce.voice) wanted.voice = inForce.voice;
+  return wanted;
 }
 
 function applied(frame, data) {
@@ -616,6 +652,7 @@ function micUp() {
 
 // What the user heard of a reply stopped here, kept until its stop_play (for truncate).
 let cut = null;
+let truncating = null;  // the turn of a truncate sent, until the server answers it
 function stopPlayback() {
   const heard = player.stop();
   if (heard) cut = heard;
@@ -711,6 +748,7 @@ $("say").addEventListener("submit", (event) => {
 });
 
 renderSettings($("settings-fields"));
+loadVoices($("settings-fields")).catch((error) => { $("settings-error").textContent = `no voices: ${error.message || error}`; });
 $("settings").addEventListener("submit", (event) => {
   event.preventDefault();
   const { frame, error } = settingsFrame($("settings-fields"));

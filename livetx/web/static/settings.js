@@ -17,9 +17,9 @@ export const SETTINGS = [
     help: "speech resumed this soon after a pause continues the request, even over the reply's first audio" },
 ];
 
-// Fields for every setting, inside ``container``.
+// Fields for every setting, inside ``container``, and the voice picker first.
 export function renderSettings(container) {
-  container.replaceChildren();
+  container.replaceChildren(voicePicker());
   for (const setting of SETTINGS) {
     const label = document.createElement("label");
     label.textContent = setting.label + " ";
@@ -50,12 +50,81 @@ export function showApplied(container, data) {
     const input = container.querySelector(`#setting-${setting.name}`);
     if (input && data[setting.name] !== undefined) input.value = String(data[setting.name]);
   }
+  if (data.voice !== undefined) {
+    const [name, variant] = data.voice === null ? ["", ""] : splitVoice(data.voice);
+    choose(container.querySelector("#setting-voice"), name);
+    choose(container.querySelector("#setting-variant"), variant);
+  }
+}
+
+// -- the voice: one the server's speech engine lists (GET /api/v1/voices), or the server's own --
+
+function voicePicker() {
+  const box = document.createElement("div");
+  box.className = "voice";
+  const voice = document.createElement("select");
+  voice.id = "setting-voice";
+  voice.name = "voice";
+  voice.add(new Option("the server's", ""));
+  voice.title = "the replies' voice, from the next reply on (session_update's voice)";
+  const variant = document.createElement("select");
+  variant.id = "setting-variant";
+  variant.add(new Option("none", ""));
+  variant.title = "eSpeak NG: a variant of the voice (voice+variant)";
+  const voiceLabel = document.createElement("label");
+  voiceLabel.append("Voice ", voice);
+  const variantLabel = document.createElement("label");
+  variantLabel.id = "variant-label";
+  variantLabel.append("Variant ", variant);
+  variantLabel.hidden = true;
+  box.append(voiceLabel, variantLabel);
+  return box;
+}
+
+// Fill the picker from the server's list; resolves to that list ({engine, default, voices, variants}).
+export async function loadVoices(container) {
+  const reply = await fetch("/api/v1/voices");
+  const listed = await reply.json();
+  const voice = container.querySelector("#setting-voice");
+  const variant = container.querySelector("#setting-variant");
+  voice.options[0].text = listed.default ? `the server's (${listed.default})` : "none: the server speaks no audio";
+  voice.disabled = listed.voices.length === 0;
+  for (const name of listed.voices) if (!has(voice, name)) voice.add(new Option(name, name));
+  for (const name of listed.variants) if (!has(variant, name)) variant.add(new Option(name, name));
+  container.querySelector("#variant-label").hidden = listed.variants.length === 0;
+  return listed;
+}
+
+function has(select, value) {
+  return [...select.options].some((option) => option.value === value);
+}
+
+// Select ``value``, adding it if the list has not come yet (a voice the server applied is one it has).
+function choose(select, value) {
+  if (!select) return;
+  if (!has(select, value)) select.add(new Option(value, value));
+  select.value = value;
+}
+
+function splitVoice(voice) {
+  const plus = voice.indexOf("+");
+  return plus < 0 ? [voice, ""] : [voice.slice(0, plus), voice.slice(plus + 1)];
+}
+
+// The voice the picker names: null for the server's own.
+function pickedVoice(container) {
+  const name = container.querySelector("#setting-voice").value;
+  const variant = container.querySelector("#setting-variant").value;
+  if (!name) return variant ? { error: "voice: pick a voice for the variant" } : { voice: null };
+  return { voice: variant ? `${name}+${variant}` : name };
 }
 
 // The ``session_update`` frame for the form's values, or {error} naming the first bad one
 // in the server's words.
 export function settingsFrame(container) {
-  const frame = { t: "session_update" };
+  const { voice, error } = pickedVoice(container);
+  if (error) return { error };
+  const frame = { t: "session_update", voice };
   for (const setting of SETTINGS) {
     const raw = container.querySelector(`#setting-${setting.name}`).value.trim();
     if (setting.choices) {
