@@ -31,9 +31,18 @@ taken to; without it, the first rule is). ``--rounds N`` takes turns N times
 and pools each configuration's requests, so load from other work on the
 machine falls on every configuration alike.
 
+``--speculative MODELS`` compares the speculative reply (``speculative``
+off, then on, on one server) instead, for each model named: ``echo`` (the
+offline default) and ``hosted`` (the fake OpenAI-compatible service with a
+first token ``--first-delay`` seconds after the request, as a hosted model
+answers), with the first of ``--rules``; the ratios are to ``off`` with the
+same model. It counts the replies committed and discarded (begun at a pause
+the person spoke on after).
+
     PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, every rule
     PYTHONPATH=. python benchmarks/v2v_bench.py --base /work/main     # and ratios to that checkout
     PYTHONPATH=. python benchmarks/v2v_bench.py --sets short,pause --short 6
+    PYTHONPATH=. python benchmarks/v2v_bench.py --speculative echo,hosted --first-delay 0.4
 
 Needs the ``bench`` extra (websockets); moonshine-voice and a Piper voice are optional.
 """
@@ -47,10 +56,11 @@ import base64
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,7 +68,7 @@ import jiwer
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_bench import local_server  # noqa: E402
+from live_bench import free_port, local_server, wait_for_port  # noqa: E402
 from live_scenarios import percentile  # noqa: E402
 from stt_bench import MORE, PHRASES, normal  # noqa: E402
 
@@ -72,6 +82,8 @@ FRAME_BYTES = 640  # 20 ms
 MARKS = ("speech_stopped", "user_msg", "response")
 #: What the server measured, from the last voiced frame (livetx.live.events.VOICE_STAGES).
 STAGES = ("endpoint_ms", "transcript_ms", "first_token_ms", "first_audio_ms", "voice_to_voice_ms")
+#: Speculative replies committed and discarded, as the turns' metrics count them (SPECULATION_KEYS).
+SPECULATIONS = ("speculations_committed", "speculations_discarded")
 #: Requests in two breaths: the first half, then the rest after a pause of PAUSE_MS.
 PAUSED = [
     ("please call my sister", "at seven in the evening"),
@@ -165,7 +177,9 @@ class Microphone:
         return out.tobytes()
 
 
-async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo: bool) -> list[dict[str, Any]]:
+async def converse(
+    url: str, rule: str, made: list[tuple[str, str, bytes]], echo: bool, **settings: Any,
+) -> list[dict[str, Any]]:
     """Say every request in turn, in real time, on one connection; what each one measured.
 
     A request's turn is the first one numbered after the last request's; later ones
@@ -173,6 +187,7 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
     results: list[dict[str, Any]] = []
     async with websockets.connect(url, max_size=None) as ws:
         update: dict[str, Any] = {"t": "session_update", "turn_detection": "server", "end_of_turn": rule}
+        update.update(settings)  # more session settings (--speculative: speculative, silence_ms)
         await ws.send(json.dumps(update))
         while True:
             frame = json.loads(await ws.recv())
@@ -227,6 +242,8 @@ async def converse(url: str, rule: str, made: list[tuple[str, str, bytes]], echo
                         said[frame["turn"]] = frame["data"]["text"]
                     if kind == "metrics":
                         stages.update({k: v for k, v in frame["data"].items() if k in STAGES})
+                        for key in set(SPECULATIONS) & frame["data"].keys():
+                            stages[key] = stages.get(key, 0) + frame["data"][key]
                     if kind == "end":
                         seen["end"] = now
                 if sent > len(audio) + 90 * BYTES_PER_SECOND:  # the first loads Whisper
@@ -271,6 +288,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             if values:
                 figures[stage] = _spread(values)
         figures["client_lag_ms"] = _spread([r["client_lag_ms"] for r in rows])
+        for key in SPECULATIONS:
+            figures[key] = sum(r["stages"].get(key, 0) for r in rows)
         summary[group] = figures
     return summary
 
@@ -306,7 +325,9 @@ def print_table(name: str, summary: dict[str, Any], floor: dict[str, Any] | None
                   f"{figures['speech_started']} speech_started for {figures['requests']} requests said")
             continue
         print(f"{group}: {figures['requests']} requests, WER {figures['wer']} %, {figures['cut_in_two']} cut in two, "
-              f"{figures['stop_play']} replies stopped as the speaker went on")
+              f"{figures['stop_play']} replies stopped as the speaker went on"
+              + (f", speculative replies {figures['speculations_committed']} committed, "
+                 f"{figures['speculations_discarded']} discarded" if any(figures.get(k) for k in SPECULATIONS) else ""))
         for key in (*MARKS, *STAGES, "client_lag_ms"):
             if key in figures:
                 row = figures[key]
@@ -347,6 +368,41 @@ def echo_check_cost(rounds: int = 200) -> dict[str, float]:
             "ratio": round(per_onset / per_second, 2)}
 
 
+@contextmanager
+def hosted_model(first_delay: float) -> Iterator[str]:
+    """The fake OpenAI-compatible service answering a short reply, its first token ``first_delay`` s after
+    the request; yields the ``[llm]`` section that points livetx at it (speech stays on the defaults)."""
+    port = free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "livetx.testing.openai_server", "--port", str(port), "--tokens", "12",
+         "--sentences", "2", "--delay", "0.02", "--first-delay", str(first_delay)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f'[llm]\nprovider = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\nmodel = "sim"\n'
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+def speculative_runs(
+    models: list[str], first_delay: float, made: list[tuple[str, str, bytes]], silence_ms: int, rule: str,
+) -> dict[str, Any]:
+    """Each model's server, said the requests with ``speculative`` off, on, on and off again (so a machine
+    that gets busier or quieter meanwhile weighs on both alike), in the same minutes."""
+    runs: dict[str, Any] = {}
+    for model in models:
+        llm = hosted_model(first_delay) if model == "hosted" else nullcontext("")
+        with llm as config, local_server(offline=True, config_extra=config) as (url, _, _):
+            for on in (False, True, True, False):
+                results = asyncio.run(converse(url, rule, made, echo=False, speculative=on,
+                                               silence_ms=silence_ms))
+                name = f"{model} model, speculative {'on' if on else 'off'}"
+                runs.setdefault(name, {"results": []})["results"] += results
+    for run in runs.values():
+        run["summary"] = summarize(run["results"])
+    return dict(sorted(runs.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read")
@@ -359,8 +415,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the configurations this many times, taking turns, and pool each one's "
                              "requests: load that drifts over the minutes falls on all of them alike")
+    parser.add_argument("--speculative", help="instead: speculative reply off and on, for these models: echo, hosted")
+    parser.add_argument("--first-delay", type=float, default=0.4, help="the hosted model's time to first token")
+    parser.add_argument("--silence-ms", type=int, default=600, help="--speculative: the sessions' silence_ms")
     args = parser.parse_args()
     made = requests(args.sets.split(","), args.short)
+    if args.speculative:
+        runs = speculative_runs(args.speculative.split(","), args.first_delay, made, args.silence_ms,
+                                args.rules.split(",")[0])
+        for name, run in runs.items():
+            off = runs[name.replace("speculative on", "speculative off")]
+            print_table(name, run["summary"], off["summary"] if off is not run else None)
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=2))
+        return
     runs: dict[str, Any] = {}
     plan = [(f"this checkout, end of turn: {rule}", None, rule) for rule in args.rules.split(",")]
     if args.base:

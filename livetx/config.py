@@ -107,6 +107,9 @@ class LLMConfig(ServiceConfig):
     echo_delay: float = 0.0
     #: The model accepts images: chat attachments of type image/* are sent to it.
     vision: bool = False
+    #: Talk mode: start the reply at the first short pause, before the end of turn (a
+    #: session's ``speculative`` setting; livetx.live.speculation).
+    speculative: bool = False
 
 
 @dataclass(frozen=True)

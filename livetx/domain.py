@@ -38,6 +38,8 @@ class Engines:
     keep_audio: Callable[[str, bytes], None] | None = None
     #: Talk mode's end-of-turn model (``end_of_turn: semantic``), when installed.
     turn_end: TurnEndModel | None = None
+    #: Talk mode's ``speculative`` setting until a session sets it (``[llm] speculative``).
+    speculative: bool = False
 
     def for_owner(self, owner: str) -> Engines:
         """The same engines, with the local ones' work queued under ``owner``

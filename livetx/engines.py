@@ -172,6 +172,7 @@ def build_engines(
         max_segment_seconds=config.stt.max_segment_seconds,
         keep_audio=archive.keep if archive is not None else None,
         turn_end=_turn_end(reactor),
+        speculative=config.llm.speculative,
     )
 
 

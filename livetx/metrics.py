@@ -211,6 +211,11 @@ class ServerMetrics:
             ["tool", "status"])
         self.tool_seconds = self._add(
             "histogram", "livetx_tool_seconds", "Tool call latency.", ["tool"], LATENCY_BUCKETS)
+        self.speculations = self._add(
+            "counter", "livetx_speculations",
+            "Talk mode: replies started at a pause before the end of turn, by outcome: committed (the turn "
+            "took it) or discarded (the user went on; the model call was cancelled, nothing sent).",
+            ["outcome"])
 
     def _add(
         self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (),
@@ -308,6 +313,9 @@ class TurnObserver(Ignore):
 
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._m.tool_ended(name, status, seconds)
+
+    def speculated(self, outcome: str) -> None:
+        self._m.speculations.labels(outcome).inc()
 
     def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         turn, self._turn = self._turn, None

@@ -9,7 +9,10 @@ be open whatever the session's state. Its own states (:data:`CAPTURE`):
 - ``utterance``: talk mode's voice detector heard speech begin, and the
   audio since goes into the segment; transcripts of it so far
   (``user_partial``) are asked for as it grows, and at each pause
-  (:mod:`livetx.live.streaming_stt`), which may then be the final one.
+  (:mod:`livetx.live.streaming_stt`), which may then be the final one;
+  the owner hears of each pause's transcript (a speculative reply may
+  start on it, :mod:`livetx.live.speculation`, and speech that goes on
+  after the pause discards it).
 
 ``take`` hands the segment to a turn and empties the capture; a segment
 grown past its cap is dropped. A segment :meth:`Capture.carry` was given
@@ -34,6 +37,7 @@ from livetx.live.machine import Table
 from livetx.live.echo import EchoGuard
 from livetx.live.endpoint import EndOfTurn, TurnEnd
 from livetx.live.settings import Settings
+from livetx.live.speculation import Speculation
 from livetx.live.streaming_stt import (
     KEEP_AFTER_BYTES, EarlyDecode, decode_early, decodes_at_pauses, final_transcript, pause_ms,
 )
@@ -62,7 +66,7 @@ class Segment:
     """The PCM of one utterance, capped so a stuck client cannot grow it forever."""
 
     __slots__ = ("stamp", "pcm", "heard", "partial", "voiced", "early", "asked", "done", "voiced_at",
-                 "stopped_at", "voiced_ms", "known")
+                 "stopped_at", "voiced_ms", "known", "ahead")
 
     def __init__(self, stamp: str | None) -> None:
         self.stamp = stamp
@@ -88,6 +92,8 @@ class Segment:
         #: half of a request the user went on with, or the start of a long utterance, up to a
         #: pause: a stable prefix): decodes at pauses hear only the rest.
         self.known: tuple[int, str] = (0, "")
+        #: The reply started on the transcript at its last pause, unsent (livetx.live.speculation).
+        self.ahead: Speculation | None = None
 
     @property
     def transcribed(self) -> tuple[int, str] | None:
@@ -107,9 +113,16 @@ class Segment:
         return final_transcript(self.early, self.voiced, stt, wav)
 
     def discard(self) -> None:
-        """The segment will not be transcribed: stop a decode of it that runs."""
+        """The segment will not be transcribed: stop a decode of it that runs, and a reply begun on it."""
         if self.early is not None:
             self.early.result.cancel()
+        self.went_on()
+
+    def went_on(self) -> None:
+        """The speaker went on after a pause (or the segment is dropped): a reply begun on it is stale."""
+        if self.ahead is not None:
+            self.ahead.discard()
+            self.ahead = None
 
 
 class Owner(Protocol):
@@ -123,6 +136,9 @@ class Owner(Protocol):
 
     def error(self, code: ErrorCode, message: str) -> None:
         """Send an error frame to the client (and report it sent)."""
+
+    def paused(self, segment: Segment, text: str) -> None:
+        """Talk mode: ``segment`` is transcribed up to a pause in it (``text``), and nothing was said since."""
 
 
 class Capture:
@@ -284,6 +300,7 @@ class Capture:
         segment.voiced_ms = detector.elapsed_ms - silent
         if silent == 0:
             segment.voiced, segment.voiced_at = len(segment.pcm), detector.voiced_at
+            segment.went_on()
             return
         self._decode_early(segment, detector, silent)
         turn_end = self._turn_end
@@ -326,11 +343,15 @@ class Capture:
 
     def _decoded(self, early: EarlyDecode, segment: Segment, covered: int) -> None:
         """A decode at a pause (of ``segment``'s first ``covered`` bytes) has settled: a partial
-        transcript, perhaps the end of the turn, and once it is long enough, words to keep."""
+        transcript, perhaps a reply begun ahead, perhaps the end of the turn, and once it is long
+        enough, words to keep."""
         if early.text is not None:
             self._show_partial(early.text, segment)
             if covered - segment.known[0] >= KEEP_AFTER_BYTES:
                 segment.known = (covered, early.text)
+            if (early.text and segment is self._segment and segment.voiced == early.voiced
+                    and self._detector is not None):
+                self._owner.paused(segment, early.text)  # nothing said since the pause: a reply may begin
         self._judge(segment)
 
     def _request_partial(self) -> None:

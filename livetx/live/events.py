@@ -72,6 +72,10 @@ class TurnListener(Protocol):
     def provider_failed(self, kind: str) -> None:
         """A provider (``stt``, ``llm``, ``tts``, or ``provider``) failed, and the client was told."""
 
+    def speculated(self, outcome: str) -> None:
+        """Talk mode: a reply started at a pause (livetx.live.speculation) was ``committed``
+        (its turn took it) or ``discarded`` (the user went on; nothing of it was sent)."""
+
     def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         """The turn is over; called once, before its ``end`` (live: or after ``stop_play``).
 
@@ -131,6 +135,9 @@ class Listeners:
     def provider_failed(self, kind: str) -> None:
         self._each("provider_failed", kind)
 
+    def speculated(self, outcome: str) -> None:
+        self._each("speculated", outcome)
+
     def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         self._each("turn_ended", outcome, seconds, values)
 
@@ -176,6 +183,9 @@ class Ignore:
     def provider_failed(self, kind: str) -> None:
         pass
 
+    def speculated(self, outcome: str) -> None:
+        pass
+
     def turn_ended(self, outcome: Outcome, seconds: float, values: Mapping[str, Any]) -> None:
         pass
 
@@ -186,6 +196,9 @@ TIMING_KEYS = {
     "tts": ("tts_first_frame_time", "tts_total_time", "tts"),
 }
 
+
+#: Speculative replies' outcomes (livetx.live.speculation) → the turn's ``metrics`` key counting them.
+SPECULATION_KEYS = {"committed": "speculations_committed", "discarded": "speculations_discarded"}
 
 #: A talk-mode turn's stages, each in ms from the user's last voiced frame, in the order they come.
 VOICE_STAGES = ("endpoint_ms", "transcript_ms", "first_token_ms", "first_audio_ms", "voice_to_voice_ms")
@@ -205,10 +218,13 @@ class MetricsFrames(Ignore):
     A talk-mode turn gets one more frame, at its first audio (or its end, if
     it had none): the stages from the user's last voiced frame, in ms
     (:data:`VOICE_STAGES`; ``voice_to_voice_ms`` is the total, which the
-    server sees at the first audio).
+    server sees at the first audio). With speculative replies
+    (livetx.live.speculation), the turn's last ``metrics`` count those
+    committed and discarded since the last turn that reported them
+    (:data:`SPECULATION_KEYS`): a request's pauses come before its turn starts.
     """
 
-    __slots__ = ("_emit", "values", "_replied", "_tools", "_voice")
+    __slots__ = ("_emit", "values", "_replied", "_tools", "_voice", "_speculations")
 
     def __init__(self, emit: Callable[[Frame], None]) -> None:
         self._emit = emit
@@ -217,6 +233,8 @@ class MetricsFrames(Ignore):
         self._tools: list[tuple[str, bool, str, float]] = []
         #: Talk mode: each stage of the turn, in seconds from its last voiced frame.
         self._voice: dict[str, float] | None = None
+        #: Speculative replies since the last turn that reported them, by outcome (kept across turns).
+        self._speculations: dict[str, int] = {}
 
     def _send(self, data: dict[str, Any]) -> None:
         self.values.update(data)
@@ -273,6 +291,9 @@ class MetricsFrames(Ignore):
     def tool_finished(self, call_id: str, name: str, ok: bool, status: str, seconds: float) -> None:
         self._tools.append((name, ok, status, seconds))
 
+    def speculated(self, outcome: str) -> None:
+        self._speculations[outcome] = self._speculations.get(outcome, 0) + 1
+
     def ended(self, outcome: Outcome, seconds: float) -> Mapping[str, Any]:
         """Send the turn's last ``metrics`` (before its ``end``); the values, for the turn's ``turn_ended``."""
         if outcome in (Outcome.OK, Outcome.FAILED):
@@ -281,6 +302,13 @@ class MetricsFrames(Ignore):
             self._send(tool_figures(self._tools))
         elif self._tools:  # stop_play has gone out: kept for the store, not sent
             self.values.update(tool_figures(self._tools))
+        if self._speculations:
+            counted = {key: self._speculations.get(ended, 0) for ended, key in SPECULATION_KEYS.items()}
+            self._speculations = {}
+            if outcome in (Outcome.OK, Outcome.FAILED):
+                self._send(counted)
+            else:
+                self.values.update(counted)
         if self._replied and outcome in (Outcome.OK, Outcome.FAILED):
             self._send({"wav_to_tts_total_time": seconds})
         return dict(self.values)

@@ -37,6 +37,7 @@ from livetx.live.events import Outcome
 from livetx.live.history import Conversation
 from livetx.live.ledger import TurnLedger
 from livetx.live.settings import Settings
+from livetx.live.speculation import taken_by
 from livetx.live.turn import Turn, TurnResult
 
 
@@ -98,7 +99,7 @@ class Request:
         engines = self._engines
         turn = Turn(
             clock=self._clock,
-            llm=engines.llm,
+            llm=taken_by(engines.llm, self.segment),  # its first call may have begun at a pause
             tts=engines.tts,
             emit=self._turns.emit,
             messages=self._conversation.context(engines.system_prompt, text),

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from livetx.domain import Engines, Exchange, Memory
 from livetx.errors import ErrorCode
 from livetx.live import frames
-from livetx.live.capture import Capture
+from livetx.live.capture import Capture, Segment
 from livetx.live.client_frames import PARSERS, pcm_fields
 from livetx.live.events import Listeners, TurnListener
 from livetx.live.frames import Frame, FrameError
@@ -52,6 +52,7 @@ from livetx.live.prepare import Preparation
 from livetx.live.request import Request
 from livetx.live.rules import BUSY, NO_SEGMENT, SERVER_FRAMES, SESSION
 from livetx.live.settings import Settings, updated
+from livetx.live.speculation import speculate
 
 _log = Logger()
 
@@ -76,7 +77,7 @@ class LiveSession:
         self._engines = engines
         self._clock = clock
         self._emit = emit
-        self.settings = Settings()
+        self.settings = Settings(speculative=engines.speculative)
         # The wiring: each piece is handed what it works with.
         self.capture = Capture(self, clock, engines.stt, engines.max_segment_seconds, engines.turn_end)
         self._turns = TurnLedger(clock, self.emit, self.capture.echo if listener is None
@@ -170,6 +171,14 @@ class LiveSession:
     def forget_speech(self) -> None:
         """Drop an utterance half-heard and listen afresh: what a board heard before its wake word is no question."""
         self.capture.restart_detection(self.settings)
+
+    def paused(self, segment: Segment, text: str) -> None:
+        """Talk mode heard a pause and transcribed it (the capture's ``Owner``): with ``speculative``
+        and no turn running, the reply's model call starts now, unsent (livetx.live.speculation)."""
+        if (self.settings.speculative and self.state == "capturing" and not self._request.closing
+                and self._conversation.loading is None):
+            messages = self._conversation.context(self._engines.system_prompt, text)
+            segment.ahead = speculate(self._engines.llm, messages, self._turns.report)
 
     def _update_settings(self, event: EventData) -> None:
         tts = self._engines.tts

@@ -52,6 +52,10 @@ class Settings:
     #: utterance's speech continues its request even once the reply is playing
     #: (``stop_play``, and both halves answered as one); later it is a barge-in.
     continue_ms: int = 1200
+    #: Talk mode: start the reply's model call at the first short pause, on the transcript so far,
+    #: and keep it unsent until the end of turn confirms it (or drop it if the user goes on):
+    #: livetx.live.speculation. The server's default is ``[llm] speculative``.
+    speculative: bool = False
     #: Number every frame (``seq``) and keep it, so a new socket can resume the session.
     resume: bool = False
     #: The reply's voice, one the speech engine offers (``GET /api/v1/voices``); None: the server's own.
@@ -82,6 +86,7 @@ _RULES: dict[str, tuple[str, ...] | tuple[bool, ...] | range] = {
     "eagerness": ("low", "medium", "high"),
     "preroll_ms": range(0, 2_001),
     "continue_ms": range(0, 5_001),
+    "speculative": (False, True),
     "resume": (False, True),
 }
 

@@ -87,6 +87,8 @@ class FakeOpenAI:
         self.tokenize: Callable[[str], list[str]] = words
         #: Seconds between SSE chunks (0 still yields to the reactor between them).
         self.token_delay = 0.0
+        #: Seconds more before the first token (after the headers): a hosted model's time to first token.
+        self.first_token_delay = 0.0
         #: Answer every request with this status (and ``fail_body`` as ``fail_type``) instead.
         self.fail_status: int | None = None
         self.fail_body = '{"error": {"message": "the fake was told to fail"}}'
@@ -269,7 +271,8 @@ class _Streamer:
         self._schedule()
 
     def _schedule(self) -> None:
-        self.call = self.fake.reactor.callLater(self.fake.token_delay, self._next)
+        delay = self.fake.token_delay + (self.fake.first_token_delay if self.index == 0 else 0.0)
+        self.call = self.fake.reactor.callLater(delay, self._next)
 
     def _next(self) -> None:
         self.call = None
@@ -341,6 +344,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=0, help="reply length in tokens (0: a fixed reply)")
     parser.add_argument("--sentences", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--first-delay", type=float, default=0.0,
+                        help="seconds more before the first token (a hosted model's time to first token)")
     parser.add_argument(
         "--call-tool", action="append", default=[], type=tool_call, metavar="NAME[:JSON]",
         help="when the user has just spoken and the request offers tool NAME, call it (with the JSON "
@@ -348,6 +353,7 @@ def main() -> None:
     args = parser.parse_args()
     fake, _ = start(reactor, args.port, args.interface)
     fake.token_delay = args.delay
+    fake.first_token_delay = args.first_delay
     if args.tokens:
         fake.reply = synthetic_reply(args.tokens, args.sentences)
     if args.call_tool:

@@ -75,6 +75,18 @@ class ToolingModel:
         """Stream the reply across rounds; tool events go to ``listener`` as they happen."""
         return _Run(self, messages, on_delta, listener or _Quiet()).start()
 
+    def request(self, context: list[Message], rounds: int) -> tuple[list[Message], list[dict[str, Any]] | None]:
+        """What round ``rounds`` (0: the first) asks the model: the context, and the tools offered
+        (none after ``max_rounds``, when it is told to answer). A speculative reply
+        (livetx.live.speculation) starts the first round's request before its turn."""
+        if rounds < self.config.max_rounds:
+            return context, self.registry.spec
+        return [*context, {"role": "system", "content": ANSWER_NOW}], None
+
+    def around(self, llm: ToolCallingModel) -> ToolingModel:
+        """The same tools around another model (one whose first request already runs)."""
+        return ToolingModel(llm, self.registry, self.config, self.clock)
+
 
 class _Run:
     """One turn's rounds."""
@@ -103,18 +115,15 @@ class _Run:
     # -- model rounds --------------------------------------------------------
 
     def _ask(self) -> None:
-        offering = self._rounds < self._o.config.max_rounds
-        context = self._context
-        if not offering:
-            context = [*context, {"role": "system", "content": ANSWER_NOW}]
+        context, tools = self._o.request(self._context, self._rounds)
         self._text = []
         try:
-            self._asking = self._o.llm.stream_tools(context, self._delta, self._o.registry.spec if offering else None)
+            self._asking = self._o.llm.stream_tools(context, self._delta, tools)
         except Exception:
             self.done.errback(Failure())
             return
         # A bug in a listener while the round is handled fails the turn, never hangs it.
-        self._asking.addCallback(self._answered, offering).addErrback(self._failed)
+        self._asking.addCallback(self._answered, tools is not None).addErrback(self._failed)
 
     def _delta(self, text: str) -> None:
         if not self._cancelled:
