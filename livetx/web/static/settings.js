@@ -1,6 +1,7 @@
 // The session settings the page offers, checked as the server checks them
 // (livetx/live/settings.py, docs/protocol-extensions.md). To offer a new
-// setting, add one row here: a choice lists its values, an integer its range.
+// setting, add one row here: a choice lists its values (strings or booleans,
+// sent as they are typed here), an integer its range.
 
 export const SETTINGS = [
   { name: "turn_detection", label: "Turn detection", choices: ["client", "server"], initial: "client",
@@ -15,6 +16,8 @@ export const SETTINGS = [
   { name: "preroll_ms", label: "Pre-roll (ms)", min: 0, max: 2000, initial: 300 },
   { name: "continue_ms", label: "Continue within (ms)", min: 0, max: 5000, initial: 1200,
     help: "speech resumed this soon after a pause continues the request, even over the reply's first audio" },
+  { name: "speculative", label: "Speculative reply", choices: [false, true], initial: false,
+    help: "start the reply's model call at the first short pause and send it only once the turn ends (pays with a slow hosted model)" },
 ];
 
 // Fields for every setting, inside ``container``, and the voice picker first.
@@ -26,7 +29,7 @@ export function renderSettings(container) {
     let input;
     if (setting.choices) {
       input = document.createElement("select");
-      for (const value of setting.choices) input.add(new Option(value, value));
+      for (const value of setting.choices) input.add(new Option(String(value), String(value)));
     } else {
       input = document.createElement("input");
       input.type = "number";
@@ -128,8 +131,9 @@ export function settingsFrame(container) {
   for (const setting of SETTINGS) {
     const raw = container.querySelector(`#setting-${setting.name}`).value.trim();
     if (setting.choices) {
-      if (!setting.choices.includes(raw)) return { error: `${setting.name} must be one of ${setting.choices.join(", ")}` };
-      frame[setting.name] = raw;
+      const at = setting.choices.map(String).indexOf(raw);
+      if (at < 0) return { error: `${setting.name} must be one of ${setting.choices.join(", ")}` };
+      frame[setting.name] = setting.choices[at];
     } else {
       const value = Number(raw);
       if (raw === "" || !Number.isInteger(value) || value < setting.min || value > setting.max) {
