@@ -10,7 +10,9 @@ from twisted.internet.task import Clock
 
 from livetx.config import ToolsConfig
 from livetx.errors import ErrorCode
+from livetx.domain import Engines
 from livetx.live.events import MetricsFrames, Outcome
+from livetx.live.session import LiveSession
 from livetx.live.speculation import Speculation, speculate, taken_by
 from livetx.live.turn import Turn
 from livetx.metrics import ServerMetrics
@@ -18,10 +20,10 @@ from livetx.providers.base import LLMError
 from livetx.tools.loop import ToolingModel
 from livetx.tools.registry import ToolRegistry
 
-from .test_session import Harness
+from .test_session import Harness, SlowWrites
 from .test_talk import quiet, voiced
 from .test_tools_loop import Model, slow_tool
-from .test_turn_taking import kinds, listen_on, speak, talking
+from .test_turn_taking import LocalSTT, kinds, listen_on, speak, talking
 
 #: What a speculative generation must never send before it is committed.
 REPLY_FRAMES = {"bot_delta_chunk", "bot_text_chunk", "response", "bot_msg", "tool_call", "tool_result"}
@@ -132,6 +134,25 @@ def test_closing_discards_a_running_speculation() -> None:
     paused(h, "turn on")
     h.session.close()
     assert h.llm.last.cancelled
+
+
+def test_a_voice_turn_queued_behind_an_interrupted_one_lets_go_of_its_reply_when_it_never_starts() -> None:
+    """Typed text while the person speaks, then an interrupt: their utterance ends while the interrupted
+    turn is still being stored, and waits. If the socket closes then, its reply begun at the pause goes too."""
+    memory = SlowWrites()
+    h = Harness(stt=LocalSTT())
+    h.session = LiveSession(username="alice", clock=h.clock, emit=h.record, memory=memory,
+                            engines=Engines(llm=h.llm, tts=None, stt=h.stt, system_prompt="Be brief."))
+    h.send("session_update", turn_detection="server", vad="webrtc", min_speech_ms=210, silence_ms=600,
+           preroll_ms=90, end_of_turn="silence", speculative=True)
+    paused(h, "turn on the lights")
+    (ahead,) = h.llm.calls
+    h.send("text_input", text="hi")
+    assert h.send("interrupt") == [{"t": "stop_play"}] and h.state == "interrupted"  # storing, slowly
+    assert kinds(speak(h, quiet(600))) == ["speech_stopped"]  # the voice turn waits behind it
+    assert not ahead.cancelled
+    h.session.close()
+    assert ahead.cancelled
 
 
 def test_off_by_default_and_strictly_checked() -> None:

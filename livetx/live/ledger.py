@@ -37,7 +37,7 @@ class TurnLedger:
     """The numbers of one session's turns; the session's state machine says when they change."""
 
     __slots__ = ("_clock", "_send", "metrics", "report", "turn_id", "emit", "_started", "input_type", "queued",
-                 "_over", "_continues")
+                 "_dropped", "_over", "_continues")
 
     def __init__(self, clock: IReactorTime, send: Emit, listener: TurnListener | None = None) -> None:
         self._clock = clock
@@ -55,6 +55,8 @@ class TurnLedger:
         self.input_type = "text"
         #: While ``interrupted``: the turn asked for meanwhile, started once unwound.
         self.queued: Callable[[], None] | None = None
+        #: What lets go of the queued turn's work if it never starts (a reply begun on its speech).
+        self._dropped: Callable[[], None] | None = None
         #: Fires when the running turn is over, stored, and ``end`` (or ``stop_play``) sent.
         self._over: Deferred[None] | None = None
         #: A withdrawn turn's number, which the voice turn that continues its request keeps.
@@ -117,14 +119,23 @@ class TurnLedger:
         """Fires once no turn runs: at once when none does, else after the running one is stored and ended."""
         return succeed(None) if self._over is None else waiter_for(self._over)
 
-    def queue(self, turn: Callable[[], None]) -> None:
-        """Keep a turn asked for while the interrupted one unwinds; a second one is refused."""
+    def queue(self, turn: Callable[[], None], dropped: Callable[[], None] | None = None) -> None:
+        """Keep a turn asked for while the interrupted one unwinds; a second one is refused.
+
+        ``dropped`` is called if the turn never starts (:meth:`drop_queued`).
+        """
         if self.queued is not None:
             raise FrameError(*BUSY)
-        self.queued = turn
+        self.queued, self._dropped = turn, dropped
+
+    def drop_queued(self) -> None:
+        """The queued turn will not start (the connection closes, the server stops): let go of its work."""
+        dropped, self.queued, self._dropped = self._dropped, None, None
+        if dropped is not None:
+            dropped()
 
     def start_queued(self) -> None:
-        turn, self.queued = self.queued, None
+        turn, self.queued, self._dropped = self.queued, None, None
         assert turn is not None
         turn()
 

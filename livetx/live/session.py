@@ -153,14 +153,14 @@ class LiveSession:
     def close(self) -> None:
         """The connection is gone: stop all work and send nothing more (what was said is stored)."""
         self._emit = _discard
-        self._turns.queued = None
+        self._turns.drop_queued()
         self.stop_listening()
         self._request.close()
 
     def stop(self) -> None:
         """The server stops: end a running turn as ``interrupt`` does; it is stored, marked interrupted."""
         self._request.closing = True
-        self._turns.queued = None  # a turn asked for during an interrupt does not start now
+        self._turns.drop_queued()  # a turn asked for during an interrupt does not start now
         if self.state == "processing":
             self._safely("interrupt", lambda: self.fire("interrupt"))
 
@@ -255,7 +255,9 @@ class LiveSession:
     def _queue_voice_turn(self, event: EventData) -> None:
         if self._turns.queued is not None:
             raise FrameError(*BUSY)  # before the capture's segment is taken
-        self._turns.queue(partial(self._prepare.voice, self.capture.take(), self._clock.seconds()))
+        segment = self.capture.take()
+        # A reply begun on its speech (speculative) is let go if the turn never starts.
+        self._turns.queue(partial(self._prepare.voice, segment, self._clock.seconds()), dropped=segment.discard)
 
     def _begin_queued_turn(self, event: EventData) -> None:
         self._turns.start_queued()
