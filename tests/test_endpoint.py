@@ -255,3 +255,60 @@ def test_a_long_utterance_keeps_the_words_of_its_start_and_decodes_only_the_rest
     assert [f["data"]["text"] for f in h.raw if f["t"] in ("user_partial", "user_msg")] == [
         "It was the best of times,", whole, whole]
     assert len(h.stt.requests) == 2
+
+
+def test_a_decode_still_running_when_the_speaker_pauses_again_is_kept_and_the_next_follows_it() -> None:
+    """The reader paused, went on and paused again before the first pause's decode was done: that
+    decode, long enough to stand alone, is kept rather than thrown away, and the next pause decodes
+    only what came after it; the transcript is both, in order, whichever finishes first."""
+    h = by_transcript()
+    speak(h, voiced(KEEP_AFTER_BYTES // 32) + quiet(300))
+    ((_, first),) = h.stt.requests
+    speak(h, voiced(900) + quiet(300))  # the first decode has not answered yet
+    wav, rest = h.stt.requests[-1]
+    assert len(h.stt.requests) == 2 and len(pcm_of(wav)) < 32 * 1500  # the rest alone
+    assert not first.called  # not cancelled: its words are kept
+    rest.callback("it was the worst of times.")
+    assert not [f for f in h.raw if f["t"] in ("user_partial", "user_msg")]  # waits for the kept words
+    first.callback("It was the best of times,")
+    speak(h, quiet(100))
+    whole = "It was the best of times, it was the worst of times."
+    assert [f["data"]["text"] for f in h.raw if f["t"] == "user_msg"] == [whole]
+    assert len(h.stt.requests) == 2
+
+
+def test_a_kept_decode_that_fails_leaves_later_pauses_to_decode_from_the_start() -> None:
+    h = by_transcript()
+    head = voiced(KEEP_AFTER_BYTES // 32) + quiet(300)
+    speak(h, head)
+    ((_, first),) = h.stt.requests
+    speak(h, voiced(900) + quiet(300))
+    _, rest = h.stt.requests[-1]
+    first.errback(RuntimeError("engine failed"))
+    rest.callback("it was the worst of times.")  # its text would follow words that were lost
+    assert not [f for f in h.raw if f["t"] == "user_partial"]
+    speak(h, voiced(600) + quiet(300))  # the reader goes on: the next pause decodes everything
+    wav, whole = h.stt.requests[-1]
+    assert len(h.stt.requests) == 3 and len(pcm_of(wav)) > len(head) + 32 * (900 + 600)
+    whole.callback("It was the best of times, it was the worst of times, it was the age.")
+    speak(h, quiet(100))
+    assert [f["data"]["text"] for f in h.raw if f["t"] == "user_msg"] == [
+        "It was the best of times, it was the worst of times, it was the age."]
+
+
+def test_a_short_decode_still_running_at_the_next_pause_is_cancelled() -> None:
+    h = by_transcript()
+    speak(h, voiced(900) + quiet(300))
+    ((_, first),) = h.stt.requests
+    speak(h, voiced(600) + quiet(300))
+    wav, _ = h.stt.requests[-1]
+    assert first.called and len(pcm_of(wav)) > 32 * (900 + 600)  # stale, and decoded again with the rest
+
+
+def test_an_utterance_dropped_mid_way_cancels_the_decode_its_words_were_kept_from() -> None:
+    h = by_transcript()
+    speak(h, voiced(KEEP_AFTER_BYTES // 32) + quiet(300))
+    speak(h, voiced(900) + quiet(300))
+    (_, kept), (_, rest) = h.stt.requests
+    h.send("session_update", turn_detection="client")  # detection changes hands: the utterance is dropped
+    assert kept.called and rest.called and not [f for f in h.raw if f["t"] == "user_msg"]

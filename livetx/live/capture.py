@@ -88,10 +88,10 @@ class Segment:
         self.stopped_at: float | None = None
         #: Talk mode, on the microphone stream's timeline: where its last speech frame ends.
         self.voiced_ms: int | None = None
-        #: Talk mode: bytes at the start of ``pcm`` already transcribed, and their text (the first
-        #: half of a request the user went on with, or the start of a long utterance, up to a
-        #: pause: a stable prefix): decodes at pauses hear only the rest.
-        self.known: tuple[int, str] = (0, "")
+        #: Talk mode: bytes at the start of ``pcm`` already transcribed, and their text or the
+        #: decode still making it (the first half of a request the user went on with, or the start
+        #: of a long utterance, up to a pause: a stable prefix): decodes at pauses hear only the rest.
+        self.known: tuple[int, str | EarlyDecode] = (0, "")
         #: The reply started on the transcript at its last pause, unsent (livetx.live.speculation).
         self.ahead: Speculation | None = None
 
@@ -114,8 +114,9 @@ class Segment:
 
     def discard(self) -> None:
         """The segment will not be transcribed: stop a decode of it that runs, and a reply begun on it."""
-        if self.early is not None:
-            self.early.result.cancel()
+        for early in (self.early, self.known[1]):
+            if isinstance(early, EarlyDecode):
+                early.result.cancel()
         self.went_on()
 
     def went_on(self) -> None:
@@ -334,21 +335,27 @@ class Capture:
                 or (early is not None and early.voiced == segment.voiced)):
             return
         assert self._stt is not None
-        if early is not None:
-            early.result.cancel()  # the speaker went on after it: stale
+        if early is not None:  # the speaker went on after it
+            if not early.settled and early.covered - segment.known[0] >= KEEP_AFTER_BYTES:
+                segment.known = (early.covered, early)  # long enough to keep: the next decode follows it
+            else:
+                early.result.cancel()  # stale
         known, prefix = segment.known
         covered = len(segment.pcm)
         segment.early = decode_early(self._stt, bytes(segment.pcm[known:]), segment.voiced,
-                                     lambda early: self._decoded(early, segment, covered), prefix)
+                                     lambda early: self._decoded(early, segment), prefix, covered)
 
-    def _decoded(self, early: EarlyDecode, segment: Segment, covered: int) -> None:
-        """A decode at a pause (of ``segment``'s first ``covered`` bytes) has settled: a partial
-        transcript, perhaps a reply begun ahead, perhaps the end of the turn, and once it is long
-        enough, words to keep."""
-        if early.text is not None:
+    def _decoded(self, early: EarlyDecode, segment: Segment) -> None:
+        """A decode at a pause (of ``segment``'s first ``early.covered`` bytes) has settled: a
+        partial transcript, perhaps a reply begun ahead, perhaps the end of the turn, and once it
+        is long enough, words to keep."""
+        if early.text is None:
+            if segment.known[1] is early:  # its words are lost: later pauses decode from the start
+                segment.known = (0, "")
+        else:
             self._show_partial(early.text, segment)
-            if covered - segment.known[0] >= KEEP_AFTER_BYTES:
-                segment.known = (covered, early.text)
+            if early.covered - segment.known[0] >= KEEP_AFTER_BYTES:
+                segment.known = (early.covered, early.text)
             if (early.text and segment is self._segment and segment.voiced == early.voiced
                     and self._detector is not None):
                 self._owner.paused(segment, early.text)  # nothing said since the pause: a reply may begin

@@ -12,8 +12,16 @@ endpoint or soon after, and has the same words as a decode after the
 endpoint would (the same audio up to a little more trailing silence, which
 the recognizer's own voice filter drops). If the speaker goes on, the decode
 was a partial transcript (sent as ``user_partial``) and the next pause
-starts another. A segment has at most one such decode running: a stale one
-is cancelled when the next starts.
+starts another.
+
+A long utterance keeps the words of its start: once a decode at a pause
+covers :data:`KEEP_AFTER_BYTES` beyond the words already kept, its words are
+kept too, and later pauses decode only the audio after it. A decode still
+running when the speaker pauses again is kept the same way if it is long
+enough, and the next decode is chained to it (its text is the kept decode's
+followed by its own), so no audio is decoded twice and the final decode
+never waits behind a stale one that covered most of the speech; a shorter
+stale decode is cancelled.
 
 Only for a recognizer that says it decodes locally (``decodes_at_pauses``):
 a hosted service would be paid for every pause.
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,14 +50,14 @@ PAUSE_MS = 96
 
 
 #: A long utterance, or a request the user went on with, keeps the transcript
-#: of its start up to a pause, and only the rest is decoded at later pauses,
-#: once that start is this long (and then every time as much more was heard
-#: and decoded): a decode of the
-#: whole costs more past Whisper's shortest window (10 s, with 2 s of it
-#: padding), and a shorter part decoded alone loses the words the rest gives
-#: context to ("Ever tried." alone is "Have a tried."; measured with
-#: benchmarks/v2v_bench.py --sets read).
-KEEP_AFTER_BYTES = 8 * BYTES_PER_SECOND
+#: of its start up to a pause once that start is this long (and then every
+#: time as much more was heard and decoded), and later pauses decode only the
+#: rest. The part decoded at the end then stays within Whisper's shortest
+#: window (10 s, 2 s of it padding), which costs half the next one, and a
+#: decode's cost grows with its words. A part much shorter loses the words
+#: the rest gives context to ("Ever tried." alone is "Have a tried.");
+#: measured with benchmarks/v2v_bench.py (the read and passages sets).
+KEEP_AFTER_BYTES = 4 * BYTES_PER_SECOND
 
 
 def pause_ms(silence_ms: int) -> int:
@@ -63,7 +71,8 @@ def decodes_at_pauses(stt: SpeechRecognizer | None) -> bool:
 
 
 class EarlyDecode:
-    """One decode of a segment's first ``voiced`` bytes, started at a pause.
+    """One decode of a segment's first ``covered`` bytes (``voiced`` of them through its last
+    speech), started at a pause.
 
     ``result`` fires with the transcript, or None when the decode failed
     (logged) or was cancelled; it never fails, so nobody has to wait on it.
@@ -71,39 +80,68 @@ class EarlyDecode:
     the end-of-turn rule reads the transcript for cues (livetx.live.endpoint).
     """
 
-    __slots__ = ("voiced", "result", "text", "settled")
+    __slots__ = ("voiced", "covered", "result", "text", "settled", "_waiting")
 
-    def __init__(self, voiced: int) -> None:
+    def __init__(self, voiced: int, covered: int = 0) -> None:
         self.voiced = voiced
+        self.covered = covered
         self.result: Deferred[str | None] = Deferred()
         self.text: str | None = None
         self.settled = False
+        self._waiting: list[Deferred[str | None]] = []
+
+    def settled_text(self) -> Deferred[str | None]:
+        """Fires with ``text`` once settled; cancelling it leaves the decode alone (a chained
+        decode waits on this, and may be cancelled on its own)."""
+        if self.settled:
+            return succeed(self.text)
+        waiter: Deferred[str | None] = Deferred(self._waiting.remove)
+        self._waiting.append(waiter)
+        return waiter
+
+    def settle(self, text: str | None) -> None:
+        self.text, self.settled = text, True
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(text)
 
 
 def decode_early(
-    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None], prefix: str = "",
+    stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None],
+    prefix: str | EarlyDecode = "", covered: int | None = None,
 ) -> EarlyDecode:
-    """Start decoding ``pcm`` (which holds ``voiced`` bytes through its last speech); ``heard`` is
-    told when the decode has settled (its ``text`` None if it failed), unless it was cancelled.
+    """Start decoding ``pcm`` (the segment's audio up to ``covered`` bytes, which hold ``voiced``
+    bytes through its last speech); ``heard`` is told when the decode has settled (its ``text``
+    None if it failed), unless it was cancelled.
 
-    ``prefix`` is the transcript of audio before ``pcm`` that is not decoded again (the first
-    half of a request the user went on with): the text is it and ``pcm``'s words."""
-    early = EarlyDecode(voiced)
+    ``prefix`` is the transcript of the segment's audio before ``pcm``, which is not decoded
+    again (the first half of a request the user went on with, the start of a long utterance),
+    or the decode that is making it: the text is the prefix's and then ``pcm``'s words, and
+    None if the prefix's decode failed."""
+    early = EarlyDecode(voiced, len(pcm) if covered is None else covered)
 
-    def done(text: str) -> str:
-        early.text, early.settled = " ".join(part for part in (prefix, text.strip()) if part), True
+    def joined(text: str) -> str | None | Deferred[str | None]:
+        if isinstance(prefix, EarlyDecode):
+            return prefix.settled_text().addCallback(lambda before: None if before is None else _join(before, text))
+        return _join(prefix, text)
+
+    def done(text: str | None) -> str | None:
+        early.settle(text)
         heard(early)
-        return early.text
+        return text
 
     def failed(failure: Failure) -> None:
-        early.settled = True
+        early.settle(None)
         _failed(failure)
         if not failure.check(CancelledError):
             heard(early)
 
-    early.result = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(done)
-    early.result.addErrback(failed)
+    early.result = maybeDeferred(stt.transcribe, to_wav(pcm)).addCallback(joined).addCallbacks(done, failed)
     return early
+
+
+def _join(before: str, text: str) -> str:
+    return " ".join(part for part in (before, text.strip()) if part)
 
 
 def final_transcript(
