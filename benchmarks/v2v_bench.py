@@ -26,8 +26,8 @@ plays are false barge-ins.
 Each configuration runs in turn, on the same machine in the same minutes:
 ``silence``, ``transcript`` (the transcript's cues) and ``semantic``
 (``end_of_turn: semantic``, when the ``turn`` extra is installed) and, with ``--base DIR``,
-the same default server from another checkout (the floor the ratios are
-taken to; without it, the first rule is). ``--rounds N`` takes turns N times
+the same default server from another checkout with the first rule (the
+floor the ratios are taken to; without it, the first rule is). ``--rounds N`` takes turns N times
 and pools each configuration's requests, so load from other work on the
 machine falls on every configuration alike.
 
@@ -432,7 +432,8 @@ def main() -> None:
     runs: dict[str, Any] = {}
     plan = [(f"this checkout, end of turn: {rule}", None, rule) for rule in args.rules.split(",")]
     if args.base:
-        plan.insert(0, (f"base {args.base}, silence", args.base, "silence"))
+        first = args.rules.split(",")[0]  # the same rule: the ratios are then the change's alone
+        plan.insert(0, (f"base {args.base}, end of turn: {first}", args.base, first))
     echoed = [request for request in made if request[0] in args.echo.split(",")]
     pooled: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {name: ([], []) for name, _, _ in plan}
     for _ in range(args.rounds):
