@@ -66,7 +66,7 @@ PASSAGES = [
     "Hello, this is a message for the doctor. My name is Tom Walker, and I would like to book an appointment "
     "for my daughter, who is eight years old. She has had a cough for about five days, and a mild fever since "
     "Monday. Is there anything free on Wednesday morning? If Wednesday is full, Friday would also work for "
-    "us. You can call me back any time after nine.",
+    "us. You can call me back after nine, at home.",
     # Kenneth Grahame, The Wind in the Willows (1908)
     "The Mole had been working very hard all the morning, spring cleaning his little home. First with brooms, "
     "then with dusters, then on ladders and steps and chairs, with a brush and a pail of whitewash. "
