@@ -18,7 +18,7 @@ first audio, voice to voice). The sets:
 - ``passages``: eight longer passages (12–40 s) read aloud by Piper or, without
   it, eSpeak NG, with a reader's pauses at commas and between sentences
   (``passages.py``); each is one request, as a ``read`` recording is. Not in
-  the default ``--sets``: it is about 4 minutes of speech per rule;
+  the default ``--sets``: it takes about 4.3 minutes a rule;
 - ``pause``: requests with a mid-sentence pause of 900 ms ("please call my
   sister … at seven in the evening"), which must stay one request.
 
@@ -387,7 +387,7 @@ def speculative_runs(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read, passages (not by default: ~4 min a rule)")
+    parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read, passages (not by default: ~4.3 min a rule)")
     parser.add_argument("--short", type=int, default=8, help="short requests per voice")
     parser.add_argument("--rules", default="silence,transcript,semantic",
                         help="comma-separated end_of_turn rules: silence, transcript, semantic")
