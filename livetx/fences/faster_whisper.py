@@ -17,6 +17,8 @@ internal shape) and trims the zero padding to the smallest of
 :data:`WINDOWS` that still leaves :data:`PADDING_FRAMES` of it, inside
 :func:`short_windows` only: a recording longer than one window is decoded
 with timestamps, which place each next window, and those need the full 30 s.
+:func:`encoded` tells which window was heard, so a decode that went wrong
+in it can be heard again in the next.
 """
 
 from __future__ import annotations
@@ -39,22 +41,29 @@ _state = threading.local()
 
 
 @contextmanager
-def short_windows() -> Iterator[None]:
-    """Within this block, decodes on this thread encode a short window when the audio is short."""
-    _state.short = True
+def short_windows(longer_than: int = 0) -> Iterator[None]:
+    """Within this block, decodes on this thread encode a short window when the audio is short,
+    one of more than ``longer_than`` frames (a decode heard again in a longer window)."""
+    _state.short, _state.encoded = longer_than, 0
     try:
         yield
     finally:
-        _state.short = False
+        _state.short = None
 
 
-def window(features: Any) -> Any:
-    """``features`` (mel bins x frames, zero-padded to 30 s) cut to the shortest window that fits."""
+def encoded() -> int:
+    """The frames of the last window encoded on this thread inside :func:`short_windows` (0: none)."""
+    return int(getattr(_state, "encoded", 0))
+
+
+def window(features: Any, longer_than: int = 0) -> Any:
+    """``features`` (mel bins x frames, zero-padded to 30 s) cut to the shortest window that fits
+    and is longer than ``longer_than`` frames."""
     frames = features.shape[-1]
     columns = numpy.flatnonzero(features.reshape(-1, frames).any(axis=0))
     used = int(columns[-1]) + 1 if columns.size else 0
     for length in WINDOWS:
-        if used + PADDING_FRAMES <= length < frames:
+        if used + PADDING_FRAMES <= length < frames and length > longer_than:
             return numpy.ascontiguousarray(features[..., :length])
     return features
 
@@ -63,6 +72,8 @@ class ShortWindowModel(WhisperModel):  # type: ignore[misc]  # faster-whisper ha
     """A Whisper model whose encoder hears a short window for short audio (see the module)."""
 
     def encode(self, features: Any) -> Any:
-        if getattr(_state, "short", False):
-            features = window(features)
+        longer_than = getattr(_state, "short", None)
+        if longer_than is not None:
+            features = window(features, longer_than)
+            _state.encoded = features.shape[-1]
         return super().encode(features)

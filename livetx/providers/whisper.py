@@ -30,11 +30,11 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,24 @@ _DECODE: dict[str, Any] = {
 #: where the last word ended; without them the next window starts at the
 #: cut, and the words across it were lost (a 44 s read passage lost six).
 _WINDOW_SAMPLES = 30 * SAMPLE_RATE
+
+#: Whisper's window in feature frames (10 ms each).
+_WINDOW_FRAMES = 3000
+#: A segment whose text compresses better than this (gzip) repeats itself:
+#: Whisper's own mark of a decode stuck in a loop ("Walk past the bakery."
+#: fifty times, where it was said once). Heard in a short window, such a
+#: segment is decoded again in the next longer one, which heard the words
+#: right where a retry at a higher temperature looped again, ten times slower
+#: (benchmarks/RESULTS.md, "Kept words"); so is one that stopped at
+#: :data:`TOKENS_PER_SECOND`.
+LOOP_COMPRESSION = 2.4
+#: Tokens a second of speech holds at most (and 16 more): the bench's fastest
+#: eSpeak requests hold 9.7 in under a second, people reading 4 to 5 (with
+#: punctuation). A loop stops there instead of running to Whisper's 448
+#: tokens (seconds of decoder time), and is heard again.
+TOKENS_PER_SECOND = 8
+#: The longest phrase :func:`repeats` looks for.
+LOOP_WORDS = 8
 
 #: Loaded models, shared by every recognizer of the process: (directory, threads) → model.
 _models: dict[tuple[str, int], Any] = {}
@@ -213,16 +231,28 @@ class WhisperRecognizer:
     def _decode_pcm(self, pcm: bytes) -> str:
         import numpy
 
-        from livetx.fences.faster_whisper import short_windows
+        from livetx.fences.faster_whisper import encoded, short_windows
 
         samples = numpy.frombuffer(pcm, dtype="<i2").astype(numpy.float32) / 32768
         one_window = len(samples) <= _WINDOW_SAMPLES
-        with short_windows() if one_window and self.shorten_windows else nullcontext():
-            segments, _ = self._model().transcribe(
-                samples, language=self._language, without_timestamps=one_window, **_DECODE
-            )
-            # The segments are decoded as they are read: inside the block.
-            return " ".join(segment.text.strip() for segment in segments).strip()
+        if not (one_window and self.shorten_windows):
+            return _words(self._transcribe(samples, one_window))
+        longer_than, most = 0, _most_tokens(len(samples))
+        while True:
+            with short_windows(longer_than):
+                segments = self._transcribe(samples, one_window, max_new_tokens=most)
+                longer_than = encoded()
+            if not longer_than or longer_than >= _WINDOW_FRAMES or not _looped(segments, most):
+                return _words(segments)
+            _log.info("Whisper repeated itself in a {seconds} s window; hearing it again in a longer one",
+                      seconds=longer_than // 100)
+
+    def _transcribe(self, samples: Any, one_window: bool, **options: Any) -> list[Any]:
+        """The segments, decoded as they are read (so: inside a caller's ``short_windows``)."""
+        segments, _ = self._model().transcribe(
+            samples, language=self._language, without_timestamps=one_window, **_DECODE, **options
+        )
+        return list(segments)
 
     def _decode(self, wav: bytes) -> str:
         """Runs on the Whisper thread; the model loads on the first segment."""
@@ -230,3 +260,31 @@ class WhisperRecognizer:
 
     def transcribe(self, wav: bytes, owner: str = "") -> Deferred[str]:
         return reported(self.name, wav, self._worker.run(self._decode, wav, owner=owner))
+
+
+def _most_tokens(samples: int) -> int:
+    """The most tokens anyone says in ``samples`` of audio (a decode stuck in a loop stops there)."""
+    return TOKENS_PER_SECOND * samples // SAMPLE_RATE + 16
+
+
+def _looped(segments: list[Any], most: int) -> bool:
+    """Whether the decode went round in a loop: its text compresses like one, it ran to the most
+    tokens the audio can hold, or it says a phrase three times over (see :func:`repeats`)."""
+    return any(segment.compression_ratio > LOOP_COMPRESSION or len(segment.tokens) >= most
+               for segment in segments) or repeats(_words(segments))
+
+
+def repeats(text: str) -> bool:
+    """Whether ``text`` says a phrase of 2 to :data:`LOOP_WORDS` words three times in a row.
+
+    A loop cut short by the token limit compresses too little to show
+    (Whisper's own test needs dozens of rounds), but says the same words
+    again and again. A person saying a phrase three times costs one decode
+    more, in a longer window, that hears the same words."""
+    words = re.findall(r"[\w']+", text.lower())
+    return any(words[i:i + n] == words[i + n:i + 2 * n] == words[i + 2 * n:i + 3 * n]
+               for n in range(2, LOOP_WORDS + 1) for i in range(len(words) - 3 * n + 1))
+
+
+def _words(segments: list[Any]) -> str:
+    return " ".join(segment.text.strip() for segment in segments).strip()
