@@ -343,7 +343,7 @@ class Capture:
         known, prefix = segment.known
         covered = len(segment.pcm)
         segment.early = decode_early(self._stt, bytes(segment.pcm[known:]), segment.voiced,
-                                     lambda early: self._decoded(early, segment), prefix, covered)
+                                     lambda early: self._decoded(early, segment), covered, prefix)
 
     def _decoded(self, early: EarlyDecode, segment: Segment) -> None:
         """A decode at a pause (of ``segment``'s first ``early.covered`` bytes) has settled: a

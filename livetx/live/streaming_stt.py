@@ -82,7 +82,7 @@ class EarlyDecode:
 
     __slots__ = ("voiced", "covered", "result", "text", "settled", "_waiting")
 
-    def __init__(self, voiced: int, covered: int = 0) -> None:
+    def __init__(self, voiced: int, covered: int) -> None:
         self.voiced = voiced
         self.covered = covered
         self.result: Deferred[str | None] = Deferred()
@@ -108,7 +108,7 @@ class EarlyDecode:
 
 def decode_early(
     stt: SpeechRecognizer, pcm: bytes, voiced: int, heard: Callable[[EarlyDecode], None],
-    prefix: str | EarlyDecode = "", covered: int | None = None,
+    covered: int, prefix: str | EarlyDecode = "",
 ) -> EarlyDecode:
     """Start decoding ``pcm`` (the segment's audio up to ``covered`` bytes, which hold ``voiced``
     bytes through its last speech); ``heard`` is told when the decode has settled (its ``text``
@@ -118,7 +118,7 @@ def decode_early(
     again (the first half of a request the user went on with, the start of a long utterance),
     or the decode that is making it: the text is the prefix's and then ``pcm``'s words, and
     None if the prefix's decode failed."""
-    early = EarlyDecode(voiced, len(pcm) if covered is None else covered)
+    early = EarlyDecode(voiced, covered)
 
     def joined(text: str) -> str | None | Deferred[str | None]:
         if isinstance(prefix, EarlyDecode):

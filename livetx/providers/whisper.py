@@ -77,8 +77,6 @@ _DECODE: dict[str, Any] = {
 #: cut, and the words across it were lost (a 44 s read passage lost six).
 _WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
-#: Whisper's window in feature frames (10 ms each).
-_WINDOW_FRAMES = 3000
 #: A segment whose text compresses better than this (gzip) repeats itself:
 #: Whisper's own mark of a decode stuck in a loop ("Walk past the bakery."
 #: fifty times, where it was said once). Heard in a short window, such a
@@ -231,7 +229,7 @@ class WhisperRecognizer:
     def _decode_pcm(self, pcm: bytes) -> str:
         import numpy
 
-        from livetx.fences.faster_whisper import encoded, short_windows
+        from livetx.fences.faster_whisper import WINDOWS, encoded, short_windows
 
         samples = numpy.frombuffer(pcm, dtype="<i2").astype(numpy.float32) / 32768
         one_window = len(samples) <= _WINDOW_SAMPLES
@@ -242,7 +240,7 @@ class WhisperRecognizer:
             with short_windows(longer_than):
                 segments = self._transcribe(samples, one_window, max_new_tokens=most)
                 longer_than = encoded()
-            if not longer_than or longer_than >= _WINDOW_FRAMES or not _looped(segments, most):
+            if longer_than not in WINDOWS or not _looped(segments, most):  # none encoded, or 30 s: no longer one
                 return _words(segments)
             _log.info("Whisper repeated itself in a {seconds} s window; hearing it again in a longer one",
                       seconds=longer_than // 100)
